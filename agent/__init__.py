@@ -1,0 +1,1 @@
+"""The per-node daemon: gossip membership, task runtime, load balancer."""

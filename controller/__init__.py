@@ -1,0 +1,1 @@
+"""The controller: store, scheduler (pure), reconciler and the gRPC API."""

@@ -1,0 +1,87 @@
+"""The one error hierarchy of orch, translated at the edges only.
+
+::
+
+    OrchError
+    ├── ConfigError              # a bad file, flag or field: says where and what to do
+    ├── ProtocolError            # a bad gossip packet: counted and dropped, never fatal
+    │   ├── VersionError         #   from a peer speaking another protocol version
+    │   ├── LabelError           #   from another cluster (label mismatch)
+    │   └── DecryptError         #   no installed key opens it
+    ├── SchedulingError
+    │   └── InfeasibleError      # with the reasons per constraint
+    ├── RuntimeDriverError       # wraps the engine's errors (aiodocker.DockerError)
+    └── ApiError
+        ├── NotLeaderError       # carries the leader's address
+        └── NotFoundError
+"""
+
+from __future__ import annotations
+
+
+class OrchError(Exception):
+    """Root of every error orch raises on purpose."""
+
+
+class ConfigError(OrchError):
+    """A configuration file, flag or field is wrong.
+
+    ``where`` names the file and field (``agent.toml: gossip.probe_interval``).
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ProtocolError(OrchError):
+    """A packet or stream frame from the network is not valid orch gossip.
+
+    ``reason`` is a short stable label used for the drop counters.
+    """
+
+    reason = "decode"
+
+
+class VersionError(ProtocolError):
+    reason = "version"
+
+
+class LabelError(ProtocolError):
+    reason = "label"
+
+
+class DecryptError(ProtocolError):
+    reason = "decrypt"
+
+
+class SchedulingError(OrchError):
+    """The scheduler could not produce a plan."""
+
+
+class InfeasibleError(SchedulingError):
+    """No node can take the allocation; ``reasons`` counts nodes per filter."""
+
+    def __init__(self, message: str, reasons: dict[str, int] | None = None) -> None:
+        self.reasons = dict(reasons or {})
+        super().__init__(message)
+
+
+class RuntimeDriverError(OrchError):
+    """A task driver (Docker, process) failed to do what was asked."""
+
+
+class ApiError(OrchError):
+    """An API call failed; mapped to a gRPC status at the edge."""
+
+
+class NotLeaderError(ApiError):
+    """This controller is not the leader; ``leader`` is where to go instead."""
+
+    def __init__(self, leader: str | None) -> None:
+        self.leader = leader
+        super().__init__(f"not the leader; the leader is {leader or 'unknown'}")
+
+
+class NotFoundError(ApiError):
+    """The named object does not exist."""

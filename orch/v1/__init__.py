@@ -1,0 +1,1 @@
+"""Generated from protos/orch/v1 by `./run proto`: do not edit."""

@@ -1,0 +1,1 @@
+"""orchctl: the command-line client (one module per verb group) and the local demo."""
