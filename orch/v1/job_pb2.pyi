@@ -215,7 +215,7 @@ class TaskGroup(_message.Message):
     SCALING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     count: _builtins.int
-    """replicas; default 1 (ignored by system jobs)"""
+    """replicas; default 1; 0 is allowed (ignored by system jobs)"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]: ...
     @_builtins.property
@@ -250,7 +250,7 @@ class TaskGroup(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        count: _builtins.int = ...,
+        count: _builtins.int | None = ...,
         tasks: _abc.Iterable[Global___Task] | None = ...,
         constraints: _abc.Iterable[Global___Constraint] | None = ...,
         affinities: _abc.Iterable[Global___Affinity] | None = ...,
@@ -263,11 +263,13 @@ class TaskGroup(_message.Message):
         meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         scaling: Global___Scaling | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "spreads", b"spreads", "tasks", b"tasks", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "spreads", b"spreads", "tasks", b"tasks", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
+    _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count) -> _WhichOneofReturnType__count | None: ...
 
 Global___TaskGroup: _TypeAlias = TaskGroup  # noqa: Y015
 

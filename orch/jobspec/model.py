@@ -1,0 +1,430 @@
+"""Jobs, groups and tasks as frozen dataclasses: the types the scheduler and the agent use.
+
+``protos/orch/v1/job.proto`` is the wire form; this module is the in-memory
+form. Every default is written once, here, beside its meaning; a zero value on
+the wire means "not set" and takes the default (``count`` has presence, so 0
+replicas is a real value). Durations are seconds as floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from orch.v1 import job_pb2
+
+JOB_TYPES = ("service", "batch", "system")
+_JOB_TYPE_FROM_PB = {
+    job_pb2.JOB_TYPE_UNSPECIFIED: "service",
+    job_pb2.JOB_TYPE_SERVICE: "service",
+    job_pb2.JOB_TYPE_BATCH: "batch",
+    job_pb2.JOB_TYPE_SYSTEM: "system",
+}
+_JOB_TYPE_TO_PB = {v: k for k, v in _JOB_TYPE_FROM_PB.items() if k != job_pb2.JOB_TYPE_UNSPECIFIED}
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_frozen
+class Resources:
+    cpu_millicores: int = 100
+    """CPU shares the task asks for; 1000 is one core."""
+    memory_mb: int = 64
+    """Memory limit in MiB (the container is killed above it)."""
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(cpu_millicores=self.cpu_millicores + other.cpu_millicores,
+                         memory_mb=self.memory_mb + other.memory_mb)
+
+
+@_frozen
+class Port:
+    label: str
+    static: int = 0
+    """Host port; 0 means dynamic (chosen by the scheduler)."""
+    to: int = 0
+    """Port inside the task; 0 means the same as the host port."""
+    protocol: str = "tcp"
+
+
+@_frozen
+class Network:
+    mode: str = "bridge"
+    """bridge (ports mapped) or host (the task shares the host's network)."""
+    ports: tuple[Port, ...] = ()
+
+
+@_frozen
+class Check:
+    type: str
+    """tcp, http or exec."""
+    name: str = ""
+    port: str = ""
+    """A port label of the group's network (tcp, http)."""
+    path: str = "/"
+    method: str = "GET"
+    status_min: int = 200
+    status_max: int = 399
+    """http: healthy when status_min <= status <= status_max."""
+    command: str = ""
+    args: tuple[str, ...] = ()
+    interval: float = 10.0
+    timeout: float = 2.0
+    healthy_threshold: int = 1
+    """Consecutive passes before the check turns healthy."""
+    unhealthy_threshold: int = 3
+    """Consecutive failures before the check turns unhealthy."""
+
+
+@_frozen
+class Service:
+    name: str
+    port: str
+    """A port label of the group's network."""
+    published_port: int = 0
+    """The load balancer listens on this port on every node; 0 = not published."""
+    protocol: str = "tcp"
+    check: Check | None = None
+    tags: tuple[str, ...] = ()
+    lb_policy: str = "round_robin"
+    """round_robin, least_conn, p2c or maglev."""
+    task: str = ""
+    """The task that serves it; empty = the group's first task."""
+
+
+@_frozen
+class Task:
+    name: str
+    driver: str = "docker"
+    image: str = ""
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    resources: Resources = field(default_factory=Resources)
+    checks: tuple[Check, ...] = ()
+    kill_timeout: float = 5.0
+    """Seconds between kill_signal and SIGKILL."""
+    kill_signal: str = "SIGTERM"
+    user: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    privileged: bool = False
+
+
+@_frozen
+class RestartPolicy:
+    attempts: int = 2
+    """Restarts allowed within ``interval``."""
+    interval: float = 1800.0
+    delay: float = 15.0
+    """Seconds to wait before each restart."""
+    mode: str = "fail"
+    """fail: give up when attempts are spent; delay: wait for the interval to pass."""
+
+
+@_frozen
+class ReschedulePolicy:
+    attempts: int = 0
+    """Reschedules allowed within ``interval`` (ignored when ``unlimited``)."""
+    interval: float = 0.0
+    delay: float = 30.0
+    delay_function: str = "exponential"
+    """constant, exponential or fibonacci."""
+    max_delay: float = 3600.0
+    unlimited: bool = True
+
+
+@_frozen
+class UpdateStrategy:
+    max_parallel: int = 1
+    min_healthy_time: float = 10.0
+    healthy_deadline: float = 300.0
+    progress_deadline: float = 600.0
+    auto_revert: bool = False
+    canary: int = 0
+    auto_promote: bool = False
+
+
+@_frozen
+class Constraint:
+    attribute: str = ""
+    """${node.class}, ${attr.kernel.name}, ${meta.rack}, ... (empty for distinct_hosts)."""
+    operator: str = "="
+    value: str = ""
+
+
+@_frozen
+class Affinity:
+    attribute: str
+    operator: str = "="
+    value: str = ""
+    weight: int = 50
+    """-100..100; negative weights repel."""
+
+
+@_frozen
+class SpreadTarget:
+    value: str
+    percent: int
+
+
+@_frozen
+class Spread:
+    attribute: str
+    weight: int = 50
+    targets: tuple[SpreadTarget, ...] = ()
+
+
+@_frozen
+class Scaling:
+    min: int = 0
+    max: int = 0
+    metric: str = ""
+    target: float = 0.0
+    cooldown: float = 60.0
+    enabled: bool = False
+
+
+@_frozen
+class Group:
+    name: str
+    count: int = 1
+    tasks: tuple[Task, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    affinities: tuple[Affinity, ...] = ()
+    spreads: tuple[Spread, ...] = ()
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    reschedule: ReschedulePolicy = field(default_factory=ReschedulePolicy)
+    update: UpdateStrategy = field(default_factory=UpdateStrategy)
+    network: Network = field(default_factory=Network)
+    services: tuple[Service, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    scaling: Scaling | None = None
+
+    @property
+    def resources(self) -> Resources:
+        """What one allocation of the group asks for: the sum over its tasks."""
+        total = Resources(cpu_millicores=0, memory_mb=0)
+        for t in self.tasks:
+            total = total + t.resources
+        return total
+
+
+@_frozen
+class Job:
+    name: str
+    type: str = "service"
+    priority: int = 50
+    datacenters: tuple[str, ...] = ()
+    region: str = ""
+    meta: Mapping[str, str] = field(default_factory=dict)
+    groups: tuple[Group, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    affinities: tuple[Affinity, ...] = ()
+    spreads: tuple[Spread, ...] = ()
+    namespace: str = "default"
+    version: int = 0
+    stop: bool = False
+
+
+# --- protobuf <-> model -------------------------------------------------------------------
+
+
+def _secs(d: Duration, default: float) -> float:
+    return d.seconds + d.nanos / 1e9 if (d.seconds or d.nanos) else default
+
+
+def _dur(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _or(value: Any, default: Any) -> Any:
+    return value if value else default
+
+
+def _resources(pb: job_pb2.Resources) -> Resources:
+    d = Resources()
+    return Resources(cpu_millicores=_or(pb.cpu_millicores, d.cpu_millicores),
+                     memory_mb=_or(pb.memory_mb, d.memory_mb))
+
+
+def _check(pb: job_pb2.Check) -> Check:
+    d = Check(type="")
+    return Check(
+        type=pb.type, name=pb.name, port=pb.port, path=_or(pb.path, d.path),
+        method=_or(pb.method, d.method), status_min=_or(pb.status_min, d.status_min),
+        status_max=_or(pb.status_max, d.status_max), command=pb.command, args=tuple(pb.args),
+        interval=_secs(pb.interval, d.interval), timeout=_secs(pb.timeout, d.timeout),
+        healthy_threshold=_or(pb.healthy_threshold, d.healthy_threshold),
+        unhealthy_threshold=_or(pb.unhealthy_threshold, d.unhealthy_threshold),
+    )
+
+
+def _task(pb: job_pb2.Task) -> Task:
+    d = Task(name="")
+    return Task(
+        name=pb.name, driver=_or(pb.driver, d.driver), image=pb.image, command=pb.command,
+        args=tuple(pb.args), env=dict(pb.env), workdir=pb.workdir,
+        resources=_resources(pb.resources), checks=tuple(_check(c) for c in pb.checks),
+        kill_timeout=_secs(pb.kill_timeout, d.kill_timeout),
+        kill_signal=_or(pb.kill_signal, d.kill_signal), user=pb.user, labels=dict(pb.labels),
+        privileged=pb.privileged,
+    )
+
+
+def _constraint(pb: job_pb2.Constraint) -> Constraint:
+    return Constraint(attribute=pb.attribute, operator=_or(pb.operator, "="), value=pb.value)
+
+
+def _affinity(pb: job_pb2.Affinity) -> Affinity:
+    return Affinity(attribute=pb.attribute, operator=_or(pb.operator, "="), value=pb.value,
+                    weight=_or(pb.weight, 50))
+
+
+def _spread(pb: job_pb2.Spread) -> Spread:
+    return Spread(attribute=pb.attribute, weight=_or(pb.weight, 50),
+                  targets=tuple(SpreadTarget(value=t.value, percent=t.percent) for t in pb.targets))
+
+
+def _update(pb: job_pb2.UpdateStrategy, base: UpdateStrategy) -> UpdateStrategy:
+    return UpdateStrategy(
+        max_parallel=_or(pb.max_parallel, base.max_parallel),
+        min_healthy_time=_secs(pb.min_healthy_time, base.min_healthy_time),
+        healthy_deadline=_secs(pb.healthy_deadline, base.healthy_deadline),
+        progress_deadline=_secs(pb.progress_deadline, base.progress_deadline),
+        auto_revert=pb.auto_revert or base.auto_revert, canary=_or(pb.canary, base.canary),
+        auto_promote=pb.auto_promote or base.auto_promote,
+    )
+
+
+def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy) -> Group:
+    r, rs = RestartPolicy(), ReschedulePolicy()
+    restart = RestartPolicy(
+        attempts=_or(pb.restart.attempts, r.attempts), interval=_secs(pb.restart.interval, r.interval),
+        delay=_secs(pb.restart.delay, r.delay), mode=_or(pb.restart.mode, r.mode))
+    unlimited = pb.reschedule.unlimited or not pb.reschedule.attempts
+    reschedule = ReschedulePolicy(
+        attempts=pb.reschedule.attempts, interval=_secs(pb.reschedule.interval, rs.interval),
+        delay=_secs(pb.reschedule.delay, rs.delay),
+        delay_function=_or(pb.reschedule.delay_function, rs.delay_function),
+        max_delay=_secs(pb.reschedule.max_delay, rs.max_delay), unlimited=unlimited)
+    scaling = None
+    if pb.HasField("scaling"):
+        s = pb.scaling
+        scaling = Scaling(min=s.min, max=s.max, metric=s.metric, target=s.target,
+                          cooldown=_secs(s.cooldown, Scaling().cooldown), enabled=s.enabled)
+    return Group(
+        name=pb.name, count=pb.count if pb.HasField("count") else 1,
+        tasks=tuple(_task(t) for t in pb.tasks),
+        constraints=tuple(_constraint(c) for c in pb.constraints),
+        affinities=tuple(_affinity(a) for a in pb.affinities),
+        spreads=tuple(_spread(s) for s in pb.spreads),
+        restart=restart, reschedule=reschedule, update=_update(pb.update, job_update),
+        network=Network(mode=_or(pb.network.mode, "bridge"), ports=tuple(
+            Port(label=p.label, static=p.static, to=p.to, protocol=_or(p.protocol, "tcp"))
+            for p in pb.network.ports)),
+        services=tuple(
+            Service(name=s.name, port=s.port, published_port=s.published_port,
+                    protocol=_or(s.protocol, "tcp"),
+                    check=_check(s.check) if s.HasField("check") else None, tags=tuple(s.tags),
+                    lb_policy=_or(s.lb_policy, "round_robin"), task=s.task)
+            for s in pb.services),
+        meta=dict(pb.meta), scaling=scaling,
+    )
+
+
+def job_from_proto(pb: job_pb2.Job) -> Job:
+    """The model of a (validated) Job message, with every unset field at its default."""
+    job_update = _update(pb.update, UpdateStrategy())
+    return Job(
+        name=pb.name, type=_JOB_TYPE_FROM_PB.get(pb.type, "service"),
+        priority=_or(pb.priority, 50), datacenters=tuple(pb.datacenters), region=pb.region,
+        meta=dict(pb.meta), groups=tuple(_group(g, job_update) for g in pb.groups),
+        constraints=tuple(_constraint(c) for c in pb.constraints),
+        affinities=tuple(_affinity(a) for a in pb.affinities),
+        spreads=tuple(_spread(s) for s in pb.spreads),
+        namespace=_or(pb.namespace, "default"), version=pb.version, stop=pb.stop,
+    )
+
+
+def _check_pb(c: Check) -> job_pb2.Check:
+    return job_pb2.Check(
+        type=c.type, name=c.name, port=c.port, path=c.path, method=c.method,
+        status_min=c.status_min, status_max=c.status_max, command=c.command, args=c.args,
+        interval=_dur(c.interval), timeout=_dur(c.timeout),
+        healthy_threshold=c.healthy_threshold, unhealthy_threshold=c.unhealthy_threshold)
+
+
+def _update_pb(u: UpdateStrategy) -> job_pb2.UpdateStrategy:
+    return job_pb2.UpdateStrategy(
+        max_parallel=u.max_parallel, min_healthy_time=_dur(u.min_healthy_time),
+        healthy_deadline=_dur(u.healthy_deadline), progress_deadline=_dur(u.progress_deadline),
+        auto_revert=u.auto_revert, canary=u.canary, auto_promote=u.auto_promote)
+
+
+def group_to_proto(g: Group) -> job_pb2.TaskGroup:
+    """The wire form of a group, every default written out (as stored with an allocation)."""
+    pb = job_pb2.TaskGroup(
+        name=g.name, count=g.count, meta=dict(g.meta),
+        constraints=[job_pb2.Constraint(attribute=c.attribute, operator=c.operator, value=c.value)
+                     for c in g.constraints],
+        affinities=[job_pb2.Affinity(attribute=a.attribute, operator=a.operator, value=a.value,
+                                     weight=a.weight) for a in g.affinities],
+        spreads=[job_pb2.Spread(attribute=s.attribute, weight=s.weight, targets=[
+            job_pb2.SpreadTarget(value=t.value, percent=t.percent) for t in s.targets])
+            for s in g.spreads],
+        restart=job_pb2.RestartPolicy(attempts=g.restart.attempts, interval=_dur(g.restart.interval),
+                                      delay=_dur(g.restart.delay), mode=g.restart.mode),
+        reschedule=job_pb2.ReschedulePolicy(
+            attempts=g.reschedule.attempts, interval=_dur(g.reschedule.interval),
+            delay=_dur(g.reschedule.delay), delay_function=g.reschedule.delay_function,
+            max_delay=_dur(g.reschedule.max_delay), unlimited=g.reschedule.unlimited),
+        update=_update_pb(g.update),
+        network=job_pb2.Network(mode=g.network.mode, ports=[
+            job_pb2.Port(label=p.label, static=p.static, to=p.to, protocol=p.protocol)
+            for p in g.network.ports]),
+        tasks=[job_pb2.Task(
+            name=t.name, driver=t.driver, image=t.image, command=t.command, args=t.args,
+            env=dict(t.env), workdir=t.workdir,
+            resources=job_pb2.Resources(cpu_millicores=t.resources.cpu_millicores,
+                                        memory_mb=t.resources.memory_mb),
+            checks=[_check_pb(c) for c in t.checks], kill_timeout=_dur(t.kill_timeout),
+            kill_signal=t.kill_signal, user=t.user, labels=dict(t.labels),
+            privileged=t.privileged) for t in g.tasks],
+        services=[job_pb2.Service(
+            name=s.name, port=s.port, published_port=s.published_port, protocol=s.protocol,
+            check=_check_pb(s.check) if s.check else None, tags=s.tags,
+            lb_policy=s.lb_policy, task=s.task) for s in g.services],
+    )
+    if g.scaling is not None:
+        s = g.scaling
+        pb.scaling.CopyFrom(job_pb2.Scaling(min=s.min, max=s.max, metric=s.metric, target=s.target,
+                                            cooldown=_dur(s.cooldown), enabled=s.enabled))
+    return pb
+
+
+def job_to_proto(job: Job) -> job_pb2.Job:
+    """The wire form of a job, every default written out."""
+    return job_pb2.Job(
+        name=job.name, type=_JOB_TYPE_TO_PB[job.type], priority=job.priority,
+        datacenters=job.datacenters, region=job.region, meta=dict(job.meta),
+        groups=[group_to_proto(g) for g in job.groups],
+        constraints=[job_pb2.Constraint(attribute=c.attribute, operator=c.operator, value=c.value)
+                     for c in job.constraints],
+        affinities=[job_pb2.Affinity(attribute=a.attribute, operator=a.operator, value=a.value,
+                                     weight=a.weight) for a in job.affinities],
+        spreads=[job_pb2.Spread(attribute=s.attribute, weight=s.weight, targets=[
+            job_pb2.SpreadTarget(value=t.value, percent=t.percent) for t in s.targets])
+            for s in job.spreads],
+        namespace=job.namespace, version=job.version, stop=job.stop,
+    )
+
+
+def group_from_proto(pb: job_pb2.TaskGroup) -> Group:
+    """The model of a group as stored with an allocation (defaults already written out)."""
+    return _group(pb, UpdateStrategy())
