@@ -1,0 +1,57 @@
+"""The agent's configuration: one dataclass, filled from a TOML file and flags.
+
+    # /etc/orch/agent.toml
+    name = "agent-1"
+    bind = "127.0.0.2:7946"
+    join = ["127.0.0.3:7946"]
+    [tags]
+    rack = "r1"
+    [gossip]              # any GossipConfig field
+    probe_interval = 1.0
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from agent.gossip.config import GossipConfig
+from orch.errors import ConfigError
+
+DEFAULT_PORT = 7946
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    name: str = field(default_factory=socket.gethostname)
+    """This member's name in the cluster (unique); the host name by default."""
+    bind: str = f"0.0.0.0:{DEFAULT_PORT}"
+    """Gossip address (UDP and TCP on the same port)."""
+    advertise: str = ""
+    """Address other members use to reach us; the bind address unless it is 0.0.0.0."""
+    join: list[str] = field(default_factory=list)
+    """Seed members host:port; retried with backoff until one answers."""
+    keys: list[str] = field(default_factory=list)
+    """Gossip encryption keys (base64, 16/24/32 bytes); the first is primary. Empty: no
+    encryption (only for trusted networks)."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Published in this member's node state (role, datacenter, labels...)."""
+    data_dir: str = "/var/lib/orch"
+    log_level: str = "info"
+    log_format: str = "auto"
+    """json, human, or auto (human on a terminal)."""
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+
+def parse_addr(text: str, *, default_port: int = DEFAULT_PORT, where: str = "address") -> tuple[str, int]:
+    """``host:port`` or ``host`` into a tuple; ConfigError naming ``where`` when wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"port must be a number, got {port!r}", where=where) from None
+    if not host or not 0 <= p < 65536:
+        raise ConfigError(f"expected host:port, got {text!r}", where=where)
+    return host, p

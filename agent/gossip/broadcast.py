@@ -1,0 +1,117 @@
+"""The queue of updates waiting to be gossiped (memberlist's TransmitLimitedQueue).
+
+Each update is sent at most ``limit`` times; payloads take the least-sent
+updates first and, among those, the newest. An update about a member replaces
+older queued updates it makes obsolete (an alive or dead notice replaces any
+queued alive, dead or suspect notice about the same member).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable
+
+MEMBER = 0
+"""Alive and dead notices: the newest replaces every older member notice."""
+SUSPECT = 1
+"""Suspect notices, one per accuser, so independent confirmations all travel."""
+STATE = 2
+"""Node-state deltas, one per version."""
+
+
+class Broadcast:
+    __slots__ = ("data", "id", "kind", "name", "refresh", "sub", "transmits")
+
+    def __init__(self, name: str, kind: int, sub: object, data: bytes, id_: int,
+                 refresh: Callable[[float], bytes] | None) -> None:
+        self.name = name
+        self.kind = kind
+        self.sub = sub
+        self.data = data
+        self.id = id_
+        self.transmits = 0
+        self.refresh = refresh
+
+
+def _newest_first(b: Broadcast) -> int:
+    return -b.id
+
+
+class BroadcastQueue:
+    __slots__ = ("_by_name", "_ids", "_tiers", "size")
+
+    def __init__(self) -> None:
+        self._tiers: list[list[Broadcast]] = [[]]
+        self._by_name: dict[str, list[Broadcast]] = {}
+        self._ids = itertools.count()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def enqueue(self, name: str, kind: int, data: bytes, *, sub: object = None,
+                refresh: Callable[[float], bytes] | None = None) -> None:
+        """Queue an encoded update about member ``name``, dropping what it makes obsolete."""
+        same = self._by_name.get(name)
+        if same:
+            for old in list(same):
+                if (kind == MEMBER and old.kind != STATE) or (old.kind == kind and old.sub == sub):
+                    self._drop(old)
+        b = Broadcast(name, kind, sub, data, next(self._ids), refresh)
+        self._by_name.setdefault(name, []).append(b)
+        bisect.insort(self._tiers[0], b, key=_newest_first)
+        self.size += 1
+
+    def drop_member(self, name: str, kinds: tuple[int, ...] = (MEMBER, SUSPECT)) -> None:
+        for old in list(self._by_name.get(name, ())):
+            if old.kind in kinds:
+                self._drop(old)
+
+    def _drop(self, b: Broadcast) -> None:
+        self._tiers[b.transmits].remove(b)
+        same = self._by_name[b.name]
+        same.remove(b)
+        if not same:
+            del self._by_name[b.name]
+        self.size -= 1
+
+    def take(self, budget: int, overhead: int, limit: int, now: float) -> list[bytes]:
+        """Encoded updates that fit in ``budget`` bytes (each costs its size + ``overhead``).
+
+        Every update taken counts one transmission; those sent ``limit`` times leave.
+        """
+        if not self.size:
+            return []
+        out: list[bytes] = []
+        picked: list[Broadcast] = []
+        for tier in self._tiers:
+            for b in tier:
+                data = b.refresh(now) if b.refresh is not None else b.data
+                cost = len(data) + overhead
+                if cost <= budget:
+                    budget -= cost
+                    out.append(data)
+                    picked.append(b)
+                    if budget < 16:
+                        break
+            if budget < 16:
+                break
+        for b in picked:
+            self._tiers[b.transmits].remove(b)
+            b.transmits += 1
+            if b.transmits >= limit:
+                same = self._by_name[b.name]
+                same.remove(b)
+                if not same:
+                    del self._by_name[b.name]
+                self.size -= 1
+                continue
+            if b.transmits == len(self._tiers):
+                self._tiers.append([])
+            bisect.insort(self._tiers[b.transmits], b, key=_newest_first)
+        return out
+
+    def pending(self, name: str) -> int:
+        """Queued updates about ``name`` (for tests and the leave wait)."""
+        return len(self._by_name.get(name, ()))

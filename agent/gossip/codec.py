@@ -1,0 +1,241 @@
+"""The gossip wire format: msgpack messages, compound packets and the envelope.
+
+A UDP datagram is an *envelope* around a *payload*::
+
+    version (1 byte) | flags (1 byte) | label length (1 byte) | label | body
+    body = payload                                  (flags & ENCRYPTED == 0)
+    body = nonce (12) | AES-GCM(payload) | tag (16) (flags & ENCRYPTED), AAD = header
+
+and the payload is one msgpack array of messages, each itself an array
+``[code, ...]``. Messages that are queued for gossip are encoded once and
+spliced into payloads as bytes. TCP streams carry frames: a 4-byte big-endian
+length and an envelope around one encoded PushPull.
+
+Everything that arrives from the network goes through ``open_envelope`` and
+``decode_payload``/``decode_push_pull``, which raise ProtocolError (with a
+``reason`` used by the drop counters) and never anything else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from agent.gossip.config import PROTOCOL_VERSION
+from agent.gossip.crypto import NONCE_SIZE, TAG_SIZE, Keyring
+from agent.gossip.messages import (
+    Ack,
+    Alive,
+    Code,
+    Dead,
+    IndirectPing,
+    MemberRecord,
+    Message,
+    Nack,
+    Ping,
+    PushPull,
+    StateDelta,
+    Status,
+    Suspect,
+)
+from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
+
+ENCRYPTED = 0x01
+HEADER_SIZE = 3
+MAX_NAME = 256
+MAX_STREAM_FRAME = 16 * 1024 * 1024
+"""Largest push-pull frame accepted (a cluster of ~50,000 small members)."""
+ARRAY_HEADER_MAX = 3
+"""Bytes a msgpack array header may take for up to 65,535 items."""
+_U64 = 1 << 64
+_I64 = 1 << 63
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(msg: Message | PushPull) -> bytes:
+    """One message as msgpack bytes."""
+    code = _CODES[type(msg)]
+    if type(msg) is PushPull:
+        return _packb([code, msg.join, msg.sender, [list(r) for r in msg.members]])
+    return _packb([code, *msg])
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    raise ValueError("too many messages for one packet")
+
+
+def pack(items: Sequence[bytes]) -> bytes:
+    """A payload (msgpack array) made of already-encoded messages."""
+    return array_header(len(items)) + b"".join(items)
+
+
+def envelope_overhead(label: str) -> int:
+    """Bytes the envelope adds to a payload, encryption included."""
+    return HEADER_SIZE + len(label.encode()) + NONCE_SIZE + TAG_SIZE
+
+
+# --- envelope ----------------------------------------------------------------------------
+
+
+def seal(payload: bytes, label: str, keyring: Keyring | None) -> bytes:
+    lb = label.encode()
+    header = bytes((PROTOCOL_VERSION, ENCRYPTED if keyring else 0, len(lb))) + lb
+    if keyring is None:
+        return header + payload
+    return header + keyring.encrypt(payload, header)
+
+
+def open_envelope(data: bytes, label: str, keyring: Keyring | None) -> bytes:
+    """The payload inside a datagram or frame; ProtocolError when it is not for us."""
+    if len(data) < HEADER_SIZE:
+        raise ProtocolError("packet shorter than the envelope header")
+    version, flags, n = data[0], data[1], data[2]
+    if version != PROTOCOL_VERSION:
+        raise VersionError(f"protocol version {version}, this member speaks {PROTOCOL_VERSION}")
+    end = HEADER_SIZE + n
+    if len(data) < end:
+        raise ProtocolError("truncated label")
+    if data[HEADER_SIZE:end] != label.encode():
+        raise LabelError(f"cluster label {data[HEADER_SIZE:end]!r}, expected {label!r}")
+    if flags & ENCRYPTED:
+        if keyring is None:
+            raise DecryptError("encrypted packet, but no gossip key is installed")
+        return keyring.decrypt(data[end:], data[:end])
+    if keyring is not None:
+        raise DecryptError("plaintext packet, but this cluster requires encryption")
+    return data[end:]
+
+
+def frame(envelope: bytes) -> bytes:
+    return struct.pack(">I", len(envelope)) + envelope
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # msgpack raises several unrelated types; all mean "bad input"
+        raise ProtocolError(f"not msgpack: {type(e).__name__}: {e}") from None
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str or not v or len(v) > MAX_NAME:
+        raise ProtocolError(f"expected a name, got {v!r:.40}")
+    return v
+
+
+def _uint(v: Any, bound: int = _I64) -> int:
+    if type(v) is not int or not 0 <= v < bound:
+        raise ProtocolError(f"expected an unsigned integer, got {v!r:.40}")
+    return v
+
+
+def _port(v: Any) -> int:
+    if type(v) is not int or not 0 < v < 65536:
+        raise ProtocolError(f"expected a port, got {v!r:.40}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise ProtocolError(f"expected a boolean, got {v!r:.40}")
+    return v
+
+
+def _host(v: Any) -> str:
+    if type(v) is not str or not 0 < len(v) <= 255:
+        raise ProtocolError(f"expected a host, got {v!r:.40}")
+    return v
+
+
+def _state_map(v: Any) -> dict[str, Any]:
+    if type(v) is not dict:
+        raise ProtocolError(f"expected a map, got {v!r:.40}")
+    return v  # keys are str: unpackb(strict_map_key=True) guarantees it
+
+
+def _version(v: Any) -> int:
+    if type(v) is not int or not -1 <= v < _I64:
+        raise ProtocolError(f"expected a version, got {v!r:.40}")
+    return v
+
+
+def _payload(v: Any) -> bytes | None:
+    if v is not None and type(v) is not bytes:
+        raise ProtocolError(f"expected bytes, got {v!r:.40}")
+    return v
+
+
+def _age(v: Any) -> int:
+    return _uint(v, 1 << 32)
+
+
+_Field = Callable[[Any], Any]
+_SCHEMA: dict[int, tuple[type, tuple[_Field, ...], int]] = {
+    # code: (type, field checkers, how many fields are required)
+    Code.PING: (Ping, (_uint, _str, _str), 3),
+    Code.INDIRECT_PING: (IndirectPing, (_uint, _str, _host, _port, _bool, _str), 6),
+    Code.ACK: (Ack, (_uint, _payload), 1),
+    Code.NACK: (Nack, (_uint,), 1),
+    Code.SUSPECT: (Suspect, (_uint, _str, _str, _age), 3),
+    Code.ALIVE: (Alive, (_uint, _str, _host, _port, _uint), 4),
+    Code.DEAD: (Dead, (_uint, _str, _str), 3),
+    Code.STATE: (StateDelta, (_str, _version, _uint, _state_map), 4),
+}
+_CODES: dict[type, int] = {t: code for code, (t, _, _) in _SCHEMA.items()}
+_CODES[PushPull] = Code.PUSH_PULL
+
+
+def decode_message(raw: Any) -> Message:
+    """One message from its decoded msgpack array; ProtocolError when malformed."""
+    if type(raw) is not list or not raw or type(raw[0]) is not int:
+        raise ProtocolError(f"expected a message array, got {raw!r:.40}")
+    spec = _SCHEMA.get(raw[0])
+    if spec is None:
+        raise ProtocolError(f"unknown message code {raw[0]}")
+    cls, checks, required = spec
+    fields = raw[1 : 1 + len(checks)]
+    if len(fields) < required:
+        raise ProtocolError(f"{cls.__name__} needs {required} fields, got {len(fields)}")
+    msg: Message = cls(*[check(v) for check, v in zip(checks, fields, strict=False)])
+    return msg
+
+
+def decode_payload(payload: bytes) -> list[Any]:
+    """The raw message arrays of a payload; decode each with ``decode_message``."""
+    items = _unpack(payload)
+    if type(items) is not list:
+        raise ProtocolError("payload is not an array of messages")
+    return items
+
+
+def member_record(raw: Any) -> MemberRecord:
+    if type(raw) is not list or len(raw) < 7:
+        raise ProtocolError(f"expected a member record, got {raw!r:.40}")
+    status = _uint(raw[4], 4)
+    return MemberRecord(_str(raw[0]), _host(raw[1]), _port(raw[2]), _uint(raw[3]),
+                        Status(status), _uint(raw[5]), _state_map(raw[6]))
+
+
+def decode_push_pull(payload: bytes) -> PushPull:
+    raw = _unpack(payload)
+    if type(raw) is not list or len(raw) < 4 or raw[0] != Code.PUSH_PULL:
+        raise ProtocolError("expected a push-pull message")
+    if type(raw[3]) is not list:
+        raise ProtocolError("push-pull members is not a list")
+    return PushPull(_bool(raw[1]), _str(raw[2]), [member_record(r) for r in raw[3]])
+
+
+def state_size(state: dict[str, Any]) -> int:
+    """Encoded size of a node state map."""
+    return len(_packb(state))

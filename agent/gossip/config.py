@@ -1,0 +1,135 @@
+"""Gossip settings: every default written once, beside its meaning and formula.
+
+The defaults are memberlist's ``DefaultLANConfig``; ``fast()`` shortens every
+timing for in-process tests on one machine (as Nomad's test server does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PROTOCOL_VERSION = 1
+"""Wire protocol version carried in every packet and stream frame."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipConfig:
+    # --- failure detection (SWIM) -------------------------------------------------------
+    probe_interval: float = 1.0
+    """Seconds between probes of one member (scaled up by local health, see awareness)."""
+    probe_timeout: float = 0.5
+    """Seconds to wait for a direct ack before asking ``indirect_checks`` members to probe."""
+    indirect_checks: int = 3
+    """Members asked to probe a target that missed its direct ack (ping-req)."""
+    probe_schedule: Literal["coordinated", "shuffled"] = "coordinated"
+    """How each member walks the others, one per probe interval, round-robin.
+
+    shuffled: memberlist's walk over a locally shuffled list; a crashed member is
+    first probed after an exponentially distributed wait (mean one interval,
+    p99 4.6 intervals). coordinated: every member walks the same ring, sorted by
+    name, with a shared shuffled sequence of offsets per epoch (seeded by the
+    cluster label), so that in each interval every member is probed exactly once
+    when views agree and clocks are within a fraction of an interval: the first
+    probe of a crashed member comes within one interval. With differing views or
+    clocks it degrades to a random walk, never below ``shuffled``'s guarantees.
+    """
+
+    # --- suspicion (Lifeguard) ----------------------------------------------------------
+    suspicion_mult: int = 4
+    """Minimum suspicion timeout = suspicion_mult * max(1, log10(N)) * probe_interval."""
+    suspicion_max_timeout_mult: int = 6
+    """Maximum suspicion timeout = suspicion_max_timeout_mult * minimum."""
+    lifeguard: bool = True
+    """Lifeguard: local health awareness, nacks, confirmations that shrink the suspicion
+    timeout from its maximum towards its minimum (k = suspicion_mult - 2 confirmations),
+    and the buddy system (a suspect learns it is suspected from its prober). False gives
+    plain SWIM: a fixed timeout equal to the minimum, no nacks, no health scaling."""
+    shared_suspicion_clock: bool = True
+    """Suspect messages carry how long the suspicion has lasted, so every member's
+    timer ends when the first suspector's does instead of a gossip delay later."""
+    awareness_max_multiplier: int = 8
+    """Local health score runs 0..max-1; probe interval and timeout scale by score+1."""
+    nack_fraction: float = 0.8
+    """An intermediary sends a nack when the target is silent for this fraction of its
+    probe timeout, so the nack reaches the prober before its probe ends (Lifeguard)."""
+
+    # --- dissemination ------------------------------------------------------------------
+    gossip_interval: float = 0.2
+    """Seconds between gossip rounds (only when something is queued)."""
+    gossip_nodes: int = 3
+    """Members each gossip round sends to (fan-out)."""
+    retransmit_mult: int = 4
+    """Each update is sent retransmit_mult * ceil(log10(N + 1)) times."""
+    gossip_to_the_dead_time: float = 30.0
+    """Dead members still receive gossip for this long, so that they can refute."""
+    packet_size: int = 1400
+    """Largest UDP datagram sent, envelope and encryption included."""
+
+    # --- anti-entropy and joining -------------------------------------------------------
+    push_pull_interval: float = 30.0
+    """Seconds between full state exchanges with one random member over TCP
+    (scaled by ceil(log2(N) - log2(32)) + 1 above 32 members, as memberlist does)."""
+    join_retry_min: float = 1.0
+    """First wait before retrying the seeds when none answered; doubles each time."""
+    join_retry_max: float = 30.0
+    """Longest wait between join retries."""
+    stream_timeout: float = 10.0
+    """Seconds a TCP state exchange may take."""
+    state_repair_delay: float = 1.0
+    """Seconds a member's node state may lag behind what it announced before this member
+    asks the owner for a full exchange."""
+
+    # --- membership lifetime ------------------------------------------------------------
+    reap_after: float = 3600.0
+    """Seconds a dead or left member stays in the table (as a tombstone) before it is
+    forgotten; it can come back at any time with a higher incarnation."""
+    leave_propagate_time: float = 1.0
+    """Seconds a leaving member keeps gossiping its leave before it stops."""
+
+    # --- node state -----------------------------------------------------------------------
+    max_state_bytes: int = 64 * 1024
+    """Largest encoded node state a member may publish."""
+
+    label: str = ""
+    """Cluster label: packets with another label are dropped (several clusters, one network)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.probe_interval <= 0:
+            problems.append("probe_interval must be > 0")
+        if not 0 < self.probe_timeout <= self.probe_interval:
+            problems.append("probe_timeout must be > 0 and <= probe_interval")
+        if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
+            problems.append("suspicion multipliers must be >= 1")
+        if self.gossip_interval <= 0 or self.gossip_nodes < 1:
+            problems.append("gossip_interval must be > 0 and gossip_nodes >= 1")
+        if not 512 <= self.packet_size <= 65000:
+            problems.append("packet_size must be within 512..65000")
+        if self.probe_schedule not in ("coordinated", "shuffled"):
+            problems.append("probe_schedule must be coordinated or shuffled")
+        if len(self.label.encode()) > 255:
+            problems.append("label must be at most 255 bytes")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def lan(cls, **overrides: Any) -> GossipConfig:
+        """memberlist's DefaultLANConfig timings."""
+        return cls(**overrides)
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> GossipConfig:
+        """Short timings for tests with every member on one machine."""
+        base: dict[str, Any] = dict(
+            probe_interval=0.2, probe_timeout=0.1, suspicion_mult=3, gossip_interval=0.05,
+            push_pull_interval=2.0, join_retry_min=0.1, join_retry_max=1.0,
+            gossip_to_the_dead_time=5.0, stream_timeout=2.0, state_repair_delay=0.3,
+            leave_propagate_time=0.3, reap_after=60.0,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> GossipConfig:
+        return dataclasses.replace(self, **changes)

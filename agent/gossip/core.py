@@ -1,0 +1,912 @@
+"""The gossip membership state machine: SWIM with Lifeguard, sans-IO.
+
+``Membership`` holds no socket and reads no clock: it is fed the time and what
+arrived, and returns *effects* for the caller to carry out::
+
+    core = Membership(cfg, name="a", addr=("127.0.0.2", 7946), rng=random.Random(1), now=0.0)
+    effects = core.join([("127.0.0.3", 7946)], now)      # Stream: push-pull with a seed
+    effects = core.receive_packet(src, payload, now)     # Send: datagrams to send
+    effects = core.tick(now)                             # at core.next_deadline()
+
+Effects are ``Send`` (a UDP payload), ``Stream`` (a TCP state exchange whose
+outcome goes back through ``stream_done``) and ``MemberEvent``. The same core
+runs on real sockets (``transport``) and in the simulator (``sim``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple
+
+from agent.gossip import broadcast as bq
+from agent.gossip import codec
+from agent.gossip.config import GossipConfig
+from agent.gossip.messages import (
+    Ack,
+    Addr,
+    Alive,
+    Code,
+    Dead,
+    IndirectPing,
+    MemberRecord,
+    Nack,
+    Ping,
+    PushPull,
+    StateDelta,
+    Status,
+    Suspect,
+)
+from agent.gossip.suspicion import (
+    Awareness,
+    Suspicion,
+    min_suspicion_timeout,
+    retransmit_limit,
+)
+from agent.gossip.timers import Timer, Timers
+from orch.errors import ProtocolError
+
+ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.LEFT
+_LIVE = (ALIVE, SUSPECT)
+_GONE = (DEAD, LEFT)
+_MAX_PENDING_DELTAS = 32
+
+
+class EventKind(Enum):
+    JOIN = "join"
+    """A member appeared, or came back after being dead or gone."""
+    UPDATE = "update"
+    """A member's node state changed."""
+    SUSPECT = "suspect"
+    ALIVE = "alive"
+    """A suspected member refuted the suspicion."""
+    DEAD = "dead"
+    LEFT = "left"
+    CONFLICT = "conflict"
+    """Another address claims a live member's name (it is ignored)."""
+
+
+# --- effects -------------------------------------------------------------------------------
+
+
+class Send(NamedTuple):
+    addr: Addr
+    payload: bytes
+    """A msgpack array of messages; the transport seals it in the envelope."""
+
+
+class Stream(NamedTuple):
+    addr: Addr
+    message: PushPull
+    purpose: str
+    """join, sync (periodic anti-entropy) or repair (a lagging node state)."""
+
+
+class MemberEvent(NamedTuple):
+    kind: EventKind
+    name: str
+    addr: Addr
+    incarnation: int
+    time: float
+
+
+Effect = Send | Stream | MemberEvent
+
+
+@dataclass(slots=True)
+class Member:
+    """What this member knows of one member (itself included)."""
+
+    name: str
+    addr: Addr
+    incarnation: int
+    status: Status
+    since: float
+    state: dict[str, Any] = field(default_factory=dict)
+    state_version: int = 0
+    """Every delta up to this version has been applied."""
+    announced_version: int = 0
+    """Highest state version seen announced (alive messages, deltas)."""
+    pending: list[StateDelta] | None = None
+    """Deltas that arrived ahead of a missing one."""
+    suspicion: Suspicion | None = None
+    reap_timer: Timer | None = None
+    repair_at: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """A read-only snapshot of a member for callers outside the core."""
+
+    name: str
+    addr: Addr
+    status: Status
+    incarnation: int
+    state: Mapping[str, Any]
+    state_version: int
+    since: float
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for metrics (messages by code are indexed by ``Code``)."""
+
+    sent: list[int] = field(default_factory=lambda: [0] * 10)
+    received: list[int] = field(default_factory=lambda: [0] * 10)
+    dropped: dict[str, int] = field(default_factory=dict)
+    probes: int = 0
+    probe_failures: int = 0
+    indirect_probes: int = 0
+    suspicions: int = 0
+    """Suspicions this member raised from its own failed probes."""
+    refutations: int = 0
+    """Times this member refuted a suspicion (or death notice) about itself."""
+    rtt_samples: list[float] = field(default_factory=list)
+    """Direct probe round-trip times since the caller last drained them."""
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+@dataclass(slots=True)
+class _Probe:
+    seq: int
+    target: str
+    sent: float
+    acked: bool = False
+    nacks: int = 0
+    expected_nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    seq: int
+    requester: Addr
+    nack: bool
+    timer: Timer | None = None
+
+
+class Membership:
+    """One member's view of the cluster, and the protocol that keeps it true."""
+
+    def __init__(self, cfg: GossipConfig, *, name: str, addr: Addr, rng: random.Random,
+                 now: float, state: Mapping[str, Any] | None = None,
+                 incarnation: int = 0) -> None:
+        if not name or len(name) > codec.MAX_NAME:
+            raise ValueError("member name must be 1..256 characters")
+        self.cfg = cfg
+        self.name = name
+        self.addr = addr
+        self.rng = rng
+        self.stats = Stats()
+        self.awareness = Awareness(cfg.awareness_max_multiplier)
+        self.clock_offset = 0.0
+        """Added to ``now`` to get the shared round clock of the coordinated probe schedule
+        (the transport sets it to wall time minus monotonic time)."""
+        self.members: dict[str, Member] = {}
+        self.me = Member(name, addr, incarnation, ALIVE, now)
+        self.members[name] = self.me
+        self._n_live = 1
+        self._peers: list[Member] = []  # everyone but me, for random choices
+        self._peer_index: dict[str, int] = {}
+        self._timers = Timers()
+        self._queue = bq.BroadcastQueue()
+        self._out: list[Effect] = []
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._budget = cfg.packet_size - codec.envelope_overhead(cfg.label) - codec.ARRAY_HEADER_MAX
+        self._leaving = False
+        self._stopped = False
+        # probe schedule state
+        self._probe_list: list[Member] = []
+        self._probe_index = 0
+        self._ring: list[str] | None = None
+        self._ring_index: dict[str, int] = {}
+        self._perm_key: tuple[int, int] | None = None
+        self._perm: list[int] = []
+        self._label_seed = zlib.crc32(cfg.label.encode())
+        # joining
+        self._join_seeds: list[Addr] = []
+        self._join_pending = 0
+        self._join_backoff = cfg.join_retry_min
+        self.joined = False
+        # gossip rounds run only while something is queued, on a fixed phase
+        self._gossip_phase = now + rng.random() * cfg.gossip_interval
+        self._gossip_timer: Timer | None = None
+
+        self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
+        self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
+        if state:
+            self._set_local_state(dict(state), now, full=True)
+        self._announce_alive(now)  # queued last, so sent first: receivers know us before our state
+
+    # --- the caller's interface ---------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Effect]:
+        """Run the timers that are due; call at ``next_deadline()``."""
+        self._timers.run(now)
+        return self._flush()
+
+    def next_deadline(self) -> float:
+        return self._timers.next_deadline()
+
+    def receive_packet(self, src: Addr, payload: bytes, now: float) -> list[Effect]:
+        """Handle one datagram payload (envelope already opened). Bad input is counted."""
+        try:
+            items = codec.decode_payload(payload)
+        except ProtocolError as e:
+            self.stats.drop(e.reason)
+            return []
+        for raw in items:
+            try:
+                msg = codec.decode_message(raw)
+            except ProtocolError as e:
+                self.stats.drop(e.reason)
+                continue
+            self._dispatch(src, msg, now)
+        return self._flush()
+
+    def receive(self, src: Addr, msg: object, now: float) -> list[Effect]:
+        """Handle one decoded message."""
+        self._dispatch(src, msg, now)
+        return self._flush()
+
+    def _dispatch(self, src: Addr, msg: object, now: float) -> None:
+        if self._stopped:
+            return
+        t = type(msg)
+        if t is Ping:
+            self._on_ping(src, msg, now)  # type: ignore[arg-type]
+        elif t is Ack:
+            self._on_ack(msg, now)  # type: ignore[arg-type]
+        elif t is Alive:
+            self._on_alive(msg, now)  # type: ignore[arg-type]
+        elif t is Suspect:
+            self._on_suspect(msg, now)  # type: ignore[arg-type]
+        elif t is Dead:
+            self._on_dead(msg, now)  # type: ignore[arg-type]
+        elif t is IndirectPing:
+            self._on_indirect_ping(src, msg, now)  # type: ignore[arg-type]
+        elif t is Nack:
+            self._on_nack(msg)  # type: ignore[arg-type]
+        elif t is StateDelta:
+            self._on_state(msg, now)  # type: ignore[arg-type]
+        self.stats.received[_CODE_OF[t]] += 1
+
+    def join(self, seeds: Iterable[Addr], now: float) -> list[Effect]:
+        """Exchange state with every seed; retry with backoff until one answers."""
+        self._join_seeds = [s for s in dict.fromkeys(seeds) if s != self.addr]
+        self._join_backoff = self.cfg.join_retry_min
+        self._join_attempt(None, now)
+        return self._flush()
+
+    def leave(self, now: float) -> list[Effect]:
+        """Announce a graceful leave; keep calling ``tick`` for ``leave_propagate_time``."""
+        if not self._leaving:
+            self._leaving = True
+            me = self.me
+            self._set_status(me, LEFT, now)
+            self._enqueue_member(Dead(me.incarnation, me.name, me.name), now)
+            for m in self._random_peers(self.cfg.gossip_nodes * 2, _LIVE):
+                self._send(m.addr, [], now)
+        return self._flush()
+
+    def stop(self) -> None:
+        """Stop all activity (after a leave, or to simulate a crash)."""
+        self._stopped = True
+        self._timers = Timers()
+
+    def set_state(self, changes: Mapping[str, Any], now: float) -> list[Effect]:
+        """Change this member's node state (None deletes a key) and spread the change."""
+        new = dict(self.me.state)
+        for k, v in changes.items():
+            if v is None:
+                new.pop(k, None)
+            else:
+                new[k] = v
+        if new != self.me.state:
+            self._set_local_state(new, now)
+        return self._flush()
+
+    def stream_request(self, src: Addr, msg: PushPull, now: float) -> tuple[PushPull, list[Effect]]:
+        """Answer a push-pull from ``src``: our state goes back, theirs is merged."""
+        reply = self._push_pull_message(join=False)
+        self._merge(msg, now)
+        return reply, self._flush()
+
+    def stream_done(self, stream: Stream, reply: PushPull | None, now: float) -> list[Effect]:
+        """The outcome of a ``Stream`` effect: the peer's state, or None when it failed."""
+        if reply is not None:
+            self._merge(reply, now)
+        if stream.purpose == "join":
+            self._join_result(reply is not None, now)
+        return self._flush()
+
+    def preload(self, members: Iterable[tuple[str, Addr]], now: float) -> None:
+        """Know these members as alive at incarnation 0 without gossip (simulated clusters
+        that start converged)."""
+        for name, addr in members:
+            if name not in self.members:
+                self._add_member(Member(name, addr, 0, ALIVE, now), now)
+
+    # queries
+
+    def member(self, name: str) -> MemberInfo | None:
+        m = self.members.get(name)
+        return None if m is None else _info(m)
+
+    def snapshot(self) -> list[MemberInfo]:
+        return [_info(m) for m in self.members.values()]
+
+    @property
+    def num_live(self) -> int:
+        """Members alive or suspect, this one included."""
+        return self._n_live
+
+    @property
+    def incarnation(self) -> int:
+        return self.me.incarnation
+
+    @property
+    def queued_broadcasts(self) -> int:
+        return len(self._queue)
+
+    # --- probing ------------------------------------------------------------------------------
+
+    def _probe_start(self, _arg: object, now: float) -> None:
+        cfg = self.cfg
+        lifeguard = cfg.lifeguard
+        interval = self.awareness.scale(cfg.probe_interval) if lifeguard else cfg.probe_interval
+        if self._leaving:
+            return
+        target = self._next_target(now)
+        if target is None:
+            self._timers.at(now + interval, self._probe_start)
+            return
+        self._seq += 1
+        seq = self._seq
+        self._probe = _Probe(seq, target.name, now)
+        self.stats.probes += 1
+        first = [codec.encode(Ping(seq, target.name, self.name))]
+        if lifeguard and target.status is SUSPECT and target.suspicion is not None:
+            # buddy system: tell the suspect at once, so it can refute
+            s = target.suspicion
+            first.append(codec.encode(Suspect(
+                target.incarnation, target.name, self.name, _age_ms(s.start, now))))
+        self._send(target.addr, first, now)
+        timeout = self.awareness.scale(cfg.probe_timeout) if lifeguard else cfg.probe_timeout
+        self._timers.at(now + timeout, self._probe_timeout, seq)
+        self._timers.at(now + interval, self._probe_end, seq)
+
+    def _probe_timeout(self, seq: int, now: float) -> None:
+        p = self._probe
+        if p is None or p.seq != seq or p.acked:
+            return
+        target = self.members.get(p.target)
+        if target is None:
+            return
+        nack = self.cfg.lifeguard
+        host, port = target.addr
+        ind = codec.encode(IndirectPing(seq, target.name, host, port, nack, self.name))
+        peers = self._random_peers(self.cfg.indirect_checks, (ALIVE,), exclude=target.name)
+        for m in peers:
+            self._send(m.addr, [ind], now)
+        self.stats.indirect_probes += len(peers)
+        p.expected_nacks = len(peers) if nack else 0
+
+    def _probe_end(self, seq: int, now: float) -> None:
+        p = self._probe
+        if p is None or p.seq != seq:
+            return
+        self._probe = None
+        if p.acked:
+            self.awareness.apply(-1)
+        else:
+            self.stats.probe_failures += 1
+            if self.cfg.lifeguard:
+                # Missing nacks mean the fault is likely ours (Lifeguard's local health).
+                self.awareness.apply(p.expected_nacks - p.nacks if p.expected_nacks else 1)
+            target = self.members.get(p.target)
+            if target is not None and target.status in _LIVE:
+                self.stats.suspicions += 1
+                self._on_suspect(Suspect(target.incarnation, target.name, self.name, 0), now)
+        self._probe_start(None, now)
+
+    def _next_target(self, now: float) -> Member | None:
+        if self.cfg.probe_schedule == "coordinated":
+            return self._coordinated_target(now)
+        return self._shuffled_target()
+
+    def _shuffled_target(self) -> Member | None:
+        """memberlist's walk: a shuffled list, reshuffled (and reaped) on each wrap."""
+        members = self.members
+        for _ in range(len(self._probe_list) + 1):
+            if self._probe_index >= len(self._probe_list):
+                self._probe_list = [m for m in self._probe_list if members.get(m.name) is m]
+                self.rng.shuffle(self._probe_list)
+                self._probe_index = 0
+                if not self._probe_list:
+                    return None
+            m = self._probe_list[self._probe_index]
+            self._probe_index += 1
+            if m.status in _LIVE and members.get(m.name) is m:
+                return m
+        return None
+
+    def _coordinated_target(self, now: float) -> Member | None:
+        """The member at a shared shuffled offset from us on the ring of live members."""
+        ring = self._ring
+        if ring is None:
+            ring = self._ring = sorted(n for n, m in self.members.items() if m.status in _LIVE)
+            self._ring_index = {n: i for i, n in enumerate(ring)}
+        size = len(ring)
+        i = self._ring_index.get(self.name)
+        if size < 2 or i is None:
+            return None
+        rnd = math.floor((now + self.clock_offset) / self.cfg.probe_interval)
+        epoch, pos = divmod(rnd, size - 1)
+        if self._perm_key != (epoch, size):
+            seed = (self._label_seed << 40) ^ (epoch << 20) ^ size
+            perm = list(range(1, size))
+            random.Random(seed).shuffle(perm)
+            self._perm, self._perm_key = perm, (epoch, size)
+        return self.members[ring[(i + self._perm[pos]) % size]]
+
+    def _on_ping(self, src: Addr, msg: Ping, now: float) -> None:
+        if msg.target != self.name:
+            self.stats.drop("misdirected")
+            return
+        self._send(src, [codec.encode(Ack(msg.seq))], now)
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        p = self._probe
+        if p is not None and p.seq == msg.seq:
+            if not p.acked:
+                p.acked = True
+                self.stats.rtt_samples.append(now - p.sent)
+            return
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            Timers.cancel(relay.timer)
+            self._send(relay.requester, [codec.encode(Ack(relay.seq))], now)
+
+    def _on_nack(self, msg: Nack) -> None:
+        p = self._probe
+        if p is not None and p.seq == msg.seq:
+            p.nacks += 1
+
+    def _on_indirect_ping(self, src: Addr, msg: IndirectPing, now: float) -> None:
+        self._seq += 1
+        seq = self._seq
+        relay = self._relays[seq] = _Relay(msg.seq, src, msg.nack)
+        self._send((msg.host, msg.port), [codec.encode(Ping(seq, msg.target, self.name))], now)
+        timeout = self.cfg.probe_timeout
+        if msg.nack:
+            relay.timer = self._timers.at(now + timeout * self.cfg.nack_fraction, self._relay_nack, seq)
+        self._timers.at(now + timeout, self._relay_expire, seq)
+
+    def _relay_nack(self, seq: int, now: float) -> None:
+        relay = self._relays.get(seq)
+        if relay is not None:
+            self._send(relay.requester, [codec.encode(Nack(relay.seq))], now)
+
+    def _relay_expire(self, seq: int, _now: float) -> None:
+        self._relays.pop(seq, None)
+
+    # --- membership updates ---------------------------------------------------------------------
+
+    def _on_alive(self, msg: Alive, now: float) -> None:
+        addr = (msg.host, msg.port)
+        m = self.members.get(msg.name)
+        if m is self.me:
+            if msg.incarnation > self.me.incarnation or addr != self.addr:
+                # an older life of ours, or someone using our name: assert ourselves
+                if not self._leaving:
+                    self._refute(msg.incarnation, now)
+            return
+        if m is None:
+            m = Member(msg.name, addr, msg.incarnation, ALIVE, now)
+            self._add_member(m, now)
+            m.announced_version = msg.state_version
+            self._enqueue_member(msg, now)
+            self._emit(EventKind.JOIN, m, now)
+            self._check_state_lag(m, now)
+            return
+        if addr != m.addr:
+            if m.status in _LIVE:
+                self.stats.drop("conflict")
+                self._emit(EventKind.CONFLICT, Member(msg.name, addr, msg.incarnation, ALIVE, now), now)
+                return
+            m.addr = addr  # a dead or gone member came back on a new address
+        elif msg.incarnation <= m.incarnation:
+            return
+        old = m.status
+        m.incarnation = msg.incarnation
+        m.announced_version = max(m.announced_version, msg.state_version)
+        self._enqueue_member(msg, now)
+        if old is not ALIVE:
+            self._set_status(m, ALIVE, now)
+            self._emit(EventKind.ALIVE if old is SUSPECT else EventKind.JOIN, m, now)
+        self._check_state_lag(m, now)
+
+    def _on_suspect(self, msg: Suspect, now: float) -> None:
+        m = self.members.get(msg.name)
+        if m is None or msg.incarnation < m.incarnation:
+            return
+        if m is self.me:
+            if not self._leaving:
+                self._refute(msg.incarnation, now)
+            return
+        cfg = self.cfg
+        s = m.suspicion
+        if m.status is SUSPECT and s is not None and msg.incarnation == s.incarnation:
+            rearm = False
+            if cfg.shared_suspicion_clock:
+                start = now - min(msg.age_ms / 1000, s.hi)
+                if start < s.start - 0.001:
+                    s.start, rearm = start, True
+            if s.confirm(msg.sender):
+                self._enqueue_suspect(m, msg.sender, now)
+                rearm = True
+            if rearm:
+                self._arm_suspicion(m)
+            return
+        if m.status not in _LIVE:
+            return
+        if s is not None:  # a suspicion of an older incarnation: start over
+            Timers.cancel(s.timer)  # type: ignore[arg-type]
+            self._queue.drop_member(m.name, (bq.SUSPECT,))
+        n = self._n_live
+        k = cfg.suspicion_mult - 2 if cfg.lifeguard else 0
+        if n - 2 < k:
+            k = 0
+        lo = min_suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        hi = cfg.suspicion_max_timeout_mult * lo if cfg.lifeguard else lo
+        start = now - min(msg.age_ms / 1000, hi) if cfg.shared_suspicion_clock else now
+        m.incarnation = msg.incarnation
+        m.suspicion = Suspicion(start=start, sender=msg.sender, incarnation=msg.incarnation,
+                                k=k, lo=lo, hi=hi)
+        self._set_status(m, SUSPECT, now)
+        self._enqueue_suspect(m, msg.sender, now)
+        self._arm_suspicion(m)
+        self._emit(EventKind.SUSPECT, m, now)
+
+    def _arm_suspicion(self, m: Member) -> None:
+        s = m.suspicion
+        assert s is not None
+        Timers.cancel(s.timer)  # type: ignore[arg-type]
+        s.timer = self._timers.at(s.deadline(), self._suspicion_expired, m)
+
+    def _suspicion_expired(self, m: Member, now: float) -> None:
+        if m.status is SUSPECT and m.suspicion is not None and self.members.get(m.name) is m:
+            self._on_dead(Dead(m.incarnation, m.name, self.name), now)
+
+    def _on_dead(self, msg: Dead, now: float) -> None:
+        m = self.members.get(msg.name)
+        if m is None or msg.incarnation < m.incarnation or m.status in _GONE:
+            return
+        if m is self.me:
+            if not self._leaving:
+                self._refute(msg.incarnation, now)
+            return
+        m.incarnation = msg.incarnation
+        status = LEFT if msg.sender == msg.name else DEAD
+        self._set_status(m, status, now)
+        self._enqueue_member(msg, now)
+        self._emit(EventKind.LEFT if status is LEFT else EventKind.DEAD, m, now)
+
+    def _refute(self, incarnation: int, now: float) -> None:
+        me = self.me
+        me.incarnation = max(me.incarnation, incarnation) + 1
+        self.stats.refutations += 1
+        if self.cfg.lifeguard:
+            self.awareness.apply(1)
+        self._announce_alive(now)
+
+    def _announce_alive(self, now: float) -> None:
+        me = self.me
+        self._enqueue_member(Alive(me.incarnation, me.name, me.addr[0], me.addr[1],
+                                   me.state_version), now)
+
+    def _set_status(self, m: Member, status: Status, now: float) -> None:
+        old = m.status
+        if old is status:
+            return
+        m.status = status
+        m.since = now
+        if (old in _LIVE) != (status in _LIVE):
+            self._n_live += 1 if status in _LIVE else -1
+            self._ring = None
+        if status is not SUSPECT and m.suspicion is not None:
+            Timers.cancel(m.suspicion.timer)  # type: ignore[arg-type]
+            m.suspicion = None
+            self._queue.drop_member(m.name, (bq.SUSPECT,))
+        Timers.cancel(m.reap_timer)
+        m.reap_timer = None
+        if status in _GONE and m is not self.me:
+            m.reap_timer = self._timers.at(now + self.cfg.reap_after, self._reap, m)
+
+    def _add_member(self, m: Member, now: float) -> None:
+        self.members[m.name] = m
+        self._peer_index[m.name] = len(self._peers)
+        self._peers.append(m)
+        # insert at a random place so that new members are not all probed last
+        self._probe_list.insert(self.rng.randint(0, len(self._probe_list)), m)
+        if m.status in _LIVE:
+            self._n_live += 1
+            self._ring = None
+
+    def _reap(self, m: Member, now: float) -> None:
+        if self.members.get(m.name) is not m or m.status not in _GONE:
+            return
+        del self.members[m.name]
+        i = self._peer_index.pop(m.name)
+        last = self._peers.pop()
+        if last is not m:
+            self._peers[i] = last
+            self._peer_index[last.name] = i
+        self._queue.drop_member(m.name, (bq.MEMBER, bq.SUSPECT, bq.STATE))
+
+    # --- node state --------------------------------------------------------------------------
+
+    def _set_local_state(self, new: dict[str, Any], now: float, *, full: bool = False) -> None:
+        size = codec.state_size(new)
+        if size > self.cfg.max_state_bytes:
+            raise ValueError(f"node state is {size} bytes, the limit is {self.cfg.max_state_bytes}")
+        me = self.me
+        old = me.state
+        changes = {k: v for k, v in new.items() if old.get(k, _MISSING) != v}
+        changes.update({k: None for k in old if k not in new})
+        me.state = new
+        self._publish_changes(new if full else changes, now, full=full)
+        self._emit(EventKind.UPDATE, me, now)
+
+    def _publish_changes(self, changes: dict[str, Any], now: float, *, full: bool = False) -> None:
+        """Spread ``changes`` as deltas small enough for one packet each."""
+        me = self.me
+        limit = self._budget // 2
+        batch: dict[str, Any] = {}
+        batches: list[dict[str, Any]] = []
+        used = 0
+        for k, v in changes.items():
+            cost = codec.state_size({k: v})
+            if batch and used + cost > limit:
+                batches.append(batch)
+                batch, used = {}, 0
+            batch[k] = v
+            used += cost
+        if batch or not batches:
+            batches.append(batch)
+        for i, b in enumerate(batches):
+            prev = -1 if full and i == 0 else me.state_version
+            me.state_version += 1
+            delta = StateDelta(me.name, prev, me.state_version, b)
+            data = codec.encode(delta)
+            if len(data) > self._budget:
+                # A single value too large for a datagram: push-pull and repair carry it.
+                continue
+            self._queue.enqueue(me.name, bq.STATE, data, sub=me.state_version)
+            self._arm_gossip(now)
+        me.announced_version = me.state_version
+
+    def _on_state(self, msg: StateDelta, now: float) -> None:
+        m = self.members.get(msg.name)
+        if m is None:
+            return
+        if m is self.me:
+            if msg.version >= self.me.state_version and not self._leaving:
+                self._reassert_state(msg.version, now)
+            return
+        if msg.version <= m.state_version:
+            return
+        m.announced_version = max(m.announced_version, msg.version)
+        if msg.prev_version == -1 or msg.prev_version == m.state_version:
+            self._apply_delta(m, msg, now)
+            pending = m.pending
+            while pending:
+                nxt = next((d for d in pending if d.prev_version == m.state_version), None)
+                if nxt is None:
+                    break
+                pending.remove(nxt)
+                self._apply_delta(m, nxt, now)
+            if pending is not None:
+                pending[:] = [d for d in pending if d.version > m.state_version]
+        else:
+            if m.pending is None:
+                m.pending = []
+            if len(m.pending) < _MAX_PENDING_DELTAS:
+                m.pending.append(msg)
+            self._check_state_lag(m, now)
+
+    def _apply_delta(self, m: Member, msg: StateDelta, now: float) -> None:
+        if msg.prev_version == -1:
+            m.state = {k: v for k, v in msg.changes.items() if v is not None}
+        else:
+            for k, v in msg.changes.items():
+                if v is None:
+                    m.state.pop(k, None)
+                else:
+                    m.state[k] = v
+        m.state_version = msg.version
+        self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version)
+        self._arm_gossip(now)
+        self._emit(EventKind.UPDATE, m, now)
+
+    def _reassert_state(self, seen: int, now: float) -> None:
+        """Others hold a newer version of our state (from an earlier life): overwrite it."""
+        self.me.state_version = max(self.me.state_version, seen)
+        self._publish_changes(dict(self.me.state), now, full=True)
+
+    def _check_state_lag(self, m: Member, now: float) -> None:
+        """Ask the owner for its state if we still lag after ``state_repair_delay``."""
+        if m.announced_version > m.state_version and m.status in _LIVE and now >= m.repair_at:
+            m.repair_at = now + self.cfg.state_repair_delay
+            self._timers.at(m.repair_at, self._repair_state, m)
+
+    def _repair_state(self, m: Member, now: float) -> None:
+        if (self.members.get(m.name) is not m or m.announced_version <= m.state_version
+                or m.status not in _LIVE):
+            return
+        m.repair_at = now + self.cfg.state_repair_delay * 4
+        self._out.append(Stream(m.addr, self._push_pull_message(join=False), "repair"))
+
+    # --- anti-entropy and joining ------------------------------------------------------------
+
+    def _push_pull_interval(self) -> float:
+        n = self._n_live
+        base = self.cfg.push_pull_interval
+        if n <= 32:
+            return base
+        return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+
+    def _push_pull(self, _arg: object, now: float) -> None:
+        peers = self._random_peers(1, (ALIVE,))
+        if peers and not self._leaving:
+            self._out.append(Stream(peers[0].addr, self._push_pull_message(join=False), "sync"))
+        self._timers.at(now + self._push_pull_interval(), self._push_pull)
+
+    def _push_pull_message(self, *, join: bool) -> PushPull:
+        recs = [MemberRecord(m.name, m.addr[0], m.addr[1], m.incarnation, int(m.status),
+                             m.state_version, m.state) for m in self.members.values()]
+        return PushPull(join, self.name, recs)
+
+    def _merge(self, msg: PushPull, now: float) -> None:
+        for r in msg.members:
+            m = self.members.get(r.name)
+            if m is not self.me and m is not None and r.status == m.status \
+                    and r.incarnation <= m.incarnation:
+                pass  # we agree on the status
+            elif r.status == ALIVE:
+                self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.state_version), now)
+            elif r.status == LEFT:
+                self._on_dead(Dead(r.incarnation, r.name, r.name), now)
+            else:
+                # another member's "dead" makes us suspect, not declare (memberlist)
+                self._on_suspect(Suspect(r.incarnation, r.name, msg.sender, 0), now)
+            m = self.members.get(r.name)
+            if m is None:
+                continue
+            if m is self.me:
+                if r.state_version > self.me.state_version and not self._leaving:
+                    self._reassert_state(r.state_version, now)
+            elif r.state_version > m.state_version:
+                m.state = dict(r.state)
+                m.state_version = r.state_version
+                m.announced_version = max(m.announced_version, r.state_version)
+                m.pending = None
+                self._emit(EventKind.UPDATE, m, now)
+
+    def _join_attempt(self, _arg: object, now: float) -> None:
+        if self.joined or not self._join_seeds or self._stopped:
+            return
+        msg = self._push_pull_message(join=True)
+        self._join_pending = len(self._join_seeds)
+        for seed in self._join_seeds:
+            self._out.append(Stream(seed, msg, "join"))
+
+    def _join_result(self, ok: bool, now: float) -> None:
+        if ok:
+            self.joined = True
+            return
+        self._join_pending -= 1
+        if self._join_pending <= 0 and not self.joined:
+            self._timers.at(now + self._join_backoff, self._join_attempt)
+            self._join_backoff = min(self._join_backoff * 2, self.cfg.join_retry_max)
+
+    # --- dissemination -----------------------------------------------------------------------
+
+    def _enqueue_member(self, msg: Alive | Dead, now: float) -> None:
+        self._queue.enqueue(msg.name, bq.MEMBER, codec.encode(msg))
+        self._arm_gossip(now)
+
+    def _enqueue_suspect(self, m: Member, sender: str, now: float) -> None:
+        inc = m.incarnation
+        s = m.suspicion
+
+        def render(t: float) -> bytes:
+            start = s.start if s is not None else t
+            return codec.encode(Suspect(inc, m.name, sender, _age_ms(start, t)))
+
+        refresh = render if self.cfg.shared_suspicion_clock else None
+        self._queue.enqueue(m.name, bq.SUSPECT, render(now), sub=sender, refresh=refresh)
+        self._arm_gossip(now)
+
+    def _arm_gossip(self, now: float) -> None:
+        if self._gossip_timer is None and not self._stopped:
+            iv = self.cfg.gossip_interval
+            when = self._gossip_phase + math.ceil((now - self._gossip_phase) / iv) * iv
+            self._gossip_timer = self._timers.at(max(when, now), self._gossip)
+
+    def _gossip(self, _arg: object, now: float) -> None:
+        self._gossip_timer = None
+        if not self._queue.size:
+            return
+        cfg = self.cfg
+        peers = self._random_peers(cfg.gossip_nodes, _LIVE, dead_since=now - cfg.gossip_to_the_dead_time)
+        for m in peers:
+            if not self._send(m.addr, [], now):
+                break
+        if self._queue.size:
+            self._arm_gossip(now + cfg.gossip_interval / 2)
+
+    def _send(self, addr: Addr, first: list[bytes], now: float) -> bool:
+        """Send ``first`` plus as many queued broadcasts as fit; False if nothing to send."""
+        budget = self._budget - sum(len(b) for b in first)
+        extra = self._queue.take(budget, 0, retransmit_limit(self.cfg.retransmit_mult, self._n_live), now)
+        if not first and not extra:
+            return False
+        items = first + extra if extra else first
+        for data in items:
+            # the message code is the second byte of every encoded message array
+            self.stats.sent[data[1]] += 1
+        self._out.append(Send(addr, codec.pack(items)))
+        return True
+
+    def _random_peers(self, k: int, statuses: tuple[Status, ...], *, exclude: str = "",
+                      dead_since: float | None = None) -> list[Member]:
+        """Up to ``k`` distinct random members with one of ``statuses`` (memberlist's
+        kRandomNodes: 3n random draws at most)."""
+        peers = self._peers
+        n = len(peers)
+        out: list[Member] = []
+        if not n:
+            return out
+        rand = self.rng.random
+        for _ in range(3 * n):
+            m = peers[int(rand() * n)]
+            if m.name == exclude or m in out:
+                continue
+            if m.status in statuses or (dead_since is not None and m.status is DEAD
+                                        and m.since >= dead_since):
+                out.append(m)
+                if len(out) >= k:
+                    break
+        return out
+
+    def _emit(self, kind: EventKind, m: Member, now: float) -> None:
+        self._out.append(MemberEvent(kind, m.name, m.addr, m.incarnation, now))
+
+    def _flush(self) -> list[Effect]:
+        out = self._out
+        self._out = []
+        return out
+
+
+_MISSING = object()
+_CODE_OF: dict[type, int] = {Ping: Code.PING, IndirectPing: Code.INDIRECT_PING, Ack: Code.ACK,
+                             Nack: Code.NACK, Suspect: Code.SUSPECT, Alive: Code.ALIVE,
+                             Dead: Code.DEAD, StateDelta: Code.STATE}
+
+
+def _age_ms(start: float, now: float) -> int:
+    return max(0, min(int((now - start) * 1000), (1 << 32) - 1))
+
+
+def _info(m: Member) -> MemberInfo:
+    return MemberInfo(m.name, m.addr, m.status, m.incarnation, dict(m.state),
+                      m.state_version, m.since)

@@ -1,0 +1,354 @@
+"""The asyncio shell around the gossip core: UDP datagrams, TCP push-pull, timers.
+
+``GossipNode`` opens one UDP socket and one TCP listener on the same port,
+seals and opens the envelope (label, AES-GCM), feeds the core with
+``loop.time()`` and carries out its effects. Bad input is counted by reason and
+logged at most once a minute per reason and source; it never stops the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.gossip import codec
+from agent.gossip.config import GossipConfig
+from agent.gossip.core import Effect, EventKind, MemberEvent, MemberInfo, Membership, Send, Stream
+from agent.gossip.crypto import Keyring
+from agent.gossip.messages import Addr, PushPull, Status
+from orch.errors import ProtocolError
+
+log = logging.getLogger("gossip")
+
+EventHandler = Callable[[MemberEvent], None]
+
+
+@dataclass(slots=True)
+class WireStats:
+    """What crossed the sockets, envelope included."""
+
+    packets_sent: int = 0
+    packets_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    streams_sent: int = 0
+    streams_received: int = 0
+    stream_failures: int = 0
+    send_errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, node: GossipNode) -> None:
+        self.node = node
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.node._datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self.node.wire.send_errors += 1
+
+
+class GossipNode:
+    """One member of the gossip cluster on real sockets."""
+
+    def __init__(self, cfg: GossipConfig, *, name: str, bind: Addr,
+                 advertise: Addr | None = None, keyring: Keyring | None = None,
+                 state: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.bind = bind
+        self._advertise = advertise
+        self.keyring = keyring
+        self._initial_state = dict(state or {})
+        self._rng = rng or random.Random()
+        self.wire = WireStats()
+        self.core: Membership | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._handlers: list[EventHandler] = []
+        self._queues: list[asyncio.Queue[MemberEvent]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_drop_log: dict[tuple[str, str], float] = {}
+        self._stopping = False
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind UDP and TCP on the same port (a free one when the port is 0) and start."""
+        loop = self._loop = asyncio.get_running_loop()
+        host, port = self.bind
+        for _attempt in range(20):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port), family=socket.AF_INET)
+            got = udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(
+                    self._serve_stream, host, got, family=socket.AF_INET, reuse_address=True)
+            except OSError:
+                udp.close()
+                if port:
+                    raise
+                continue
+            self._udp = udp
+            port = got
+            break
+        else:
+            raise OSError(f"could not bind UDP and TCP on one free port on {host}")
+        self.bind = (host, port)
+        adv = self._advertise or self.bind
+        if adv[0] in ("0.0.0.0", ""):
+            raise ValueError("binding to 0.0.0.0 needs an advertise address")
+        if adv[1] == 0:
+            adv = (adv[0], port)
+        self.core = Membership(self.cfg, name=self.name, addr=adv, rng=self._rng,
+                               now=loop.time(), state=self._initial_state)
+        self._sync_clock()
+        log.info("gossip listening", extra={"member": self.name, "addr": f"{adv[0]}:{adv[1]}",
+                                            "encrypted": self.keyring is not None})
+        self._apply(self.core.tick(loop.time()))
+
+    def join(self, seeds: Iterable[Addr]) -> None:
+        """Start joining through ``seeds`` (retried with backoff until one answers)."""
+        core, now = self._ready()
+        self._apply(core.join(list(seeds), now))
+
+    async def leave(self) -> None:
+        """Tell the cluster we are leaving, give the notice time to spread, then stop."""
+        if self.core is not None and not self._stopping:
+            core, now = self._ready()
+            log.info("leaving the cluster", extra={"member": self.name})
+            self._apply(core.leave(now))
+            await asyncio.sleep(self.cfg.leave_propagate_time)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop at once, without telling anyone (others will detect it as a failure)."""
+        self._stopping = True
+        if self.core is not None:
+            self.core.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- what the rest of the agent uses ---------------------------------------------------------
+
+    @property
+    def addr(self) -> Addr:
+        assert self.core is not None, "start() first"
+        return self.core.addr
+
+    def members(self) -> list[MemberInfo]:
+        return self.core.snapshot() if self.core is not None else []
+
+    def alive(self) -> list[MemberInfo]:
+        return [m for m in self.members() if m.status is Status.ALIVE]
+
+    def set_state(self, changes: Mapping[str, Any]) -> None:
+        """Change our node state; None deletes a key. Spread to every member as deltas."""
+        core, now = self._ready()
+        self._apply(core.set_state(changes, now))
+
+    def on_event(self, handler: EventHandler) -> None:
+        """Call ``handler`` for every membership event (keep it quick)."""
+        self._handlers.append(handler)
+
+    def events(self, maxsize: int = 10_000) -> asyncio.Queue[MemberEvent]:
+        """A queue that receives every membership event from now on."""
+        q: asyncio.Queue[MemberEvent] = asyncio.Queue(maxsize)
+        self._queues.append(q)
+        return q
+
+    def install_key(self, key: str | bytes) -> None:
+        self._keys().install(key)
+
+    def use_key(self, key: str | bytes) -> None:
+        self._keys().use(key)
+
+    def remove_key(self, key: str | bytes) -> None:
+        self._keys().remove(key)
+
+    def _keys(self) -> Keyring:
+        if self.keyring is None:
+            raise ValueError("this cluster runs without encryption; start it with a key")
+        return self.keyring
+
+    # --- the core's effects ------------------------------------------------------------------------
+
+    def _ready(self) -> tuple[Membership, float]:
+        if self.core is None or self._loop is None:
+            raise RuntimeError("GossipNode.start() has not been awaited")
+        return self.core, self._loop.time()
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for e in effects:
+            if type(e) is Send:
+                self._sendto(e.addr, e.payload)
+            elif type(e) is Stream:
+                self._spawn(self._push_pull(e))
+            else:
+                self._event(e)  # type: ignore[arg-type]
+        self._reschedule()
+
+    def _sendto(self, addr: Addr, payload: bytes) -> None:
+        if self._udp is None or self._udp.is_closing():
+            return
+        data = codec.seal(payload, self.cfg.label, self.keyring)
+        try:
+            self._udp.sendto(data, addr)
+        except OSError:
+            self.wire.send_errors += 1
+            return
+        self.wire.packets_sent += 1
+        self.wire.bytes_sent += len(data)
+
+    def _reschedule(self) -> None:
+        if self.core is None or self._loop is None or self._stopping:
+            return
+        when = self.core.next_deadline()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer) if when != float("inf") else None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        core, now = self._ready()
+        if int(now) % 60 == 0:
+            self._sync_clock()
+        self._apply(core.tick(now))
+
+    def _sync_clock(self) -> None:
+        assert self.core is not None and self._loop is not None
+        self.core.clock_offset = time.time() - self._loop.time()
+
+    def _event(self, e: MemberEvent) -> None:
+        level = logging.WARNING if e.kind in (EventKind.DEAD, EventKind.CONFLICT) else logging.INFO
+        if e.kind is not EventKind.UPDATE or log.isEnabledFor(logging.DEBUG):
+            log.log(logging.DEBUG if e.kind is EventKind.UPDATE else level,
+                    f"member {e.kind.value}",
+                    extra={"member": e.name, "addr": f"{e.addr[0]}:{e.addr[1]}",
+                           "incarnation": e.incarnation, "node": self.name})
+        for h in self._handlers:
+            try:
+                h(e)
+            except Exception:
+                log.exception("membership event handler failed")
+        for q in self._queues:
+            if not q.full():
+                q.put_nowait(e)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- input -------------------------------------------------------------------------------------
+
+    def _datagram(self, data: bytes, src: Addr) -> None:
+        if self.core is None or self._loop is None or self._stopping:
+            return
+        self.wire.packets_received += 1
+        self.wire.bytes_received += len(data)
+        try:
+            payload = codec.open_envelope(data, self.cfg.label, self.keyring)
+        except ProtocolError as e:
+            self._dropped(e, src)
+            return
+        self._apply(self.core.receive_packet(src, payload, self._loop.time()))
+
+    def _dropped(self, e: ProtocolError, src: Addr) -> None:
+        reason = e.reason
+        self.wire.dropped[reason] = self.wire.dropped.get(reason, 0) + 1
+        key = (reason, src[0])
+        now = time.monotonic()
+        if now - self._last_drop_log.get(key, -1e9) >= 60:
+            self._last_drop_log[key] = now
+            log.warning("dropped gossip input", extra={
+                "reason": reason, "source": f"{src[0]}:{src[1]}", "error": str(e),
+                "node": self.name})
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readexactly(4)
+        (n,) = struct.unpack(">I", head)
+        if n > codec.MAX_STREAM_FRAME:
+            raise ProtocolError(f"stream frame of {n} bytes is over the limit")
+        return await reader.readexactly(n)
+
+    async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        src = (str(peer[0]), int(peer[1]))
+        try:
+            async with asyncio.timeout(self.cfg.stream_timeout):
+                data = await self._read_frame(reader)
+                self.wire.streams_received += 1
+                self.wire.bytes_received += len(data) + 4
+                msg = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
+                core, now = self._ready()
+                reply, effects = core.stream_request(src, msg, now)
+                out = codec.frame(codec.seal(codec.encode(reply), self.cfg.label, self.keyring))
+                writer.write(out)
+                self.wire.bytes_sent += len(out)
+                await writer.drain()
+                self._apply(effects)
+        except ProtocolError as e:
+            self._dropped(e, src)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, RuntimeError):
+            self.wire.stream_failures += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _push_pull(self, stream: Stream) -> None:
+        reply: PushPull | None = None
+        self.wire.streams_sent += 1
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.cfg.stream_timeout):
+                reader, writer = await asyncio.open_connection(*stream.addr)
+                out = codec.frame(codec.seal(codec.encode(stream.message), self.cfg.label, self.keyring))
+                writer.write(out)
+                self.wire.bytes_sent += len(out)
+                await writer.drain()
+                data = await self._read_frame(reader)
+                self.wire.bytes_received += len(data) + 4
+                reply = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
+        except ProtocolError as e:
+            self._dropped(e, stream.addr)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            self.wire.stream_failures += 1
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        if self._stopping or self.core is None or self._loop is None:
+            return
+        if reply is None and stream.purpose == "join":
+            log.info("join: no answer from seed", extra={
+                "seed": f"{stream.addr[0]}:{stream.addr[1]}", "node": self.name})
+        self._apply(self.core.stream_done(stream, reply, self._loop.time()))
