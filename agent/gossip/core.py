@@ -504,10 +504,9 @@ class Membership:
         addr = (msg.host, msg.port)
         m = self.members.get(msg.name)
         if m is self.me:
-            if msg.incarnation > self.me.incarnation or addr != self.addr:
-                # an older life of ours, or someone using our name: assert ourselves
-                if not self._leaving:
-                    self._refute(msg.incarnation, now)
+            # an older life of ours, or someone using our name: assert ourselves
+            if (msg.incarnation > self.me.incarnation or addr != self.addr) and not self._leaving:
+                self._refute(msg.incarnation, now)
             return
         if m is None:
             m = Member(msg.name, addr, msg.incarnation, ALIVE, now)

@@ -242,8 +242,8 @@ class GossipNode:
         self._apply(core.tick(now))
 
     def _sync_clock(self) -> None:
-        assert self.core is not None and self._loop is not None
-        self.core.clock_offset = time.time() - self._loop.time()
+        core, now = self._ready()
+        core.clock_offset = time.time() - now
 
     def _event(self, e: MemberEvent) -> None:
         level = logging.WARNING if e.kind in (EventKind.DEAD, EventKind.CONFLICT) else logging.INFO
