@@ -34,6 +34,10 @@ class Broadcast:
         self.refresh = refresh
 
 
+_SMALLEST = 8
+"""No encoded update is smaller: below this budget the payload is full."""
+
+
 def _newest_first(b: Broadcast) -> int:
     return -b.id
 
@@ -93,9 +97,9 @@ class BroadcastQueue:
                     budget -= cost
                     out.append(data)
                     picked.append(b)
-                    if budget < 16:
+                    if budget < _SMALLEST:
                         break
-            if budget < 16:
+            if budget < _SMALLEST:
                 break
         for b in picked:
             self._tiers[b.transmits].remove(b)

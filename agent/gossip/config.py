@@ -75,6 +75,9 @@ class GossipConfig:
     """First wait before retrying the seeds when none answered; doubles each time."""
     join_retry_max: float = 30.0
     """Longest wait between join retries."""
+    reconnect_interval: float = 30.0
+    """Seconds between attempts to exchange state with one random member marked dead
+    (not left), as Serf does, so that a partition heals by itself once the network does."""
     stream_timeout: float = 10.0
     """Seconds a TCP state exchange may take."""
     state_repair_delay: float = 1.0
@@ -124,7 +127,7 @@ class GossipConfig:
         """Short timings for tests with every member on one machine."""
         base: dict[str, Any] = dict(
             probe_interval=0.2, probe_timeout=0.1, suspicion_mult=3, gossip_interval=0.05,
-            push_pull_interval=2.0, join_retry_min=0.1, join_retry_max=1.0,
+            push_pull_interval=2.0, reconnect_interval=1.0, join_retry_min=0.1, join_retry_max=1.0,
             gossip_to_the_dead_time=5.0, stream_timeout=2.0, state_repair_delay=0.3,
             leave_propagate_time=0.3, reap_after=60.0,
         )

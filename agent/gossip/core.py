@@ -83,7 +83,8 @@ class Stream(NamedTuple):
     addr: Addr
     message: PushPull
     purpose: str
-    """join, sync (periodic anti-entropy) or repair (a lagging node state)."""
+    """join, sync (periodic anti-entropy), reconnect (a dead member) or repair (a lagging
+    node state)."""
 
 
 class MemberEvent(NamedTuple):
@@ -221,6 +222,7 @@ class Membership:
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
         self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
+        self._timers.at(now + cfg.reconnect_interval * (0.5 + rng.random()), self._reconnect)
         if state:
             self._set_local_state(dict(state), now, full=True)
         self._announce_alive(now)  # queued last, so sent first: receivers know us before our state
@@ -768,6 +770,12 @@ class Membership:
         if peers and not self._leaving:
             self._out.append(Stream(peers[0].addr, self._push_pull_message(join=False), "sync"))
         self._timers.at(now + self._push_pull_interval(), self._push_pull)
+
+    def _reconnect(self, _arg: object, now: float) -> None:
+        peers = self._random_peers(1, (DEAD,))
+        if peers and not self._leaving:
+            self._out.append(Stream(peers[0].addr, self._push_pull_message(join=False), "reconnect"))
+        self._timers.at(now + self.cfg.reconnect_interval, self._reconnect)
 
     def _push_pull_message(self, *, join: bool) -> PushPull:
         recs = [MemberRecord(m.name, m.addr[0], m.addr[1], m.incarnation, int(m.status),

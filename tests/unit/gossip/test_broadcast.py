@@ -1,0 +1,54 @@
+"""The retransmit-limited queue: least sent first, newest first, obsolete updates dropped."""
+
+from __future__ import annotations
+
+from agent.gossip import broadcast as bq
+
+
+def test_least_sent_then_newest_first() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("a", bq.MEMBER, b"a1")
+    q.enqueue("b", bq.MEMBER, b"b1")
+    assert q.take(1000, 0, 10, 0.0) == [b"b1", b"a1"]
+    q.enqueue("c", bq.MEMBER, b"c1")
+    # c was never sent: it goes first, then the others (newest first)
+    assert q.take(1000, 0, 10, 0.0) == [b"c1", b"b1", b"a1"]
+    q.enqueue("d", bq.MEMBER, b"d" * 8)
+    assert q.take(9, 0, 10, 0.0) == [b"d" * 8]
+
+
+def test_updates_leave_after_the_limit() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("a", bq.MEMBER, b"x")
+    for _ in range(3):
+        assert q.take(100, 0, 3, 0.0) == [b"x"]
+    assert q.take(100, 0, 3, 0.0) == []
+    assert len(q) == 0
+
+
+def test_budget_is_respected_and_small_items_fill_gaps() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("a", bq.MEMBER, b"s" * 10)
+    q.enqueue("b", bq.MEMBER, b"L" * 60)
+    q.enqueue("c", bq.MEMBER, b"m" * 30)
+    taken = q.take(50, 2, 10, 0.0)
+    assert taken == [b"m" * 30, b"s" * 10]
+    assert sum(len(t) + 2 for t in taken) <= 50
+
+
+def test_member_notice_replaces_older_member_and_suspect_notices() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("a", bq.SUSPECT, b"suspect-by-b", sub="b")
+    q.enqueue("a", bq.SUSPECT, b"suspect-by-c", sub="c")
+    q.enqueue("a", bq.STATE, b"state-v3", sub=3)
+    assert len(q) == 3
+    q.enqueue("a", bq.SUSPECT, b"suspect-by-b-again", sub="b")
+    assert len(q) == 3  # same accuser: replaced
+    q.enqueue("a", bq.MEMBER, b"alive")
+    assert sorted(q.take(1000, 0, 10, 0.0)) == [b"alive", b"state-v3"]
+
+
+def test_refresh_renders_at_send_time() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("a", bq.SUSPECT, b"t=0", sub="b", refresh=lambda now: f"t={now:g}".encode())
+    assert q.take(100, 0, 5, 2.5) == [b"t=2.5"]

@@ -1,0 +1,326 @@
+"""The membership state machine, driven by hand: no sockets, no sleeping."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import pytest
+
+from agent.gossip import codec
+from agent.gossip.config import GossipConfig
+from agent.gossip.core import Effect, EventKind, MemberEvent, Membership, Send, Stream
+from agent.gossip.messages import (
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    IndirectPing,
+    Nack,
+    Ping,
+    StateDelta,
+    Status,
+    Suspect,
+)
+
+LAN = GossipConfig.lan()
+
+
+def addr(i: int) -> Addr:
+    return (f"10.0.0.{i}", 7946)
+
+
+def make(n_peers: int = 0, cfg: GossipConfig = LAN, name: str = "me", seed: int = 1,
+         state: dict[str, Any] | None = None) -> Membership:
+    core = Membership(cfg, name=name, addr=addr(1), rng=random.Random(seed), now=0.0, state=state)
+    core.preload([(f"p{i}", addr(i + 2)) for i in range(n_peers)], 0.0)
+    core.tick(0.0)
+    return core
+
+
+def sent(effects: list[Effect]) -> list[tuple[Addr, Any]]:
+    """Every message in every Send effect, decoded, with its destination."""
+    out = []
+    for e in effects:
+        if isinstance(e, Send):
+            for raw in codec.decode_payload(e.payload):
+                out.append((e.addr, codec.decode_message(raw)))
+    return out
+
+
+def of_type(effects: list[Effect], cls: type) -> list[tuple[Addr, Any]]:
+    return [(a, m) for a, m in sent(effects) if isinstance(m, cls)]
+
+
+def events(effects: list[Effect], kind: EventKind | None = None) -> list[MemberEvent]:
+    return [e for e in effects if isinstance(e, MemberEvent) and (kind is None or e.kind is kind)]
+
+
+def run_until(core: Membership, t: float, *, answer: bool = True) -> list[Effect]:
+    """Run the core's timers up to ``t``; with ``answer``, every peer acks its pings."""
+    out: list[Effect] = []
+    while core.next_deadline() <= t:
+        now = core.next_deadline()
+        effects = core.tick(now)
+        out += effects
+        if answer:
+            for _, m in of_type(effects, Ping):
+                out += core.receive(addr(99), Ack(m.seq), now)
+    return out
+
+
+def test_ping_is_acked_with_its_sequence_number() -> None:
+    core = make()
+    effects = core.receive(addr(9), Ping(7, "me", "x"), 0.0)
+    assert [(a, m.seq) for a, m in of_type(effects, Ack)] == [(addr(9), 7)]
+
+
+def test_ping_for_someone_else_is_ignored() -> None:
+    core = make()
+    assert of_type(core.receive(addr(9), Ping(7, "other", "x"), 0.0), Ack) == []
+    assert core.stats.dropped == {"misdirected": 1}
+
+
+def test_failed_probe_goes_indirect_then_suspects_and_lowers_health() -> None:
+    core = make(n_peers=5)
+    effects: list[Effect] = []
+    while not of_type(effects, Ping):
+        effects = core.tick(core.next_deadline())
+    ((target_addr, ping),) = of_type(effects, Ping)
+    t0 = core.next_deadline() - LAN.probe_timeout  # the probe timeout is the next timer
+    indirect = of_type(run_until(core, t0 + LAN.probe_timeout, answer=False), IndirectPing)
+    assert len(indirect) == LAN.indirect_checks
+    assert all(m.target == ping.target and m.nack and a != target_addr for a, m in indirect)
+    # one of the three intermediaries answers with a nack, the others stay silent
+    core.receive(indirect[0][0], Nack(ping.seq), t0 + 0.8)
+    effects = run_until(core, t0 + LAN.probe_interval, answer=False)
+    (ev,) = events(effects, EventKind.SUSPECT)
+    assert ev.name == ping.target
+    assert core.member(ping.target).status is Status.SUSPECT  # type: ignore[union-attr]
+    assert core.awareness.score == 2  # two missing nacks: the fault may be ours
+    assert core.stats.probe_failures == 1
+
+
+def test_acked_probe_keeps_the_target_alive_and_improves_health() -> None:
+    core = make(n_peers=3)
+    core.awareness.apply(3)
+    effects: list[Effect] = []
+    while not of_type(effects, Ping):
+        effects = core.tick(core.next_deadline())
+    ((_, ping),) = of_type(effects, Ping)
+    started = core.next_deadline() - LAN.probe_timeout * 4  # timeouts are scaled by health
+    core.receive(addr(99), Ack(ping.seq), started + 0.01)
+    effects = run_until(core, started + LAN.probe_interval * 4, answer=False)  # this probe's end
+    assert events(effects, EventKind.SUSPECT) == []
+    assert of_type(effects, IndirectPing) == []
+    assert core.awareness.score == 2
+    assert core.stats.rtt_samples == [pytest.approx(0.01)]
+
+
+def test_relay_forwards_acks_and_nacks_silence() -> None:
+    core = make(n_peers=2)
+    effects = core.receive(addr(5), IndirectPing(41, "p0", *addr(2), True, "x"), 0.0)
+    ((dest, ping),) = of_type(effects, Ping)
+    assert dest == addr(2)
+    assert ping.target == "p0"
+    # the target answers: the requester gets an ack carrying its own sequence number
+    acks = of_type(core.receive(addr(2), Ack(ping.seq), 0.1), Ack)
+    assert acks == [(addr(5), Ack(41))]
+    # a second request to a silent target: a nack before the requester's probe ends
+    effects = core.receive(addr(5), IndirectPing(42, "p1", *addr(3), True, "x"), 1.0)
+    nacks = of_type(run_until(core, 1.0 + LAN.probe_timeout, answer=False), Nack)
+    assert nacks == [(addr(5), Nack(42))]
+
+
+def test_suspicion_without_confirmations_lasts_the_maximum() -> None:
+    core = make(n_peers=9)  # N = 10: min = 4 * 1 * 1 s, max = 6 * min, k = 2
+    core.receive(addr(5), Suspect(0, "p1", "p2"), 0.0)
+    assert events(run_until(core, 23.9), EventKind.DEAD) == []
+    (dead,) = events(run_until(core, 24.1), EventKind.DEAD)
+    assert dead.name == "p1"
+    assert dead.time == pytest.approx(24.0)
+
+
+def test_confirmations_shrink_the_timeout_to_the_minimum() -> None:
+    core = make(n_peers=9)
+    core.receive(addr(5), Suspect(0, "p1", "p2"), 0.0)
+    core.receive(addr(6), Suspect(0, "p1", "p3"), 1.0)
+    core.receive(addr(7), Suspect(0, "p1", "p4"), 2.0)
+    gossiped = run_until(core, 3.0)
+    (dead,) = events(gossiped + run_until(core, 10), EventKind.DEAD)
+    assert dead.time == pytest.approx(4.0)
+    # every accusation was passed on: one notice per accuser
+    assert {m.sender for _, m in of_type(gossiped, Suspect) if m.name == "p1"} == {"p2", "p3", "p4"}
+
+
+def test_shared_suspicion_clock_ends_every_timer_together() -> None:
+    core = make(n_peers=9)
+    # the first accuser has suspected p1 for 3 s already; two confirmations follow
+    core.receive(addr(5), Suspect(0, "p1", "p2", 3000), 10.0)
+    core.receive(addr(6), Suspect(0, "p1", "p3", 3000), 10.0)
+    core.receive(addr(7), Suspect(0, "p1", "p4", 3000), 10.0)
+    (dead,) = events(run_until(core, 20), EventKind.DEAD)
+    assert dead.time == pytest.approx(11.0)  # started at 7.0, minimum 4 s
+
+
+def test_plain_swim_has_a_fixed_timeout() -> None:
+    core = make(n_peers=9, cfg=LAN.replace(lifeguard=False, shared_suspicion_clock=False))
+    core.receive(addr(5), Suspect(0, "p1", "p2", 3000), 0.0)
+    (dead,) = events(run_until(core, 30), EventKind.DEAD)
+    assert dead.time == pytest.approx(4.0)
+
+
+def test_a_suspect_that_refutes_is_alive_again() -> None:
+    core = make(n_peers=9)
+    core.receive(addr(5), Suspect(0, "p1", "p2"), 0.0)
+    effects = core.receive(addr(3), Alive(1, "p1", *addr(3)), 1.0)
+    assert [e.name for e in events(effects, EventKind.ALIVE)] == ["p1"]
+    assert events(run_until(core, 100), EventKind.DEAD) == []
+
+
+@pytest.mark.parametrize("accusation", [Suspect(0, "me", "p1"), Dead(0, "me", "p1")])
+def test_a_member_refutes_accusations_about_itself(accusation: Suspect | Dead) -> None:
+    core = make(n_peers=3)
+    core.receive(addr(2), accusation, 0.0)
+    assert core.incarnation == 1
+    assert core.stats.refutations == 1
+    effects = run_until(core, 1.0)
+    assert any(m.name == "me" and m.incarnation == 1 for _, m in of_type(effects, Alive))
+    assert core.member("me").status is Status.ALIVE  # type: ignore[union-attr]
+
+
+def test_stale_accusations_are_ignored() -> None:
+    core = make(n_peers=3)
+    core.receive(addr(2), Suspect(0, "me", "p1"), 0.0)
+    core.receive(addr(2), Suspect(0, "me", "p1"), 0.1)  # incarnation 0 < 1 now
+    assert core.incarnation == 1
+
+
+def test_dead_member_comes_back_with_a_higher_incarnation() -> None:
+    core = make(n_peers=3)
+    core.receive(addr(2), Dead(3, "p0", "p1"), 0.0)
+    assert core.member("p0").status is Status.DEAD  # type: ignore[union-attr]
+    assert events(core.receive(addr(2), Alive(3, "p0", *addr(2)), 1.0)) == []
+    (join,) = events(core.receive(addr(2), Alive(4, "p0", *addr(2)), 2.0), EventKind.JOIN)
+    assert join.incarnation == 4
+
+
+def test_graceful_leave_is_left_not_dead() -> None:
+    leaver = make(n_peers=3, name="me")
+    effects = leaver.leave(0.0)
+    notices = of_type(effects, Dead)
+    assert notices
+    assert all(m.name == m.sender == "me" for _, m in notices)
+    other = make(n_peers=0, name="other")
+    other.receive(addr(1), Alive(0, "me", *addr(1)), 0.0)
+    (ev,) = events(other.receive(addr(1), notices[0][1], 0.1), EventKind.LEFT)
+    assert ev.name == "me"
+    assert other.member("me").status is Status.LEFT  # type: ignore[union-attr]
+
+
+def test_another_address_cannot_take_a_live_members_name() -> None:
+    core = make(n_peers=2)
+    (ev,) = events(core.receive(addr(9), Alive(5, "p0", *addr(9)), 0.0))
+    assert ev.kind is EventKind.CONFLICT
+    assert core.member("p0").addr == addr(2)  # type: ignore[union-attr]
+
+
+def test_dead_members_are_reaped_after_the_configured_time() -> None:
+    core = make(n_peers=2, cfg=LAN.replace(reap_after=60.0))
+    core.receive(addr(2), Dead(0, "p0", "p1"), 0.0)
+    run_until(core, 59.0)
+    assert core.member("p0") is not None
+    run_until(core, 61.0)
+    assert core.member("p0") is None
+
+
+def test_join_exchanges_state_and_both_sides_learn_each_other() -> None:
+    a = make(name="a", state={"role": "agent"})
+    b = Membership(LAN, name="b", addr=addr(2), rng=random.Random(2), now=0.0, state={"role": "controller"})
+    (stream,) = [e for e in a.join([addr(2)], 0.0) if isinstance(e, Stream)]
+    assert stream.purpose == "join"
+    assert stream.message.join
+    reply, b_effects = b.stream_request(addr(1), stream.message, 0.01)
+    a_effects = a.stream_done(stream, reply, 0.02)
+    assert [e.name for e in events(a_effects, EventKind.JOIN)] == ["b"]
+    assert [e.name for e in events(b_effects, EventKind.JOIN)] == ["a"]
+    assert a.member("b").state == {"role": "controller"}  # type: ignore[union-attr]
+    assert b.member("a").state == {"role": "agent"}  # type: ignore[union-attr]
+    assert a.joined
+
+
+def test_join_retries_with_backoff_until_a_seed_answers() -> None:
+    cfg = LAN.replace(join_retry_min=1.0, join_retry_max=4.0)
+    a = make(name="a", cfg=cfg)
+    attempts = []
+    effects = a.join([addr(2), addr(3)], 0.0)
+    now = 0.0
+    for _ in range(5):
+        streams = [e for e in effects if isinstance(e, Stream)]
+        assert len(streams) == 2
+        attempts.append(now)
+        for s in streams:
+            a.stream_done(s, None, now)
+        effects = []
+        while not any(isinstance(e, Stream) and e.purpose == "join" for e in effects):
+            now = a.next_deadline()
+            effects = a.tick(now)
+    gaps = [round(b - a_, 3) for a_, b in itertools.pairwise(attempts)]
+    assert gaps == [1.0, 2.0, 4.0, 4.0]
+
+
+def test_state_deltas_apply_in_order_and_repair_gaps() -> None:
+    core = make(n_peers=2)
+    core.receive(addr(2), StateDelta("p0", 0, 1, {"a": 1}), 0.0)
+    (ev,) = events(core.receive(addr(2), StateDelta("p0", 1, 2, {"b": 2, "a": None}), 0.1))
+    assert ev.kind is EventKind.UPDATE
+    assert core.member("p0").state == {"b": 2}  # type: ignore[union-attr]
+    # version 3 is lost; 4 arrives and waits
+    core.receive(addr(2), StateDelta("p0", 3, 4, {"d": 4}), 1.0)
+    assert core.member("p0").state == {"b": 2}  # type: ignore[union-attr]
+    # if 3 never comes, we ask the owner for a full exchange
+    repairs = [e for e in run_until(core, 1.0 + LAN.state_repair_delay)
+               if isinstance(e, Stream) and e.purpose == "repair"]
+    assert [r.addr for r in repairs] == [addr(2)]
+    # when 3 arrives late, 3 and 4 both apply
+    core.receive(addr(2), StateDelta("p0", 2, 3, {"c": 3}), 2.0)
+    info = core.member("p0")
+    assert info is not None
+    assert info.state == {"b": 2, "c": 3, "d": 4}
+    assert info.state_version == 4
+
+
+def test_own_state_spreads_as_deltas_that_fit_in_packets() -> None:
+    core = make(n_peers=5)
+    big = {f"key{i:03d}": "v" * 100 for i in range(60)}  # ~6 KB: many packets
+    core.set_state(big, 0.0)
+    receiver = make(n_peers=0, name="r")
+    receiver.receive(addr(1), Alive(0, "me", *addr(1)), 0.0)
+    now = 0.0
+    for _ in range(200):
+        now = core.next_deadline()
+        for e in core.tick(now):
+            if isinstance(e, Send):
+                assert len(e.payload) + codec.envelope_overhead("") <= LAN.packet_size
+                receiver.receive_packet(addr(1), e.payload, now)
+    assert receiver.member("me").state == big  # type: ignore[union-attr]
+
+
+def test_a_member_overrides_state_left_by_an_earlier_life() -> None:
+    core = make(n_peers=2, state={"v": "new"})
+    # a peer still spreads our state version 7 from before a restart
+    core.receive(addr(2), StateDelta("me", 6, 7, {"v": "old"}), 0.0)
+    assert core.member("me").state_version > 7  # type: ignore[union-attr]
+    fulls = [m for _, m in of_type(run_until(core, 1.0), StateDelta) if m.prev_version == -1]
+    assert fulls
+    assert fulls[-1].changes == {"v": "new"}
+
+
+def test_malformed_input_is_counted_not_raised() -> None:
+    core = make(n_peers=2)
+    assert core.receive_packet(addr(2), b"\xc1garbage", 0.0) == []
+    bad_then_good = codec.pack([b"\x92\x01\xc3", codec.encode(Ping(5, "me", "x"))])
+    acks = of_type(core.receive_packet(addr(2), bad_then_good, 0.0), Ack)
+    assert [m.seq for _, m in acks] == [5]
+    assert sum(core.stats.dropped.values()) == 2
