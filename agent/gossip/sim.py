@@ -131,6 +131,10 @@ class Simulator:
         self._handle(node, node.core.leave(self.now))
         self.call_at(self.now + self.cfg.leave_propagate_time, lambda: self.crash(name))
 
+    def set_state(self, name: str, changes: dict[str, Any]) -> None:
+        node = self.nodes[name]
+        self._handle(node, node.core.set_state(changes, self.now))
+
     def slow(self, name: str, delay: Callable[[random.Random], float] | None) -> None:
         self.nodes[name].slow = delay
 

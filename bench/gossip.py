@@ -1,0 +1,371 @@
+"""Gossip benchmark: failure detection, false positives, load and join time on the
+simulator (memberlist's LAN defaults), and the transport's throughput on real sockets.
+
+    python -m bench.gossip            # the full run (about 10 minutes on one core)
+    python -m bench.gossip --quick    # a smoke run
+    python -m bench.gossip --json     # the last line of stdout is one JSON object
+
+Three protocol settings are compared where it matters:
+  swim        plain SWIM: fixed suspicion timeout, no local health, no nacks
+  memberlist  SWIM + Lifeguard, memberlist's shuffled probe walk (memberlist's behaviour)
+  orch        Lifeguard + the coordinated probe schedule + the shared suspicion clock
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import random
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.gossip import codec
+from agent.gossip.config import GossipConfig
+from agent.gossip.core import EventKind, MemberEvent
+from agent.gossip.messages import Alive, Ping, Suspect
+from agent.gossip.sim import NetConfig, SimNode, Simulator
+from agent.gossip.suspicion import min_suspicion_timeout
+
+LAN = GossipConfig.lan()
+MODES: dict[str, GossipConfig] = {
+    "swim": LAN.replace(lifeguard=False, shared_suspicion_clock=False, probe_schedule="shuffled"),
+    "memberlist": LAN.replace(shared_suspicion_clock=False, probe_schedule="shuffled"),
+    "orch": LAN,
+}
+
+
+def progress(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation."""
+    xs = sorted(values)
+    if not xs:
+        return math.nan
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+# --- detection ------------------------------------------------------------------------------
+
+
+def detection(n: int, trials: int, cfg: GossipConfig, seed: int) -> dict[str, Any]:
+    """Crash one member at a time; time until every live member marks it dead."""
+    sim = Simulator(cfg, seed=seed)
+    nodes = [x.name for x in sim.start_cluster(n)]
+    sim.run_for(40)
+    rng = random.Random(seed)
+    times: list[float] = []
+    spreads: list[float] = []
+    seen: dict[str, float] = {}
+    victim = ""
+
+    def on_event(node: SimNode, ev: MemberEvent) -> None:
+        if ev.kind is EventKind.DEAD and ev.name == victim and node.name not in seen:
+            seen[node.name] = sim.now
+
+    sim.on_event = on_event
+    for _ in range(trials):
+        victim = rng.choice([x for x in nodes if sim.nodes[x].up])
+        seen.clear()
+        sim.run_for(rng.random() * cfg.probe_interval)  # crash at a random phase
+        t0 = sim.now
+        sim.crash(victim)
+        live = len(sim.live_nodes())
+        sim.run_until(t0 + 120, stop=lambda live=live: len(seen) >= live)  # type: ignore[misc]
+        if len(seen) < live:
+            times.append(math.inf)
+            continue
+        first, last = min(seen.values()) - t0, max(seen.values()) - t0
+        times.append(last)
+        spreads.append(last - first)
+        sim.run_for(2)
+    return {"p50": pct(times, 50), "p99": pct(times, 99), "max": max(times),
+            "spread_p50": pct(spreads, 50), "min_timeout": min_suspicion_timeout(
+                cfg.suspicion_mult, n, cfg.probe_interval)}
+
+
+# --- false positives --------------------------------------------------------------------------
+
+
+def false_positives(n: int, seconds: float, cfg: GossipConfig, *, loss: float = 0.0,
+                    slow_fraction: float = 0.0, seed: int) -> dict[str, Any]:
+    """Run a healthy cluster under loss or with slow members; count live members declared dead."""
+    sim = Simulator(cfg, net=NetConfig(loss=loss), seed=seed)
+    nodes = [x.name for x in sim.start_cluster(n)]
+    rng = random.Random(seed)
+    for name in rng.sample(nodes, round(n * slow_fraction)):
+        # a stalled process: everything it sends leaves late, past the probe timeout
+        sim.slow(name, lambda r: r.uniform(1.2, 3.0) * cfg.probe_timeout)
+    declared: set[str] = set()
+    pairs = 0
+    suspicions = 0
+
+    def on_event(node: SimNode, ev: MemberEvent) -> None:
+        nonlocal pairs, suspicions
+        if ev.kind is EventKind.DEAD:
+            declared.add(ev.name)
+            pairs += 1
+        elif ev.kind is EventKind.SUSPECT:
+            suspicions += 1
+
+    sim.on_event = on_event
+    t0 = time.perf_counter()
+    sim.run_for(seconds)
+    return {"false_dead": len(declared), "dead_events": pairs, "suspect_events": suspicions,
+            "wall_s": time.perf_counter() - t0, "sent_packets": sim.totals.packets}
+
+
+# --- load and joins ---------------------------------------------------------------------------
+
+
+def idle_load(n: int, seconds: float, seed: int) -> dict[str, Any]:
+    """A healthy cluster for ``seconds``: traffic per member, and the simulator's wall time."""
+    sim = Simulator(LAN, seed=seed)
+    t0 = time.perf_counter()
+    sim.start_cluster(n)
+    msgs0 = 0
+    sim.run_for(seconds)
+    wall = time.perf_counter() - t0
+    msgs = sum(sum(x.core.stats.sent) for x in sim.nodes.values()) - msgs0
+    udp_bytes = sim.totals.bytes
+    tcp_bytes = sim.totals.stream_bytes * 2  # each exchange carries a state both ways (about)
+    per = n * seconds
+    return {"msgs_per_member_s": msgs / per, "packets_per_member_s": sim.totals.packets / per,
+            "udp_bytes_per_member_s": udp_bytes / per, "tcp_bytes_per_member_s": tcp_bytes / per,
+            "bytes_per_member_s": (udp_bytes + tcp_bytes) / per, "wall_s": wall}
+
+
+def join_convergence(n: int, trials: int, seed: int) -> dict[str, Any]:
+    """A new member joins through one random seed; time until every member knows it alive."""
+    sim = Simulator(LAN, seed=seed)
+    names = [x.name for x in sim.start_cluster(n)]
+    sim.run_for(20)
+    rng = random.Random(seed)
+    times = []
+    knows: set[str] = set()
+    newcomer = ""
+
+    def on_event(node: SimNode, ev: MemberEvent) -> None:
+        if ev.kind is EventKind.JOIN and ev.name == newcomer:
+            knows.add(node.name)
+
+    sim.on_event = on_event
+    for i in range(trials):
+        newcomer = f"new{i:03d}"
+        knows.clear()
+        t0 = sim.now
+        sim.add_node(newcomer, join=[rng.choice(names)])
+        live = len(sim.live_nodes()) - 1
+        sim.run_until(t0 + 60, stop=lambda live=live: len(knows) >= live)  # type: ignore[misc]
+        times.append(sim.now - t0 if len(knows) >= live else math.inf)
+        names.append(newcomer)
+        sim.run_for(1)
+    return {"p50": pct(times, 50), "p99": pct(times, 99)}
+
+
+# --- real sockets -----------------------------------------------------------------------------
+
+
+def _receiver(host: str, port: int, seconds: float, encrypted: bool, out: Any) -> None:
+    """A gossip member alone on a core, counting what it handles."""
+    import asyncio
+
+    import uvloop
+
+    from agent.gossip.crypto import Keyring
+    from agent.gossip.transport import GossipNode
+    from orch import logs
+
+    logs.setup("warning", "human")
+    os.sched_setaffinity(0, {0})
+
+    async def main() -> None:
+        ring = Keyring([b"k" * 32]) if encrypted else None
+        node = GossipNode(LAN.replace(probe_interval=3600.0, probe_timeout=1.0),
+                          name="receiver", bind=(host, port), keyring=ring)
+        await node.start()
+        out.send("ready")
+        await asyncio.sleep(1.0)  # the sender's warm-up
+        p0 = node.wire.packets_received
+        assert node.core is not None
+        m0 = sum(node.core.stats.received)
+        c0 = time.process_time()
+        await asyncio.sleep(seconds)
+        cpu = time.process_time() - c0
+        out.send({"packets": node.wire.packets_received - p0, "cpu_s": cpu,
+                  "msgs": sum(node.core.stats.received) - m0, "acks": node.wire.packets_sent})
+        await node.stop()
+
+    uvloop.run(main())
+
+
+def socket_throughput(seconds: float, *, encrypted: bool, compound: bool) -> dict[str, Any]:
+    """Packets per second one member decodes and handles on one core (UDP on loopback)."""
+    host, port = "127.0.0.2", 17946
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("fork").Process(
+        target=_receiver, args=(host, port, seconds, encrypted, child), daemon=True)
+    proc.start()
+    assert parent.recv() == "ready"
+    from agent.gossip.crypto import Keyring
+
+    ring = Keyring([b"k" * 32]) if encrypted else None
+    packets = []
+    for i in range(256):
+        items = [codec.encode(Ping(i, "receiver", "sender"))]
+        if compound:  # a ping carrying a full packet of gossip, as under churn (members that
+            # point at a closed loopback port: the benchmark sends nothing off this machine)
+            for j in range(24):
+                items.append(codec.encode(Alive(i, f"member-{j:04d}", "127.0.0.254", 9, 1)))
+                items.append(codec.encode(Suspect(i, f"member-{j:04d}", "sender", 1500)))
+                if sum(map(len, items)) > 1250:
+                    break
+        packets.append(codec.seal(codec.pack(items), "", ring))
+    size = sum(map(len, packets)) / len(packets)
+    deadline = time.monotonic() + seconds + 1.5
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.3", 0))
+        s.setblocking(False)
+        i = 0
+        while time.monotonic() < deadline:
+            try:
+                s.sendto(packets[i & 255], (host, port))
+                i += 1
+            except BlockingIOError:
+                time.sleep(0.0001)
+            if i % 64 == 0:
+                try:
+                    while True:
+                        s.recv(2048)  # drain the acks
+                except BlockingIOError:
+                    pass
+    res = parent.recv()
+    proc.join(5)
+    rate = res["packets"] / seconds
+    return {"packets_per_s": rate, "msgs_per_s": res["msgs"] / seconds,
+            "cpu_pct": 100 * res["cpu_s"] / seconds, "packet_bytes": size}
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def table(title: str, head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in head]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    lines = [f"\n{title}", "  " + "  ".join(h.rjust(w) for h, w in zip(cells[0], widths, strict=True)),
+             "  " + "  ".join("-" * w for w in widths)]
+    lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "never"
+        return f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def timed(label: str, fn: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    out = fn()
+    progress(f"{label}: {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,500,1000", help="cluster sizes for detection")
+    ap.add_argument("--trials", type=int, default=20, help="crashes per size and mode")
+    ap.add_argument("--minutes", type=float, default=10.0, help="simulated minutes per fault run")
+    ap.add_argument("--fault-n", type=int, default=100, help="cluster size of the fault runs")
+    ap.add_argument("--quick", action="store_true", help="a small, fast run")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line")
+    ap.add_argument("--seed", type=int, default=1)
+    opts = ap.parse_args(argv)
+    sizes = [int(s) for s in opts.sizes.split(",")]
+    trials, minutes, fault_n, idle_n = opts.trials, opts.minutes, opts.fault_n, max(sizes)
+    if opts.quick:
+        sizes, trials, minutes, fault_n, idle_n = [50, 100], 5, 1.0, 50, 100
+    seed = opts.seed
+    result: dict[str, Any] = {"sizes": sizes, "trials": trials, "fault_minutes": minutes,
+                              "fault_n": fault_n}
+
+    print("orch gossip benchmark (simulator, memberlist LAN defaults: probe 1 s, timeout 0.5 s, "
+          "3 indirect, suspicion mult 4 / max 6, gossip 3 every 0.2 s)")
+    det: dict[str, dict[str, Any]] = {}
+    rows = []
+    for n in sizes:
+        for mode in ("memberlist", "orch"):
+            d = det.setdefault(mode, {})[str(n)] = timed(
+                f"detection N={n} {mode}", lambda n=n, mode=mode: detection(n, trials, MODES[mode], seed))
+            rows.append([n, mode, d["min_timeout"], d["p50"], d["p99"], d["max"], d["spread_p50"],
+                         d["p99"] / d["min_timeout"]])
+    print(table(f"Failure detection: crash -> every live member marks it dead ({trials} crashes each)",
+                ["N", "mode", "min timeout s", "p50 s", "p99 s", "max s", "first-to-last p50 s",
+                 "p99 / min"], rows))
+    result["detect_p50_s"] = {n: d["p50"] for n, d in det["orch"].items()}
+    result["detect_p99_s"] = {n: d["p99"] for n, d in det["orch"].items()}
+    result["detect_p99_s_memberlist_mode"] = {n: d["p99"] for n, d in det["memberlist"].items()}
+
+    seconds = minutes * 60
+    scenarios = [("5% loss", {"loss": 0.05}), ("20% loss", {"loss": 0.20}),
+                 ("10% slowed", {"slow_fraction": 0.10})]
+    rows = []
+    fp: dict[str, dict[str, Any]] = {}
+    for label, kw in scenarios:
+        for mode in ("swim", "memberlist", "orch"):
+            r = fp.setdefault(label, {})[mode] = timed(
+                f"{label} {mode}", lambda kw=kw, mode=mode: false_positives(
+                    fault_n, seconds, MODES[mode], seed=seed, **kw))
+            rows.append([label, mode, r["false_dead"], r["dead_events"], r["suspect_events"]])
+    print(table(f"False positives: N={fault_n}, {minutes:g} simulated minutes, no member crashed",
+                ["scenario", "mode", "live members declared dead", "dead verdicts", "suspicions"], rows))
+    result["false_dead_loss5_lifeguard"] = fp["5% loss"]["orch"]["false_dead"]
+    result["false_dead_loss20_lifeguard"] = fp["20% loss"]["orch"]["false_dead"]
+    result["false_dead_loss20_plain"] = fp["20% loss"]["swim"]["false_dead"]
+    result["false_dead_slow10_lifeguard"] = fp["10% slowed"]["orch"]["false_dead"]
+    result["false_dead_slow10_plain"] = fp["10% slowed"]["swim"]["false_dead"]
+    result["false_positives"] = fp
+
+    load = timed(f"idle N={idle_n} for {seconds:g} s", lambda: idle_load(idle_n, seconds, seed))
+    joins = timed(f"joins N={idle_n}", lambda: join_convergence(idle_n, trials, seed))
+    print(table(f"Load and joins: N={idle_n}, healthy, {minutes:g} simulated minutes",
+                ["msgs/member/s", "packets/member/s", "UDP B/member/s", "TCP B/member/s",
+                 "total B/member/s", "join p50 s", "join p99 s", "simulator wall s"],
+                [[load["msgs_per_member_s"], load["packets_per_member_s"], load["udp_bytes_per_member_s"],
+                  load["tcp_bytes_per_member_s"], load["bytes_per_member_s"], joins["p50"], joins["p99"],
+                  load["wall_s"]]]))
+    result.update(bytes_per_member_s=load["bytes_per_member_s"],
+                  msgs_per_member_s=load["msgs_per_member_s"], sim_wall_s=load["wall_s"],
+                  sim_wall_n=idle_n, sim_wall_minutes=minutes, join_p50_s=joins["p50"],
+                  join_p99_s=joins["p99"])
+
+    rows = []
+    secs = 2.0 if opts.quick else 5.0
+    for label, enc, comp in (("ping", False, False), ("ping, encrypted", True, False),
+                             ("ping + 1.3 KB gossip", False, True),
+                             ("ping + 1.3 KB gossip, encrypted", True, True)):
+        r = timed(f"sockets {label}", lambda enc=enc, comp=comp: socket_throughput(
+            secs, encrypted=enc, compound=comp))
+        rows.append([label, r["packet_bytes"], r["packets_per_s"], r["msgs_per_s"], r["cpu_pct"]])
+        result.setdefault("socket_packets_per_s", {})[label] = r["packets_per_s"]
+    print(table("Transport on real sockets: one member on one core, UDP on loopback (uvloop)",
+                ["packets", "bytes each", "packets/s handled", "messages/s", "receiver CPU %"], rows))
+
+    if opts.json:
+        print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
