@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from agent.gossip import codec
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         for mode in ("memberlist", "orch"):
             d = det.setdefault(mode, {})[str(n)] = timed(
-                f"detection N={n} {mode}", lambda n=n, mode=mode: detection(n, trials, MODES[mode], seed))
+                f"detection N={n} {mode}", partial(detection, n, trials, MODES[mode], seed))
             rows.append([n, mode, d["min_timeout"], d["p50"], d["p99"], d["max"], d["spread_p50"],
                          d["p99"] / d["min_timeout"]])
     print(table(f"Failure detection: crash -> every live member marks it dead ({trials} crashes each)",
@@ -325,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, kw in scenarios:
         for mode in ("swim", "memberlist", "orch"):
             r = fp.setdefault(label, {})[mode] = timed(
-                f"{label} {mode}", lambda kw=kw, mode=mode: false_positives(
-                    fault_n, seconds, MODES[mode], seed=seed, **kw))
+                f"{label} {mode}", partial(false_positives, fault_n, seconds, MODES[mode], seed=seed, **kw))
             rows.append([label, mode, r["false_dead"], r["dead_events"], r["suspect_events"]])
     print(table(f"False positives: N={fault_n}, {minutes:g} simulated minutes, no member crashed",
                 ["scenario", "mode", "live members declared dead", "dead verdicts", "suspicions"], rows))
@@ -355,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, enc, comp in (("ping", False, False), ("ping, encrypted", True, False),
                              ("ping + 1.3 KB gossip", False, True),
                              ("ping + 1.3 KB gossip, encrypted", True, True)):
-        r = timed(f"sockets {label}", lambda enc=enc, comp=comp: socket_throughput(
-            secs, encrypted=enc, compound=comp))
+        r = timed(f"sockets {label}", partial(socket_throughput, secs, encrypted=enc, compound=comp))
         rows.append([label, r["packet_bytes"], r["packets_per_s"], r["msgs_per_s"], r["cpu_pct"]])
         result.setdefault("socket_packets_per_s", {})[label] = r["packets_per_s"]
     print(table("Transport on real sockets: one member on one core, UDP on loopback (uvloop)",

@@ -19,9 +19,9 @@ PACKAGE = Path("orch") / "v1"
 
 def generate(out: Path) -> list[Path]:
     """Run protoc on every proto file; return the files it wrote under ``out``."""
-    from grpc_tools import protoc  # a development dependency only
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # a development dependency
 
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
+    sources: list[str] = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
     if not sources:
         raise SystemExit(f"no .proto files under {PROTOS / PACKAGE}")
     include = Path(protoc.__file__).parent / "_proto"
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="fail if orch/v1 is stale")
     opts = ap.parse_args(argv)
     if not opts.check:
-        for stale in (ROOT / PACKAGE).glob("*_pb2*.py*"):
-            stale.unlink()
+        for old in (ROOT / PACKAGE).glob("*_pb2*.py*"):
+            old.unlink()
         written = generate(ROOT)
         print(f"wrote {len(written)} files under {PACKAGE}")
         return 0

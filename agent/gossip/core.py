@@ -560,7 +560,7 @@ class Membership:
         if m.status not in _LIVE:
             return
         if s is not None:  # a suspicion of an older incarnation: start over
-            Timers.cancel(s.timer)  # type: ignore[arg-type]
+            Timers.cancel(s.timer)
             self._queue.drop_member(m.name, (bq.SUSPECT,))
         n = self._n_live
         k = cfg.suspicion_mult - 2 if cfg.lifeguard else 0
@@ -580,7 +580,7 @@ class Membership:
     def _arm_suspicion(self, m: Member) -> None:
         s = m.suspicion
         assert s is not None
-        Timers.cancel(s.timer)  # type: ignore[arg-type]
+        Timers.cancel(s.timer)
         s.timer = self._timers.at(s.deadline(), self._suspicion_expired, m)
 
     def _suspicion_expired(self, m: Member, now: float) -> None:
@@ -624,7 +624,7 @@ class Membership:
             self._n_live += 1 if status in _LIVE else -1
             self._ring = None
         if status is not SUSPECT and m.suspicion is not None:
-            Timers.cancel(m.suspicion.timer)  # type: ignore[arg-type]
+            Timers.cancel(m.suspicion.timer)
             m.suspicion = None
             self._queue.drop_member(m.name, (bq.SUSPECT,))
         Timers.cancel(m.reap_timer)

@@ -22,12 +22,13 @@ KEY_SIZES = (16, 24, 32)
 
 def parse_key(key: str | bytes) -> bytes:
     """A key from its base64 text (as in configuration files) or raw bytes, validated."""
-    raw = key
     if isinstance(key, str):
         try:
             raw = base64.b64decode(key, validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError("gossip key is not valid base64") from None
+    else:
+        raw = key
     if len(raw) not in KEY_SIZES:
         raise ConfigError(f"gossip key must be 16, 24 or 32 bytes (AES-128/192/256), got {len(raw)}")
     return bytes(raw)

@@ -81,7 +81,8 @@ class Simulator:
         self.on_event: Callable[[SimNode, MemberEvent], None] | None = None
         self._heap: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
-        self._overhead = codec.envelope_overhead(cfg.label) - codec.NONCE_SIZE - codec.TAG_SIZE
+        # the envelope without encryption (the simulator does not encrypt)
+        self._overhead = codec.HEADER_SIZE + len(cfg.label.encode())
         self._next_ip = 0
 
     # --- building clusters -------------------------------------------------------------------
@@ -161,14 +162,15 @@ class Simulator:
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
         heap = self._heap
         pop = heapq.heappop
+        node: SimNode
         while heap and heap[0][0] <= end:
             t, _, kind, a, b, c = pop(heap)
             self.now = t
             if kind == _DELIVER:
-                node = self.by_addr.get(a)
-                if node is not None and node.up:
-                    node.packets_received += 1
-                    self._handle(node, node.core.receive_packet(b, c, t))
+                dst = self.by_addr.get(a)
+                if dst is not None and dst.up:
+                    dst.packets_received += 1
+                    self._handle(dst, dst.core.receive_packet(b, c, t))
             elif kind == _WAKE:
                 node = a
                 if node.up and node.wake_at == t and self.nodes.get(node.name) is node:

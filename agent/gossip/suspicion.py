@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from agent.gossip.timers import Timer
+
 
 def min_suspicion_timeout(suspicion_mult: int, n: int, probe_interval: float) -> float:
     """suspicion_mult * max(1, log10(N)) * probe_interval (memberlist's formula)."""
@@ -41,7 +43,7 @@ class Suspicion:
         self.hi = hi
         self.confirmed: set[str] = {sender}
         """The first accuser and every member that confirmed (the first does not count)."""
-        self.timer: list[object] | None = None
+        self.timer: Timer | None = None
 
     @property
     def confirmations(self) -> int:

@@ -67,8 +67,12 @@ async def cluster(n: int, keys: list[str] | None = None) -> AsyncIterator[list[G
 
 def record(nodes: list[GossipNode]) -> list[tuple[str, MemberEvent]]:
     seen: list[tuple[str, MemberEvent]] = []
+
+    def recorder(who: str) -> Callable[[MemberEvent], None]:
+        return lambda ev: seen.append((who, ev))
+
     for x in nodes:
-        x.on_event(lambda ev, who=x.name: seen.append((who, ev)))
+        x.on_event(recorder(x.name))
     return seen
 
 
