@@ -1,0 +1,19 @@
+"""The gossip benchmark's quick mode still runs and keeps its JSON keys (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import gossip
+
+
+def test_quick_run_reports_the_agreed_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gossip.main(["--quick", "--only", "detection,faults,load", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["detect_p99_s"]) == {"50", "100"}
+    for key in ("false_dead_loss20_lifeguard", "false_dead_loss20_plain", "bytes_per_member_s",
+                "sim_wall_s", "join_p99_s"):
+        assert key in result
+    assert result["false_dead_loss20_lifeguard"] == 0
