@@ -116,6 +116,14 @@ class BroadcastQueue:
             bisect.insort(self._tiers[b.transmits], b, key=_newest_first)
         return out
 
+    def prune(self, max_size: int) -> None:
+        """Drop the most-sent, then oldest, updates until at most ``max_size`` remain."""
+        for tier in reversed(self._tiers):
+            while tier and self.size > max_size:
+                self._drop(tier[-1])
+            if self.size <= max_size:
+                return
+
     def pending(self, name: str) -> int:
         """Queued updates about ``name`` (for tests and the leave wait)."""
         return len(self._by_name.get(name, ()))

@@ -64,6 +64,9 @@ class GossipConfig:
     """Each update is sent retransmit_mult * ceil(log10(N + 1)) times."""
     gossip_to_the_dead_time: float = 30.0
     """Dead members still receive gossip for this long, so that they can refute."""
+    max_queue: int = 4096
+    """Most updates waiting to be gossiped; beyond it the most-sent, oldest are dropped
+    (push-pull repairs what they carried)."""
     packet_size: int = 1400
     """Largest UDP datagram sent, envelope and encryption included."""
 

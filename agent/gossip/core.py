@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -146,8 +147,8 @@ class Stats:
     """Suspicions this member raised from its own failed probes."""
     refutations: int = 0
     """Times this member refuted a suspicion (or death notice) about itself."""
-    rtt_samples: list[float] = field(default_factory=list)
-    """Direct probe round-trip times since the caller last drained them."""
+    rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    """The latest direct probe round-trip times (seconds)."""
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -831,6 +832,15 @@ class Membership:
         self._queue.enqueue(msg.name, bq.MEMBER, codec.encode(msg))
         self._arm_gossip(now)
 
+    def _arm_gossip(self, now: float) -> None:
+        """Schedule a gossip round on our fixed phase, and keep the queue bounded."""
+        if self._queue.size > self.cfg.max_queue:
+            self._queue.prune(self.cfg.max_queue)
+        if self._gossip_timer is None and not self._stopped:
+            iv = self.cfg.gossip_interval
+            when = self._gossip_phase + math.ceil((now - self._gossip_phase) / iv) * iv
+            self._gossip_timer = self._timers.at(max(when, now), self._gossip)
+
     def _enqueue_suspect(self, m: Member, sender: str, now: float) -> None:
         inc = m.incarnation
         s = m.suspicion
@@ -842,12 +852,6 @@ class Membership:
         refresh = render if self.cfg.shared_suspicion_clock else None
         self._queue.enqueue(m.name, bq.SUSPECT, render(now), sub=sender, refresh=refresh)
         self._arm_gossip(now)
-
-    def _arm_gossip(self, now: float) -> None:
-        if self._gossip_timer is None and not self._stopped:
-            iv = self.cfg.gossip_interval
-            when = self._gossip_phase + math.ceil((now - self._gossip_phase) / iv) * iv
-            self._gossip_timer = self._timers.at(max(when, now), self._gossip)
 
     def _gossip(self, _arg: object, now: float) -> None:
         self._gossip_timer = None

@@ -239,7 +239,11 @@ class GossipNode:
         core, now = self._ready()
         if int(now) % 60 == 0:
             self._sync_clock()
-        self._apply(core.tick(now))
+        try:
+            self._apply(core.tick(now))
+        except Exception:  # a bug must not stop the member's clock
+            log.exception("gossip timer failed", extra={"node": self.name})
+            self._reschedule()
 
     def _sync_clock(self) -> None:
         core, now = self._ready()
@@ -275,16 +279,21 @@ class GossipNode:
         self.wire.bytes_received += len(data)
         try:
             payload = codec.open_envelope(data, self.cfg.label, self.keyring)
+            self._apply(self.core.receive_packet(src, payload, self._loop.time()))
         except ProtocolError as e:
             self._dropped(e, src)
-            return
-        self._apply(self.core.receive_packet(src, payload, self._loop.time()))
+        except Exception:  # a bug in handling one packet must not stop the member
+            self.wire.dropped["internal"] = self.wire.dropped.get("internal", 0) + 1
+            log.exception("gossip packet handling failed", extra={"node": self.name})
+            self._reschedule()
 
     def _dropped(self, e: ProtocolError, src: Addr) -> None:
         reason = e.reason
         self.wire.dropped[reason] = self.wire.dropped.get(reason, 0) + 1
         key = (reason, src[0])
         now = time.monotonic()
+        if len(self._last_drop_log) > 1000:  # many sources: forget, rather than grow
+            self._last_drop_log.clear()
         if now - self._last_drop_log.get(key, -1e9) >= 60:
             self._last_drop_log[key] = now
             log.warning("dropped gossip input", extra={

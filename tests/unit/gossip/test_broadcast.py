@@ -52,3 +52,13 @@ def test_refresh_renders_at_send_time() -> None:
     q = bq.BroadcastQueue()
     q.enqueue("a", bq.SUSPECT, b"t=0", sub="b", refresh=lambda now: f"t={now:g}".encode())
     assert q.take(100, 0, 5, 2.5) == [b"t=2.5"]
+
+
+def test_prune_drops_the_most_sent_oldest_first() -> None:
+    q = bq.BroadcastQueue()
+    for i in range(5):
+        q.enqueue(f"m{i}", bq.MEMBER, f"x{i}".encode() * 5)
+    assert q.take(25, 0, 10, 0.0) == [b"x4" * 5, b"x3" * 5]  # sent once each
+    q.prune(3)
+    assert len(q) == 3
+    assert sorted(q.take(100, 0, 10, 0.0)) == [b"x0" * 5, b"x1" * 5, b"x2" * 5]

@@ -115,7 +115,7 @@ def test_acked_probe_keeps_the_target_alive_and_improves_health() -> None:
     assert events(effects, EventKind.SUSPECT) == []
     assert of_type(effects, IndirectPing) == []
     assert core.awareness.score == 2
-    assert core.stats.rtt_samples == [pytest.approx(0.01)]
+    assert list(core.stats.rtt_samples) == [pytest.approx(0.01)]
 
 
 def test_relay_forwards_acks_and_nacks_silence() -> None:
