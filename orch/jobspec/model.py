@@ -25,10 +25,7 @@ _JOB_TYPE_FROM_PB = {
 }
 _JOB_TYPE_TO_PB = {v: k for k, v in _JOB_TYPE_FROM_PB.items() if k != job_pb2.JOB_TYPE_UNSPECIFIED}
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
-
-
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Resources:
     cpu_millicores: int = 100
     """CPU shares the task asks for; 1000 is one core."""
@@ -40,7 +37,7 @@ class Resources:
                          memory_mb=self.memory_mb + other.memory_mb)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Port:
     label: str
     static: int = 0
@@ -50,14 +47,14 @@ class Port:
     protocol: str = "tcp"
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
     mode: str = "bridge"
     """bridge (ports mapped) or host (the task shares the host's network)."""
     ports: tuple[Port, ...] = ()
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Check:
     type: str
     """tcp, http or exec."""
@@ -79,7 +76,7 @@ class Check:
     """Consecutive failures before the check turns unhealthy."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     name: str
     port: str
@@ -95,7 +92,7 @@ class Service:
     """The task that serves it; empty = the group's first task."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     name: str
     driver: str = "docker"
@@ -114,7 +111,7 @@ class Task:
     privileged: bool = False
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RestartPolicy:
     attempts: int = 2
     """Restarts allowed within ``interval``."""
@@ -125,7 +122,7 @@ class RestartPolicy:
     """fail: give up when attempts are spent; delay: wait for the interval to pass."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReschedulePolicy:
     attempts: int = 0
     """Reschedules allowed within ``interval`` (ignored when ``unlimited``)."""
@@ -137,7 +134,7 @@ class ReschedulePolicy:
     unlimited: bool = True
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateStrategy:
     max_parallel: int = 1
     min_healthy_time: float = 10.0
@@ -148,7 +145,7 @@ class UpdateStrategy:
     auto_promote: bool = False
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Constraint:
     attribute: str = ""
     """${node.class}, ${attr.kernel.name}, ${meta.rack}, ... (empty for distinct_hosts)."""
@@ -156,7 +153,7 @@ class Constraint:
     value: str = ""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Affinity:
     attribute: str
     operator: str = "="
@@ -165,20 +162,20 @@ class Affinity:
     """-100..100; negative weights repel."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SpreadTarget:
     value: str
     percent: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Spread:
     attribute: str
     weight: int = 50
     targets: tuple[SpreadTarget, ...] = ()
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Scaling:
     min: int = 0
     max: int = 0
@@ -188,7 +185,7 @@ class Scaling:
     enabled: bool = False
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Group:
     name: str
     count: int = 1
@@ -213,7 +210,7 @@ class Group:
         return total
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     name: str
     type: str = "service"
@@ -305,7 +302,8 @@ def _update(pb: job_pb2.UpdateStrategy, base: UpdateStrategy) -> UpdateStrategy:
 def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy) -> Group:
     r, rs = RestartPolicy(), ReschedulePolicy()
     restart = RestartPolicy(
-        attempts=_or(pb.restart.attempts, r.attempts), interval=_secs(pb.restart.interval, r.interval),
+        attempts=_or(pb.restart.attempts, r.attempts),
+        interval=_secs(pb.restart.interval, r.interval),
         delay=_secs(pb.restart.delay, r.delay), mode=_or(pb.restart.mode, r.mode))
     unlimited = pb.reschedule.unlimited or not pb.reschedule.attempts
     reschedule = ReschedulePolicy(
@@ -378,8 +376,9 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
         spreads=[job_pb2.Spread(attribute=s.attribute, weight=s.weight, targets=[
             job_pb2.SpreadTarget(value=t.value, percent=t.percent) for t in s.targets])
             for s in g.spreads],
-        restart=job_pb2.RestartPolicy(attempts=g.restart.attempts, interval=_dur(g.restart.interval),
-                                      delay=_dur(g.restart.delay), mode=g.restart.mode),
+        restart=job_pb2.RestartPolicy(
+            attempts=g.restart.attempts, interval=_dur(g.restart.interval),
+            delay=_dur(g.restart.delay), mode=g.restart.mode),
         reschedule=job_pb2.ReschedulePolicy(
             attempts=g.reschedule.attempts, interval=_dur(g.reschedule.interval),
             delay=_dur(g.reschedule.delay), delay_function=g.reschedule.delay_function,
