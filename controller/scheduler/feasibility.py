@@ -16,8 +16,9 @@ Each failed check names a reason for the plan's explanation.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from controller.scheduler.snapshot import AllocInfo, NodeClass, NodeState
 from orch.jobspec import constraints as cl
@@ -57,18 +58,31 @@ class DistinctProperty:
 
 
 class ClassFilter:
-    """The checks whose answer is shared by a node class, cached per class."""
+    """The checks whose answer is shared by a node class, cached per class.
 
-    def __init__(self, job: Job, group: Group) -> None:
+    ``memo`` (from :meth:`ClusterSnapshot.memo`) lets the answers outlive one
+    scheduling call: every job with the same datacenters, region, drivers and
+    constraints shares them.
+    """
+
+    def __init__(self, job: Job, group: Group,
+                 memo: Callable[[object], dict[Any, Any]] | None = None) -> None:
         self.datacenters = tuple(job.datacenters)
         self.region = job.region
         self.drivers = tuple(sorted({t.driver for t in group.tasks}))
-        rules = [compile_rule(c) for c in (*job.constraints, *group.constraints)
-                 if cl.canonical_operator(c.operator) not in cl.PLACEMENT_OPERATORS]
+        node_local = [c for c in (*job.constraints, *group.constraints)
+                      if cl.canonical_operator(c.operator) not in cl.PLACEMENT_OPERATORS]
+        rules = [compile_rule(c) for c in node_local]
         self.class_rules = [r for r in rules if not r.unique]
         self.node_rules = [r for r in rules if r.unique]
         """Rules on unique targets: checked node by node."""
-        self._cache: dict[int, str | None] = {}
+        self.signature = (self.datacenters, self.region, self.drivers,
+                          tuple(sorted((c.attribute, cl.canonical_operator(c.operator), c.value)
+                                       for c, r in zip(node_local, rules, strict=True)
+                                       if not r.unique)))
+        """What the class checks depend on: equal signatures give equal answers."""
+        self._cache: dict[int, str | None] = (
+            memo(("class-filter", self.signature)) if memo is not None else {})
 
     def check_class(self, cls: NodeClass) -> str | None:
         """None when nodes of ``cls`` may run the group, else the reason they may not."""

@@ -31,7 +31,7 @@ from controller.scheduler.feasibility import (
 )
 from controller.scheduler.plan import NodeMetrics
 from controller.scheduler.ports import pick_dynamic, ports_problem
-from controller.scheduler.ranking import AffinityScorer, SpreadScorer, anti_affinity
+from controller.scheduler.ranking import AffinityScorer, SpreadScorer
 from controller.scheduler.snapshot import AllocInfo, NodeClass, NodeState
 from orch.jobspec import constraints as cl
 from orch.jobspec.model import Group
@@ -40,6 +40,7 @@ from orch.jobspec.model import Group
 @dataclass(slots=True)
 class _Bucket:
     nodes: list[NodeState]
+    """The placer's own copy: nodes found unable to take the group are dropped from it."""
     value: str | None = None
     """The primary spread attribute's value on these nodes."""
     affinity: float = 0.0
@@ -53,6 +54,52 @@ class Choice:
     node: NodeState
     score: float
     ports: dict[str, int] = field(default_factory=dict)
+
+
+class Candidates:
+    """The nodes whose class passes a group's class checks, split by (spread value, affinity).
+
+    Kept in the snapshot's memo per (class checks, spread attribute, affinities)
+    and rebuilt only when nodes change, so that the next job with the same
+    constraints starts without touching every node class again.
+    """
+
+    def __init__(self, classes: list[NodeClass], primary: str | None,
+                 affinity: AffinityScorer | None) -> None:
+        self.classes = classes
+        self.size = sum(len(c.nodes) for c in classes)
+        groups: dict[tuple[str | None, float], list[NodeState]] = {}
+        for c in classes:
+            value = c.props.get(primary) if primary is not None else None
+            aff = affinity.class_score(c) if affinity is not None else 0.0
+            groups.setdefault((value, aff), []).extend(c.nodes)
+        self.buckets = [(value, aff, nodes) for (value, aff), nodes in groups.items()]
+        self._values: dict[str, int] = {}
+
+    def values(self, target: str) -> int:
+        """Distinct values of ``target`` among the candidate nodes."""
+        n = self._values.get(target)
+        if n is None:
+            if cl.is_unique_target(target):
+                n = self.size
+            else:
+                n = len({c.props.get(target) for c in self.classes} - {None})
+            self._values[target] = n
+        return n
+
+
+def candidates(ctx: PlanContext, filt: ClassFilter, primary: str | None,
+               affinity: AffinityScorer | None) -> Candidates:
+    snap = ctx.snapshot
+    key = (filt.signature, primary, affinity.signature if affinity is not None else None)
+    memo = snap.memo("candidates")
+    hit = memo.get(key)
+    if hit is not None and hit[0] == snap.node_version:
+        return hit[1]  # type: ignore[no-any-return]
+    classes = [c for c in snap.classes if c.nodes and filt.check_class(c) is None]
+    found = Candidates(classes, primary, affinity)
+    memo[key] = (snap.node_version, found)
+    return found
 
 
 class GroupPlacer:
@@ -72,7 +119,7 @@ class GroupPlacer:
         self.static_ports = [p.static for p in group.network.ports if p.static]
         self.dynamic_labels = [p.label for p in group.network.ports if not p.static]
         self.port_lo, self.port_hi = cfg.dynamic_port_min, cfg.dynamic_port_max
-        self.filter = ClassFilter(job, group)
+        self.filter = ClassFilter(job, group, snap.memo)
         self.job_hosts, self.group_hosts, self.distinct_props = placement_rules(job, group)
         self._prop_counts = [self._property_counts(p.target, p.job_scope, existing)
                              for p in self.distinct_props]
@@ -80,20 +127,25 @@ class GroupPlacer:
                           or self.job_hosts or self.group_hosts or self.distinct_props)
         """Whether node checks beyond CPU and memory apply."""
 
-        classes = [c for c in snap.classes if c.nodes and self.filter.check_class(c) is None]
         affinities = (*job.affinities, *group.affinities)
-        self.affinity = AffinityScorer(affinities) if affinities else None
+        self.affinity = AffinityScorer(affinities, snap.memo) if affinities else None
         spreads = (*job.spreads, *group.spreads)
+        targets = [(s.weight, cl.target_name(s.attribute) or s.attribute) for s in spreads]
+        shared = [(w, t) for w, t in targets if not cl.is_unique_target(t)]
+        primary = max(shared, key=lambda wt: wt[0])[1] if shared else None
+        by_affinity = self.affinity if self.affinity is not None and not self.affinity.per_node \
+            else None
+        cands = candidates(ctx, self.filter, primary, by_affinity)
+        self.size = cands.size
         self.spread: SpreadScorer | None = None
         if spreads:
-            self.spread = SpreadScorer(spreads, count, self._values_seen(spreads, classes))
-            live = {a.id for a in existing if a.occupies and a.id not in ctx.stopped}
+            self.spread = SpreadScorer(spreads, count, {t: cands.values(t) for _, t in targets})
             for a in existing:
-                node = snap.node(a.node_id) if a.id in live else None
-                if node is not None:
-                    self.spread.record(node)
-        self.buckets = self._buckets(classes)
-        self.size = sum(len(b.nodes) for b in self.buckets)
+                if a.occupies and a.id not in ctx.stopped:
+                    node = snap.node(a.node_id)
+                    if node is not None:
+                        self.spread.record(node)
+        self.buckets = [_Bucket(list(nodes), value, aff) for value, aff, nodes in cands.buckets]
         self.limit = cfg.limit(self.size, job.type == "batch")
         self.max_skip = cfg.max_skip
         self.binpack = cfg.algorithm == "binpack"
@@ -103,6 +155,7 @@ class GroupPlacer:
         self.n_scores = (1 + (count > 1) + (self.affinity is not None)
                          + (self.spread is not None))
         """How many scores apply to this group (the divisor of the reported mean)."""
+        self._fair_share = max(1.0, count / max(self.size, 1))
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -117,31 +170,6 @@ class GroupPlacer:
             nodes = {a.node_id: ctx.snapshot.node(a.node_id) for a in live}
             counts = ctx.property_counts[key] = property_counts(live, nodes, target)
         return counts
-
-    def _values_seen(self, spreads: tuple[object, ...], classes: list[NodeClass]) -> dict[str, int]:
-        seen: dict[str, int] = {}
-        for s in spreads:
-            target = cl.target_name(getattr(s, "attribute", "")) or ""
-            if cl.is_unique_target(target):
-                seen[target] = sum(len(c.nodes) for c in classes)
-            else:
-                seen[target] = len({c.props.get(target) for c in classes} - {None})
-        return seen
-
-    def _buckets(self, classes: list[NodeClass]) -> list[_Bucket]:
-        snap = self.ctx.snapshot
-        primary = self.spread.primary if self.spread is not None else None
-        by_affinity = self.affinity is not None and not self.affinity.per_node
-        if primary is None and not by_affinity:
-            if sum(len(c.nodes) for c in classes) == len(snap):
-                return [_Bucket(snap.order)]  # every node's class passes: no copy
-            return [_Bucket([n for c in classes for n in c.nodes])]
-        groups: dict[tuple[str | None, float], list[NodeState]] = {}
-        for c in classes:
-            value = c.props.get(primary.target) if primary is not None else None
-            aff = self.affinity.class_score(c) if by_affinity and self.affinity else 0.0
-            groups.setdefault((value, aff), []).extend(c.nodes)
-        return [_Bucket(nodes, value, aff) for (value, aff), nodes in groups.items()]
 
     def _ordered(self) -> list[_Bucket]:
         if len(self.buckets) == 1:
@@ -217,28 +245,35 @@ class GroupPlacer:
     # --- choosing -------------------------------------------------------------------------
 
     def select(self, penalty: frozenset[str] = frozenset()) -> Choice | None:
-        """The best of a bounded sample of feasible nodes (not yet committed), or None."""
-        overlay = self.ctx.overlay
+        """The best of a bounded sample of feasible nodes (not yet committed), or None.
+
+        Nodes met on the way that cannot take the group (class checks, state,
+        resources, ports, distinct_*) are dropped from the placer's buckets: within
+        one plan they will not be able to later either, so every node is rejected
+        at most once per group and the cost of a placement stays about ``limit``.
+        """
+        overlay_get = self.ctx.overlay.get
         cpu, mem, gkey, extra = self.cpu, self.mem, self.gkey, self.extra
         limit, max_skip, binpack = self.limit, self.max_skip, self.binpack
-        found: list[tuple[NodeState, Delta | None, int, int, int]] = []
-        skipped: list[tuple[NodeState, Delta | None, int, int, int]] = []
+        found: list[tuple[NodeState, int, int, int]] = []
+        skipped: list[tuple[NodeState, int, int, int]] = []
         for b in self._ordered():
             nodes = b.nodes
             n = len(nodes)
             if not n:
                 continue
-            j = start = b.cursor
-            end = n if binpack else start + n
-            sticky = binpack
+            start = 0 if binpack else b.cursor
+            j = start
+            end = start + n
+            dead: list[int] = []
             while j < end:
-                node = nodes[j if j < n else j - n]
+                k = j if j < n else j - n
+                node = nodes[k]
                 j += 1
-                if not node.schedulable:
-                    if sticky:
-                        b.cursor = j
+                if not node.schedulable:  # (classes were checked when buckets were built)
+                    dead.append(k)
                     continue
-                d = overlay.get(node)
+                d = overlay_get(node)
                 if d is None:
                     cu = node.cpu_used + cpu
                     mu = node.mem_used + mem
@@ -249,18 +284,22 @@ class GroupPlacer:
                     coll = node.group_counts.get(gkey, 0) + d.groups.get(gkey, 0)
                 if (cu > node.cpu_total or mu > node.mem_total
                         or (extra and self._extra_problem(node, d) is not None)):
-                    if sticky:
-                        b.cursor = j
+                    dead.append(k)
                     continue
-                sticky = False
                 if coll > 0 and len(skipped) < max_skip:
-                    skipped.append((node, d, cu, mu, coll))
+                    skipped.append((node, cu, mu, coll))
                     continue
-                found.append((node, d, cu, mu, coll))
+                found.append((node, cu, mu, coll))
                 if len(found) >= limit:
                     break
+            nxt = j % n
+            if dead:
+                gone = set(dead)
+                b.nodes = [x for i, x in enumerate(nodes) if i not in gone] if len(gone) > 64 \
+                    else _without(nodes, sorted(gone))
+                nxt -= sum(1 for i in gone if i < nxt)
             if not binpack:
-                b.cursor = j % n
+                b.cursor = nxt % len(b.nodes) if b.nodes else 0
             if len(found) >= limit:
                 break
         if len(found) < limit:
@@ -269,7 +308,7 @@ class GroupPlacer:
             return None
         best: NodeState | None = None
         best_score = float("-inf")
-        for node, _d, cu, mu, coll in found:
+        for node, cu, mu, coll in found:
             s = self._score(node, cu, mu, coll, penalty)
             if s > best_score:
                 best, best_score = node, s
@@ -285,7 +324,7 @@ class GroupPlacer:
         s = (20.0 - raw) / 18.0 if self.binpack else (raw - 2.0) / 18.0
         s = 0.0 if s < 0.0 else 1.0 if s > 1.0 else s
         if collisions:
-            s += anti_affinity(collisions, self.count, self.size)
+            s -= collisions / self._fair_share  # ranking.anti_affinity, inlined
         if self.affinity is not None:
             s += self.affinity.score(node)
         if self.spread is not None:
@@ -344,3 +383,10 @@ class GroupPlacer:
             return self.commit(Choice(preferred, self.score_on(preferred, penalty)))
         choice = self.select(penalty)
         return self.commit(choice) if choice is not None else None
+
+
+def _without(nodes: list[NodeState], positions: list[int]) -> list[NodeState]:
+    """``nodes`` minus the (sorted, few) ``positions``, deleting in place from the back."""
+    for i in reversed(positions):
+        del nodes[i]
+    return nodes

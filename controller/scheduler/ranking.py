@@ -7,8 +7,9 @@ score normalisation does. Only relative order matters for the choice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from controller.scheduler.snapshot import NodeClass, NodeState
 from orch.jobspec import constraints as cl
@@ -58,7 +59,9 @@ class _AffinityRule:
 class AffinityScorer:
     """Sum of the weights of the affinities a node matches, over the sum of all |weights|."""
 
-    def __init__(self, affinities: Iterable[Affinity]) -> None:
+    def __init__(self, affinities: Iterable[Affinity],
+                 memo: Callable[[object], dict[Any, Any]] | None = None) -> None:
+        affinities = tuple(affinities)
         rules = []
         for a in affinities:
             target = cl.target_name(a.attribute) or a.attribute
@@ -69,7 +72,10 @@ class AffinityScorer:
         self._node_rules = [r for r in rules if r.unique]
         self.per_node = bool(self._node_rules)
         """True when some affinity looks at unique targets (the score differs per node)."""
-        self._cache: dict[int, float] = {}
+        self.signature = tuple(sorted((a.attribute, cl.canonical_operator(a.operator), a.value,
+                                       a.weight) for a in affinities))
+        self._cache: dict[int, float] = (
+            memo(("affinity", self.signature)) if memo is not None else {})
 
     def class_score(self, cls: NodeClass) -> float:
         """The part of the score shared by every node of ``cls``."""
@@ -93,13 +99,15 @@ IMPLICIT = "*"
 
 
 class _SpreadRule:
-    __slots__ = ("counts", "desired", "even", "target", "unique", "weight")
+    __slots__ = ("boosts", "counts", "desired", "even", "target", "unique", "weight")
 
     def __init__(self, spread: Spread, count: int, values: int) -> None:
         self.target = cl.target_name(spread.attribute) or spread.attribute
         self.unique = cl.is_unique_target(self.target)
         self.weight = spread.weight
         self.counts: dict[str, int] = {}
+        self.boosts: dict[str | None, float] = {}
+        """Weighted boost per value, valid until the counts change."""
         self.desired: dict[str, float] = {}
         self.even = not spread.targets
         if self.even:
@@ -162,8 +170,13 @@ class SpreadScorer:
 
     def score(self, node: NodeState) -> float:
         total = 0.0
+        props = node.cls.props
         for r in self.rules:
-            total += r.weight * r.boost(node.prop(r.target))
+            v = node.prop(r.target) if r.unique else props.get(r.target)
+            b = r.boosts.get(v)
+            if b is None:
+                b = r.boosts[v] = r.weight * r.boost(v)
+            total += b
         return total / self.total_weight
 
     def record(self, node: NodeState, sign: int = 1) -> None:
@@ -171,3 +184,4 @@ class SpreadScorer:
             v = node.prop(r.target)
             if v is not None:
                 r.counts[v] = r.counts.get(v, 0) + sign
+                r.boosts.clear()

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from orch.jobspec.model import Group, group_from_proto
 from orch.v1 import job_pb2, node_pb2
@@ -29,7 +30,7 @@ DESIRED = ("run", "stop")
 CLIENT_STATUSES = ("pending", "running", "complete", "failed", "lost")
 LIVE_CLIENT = frozenset(("pending", "running"))
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+_MEMO_KEYS = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +220,9 @@ class ClusterSnapshot:
         """Occupying allocations whose node is not (or no longer) in the snapshot."""
         self.version = 0
         """Bumped on every change."""
+        self.node_version = 0
+        """Bumped when a node is added, changed or removed (not for allocations)."""
+        self._memo: dict[object, dict[Any, Any]] = {}
         for n in nodes:
             self.upsert_node(n)
         for a in allocs:
@@ -235,6 +239,21 @@ class ClusterSnapshot:
     def classes(self) -> list[NodeClass]:
         """Node classes in the order they were first seen (some may have no nodes left)."""
         return list(self._classes.values())
+
+    def memo(self, key: object) -> dict[Any, Any]:
+        """A cache for a pure function of node classes or nodes, kept with the snapshot.
+
+        The scheduler stores results that depend only on what ``key`` names (a
+        constraint set, ...) and on nodes or classes, so that the next job with the
+        same constraints reuses them. Entries keyed per class stay valid forever (a
+        class never changes); users of node lists check ``node_version``.
+        """
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= _MEMO_KEYS:
+                self._memo.clear()
+            found = self._memo[key] = {}
+        return found
 
     def node(self, node_id: str) -> NodeState | None:
         return self._nodes.get(node_id)
@@ -264,6 +283,7 @@ class ClusterSnapshot:
     def upsert_node(self, info: NodeInfo) -> None:
         """Add a node or replace what is known about it (its allocations stay)."""
         self.version += 1
+        self.node_version += 1
         old = self._nodes.get(info.id)
         cls = self._class_for(info)
         if old is not None:
@@ -286,6 +306,7 @@ class ClusterSnapshot:
         state = self._nodes.pop(node_id, None)
         if state is not None:
             self.version += 1
+            self.node_version += 1
             self._remove_state(state)
             if state.allocs:
                 self._orphans[node_id] = dict(state.allocs)
