@@ -73,6 +73,8 @@ class Candidates:
             value = c.props.get(primary) if primary is not None else None
             aff = affinity.class_score(c) if affinity is not None else 0.0
             groups.setdefault((value, aff), []).extend(c.nodes)
+        for nodes in groups.values():  # the snapshot's order, whatever order classes came in
+            nodes.sort(key=_order_key)
         self.buckets = [(value, aff, nodes) for (value, aff), nodes in groups.items()]
         self._values: dict[str, int] = {}
 
@@ -383,6 +385,10 @@ class GroupPlacer:
             return self.commit(Choice(preferred, self.score_on(preferred, penalty)))
         choice = self.select(penalty)
         return self.commit(choice) if choice is not None else None
+
+
+def _order_key(node: NodeState) -> bytes:
+    return node.order_key
 
 
 def _without(nodes: list[NodeState], positions: list[int]) -> list[NodeState]:
