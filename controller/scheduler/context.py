@@ -63,8 +63,12 @@ class PlanContext:
         return d
 
     def new_alloc_id(self) -> str:
-        """A UUID drawn from the call's seeded random source (so plans are reproducible)."""
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        """A UUID drawn from the call's seeded random source (so plans are reproducible),
+        never one the snapshot already holds (a seed may be used twice)."""
+        while True:
+            aid = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+            if self.snapshot.alloc(aid) is None:
+                return aid
 
     def free(self, alloc: AllocInfo, sign: int = 1) -> None:
         """Account for a stop: the allocation's resources and ports become available.

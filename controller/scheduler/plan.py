@@ -166,7 +166,8 @@ class GroupPlan:
         out = []
         for label, n in (("to place", self.place), ("to update in place", self.in_place),
                          ("to replace", self.replace), ("to reschedule", self.reschedule),
-                         ("to migrate", self.migrate), ("canaries", self.canary),
+                         ("to migrate", self.migrate),
+                         ("canary" if self.canary == 1 else "canaries", self.canary),
                          ("to stop", self.stop), ("unchanged", self.unchanged)):
             if n:
                 out.append(f"{n} {label}")

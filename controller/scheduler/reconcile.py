@@ -7,6 +7,14 @@ stop (count reduced, duplicates, group removed, job stopped), and which
 indexes need a new allocation. Destructive updates and migrations respect the
 group's ``update.max_parallel`` (minus the new-version allocations not yet
 healthy); the rest wait for a later plan.
+
+Canaries (``update.canary``, service jobs): a destructive update first places
+that many allocations of the new version *beside* the old ones, marked
+``canary``, and replaces nothing else until they are promoted: the controller
+clears their ``canary`` flag (``orchctl job promote``), or, with
+``auto_promote``, they all turn healthy. A promoted canary takes over its
+index (the old allocation there stops); the rest then rolls as usual. A
+canary that fails is not replaced: the update waits for a fix or a revert.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ STOP_REPLACED = "replaced by a new version"
 STOP_LOST = "node down"
 STOP_DRAIN = "node draining"
 STOP_INFEASIBLE = "node no longer matches the job's constraints"
+STOP_CANARY = "replaced by a promoted canary"
+STOP_SUPERSEDED = "superseded by a newer version at the same index"
+STOP_STALE_CANARY = "canary of a superseded version"
 
 
 @dataclass(slots=True)
@@ -40,6 +51,8 @@ class GroupDecision:
     stop: list[tuple[AllocInfo, str]] = field(default_factory=list)
     place: list[int] = field(default_factory=list)
     """Indexes that get a brand-new allocation."""
+    canary: list[int] = field(default_factory=list)
+    """Indexes that get a canary of the new version beside their current allocation."""
     waiting: int = 0
     next_reschedule_at: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -115,7 +128,13 @@ def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
     held: set[int] = set()      # indexes taken by an allocation that stays (or waits)
     running: list[AllocInfo] = []
 
+    canary_target = group.update.canary if not batch else 0
     for a in live:
+        if a.canary and a.client in ("failed", "lost", "complete"):
+            if a.job_version == job.version and canary_target:
+                out.notes.append(f"canary {a.name} {a.client}; the update waits (fix the job "
+                                 f"or revert)")
+            continue
         if a.client == "complete":
             if batch and a.index < count:
                 held.add(a.index)  # finished work is not redone
@@ -143,17 +162,36 @@ def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
             continue
         running.append(a)
 
+    # Canaries not promoted yet stand beside the allocations they will replace.
+    pending: list[AllocInfo] = []
+    if canary_target or any(a.canary for a in running):
+        older = {a.index for a in running if a.job_version != job.version and not a.canary}
+        current = [a for a in running if a.canary and a.job_version == job.version]
+        auto = group.update.auto_promote and current and all(a.healthy for a in current)
+        pending = [] if auto else [a for a in current if a.index in older]
+        stale = [a for a in running if a.canary and a.job_version != job.version
+                 and a.index in {b.index for b in running if not b.canary}]
+        out.stop.extend((a, STOP_STALE_CANARY) for a in stale)
+        gone = {a.id for a in pending} | {a.id for a in stale}
+        running = [a for a in running if a.id not in gone]
+
     # One allocation per index below count: prefer the newest version, then healthy ones.
     running.sort(key=lambda a: (a.index, -a.job_version, not a.healthy, -a.create_time, a.id))
     kept: list[AllocInfo] = []
     surplus: list[tuple[AllocInfo, str]] = []
+    holder: dict[int, AllocInfo] = {}
     for a in running:
         if a.index >= count:
             surplus.append((a, STOP_COUNT))
         elif a.index in held:
-            surplus.append((a, STOP_DUPLICATE))
+            first = holder.get(a.index)
+            if first is not None and first.job_version != a.job_version:
+                surplus.append((a, STOP_CANARY if first.canary else STOP_SUPERSEDED))
+            else:
+                surplus.append((a, STOP_DUPLICATE))
         else:
             held.add(a.index)
+            holder[a.index] = a
             kept.append(a)
     surplus.sort(key=lambda s: -s[0].index)
     out.stop.extend(surplus)
@@ -184,6 +222,24 @@ def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
             destructive.append(a)
         else:
             out.in_place.append(a)
+
+    out.keep.extend(pending)
+    if canary_target and destructive:
+        started = any(a.job_version == job.version and not a.canary for a in staying) \
+            or any(a.canary and a.job_version == job.version for a in kept)
+        if pending or not started:
+            spent = sum(1 for a in live if a.canary and a.job_version == job.version
+                        and a.client in ("failed", "lost"))
+            missing = canary_target - len(pending) - spent
+            have = {a.index for a in pending}
+            out.canary = [a.index for a in sorted(destructive, key=lambda a: a.index)
+                          if a.index not in have][:max(0, missing)]
+            out.waiting += len(destructive)
+            if pending and not out.canary and all(a.healthy for a in pending):
+                what = "canary waits" if len(pending) == 1 else "canaries wait"
+                out.notes.append(f"{len(pending)} healthy {what} for promotion "
+                                 f"(orchctl job promote)")
+            destructive = []
 
     budget = len(destructive) + len(out.migrate)
     if not batch:

@@ -82,7 +82,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
             previous_spec=_previous_spec(allocs, job.version) or group,
             in_place=len(d.in_place), replace=len(d.replace), migrate=len(d.migrate),
             reschedule=len(d.reschedule) + len(d.lost), place=len(d.place),
-            unchanged=len(d.keep), waiting=d.waiting, next_reschedule_at=d.next_reschedule_at,
+            canary=len(d.canary), unchanged=len(d.keep), waiting=d.waiting,
+            next_reschedule_at=d.next_reschedule_at,
             notes=d.notes)
         # Stops for good come first so that what they free is available to every group.
         for a, why in d.stop:
@@ -118,6 +119,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
         for a in d.reschedule:
             run.attempt(a.index, "reschedule", a, penalty=frozenset((a.node_id,)),
                         attempts=attempts_in_window(group.reschedule, a, ctx.now) + 1)
+        for i in d.canary:
+            run.attempt(i, "canary", canary=True)
         for i in d.place:
             run.attempt(i, "new")
 
@@ -133,7 +136,7 @@ class _GroupPlacements:
 
     def attempt(self, index: int, reason: str, previous: AllocInfo | None = None,
                 penalty: frozenset[str] = frozenset(), preferred: NodeState | None = None,
-                attempts: int = 0) -> bool:
+                attempts: int = 0, canary: bool = False) -> bool:
         choice = None if self.failed else self.placer.place(penalty, preferred)
         if choice is None:
             if not self.failed:
@@ -142,7 +145,7 @@ class _GroupPlacements:
             self.gp.unplaced += 1
             return False
         self.plan.placements.append(_placement(self.ctx, self.group, index, choice, reason,
-                                               previous, attempts))
+                                               previous, attempts, canary))
         return True
 
     def paired(self, old: AllocInfo, why: str, reason: str,
@@ -170,14 +173,14 @@ def _stop(ctx: PlanContext, plan: Plan, a: AllocInfo, why: str, *, lost: bool = 
 
 
 def _placement(ctx: PlanContext, group: Group, index: int, choice: Choice, reason: str,
-               previous: AllocInfo | None, attempts: int = 0) -> Placement:
+               previous: AllocInfo | None, attempts: int = 0, canary: bool = False) -> Placement:
     job, res = ctx.job, group.resources
     return Placement(
         alloc_id=ctx.new_alloc_id(), namespace=job.namespace, job=job.name, group=group.name,
         index=index, node_id=choice.node.info.id, node_name=choice.node.info.name,
         cpu_millicores=res.cpu_millicores, memory_mb=res.memory_mb, ports=choice.ports,
         reason=reason, previous_alloc=previous.id if previous else "",
-        reschedule_attempts=attempts, score=choice.score)
+        reschedule_attempts=attempts, canary=canary, score=choice.score)
 
 
 def _previous_spec(allocs: Iterable[AllocInfo], version: int) -> Group | None:

@@ -182,7 +182,12 @@ def test_duplicate_indexes_keep_the_newest_and_stop_the_rest() -> None:
     snap.upsert_alloc(alloc("old", "n1", index=0, job_version=1))
     snap.upsert_alloc(alloc("new", "n2", index=0, job_version=2))
     plan = run(job(group(count=1), version=2), snap)
-    assert [(s.alloc_id, s.reason) for s in plan.stops] == [("old", "duplicate index")]
+    assert [(s.alloc_id, s.reason) for s in plan.stops] == [
+        ("old", "superseded by a newer version at the same index")]
+    snap.upsert_alloc(alloc("twin", "n1", index=0, job_version=2, create_time=-1.0))
+    plan = run(job(group(count=1), version=2), snap)
+    assert sorted((s.alloc_id, s.reason) for s in plan.stops) == [
+        ("old", "superseded by a newer version at the same index"), ("twin", "duplicate index")]
 
 
 def test_a_replacement_that_finds_no_node_leaves_the_old_one_running() -> None:
@@ -208,3 +213,62 @@ def test_in_place_update_becomes_destructive_when_the_node_no_longer_fits() -> N
     assert not plan.updates
     assert placed_on(plan) == ["n2"]
     assert plan.stops[0].reason == "replaced by a new version"
+
+
+def test_canaries_go_first_and_wait_for_promotion() -> None:
+    snap, j = deployed(count=4, nodes=4)
+    g = j.groups[0]
+    update = dataclasses.replace(g.update, canary=1, max_parallel=2)
+    j2 = bump(j, update=update, tasks=(dataclasses.replace(g.tasks[0], image="app:2"),))
+    plan = run(j2, snap, apply=True)
+    assert [(p.index, p.reason, p.canary) for p in plan.placements] == [(0, "canary", True)]
+    assert not plan.stops
+    assert plan.groups["web"].explain() == (
+        'group "web": 1 canary; 4 waiting for the rolling update (max_parallel)')
+    settle(snap)  # the canary is healthy, but nobody promoted it
+    plan = run(j2, snap)
+    assert plan.is_noop
+    assert plan.groups["web"].notes == [
+        "1 healthy canary waits for promotion (orchctl job promote)"]
+    # Promotion (what `orchctl job promote` makes the controller do): the flag goes.
+    canary = next(a for a in snap.allocs.values() if a.canary)
+    snap.upsert_alloc(dataclasses.replace(canary, canary=False))
+    plan = run(j2, snap)
+    stopped = {s.name: s.reason for s in plan.stops if s.reason != "replaced by a new version"}
+    assert stopped == {"app.web[0]": "superseded by a newer version at the same index"}
+    assert sorted(p.index for p in plan.placements) == [1, 2]
+    assert all(p.reason == "replacement" for p in plan.placements)
+
+
+def test_auto_promote_when_every_canary_is_healthy() -> None:
+    snap, j = deployed(count=3, nodes=3)
+    g = j.groups[0]
+    update = dataclasses.replace(g.update, canary=2, auto_promote=True, max_parallel=3)
+    j2 = bump(j, update=update, tasks=(dataclasses.replace(g.tasks[0], image="app:2"),))
+    plan = run(j2, snap, apply=True)
+    assert sorted(p.index for p in plan.placements if p.canary) == [0, 1]
+    settle(snap, healthy=False)
+    assert run(j2, snap).is_noop  # not healthy yet
+    settle(snap)
+    for a in list(snap.allocs.values()):
+        if a.canary:
+            snap.upsert_alloc(dataclasses.replace(a, healthy=True))
+    plan = run(j2, snap)
+    assert sorted((s.name, s.reason) for s in plan.stops if s.reason != "replaced by a new version"
+                  ) == [("app.web[0]", "replaced by a promoted canary"),
+                        ("app.web[1]", "replaced by a promoted canary")]
+    assert [p.index for p in plan.placements] == [2]
+
+
+def test_a_failed_canary_stops_the_update() -> None:
+    snap, j = deployed(count=2, nodes=2)
+    g = j.groups[0]
+    j2 = bump(j, update=dataclasses.replace(g.update, canary=1),
+              tasks=(dataclasses.replace(g.tasks[0], image="app:2"),))
+    run(j2, snap, apply=True)
+    canary = next(a for a in snap.allocs.values() if a.canary)
+    snap.upsert_alloc(dataclasses.replace(canary, client="failed"))
+    plan = run(j2, snap)
+    assert plan.is_noop
+    assert plan.groups["web"].notes == [
+        "canary app.web[0] failed; the update waits (fix the job or revert)"]
