@@ -296,10 +296,7 @@ class GroupPlacer:
                     break
             nxt = j % n
             if dead:
-                gone = set(dead)
-                b.nodes = [x for i, x in enumerate(nodes) if i not in gone] if len(gone) > 64 \
-                    else _without(nodes, sorted(gone))
-                nxt -= sum(1 for i in gone if i < nxt)
+                nxt -= _drop(nodes, dead, nxt)
             if not binpack:
                 b.cursor = nxt % len(b.nodes) if b.nodes else 0
             if len(found) >= limit:
@@ -391,8 +388,27 @@ def _order_key(node: NodeState) -> bytes:
     return node.order_key
 
 
-def _without(nodes: list[NodeState], positions: list[int]) -> list[NodeState]:
-    """``nodes`` minus the (sorted, few) ``positions``, deleting in place from the back."""
-    for i in reversed(positions):
-        del nodes[i]
-    return nodes
+def _drop(nodes: list[NodeState], positions: list[int], before: int) -> int:
+    """Delete ``positions`` from ``nodes`` in place; how many of them were below ``before``.
+
+    The positions are those of one scan: ascending, or ascending, then wrapping
+    around to ascending again. Few are deleted one by one; many are cut out by
+    rebuilding only the stretch they span, never the whole list.
+    """
+    below = sum(1 for i in positions if i < before)
+    ordered = sorted(positions)
+    if len(ordered) <= 16:
+        for i in reversed(ordered):
+            del nodes[i]
+        return below
+    gone = set(ordered)
+    lo, hi = ordered[0], ordered[-1] + 1
+    if hi - lo > 4 * len(ordered) and ordered[0] < before <= ordered[-1]:
+        # A wrapped scan: two stretches, the head of the list and its tail.
+        head = [i for i in ordered if i < before]
+        tail = [i for i in ordered if i >= before]
+        _drop(nodes, tail, 0)
+        _drop(nodes, head, 0)
+        return below
+    nodes[lo:hi] = [x for i, x in enumerate(nodes[lo:hi], lo) if i not in gone]
+    return below

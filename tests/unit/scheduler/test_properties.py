@@ -22,6 +22,8 @@ from orch.jobspec.model import Constraint, Group, Job, Network, Port, Resources,
 
 CONFIG = SchedulerConfig(dynamic_port_min=20000, dynamic_port_max=20007, exact_below=4)
 """A tiny dynamic port range (so it runs out) and sampling on all but the smallest clusters."""
+SPREAD = SchedulerConfig(dynamic_port_min=20000, dynamic_port_max=20007, exact_below=2,
+                         sample_limit=2, algorithm="spread")
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -32,6 +34,7 @@ class Case:
     background: list[AllocInfo]
     job: Job
     seed: int
+    config: SchedulerConfig
 
     def snapshot(self, reverse: bool = False) -> ClusterSnapshot:
         nodes = list(reversed(self.nodes)) if reverse else self.nodes
@@ -105,7 +108,8 @@ def cases(draw: st.DrawFn, kind: str | None = None) -> Case:
     names = draw(st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=2, unique=True))
     job = Job(name="job", type=job_type, version=1,
               groups=tuple(draw(groups(n)) for n in names))
-    return Case(infos, background(draw, infos), job, draw(st.integers(0, 2**32)))
+    return Case(infos, background(draw, infos), job, draw(st.integers(0, 2**32)),
+                draw(st.sampled_from([CONFIG, SPREAD])))
 
 
 def check_capacity(snap: ClusterSnapshot) -> None:
@@ -139,7 +143,7 @@ def test_never_overcommits_a_node(case: Case) -> None:
     snap = case.snapshot()
     check_capacity(snap)  # the generated load fits
     for round_ in range(2):  # a second round sees the first one's allocations
-        plan = schedule(case.job, snap, now=100.0 + round_, seed=case.seed, config=CONFIG)
+        plan = schedule(case.job, snap, now=100.0 + round_, seed=case.seed, config=case.config)
         apply_plan(snap, plan, case.job, now=100.0 + round_)
         check_capacity(snap)
         for p in plan.placements:
@@ -156,7 +160,7 @@ def test_never_overcommits_a_node(case: Case) -> None:
 @given(cases())
 def test_places_only_where_the_group_may_run(case: Case) -> None:
     snap = case.snapshot()
-    plan = schedule(case.job, snap, now=100.0, seed=case.seed, config=CONFIG)
+    plan = schedule(case.job, snap, now=100.0, seed=case.seed, config=case.config)
     groups_ = {g.name: g for g in case.job.groups}
     for p in plan.placements:
         n = snap.node(p.node_id)
@@ -167,15 +171,16 @@ def test_places_only_where_the_group_may_run(case: Case) -> None:
 @SETTINGS
 @given(cases())
 def test_deterministic_for_a_seed(case: Case) -> None:
-    a = schedule(case.job, case.snapshot(), now=100.0, seed=case.seed, config=CONFIG)
-    b = schedule(case.job, case.snapshot(reverse=True), now=100.0, seed=case.seed, config=CONFIG)
+    a = schedule(case.job, case.snapshot(), now=100.0, seed=case.seed, config=case.config)
+    b = schedule(case.job, case.snapshot(reverse=True), now=100.0, seed=case.seed,
+                 config=case.config)
     assert a.to_dict() == b.to_dict()
 
 
 @SETTINGS
 @given(cases(kind="service"))
 def test_every_wanted_allocation_is_placed_or_explained(case: Case) -> None:
-    plan: Plan = schedule(case.job, case.snapshot(), now=100.0, seed=case.seed, config=CONFIG)
+    plan: Plan = schedule(case.job, case.snapshot(), now=100.0, seed=case.seed, config=case.config)
     for g in case.job.groups:
         placed = [p for p in plan.placements if p.group == g.name]
         gp = plan.groups[g.name]
@@ -207,9 +212,9 @@ def test_a_system_job_lands_exactly_once_per_eligible_node(infos: list[NodeInfo]
 @given(cases(kind="service"))
 def test_a_settled_plan_is_not_redone(case: Case) -> None:
     snap = case.snapshot()
-    plan = schedule(case.job, snap, now=1.0, seed=case.seed, config=CONFIG)
+    plan = schedule(case.job, snap, now=1.0, seed=case.seed, config=case.config)
     apply_plan(snap, plan, case.job, now=1.0)
-    again = schedule(case.job, snap, now=2.0, seed=case.seed + 1, config=CONFIG)
+    again = schedule(case.job, snap, now=2.0, seed=case.seed + 1, config=case.config)
     assert not again.stops
     assert not again.updates
     # Only what found no node the first time may be tried again.
