@@ -9,13 +9,16 @@ placer walks the buckets and collects the first ``limit`` feasible nodes
 others, every node for small clusters), setting aside up to ``max_skip`` nodes
 that already run a replica of the group, then scores them and keeps the best.
 
-With bin-packing, each bucket's cursor stays on the first node that can still
-take the group: nodes before it are full for this group (the plan only adds
-load), so every placement starts where the last one filled up. Successive
-jobs thus fill the same nodes before opening new ones, which is what keeps the
-number of nodes used close to the lower bound; the cost per placement stays
-bounded by ``limit + max_skip`` plus the nodes the cursor passes once. With
-the spread algorithm the cursors start at seeded random offsets and rotate.
+Nodes found unable to take the group (full, port taken, wrong state, ...) are
+dropped from the placer's own copy of its buckets: within one plan they stay
+unable (the plan only adds load), so each is rejected once per group and a
+placement costs about ``limit`` node visits. With bin-packing every placement
+starts from the head of the stable order, so successive placements and
+successive jobs fill the same nodes before opening new ones: that is what
+keeps the number of nodes used close to the lower bound (Nomad visits nodes
+in a fresh random order per evaluation, which spreads work over a large
+cluster). With the spread algorithm the walk starts at a seeded random offset
+and rotates.
 """
 
 from __future__ import annotations
@@ -100,8 +103,14 @@ def candidates(ctx: PlanContext, filt: ClassFilter, primary: str | None,
         return hit[1]  # type: ignore[no-any-return]
     classes = [c for c in snap.classes if c.nodes and filt.check_class(c) is None]
     found = Candidates(classes, primary, affinity)
+    if len(memo) >= _CANDIDATE_SETS:
+        memo.clear()  # many distinct constraint sets: start over rather than grow
     memo[key] = (snap.node_version, found)
     return found
+
+
+_CANDIDATE_SETS = 64
+"""Candidate lists kept in the snapshot's memo (each holds up to one reference per node)."""
 
 
 class GroupPlacer:

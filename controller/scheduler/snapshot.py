@@ -30,7 +30,7 @@ DESIRED = ("run", "stop")
 CLIENT_STATUSES = ("pending", "running", "complete", "failed", "lost")
 LIVE_CLIENT = frozenset(("pending", "running"))
 
-_MEMO_KEYS = 256
+_MEMO_KEYS = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
