@@ -165,13 +165,15 @@ class Result:
         return self.placed / self.seconds if self.seconds else 0.0
 
 
-def pin_one_core() -> str:
+def pin_one_core() -> tuple[str, set[int] | None]:
+    """Pin this process to one CPU; (what was done, the affinity to restore)."""
     try:
-        cpu = min(os.sched_getaffinity(0))
+        before = os.sched_getaffinity(0)
+        cpu = min(before)
         os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
+        return f"pinned to CPU {cpu}", before
     except (AttributeError, OSError):
-        return "not pinned"
+        return "not pinned", None
 
 
 def run_workload(nodes: int, jobs: list[Job], seed: int, config: SchedulerConfig,
@@ -297,12 +299,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=0, help="runs per figure (default 5; quick 1)")
     opts = ap.parse_args(argv)
     runs = opts.runs or (1 if opts.quick else 5)
-    sizes = (200, 500) if opts.quick else (1000, 5000)
-    total = 1000 if opts.quick else 10_000
-    big = 200 if opts.quick else 1000
+    pinned, before = pin_one_core()
+    try:
+        return _run(opts.quick, opts.json, runs, pinned)
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+
+
+def _run(quick: bool, as_json: bool, runs: int, pinned: str) -> int:
+    sizes = (200, 500) if quick else (1000, 5000)
+    total = 1000 if quick else 10_000
+    big = 200 if quick else 1000
     config = SchedulerConfig()
-    pinned = pin_one_core()
-    log(f"scheduler benchmark: {'quick' if opts.quick else 'full'}, {runs} run(s) per figure, "
+    log(f"scheduler benchmark: {'quick' if quick else 'full'}, {runs} run(s) per figure, "
         f"{pinned}")
 
     results: list[Result] = []
@@ -320,15 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     mem_nodes, mem_allocs = (sizes[-1], 10 * sizes[-1])
     memory = snapshot_memory(mem_nodes, mem_allocs)
     log("  measuring packing")
-    pack = packing(200 if opts.quick else 1000, total, 21, config)
+    pack = packing(200 if quick else 1000, total, 21, config)
 
     print(_table(results, memory, pack, runs, pinned))
-    if opts.json:
+    if as_json:
         plain_big = next(r for r in results if r.scenario == "plain" and r.nodes == sizes[-1])
         summary = {
-            "quick": opts.quick, "runs": runs, "python": platform.python_version(),
+            "quick": quick, "runs": runs, "python": platform.python_version(),
             f"placements_per_s_{sizes[-1]}": round(plain_big.per_second),
-            "placements_per_s_5000": round(plain_big.per_second) if not opts.quick else None,
+            "placements_per_s_5000": round(plain_big.per_second) if not quick else None,
             "scenarios": [{"scenario": r.scenario, "nodes": r.nodes, "allocs": r.allocs,
                            "jobs": r.jobs, "placed": r.placed, "seconds": round(r.seconds, 4),
                            "placements_per_s": round(r.per_second),

@@ -69,7 +69,7 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
     decisions = []
     for group in job.groups:
         allocs = by_group.get(group.name, [])
-        filt = ClassFilter(job, group)
+        filt = ClassFilter(job, group, snap.memo)
         feasible = {}
         for a in allocs:
             node = snap.node(a.node_id)
