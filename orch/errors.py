@@ -4,6 +4,7 @@
 
     OrchError
     ├── ConfigError              # a bad file, flag or field: says where and what to do
+    │   └── JobSpecError         #   a job file or submitted job: every problem at once
     ├── ProtocolError            # a bad gossip packet: counted and dropped, never fatal
     │   ├── VersionError         #   from a peer speaking another protocol version
     │   ├── LabelError           #   from another cluster (label mismatch)
@@ -17,6 +18,8 @@
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class OrchError(Exception):
@@ -32,6 +35,37 @@ class ConfigError(OrchError):
     def __init__(self, message: str, *, where: str | None = None) -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpecProblem:
+    """One thing wrong in a job: where (field path, line when known) and what."""
+
+    path: str
+    """``groups[0].tasks[1].resources.memory_mb``; empty for the file as a whole."""
+    message: str
+    """What is wrong and, where it helps, what to write instead."""
+    line: int | None = None
+
+    def render(self, source: str = "") -> str:
+        """``web.yaml: groups[0].tasks[1].resources.memory_mb: must be > 0, got -5 (line 14)``."""
+        parts = [p for p in (source, self.path) if p]
+        text = ": ".join([*parts, self.message])
+        return f"{text} (line {self.line})" if self.line is not None else text
+
+
+class JobSpecError(ConfigError):
+    """A job (file or API submission) is invalid; ``problems`` lists every problem found.
+
+    ``str(err)`` is one line per problem, each naming the source, the field and what is
+    wrong, so a person fixes them all in one go.
+    """
+
+    def __init__(self, source: str, problems: list[JobSpecProblem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(p.render(source) for p in self.problems) or "invalid job",
+                         where=None)
 
 
 class ProtocolError(OrchError):

@@ -19,7 +19,7 @@ PACKAGE = Path("orch") / "v1"
 
 def generate(out: Path) -> list[Path]:
     """Run protoc on every proto file; return the files it wrote under ``out``."""
-    from grpc_tools import protoc  # type: ignore[import-untyped]  # a development dependency
+    from grpc_tools import protoc  # a development dependency only
 
     sources: list[str] = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
     if not sources:

@@ -134,6 +134,11 @@ class ReschedulePolicy:
     unlimited: bool = True
 
 
+BATCH_RESCHEDULE = ReschedulePolicy(attempts=1, interval=86400.0, delay=5.0,
+                                    delay_function="constant", unlimited=False)
+"""Batch jobs' defaults (Nomad's): one more try within a day, 5 s later."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateStrategy:
     max_parallel: int = 1
@@ -299,14 +304,16 @@ def _update(pb: job_pb2.UpdateStrategy, base: UpdateStrategy) -> UpdateStrategy:
     )
 
 
-def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy) -> Group:
-    r, rs = RestartPolicy(), ReschedulePolicy()
+def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy, *, batch: bool = False) -> Group:
+    r, rs = RestartPolicy(), BATCH_RESCHEDULE if batch else ReschedulePolicy()
     restart = RestartPolicy(
-        attempts=_or(pb.restart.attempts, r.attempts), interval=_secs(pb.restart.interval, r.interval),
+        attempts=_or(pb.restart.attempts, r.attempts),
+        interval=_secs(pb.restart.interval, r.interval),
         delay=_secs(pb.restart.delay, r.delay), mode=_or(pb.restart.mode, r.mode))
-    unlimited = pb.reschedule.unlimited or not pb.reschedule.attempts
+    unlimited = pb.reschedule.unlimited or (not batch and not pb.reschedule.attempts)
     reschedule = ReschedulePolicy(
-        attempts=pb.reschedule.attempts, interval=_secs(pb.reschedule.interval, rs.interval),
+        attempts=_or(pb.reschedule.attempts, rs.attempts),
+        interval=_secs(pb.reschedule.interval, rs.interval),
         delay=_secs(pb.reschedule.delay, rs.delay),
         delay_function=_or(pb.reschedule.delay_function, rs.delay_function),
         max_delay=_secs(pb.reschedule.max_delay, rs.max_delay), unlimited=unlimited)
@@ -338,10 +345,11 @@ def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy) -> Group:
 def job_from_proto(pb: job_pb2.Job) -> Job:
     """The model of a (validated) Job message, with every unset field at its default."""
     job_update = _update(pb.update, UpdateStrategy())
+    batch = pb.type == job_pb2.JOB_TYPE_BATCH
     return Job(
         name=pb.name, type=_JOB_TYPE_FROM_PB.get(pb.type, "service"),
         priority=_or(pb.priority, 50), datacenters=tuple(pb.datacenters), region=pb.region,
-        meta=dict(pb.meta), groups=tuple(_group(g, job_update) for g in pb.groups),
+        meta=dict(pb.meta), groups=tuple(_group(g, job_update, batch=batch) for g in pb.groups),
         constraints=tuple(_constraint(c) for c in pb.constraints),
         affinities=tuple(_affinity(a) for a in pb.affinities),
         spreads=tuple(_spread(s) for s in pb.spreads),
@@ -375,8 +383,9 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
         spreads=[job_pb2.Spread(attribute=s.attribute, weight=s.weight, targets=[
             job_pb2.SpreadTarget(value=t.value, percent=t.percent) for t in s.targets])
             for s in g.spreads],
-        restart=job_pb2.RestartPolicy(attempts=g.restart.attempts, interval=_dur(g.restart.interval),
-                                      delay=_dur(g.restart.delay), mode=g.restart.mode),
+        restart=job_pb2.RestartPolicy(
+            attempts=g.restart.attempts, interval=_dur(g.restart.interval),
+            delay=_dur(g.restart.delay), mode=g.restart.mode),
         reschedule=job_pb2.ReschedulePolicy(
             attempts=g.reschedule.attempts, interval=_dur(g.reschedule.interval),
             delay=_dur(g.reschedule.delay), delay_function=g.reschedule.delay_function,

@@ -1,0 +1,37 @@
+"""Committing a plan to a snapshot: what the controller does once the store has accepted it.
+
+Tests and the benchmark use it to run the scheduler round after round; the
+controller calls it so that its snapshot reflects the plan before the agents
+report back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from controller.scheduler.plan import Plan
+from controller.scheduler.snapshot import AllocInfo, ClusterSnapshot
+from orch.jobspec.model import Job
+
+
+def apply_plan(snapshot: ClusterSnapshot, plan: Plan, job: Job, now: float) -> None:
+    """Record ``plan``'s stops, in-place updates and placements (as pending) in ``snapshot``."""
+    specs = {g.name: g for g in job.groups}
+    for s in plan.stops:
+        old = snapshot.alloc(s.alloc_id)
+        if old is not None:
+            snapshot.upsert_alloc(dataclasses.replace(
+                old, desired="stop", client="lost" if s.lost else old.client, modify_time=now))
+    for u in plan.updates:
+        old = snapshot.alloc(u.alloc_id)
+        if old is not None:
+            snapshot.upsert_alloc(dataclasses.replace(
+                old, job_version=u.to_version, spec=specs.get(old.group, old.spec),
+                modify_time=now))
+    for p in plan.placements:
+        snapshot.upsert_alloc(AllocInfo(
+            id=p.alloc_id, namespace=p.namespace, job=p.job, group=p.group, index=p.index,
+            node_id=p.node_id, cpu_millicores=p.cpu_millicores, memory_mb=p.memory_mb,
+            ports=dict(p.ports), desired="run", client="pending", job_version=plan.job_version,
+            spec=specs.get(p.group), canary=p.canary, reschedule_attempts=p.reschedule_attempts,
+            previous_allocation=p.previous_alloc, create_time=now, modify_time=now))

@@ -1,0 +1,398 @@
+"""Semantic checks of a Job message: every problem, each with its field path.
+
+Run on every job however it arrives (a file through ``orchctl``, a message on
+the API), after the file reader has caught what is structurally wrong. Zero
+means "not set" for most proto3 fields, so ranges here reject what can never
+be meant (negative sizes, unknown names, dangling references between fields).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import signal
+from collections import Counter
+from collections.abc import Iterable
+
+from google.protobuf.duration_pb2 import Duration
+
+from orch.errors import JobSpecProblem
+from orch.jobspec import constraints as cl
+from orch.v1 import job_pb2
+
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+"""Job, namespace and group names: they appear in allocation names and DNS-like places."""
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+PORT_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_NAME = 63
+
+DRIVERS = ("docker", "process")
+NETWORK_MODES = ("bridge", "host")
+PROTOCOLS = ("tcp", "udp")
+LB_POLICIES = ("round_robin", "least_conn", "p2c", "maglev")
+CHECK_TYPES = ("tcp", "http", "exec")
+RESTART_MODES = ("fail", "delay")
+DELAY_FUNCTIONS = ("constant", "exponential", "fibonacci")
+SCALING_METRICS = ("cpu", "connections", "requests")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+SIGNALS = frozenset(s.name for s in signal.Signals)
+
+
+def validate_job(job: job_pb2.Job) -> list[JobSpecProblem]:
+    """Every problem in ``job``, in field order; empty when the job is valid."""
+    v = _Validator()
+    v.job(job)
+    return v.problems
+
+
+def _secs(d: Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _one_of(value: str, choices: Iterable[str]) -> str:
+    return f"must be one of {', '.join(choices)}, got {value!r}"
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.problems: list[JobSpecProblem] = []
+
+    def bad(self, path: str, message: str) -> None:
+        self.problems.append(JobSpecProblem(path, message))
+
+    def name(self, path: str, value: str, rx: re.Pattern[str], what: str) -> None:
+        if not value:
+            self.bad(path, "is required")
+        elif len(value) > MAX_NAME:
+            self.bad(path, f"must be at most {MAX_NAME} characters, got {len(value)}")
+        elif not rx.match(value):
+            self.bad(path, f"must be {what}, got {value!r}")
+
+    def choice(self, path: str, value: str, choices: tuple[str, ...]) -> None:
+        if value and value not in choices:
+            self.bad(path, _one_of(value, choices))
+
+    def unique(self, path: str, names: list[str], what: str) -> None:
+        for name, n in Counter(names).items():
+            if name and n > 1:
+                self.bad(path, f"{what} {name!r} is used {n} times; names must be unique")
+
+    # --- job ------------------------------------------------------------------------------
+
+    def job(self, job: job_pb2.Job) -> None:
+        self.name("name", job.name, NAME, "lower case letters, digits, '-' and '_', "
+                  "starting with a letter or digit")
+        if job.namespace:
+            self.name("namespace", job.namespace, NAME, "lower case letters, digits, '-' and '_'")
+        if job.priority and not 1 <= job.priority <= 100:
+            self.bad("priority", f"must be between 1 and 100, got {job.priority}")
+        for i, dc in enumerate(job.datacenters):
+            if not dc.strip():
+                self.bad(f"datacenters[{i}]", "must not be empty")
+        self.unique("datacenters", list(job.datacenters), "datacenter")
+        kind = job.type
+        system = kind == job_pb2.JOB_TYPE_SYSTEM
+        batch = kind == job_pb2.JOB_TYPE_BATCH
+        self.constraints("constraints", job.constraints)
+        self.affinities("affinities", job.affinities)
+        self.spreads("spreads", job.spreads)
+        if system and job.affinities:
+            self.bad("affinities", "system jobs run on every eligible node; use constraints")
+        if system and job.spreads:
+            self.bad("spreads", "system jobs run on every eligible node; spread does not apply")
+        if job.HasField("update"):
+            if batch:
+                self.bad("update", "batch jobs run to completion and are not rolled; remove it")
+            else:
+                self.update("update", job.update, None)
+        if not job.groups:
+            self.bad("groups", "a job needs at least one group")
+        self.unique("groups", [g.name for g in job.groups], "group")
+        published: dict[int, str] = {}
+        for i, g in enumerate(job.groups):
+            self.group(f"groups[{i}]", g, job, published)
+
+    # --- group ----------------------------------------------------------------------------
+
+    def group(self, at: str, g: job_pb2.TaskGroup, job: job_pb2.Job,
+              published: dict[int, str]) -> None:
+        system = job.type == job_pb2.JOB_TYPE_SYSTEM
+        batch = job.type == job_pb2.JOB_TYPE_BATCH
+        self.name(f"{at}.name", g.name, NAME, "lower case letters, digits, '-' and '_'")
+        count = g.count if g.HasField("count") else 1
+        if count < 0:
+            self.bad(f"{at}.count", f"must be >= 0, got {count}")
+        if system and g.HasField("count") and count > 1:
+            self.bad(f"{at}.count", f"system jobs run one allocation per eligible node; "
+                                    f"remove count (got {count})")
+        if not g.tasks:
+            self.bad(f"{at}.tasks", "a group needs at least one task")
+        self.unique(f"{at}.tasks", [t.name for t in g.tasks], "task")
+        labels = [p.label for p in g.network.ports]
+        self.network(f"{at}.network", g.network)
+        for i, t in enumerate(g.tasks):
+            self.task(f"{at}.tasks[{i}]", t, labels)
+        self.services(f"{at}.services", g, labels, published)
+        self.constraints(f"{at}.constraints", g.constraints)
+        self.affinities(f"{at}.affinities", g.affinities)
+        self.spreads(f"{at}.spreads", g.spreads)
+        if system and g.affinities:
+            self.bad(f"{at}.affinities", "system jobs run on every eligible node; "
+                                         "use constraints")
+        if system and g.spreads:
+            self.bad(f"{at}.spreads", "system jobs run on every eligible node; "
+                                      "spread does not apply")
+        if g.HasField("restart"):
+            r = g.restart
+            if r.attempts < 0:
+                self.bad(f"{at}.restart.attempts", f"must be >= 0, got {r.attempts}")
+            self.choice(f"{at}.restart.mode", r.mode, RESTART_MODES)
+        if g.HasField("reschedule"):
+            if system:
+                self.bad(f"{at}.reschedule", "system allocations stay on their node and are "
+                                             "never rescheduled; remove it")
+            self.reschedule(f"{at}.reschedule", g.reschedule)
+        if g.HasField("update"):
+            if batch:
+                self.bad(f"{at}.update", "batch jobs run to completion and are not rolled; "
+                                         "remove it")
+            else:
+                self.update(f"{at}.update", g.update, count)
+        elif job.HasField("update") and job.update.canary > count and not system:
+            self.bad("update.canary", f"must be <= the count of group {g.name!r} ({count}), "
+                                      f"got {job.update.canary}")
+        if g.HasField("scaling"):
+            self.scaling(f"{at}.scaling", g.scaling, count)
+
+    def network(self, at: str, n: job_pb2.Network) -> None:
+        self.choice(f"{at}.mode", n.mode, NETWORK_MODES)
+        statics: Counter[int] = Counter()
+        for i, p in enumerate(n.ports):
+            pat = f"{at}.ports[{i}]"
+            self.name(f"{pat}.label", p.label, PORT_LABEL,
+                      "letters, digits and '_', not starting with a digit")
+            if not 0 <= p.static <= 65535:
+                self.bad(f"{pat}.static", f"must be a port 1..65535 (0 = dynamic), got {p.static}")
+            elif p.static:
+                statics[p.static] += 1
+            if not 0 <= p.to <= 65535:
+                self.bad(f"{pat}.to", f"must be a port 1..65535 (0 = same as the host port), "
+                                      f"got {p.to}")
+            if n.mode == "host" and p.to and p.to != p.static:
+                self.bad(f"{pat}.to", "in host mode the task listens on the host port itself; "
+                                      "remove 'to' or make it equal to 'static'")
+            self.choice(f"{pat}.protocol", p.protocol, PROTOCOLS)
+        self.unique(f"{at}.ports", [p.label for p in n.ports], "port label")
+        for port, k in statics.items():
+            if k > 1:
+                self.bad(f"{at}.ports", f"static port {port} is asked for {k} times")
+
+    def services(self, at: str, g: job_pb2.TaskGroup, labels: list[str],
+                 published: dict[int, str]) -> None:
+        tasks = [t.name for t in g.tasks]
+        for i, s in enumerate(g.services):
+            sat = f"{at}[{i}]"
+            self.name(f"{sat}.name", s.name, SERVICE_NAME,
+                      "lower case letters, digits and '-' (a DNS label)")
+            if not s.port:
+                self.bad(f"{sat}.port", "is required: the label of one of the group's "
+                                        "network ports")
+            elif s.port not in labels:
+                self.bad(f"{sat}.port", self._label_hint(s.port, labels))
+            if not 0 <= s.published_port <= 65535:
+                self.bad(f"{sat}.published_port", f"must be a port 1..65535 (0 = not published), "
+                                                  f"got {s.published_port}")
+            elif s.published_port:
+                other = published.get(s.published_port)
+                if other is not None:
+                    self.bad(f"{sat}.published_port", f"port {s.published_port} is already "
+                                                      f"published by service {other!r}")
+                published[s.published_port] = s.name
+            self.choice(f"{sat}.protocol", s.protocol, PROTOCOLS)
+            self.choice(f"{sat}.lb_policy", s.lb_policy, LB_POLICIES)
+            if s.task and s.task not in tasks:
+                self.bad(f"{sat}.task", f"no task named {s.task!r} in this group "
+                                        f"(tasks: {', '.join(tasks) or 'none'})")
+            if s.HasField("check"):
+                self.check(f"{sat}.check", s.check, labels)
+        self.unique(at, [s.name for s in g.services], "service")
+
+    @staticmethod
+    def _label_hint(label: str, labels: list[str]) -> str:
+        if not labels:
+            return f"no port labelled {label!r}: the group's network declares no ports"
+        close = difflib.get_close_matches(label, labels, n=1, cutoff=0.6)
+        if close:
+            return f"no port labelled {label!r}; did you mean {close[0]!r}?"
+        return f"no port labelled {label!r} in the group's network (labels: {', '.join(labels)})"
+
+    # --- task -----------------------------------------------------------------------------
+
+    def task(self, at: str, t: job_pb2.Task, labels: list[str]) -> None:
+        self.name(f"{at}.name", t.name, TASK_NAME, "letters, digits, '.', '-' and '_'")
+        driver = t.driver or "docker"
+        self.choice(f"{at}.driver", t.driver, DRIVERS)
+        if driver == "docker" and not t.image:
+            self.bad(f"{at}.image", "is required for the docker driver")
+        if driver == "process":
+            if not t.command:
+                self.bad(f"{at}.command", "is required for the process driver")
+            if t.image:
+                self.bad(f"{at}.image", "the process driver runs 'command'; remove 'image'")
+        res = t.resources
+        if res.cpu_millicores < 0:
+            self.bad(f"{at}.resources.cpu_millicores", f"must be > 0, got {res.cpu_millicores}")
+        if res.memory_mb < 0:
+            self.bad(f"{at}.resources.memory_mb", f"must be > 0, got {res.memory_mb}")
+        for key in t.env:
+            if not ENV_NAME.match(key):
+                self.bad(f"{at}.env", f"{key!r} is not a valid environment variable name")
+        if t.kill_signal and t.kill_signal not in SIGNALS:
+            self.bad(f"{at}.kill_signal", f"must be a signal name such as SIGTERM or SIGINT, "
+                                          f"got {t.kill_signal!r}")
+        for i, c in enumerate(t.checks):
+            self.check(f"{at}.checks[{i}]", c, labels)
+
+    def check(self, at: str, c: job_pb2.Check, labels: list[str]) -> None:
+        if not c.type:
+            self.bad(f"{at}.type", f"is required: one of {', '.join(CHECK_TYPES)}")
+            return
+        if c.type not in CHECK_TYPES:
+            self.bad(f"{at}.type", _one_of(c.type, CHECK_TYPES))
+            return
+        if c.type in ("tcp", "http"):
+            if not c.port:
+                self.bad(f"{at}.port", f"is required for a {c.type} check: a port label")
+            elif c.port not in labels:
+                self.bad(f"{at}.port", self._label_hint(c.port, labels))
+        if c.type == "exec" and not c.command:
+            self.bad(f"{at}.command", "is required for an exec check")
+        if c.type == "http":
+            if c.path and not c.path.startswith("/"):
+                self.bad(f"{at}.path", f"must start with '/', got {c.path!r}")
+            if c.method and c.method.upper() not in HTTP_METHODS:
+                self.bad(f"{at}.method", _one_of(c.method, HTTP_METHODS))
+            for name, code in (("status_min", c.status_min), ("status_max", c.status_max)):
+                if code and not 100 <= code <= 599:
+                    self.bad(f"{at}.{name}", f"must be an HTTP status 100..599, got {code}")
+            if c.status_min and c.status_max and c.status_min > c.status_max:
+                self.bad(f"{at}.status_max", f"must be >= status_min ({c.status_min}), "
+                                             f"got {c.status_max}")
+        interval, timeout = _secs(c.interval), _secs(c.timeout)
+        if interval and timeout and timeout > interval:
+            self.bad(f"{at}.timeout", f"must not exceed the interval ({interval:g}s), "
+                                      f"got {timeout:g}s")
+        for name in ("healthy_threshold", "unhealthy_threshold"):
+            if getattr(c, name) < 0:
+                self.bad(f"{at}.{name}", f"must be >= 1, got {getattr(c, name)}")
+
+    # --- policies -------------------------------------------------------------------------
+
+    def reschedule(self, at: str, r: job_pb2.ReschedulePolicy) -> None:
+        if r.attempts < 0:
+            self.bad(f"{at}.attempts", f"must be >= 0, got {r.attempts}")
+        if r.unlimited and r.attempts:
+            self.bad(f"{at}.attempts", "is ignored when unlimited is true; set one of them")
+        self.choice(f"{at}.delay_function", r.delay_function, DELAY_FUNCTIONS)
+        if r.HasField("delay") and r.HasField("max_delay") and _secs(r.max_delay) < _secs(r.delay):
+            self.bad(f"{at}.max_delay", f"must be >= delay ({_secs(r.delay):g}s), "
+                                        f"got {_secs(r.max_delay):g}s")
+        if r.attempts and not r.unlimited and not _secs(r.interval):
+            self.bad(f"{at}.interval", "is required with a limited number of attempts "
+                                       "(the window the attempts are counted in)")
+
+    def update(self, at: str, u: job_pb2.UpdateStrategy, count: int | None) -> None:
+        if u.max_parallel < 0:
+            self.bad(f"{at}.max_parallel", f"must be >= 1, got {u.max_parallel}")
+        if u.canary < 0:
+            self.bad(f"{at}.canary", f"must be >= 0, got {u.canary}")
+        elif count is not None and u.canary > count:
+            self.bad(f"{at}.canary", f"must be <= the group's count ({count}), got {u.canary}")
+        mht, hd, pd = (_secs(u.min_healthy_time), _secs(u.healthy_deadline),
+                       _secs(u.progress_deadline))
+        if mht and hd and hd <= mht:
+            self.bad(f"{at}.healthy_deadline", f"must be longer than min_healthy_time "
+                                               f"({mht:g}s), got {hd:g}s")
+        if hd and pd and pd < hd:
+            self.bad(f"{at}.progress_deadline", f"must be >= healthy_deadline ({hd:g}s), "
+                                                f"got {pd:g}s")
+        if u.auto_promote and not u.canary:
+            self.bad(f"{at}.auto_promote", "needs canary > 0")
+
+    def scaling(self, at: str, s: job_pb2.Scaling, count: int) -> None:
+        if s.min < 0:
+            self.bad(f"{at}.min", f"must be >= 0, got {s.min}")
+        if s.max < s.min:
+            self.bad(f"{at}.max", f"must be >= min ({s.min}), got {s.max}")
+        elif s.enabled and not s.min <= count <= s.max:
+            self.bad(f"{at}", f"count {count} is outside min..max ({s.min}..{s.max})")
+        self.choice(f"{at}.metric", s.metric, SCALING_METRICS)
+        if s.enabled:
+            if not s.metric:
+                self.bad(f"{at}.metric", f"is required when enabled: one of "
+                                         f"{', '.join(SCALING_METRICS)}")
+            if s.target <= 0:
+                self.bad(f"{at}.target", f"must be > 0 when enabled, got {s.target:g}")
+
+    # --- placement rules ------------------------------------------------------------------
+
+    def constraints(self, at: str, items: Iterable[job_pb2.Constraint]) -> None:
+        for i, c in enumerate(items):
+            cat = f"{at}[{i}]"
+            op = cl.canonical_operator(c.operator)
+            if op not in cl.OPERATORS:
+                self.bad(f"{cat}.operator", _one_of(c.operator, cl.OPERATORS))
+                continue
+            if op != "distinct_hosts" or c.attribute:
+                why = cl.check_target(c.attribute) if c.attribute else "is required"
+                if why:
+                    self.bad(f"{cat}.attribute", why)
+            if op not in ("is_set", "is_not_set", "distinct_hosts", "distinct_property") \
+                    and op != "!=" and not c.value:
+                self.bad(f"{cat}.value", f"is required with operator {op!r}")
+                continue
+            why = cl.check_operand(op, c.value)
+            if why:
+                self.bad(f"{cat}.value", why)
+
+    def affinities(self, at: str, items: Iterable[job_pb2.Affinity]) -> None:
+        for i, a in enumerate(items):
+            aat = f"{at}[{i}]"
+            op = cl.canonical_operator(a.operator)
+            if op in cl.PLACEMENT_OPERATORS or op not in cl.OPERATORS:
+                choices = tuple(o for o in cl.OPERATORS if o not in cl.PLACEMENT_OPERATORS)
+                self.bad(f"{aat}.operator", _one_of(a.operator, choices))
+                continue
+            why = cl.check_target(a.attribute) if a.attribute else "is required"
+            if why:
+                self.bad(f"{aat}.attribute", why)
+            if not -100 <= a.weight <= 100:
+                self.bad(f"{aat}.weight", f"must be between -100 and 100 (not 0), got {a.weight}")
+            if op not in ("is_set", "is_not_set", "!=") and not a.value:
+                self.bad(f"{aat}.value", f"is required with operator {op!r}")
+                continue
+            why = cl.check_operand(op, a.value)
+            if why:
+                self.bad(f"{aat}.value", why)
+
+    def spreads(self, at: str, items: Iterable[job_pb2.Spread]) -> None:
+        for i, s in enumerate(items):
+            sat = f"{at}[{i}]"
+            why = cl.check_target(s.attribute) if s.attribute else "is required"
+            if why:
+                self.bad(f"{sat}.attribute", why)
+            if not 0 <= s.weight <= 100:
+                self.bad(f"{sat}.weight", f"must be between 0 and 100, got {s.weight}")
+            total = 0
+            for j, t in enumerate(s.targets):
+                if not t.value:
+                    self.bad(f"{sat}.targets[{j}].value", "is required")
+                if not 0 <= t.percent <= 100:
+                    self.bad(f"{sat}.targets[{j}].percent",
+                             f"must be between 0 and 100, got {t.percent}")
+                total += t.percent
+            if total > 100:
+                self.bad(f"{sat}.targets", f"percentages add up to {total}; at most 100")
+            self.unique(f"{sat}.targets", [t.value for t in s.targets], "target")
