@@ -1385,6 +1385,60 @@ class Event(_message.Message):
 Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
+class Evaluation(_message.Message):
+    """Why and when the scheduler looked at a job, and what came of it (kept for history)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    JOB_VERSION_FIELD_NUMBER: _builtins.int
+    TRIGGERED_BY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_NS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    namespace: _builtins.str
+    job: _builtins.str
+    job_version: _builtins.int
+    triggered_by: _builtins.str
+    """job-register, job-stop, node-down, node-drain,"""
+    status: _builtins.str
+    """alloc-failed, deployment, periodic, ...
+    complete, failed, blocked (waiting for room)
+    """
+    description: _builtins.str
+    create_time_ns: _builtins.int
+    node_id: _builtins.str
+    """the node that triggered it, if any"""
+    @_builtins.property
+    def plan(self) -> Global___PlanSummary: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        job: _builtins.str = ...,
+        job_version: _builtins.int = ...,
+        triggered_by: _builtins.str = ...,
+        status: _builtins.str = ...,
+        description: _builtins.str = ...,
+        create_time_ns: _builtins.int = ...,
+        plan: Global___PlanSummary | None = ...,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_ns", b"create_time_ns", "description", b"description", "id", b"id", "job", b"job", "job_version", b"job_version", "namespace", b"namespace", "node_id", b"node_id", "plan", b"plan", "status", b"status", "triggered_by", b"triggered_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
+
+@_typing.final
 class NodeMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

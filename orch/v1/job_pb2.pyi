@@ -108,6 +108,7 @@ class Job(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_NS_FIELD_NUMBER: _builtins.int
+    STABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """unique in its namespace; [a-z0-9][a-z0-9_-]*"""
     type: Global___JobType.ValueType
@@ -124,6 +125,8 @@ class Job(_message.Message):
     stop: _builtins.bool
     """stopped by `orchctl job stop`"""
     submit_time_ns: _builtins.int
+    stable: _builtins.bool
+    """a deployment of this version succeeded"""
     @_builtins.property
     def datacenters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """node attribute ${node.datacenter}; empty = any"""
@@ -167,10 +170,11 @@ class Job(_message.Message):
         status: Global___JobStatus.ValueType = ...,
         stop: _builtins.bool = ...,
         submit_time_ns: _builtins.int = ...,
+        stable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinities", b"affinities", "constraints", b"constraints", "datacenters", b"datacenters", "groups", b"groups", "meta", b"meta", "name", b"name", "namespace", b"namespace", "priority", b"priority", "region", b"region", "spreads", b"spreads", "status", b"status", "stop", b"stop", "submit_time_ns", b"submit_time_ns", "type", b"type", "update", b"update", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinities", b"affinities", "constraints", b"constraints", "datacenters", b"datacenters", "groups", b"groups", "meta", b"meta", "name", b"name", "namespace", b"namespace", "priority", b"priority", "region", b"region", "spreads", b"spreads", "stable", b"stable", "status", b"status", "stop", b"stop", "submit_time_ns", b"submit_time_ns", "type", b"type", "update", b"update", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
