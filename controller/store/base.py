@@ -1,0 +1,89 @@
+"""The store interface: the controller's durable state, written in atomic change sets.
+
+The controller keeps its working state in memory (fast reads for the scheduler
+and the API) and makes every change durable first: it builds a ``Changes``,
+awaits ``Store.commit`` (which returns only once the change is durable), then
+applies the same change to memory. After a restart ``Store.load`` gives
+everything back. Backends: SQLite (one controller); etcd (several, with a
+fenced leader) comes later and must pass the same tests.
+
+Records are protobuf messages stored whole; backends may index what they need.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from orch.v1 import controller_pb2, job_pb2, node_pb2
+
+JobKey = tuple[str, str]
+"""(namespace, name)"""
+
+
+@dataclass(slots=True)
+class Changes:
+    """One atomic write: all of it is durable, or none of it."""
+
+    put_jobs: list[job_pb2.Job] = field(default_factory=list)
+    """Job versions to insert or replace, keyed by (namespace, name, version)."""
+    purge_jobs: list[JobKey] = field(default_factory=list)
+    """Jobs to delete with every version."""
+    put_allocs: list[node_pb2.Allocation] = field(default_factory=list)
+    delete_allocs: list[str] = field(default_factory=list)
+    put_nodes: list[node_pb2.Node] = field(default_factory=list)
+    delete_nodes: list[str] = field(default_factory=list)
+    put_deployments: list[controller_pb2.Deployment] = field(default_factory=list)
+    delete_deployments: list[str] = field(default_factory=list)
+    put_evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)
+    events: list[controller_pb2.Event] = field(default_factory=list)
+    """Appended to the event log; the store sets each event's ``index``."""
+    meta: dict[str, str] = field(default_factory=dict)
+    """Small named values (cluster id, settings)."""
+
+    def __bool__(self) -> bool:
+        return any((self.put_jobs, self.purge_jobs, self.put_allocs, self.delete_allocs,
+                    self.put_nodes, self.delete_nodes, self.put_deployments,
+                    self.delete_deployments, self.put_evaluations, self.events, self.meta))
+
+
+@dataclass(slots=True)
+class StoreSnapshot:
+    """Everything the store holds, as of ``index``."""
+
+    index: int = 0
+    """The index of the last commit (0 for an empty store)."""
+    jobs: dict[JobKey, list[job_pb2.Job]] = field(default_factory=dict)
+    """Every version of every job, oldest first."""
+    allocs: dict[str, node_pb2.Allocation] = field(default_factory=dict)
+    nodes: dict[str, node_pb2.Node] = field(default_factory=dict)
+    deployments: dict[str, controller_pb2.Deployment] = field(default_factory=dict)
+    evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)
+    """The most recent evaluations (a backend keeps a bounded number), oldest first."""
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class Store(ABC):
+    """Durable controller state. Not safe for two writers: only the leader commits."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema; after this, load and commit work."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def load(self) -> StoreSnapshot:
+        """Everything committed so far."""
+
+    @abstractmethod
+    async def commit(self, changes: Changes) -> int:
+        """Apply ``changes`` atomically and durably; return the new index (one per commit).
+
+        Events get consecutive indexes of their own, after every event before them.
+        """
+
+    @abstractmethod
+    async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:
+        """Events with an index above ``index``, oldest first, as far as they are kept."""
