@@ -1,17 +1,40 @@
-"""orch-controller: not built yet (see the controller issue); says so and exits 1."""
+"""orch-controller: the controller daemon (state, scheduling, the gRPC API).
+
+    orch-controller --name c1 --bind 127.0.0.1:7946 --rpc-addr 127.0.0.1:4647 --data-dir /tmp/c1
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from controller.config import ControllerConfig
+from controller.server import serve
+from orch import daemon
+from orch.errors import ConfigError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="orch-controller", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    daemon.common_flags(ap)
+    ap.add_argument("--rpc-addr", metavar="ADDR:PORT",
+                    help="gRPC address for orchctl and agents (default 0.0.0.0:4647)")
+    ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to agents")
+    ap.add_argument("--node-grace", type=float,
+                    help="seconds an agent may be gone before its node is down (default 10)")
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "orch-controller: the controller service (gRPC API, store, reconciler) is not built yet;\n"
-        "today orch provides gossip membership (orch-agent) and the demo (./run demo).",
-        file=sys.stderr,
-    )
-    return 1
+    opts = parse_args(argv)
+    try:
+        cfg = daemon.load(ControllerConfig, opts, extra=("rpc_addr", "rpc_advertise", "node_grace"))
+    except ConfigError as e:
+        print(f"orch-controller: {e}", file=sys.stderr)
+        return 2
+    return daemon.run("orch-controller", lambda stop: serve(cfg, stop),
+                      log_level=cfg.log_level, log_format=cfg.log_format)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def generate(out: Path) -> list[Path]:
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         *sources,
     ]
     if protoc.main(args) != 0:

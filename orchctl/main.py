@@ -1,17 +1,59 @@
-"""orchctl: not built yet (see the controller issue); says so and exits 1."""
+"""orchctl: drive an orch cluster through its controller.
+
+    orchctl job run web.yaml            orchctl alloc logs 3f2a -f
+    orchctl job status web              orchctl node drain agent-2 --deadline 300
+    orchctl members                     orchctl events -f
+
+The controller's address comes from --address or ORCH_ADDR (default 127.0.0.1:4647);
+-o json prints what the API returned, for scripts.
+
+Exit codes: 0 ok, 1 failed, 2 usage, 3 a job could not be fully placed,
+4 `job plan` would make changes.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
+
+from orchctl import client
+from orchctl.commands import Ctx, alloc, cluster, job, node
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="orchctl", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--address", "-a", help="controller address host:port (env ORCH_ADDR)")
+    ap.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
+    for module in (job, alloc, node, cluster):
+        module.register(sub)
+    return ap
+
+
+async def _run(args: argparse.Namespace) -> int:
+    addr = client.address(args.address)
+    channel = client.connect(addr, args.timeout)
+    try:
+        ctx = Ctx(stub=client.stub(channel), address=addr, json=args.output == "json",
+                  timeout=args.timeout)
+        code: int = await args.fn(ctx, args)
+        return code
+    finally:
+        await channel.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "orchctl: the client needs the controller's gRPC API, which is not built yet;\n"
-        "today: ./run demo starts a local gossip cluster.",
-        file=sys.stderr,
-    )
-    return 1
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except client.CliError as e:
+        print(f"orchctl: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1306,10 +1306,16 @@ class WatchRequest(_message.Message):
     TOPICS_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
     SINCE_INDEX_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     """filter"""
     since_index: _builtins.int
     """replay events after this index (as far as kept)"""
+    follow: _builtins.bool
+    """keep the stream open for new events"""
+    tail: _builtins.int
+    """replay the last N events (kept since the controller"""
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """job, allocation, node, deployment; empty = all"""
@@ -1320,10 +1326,12 @@ class WatchRequest(_message.Message):
         topics: _abc.Iterable[_builtins.str] | None = ...,
         job: _builtins.str = ...,
         since_index: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "since_index", b"since_index", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job", b"job", "since_index", b"since_index", "tail", b"tail", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

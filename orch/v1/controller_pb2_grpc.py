@@ -1086,6 +1086,11 @@ class AgentServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.AgentStatusRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.AgentStatus.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_unary(
+                '/orch.v1.AgentService/Restart',
+                request_serializer=orch_dot_v1_dot_controller__pb2.AllocationRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_node__pb2.Allocation.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -1106,6 +1111,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """restart tasks in place
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1118,6 +1130,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.AgentStatusRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.AgentStatus.SerializeToString,
+            ),
+            'Restart': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.AllocationRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_node__pb2.Allocation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1177,6 +1194,33 @@ class AgentService:
             '/orch.v1.AgentService/Status',
             orch_dot_v1_dot_controller__pb2.AgentStatusRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.AgentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.AgentService/Restart',
+            orch_dot_v1_dot_controller__pb2.AllocationRequest.SerializeToString,
+            orch_dot_v1_dot_node__pb2.Allocation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,86 @@
+"""NodeService: each agent holds one stream to the leader.
+
+Up: the node's registration first, then what happens to its allocations. Down:
+the node's full desired set whenever it changes. A controller that is not the
+leader answers with where the leader is, and ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from orch.errors import NotLeaderError
+from orch.v1 import controller_pb2, controller_pb2_grpc
+
+if TYPE_CHECKING:
+    from controller.server import Controller
+
+log = logging.getLogger("api")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+
+    async def Connect(self, requests: AsyncIterator[controller_pb2.NodeMessage],
+                      ctx: Ctx) -> AsyncIterator[controller_pb2.ControllerMessage]:
+        try:
+            first = await anext(aiter(requests))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("msg") != "register" or not first.register.id:
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            "the first message must register the node (with its id)")
+            return
+        try:
+            self.ctl.require_leader()
+        except NotLeaderError as e:
+            info = self.ctl.leader_info()
+            yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
+                leader=e.leader or "", address=info.address))
+            return
+        node = await self.ctl.nodes_monitor.register(first.register)
+        outbox: asyncio.Queue[controller_pb2.DesiredAllocations] = asyncio.Queue()
+
+        def sink(desired: controller_pb2.DesiredAllocations) -> None:
+            # only the newest set matters: drop ones the agent has not taken yet
+            while not outbox.empty():
+                outbox.get_nowait()
+            outbox.put_nowait(desired)
+
+        reader = asyncio.create_task(self._read(node.id, requests))
+        self.ctl.cluster.attach(node.id, sink)
+        try:
+            while not reader.done():
+                getter = asyncio.ensure_future(outbox.get())
+                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield controller_pb2.ControllerMessage(desired=getter.result())
+                else:
+                    getter.cancel()
+        finally:
+            self.ctl.cluster.detach(node.id, sink)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self.ctl.nodes_monitor.disconnected(node.id)
+
+    async def _read(self, node_id: str, requests: AsyncIterator[controller_pb2.NodeMessage]) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("msg")
+                if kind == "allocations":
+                    await self.ctl.nodes_monitor.report(node_id, list(msg.allocations.allocations))
+                elif kind == "register":
+                    await self.ctl.nodes_monitor.register(msg.register)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("agent stream failed", extra={"node_id": node_id})

@@ -1,0 +1,51 @@
+"""The controller's configuration: one dataclass, filled from a TOML file and flags.
+
+    # /etc/orch/controller.toml
+    name = "controller-1"
+    bind = "10.0.0.1:7946"          # gossip
+    rpc_addr = "10.0.0.1:4647"      # gRPC: orchctl and the agents
+    data_dir = "/var/lib/orch"
+    [gossip]
+    probe_interval = 1.0
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from agent.gossip.config import GossipConfig
+
+DEFAULT_RPC_PORT = 4647
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControllerConfig:
+    name: str = field(default_factory=lambda: f"controller-{socket.gethostname()}")
+    """This controller's member name in the gossip cluster."""
+    bind: str = "0.0.0.0:7946"
+    """Gossip address (UDP and TCP)."""
+    advertise: str = ""
+    """Gossip address others use; the bind address unless it is 0.0.0.0."""
+    rpc_addr: str = f"0.0.0.0:{DEFAULT_RPC_PORT}"
+    """gRPC address for orchctl and the agents (port 0 picks a free one)."""
+    rpc_advertise: str = ""
+    """gRPC address published to agents through gossip; the rpc_addr unless it is 0.0.0.0."""
+    join: list[str] = field(default_factory=list)
+    """Gossip seeds (agents or other controllers)."""
+    keys: list[str] = field(default_factory=list)
+    """Gossip encryption keys (base64); the first is primary."""
+    data_dir: str = "/var/lib/orch"
+    """Where the state database lives (controller.db)."""
+    store_sync: str = "full"
+    """SQLite synchronous mode: full (an acknowledged write survives power loss) or normal
+    (survives a crash of the process, not of the machine)."""
+    node_grace: float = 10.0
+    """Seconds an agent's stream may be gone before its node is marked down."""
+    max_down_fraction: float = 0.5
+    """Never mark more than this share of the nodes down at once (likely a partition)."""
+    reconcile_interval: float = 30.0
+    """Seconds between full reconciliation sweeps over every job."""
+    log_level: str = "info"
+    log_format: str = "auto"
+    gossip: GossipConfig = field(default_factory=GossipConfig)

@@ -1,0 +1,285 @@
+"""The leader's scheduling loop: level-triggered evaluations of jobs, health, deployments.
+
+Any change that may matter for a job (it was registered or stopped, a node went
+down or came back, an allocation failed or turned healthy, a reschedule delay
+ran out) queues an *evaluation* of that job; queued evaluations of the same job
+coalesce. An evaluation hands the job and the cluster snapshot to the pure
+scheduler and commits the plan it returns. The loop also runs every
+``reconcile_interval`` over every job, so that anything missed is repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from controller.cluster import Cluster
+from controller.deployments import ACTIVE, assess, health_updates
+from controller.planner import event, new_deployment, plan_summary, plan_to_changes
+from controller.scheduler import SchedulerConfig, schedule
+from controller.state import RUN, TERMINAL, job_key
+from controller.store.base import Changes, JobKey
+from orch.v1 import controller_pb2, job_pb2, node_pb2
+
+log = logging.getLogger("controller")
+NS = 1_000_000_000
+
+
+class Evaluator:
+    def __init__(self, cluster: Cluster, *, reconcile_interval: float = 30.0,
+                 scheduler: SchedulerConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.reconcile_interval = reconcile_interval
+        self.scheduler = scheduler or SchedulerConfig()
+        self.clock = clock
+        self._queue: dict[JobKey, str] = {}
+        self._waiters: dict[JobKey, list[asyncio.Future[controller_pb2.Evaluation]]] = {}
+        self._due: dict[JobKey, float] = {}
+        """Jobs to evaluate again at a given time (a reschedule delay ends)."""
+        self._blocked: set[JobKey] = set()
+        """Jobs with unplaced allocations: evaluated again when capacity may have appeared."""
+        self._health_due: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.evaluations = 0
+        cluster.listeners.append(self._on_commit)
+
+    # --- queueing ------------------------------------------------------------------------------
+
+    def enqueue(self, key: JobKey, reason: str) -> None:
+        self._queue.setdefault(key, reason)
+        self._wake.set()
+
+    def enqueue_all(self, reason: str, *, system_only: bool = False) -> None:
+        for key, versions in self.state.jobs.items():
+            if not system_only or versions[-1].type == job_pb2.JOB_TYPE_SYSTEM:
+                self.enqueue(key, reason)
+
+    async def evaluate_now(self, key: JobKey, reason: str) -> controller_pb2.Evaluation:
+        """Queue an evaluation and wait for its outcome."""
+        fut: asyncio.Future[controller_pb2.Evaluation] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(fut)
+        self.enqueue(key, reason)
+        return await fut
+
+    def _on_commit(self, changes: Changes) -> None:
+        """Wake on what changes placements: failed or finished allocations, health, nodes."""
+        for a in changes.put_allocs:
+            if a.client_status in TERMINAL or a.checks_healthy != a.healthy:
+                self._wake.set()
+                self.enqueue(job_key(a), "alloc-update")
+        if changes.put_nodes or any(a.client_status in TERMINAL for a in changes.put_allocs):
+            for key in self._blocked:
+                self.enqueue(key, "capacity")
+            self._blocked.clear()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="evaluator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+
+    async def run(self) -> None:
+        next_sweep = time.monotonic() + self.reconcile_interval
+        while True:
+            now = self.clock()
+            timeout = next_sweep - time.monotonic()
+            due = [t for t in self._due.values()]
+            if self._health_due is not None:
+                due.append(self._health_due)
+            if due:
+                timeout = min(timeout, min(due) - now)
+            if timeout > 0 and not self._queue:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            now = self.clock()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.reconcile_interval
+                self.enqueue_all("periodic")
+            for key, at in list(self._due.items()):
+                if at <= now:
+                    del self._due[key]
+                    self.enqueue(key, "reschedule-delay")
+            try:
+                await self.health_pass()
+                while self._queue:
+                    key, reason = next(iter(self._queue.items()))
+                    del self._queue[key]
+                    ev = await self.evaluate(key, reason)
+                    for fut in self._waiters.pop(key, []):
+                        if not fut.done():
+                            fut.set_result(ev)
+                await self.health_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one pass must not stop scheduling for good
+                log.exception("scheduling pass failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+
+    # --- one evaluation ------------------------------------------------------------------------
+
+    async def evaluate(self, key: JobKey, reason: str) -> controller_pb2.Evaluation:
+        async with self.cluster.lock:
+            return await self._evaluate(key, reason)
+
+    async def _evaluate(self, key: JobKey, reason: str) -> controller_pb2.Evaluation:
+        state = self.state
+        now = self.clock()
+        now_ns = int(now * NS)
+        self.evaluations += 1
+        job_pb = state.job(key)
+        if job_pb is None:  # purged: stop whatever is left
+            job_pb = job_pb2.Job(name=key[1], namespace=key[0], stop=True,
+                                 version=max((a.job_version for a in state.allocs_of_job(key)),
+                                             default=0))
+        job = state.model(job_pb)
+        plan = schedule(job, state.snapshot, now, seed=state.index + 1, config=self.scheduler)
+        ev = controller_pb2.Evaluation(
+            id=str(uuid.uuid4()), namespace=key[0], job=key[1], job_version=job.version,
+            triggered_by=reason, create_time_ns=now_ns, plan=plan_summary(plan),
+            status="blocked" if plan.unplaced else "complete", description="; ".join(plan.explain()))
+        if plan.next_eval_at is not None:
+            self._due[key] = plan.next_eval_at
+        else:
+            self._due.pop(key, None)
+        if plan.unplaced:
+            self._blocked.add(key)
+        else:
+            self._blocked.discard(key)
+        changes = Changes()
+        dep_id = ""
+        latest = state.latest_deployment(key)
+        if latest is not None and latest.job_version == job.version and latest.status in ACTIVE:
+            dep_id = latest.id
+        elif not job.stop and not plan.is_noop:
+            dep = new_deployment(job, plan, now_ns)
+            if dep is not None:
+                dep_id = dep.id
+                changes.put_deployments.append(dep)
+                changes.events.append(event("deployment", "DeploymentCreated", dep.id,
+                                            f"deployment of {job.name} version {job.version}",
+                                            now_ns, deployment=dep))
+                if latest is not None and latest.status in ACTIVE:
+                    old = controller_pb2.Deployment()
+                    old.CopyFrom(latest)
+                    old.status = "cancelled"
+                    old.description = f"superseded by version {job.version}"
+                    old.modify_time_ns = now_ns
+                    changes.put_deployments.append(old)
+        if job.stop and latest is not None and latest.status in ACTIVE:
+            old = controller_pb2.Deployment()
+            old.CopyFrom(latest)
+            old.status, old.description, old.modify_time_ns = "cancelled", "job stopped", now_ns
+            changes.put_deployments.append(old)
+        pc = plan_to_changes(state, job_pb, job, plan, now_ns, dep_id)
+        changes.put_allocs += pc.put_allocs
+        changes.events += pc.events
+        if not plan.is_noop or plan.unplaced or reason not in ("periodic", "alloc-update",
+                                                                "capacity"):
+            changes.put_evaluations.append(ev)
+        if not plan.is_noop:
+            log.info("evaluation", extra={"job": key[1], "reason": reason,
+                                          "placed": len(plan.placements), "stopped": len(plan.stops),
+                                          "updated": len(plan.updates), "unplaced": plan.unplaced})
+        await self.cluster.commit(changes)
+        return ev
+
+    # --- health and deployments ----------------------------------------------------------------
+
+    async def health_pass(self) -> None:
+        """Mark allocations healthy or not, and move deployments along."""
+        async with self.cluster.lock:
+            now_ns = int(self.clock() * NS)
+            state = self.state
+            updates, due = health_updates(state, now_ns)
+            changes = Changes(put_allocs=updates)
+            touched = {job_key(a) for a in updates}
+            for a in updates:
+                changes.events.append(event(
+                    "allocation", "AllocationHealthy" if a.healthy else "AllocationUnhealthy",
+                    a.id, f"{a.name} is {'healthy' if a.healthy else 'not healthy'}", now_ns))
+            fresh = {a.id: a for a in updates}
+            checks: list[int] = [] if due is None else [due]
+            for dep in list(state.deployments.values()):
+                if dep.status not in ACTIVE:
+                    continue
+                key = (dep.namespace or "default", dep.job)
+                job_pb = state.job_version(key, dep.job_version)
+                if job_pb is None:
+                    continue
+                allocs = [fresh.get(a.id, a) for a in state.allocs_of_job(key)]
+                verdict = assess(dep, state.model(job_pb), allocs, now_ns)
+                if verdict.next_check_ns is not None:
+                    checks.append(verdict.next_check_ns)
+                if not verdict.changed:
+                    continue
+                d = verdict.deployment
+                changes.put_deployments.append(d)
+                changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
+                                            d.id, d.description, now_ns, deployment=d))
+                touched.add(key)
+                changes.put_allocs += self._clear_promoted_canaries(d, fresh)
+                if d.status == "successful":
+                    stable = job_pb2.Job()
+                    stable.CopyFrom(job_pb)
+                    stable.stable = True
+                    changes.put_jobs.append(stable)
+                elif d.status == "failed" and any(g.auto_revert for g in d.groups):
+                    self._revert(key, d, changes, now_ns)
+            await self.cluster.commit(changes)
+            self._health_due = min(checks) / NS if checks else None
+        for key in touched:
+            self.enqueue(key, "deployment")
+
+    def _clear_promoted_canaries(self, d: controller_pb2.Deployment,
+                                 fresh: dict[str, node_pb2.Allocation]) -> list[node_pb2.Allocation]:
+        """Promoted canaries become ordinary allocations (and take over their index)."""
+        promoted = {g.group for g in d.groups if g.promoted}
+        out = []
+        for a in self.state.allocs_of_job((d.namespace or "default", d.job)):
+            if a.canary and a.group in promoted and a.deployment_id == d.id and \
+                    a.desired_status == RUN:
+                if a.id in fresh:  # already being rewritten in this commit
+                    fresh[a.id].canary = False
+                    continue
+                b = node_pb2.Allocation()
+                b.CopyFrom(a)
+                b.canary = False
+                out.append(b)
+        return out
+
+    def _revert(self, key: JobKey, d: controller_pb2.Deployment, changes: Changes,
+                now_ns: int) -> None:
+        versions = self.state.jobs.get(key, [])
+        stable = [v for v in versions if v.stable and v.version < d.job_version and not v.stop]
+        if not stable:
+            d.description += "; no stable version to roll back to"
+            return
+        target = stable[-1]
+        latest = versions[-1]
+        if latest.version != d.job_version:
+            return  # someone registered a newer version meanwhile: leave it be
+        back = job_pb2.Job()
+        back.CopyFrom(target)
+        back.version = latest.version + 1
+        back.stable = False
+        back.submit_time_ns = now_ns
+        changes.put_jobs.append(back)
+        d.description += f"; rolling back to version {target.version} (as version {back.version})"
+        changes.events.append(event("job", "JobReverted", key[1], d.description, now_ns, job=back))
+

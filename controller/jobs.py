@@ -1,0 +1,241 @@
+"""Jobs: register (a new version when the spec changed), plan, stop, purge, revert, history."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from controller.cluster import Cluster
+from controller.evaluator import Evaluator
+from controller.planner import event, plan_summary
+from controller.scheduler import diff_groups, schedule
+from controller.state import COMPLETE, FAILED, LOST, PENDING, RUN, RUNNING, TERMINAL, job_key
+from controller.store.base import Changes, JobKey
+from orch.errors import ApiError, NotFoundError
+from orch.jobspec import check_job
+from orch.jobspec.model import Job, job_from_proto
+from orch.v1 import controller_pb2, job_pb2, node_pb2
+
+NS = 1_000_000_000
+
+
+class ConflictError(ApiError):
+    """The job changed since the version the caller based its change on."""
+
+
+def _spec_of(job: job_pb2.Job) -> Job:
+    """What decides whether two submissions are the same job (not version, time, status)."""
+    return dataclasses.replace(job_from_proto(job), version=0, stop=False)
+
+
+def job_diff(old: job_pb2.Job | None, new: job_pb2.Job) -> controller_pb2.JobDiff:
+    """Field by field, group by group: what changes from ``old`` to ``new``."""
+    out = controller_pb2.JobDiff(kind="added" if old is None else "none")
+    if old is None:
+        return out
+    a, b = job_from_proto(old), job_from_proto(new)
+    for field in ("type", "priority", "datacenters", "region", "meta", "constraints",
+                  "affinities", "spreads"):
+        if getattr(a, field) != getattr(b, field):
+            out.fields.add(path=field, old=str(getattr(a, field)), new=str(getattr(b, field)))
+    ga, gb = {g.name: g for g in a.groups}, {g.name: g for g in b.groups}
+    for name in list(ga) + [n for n in gb if n not in ga]:
+        if name not in gb:
+            out.fields.add(path=f"groups[{name}]", old="(group)", new="")
+            continue
+        for ch in diff_groups(ga.get(name), gb[name]):
+            out.fields.add(path=f"groups[{name}].{ch.path}",
+                           old="" if ch.old is None else str(ch.old),
+                           new="" if ch.new is None else str(ch.new))
+    if out.fields:
+        out.kind = "edited"
+    return out
+
+
+def job_status(allocs: list[node_pb2.Allocation], job: job_pb2.Job) -> job_pb2.JobStatus.ValueType:
+    """dead when stopped or every allocation finished; running when one runs; else pending."""
+    if job.stop:
+        return job_pb2.JOB_STATUS_DEAD
+    wanted = [a for a in allocs if a.desired_status == RUN]
+    if any(a.client_status == RUNNING for a in wanted):
+        return job_pb2.JOB_STATUS_RUNNING
+    if wanted and all(a.client_status in TERMINAL for a in wanted):
+        return job_pb2.JOB_STATUS_DEAD
+    return job_pb2.JOB_STATUS_PENDING
+
+
+class Jobs:
+    def __init__(self, cluster: Cluster, evaluator: Evaluator,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.evaluator = evaluator
+        self.clock = clock
+
+    def get(self, key: JobKey) -> job_pb2.Job:
+        job = self.state.job(key)
+        if job is None:
+            raise NotFoundError(f"job {key[1]!r} not found in namespace {key[0]!r}")
+        return job
+
+    async def register(self, pb: job_pb2.Job, *, enforce_version: int = 0,
+                       reason: str = "job-register") -> tuple[job_pb2.Job, bool,
+                                                              controller_pb2.Evaluation]:
+        """Store a new version when the spec changed, then evaluate it.
+
+        Returns the current version, whether it is new, and the evaluation."""
+        check_job(pb)
+        key = job_key(pb)
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            cur = self.state.job(key)
+            if enforce_version and (cur.version if cur else 0) != enforce_version:
+                raise ConflictError(f"job {key[1]!r} is at version {cur.version if cur else 0}, "
+                                    f"not {enforce_version}")
+            changed = cur is None or cur.stop or _spec_of(cur) != _spec_of(pb)
+            if changed:
+                new = job_pb2.Job()
+                new.CopyFrom(pb)
+                new.namespace = key[0]
+                new.version = cur.version + 1 if cur is not None else 1
+                new.submit_time_ns = now_ns
+                new.stop = False
+                new.stable = False
+                new.status = job_pb2.JOB_STATUS_PENDING
+                await self.cluster.commit(Changes(put_jobs=[new], events=[event(
+                    "job", "JobRegistered", key[1], f"job {key[1]} version {new.version}",
+                    now_ns, job=new)]))
+                cur = new
+        assert cur is not None
+        ev = await self.evaluator.evaluate_now(key, reason)
+        return cur, changed, ev
+
+    def plan(self, pb: job_pb2.Job) -> controller_pb2.PlanJobResponse:
+        """What registering ``pb`` would do, without doing it."""
+        check_job(pb)
+        key = job_key(pb)
+        cur = self.state.job(key)
+        model = job_from_proto(pb)
+        version = cur.version if cur is not None and _spec_of(cur) == _spec_of(pb) and not cur.stop \
+            else (cur.version + 1 if cur is not None else 1)
+        model = dataclasses.replace(model, version=version, namespace=key[0], stop=False)
+        plan = schedule(model, self.state.snapshot, self.clock(), seed=self.state.index + 1,
+                        config=self.evaluator.scheduler)
+        return controller_pb2.PlanJobResponse(
+            current_version=cur.version if cur is not None else 0,
+            diff=job_diff(cur, pb), plan=plan_summary(plan))
+
+    async def stop(self, key: JobKey, *, purge: bool) -> tuple[int, controller_pb2.Evaluation]:
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            cur = self.get(key)
+            if purge:
+                changes = Changes(purge_jobs=[key], events=[event(
+                    "job", "JobPurged", key[1], f"job {key[1]} purged", now_ns)])
+                version = cur.version
+            else:
+                stopped = job_pb2.Job()
+                stopped.CopyFrom(cur)
+                stopped.stop = True
+                stopped.stable = False
+                stopped.version = cur.version + 1
+                stopped.submit_time_ns = now_ns
+                stopped.status = job_pb2.JOB_STATUS_DEAD
+                version = stopped.version
+                changes = Changes(put_jobs=[stopped], events=[event(
+                    "job", "JobStopped", key[1], f"job {key[1]} stopped", now_ns, job=stopped)])
+            if not cur.stop or purge:
+                await self.cluster.commit(changes)
+        ev = await self.evaluator.evaluate_now(key, "job-stop")
+        return version, ev
+
+    async def revert(self, key: JobKey, version: int) -> tuple[job_pb2.Job, bool,
+                                                               controller_pb2.Evaluation]:
+        target = self.state.job_version(key, version)
+        if target is None:
+            self.get(key)
+            raise NotFoundError(f"job {key[1]!r} has no version {version}")
+        pb = job_pb2.Job()
+        pb.CopyFrom(target)
+        return await self.register(pb, reason="job-revert")
+
+    def history(self, key: JobKey) -> controller_pb2.JobHistoryResponse:
+        self.get(key)
+        versions = self.state.jobs.get(key, [])
+        out = controller_pb2.JobHistoryResponse()
+        prev = None
+        for v in versions:
+            out.versions.add(version=v.version, submit_time_ns=v.submit_time_ns, stable=v.stable,
+                             diff=job_diff(prev, v), job=v)
+            prev = v
+        out.versions.reverse()
+        return out
+
+    def status(self, key: JobKey) -> controller_pb2.JobStatusReply:
+        job = self.get(key)
+        allocs = self.state.allocs_of_job(key)
+        shown = job_pb2.Job()
+        shown.CopyFrom(job)
+        shown.status = job_status(allocs, job)
+        reply = controller_pb2.JobStatusReply(job=shown, allocations=allocs)
+        dep = self.state.latest_deployment(key)
+        if dep is not None:
+            reply.latest_deployment.CopyFrom(dep)
+        last_eval = next((e for e in reversed(self.state.evaluations)
+                          if (e.namespace or "default", e.job) == key), None)
+        failures = {f.group: f.explanation for f in last_eval.plan.failures} if last_eval else {}
+        model = self.state.model(job)
+        for g in model.groups:
+            mine = [a for a in allocs if a.group == g.name]
+            live = [a for a in mine if a.desired_status == RUN]
+            s = reply.groups.add(group=g.name, desired=0 if job.stop else g.count, placed=len(live))
+            for a in live:
+                s.running += a.client_status == RUNNING
+                s.pending += a.client_status == PENDING
+                s.healthy += a.healthy
+            for a in mine:
+                s.failed += a.client_status == FAILED
+                s.complete += a.client_status == COMPLETE
+                s.lost += a.client_status == LOST
+            s.unplaced_reason = failures.get(g.name, "")
+        return reply
+
+
+async def promote(cluster: Cluster, evaluator: Evaluator, dep_id: str,
+                  clock: Callable[[], float] = time.time) -> controller_pb2.Deployment:
+    """Promote a deployment's canaries: they take over their index and the rollout goes on."""
+    now_ns = int(clock() * NS)
+    state = cluster.state
+    async with cluster.lock:
+        found = [d for i, d in state.deployments.items() if i.startswith(dep_id)] if dep_id else []
+        if len(found) != 1:
+            raise NotFoundError(f"no deployment {dep_id!r}" if not found
+                                else f"{dep_id!r} matches {len(found)} deployments")
+        dep = controller_pb2.Deployment()
+        dep.CopyFrom(found[0])
+        if dep.status not in ("running", "paused"):
+            raise ValueError(f"deployment {dep.id[:8]} is {dep.status}; nothing to promote")
+        key = (dep.namespace or "default", dep.job)
+        canaries = [a for a in state.allocs_of_job(key)
+                    if a.canary and a.deployment_id == dep.id and a.desired_status == RUN]
+        unhealthy = [a.name for a in canaries if not a.healthy]
+        if unhealthy:
+            raise ValueError(f"canaries not healthy yet: {', '.join(unhealthy)}")
+        changes = Changes()
+        for g in dep.groups:
+            g.promoted = True
+        dep.status, dep.description, dep.modify_time_ns = "running", "canaries promoted", now_ns
+        changes.put_deployments.append(dep)
+        for a in canaries:
+            b = node_pb2.Allocation()
+            b.CopyFrom(a)
+            b.canary = False
+            b.modify_time_ns = now_ns
+            changes.put_allocs.append(b)
+        changes.events.append(event("deployment", "DeploymentPromoted", dep.id,
+                                    f"deployment of {dep.job} version {dep.job_version} promoted",
+                                    now_ns, deployment=dep))
+        await cluster.commit(changes)
+    evaluator.enqueue(key, "deployment-promote")
+    return dep

@@ -1,0 +1,284 @@
+"""Nodes: registration over the agent stream, what agents report, and when a node is down.
+
+A node is *ready* while its agent holds a stream open to the leader. When the
+stream is gone for ``node_grace`` seconds, or gossip says its member is dead,
+the node is marked *down* and its allocations are rescheduled. Two brakes keep a
+flapping node or a partition from causing a storm:
+
+- a node that went down recently waits longer before it is marked down again
+  (the grace doubles with every flap within ``flap_window``, up to 16 times);
+- the controller never marks more than ``max_down_fraction`` of the nodes down at
+  once: beyond that it is more likely cut off itself (as Kubernetes' node
+  lifecycle controller reasons), so it waits and says so.
+
+When a down node comes back, its agent receives a desired set without the
+allocations that were rescheduled elsewhere, and stops them: nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controller.cluster import Cluster
+from controller.evaluator import Evaluator
+from controller.planner import event
+from controller.state import RUN, RUNNING, TERMINAL, job_key
+from controller.store.base import Changes
+from orch.v1 import job_pb2, node_pb2
+
+log = logging.getLogger("controller")
+NS = 1_000_000_000
+READY, DOWN = node_pb2.NODE_STATUS_READY, node_pb2.NODE_STATUS_DOWN
+
+
+@dataclass(slots=True)
+class _Liveness:
+    connected: bool = False
+    lost_at: float | None = None
+    """When the stream went away (or gossip declared the member dead)."""
+    downs: list[float] = field(default_factory=list)
+    """When the node was marked down, within the flap window."""
+
+
+class NodeMonitor:
+    def __init__(self, cluster: Cluster, evaluator: Evaluator, *, node_grace: float = 10.0,
+                 flap_window: float = 600.0, max_down_fraction: float = 0.5,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.evaluator = evaluator
+        self.node_grace = node_grace
+        self.flap_window = flap_window
+        self.max_down_fraction = max_down_fraction
+        self.clock = clock
+        self._live: dict[str, _Liveness] = {}
+        self._warned_partition = False
+
+    # --- agent streams -------------------------------------------------------------------------
+
+    async def register(self, reg: node_pb2.Node) -> node_pb2.Node:
+        """An agent connected: record what it offers; keep what operators set (eligibility,
+        drain)."""
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            old = self.state.nodes.get(reg.id)
+            node = node_pb2.Node()
+            node.CopyFrom(reg)
+            node.status = READY
+            node.status_time_ns = now_ns
+            if old is not None:
+                node.eligible = old.eligible
+                if old.HasField("drain"):
+                    node.drain.CopyFrom(old.drain)
+            else:
+                node.eligible = True
+            came_back = old is not None and old.status == DOWN
+            kind = "NodeRegistered" if old is None else ("NodeUp" if came_back else "NodeUpdated")
+            changes = Changes(put_nodes=[node], events=[event(
+                "node", kind, node.id, f"node {node.name} is ready", now_ns, node=node)])
+            await self.cluster.commit(changes)
+        live = self._live.setdefault(node.id, _Liveness())
+        live.connected, live.lost_at = True, None
+        log.info("node ready", extra={"node": node.name, "node_id": node.id,
+                                      "address": node.address})
+        self.evaluator.enqueue_all("node-update", system_only=True)
+        for key in {job_key(a) for a in self.state.allocs_on_node(node.id)}:
+            self.evaluator.enqueue(key, "node-update")
+        return node
+
+    def disconnected(self, node_id: str) -> None:
+        live = self._live.setdefault(node_id, _Liveness())
+        live.connected = False
+        if live.lost_at is None:
+            live.lost_at = self.clock()
+        log.info("node stream closed", extra={"node_id": node_id})
+
+    def member_dead(self, name: str) -> None:
+        """Gossip says the member of this name is dead or gone: start the grace now."""
+        for node in self.state.nodes.values():
+            if node.name == name and node.status == READY:
+                live = self._live.setdefault(node.id, _Liveness())
+                if live.lost_at is None:
+                    live.lost_at = self.clock()
+
+    async def report(self, node_id: str, updates: list[node_pb2.Allocation]) -> None:
+        """Merge what an agent reports about its allocations into the controller's records."""
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            changes = Changes()
+            for u in updates:
+                cur = self.state.allocs.get(u.id)
+                if cur is None or cur.node_id != node_id:
+                    continue  # not this node's: ignore
+                a = node_pb2.Allocation()
+                a.CopyFrom(cur)
+                if cur.client_status in TERMINAL and cur.desired_status != RUN \
+                        and u.client_status not in TERMINAL:
+                    continue  # a late report about an allocation already given up on
+                if u.client_status and u.client_status != cur.client_status:
+                    a.client_status = u.client_status
+                    a.client_since_ns = now_ns
+                if u.checks_healthy and not cur.checks_healthy:
+                    a.checks_healthy_since_ns = now_ns
+                a.checks_healthy = u.checks_healthy and a.client_status == RUNNING
+                a.tasks.clear()
+                for name, t in u.tasks.items():
+                    a.tasks[name].CopyFrom(t)
+                if u.description:
+                    a.description = u.description
+                if a == cur:
+                    continue
+                a.modify_time_ns = now_ns
+                changes.put_allocs.append(a)
+                if a.client_status != cur.client_status:
+                    status = node_pb2.ClientStatus.Name(a.client_status).split("_")[-1].lower()
+                    changes.events.append(event(
+                        "allocation", "AllocationUpdated", a.id, f"{a.name} is {status}",
+                        now_ns, allocation=a))
+            await self.cluster.commit(changes)
+
+    # --- liveness ------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Mark down the nodes whose agents have been gone for longer than their grace."""
+        now = self.clock()
+        ready = [n for n in self.state.nodes.values() if n.status == READY]
+        due = []
+        for node in ready:
+            live = self._live.setdefault(node.id, _Liveness(lost_at=now))
+            if self.cluster.connected(node.id):
+                live.connected, live.lost_at = True, None
+                continue
+            if live.lost_at is None:
+                live.lost_at = now
+            live.downs = [t for t in live.downs if now - t < self.flap_window]
+            grace = self.node_grace * min(16, 2 ** len(live.downs))
+            if now - live.lost_at >= grace:
+                due.append(node)
+        if not due:
+            self._warned_partition = False
+            return
+        total = len(self.state.nodes)
+        down = sum(1 for n in self.state.nodes.values() if n.status == DOWN)
+        allowed = int(total * self.max_down_fraction) - down if total >= 3 else len(due)
+        if allowed < len(due):
+            if not self._warned_partition:
+                log.warning("not marking nodes down: more than half of them unreachable at once "
+                            "looks like this controller is cut off", extra={
+                                "unreachable": len(due), "nodes": total})
+                self._warned_partition = True
+            due = due[:max(0, allowed)]
+        for node in due:
+            await self._mark_down(node, now)
+
+    async def _mark_down(self, node: node_pb2.Node, now: float) -> None:
+        now_ns = int(now * NS)
+        async with self.cluster.lock:
+            cur = self.state.nodes.get(node.id)
+            if cur is None or cur.status != READY or self.cluster.connected(node.id):
+                return
+            n = node_pb2.Node()
+            n.CopyFrom(cur)
+            n.status = DOWN
+            n.status_time_ns = now_ns
+            await self.cluster.commit(Changes(put_nodes=[n], events=[event(
+                "node", "NodeDown", n.id, f"node {n.name} is down", now_ns, node=n)]))
+        self._live.setdefault(node.id, _Liveness()).downs.append(now)
+        log.warning("node down", extra={"node": node.name, "node_id": node.id})
+        for key in {job_key(a) for a in self.state.allocs_on_node(node.id)
+                    if a.desired_status == RUN}:
+            self.evaluator.enqueue(key, "node-down")
+        self.evaluator.enqueue_all("node-down", system_only=True)
+
+
+class NodeAdmin:
+    """What operators change on nodes: eligibility and drains (with their deadlines)."""
+
+    def __init__(self, cluster: Cluster, evaluator: Evaluator,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.evaluator = evaluator
+        self.clock = clock
+
+    def find(self, ref: str) -> node_pb2.Node:
+        from orch.errors import NotFoundError
+
+        found = self.state.find_node(ref)
+        if not found:
+            raise NotFoundError(f"no node {ref!r}")
+        if len(found) > 1:
+            raise ValueError(f"{ref!r} matches {len(found)} nodes: "
+                             + ", ".join(n.id[:8] for n in found[:5]))
+        return found[0]
+
+    async def set_eligibility(self, ref: str, eligible: bool) -> node_pb2.Node:
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            n = node_pb2.Node()
+            n.CopyFrom(self.find(ref))
+            n.eligible = eligible
+            word = "eligible" if eligible else "ineligible"
+            await self.cluster.commit(Changes(put_nodes=[n], events=[event(
+                "node", "NodeEligibility", n.id, f"node {n.name} is {word}", now_ns, node=n)]))
+        if eligible:
+            self.evaluator.enqueue_all("node-update")
+        return n
+
+    async def drain(self, ref: str, *, enable: bool, deadline: float = 0.0,
+                    ignore_system_jobs: bool = False) -> node_pb2.Node:
+        """Move allocations off a node (max_parallel at a time); stop what remains at the
+        deadline. The node stays ineligible afterwards."""
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            n = node_pb2.Node()
+            n.CopyFrom(self.find(ref))
+            if enable:
+                n.eligible = False
+                n.drain.CopyFrom(node_pb2.DrainStrategy(
+                    deadline_ns=now_ns + int(deadline * NS) if deadline > 0 else 0,
+                    ignore_system_jobs=ignore_system_jobs))
+                what = f"node {n.name} is draining" + (f" (deadline {deadline:g}s)" if deadline else "")
+            else:
+                n.ClearField("drain")
+                what = f"drain of node {n.name} cancelled"
+            await self.cluster.commit(Changes(put_nodes=[n], events=[event(
+                "node", "NodeDrain", n.id, what, now_ns, node=n)]))
+        for key in {job_key(a) for a in self.state.allocs_on_node(n.id)}:
+            self.evaluator.enqueue(key, "node-drain")
+        return n
+
+    async def drain_pass(self) -> None:
+        """Enforce drain deadlines and finish drains with nothing left to move."""
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            changes = Changes()
+            for node in self.state.nodes.values():
+                if not node.HasField("drain"):
+                    continue
+                remaining = [a for a in self.state.allocs_on_node(node.id)
+                             if a.desired_status == RUN and a.client_status not in TERMINAL
+                             and not (node.drain.ignore_system_jobs
+                                      and a.job_type == job_pb2.JOB_TYPE_SYSTEM)]
+                if remaining and node.drain.deadline_ns and now_ns >= node.drain.deadline_ns:
+                    for a in remaining:
+                        b = node_pb2.Allocation()
+                        b.CopyFrom(a)
+                        b.desired_status = node_pb2.DESIRED_STATUS_STOP
+                        b.description = "drain deadline reached"
+                        b.modify_time_ns = now_ns
+                        changes.put_allocs.append(b)
+                        self.evaluator.enqueue(job_key(a), "node-drain")
+                    remaining = []
+                if not remaining:
+                    n = node_pb2.Node()
+                    n.CopyFrom(node)
+                    n.ClearField("drain")
+                    n.eligible = False
+                    changes.put_nodes.append(n)
+                    changes.events.append(event("node", "NodeDrainComplete", n.id,
+                                                f"node {n.name} drained", now_ns, node=n))
+            await self.cluster.commit(changes)

@@ -1,0 +1,177 @@
+"""The controller's working state in memory: what the store holds, indexed for reading.
+
+Every change reaches it through ``apply(changes)`` after the store has made the
+same change durable, so memory never runs ahead of the disk. Beside the
+protobuf records it keeps the scheduler's ``ClusterSnapshot`` current, one
+small update per change.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TypeVar
+
+from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_from_proto, node_from_proto
+from controller.store.base import Changes, JobKey, StoreSnapshot
+from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
+from orch.v1 import controller_pb2, job_pb2, node_pb2
+
+RUN, STOP = node_pb2.DESIRED_STATUS_RUN, node_pb2.DESIRED_STATUS_STOP
+PENDING, RUNNING = node_pb2.CLIENT_STATUS_PENDING, node_pb2.CLIENT_STATUS_RUNNING
+COMPLETE, FAILED, LOST = (node_pb2.CLIENT_STATUS_COMPLETE, node_pb2.CLIENT_STATUS_FAILED,
+                          node_pb2.CLIENT_STATUS_LOST)
+TERMINAL = frozenset((COMPLETE, FAILED, LOST))
+K = TypeVar("K")
+
+
+def job_key(job: job_pb2.Job | node_pb2.Allocation) -> JobKey:
+    if isinstance(job, job_pb2.Job):
+        return (job.namespace or "default", job.name)
+    return (job.namespace or "default", job.job)
+
+
+class ClusterState:
+    """Jobs (every version), allocations, nodes, deployments and recent evaluations."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.jobs: dict[JobKey, list[job_pb2.Job]] = {}
+        self.allocs: dict[str, node_pb2.Allocation] = {}
+        self.by_node: dict[str, set[str]] = {}
+        self.by_job: dict[JobKey, set[str]] = {}
+        self.nodes: dict[str, node_pb2.Node] = {}
+        self.deployments: dict[str, controller_pb2.Deployment] = {}
+        self.evaluations: deque[controller_pb2.Evaluation] = deque(maxlen=1000)
+        self.meta: dict[str, str] = {}
+        self.snapshot = ClusterSnapshot()
+        self._models: dict[tuple[JobKey, int], Job] = {}
+        self._specs: dict[tuple[JobKey, int, str], Group] = {}
+
+    @classmethod
+    def from_store(cls, snap: StoreSnapshot) -> ClusterState:
+        state = cls()
+        state.apply(Changes(
+            put_jobs=[v for versions in snap.jobs.values() for v in versions],
+            put_nodes=list(snap.nodes.values()), put_allocs=list(snap.allocs.values()),
+            put_deployments=list(snap.deployments.values()),
+            put_evaluations=list(snap.evaluations), meta=dict(snap.meta)), snap.index)
+        return state
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def job(self, key: JobKey) -> job_pb2.Job | None:
+        """The job's latest version (None when unknown or purged)."""
+        versions = self.jobs.get(key)
+        return versions[-1] if versions else None
+
+    def job_version(self, key: JobKey, version: int) -> job_pb2.Job | None:
+        for v in self.jobs.get(key, ()):
+            if v.version == version:
+                return v
+        return None
+
+    def model(self, job: job_pb2.Job) -> Job:
+        """The job as the scheduler reads it (cached per version)."""
+        k = (job_key(job), job.version)
+        m = self._models.get(k)
+        if m is None:
+            m = self._models[k] = job_from_proto(job)
+        return m
+
+    def group_spec(self, alloc: node_pb2.Allocation) -> Group | None:
+        """The allocation's group spec, shared among allocations of the same job version."""
+        if not alloc.HasField("spec"):
+            return None
+        k = (job_key(alloc), alloc.job_version, alloc.group)
+        g = self._specs.get(k)
+        if g is None:
+            g = self._specs[k] = group_from_proto(alloc.spec)
+        return g
+
+    def allocs_of_job(self, key: JobKey) -> list[node_pb2.Allocation]:
+        return sorted((self.allocs[i] for i in self.by_job.get(key, ())),
+                      key=lambda a: (a.group, a.index, a.create_time_ns))
+
+    def allocs_on_node(self, node_id: str) -> list[node_pb2.Allocation]:
+        return sorted((self.allocs[i] for i in self.by_node.get(node_id, ())),
+                      key=lambda a: (a.job, a.group, a.index))
+
+    def latest_deployment(self, key: JobKey) -> controller_pb2.Deployment | None:
+        found = [d for d in self.deployments.values() if (d.namespace or "default", d.job) == key]
+        return max(found, key=lambda d: (d.create_time_ns, d.id)) if found else None
+
+    def find_alloc(self, prefix: str) -> list[node_pb2.Allocation]:
+        """Allocations whose id starts with ``prefix`` (a full id matches itself only)."""
+        if prefix in self.allocs:
+            return [self.allocs[prefix]]
+        return [a for i, a in self.allocs.items() if i.startswith(prefix)] if prefix else []
+
+    def find_node(self, ref: str) -> list[node_pb2.Node]:
+        """Nodes whose id starts with ``ref`` or whose name is ``ref``."""
+        if ref in self.nodes:
+            return [self.nodes[ref]]
+        named = [n for n in self.nodes.values() if n.name == ref]
+        return named or ([n for i, n in self.nodes.items() if i.startswith(ref)] if ref else [])
+
+    # --- changing ------------------------------------------------------------------------------
+
+    def apply(self, changes: Changes, index: int) -> None:
+        """Record a change the store has already made durable."""
+        self.index = max(self.index, index)
+        for key in changes.purge_jobs:
+            self.jobs.pop(key, None)
+            self._models = {k: v for k, v in self._models.items() if k[0] != key}
+        for job in changes.put_jobs:
+            versions = self.jobs.setdefault(job_key(job), [])
+            versions[:] = [v for v in versions if v.version != job.version]
+            versions.append(job)
+            versions.sort(key=lambda v: v.version)
+            self._models.pop((job_key(job), job.version), None)
+        for node in changes.put_nodes:
+            self.nodes[node.id] = node
+            self.snapshot.upsert_node(node_from_proto(node))
+        for node_id in changes.delete_nodes:
+            self.nodes.pop(node_id, None)
+            self.snapshot.remove_node(node_id)
+        for alloc in changes.put_allocs:
+            self._put_alloc(alloc)
+        for alloc_id in changes.delete_allocs:
+            self._delete_alloc(alloc_id)
+        for d in changes.put_deployments:
+            self.deployments[d.id] = d
+        for dep_id in changes.delete_deployments:
+            self.deployments.pop(dep_id, None)
+        self.evaluations.extend(changes.put_evaluations)
+        self.meta.update(changes.meta)
+
+    def alloc_info(self, alloc: node_pb2.Allocation) -> AllocInfo:
+        return alloc_from_proto(alloc, self.group_spec(alloc))
+
+    def _put_alloc(self, alloc: node_pb2.Allocation) -> None:
+        old = self.allocs.get(alloc.id)
+        if old is not None and old.node_id != alloc.node_id:
+            self.by_node.get(old.node_id, set()).discard(alloc.id)
+        self.allocs[alloc.id] = alloc
+        self.by_node.setdefault(alloc.node_id, set()).add(alloc.id)
+        self.by_job.setdefault(job_key(alloc), set()).add(alloc.id)
+        self.snapshot.upsert_alloc(self.alloc_info(alloc))
+
+    def _delete_alloc(self, alloc_id: str) -> None:
+        old = self.allocs.pop(alloc_id, None)
+        if old is None:
+            return
+        _discard(self.by_node, old.node_id, alloc_id)
+        _discard(self.by_job, job_key(old), alloc_id)
+        self.snapshot.remove_alloc(alloc_id)
+
+    def nodes_with(self, alloc_ids: Iterable[str]) -> set[str]:
+        return {self.allocs[i].node_id for i in alloc_ids if i in self.allocs}
+
+
+def _discard(index: dict[K, set[str]], key: K, alloc_id: str) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.discard(alloc_id)
+        if not ids:
+            del index[key]

@@ -1,0 +1,73 @@
+"""orchctl's connection to the controller: one address, errors as sentences and exit codes.
+
+Exit codes scripts can trust: 0 ok, 1 failed, 2 usage, 3 a job could not be fully placed,
+4 ``job plan`` would make changes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NoReturn
+
+import grpc
+
+from orch.v1 import controller_pb2_grpc
+
+OK, FAILED, USAGE, UNPLACED, CHANGES = 0, 1, 2, 3, 4
+DEFAULT_ADDR = "127.0.0.1:4647"
+LEADER_KEY = "orch-leader"
+
+
+class CliError(Exception):
+    """An error for a person: a sentence, and the exit code."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def address(flag: str | None) -> str:
+    return flag or os.environ.get("ORCH_ADDR") or DEFAULT_ADDR
+
+
+class _Deadline(grpc.aio.UnaryUnaryClientInterceptor):
+    """Every unary call gets a deadline unless it has one (streams may last)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.timeout is None:
+            details = details._replace(timeout=self.seconds)
+        return await continuation(details, request)
+
+
+def connect(addr: str, timeout: float = 30.0) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(addr, options=[
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024)], interceptors=[_Deadline(timeout)])
+
+
+def stub(channel: grpc.aio.Channel) -> controller_pb2_grpc.ControllerServiceAsyncStub:
+    return controller_pb2_grpc.ControllerServiceStub(channel)
+
+
+_SENTENCES = {
+    grpc.StatusCode.UNAVAILABLE: "cannot reach the controller at {addr}: {details} "
+                                 "(is it running? set --address or ORCH_ADDR)",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the controller at {addr} did not answer in time",
+    grpc.StatusCode.NOT_FOUND: "{details}",
+    grpc.StatusCode.INVALID_ARGUMENT: "{details}",
+    grpc.StatusCode.FAILED_PRECONDITION: "{details}",
+    grpc.StatusCode.ABORTED: "{details}",
+}
+
+
+def fail(e: grpc.aio.AioRpcError, addr: str) -> NoReturn:
+    """Turn an RPC error into a sentence (and say where the leader is, if we were told)."""
+    template = _SENTENCES.get(e.code(), "{code}: {details}")
+    msg = template.format(addr=addr, details=e.details(), code=e.code().name.lower())
+    trailing = e.trailing_metadata() or ()
+    leader = next((v for k, v in trailing if k == LEADER_KEY), None)
+    if leader:
+        msg += f" (the leader is {leader!s})"
+    raise CliError(msg, FAILED)

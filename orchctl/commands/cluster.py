@@ -1,0 +1,89 @@
+"""orchctl members | service list | leader | events"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import grpc
+
+from orch.v1 import controller_pb2
+from orchctl.client import OK, fail
+from orchctl.commands import Ctx
+from orchctl.output import block, out, table, to_json
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("members", help="the gossip members as the controller sees them")
+    p.set_defaults(fn=members)
+    svc = sub.add_parser("service", help="services published through the load balancer")
+    verbs = svc.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("list", help="every service with its endpoints")
+    p.add_argument("name", nargs="?", default="")
+    p.set_defaults(fn=services)
+    p = sub.add_parser("leader", help="which controller leads")
+    p.set_defaults(fn=leader)
+    p = sub.add_parser("events", help="job, allocation, node and deployment events")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--since", type=int, default=0, metavar="INDEX",
+                   help="replay events after this index (default: the last 50)")
+    p.add_argument("--topic", action="append", default=[],
+                   choices=("job", "allocation", "node", "deployment"))
+    p.add_argument("--job", default="")
+    p.set_defaults(fn=events)
+
+
+async def members(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ListMembers(controller_pb2.ListMembersRequest()))
+    if ctx.json:
+        out(to_json(list(resp.members)))
+        return OK
+    out(table(("Name", "Address", "Status", "Incarnation", "Role", "Tags"),
+              [(m.name, m.address, m.status, m.incarnation, m.tags.get("role", ""),
+                ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()) if k != "role"))
+               for m in resp.members]))
+    return OK
+
+
+async def services(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ListServices(controller_pb2.ListServicesRequest(name=args.name)))
+    if ctx.json:
+        out(to_json(list(resp.services)))
+        return OK
+    rows = []
+    for s in resp.services:
+        healthy = sum(e.healthy for e in s.endpoints)
+        rows.append((s.name, s.job, s.published_port or "-", s.protocol,
+                     f"{healthy}/{len(s.endpoints)}",
+                     " ".join(e.address for e in s.endpoints if e.healthy)))
+    out(table(("Service", "Job", "Port", "Protocol", "Healthy", "Endpoints"), rows))
+    return OK
+
+
+async def leader(ctx: Ctx, args: argparse.Namespace) -> int:
+    r = await ctx.call(ctx.stub.GetLeader(controller_pb2.GetLeaderRequest()))
+    if ctx.json:
+        out(to_json(r))
+        return OK
+    out(block([("Leader", r.leader), ("Address", r.address)]))
+    out(table(("Controller", "Address", "Leader", "Status"),
+              [(c.name, c.address, c.leader, c.status) for c in r.controllers]))
+    return OK
+
+
+async def events(ctx: Ctx, args: argparse.Namespace) -> int:
+    req = controller_pb2.WatchRequest(topics=args.topic, job=args.job, since_index=args.since,
+                                      follow=args.follow, tail=50)
+    call = ctx.stub.Watch(req)
+    try:
+        async for ev in call:
+            if ctx.json:
+                out(json.dumps(json.loads(to_json(ev))))
+            else:
+                when = time.strftime("%H:%M:%S", time.localtime(ev.time_ns / 1e9))
+                out(f"{ev.index:>6}  {when}  {ev.topic:<10}  {ev.type:<22}  {ev.message}")
+    except grpc.aio.AioRpcError as e:
+        if e.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+            fail(e, ctx.address)
+    return OK

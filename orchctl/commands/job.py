@@ -1,0 +1,256 @@
+"""orchctl job run | plan | status | stop | history | revert | promote"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from orch.errors import JobSpecError
+from orch.jobspec import load_job_file
+from orch.v1 import controller_pb2, job_pb2, node_pb2
+from orchctl.client import CHANGES, FAILED, OK, UNPLACED, CliError
+from orchctl.commands import Ctx
+from orchctl.output import ago, block, enum_name, out, short, table, to_json
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    job = sub.add_parser("job", help="run, plan, inspect and stop jobs")
+    verbs = job.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("run", help="submit a job file and follow its deployment")
+    p.add_argument("file")
+    p.add_argument("--detach", action="store_true", help="return once the job is scheduled")
+    p.add_argument("--check-index", type=int, default=0,
+                   help="only if the job is at this version (0: any)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to follow the rollout")
+    p.set_defaults(fn=run)
+    p = verbs.add_parser("plan", help="what running a job file would change (dry run); exit 0: "
+                         "no change, 4: changes, 3: could not place everything")
+    p.add_argument("file")
+    p.set_defaults(fn=plan)
+    p = verbs.add_parser("status", help="one job in detail, or every job")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(fn=status)
+    p = verbs.add_parser("stop", help="stop a job (its allocations stop)")
+    p.add_argument("name")
+    p.add_argument("--purge", action="store_true", help="also forget the job and its history")
+    p.set_defaults(fn=stop)
+    p = verbs.add_parser("history", help="the job's versions and what changed in each")
+    p.add_argument("name")
+    p.add_argument("-p", "--full", action="store_true", help="show every field that changed")
+    p.set_defaults(fn=history)
+    p = verbs.add_parser("revert", help="run an earlier version again (as a new version)")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.set_defaults(fn=revert)
+    p = verbs.add_parser("promote", help="promote the canaries of the job's deployment")
+    p.add_argument("name")
+    p.set_defaults(fn=promote)
+
+
+def _load(path: str) -> job_pb2.Job:
+    try:
+        return load_job_file(path)
+    except JobSpecError as e:
+        raise CliError(str(e), FAILED) from None
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}", FAILED) from None
+
+
+def _show_plan(p: controller_pb2.PlanSummary) -> None:
+    rows = [(c.kind, c.alloc_name, c.node, c.reason) for c in p.changes]
+    if rows:
+        out(table(("Change", "Allocation", "Node", "Why"), rows))
+    for f in p.failures:
+        out(f"! {f.explanation}")
+    if not rows and not p.failures:
+        out("no changes: the job runs as specified")
+
+
+async def run(ctx: Ctx, args: argparse.Namespace) -> int:
+    job = _load(args.file)
+    resp = await ctx.call(ctx.stub.RegisterJob(controller_pb2.RegisterJobRequest(
+        job=job, enforce_version=args.check_index)))
+    if ctx.json and args.detach:
+        out(to_json(resp))
+        return UNPLACED if resp.plan.failures else OK
+    if not ctx.json:
+        what = f"version {resp.version}" + ("" if resp.changed else " (unchanged)")
+        out(f"==> job {job.name!r} registered: {what}, evaluation {short(resp.evaluation_id)}")
+        _show_plan(resp.plan)
+    if resp.plan.failures:
+        if ctx.json:
+            out(to_json(resp))
+        return UNPLACED
+    if args.detach:
+        return OK
+    code = await _follow(ctx, job.namespace, job.name, resp, args.timeout)
+    if ctx.json:
+        status = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(
+            name=job.name, namespace=job.namespace)))
+        out(to_json({"registration": resp, "status": status}))
+    return code
+
+
+async def _follow(ctx: Ctx, namespace: str, name: str, resp: controller_pb2.RegisterJobResponse,
+                  within: float) -> int:
+    """Show the rollout until it succeeds or fails (or, without a deployment, until every
+    allocation runs)."""
+    deadline = time.monotonic() + within
+    last = ""
+    while time.monotonic() < deadline:
+        st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(name=name,
+                                                                          namespace=namespace)))
+        dep = st.latest_deployment if st.HasField("latest_deployment") else None
+        if dep is not None and dep.job_version == resp.version:
+            line = "  ".join(f"{g.group}: {g.healthy}/{g.desired} healthy" for g in dep.groups)
+            line = f"deployment {short(dep.id)} {dep.status}: {line}"
+            if line != last and not ctx.json:
+                out(f"    {time.strftime('%H:%M:%S')}  {line}")
+                last = line
+            if dep.status == "successful":
+                if not ctx.json:
+                    out(f"==> deployment {short(dep.id)} successful")
+                return OK
+            if dep.status in ("failed", "cancelled"):
+                if not ctx.json:
+                    out(f"==> deployment {short(dep.id)} {dep.status}: {dep.description}")
+                return FAILED
+            if dep.status == "paused" and not ctx.json:
+                out(f"==> {dep.description}")
+                return OK
+        else:
+            live = [a for a in st.allocations if a.desired_status == node_pb2.DESIRED_STATUS_RUN]
+            running = sum(1 for a in live if a.client_status in (
+                node_pb2.CLIENT_STATUS_RUNNING, node_pb2.CLIENT_STATUS_COMPLETE))
+            failed = sum(1 for a in live if a.client_status == node_pb2.CLIENT_STATUS_FAILED)
+            line = f"allocations: {running}/{len(live)} running" + (f", {failed} failed" if failed
+                                                                    else "")
+            if line != last and not ctx.json:
+                out(f"    {time.strftime('%H:%M:%S')}  {line}")
+                last = line
+            if live and running == len(live):
+                return OK
+            if failed:
+                return FAILED
+        await asyncio.sleep(0.5)
+    if not ctx.json:
+        out(f"==> still rolling out after {within:g}s; see: orchctl job status {name}")
+    return FAILED
+
+
+async def plan(ctx: Ctx, args: argparse.Namespace) -> int:
+    job = _load(args.file)
+    resp = await ctx.call(ctx.stub.PlanJob(controller_pb2.PlanJobRequest(job=job)))
+    if ctx.json:
+        out(to_json(resp))
+    else:
+        head = "new job" if not resp.current_version else f"current version {resp.current_version}"
+        out(f"+/- job {job.name!r} ({head})")
+        for f in resp.diff.fields:
+            old, new = f.old or "(none)", f.new or "(none)"
+            out(f"    {f.path}: {old} => {new}")
+        out("")
+        _show_plan(resp.plan)
+    if resp.plan.failures:
+        return UNPLACED
+    return CHANGES if resp.plan.changes_anything else OK
+
+
+async def status(ctx: Ctx, args: argparse.Namespace) -> int:
+    if not args.name:
+        resp = await ctx.call(ctx.stub.ListJobs(controller_pb2.ListJobsRequest()))
+        if ctx.json:
+            out(to_json(list(resp.jobs)))
+            return OK
+        out(table(("Name", "Type", "Priority", "Status", "Version", "Running", "Submitted"),
+                  [(j.name, enum_name(job_pb2.JobType.Name(j.type)), j.priority,
+                    enum_name(job_pb2.JobStatus.Name(j.status)), j.version,
+                    f"{j.running}/{j.desired}", ago(j.submit_time_ns)) for j in resp.jobs]))
+        return OK
+    st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(name=args.name)))
+    if ctx.json:
+        out(to_json(st))
+        return OK
+    j = st.job
+    out(block([("Name", j.name), ("Namespace", j.namespace or "default"),
+               ("Type", enum_name(job_pb2.JobType.Name(j.type or job_pb2.JOB_TYPE_SERVICE))),
+               ("Priority", j.priority or 50), ("Status", enum_name(job_pb2.JobStatus.Name(j.status))),
+               ("Version", j.version), ("Stable", j.stable), ("Submitted", ago(j.submit_time_ns))]))
+    out("\nSummary")
+    out(table(("Group", "Desired", "Placed", "Running", "Healthy", "Pending", "Failed", "Complete",
+               "Lost"), [(g.group, g.desired, g.placed, g.running, g.healthy, g.pending, g.failed,
+                          g.complete, g.lost) for g in st.groups]))
+    for g in st.groups:
+        if g.unplaced_reason:
+            out(f"! {g.unplaced_reason}")
+    if st.HasField("latest_deployment"):
+        d = st.latest_deployment
+        out("\nLatest deployment")
+        out(block([("ID", short(d.id)), ("Version", d.job_version), ("Status", d.status),
+                   ("Description", d.description)]))
+        out(table(("Group", "Desired", "Canaries", "Promoted", "Placed", "Healthy", "Unhealthy"),
+                  [(g.group, g.desired, g.desired_canaries, g.promoted, g.placed, g.healthy,
+                    g.unhealthy) for g in d.groups]))
+    out("\nAllocations")
+    rows = [(short(a.id), a.node_id[:8], a.group, a.job_version,
+             enum_name(node_pb2.DesiredStatus.Name(a.desired_status)),
+             enum_name(node_pb2.ClientStatus.Name(a.client_status)),
+             a.healthy, ago(a.create_time_ns)) for a in st.allocations]
+    out(table(("ID", "Node", "Group", "Version", "Desired", "Status", "Healthy", "Created"), rows))
+    return OK
+
+
+async def stop(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.StopJob(controller_pb2.StopJobRequest(name=args.name,
+                                                                         purge=args.purge)))
+    if ctx.json:
+        out(to_json(resp))
+    else:
+        out(f"==> job {args.name!r} {'purged' if args.purge else 'stopped'} "
+            f"(version {resp.version}, evaluation {short(resp.evaluation_id)})")
+    return OK
+
+
+async def history(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.JobHistory(controller_pb2.JobHistoryRequest(name=args.name)))
+    if ctx.json:
+        out(to_json(list(resp.versions)))
+        return OK
+    for v in resp.versions:
+        changes = [f for f in v.diff.fields]
+        summary = {"added": "first version", "none": "no change"}.get(v.diff.kind,
+                                                                     f"{len(changes)} changes")
+        state = "stopped" if v.job.stop else ("stable" if v.stable else "")
+        out(f"Version {v.version}  {ago(v.submit_time_ns)}  {summary}  {state}".rstrip())
+        for f in changes if args.full else changes[:5]:
+            out(f"    {f.path}: {f.old or '(none)'} => {f.new or '(none)'}")
+        if not args.full and len(changes) > 5:
+            out(f"    ... {len(changes) - 5} more (use -p)")
+    return OK
+
+
+async def revert(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.RevertJob(controller_pb2.RevertJobRequest(
+        name=args.name, version=args.version)))
+    if ctx.json:
+        out(to_json(resp))
+    else:
+        out(f"==> job {args.name!r} reverted to version {args.version}: now version "
+            f"{resp.version}")
+        _show_plan(resp.plan)
+    return UNPLACED if resp.plan.failures else OK
+
+
+async def promote(ctx: Ctx, args: argparse.Namespace) -> int:
+    st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(name=args.name)))
+    if not st.HasField("latest_deployment"):
+        raise CliError(f"job {args.name!r} has no deployment to promote")
+    dep = await ctx.call(ctx.stub.PromoteDeployment(controller_pb2.PromoteDeploymentRequest(
+        deployment_id=st.latest_deployment.id)))
+    if ctx.json:
+        out(to_json(dep))
+    else:
+        out(f"==> deployment {short(dep.id)} promoted")
+    return OK
+

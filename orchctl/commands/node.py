@@ -1,0 +1,86 @@
+"""orchctl node list | status | drain | eligibility"""
+
+from __future__ import annotations
+
+import argparse
+
+from orch.v1 import controller_pb2, node_pb2
+from orchctl.client import OK
+from orchctl.commands import Ctx
+from orchctl.output import ago, block, enum_name, out, short, table, to_json
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    node = sub.add_parser("node", help="list nodes, drain them, set their eligibility")
+    verbs = node.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("list", help="every node")
+    p.set_defaults(fn=list_nodes)
+    p = verbs.add_parser("status", help="one node with its allocations")
+    p.add_argument("id", help="id, unique id prefix or name")
+    p.set_defaults(fn=status)
+    p = verbs.add_parser("drain", help="move allocations off a node")
+    p.add_argument("id")
+    p.add_argument("--disable", action="store_true", help="cancel a drain")
+    p.add_argument("--deadline", type=float, default=0.0, metavar="SECONDS",
+                   help="stop what is left after this long (0: no deadline)")
+    p.add_argument("--ignore-system", action="store_true", help="leave system jobs running")
+    p.set_defaults(fn=drain)
+    p = verbs.add_parser("eligibility", help="whether new allocations may land on a node")
+    p.add_argument("id")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--enable", action="store_true")
+    g.add_argument("--disable", action="store_true")
+    p.set_defaults(fn=eligibility)
+
+
+def _status(n: node_pb2.Node) -> str:
+    return enum_name(node_pb2.NodeStatus.Name(n.status))
+
+
+async def list_nodes(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ListNodes(controller_pb2.ListNodesRequest()))
+    if ctx.json:
+        out(to_json(list(resp.nodes)))
+        return OK
+    out(table(("ID", "Name", "Address", "DC", "Class", "Drivers", "Eligible", "Drain", "Status"),
+              [(short(n.id), n.name, n.address, n.datacenter, n.node_class, ",".join(n.drivers),
+                n.eligible, n.HasField("drain"), _status(n)) for n in resp.nodes]))
+    return OK
+
+
+async def status(ctx: Ctx, args: argparse.Namespace) -> int:
+    r = await ctx.call(ctx.stub.GetNode(controller_pb2.GetNodeRequest(id=args.id)))
+    if ctx.json:
+        out(to_json(r))
+        return OK
+    n = r.node
+    out(block([("ID", n.id), ("Name", n.name), ("Address", n.address), ("Status", _status(n)),
+               ("Member", r.member_status), ("Eligible", n.eligible), ("Draining", n.HasField("drain")),
+               ("Datacenter", n.datacenter), ("Class", n.node_class), ("Drivers", ",".join(n.drivers)),
+               ("CPU", f"{r.allocated.cpu_millicores}/{n.capacity.cpu_millicores} millicores"),
+               ("Memory", f"{r.allocated.memory_mb}/{n.capacity.memory_mb} MB"),
+               ("Since", ago(n.status_time_ns))]))
+    out("\nAllocations")
+    out(table(("ID", "Job", "Group", "Version", "Desired", "Status", "Created"),
+              [(short(a.id), a.job, a.group, a.job_version,
+                enum_name(node_pb2.DesiredStatus.Name(a.desired_status)),
+                enum_name(node_pb2.ClientStatus.Name(a.client_status)), ago(a.create_time_ns))
+               for a in r.allocations]))
+    return OK
+
+
+async def drain(ctx: Ctx, args: argparse.Namespace) -> int:
+    n = await ctx.call(ctx.stub.DrainNode(controller_pb2.DrainNodeRequest(
+        id=args.id, enable=not args.disable, deadline_seconds=int(args.deadline),
+        ignore_system_jobs=args.ignore_system)))
+    out(to_json(n) if ctx.json else f"==> node {n.name} " + (
+        "drain cancelled" if args.disable else "draining"))
+    return OK
+
+
+async def eligibility(ctx: Ctx, args: argparse.Namespace) -> int:
+    n = await ctx.call(ctx.stub.SetNodeEligibility(controller_pb2.SetNodeEligibilityRequest(
+        id=args.id, eligible=args.enable)))
+    out(to_json(n) if ctx.json else f"==> node {n.name} is "
+        f"{'eligible' if n.eligible else 'ineligible'}")
+    return OK
