@@ -12,6 +12,7 @@
     ├── SchedulingError
     │   └── InfeasibleError      # with the reasons per constraint
     ├── RuntimeDriverError       # wraps the engine's errors (aiodocker.DockerError)
+    ├── StoreError               # the controller's store failed; a failed commit wrote nothing
     └── ApiError
         ├── NotLeaderError       # carries the leader's address
         └── NotFoundError
@@ -103,6 +104,15 @@ class InfeasibleError(SchedulingError):
 
 class RuntimeDriverError(OrchError):
     """A task driver (Docker, process) failed to do what was asked."""
+
+
+class StoreError(OrchError):
+    """The controller's store could not do what was asked (disk, lock, damaged file).
+
+    A commit that raised it wrote nothing, and the store stays usable; the one
+    exception is a disk that fails while syncing the commit, whose outcome the
+    next ``load`` shows.
+    """
 
 
 class ApiError(OrchError):

@@ -5,5 +5,6 @@ sqlite   the embedded SQLite backend (WAL, migrations, transactions): one contro
 """
 
 from controller.store.base import Changes, Store, StoreSnapshot
+from controller.store.sqlite import SQLiteStore
 
-__all__ = ["Changes", "Store", "StoreSnapshot"]
+__all__ = ["Changes", "SQLiteStore", "Store", "StoreSnapshot"]

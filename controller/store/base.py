@@ -23,7 +23,13 @@ JobKey = tuple[str, str]
 
 @dataclass(slots=True)
 class Changes:
-    """One atomic write: all of it is durable, or none of it."""
+    """One atomic write: all of it is durable, or none of it.
+
+    Deletions (``purge_jobs``, ``delete_*``) apply before puts, so a record that is both
+    deleted and put in one ``Changes`` ends up put (a purge followed by puts of the
+    versions to keep trims a job's history). Within one list, the last put of a key wins.
+    The store serialises the records when ``commit`` is called; the caller keeps its objects.
+    """
 
     put_jobs: list[job_pb2.Job] = field(default_factory=list)
     """Job versions to insert or replace, keyed by (namespace, name, version)."""
@@ -36,6 +42,7 @@ class Changes:
     put_deployments: list[controller_pb2.Deployment] = field(default_factory=list)
     delete_deployments: list[str] = field(default_factory=list)
     put_evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)
+    """Inserted or replaced by id; a replaced evaluation keeps its place in the history."""
     events: list[controller_pb2.Event] = field(default_factory=list)
     """Appended to the event log; the store sets each event's ``index``."""
     meta: dict[str, str] = field(default_factory=dict)
@@ -53,13 +60,16 @@ class StoreSnapshot:
 
     index: int = 0
     """The index of the last commit (0 for an empty store)."""
+    event_index: int = 0
+    """The index of the last event appended (0 when none ever was): where a watch from now starts."""
     jobs: dict[JobKey, list[job_pb2.Job]] = field(default_factory=dict)
     """Every version of every job, oldest first."""
     allocs: dict[str, node_pb2.Allocation] = field(default_factory=dict)
     nodes: dict[str, node_pb2.Node] = field(default_factory=dict)
     deployments: dict[str, controller_pb2.Deployment] = field(default_factory=dict)
     evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)
-    """The most recent evaluations (a backend keeps a bounded number), oldest first."""
+    """The most recent evaluations (a backend keeps a bounded number), in the order they
+    were first stored, oldest first."""
     meta: dict[str, str] = field(default_factory=dict)
 
 
@@ -81,9 +91,19 @@ class Store(ABC):
     async def commit(self, changes: Changes) -> int:
         """Apply ``changes`` atomically and durably; return the new index (one per commit).
 
-        Events get consecutive indexes of their own, after every event before them.
+        Events get consecutive indexes of their own, after every event before them; the
+        store sets ``index`` on the caller's events once the commit is durable. An empty
+        ``Changes`` is a commit too. On failure (``StoreError``; ``TypeError`` or
+        ``ValueError`` for records that are not what the field holds) nothing was written:
+        neither the index nor any event index was used up. Cancelling the awaiting task
+        does not stop a commit already under way: it still lands (or fails) as a whole,
+        and the caller learns which only from ``load``.
         """
 
     @abstractmethod
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:
-        """Events with an index above ``index``, oldest first, as far as they are kept."""
+        """Events with an index above ``index``, oldest first, at most ``limit``, as far as kept.
+
+        Indexes are consecutive, so a first event above ``index + 1`` means that the
+        events in between were pruned (the watcher fell too far behind).
+        """
