@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from typing import Literal
 
 from agent.gossip.config import GossipConfig
 
@@ -37,7 +38,7 @@ class ControllerConfig:
     """Gossip encryption keys (base64); the first is primary."""
     data_dir: str = "/var/lib/orch"
     """Where the state database lives (controller.db)."""
-    store_sync: str = "full"
+    store_sync: Literal["full", "normal"] = "full"
     """SQLite synchronous mode: full (an acknowledged write survives power loss) or normal
     (survives a crash of the process, not of the machine)."""
     node_grace: float = 10.0
