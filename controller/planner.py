@@ -95,7 +95,17 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
         ch.events.append(event("allocation", "AllocationUpdated", a.id,
                                f"{a.name}: updated in place to version {u.to_version}", now_ns,
                                allocation=a))
+    replaced = {a.id for a in ch.put_allocs}
     for p in plan.placements:
+        old = state.allocs.get(p.previous_alloc) if p.previous_alloc else None
+        if old is not None and old.id not in replaced and old.desired_status == RUN:
+            # a failed or lost allocation that is rescheduled: it is not wanted any more
+            gone = node_pb2.Allocation()
+            gone.CopyFrom(old)
+            gone.desired_status = STOP
+            gone.description = f"rescheduled as {p.alloc_id[:8]} ({p.reason})"
+            gone.modify_time_ns = now_ns
+            ch.put_allocs.append(gone)
         a = node_pb2.Allocation(
             id=p.alloc_id, name=p.name, namespace=key[0], job=p.job, job_version=job.version,
             group=p.group, index=p.index, node_id=p.node_id, desired_status=RUN,

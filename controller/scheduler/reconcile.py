@@ -153,7 +153,10 @@ def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
                                  f"({policy.attempts} within {policy.interval:g}s)")
                 held.add(a.index)
                 continue
-            due = a.modify_time + reschedule_delay(policy, used)
+            # A failure of an older version is no reason to wait: the job has moved on
+            # (an update or a rollback), so its replacement is the new version, at once.
+            due = a.modify_time + reschedule_delay(policy, used) if a.job_version == job.version \
+                else now
             held.add(a.index)
             if now >= due:
                 out.reschedule.append(a)

@@ -1,0 +1,124 @@
+"""The agent's stream to the leader controller: registration and status up, desired sets down.
+
+The controller's address comes from the configuration or from gossip (members
+tagged ``role=controller`` publish ``rpc``); a follower's answer names the
+leader and the link goes there. When the stream breaks the agent keeps running
+what it has and reconnects with backoff; on every (re)connect it sends the state
+of all its allocations, so nothing the controller missed is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+
+log = logging.getLogger("agent")
+
+DesiredHandler = Callable[[controller_pb2.DesiredAllocations], Awaitable[None]]
+
+
+class ControllerLink:
+    def __init__(self, registration: Callable[[], node_pb2.Node],
+                 addresses: Callable[[], list[str]], on_desired: DesiredHandler,
+                 current: Callable[[], list[node_pb2.Allocation]], *,
+                 backoff_max: float = 10.0) -> None:
+        self._registration = registration
+        self._addresses = addresses
+        self._on_desired = on_desired
+        self._current = current
+        self._backoff_max = backoff_max
+        self._pending: dict[str, node_pb2.Allocation] = {}
+        self._kick = asyncio.Event()
+        self._leader_hint: str | None = None
+        self.connected = False
+        self.controller = ""
+        self.applied_version = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="controller-link")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def report(self, allocs: list[node_pb2.Allocation]) -> None:
+        """Queue status updates (the newest per allocation wins) for the controller."""
+        for a in allocs:
+            self._pending[a.id] = a
+        self._kick.set()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            addrs = self._addresses()
+            if self._leader_hint:
+                addrs = [self._leader_hint, *[a for a in addrs if a != self._leader_hint]]
+                self._leader_hint = None
+            if not addrs:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+                continue
+            for addr in addrs:
+                try:
+                    await self._session(addr)
+                    backoff = 0.5
+                except asyncio.CancelledError:
+                    raise
+                except grpc.aio.AioRpcError as e:
+                    log.warning("controller stream failed", extra={
+                        "controller": addr, "code": e.code().name, "error": e.details()})
+                except Exception:
+                    log.exception("controller stream failed", extra={"controller": addr})
+                finally:
+                    self.connected = False
+                if self._leader_hint:
+                    break
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _session(self, addr: str) -> None:
+        async with grpc.aio.insecure_channel(addr, options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1)]) as channel:
+            stub = controller_pb2_grpc.NodeServiceStub(channel)
+            call = stub.Connect(self._outgoing())
+            async for msg in call:
+                kind = msg.WhichOneof("msg")
+                if kind == "not_leader":
+                    self._leader_hint = msg.not_leader.address or None
+                    log.info("controller is not the leader", extra={
+                        "controller": addr, "leader": msg.not_leader.address})
+                    return
+                if kind == "desired":
+                    if not self.connected:
+                        self.connected, self.controller = True, addr
+                        log.info("connected to the controller", extra={"controller": addr})
+                    await self._on_desired(msg.desired)
+                    self.applied_version = msg.desired.version
+
+    async def _outgoing(self) -> AsyncIterator[controller_pb2.NodeMessage]:
+        yield controller_pb2.NodeMessage(register=self._registration())
+        # everything we run, so that the controller catches up with what it missed
+        for a in self._current():
+            self._pending.setdefault(a.id, a)
+        while True:
+            if not self._pending:
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), 15.0)
+            if self._pending:
+                batch, self._pending = list(self._pending.values()), {}
+                yield controller_pb2.NodeMessage(allocations=controller_pb2.AllocationUpdates(
+                    allocations=batch, applied_version=self.applied_version))
+            else:
+                yield controller_pb2.NodeMessage(heartbeat=controller_pb2.Heartbeat())

@@ -1,0 +1,187 @@
+"""The controller with synthetic agents on real sockets: scheduling, deployments, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from controller.server import Controller
+from orch.v1 import controller_pb2, node_pb2
+from tests.integration.synthetic import (
+    Harness,
+    cluster,
+    controller_config,
+    service_job,
+    wait_until,
+)
+
+RUN = node_pb2.DESIRED_STATUS_RUN
+
+
+async def register(c: Harness, job: object) -> controller_pb2.RegisterJobResponse:
+    return await c.api.RegisterJob(controller_pb2.RegisterJobRequest(job=job))
+
+
+async def deployment_status(c: Harness, name: str, version: int) -> str:
+    """The deployment's status once it has settled (succeeded, failed...), else ""."""
+    st = await c.status(name)
+    d = st.latest_deployment
+    settled = d.job_version == version and d.status not in ("running", "")
+    return d.status if settled else ""
+
+
+async def test_a_job_runs_and_its_deployment_succeeds(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        resp = await register(c, service_job(count=3))
+        assert resp.version == 1
+        assert resp.changed
+        assert [ch.kind for ch in resp.plan.changes] == ["create"] * 3
+        await wait_until(lambda: deployment_status(c, "web", 1), within=10)
+        assert await deployment_status(c, "web", 1) == "successful"
+        st = await c.status("web")
+        assert (st.groups[0].desired, st.groups[0].running, st.groups[0].healthy) == (3, 3, 3)
+        # job anti-affinity: three replicas on three nodes
+        assert len({a.node_id for a in st.allocations}) == 3
+        assert st.job.stable
+        # registering the same spec again changes nothing
+        again = await register(c, service_job(count=3))
+        assert (again.version, again.changed, again.plan.changes_anything) == (1, False, False)
+
+
+async def test_scaling_up_and_down(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=2))
+        await wait_until(lambda: _count_running(c, "web", 2))
+        up = await register(c, service_job(count=5))
+        assert sum(ch.kind == "create" for ch in up.plan.changes) == 3
+        await wait_until(lambda: _count_running(c, "web", 5))
+        down = await register(c, service_job(count=1))
+        stops = [ch for ch in down.plan.changes if ch.kind == "stop"]
+        assert len(stops) == 4
+        assert all(ch.reason == "count reduced" for ch in stops)
+        await wait_until(lambda: _count_running(c, "web", 1))
+        (last,) = await c.running("web")
+        assert last.index == 0  # the highest indexes stop first
+
+
+async def _count_running(c: Harness, name: str, n: int) -> bool:
+    return len(await c.running(name)) == n
+
+
+async def test_a_failing_update_rolls_back_to_the_last_stable_version(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3, auto_revert=True))
+        await wait_until(lambda: deployment_status(c, "web", 1))
+        assert await deployment_status(c, "web", 1) == "successful"
+        bad = await register(c, service_job(count=3, auto_revert=True, args=("fail",)))
+        assert bad.version == 2
+        # max_parallel 1: one replacement at a time, and it fails
+        assert sum(ch.kind == "replace" for ch in bad.plan.changes) == 1
+        # the controller registers version 1's spec again as version 3 and rolls it out
+        await wait_until(lambda: deployment_status(c, "web", 3), within=15)
+        assert await deployment_status(c, "web", 3) == "successful"
+        await wait_until(lambda: _all_version(c, "web", 3), within=15)
+        (failed,) = [d for d in c.ctl.cluster.state.deployments.values() if d.job_version == 2]
+        assert failed.status == "failed"
+        assert "rolling back to version 1" in failed.description
+        st = await c.status("web")
+        assert st.job.version == 3
+        assert list(st.job.groups[0].tasks[0].args) == ["serve"]
+        assert sum(a.desired_status == RUN for a in st.allocations) == 3
+
+
+async def _all_version(c: Harness, name: str, version: int) -> bool:
+    running = await c.running(name)
+    return len(running) == 3 and all(a.job_version == version for a in running)
+
+
+async def test_allocations_of_a_lost_node_are_rescheduled_and_not_run_twice(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3))
+        await wait_until(lambda: _count_running(c, "web", 3))
+        victim = c.agents["agent-2"]
+        lost = set(victim.running)
+        await victim.stop()
+        await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
+                         == node_pb2.NODE_STATUS_DOWN, within=5)
+        await wait_until(lambda: _count_running(c, "web", 3))
+        running = await c.running("web")
+        assert not lost & {a.id for a in running}
+        assert victim.node.id not in {a.node_id for a in running}
+        # the node returns: the controller does not give it back what runs elsewhere
+        victim.start()
+        await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
+                         == node_pb2.NODE_STATUS_READY)
+        await wait_until(lambda: not set(victim.running) & lost)
+        assert len(await c.running("web")) == 3
+
+
+async def test_draining_a_node_moves_its_allocations(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3))
+        await wait_until(lambda: _count_running(c, "web", 3))
+        node = c.agents["agent-1"].node
+        await c.api.DrainNode(controller_pb2.DrainNodeRequest(id="agent-1", enable=True))
+        await wait_until(lambda: not any(a.node_id == node.id and a.desired_status == RUN
+                                         for a in c.ctl.cluster.state.allocs.values()), within=10)
+        await wait_until(lambda: _count_running(c, "web", 3))
+        await wait_until(lambda: not c.ctl.cluster.state.nodes[node.id].HasField("drain"))
+        assert not c.ctl.cluster.state.nodes[node.id].eligible
+
+
+async def test_a_system_job_follows_nodes(tmp_path: Path) -> None:
+    async with cluster(tmp_path, agents=2) as c:
+        await register(c, service_job("agentd", count=1, type_="system"))
+        await wait_until(lambda: _count_running(c, "agentd", 2))
+        await c.add_agent("agent-9")
+        await wait_until(lambda: _count_running(c, "agentd", 3))
+        nodes = {a.node_id for a in await c.running("agentd")}
+        assert nodes == {a.node.id for a in c.agents.values()}
+
+
+async def test_unplaceable_work_is_explained(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        resp = await register(c, service_job(count=2, memory=100_000))
+        (failure,) = resp.plan.failures
+        assert failure.placed == 0
+        assert "exhausted memory" in failure.explanation
+        st = await c.status("web")
+        assert "exhausted memory" in st.groups[0].unplaced_reason
+
+
+async def test_bad_jobs_get_every_problem_at_once(tmp_path: Path) -> None:
+    async with cluster(tmp_path, agents=0) as c:
+        job = service_job(count=-2, memory=-5)
+        job.groups[0].tasks[0].driver = "podman"
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await register(c, job)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for problem in ("groups[0].count", "memory_mb", "driver"):
+            assert problem in (e.value.details() or "")
+
+
+async def test_a_restarted_controller_keeps_everything(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3))
+        await wait_until(lambda: _count_running(c, "web", 3))
+        before = {a.id: a.node_id for a in await c.running("web")}
+        await c.ctl.stop(grace=0.5)
+        ctl = Controller(controller_config(tmp_path / "ctl"))
+        await ctl.start()
+        try:
+            state = ctl.cluster.state
+            assert {i: a.node_id for i, a in state.allocs.items() if a.desired_status == RUN} == before
+            assert state.job(("default", "web")) is not None
+            # the agents come back to the new controller; nothing is placed again
+            for a in c.agents.values():
+                a.link._addresses = lambda addr=ctl.rpc_address: [addr]  # type: ignore[misc]
+            await wait_until(lambda: all(ctl.cluster.connected(a.node.id) for a in c.agents.values()),
+                             within=10)
+            ev = await ctl.evaluator.evaluate_now(("default", "web"), "test")
+            assert not ev.plan.changes
+        finally:
+            await ctl.stop(grace=0.5)
+            c.ctl = Controller(controller_config(tmp_path / "ctl2"))
+            await c.ctl.start()
