@@ -252,6 +252,7 @@ class SQLiteStore(Store):
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
         except BaseException:
+            executor.submit(self._close_sync)  # undoes an open that a cancellation left running
             executor.shutdown(wait=False)
             raise
         self._executor = executor
