@@ -10,8 +10,8 @@ controller had already told agents and users about them.
 
 Threads. One worker thread owns the connection and runs every call in the
 order it was made, so commits are serialised and the event loop never waits on
-the disk. Records are serialised on the caller's side when ``commit`` is
-called; the worker only runs SQL.
+the disk. Records are serialised on the caller's thread as ``commit`` begins
+(the caller may change its objects while it awaits); the worker runs the SQL.
 
 Schema. ``MIGRATIONS`` is the ordered list of schema steps; ``PRAGMA
 user_version`` is the number of steps applied and ``PRAGMA application_id``
@@ -209,7 +209,13 @@ class SQLiteStore(Store):
     crash or power loss may be lost). The event log keeps the last ``max_events``
     events and the evaluation history the last ``max_evaluations``, both pruned as
     commits go; ``busy_timeout`` is how long to wait for another process holding the
-    file (a backup, the ``sqlite3`` tool) before a call fails.
+    file (a backup, the ``sqlite3`` tool) before a call fails. ::
+
+        store = SQLiteStore(data_dir / "state.db")
+        await store.open()                      # creates or migrates; ConfigError if refused
+        snapshot = await store.load()
+        index = await store.commit(Changes(put_jobs=[job], events=[registered]))
+        await store.close()
     """
 
     MIGRATIONS: ClassVar[tuple[Migration, ...]] = MIGRATIONS
@@ -246,6 +252,7 @@ class SQLiteStore(Store):
         try:
             await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
         except BaseException:
+            executor.submit(self._close_sync)  # undoes an open that a cancellation left running
             executor.shutdown(wait=False)
             raise
         self._executor = executor
