@@ -14,7 +14,8 @@ import time
 from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime"}
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -45,7 +46,8 @@ class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
         extras = " ".join(f"{k}={v}" for k, v in record_fields(record).items())
-        line = f"{ts}.{int(record.msecs):03d} {record.levelname:<5} {record.name:<8} {record.getMessage()}"
+        line = (f"{ts}.{int(record.msecs):03d} {record.levelname:<5} {record.name:<8} "
+                f"{record.getMessage()}")
         if extras:
             line += f"  {extras}"
         if record.exc_info:

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="fail if orch/v1 is stale")
     opts = ap.parse_args(argv)
     if not opts.check:
-        for stale in (ROOT / PACKAGE).glob("*_pb2*.py*"):
-            stale.unlink()
+        for old in (ROOT / PACKAGE).glob("*_pb2*.py*"):
+            old.unlink()
         written = generate(ROOT)
         print(f"wrote {len(written)} files under {PACKAGE}")
         return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -25,7 +25,13 @@ _JOB_TYPE_FROM_PB = {
 }
 _JOB_TYPE_TO_PB = {v: k for k, v in _JOB_TYPE_FROM_PB.items() if k != job_pb2.JOB_TYPE_UNSPECIFIED}
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def _frozen(cls: type[_T]) -> type[_T]:
+    """``@dataclass(frozen=True, slots=True, kw_only=True)``, spelled once (and known to mypy)."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
 
 
 @_frozen
@@ -305,7 +311,8 @@ def _update(pb: job_pb2.UpdateStrategy, base: UpdateStrategy) -> UpdateStrategy:
 def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy) -> Group:
     r, rs = RestartPolicy(), ReschedulePolicy()
     restart = RestartPolicy(
-        attempts=_or(pb.restart.attempts, r.attempts), interval=_secs(pb.restart.interval, r.interval),
+        attempts=_or(pb.restart.attempts, r.attempts),
+        interval=_secs(pb.restart.interval, r.interval),
         delay=_secs(pb.restart.delay, r.delay), mode=_or(pb.restart.mode, r.mode))
     unlimited = pb.reschedule.unlimited or not pb.reschedule.attempts
     reschedule = ReschedulePolicy(
@@ -378,7 +385,8 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
         spreads=[job_pb2.Spread(attribute=s.attribute, weight=s.weight, targets=[
             job_pb2.SpreadTarget(value=t.value, percent=t.percent) for t in s.targets])
             for s in g.spreads],
-        restart=job_pb2.RestartPolicy(attempts=g.restart.attempts, interval=_dur(g.restart.interval),
+        restart=job_pb2.RestartPolicy(attempts=g.restart.attempts,
+                                      interval=_dur(g.restart.interval),
                                       delay=_dur(g.restart.delay), mode=g.restart.mode),
         reschedule=job_pb2.ReschedulePolicy(
             attempts=g.reschedule.attempts, interval=_dur(g.reschedule.interval),

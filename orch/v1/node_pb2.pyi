@@ -295,6 +295,7 @@ class Allocation(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     RESCHEDULE_ATTEMPTS_FIELD_NUMBER: _builtins.int
     CANARY_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """uuid"""
     name: _builtins.str
@@ -317,6 +318,8 @@ class Allocation(_message.Message):
     """why the desired status is what it is"""
     reschedule_attempts: _builtins.int
     canary: _builtins.bool
+    job_type: _job_pb2.JobType.ValueType
+    """copied from the job: a batch task that exits 0 is"""
     @_builtins.property
     def spec(self) -> _job_pb2.TaskGroup:
         """the group as of job_version (tasks, network, services)"""
@@ -356,10 +359,11 @@ class Allocation(_message.Message):
         description: _builtins.str = ...,
         reschedule_attempts: _builtins.int = ...,
         canary: _builtins.bool = ...,
+        job_type: _job_pb2.JobType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "client_status", b"client_status", "create_time_ns", b"create_time_ns", "deployment_id", b"deployment_id", "description", b"description", "desired_status", b"desired_status", "group", b"group", "healthy", b"healthy", "id", b"id", "index", b"index", "job", b"job", "job_version", b"job_version", "modify_time_ns", b"modify_time_ns", "name", b"name", "namespace", b"namespace", "node_id", b"node_id", "ports", b"ports", "previous_allocation", b"previous_allocation", "reschedule_attempts", b"reschedule_attempts", "resources", b"resources", "spec", b"spec", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "client_status", b"client_status", "create_time_ns", b"create_time_ns", "deployment_id", b"deployment_id", "description", b"description", "desired_status", b"desired_status", "group", b"group", "healthy", b"healthy", "id", b"id", "index", b"index", "job", b"job", "job_type", b"job_type", "job_version", b"job_version", "modify_time_ns", b"modify_time_ns", "name", b"name", "namespace", b"namespace", "node_id", b"node_id", "ports", b"ports", "previous_allocation", b"previous_allocation", "reschedule_attempts", b"reschedule_attempts", "resources", b"resources", "spec", b"spec", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
