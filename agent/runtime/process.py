@@ -67,7 +67,6 @@ class _Watch:
     pgid: int
     future: asyncio.Future[ExitResult]
     pidfd: int = -1
-    popen: subprocess.Popen[bytes] | None = None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -88,6 +87,12 @@ def _shim_alive(shim_pid: int, task_dir: Path) -> bool:
     zombie = stat[stat.rfind(")") + 2:].startswith("Z")
     return not zombie and b"agent.runtime.process_shim" in cmdline and \
         os.fsencode(str(task_dir)) in cmdline
+
+
+def _reap(pid: int, flags: int) -> None:
+    """Collect ``pid``'s exit status if it is our child (a shim an earlier agent started is not)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, flags)
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -159,7 +164,7 @@ class ProcessDriver(TaskDriver):
         running = self._running_in(task_dir)
         if running is not None:
             if running.get("spec_hash") == cfg.spec_hash:
-                return self._attach(task_dir, running, popen=None).handle
+                return self._attach(task_dir, running).handle
             await self._stop_dir(task_dir, running, task.kill_signal, task.kill_timeout)
         for stale in ("state.json", "exit.json"):
             (task_dir / stale).unlink(missing_ok=True)
@@ -176,11 +181,10 @@ class ProcessDriver(TaskDriver):
         tmp = task_dir / "spec.json.tmp"
         tmp.write_text(json.dumps(spec))
         tmp.replace(task_dir / "spec.json")
-        popen = self._spawn_shim(task_dir)
-        assert popen.stdout is not None
-        line = await self._first_line(popen)
+        shim_pid, out = self._spawn_shim(task_dir)
+        line = await self._first_line(shim_pid, out)
         if not line.startswith("ok "):
-            await asyncio.to_thread(popen.wait)
+            await asyncio.to_thread(_reap, shim_pid, 0)
             message = line[len("error "):] if line.startswith("error ") else (
                 f"the process supervisor exited before starting the task (see {task_dir}/shim.log)")
             raise StartError(message, recoverable=not line.startswith("error "))
@@ -189,21 +193,37 @@ class ProcessDriver(TaskDriver):
             raise StartError(f"the process supervisor wrote no state in {task_dir}",
                              recoverable=True)
         state["spec_hash"] = cfg.spec_hash
-        return self._attach(task_dir, state, popen=popen).handle
+        return self._attach(task_dir, state).handle
 
-    def _spawn_shim(self, task_dir: Path) -> subprocess.Popen[bytes]:
+    def _spawn_shim(self, task_dir: Path) -> tuple[int, int]:
+        """Start the shim in a session of its own: (its pid, the read end of its stdout).
+
+        posix_spawn rather than subprocess.Popen: the shim must outlive this driver, and
+        whoever notices its exit (this driver or the next in the same process) reaps it.
+        """
         root = str(Path(agent.__file__).resolve().parent.parent)
         env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": root,
                "PYTHONDONTWRITEBYTECODE": "1"}
-        with (task_dir / "shim.log").open("ab") as log:
-            return subprocess.Popen(
-                [self.python, "-m", "agent.runtime.process_shim", str(task_dir)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
-                cwd=task_dir, start_new_session=True, close_fds=True)
+        read_end, write_end = os.pipe()
+        log = os.open(task_dir / "shim.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            pid = os.posix_spawn(
+                self.python, [self.python, "-m", "agent.runtime.process_shim", str(task_dir)],
+                env, setsid=True, file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, write_end, 1),
+                    (os.POSIX_SPAWN_DUP2, log, 2),
+                ])
+        except OSError as e:
+            os.close(read_end)
+            raise StartError(f"cannot start the process supervisor: {e}",
+                             recoverable=True) from None
+        finally:
+            os.close(write_end)
+            os.close(log)
+        return pid, read_end
 
-    async def _first_line(self, popen: subprocess.Popen[bytes]) -> str:
-        assert popen.stdout is not None
-        fd = popen.stdout.fileno()
+    async def _first_line(self, shim_pid: int, fd: int) -> str:
         loop = asyncio.get_running_loop()
         got = bytearray()
         done: asyncio.Future[None] = loop.create_future()
@@ -223,16 +243,16 @@ class ProcessDriver(TaskDriver):
             async with asyncio.timeout(SHIM_START_TIMEOUT):
                 await done
         except TimeoutError:
-            popen.kill()
+            os.kill(shim_pid, signal.SIGKILL)
+            await asyncio.to_thread(_reap, shim_pid, 0)
             raise StartError("the process supervisor did not answer within "
                              f"{SHIM_START_TIMEOUT:g}s", recoverable=True) from None
         finally:
             loop.remove_reader(fd)
-            popen.stdout.close()
+            os.close(fd)
         return got.decode(errors="replace").split("\n", 1)[0].strip()
 
-    def _attach(self, task_dir: Path, state: dict[str, Any],
-                popen: subprocess.Popen[bytes] | None, *, alive: bool = True) -> _Watch:
+    def _attach(self, task_dir: Path, state: dict[str, Any], *, alive: bool = True) -> _Watch:
         """Watch the shim of ``task_dir`` for its exit (a pidfd readable once it exits).
 
         ``alive=False``: the shim is known to be gone; the exit is read at once.
@@ -251,7 +271,7 @@ class ProcessDriver(TaskDriver):
                    "pgid": str(state.get("pgid", pid))})
         loop = asyncio.get_running_loop()
         watch = _Watch(handle=handle, task_dir=task_dir, pgid=int(state.get("pgid", pid)),
-                       future=loop.create_future(), popen=popen)
+                       future=loop.create_future())
         self._watches[hid] = watch
         try:
             if not alive:
@@ -269,8 +289,7 @@ class ProcessDriver(TaskDriver):
             asyncio.get_running_loop().remove_reader(watch.pidfd)
             os.close(watch.pidfd)
             watch.pidfd = -1
-        if watch.popen is not None:
-            watch.popen.wait()
+        _reap(int(watch.handle.extra["shim_pid"]), os.WNOHANG)
         if not watch.future.done():
             watch.future.set_result(self._exit_of(watch.task_dir, watch.pgid))
 
@@ -303,8 +322,7 @@ class ProcessDriver(TaskDriver):
         state = read_json(task_dir / "state.json")
         if state is None:
             raise RuntimeDriverError(f"process task {handle.task} has no state in {task_dir}")
-        return self._attach(task_dir, state, popen=None,
-                            alive=self._running_in(task_dir) is not None)
+        return self._attach(task_dir, state, alive=self._running_in(task_dir) is not None)
 
     async def wait(self, handle: TaskHandle) -> ExitResult:
         return await asyncio.shield(self._watch_of(handle).future)
@@ -327,7 +345,7 @@ class ProcessDriver(TaskDriver):
 
     async def _stop_dir(self, task_dir: Path, state: dict[str, Any], sig: str,
                         grace: float) -> None:
-        await self.stop(self._attach(task_dir, state, popen=None).handle, sig, grace)
+        await self.stop(self._attach(task_dir, state).handle, sig, grace)
 
     async def destroy(self, handle: TaskHandle) -> None:
         watch = self._watches.pop(handle.id, None)
@@ -349,10 +367,10 @@ class ProcessDriver(TaskDriver):
                 continue
             running = self._running_in(task_dir)
             if running is not None:
-                watch = self._attach(task_dir, running, popen=None)
+                watch = self._attach(task_dir, running)
                 found.append(Recovered(handle=watch.handle, identity=ident, running=True))
                 continue
-            watch = self._attach(task_dir, state, popen=None, alive=False)
+            watch = self._attach(task_dir, state, alive=False)
             exit_ = await asyncio.shield(watch.future)
             found.append(Recovered(handle=watch.handle, identity=ident, running=False,
                                    exit=exit_))
