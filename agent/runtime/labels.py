@@ -28,8 +28,11 @@ GROUP = "orch.group"
 TASK = "orch.task"
 NODE = "orch.node"
 SPEC_HASH = "orch.spec_hash"
+PORTS = "orch.ports"
+"""``http=20000,admin=9000``: the host ports, so a restarted agent keeps the ones it picked."""
 
-_RESERVED = (MANAGED, ALLOC, ALLOC_NAME, NAMESPACE, JOB, JOB_VERSION, GROUP, TASK, NODE, SPEC_HASH)
+_RESERVED = (MANAGED, ALLOC, ALLOC_NAME, NAMESPACE, JOB, JOB_VERSION, GROUP, TASK, NODE, SPEC_HASH,
+             PORTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class TaskIdentity:
     job: str = ""
     group: str = ""
     job_version: int = 0
+    ports: tuple[tuple[str, int], ...] = ()
 
 
 def spec_hash(task: Task, network: Network, ports: Mapping[str, int]) -> str:
@@ -79,7 +83,22 @@ def identity(labels: Mapping[str, str]) -> TaskIdentity | None:
         version = 0
     return TaskIdentity(alloc_id=labels[ALLOC], task=labels[TASK], node=labels.get(NODE, ""),
                         spec_hash=labels.get(SPEC_HASH, ""), job=labels.get(JOB, ""),
-                        group=labels.get(GROUP, ""), job_version=version)
+                        group=labels.get(GROUP, ""), job_version=version,
+                        ports=tuple(parse_ports(labels.get(PORTS, "")).items()))
+
+
+def format_ports(ports: Mapping[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(ports.items()))
+
+
+def parse_ports(text: str) -> dict[str, int]:
+    """The inverse of ``format_ports``; what does not parse is left out."""
+    out = {}
+    for item in text.split(","):
+        label, _, port = item.partition("=")
+        if label and port.isdigit():
+            out[label] = int(port)
+    return out
 
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
