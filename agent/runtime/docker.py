@@ -98,6 +98,10 @@ class DockerDriver(TaskDriver):
         self._watcher: asyncio.Task[None] | None = None
         self._exits: dict[str, asyncio.Future[ExitResult]] = {}
         self._started_ns: dict[str, int] = {}
+        self._stopping: set[str] = set()
+        """Containers orch is stopping now (their kill events are ours)."""
+        self._foreign_kill: set[str] = set()
+        """Containers someone else signalled: ``docker stop``, or the engine shutting down."""
         self._lost_contact = False
         self._connected = asyncio.Event()
         self._stream: asyncio.Task[None] | None = None
@@ -179,7 +183,11 @@ class DockerDriver(TaskDriver):
         cid = event.get("id") or event.get("Actor", {}).get("ID", "")
         action = str(event.get("Action") or event.get("status") or "")
         fut = self._exits.get(cid)
-        if fut is not None and not fut.done() and action in ("die", "destroy"):
+        if fut is None or fut.done():
+            return
+        if action == "kill" and cid not in self._stopping:
+            self._foreign_kill.add(cid)
+        elif action in ("die", "destroy"):
             await self._check_exit(cid, lost=False)
 
     async def _resync(self) -> None:
@@ -211,6 +219,14 @@ class DockerDriver(TaskDriver):
         if started and started < self._started_ns.get(cid, 0):
             return  # an older run than the one waited for
         code = int(state.get("ExitCode", -1))
+        if cid in self._foreign_kill:
+            self._foreign_kill.discard(cid)
+            fut.set_result(ExitResult(
+                exit_code=code, lost=True,
+                finished_at_ns=parse_time_ns(state.get("FinishedAt", "")) or time.time_ns(),
+                error=f"the container was stopped from outside orch (docker stop or kill, or "
+                      f"the engine shutting down; exit code {code})"))
+            return
         result = ExitResult(
             exit_code=code, signal=code - 128 if 128 < code < 160 else 0,
             oom_killed=bool(state.get("OOMKilled")),
@@ -256,6 +272,7 @@ class DockerDriver(TaskDriver):
             old = self._exits.pop(cid, None)
             if old is not None and not old.done():
                 old.cancel()
+            self._foreign_kill.discard(cid)
             await self.docker.containers.container(cid).start()
             info = await self.docker.containers.container(cid).show()
         except DockerError as e:
@@ -343,9 +360,11 @@ class DockerDriver(TaskDriver):
         if _unavailable(e):
             return DriverUnavailableError(f"cannot start task {task!r}: {e.message}")
         msg = e.message.strip()
-        fatal = e.status in (400, 403, 404) or any(s in msg for s in (
-            "executable file not found", "no such file or directory", "permission denied",
-            "invalid", "not a directory"))
+        # 4xx: the request (the task's spec) is wrong. The engine reports some spec errors
+        # as 500 too; other 5xx (a busy or stopping engine) are worth another try.
+        fatal = 400 <= e.status < 500 or "unable to find user" in msg or (
+            "exec:" in msg and ("no such file" in msg or "permission denied" in msg
+                                or "executable file not found" in msg))
         return StartError(f"Docker could not start task {task!r}: {msg}", recoverable=not fatal)
 
     def _handle(self, info: dict[str, Any]) -> TaskHandle:
@@ -372,6 +391,14 @@ class DockerDriver(TaskDriver):
         fut = self._future(handle.id)
         if fut.done():
             return
+        self._stopping.add(handle.id)
+        try:
+            await self._stop(handle, signal, grace, fut)
+        finally:
+            self._stopping.discard(handle.id)
+
+    async def _stop(self, handle: TaskHandle, signal: str, grace: float,
+                    fut: asyncio.Future[ExitResult]) -> None:
         container = self.docker.containers.container(handle.id)
         try:
             await container.kill(signal=parse_signal(signal).name)

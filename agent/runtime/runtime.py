@@ -122,17 +122,21 @@ class Runtime:
         self._loops = [asyncio.create_task(self._usage_loop(), name="runtime-usage"),
                        asyncio.create_task(self._gc_loop(), name="runtime-gc")]
 
-    async def close(self, *, stop_tasks: bool = False) -> None:
+    async def close(self, *, stop_tasks: bool = False, grace: float = 60.0) -> None:
         """Stop the runtime. The tasks keep running (adopted by the next agent) unless
-        ``stop_tasks``, which stops them and removes their containers."""
+        ``stop_tasks``: then they are stopped and removed, for at most ``grace`` seconds
+        (what a driver that is down cannot stop is left to the next agent)."""
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         runners = list(self._runners.values())
-        if stop_tasks:
-            await asyncio.gather(*(r.destroy() for r in runners), return_exceptions=True)
-        else:
-            await asyncio.gather(*(r.detach() for r in runners), return_exceptions=True)
+        if stop_tasks and runners:
+            work = [asyncio.ensure_future(r.destroy()) for r in runners]
+            _, late = await asyncio.wait(work, timeout=grace)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*work, return_exceptions=True)
+        await asyncio.gather(*(r.detach() for r in runners), return_exceptions=True)
         for t in list(self._background):
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

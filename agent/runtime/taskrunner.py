@@ -45,6 +45,10 @@ log = logging.getLogger("runtime")
 
 DRIVER_RETRY = 1.0
 """Seconds between start attempts while a driver claims health but refuses work."""
+LOST_RESTART_DELAY = 3.0
+"""Seconds before restarting a task its engine lost (stopped from outside, or the engine
+went away): an engine shutting down stops its containers before it stops answering, and a
+start in that window would only fail, or hold the shutdown up."""
 
 
 class TaskRunner:
@@ -180,11 +184,13 @@ class TaskRunner:
                     handle = None
                     continue
             self._terminated(exit_)
-            if exit_.lost:
+            if exit_.lost or not self.driver.status.healthy:
                 self.restarts += 1
                 self.state = "pending"
-                self._event("Restarting", f"{exit_.describe()}: restarting once the "
+                self._event("Restarting", f"{exit_.describe()}: restarting in "
+                                          f"{human_duration(LOST_RESTART_DELAY)}, once the "
                                           f"{self.driver.name} driver is available")
+                await self._until_stop_or(asyncio.sleep(LOST_RESTART_DELAY))
             elif not await self._decide(self.tracker.on_exit(
                     exit_.exit_code, self._clock(), oom_killed=exit_.oom_killed)):
                 return
@@ -232,6 +238,8 @@ class TaskRunner:
                 continue
             except StartError as e:
                 self._event("Driver Failure", str(e))
+                if e.recoverable and not self.driver.status.healthy:
+                    continue  # the engine is going away: wait for it, do not count this
                 if not await self._decide(self.tracker.on_start_error(
                         str(e), self._clock(), recoverable=e.recoverable)):
                     return None

@@ -1,0 +1,3 @@
+"""Shared test setup: fixture plugins."""
+
+pytest_plugins = ("tests.docker_engine",)
