@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import labels
-from agent.runtime.docker import DockerDriver, parse_time_ns
+from agent.runtime.docker import DockerDriver
 from agent.runtime.driver import StartError, TaskConfig, TaskHandle
 from orch.jobspec.model import Network, Port, Resources, Task
 from tests.docker_engine import docker
@@ -49,13 +49,6 @@ async def driver(node_id: str, docker_url: str) -> AsyncIterator[DockerDriver]:
 
 async def text(d: DockerDriver, h: TaskHandle, stream: str = "stdout", **kw: object) -> bytes:
     return b"".join([c.data async for c in d.logs(h, stream, **kw)])  # type: ignore[arg-type]
-
-
-def test_parse_time_ns() -> None:
-    assert parse_time_ns("2024-01-02T03:04:05.123456789Z") == 1704164645_123456789
-    assert parse_time_ns("2024-01-02T03:04:05Z") == 1704164645_000000000
-    assert parse_time_ns("2024-01-02T04:04:05.5+01:00") == 1704164645_500000000
-    assert parse_time_ns("0001-01-01T00:00:00Z") == 0
 
 
 async def test_lifecycle_exit_code_env_logs(driver: DockerDriver, node_id: str,
