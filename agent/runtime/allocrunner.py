@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from orch.errors import RuntimeDriverError
+from orch.errors import DriverUnavailableError, RuntimeDriverError
 from orch.jobspec.model import Check, Group, Task
 
 from . import labels as lbl
 from .config import RuntimeConfig
-from .driver import DriverUnavailableError, Recovered, TaskConfig, TaskDriver
+from .driver import Recovered, TaskConfig, TaskDriver
 from .ports import container_port
 from .restart import RestartTracker
 from .state import AllocSpec, AllocStatus, TaskEvent, TaskStatus, client_status

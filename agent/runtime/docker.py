@@ -5,12 +5,17 @@
 - A restart (restart policy) starts the same container again, as Docker's own
   restart policy does: its logs and writable layer carry over. A changed spec
   (another spec hash) replaces the container.
-- Exits come from the engine's event stream (``die``, ``oom``, ``destroy``
-  events of this node's containers); each event is checked with an inspect, so
-  a late or replayed event never ends the wrong run. When the stream breaks the
-  driver turns unhealthy, reconnects with backoff (asking for the events it
-  missed), and inspects every container it waits for: one that stopped while
-  the engine was unreachable is reported ``lost``.
+- Exits come from the engine's event stream (``die`` and ``destroy`` events of
+  this node's containers); each is checked with an inspect, so a late or
+  replayed event never ends the wrong run. A container that someone else
+  signalled (``kill`` events orch did not cause: ``docker stop``, or the engine
+  shutting down, which stops its containers before it stops answering) is
+  reported ``lost``, not failed. When the stream breaks the driver turns
+  unhealthy, reconnects with backoff (asking for the events it missed), and
+  inspects every container it waits for: one that stopped while the engine was
+  unreachable is ``lost`` too.
+- Logs come from the engine's logs API; their offsets count the bytes of the
+  stream the engine still keeps (json-file, rotated by size and count).
 - An image that is not present is pulled; if that fails the start fails for
   good with "image X is not present on node Y and could not be pulled: ...".
 """
@@ -30,14 +35,14 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
+
 from . import labels as lbl
 from .driver import (
-    DriverUnavailableError,
     ExecResult,
     ExitResult,
     LogChunk,
     Recovered,
-    StartError,
     Stream,
     TaskConfig,
     TaskDriver,
@@ -514,7 +519,8 @@ class DockerDriver(TaskDriver):
             if _unavailable(e):
                 raise DriverUnavailableError(f"cannot read the logs of {handle.task}: "
                                              f"{e.message}") from None
-            raise
+            raise RuntimeDriverError(f"cannot read the logs of {handle.task}: {e.message}"
+                                     ) from None
 
     @staticmethod
     def _from(data: bytes, pos: int, offset: int) -> tuple[LogChunk | None, int]:

@@ -25,25 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from orch.errors import RuntimeDriverError
+from orch.errors import StartError
 from orch.jobspec.model import Network, Task
 
 from .labels import TaskIdentity
 from .state import DriverStatus
 
 Stream = Literal["stdout", "stderr"]
-
-
-class StartError(RuntimeDriverError):
-    """A task could not be started; ``recoverable`` says whether trying again may help."""
-
-    def __init__(self, message: str, *, recoverable: bool) -> None:
-        self.recoverable = recoverable
-        super().__init__(message)
-
-
-class DriverUnavailableError(RuntimeDriverError):
-    """The driver's engine cannot be reached now (the Docker engine is down)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

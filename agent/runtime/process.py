@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import agent
-from orch.errors import RuntimeDriverError
+from orch.errors import RuntimeDriverError, StartError
 
 from . import labels as lbl
 from . import logfiles
@@ -41,7 +41,6 @@ from .driver import (
     ExitResult,
     LogChunk,
     Recovered,
-    StartError,
     Stream,
     TaskConfig,
     TaskDriver,

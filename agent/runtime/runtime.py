@@ -37,13 +37,13 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orch.errors import NotFoundError, RuntimeDriverError
+from orch.errors import DriverUnavailableError, NotFoundError, RuntimeDriverError
 
 from . import labels as lbl
 from .allocrunner import AllocRunner
 from .config import RuntimeConfig
 from .docker import DockerDriver
-from .driver import DriverUnavailableError, LogChunk, Recovered, Stream, TaskDriver, Usage
+from .driver import LogChunk, Recovered, Stream, TaskDriver, Usage
 from .ports import assign_ports
 from .process import ProcessDriver
 from .state import AllocSpec, AllocStatus, DriverStatus

@@ -24,18 +24,10 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from orch.errors import RuntimeDriverError
+from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
 from orch.jobspec.model import Check, Task
 
-from .driver import (
-    DriverUnavailableError,
-    ExitResult,
-    Recovered,
-    StartError,
-    TaskConfig,
-    TaskDriver,
-    TaskHandle,
-)
+from .driver import ExitResult, Recovered, TaskConfig, TaskDriver, TaskHandle
 from .health import CheckTracker
 from .probes import make_probe, run_check
 from .restart import Decision, RestartTracker, human_duration

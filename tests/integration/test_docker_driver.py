@@ -13,7 +13,8 @@ import pytest
 
 from agent.runtime import labels
 from agent.runtime.docker import DockerDriver
-from agent.runtime.driver import StartError, TaskConfig, TaskHandle
+from agent.runtime.driver import TaskConfig, TaskHandle
+from orch.errors import StartError
 from orch.jobspec.model import Network, Port, Resources, Task
 from tests.docker_engine import docker
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import labels
-from agent.runtime.driver import StartError, TaskConfig, TaskHandle
+from agent.runtime.driver import TaskConfig, TaskHandle
 from agent.runtime.process import ProcessDriver, group_usage
+from orch.errors import StartError
 from orch.jobspec.model import Network, Task
 from tests.integration.runtime_util import until
 
