@@ -155,7 +155,8 @@ async def test_privileged_is_refused_unless_allowed(driver: DockerDriver, node_i
 
 
 async def test_exec_and_usage(driver: DockerDriver, node_id: str, test_image: str) -> None:
-    h = await driver.start(config(node_id, sh(test_image, "while true; do :; done")))
+    busy = sh(test_image, "while true; do :; done", resources=Resources(cpu_millicores=1000))
+    h = await driver.start(config(node_id, busy))
     r = await driver.exec(h, ["sh", "-c", 'echo "$GREETING"; exit 4'])
     assert (r.exit_code, r.output) == (4, b"hello\n")
     assert (await driver.exec(h, ["/no/such/program"])).exit_code != 0

@@ -151,7 +151,7 @@ async def test_usage_counts_cpu_time(driver: ProcessDriver, tmp_path: Path) -> N
     await asyncio.sleep(0.5)
     u = await driver.usage(h)
     assert u is not None
-    assert u.cpu_seconds > 0.1
+    assert u.cpu_seconds > 0.05
     assert u.memory_bytes > 100_000
     await driver.stop(h, "SIGKILL", grace=1)
     assert await driver.usage(h) is None

@@ -188,7 +188,7 @@ async def test_usage_is_sampled_per_allocation(rt: Runtime) -> None:
     await until(rt, "a1", running)
     await asyncio.sleep(0.5)
     got = (await rt.sample_usage())["a1"]
-    assert got.cpu_seconds > 0.1
+    assert got.cpu_seconds > 0.05
     assert got.memory_bytes > 0
     assert rt.usage()["a1"].sampled_at_ns == got.sampled_at_ns
 
