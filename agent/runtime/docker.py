@@ -430,6 +430,7 @@ class DockerDriver(TaskDriver):
         if fut is not None and not fut.done():
             fut.cancel()
         self._started_ns.pop(handle.id, None)
+        self._foreign_kill.discard(handle.id)
         try:
             await self.docker.containers.container(handle.id).delete(force=True)
         except DockerError as e:

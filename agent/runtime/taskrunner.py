@@ -79,9 +79,9 @@ class TaskRunner:
 
     def request_stop(self, event_type: str = "Killing", reason: str = "") -> None:
         """Stop the task (signal, grace, SIGKILL); it ends dead and not failed."""
+        self._restart_requested = False  # a stop wins over a restart asked for before it
         if not self._stop.is_set():
             self._stop_event = (event_type, reason)
-            self._restart_requested = False
             self._stop.set()
 
     def request_restart(self) -> None:
