@@ -12,6 +12,8 @@
     ├── SchedulingError
     │   └── InfeasibleError      # with the reasons per constraint
     ├── RuntimeDriverError       # wraps the engine's errors (aiodocker.DockerError)
+    │   ├── StartError           #   a task could not start; ``recoverable`` or not
+    │   └── DriverUnavailableError  # the engine cannot be reached now (dockerd down)
     ├── StoreError               # the controller's store failed; a failed commit wrote nothing
     └── ApiError
         ├── NotLeaderError       # carries the leader's address
@@ -104,6 +106,19 @@ class InfeasibleError(SchedulingError):
 
 class RuntimeDriverError(OrchError):
     """A task driver (Docker, process) failed to do what was asked."""
+
+
+class StartError(RuntimeDriverError):
+    """A task could not be started; ``recoverable`` says whether trying again may help
+    (an image that cannot be pulled or a program that does not exist: no)."""
+
+    def __init__(self, message: str, *, recoverable: bool) -> None:
+        self.recoverable = recoverable
+        super().__init__(message)
+
+
+class DriverUnavailableError(RuntimeDriverError):
+    """The driver's engine cannot be reached now (the Docker engine is down)."""
 
 
 class StoreError(OrchError):

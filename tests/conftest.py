@@ -1,4 +1,4 @@
-"""Shared test settings."""
+"""Shared test settings and fixture plugins."""
 
 from __future__ import annotations
 
@@ -11,3 +11,5 @@ settings.register_profile("ci", derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+pytest_plugins = ("tests.docker_engine",)

@@ -1,0 +1,214 @@
+"""One allocation on this node: its tasks, started together, reported together.
+
+The AllocRunner makes the TaskConfig of every task (environment, labels,
+ports, spec hash), hands each to a TaskRunner, and turns their states into the
+allocation's status. When one task fails for good, its siblings are stopped
+("Sibling Task Failed"), as Nomad does: the allocation has failed and the
+controller decides where it runs next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from orch.errors import DriverUnavailableError, RuntimeDriverError
+from orch.jobspec.model import Check, Group, Task
+
+from . import labels as lbl
+from .config import RuntimeConfig
+from .driver import Recovered, TaskConfig, TaskDriver
+from .ports import container_port
+from .restart import RestartTracker
+from .state import AllocSpec, AllocStatus, TaskEvent, TaskStatus, client_status
+from .taskrunner import TaskRunner
+
+_ENV_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def task_checks(group: Group, task: Task) -> list[Check]:
+    """The task's own checks, then those of the group's services the task serves, named."""
+    out = []
+    first = group.tasks[0].name if group.tasks else ""
+    for i, c in enumerate(task.checks):
+        out.append(c if c.name else replace(c, name=f"{task.name}-{c.type}-{i}"))
+    for s in group.services:
+        if s.check is not None and (s.task or first) == task.name:
+            c = s.check if s.check.port else replace(s.check, port=s.port)
+            out.append(c if c.name else replace(c, name=f"service: {s.name}"))
+    return out
+
+
+
+
+def task_env(spec: AllocSpec, task: Task, ports: Mapping[str, int], *, node_id: str,
+             address: str) -> dict[str, str]:
+    """The task's environment: its own, then orch's variables (which win), as Nomad's NOMAD_*."""
+    env = dict(task.env)
+    env.update({
+        "ORCH_ALLOC_ID": spec.id, "ORCH_ALLOC_NAME": spec.name,
+        "ORCH_ALLOC_INDEX": str(spec.index), "ORCH_JOB_NAME": spec.job,
+        "ORCH_GROUP_NAME": spec.group.name, "ORCH_TASK_NAME": task.name,
+        "ORCH_NAMESPACE": spec.namespace, "ORCH_NODE_ID": node_id,
+        "ORCH_CPU_LIMIT": str(task.resources.cpu_millicores),
+        "ORCH_MEMORY_LIMIT": str(task.resources.memory_mb),
+    })
+    bridged = task.driver == "docker" and spec.group.network.mode != "host"
+    for label, host_port in ports.items():
+        key = _ENV_UNSAFE.sub("_", label)
+        inside = container_port(spec.group.network, label, host_port) if bridged else host_port
+        env[f"ORCH_PORT_{key}"] = str(inside)
+        env[f"ORCH_HOST_PORT_{key}"] = str(host_port)
+        env[f"ORCH_ADDR_{key}"] = f"{address}:{host_port}"
+    return env
+
+
+class AllocRunner:
+    """Runs the tasks of one allocation and reports its status."""
+
+    def __init__(self, spec: AllocSpec, *, config: RuntimeConfig,
+                 drivers: Mapping[str, TaskDriver], ports: Mapping[str, int],
+                 notify: Callable[[str], None], recovered: Mapping[str, Recovered] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.spec = spec
+        self.config = config
+        self.drivers = drivers
+        self.ports = dict(ports)
+        self._notify = notify
+        self._recovered = dict(recovered or {})
+        self._rng = rng
+        self.tasks: dict[str, TaskRunner] = {}
+        self.description = ""
+        self._setup_failures: dict[str, TaskStatus] = {}
+        self.modify_time_ns = time.time_ns()
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def changed(self) -> None:
+        self.modify_time_ns = time.time_ns()
+        self._notify(self.spec.id)
+
+    def spec_hashes(self, spec: AllocSpec | None = None) -> dict[str, str]:
+        s = spec or self.spec
+        return {t.name: lbl.spec_hash(t, s.group.network, self.ports) for t in s.group.tasks}
+
+    def task_config(self, task: Task) -> TaskConfig:
+        s = self.spec
+        spec_hash = lbl.spec_hash(task, s.group.network, self.ports)
+        labels = lbl.task_labels(alloc_id=s.id, alloc_name=s.name, namespace=s.namespace,
+                                 job=s.job, job_version=s.job_version, group=s.group.name,
+                                 task=task, node=self.config.node_id, spec=spec_hash)
+        labels[lbl.PORTS] = lbl.format_ports(self.ports)
+        return TaskConfig(
+            alloc_id=s.id, task=task, network=s.group.network, ports=self.ports,
+            env=task_env(s, task, self.ports, node_id=self.config.node_id,
+                         address=self.config.check_address),
+            labels=labels, spec_hash=spec_hash,
+            task_dir=Path(self.config.data_dir) / "alloc" / s.id / task.name,
+            node_name=self.config.name)
+
+    def start(self) -> None:
+        """Start a runner for every task (adopting what ``recovered`` says still runs)."""
+        missing = [t for t in self.spec.group.tasks if t.driver not in self.drivers]
+        if missing:
+            for t in missing:
+                known = ", ".join(sorted(self.drivers)) or "none"
+                self._setup_failures[t.name] = TaskStatus(
+                    state="dead", failed=True, finished_at_ns=time.time_ns(), events=(TaskEvent(
+                        time_ns=time.time_ns(), type="Setup Failure",
+                        message=f"driver {t.driver!r} is not available on node "
+                                f"{self.config.name} (it has: {known})"),))
+            self.description = "a task's driver is not available on this node"
+            self.changed()
+            return
+        for task in self.spec.group.tasks:
+            runner = TaskRunner(
+                task=task, cfg=self.task_config(task), driver=self.drivers[task.driver],
+                tracker=RestartTracker(self.spec.group.restart, self.spec.job_type, self._rng),
+                checks=task_checks(self.spec.group, task),
+                check_host=self.config.check_address, notify=self.changed,
+                adopted=self._recovered.pop(task.name, None), on_finished=self._task_finished)
+            self.tasks[task.name] = runner
+        for runner in self.tasks.values():
+            runner.start()
+        self.changed()
+
+    def _task_finished(self, runner: TaskRunner) -> None:
+        if not runner.failed:
+            return
+        for other in self.tasks.values():
+            if other is not runner and other.state != "dead":
+                other.request_stop("Sibling Task Failed",
+                                   f"Task {runner.task.name!r} failed: stopping its siblings")
+
+    def driver_changed(self, name: str) -> None:
+        for runner in self.tasks.values():
+            if runner.driver.name == name:
+                runner.driver_changed()
+
+    async def stop(self, reason: str = "") -> None:
+        """Stop every task (kill signal, grace, SIGKILL) and wait until they are dead."""
+        if reason:
+            self.description = reason
+        for runner in self.tasks.values():
+            runner.request_stop("Killing", "")
+        await asyncio.gather(*(r.wait_finished() for r in self.tasks.values()))
+        self.changed()
+
+    async def destroy(self) -> None:
+        """Stop the tasks, then remove their containers (or task folders) and their logs."""
+        await self.stop()
+        for runner in self.tasks.values():
+            if runner.handle is None:
+                continue
+            while True:
+                try:
+                    await runner.driver.destroy(runner.handle)
+                    break
+                except DriverUnavailableError:
+                    await runner.driver.wait_available()
+                except RuntimeDriverError:
+                    break
+
+    async def detach(self) -> None:
+        """Forget the tasks and leave them running (agent shutdown)."""
+        await asyncio.gather(*(r.detach() for r in self.tasks.values()))
+
+    def restart(self, task: str | None = None) -> list[str]:
+        """Restart the running tasks (or the one named); returns the names restarted."""
+        done = []
+        for name, runner in self.tasks.items():
+            if task in (None, name) and runner.state == "running":
+                runner.request_restart()
+                done.append(name)
+        return done
+
+    @property
+    def terminal(self) -> bool:
+        return bool(self._setup_failures) or (
+            bool(self.tasks) and all(r.state == "dead" for r in self.tasks.values()))
+
+    def status(self) -> AllocStatus:
+        tasks = {name: r.status() for name, r in self.tasks.items()}
+        tasks.update(self._setup_failures)
+        cs = client_status(tasks.values())
+        healthy = cs == "running" and all(
+            t.healthy for n, t in tasks.items()
+            if t.state != "dead" or t.failed or self.spec.job_type != "batch")
+        return AllocStatus(alloc_id=self.spec.id, client_status=cs, healthy=healthy,
+                           tasks=tasks, ports=dict(self.ports), description=self.description,
+                           modify_time_ns=self.modify_time_ns, job_version=self.spec.job_version)
+
+
+async def stop_quietly(runner: AllocRunner) -> None:
+    """``runner.destroy()``, never raising (used by background cleanups)."""
+    with contextlib.suppress(RuntimeDriverError):
+        await runner.destroy()

@@ -1,0 +1,45 @@
+"""The runtime's settings: one frozen dataclass, every default written once.
+
+The agent's own configuration embeds it (TOML table ``[runtime]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeConfig:
+    node_id: str
+    """This node's stable id: written into every container's ``orch.node`` label."""
+    data_dir: Path
+    """The agent's data dir; process tasks live in ``data_dir/alloc/<alloc>/<task>``."""
+    node_name: str = ""
+    """For messages; defaults to node_id."""
+    check_address: str = "127.0.0.1"
+    """Where tcp and http checks connect to a task's host port."""
+    dynamic_ports: tuple[int, int] = (20000, 32000)
+    """Host ports the agent may pick for dynamic ports the scheduler left unset."""
+    log_max_bytes: int = 10 << 20
+    """A task's log file (or Docker json-file) is rotated at this size."""
+    log_max_files: int = 3
+    """Rotated log files kept per stream."""
+    usage_interval: float = 10.0
+    """Seconds between samples of each allocation's CPU and memory."""
+    gc_interval: float = 60.0
+    """Seconds between sweeps for orch-labelled containers no allocation owns."""
+    gc_kill_timeout: float = 5.0
+    """Grace given to a stray container between SIGTERM and SIGKILL."""
+    allow_privileged: bool = False
+    """Whether tasks may ask for privileged containers."""
+    docker_url: str | None = None
+    """The Docker engine's address; None: DOCKER_HOST, else /var/run/docker.sock."""
+    docker_bind_address: str = ""
+    """Host address published ports bind to ("" = every address)."""
+    image_pull_timeout: float = 300.0
+    """Seconds a missing image may take to pull before the task fails."""
+
+    @property
+    def name(self) -> str:
+        return self.node_name or self.node_id

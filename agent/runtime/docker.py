@@ -1,0 +1,533 @@
+"""The ``docker`` driver: one container per task, through the Engine API (aiodocker).
+
+- A container is named ``<task>-<alloc id>`` and labelled as orch's (``labels``),
+  so a task is never started twice and an agent restart finds what runs.
+- A restart (restart policy) starts the same container again, as Docker's own
+  restart policy does: its logs and writable layer carry over. A changed spec
+  (another spec hash) replaces the container.
+- Exits come from the engine's event stream (``die`` and ``destroy`` events of
+  this node's containers); each is checked with an inspect, so a late or
+  replayed event never ends the wrong run. A container that someone else
+  signalled (``kill`` events orch did not cause: ``docker stop``, or the engine
+  shutting down, which stops its containers before it stops answering) is
+  reported ``lost``, not failed. When the stream breaks the driver turns
+  unhealthy, reconnects with backoff (asking for the events it missed), and
+  inspects every container it waits for: one that stopped while the engine was
+  unreachable is ``lost`` too.
+- Logs come from the engine's logs API; their offsets count the bytes of the
+  stream the engine still keeps (json-file, rotated by size and count).
+- An image that is not present is pulled; if that fails the start fails for
+  good with "image X is not present on node Y and could not be pulled: ...".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
+
+from . import labels as lbl
+from .driver import (
+    ExecResult,
+    ExitResult,
+    LogChunk,
+    Recovered,
+    Stream,
+    TaskConfig,
+    TaskDriver,
+    TaskHandle,
+    Usage,
+    parse_signal,
+)
+from .ports import container_port
+
+log = logging.getLogger("runtime.docker")
+
+RECONNECT_MIN = 0.2
+"""Seconds before the first reconnection attempt; doubles up to RECONNECT_MAX."""
+RECONNECT_MAX = 5.0
+API_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5)
+"""For ordinary API calls; streams (events, logs) and pulls have no total limit."""
+_UNREACHABLE = 900  # aiodocker's status for "cannot connect to the engine"
+_MIB = 1 << 20
+
+
+def parse_time_ns(text: str) -> int:
+    """Docker's RFC 3339 time with nanoseconds (``2024-01-02T03:04:05.123456789Z``) as ns."""
+    if not text or text.startswith("0001-"):
+        return 0
+    text = text.rstrip("Z")
+    whole, _, frac = text.partition(".")
+    offset = 0
+    for sign in ("+", "-"):
+        if sign in frac:
+            frac, _, zone = frac.partition(sign)
+            hours, _, minutes = zone.partition(":")
+            offset = (1 if sign == "+" else -1) * (int(hours) * 3600 + int(minutes or 0) * 60)
+    secs = dt.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC).timestamp()
+    return (int(secs) - offset) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
+
+
+def _unavailable(e: DockerError) -> bool:
+    return e.status == _UNREACHABLE
+
+
+class DockerDriver(TaskDriver):
+    """Tasks as Docker containers on the engine at ``url`` (default: DOCKER_HOST or the socket)."""
+
+    name = "docker"
+
+    def __init__(self, *, node_id: str, node_name: str = "", url: str | None = None,
+                 allow_privileged: bool = False, log_max_bytes: int = 10 << 20,
+                 log_max_files: int = 3, pull_timeout: float = 300.0,
+                 bind_address: str = "") -> None:
+        super().__init__()
+        self.node_id, self.node_name = node_id, node_name or node_id
+        self.url = url
+        self.allow_privileged = allow_privileged
+        self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
+        self.pull_timeout = pull_timeout
+        self.bind_address = bind_address
+        self._docker: aiodocker.Docker | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._exits: dict[str, asyncio.Future[ExitResult]] = {}
+        self._started_ns: dict[str, int] = {}
+        self._stopping: set[str] = set()
+        """Containers orch is stopping now (their kill events are ours)."""
+        self._foreign_kill: set[str] = set()
+        """Containers someone else signalled: ``docker stop``, or the engine shutting down."""
+        self._lost_contact = False
+        self._connected = asyncio.Event()
+        self._stream: asyncio.Task[None] | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise DriverUnavailableError("the docker driver is not open")
+        return self._docker
+
+    # --- life of the driver -----------------------------------------------------------
+
+    async def open(self) -> None:
+        self._docker = aiodocker.Docker(url=self.url, timeout=API_TIMEOUT)
+        self._connected.clear()
+        self._watcher = asyncio.create_task(self._watch(), name="docker-events")
+        with contextlib.suppress(TimeoutError):  # a down engine is reported, not fatal
+            async with asyncio.timeout(5):
+                await self._connected.wait()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._stream is not None:
+            self._stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stream
+            self._stream = None
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+        for fut in self._exits.values():
+            fut.cancel()
+        self._exits.clear()
+        self._set_status(False, "closed")
+
+    async def _watch(self) -> None:
+        """Follow the engine's events for ever, reconnecting when the stream breaks."""
+        docker = self.docker
+        sub = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+        delay = RECONNECT_MIN
+        since = time.time() - 1
+        where = self.url or docker.docker_host
+        while True:
+            try:
+                version = await docker.version()
+            except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                self._lost_contact = True
+                self._set_status(False, f"cannot reach the Docker engine at {where}: "
+                                        f"{getattr(e, 'message', e)}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            filters = {"type": ["container"], "label": [f"{lbl.NODE}={self.node_id}"]}
+            self._stream = asyncio.create_task(
+                docker.events.run(filters=filters, since=f"{since:.9f}"), name="docker-stream")
+            await self._resync()
+            delay = RECONNECT_MIN
+            self._lost_contact = False
+            self._set_status(True, f"Docker {version.get('Version', '?')} "
+                                   f"(API {version.get('ApiVersion', '?')})")
+            self._connected.set()
+            while (event := await sub.get()) is not None:
+                since = max(since, int(event.get("timeNano", 0)) / 1e9)
+                try:
+                    await self._on_event(event)
+                except DockerError as e:
+                    log.warning("handling a Docker event failed: %s", e)
+            self._lost_contact = True
+            self._set_status(False, f"lost the Docker engine's event stream at {where}; "
+                                    "reconnecting")
+            with contextlib.suppress(Exception):
+                await self._stream
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+        action = str(event.get("Action") or event.get("status") or "")
+        fut = self._exits.get(cid)
+        if fut is None or fut.done():
+            return
+        if action == "kill" and cid not in self._stopping:
+            self._foreign_kill.add(cid)
+        elif action in ("die", "destroy"):
+            await self._check_exit(cid, lost=False)
+
+    async def _resync(self) -> None:
+        """After a (re)connection: settle every wait whose container is no longer running."""
+        lost = self._lost_contact
+        for cid, fut in list(self._exits.items()):
+            if not fut.done():
+                with contextlib.suppress(DockerError):
+                    await self._check_exit(cid, lost=lost)
+
+    async def _check_exit(self, cid: str, *, lost: bool) -> None:
+        """Inspect ``cid``; if it is not running, resolve its wait with how it ended."""
+        fut = self._exits.get(cid)
+        if fut is None or fut.done():
+            return
+        try:
+            info = await self.docker.containers.container(cid).show()
+        except DockerError as e:
+            if e.status != 404:
+                raise
+            if not fut.done():
+                fut.set_result(ExitResult(exit_code=-1, lost=True, finished_at_ns=time.time_ns(),
+                                          error="the container was removed"))
+            return
+        state = info.get("State", {})
+        if state.get("Running") or state.get("Restarting"):
+            return
+        started = parse_time_ns(state.get("StartedAt", ""))
+        if started and started < self._started_ns.get(cid, 0):
+            return  # an older run than the one waited for
+        code = int(state.get("ExitCode", -1))
+        if cid in self._foreign_kill:
+            self._foreign_kill.discard(cid)
+            fut.set_result(ExitResult(
+                exit_code=code, lost=True,
+                finished_at_ns=parse_time_ns(state.get("FinishedAt", "")) or time.time_ns(),
+                error=f"the container was stopped from outside orch (docker stop or kill, or "
+                      f"the engine shutting down; exit code {code})"))
+            return
+        result = ExitResult(
+            exit_code=code, signal=code - 128 if 128 < code < 160 else 0,
+            oom_killed=bool(state.get("OOMKilled")),
+            finished_at_ns=parse_time_ns(state.get("FinishedAt", "")) or time.time_ns(),
+            error=state.get("Error", "") or "", lost=lost)
+        if lost:
+            result = ExitResult(
+                exit_code=code, signal=result.signal, oom_killed=result.oom_killed,
+                finished_at_ns=result.finished_at_ns, lost=True,
+                error=f"the container stopped while the Docker engine was unreachable "
+                      f"(exit code {code})")
+        if not fut.done():
+            fut.set_result(result)
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def _future(self, cid: str) -> asyncio.Future[ExitResult]:
+        fut = self._exits.get(cid)
+        if fut is None:
+            fut = self._exits[cid] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def start(self, cfg: TaskConfig) -> TaskHandle:
+        task = cfg.task
+        if not task.image:
+            raise StartError(f"task {task.name!r} has no image: the docker driver needs "
+                             "task.image", recoverable=False)
+        if task.privileged and not self.allow_privileged:
+            raise StartError(f"task {task.name!r} asks for a privileged container, which node "
+                             f"{self.node_name} does not allow (agent setting "
+                             "runtime.allow_privileged)", recoverable=False)
+        parse_signal(task.kill_signal)
+        name = lbl.container_name(task.name, cfg.alloc_id)
+        try:
+            info = await self._inspect(name)
+            if info is not None and info.get("Config", {}).get("Labels", {}).get(
+                    lbl.SPEC_HASH) != cfg.spec_hash:
+                await self.docker.containers.container(info["Id"]).delete(force=True)
+                info = None
+            if info is not None and info["State"].get("Running"):
+                return self._handle(info)  # already runs with this spec: adopt it
+            cid = info["Id"] if info is not None else await self._create(cfg, name)
+            old = self._exits.pop(cid, None)
+            if old is not None and not old.done():
+                old.cancel()
+            self._foreign_kill.discard(cid)
+            await self.docker.containers.container(cid).start()
+            info = await self.docker.containers.container(cid).show()
+        except DockerError as e:
+            raise self._start_error(e, task.name) from None
+        self._started_ns[info["Id"]] = parse_time_ns(info["State"].get("StartedAt", ""))
+        self._future(info["Id"])
+        return self._handle(info)
+
+    async def _inspect(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.docker.containers.container(name).show()
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def _create(self, cfg: TaskConfig, name: str) -> str:
+        config = self.container_config(cfg)
+        try:
+            c = await self.docker.containers.create(config, name=name)
+        except DockerError as e:
+            if e.status != 404 or "image" not in e.message.lower():
+                raise
+            await self._pull(cfg.task.image)
+            c = await self.docker.containers.create(config, name=name)
+        return c.id
+
+    async def _pull(self, image: str) -> None:
+        try:
+            async with asyncio.timeout(self.pull_timeout):
+                await self.docker.images.pull(image)
+        except (DockerError, TimeoutError) as e:
+            why = e.message if isinstance(e, DockerError) else (
+                f"no answer within {self.pull_timeout:g}s")
+            raise StartError(f"image {image} is not present on node {self.node_name} and could "
+                             f"not be pulled: {why}", recoverable=False) from None
+
+    def container_config(self, cfg: TaskConfig) -> dict[str, Any]:
+        """The Engine API's container config for ``cfg`` (create body)."""
+        task, net = cfg.task, cfg.network
+        millicores, memory = task.resources.cpu_millicores, task.resources.memory_mb * _MIB
+        host: dict[str, Any] = {
+            "NanoCpus": millicores * 1_000_000,
+            "CpuShares": max(2, millicores * 1024 // 1000),
+            "Memory": memory,
+            "MemorySwap": memory,
+            "NetworkMode": "host" if net.mode == "host" else "bridge",
+            "Privileged": task.privileged,
+            "LogConfig": {"Type": "json-file", "Config": {
+                "max-size": f"{max(1, self.log_max_bytes // 1024)}k",
+                "max-file": str(self.log_max_files)}},
+        }
+        exposed: dict[str, dict[str, str]] = {}
+        if net.mode != "host":
+            bindings: dict[str, list[dict[str, str]]] = {}
+            for port in net.ports:
+                if port.label not in cfg.ports:
+                    continue
+                hport = cfg.ports[port.label]
+                key = f"{container_port(net, port.label, hport)}/{port.protocol}"
+                exposed[key] = {}
+                bindings.setdefault(key, []).append(
+                    {"HostIp": self.bind_address, "HostPort": str(hport)})
+            host["PortBindings"] = bindings
+        config: dict[str, Any] = {
+            "Image": task.image,
+            "Env": [f"{k}={v}" for k, v in cfg.env.items()],
+            "Labels": dict(cfg.labels),
+            "StopSignal": task.kill_signal,
+            "StopTimeout": math.ceil(task.kill_timeout),
+            "ExposedPorts": exposed,
+            "HostConfig": host,
+        }
+        if task.command:
+            config["Entrypoint"] = [task.command]
+        if task.args:
+            config["Cmd"] = list(task.args)
+        if task.workdir:
+            config["WorkingDir"] = task.workdir
+        if task.user:
+            config["User"] = task.user
+        return config
+
+    def _start_error(self, e: DockerError, task: str) -> Exception:
+        if _unavailable(e):
+            return DriverUnavailableError(f"cannot start task {task!r}: {e.message}")
+        msg = e.message.strip()
+        # 4xx: the request (the task's spec) is wrong. The engine reports some spec errors
+        # as 500 too; other 5xx (a busy or stopping engine) are worth another try.
+        fatal = 400 <= e.status < 500 or "unable to find user" in msg or (
+            "exec:" in msg and ("no such file" in msg or "permission denied" in msg
+                                or "executable file not found" in msg))
+        return StartError(f"Docker could not start task {task!r}: {msg}", recoverable=not fatal)
+
+    def _handle(self, info: dict[str, Any]) -> TaskHandle:
+        labels = info.get("Config", {}).get("Labels", {}) or {}
+        ident = lbl.identity(labels)
+        return TaskHandle(
+            driver=self.name, id=info["Id"], alloc_id=ident.alloc_id if ident else "",
+            task=ident.task if ident else "",
+            started_at_ns=parse_time_ns(info.get("State", {}).get("StartedAt", "")),
+            pid=int(info.get("State", {}).get("Pid", 0) or 0),
+            extra={"name": info.get("Name", "").lstrip("/"),
+                   "ip": info.get("NetworkSettings", {}).get("IPAddress", "") or ""})
+
+    async def wait(self, handle: TaskHandle) -> ExitResult:
+        fut = self._future(handle.id)
+        self._started_ns.setdefault(handle.id, handle.started_at_ns)
+        if not fut.done():
+            # an exit that happened before anyone waited (or while the engine was away)
+            with contextlib.suppress(DockerError):
+                await self._check_exit(handle.id, lost=False)
+        return await asyncio.shield(fut)
+
+    async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
+        fut = self._future(handle.id)
+        if fut.done():
+            return
+        self._stopping.add(handle.id)
+        try:
+            await self._stop(handle, signal, grace, fut)
+        finally:
+            self._stopping.discard(handle.id)
+
+    async def _stop(self, handle: TaskHandle, signal: str, grace: float,
+                    fut: asyncio.Future[ExitResult]) -> None:
+        container = self.docker.containers.container(handle.id)
+        try:
+            await container.kill(signal=parse_signal(signal).name)
+        except DockerError as e:
+            if _unavailable(e):
+                raise DriverUnavailableError(f"cannot stop {handle.task}: {e.message}") from None
+            if e.status not in (404, 409):  # gone, or not running
+                raise self._start_error(e, handle.task) from None
+            await self._check_exit(handle.id, lost=False)
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(fut)
+            return
+        except TimeoutError:
+            pass
+        with contextlib.suppress(DockerError):
+            await container.kill(signal="SIGKILL")
+        async with asyncio.timeout(30):
+            await self.wait(handle)
+
+    async def destroy(self, handle: TaskHandle) -> None:
+        fut = self._exits.pop(handle.id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        self._started_ns.pop(handle.id, None)
+        self._foreign_kill.discard(handle.id)
+        try:
+            await self.docker.containers.container(handle.id).delete(force=True)
+        except DockerError as e:
+            if _unavailable(e):
+                raise DriverUnavailableError(f"cannot remove {handle.task}: {e.message}") from None
+            if e.status != 404:
+                raise
+
+    async def recover(self) -> list[Recovered]:
+        try:
+            found = await self.docker.containers.list(all=True, filters={
+                "label": [f"{lbl.MANAGED}=true", f"{lbl.NODE}={self.node_id}"]})
+        except DockerError as e:
+            raise DriverUnavailableError(f"cannot list containers: {e.message}") from None
+        out = []
+        for c in found:
+            try:
+                info = await c.show()
+            except DockerError:
+                continue  # removed meanwhile
+            ident = lbl.identity(info.get("Config", {}).get("Labels", {}) or {})
+            if ident is None:
+                continue
+            handle = self._handle(info)
+            running = bool(info["State"].get("Running"))
+            exit_ = None
+            if not running:
+                code = int(info["State"].get("ExitCode", -1))
+                exit_ = ExitResult(
+                    exit_code=code, oom_killed=bool(info["State"].get("OOMKilled")),
+                    finished_at_ns=parse_time_ns(info["State"].get("FinishedAt", "")))
+            out.append(Recovered(handle=handle, identity=ident, running=running, exit=exit_))
+        return out
+
+    async def exec(self, handle: TaskHandle, argv: list[str]) -> ExecResult:
+        container = self.docker.containers.container(handle.id)
+        try:
+            execution = await container.exec(argv, stdout=True, stderr=True)
+            out = bytearray()
+            async with execution.start(detach=False) as stream:
+                while (msg := await stream.read_out()) is not None:
+                    out.extend(msg.data)
+            info = await execution.inspect()
+        except DockerError as e:
+            return ExecResult(exit_code=126, output=e.message.encode())
+        code = info.get("ExitCode")
+        return ExecResult(exit_code=126 if code is None else int(code), output=bytes(out))
+
+    async def usage(self, handle: TaskHandle) -> Usage | None:
+        # aiodocker's stats() cannot ask for one-shot stats; without it the engine waits a
+        # second for a second sample, on every call.
+        try:
+            stats = await self.docker._query_json(
+                f"containers/{handle.id}/stats", params={"stream": False, "one-shot": True})
+        except DockerError:
+            return None
+        if not isinstance(stats, dict) or not stats.get("pids_stats"):
+            return None  # not running
+        cpu = stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0)
+        mem = stats.get("memory_stats", {})
+        detail = mem.get("stats", {}) or {}
+        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+        return Usage(cpu_seconds=cpu / 1e9, memory_bytes=max(int(mem.get("usage", 0)) - cache, 0))
+
+    async def logs(self, handle: TaskHandle, stream: Stream, *, offset: int = 0,
+                   follow: bool = False) -> AsyncIterator[LogChunk]:
+        container = self.docker.containers.container(handle.id)
+        out, err = stream == "stdout", stream == "stderr"
+        try:
+            if offset < 0 or not follow:
+                kept = await container.log(stdout=out, stderr=err)
+                if offset < 0:
+                    offset = max(sum(len(p.encode()) for p in kept) + offset, 0)
+                if not follow:
+                    pos = 0
+                    for piece in kept:
+                        chunk, pos = self._from(piece.encode(), pos, offset)
+                        if chunk is not None:
+                            yield chunk
+                    return
+            pos = 0
+            async for piece in container.log(stdout=out, stderr=err, follow=True):
+                chunk, pos = self._from(piece.encode(), pos, offset)
+                if chunk is not None:
+                    yield chunk
+        except DockerError as e:
+            if _unavailable(e):
+                raise DriverUnavailableError(f"cannot read the logs of {handle.task}: "
+                                             f"{e.message}") from None
+            raise RuntimeDriverError(f"cannot read the logs of {handle.task}: {e.message}"
+                                     ) from None
+
+    @staticmethod
+    def _from(data: bytes, pos: int, offset: int) -> tuple[LogChunk | None, int]:
+        """The part of ``data`` (which starts at ``pos``) at or after ``offset``."""
+        end = pos + len(data)
+        if end <= offset:
+            return None, end
+        skip = max(offset - pos, 0)
+        return LogChunk(offset=pos + skip, data=data[skip:]), end

@@ -1,0 +1,66 @@
+"""Health-check verdicts (pure): consecutive results against thresholds.
+
+A check starts ``pending`` (no verdict: not healthy, as a kubelet readiness
+probe starts unready). ``healthy_threshold`` passes in a row make it
+``passing``; ``unhealthy_threshold`` failures in a row make it ``failing``.
+One result against the trend resets the other counter, so a flapping check
+does not flip its verdict on every probe. A task is healthy when it runs and
+all its checks pass; an allocation is healthy when all its tasks are.
+The probes themselves (tcp, http, exec) live in ``probes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from orch.jobspec.model import Check
+
+Verdict = Literal["pending", "passing", "failing"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    passed: bool
+    output: str = ""
+    """What the probe saw (``HTTP 503``, ``connection refused``, the exec output)."""
+
+
+class CheckTracker:
+    """The verdict of one check, fed with probe results in order."""
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+        self.verdict: Verdict = "pending"
+        self.output = ""
+        self._passes = 0
+        self._failures = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.verdict == "passing"
+
+    def record(self, result: CheckResult) -> bool:
+        """Take one probe result; return True when the verdict changed."""
+        self.output = result.output
+        if result.passed:
+            self._passes, self._failures = self._passes + 1, 0
+            if self.verdict != "passing" and self._passes >= self.check.healthy_threshold:
+                self.verdict = "passing"
+                return True
+        else:
+            self._passes, self._failures = 0, self._failures + 1
+            if self.verdict != "failing" and self._failures >= self.check.unhealthy_threshold:
+                self.verdict = "failing"
+                return True
+        return False
+
+    def reset(self) -> None:
+        """Forget every result (the task restarted): back to ``pending``."""
+        self.verdict, self.output, self._passes, self._failures = "pending", "", 0, 0
+
+
+def task_healthy(running: bool, checks: Iterable[CheckTracker]) -> bool:
+    """A task is healthy when it runs and every one of its checks passes."""
+    return running and all(c.healthy for c in checks)
