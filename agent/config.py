@@ -37,6 +37,28 @@ class AgentConfig:
     tags: dict[str, str] = field(default_factory=dict)
     """Published in this member's node state (role, datacenter, labels...)."""
     data_dir: str = "/var/lib/orch"
+    rpc_addr: str = "0.0.0.0:4648"
+    """gRPC address of this agent's AgentService (logs, status, restarts)."""
+    rpc_advertise: str = ""
+    """Address the controller uses to reach it; the rpc_addr, or the gossip address's host."""
+    controllers: list[str] = field(default_factory=list)
+    """Controller RPC addresses; empty: found through gossip (members tagged role=controller)."""
+    drivers: list[str] = field(default_factory=lambda: ["docker", "process"])
+    """Task drivers to offer (a driver whose engine is down is not offered until it is up)."""
+    datacenter: str = "dc1"
+    region: str = "global"
+    node_class: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+    """Operator labels, for constraints (${meta.rack})."""
+    cpu_millicores: int = 0
+    """CPU offered to tasks; 0: every core (1000 per core)."""
+    memory_mb: int = 0
+    """Memory offered to tasks; 0: what the kernel reports."""
+    reserved_cpu_millicores: int = 0
+    reserved_memory_mb: int = 256
+    """Kept back for the system and the agent itself."""
+    allow_privileged: bool = False
+    """Whether tasks may run privileged containers on this node."""
     log_level: str = "info"
     log_format: str = "auto"
     """json, human, or auto (human on a terminal)."""

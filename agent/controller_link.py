@@ -37,6 +37,7 @@ class ControllerLink:
         self._pending: dict[str, node_pb2.Allocation] = {}
         self._kick = asyncio.Event()
         self._leader_hint: str | None = None
+        self._reregister = False
         self.connected = False
         self.controller = ""
         self.applied_version = 0
@@ -49,6 +50,11 @@ class ControllerLink:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def reregister(self) -> None:
+        """Send the node's registration again (its drivers or resources changed)."""
+        self._reregister = True
+        self._kick.set()
 
     def report(self, allocs: list[node_pb2.Allocation]) -> None:
         """Queue status updates (the newest per allocation wins) for the controller."""
@@ -107,15 +113,19 @@ class ControllerLink:
                     self.applied_version = msg.desired.version
 
     async def _outgoing(self) -> AsyncIterator[controller_pb2.NodeMessage]:
+        self._reregister = False
         yield controller_pb2.NodeMessage(register=self._registration())
         # everything we run, so that the controller catches up with what it missed
         for a in self._current():
             self._pending.setdefault(a.id, a)
         while True:
-            if not self._pending:
+            if not self._pending and not self._reregister:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), 15.0)
+            if self._reregister:
+                self._reregister = False
+                yield controller_pb2.NodeMessage(register=self._registration())
             if self._pending:
                 batch, self._pending = list(self._pending.values()), {}
                 yield controller_pb2.NodeMessage(allocations=controller_pb2.AllocationUpdates(

@@ -69,6 +69,20 @@ def task_env(spec: AllocSpec, task: Task, ports: Mapping[str, int], *, node_id: 
     return env
 
 
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def interpolate(task: Task, env: Mapping[str, str]) -> Task:
+    """``${ORCH_PORT_http}`` and other variables of the task's environment, replaced in its
+    command and args (as Nomad does with ``${NOMAD_PORT_http}``); unknown names stay."""
+    def sub(text: str) -> str:
+        return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), text)
+
+    if "${" not in task.command and not any("${" in a for a in task.args):
+        return task
+    return replace(task, command=sub(task.command), args=tuple(map(sub, task.args)))
+
+
 class AllocRunner:
     """Runs the tasks of one allocation and reports its status."""
 
@@ -107,10 +121,11 @@ class AllocRunner:
                                  job=s.job, job_version=s.job_version, group=s.group.name,
                                  task=task, node=self.config.node_id, spec=spec_hash)
         labels[lbl.PORTS] = lbl.format_ports(self.ports)
+        env = task_env(s, task, self.ports, node_id=self.config.node_id,
+                       address=self.config.check_address)
         return TaskConfig(
-            alloc_id=s.id, task=task, network=s.group.network, ports=self.ports,
-            env=task_env(s, task, self.ports, node_id=self.config.node_id,
-                         address=self.config.check_address),
+            alloc_id=s.id, task=interpolate(task, env), network=s.group.network, ports=self.ports,
+            env=env,
             labels=labels, spec_hash=spec_hash,
             task_dir=Path(self.config.data_dir) / "alloc" / s.id / task.name,
             node_name=self.config.name)

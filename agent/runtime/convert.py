@@ -30,11 +30,13 @@ def alloc_from_proto(pb: node_pb2.Allocation) -> AllocSpec:
 
 
 def status_to_proto(status: AllocStatus) -> node_pb2.Allocation:
-    """An Allocation message carrying what the agent reports: id, client status, health,
-    ports and task states with their events (the controller merges it into its copy)."""
+    """An Allocation message carrying what the agent reports: id, client status, whether
+    every task runs and passes its checks (``checks_healthy``: the controller decides
+    ``healthy`` from it and the group's min_healthy_time), ports and task states with
+    their events (the controller merges it into its copy)."""
     pb = node_pb2.Allocation(
         id=status.alloc_id, client_status=_CLIENT_STATUS[status.client_status],
-        healthy=status.healthy, ports=dict(status.ports), job_version=status.job_version,
+        checks_healthy=status.healthy, ports=dict(status.ports), job_version=status.job_version,
         modify_time_ns=status.modify_time_ns, description=status.description)
     for name, t in status.tasks.items():
         pb.tasks[name].CopyFrom(node_pb2.TaskState(

@@ -316,6 +316,10 @@ class Runtime:
     def status(self, alloc_id: str) -> AllocStatus:
         return self._runner(alloc_id).status()
 
+    def task_names(self, alloc_id: str) -> list[str]:
+        """The tasks of an allocation on this node, in the group's order."""
+        return list(self._runner(alloc_id).tasks)
+
     def driver_statuses(self) -> list[DriverStatus]:
         return [d.status for d in self.drivers.values()]
 

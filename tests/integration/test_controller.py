@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from controller.server import Controller
-from orch.v1 import controller_pb2, node_pb2
+from orch.v1 import controller_pb2, job_pb2, node_pb2
 from tests.integration.synthetic import (
     Harness,
     cluster,
@@ -20,7 +20,7 @@ from tests.integration.synthetic import (
 RUN = node_pb2.DESIRED_STATUS_RUN
 
 
-async def register(c: Harness, job: object) -> controller_pb2.RegisterJobResponse:
+async def register(c: Harness, job: job_pb2.Job) -> controller_pb2.RegisterJobResponse:
     return await c.api.RegisterJob(controller_pb2.RegisterJobRequest(job=job))
 
 

@@ -72,9 +72,22 @@ def test_allocation_messages_in_and_out() -> None:
                              TaskEvent(time_ns=5, type="Started", message="ok"),))})
     out = status_to_proto(status)
     assert out.client_status == node_pb2.CLIENT_STATUS_RUNNING
+    assert out.checks_healthy  # the agent reports checks; the controller decides `healthy`
+    assert not out.healthy
     assert (out.tasks["web"].restarts, out.tasks["web"].events[0].type) == (2, "Started")
 
 
 def test_ports_label_round_trip() -> None:
     assert labels.parse_ports(labels.format_ports({"b": 2, "a": 1})) == {"a": 1, "b": 2}
     assert labels.parse_ports("x=,=3,y=4") == {"y": 4}
+
+
+def test_command_and_args_see_the_task_environment() -> None:
+    from agent.runtime.allocrunner import interpolate
+
+    task = Task(name="web", driver="process", command="${ORCH_TASK_DIR}/serve",
+                args=("--port", "${ORCH_PORT_http}", "${UNKNOWN}", "plain"))
+    out = interpolate(task, {"ORCH_PORT_http": "21000", "ORCH_TASK_DIR": "/t"})
+    assert out.command == "/t/serve"
+    assert out.args == ("--port", "21000", "${UNKNOWN}", "plain")
+    assert interpolate(WEB, {}) is WEB

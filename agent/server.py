@@ -1,0 +1,160 @@
+"""The agent, assembled: gossip, the task runtime, the stream to the controller, AgentService.
+
+The controller sends the node's desired allocations; the runtime converges to
+them and reports back. If the controller is lost, the agent keeps running what
+it has and reconnects; if the agent restarts, the runtime adopts its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from pathlib import Path
+
+import grpc
+
+from agent import fingerprint
+from agent.agent_service import AgentService
+from agent.config import AgentConfig, parse_addr
+from agent.controller_link import ControllerLink
+from agent.gossip.crypto import Keyring
+from agent.gossip.messages import Status
+from agent.gossip.transport import GossipNode
+from agent.runtime import convert
+from agent.runtime.config import RuntimeConfig
+from agent.runtime.driver import TaskDriver
+from agent.runtime.runtime import Runtime, default_drivers
+from agent.runtime.state import AllocStatus, DriverStatus
+from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
+
+log = logging.getLogger("agent")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, drivers: dict[str, TaskDriver] | None = None) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data_dir)
+        self.node_id = fingerprint.node_id(self.data_dir)
+        self._drivers = drivers
+        self.gossip: GossipNode | None = None
+        self.rpc_address = ""
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
+                             allow_privileged=cfg.allow_privileged)
+        drivers = self._drivers if self._drivers is not None else {
+            n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers}
+        self.runtime = Runtime(rcfg, drivers)
+        await self.runtime.start()
+
+        server = self._server = grpc.aio.server()
+        controller_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(self.runtime, self.status), server)
+        host, port = parse_addr(cfg.rpc_addr, default_port=4648, where="rpc_addr")
+        bound = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+
+        gbind = parse_addr(cfg.bind, where="bind")
+        gadv = parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None
+        adv_host = (gadv or gbind)[0]
+        self.rpc_address = cfg.rpc_advertise or (
+            f"{adv_host if host in ('0.0.0.0', '') else host}:{bound}")
+        self.gossip = GossipNode(
+            cfg.gossip, name=cfg.name, bind=gbind, advertise=gadv,
+            keyring=Keyring(list(cfg.keys)) if cfg.keys else None, rng=random.Random(),
+            state={"role": "agent", "rpc": self.rpc_address, "node_id": self.node_id,
+                   **cfg.tags})
+        await self.gossip.start()
+        if cfg.join:
+            self.gossip.join([parse_addr(s, where="join") for s in cfg.join])
+
+        self.link = ControllerLink(self.registration, self.controller_addresses,
+                                   self._apply, self._full_report)
+        self.link.start()
+        self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
+        log.info("agent running", extra={"node": cfg.name, "node_id": self.node_id,
+                                         "rpc": self.rpc_address,
+                                         "drivers": ",".join(sorted(drivers))})
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop serving and talking; the tasks keep running (the next agent adopts them)."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.stop()
+        if self._server is not None:
+            await self._server.stop(2.0)
+        if self.gossip is not None:
+            await (self.gossip.leave() if leave else self.gossip.stop())
+        await self.runtime.close()
+
+    # --- the controller ------------------------------------------------------------------------
+
+    def registration(self) -> node_pb2.Node:
+        cfg = self.cfg
+        healthy = [d.name for d in self.runtime.driver_statuses() if d.healthy]
+        attrs = fingerprint.attributes()
+        attrs.update({f"driver.{d}": "1" for d in healthy})
+        cores = int(attrs.get("cpu.numcores", "1"))
+        return node_pb2.Node(
+            id=self.node_id, name=cfg.name or socket.gethostname(), address=self.rpc_address,
+            datacenter=cfg.datacenter, region=cfg.region, node_class=cfg.node_class,
+            attributes=attrs, meta=dict(cfg.meta), drivers=healthy,
+            capacity=job_pb2.Resources(
+                cpu_millicores=cfg.cpu_millicores or cores * 1000,
+                memory_mb=cfg.memory_mb or fingerprint.memory_mb()),
+            reserved=job_pb2.Resources(cpu_millicores=cfg.reserved_cpu_millicores,
+                                       memory_mb=cfg.reserved_memory_mb))
+
+    def controller_addresses(self) -> list[str]:
+        """Configured controllers first, then those gossip knows (alive, role=controller)."""
+        found = list(self.cfg.controllers)
+        if self.gossip is not None:
+            for m in self.gossip.members():
+                rpc = m.state.get("rpc")
+                if m.state.get("role") == "controller" and m.status is Status.ALIVE and \
+                        isinstance(rpc, str) and rpc not in found:
+                    found.append(rpc)
+        return found
+
+    async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
+        specs = [convert.alloc_from_proto(a) for a in desired.allocations]
+        await self.runtime.apply(desired.version, specs)
+
+    def _full_report(self) -> list[node_pb2.Allocation]:
+        return [convert.status_to_proto(s) for s in self.runtime.statuses()]
+
+    async def _forward_updates(self) -> None:
+        while True:
+            batch = await self.runtime.next_updates()
+            allocs = [convert.status_to_proto(u) for u in batch if isinstance(u, AllocStatus)]
+            if allocs:
+                self.link.report(allocs)
+            drivers = [u for u in batch if isinstance(u, DriverStatus)]
+            for d in drivers:
+                log.info("driver status", extra={"driver": d.name, "healthy": d.healthy,
+                                                 "detail": d.detail})
+            if drivers:
+                self.link.reregister()
+
+    def status(self) -> controller_pb2.AgentStatus:
+        return controller_pb2.AgentStatus(
+            node=self.registration(), allocations=self._full_report(),
+            applied_version=max(self.runtime.version, 0), controller=self.link.controller,
+            connected=self.link.connected)
+
+
+async def serve(cfg: AgentConfig, stop: asyncio.Event) -> None:
+    agent = Agent(cfg)
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await agent.stop()
