@@ -230,8 +230,10 @@ class Evaluator:
                     continue
                 d = verdict.deployment
                 changes.put_deployments.append(d)
-                changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
-                                            d.id, d.description, now_ns, deployment=d))
+                if d.status != dep.status:  # counters change often; say only when status does
+                    changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
+                                                d.id, f"{d.job} version {d.job_version}: "
+                                                f"{d.description}", now_ns, deployment=d))
                 touched.add(key)
                 changes.put_allocs += self._clear_promoted_canaries(d, fresh)
                 if d.status == "successful":

@@ -1,199 +1,256 @@
-"""The main job, run by ``./run demo``: a local cluster on 127.0.0.x addresses.
+"""The main job, run by ``./run demo``: a local orch cluster on 127.0.0.x, end to end.
 
-Today: five agents gossip on 127.0.0.2-127.0.0.6; the demo shows the membership
-table converging, kills one agent with SIGKILL and shows every other agent
-detecting it, then stops the rest gracefully (they leave). Each agent is a real
-``orch-agent`` process; what the demo shows is read from their JSON logs.
+A controller on 127.0.0.1 and three agents on 127.0.0.2-127.0.0.4 (real
+``orch-controller`` and ``orch-agent`` processes, gossip at memberlist's LAN
+timings); the agents find the controller through gossip. A sample web service
+of three replicas runs on them (Docker when an engine answers, the process
+driver otherwise); the demo shows ``orchctl`` output, asks every replica for a
+page, kills one agent with SIGKILL and shows its allocations rescheduled,
+brings it back (it stops what now runs elsewhere), and stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 
-STATUSES = ("alive", "suspect", "dead", "left")
-_EVENT_STATUS = {"member join": "alive", "member alive": "alive", "member suspect": "suspect",
-                 "member dead": "dead", "member left": "left"}
-
-
-@dataclass
-class Agent:
-    name: str
-    addr: str
-    proc: asyncio.subprocess.Process | None = None
-    view: dict[str, str] = field(default_factory=dict)
-    """member name -> status, as this agent sees it."""
-    log: list[dict[str, object]] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
-        for status in self.view.values():
-            out[status] += 1
-        return out
-
-
-class Demo:
-    def __init__(self, n: int, port: int, profile: str) -> None:
-        self.agents = [Agent(f"agent-{i + 1}", f"127.0.0.{i + 2}:{port}") for i in range(n)]
-        self.profile = profile
-        self.t0 = time.monotonic()
-        self.changed = asyncio.Event()
-        self.events: list[tuple[float, str, str, str]] = []
-        """(time since start, observer, member, status) for every membership event."""
-        self._readers: list[asyncio.Task[None]] = []
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.t0
-
-    async def start(self, agent: Agent, seed: Agent) -> None:
-        cmd = [sys.executable, "-m", "agent.main", "--name", agent.name, "--bind", agent.addr,
-               "--log-format", "json", "--profile", self.profile, "--tag", "demo=gossip"]
-        if agent is not seed:
-            cmd += ["--join", seed.addr]
-        agent.proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        agent.view = {agent.name: "alive"}
-        self._readers.append(asyncio.ensure_future(self._read(agent)))
-
-    async def _read(self, agent: Agent) -> None:
-        assert agent.proc is not None
-        assert agent.proc.stderr is not None
-        async for raw in agent.proc.stderr:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                print(f"  [{agent.name}] {raw.decode(errors='replace').rstrip()}", file=sys.stderr)
-                continue
-            agent.log.append(rec)
-            status = _EVENT_STATUS.get(str(rec.get("msg")))
-            if status is None:
-                if rec.get("level") in ("error", "critical"):
-                    print(f"  [{agent.name}] {rec.get('msg')}: {rec.get('error', '')}", file=sys.stderr)
-                continue
-            member = str(rec.get("member"))
-            agent.view[member] = status
-            self.events.append((self.elapsed(), agent.name, member, status))
-            self.changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float) -> bool:
-        deadline = time.monotonic() + within
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
-        return True
-
-    def table(self, agents: list[Agent]) -> str:
-        head = f"  {'agent':<9} {'address':<16} " + " ".join(f"{s:>7}" for s in STATUSES)
-        rows = [head, "  " + "-" * (len(head) - 2)]
-        for a in agents:
-            c = a.counts()
-            rows.append(f"  {a.name:<9} {a.addr:<16} " + " ".join(f"{c[s]:>7}" for s in STATUSES))
-        return "\n".join(rows)
-
-    async def stop_all(self) -> None:
-        for a in self.agents:
-            if a.proc is not None and a.proc.returncode is None:
-                a.proc.send_signal(signal.SIGTERM)
-        for a in self.agents:
-            if a.proc is not None:
-                try:
-                    await asyncio.wait_for(a.proc.wait(), 10)
-                except TimeoutError:
-                    a.proc.kill()
-                    await a.proc.wait()
-        for t in self._readers:
-            t.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "deploy" / "examples"
 
 
 def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
 
-async def run(n: int, port: int, profile: str) -> int:
-    demo = Demo(n, port, profile)
-    agents = demo.agents
-    seed = agents[0]
-    ok = True
+class Demo:
+    def __init__(self, workdir: Path, agents: int, fast: bool, driver: str) -> None:
+        self.dir = workdir
+        self.n = agents
+        self.fast = fast
+        self.driver = driver
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {**os.environ, "ORCH_ADDR": "127.0.0.1:4647", "PYTHONUNBUFFERED": "1"}
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def profile(self) -> list[str]:
+        return ["--profile", "fast"] if self.fast else []
+
+    def start_controller(self) -> None:
+        self._spawn("controller", [
+            sys.executable, "-m", "controller.main", "--name", "controller",
+            "--bind", "127.0.0.1:7946", "--rpc-addr", "127.0.0.1:4647",
+            "--data-dir", str(self.dir / "controller"), "--log-format", "json",
+            "--node-grace", "1" if self.fast else "3", *self.profile()])
+
+    def start_agent(self, i: int) -> None:
+        name = f"agent-{i}"
+        self._spawn(name, [
+            sys.executable, "-m", "agent.main", "--name", name, "--bind", f"127.0.0.{i + 1}:7946",
+            "--join", "127.0.0.1:7946", "--rpc-addr", f"127.0.0.{i + 1}:4648",
+            "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
+            *self.profile()])
+
+    def kill(self, name: str) -> None:
+        p = self.procs[name]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+    def cleanup_tasks(self) -> None:
+        """Stop tasks that outlived their agents (after a failure): process tasks under this
+        demo's folder, and containers labelled with this demo's nodes."""
+        mark = str(self.dir).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"agent.runtime.process_shim" in cmd and mark in cmd:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(proc.name), signal.SIGKILL)
+        if self.driver == "docker":
+            for node_id in self.dir.glob("*/node-id"):
+                ids = subprocess.run(
+                    ["docker", "ps", "-aq", "--filter", f"label=orch.node={node_id.read_text().strip()}"],
+                    capture_output=True, text=True, check=False).stdout.split()
+                if ids:
+                    subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    # --- orchctl -------------------------------------------------------------------------------
+
+    def orchctl(self, *args: str, show: bool = True, check: bool = True) -> str:
+        if show:
+            print(f"$ orchctl {' '.join(args)}", flush=True)
+        out = subprocess.run([sys.executable, "-m", "orchctl.main", *args], env=self.env,
+                             capture_output=True, text=True, timeout=120, check=False)
+        text = out.stdout + out.stderr
+        if show:
+            print("\n".join("  " + line for line in text.rstrip().splitlines()), flush=True)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"orchctl {' '.join(args)} exited {out.returncode}: {text}")
+        return out.stdout
+
+    def status(self, job: str) -> dict[str, object]:
+        st = json.loads(self.orchctl("-o", "json", "job", "status", job, show=False))
+        assert isinstance(st, dict)
+        return st
+
+
+def wait(what: str, pred: Callable[[], bool], within: float) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > within:
+            raise RuntimeError(f"timed out after {within:g}s waiting for {what}")
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def running_on(st: dict[str, object]) -> dict[str, str]:
+    """alloc id -> node id of the allocations that should run and do."""
+    allocs = st.get("allocations", [])
+    assert isinstance(allocs, list)
+    return {a["id"]: a["node_id"] for a in allocs
+            if a.get("desired_status") == "DESIRED_STATUS_RUN"
+            and a.get("client_status") == "CLIENT_STATUS_RUNNING"}
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
     try:
-        say(f"starting {n} agents on {agents[0].addr.split(':')[0]}-{agents[-1].addr.split(':')[0]} "
-            f"(gossip timings: {'memberlist LAN defaults' if profile == 'lan' else 'fast, for tests'})")
-        await demo.start(seed, seed)
-        await asyncio.sleep(0.3)
-        for a in agents[1:]:
-            await demo.start(a, seed)
-        converged = await demo.wait_for(
-            lambda: all(a.counts()["alive"] == n for a in agents), within=20)
-        t_conv = demo.elapsed()
-        print(demo.table(agents))
-        if not converged:
-            print("  the cluster did not converge within 20 s", file=sys.stderr)
-            return 1
-        print(f"  converged: every agent sees {n} alive members, {t_conv:.2f} s after the first start")
+        return subprocess.run(["docker", "version"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
-        victim = agents[n // 2]
-        others = [a for a in agents if a is not victim]
-        say(f"killing {victim.name} ({victim.addr}) with SIGKILL: no goodbye, the others must notice")
-        assert victim.proc is not None
-        t_kill = demo.elapsed()
-        victim.proc.kill()
-        mark = len(demo.events)
-        detected = await demo.wait_for(
-            lambda: all(a.view.get(victim.name) == "dead" for a in others), within=60)
-        for t, observer, member, status in demo.events[mark:]:
-            if member == victim.name and observer != victim.name:
-                print(f"  +{t - t_kill:6.2f} s  {observer} marks {member} {status}")
-        dead_times = [t - t_kill for t, o, m, s in demo.events[mark:] if m == victim.name and s == "dead"]
-        print(demo.table(others))
-        if not detected:
-            print(f"  not every agent marked {victim.name} dead within 60 s", file=sys.stderr)
-            ok = False
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return f"{r.status} {r.reason}"
+    except OSError as e:
+        return f"error: {e}"
+
+
+def run(agents: int, fast: bool, keep: bool) -> int:
+    driver = "process"
+    job_file = EXAMPLES / "hello.yaml"
+    if docker_answers():
+        built = subprocess.run([str(ROOT / "deploy" / "images" / "build.sh"), "test"],
+                               capture_output=True, text=True, check=False)
+        if built.returncode == 0:
+            driver, job_file = "docker", EXAMPLES / "hello-docker.yaml"
         else:
-            print(f"  every other agent marked {victim.name} dead: first after {min(dead_times):.2f} s, "
-                  f"last after {max(dead_times):.2f} s")
+            print(f"  (Docker answers but the test image did not build: {built.stderr.strip()}; "
+                  "using the process driver)")
+    workdir = Path(tempfile.mkdtemp(prefix="orch-demo-"))
+    demo = Demo(workdir, agents, fast, driver)
+    ok = False
+    try:
+        say(f"starting a controller on 127.0.0.1 and {agents} agents on 127.0.0.2-127.0.0.{agents + 1} "
+            f"(driver: {driver}; logs in {workdir})")
+        demo.start_controller()
+        for i in range(1, agents + 1):
+            demo.start_agent(i)
+        took = wait("the agents to register", lambda: demo.orchctl(
+            "-o", "json", "node", "list", show=False, check=False).count('"NODE_STATUS_READY"')
+            == agents, 60)
+        print(f"  every agent found the controller through gossip and registered in {took:.1f}s")
+        demo.orchctl("members")
+        demo.orchctl("node", "list")
 
-        say("stopping the other agents with SIGTERM: each leaves the cluster gracefully")
-        leaver = others[0]
-        assert leaver.proc is not None
-        mark = len(demo.events)
-        leaver.proc.send_signal(signal.SIGTERM)
-        await demo.wait_for(lambda: all(a.view.get(leaver.name) == "left" for a in others[1:]), 10)
-        t_leave = demo.events[mark][0] if len(demo.events) > mark else demo.elapsed()
-        for t, observer, member, status in demo.events[mark:]:
-            if member == leaver.name:
-                print(f"  +{t - t_leave:6.2f} s  {observer} sees {member} {status}")
+        say(f"running {job_file.relative_to(ROOT)}: three replicas of a web server")
+        demo.orchctl("job", "run", str(job_file))
+        demo.orchctl("job", "status", "hello")
+        st = demo.status("hello")
+        demo.orchctl("service", "list")
+        services = json.loads(demo.orchctl("-o", "json", "service", "list", show=False))
+        for ep in services[0]["endpoints"] if services else []:
+            print(f"  GET http://{ep['address']}/  ->  {fetch('http://' + ep['address'] + '/')}")
+
+        nodes = {n["name"]: n["id"] for n in json.loads(demo.orchctl(
+            "-o", "json", "node", "list", show=False))}
+        before = running_on(st)
+        victim = next(name for name, nid in sorted(nodes.items()) if nid in before.values())
+        lost = {a for a, n in before.items() if n == nodes[victim]}
+        say(f"killing {victim} with SIGKILL: its {len(lost)} allocation(s) must move")
+        t0 = time.monotonic()
+        demo.kill(victim)
+        wait("the node to be marked down", lambda: any(
+            n["name"] == victim and n["status"] == "NODE_STATUS_DOWN" for n in json.loads(
+                demo.orchctl("-o", "json", "node", "list", show=False))), 60)
+        down = time.monotonic() - t0
+        wait("the replacements to run", lambda: len(running_on(demo.status("hello"))) == 3
+             and not set(running_on(demo.status("hello"))) & lost, 60)
+        print(f"  {victim} marked down after {down:.1f}s; its allocations running elsewhere after "
+              f"{time.monotonic() - t0:.1f}s")
+        demo.orchctl("job", "status", "hello")
+
+        say(f"starting {victim} again: it rejoins, and stops what now runs elsewhere")
+        demo.start_agent(int(victim.split("-")[1]))
+        wait("the node to be ready", lambda: all(
+            n["status"] == "NODE_STATUS_READY" for n in json.loads(
+                demo.orchctl("-o", "json", "node", "list", show=False))), 60)
+        demo.orchctl("node", "list")
+        demo.orchctl("events")
+
+        say("stopping the job and the cluster")
+        demo.orchctl("job", "stop", "hello")
+        wait("the allocations to stop", lambda: not running_on(demo.status("hello")), 60)
+        ok = True
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        for log in sorted(workdir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-5:]
+            print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
     finally:
-        await demo.stop_all()
-    say("done: every agent stopped" if ok else "failed")
+        demo.stop_all()
+        demo.cleanup_tasks()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    say("done: every process stopped" if ok else "failed")
     return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--agents", type=int, default=5, help="number of agents (2..250)")
-    ap.add_argument("--port", type=int, default=7946, help="gossip port on every address")
-    ap.add_argument("--fast", action="store_true", help="short gossip timings (for tests)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, default=3, help="number of agents (2..8)")
+    ap.add_argument("--fast", action="store_true", help="short timings (for tests)")
+    ap.add_argument("--keep", action="store_true", help="keep the data and log folder")
     opts = ap.parse_args(argv)
-    if not 2 <= opts.agents <= 250:
-        ap.error("--agents must be within 2..250")
-    try:
-        import uvloop
-        return uvloop.run(run(opts.agents, opts.port, "fast" if opts.fast else "lan"))
-    except KeyboardInterrupt:
-        return 130
+    if not 2 <= opts.agents <= 8:
+        ap.error("--agents must be within 2..8")
+    return run(opts.agents, opts.fast, opts.keep)
 
 
 if __name__ == "__main__":
