@@ -82,8 +82,9 @@ class Agent:
                                          "rpc": self.rpc_address,
                                          "drivers": ",".join(sorted(drivers))})
 
-    async def stop(self, *, leave: bool = True) -> None:
-        """Stop serving and talking; the tasks keep running (the next agent adopts them)."""
+    async def stop(self, *, leave: bool = True, stop_tasks: bool = False) -> None:
+        """Stop serving and talking; the tasks keep running (the next agent adopts them),
+        unless ``stop_tasks``."""
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -92,7 +93,7 @@ class Agent:
             await self._server.stop(2.0)
         if self.gossip is not None:
             await (self.gossip.leave() if leave else self.gossip.stop())
-        await self.runtime.close()
+        await self.runtime.close(stop_tasks=stop_tasks, grace=10.0)
 
     # --- the controller ------------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ class Evaluator:
                                  version=max((a.job_version for a in state.allocs_of_job(key)),
                                              default=0))
         job = state.model(job_pb)
-        plan = schedule(job, state.snapshot, now, seed=state.index + 1, config=self.scheduler)
+        plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler)
         ev = controller_pb2.Evaluation(
             id=str(uuid.uuid4()), namespace=key[0], job=key[1], job_version=job.version,
             triggered_by=reason, create_time_ns=now_ns, plan=plan_summary(plan),

@@ -120,7 +120,7 @@ class Jobs:
         version = cur.version if cur is not None and _spec_of(cur) == _spec_of(pb) and not cur.stop \
             else (cur.version + 1 if cur is not None else 1)
         model = dataclasses.replace(model, version=version, namespace=key[0], stop=False)
-        plan = schedule(model, self.state.snapshot, self.clock(), seed=self.state.index + 1,
+        plan = schedule(model, self.state.snapshot, self.clock(), seed=self.state.seed(),
                         config=self.evaluator.scheduler)
         return controller_pb2.PlanJobResponse(
             current_version=cur.version if cur is not None else 0,

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import random
+import uuid
 from pathlib import Path
 
 import grpc
@@ -29,7 +30,7 @@ from controller.evaluator import Evaluator
 from controller.jobs import Jobs
 from controller.nodes import NodeAdmin, NodeMonitor
 from controller.state import RUN, RUNNING, ClusterState
-from controller.store.base import Store
+from controller.store.base import Changes, Store
 from orch.errors import NotFoundError
 from orch.v1 import controller_pb2, controller_pb2_grpc
 
@@ -66,6 +67,8 @@ class Controller:
                                          node_grace=self.cfg.node_grace,
                                          max_down_fraction=self.cfg.max_down_fraction)
         self.nodes = NodeAdmin(self.cluster, self.evaluator)
+        if "cluster_id" not in state.meta:
+            await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
                                         "allocations": len(state.allocs), "nodes": len(state.nodes)})
 

@@ -60,6 +60,12 @@ class ClusterState:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def seed(self) -> int:
+        """The scheduler's seed for the next plan: this cluster's id mixed with the index, so
+        that plans are reproducible in one cluster and allocation ids differ between clusters."""
+        cluster = int(self.meta.get("cluster_id", "0").replace("-", "")[:16] or "0", 16)
+        return cluster ^ (self.index + 1)
+
     def job(self, key: JobKey) -> job_pb2.Job | None:
         """The job's latest version (None when unknown or purged)."""
         versions = self.jobs.get(key)

@@ -45,9 +45,9 @@ class Demo:
     # --- processes -----------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self.dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def profile(self) -> list[str]:
         return ["--profile", "fast"] if self.fast else []
@@ -75,17 +75,12 @@ class Demo:
     def cleanup_tasks(self) -> None:
         """Stop tasks that outlived their agents (after a failure): process tasks under this
         demo's folder, and containers labelled with this demo's nodes."""
-        mark = str(self.dir).encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"agent.runtime.process_shim" in cmd and mark in cmd:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(proc.name), signal.SIGKILL)
+        for state in self.dir.glob("*/alloc/*/*/state.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pids = json.loads(state.read_text())
+                if not (state.parent / "exit.json").exists():
+                    os.killpg(int(pids["pgid"]), signal.SIGKILL)  # the task
+                    os.kill(int(pids["shim_pid"]), signal.SIGKILL)  # its supervisor
         if self.driver == "docker":
             for node_id in self.dir.glob("*/node-id"):
                 ids = subprocess.run(

@@ -1,0 +1,185 @@
+"""Every orchctl command against a live cluster: a controller and a real agent (process
+driver) in this process, orchctl as a real subprocess; tables, JSON and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.gossip.config import GossipConfig
+from agent.server import Agent
+from controller.server import Controller
+from tests.integration.synthetic import controller_config, wait_until
+
+JOB = """
+name: {name}
+update: {{min_healthy_time: 0s, healthy_deadline: 20s}}
+groups:
+  - name: app
+    count: {count}
+    network:
+      ports: [{{label: http}}]
+    tasks:
+      - name: server
+        driver: process
+        command: /bin/sh
+        args: ["-c", "echo hello from ${{ORCH_ALLOC_INDEX}}; echo oops >&2; exec sleep 600"]
+        resources: {{cpu_millicores: 100, memory_mb: {memory}}}
+"""
+
+
+class Cli:
+    def __init__(self, addr: str, tmp: Path) -> None:
+        self.addr = addr
+        self.tmp = tmp
+
+    def job_file(self, name: str = "web", count: int = 2, memory: int = 32) -> str:
+        path = self.tmp / f"{name}-{count}-{memory}.yaml"
+        path.write_text(JOB.format(name=name, count=count, memory=memory))
+        return str(path)
+
+    async def __call__(self, *args: str, code: int = 0) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchctl.main", "--address", self.addr, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = out.decode() + err.decode()
+        assert proc.returncode == code, f"orchctl {' '.join(args)} -> {proc.returncode}: {text}"
+        return text
+
+    async def json(self, *args: str, code: int = 0) -> Any:
+        return json.loads(await self("-o", "json", *args, code=code))
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[tuple[Controller, Agent, Cli]]:
+    ctl = Controller(controller_config(tmp_path / "ctl", bind="127.0.0.1:0"))
+    await ctl.start()
+    assert ctl.gossip is not None
+    gaddr = ctl.gossip.addr
+    agent = Agent(AgentConfig(name="agent-1", bind="127.0.0.2:0", join=[f"{gaddr[0]}:{gaddr[1]}"],
+                              rpc_addr="127.0.0.2:0", data_dir=str(tmp_path / "agent"),
+                              drivers=["process"], gossip=GossipConfig.fast()))
+    await agent.start()
+    await wait_until(lambda: ctl.cluster.connected(agent.node_id), within=15)
+    try:
+        yield ctl, agent, Cli(ctl.rpc_address, tmp_path)
+    finally:
+        await agent.stop(stop_tasks=True)
+        await ctl.stop(grace=0.5)
+
+
+async def test_job_commands(live: tuple[Controller, Agent, Cli]) -> None:
+    ctl, agent, cli = live
+    # plan of a new job: changes would be made (4)
+    text = await cli("job", "plan", cli.job_file(count=2), code=4)
+    assert "create" in text
+    assert "new job" in text
+    # run follows the deployment to success (0)
+    text = await cli("job", "run", cli.job_file(count=2))
+    assert "registered: version 1" in text
+    assert "successful" in text
+    # the same plan now changes nothing (0); a bigger count would (4)
+    await cli("job", "plan", cli.job_file(count=2), code=0)
+    text = await cli("job", "plan", cli.job_file(count=3), code=4)
+    assert "groups[app].count: 2 => 3" in text
+    # more memory than the node has: not placeable (3), for plan and for run
+    text = await cli("job", "plan", cli.job_file(count=2, memory=10_000_000), code=3)
+    assert "exhausted memory" in text
+    st = await cli.json("job", "status", "web")
+    assert st["job"]["version"] == "1"  # 64-bit integers are strings in protobuf's JSON
+    assert st["groups"][0]["running"] == 2
+    listed = await cli.json("job", "status")
+    assert [j["name"] for j in listed] == ["web"]
+    table = await cli("job", "status")
+    assert "web" in table
+    assert "2/2" in table
+    # a new version, its history, a revert
+    await cli("job", "run", cli.job_file(count=3))
+    history = await cli.json("job", "history", "web")
+    assert [v["version"] for v in history] == ["2", "1"]
+    assert "Version 2" in await cli("job", "history", "web")
+    reverted = await cli.json("job", "revert", "web", "1")
+    assert reverted["version"] == "3"
+    await wait_until(lambda: _running(ctl, "web") == 2, within=20)
+    # stop, then purge
+    await cli("job", "stop", "web")
+    await wait_until(lambda: _running(ctl, "web") == 0, within=20)
+    await cli("job", "stop", "web", "--purge")
+    await cli("job", "status", "web", code=1)
+    # a bad job file: every problem, exit 1; a missing file; usage errors: 2
+    bad = cli.tmp / "bad.yaml"
+    bad.write_text("name: bad\ngroups:\n  - name: g\n    count: -1\n    tasks: []\n")
+    text = await cli("job", "run", str(bad), code=1)
+    assert "groups[0].count" in text
+    assert "tasks" in text
+    await cli("job", "run", str(cli.tmp / "nope.yaml"), code=1)
+    await cli("job", "frobnicate", code=2)
+
+
+def _running(ctl: Controller, job: str) -> int:
+    return sum(1 for a in ctl.cluster.state.allocs_of_job(("default", job))
+               if a.desired_status == 1 and a.client_status == 2)
+
+
+async def test_alloc_node_and_cluster_commands(live: tuple[Controller, Agent, Cli]) -> None:
+    ctl, agent, cli = live
+    await cli("job", "run", cli.job_file(count=1))
+    st = await cli.json("job", "status", "web")
+    alloc_id = st["allocations"][0]["id"]
+    shown = await cli.json("alloc", "status", alloc_id[:6])  # a unique prefix is enough
+    assert shown["id"] == alloc_id
+    assert "Task 'server': running" in await cli("alloc", "status", alloc_id[:6])
+    await cli("alloc", "status", "zzzz", code=1)
+    # logs come from the agent, through the controller
+    await wait_until(lambda: _has_output(agent, alloc_id), within=10)
+    assert "hello from 0" in await cli("alloc", "logs", alloc_id[:8])
+    assert "oops" in await cli("alloc", "logs", alloc_id[:8], "--stderr")
+    assert "hello from 0" in await cli("alloc", "logs", alloc_id[:8], "--tail", "1")
+    restarted = await cli.json("alloc", "restart", alloc_id[:8])
+    assert restarted["id"] == alloc_id
+    stopped = await cli.json("alloc", "stop", alloc_id[:8])
+    assert stopped["desired_status"] == "DESIRED_STATUS_STOP"
+    await wait_until(lambda: _running(ctl, "web") == 1, within=20)  # replaced
+    # nodes
+    nodes = await cli.json("node", "list")
+    assert [n["name"] for n in nodes] == ["agent-1"]
+    node = await cli.json("node", "status", "agent-1")
+    assert node["member_status"] == "alive"
+    assert "agent-1" in await cli("node", "list")
+    await cli.json("node", "eligibility", "agent-1", "--disable")
+    assert not ctl.cluster.state.nodes[agent.node_id].eligible
+    await cli.json("node", "eligibility", "agent-1", "--enable")
+    await cli("node", "drain", "agent-1", "--deadline", "5")
+    await wait_until(lambda: _running(ctl, "web") == 0, within=20)
+    await cli("node", "drain", "agent-1", "--disable")
+    await cli("node", "status", "no-such-node", code=1)
+    # the cluster
+    members = await cli.json("members")
+    assert {m["name"] for m in members} == {"ctl", "agent-1"}
+    assert "controller" in await cli("members")
+    leader = await cli.json("leader")
+    assert leader["is_self"]
+    services = await cli.json("service", "list")
+    assert services == []
+    events = await cli("events")
+    assert "JobRegistered" in events
+    assert "NodeDrain" in events
+    lines = (await cli("-o", "json", "events", "--topic", "job")).splitlines()
+    assert all(json.loads(line)["topic"] == "job" for line in lines)
+
+
+def _has_output(agent: Agent, alloc_id: str) -> bool:
+    return any((agent.data_dir / "alloc" / alloc_id).rglob("*stdout*"))
+
+
+async def test_an_unreachable_controller_is_a_clear_error(tmp_path: Path) -> None:
+    text = await Cli("127.0.0.1:1", tmp_path)("job", "status", code=1)
+    assert "cannot reach the controller at 127.0.0.1:1" in text
