@@ -12,8 +12,10 @@ def test_the_demo_runs_a_service_survives_a_killed_agent_and_stops_cleanly() -> 
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "registered in" in text
-    assert "deployment" in text and "successful" in text
+    assert "deployment" in text
+    assert "successful" in text
     assert text.count("->  200 OK") == 3  # every replica answers
     assert "its allocations running elsewhere after" in text
-    assert "NodeDown" in text and "NodeUp" in text
+    assert "NodeDown" in text
+    assert "NodeUp" in text
     assert "done: every process stopped" in text

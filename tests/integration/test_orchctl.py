@@ -77,7 +77,7 @@ async def live(tmp_path: Path) -> AsyncIterator[tuple[Controller, Agent, Cli]]:
 
 
 async def test_job_commands(live: tuple[Controller, Agent, Cli]) -> None:
-    ctl, agent, cli = live
+    ctl, _, cli = live
     # plan of a new job: changes would be made (4)
     text = await cli("job", "plan", cli.job_file(count=2), code=4)
     assert "create" in text
