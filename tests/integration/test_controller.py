@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -185,3 +186,24 @@ async def test_a_restarted_controller_keeps_everything(tmp_path: Path) -> None:
             await ctl.stop(grace=0.5)
             c.ctl = Controller(controller_config(tmp_path / "ctl2"))
             await c.ctl.start()
+
+
+async def test_standard_health_and_reflection_services_answer(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with cluster(tmp_path, agents=0) as c:
+        health = health_pb2_grpc.HealthStub(c.channel)
+        for service in ("", "orch.v1.ControllerService", "orch.v1.NodeService"):
+            r = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(c.channel)
+
+        async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+        async for resp in refl.ServerReflectionInfo(ask()):
+            names = {s.name for s in resp.list_services_response.service}
+            break
+        assert {"orch.v1.ControllerService", "orch.v1.NodeService",
+                "grpc.health.v1.Health"} <= names
