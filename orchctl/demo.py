@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +34,39 @@ def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
 
+WELL_KNOWN = (7946, 4647, 4648)
+"""Gossip, controller RPC and agent RPC ports of the demo."""
+
+
+def free_ports() -> tuple[int, int, int]:
+    """Three ports free on 127.0.0.1 (UDP and TCP), for clusters that must not collide with
+    a demo that is running (tests, benchmarks)."""
+    found: list[int] = []
+    while len(found) < 3:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            if port not in found:
+                found.append(port)
+    return found[0], found[1], found[2]
+
+
 class Demo:
-    def __init__(self, workdir: Path, agents: int, fast: bool, driver: str) -> None:
+    def __init__(self, workdir: Path, agents: int, fast: bool, driver: str,
+                 ports: tuple[int, int, int] = WELL_KNOWN) -> None:
         self.dir = workdir
         self.n = agents
         self.fast = fast
         self.driver = driver
+        self.gossip_port, self.rpc_port, self.agent_port = ports
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "ORCH_ADDR": "127.0.0.1:4647", "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "ORCH_ADDR": f"127.0.0.1:{self.rpc_port}",
+                    "PYTHONUNBUFFERED": "1"}
 
     # --- processes -----------------------------------------------------------------------------
 
@@ -55,15 +81,16 @@ class Demo:
     def start_controller(self) -> None:
         self._spawn("controller", [
             sys.executable, "-m", "controller.main", "--name", "controller",
-            "--bind", "127.0.0.1:7946", "--rpc-addr", "127.0.0.1:4647",
+            "--bind", f"127.0.0.1:{self.gossip_port}", "--rpc-addr", f"127.0.0.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
             "--node-grace", "1" if self.fast else "3", *self.profile()])
 
     def start_agent(self, i: int) -> None:
         name = f"agent-{i}"
         self._spawn(name, [
-            sys.executable, "-m", "agent.main", "--name", name, "--bind", f"127.0.0.{i + 1}:7946",
-            "--join", "127.0.0.1:7946", "--rpc-addr", f"127.0.0.{i + 1}:4648",
+            sys.executable, "-m", "agent.main", "--name", name,
+            "--bind", f"127.0.0.{i + 1}:{self.gossip_port}", "--join", f"127.0.0.1:{self.gossip_port}",
+            "--rpc-addr", f"127.0.0.{i + 1}:{self.agent_port}",
             "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
             *self.profile()])
 
@@ -156,7 +183,7 @@ def fetch(url: str) -> str:
         return f"error: {e}"
 
 
-def run(agents: int, fast: bool, keep: bool) -> int:
+def run(agents: int, fast: bool, keep: bool, ports: tuple[int, int, int] = WELL_KNOWN) -> int:
     driver = "process"
     job_file = EXAMPLES / "hello.yaml"
     if docker_answers():
@@ -168,7 +195,7 @@ def run(agents: int, fast: bool, keep: bool) -> int:
             print(f"  (Docker answers but the test image did not build: {built.stderr.strip()}; "
                   "using the process driver)")
     workdir = Path(tempfile.mkdtemp(prefix="orch-demo-"))
-    demo = Demo(workdir, agents, fast, driver)
+    demo = Demo(workdir, agents, fast, driver, ports)
     ok = False
     try:
         say(f"starting a controller on 127.0.0.1 and {agents} agents on 127.0.0.2-127.0.0.{agents + 1} "
@@ -242,10 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, default=3, help="number of agents (2..8)")
     ap.add_argument("--fast", action="store_true", help="short timings (for tests)")
     ap.add_argument("--keep", action="store_true", help="keep the data and log folder")
+    ap.add_argument("--free-ports", action="store_true",
+                    help="use free ports instead of 7946/4647/4648 (beside a running cluster)")
     opts = ap.parse_args(argv)
     if not 2 <= opts.agents <= 8:
         ap.error("--agents must be within 2..8")
-    return run(opts.agents, opts.fast, opts.keep)
+    return run(opts.agents, opts.fast, opts.keep, free_ports() if opts.free_ports else WELL_KNOWN)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from orchctl.demo import EXAMPLES, Demo, running_on, wait
+from orchctl.demo import EXAMPLES, Demo, free_ports, running_on, wait
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    d = Demo(tmp_path, agents=2, fast=True, driver="process")
+    d = Demo(tmp_path, agents=2, fast=True, driver="process", ports=free_ports())
     d.start_controller()
     d.start_agent(1)
     d.start_agent(2)

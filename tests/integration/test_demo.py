@@ -7,7 +7,8 @@ import sys
 
 
 def test_the_demo_runs_a_service_survives_a_killed_agent_and_stops_cleanly() -> None:
-    out = subprocess.run([sys.executable, "-m", "orchctl.demo", "--fast", "--agents", "3"],
+    out = subprocess.run([sys.executable, "-m", "orchctl.demo", "--fast", "--agents", "3",
+                          "--free-ports"],
                          capture_output=True, text=True, timeout=240, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
