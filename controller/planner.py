@@ -137,7 +137,10 @@ def new_deployment(job: Job, plan: Plan, now_ns: int) -> controller_pb2.Deployme
         status="running", description="deployment is running", create_time_ns=now_ns,
         modify_time_ns=now_ns)
     for g in job.groups:
-        dep.groups.add(group=g.name, desired=g.count, desired_canaries=g.update.canary,
+        gp = plan.groups.get(g.name)
+        # canaries only guard updates: a first rollout has nothing to compare them with
+        canaries = g.update.canary if gp is not None and (gp.canary or gp.waiting) else 0
+        dep.groups.add(group=g.name, desired=g.count, desired_canaries=canaries,
                        auto_revert=g.update.auto_revert,
                        require_progress_by_ns=now_ns + int(g.update.progress_deadline * 1e9))
     return dep

@@ -207,3 +207,23 @@ async def test_standard_health_and_reflection_services_answer(tmp_path: Path) ->
             break
         assert {"orch.v1.ControllerService", "orch.v1.NodeService",
                 "grpc.health.v1.Health"} <= names
+
+
+async def test_canaries_wait_for_promotion(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3, canary=1))
+        await wait_until(lambda: deployment_status(c, "web", 1))
+        resp = await register(c, service_job(count=3, canary=1, args=("serve", "v2")))
+        assert [ch.reason for ch in resp.plan.changes] == ["canary"]
+        await wait_until(lambda: deployment_status(c, "web", 2))
+        assert await deployment_status(c, "web", 2) == "paused"  # healthy, waiting
+        running = await c.running("web")
+        assert len(running) == 4  # the canary beside the three of version 1
+        assert sum(a.canary for a in running) == 1
+        st = await c.status("web")
+        await c.api.PromoteDeployment(controller_pb2.PromoteDeploymentRequest(
+            deployment_id=st.latest_deployment.id[:8]))
+        await wait_until(lambda: _all_version(c, "web", 2), within=15)
+        await wait_until(lambda: deployment_status(c, "web", 2))
+        assert await deployment_status(c, "web", 2) == "successful"
+        assert not any(a.canary for a in await c.running("web"))
