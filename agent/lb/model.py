@@ -1,0 +1,46 @@
+"""What the load balancer is told, and nothing else: services and their endpoints.
+
+The agent builds these from gossip (``discovery``) and hands the whole table to
+``LoadBalancer.update`` whenever it changes; the load balancer opens, keeps or
+closes listeners and moves traffic accordingly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+POLICIES = ("round_robin", "least_conn", "p2c", "maglev")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """One place a service answers: an allocation's host port on some node."""
+
+    alloc_id: str
+    node: str
+    """The gossip member (node) name that runs it."""
+    host: str
+    port: int
+    weight: int = 1
+    local: bool = False
+    """Runs on this agent's own node (for ``prefer_local``)."""
+    proxy_protocol: bool = False
+    """Send a PROXY protocol v2 header first, so the endpoint learns the client's address."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSpec:
+    """A service published on every node at ``published_port``."""
+
+    name: str
+    published_port: int
+    protocol: str = "tcp"
+    """tcp or udp."""
+    policy: str = "round_robin"
+    """round_robin, least_conn, p2c or maglev (consistent hashing on the client address)."""
+    endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
+    """Healthy endpoints only; an endpoint that disappears drains."""
