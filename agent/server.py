@@ -23,11 +23,12 @@ from agent.controller_link import ControllerLink
 from agent.gossip.crypto import Keyring
 from agent.gossip.messages import Status
 from agent.gossip.transport import GossipNode
+from agent.lb import discovery
 from agent.runtime import convert
 from agent.runtime.config import RuntimeConfig
 from agent.runtime.driver import TaskDriver
 from agent.runtime.runtime import Runtime, default_drivers
-from agent.runtime.state import AllocStatus, DriverStatus
+from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
@@ -43,6 +44,7 @@ class Agent:
         self.rpc_address = ""
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._specs: dict[str, AllocSpec] = {}
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -126,7 +128,28 @@ class Agent:
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
         specs = [convert.alloc_from_proto(a) for a in desired.allocations]
-        await self.runtime.apply(desired.version, specs)
+        if await self.runtime.apply(desired.version, specs):
+            self._specs = {s.id: s for s in specs}
+            self._publish_endpoints()
+
+    def _publish_endpoints(self) -> None:
+        """Announce in gossip the service endpoints of the healthy allocations, and withdraw
+        the others (see agent.lb.discovery)."""
+        if self.gossip is None or self.gossip.core is None:
+            return
+        host = self.gossip.addr[0]
+        want: dict[str, object] = {}
+        for st in self.runtime.statuses():
+            spec = self._specs.get(st.alloc_id)
+            if spec is not None and spec.desired == "run" and st.client_status == "running" \
+                    and st.healthy:
+                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host))
+        have = {k: v for k, v in self.gossip.core.me.state.items()
+                if k.startswith(discovery.PREFIX)}
+        changes: dict[str, object] = {k: None for k in have if k not in want}
+        changes.update({k: v for k, v in want.items() if have.get(k) != v})
+        if changes:
+            self.gossip.set_state(changes)
 
     def _full_report(self) -> list[node_pb2.Allocation]:
         return [convert.status_to_proto(s) for s in self.runtime.statuses()]
@@ -137,6 +160,7 @@ class Agent:
             allocs = [convert.status_to_proto(u) for u in batch if isinstance(u, AllocStatus)]
             if allocs:
                 self.link.report(allocs)
+                self._publish_endpoints()
             drivers = [u for u in batch if isinstance(u, DriverStatus)]
             for d in drivers:
                 log.info("driver status", extra={"driver": d.name, "healthy": d.healthy,

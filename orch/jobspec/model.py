@@ -90,6 +90,8 @@ class Service:
     """round_robin, least_conn, p2c or maglev."""
     task: str = ""
     """The task that serves it; empty = the group's first task."""
+    proxy_protocol: bool = False
+    """The load balancer starts each connection with a PROXY protocol v2 header (client address)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,7 +338,8 @@ def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy, *, batch: bool = F
             Service(name=s.name, port=s.port, published_port=s.published_port,
                     protocol=_or(s.protocol, "tcp"),
                     check=_check(s.check) if s.HasField("check") else None, tags=tuple(s.tags),
-                    lb_policy=_or(s.lb_policy, "round_robin"), task=s.task)
+                    lb_policy=_or(s.lb_policy, "round_robin"), task=s.task,
+                    proxy_protocol=s.proxy_protocol)
             for s in pb.services),
         meta=dict(pb.meta), scaling=scaling,
     )
@@ -405,7 +408,8 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
         services=[job_pb2.Service(
             name=s.name, port=s.port, published_port=s.published_port, protocol=s.protocol,
             check=_check_pb(s.check) if s.check else None, tags=s.tags,
-            lb_policy=s.lb_policy, task=s.task) for s in g.services],
+            lb_policy=s.lb_policy, task=s.task, proxy_protocol=s.proxy_protocol)
+            for s in g.services],
     )
     if g.scaling is not None:
         s = g.scaling

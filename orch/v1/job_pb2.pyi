@@ -484,6 +484,7 @@ class Service(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     LB_POLICY_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
+    PROXY_PROTOCOL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     port: _builtins.str
     """a port label of the group's network"""
@@ -495,6 +496,8 @@ class Service(_message.Message):
     """round_robin (default), least_conn, p2c, maglev"""
     task: _builtins.str
     """which task serves it; default the only/first task"""
+    proxy_protocol: _builtins.bool
+    """the load balancer sends a PROXY protocol v2 header"""
     @_builtins.property
     def check(self) -> Global___Check:
         """the endpoint is routed to only while it passes"""
@@ -512,10 +515,11 @@ class Service(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         lb_policy: _builtins.str = ...,
         task: _builtins.str = ...,
+        proxy_protocol: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "lb_policy", b"lb_policy", "name", b"name", "port", b"port", "protocol", b"protocol", "published_port", b"published_port", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "lb_policy", b"lb_policy", "name", b"name", "port", b"port", "protocol", b"protocol", "proxy_protocol", b"proxy_protocol", "published_port", b"published_port", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.gossip.config import GossipConfig
 from agent.server import Agent
 from controller.server import Controller
-from tests.integration.synthetic import controller_config, wait_until
+from tests.integration.live import live_cluster
+from tests.integration.synthetic import wait_until
 
 JOB = """
 name: {name}
@@ -60,20 +59,8 @@ class Cli:
 
 @pytest.fixture
 async def live(tmp_path: Path) -> AsyncIterator[tuple[Controller, Agent, Cli]]:
-    ctl = Controller(controller_config(tmp_path / "ctl", bind="127.0.0.1:0"))
-    await ctl.start()
-    assert ctl.gossip is not None
-    gaddr = ctl.gossip.addr
-    agent = Agent(AgentConfig(name="agent-1", bind="127.0.0.2:0", join=[f"{gaddr[0]}:{gaddr[1]}"],
-                              rpc_addr="127.0.0.2:0", data_dir=str(tmp_path / "agent"),
-                              drivers=["process"], gossip=GossipConfig.fast()))
-    await agent.start()
-    await wait_until(lambda: ctl.cluster.connected(agent.node_id), within=15)
-    try:
-        yield ctl, agent, Cli(ctl.rpc_address, tmp_path)
-    finally:
-        await agent.stop(stop_tasks=True)
-        await ctl.stop(grace=0.5)
+    async with live_cluster(tmp_path, agents=1) as (ctl, agents):
+        yield ctl, agents[0], Cli(ctl.rpc_address, tmp_path)
 
 
 async def test_job_commands(live: tuple[Controller, Agent, Cli]) -> None:
