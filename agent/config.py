@@ -41,6 +41,8 @@ class AgentConfig:
     """gRPC address of this agent's AgentService (logs, status, restarts)."""
     rpc_advertise: str = ""
     """Address the controller uses to reach it; the rpc_addr, or the gossip address's host."""
+    metrics_addr: str = "127.0.0.1:9646"
+    """Where /metrics is served (Prometheus); empty: not served."""
     controllers: list[str] = field(default_factory=list)
     """Controller RPC addresses; empty: found through gossip (members tagged role=controller)."""
     drivers: list[str] = field(default_factory=lambda: ["docker", "process"])

@@ -22,13 +22,16 @@ from agent.config import AgentConfig, parse_addr
 from agent.controller_link import ControllerLink
 from agent.gossip.crypto import Keyring
 from agent.gossip.messages import Status
+from agent.gossip.metrics import GossipCollector
 from agent.gossip.transport import GossipNode
 from agent.lb import discovery
 from agent.runtime import convert
 from agent.runtime.config import RuntimeConfig
 from agent.runtime.driver import TaskDriver
+from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
+from orch.metrics import MetricsServer, registry_with
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
@@ -45,6 +48,7 @@ class Agent:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._specs: dict[str, AllocSpec] = {}
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -76,6 +80,11 @@ class Agent:
         if cfg.join:
             self.gossip.join([parse_addr(s, where="join") for s in cfg.join])
 
+        if cfg.metrics_addr:
+            mhost, mport = parse_addr(cfg.metrics_addr, default_port=9646, where="metrics_addr")
+            self.metrics = MetricsServer(registry_with(GossipCollector(self.gossip),
+                                                       RuntimeCollector(self.runtime)), mhost, mport)
+            await self.metrics.start()
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report)
         self.link.start()
@@ -91,6 +100,8 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self._server is not None:
             await self._server.stop(2.0)
         if self.gossip is not None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from controller.state import RUN, ClusterState
 from controller.store.base import Changes, Store
+from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, node_pb2
 
 log = logging.getLogger("controller")
@@ -62,6 +64,7 @@ class Cluster:
         self._lock = asyncio.Lock()
         self._sinks: dict[str, DesiredSink] = {}
         self._pushed: dict[str, bytes] = {}
+        self.commit_latency = Hist(LATENCY)
         self.listeners: list[Callable[[Changes], None]] = []
         """Called after every commit (the scheduler loop wakes on them)."""
 
@@ -74,7 +77,9 @@ class Cluster:
         """Make ``changes`` durable, then visible. The caller must hold ``lock``."""
         if not changes:
             return self.state.index
+        t0 = time.perf_counter()
         index = await self.store.commit(changes)
+        self.commit_latency.observe(time.perf_counter() - t0)
         self.state.apply(changes, index)
         if changes.events:
             self.events.publish(changes.events)

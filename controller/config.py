@@ -32,6 +32,8 @@ class ControllerConfig:
     """gRPC address for orchctl and the agents (port 0 picks a free one)."""
     rpc_advertise: str = ""
     """gRPC address published to agents through gossip; the rpc_addr unless it is 0.0.0.0."""
+    metrics_addr: str = "127.0.0.1:9647"
+    """Where /metrics is served (Prometheus); empty: not served."""
     join: list[str] = field(default_factory=list)
     """Gossip seeds (agents or other controllers)."""
     keys: list[str] = field(default_factory=list)

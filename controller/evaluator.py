@@ -23,6 +23,7 @@ from controller.planner import event, new_deployment, plan_summary, plan_to_chan
 from controller.scheduler import SchedulerConfig, schedule
 from controller.state import RUN, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
+from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 log = logging.getLogger("controller")
@@ -48,9 +49,23 @@ class Evaluator:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
+        self.placements = 0
+        self.stops = 0
+        self.scheduling_latency = Hist(LATENCY)
+        self.pass_latency = Hist(LATENCY)
+        """How long one pass of the loop takes (health, deployments, queued evaluations)."""
         cluster.listeners.append(self._on_commit)
 
     # --- queueing ------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def blocked(self) -> int:
+        """Jobs with allocations that found no node."""
+        return len(self._blocked)
 
     def enqueue(self, key: JobKey, reason: str) -> None:
         self._queue.setdefault(key, reason)
@@ -116,6 +131,7 @@ class Evaluator:
                     del self._due[key]
                     self.enqueue(key, "reschedule-delay")
             try:
+                t0 = time.perf_counter()
                 await self.health_pass()
                 while self._queue:
                     key, reason = next(iter(self._queue.items()))
@@ -125,6 +141,7 @@ class Evaluator:
                         if not fut.done():
                             fut.set_result(ev)
                 await self.health_pass()
+                self.pass_latency.observe(time.perf_counter() - t0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one pass must not stop scheduling for good
@@ -148,7 +165,11 @@ class Evaluator:
                                  version=max((a.job_version for a in state.allocs_of_job(key)),
                                              default=0))
         job = state.model(job_pb)
+        t0 = time.perf_counter()
         plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler)
+        self.scheduling_latency.observe(time.perf_counter() - t0)
+        self.placements += len(plan.placements)
+        self.stops += len(plan.stops)
         ev = controller_pb2.Evaluation(
             id=str(uuid.uuid4()), namespace=key[0], job=key[1], job_version=job.version,
             triggered_by=reason, create_time_ns=now_ns, plan=plan_summary(plan),

@@ -32,6 +32,8 @@ def common_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", choices=("lan", "fast"),
                     help="gossip timings: lan (memberlist's defaults) or fast (tests)")
     ap.add_argument("--data-dir", help="state directory (default /var/lib/orch)")
+    ap.add_argument("--metrics-addr", metavar="ADDR:PORT",
+                    help="where /metrics is served (empty: not served)")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     ap.add_argument("--log-format", choices=("json", "human", "auto"))
 
@@ -41,7 +43,8 @@ def load(cls: type[C], opts: argparse.Namespace, extra: tuple[str, ...] = ()) ->
     values: dict[str, Any] = configfile.load_toml(opts.config) if opts.config else {}
     cfg = configfile.build(cls, values, where=opts.config or "")
     over: dict[str, Any] = {}
-    for key in ("name", "bind", "advertise", "data_dir", "log_level", "log_format", *extra):
+    for key in ("name", "bind", "advertise", "data_dir", "metrics_addr", "log_level", "log_format",
+                *extra):
         if getattr(opts, key, None) is not None:
             over[key] = getattr(opts, key)
     if opts.join is not None:

@@ -75,6 +75,10 @@ class Demo:
             self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
+    def metrics_port(self, well_known: int) -> int:
+        """The well-known metrics port in the demo; any free one beside another cluster."""
+        return well_known if self.rpc_port == WELL_KNOWN[1] else 0
+
     def profile(self) -> list[str]:
         return ["--profile", "fast"] if self.fast else []
 
@@ -83,6 +87,7 @@ class Demo:
             sys.executable, "-m", "controller.main", "--name", "controller",
             "--bind", f"127.0.0.1:{self.gossip_port}", "--rpc-addr", f"127.0.0.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
+            "--metrics-addr", f"127.0.0.1:{self.metrics_port(9647)}",
             "--node-grace", "1" if self.fast else "3", *self.profile()])
 
     def start_agent(self, i: int) -> None:
@@ -91,6 +96,7 @@ class Demo:
             sys.executable, "-m", "agent.main", "--name", name,
             "--bind", f"127.0.0.{i + 1}:{self.gossip_port}", "--join", f"127.0.0.1:{self.gossip_port}",
             "--rpc-addr", f"127.0.0.{i + 1}:{self.agent_port}",
+            "--metrics-addr", f"127.0.0.{i + 1}:{self.metrics_port(9646)}",
             "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
             *self.profile()])
 

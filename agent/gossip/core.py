@@ -15,6 +15,7 @@ runs on real sockets (``transport``) and in the simulator (``sim``).
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import zlib
@@ -133,6 +134,10 @@ class MemberInfo:
     since: float
 
 
+RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Upper bounds (seconds) of the probe round-trip histogram buckets."""
+
+
 @dataclass(slots=True)
 class Stats:
     """Counters for metrics (messages by code are indexed by ``Code``)."""
@@ -147,11 +152,23 @@ class Stats:
     """Suspicions this member raised from its own failed probes."""
     refutations: int = 0
     """Times this member refuted a suspicion (or death notice) about itself."""
+    sent_bytes: list[int] = field(default_factory=lambda: [0] * 10)
+    """Encoded bytes of the messages sent, by code (envelopes not included)."""
     rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     """The latest direct probe round-trip times (seconds)."""
+    rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
+    """Direct probe round-trip times, counted per bucket of RTT_BUCKETS (last: above)."""
+    rtt_sum: float = 0.0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def observe_rtt(self, seconds: float) -> None:
+        self.rtt_samples.append(seconds)
+        self.rtt_sum += seconds
+        self.rtt_counts[bisect.bisect_left(RTT_BUCKETS, seconds)] += 1
+
+
 
 
 @dataclass(slots=True)
@@ -471,7 +488,7 @@ class Membership:
         if p is not None and p.seq == msg.seq:
             if not p.acked:
                 p.acked = True
-                self.stats.rtt_samples.append(now - p.sent)
+                self.stats.observe_rtt(now - p.sent)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -875,6 +892,7 @@ class Membership:
         for data in items:
             # the message code is the second byte of every encoded message array
             self.stats.sent[data[1]] += 1
+            self.stats.sent_bytes[data[1]] += len(data)
         self._out.append(Send(addr, codec.pack(items)))
         return True
 

@@ -36,6 +36,9 @@ class CheckTracker:
         self.output = ""
         self._passes = 0
         self._failures = 0
+        self.passed_total = 0
+        """Every probe that passed, over the tracker's life (for metrics)."""
+        self.failed_total = 0
 
     @property
     def healthy(self) -> bool:
@@ -44,6 +47,10 @@ class CheckTracker:
     def record(self, result: CheckResult) -> bool:
         """Take one probe result; return True when the verdict changed."""
         self.output = result.output
+        if result.passed:
+            self.passed_total += 1
+        else:
+            self.failed_total += 1
         if result.passed:
             self._passes, self._failures = self._passes + 1, 0
             if self.verdict != "passing" and self._passes >= self.check.healthy_threshold:

@@ -98,6 +98,9 @@ class Runtime:
         self._background: set[asyncio.Task[object]] = set()
         self._loops: list[asyncio.Task[object]] = []
         self._applied = False
+        self._driver_seen: dict[str, DriverStatus] = {}
+        self.driver_failures: dict[str, int] = {}
+        """Times each driver went from healthy to unhealthy (its engine stopped answering)."""
 
     # --- life --------------------------------------------------------------------------
 
@@ -288,6 +291,10 @@ class Runtime:
         self._wake.set()
 
     def _driver_changed(self, name: str, status: DriverStatus) -> None:
+        old = self._driver_seen.get(name)
+        if old is not None and old.healthy and not status.healthy:
+            self.driver_failures[name] = self.driver_failures.get(name, 0) + 1
+        self._driver_seen[name] = status
         self._driver_dirty[name] = status
         self._wake.set()
         for runner in self._runners.values():
@@ -315,6 +322,20 @@ class Runtime:
 
     def status(self, alloc_id: str) -> AllocStatus:
         return self._runner(alloc_id).status()
+
+    def specs(self) -> dict[str, AllocSpec]:
+        """The desired allocations of the last set applied."""
+        return dict(self._desired)
+
+    def check_results(self) -> list[tuple[str, str, str, int, int, bool]]:
+        """(alloc id, task, check, passed, failed, passing now) for every check on this node."""
+        out = []
+        for runner in self._runners.values():
+            for name, task in runner.tasks.items():
+                for i, c in enumerate(task.checks):
+                    out.append((runner.id, name, c.check.name or f"{c.check.type}-{i}",
+                                c.passed_total, c.failed_total, c.healthy))
+        return out
 
     def task_names(self, alloc_id: str) -> list[str]:
         """The tasks of an allocation on this node, in the group's order."""

@@ -24,6 +24,7 @@ async def live_cluster(tmp: Path, agents: int = 1) -> AsyncIterator[tuple[Contro
         for i in range(1, agents + 1):
             a = Agent(AgentConfig(name=f"agent-{i}", bind=f"127.0.0.{i + 1}:0", join=[seed],
                                   rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"),
+                                  metrics_addr=f"127.0.0.{i + 1}:0",
                                   drivers=["process"], gossip=GossipConfig.fast()))
             await a.start()
             started.append(a)

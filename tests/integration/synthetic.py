@@ -101,7 +101,8 @@ async def wait_until(pred: Callable[[], Any], within: float = 10.0, every: float
 def controller_config(data_dir: Path, **kw: Any) -> ControllerConfig:
     base: dict[str, Any] = dict(name="ctl", bind="127.0.0.1:0", rpc_addr="127.0.0.1:0",
                                 data_dir=str(data_dir), gossip=GossipConfig.fast(),
-                                node_grace=0.5, reconcile_interval=5.0, store_sync="normal")
+                                node_grace=0.5, reconcile_interval=5.0, store_sync="normal",
+                                metrics_addr="127.0.0.1:0")
     base.update(kw)
     return ControllerConfig(**base)
 

@@ -1,0 +1,85 @@
+"""The gossip member's metrics, read from its counters at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.gossip.core import RTT_BUCKETS
+from agent.gossip.messages import Code, Status
+from agent.gossip.transport import GossipNode
+from orch.metrics import histogram
+
+DROP_REASONS = ("decode", "decrypt", "label", "version", "misdirected", "conflict", "internal")
+
+
+class GossipCollector(Collector):
+    def __init__(self, node: GossipNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        core, wire = self.node.core, self.node.wire
+        if core is None:
+            return
+        st = core.stats
+        members = GaugeMetricFamily("orch_gossip_members", "Members by status, as this member sees "
+                                    "them (itself included).", labels=["state"])
+        counts = dict.fromkeys(Status, 0)
+        for m in core.members.values():
+            counts[m.status] += 1
+        for status, n in counts.items():
+            members.add_metric([str(status)], n)
+        yield members
+        yield _counter("orch_gossip_probes", "Probes this member started.", st.probes)
+        yield _counter("orch_gossip_probe_failures", "Probes that got no ack, directly or "
+                       "through others.", st.probe_failures)
+        yield _counter("orch_gossip_indirect_probes", "Ping-req messages sent for failed direct "
+                       "probes.", st.indirect_probes)
+        yield _counter("orch_gossip_suspicions", "Suspicions this member raised.", st.suspicions)
+        yield _counter("orch_gossip_refutations", "Suspicions of itself this member refuted.",
+                       st.refutations)
+        yield histogram("orch_gossip_probe_rtt_seconds", "Round-trip time of direct probes.",
+                        RTT_BUCKETS, st.rtt_counts, st.rtt_sum)
+        sent = CounterMetricFamily("orch_gossip_messages_sent", "Messages sent, by type.",
+                                   labels=["type"])
+        received = CounterMetricFamily("orch_gossip_messages_received",
+                                       "Messages received, by type.", labels=["type"])
+        sent_bytes = CounterMetricFamily("orch_gossip_message_bytes_sent",
+                                         "Encoded message bytes sent, by type (no envelopes).",
+                                         labels=["type"])
+        for code in Code:
+            name = code.name.lower()
+            sent.add_metric([name], st.sent[code])
+            received.add_metric([name], st.received[code])
+            sent_bytes.add_metric([name], st.sent_bytes[code])
+        yield sent
+        yield received
+        yield sent_bytes
+        yield _counter("orch_gossip_packets_sent", "UDP datagrams sent.", wire.packets_sent)
+        yield _counter("orch_gossip_packets_received", "UDP datagrams received.",
+                       wire.packets_received)
+        yield _counter("orch_gossip_bytes_sent", "Bytes sent (UDP and TCP, envelopes included).",
+                       wire.bytes_sent)
+        yield _counter("orch_gossip_bytes_received", "Bytes received (UDP and TCP).",
+                       wire.bytes_received)
+        yield _counter("orch_gossip_streams", "TCP state exchanges this member started.",
+                       wire.streams_sent)
+        yield _counter("orch_gossip_stream_failures", "TCP state exchanges that failed.",
+                       wire.stream_failures)
+        dropped = CounterMetricFamily("orch_gossip_dropped", "Packets and messages dropped, by "
+                                      "reason.", labels=["reason"])
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], wire.dropped.get(reason, 0) + st.dropped.get(reason, 0))
+        yield dropped
+        yield GaugeMetricFamily("orch_gossip_health_score", "Local health (Lifeguard): 0 is "
+                                "healthy; timeouts scale by score + 1.", value=core.awareness.score)
+        yield GaugeMetricFamily("orch_gossip_broadcast_queue", "Updates waiting to be gossiped.",
+                                value=core.queued_broadcasts)
+        yield GaugeMetricFamily("orch_gossip_incarnation", "This member's incarnation number.",
+                                value=core.incarnation)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

@@ -1,0 +1,67 @@
+"""The controller's metrics: leadership, scheduling, the loop, agents, the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from orch.v1 import node_pb2
+
+if TYPE_CHECKING:
+    from controller.server import Controller
+
+
+class ControllerCollector(Collector):
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+
+    def collect(self) -> Iterator[Metric]:
+        ctl = self.ctl
+        ev, cluster = ctl.evaluator, ctl.cluster
+        state = cluster.state
+        yield GaugeMetricFamily("orch_controller_leader", "1 while this controller leads.",
+                                value=1 if ctl.is_leader else 0)
+        yield CounterMetricFamily("orch_controller_evaluations", "Evaluations run.",
+                                  value=ev.evaluations)
+        yield CounterMetricFamily("orch_controller_placements", "Allocations placed.",
+                                  value=ev.placements)
+        yield CounterMetricFamily("orch_controller_stops", "Allocations stopped by plans.",
+                                  value=ev.stops)
+        yield GaugeMetricFamily("orch_controller_blocked_jobs", "Jobs with allocations that "
+                                "found no node (waiting for room).", value=ev.blocked)
+        unplaced = sum(f.wanted - f.placed for e in state.evaluations for f in e.plan.failures
+                       if e.status == "blocked")
+        yield GaugeMetricFamily("orch_controller_unplaced_allocations", "Allocations the last "
+                                "evaluations could not place.", value=unplaced)
+        yield GaugeMetricFamily("orch_controller_eval_queue", "Evaluations waiting.",
+                                value=ev.queue_depth)
+        yield ev.scheduling_latency.family("orch_controller_scheduling_seconds",
+                                           "Time the scheduler takes for one job.")
+        yield ev.pass_latency.family("orch_controller_reconcile_seconds",
+                                     "Time one pass of the scheduling loop takes.")
+        yield cluster.commit_latency.family("orch_controller_store_commit_seconds",
+                                            "Time the store takes to make a change durable.")
+        yield GaugeMetricFamily("orch_controller_connected_agents", "Agents holding a stream.",
+                                value=sum(1 for n in state.nodes if cluster.connected(n)))
+        nodes = GaugeMetricFamily("orch_controller_nodes", "Nodes by status.", labels=["status"])
+        for value, name in ((node_pb2.NODE_STATUS_READY, "ready"),
+                            (node_pb2.NODE_STATUS_DOWN, "down"), (node_pb2.NODE_STATUS_INIT, "init")):
+            nodes.add_metric([name], sum(1 for n in state.nodes.values() if n.status == value))
+        yield nodes
+        allocs = GaugeMetricFamily("orch_controller_allocations", "Allocations by desired and "
+                                   "client status.", labels=["desired", "client"])
+        counts: dict[tuple[str, str], int] = {}
+        for a in state.allocs.values():
+            k = (node_pb2.DesiredStatus.Name(a.desired_status).split("_")[-1].lower(),
+                 node_pb2.ClientStatus.Name(a.client_status).split("_")[-1].lower())
+            counts[k] = counts.get(k, 0) + 1
+        for (desired, client), n in sorted(counts.items()):
+            allocs.add_metric([desired, client], n)
+        yield allocs
+        yield GaugeMetricFamily("orch_controller_jobs", "Jobs known (any status).",
+                                value=len(state.jobs))
+        yield GaugeMetricFamily("orch_controller_state_index", "Index of the last commit.",
+                                value=state.index)
