@@ -96,6 +96,18 @@ class NodeMonitor:
             live.lost_at = self.clock()
         log.info("node stream closed", extra={"node_id": node_id})
 
+    async def member_event(self, name: str, kind: str) -> None:
+        """Record what gossip says of a node's member (suspect, alive again) as an event."""
+        node = next((n for n in self.state.nodes.values() if n.name == name), None)
+        if node is None:
+            return
+        now_ns = int(self.clock() * NS)
+        what = {"NodeSuspect": "suspected by gossip", "NodeAlive": "refuted the suspicion",
+                "NodeMemberDead": "declared dead by gossip",
+                "NodeMemberLeft": "left the gossip cluster"}[kind]
+        await self.cluster.write(Changes(events=[event("node", kind, node.id,
+                                                       f"node {name} {what}", now_ns, node=node)]))
+
     def member_dead(self, name: str) -> None:
         """Gossip says the member of this name is dead or gone: start the grace now."""
         for node in self.state.nodes.values():
@@ -136,8 +148,15 @@ class NodeMonitor:
                 if a.client_status != cur.client_status:
                     status = node_pb2.ClientStatus.Name(a.client_status).split("_")[-1].lower()
                     changes.events.append(event(
-                        "allocation", "AllocationUpdated", a.id, f"{a.name} is {status}",
-                        now_ns, allocation=a))
+                        "allocation", f"Allocation{status.capitalize()}", a.id,
+                        f"{a.name} is {status}", now_ns, allocation=a))
+                for name, t in a.tasks.items():
+                    before = cur.tasks[name].restarts if name in cur.tasks else 0
+                    if t.restarts > before:
+                        changes.events.append(event(
+                            "allocation", "AllocationRestarted", a.id,
+                            f"{a.name}: task {name} restarted ({t.restarts} so far)", now_ns,
+                            allocation=a))
             await self.cluster.commit(changes)
 
     # --- liveness ------------------------------------------------------------------------------

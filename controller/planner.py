@@ -118,7 +118,9 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
             resources=job_pb2.Resources(cpu_millicores=p.cpu_millicores, memory_mb=p.memory_mb))
         a.spec.CopyFrom(spec(p.group))
         ch.put_allocs.append(a)
-        ch.events.append(event("allocation", "AllocationPlaced", a.id,
+        kind = "AllocationRescheduled" if p.reason in ("reschedule", "lost", "migrate") \
+            else "AllocationPlaced"
+        ch.events.append(event("allocation", kind, a.id,
                                f"{a.name} placed on {p.node_name} ({p.reason})", now_ns,
                                allocation=a))
     return ch

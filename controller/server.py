@@ -60,6 +60,7 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.metrics: MetricsServer | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         await self.store.open()
@@ -148,6 +149,12 @@ class Controller:
     def _on_member(self, ev: MemberEvent) -> None:
         if ev.kind in (EventKind.DEAD, EventKind.LEFT):
             self.nodes_monitor.member_dead(ev.name)
+        kind = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
+                EventKind.DEAD: "NodeMemberDead", EventKind.LEFT: "NodeMemberLeft"}.get(ev.kind)
+        if kind is not None:
+            task = asyncio.ensure_future(self.nodes_monitor.member_event(ev.name, kind))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- what the endpoints ask ----------------------------------------------------------------
 

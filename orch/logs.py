@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -55,10 +56,30 @@ class HumanFormatter(logging.Formatter):
         return line
 
 
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+"""syslog priorities of the levels (debug, info, warning, err, crit)."""
+
+
+class JournalFormatter(logging.Formatter):
+    """Another format behind a ``<priority>`` prefix, which journald reads as the level when
+    a service logs to its stream (``SyslogLevelPrefix=``, on by default)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        return f"<{prio}>{self.inner.format(record)}"
+
+
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure the root logger once per process.
 
-    ``fmt`` is ``json``, ``human`` or ``auto`` (human on a terminal, JSON otherwise).
+    ``fmt`` is ``json``, ``human`` or ``auto``: human on a terminal, JSON otherwise. Under
+    systemd (its journal on stderr: ``JOURNAL_STREAM`` is set) every line also starts with
+    its syslog priority, so ``journalctl -p warning`` works.
     """
     stream = stream or sys.stderr
     if fmt == "auto":
@@ -66,7 +87,8 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     if fmt not in ("json", "human"):
         raise ValueError(f"log format must be json, human or auto, got {fmt!r}")
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
+    inner: logging.Formatter = JsonFormatter() if fmt == "json" else HumanFormatter()
+    handler.setFormatter(JournalFormatter(inner) if os.environ.get("JOURNAL_STREAM") else inner)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

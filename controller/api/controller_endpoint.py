@@ -4,7 +4,7 @@ what happened."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -228,10 +228,17 @@ class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
     async def Watch(self, req: controller_pb2.WatchRequest,
                     ctx: Ctx) -> AsyncIterator[controller_pb2.Event]:
         """Committed events (after ``since_index`` when given), then new ones as they come."""
-        wanted: Callable[[controller_pb2.Event], bool] = lambda ev: (  # noqa: E731
-            (not req.topics or ev.topic in req.topics)
-            and (not req.job or ev.key == req.job or ev.job.name == req.job
-                 or ev.allocation.job == req.job or ev.deployment.job == req.job))
+        node_ids: set[str] = set()
+        if req.node:
+            node_ids = {n.id for n in self.state.find_node(req.node)} or {req.node}
+
+        def wanted(ev: controller_pb2.Event) -> bool:
+            return ((not req.topics or ev.topic in req.topics)
+                    and (not req.types or ev.type in req.types)
+                    and (not req.job or ev.key == req.job or ev.job.name == req.job
+                         or ev.allocation.job == req.job or ev.deployment.job == req.job)
+                    and (not node_ids or ev.node.id in node_ids
+                         or ev.allocation.node_id in node_ids))
         bus = self.ctl.cluster.events
         async with bus.subscribe() as q:
             last = req.since_index

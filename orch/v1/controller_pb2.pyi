@@ -1308,6 +1308,8 @@ class WatchRequest(_message.Message):
     SINCE_INDEX_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     TAIL_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     """filter"""
     since_index: _builtins.int
@@ -1316,9 +1318,17 @@ class WatchRequest(_message.Message):
     """keep the stream open for new events"""
     tail: _builtins.int
     """replay the last N events (kept since the controller"""
+    node: _builtins.str
+    """started) when since_index is 0
+    filter: a node's id, id prefix or name
+    """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """job, allocation, node, deployment; empty = all"""
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """filter: event types (AllocationFailed, NodeDown, ...)"""
 
     def __init__(
         self,
@@ -1328,10 +1338,12 @@ class WatchRequest(_message.Message):
         since_index: _builtins.int = ...,
         follow: _builtins.bool = ...,
         tail: _builtins.int = ...,
+        node: _builtins.str = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job", b"job", "since_index", b"since_index", "tail", b"tail", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job", b"job", "node", b"node", "since_index", b"since_index", "tail", b"tail", "topics", b"topics", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--topic", action="append", default=[],
                    choices=("job", "allocation", "node", "deployment"))
     p.add_argument("--job", default="")
+    p.add_argument("--node", default="", help="a node's name or id prefix")
+    p.add_argument("--type", action="append", default=[], metavar="TYPE",
+                   help="event type, e.g. AllocationFailed, NodeDown (repeatable)")
     p.set_defaults(fn=events)
 
 
@@ -74,7 +77,8 @@ async def leader(ctx: Ctx, args: argparse.Namespace) -> int:
 
 async def events(ctx: Ctx, args: argparse.Namespace) -> int:
     req = controller_pb2.WatchRequest(topics=args.topic, job=args.job, since_index=args.since,
-                                      follow=args.follow, tail=50)
+                                      follow=args.follow, tail=50, node=args.node,
+                                      types=args.type)
     call = ctx.stub.Watch(req)
     try:
         async for ev in call:

@@ -44,8 +44,8 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
         assert "orch_controller_placements_total 3.0" in c
         assert "orch_controller_scheduling_seconds_bucket" in c
         assert 'orch_gossip_members{state="alive"} 3.0' in c
-        a = texts["agent-1"] + texts["agent-2"]
-        assert 'orch_allocations{state="running"}' in a
-        assert "orch_health_checks_total" in a
-        assert "orch_gossip_probe_rtt_seconds_count" in a
-        assert 'orch_driver_healthy{driver="process"} 1.0' in a
+        both = texts["agent-1"] + texts["agent-2"]
+        assert 'orch_allocations{state="running"}' in both
+        assert "orch_health_checks_total" in both
+        assert "orch_gossip_probe_rtt_seconds_count" in both
+        assert 'orch_driver_healthy{driver="process"} 1.0' in both
