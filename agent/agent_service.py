@@ -5,6 +5,7 @@ The controller proxies it, so ``orchctl`` needs only the controller's address.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from orch.errors import NotFoundError, OrchError
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+FOLLOW_POLL = 0.5
+"""Seconds between looks at a task that stopped, while a follower waits for its next run."""
 _TAIL_BYTES_PER_LINE = 512
 """For --tail N: read back N * this many bytes and keep the last N lines of them."""
 
@@ -45,18 +48,50 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
                 offset = -req.tail_lines * _TAIL_BYTES_PER_LINE
                 skip_lines = req.tail_lines
             first = True
-            async for chunk in self.runtime.logs(req.alloc_id, task, stream, offset=offset,
-                                                 follow=req.follow):
-                data = chunk.data
-                if first and skip_lines:
-                    lines = data.splitlines(keepends=True)
-                    if len(lines) > skip_lines:
-                        data = b"".join(lines[-skip_lines:])
-                first = False
-                yield controller_pb2.LogChunk(data=data, offset=chunk.offset)
+            while True:
+                _, run = self.runtime.task_run(req.alloc_id, task)
+                async for chunk in self.runtime.logs(req.alloc_id, task, stream, offset=offset,
+                                                     follow=req.follow):
+                    data = chunk.data
+                    if first and skip_lines:
+                        lines = data.splitlines(keepends=True)
+                        if len(lines) > skip_lines:
+                            data = b"".join(lines[-skip_lines:])
+                    first = False
+                    offset = chunk.offset + len(chunk.data)
+                    yield controller_pb2.LogChunk(data=data, offset=chunk.offset)
+                if not req.follow:
+                    return
+                # the task stopped: follow it into its next run, unless it is done for good
+                new_run = await self._next_run(req.alloc_id, task, run)
+                if new_run is None:
+                    return
+                if new_run != run and self._new_container(req.alloc_id, task):
+                    offset = 0
         except OrchError as e:
             await ctx.abort(grpc.StatusCode.NOT_FOUND if isinstance(e, NotFoundError)
                             else grpc.StatusCode.FAILED_PRECONDITION, str(e))
+
+    async def _next_run(self, alloc_id: str, task: str, run: str) -> str | None:
+        """Wait until the task runs again (its id), or None when it will not."""
+        while True:
+            await asyncio.sleep(FOLLOW_POLL)
+            try:
+                state, now = self.runtime.task_run(alloc_id, task)
+                status = self.runtime.status(alloc_id)
+            except NotFoundError:
+                return None
+            if state == "running" and now and now != run:
+                return now
+            if status.client_status in ("complete", "failed", "lost"):
+                return None
+
+    def _new_container(self, alloc_id: str, task: str) -> bool:
+        """Whether a new run writes a log of its own (Docker: a new container) rather than
+        appending to the task's files (the process driver)."""
+        spec = self.runtime.specs().get(alloc_id)
+        return spec is not None and any(t.name == task and t.driver == "docker"
+                                        for t in spec.group.tasks)
 
     async def Status(self, req: controller_pb2.AgentStatusRequest,
                      ctx: Ctx) -> controller_pb2.AgentStatus:

@@ -337,6 +337,14 @@ class Runtime:
                                 c.passed_total, c.failed_total, c.healthy))
         return out
 
+    def task_run(self, alloc_id: str, task: str) -> tuple[str, str]:
+        """(the task's state, the id of its current run): a new id means a new process or
+        container, whose log offsets start again."""
+        runner = self._runner(alloc_id).tasks.get(task)
+        if runner is None:
+            raise NotFoundError(f"allocation {alloc_id} has no task {task!r}")
+        return runner.state, runner.handle.id if runner.handle is not None else ""
+
     def task_names(self, alloc_id: str) -> list[str]:
         """The tasks of an allocation on this node, in the group's order."""
         return list(self._runner(alloc_id).tasks)

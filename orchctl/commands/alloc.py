@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 import grpc
@@ -23,7 +24,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("id")
     p.add_argument("task", nargs="?", default="")
     p.add_argument("-f", "--follow", action="store_true", help="keep reading as it is written")
-    p.add_argument("--stderr", action="store_true", help="standard error instead of output")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stderr", action="store_true", help="standard error instead of output")
+    which.add_argument("--all", action="store_true",
+                       help="standard output and error together (each to its own stream)")
     p.add_argument("--tail", type=int, default=0, metavar="N", help="start N lines from the end")
     p.set_defaults(fn=logs)
     p = verbs.add_parser("restart", help="restart an allocation's tasks where they run")
@@ -61,17 +65,23 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def logs(ctx: Ctx, args: argparse.Namespace) -> int:
-    req = controller_pb2.LogsRequest(alloc_id=args.id, task=args.task, stderr=args.stderr,
+    streams = [False, True] if args.all else [args.stderr]
+    await asyncio.gather(*(_copy_log(ctx, args, err) for err in streams))
+    return OK
+
+
+async def _copy_log(ctx: Ctx, args: argparse.Namespace, stderr: bool) -> None:
+    req = controller_pb2.LogsRequest(alloc_id=args.id, task=args.task, stderr=stderr,
                                      follow=args.follow, tail_lines=args.tail)
+    out = sys.stderr.buffer if stderr and args.all else sys.stdout.buffer
     call = ctx.stub.AllocationLogs(req)
     try:
         async for chunk in call:
-            sys.stdout.buffer.write(chunk.data)
-            sys.stdout.buffer.flush()
+            out.write(chunk.data)
+            out.flush()
     except grpc.aio.AioRpcError as e:
         if e.code() != grpc.StatusCode.CANCELLED:
             fail(e, ctx.address)
-    return OK
 
 
 async def restart(ctx: Ctx, args: argparse.Namespace) -> int:

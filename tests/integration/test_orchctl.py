@@ -170,3 +170,35 @@ def _has_output(agent: Agent, alloc_id: str) -> bool:
 async def test_an_unreachable_controller_is_a_clear_error(tmp_path: Path) -> None:
     text = await Cli("127.0.0.1:1", tmp_path)("job", "status", code=1)
     assert "cannot reach the controller at 127.0.0.1:1" in text
+
+
+CRASHER = """
+name: crasher
+groups:
+  - name: app
+    restart: {attempts: 10, interval: 5m, delay: 1s, mode: delay}
+    tasks:
+      - name: server
+        driver: process
+        command: /bin/sh
+        args: ["-c", "echo run $$; echo err $$ >&2; sleep 0.5; exit 1"]
+        resources: {cpu_millicores: 50, memory_mb: 16}
+"""
+
+
+async def test_logs_follow_a_task_across_its_restarts(live: tuple[Controller, Agent, Cli]) -> None:
+    ctl, _, cli = live
+    path = cli.tmp / "crasher.yaml"
+    path.write_text(CRASHER)
+    await cli("job", "run", str(path), "--detach")
+    await wait_until(lambda: bool(ctl.cluster.state.allocs_of_job(("default", "crasher"))))
+    alloc = ctl.cluster.state.allocs_of_job(("default", "crasher"))[0]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchctl.main", "--address", cli.addr, "alloc", "logs", alloc.id,
+        "-f", "--all", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(4.5)  # at least three runs: 0.5 s each, 1 s apart
+    proc.terminate()
+    out, err = await proc.communicate()
+    runs = [line for line in out.decode().splitlines() if line.startswith("run ")]
+    assert len(set(runs)) >= 2, out.decode()  # one follower saw several runs (pids differ)
+    assert "err " in err.decode()  # --all: standard error on its own stream
