@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +15,10 @@ from tests.integration.live import live_cluster
 from tests.integration.synthetic import wait_until
 from tests.promtool import promtool_check
 
-EXAMPLE = Path(__file__).parents[2] / "deploy" / "examples" / "hello.yaml"
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "deploy" / "examples" / "hello.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "orch.json"
+METRIC = re.compile(r"\b(?:orch|container)_[a-zA-Z0-9_]+")
 
 
 def scrape(host: str, port: int) -> str:
@@ -32,6 +37,8 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
         await ctl.jobs.register(load_job_file(str(EXAMPLE)))
         await wait_until(lambda: sum(1 for a in ctl.cluster.state.allocs.values()
                                      if a.healthy) == 3, within=30)
+        for a in agents:  # a usage sample now, instead of waiting for the next one
+            await a.runtime.sample_usage()
         # the daemons serve on this loop: scrape from a thread
         texts = {"controller": await asyncio.to_thread(scrape, *endpoint(ctl))}
         for a in agents:
@@ -49,3 +56,12 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
         assert "orch_health_checks_total" in both
         assert "orch_gossip_probe_rtt_seconds_count" in both
         assert 'orch_driver_healthy{driver="process"} 1.0' in both
+
+        # the dashboard asks only for what the daemons export
+        exported = {line.split("{")[0].split(" ")[0] for text in texts.values()
+                    for line in text.splitlines() if line and not line.startswith("#")}
+        exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"]
+                 for t in p["targets"]]
+        wanted = {m for e in exprs for m in METRIC.findall(e)}
+        assert wanted
+        assert wanted <= exported, sorted(wanted - exported)
