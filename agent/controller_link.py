@@ -40,6 +40,8 @@ class ControllerLink:
         self._reregister = False
         self.connected = False
         self.controller = ""
+        self.last_controller = ""
+        """The last controller that took our stream (kept when the stream breaks)."""
         self.applied_version = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -66,6 +68,9 @@ class ControllerLink:
         backoff = 0.5
         while True:
             addrs = self._addresses()
+            if self.last_controller and self.last_controller not in addrs:
+                # gossip may have lost it (it left to restart): keep trying where we were
+                addrs.append(self.last_controller)
             if self._leader_hint:
                 addrs = [self._leader_hint, *[a for a in addrs if a != self._leader_hint]]
                 self._leader_hint = None
@@ -86,6 +91,7 @@ class ControllerLink:
                     log.exception("controller stream failed", extra={"controller": addr})
                 finally:
                     self.connected = False
+                    self.controller = ""
                 if self._leader_hint:
                     break
             await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -108,6 +114,7 @@ class ControllerLink:
                 if kind == "desired":
                     if not self.connected:
                         self.connected, self.controller = True, addr
+                        self.last_controller = addr
                         log.info("connected to the controller", extra={"controller": addr})
                     await self._on_desired(msg.desired)
                     self.applied_version = msg.desired.version

@@ -116,8 +116,10 @@ class Agent:
         attrs = fingerprint.attributes()
         attrs.update({f"driver.{d}": "1" for d in healthy})
         cores = int(attrs.get("cpu.numcores", "1"))
+        gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else ""
         return node_pb2.Node(
             id=self.node_id, name=cfg.name or socket.gethostname(), address=self.rpc_address,
+            gossip_address=gossip,
             datacenter=cfg.datacenter, region=cfg.region, node_class=cfg.node_class,
             attributes=attrs, meta=dict(cfg.meta), drivers=healthy,
             capacity=job_pb2.Resources(

@@ -35,7 +35,7 @@ from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
 from orch.errors import NotFoundError
 from orch.metrics import MetricsServer, registry_with
-from orch.v1 import controller_pb2, controller_pb2_grpc
+from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("controller")
 
@@ -108,8 +108,12 @@ class Controller:
             state={"role": "controller", "rpc": self.rpc_address}, rng=random.Random())
         self.gossip.on_event(self._on_member)
         await self.gossip.start()
-        if self.cfg.join:
-            self.gossip.join([parse_addr(s, where="join") for s in self.cfg.join])
+        # the configured seeds, or else the agents this controller knew before it restarted
+        seeds = list(self.cfg.join) or sorted(
+            n.gossip_address for n in state.nodes.values()
+            if n.gossip_address and n.status == node_pb2.NODE_STATUS_READY)
+        if seeds:
+            self.gossip.join([parse_addr(s, where="join") for s in seeds])
 
         if self.cfg.metrics_addr:
             mhost, mport = parse_addr(self.cfg.metrics_addr, default_port=9647, where="metrics_addr")

@@ -139,6 +139,7 @@ class Node(_message.Message):
     DRAIN_FIELD_NUMBER: _builtins.int
     STATUS_TIME_NS_FIELD_NUMBER: _builtins.int
     RESERVED_PORTS_FIELD_NUMBER: _builtins.int
+    GOSSIP_ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """stable, from the agent's data dir"""
     name: _builtins.str
@@ -151,6 +152,8 @@ class Node(_message.Message):
     eligible: _builtins.bool
     """scheduling eligibility"""
     status_time_ns: _builtins.int
+    gossip_address: _builtins.str
+    """the agent's gossip host:port (a restarted controller"""
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """${attr.*}: kernel, os, cpu arch, driver versions"""
@@ -196,10 +199,11 @@ class Node(_message.Message):
         drain: Global___DrainStrategy | None = ...,
         status_time_ns: _builtins.int = ...,
         reserved_ports: _abc.Iterable[_builtins.int] | None = ...,
+        gossip_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "drain", b"drain", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attributes", b"attributes", "capacity", b"capacity", "datacenter", b"datacenter", "drain", b"drain", "drivers", b"drivers", "eligible", b"eligible", "id", b"id", "meta", b"meta", "name", b"name", "node_class", b"node_class", "region", b"region", "reserved", b"reserved", "reserved_ports", b"reserved_ports", "status", b"status", "status_time_ns", b"status_time_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attributes", b"attributes", "capacity", b"capacity", "datacenter", b"datacenter", "drain", b"drain", "drivers", b"drivers", "eligible", b"eligible", "gossip_address", b"gossip_address", "id", b"id", "meta", b"meta", "name", b"name", "node_class", b"node_class", "region", b"region", "reserved", b"reserved", "reserved_ports", b"reserved_ports", "status", b"status", "status_time_ns", b"status_time_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,3 +75,18 @@ def test_a_killed_agents_work_moves_within_detection_plus_grace(demo: Demo) -> N
     # the bound leaves room for a loaded 2-core machine
     assert took < 12, f"rescheduling took {took:.1f}s"
     assert time.monotonic() - t0 >= 1.0  # not before the grace period
+
+
+def test_agents_come_back_to_a_gracefully_restarted_controller(demo: Demo) -> None:
+    demo.orchctl("job", "run", str(EXAMPLES / "hello.yaml"), show=False)
+    before = running_on(demo.status("hello"))
+    p = demo.procs["controller"]
+    p.terminate()  # SIGTERM: it leaves the gossip cluster on its way out
+    p.wait(20)
+    demo.start_controller()  # no --join: it rejoins through the agents it knew
+    wait("both agents back", lambda: demo.orchctl(
+        "-o", "json", "node", "list", show=False, check=False).count("NODE_STATUS_READY") == 2, 30)
+    wait("the gossip cluster to heal", lambda: sum(
+        m["status"] == "alive" for m in json.loads(demo.orchctl("-o", "json", "members",
+                                                                show=False))) == 3, 30)
+    assert running_on(demo.status("hello")) == before
