@@ -1,39 +1,41 @@
 """Controller benchmark: a real controller and three process-driver agents.
 
-    python -m bench.controller            # the full run (about five minutes)
+    python -m bench.controller            # the full run (about two minutes)
     python -m bench.controller --quick    # a smoke run (20 allocations, 2 trials, 1 s of load)
     python -m bench.controller --json     # the last line of stdout is one JSON object
     python -m bench.controller --fast     # short daemon timings (gossip "fast", grace 1 s)
 
-The cluster is ``orchctl.demo``'s (real ``orch-controller`` and ``orch-agent``
-processes, the demo's timings: gossip at memberlist's LAN profile, node grace 3 s;
-``--fast``: the fast profile, grace 1 s), moved to a loopback block of its own,
-controller on 127.0.77.1 and agents on 127.0.77.2-127.0.77.4, so that a demo or
-test suite running at the same time on 127.0.0.x cannot join it.
-Every allocation is ``/bin/sleep 3600`` (process driver, 10 millicores, 8 MB, no
-ports), so what is measured is the orchestrator, not the task. Times come from
-the controller's event stream (``orchctl events``: nanosecond times from the
-controller's clock, the same host clock as the benchmark's).
+The cluster is ``orchctl.demo``'s: real ``orch-controller`` and ``orch-agent``
+processes with the demo's timings (gossip at memberlist's LAN profile, node grace
+3 s; ``--fast``: the fast profile, grace 1 s), moved to a loopback block of its
+own (controller 127.0.77.1, agents 127.0.77.2-4) so that a demo or a test suite
+running at the same time on 127.0.0.x cannot join it. Every allocation is
+``/bin/sleep 3600`` (process driver, 10 millicores, 8 MB, no ports): what is
+measured is the orchestrator, not the task. Times come from the controller's
+event stream (``orchctl events``: nanosecond times from the controller's clock,
+the host clock the benchmark reads too), except the moment a plan is made, which
+is read from the controller's log (see ``Cluster.plan_made``).
 
-job run    ``orchctl job run --detach`` of a fresh job of 100 allocations, until the
-           controller has heard from the agents that all 100 run; median of 3 runs
-           (the job is stopped, its tasks gone and it is purged between runs). Split:
-           cli (orchctl start to JobRegistered), scheduling (JobRegistered to the last
-           AllocationPlaced) and start (last placed to last ``is running``).
-rpc        Status requests per second from one client process (grpc.aio, one
-           channel per client, each client sends its next request when the last one
-           answered): ``GetJob`` of the 100-allocation job and ``ListJobs``, with 1 and
-           8 concurrent clients; p50/p99 latency. The client shares the machine's
-           cores with the controller; both CPU figures are shown.
-reschedule An agent killed with SIGKILL (the one holding most of a 6-allocation job),
+job run    ``orchctl job run --detach`` of a fresh job of 100 allocations on 3 agents,
+           until the controller has heard from the agents that all 100 run; median of
+           3 runs (between runs the job is stopped, its tasks gone, and it is purged).
+           Split: cli (orchctl started to JobRegistered), scheduling (JobRegistered to
+           the plan placing all 100 made) and start (plan made to the last ``is
+           running``: commit, desired sets to the agents, tasks started, reports back).
+rpc        Status requests per second from one client process (grpc.aio, one channel
+           per client, each client sends its next request when the last one answered):
+           ``GetJob`` of the 100-allocation job and ``ListJobs``, with 1 and 8 concurrent
+           clients, p50/p99 latency. The client shares the machine's cores with the
+           controller: both CPU figures are shown.
+reschedule An agent killed with SIGKILL (the one running most of a 6-allocation job)
            until its allocations run elsewhere; p50 and max of 10 trials. Split:
-           detection (kill to NodeDown), scheduling (NodeDown to the replacements'
-           AllocationPlaced) and start (placed to running). The agent is started
-           again between trials and the cluster settles. A node that goes down
-           again within the controller's flap window (10 minutes) waits twice the
-           grace, then four times...: so that every trial measures a first failure,
-           not the flap brake, the controller is restarted (SIGTERM) before a trial
-           whose victim it has already seen go down.
+           detection (kill to NodeDown), scheduling (NodeDown to the plan placing the
+           replacements) and start (plan made to the replacements running). The agent
+           is started again after each trial and the cluster settles. A node that goes
+           down again within the controller's flap window (10 minutes) waits twice the
+           grace, then four times...; so that every trial measures a first failure and
+           not that brake, each agent is killed once per cluster and a fresh cluster
+           takes over after that.
 
 Timings are figures, never a verdict: a loaded machine shows up in them.
 """
@@ -565,8 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     clusters = Clusters(workdir, opts.fast)
     deadline = 120 + 20 * opts.runs + 8 * opts.seconds + 60 * opts.trials
     ok = False
-    old = signal.signal(signal.SIGALRM, _too_long)
-    signal.alarm(int(deadline))
+    # a bound on the whole run, unless something else owns SIGALRM (pytest-timeout does)
+    own_alarm = signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+    if own_alarm:
+        signal.signal(signal.SIGALRM, _too_long)
+        signal.alarm(int(deadline))
     try:
         c = clusters.fresh()
         print(job_run_section(c, result, opts.allocs, opts.runs), flush=True)
@@ -579,8 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.controller failed: {e!r} (logs in {workdir})", file=sys.stderr)
         opts.keep = True
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+        if own_alarm:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
         clusters.close()
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)

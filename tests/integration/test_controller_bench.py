@@ -13,7 +13,7 @@ import pytest
 from bench import controller as bench
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(90)
 def test_quick_run_reports_the_agreed_keys_and_leaves_nothing_behind(
         capsys: pytest.CaptureFixture[str]) -> None:
     tmp = Path(tempfile.gettempdir())
