@@ -55,13 +55,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.report import pct, progress, table
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 from orchctl.demo import Demo, wait
 
@@ -94,18 +94,8 @@ groups:
 """
 
 
-def progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation."""
-    xs = sorted(values)
-    if not xs:
-        return math.nan
-    k = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def secs(ns: int) -> float:
@@ -501,23 +491,8 @@ def reschedule_section(clusters: Clusters, result: dict[str, Any], trials: int, 
 # --- the report -------------------------------------------------------------------------------
 
 
-def table(title: str, head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in head]] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    lines = [f"\n{title}",
-             "  " + "  ".join(h.rjust(w) for h, w in zip(cells[0], widths, strict=True)),
-             "  " + "  ".join("-" * w for w in widths)]
-    lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))
-              for r in cells[1:]]
-    return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
 
 
 def ports_free() -> str | None:

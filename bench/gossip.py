@@ -20,9 +20,8 @@ import multiprocessing
 import os
 import random
 import socket
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,6 +31,7 @@ from agent.gossip.core import EventKind, MemberEvent
 from agent.gossip.messages import Alive, Ping, Suspect
 from agent.gossip.sim import NetConfig, SimNode, Simulator
 from agent.gossip.suspicion import min_suspicion_timeout
+from bench.report import pct, progress, table
 
 LAN = GossipConfig.lan()
 MODES: dict[str, GossipConfig] = {
@@ -41,18 +41,8 @@ MODES: dict[str, GossipConfig] = {
 }
 
 
-def progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation."""
-    xs = sorted(values)
-    if not xs:
-        return math.nan
-    k = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 # --- detection ------------------------------------------------------------------------------
@@ -261,21 +251,8 @@ def socket_throughput(seconds: float, *, encrypted: bool, compound: bool) -> dic
 # --- the report -------------------------------------------------------------------------------
 
 
-def table(title: str, head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in head]] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    lines = [f"\n{title}", "  " + "  ".join(h.rjust(w) for h, w in zip(cells[0], widths, strict=True)),
-             "  " + "  ".join("-" * w for w in widths)]
-    lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
-    return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "never"
-        return f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
 
 
 def timed(label: str, fn: Callable[[], Any]) -> Any:
