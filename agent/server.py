@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -42,7 +43,10 @@ class Agent:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir)
         self.node_id = fingerprint.node_id(self.data_dir)
-        self._drivers = drivers
+        rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
+                             allow_privileged=cfg.allow_privileged)
+        self.runtime = Runtime(rcfg, drivers if drivers is not None else {
+            n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
         self.gossip: GossipNode | None = None
         self.rpc_address = ""
         self._server: grpc.aio.Server | None = None
@@ -51,12 +55,27 @@ class Agent:
         self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon()  # nothing half-started is left behind (ports, tasks)
+            raise
+
+    async def _abandon(self) -> None:
+        steps: list[Awaitable[object]] = []
+        if self._server is not None:
+            steps.append(self._server.stop(0))
+        if self.gossip is not None:
+            steps.append(self.gossip.stop())
+        if self.metrics is not None:
+            steps.append(self.metrics.stop())
+        steps.append(self.runtime.close())
+        for step in steps:
+            with contextlib.suppress(Exception):
+                await step
+
+    async def _start(self) -> None:
         cfg = self.cfg
-        rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
-                             allow_privileged=cfg.allow_privileged)
-        drivers = self._drivers if self._drivers is not None else {
-            n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers}
-        self.runtime = Runtime(rcfg, drivers)
         await self.runtime.start()
 
         server = self._server = grpc.aio.server()
@@ -91,7 +110,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         log.info("agent running", extra={"node": cfg.name, "node_id": self.node_id,
                                          "rpc": self.rpc_address,
-                                         "drivers": ",".join(sorted(drivers))})
+                                         "drivers": ",".join(sorted(self.runtime.drivers))})
 
     async def stop(self, *, leave: bool = True, stop_tasks: bool = False) -> None:
         """Stop serving and talking; the tasks keep running (the next agent adopts them),

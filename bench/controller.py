@@ -105,35 +105,12 @@ def secs(ns: int) -> float:
 # --- the cluster ------------------------------------------------------------------------------
 
 
-class BenchDemo(Demo):
-    """``Demo``'s processes and timings on the benchmark's own addresses."""
-
-    def __init__(self, workdir: Path, fast: bool) -> None:
-        super().__init__(workdir, AGENTS, fast, "process")
-        self.env["ORCH_ADDR"] = ADDR
-
-    def start_controller(self) -> None:
-        self._spawn("controller", [
-            sys.executable, "-m", "controller.main", "--name", "controller",
-            "--bind", f"{NET}.1:7946", "--rpc-addr", ADDR,
-            "--data-dir", str(self.dir / "controller"), "--log-format", "json",
-            "--node-grace", "1" if self.fast else "3", *self.profile()])
-
-    def start_agent(self, i: int) -> None:
-        name = f"agent-{i}"
-        self._spawn(name, [
-            sys.executable, "-m", "agent.main", "--name", name, "--bind", f"{NET}.{i + 1}:7946",
-            "--join", f"{NET}.1:7946", "--rpc-addr", f"{NET}.{i + 1}:4648",
-            "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
-            *self.profile()])
-
-
 class Cluster:
     """``Demo``'s processes, watched through the controller's API (not through orchctl
     subprocesses, which would load the two cores while they are measured)."""
 
     def __init__(self, workdir: Path, fast: bool) -> None:
-        self.demo = BenchDemo(workdir, fast)
+        self.demo = Demo(workdir, AGENTS, fast, "process", net=NET)
         self.channel = grpc.insecure_channel(ADDR)
         self.stub = controller_pb2_grpc.ControllerServiceStub(self.channel)
 
@@ -241,7 +218,7 @@ def job_run_once(c: Cluster, name: str, count: int) -> dict[str, float]:
               if e.type == "AllocationPlaced" and e.allocation.job == name}
     running: dict[str, int] = {}
     for e in evs:
-        if (e.type == "AllocationUpdated" and e.key in placed
+        if (e.type == "AllocationRunning" and e.key in placed
                 and e.allocation.client_status == RUNNING):
             running.setdefault(e.key, e.time_ns)
     if len(placed) != count or len(running) != count:
@@ -392,11 +369,11 @@ def reschedule_once(c: Cluster, name: str, victim: str) -> dict[str, Any]:
     wait(f"{victim}'s allocations to run elsewhere", replaced, 120)
     evs = c.events_after(mark)
     down = next(e.time_ns for e in evs if e.type == "NodeDown" and e.key == vid)
-    placed = {e.key: e.time_ns for e in evs if e.type == "AllocationPlaced"
+    placed = {e.key: e.time_ns for e in evs if e.type == "AllocationRescheduled"
               and e.allocation.previous_allocation in lost}
     running: dict[str, int] = {}
     for e in evs:
-        if (e.type == "AllocationUpdated" and e.key in placed
+        if (e.type == "AllocationRunning" and e.key in placed
                 and e.allocation.client_status == RUNNING):
             running.setdefault(e.key, e.time_ns)
     if len(placed) < len(lost) or set(running) != set(placed):

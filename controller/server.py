@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -63,6 +64,26 @@ class Controller:
         self._background: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon()  # nothing half-started is left behind (ports, the store lock)
+            raise
+
+    async def _abandon(self) -> None:
+        steps: list[Awaitable[object]] = []
+        if self._server is not None:
+            steps.append(self._server.stop(0))
+        if self.gossip is not None:
+            steps.append(self.gossip.stop())
+        if self.metrics is not None:
+            steps.append(self.metrics.stop())
+        steps.append(self.store.close())
+        for step in steps:
+            with contextlib.suppress(Exception):
+                await step
+
+    async def _start(self) -> None:
         await self.store.open()
         state = ClusterState.from_store(await self.store.load())
         self.cluster = Cluster(self.store, state)

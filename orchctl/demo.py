@@ -58,14 +58,16 @@ def free_ports() -> tuple[int, int, int]:
 
 class Demo:
     def __init__(self, workdir: Path, agents: int, fast: bool, driver: str,
-                 ports: tuple[int, int, int] = WELL_KNOWN) -> None:
+                 ports: tuple[int, int, int] = WELL_KNOWN, net: str = "127.0.0") -> None:
         self.dir = workdir
         self.n = agents
         self.fast = fast
         self.driver = driver
+        self.net = net
+        """The controller runs on ``net``.1, agent i on ``net``.(i+1)."""
         self.gossip_port, self.rpc_port, self.agent_port = ports
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "ORCH_ADDR": f"127.0.0.1:{self.rpc_port}",
+        self.env = {**os.environ, "ORCH_ADDR": f"{net}.1:{self.rpc_port}",
                     "PYTHONUNBUFFERED": "1"}
 
     # --- processes -----------------------------------------------------------------------------
@@ -77,7 +79,7 @@ class Demo:
 
     def metrics_port(self, well_known: int) -> int:
         """The well-known metrics port in the demo; any free one beside another cluster."""
-        return well_known if self.rpc_port == WELL_KNOWN[1] else 0
+        return well_known if self.rpc_port == WELL_KNOWN[1] and self.net == "127.0.0" else 0
 
     def profile(self) -> list[str]:
         return ["--profile", "fast"] if self.fast else []
@@ -85,18 +87,20 @@ class Demo:
     def start_controller(self) -> None:
         self._spawn("controller", [
             sys.executable, "-m", "controller.main", "--name", "controller",
-            "--bind", f"127.0.0.1:{self.gossip_port}", "--rpc-addr", f"127.0.0.1:{self.rpc_port}",
+            "--bind", f"{self.net}.1:{self.gossip_port}",
+            "--rpc-addr", f"{self.net}.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
-            "--metrics-addr", f"127.0.0.1:{self.metrics_port(9647)}",
+            "--metrics-addr", f"{self.net}.1:{self.metrics_port(9647)}",
             "--node-grace", "1" if self.fast else "3", *self.profile()])
 
     def start_agent(self, i: int) -> None:
         name = f"agent-{i}"
         self._spawn(name, [
             sys.executable, "-m", "agent.main", "--name", name,
-            "--bind", f"127.0.0.{i + 1}:{self.gossip_port}", "--join", f"127.0.0.1:{self.gossip_port}",
-            "--rpc-addr", f"127.0.0.{i + 1}:{self.agent_port}",
-            "--metrics-addr", f"127.0.0.{i + 1}:{self.metrics_port(9646)}",
+            "--bind", f"{self.net}.{i + 1}:{self.gossip_port}",
+            "--join", f"{self.net}.1:{self.gossip_port}",
+            "--rpc-addr", f"{self.net}.{i + 1}:{self.agent_port}",
+            "--metrics-addr", f"{self.net}.{i + 1}:{self.metrics_port(9646)}",
             "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
             *self.profile()])
 
