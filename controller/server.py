@@ -202,9 +202,15 @@ class Controller:
         out = []
         for m in sorted(self.gossip.members(), key=lambda m: m.name):
             tags = {k: v if isinstance(v, str) else str(v) for k, v in m.state.items()}
-            out.append(controller_pb2.Member(name=m.name, address=f"{m.addr[0]}:{m.addr[1]}",
-                                             status=str(m.status), incarnation=m.incarnation,
-                                             tags=tags))
+            member = controller_pb2.Member(name=m.name, address=f"{m.addr[0]}:{m.addr[1]}",
+                                           status=str(m.status), incarnation=m.incarnation,
+                                           tags=tags)
+            coord = self.gossip.core.coordinate(m.name) if self.gossip.core else None
+            if coord is not None:
+                member.coordinate.CopyFrom(controller_pb2.Coordinate(
+                    vec=coord.vec, error=coord.error, height=coord.height,
+                    adjustment=coord.adjustment))
+            out.append(member)
         return out
 
     def member_status(self, name: str) -> str:

@@ -64,6 +64,19 @@ def encode(msg: Message | PushPull) -> bytes:
     return _packb([code, *msg])
 
 
+def pack_value(value: Any) -> bytes:
+    """An opaque value (an ack's payload) as msgpack bytes."""
+    return _packb(value)
+
+
+def unpack_value(data: bytes) -> Any:
+    """The value of ``pack_value``; None when the bytes are not msgpack (never raises)."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:
+        return None
+
+
 def array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))

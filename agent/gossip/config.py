@@ -94,6 +94,11 @@ class GossipConfig:
     leave_propagate_time: float = 1.0
     """Seconds a leaving member keeps gossiping its leave before it stops."""
 
+    # --- network coordinates ----------------------------------------------------------------
+    coordinates: bool = True
+    """Vivaldi network coordinates from the probes' round-trip times (acks carry the prober's
+    target's coordinate, ~30 bytes); each member keeps those of the members it probed."""
+
     # --- node state -----------------------------------------------------------------------
     max_state_bytes: int = 64 * 1024
     """Largest encoded node state a member may publish."""

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from agent.gossip import broadcast as bq
 from agent.gossip import codec
 from agent.gossip.config import GossipConfig
+from agent.gossip.coordinate import Coordinate, VivaldiClient, VivaldiConfig
 from agent.gossip.messages import (
     Ack,
     Addr,
@@ -237,6 +238,11 @@ class Membership:
         # gossip rounds run only while something is queued, on a fixed phase
         self._gossip_phase = now + rng.random() * cfg.gossip_interval
         self._gossip_timer: Timer | None = None
+        self.vivaldi = VivaldiClient(VivaldiConfig(), random.Random(rng.random())) \
+            if cfg.coordinates else None
+        self.coordinates: dict[str, Coordinate] = {}
+        """The last coordinate each probed member sent in its ack."""
+        self._ack_payload: bytes | None = None
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
         self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
@@ -368,6 +374,12 @@ class Membership:
         """Members alive or suspect, this one included."""
         return self._n_live
 
+    def coordinate(self, name: str) -> Coordinate | None:
+        """This member's coordinate, or the last one ``name`` sent us (None: not probed yet)."""
+        if name == self.name:
+            return self.vivaldi.coord if self.vivaldi is not None else None
+        return self.coordinates.get(name)
+
     @property
     def incarnation(self) -> int:
         return self.me.incarnation
@@ -481,14 +493,28 @@ class Membership:
         if msg.target != self.name:
             self.stats.drop("misdirected")
             return
-        self._send(src, [codec.encode(Ack(msg.seq))], now)
+        self._send(src, [codec.encode(Ack(msg.seq, self._coordinate_payload()))], now)
+
+    def _coordinate_payload(self) -> bytes | None:
+        if self.vivaldi is None:
+            return None
+        if self._ack_payload is None:
+            self._ack_payload = codec.pack_value(self.vivaldi.coord.to_wire())
+        return self._ack_payload
 
     def _on_ack(self, msg: Ack, now: float) -> None:
         p = self._probe
         if p is not None and p.seq == msg.seq:
             if not p.acked:
                 p.acked = True
-                self.stats.observe_rtt(now - p.sent)
+                rtt = now - p.sent
+                self.stats.observe_rtt(rtt)
+                if self.vivaldi is not None and msg.payload:
+                    other = Coordinate.from_wire(codec.unpack_value(msg.payload))
+                    if other is not None:
+                        self.coordinates[p.target] = other
+                        self.vivaldi.update(p.target, other, rtt)
+                        self._ack_payload = None
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -664,6 +690,9 @@ class Membership:
         if self.members.get(m.name) is not m or m.status not in _GONE:
             return
         del self.members[m.name]
+        self.coordinates.pop(m.name, None)
+        if self.vivaldi is not None:
+            self.vivaldi.forget(m.name)
         i = self._peer_index.pop(m.name)
         last = self._peers.pop()
         if last is not m:

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.gossip.coordinate import estimate_rtt
 from agent.gossip.core import RTT_BUCKETS
 from agent.gossip.messages import Code, Status
 from agent.gossip.transport import GossipNode
-from orch.metrics import histogram
+from orch.metrics import Hist, histogram
 
 DROP_REASONS = ("decode", "decrypt", "label", "version", "misdirected", "conflict", "internal")
 
@@ -79,6 +80,15 @@ class GossipCollector(Collector):
                                 value=core.queued_broadcasts)
         yield GaugeMetricFamily("orch_gossip_incarnation", "This member's incarnation number.",
                                 value=core.incarnation)
+        me = core.coordinate(core.name)
+        if me is not None:
+            est = Hist(RTT_BUCKETS)
+            for c in core.coordinates.values():
+                est.observe(estimate_rtt(me, c))
+            yield est.family("orch_gossip_rtt_estimate_seconds", "Estimated round-trip times "
+                             "to the peers this member probed (network coordinates).")
+            yield GaugeMetricFamily("orch_gossip_coordinate_error", "Confidence in this "
+                                    "member's coordinate (0 best, 1.5 worst).", value=me.error)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -40,6 +40,8 @@ class NetConfig:
     """Probability that a datagram is lost."""
     stream_latency: float = 0.002
     """One-way delay of a TCP exchange (never lost; refused when the peer is down)."""
+    path_latency: Callable[[Addr, Addr], float] | None = None
+    """One-way delay between two members, replacing ``latency`` (a network with a shape)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -206,7 +208,8 @@ class Simulator:
                         continue
                     if dst is None or (self.partitioned and dst.group != node.group):
                         continue
-                    delay = net.latency + self.rng.random() * net.jitter
+                    base = net.path_latency(node.addr, e.addr) if net.path_latency else net.latency
+                    delay = base + self.rng.random() * net.jitter
                     if node.slow is not None:
                         delay += node.slow(self.rng)
                     heapq.heappush(self._heap, (now + delay, next(self._seq), _DELIVER,

@@ -1098,6 +1098,7 @@ class Member(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    COORDINATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """gossip host:port"""
@@ -1108,6 +1109,10 @@ class Member(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """the node state's string values"""
 
+    @_builtins.property
+    def coordinate(self) -> Global___Coordinate:
+        """its network coordinate, as last seen (if any)"""
+
     def __init__(
         self,
         *,
@@ -1116,14 +1121,46 @@ class Member(_message.Message):
         status: _builtins.str = ...,
         incarnation: _builtins.int = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        coordinate: Global___Coordinate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coordinate", b"coordinate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "incarnation", b"incarnation", "name", b"name", "status", b"status", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "coordinate", b"coordinate", "incarnation", b"incarnation", "name", b"name", "status", b"status", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class Coordinate(_message.Message):
+    """A Vivaldi network coordinate (seconds): RTT(a, b) ~ |a.vec - b.vec| + heights + adjustments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VEC_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    ADJUSTMENT_FIELD_NUMBER: _builtins.int
+    error: _builtins.float
+    height: _builtins.float
+    adjustment: _builtins.float
+    @_builtins.property
+    def vec(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        vec: _abc.Iterable[_builtins.float] | None = ...,
+        error: _builtins.float = ...,
+        height: _builtins.float = ...,
+        adjustment: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment", b"adjustment", "error", b"error", "height", b"height", "vec", b"vec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Coordinate: _TypeAlias = Coordinate  # noqa: Y015
 
 @_typing.final
 class ListServicesRequest(_message.Message):

@@ -8,15 +8,23 @@ import time
 
 import grpc
 
+from agent.gossip.coordinate import Coordinate, estimate_rtt
 from orch.v1 import controller_pb2
-from orchctl.client import OK, fail
+from orchctl.client import OK, CliError, fail
 from orchctl.commands import Ctx
 from orchctl.output import block, out, table, to_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("members", help="the gossip members as the controller sees them")
+    p.add_argument("--rtt", action="store_true",
+                   help="add each member's estimated round-trip time to the controller")
     p.set_defaults(fn=members)
+    p = sub.add_parser("rtt", help="estimated round-trip time between two members "
+                       "(network coordinates; nothing is measured now)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(fn=rtt)
     svc = sub.add_parser("service", help="services published through the load balancer")
     verbs = svc.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verbs.add_parser("list", help="every service with its endpoints")
@@ -42,10 +50,43 @@ async def members(ctx: Ctx, args: argparse.Namespace) -> int:
     if ctx.json:
         out(to_json(list(resp.members)))
         return OK
+    if args.rtt:
+        me = next((m for m in resp.members if m.tags.get("role") == "controller"
+                   and m.HasField("coordinate")), None)
+        rows = []
+        for m in resp.members:
+            est = _estimate(me.coordinate, m.coordinate) if me and m.HasField("coordinate") \
+                else None
+            rows.append((m.name, m.address, m.status,
+                         f"{est * 1000:.3f} ms" if est is not None else "-",
+                         f"{m.coordinate.error:.2f}" if m.HasField("coordinate") else "-"))
+        out(table(("Name", "Address", "Status", "RTT to controller", "Coordinate error"), rows))
+        return OK
     out(table(("Name", "Address", "Status", "Incarnation", "Role", "Tags"),
               [(m.name, m.address, m.status, m.incarnation, m.tags.get("role", ""),
                 ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()) if k != "role"))
                for m in resp.members]))
+    return OK
+
+
+def _estimate(a: controller_pb2.Coordinate, b: controller_pb2.Coordinate) -> float:
+    return estimate_rtt(Coordinate(tuple(a.vec), a.error, a.height, a.adjustment),
+                        Coordinate(tuple(b.vec), b.error, b.height, b.adjustment))
+
+
+async def rtt(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ListMembers(controller_pb2.ListMembersRequest()))
+    found = {m.name: m for m in resp.members}
+    for name in (args.a, args.b):
+        if name not in found:
+            raise CliError(f"no member {name!r}")
+        if not found[name].HasField("coordinate"):
+            raise CliError(f"no coordinate for {name!r} yet (the controller has not probed it)")
+    est = _estimate(found[args.a].coordinate, found[args.b].coordinate)
+    if ctx.json:
+        out(json.dumps({"a": args.a, "b": args.b, "rtt_seconds": est}))
+    else:
+        out(f"Estimated {args.a} <-> {args.b} rtt: {est * 1000:.3f} ms (using network coordinates)")
     return OK
 
 

@@ -152,6 +152,13 @@ async def test_alloc_node_and_cluster_commands(live: tuple[Controller, Agent, Cl
     members = await cli.json("members")
     assert {m["name"] for m in members} == {"ctl", "agent-1"}
     assert "controller" in await cli("members")
+    assert ctl.gossip is not None
+    await wait_until(lambda: ctl.gossip is not None and ctl.gossip.core is not None
+                     and ctl.gossip.core.coordinate("agent-1") is not None, within=10)
+    est = await cli.json("rtt", "ctl", "agent-1")
+    assert 0 < est["rtt_seconds"] < 0.5
+    assert "ms" in await cli("members", "--rtt")
+    await cli("rtt", "ctl", "nobody", code=1)
     leader = await cli.json("leader")
     assert leader["is_self"]
     services = await cli.json("service", "list")
