@@ -34,7 +34,8 @@ def plan_summary(plan: Plan) -> controller_pb2.PlanSummary:
     for u in plan.updates:
         out.changes.add(kind="update", group=u.name.rsplit(".", 1)[-1].split("[")[0],
                         alloc_id=u.alloc_id, alloc_name=u.name, node=u.node_name,
-                        reason=f"in place, version {u.from_version} => {u.to_version}")
+                        reason=f"in place{' (resize)' if u.resize else ''}, version "
+                               f"{u.from_version} => {u.to_version}")
     for s in plan.stops:
         out.changes.add(kind="stop", alloc_id=s.alloc_id, alloc_name=s.name, node=s.node_name,
                         reason=s.reason, group=s.name.rsplit(".", 1)[-1].split("[")[0])
@@ -88,12 +89,18 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
         a.CopyFrom(old)
         a.job_version = u.to_version
         a.spec.CopyFrom(spec(a.group))
+        res = groups[a.group].resources
+        resized = (a.resources.cpu_millicores, a.resources.memory_mb) != (
+            res.cpu_millicores, res.memory_mb)
+        a.resources.CopyFrom(job_pb2.Resources(cpu_millicores=res.cpu_millicores,
+                                               memory_mb=res.memory_mb))
         a.modify_time_ns = now_ns
         if deployment_id:
             a.deployment_id = deployment_id
         ch.put_allocs.append(a)
+        what = "resized in place" if resized else "updated in place"
         ch.events.append(event("allocation", "AllocationUpdated", a.id,
-                               f"{a.name}: updated in place to version {u.to_version}", now_ns,
+                               f"{a.name}: {what} to version {u.to_version}", now_ns,
                                allocation=a))
     replaced = {a.id for a in ch.put_allocs}
     for p in plan.placements:

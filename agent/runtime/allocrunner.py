@@ -110,6 +110,18 @@ class AllocRunner:
         self.modify_time_ns = time.time_ns()
         self._notify(self.spec.id)
 
+    async def resize(self, want: AllocSpec) -> bool:
+        """Give the tasks whose CPU or memory changed their new limits in place; False when a
+        driver cannot (the allocation is then replaced)."""
+        old = {t.name: t for t in self.spec.group.tasks}
+        for task in want.group.tasks:
+            runner = self.tasks.get(task.name)
+            if runner is None or old[task.name].resources == task.resources:
+                continue
+            if not await runner.resize(task.resources):
+                return False
+        return True
+
     def spec_hashes(self, spec: AllocSpec | None = None) -> dict[str, str]:
         s = spec or self.spec
         return {t.name: lbl.spec_hash(t, s.group.network, self.ports) for t in s.group.tasks}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
+from orch.jobspec.model import Resources
 
 from . import labels as lbl
 from .driver import (
@@ -318,12 +320,8 @@ class DockerDriver(TaskDriver):
     def container_config(self, cfg: TaskConfig) -> dict[str, Any]:
         """The Engine API's container config for ``cfg`` (create body)."""
         task, net = cfg.task, cfg.network
-        millicores, memory = task.resources.cpu_millicores, task.resources.memory_mb * _MIB
         host: dict[str, Any] = {
-            "NanoCpus": millicores * 1_000_000,
-            "CpuShares": max(2, millicores * 1024 // 1000),
-            "Memory": memory,
-            "MemorySwap": memory,
+            **self.resource_limits(task.resources),
             "NetworkMode": "host" if net.mode == "host" else "bridge",
             "Privileged": task.privileged,
             "LogConfig": {"Type": "json-file", "Config": {
@@ -478,6 +476,26 @@ class DockerDriver(TaskDriver):
             return ExecResult(exit_code=126, output=e.message.encode())
         code = info.get("ExitCode")
         return ExecResult(exit_code=126 if code is None else int(code), output=bytes(out))
+
+    async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
+        """New CPU and memory limits for the running container (``docker update``)."""
+        body = self.resource_limits(resources)
+        try:
+            await self.docker._query_json(f"containers/{handle.id}/update", method="POST",
+                                          data=json.dumps(body))
+        except DockerError as e:
+            log.warning("cannot resize the container in place: %s", e.message,
+                        extra={"container": handle.id[:12]})
+            return False
+        return True
+
+    @staticmethod
+    def resource_limits(resources: Resources) -> dict[str, int]:
+        """The Engine API's limits for ``resources`` (create and update bodies)."""
+        millicores, memory = resources.cpu_millicores, resources.memory_mb * _MIB
+        return {"NanoCpus": millicores * 1_000_000,
+                "CpuShares": max(2, millicores * 1024 // 1000),
+                "Memory": memory, "MemorySwap": memory}
 
     async def usage(self, handle: TaskHandle) -> Usage | None:
         # aiodocker's stats() cannot ask for one-shot stats; without it the engine waits a

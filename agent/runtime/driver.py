@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from orch.errors import StartError
-from orch.jobspec.model import Network, Task
+from orch.jobspec.model import Network, Resources, Task
 
 from .labels import TaskIdentity
 from .state import DriverStatus
@@ -209,6 +209,11 @@ class TaskDriver(abc.ABC):
 
         The caller bounds it with ``asyncio.timeout``; cancelled, the driver kills what it can.
         """
+
+    async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
+        """Give a running task new CPU and memory limits in place; False when this driver
+        cannot (the task is then replaced)."""
+        return False
 
     @abc.abstractmethod
     async def usage(self, handle: TaskHandle) -> Usage | None:

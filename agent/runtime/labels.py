@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from orch.jobspec.model import Network, Task
+from orch.jobspec.model import Network, Resources, Task
 
 MANAGED = "orch.managed"
 ALLOC = "orch.alloc"
@@ -55,7 +55,9 @@ def spec_hash(task: Task, network: Network, ports: Mapping[str, int]) -> str:
     The job version is left out on purpose: a new version that does not change the
     task (a new count, new metadata) updates the allocation in place.
     """
-    doc = {"task": dataclasses.asdict(task), "network": dataclasses.asdict(network),
+    # resources are left out too: a new CPU or memory limit is applied to the running task
+    bare = dataclasses.replace(task, resources=Resources())
+    doc = {"task": dataclasses.asdict(bare), "network": dataclasses.asdict(network),
            "ports": dict(sorted(ports.items()))}
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=dict)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]

@@ -33,6 +33,7 @@ from typing import Any
 
 import agent
 from orch.errors import RuntimeDriverError, StartError
+from orch.jobspec.model import Resources
 
 from . import labels as lbl
 from . import logfiles
@@ -392,6 +393,10 @@ class ProcessDriver(TaskDriver):
             await asyncio.shield(proc.wait())
             raise
         return ExecResult(exit_code=proc.returncode or 0, output=out)
+
+    async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
+        """Nothing to change: this driver enforces no CPU or memory limits (as raw_exec)."""
+        return True
 
     async def usage(self, handle: TaskHandle) -> Usage | None:
         watch = self._watches.get(handle.id)

@@ -197,12 +197,12 @@ class Runtime:
             if runner.terminal or want == runner.spec:
                 return
             ports = self._ports_for(want, previous=runner.ports, exclude=aid)
-            if self._hashes(want, ports) != runner.spec_hashes():
+            if self._hashes(want, ports) != runner.spec_hashes() or not await runner.resize(want):
                 runner.description = f"replaced by job version {want.job_version}"
                 await runner.destroy()
                 self._start_runner(want, previous_ports=ports)
             else:
-                runner.spec = want  # same tasks: updated in place
+                runner.spec = want  # same tasks (perhaps new limits): updated in place
                 runner.changed()
 
     def _start_runner(self, spec: AllocSpec, previous_ports: Mapping[str, int]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
-from orch.jobspec.model import Check, Task
+from orch.jobspec.model import Check, Resources, Task
 
 from .driver import ExitResult, Recovered, TaskConfig, TaskDriver, TaskHandle
 from .health import CheckTracker
@@ -76,6 +77,19 @@ class TaskRunner:
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name=f"task {self.task.name}")
+
+    async def resize(self, resources: Resources) -> bool:
+        """Apply new CPU and memory limits to the running task (and to its later runs)."""
+        running = self.handle is not None and self.state == "running"
+        if running and self.handle is not None and not await self.driver.resize(self.handle,
+                                                                                resources):
+            return False
+        self.task = dataclasses.replace(self.task, resources=resources)
+        self.cfg = dataclasses.replace(self.cfg, task=dataclasses.replace(
+            self.cfg.task, resources=resources))
+        self._event("Resized", f"{resources.cpu_millicores} millicores, "
+                               f"{resources.memory_mb} MB, in place")
+        return True
 
     def request_stop(self, event_type: str = "Killing", reason: str = "") -> None:
         """Stop the task (signal, grace, SIGKILL); it ends dead and not failed."""

@@ -25,9 +25,12 @@ def apply_plan(snapshot: ClusterSnapshot, plan: Plan, job: Job, now: float) -> N
     for u in plan.updates:
         old = snapshot.alloc(u.alloc_id)
         if old is not None:
+            spec = specs.get(old.group, old.spec)
+            res = spec.resources if spec is not None else None
             snapshot.upsert_alloc(dataclasses.replace(
-                old, job_version=u.to_version, spec=specs.get(old.group, old.spec),
-                modify_time=now))
+                old, job_version=u.to_version, spec=spec, modify_time=now,
+                cpu_millicores=res.cpu_millicores if res else old.cpu_millicores,
+                memory_mb=res.memory_mb if res else old.memory_mb))
     for p in plan.placements:
         snapshot.upsert_alloc(AllocInfo(
             id=p.alloc_id, namespace=p.namespace, job=p.job, group=p.group, index=p.index,

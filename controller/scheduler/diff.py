@@ -31,6 +31,7 @@ from orch.jobspec.model import Group
 
 REPLACES = "forces replacement"
 IN_PLACE = "in place"
+RESIZE = "resized in place when the node has room, else moved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class FieldChange:
     """``forces replacement`` or ``in place``."""
 
     def render(self) -> str:
-        note = f"  ({self.effect})" if self.effect == REPLACES else ""
+        note = f"  ({self.effect})" if self.effect in (REPLACES, RESIZE) else ""
         if self.old is None:
             return f"+ {self.path}: {_show(self.new)}{note}"
         if self.new is None:
@@ -61,6 +62,8 @@ def diff_groups(old: Group | None, new: Group | None) -> list[FieldChange]:
 
 
 def _effect(path: str) -> str:
+    if path.startswith("tasks") and ".resources." in path:
+        return RESIZE
     if path.startswith("network") or (path.startswith("tasks") and ".checks" not in path):
         return REPLACES
     return IN_PLACE

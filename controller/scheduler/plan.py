@@ -57,6 +57,8 @@ class InPlaceUpdate:
     from_version: int
     to_version: int
     node_name: str = ""
+    resize: bool = False
+    """Only CPU or memory change: the running tasks get their new limits where they run."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,10 +20,11 @@ canary that fails is not replaced: the update waits for a fix or a revert.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.scheduler.snapshot import AllocInfo, ClusterSnapshot
-from orch.jobspec.model import Group, Job, ReschedulePolicy, Task
+from orch.jobspec.model import Group, Job, ReschedulePolicy, Resources, Task
 
 STOP_COUNT = "count reduced"
 STOP_DUPLICATE = "duplicate index"
@@ -58,24 +59,49 @@ class GroupDecision:
     notes: list[str] = field(default_factory=list)
 
 
-def _without_checks(t: Task) -> Task:
-    return dataclasses.replace(t, checks=())
-
-
 def is_destructive(old: Group | None, new: Group) -> bool:
     """Whether moving an allocation from ``old`` to ``new`` needs a new allocation.
 
-    Anything that changes what runs (the tasks, their image, command, env,
-    resources, ...) or how it is wired (the network and ports) is destructive;
-    count, services, health checks, policies, constraints and meta are updated
-    in place. An unknown old spec is treated as destructive.
+    Anything that changes what runs (the tasks, their image, command, env, ...) or
+    how it is wired (the network and ports) is destructive; count, services, health
+    checks, policies, constraints and meta are updated in place, and so are CPU and
+    memory alone (a *resize*: see ``is_resize``) when the node has room. An unknown
+    old spec is treated as destructive.
     """
     if old is None:
         return True
     if old.network != new.network or len(old.tasks) != len(new.tasks):
         return True
-    return any(_without_checks(a) != _without_checks(b)
-               for a, b in zip(old.tasks, new.tasks, strict=True))
+    return any(_bare(a) != _bare(b) for a, b in zip(old.tasks, new.tasks, strict=True))
+
+
+def is_resize(old: Group | None, new: Group) -> bool:
+    """Whether only the tasks' CPU or memory differ (the engine can change them live)."""
+    return old is not None and not is_destructive(old, new) and any(
+        a.resources != b.resources for a, b in zip(old.tasks, new.tasks, strict=True))
+
+
+def _bare(t: Task) -> Task:
+    """A task without what changes in place: its checks and its resources."""
+    return dataclasses.replace(t, checks=(), resources=Resources())
+
+
+RoomCheck = Callable[[AllocInfo, Group], bool]
+"""Whether an allocation can grow to the group's resources where it runs (and, if so,
+reserves the growth for the rest of the plan)."""
+
+
+def room_to_resize(a: AllocInfo, group: Group, snapshot: ClusterSnapshot) -> bool:
+    """Whether the allocation's node can take the group's new CPU and memory where it runs
+    (by the snapshot alone; the scheduler also counts the rest of its plan)."""
+    want = group.resources
+    grow_cpu = want.cpu_millicores - a.cpu_millicores
+    grow_mem = want.memory_mb - a.memory_mb
+    if grow_cpu <= 0 and grow_mem <= 0:
+        return True
+    node = snapshot.node(a.node_id)
+    return node is not None and node.cpu_used + max(0, grow_cpu) <= node.cpu_total \
+        and node.mem_used + max(0, grow_mem) <= node.mem_total
 
 
 def reschedule_delay(policy: ReschedulePolicy, attempt: int) -> float:
@@ -106,7 +132,8 @@ def attempts_in_window(policy: ReschedulePolicy, alloc: AllocInfo, now: float) -
 
 def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
                     snapshot: ClusterSnapshot, now: float,
-                    still_feasible: dict[str, bool] | None = None) -> GroupDecision:
+                    still_feasible: dict[str, bool] | None = None,
+                    room: RoomCheck | None = None) -> GroupDecision:
     """Sort a group's allocations (any status) into what the plan must do with them.
 
     ``group`` is None when the job no longer has the group (or the job is stopped).
@@ -221,7 +248,8 @@ def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
         if key not in cache:
             cache[key] = is_destructive(a.spec, group)
         feasible = still_feasible.get(a.node_id, True) if still_feasible is not None else True
-        if cache[key] or not feasible:
+        fits = room(a, group) if room is not None else room_to_resize(a, group, snapshot)
+        if cache[key] or not feasible or not fits:
             destructive.append(a)
         else:
             out.in_place.append(a)

@@ -31,6 +31,7 @@ from controller.scheduler.reconcile import (
     STOP_REPLACED,
     attempts_in_window,
     is_destructive,
+    is_resize,
     reconcile_group,
 )
 from controller.scheduler.snapshot import AllocInfo, ClusterSnapshot, NodeState
@@ -76,7 +77,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
             if node is not None and a.node_id not in feasible:
                 feasible[a.node_id] = (filt.check_class(node.cls) is None
                                        and filt.check_node(node) is None)
-        d = reconcile_group(job, group, allocs, snap, ctx.now, feasible)
+        d = reconcile_group(job, group, allocs, snap, ctx.now, feasible,
+                            room=lambda a, g: _reserve_resize(ctx, a, g))
         gp = plan.groups[group.name] = GroupPlan(
             name=group.name, desired=0 if job.stop else group.count, spec=group,
             previous_spec=_previous_spec(allocs, job.version) or group,
@@ -95,7 +97,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
         for a in d.in_place:
             plan.updates.append(InPlaceUpdate(
                 alloc_id=a.id, name=a.name, node_id=a.node_id, node_name=_node_name(snap, a),
-                from_version=a.job_version, to_version=job.version))
+                from_version=a.job_version, to_version=job.version,
+                resize=is_resize(a.spec, group)))
         decisions.append((group, d))
     for name, allocs in by_group.items():
         if name not in plan.groups:
@@ -264,14 +267,14 @@ def _system_group(ctx: PlanContext, plan: Plan, group: Group, allocs: list[Alloc
             if current.job_version == job.version:
                 gp.unchanged += 1
                 in_flight += not current.healthy
-            elif is_destructive(current.spec, group):
+            elif is_destructive(current.spec, group) or not _reserve_resize(ctx, current, group):
                 destructive.append((current, node))
             else:
                 gp.in_place += 1
                 plan.updates.append(InPlaceUpdate(
                     alloc_id=current.id, name=current.name, node_id=node.info.id,
                     node_name=node.info.name, from_version=current.job_version,
-                    to_version=job.version))
+                    to_version=job.version, resize=is_resize(current.spec, group)))
             continue
         if status is not None or node.info.id in done:
             continue  # ineligible or initializing: nothing new; failed here: not retried
@@ -307,3 +310,21 @@ def _system_group(ctx: PlanContext, plan: Plan, group: Group, allocs: list[Alloc
             gp.unplaced += 1
     if gp.unplaced:
         gp.failure = metrics
+
+
+def _reserve_resize(ctx: PlanContext, a: AllocInfo, group: Group) -> bool:
+    """Whether ``a`` can grow to ``group``'s resources on its node, counting what the plan
+    already placed or grew there; when it can, the growth is reserved."""
+    want = group.resources
+    grow_cpu = want.cpu_millicores - a.cpu_millicores
+    grow_mem = want.memory_mb - a.memory_mb
+    node = ctx.snapshot.node(a.node_id)
+    if node is None:
+        return grow_cpu <= 0 and grow_mem <= 0
+    d = ctx.delta(node)
+    if (grow_cpu > 0 and node.cpu_used + d.cpu + grow_cpu > node.cpu_total) or \
+            (grow_mem > 0 and node.mem_used + d.mem + grow_mem > node.mem_total):
+        return False
+    d.cpu += grow_cpu
+    d.mem += grow_mem
+    return True

@@ -174,3 +174,25 @@ async def test_engine_stopped_mid_run_is_reported_and_recovered(
         assert info[0]["State"]["Running"]
     finally:
         await rt.close(stop_tasks=True, grace=10)
+
+
+async def test_new_cpu_and_memory_are_applied_to_the_running_container(
+        rt: Runtime, test_image: str, node_id: str, docker_url: str) -> None:
+    from orch.jobspec.model import Resources
+
+    small = busybox(test_image, "sleep 600", resources=Resources(cpu_millicores=200,
+                                                                 memory_mb=32))
+    await rt.apply(1, [alloc("r1", small)])
+    await until(rt, "r1", running)
+    (cid,) = containers(node_id, docker_url)
+    before = json.loads(docker("inspect", cid, url=docker_url))[0]
+    big = busybox(test_image, "sleep 600", resources=Resources(cpu_millicores=700,
+                                                               memory_mb=96))
+    await rt.apply(2, [alloc("r1", big, version=2)])
+    await until(rt, "r1", lambda st: st.job_version == 2)
+    assert containers(node_id, docker_url) == [cid]  # the same container
+    after = json.loads(docker("inspect", cid, url=docker_url))[0]
+    assert after["HostConfig"]["NanoCpus"] == 700_000_000
+    assert after["HostConfig"]["Memory"] == 96 * 1024 * 1024
+    assert after["State"]["StartedAt"] == before["State"]["StartedAt"]  # not restarted
+    assert any(e.type == "Resized" for e in rt.status("r1").tasks["main"].events)

@@ -5,7 +5,7 @@ from typing import Any
 
 from controller.scheduler import ClusterSnapshot, SchedulerConfig
 from controller.scheduler.reconcile import is_destructive, reschedule_delay
-from orch.jobspec.model import Check, Constraint, Job, ReschedulePolicy, Service
+from orch.jobspec.model import Check, Constraint, Job, ReschedulePolicy, Resources, Service
 from tests.unit.scheduler.factories import (
     alloc,
     group,
@@ -272,3 +272,36 @@ def test_a_failed_canary_stops_the_update() -> None:
     assert plan.is_noop
     assert plan.groups["web"].notes == [
         "canary app.web[0] failed; the update waits (fix the job or revert)"]
+
+
+def _resized(j: Job, cpu: int, mem: int) -> Job:
+    t = j.groups[0].tasks[0]
+    return bump(j, tasks=(dataclasses.replace(
+        t, resources=Resources(cpu_millicores=cpu, memory_mb=mem)),))
+
+
+def test_cpu_and_memory_alone_are_resized_in_place_when_the_node_has_room() -> None:
+    g = group()
+    assert not is_destructive(g, dataclasses.replace(g, tasks=(dataclasses.replace(
+        g.tasks[0], resources=Resources(cpu_millicores=900, memory_mb=300)),)))
+    snap, j = deployed()
+    plan = run(_resized(j, 700, 300), snap, apply=True)
+    assert len(plan.updates) == 4
+    assert all(u.resize for u in plan.updates)
+    assert not plan.placements
+    assert not plan.stops
+    # the snapshot now counts the new sizes
+    assert {(a.cpu_millicores, a.memory_mb) for a in snap.allocs.values()} == {(700, 300)}
+
+
+def test_resizes_on_one_node_never_overcommit_it() -> None:
+    snap, j = deployed(count=4, nodes=2)  # two replicas of 500 millicores per 4-core node
+    plan = run(_resized(j, 2500, 256), snap)  # each node fits one grown replica, not two
+    resized = [u for u in plan.updates if u.resize]
+    moved = [p for p in plan.placements if p.reason == "replacement"]
+    assert len(resized) == 2
+    assert len({u.node_id for u in resized}) == 2  # one per node
+    g = plan.groups["web"]
+    assert g.replace == 1  # the other two move, max_parallel (1) at a time ...
+    assert g.waiting == 1
+    assert len(moved) + g.unplaced == 1  # ... where there is room (here: nowhere yet)
