@@ -80,8 +80,8 @@ class Jobs:
         return job
 
     async def register(self, pb: job_pb2.Job, *, enforce_version: int = 0,
-                       reason: str = "job-register") -> tuple[job_pb2.Job, bool,
-                                                              controller_pb2.Evaluation]:
+                       reason: str = "job-register", note: str = "") -> tuple[
+            job_pb2.Job, bool, controller_pb2.Evaluation]:
         """Store a new version when the spec changed, then evaluate it.
 
         Returns the current version, whether it is new, and the evaluation."""
@@ -103,9 +103,10 @@ class Jobs:
                 new.stop = False
                 new.stable = False
                 new.status = job_pb2.JOB_STATUS_PENDING
+                kind = "JobScaled" if reason == "job-scale" else "JobRegistered"
+                what = f"job {key[1]} version {new.version}" + (f" ({note})" if note else "")
                 await self.cluster.commit(Changes(put_jobs=[new], events=[event(
-                    "job", "JobRegistered", key[1], f"job {key[1]} version {new.version}",
-                    now_ns, job=new)]))
+                    "job", kind, key[1], what, now_ns, job=new)]))
                 cur = new
         assert cur is not None
         ev = await self.evaluator.evaluate_now(key, reason)
@@ -149,6 +150,24 @@ class Jobs:
                 await self.cluster.commit(changes)
         ev = await self.evaluator.evaluate_now(key, "job-stop")
         return version, ev
+
+    async def scale(self, key: JobKey, group: str, count: int, reason: str = "") -> tuple[
+            job_pb2.Job, bool, controller_pb2.Evaluation]:
+        """A new version with one group's count changed and nothing else."""
+        cur = self.get(key)
+        if cur.stop:
+            raise ValueError(f"job {key[1]!r} is stopped; run it before scaling it")
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        pb = job_pb2.Job()
+        pb.CopyFrom(cur)
+        found = [g for g in pb.groups if g.name == group]
+        if not found:
+            raise NotFoundError(f"job {key[1]!r} has no group {group!r} (it has "
+                                f"{', '.join(g.name for g in pb.groups)})")
+        found[0].count = count
+        note = f"scaled {group} to {count}" + (f": {reason}" if reason else "")
+        return await self.register(pb, reason="job-scale", note=note)
 
     async def revert(self, key: JobKey, version: int) -> tuple[job_pb2.Job, bool,
                                                                controller_pb2.Evaluation]:

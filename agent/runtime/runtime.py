@@ -179,6 +179,7 @@ class Runtime:
             runner = self._runners.get(aid)
             if want is None:
                 if runner is not None:
+                    await self._shutdown_delay(runner)
                     await runner.destroy()
                     del self._runners[aid]
                     self._usage.pop(aid, None)
@@ -186,6 +187,7 @@ class Runtime:
                 return
             if want.desired == "stop":
                 if runner is not None and not runner.terminal:
+                    await self._shutdown_delay(runner)
                     await runner.stop("the allocation's desired status is stop")
                 elif runner is None:
                     for r in self._recovered.pop(aid, {}).values():
@@ -204,6 +206,16 @@ class Runtime:
             else:
                 runner.spec = want  # same tasks (perhaps new limits): updated in place
                 runner.changed()
+
+    @staticmethod
+    async def _shutdown_delay(runner: AllocRunner) -> None:
+        """Let connections drain: the agent has withdrawn the allocation's endpoints already
+        (they leave every load balancer within a few gossip rounds)."""
+        delay = runner.spec.group.shutdown_delay
+        if delay > 0 and not runner.terminal:
+            runner.description = f"leaving the load balancer; stopping in {delay:g}s"
+            runner.changed()
+            await asyncio.sleep(delay)
 
     def _start_runner(self, spec: AllocSpec, previous_ports: Mapping[str, int]) -> None:
         recovered = self._recovered.pop(spec.id, {})

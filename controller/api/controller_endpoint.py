@@ -94,6 +94,17 @@ class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
                                                   evaluation_id=ev.id, plan=ev.plan)
 
     @unary
+    async def ScaleJob(self, req: controller_pb2.ScaleJobRequest,
+                       ctx: Ctx) -> controller_pb2.RegisterJobResponse:
+        self.ctl.require_leader()
+        job, changed, ev = await self.ctl.jobs.scale(_key(req.namespace, req.name), req.group,
+                                                     req.count, req.reason)
+        dep = self.state.latest_deployment(job_key(job))
+        return controller_pb2.RegisterJobResponse(
+            version=job.version, changed=changed, evaluation_id=ev.id, plan=ev.plan,
+            deployment_id=dep.id if dep is not None and dep.job_version == job.version else "")
+
+    @unary
     async def PromoteDeployment(self, req: controller_pb2.PromoteDeploymentRequest,
                                 ctx: Ctx) -> controller_pb2.Deployment:
         self.ctl.require_leader()

@@ -207,6 +207,9 @@ class Group:
     services: tuple[Service, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict)
     scaling: Scaling | None = None
+    shutdown_delay: float = 0.0
+    """Seconds between an allocation leaving the load balancer and its tasks' stop signal,
+    so that connections in flight finish (scale-downs, updates, stops)."""
 
     @property
     def resources(self) -> Resources:
@@ -341,7 +344,7 @@ def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy, *, batch: bool = F
                     lb_policy=_or(s.lb_policy, "round_robin"), task=s.task,
                     proxy_protocol=s.proxy_protocol)
             for s in pb.services),
-        meta=dict(pb.meta), scaling=scaling,
+        meta=dict(pb.meta), scaling=scaling, shutdown_delay=_secs(pb.shutdown_delay, 0.0),
     )
 
 
@@ -411,6 +414,8 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
             lb_policy=s.lb_policy, task=s.task, proxy_protocol=s.proxy_protocol)
             for s in g.services],
     )
+    if g.shutdown_delay:
+        pb.shutdown_delay.CopyFrom(_dur(g.shutdown_delay))
     if g.scaling is not None:
         s = g.scaling
         pb.scaling.CopyFrom(job_pb2.Scaling(min=s.min, max=s.max, metric=s.metric, target=s.target,

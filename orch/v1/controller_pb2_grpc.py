@@ -75,6 +75,11 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.RevertJobRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.RegisterJobResponse.FromString,
                 _registered_method=True)
+        self.ScaleJob = channel.unary_unary(
+                '/orch.v1.ControllerService/ScaleJob',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ScaleJobRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.RegisterJobResponse.FromString,
+                _registered_method=True)
         self.PromoteDeployment = channel.unary_unary(
                 '/orch.v1.ControllerService/PromoteDeployment',
                 request_serializer=orch_dot_v1_dot_controller__pb2.PromoteDeploymentRequest.SerializeToString,
@@ -204,6 +209,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleJob(self, request, context):
+        """job scale
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PromoteDeployment(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -327,6 +339,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             'RevertJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RevertJob,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.RevertJobRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.RegisterJobResponse.SerializeToString,
+            ),
+            'ScaleJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleJob,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ScaleJobRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.RegisterJobResponse.SerializeToString,
             ),
             'PromoteDeployment': grpc.unary_unary_rpc_method_handler(
@@ -593,6 +610,33 @@ class ControllerService:
             target,
             '/orch.v1.ControllerService/RevertJob',
             orch_dot_v1_dot_controller__pb2.RevertJobRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.RegisterJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ScaleJob',
+            orch_dot_v1_dot_controller__pb2.ScaleJobRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.RegisterJobResponse.FromString,
             options,
             channel_credentials,

@@ -55,6 +55,8 @@ class ControllerServiceStub:
     """job history"""
     RevertJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RevertJobRequest, _controller_pb2.RegisterJobResponse]
     """job revert"""
+    ScaleJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ScaleJobRequest, _controller_pb2.RegisterJobResponse]
+    """job scale"""
     PromoteDeployment: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PromoteDeploymentRequest, _controller_pb2.Deployment]
     ListAllocations: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListAllocationsRequest, _controller_pb2.ListAllocationsResponse]
     GetAllocation: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _node_pb2.Allocation]
@@ -97,6 +99,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """job history"""
     RevertJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.RevertJobRequest, _controller_pb2.RegisterJobResponse]  # type: ignore[assignment]
     """job revert"""
+    ScaleJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.ScaleJobRequest, _controller_pb2.RegisterJobResponse]  # type: ignore[assignment]
+    """job scale"""
     PromoteDeployment: _aio.UnaryUnaryMultiCallable[_controller_pb2.PromoteDeploymentRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
     ListAllocations: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListAllocationsRequest, _controller_pb2.ListAllocationsResponse]  # type: ignore[assignment]
     GetAllocation: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _node_pb2.Allocation]  # type: ignore[assignment]
@@ -178,6 +182,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.RegisterJobResponse, _abc.Awaitable[_controller_pb2.RegisterJobResponse]]:
         """job revert"""
+
+    @_abc_1.abstractmethod
+    def ScaleJob(
+        self,
+        request: _controller_pb2.ScaleJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RegisterJobResponse, _abc.Awaitable[_controller_pb2.RegisterJobResponse]]:
+        """job scale"""
 
     @_abc_1.abstractmethod
     def PromoteDeployment(

@@ -217,6 +217,7 @@ class TaskGroup(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
     SCALING_FIELD_NUMBER: _builtins.int
+    SHUTDOWN_DELAY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     count: _builtins.int
     """replicas; default 1; 0 is allowed (ignored by system jobs)"""
@@ -250,6 +251,10 @@ class TaskGroup(_message.Message):
     def scaling(self) -> Global___Scaling:
         """autoscaler bounds and target"""
 
+    @_builtins.property
+    def shutdown_delay(self) -> _duration_pb2.Duration:
+        """between leaving the load balancer and the"""
+
     def __init__(
         self,
         *,
@@ -266,10 +271,11 @@ class TaskGroup(_message.Message):
         services: _abc.Iterable[Global___Service] | None = ...,
         meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         scaling: Global___Scaling | None = ...,
+        shutdown_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "shutdown_delay", b"shutdown_delay", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "spreads", b"spreads", "tasks", b"tasks", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "shutdown_delay", b"shutdown_delay", "spreads", b"spreads", "tasks", b"tasks", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
     _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015

@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.add_argument("version", type=int)
     p.set_defaults(fn=revert)
+    p = verbs.add_parser("scale", help="change one group's count (a new version, nothing else)")
+    p.add_argument("name")
+    p.add_argument("group")
+    p.add_argument("count", type=int)
+    p.add_argument("--reason", default="", help="recorded with the new version")
+    p.add_argument("--detach", action="store_true", help="return once the job is scheduled")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to follow the rollout")
+    p.set_defaults(fn=scale)
     p = verbs.add_parser("promote", help="promote the canaries of the job's deployment")
     p.add_argument("name")
     p.set_defaults(fn=promote)
@@ -240,6 +248,27 @@ async def revert(ctx: Ctx, args: argparse.Namespace) -> int:
             f"{resp.version}")
         _show_plan(resp.plan)
     return UNPLACED if resp.plan.failures else OK
+
+
+async def scale(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ScaleJob(controller_pb2.ScaleJobRequest(
+        name=args.name, group=args.group, count=args.count, reason=args.reason)))
+    if not ctx.json:
+        out(f"==> job {args.name!r} group {args.group!r} scaled to {args.count}: version "
+            f"{resp.version}")
+        _show_plan(resp.plan)
+    if resp.plan.failures:
+        if ctx.json:
+            out(to_json(resp))
+        return UNPLACED
+    if args.detach:
+        if ctx.json:
+            out(to_json(resp))
+        return OK
+    code = await _follow(ctx, "", args.name, resp, args.timeout)
+    if ctx.json:
+        out(to_json(resp))
+    return code
 
 
 async def promote(ctx: Ctx, args: argparse.Namespace) -> int:

@@ -227,3 +227,23 @@ async def test_canaries_wait_for_promotion(tmp_path: Path) -> None:
         await wait_until(lambda: deployment_status(c, "web", 2))
         assert await deployment_status(c, "web", 2) == "successful"
         assert not any(a.canary for a in await c.running("web"))
+
+
+async def test_scaling_changes_only_the_count_as_a_new_version(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=2))
+        await wait_until(lambda: _count_running(c, "web", 2))
+        resp = await c.api.ScaleJob(controller_pb2.ScaleJobRequest(
+            name="web", group="app", count=4, reason="more traffic"))
+        assert resp.version == 2
+        assert sum(ch.kind == "create" for ch in resp.plan.changes) == 2
+        await wait_until(lambda: _count_running(c, "web", 4))
+        history = await c.api.JobHistory(controller_pb2.JobHistoryRequest(name="web"))
+        (change,) = history.versions[0].diff.fields
+        assert (change.path, change.old, change.new) == ("groups[app].count", "2", "4")
+        events = [e for e in c.ctl.cluster.events.recent if e.type == "JobScaled"]
+        assert "scaled app to 4: more traffic" in events[-1].message
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await c.api.ScaleJob(controller_pb2.ScaleJobRequest(name="web", group="nope",
+                                                                count=1))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
