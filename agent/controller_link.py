@@ -38,6 +38,7 @@ class ControllerLink:
         self._kick = asyncio.Event()
         self._leader_hint: str | None = None
         self._reregister = False
+        self._usage: controller_pb2.UsageReport | None = None
         self.connected = False
         self.controller = ""
         self.last_controller = ""
@@ -56,6 +57,11 @@ class ControllerLink:
     def reregister(self) -> None:
         """Send the node's registration again (its drivers or resources changed)."""
         self._reregister = True
+        self._kick.set()
+
+    def usage(self, report: controller_pb2.UsageReport) -> None:
+        """Queue a usage report (only the newest is kept until it is sent)."""
+        self._usage = report
         self._kick.set()
 
     def report(self, allocs: list[node_pb2.Allocation]) -> None:
@@ -126,16 +132,19 @@ class ControllerLink:
         for a in self._current():
             self._pending.setdefault(a.id, a)
         while True:
-            if not self._pending and not self._reregister:
+            if not self._pending and not self._reregister and self._usage is None:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), 15.0)
             if self._reregister:
                 self._reregister = False
                 yield controller_pb2.NodeMessage(register=self._registration())
+            if self._usage is not None:
+                report, self._usage = self._usage, None
+                yield controller_pb2.NodeMessage(usage=report)
             if self._pending:
                 batch, self._pending = list(self._pending.values()), {}
                 yield controller_pb2.NodeMessage(allocations=controller_pb2.AllocationUpdates(
                     allocations=batch, applied_version=self.applied_version))
-            else:
+            elif not self._kick.is_set():
                 yield controller_pb2.NodeMessage(heartbeat=controller_pb2.Heartbeat())

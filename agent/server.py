@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import socket
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class Agent:
                                    self._apply, self._full_report)
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
+        self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
         log.info("agent running", extra={"node": cfg.name, "node_id": self.node_id,
                                          "rpc": self.rpc_address,
                                          "drivers": ",".join(sorted(self.runtime.drivers))})
@@ -199,6 +201,22 @@ class Agent:
                                                  "detail": d.detail})
             if drivers:
                 self.link.reregister()
+
+    async def _report_usage(self) -> None:
+        """What the allocations use, for the controller's autoscaler, every sample."""
+        while True:
+            await asyncio.sleep(self.runtime.config.usage_interval)
+            report = controller_pb2.UsageReport(time_ns=time.time_ns())
+            for alloc_id, u in self.runtime.usage().items():
+                report.allocations.add(alloc_id=alloc_id, cpu_seconds=u.cpu_seconds,
+                                       memory_bytes=u.memory_bytes)
+            for endpoint in self.endpoint_loads():
+                report.endpoints.append(endpoint)
+            self.link.usage(report)
+
+    def endpoint_loads(self) -> list[controller_pb2.EndpointLoad]:
+        """What this node's load balancer sends to each endpoint (none until it runs)."""
+        return []
 
     def status(self) -> controller_pb2.AgentStatus:
         return controller_pb2.AgentStatus(

@@ -47,6 +47,10 @@ class ControllerConfig:
     """Seconds an agent's stream may be gone before its node is marked down."""
     max_down_fraction: float = 0.5
     """Never mark more than this share of the nodes down at once (likely a partition)."""
+    autoscale_interval: float = 15.0
+    """Seconds between autoscaler evaluations (groups with an enabled ``scaling`` block)."""
+    autoscale_stabilization: float = 300.0
+    """Seconds of recommendations a scale-down looks back over (it takes their maximum)."""
     reconcile_interval: float = 30.0
     """Seconds between full reconciliation sweeps over every job."""
     log_level: str = "info"

@@ -26,14 +26,17 @@ from agent.gossip.metrics import GossipCollector
 from agent.gossip.transport import GossipNode
 from controller.api.controller_endpoint import ControllerEndpoint
 from controller.api.node_endpoint import NodeEndpoint
+from controller.autoscaler import AutoscalerConfig
 from controller.cluster import Cluster
 from controller.config import ControllerConfig
 from controller.evaluator import Evaluator
 from controller.jobs import Jobs
 from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
+from controller.scaling import Autoscaler
 from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
+from controller.usage import UsageTable
 from orch.errors import NotFoundError
 from orch.metrics import MetricsServer, registry_with
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -93,6 +96,11 @@ class Controller:
                                          node_grace=self.cfg.node_grace,
                                          max_down_fraction=self.cfg.max_down_fraction)
         self.nodes = NodeAdmin(self.cluster, self.evaluator)
+        self.usage = UsageTable()
+        self.autoscaler = Autoscaler(state, self.jobs, self.usage,
+                                     AutoscalerConfig(
+                                         interval=self.cfg.autoscale_interval,
+                                         stabilization=self.cfg.autoscale_stabilization))
         if "cluster_id" not in state.meta:
             await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
@@ -143,6 +151,7 @@ class Controller:
             await self.metrics.start()
         self.evaluator.start()
         self._tasks.append(asyncio.create_task(self._liveness(), name="liveness"))
+        self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
         self.evaluator.enqueue_all("startup")
         log.info("controller serving", extra={"rpc": self.rpc_address, "node": self.cfg.name})
 

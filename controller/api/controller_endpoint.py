@@ -53,7 +53,11 @@ class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
     @unary
     async def GetJob(self, req: controller_pb2.GetJobRequest,
                      ctx: Ctx) -> controller_pb2.JobStatusReply:
-        return self.ctl.jobs.status(_key(req.namespace, req.name))
+        key = _key(req.namespace, req.name)
+        reply = self.ctl.jobs.status(key)
+        for g in reply.groups:
+            g.autoscaler = self.ctl.autoscaler.verdict(key, g.group)
+        return reply
 
     @unary
     async def ListJobs(self, req: controller_pb2.ListJobsRequest,

@@ -80,6 +80,8 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                     await self.ctl.nodes_monitor.report(node_id, list(msg.allocations.allocations))
                 elif kind == "register":
                     await self.ctl.nodes_monitor.register(msg.register)
+                elif kind == "usage":
+                    self.ctl.usage.report(node_id, msg.usage)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:

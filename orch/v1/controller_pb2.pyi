@@ -372,6 +372,7 @@ class GroupSummary(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     LOST_FIELD_NUMBER: _builtins.int
     UNPLACED_REASON_FIELD_NUMBER: _builtins.int
+    AUTOSCALER_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     desired: _builtins.int
     placed: _builtins.int
@@ -382,6 +383,8 @@ class GroupSummary(_message.Message):
     complete: _builtins.int
     lost: _builtins.int
     unplaced_reason: _builtins.str
+    autoscaler: _builtins.str
+    """the autoscaler's last verdict, when it has one"""
     def __init__(
         self,
         *,
@@ -395,10 +398,11 @@ class GroupSummary(_message.Message):
         complete: _builtins.int = ...,
         lost: _builtins.int = ...,
         unplaced_reason: _builtins.str = ...,
+        autoscaler: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "desired", b"desired", "failed", b"failed", "group", b"group", "healthy", b"healthy", "lost", b"lost", "pending", b"pending", "placed", b"placed", "running", b"running", "unplaced_reason", b"unplaced_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "complete", b"complete", "desired", b"desired", "failed", b"failed", "group", b"group", "healthy", b"healthy", "lost", b"lost", "pending", b"pending", "placed", b"placed", "running", b"running", "unplaced_reason", b"unplaced_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1534,6 +1538,7 @@ class NodeMessage(_message.Message):
     REGISTER_FIELD_NUMBER: _builtins.int
     ALLOCATIONS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> _node_pb2.Node:
         """first message: who the node is and what it offers"""
@@ -1544,22 +1549,109 @@ class NodeMessage(_message.Message):
 
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def usage(self) -> Global___UsageReport:
+        """what the allocations use, every sampling interval"""
+
     def __init__(
         self,
         *,
         register: _node_pb2.Node | None = ...,
         allocations: Global___AllocationUpdates | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        usage: Global___UsageReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "heartbeat", b"heartbeat", "msg", b"msg", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "heartbeat", b"heartbeat", "msg", b"msg", "register", b"register", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "heartbeat", b"heartbeat", "msg", b"msg", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "heartbeat", b"heartbeat", "msg", b"msg", "register", b"register", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["register", "allocations", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["register", "allocations", "heartbeat", "usage"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___NodeMessage: _TypeAlias = NodeMessage  # noqa: Y015
+
+@_typing.final
+class UsageReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_NS_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    time_ns: _builtins.int
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllocUsage]:
+        """the allocations this node runs"""
+
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointLoad]:
+        """what this node's load balancer sends to endpoints"""
+
+    def __init__(
+        self,
+        *,
+        time_ns: _builtins.int = ...,
+        allocations: _abc.Iterable[Global___AllocUsage] | None = ...,
+        endpoints: _abc.Iterable[Global___EndpointLoad] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "endpoints", b"endpoints", "time_ns", b"time_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
+
+@_typing.final
+class AllocUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOC_ID_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    alloc_id: _builtins.str
+    cpu_seconds: _builtins.float
+    """cumulative CPU time of its running tasks"""
+    memory_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        alloc_id: _builtins.str = ...,
+        cpu_seconds: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_id", b"alloc_id", "cpu_seconds", b"cpu_seconds", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocUsage: _TypeAlias = AllocUsage  # noqa: Y015
+
+@_typing.final
+class EndpointLoad(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOC_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_TOTAL_FIELD_NUMBER: _builtins.int
+    alloc_id: _builtins.str
+    active_connections: _builtins.int
+    connections_total: _builtins.int
+    def __init__(
+        self,
+        *,
+        alloc_id: _builtins.str = ...,
+        active_connections: _builtins.int = ...,
+        connections_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "alloc_id", b"alloc_id", "connections_total", b"connections_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointLoad: _TypeAlias = EndpointLoad  # noqa: Y015
 
 @_typing.final
 class AllocationUpdates(_message.Message):

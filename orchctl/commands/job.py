@@ -192,6 +192,8 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
     for g in st.groups:
         if g.unplaced_reason:
             out(f"! {g.unplaced_reason}")
+        if g.autoscaler:
+            out(f"  autoscaler ({g.group}): {g.autoscaler}")
     if st.HasField("latest_deployment"):
         d = st.latest_deployment
         out("\nLatest deployment")

@@ -1,0 +1,83 @@
+"""What allocations use, as agents report it (kept in memory only: it is not state).
+
+Agents send each sampling interval the cumulative CPU time of their allocations
+and what their load balancer sends to every endpoint; the table turns them into
+per-group figures for the autoscaler: CPU in percent of what the allocations
+asked for, active connections and new connections per second per allocation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orch.v1 import controller_pb2, node_pb2
+
+
+@dataclass(slots=True)
+class _Cpu:
+    t: float = 0.0
+    seconds: float = 0.0
+    rate: float | None = None
+    """Cores used, between the last two samples."""
+
+
+@dataclass(slots=True)
+class _Lb:
+    active: dict[str, int] = field(default_factory=dict)
+    """reporting node -> active connections to this endpoint."""
+    total: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """reporting node -> (time, connections ever)."""
+    rate: dict[str, float] = field(default_factory=dict)
+    """reporting node -> new connections per second."""
+
+
+class UsageTable:
+    def __init__(self, stale_after: float = 60.0) -> None:
+        self.stale_after = stale_after
+        self._cpu: dict[str, _Cpu] = {}
+        self._lb: dict[str, _Lb] = {}
+
+    def report(self, node_id: str, r: controller_pb2.UsageReport) -> None:
+        t = r.time_ns / 1e9
+        for a in r.allocations:
+            c = self._cpu.setdefault(a.alloc_id, _Cpu())
+            if c.t and t > c.t and a.cpu_seconds >= c.seconds:
+                c.rate = (a.cpu_seconds - c.seconds) / (t - c.t)
+            c.t, c.seconds = t, a.cpu_seconds
+        for e in r.endpoints:
+            lb = self._lb.setdefault(e.alloc_id, _Lb())
+            lb.active[node_id] = e.active_connections
+            prev = lb.total.get(node_id)
+            if prev is not None and t > prev[0] and e.connections_total >= prev[1]:
+                lb.rate[node_id] = (e.connections_total - prev[1]) / (t - prev[0])
+            lb.total[node_id] = (t, e.connections_total)
+
+    def forget(self, alloc_ids: set[str]) -> None:
+        for i in alloc_ids:
+            self._cpu.pop(i, None)
+            self._lb.pop(i, None)
+
+    def group_metric(self, metric: str, allocs: list[node_pb2.Allocation],
+                     now: float) -> float | None:
+        """The group's metric per allocation; None when no allocation has fresh data."""
+        values: list[float] = []
+        for a in allocs:
+            if metric == "cpu":
+                c = self._cpu.get(a.id)
+                asked = a.resources.cpu_millicores / 1000
+                if c is not None and c.rate is not None and now - c.t <= self.stale_after \
+                        and asked > 0:
+                    values.append(100 * c.rate / asked)
+            else:
+                lb = self._lb.get(a.id)
+                if lb is None:
+                    continue
+                if metric == "connections":
+                    values.append(float(sum(lb.active.values())))
+                elif lb.rate:
+                    values.append(sum(lb.rate.values()))
+        if not values:
+            return None
+        if metric == "cpu":
+            return sum(values) / len(values)
+        return sum(values) / max(len(allocs), 1)
