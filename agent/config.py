@@ -59,6 +59,9 @@ class AgentConfig:
     reserved_cpu_millicores: int = 0
     reserved_memory_mb: int = 256
     """Kept back for the system and the agent itself."""
+    usage_interval: float = 10.0
+    """Seconds between samples of each allocation's CPU and memory (reported to the
+    controller for metrics and the autoscaler)."""
     allow_privileged: bool = False
     """Whether tasks may run privileged containers on this node."""
     log_level: str = "info"

@@ -45,7 +45,8 @@ class Agent:
         self.data_dir = Path(cfg.data_dir)
         self.node_id = fingerprint.node_id(self.data_dir)
         rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
-                             allow_privileged=cfg.allow_privileged)
+                             allow_privileged=cfg.allow_privileged,
+                             usage_interval=cfg.usage_interval)
         self.runtime = Runtime(rcfg, drivers if drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
         self.gossip: GossipNode | None = None

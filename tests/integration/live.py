@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.gossip.config import GossipConfig
@@ -14,8 +15,9 @@ from tests.integration.synthetic import controller_config, wait_until
 
 
 @asynccontextmanager
-async def live_cluster(tmp: Path, agents: int = 1) -> AsyncIterator[tuple[Controller, list[Agent]]]:
-    ctl = Controller(controller_config(tmp / "ctl", bind="127.0.0.1:0"))
+async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10.0,
+                       **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
+    ctl = Controller(controller_config(tmp / "ctl", bind="127.0.0.1:0", **ctl_kw))
     await ctl.start()
     assert ctl.gossip is not None
     seed = f"{ctl.gossip.addr[0]}:{ctl.gossip.addr[1]}"
@@ -25,6 +27,7 @@ async def live_cluster(tmp: Path, agents: int = 1) -> AsyncIterator[tuple[Contro
             a = Agent(AgentConfig(name=f"agent-{i}", bind=f"127.0.0.{i + 1}:0", join=[seed],
                                   rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"),
                                   metrics_addr=f"127.0.0.{i + 1}:0",
+                                  usage_interval=usage_interval,
                                   drivers=["process"], gossip=GossipConfig.fast()))
             await a.start()
             started.append(a)
