@@ -41,5 +41,5 @@ async def test_cpu_load_scales_out_and_quiet_scales_back_in(tmp_path: Path) -> N
         history = ctl.jobs.history(key)
         counts = [v.job.groups[0].count for v in reversed(history.versions)]
         assert counts == [1, 2, 1]
-        assert any("JobScaled" == e.type and "autoscaler" in e.message
+        assert any(e.type == "JobScaled" and "autoscaler" in e.message
                    for e in ctl.cluster.events.recent)
