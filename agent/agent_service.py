@@ -15,6 +15,7 @@ from agent.runtime import convert
 from agent.runtime.driver import Stream
 from agent.runtime.runtime import Runtime
 from orch.errors import NotFoundError, OrchError
+from orch.tls import require_role
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -25,9 +26,14 @@ _TAIL_BYTES_PER_LINE = 512
 
 
 class AgentService(controller_pb2_grpc.AgentServiceServicer):
-    def __init__(self, runtime: Runtime, status: Callable[[], controller_pb2.AgentStatus]) -> None:
+    ROLES = frozenset(("controller",))
+    """Only controllers (which proxy orchctl's requests) may call an agent."""
+
+    def __init__(self, runtime: Runtime, status: Callable[[], controller_pb2.AgentStatus],
+                 tls_on: bool = False) -> None:
         self.runtime = runtime
         self._status = status
+        self._tls_on = tls_on
 
     def _task(self, alloc_id: str, task: str) -> str:
         names = self.runtime.task_names(alloc_id)
@@ -39,6 +45,7 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
 
     async def Logs(self, req: controller_pb2.LogsRequest,
                    ctx: Ctx) -> AsyncIterator[controller_pb2.LogChunk]:
+        await require_role(ctx, self.ROLES, self._tls_on)
         try:
             task = self._task(req.alloc_id, req.task)
             stream: Stream = "stderr" if req.stderr else "stdout"
@@ -95,9 +102,11 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
 
     async def Status(self, req: controller_pb2.AgentStatusRequest,
                      ctx: Ctx) -> controller_pb2.AgentStatus:
+        await require_role(ctx, self.ROLES, self._tls_on)
         return self._status()
 
     async def Restart(self, req: controller_pb2.AllocationRequest, ctx: Ctx) -> node_pb2.Allocation:
+        await require_role(ctx, self.ROLES, self._tls_on)
         try:
             self.runtime.restart(req.id, req.task or None)
             return convert.status_to_proto(self.runtime.status(req.id))

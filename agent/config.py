@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from agent.gossip.config import GossipConfig
 from orch.errors import ConfigError
+from orch.tls import TlsConfig
 
 DEFAULT_PORT = 7946
 
@@ -64,6 +65,8 @@ class AgentConfig:
     controller for metrics and the autoscaler)."""
     allow_privileged: bool = False
     """Whether tasks may run privileged containers on this node."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
     log_level: str = "info"
     log_format: str = "auto"
     """json, human, or auto (human on a terminal)."""

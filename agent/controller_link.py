@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -28,12 +29,16 @@ class ControllerLink:
     def __init__(self, registration: Callable[[], node_pb2.Node],
                  addresses: Callable[[], list[str]], on_desired: DesiredHandler,
                  current: Callable[[], list[node_pb2.Allocation]], *,
-                 backoff_max: float = 10.0) -> None:
+                 backoff_max: float = 10.0,
+                 connect: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None
+                 ) -> None:
         self._registration = registration
         self._addresses = addresses
         self._on_desired = on_desired
         self._current = current
         self._backoff_max = backoff_max
+        self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
+            addr, options=options))
         self._pending: dict[str, node_pb2.Allocation] = {}
         self._kick = asyncio.Event()
         self._leader_hint: str | None = None
@@ -104,7 +109,7 @@ class ControllerLink:
             backoff = min(backoff * 2, self._backoff_max)
 
     async def _session(self, addr: str) -> None:
-        async with grpc.aio.insecure_channel(addr, options=[
+        async with self._connect(addr, [
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1)]) as channel:

@@ -34,6 +34,7 @@ from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
 from orch.metrics import MetricsServer, registry_with
+from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
@@ -82,9 +83,10 @@ class Agent:
 
         server = self._server = grpc.aio.server()
         controller_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.runtime, self.status), server)
+            AgentService(self.runtime, self.status, tls_on=cfg.tls.enabled), server)
         host, port = parse_addr(cfg.rpc_addr, default_port=4648, where="rpc_addr")
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(cfg.tls)) \
+            if cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()
 
         gbind = parse_addr(cfg.bind, where="bind")
@@ -107,7 +109,9 @@ class Agent:
                                                        RuntimeCollector(self.runtime)), mhost, mport)
             await self.metrics.start()
         self.link = ControllerLink(self.registration, self.controller_addresses,
-                                   self._apply, self._full_report)
+                                   self._apply, self._full_report,
+                                   connect=lambda addr, options: open_channel(addr, cfg.tls,
+                                                                              options))
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.gossip.config import GossipConfig
+from orch.tls import TlsConfig
 
 DEFAULT_RPC_PORT = 4647
 
@@ -53,6 +54,8 @@ class ControllerConfig:
     """Seconds of recommendations a scale-down looks back over (it takes their maximum)."""
     reconcile_interval: float = 30.0
     """Seconds between full reconciliation sweeps over every job."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
     log_level: str = "info"
     log_format: str = "auto"
     gossip: GossipConfig = field(default_factory=GossipConfig)

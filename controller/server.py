@@ -39,6 +39,7 @@ from controller.store.base import Changes, Store
 from controller.usage import UsageTable
 from orch.errors import NotFoundError
 from orch.metrics import MetricsServer, registry_with
+from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("controller")
@@ -118,7 +119,8 @@ class Controller:
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME,
                                              health.SERVICE_NAME], server)
         host, port = parse_addr(self.cfg.rpc_addr, default_port=4647, where="rpc_addr")
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(self.cfg.tls)) \
+            if self.cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         if not bound:
             raise OSError(f"cannot listen on {host}:{port}")
         adv = self.cfg.rpc_advertise or f"{host}:{bound}"
@@ -260,8 +262,8 @@ class Controller:
             raise NotFoundError(f"node {node_id[:8]} has no agent address")
         ch = self._channels.get(node.address)
         if ch is None:
-            ch = self._channels[node.address] = grpc.aio.insecure_channel(
-                node.address, options=[("grpc.max_receive_message_length", MAX_MESSAGE)])
+            ch = self._channels[node.address] = open_channel(
+                node.address, self.cfg.tls, [("grpc.max_receive_message_length", MAX_MESSAGE)])
         return ch
 
 

@@ -14,6 +14,7 @@ from agent.gossip.config import GossipConfig
 from orch import config as configfile
 from orch import logs
 from orch.errors import ConfigError
+from orch.tls import TlsConfig
 
 C = TypeVar("C")
 
@@ -34,6 +35,9 @@ def common_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", help="state directory (default /var/lib/orch)")
     ap.add_argument("--metrics-addr", metavar="ADDR:PORT",
                     help="where /metrics is served (empty: not served)")
+    ap.add_argument("--tls-ca", metavar="FILE", help="mTLS: the cluster CA certificate")
+    ap.add_argument("--tls-cert", metavar="FILE", help="mTLS: this daemon's certificate")
+    ap.add_argument("--tls-key", metavar="FILE", help="mTLS: this daemon's private key")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     ap.add_argument("--log-format", choices=("json", "human", "auto"))
 
@@ -51,6 +55,11 @@ def load(cls: type[C], opts: argparse.Namespace, extra: tuple[str, ...] = ()) ->
         over["join"] = opts.join
     if opts.key is not None:
         over["keys"] = opts.key
+    if opts.tls_ca or opts.tls_cert or opts.tls_key:
+        tls: TlsConfig = cfg.tls  # type: ignore[attr-defined]
+        over["tls"] = dataclasses.replace(tls, ca_file=opts.tls_ca or tls.ca_file,
+                                          cert_file=opts.tls_cert or tls.cert_file,
+                                          key_file=opts.tls_key or tls.key_file)
     gossip: GossipConfig = cfg.gossip  # type: ignore[attr-defined]
     if opts.profile == "fast":
         gossip = GossipConfig.fast(label=gossip.label)

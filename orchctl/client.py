@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from orch.tls import TlsConfig, open_channel
 from orch.v1 import controller_pb2_grpc
 
 OK, FAILED, USAGE, UNPLACED, CHANGES = 0, 1, 2, 3, 4
@@ -42,9 +43,16 @@ class _Deadline(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-def connect(addr: str, timeout: float = 30.0) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=[
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024)], interceptors=[_Deadline(timeout)])
+def tls_from(ca: str | None, cert: str | None, key: str | None) -> TlsConfig:
+    """mTLS material from flags, else from ORCH_TLS_CA, ORCH_TLS_CERT, ORCH_TLS_KEY."""
+    return TlsConfig(ca_file=ca or os.environ.get("ORCH_TLS_CA", ""),
+                     cert_file=cert or os.environ.get("ORCH_TLS_CERT", ""),
+                     key_file=key or os.environ.get("ORCH_TLS_KEY", ""))
+
+
+def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None) -> grpc.aio.Channel:
+    return open_channel(addr, tls, [("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+                        interceptors=[_Deadline(timeout)])
 
 
 def stub(channel: grpc.aio.Channel) -> controller_pb2_grpc.ControllerServiceAsyncStub:

@@ -18,7 +18,7 @@ import asyncio
 import sys
 
 from orchctl import client
-from orchctl.commands import Ctx, alloc, cluster, job, node
+from orchctl.commands import Ctx, alloc, cluster, job, node, tls
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,20 +27,28 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--address", "-a", help="controller address host:port (env ORCH_ADDR)")
     ap.add_argument("-o", "--output", choices=("table", "json"), default="table")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    ap.add_argument("--tls-ca", metavar="FILE", help="mTLS: the cluster CA (env ORCH_TLS_CA)")
+    ap.add_argument("--tls-cert", metavar="FILE",
+                    help="mTLS: a certificate with role cli (env ORCH_TLS_CERT)")
+    ap.add_argument("--tls-key", metavar="FILE", help="mTLS: its key (env ORCH_TLS_KEY)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, cluster):
+    for module in (job, alloc, node, cluster, tls):
         module.register(sub)
     return ap
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "local", False):  # a command that needs no controller
+        code: int = await args.fn(None, args)
+        return code
     addr = client.address(args.address)
-    channel = client.connect(addr, args.timeout)
+    channel = client.connect(addr, args.timeout, client.tls_from(args.tls_ca, args.tls_cert,
+                                                                 args.tls_key))
     try:
         ctx = Ctx(stub=client.stub(channel), address=addr, json=args.output == "json",
                   timeout=args.timeout)
-        code: int = await args.fn(ctx, args)
-        return code
+        result: int = await args.fn(ctx, args)
+        return result
     finally:
         await channel.close()
 

@@ -14,6 +14,7 @@ from controller.jobs import job_status, promote
 from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.errors import NotFoundError
+from orch.tls import require_role
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 if TYPE_CHECKING:
@@ -29,9 +30,15 @@ def _key(namespace: str, name: str) -> JobKey:
 
 
 class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
+    ROLES = frozenset(("cli", "controller"))
+    """Certificate roles that may call the operator API (agents may not)."""
+
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
         self.state = ctl.cluster.state
+
+    async def authorize(self, ctx: Ctx, method: str, request: object) -> None:
+        await require_role(ctx, self.ROLES, self.ctl.cfg.tls.enabled)
 
     # --- jobs ----------------------------------------------------------------------------------
 

@@ -48,10 +48,12 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> No
 
 
 def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Translate the errors of a unary method into gRPC statuses."""
+    """Authorize the call (the servicer's ``authorize``), then translate its errors into
+    gRPC statuses."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        await self.authorize(context, fn.__name__, request)
         try:
             return await fn(self, request, context)
         except (OrchError, ValueError, KeyError, LookupError) as e:
@@ -66,6 +68,7 @@ def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterato
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any,
                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
+        await self.authorize(context, fn.__name__, request)
         try:
             async for item in fn(self, request, context):
                 yield item

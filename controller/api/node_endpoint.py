@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from orch.errors import NotLeaderError
+from orch.tls import require_role
 from orch.v1 import controller_pb2, controller_pb2_grpc
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
 
     async def Connect(self, requests: AsyncIterator[controller_pb2.NodeMessage],
                       ctx: Ctx) -> AsyncIterator[controller_pb2.ControllerMessage]:
+        await require_role(ctx, frozenset(("agent",)), self.ctl.cfg.tls.enabled)
         try:
             first = await anext(aiter(requests))
         except StopAsyncIteration:

@@ -11,12 +11,18 @@ from agent.config import AgentConfig
 from agent.gossip.config import GossipConfig
 from agent.server import Agent
 from controller.server import Controller
+from orch import tls
+from orch.tls import TlsConfig
 from tests.integration.synthetic import controller_config, wait_until
 
 
 @asynccontextmanager
 async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10.0,
+                       tls_dir: Path | None = None,
                        **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
+    """``tls_dir``: a CA made by ``make_pki`` there, and mTLS on every connection."""
+    if tls_dir is not None:
+        ctl_kw["tls"] = pki(tls_dir, "controller")
     ctl = Controller(controller_config(tmp / "ctl", bind="127.0.0.1:0", **ctl_kw))
     await ctl.start()
     assert ctl.gossip is not None
@@ -28,6 +34,7 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
                                   rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"),
                                   metrics_addr=f"127.0.0.{i + 1}:0",
                                   usage_interval=usage_interval,
+                                  tls=pki(tls_dir, f"agent-{i}") if tls_dir else TlsConfig(),
                                   drivers=["process"], gossip=GossipConfig.fast()))
             await a.start()
             started.append(a)
@@ -38,3 +45,18 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
         for a in started:
             await a.stop(stop_tasks=True)
         await ctl.stop(grace=0.5)
+
+
+def make_pki(d: Path, agents: int = 3) -> Path:
+    """A CA and certificates for a controller on 127.0.0.1, agents on 127.0.0.2.., a person."""
+    tls.create_ca(d)
+    tls.create_cert(d, d, role="controller", name="controller", ips=["127.0.0.1"])
+    for i in range(1, agents + 1):
+        tls.create_cert(d, d, role="agent", name=f"agent-{i}", ips=[f"127.0.0.{i + 1}"])
+    tls.create_cert(d, d, role="cli", name="cli")
+    return d
+
+
+def pki(d: Path, name: str) -> TlsConfig:
+    return TlsConfig(ca_file=str(d / "ca.pem"), cert_file=str(d / f"{name}.pem"),
+                     key_file=str(d / f"{name}-key.pem"))
