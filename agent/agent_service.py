@@ -30,10 +30,13 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
     """Only controllers (which proxy orchctl's requests) may call an agent."""
 
     def __init__(self, runtime: Runtime, status: Callable[[], controller_pb2.AgentStatus],
-                 tls_on: bool = False) -> None:
+                 tls_on: bool = False,
+                 keyring: Callable[[controller_pb2.KeyringRequest],
+                                   controller_pb2.MemberKeyring] | None = None) -> None:
         self.runtime = runtime
         self._status = status
         self._tls_on = tls_on
+        self._keyring = keyring
 
     def _task(self, alloc_id: str, task: str) -> str:
         names = self.runtime.task_names(alloc_id)
@@ -114,3 +117,11 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
             await ctx.abort(grpc.StatusCode.NOT_FOUND if isinstance(e, NotFoundError)
                             else grpc.StatusCode.FAILED_PRECONDITION, str(e))
             raise  # not reached
+
+    async def Keyring(self, req: controller_pb2.KeyringRequest,
+                      ctx: Ctx) -> controller_pb2.MemberKeyring:
+        await require_role(ctx, self.ROLES, self._tls_on)
+        if self._keyring is None:
+            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "this agent has no gossip keyring")
+        assert self._keyring is not None
+        return self._keyring(req)

@@ -33,6 +33,7 @@ from agent.runtime.driver import TaskDriver
 from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
+from orch import keyring
 from orch.metrics import MetricsServer, registry_with
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
@@ -83,7 +84,9 @@ class Agent:
 
         server = self._server = grpc.aio.server()
         controller_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.runtime, self.status, tls_on=cfg.tls.enabled), server)
+            AgentService(self.runtime, self.status, tls_on=cfg.tls.enabled,
+                         keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir,
+                                                           cfg.name)), server)
         host, port = parse_addr(cfg.rpc_addr, default_port=4648, where="rpc_addr")
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(cfg.tls)) \
             if cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
@@ -96,7 +99,8 @@ class Agent:
             f"{adv_host if host in ('0.0.0.0', '') else host}:{bound}")
         self.gossip = GossipNode(
             cfg.gossip, name=cfg.name, bind=gbind, advertise=gadv,
-            keyring=Keyring(list(cfg.keys)) if cfg.keys else None, rng=random.Random(),
+            keyring=Keyring(keys) if (keys := keyring.initial_keys(cfg.data_dir, cfg.keys))
+            else None, rng=random.Random(),
             state={"role": "agent", "rpc": self.rpc_address, "node_id": self.node_id,
                    **cfg.tags})
         await self.gossip.start()

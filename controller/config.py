@@ -56,6 +56,14 @@ class ControllerConfig:
     """Seconds between full reconciliation sweeps over every job."""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
+    acl: bool = False
+    """Require an access token on the operator API (``orchctl acl bootstrap`` makes the
+    first); off: every client that passes mTLS may do everything."""
+    rate_limit: float = 200.0
+    """Operator API calls a second per client (token, else certificate or address), on
+    average; 0: no limit."""
+    rate_burst: float = 400.0
+    """Calls a client may make at once before ``rate_limit`` applies."""
     log_level: str = "info"
     log_format: str = "auto"
     gossip: GossipConfig = field(default_factory=GossipConfig)

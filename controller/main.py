@@ -23,13 +23,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to agents")
     ap.add_argument("--node-grace", type=float,
                     help="seconds an agent may be gone before its node is down (default 10)")
+    ap.add_argument("--acl", action="store_const", const=True, default=None,
+                    help="require access tokens on the operator API (orchctl acl bootstrap)")
+    ap.add_argument("--rate-limit", type=float,
+                    help="operator API calls a second per client (default 200; 0: none)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        cfg = daemon.load(ControllerConfig, opts, extra=("rpc_addr", "rpc_advertise", "node_grace"))
+        cfg = daemon.load(ControllerConfig, opts, extra=("rpc_addr", "rpc_advertise", "node_grace",
+                                                             "acl", "rate_limit"))
     except ConfigError as e:
         print(f"orch-controller: {e}", file=sys.stderr)
         return 2

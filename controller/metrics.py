@@ -65,3 +65,9 @@ class ControllerCollector(Collector):
                                 value=len(state.jobs))
         yield GaugeMetricFamily("orch_controller_state_index", "Index of the last commit.",
                                 value=state.index)
+        denied = CounterMetricFamily("orch_controller_api_denied", "Operator API calls refused "
+                                     "(reason: rate, unauthenticated, forbidden).",
+                                     labels=["reason", "method"])
+        for (reason, method), n in sorted(ctl.authz.denied.items()):
+            denied.add_metric([reason, method], n)
+        yield denied

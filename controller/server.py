@@ -21,9 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.config import parse_addr
 from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.crypto import Keyring
+from agent.gossip.crypto import Keyring, parse_key
 from agent.gossip.metrics import GossipCollector
 from agent.gossip.transport import GossipNode
+from controller.acl import Acl
+from controller.api.authz import Authorizer, RateLimiter
 from controller.api.controller_endpoint import ControllerEndpoint
 from controller.api.node_endpoint import NodeEndpoint
 from controller.autoscaler import AutoscalerConfig
@@ -37,7 +39,8 @@ from controller.scaling import Autoscaler
 from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
-from orch.errors import NotFoundError
+from orch import keyring
+from orch.errors import ConfigError, NotFoundError
 from orch.metrics import MetricsServer, registry_with
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -45,6 +48,9 @@ from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 log = logging.getLogger("controller")
 
 MAX_MESSAGE = 64 * 1024 * 1024
+"""Largest message the controller sends, or reads from an agent it calls (logs, status)."""
+MAX_REQUEST = 16 * 1024 * 1024
+"""Largest message the controller accepts (gRPC answers RESOURCE_EXHAUSTED past it)."""
 """Largest gRPC message accepted (a job with many groups, a big desired set)."""
 
 
@@ -102,13 +108,17 @@ class Controller:
                                      AutoscalerConfig(
                                          interval=self.cfg.autoscale_interval,
                                          stabilization=self.cfg.autoscale_stabilization))
+        self.acl = Acl(state)
+        self.authz = Authorizer(tls_on=self.cfg.tls.enabled, acl_on=self.cfg.acl, acl=self.acl,
+                                state=state, limiter=RateLimiter(self.cfg.rate_limit,
+                                                                 self.cfg.rate_burst))
         if "cluster_id" not in state.meta:
             await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
                                         "allocations": len(state.allocs), "nodes": len(state.nodes)})
 
         server = self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_REQUEST),
             ("grpc.max_send_message_length", MAX_MESSAGE)])
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerEndpoint(self), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(NodeEndpoint(self), server)
@@ -135,7 +145,8 @@ class Controller:
         gadv = parse_addr(self.cfg.advertise, where="advertise") if self.cfg.advertise else None
         self.gossip = GossipNode(
             self.cfg.gossip, name=self.cfg.name, bind=gbind, advertise=gadv,
-            keyring=Keyring(list(self.cfg.keys)) if self.cfg.keys else None,
+            keyring=Keyring(keys) if (keys := keyring.initial_keys(self.cfg.data_dir,
+                                                                     self.cfg.keys)) else None,
             state={"role": "controller", "rpc": self.rpc_address}, rng=random.Random())
         self.gossip.on_event(self._on_member)
         await self.gossip.start()
@@ -254,6 +265,54 @@ class Controller:
                     e.endpoints.add(alloc_id=a.id, node=node.name, address=f"{host}:{port}",
                                     healthy=a.checks_healthy if svc.check else True)
         return list(entries.values())
+
+    async def keyring(self, req: controller_pb2.KeyringRequest,
+                      token: str = "") -> controller_pb2.KeyringResponse:
+        """Do a keyring operation here, then on every other controller and every agent that
+        is not down (concurrently); one result per member."""
+        if req.op != controller_pb2.KEYRING_OP_LIST:
+            parse_key(req.key)  # one clear error instead of one per member
+        if req.op == controller_pb2.KEYRING_OP_UNSPECIFIED:
+            raise ConfigError("say which keyring operation: list, install, use or remove")
+        out = controller_pb2.KeyringResponse(
+            members=[keyring.apply(self.gossip, req, self.cfg.data_dir, self.cfg.name)])
+        if req.local:
+            return out
+        fwd = controller_pb2.KeyringRequest(op=req.op, key=req.key, local=True)
+        meta = (("authorization", f"Bearer {token}"),) if token else ()
+
+        async def peer(name: str, addr: str) -> controller_pb2.MemberKeyring:
+            ch = self._channels.get(addr) or self._channels.setdefault(
+                addr, open_channel(addr, self.cfg.tls))
+            reply = await controller_pb2_grpc.ControllerServiceStub(ch).Keyring(
+                fwd, timeout=10, metadata=meta)
+            return reply.members[0]
+
+        async def agent(node: node_pb2.Node) -> controller_pb2.MemberKeyring:
+            stub = controller_pb2_grpc.AgentServiceStub(await self.agent_channel(node.id))
+            reply: controller_pb2.MemberKeyring = await stub.Keyring(fwd, timeout=10)
+            return reply
+
+        calls: list[tuple[str, Awaitable[controller_pb2.MemberKeyring]]] = []
+        for m in self.gossip.members() if self.gossip is not None else ():
+            rpc = m.state.get("rpc")
+            if m.state.get("role") == "controller" and m.name != self.cfg.name and \
+                    isinstance(rpc, str) and str(m.status) == "alive":
+                calls.append((m.name, peer(m.name, rpc)))
+        for node in sorted(self.cluster.state.nodes.values(), key=lambda n: n.name):
+            if node.status == node_pb2.NODE_STATUS_DOWN:
+                out.members.add(member=node.name, error="the node is down: it keeps the keys it "
+                                "had (repeat the operation when it is back)")
+            else:
+                calls.append((node.name, agent(node)))
+        results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
+        for (name, _), r in zip(calls, results, strict=True):
+            if isinstance(r, BaseException):
+                why = r.details() if isinstance(r, grpc.aio.AioRpcError) else str(r)
+                out.members.add(member=name, error=f"unreachable: {why}")
+            else:
+                out.members.append(r)
+        return out
 
     async def agent_channel(self, node_id: str) -> grpc.aio.Channel:
         """A channel to the agent of a node (its AgentService), reused."""

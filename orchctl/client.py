@@ -43,6 +43,27 @@ class _Deadline(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+class _Token(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Sends the access token with every call (``authorization: Bearer <secret>``)."""
+
+    def __init__(self, secret: str) -> None:
+        self.header = ("authorization", f"Bearer {secret}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), self.header))
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+def token(flag: str | None) -> str:
+    """The access token: --token, else ORCH_TOKEN, else none."""
+    return flag or os.environ.get("ORCH_TOKEN", "")
+
+
 def tls_from(ca: str | None, cert: str | None, key: str | None) -> TlsConfig:
     """mTLS material from flags, else from ORCH_TLS_CA, ORCH_TLS_CERT, ORCH_TLS_KEY."""
     return TlsConfig(ca_file=ca or os.environ.get("ORCH_TLS_CA", ""),
@@ -50,9 +71,13 @@ def tls_from(ca: str | None, cert: str | None, key: str | None) -> TlsConfig:
                      key_file=key or os.environ.get("ORCH_TLS_KEY", ""))
 
 
-def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None) -> grpc.aio.Channel:
+def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None,
+            secret: str = "") -> grpc.aio.Channel:
+    interceptors: list[Any] = [_Deadline(timeout)]
+    if secret:
+        interceptors.append(_Token(secret))
     return open_channel(addr, tls, [("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-                        interceptors=[_Deadline(timeout)])
+                        interceptors=interceptors)
 
 
 def stub(channel: grpc.aio.Channel) -> controller_pb2_grpc.ControllerServiceAsyncStub:
@@ -67,6 +92,9 @@ _SENTENCES = {
     grpc.StatusCode.INVALID_ARGUMENT: "{details}",
     grpc.StatusCode.FAILED_PRECONDITION: "{details}",
     grpc.StatusCode.ABORTED: "{details}",
+    grpc.StatusCode.UNAUTHENTICATED: "{details}",
+    grpc.StatusCode.PERMISSION_DENIED: "permission denied: {details}",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "{details}",
 }
 
 

@@ -58,8 +58,11 @@ def free_ports() -> tuple[int, int, int]:
 
 class Demo:
     def __init__(self, workdir: Path, agents: int, fast: bool, driver: str,
-                 ports: tuple[int, int, int] = WELL_KNOWN, net: str = "127.0.0") -> None:
+                 ports: tuple[int, int, int] = WELL_KNOWN, net: str = "127.0.0",
+                 controller_flags: tuple[str, ...] = ()) -> None:
         self.dir = workdir
+        self.controller_flags = controller_flags
+        """Extra orch-controller flags (the benchmark lifts the rate limit)."""
         self.n = agents
         self.fast = fast
         self.driver = driver
@@ -91,7 +94,7 @@ class Demo:
             "--rpc-addr", f"{self.net}.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
             "--metrics-addr", f"{self.net}.1:{self.metrics_port(9647)}",
-            "--node-grace", "1" if self.fast else "3", *self.profile()])
+            "--node-grace", "1" if self.fast else "3", *self.profile(), *self.controller_flags])
 
     def start_agent(self, i: int) -> None:
         name = f"agent-{i}"

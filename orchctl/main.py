@@ -18,7 +18,7 @@ import asyncio
 import sys
 
 from orchctl import client
-from orchctl.commands import Ctx, alloc, cluster, job, node, tls
+from orchctl.commands import Ctx, acl, alloc, cluster, job, keyring, node, tls
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,8 +31,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-cert", metavar="FILE",
                     help="mTLS: a certificate with role cli (env ORCH_TLS_CERT)")
     ap.add_argument("--tls-key", metavar="FILE", help="mTLS: its key (env ORCH_TLS_KEY)")
+    ap.add_argument("--token", metavar="SECRET",
+                    help="access token, when the cluster requires one (env ORCH_TOKEN)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, cluster, tls):
+    for module in (job, alloc, node, cluster, acl, keyring, tls):
         module.register(sub)
     return ap
 
@@ -42,8 +44,9 @@ async def _run(args: argparse.Namespace) -> int:
         code: int = await args.fn(None, args)
         return code
     addr = client.address(args.address)
-    channel = client.connect(addr, args.timeout, client.tls_from(args.tls_ca, args.tls_cert,
-                                                                 args.tls_key))
+    channel = client.connect(addr, args.timeout,
+                             client.tls_from(args.tls_ca, args.tls_cert, args.tls_key),
+                             client.token(args.token))
     try:
         ctx = Ctx(stub=client.stub(channel), address=addr, json=args.output == "json",
                   timeout=args.timeout)

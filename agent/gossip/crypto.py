@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -47,7 +48,7 @@ def key_id(key: bytes) -> str:
 class Keyring:
     """Installed keys; the first is the primary key used to encrypt."""
 
-    def __init__(self, keys: list[str | bytes]) -> None:
+    def __init__(self, keys: Sequence[str | bytes]) -> None:
         if not keys:
             raise ConfigError("a keyring needs at least one key")
         self._keys: list[bytes] = []

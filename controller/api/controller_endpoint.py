@@ -4,23 +4,26 @@ what happened."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from controller.acl import Token
+from controller.api.authz import bearer
 from controller.api.errors import streaming, unary
 from controller.jobs import job_status, promote
 from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.errors import NotFoundError
-from orch.tls import require_role
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 if TYPE_CHECKING:
     from controller.server import Controller
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("api")
 
 
 def _key(namespace: str, name: str) -> JobKey:
@@ -29,16 +32,19 @@ def _key(namespace: str, name: str) -> JobKey:
     return (namespace or "default", name)
 
 
-class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
-    ROLES = frozenset(("cli", "controller"))
-    """Certificate roles that may call the operator API (agents may not)."""
+def _token_pb(t: Token) -> controller_pb2.AclToken:
+    return controller_pb2.AclToken(accessor=t.accessor, name=t.name, policies=list(t.policies),
+                                   create_time_ns=t.create_time_ns, revoked=t.revoked)
 
+
+class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
         self.state = ctl.cluster.state
 
     async def authorize(self, ctx: Ctx, method: str, request: object) -> None:
-        await require_role(ctx, self.ROLES, self.ctl.cfg.tls.enabled)
+        """mTLS role, rate limit and access token (see controller.api.authz)."""
+        await self.ctl.authz.check(ctx, method, request)
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -286,3 +292,57 @@ class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
                 last = item.index
                 if wanted(item):
                     yield item
+
+    # --- access tokens -------------------------------------------------------------------------
+
+    @unary
+    async def BootstrapAcl(self, req: controller_pb2.BootstrapAclRequest,
+                           ctx: Ctx) -> controller_pb2.AclTokenSecret:
+        self.ctl.require_leader()
+        async with self.ctl.cluster.lock:
+            token, secret, changes = self.ctl.acl.bootstrap()
+            await self.ctl.cluster.commit(changes)
+        log.warning("ACL bootstrapped", extra={"accessor": token.accessor[:8], "peer": ctx.peer()})
+        return controller_pb2.AclTokenSecret(token=_token_pb(token), secret=secret)
+
+    @unary
+    async def CreateToken(self, req: controller_pb2.CreateTokenRequest,
+                          ctx: Ctx) -> controller_pb2.AclTokenSecret:
+        self.ctl.require_leader()
+        token, secret, changes = self.ctl.acl.create(req.name, list(req.policies))
+        await self.ctl.cluster.write(changes)
+        log.info("token created", extra={"accessor": token.accessor[:8], "token": token.name,
+                                         "policies": ",".join(token.policies)})
+        return controller_pb2.AclTokenSecret(token=_token_pb(token), secret=secret)
+
+    @unary
+    async def ListTokens(self, req: controller_pb2.ListTokensRequest,
+                         ctx: Ctx) -> controller_pb2.ListTokensResponse:
+        tokens = sorted(self.ctl.acl.tokens.values(), key=lambda t: (t.create_time_ns, t.accessor))
+        return controller_pb2.ListTokensResponse(tokens=[_token_pb(t) for t in tokens])
+
+    @unary
+    async def RevokeToken(self, req: controller_pb2.RevokeTokenRequest,
+                          ctx: Ctx) -> controller_pb2.AclToken:
+        self.ctl.require_leader()
+        async with self.ctl.cluster.lock:
+            token, changes = self.ctl.acl.revoke(req.accessor)
+            await self.ctl.cluster.commit(changes)
+        log.info("token revoked", extra={"accessor": token.accessor[:8], "token": token.name})
+        return _token_pb(token)
+
+    @unary
+    async def SelfToken(self, req: controller_pb2.SelfTokenRequest,
+                        ctx: Ctx) -> controller_pb2.AclToken:
+        token = self.ctl.acl.resolve(bearer(ctx)) if bearer(ctx) else None
+        if token is None:
+            raise NotFoundError("no token was sent, or it is unknown or revoked")
+        return _token_pb(token)
+
+    # --- the gossip keyring --------------------------------------------------------------------
+
+    @unary
+    async def Keyring(self, req: controller_pb2.KeyringRequest,
+                      ctx: Ctx) -> controller_pb2.KeyringResponse:
+        """Apply a keyring operation on every controller and agent (Serf's ``keys``)."""
+        return await self.ctl.keyring(req, bearer(ctx))

@@ -36,13 +36,46 @@ class Value:
     """For mappings: the line of each key."""
 
 
+MAX_BYTES = 1024 * 1024
+"""The largest job file read (a job is a few KiB; a megabyte is a mistake or an attack)."""
+MAX_DEPTH = 32
+"""Deepest nesting of mappings and lists (job files nest about 8 deep)."""
+MAX_VALUES = 100_000
+"""Most values one file may hold once YAML aliases are expanded (a "billion laughs" file
+expands a few lines into billions)."""
+
+
+class _TooBig(Exception):
+    pass
+
+
 def load_document(text: str, fmt: str) -> tuple[Value | None, list[JobSpecProblem]]:
-    """Parse ``text`` as ``yaml`` or ``json``; syntax errors come back as problems."""
-    if fmt == "json":
-        return _load_json(text)
-    if fmt == "yaml":
-        return _load_yaml(text)
-    raise ValueError(f"unknown job file format {fmt!r} (yaml or json)")
+    """Parse ``text`` as ``yaml`` or ``json``; syntax errors and files past the limits
+    (size, depth, number of values) come back as problems."""
+    if fmt not in ("yaml", "json"):
+        raise ValueError(f"unknown job file format {fmt!r} (yaml or json)")
+    if len(text) > MAX_BYTES:
+        return None, [JobSpecProblem("", f"the file is {len(text):,} characters; a job file "
+                                         f"may hold at most {MAX_BYTES:,}")]
+    try:
+        return _load_json(text) if fmt == "json" else _load_yaml(text)
+    except (_TooBig, RecursionError) as e:
+        what = str(e) if isinstance(e, _TooBig) else f"nests deeper than {MAX_DEPTH} levels"
+        return None, [JobSpecProblem("", f"the file {what}")]
+
+
+class _Budget:
+    """Counts values and depth while a tree is built."""
+
+    def __init__(self) -> None:
+        self.values = 0
+
+    def enter(self, depth: int) -> None:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise _TooBig(f"holds more than {MAX_VALUES:,} values (YAML aliases expanded)")
+        if depth > MAX_DEPTH:
+            raise _TooBig(f"nests deeper than {MAX_DEPTH} levels")
 
 
 # --- YAML ---------------------------------------------------------------------------------
@@ -72,12 +105,13 @@ def _load_yaml(text: str) -> tuple[Value | None, list[JobSpecProblem]]:
         return None, [JobSpecProblem("", "holds more than one YAML document; one job per file",
                                      line)]
     problems: list[JobSpecProblem] = []
-    value = _from_yaml(docs[0], _Constructor(), "", problems)
+    value = _from_yaml(docs[0], _Constructor(), "", problems, _Budget(), 0)
     return value, problems
 
 
 def _from_yaml(node: yaml.Node, ctor: _Constructor, path: str,
-               problems: list[JobSpecProblem]) -> Value:
+               problems: list[JobSpecProblem], budget: _Budget, depth: int) -> Value:
+    budget.enter(depth)
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
@@ -104,10 +138,11 @@ def _from_yaml(node: yaml.Node, ctor: _Constructor, path: str,
                     _join(path, key), f"duplicate key (first on line {first})", key_line))
                 continue
             out.key_lines[key] = key_line
-            out.data[key] = _from_yaml(value_node, ctor, _join(path, key), problems)
+            out.data[key] = _from_yaml(value_node, ctor, _join(path, key), problems, budget,
+                                       depth + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return Value("list", [_from_yaml(n, ctor, f"{path}[{i}]", problems)
+        return Value("list", [_from_yaml(n, ctor, f"{path}[{i}]", problems, budget, depth + 1)
                               for i, n in enumerate(node.value)], line=line)
     assert isinstance(node, yaml.ScalarNode)
     try:
@@ -145,14 +180,15 @@ def _load_json(text: str) -> tuple[Value | None, list[JobSpecProblem]]:
     except json.JSONDecodeError as e:
         return None, [JobSpecProblem("", f"not valid JSON: {e.msg} (column {e.colno})", e.lineno)]
     problems = [JobSpecProblem(k, "duplicate key") for k in duplicates]
-    return _from_json(data), problems
+    return _from_json(data, _Budget(), 0), problems
 
 
-def _from_json(data: Any) -> Value:
+def _from_json(data: Any, budget: _Budget, depth: int) -> Value:
+    budget.enter(depth)
     if isinstance(data, dict):
-        return Value("map", {k: _from_json(v) for k, v in data.items()})
+        return Value("map", {k: _from_json(v, budget, depth + 1) for k, v in data.items()})
     if isinstance(data, list):
-        return Value("list", [_from_json(v) for v in data])
+        return Value("list", [_from_json(v, budget, depth + 1) for v in data])
     if isinstance(data, _Number):
         n: int | float = int(data) if data.lstrip("-").isdigit() else float(data)
         return Value("scalar", n, text=str.__str__(data))

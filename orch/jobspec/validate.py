@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 
 from orch.errors import JobSpecProblem
 from orch.jobspec import constraints as cl
@@ -27,6 +28,15 @@ PORT_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_NAME = 63
+MAX_COUNT = 10_000
+"""Allocations per group (and a scaling block's max)."""
+MAX_GROUPS = 100
+MAX_TASKS = 50
+"""Tasks per group."""
+MAX_ITEMS = 1_000
+"""Entries in any other list or map of a job (ports, services, env, args, constraints...)."""
+MAX_STRING = 64 * 1024
+"""Characters in any one string of a job (a command line, an env value, a template)."""
 
 DRIVERS = ("docker", "process")
 NETWORK_MODES = ("bridge", "host")
@@ -43,6 +53,9 @@ SIGNALS = frozenset(s.name for s in signal.Signals)
 def validate_job(job: job_pb2.Job) -> list[JobSpecProblem]:
     """Every problem in ``job``, in field order; empty when the job is valid."""
     v = _Validator()
+    v.sizes("", job)
+    if v.problems:  # a job past the size limits is not worth reading further
+        return v.problems
     v.job(job)
     return v.problems
 
@@ -58,6 +71,25 @@ def _one_of(value: str, choices: Iterable[str]) -> str:
 class _Validator:
     def __init__(self) -> None:
         self.problems: list[JobSpecProblem] = []
+
+    def sizes(self, at: str, msg: Message) -> None:
+        """Lists, maps and strings within the limits, everywhere in ``msg``."""
+        for fd, value in msg.ListFields():
+            path = f"{at}.{fd.name}" if at else fd.name
+            repeated = fd.is_repeated
+            if repeated and len(value) > MAX_ITEMS:
+                self.bad(path, f"at most {MAX_ITEMS:,} entries, got {len(value):,}")
+                continue
+            is_map = repeated and fd.message_type is not None and \
+                fd.message_type.GetOptions().map_entry
+            items = [*value.keys(), *value.values()] if is_map else \
+                list(value) if repeated else [value]
+            for i, item in enumerate(items):
+                where = f"{path}[{i}]" if repeated else path
+                if isinstance(item, Message):
+                    self.sizes(where, item)
+                elif isinstance(item, str) and len(item) > MAX_STRING:
+                    self.bad(where, f"at most {MAX_STRING:,} characters, got {len(item):,}")
 
     def bad(self, path: str, message: str) -> None:
         self.problems.append(JobSpecProblem(path, message))
@@ -109,6 +141,8 @@ class _Validator:
                 self.update("update", job.update, None)
         if not job.groups:
             self.bad("groups", "a job needs at least one group")
+        elif len(job.groups) > MAX_GROUPS:
+            self.bad("groups", f"at most {MAX_GROUPS} groups per job, got {len(job.groups)}")
         self.unique("groups", [g.name for g in job.groups], "group")
         published: dict[int, str] = {}
         for i, g in enumerate(job.groups):
@@ -124,11 +158,15 @@ class _Validator:
         count = g.count if g.HasField("count") else 1
         if count < 0:
             self.bad(f"{at}.count", f"must be >= 0, got {count}")
+        elif count > MAX_COUNT:
+            self.bad(f"{at}.count", f"must be <= {MAX_COUNT:,}, got {count:,}")
         if system and g.HasField("count") and count > 1:
             self.bad(f"{at}.count", f"system jobs run one allocation per eligible node; "
                                     f"remove count (got {count})")
         if not g.tasks:
             self.bad(f"{at}.tasks", "a group needs at least one task")
+        elif len(g.tasks) > MAX_TASKS:
+            self.bad(f"{at}.tasks", f"at most {MAX_TASKS} tasks per group, got {len(g.tasks)}")
         self.unique(f"{at}.tasks", [t.name for t in g.tasks], "task")
         labels = [p.label for p in g.network.ports]
         self.network(f"{at}.network", g.network)
@@ -326,6 +364,8 @@ class _Validator:
             self.bad(f"{at}.min", f"must be >= 0, got {s.min}")
         if s.max < s.min:
             self.bad(f"{at}.max", f"must be >= min ({s.min}), got {s.max}")
+        elif s.max > MAX_COUNT:
+            self.bad(f"{at}.max", f"must be <= {MAX_COUNT:,}, got {s.max:,}")
         elif s.enabled and not s.min <= count <= s.max:
             self.bad(f"{at}", f"count {count} is outside min..max ({s.min}..{s.max})")
         self.choice(f"{at}.metric", s.metric, SCALING_METRICS)

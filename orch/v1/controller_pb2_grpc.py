@@ -150,6 +150,36 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.WatchRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.Event.FromString,
                 _registered_method=True)
+        self.BootstrapAcl = channel.unary_unary(
+                '/orch.v1.ControllerService/BootstrapAcl',
+                request_serializer=orch_dot_v1_dot_controller__pb2.BootstrapAclRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.AclTokenSecret.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/orch.v1.ControllerService/CreateToken',
+                request_serializer=orch_dot_v1_dot_controller__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.AclTokenSecret.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/orch.v1.ControllerService/ListTokens',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/orch.v1.ControllerService/RevokeToken',
+                request_serializer=orch_dot_v1_dot_controller__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.AclToken.FromString,
+                _registered_method=True)
+        self.SelfToken = channel.unary_unary(
+                '/orch.v1.ControllerService/SelfToken',
+                request_serializer=orch_dot_v1_dot_controller__pb2.SelfTokenRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.AclToken.FromString,
+                _registered_method=True)
+        self.Keyring = channel.unary_unary(
+                '/orch.v1.ControllerService/Keyring',
+                request_serializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.KeyringResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -303,6 +333,50 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BootstrapAcl(self, request, context):
+        """Access tokens (with acl enabled every call needs "authorization: Bearer <secret>").
+        acl bootstrap (once)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """acl token create
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """acl token list
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """acl token revoke
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelfToken(self, request, context):
+        """acl token self
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Keyring(self, request, context):
+        """The gossip keyring of every member (install, use as primary, remove; list).
+        keyring ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -415,6 +489,36 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.WatchRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.Event.SerializeToString,
+            ),
+            'BootstrapAcl': grpc.unary_unary_rpc_method_handler(
+                    servicer.BootstrapAcl,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.BootstrapAclRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.AclTokenSecret.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.CreateTokenRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.AclTokenSecret.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ListTokensRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.AclToken.SerializeToString,
+            ),
+            'SelfToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelfToken,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.SelfTokenRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.AclToken.SerializeToString,
+            ),
+            'Keyring': grpc.unary_unary_rpc_method_handler(
+                    servicer.Keyring,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.KeyringResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1026,6 +1130,168 @@ class ControllerService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def BootstrapAcl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/BootstrapAcl',
+            orch_dot_v1_dot_controller__pb2.BootstrapAclRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.AclTokenSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/CreateToken',
+            orch_dot_v1_dot_controller__pb2.CreateTokenRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.AclTokenSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ListTokens',
+            orch_dot_v1_dot_controller__pb2.ListTokensRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/RevokeToken',
+            orch_dot_v1_dot_controller__pb2.RevokeTokenRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.AclToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelfToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/SelfToken',
+            orch_dot_v1_dot_controller__pb2.SelfTokenRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.AclToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Keyring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/Keyring',
+            orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.KeyringResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NodeServiceStub:
     """---------------------------------------------------------------------------
@@ -1135,6 +1401,11 @@ class AgentServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.AllocationRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_node__pb2.Allocation.FromString,
                 _registered_method=True)
+        self.Keyring = channel.unary_unary(
+                '/orch.v1.AgentService/Keyring',
+                request_serializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.MemberKeyring.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -1162,6 +1433,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Keyring(self, request, context):
+        """this agent's gossip keyring
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1179,6 +1457,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Restart,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.AllocationRequest.FromString,
                     response_serializer=orch_dot_v1_dot_node__pb2.Allocation.SerializeToString,
+            ),
+            'Keyring': grpc.unary_unary_rpc_method_handler(
+                    servicer.Keyring,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.MemberKeyring.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1265,6 +1548,33 @@ class AgentService:
             '/orch.v1.AgentService/Restart',
             orch_dot_v1_dot_controller__pb2.AllocationRequest.SerializeToString,
             orch_dot_v1_dot_node__pb2.Allocation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Keyring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.AgentService/Keyring',
+            orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.MemberKeyring.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,22 @@ class ControllerServiceStub:
     GetLeader: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetLeaderRequest, _controller_pb2.LeaderInfo]
     Watch: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchRequest, _controller_pb2.Event]
     """events [-f]"""
+    BootstrapAcl: _grpc.UnaryUnaryMultiCallable[_controller_pb2.BootstrapAclRequest, _controller_pb2.AclTokenSecret]
+    """Access tokens (with acl enabled every call needs "authorization: Bearer <secret>").
+    acl bootstrap (once)
+    """
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.AclTokenSecret]
+    """acl token create"""
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]
+    """acl token list"""
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RevokeTokenRequest, _controller_pb2.AclToken]
+    """acl token revoke"""
+    SelfToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SelfTokenRequest, _controller_pb2.AclToken]
+    """acl token self"""
+    Keyring: _grpc.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.KeyringResponse]
+    """The gossip keyring of every member (install, use as primary, remove; list).
+    keyring ...
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -118,6 +134,22 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     GetLeader: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetLeaderRequest, _controller_pb2.LeaderInfo]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchRequest, _controller_pb2.Event]  # type: ignore[assignment]
     """events [-f]"""
+    BootstrapAcl: _aio.UnaryUnaryMultiCallable[_controller_pb2.BootstrapAclRequest, _controller_pb2.AclTokenSecret]  # type: ignore[assignment]
+    """Access tokens (with acl enabled every call needs "authorization: Bearer <secret>").
+    acl bootstrap (once)
+    """
+    CreateToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.AclTokenSecret]  # type: ignore[assignment]
+    """acl token create"""
+    ListTokens: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """acl token list"""
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.RevokeTokenRequest, _controller_pb2.AclToken]  # type: ignore[assignment]
+    """acl token revoke"""
+    SelfToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.SelfTokenRequest, _controller_pb2.AclToken]  # type: ignore[assignment]
+    """acl token self"""
+    Keyring: _aio.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.KeyringResponse]  # type: ignore[assignment]
+    """The gossip keyring of every member (install, use as primary, remove; list).
+    keyring ...
+    """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -292,6 +324,58 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_controller_pb2.Event], _abc.AsyncIterator[_controller_pb2.Event]]:
         """events [-f]"""
 
+    @_abc_1.abstractmethod
+    def BootstrapAcl(
+        self,
+        request: _controller_pb2.BootstrapAclRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AclTokenSecret, _abc.Awaitable[_controller_pb2.AclTokenSecret]]:
+        """Access tokens (with acl enabled every call needs "authorization: Bearer <secret>").
+        acl bootstrap (once)
+        """
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _controller_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AclTokenSecret, _abc.Awaitable[_controller_pb2.AclTokenSecret]]:
+        """acl token create"""
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _controller_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListTokensResponse, _abc.Awaitable[_controller_pb2.ListTokensResponse]]:
+        """acl token list"""
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _controller_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AclToken, _abc.Awaitable[_controller_pb2.AclToken]]:
+        """acl token revoke"""
+
+    @_abc_1.abstractmethod
+    def SelfToken(
+        self,
+        request: _controller_pb2.SelfTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AclToken, _abc.Awaitable[_controller_pb2.AclToken]]:
+        """acl token self"""
+
+    @_abc_1.abstractmethod
+    def Keyring(
+        self,
+        request: _controller_pb2.KeyringRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.KeyringResponse, _abc.Awaitable[_controller_pb2.KeyringResponse]]:
+        """The gossip keyring of every member (install, use as primary, remove; list).
+        keyring ...
+        """
+
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class NodeServiceStub:
@@ -345,6 +429,8 @@ class AgentServiceStub:
     Status: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentStatusRequest, _controller_pb2.AgentStatus]
     Restart: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AllocationRequest, _node_pb2.Allocation]
     """restart tasks in place"""
+    Keyring: _grpc.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.MemberKeyring]
+    """this agent's gossip keyring"""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -358,6 +444,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Status: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentStatusRequest, _controller_pb2.AgentStatus]  # type: ignore[assignment]
     Restart: _aio.UnaryUnaryMultiCallable[_controller_pb2.AllocationRequest, _node_pb2.Allocation]  # type: ignore[assignment]
     """restart tasks in place"""
+    Keyring: _aio.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.MemberKeyring]  # type: ignore[assignment]
+    """this agent's gossip keyring"""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -386,5 +474,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Allocation, _abc.Awaitable[_node_pb2.Allocation]]:
         """restart tasks in place"""
+
+    @_abc_1.abstractmethod
+    def Keyring(
+        self,
+        request: _controller_pb2.KeyringRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.MemberKeyring, _abc.Awaitable[_controller_pb2.MemberKeyring]]:
+        """this agent's gossip keyring"""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,11 +22,14 @@ from tests.integration.synthetic import controller_config, wait_until
 
 @asynccontextmanager
 async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10.0,
-                       tls_dir: Path | None = None,
+                       tls_dir: Path | None = None, keys: list[str] | None = None,
                        **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
-    """``tls_dir``: a CA made by ``make_pki`` there, and mTLS on every connection."""
+    """``tls_dir``: a CA made by ``make_pki`` there, and mTLS on every connection;
+    ``keys``: gossip encryption keys for every member."""
     if tls_dir is not None:
         ctl_kw["tls"] = pki(tls_dir, "controller")
+    if keys:
+        ctl_kw["keys"] = list(keys)
     ctl = Controller(controller_config(tmp / "ctl", bind="127.0.0.1:0", **ctl_kw))
     await ctl.start()
     assert ctl.gossip is not None
@@ -35,7 +42,8 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
                                   metrics_addr=f"127.0.0.{i + 1}:0",
                                   usage_interval=usage_interval,
                                   tls=pki(tls_dir, f"agent-{i}") if tls_dir else TlsConfig(),
-                                  drivers=["process"], gossip=GossipConfig.fast()))
+                                  drivers=["process"], gossip=GossipConfig.fast(),
+                                  keys=list(keys or ())))
             await a.start()
             started.append(a)
         ids = [a.node_id for a in started]
@@ -60,3 +68,47 @@ def make_pki(d: Path, agents: int = 3) -> Path:
 def pki(d: Path, name: str) -> TlsConfig:
     return TlsConfig(ca_file=str(d / "ca.pem"), cert_file=str(d / f"{name}.pem"),
                      key_file=str(d / f"{name}-key.pem"))
+
+
+JOB = """
+name: {name}
+update: {{min_healthy_time: 0s, healthy_deadline: 20s}}
+groups:
+  - name: app
+    count: {count}
+    network:
+      ports: [{{label: http}}]
+    tasks:
+      - name: server
+        driver: process
+        command: /bin/sh
+        args: ["-c", "echo hello from ${{ORCH_ALLOC_INDEX}}; echo oops >&2; exec sleep 600"]
+        resources: {{cpu_millicores: 100, memory_mb: {memory}}}
+"""
+
+
+class Cli:
+    """orchctl as a real subprocess against ``addr`` (``env`` adds to its environment)."""
+
+    def __init__(self, addr: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.addr = addr
+        self.tmp = tmp
+        self.env = env or {}
+
+    def job_file(self, name: str = "web", count: int = 2, memory: int = 32) -> str:
+        path = self.tmp / f"{name}-{count}-{memory}.yaml"
+        path.write_text(JOB.format(name=name, count=count, memory=memory))
+        return str(path)
+
+    async def __call__(self, *args: str, code: int = 0) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchctl.main", "--address", self.addr, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **self.env})
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = out.decode() + err.decode()
+        assert proc.returncode == code, f"orchctl {' '.join(args)} -> {proc.returncode}: {text}"
+        return text
+
+    async def json(self, *args: str, code: int = 0) -> Any:
+        return json.loads(await self("-o", "json", *args, code=code))

@@ -8,53 +8,13 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent.server import Agent
 from controller.server import Controller
-from tests.integration.live import live_cluster
+from tests.integration.live import Cli, live_cluster
 from tests.integration.synthetic import wait_until
-
-JOB = """
-name: {name}
-update: {{min_healthy_time: 0s, healthy_deadline: 20s}}
-groups:
-  - name: app
-    count: {count}
-    network:
-      ports: [{{label: http}}]
-    tasks:
-      - name: server
-        driver: process
-        command: /bin/sh
-        args: ["-c", "echo hello from ${{ORCH_ALLOC_INDEX}}; echo oops >&2; exec sleep 600"]
-        resources: {{cpu_millicores: 100, memory_mb: {memory}}}
-"""
-
-
-class Cli:
-    def __init__(self, addr: str, tmp: Path) -> None:
-        self.addr = addr
-        self.tmp = tmp
-
-    def job_file(self, name: str = "web", count: int = 2, memory: int = 32) -> str:
-        path = self.tmp / f"{name}-{count}-{memory}.yaml"
-        path.write_text(JOB.format(name=name, count=count, memory=memory))
-        return str(path)
-
-    async def __call__(self, *args: str, code: int = 0) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchctl.main", "--address", self.addr, *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        text = out.decode() + err.decode()
-        assert proc.returncode == code, f"orchctl {' '.join(args)} -> {proc.returncode}: {text}"
-        return text
-
-    async def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(await self("-o", "json", *args, code=code))
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agent.gossip.config import GossipConfig
+from agent.gossip.crypto import Keyring, new_key
+from agent.gossip.transport import GossipNode
 from orch import tls
 from orch.jobspec import load_job_file
 from orch.v1 import controller_pb2, controller_pb2_grpc
@@ -71,3 +74,63 @@ async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) 
         assert alloc.id in out.decode()
         # and nothing the refused callers tried changed anything
         assert ctl.cluster.state.index == before
+
+
+async def test_refused_callers_change_nothing(tmp_path: Path) -> None:
+    """mTLS, tokens and gossip encryption all on: an anonymous client, a revoked token, a
+    certificate from another CA and a gossip peer with the wrong key are all turned away,
+    and the cluster's state and membership stay as they were."""
+    d = make_pki(tmp_path / "pki", agents=2)
+    other = tmp_path / "other-ca"
+    tls.create_ca(other)
+    tls.create_cert(other, other, role="cli", name="cli")
+    key = new_key()
+    async with live_cluster(tmp_path, agents=2, tls_dir=d, keys=[key], acl=True) as (ctl, _):
+        addr, cli = ctl.rpc_address, pki(d, "cli")
+        async with tls.open_channel(addr, cli) as ch:
+            stub = controller_pb2_grpc.ControllerServiceStub(ch)
+            root = (await stub.BootstrapAcl(controller_pb2.BootstrapAclRequest())).secret
+            admin = (("authorization", f"Bearer {root}"),)
+            made = await stub.CreateToken(controller_pb2.CreateTokenRequest(
+                name="ci", policies=["submit"]), metadata=admin)
+            await stub.RevokeToken(controller_pb2.RevokeTokenRequest(
+                accessor=made.token.accessor), metadata=admin)
+            job = load_job_file(str(EXAMPLE))
+            await stub.RegisterJob(controller_pb2.RegisterJobRequest(job=job), metadata=admin)
+        await wait_until(lambda: sum(a.healthy for a in ctl.cluster.state.allocs.values()) == 3,
+                         within=30)
+        assert ctl.gossip is not None
+        members = {(m.name, str(m.status)) for m in ctl.gossip.members()}
+        before = ctl.cluster.state.index
+        stop = controller_pb2.StopJobRequest(name="hello")
+
+        async def attempt(cfg: tls.TlsConfig | None, token: str) -> grpc.StatusCode:
+            meta = (("authorization", f"Bearer {token}"),) if token else ()
+            async with tls.open_channel(addr, cfg) as ch:
+                stub = controller_pb2_grpc.ControllerServiceStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await stub.StopJob(stop, timeout=5, metadata=meta)
+            return e.value.code()
+
+        assert await attempt(cli, "") == grpc.StatusCode.UNAUTHENTICATED
+        assert await attempt(cli, made.secret) == grpc.StatusCode.UNAUTHENTICATED
+        assert await attempt(cli, "not-a-token") == grpc.StatusCode.UNAUTHENTICATED
+        assert await attempt(pki(other, "cli"), root) == grpc.StatusCode.UNAVAILABLE
+        assert await attempt(None, root) == grpc.StatusCode.UNAVAILABLE
+        assert await attempt(pki(d, "agent-1"), root) == grpc.StatusCode.PERMISSION_DENIED
+
+        intruder = GossipNode(GossipConfig.fast(), name="intruder", bind=("127.0.0.9", 0),
+                              keyring=Keyring([new_key()]),
+                              state={"role": "controller", "rpc": "127.0.0.9:1"})
+        await intruder.start()
+        try:
+            intruder.join([ctl.gossip.addr])
+            await wait_until(lambda: ctl.gossip is not None and
+                             ctl.gossip.wire.dropped.get("decrypt", 0) >= 1, within=10)
+            await asyncio.sleep(1.0)
+        finally:
+            await intruder.stop()
+        assert {(m.name, str(m.status)) for m in ctl.gossip.members()} == members
+        assert ctl.cluster.state.index == before
+        assert ctl.cluster.state.job(("default", "hello")) is not None
+        assert sum(a.healthy for a in ctl.cluster.state.allocs.values()) == 3
