@@ -24,7 +24,15 @@ from agent.gossip import codec
 from agent.gossip.config import GossipConfig
 from agent.gossip.core import Membership
 from agent.gossip.crypto import Keyring
-from agent.gossip.messages import Alive, MemberRecord, Ping, PushPull, StateDelta, Suspect
+from agent.gossip.messages import (
+    Alive,
+    MemberRecord,
+    Message,
+    Ping,
+    PushPull,
+    StateDelta,
+    Suspect,
+)
 from orch.errors import JobSpecError, ProtocolError
 from orch.jobspec import parse_job
 from orch.jobspec.validate import validate_job
@@ -67,7 +75,7 @@ def gossip_packet(data: bytes) -> None:
 
 def gossip_seeds() -> list[bytes]:
     """Well-formed inputs to start from (plain and sealed)."""
-    msgs = [Ping(1, "me", "p0"), Alive(2, "p9", "10.0.0.11", 7946, 1), Suspect(3, "p1", "p0"),
+    msgs: list[Message] = [Ping(1, "me", "p0"), Alive(2, "p9", "10.0.0.11", 7946, 1), Suspect(3, "p1", "p0"),
             StateDelta("p2", -1, 2, {"rpc": "10.0.0.4:4648"})]
     payload = codec.pack([codec.encode(m) for m in msgs])
     pp = codec.encode(PushPull(True, "p3", [MemberRecord("p3", "10.0.0.5", 7946, 1, 0, 1,
