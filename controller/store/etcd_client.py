@@ -399,6 +399,22 @@ class EtcdClient:
                                 write=not readonly, within=within)
         return _txn_result(resp)
 
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0,
+                  within: float | None = None) -> int:
+        """Put one key; the revision it was written at."""
+        resp = await self._call("put", lambda ch: rpc.KVStub(ch).Put,
+                                rpc.PutRequest(key=key, value=value, lease=lease), write=True,
+                                within=within)
+        return int(resp.header.revision)
+
+    async def delete(self, key: bytes, range_end: bytes = b"", *,
+                     within: float | None = None) -> int:
+        """Delete ``key`` (or [key, range_end)); how many keys were deleted."""
+        resp = await self._call("delete", lambda ch: rpc.KVStub(ch).DeleteRange,
+                                rpc.DeleteRangeRequest(key=key, range_end=range_end), write=True,
+                                within=within)
+        return int(resp.deleted)
+
     async def lease_grant(self, ttl: int, *, within: float | None = None) -> tuple[int, int]:
         """A new lease: (its id, the TTL etcd granted)."""
         resp = await self._call("grant a lease", lambda ch: rpc.LeaseStub(ch).LeaseGrant,
