@@ -1,6 +1,6 @@
 """Local etcd members for tests and benchmarks: started on loopback, killed and removed after.
 
-Every member listens on its own 127.0.0.x address on free ports, with the flags
+Every member listens on its own loopback address (127.0.0.x by default) on free ports, with the flags
 the etcd store needs (``controller.store.etcd.REQUIRED_FLAGS``) and, unless told
 otherwise, fast raft timings (a new raft leader within about a second), and keeps
 its data in a directory of its own (``dir``: tmpfs by default; a benchmark puts it
@@ -80,7 +80,7 @@ class Member:
 
 @dataclass
 class EtcdCluster:
-    """``size`` etcd members on 127.0.0.``first_host``... (one address each), free ports. ::
+    """``size`` etcd members on ``net``.``first_host``... (one address each), free ports. ::
 
         with EtcdCluster(3) as cluster:        # started; killed and removed on exit
             store = EtcdStore(cluster.endpoints)
@@ -89,6 +89,8 @@ class EtcdCluster:
 
     size: int = 1
     first_host: int = 71
+    net: str = "127.0.0"
+    """The loopback block: each member on ``<net>.<first_host + i>``."""
     extra_flags: tuple[str, ...] = RAFT_FLAGS
     """Beyond the store's REQUIRED_FLAGS: fast raft timings by default."""
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(
@@ -100,7 +102,7 @@ class EtcdCluster:
         token = uuid.uuid4().hex[:8]
         self.token = f"orch-test-{token}"
         for i in range(self.size):
-            host = f"127.0.0.{self.first_host + i}"
+            host = f"{self.net}.{self.first_host + i}"
             self.members.append(Member(f"m{i}-{token}", host, free_port(host), free_port(host),
                                        self.dir / f"m{i}", self.dir / f"m{i}.log"))
 
