@@ -364,11 +364,13 @@ def _table(rows: list[Row], big: Big, runs: int, where: Path, fs: str, etcd: str
         size = f"{s['file_mib']:>9.2f}" if "file_mib" in s else f"{'-':>9}"
         lines.append(f"{r.name:<22} {s['commits_per_s']:>10,.0f} {s['p50_ms']:>8.2f} "
                      f"{s['p99_ms']:>8.2f} {s['max_ms']:>8.2f} {s['load_ms']:>8.1f} {size}")
-    full = next(r for r in rows if r.synchronous == "full" and r.tasks == 1 and not r.members)
-    for r in rows:
-        if r.members and r.tasks == 1:
-            ratio = statistics.median(r.rates) / statistics.median(full.rates)
-            lines.append(f"\netcd x{r.members} / SQLite FULL, 1 task: {ratio:.2f}x the commits/s")
+    full = {r.tasks: statistics.median(r.rates) for r in rows
+            if r.synchronous == "full" and not r.members}
+    ratios = [f"etcd x{r.members} / SQLite FULL, {r.tasks} task{'s' if r.tasks > 1 else ''} each: "
+              f"{statistics.median(r.rates) / full[r.tasks]:.2f}x the commits/s"
+              for r in rows if r.members]
+    if ratios:
+        lines += ["", *ratios]
     b = big.summary()
     lines.append(f"\nbig: one registration of {big.allocs:,} allocations = {b['record_bytes']:,} "
                  f"bytes of records, {b['etcd_ops']:,} etcd operations; commit p50: SQLite FULL "
