@@ -12,7 +12,10 @@ API bindings and puts a thin client of its own around them:
   with a short backoff (0.1 to 1 s), so an etcd that comes back is used at once.
 - **Bounded time.** Every call has a deadline (``timeout``, retries included); one
   endpoint gets at most ``try_timeout`` of it, so a hung member (paused, cut
-  off) cannot eat the whole budget.
+  off) cannot eat the whole budget. When every endpoint refuses connections
+  (nothing listens) a call gives up after ``refused_grace`` (1 s), time enough for
+  a member that restarts; a member that answers "no leader" is asked again until
+  the deadline, as its cluster elects one.
 - **A leader is required.** Calls carry etcd's ``hasleader`` metadata: a member
   cut off from its quorum refuses at once ("no leader") instead of hanging.
 - **Outcomes a writer can act on.** A failed call raises ``EtcdUnavailable`` (no
@@ -282,7 +285,7 @@ class EtcdClient:
     """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0,
-                 try_timeout: float = 2.0) -> None:
+                 try_timeout: float = 2.0, refused_grace: float = 1.0) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -292,6 +295,7 @@ class EtcdClient:
         self.endpoints = tuple(parse_endpoint(e) for e in endpoints)
         self.timeout = timeout
         self.try_timeout = try_timeout
+        self.refused_grace = refused_grace
         self._channels: list[grpc.aio.Channel] = []
         self._current = 0
 
@@ -326,10 +330,12 @@ class EtcdClient:
         if not self._channels:
             raise EtcdUnavailable(f"etcd at {self.where}: the client is closed")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout if within is None else within)
+        start = loop.time()
+        deadline = start + (self.timeout if within is None else within)
         last: EtcdError = EtcdUnavailable(f"etcd at {self.where}: no answer in time to {what}")
         n = len(self._channels)
         for round_ in itertools.count():
+            answered = False  # by any endpoint in this round (else all refused to connect)
             for _ in range(n):  # one round: every endpoint once, from the one that answered last
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -357,6 +363,9 @@ class EtcdClient:
                     if outcome != "unsent":
                         raise err from e
                     last = err
+                    answered = answered or "failed to connect" not in details
+            if not answered and loop.time() - start >= self.refused_grace:
+                raise last  # nothing listens anywhere: say so now rather than at the deadline
             pause = min(0.05 * 2 ** round_, 0.5, deadline - loop.time())
             if pause > 0:
                 await asyncio.sleep(pause)

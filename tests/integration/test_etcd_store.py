@@ -31,7 +31,7 @@ async def commit_until_it_succeeds(store: EtcdStore, changes: Changes, within: f
 async def test_without_etcd_commits_fail_quickly_and_resume_when_it_returns() -> None:
     with EtcdCluster(1, first_host=74) as cluster:
         (member,) = cluster.members
-        store = EtcdStore(cluster.endpoints, prefix="/orch", timeout=1.0)
+        store = EtcdStore(cluster.endpoints, prefix="/orch")  # the default timeout: 5 s
         await store.open()
         try:
             assert await store.commit(Changes(put_nodes=[node("n1")], events=[event("a")])) == 1
@@ -40,11 +40,12 @@ async def test_without_etcd_commits_fail_quickly_and_resume_when_it_returns() ->
             t0 = time.monotonic()
             with pytest.raises(StoreError, match=r"cannot be reached .* wrote nothing"):
                 await store.commit(Changes(put_nodes=[node("n2")], events=[lost]))
-            assert time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 < 2.0  # nothing listens: no need to wait 5 s
             assert lost.index == 0
+            t0 = time.monotonic()
             with pytest.raises(StoreError):
                 await store.load()
-            assert time.monotonic() - t0 < 4.0
+            assert time.monotonic() - t0 < 2.0
 
             cluster.start_member(member)
             back = event("back")
