@@ -42,7 +42,7 @@ from controller.store.etcd_client import (
     Put,
     Txn,
 )
-from orch.errors import ConfigError
+from orch.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +194,17 @@ class Election:
         self._lease: _Lease | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def open(self) -> None:
+        self._closed = False
         if self._own_client:
             await self.client.open()
 
     async def close(self) -> None:
-        """Stop keeping the lease alive, without resigning: the key expires with the lease."""
+        """Stop keeping the lease alive, without resigning: the key expires with the lease.
+        A campaign in progress ends with StoreError."""
+        self._closed = True
         await self._stop_keepalive()
         for task in list(self._background):
             task.cancel()
@@ -218,13 +222,15 @@ class Election:
     async def campaign(self) -> Term:
         """Wait until this candidate leads; its term (the current one, if it already leads).
 
-        Never gives up while etcd cannot be reached: cancel it to stop (before ``resign``,
-        when a candidate that does not lead withdraws).
+        Never gives up while etcd cannot be reached: cancel it (or ``close`` the election)
+        to stop; cancel it before ``resign`` when a candidate that does not lead withdraws.
         """
         if self.term is not None and self.term.current:
             return self.term
         value = encode_leader(self.name, self.address)
         while True:
+            if self._closed:
+                raise StoreError(f"{self.name}: the election for {self.key} is closed")
             try:
                 lease = await self._ensure_lease()
                 txn = Txn([Compare(self._key, "create", "==", 0)], [Put(self._key, value, lease.id)],

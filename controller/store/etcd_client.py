@@ -502,6 +502,11 @@ class EtcdClient:
         except grpc.aio.AioRpcError:
             self._current = i + 1
             return []
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return []  # the call was cancelled under us (the channel closed), not this task
         finally:
             stop.set()
             call.cancel()

@@ -14,7 +14,7 @@ import pytest
 from controller.election import Election, ElectionConfig, Leader, Term
 from controller.store import Changes, EtcdStore
 from controller.store.etcd_client import EtcdClient
-from orch.errors import FencedError
+from orch.errors import FencedError, StoreError
 from tests.etcd_server import EtcdCluster
 from tests.unit.store.records import event, node
 
@@ -69,6 +69,17 @@ async def test_one_leader_among_three_and_everyone_can_read_it(etcd_server: Etcd
                 assert await c.leader() == Leader(f"c{i}", f"127.0.0.{i + 1}:4647", term.revision)
         finally:
             await cancel(tasks)
+
+
+async def test_closing_a_candidate_ends_its_campaign(etcd_server: EtcdCluster,
+                                                     etcd_prefix: str) -> None:
+    async with candidates(etcd_server.endpoints, etcd_prefix, n=2) as (a, b):
+        await a.campaign()
+        waiting = asyncio.create_task(b.campaign())
+        await asyncio.sleep(0.2)
+        await b.close()
+        with pytest.raises(StoreError, match="is closed"):
+            await asyncio.wait_for(waiting, TTL + 2)
 
 
 @pytest.mark.parametrize("how", ["crash", "resign"])
