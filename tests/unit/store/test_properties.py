@@ -92,6 +92,17 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.run(self.store.commit(c)) == index
         assert [e.index for e in c.events] == event_indexes
 
+    @rule(cs=st.lists(changes, min_size=2, max_size=4))
+    def concurrent_commits(self, cs: list[Changes]) -> None:
+        """Commits made together (etcd puts them in one transaction) land as if one by one."""
+        expected = [self.model.apply(c) for c in cs]
+
+        async def together() -> list[int]:
+            return list(await asyncio.gather(*(self.store.commit(c) for c in cs)))
+
+        assert self.run(together()) == [index for index, _ in expected]
+        assert [[e.index for e in c.events] for c in cs] == [indexes for _, indexes in expected]
+
     @rule(c=changes)
     def failing_commit(self, c: Changes) -> None:
         c.put_nodes.append(node_pb2.Allocation(id="not a node"))  # type: ignore[arg-type]
