@@ -649,7 +649,11 @@ class EtcdStore(Store):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         if self._doubt is not None:
-            await self._resolve(deadline, quiet_fence=False)
+            try:
+                await self._resolve(deadline, quiet_fence=False)
+            except CommitInDoubtError as e:  # an earlier commit's doubt, not this one's
+                raise StoreError(f"{self.where}: etcd cannot be reached to settle an earlier "
+                                 "commit in doubt; this commit wrote nothing") from e
         if self._stale:
             await self._sync(deadline)
         while True:
@@ -872,7 +876,11 @@ class EtcdStore(Store):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         if self._doubt is not None:
-            await self._resolve(deadline, quiet_fence=True)
+            try:
+                await self._resolve(deadline, quiet_fence=True)
+            except CommitInDoubtError as e:
+                raise StoreError(f"{self.where}: etcd cannot be reached to settle a commit in "
+                                 "doubt, so there is nothing certain to load yet") from e
         k = self.keys
         for attempt in range(3):
             head = await self.client.range(k.state, within=self.timeout)

@@ -71,6 +71,9 @@ async def test_a_paused_etcd_leaves_a_commit_in_doubt_until_it_answers() -> None
                 with pytest.raises(CommitInDoubtError, match="whether it was applied"):
                     await store.commit(Changes(put_nodes=[node("n2")], events=[event("maybe")]))
                 assert time.monotonic() - t0 < 2.0
+                with pytest.raises(StoreError, match="settle an earlier commit") as next_one:
+                    await store.commit(Changes(put_nodes=[node("n9")]))  # never sent
+                assert not isinstance(next_one.value, CommitInDoubtError)
             finally:
                 cluster.resume(member)
             snap = await store.load()  # settles the commit in doubt first
