@@ -11,7 +11,6 @@ Needs the ``etcd`` binary (Debian: ``apt-get install etcd-server``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -31,11 +30,15 @@ RAFT_FLAGS = ("--heartbeat-interval=50", "--election-timeout=500")
 """Fast failover on loopback: a new raft leader within about a second."""
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the thread that started it dies, however it dies (so start
-    members from the main thread)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _with_parent(command: list[str]) -> list[str]:
+    """``command`` made to get SIGKILL when the thread that starts it dies, however it dies
+    (so start members from the main thread), through util-linux's setpriv when there is one.
+
+    Not a ``preexec_fn``: Python code between fork and exec in a process that runs gRPC can
+    crash the child before it becomes etcd.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 def binary() -> str:
@@ -130,8 +133,8 @@ class EtcdCluster:
     def start_member(self, m: Member, *, wait: bool = True, timeout: float = 20.0) -> None:
         state = "existing" if m.data_dir.exists() else "new"
         with m.log.open("ab") as log:
-            m.proc = subprocess.Popen(self._command(m, state), stdout=log, stderr=log,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+            m.proc = subprocess.Popen(_with_parent(self._command(m, state)), stdout=log,
+                                      stderr=log, start_new_session=True)
         if wait:
             self.wait_healthy([m], timeout)
 
