@@ -88,6 +88,7 @@ from controller.store.etcd_client import (
     EtcdError,
     EtcdInDoubt,
     EtcdRejected,
+    EtcdUnavailable,
     Get,
     KeyValue,
     Op,
@@ -775,20 +776,23 @@ class EtcdStore(Store):
             compare.append(Compare(doubt.fence[0], "create", "==", doubt.fence[1]))
             failure.append(Get(doubt.fence[0]))
         seal = Txn(compare, [Put(k.state, doubt.seal_value)], failure)
+        unknown = CommitInDoubtError(
+            f"{self.where}: etcd stopped answering during a commit and cannot be reached to "
+            "learn whether it was applied; the store settles it before its next call (load() "
+            "then shows whether it landed)")
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise CommitInDoubtError(
-                    f"{self.where}: etcd stopped answering during a commit and cannot be reached "
-                    "to learn whether it was applied; the store settles it before its next call "
-                    "(load() then shows whether it landed)")
+                raise unknown
             try:
                 result = await self.client.txn(seal, within=remaining)
                 break
             except EtcdRejected as e:
                 raise StoreError(f"{self.where}: settling a commit in doubt failed: {e}") from e
-            except EtcdError:
-                continue
+            except EtcdUnavailable as e:  # nothing listens: waiting longer would not tell
+                raise unknown from e
+            except EtcdInDoubt:
+                continue  # the seal's own answer was lost: seal again (it is idempotent)
         self._doubt = None
         if result.succeeded:
             self._cache.state_rev = result.revision

@@ -55,8 +55,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # etcd's --grpc-keepalive-min-time defaults to 5 s; ping less often than that.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.enable_retries", 0),
 )
+"""gRPC's own retries stay on: it retries transparently only what never left the client."""
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -350,6 +350,18 @@ class EtcdClient:
                 try:
                     return await stub(channel)(request, timeout=min(remaining, self.try_timeout),
                                                metadata=METADATA)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this task is being cancelled: not a failure of etcd
+                    # The call was cancelled under us (its channel closed or reset).
+                    self._current = i + 1
+                    cut: EtcdError = EtcdInDoubt(f"etcd at {endpoint}: {what} was cut off",
+                                                 endpoint=endpoint)
+                    if write:
+                        raise cut from None
+                    last = cut
+                    answered = True
                 except grpc.aio.AioRpcError as e:
                     details = e.details() or ""
                     outcome = classify(e.code(), details)
