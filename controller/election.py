@@ -205,14 +205,14 @@ class Election:
         """Stop keeping the lease alive, without resigning: the key expires with the lease.
         A campaign in progress ends with StoreError."""
         self._closed = True
+        if self.term is not None and self.term.current:
+            self._lose(self.term, "the election was closed", revoke=False)
         await self._stop_keepalive()
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.term is not None and self.term.current:
-            self._lose(self.term, "the election was closed", revoke=False)
         self._lease = None
         if self._own_client:
             await self.client.close()
@@ -276,27 +276,53 @@ class Election:
         self.term = term
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        with contextlib.suppress(EtcdError):  # start the term with a fresh lease
-            if await self.client.lease_keepalive(lease.id, within=self.config.interval) > 0:
-                lease.clock.renewed(sent)
-        if lease.clock.lost(loop.time()):
-            self._lose(term, "elected on a lease that could not be renewed in time")
+        try:  # start the term with a fresh lease
+            ttl: int | None = await self.client.lease_keepalive(lease.id, within=self.config.interval)
+        except EtcdError:
+            ttl = None
+        if ttl is not None and ttl > 0:
+            lease.clock.renewed(sent)
+            if term.current and (self._keepalive is None or self._keepalive.done()):
+                # Its keepalives gave up on the lease while the winning put was under way
+                # (etcd answered slowly); etcd still has it: keep it alive again.
+                lease.dead = False
+                self._keepalive = asyncio.create_task(self._keep_alive(lease),
+                                                      name=f"orch-election-keepalive {self.name}")
+        if (ttl is not None and ttl <= 0) or lease.dead or lease.clock.lost(loop.time()):
+            self._lose(term, "elected on a lease that could not be kept alive")
         else:
             log.info("%s leads %s (fencing revision %d)", self.name, self.key, revision)
         return term
 
     async def _keep_alive(self, lease: _Lease) -> None:
-        """Refresh ``lease`` every interval; end the term that holds it when it cannot be kept."""
+        """Refresh ``lease`` every interval; end the term that holds it when it cannot be kept.
+
+        However this task ends (even by a surprise), the lease is given up with it: a lease
+        nobody keeps alive must never win or hold a term.
+        """
+        try:
+            await self._keep_alive_loop(lease)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: keeping the lease alive failed", self.name)
+        finally:
+            lease.dead = True
+            term = self.term
+            if term is not None and term.lease == lease.id and term.current:
+                self._lose(term, "the lease is no longer kept alive")
+
+    async def _keep_alive_loop(self, lease: _Lease) -> None:
         loop = asyncio.get_running_loop()
         cfg, clock = self.config, lease.clock
         while True:
             term = self.term if self.term is not None and self.term.lease == lease.id else None
+            if term is not None and not term.current:
+                return
             sent = loop.time()
-            if clock.lost(sent):  # a candidate takes a new lease at its next attempt
-                lease.dead = True
-                if term is not None and term.current:
-                    self._lose(term, f"no keepalive succeeded for {cfg.deadline:g} s (etcd "
-                                     "unreachable or too slow)")
+            if term is not None and clock.lost(sent):
+                self._lose(term, f"no keepalive succeeded for {cfg.deadline:g} s (etcd "
+                                 "unreachable or too slow)")
                 return
             try:
                 ttl = await self.client.lease_keepalive(lease.id,
@@ -304,14 +330,15 @@ class Election:
             except EtcdError:
                 ttl = None
             if ttl is not None and ttl <= 0:
-                lease.dead = True
-                if term is not None and term.current:
+                if term is not None:
                     self._lose(term, "the lease expired")
                 return
             if ttl is not None:
                 clock.renewed(sent)
-                if term is not None and term.current and not await self._still_ours(term):
+                if term is not None and not await self._still_ours(term):
                     return
+            elif term is None and clock.lost(loop.time()):
+                return  # a candidate takes a new lease at its next attempt
             await asyncio.sleep(clock.next_wait(loop.time(), sent, cfg.interval))
 
     async def _still_ours(self, term: Term) -> bool:
