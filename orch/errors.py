@@ -126,9 +126,10 @@ class DriverUnavailableError(RuntimeDriverError):
 class StoreError(OrchError):
     """The controller's store could not do what was asked (disk, lock, damaged file).
 
-    A commit that raised it wrote nothing, and the store stays usable; the one
-    exception is a disk that fails while syncing the commit, whose outcome the
-    next ``load`` shows.
+    A commit that raised it wrote nothing, and the store stays usable; the
+    exceptions are a disk that fails while syncing the commit and
+    ``CommitInDoubtError`` (etcd gone mid-commit), whose outcome the next ``load``
+    shows.
     """
 
 
