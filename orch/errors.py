@@ -15,6 +15,8 @@
     │   ├── StartError           #   a task could not start; ``recoverable`` or not
     │   └── DriverUnavailableError  # the engine cannot be reached now (dockerd down)
     ├── StoreError               # the controller's store failed; a failed commit wrote nothing
+    │   ├── FencedError          #   etcd: this controller is no longer the leader (nothing written)
+    │   └── CommitInDoubtError   #   etcd went away mid-commit: the next load() shows if it landed
     └── ApiError
         ├── NotLeaderError       # carries the leader's address
         └── NotFoundError
@@ -124,10 +126,32 @@ class DriverUnavailableError(RuntimeDriverError):
 class StoreError(OrchError):
     """The controller's store could not do what was asked (disk, lock, damaged file).
 
-    A commit that raised it wrote nothing, and the store stays usable; the one
-    exception is a disk that fails while syncing the commit, whose outcome the
-    next ``load`` shows.
+    A commit that raised it wrote nothing, and the store stays usable; the
+    exceptions are a disk that fails while syncing the commit and
+    ``CommitInDoubtError`` (etcd gone mid-commit), whose outcome the next ``load``
+    shows.
     """
+
+
+class FencedError(StoreError):
+    """This controller is no longer the leader: etcd refused the commit, nothing was written.
+
+    ``key`` is the leader key, ``revision`` the revision this controller's election won,
+    ``holder`` the key's value now (the new leader's name and address) or None when
+    nobody leads yet.
+    """
+
+    def __init__(self, message: str, *, key: str, revision: int, holder: str | None) -> None:
+        self.key = key
+        self.revision = revision
+        self.holder = holder
+        super().__init__(message)
+
+
+class CommitInDoubtError(StoreError):
+    """etcd stopped answering while a commit was under way, and could not be asked since:
+    the commit may have landed or not. The store settles it before its next call, so the
+    next ``load`` shows which (the one exception to "a failed commit wrote nothing")."""
 
 
 class ApiError(OrchError):

@@ -12,4 +12,4 @@ settings.register_profile("ci", derandomize=True, deadline=None,
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-pytest_plugins = ("tests.docker_engine",)
+pytest_plugins = ("tests.docker_engine", "tests.etcd_server")

@@ -5,7 +5,8 @@ and the API) and makes every change durable first: it builds a ``Changes``,
 awaits ``Store.commit`` (which returns only once the change is durable), then
 applies the same change to memory. After a restart ``Store.load`` gives
 everything back. Backends: SQLite (one controller); etcd (several, with a
-fenced leader) comes later and must pass the same tests.
+fenced leader: ``controller.store.etcd``, ``controller.election``); both pass the
+same tests.
 
 Records are protobuf messages stored whole; backends may index what they need.
 """
@@ -95,9 +96,10 @@ class Store(ABC):
         store sets ``index`` on the caller's events once the commit is durable. An empty
         ``Changes`` is a commit too. On failure (``StoreError``; ``TypeError`` or
         ``ValueError`` for records that are not what the field holds) nothing was written:
-        neither the index nor any event index was used up. Cancelling the awaiting task
-        does not stop a commit already under way: it still lands (or fails) as a whole,
-        and the caller learns which only from ``load``.
+        neither the index nor any event index was used up; the one exception is
+        ``CommitInDoubtError`` (etcd went away mid-commit), after which ``load`` tells.
+        Cancelling the awaiting task does not stop a commit already under way: it still
+        lands (or fails) as a whole, and the caller learns which only from ``load``.
         """
 
     @abstractmethod

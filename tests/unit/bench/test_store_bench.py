@@ -1,6 +1,8 @@
 """The store benchmark's quick mode still runs and reports what scripts read (no timings)."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,4 +23,13 @@ def test_quick_mode_runs_and_ends_with_json(capsys: pytest.CaptureFixture[str],
     assert [(r["synchronous"], r["tasks"]) for r in summary["rows"]] == [
         ("full", 1), ("normal", 1), ("full", 8), ("normal", 8)]
     assert any(line.startswith("FULL, 1 task") for line in out)
-    assert list(tmp_path.iterdir()) == []  # the database files are gone
+    if shutil.which("etcd") or os.environ.get("CI") == "true":  # CI must measure etcd too
+        assert summary["etcd"].startswith("3.")
+        assert summary["etcd_commits_per_s"] > 0
+        assert summary["etcd_commits_per_s_8_tasks"] > 0
+        assert summary["etcd_p99_ms"] >= summary["etcd_p50_ms"] > 0
+        assert [(r["members"], r["tasks"]) for r in summary["etcd_rows"]] == [(1, 1), (1, 8)]
+        assert summary["big"]["etcd_ops"] == 1003
+        assert summary["big"]["etcd_ms"] > 0
+        assert any(line.startswith("etcd x1, 1 task") for line in out)
+    assert list(tmp_path.iterdir()) == []  # the database files and etcd's data are gone

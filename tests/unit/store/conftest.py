@@ -1,13 +1,15 @@
 """The store backends the shared suite runs against, and helpers to open them.
 
 A backend is a factory ``make(where, max_evaluations=..., max_events=...)`` giving
-an unopened store whose state lives at ``where`` (a directory for SQLite; an etcd
-backend would use it as a key prefix). Two stores made for the same ``where`` see
-the same state, so the suite can close a store and open it again.
+an unopened store whose state lives at ``where`` (a directory for SQLite; for etcd,
+a key prefix named after it, in the session's etcd: tests/etcd_server.py). Two
+stores made for the same ``where`` see the same state, so the suite can close a
+store and open it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +18,8 @@ from typing import Protocol
 
 import pytest
 
-from controller.store import SQLiteStore, Store
+from controller.store import EtcdStore, SQLiteStore, Store
+from tests.etcd_server import EtcdCluster
 
 
 class MakeStore(Protocol):
@@ -46,12 +49,27 @@ def make_sqlite(where: Path, *, max_evaluations: int = 10_000, max_events: int =
                        max_events=max_events)
 
 
-BACKENDS = [Backend("sqlite", make_sqlite)]
+def etcd_prefix_for(where: Path) -> str:
+    return f"/orch-test/{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:10]}"
+
+
+def make_etcd(endpoints: list[str]) -> MakeStore:
+    def make(where: Path, *, max_evaluations: int = 10_000, max_events: int = 100_000) -> Store:
+        return EtcdStore(endpoints, prefix=etcd_prefix_for(where), max_evaluations=max_evaluations,
+                         max_events=max_events, timeout=5.0)
+    return make
+
+
+BACKENDS = [Backend("sqlite", make_sqlite), Backend("etcd", make_etcd([]))]
+"""The etcd backend's factory is bound to the session's etcd (``etcd_server``) when used."""
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
 def backend(request: pytest.FixtureRequest) -> Backend:
     b: Backend = request.param
+    if b.name == "etcd":
+        server: EtcdCluster = request.getfixturevalue("etcd_server")
+        return Backend("etcd", make_etcd(server.endpoints))
     return b
 
 

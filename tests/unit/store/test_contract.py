@@ -181,6 +181,7 @@ async def test_a_commit_that_fails_leaves_the_store_as_it_was(store: Store,
                                                               bad: dict[str, Any]) -> None:
     await store.commit(Changes(put_jobs=[job("web", 1)], events=[event("first")]))
     before, log = await store.load(), await store.events_since(0)
+    bad = dict(bad)  # the parameter is shared by every backend's run: leave it as it is
     events = [event("lost"), *bad.pop("events", [])]
     failing = Changes(put_jobs=[job("web", 2)], put_nodes=[node("n1")], events=events,
                       meta={"k": "v"}, **bad)

@@ -1,20 +1,23 @@
-"""Random sequences of commits, reopenings and replays give what the plain model gives."""
+"""Random sequences of commits, reopenings and replays give what the plain model gives, on
+SQLite and on etcd (the session's member, a prefix per example)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from controller.store import Changes, SQLiteStore
+from controller.store import Changes, EtcdStore, SQLiteStore, Store
 from orch.v1 import controller_pb2, job_pb2, node_pb2
+from tests.etcd_server import EtcdCluster
 from tests.unit.store.model import Model
 
 MAX_EVALUATIONS = 4
@@ -71,9 +74,12 @@ class StoreMachine(RuleBasedStateMachine):
         self.model = Model(max_evaluations=MAX_EVALUATIONS, max_events=MAX_EVENTS)
         self.store = self._open()
 
-    def _open(self) -> SQLiteStore:
-        store = SQLiteStore(self.dir / "state.db", max_evaluations=MAX_EVALUATIONS,
-                            max_events=MAX_EVENTS)
+    def make(self) -> Store:
+        return SQLiteStore(self.dir / "state.db", max_evaluations=MAX_EVALUATIONS,
+                           max_events=MAX_EVENTS)
+
+    def _open(self) -> Store:
+        store = self.make()
         self.run(store.open())
         return store
 
@@ -85,6 +91,17 @@ class StoreMachine(RuleBasedStateMachine):
         index, event_indexes = self.model.apply(c)
         assert self.run(self.store.commit(c)) == index
         assert [e.index for e in c.events] == event_indexes
+
+    @rule(cs=st.lists(changes, min_size=2, max_size=4))
+    def concurrent_commits(self, cs: list[Changes]) -> None:
+        """Commits made together (etcd puts them in one transaction) land as if one by one."""
+        expected = [self.model.apply(c) for c in cs]
+
+        async def together() -> list[int]:
+            return list(await asyncio.gather(*(self.store.commit(c) for c in cs)))
+
+        assert self.run(together()) == [index for index, _ in expected]
+        assert [[e.index for e in c.events] for c in cs] == [indexes for _, indexes in expected]
 
     @rule(c=changes)
     def failing_commit(self, c: Changes) -> None:
@@ -116,3 +133,18 @@ class StoreMachine(RuleBasedStateMachine):
 
 StoreMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
 TestStoreAgainstModel = StoreMachine.TestCase
+
+
+@pytest.mark.etcd
+def test_the_etcd_store_against_the_model(etcd_server: EtcdCluster) -> None:
+    endpoints = etcd_server.endpoints
+
+    class EtcdMachine(StoreMachine):
+        def make(self) -> Store:
+            if not hasattr(self, "prefix"):
+                self.prefix = f"/orch-test/model-{uuid.uuid4().hex[:12]}"
+            return EtcdStore(endpoints, prefix=self.prefix, max_evaluations=MAX_EVALUATIONS,
+                             max_events=MAX_EVENTS, verify_limits=False, compact_every=7)
+
+    run_state_machine_as_test(EtcdMachine, settings=settings(
+        max_examples=25, stateful_step_count=20, deadline=None))
