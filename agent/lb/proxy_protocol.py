@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Any
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 VERSION_PROXY = 0x21
@@ -31,8 +32,9 @@ def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
-def header(src: tuple[str, int], dst: tuple[str, int], *, datagram: bool = False) -> bytes:
-    """The v2 header for a client at ``src`` that reached us at ``dst``."""
+def header(src: tuple[Any, ...], dst: tuple[Any, ...], *, datagram: bool = False) -> bytes:
+    """The v2 header for a client at ``src`` that reached us at ``dst`` (socket addresses:
+    ``(host, port)``, or ``(host, port, flowinfo, scope)`` for IPv6)."""
     s, d = _ip(src[0]), _ip(dst[0])
     transport = DGRAM if datagram else STREAM
     if s is None or d is None:
