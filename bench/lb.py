@@ -244,7 +244,9 @@ async def _serve_orch(port: int, endpoints: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    began = time.perf_counter()
     await lb.close()
+    print(json.dumps({"close_s": round(time.perf_counter() - began, 3)}), flush=True)
 
 
 class _HttpBackend(asyncio.Protocol):

@@ -207,8 +207,11 @@ class LoadBalancer:
                     break
                 await asyncio.sleep(0.01)
             else:
-                log.warning("connections still open after close", extra={
+                log.warning("connections still open after close; forgotten", extra={
                     "count": sum(len(s.conns) for s in everything)})
+                for svc in everything:
+                    for c in list(svc.conns):
+                        svc.release(c)
             for server in servers:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), 5.0)

@@ -64,7 +64,7 @@ class Upstream(asyncio.Protocol):
 class TcpConnection(asyncio.Protocol):
     """A client connection to a published port, and the endpoint connection it is given."""
 
-    __slots__ = ("_paused_pending", "_paused_up", "backend", "bytes_in", "client_eof",
+    __slots__ = ("_paused_pending", "_paused_up", "aborted", "backend", "bytes_in", "client_eof",
                  "client_open", "idle_since", "pending", "pending_bytes", "seen", "svc", "task",
                  "timed_out", "timer", "transport", "up", "up_eof", "up_open", "up_transport")
 
@@ -86,6 +86,7 @@ class TcpConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
+        self.aborted = False
         self.seen = 0
         self.idle_since = 0.0
 
@@ -158,8 +159,8 @@ class TcpConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         t = up.transport
-        if not self.client_open:
-            t.abort()
+        if not self.client_open or self.aborted or self.timed_out:
+            t.abort()  # too late: the client left, the connection is being cut, or timed out
             return
         self.up = up
         self.up_transport = t
@@ -223,6 +224,7 @@ class TcpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Cut both sides now (drain over, idle, or the balancer closing)."""
+        self.aborted = True
         if self.task is not None and self.up is None:
             self.task.cancel()
         if self.up_transport is not None and self.up_open:

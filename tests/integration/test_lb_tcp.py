@@ -459,3 +459,30 @@ def test_close_leaves_no_file_descriptor_open() -> None:
         run(scenario())
     finally:
         stuck.close()
+
+
+def test_close_in_the_middle_of_connecting_releases_everything() -> None:
+    async def scenario() -> None:
+        bs = await backends(3)
+        before = open_fds()
+        lb = await balancer([spec("web", [b.endpoint() for b in bs])])
+        port = lb.stats()["web"].port
+        loop = asyncio.get_running_loop()
+        for delay in (0.0, 0.001, 0.003, 0.01):
+            if delay:
+                lb = await balancer([spec("web", [b.endpoint() for b in bs])])
+                port = lb.stats()["web"].port
+            clients = [loop.create_task(request(port)) for _ in range(150)]
+            await asyncio.sleep(delay)
+            began = loop.time()
+            await lb.close()
+            assert loop.time() - began < 1.0
+            await asyncio.gather(*clients, return_exceptions=True)
+        for _ in range(100):
+            if not any(b.writers for b in bs):
+                break
+            await asyncio.sleep(0.01)
+        after = open_fds()
+        assert after == before, {"new": set(after.items()) - set(before.items())}
+
+    run(scenario())
