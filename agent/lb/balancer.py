@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping
+from functools import partial
 
 from agent.lb.config import LbConfig
 from agent.lb.model import POLICIES, ServiceSpec
@@ -127,7 +128,7 @@ class LoadBalancer:
                 svc.port = transport.get_extra_info("sockname")[1]
             else:
                 server = await loop.create_server(
-                    lambda: TcpConnection(svc), self.bind_host, port,
+                    partial(TcpConnection, svc), self.bind_host, port,
                     backlog=self.cfg.listen_backlog, reuse_address=True)
                 svc.listener = server
                 svc.port = server.sockets[0].getsockname()[1]
@@ -173,7 +174,7 @@ class LoadBalancer:
             for c in list(svc.conns):
                 i, o = c.io_total()
                 moved = i + o
-                if moved != c.seen:
+                if moved != c.seen or c.idle_since < 0:  # bytes moved, or first seen
                     c.seen = moved
                     c.idle_since = now
                 elif now - c.idle_since >= limit:
@@ -197,8 +198,7 @@ class LoadBalancer:
                 if isinstance(svc.listener, asyncio.AbstractServer):
                     servers.append(svc.listener)
                 self._close_listener(svc)
-                for h in svc.drain_handles:
-                    h.cancel()
+                svc.stop_timers()
                 svc.removed = True
                 svc.abort_all()
             # Every transport reports connection_lost once its socket is closed.

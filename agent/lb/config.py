@@ -17,7 +17,8 @@ class LbConfig:
     # --- connecting to endpoints ----------------------------------------------------------
     connect_timeout: float = 2.0
     """Seconds a connect to one endpoint may take before it counts as failed and the next
-    endpoint is tried."""
+    endpoint is tried. Checked every eighth of it (one timer per service, none per
+    connection): a hung connect is given up after 1 to 1.125 × this."""
     connect_retries: int = 3
     """Further endpoints tried after a failed connect (each a different one while untried
     ones remain); the client is closed only when all of them failed."""

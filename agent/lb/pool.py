@@ -33,6 +33,8 @@ class Backend:
     active: int = 0
     total: int = 0
     connect_failures: int = 0
+    failing: bool = False
+    """Its last connect failed (outlier detection wants to hear of the next success)."""
     ejections: int = 0
     draining: bool = False
     conns: set[Any] = field(default_factory=set)
@@ -128,11 +130,14 @@ class Pool:
         return self.policy.pick(usable, client)
 
     def connected(self, b: Backend, now: float) -> None:
+        """A connect to ``b`` succeeded (callers may skip this while ``b.failing`` is false)."""
+        b.failing = False
         self.outliers.success(b.name, now)
 
     def failed(self, b: Backend, now: float) -> bool:
         """A connect to ``b`` failed; whether that ejected it."""
         b.connect_failures += 1
+        b.failing = True
         if b.draining:
             return False
         ejected = self.outliers.failure(b.name, now)

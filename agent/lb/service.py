@@ -43,6 +43,10 @@ class ServiceState:
         self.removed = False
         """The service left the table: no listener, its connections drain."""
         self.drain_handles: list[asyncio.TimerHandle] = []
+        self.connecting: dict[Any, float] = {}
+        """Connections with a connect in progress, and when it times out."""
+        self._connect_timer: asyncio.TimerHandle | None = None
+        self._connect_tick = cfg.connect_timeout / 8
         # counters
         self.active = 0
         self.total = 0
@@ -54,7 +58,8 @@ class ServiceState:
         self.bytes_in_closed = 0
         self.bytes_out_closed = 0
         self.latency = Histogram()
-        self._failed_logged = False
+        self.failed_logged = False
+        """A "no endpoint reachable" warning was logged and no client was served since."""
 
     @property
     def name(self) -> str:
@@ -116,14 +121,36 @@ class ServiceState:
     def no_endpoint(self, reason: str) -> None:
         """A client is turned away: no endpoint could be reached. Logged once per streak."""
         self.failed += 1
-        if not self._failed_logged:
-            self._failed_logged = True
+        if not self.failed_logged:
+            self.failed_logged = True
             log.warning("no endpoint reachable, client closed", extra={
                 "service": self.name, "reason": reason,
                 "endpoints": len(self.pool.members)})
 
-    def reached(self) -> None:
-        self._failed_logged = False
+    # --- connect timeouts: one timer per service, not one per connect ------------------
+    def connect_started(self, conn: Any) -> None:
+        """``conn`` started a connect; it is told ``connect_timed_out()`` if it is still in
+        ``connecting`` after ``connect_timeout`` (checked every eighth of it)."""
+        self.connecting[conn] = self.loop.time() + self.cfg.connect_timeout
+        if self._connect_timer is None:
+            self._connect_timer = self.loop.call_later(self._connect_tick, self._check_connects)
+
+    def _check_connects(self) -> None:
+        self._connect_timer = None
+        now = self.loop.time()
+        late = [c for c, deadline in self.connecting.items() if deadline <= now]
+        for c in late:
+            del self.connecting[c]
+            c.connect_timed_out()
+        if self.connecting:
+            self._connect_timer = self.loop.call_later(self._connect_tick, self._check_connects)
+
+    def stop_timers(self) -> None:
+        for h in self.drain_handles:
+            h.cancel()
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
 
     def stats(self) -> ServiceStats:
         now = self.loop.time()

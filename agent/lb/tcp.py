@@ -9,6 +9,14 @@ direction. Half-close: an EOF from one side becomes ``write_eof`` on the other, 
 connection closes when both directions have ended. Idle connections are closed by the
 balancer's sweep (no timer per connection).
 
+Lifetime: a connection stays in its service's ``conns`` (reachable from the balancer)
+until both of its transports have reported ``connection_lost``. This matters beyond
+bookkeeping: uvloop does not keep a transport alive for a pending ``write_eof``
+(shutdown request), so a transport that became garbage (a protocol ↔ transport cycle
+collected by the GC) while libuv still held that request crashes the process (double free,
+seen with uvloop 0.2x under ``Connection: close`` load). Once released, the references
+between the two sides are dropped so that refcounting, not the cyclic GC, frees them.
+
 Connecting: the client's first bytes are kept (up to ``pending_limit``; reading pauses
 beyond) while an endpoint is tried; a connect that fails or times out is counted against
 that endpoint (outlier detection) and the next one is tried, up to ``connect_retries``
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -66,7 +75,7 @@ class TcpConnection(asyncio.Protocol):
 
     __slots__ = ("_paused_pending", "_paused_up", "aborted", "backend", "bytes_in", "client_eof",
                  "client_open", "idle_since", "pending", "pending_bytes", "seen", "svc", "task",
-                 "timed_out", "timer", "transport", "up", "up_eof", "up_open", "up_transport")
+                 "timed_out", "transport", "up", "up_eof", "up_open", "up_transport")
 
     def __init__(self, svc: ServiceState) -> None:
         self.svc = svc
@@ -84,11 +93,11 @@ class TcpConnection(asyncio.Protocol):
         self._paused_pending = False
         self._paused_up = False
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
         self.aborted = False
         self.seen = 0
-        self.idle_since = 0.0
+        self.idle_since = -1.0
+        """When the idle sweep last saw bytes move (-1: not swept yet)."""
 
     # --- client side -----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -103,7 +112,6 @@ class TcpConnection(asyncio.Protocol):
         svc.total += 1
         svc.conns.add(self)
         transport.set_write_buffer_limits(svc.cfg.write_high_water, svc.cfg.write_low_water)
-        self.idle_since = svc.loop.time()
         self.task = svc.loop.create_task(self._connect())
 
     def data_received(self, data: bytes) -> None:
@@ -142,8 +150,7 @@ class TcpConnection(asyncio.Protocol):
         self.client_open = False
         if self.task is not None and self.up is None:
             self.task.cancel()
-        if self.timer is not None:
-            self.timer.cancel()
+            self.svc.connecting.pop(self, None)
         up = self.up_transport
         if up is not None and self.up_open:
             if exc is None:
@@ -155,9 +162,7 @@ class TcpConnection(asyncio.Protocol):
     # --- endpoint side ---------------------------------------------------------------
     def attach(self, up: Upstream) -> None:
         """The endpoint connection is made: send what the client sent so far."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.svc.connecting.pop(self, None)
         t = up.transport
         if not self.client_open or self.aborted or self.timed_out:
             t.abort()  # too late: the client left, the connection is being cut, or timed out
@@ -201,9 +206,19 @@ class TcpConnection(asyncio.Protocol):
         self.up_eof = True
         if self.client_eof:
             self._close_both()
-        elif self.transport.can_write_eof():
-            self.transport.write_eof()
+        else:
+            # Forwarded on the next turn of the loop: the response just written often
+            # makes the client close first, and then no shutdown is needed at all.
+            self.svc.loop.call_soon(self._forward_eof)
         return True
+
+    def _forward_eof(self) -> None:
+        if not self.client_open:
+            return
+        if self.client_eof:
+            self._close_both()
+        elif not self.transport.is_closing():
+            self.transport.write_eof()
 
     def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
         if up is not self.up:
@@ -235,6 +250,10 @@ class TcpConnection(asyncio.Protocol):
     def _maybe_release(self) -> None:
         if not self.client_open and not self.up_open:
             self.svc.release(self)
+            # No cycle left behind (connection ↔ endpoint side): refcounting frees both
+            # now, not the cyclic GC later.
+            self.up = None
+            self.task = None
 
     def io_total(self) -> tuple[int, int]:
         return self.bytes_in, (self.up.nbytes if self.up is not None else 0)
@@ -248,8 +267,7 @@ class TcpConnection(asyncio.Protocol):
         tried: set[Backend] | None = None
         last = "no endpoints"
         for attempt in range(cfg.connect_retries + 1):
-            now = loop.time()
-            b = pool.choose(client, now, tried)
+            b = pool.choose(client, loop.time(), tried)
             if b is None:
                 break
             if attempt:
@@ -259,14 +277,12 @@ class TcpConnection(asyncio.Protocol):
             b.total += 1
             b.conns.add(self)
             ep = b.endpoint
-            self.timer = loop.call_later(cfg.connect_timeout, self._connect_timeout)
+            svc.connect_started(self)
             started = perf_counter()  # uvloop's clock ticks in milliseconds
             try:
-                await loop.create_connection(self._upstream, ep.host, ep.port)
+                await loop.create_connection(partial(Upstream, self), ep.host, ep.port)
             except (OSError, asyncio.CancelledError) as e:
-                if self.timer is not None:
-                    self.timer.cancel()
-                    self.timer = None
+                svc.connecting.pop(self, None)
                 if isinstance(e, asyncio.CancelledError):
                     if not self.timed_out:  # the client left, or the balancer is closing
                         raise
@@ -291,18 +307,17 @@ class TcpConnection(asyncio.Protocol):
                 tried.add(b)
                 continue
             svc.latency.observe(perf_counter() - started)
-            pool.connected(b, loop.time())
-            svc.reached()
+            if b.failing:
+                pool.connected(b, loop.time())
+            if svc.failed_logged:
+                svc.failed_logged = False
             return
         if self.client_open:
             svc.no_endpoint(last)
             self.transport.abort()
 
-    def _upstream(self) -> Upstream:
-        return Upstream(self)
-
-    def _connect_timeout(self) -> None:
-        self.timer = None
+    def connect_timed_out(self) -> None:
+        """The service's connect check found this connect past ``connect_timeout``."""
         if self.up is None and self.task is not None:
             self.timed_out = True
             self.task.cancel()

@@ -88,7 +88,7 @@ class UdpListener(asyncio.DatagramProtocol):
             b.active += 1
             b.total += 1
             b.conns.add(s)
-            svc.reached()
+            svc.failed_logged = False
             s.start(sock)
             return s
         svc.no_endpoint(last)
@@ -125,7 +125,7 @@ class UdpSession(asyncio.DatagramProtocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.seen = 0
-        self.idle_since = svc.loop.time()
+        self.idle_since = -1.0
         self.closed = False
 
     def start(self, sock: socket.socket) -> None:
