@@ -11,9 +11,11 @@ hits each of them alike:
   haproxy  Debian's HAProxy 2.6, TCP mode, ``nbthread 1``, round robin over the endpoints
   orch     orch's LoadBalancer in one process under uvloop, round robin, default LbConfig
 
-Modes: ``keepalive`` (50 connections, each sending request after request) and
-``close`` (``Connection: close``: a new TCP connection per request, through the proxy a
-new endpoint connection too). Each cell is the median of the rounds.
+Modes: ``keepalive`` (50 connections, each sending request after request), ``close``
+(``Connection: close``: a new TCP connection per request, through the proxy a new
+endpoint connection too) and ``bulk`` (one connection downloading a 64 MiB response again
+and again: bytes per second and the proxy's CPU seconds per GiB, where copies and
+zero-copy paths would show). Each cell is the median of the rounds.
 
 Backend: Debian's nginx-light, one worker, on three loopback addresses (127.0.66.1-3),
 answering ``GET /`` with a 3-byte body from memory, keep-alive on, no access log: the
@@ -54,7 +56,9 @@ BACKEND_HOSTS = ("127.0.66.1", "127.0.66.2", "127.0.66.3")
 PROXY_HOST = "127.0.0.1"
 RESPONSE_BODY = b"ok\n"
 PACKAGES = {"haproxy": "haproxy", "wrk": "wrk", "nginx": "nginx-light"}
-MODES = ("keepalive", "close")
+MODES = ("keepalive", "close", "bulk")
+BIG = 64 * 1024 * 1024
+"""Bytes of the bulk mode's response (``GET /big``)."""
 TARGETS = ("direct", "haproxy", "orch")
 
 
@@ -133,9 +137,9 @@ class Proc:
 
 
 def spawn(name: str, cmd: list[str], workdir: Path, **kw: Any) -> Proc:
-    out = (workdir / f"{name}.log").open("wb")
-    p = subprocess.Popen(cmd, stdout=kw.pop("stdout", out), stderr=out, start_new_session=True,
-                         cwd=kw.pop("cwd", None), env=kw.pop("env", None))
+    with (workdir / f"{name}.log").open("wb") as out:  # the child keeps its own copy
+        p = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True,
+                             cwd=kw.pop("cwd", None), env=kw.pop("env", None))
     return Proc(name, p)
 
 
@@ -169,9 +173,11 @@ http {{
   uwsgi_temp_path {dir}/uw; scgi_temp_path {dir}/sc;
   keepalive_requests 10000000;
   keepalive_timeout 60s;
+  sendfile on;
   server {{
     {listen}
     location / {{ return 200 "ok\\n"; }}
+    location = /big {{ alias {dir}/big.bin; default_type application/octet-stream; }}
   }}
 }}
 """
@@ -198,6 +204,10 @@ def start_nginx(workdir: Path, port: int) -> Proc:
     listen = " ".join(f"listen {h}:{port};" for h in BACKEND_HOSTS)
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=workdir, listen=listen))
+    big = workdir / "big.bin"
+    big.write_bytes(bytes(range(256)) * (BIG // 256))
+    big.chmod(0o644)
+    workdir.chmod(0o711)  # nginx's workers run as another user
     p = spawn("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf)], workdir)
     wait_port(BACKEND_HOSTS[0], port)
     return p
@@ -239,6 +249,7 @@ async def _serve_orch(port: int, endpoints: str) -> None:
         eps.append(Endpoint(alloc_id=f"bench-{i}", node="bench", host=host, port=int(p)))
     lb = LoadBalancer(LbConfig(), bind_host=PROXY_HOST)
     await lb.update({"bench": ServiceSpec(name="bench", published_port=port, endpoints=tuple(eps))})
+    listening = fd_count(os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -246,7 +257,10 @@ async def _serve_orch(port: int, endpoints: str) -> None:
     await stop.wait()
     began = time.perf_counter()
     await lb.close()
-    print(json.dumps({"close_s": round(time.perf_counter() - began, 3)}), flush=True)
+    took = time.perf_counter() - began
+    # After close() only the listening socket may be gone: anything else is a leak.
+    print(json.dumps({"close_s": round(took, 3), "close_fd_leak": fd_count(os.getpid()) - (listening - 1)}),
+          flush=True)
 
 
 class _HttpBackend(asyncio.Protocol):
@@ -254,6 +268,8 @@ class _HttpBackend(asyncio.Protocol):
 
     RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\n"
                 + RESPONSE_BODY)
+    BIG_RESPONSE = b""
+    """Set when the stand-in starts (not at import: the orch worker imports this module)."""
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -264,13 +280,15 @@ class _HttpBackend(asyncio.Protocol):
         n = self.buf.count(b"\r\n\r\n")
         if n:
             close = b"connection: close" in self.buf.lower()
+            big = self.buf.startswith(b"GET /big ")
             self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
-            self.transport.write(self.RESPONSE * n)
+            self.transport.write(self.BIG_RESPONSE if big else self.RESPONSE * n)
             if close:
                 self.transport.close()
 
 
 async def _serve_backend(port: int) -> None:
+    _HttpBackend.BIG_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG) + bytes(BIG)
     loop = asyncio.get_running_loop()
     servers = [await loop.create_server(_HttpBackend, h, port, backlog=1024) for h in BACKEND_HOSTS]
     stop = asyncio.Event()
@@ -289,9 +307,13 @@ class Sample:
     p99_ms: float
     errors: int
     cpu_us_per_req: float | None = None
+    mib_s: float = 0.0
+    """Response bytes per second, in MiB."""
+    cpu_s_per_gib: float | None = None
 
 
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_SIZE = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}
 
 
 def _ms(text: str) -> float:
@@ -312,14 +334,18 @@ def parse_wrk(out: str) -> Sample:
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         errors += int(m.group(1))
-    return Sample(rps, p50, p99, errors)
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
+    mib_s = float(m.group(1)) * _SIZE[m.group(2)] if m else 0.0
+    return Sample(rps, p50, p99, errors, mib_s=mib_s)
 
 
 def run_wrk(host: str, port: int, mode: str, connections: int, duration: float) -> Sample:
+    if mode == "bulk":
+        connections = 1
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if mode == "close":
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{host}:{port}/")
+    cmd.append(f"http://{host}:{port}/{'big' if mode == 'bulk' else ''}")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60)
     return parse_wrk(out.stdout)
 
@@ -327,15 +353,18 @@ def run_wrk(host: str, port: int, mode: str, connections: int, duration: float) 
 async def _py_client(host: str, port: int, mode: str, connections: int, duration: float) -> Sample:
     """A small load generator (when wrk is missing): ``connections`` loops of GET /."""
     close = mode == "close"
-    req = (b"GET / HTTP/1.1\r\nHost: bench\r\n" + (b"Connection: close\r\n" if close else b"")
-           + b"\r\n")
+    if mode == "bulk":
+        connections = 1
+    req = (b"GET /" + (b"big" if mode == "bulk" else b"") + b" HTTP/1.1\r\nHost: bench\r\n"
+           + (b"Connection: close\r\n" if close else b"") + b"\r\n")
     latencies: list[float] = []
+    received = 0
     errors = 0
     loop = asyncio.get_running_loop()
     end = loop.time() + duration
 
     async def one_conn() -> None:
-        nonlocal errors
+        nonlocal errors, received
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
         while loop.time() < end:
@@ -347,7 +376,12 @@ async def _py_client(host: str, port: int, mode: str, connections: int, duration
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
-                await reader.readexactly(length)
+                while length:
+                    chunk = await reader.read(min(length, 1 << 20))
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"", length)
+                    length -= len(chunk)
+                    received += len(chunk)
                 latencies.append(time.perf_counter() - began)
             except (OSError, asyncio.IncompleteReadError, AttributeError, ValueError):
                 errors += 1
@@ -372,7 +406,7 @@ async def _py_client(host: str, port: int, mode: str, connections: int, duration
     def q(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1e3 if latencies else 0.0
 
-    return Sample(len(latencies) / took, q(0.5), q(0.99), errors)
+    return Sample(len(latencies) / took, q(0.5), q(0.99), errors, mib_s=received / took / 2**20)
 
 
 def run_py_client(host: str, port: int, mode: str, connections: int, duration: float) -> Sample:
@@ -403,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=0, help="seconds per cell (default 10; quick 2)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--only", default=",".join(TARGETS), help="targets, comma-separated")
-    ap.add_argument("--modes", default=",".join(MODES), help="keepalive,close")
+    ap.add_argument("--modes", default=",".join(MODES), help="keepalive,close,bulk")
     ap.add_argument("--backend", choices=("nginx", "python"), default="nginx")
     ap.add_argument("--client", choices=("wrk", "python"), default="wrk")
     ap.add_argument("--no-install", action="store_true", help="never call apt-get")
@@ -475,8 +509,11 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
                     log(f"round {r + 1}/{runs} {mode:9} {t:8} {duration:g}s")
                     cpu0 = cpu_seconds(proc.pid) if proc else 0.0
                     s = load(host, port, mode, connections, duration)
+                    cpu = cpu_seconds(proc.pid) - cpu0 if proc else 0.0
                     if proc is not None and s.rps > 0:
-                        s.cpu_us_per_req = (cpu_seconds(proc.pid) - cpu0) / (s.rps * duration) * 1e6
+                        s.cpu_us_per_req = cpu / (s.rps * duration) * 1e6
+                    if proc is not None and s.mib_s > 0:
+                        s.cpu_s_per_gib = cpu / (s.mib_s * duration / 1024)
                     cells[mode][t].samples.append(s)
                     time.sleep(0.5)  # closing connections settle
         orch_after = None
@@ -486,8 +523,21 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
     finally:
         for p in reversed(procs):
             p.stop()
-    return _summary(cells, targets, modes, runs, duration, connections, backend, client,
-                    orch_before, orch_after, before_load)
+    closing = _last_json(workdir / "orch.log") if orch is not None else {}
+    out = _summary(cells, targets, modes, runs, duration, connections, backend, client,
+                   orch_before, orch_after, before_load)
+    out["orch_close_s"] = closing.get("close_s")
+    out["orch_close_fd_leak"] = closing.get("close_fd_leak")
+    return out
+
+
+def _last_json(path: Path) -> dict[str, Any]:
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                data: dict[str, Any] = json.loads(line)
+                return data
+    return {}
 
 
 def _summary(cells: dict[str, dict[str, Cell]], targets: list[str], modes: list[str], runs: int,
@@ -501,6 +551,11 @@ def _summary(cells: dict[str, dict[str, Cell]], targets: list[str], modes: list[
                              "cpu_us_per_req": c.median("cpu_us_per_req"),
                              "rps_runs": [round(s.rps) for s in c.samples]}
                          for t, c in cells[mode].items()}
+        if mode == "bulk":
+            for t, c in cells[mode].items():
+                mib = c.median("mib_s")
+                results[mode][t].update(gib_s=round(mib / 1024, 3) if mib else None,
+                                        cpu_s_per_gib=c.median("cpu_s_per_gib"))
     out: dict[str, Any] = {
         "backend": ("nginx-light, 1 worker, 3 addresses" if backend == "nginx"
                     else "Python stand-in (uvloop)"),
@@ -519,6 +574,11 @@ def _summary(cells: dict[str, dict[str, Cell]], targets: list[str], modes: list[
 
     for mode in modes:
         suffix = "" if mode == "keepalive" else f"_{mode}"
+        if mode == "bulk":
+            out["bulk_ratio_vs_haproxy"] = ratio(mode, "orch", "haproxy", "gib_s")
+            out["bulk_cpu_ratio_vs_haproxy"] = ratio(mode, "orch", "haproxy", "cpu_s_per_gib")
+            out["bulk_ratio_vs_direct"] = ratio(mode, "orch", "direct", "gib_s")
+            continue
         out[f"rps_ratio_vs_haproxy{suffix}"] = ratio(mode, "orch", "haproxy", "rps")
         out[f"p99_ratio_vs_haproxy{suffix}"] = ratio(mode, "orch", "haproxy", "p99_ms")
         out[f"rps_ratio_vs_direct{suffix}"] = ratio(mode, "orch", "direct", "rps")
@@ -543,6 +603,16 @@ def _print(r: dict[str, Any]) -> None:
     if r["haproxy"]:
         print(f"haproxy: {r['haproxy']}")
     for mode, rows in r["results"].items():
+        if mode == "bulk":
+            print(f"\nbulk: one connection, GET of {BIG >> 20} MiB after GET")
+            print(f"{'target':8} {'GiB/s':>7} {'CPU s/GiB':>10} {'errors':>6}")
+            for t, c in rows.items():
+                print(f"{t:8} {_fmt(c['gib_s'], '7.2f')} {_fmt(c['cpu_s_per_gib'], '10.3f')} "
+                      f"{c['errors']:6d}")
+            print(f"orch/haproxy: GiB/s {_fmt(r.get('bulk_ratio_vs_haproxy'), '.2f')}, CPU per GiB "
+                  f"{_fmt(r.get('bulk_cpu_ratio_vs_haproxy'), '.2f')};  orch/direct: GiB/s "
+                  f"{_fmt(r.get('bulk_ratio_vs_direct'), '.2f')}")
+            continue
         what = "keep-alive connections" if mode == "keepalive" else "a new connection per request"
         print(f"\n{mode}: {what}")
         print(f"{'target':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>10} {'errors':>6}"
@@ -558,7 +628,8 @@ def _print(r: dict[str, Any]) -> None:
     if r.get("orch_fds_before") is not None:
         print(f"\norch process: {r['orch_fds_before']} fds and {r['orch_rss_mb_before']} MB RSS before "
               f"the load, {r['orch_fds_after']} fds and {r['orch_rss_mb_after']} MB after "
-              f"(fd leak {r['fd_leak']})")
+              f"(fd leak {r['fd_leak']}); close() took {r.get('orch_close_s')} s and left "
+              f"{r.get('orch_close_fd_leak')} fds behind")
 
 
 if __name__ == "__main__":
