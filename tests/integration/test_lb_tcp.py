@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import socket
+import struct
 from collections import Counter
 
 import pytest
@@ -478,6 +480,91 @@ def test_close_in_the_middle_of_connecting_releases_everything() -> None:
             await lb.close()
             assert loop.time() - began < 1.0
             await asyncio.gather(*clients, return_exceptions=True)
+        for _ in range(100):
+            if not any(b.writers for b in bs):
+                break
+            await asyncio.sleep(0.01)
+        after = open_fds()
+        assert after == before, {"new": set(after.items()) - set(before.items())}
+
+    run(scenario())
+
+
+async def moody_endpoint(b: Backend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers a line with a line, but now and then resets, half-closes or closes early."""
+    rng = random.Random(b.accepted)
+    while line := await reader.readline():
+        mood = rng.randrange(10)
+        if mood == 0:
+            writer.transport.abort()
+            return
+        writer.write(line.upper())
+        if mood == 1:  # half-close: no more from us, but read what comes
+            writer.write_eof()
+            await reader.read()
+            return
+        if mood == 2:
+            return
+        await writer.drain()
+
+
+async def moody_client(port: int, rng: random.Random) -> str:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return "refused"
+    kind = rng.randrange(5)
+    try:
+        writer.write(b"hello\n")
+        if kind == 0:
+            writer.transport.abort()
+            return "abort"
+        if kind == 1:
+            writer.write_eof()
+            await reader.read()
+            return "half-close"
+        if kind == 2:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return "reset"
+        for _ in range(3):
+            await reader.readline()
+            writer.write(b"again\n")
+        return "talk"
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return "error"
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def test_clients_and_endpoints_misbehaving_leave_no_connection_behind() -> None:
+    async def scenario() -> None:
+        bs = await backends(3, moody_endpoint)
+        before = open_fds()
+        lb = await balancer([spec("web", [b.endpoint() for b in bs])])
+        port = lb.stats()["web"].port
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.5
+        rng = random.Random(7)
+        kinds: Counter[str] = Counter()
+
+        async def worker() -> None:
+            while loop.time() < end:
+                kinds[await asyncio.wait_for(moody_client(port, rng), 5)] += 1
+
+        await asyncio.gather(*(worker() for _ in range(20)))
+        assert len(kinds) >= 4
+        for _ in range(100):  # every connection ends (the endpoints' last ones included)
+            if lb.stats()["web"].active == 0:
+                break
+            await asyncio.sleep(0.02)
+        st = lb.stats()["web"]
+        assert st.active == 0
+        assert st.total == sum(kinds.values())
+        assert await request(port) in {"HELLO", ""}  # still serving
+        await lb.close()
         for _ in range(100):
             if not any(b.writers for b in bs):
                 break
