@@ -259,8 +259,8 @@ async def _serve_orch(port: int, endpoints: str) -> None:
     await lb.close()
     took = time.perf_counter() - began
     # After close() only the listening socket may be gone: anything else is a leak.
-    print(json.dumps({"close_s": round(took, 3), "close_fd_leak": fd_count(os.getpid()) - (listening - 1)}),
-          flush=True)
+    print(json.dumps({"close_ms": round(took * 1e3, 2),
+                      "close_fd_leak": fd_count(os.getpid()) - (listening - 1)}), flush=True)
 
 
 class _HttpBackend(asyncio.Protocol):
@@ -526,7 +526,7 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
     closing = _last_json(workdir / "orch.log") if orch is not None else {}
     out = _summary(cells, targets, modes, runs, duration, connections, backend, client,
                    orch_before, orch_after, before_load)
-    out["orch_close_s"] = closing.get("close_s")
+    out["orch_close_ms"] = closing.get("close_ms")
     out["orch_close_fd_leak"] = closing.get("close_fd_leak")
     return out
 
@@ -628,7 +628,7 @@ def _print(r: dict[str, Any]) -> None:
     if r.get("orch_fds_before") is not None:
         print(f"\norch process: {r['orch_fds_before']} fds and {r['orch_rss_mb_before']} MB RSS before "
               f"the load, {r['orch_fds_after']} fds and {r['orch_rss_mb_after']} MB after "
-              f"(fd leak {r['fd_leak']}); close() took {r.get('orch_close_s')} s and left "
+              f"(fd leak {r['fd_leak']}); close() took {r.get('orch_close_ms')} ms and left "
               f"{r.get('orch_close_fd_leak')} fds behind")
 
 
