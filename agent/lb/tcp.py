@@ -1,8 +1,8 @@
 """The TCP proxy: one client connection and its endpoint connection, as asyncio protocols.
 
-Bytes go straight from ``data_received`` to the other side's ``transport.write`` (uvloop
-sends at once when nothing is queued, so the common path is one recv and one send per
-chunk, no copy in Python). Back-pressure: when one side's write buffer passes the high
+Bytes go straight from ``data_received`` to the other side's ``transport.write`` (no copy
+in Python; uvloop reads up to 256 KiB at a time and sends each transport's writes once
+per loop turn). Back-pressure: when one side's write buffer passes the high
 water mark its ``pause_writing`` pauses reading on the other side, and ``resume_writing``
 resumes it, so a slow reader holds at most about one high water mark plus one read per
 direction. Half-close: an EOF from one side becomes ``write_eof`` on the other, and the
@@ -132,7 +132,7 @@ class TcpConnection(asyncio.Protocol):
         if up is not None:
             if self.up_eof:
                 self._close_both()
-            elif up.can_write_eof():
+            elif not up.is_closing():
                 up.write_eof()
         return True
 
