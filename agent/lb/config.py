@@ -1,0 +1,112 @@
+"""Load balancer settings: every default written once, beside its meaning.
+
+The timings follow what HAProxy and Envoy users run on a LAN: connects fail
+fast and are retried elsewhere, idle connections live for minutes, and a
+removed endpoint's connections get half a minute to finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orch.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LbConfig:
+    # --- connecting to endpoints ----------------------------------------------------------
+    connect_timeout: float = 2.0
+    """Seconds a connect to one endpoint may take before it counts as failed and the next
+    endpoint is tried. Checked every eighth of it (one timer per service, none per
+    connection): a hung connect is given up after 1 to 1.125 × this."""
+    connect_retries: int = 3
+    """Further endpoints tried after a failed connect (each a different one while untried
+    ones remain); the client is closed only when all of them failed."""
+    prefer_local: bool = True
+    """Send to endpoints on this node (``Endpoint.local``) while one of them is usable;
+    elsewhere only when none is."""
+
+    # --- connection limits ---------------------------------------------------------------
+    idle_timeout: float = 600.0
+    """Seconds without a byte in either direction after which a TCP connection is closed.
+    Checked lazily: a connection closes between ``idle_timeout`` and 1.25 × that."""
+    max_connections: int = 10_000
+    """Open client connections (TCP) or sessions (UDP) per service; a client beyond it is
+    closed at once (TCP) or its datagram dropped (UDP), and counted as rejected."""
+    drain_grace: float = 30.0
+    """Seconds the connections of a removed endpoint, or of a removed service, may go on
+    before they are closed. New connections go elsewhere at once."""
+
+    # --- back-pressure -------------------------------------------------------------------
+    write_high_water: int = 256 * 1024
+    """Bytes queued towards one side after which reading from the other side pauses.
+    Memory per connection is bounded by about two of these plus one read (256 KiB)."""
+    write_low_water: int = 64 * 1024
+    """Bytes queued below which reading resumes."""
+    pending_limit: int = 64 * 1024
+    """Bytes from a client kept while its endpoint connect is in progress (sent once
+    connected, and again to the next endpoint when the connect fails); reading pauses
+    beyond it."""
+
+    # --- passive outlier detection -------------------------------------------------------
+    outlier_consecutive_failures: int = 3
+    """Consecutive failed connects after which an endpoint is ejected."""
+    outlier_base_ejection: float = 5.0
+    """Seconds of the first ejection; the n-th lasts base × 2^(n-1), up to the maximum."""
+    outlier_max_ejection: float = 300.0
+    """Upper bound of one ejection, in seconds. An endpoint that stayed in for this long
+    after its last ejection starts again from the base time."""
+    outlier_max_ejection_percent: int = 50
+    """At most this share of a service's endpoints is ejected at once (at least one when
+    there are two or more; never the last one), as Envoy's max_ejection_percent."""
+
+    # --- UDP -----------------------------------------------------------------------------
+    udp_session_timeout: float = 60.0
+    """Seconds without a datagram either way after which a UDP client's session (and its
+    endpoint affinity) ends."""
+    udp_pending_limit: int = 64
+    """Datagrams from a new client kept while its session socket opens; more are dropped."""
+
+    # --- listeners -----------------------------------------------------------------------
+    bind_retry_interval: float = 5.0
+    """Seconds between attempts to bind a published port that could not be bound."""
+    listen_backlog: int = 1024
+    """Listen backlog of each published TCP port."""
+    maglev_table_size: int = 65537
+    """Entries of each Maglev lookup table (a prime, much larger than the endpoint count:
+    M ≥ 100 × N keeps each endpoint's share within about 1 % and disruption near 1/N)."""
+
+    def __post_init__(self) -> None:
+        positive = ("connect_timeout", "idle_timeout", "drain_grace", "outlier_base_ejection",
+                    "outlier_max_ejection", "udp_session_timeout", "bind_retry_interval")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"must be > 0, got {getattr(self, name)}", where=f"lb.{name}")
+        counts = ("connect_retries", "max_connections", "write_high_water", "write_low_water",
+                  "pending_limit", "outlier_consecutive_failures", "udp_pending_limit",
+                  "listen_backlog")
+        for name in counts:
+            if getattr(self, name) < (0 if name == "connect_retries" else 1):
+                raise ConfigError(f"must be a positive count, got {getattr(self, name)}",
+                                  where=f"lb.{name}")
+        if self.write_low_water > self.write_high_water:
+            raise ConfigError("must not exceed write_high_water", where="lb.write_low_water")
+        if not 0 <= self.outlier_max_ejection_percent <= 100:
+            raise ConfigError("must be within 0..100", where="lb.outlier_max_ejection_percent")
+        if self.outlier_max_ejection < self.outlier_base_ejection:
+            raise ConfigError("must not be below outlier_base_ejection",
+                              where="lb.outlier_max_ejection")
+        if not _is_prime(self.maglev_table_size):
+            raise ConfigError(f"must be a prime, got {self.maglev_table_size} "
+                              "(e.g. 65537, 16381, 4099, 1021)", where="lb.maglev_table_size")
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True

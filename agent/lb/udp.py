@@ -1,0 +1,201 @@
+"""The UDP proxy: a session per client address, each with its own connected socket.
+
+The listener receives every client's datagrams on the published port. A client's first
+datagram opens a session: an endpoint is chosen (by the service's policy) and a UDP
+socket connected to it, so the endpoint's replies arrive on that socket and are sent back
+to the client from the published port. The client keeps its endpoint (affinity) until
+the session has been idle for ``udp_session_timeout`` (the balancer's sweep ends it).
+An ICMP error from the endpoint (nothing listens there) counts as a failed connect for
+outlier detection and ends the session, so the next datagram chooses again.
+
+A removed service closes its listener and sessions at once: without the listener the
+replies could not reach the clients anyway. A removed endpoint's sessions drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from agent.lb.pool import Backend
+from agent.lb.proxy_protocol import header as proxy_header
+from agent.lb.service import ServiceState
+
+log = logging.getLogger("lb")
+
+Addr = tuple[Any, ...]
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """The published port: routes each datagram to its client's session."""
+
+    def __init__(self, svc: ServiceState) -> None:
+        self.svc = svc
+        self.transport: Any = None
+        self.sessions: dict[Addr, UdpSession] = {}
+        self.local: Addr = ("0.0.0.0", 0)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.local = transport.get_extra_info("sockname")
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        s = self.sessions.get(addr)
+        if s is None:
+            s = self._open(addr)
+            if s is None:
+                return
+        s.send(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error about a client address: nothing to do
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for s in list(self.sessions.values()):
+            s.abort()
+
+    def _open(self, client: Addr) -> UdpSession | None:
+        svc = self.svc
+        if svc.active >= svc.cfg.max_connections or svc.removed:
+            svc.rejected += 1
+            return None
+        now = svc.loop.time()
+        tried: set[Backend] | None = None
+        last = "no endpoints"
+        for attempt in range(svc.cfg.connect_retries + 1):
+            b = svc.pool.choose(client[0], now, tried)
+            if b is None:
+                break
+            if attempt:
+                svc.retries += 1
+            try:
+                sock = _connected_socket(b)
+            except OSError as e:
+                last = f"{b.name}: {e.strerror or e}"
+                svc.connect_failures += 1
+                if svc.pool.failed(b, now):
+                    svc.ejections += 1
+                tried = (tried or set()) | {b}
+                continue
+            s = UdpSession(svc, self, client, b)
+            self.sessions[client] = s
+            svc.active += 1
+            svc.total += 1
+            svc.conns.add(s)
+            b.active += 1
+            b.total += 1
+            b.conns.add(s)
+            svc.failed_logged = False
+            s.start(sock)
+            return s
+        svc.no_endpoint(last)
+        return None
+
+
+def _connected_socket(b: Backend) -> socket.socket:
+    ep = b.endpoint
+    family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect((ep.host, ep.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class UdpSession(asyncio.DatagramProtocol):
+    """One client's datagrams to and from its endpoint."""
+
+    def __init__(self, svc: ServiceState, listener: UdpListener, client: Addr,
+                 backend: Backend) -> None:
+        self.svc = svc
+        self.listener = listener
+        self.client = client
+        self.backend: Backend | None = backend
+        self.transport: Any = None
+        self.task: asyncio.Task[Any] | None = None
+        self.pending: list[bytes] = []
+        self.prefix = (proxy_header(client, listener.local, datagram=True)
+                       if backend.endpoint.proxy_protocol else b"")
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.seen = 0
+        self.idle_since = -1.0
+        self.closed = False
+
+    def start(self, sock: socket.socket) -> None:
+        """Wrap the connected socket in a transport (datagrams wait in ``pending``)."""
+        coro = self.svc.loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.task = self.svc.loop.create_task(coro)
+        self.task.add_done_callback(lambda t: self._started(t, sock))
+
+    def _started(self, task: asyncio.Task[Any], sock: socket.socket) -> None:
+        if self.transport is None:  # cancelled (closing) or failed: the socket is ours
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("UDP session socket failed", extra={
+                    "service": self.svc.name, "error": str(task.exception())})
+            sock.close()
+            self._release()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        if self.closed:
+            transport.abort()
+            return
+        for data in self.pending:
+            transport.sendto(self.prefix + data)
+        self.pending = []
+
+    def send(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.transport is not None:
+            self.transport.sendto(self.prefix + data if self.prefix else data)
+        elif len(self.pending) < self.svc.cfg.udp_pending_limit:
+            self.pending.append(data)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        out = self.listener.transport
+        if out is not None:
+            out.sendto(data, self.client)
+            self.bytes_out += len(data)
+
+    def error_received(self, exc: Exception) -> None:
+        b = self.backend
+        if b is not None and isinstance(exc, ConnectionRefusedError) and self.bytes_out == 0:
+            svc = self.svc
+            svc.connect_failures += 1
+            if svc.pool.failed(b, svc.loop.time()):
+                svc.ejections += 1
+                log.warning("endpoint ejected", extra={
+                    "service": svc.name, "endpoint": b.name, "alloc": b.endpoint.alloc_id,
+                    "reason": "ICMP port unreachable", "ejections": b.ejections})
+        self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+
+    def abort(self) -> None:
+        """End the session (idle, drained, endpoint refused, or the balancer closing)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.listener.sessions.get(self.client) is self:
+            del self.listener.sessions[self.client]
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.task is not None:
+            self.task.cancel()
+
+    def _release(self) -> None:
+        self.closed = True
+        if self.listener.sessions.get(self.client) is self:
+            del self.listener.sessions[self.client]
+        self.svc.release(self)
+
+    def io_total(self) -> tuple[int, int]:
+        return self.bytes_in, self.bytes_out

@@ -1,0 +1,168 @@
+"""The UDP load balancer on loopback: per-client affinity, idle expiry, refused endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agent.lb.model import Endpoint
+from agent.lb.proxy_protocol import header
+from tests.integration.lb_util import balancer, run, spec
+
+pytestmark = pytest.mark.timeout(60, method="thread")
+
+
+class NameServer(asyncio.DatagramProtocol):
+    """A UDP endpoint answering every datagram with its name (and keeping what it got)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.transport: Any = None
+        self.got: list[bytes] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.got.append(data)
+        self.transport.sendto(self.name.encode(), addr)
+
+
+async def udp_backends(n: int, first: int = 41) -> list[tuple[NameServer, Endpoint]]:
+    loop = asyncio.get_running_loop()
+    out = []
+    for i in range(n):
+        host = f"127.0.0.{first + i}"
+        tr, proto = await loop.create_datagram_endpoint(lambda i=i: NameServer(f"u{i}"),  # type: ignore[misc]
+                                                        local_addr=(host, 0))
+        port = tr.get_extra_info("sockname")[1]
+        out.append((proto, Endpoint(alloc_id=f"alloc-u{i}", node="n", host=host, port=port)))
+    return out
+
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answers: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.answers.put_nowait(data)
+
+    async def ask(self, data: bytes = b"q", wait: float = 2.0) -> str:
+        self.transport.sendto(data)
+        return (await asyncio.wait_for(self.answers.get(), wait)).decode()
+
+
+async def client(port: int, source: str = "127.0.0.1") -> Client:
+    loop = asyncio.get_running_loop()
+    _, c = await loop.create_datagram_endpoint(Client, local_addr=(source, 0),
+                                               remote_addr=("127.0.0.1", port))
+    return c
+
+
+def test_each_client_keeps_its_endpoint_and_clients_spread() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(3)
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")])
+        port = lb.stats()["dns"].port
+        clients = [await client(port) for _ in range(6)]
+        try:
+            seen = []
+            for c in clients:
+                names = {await c.ask() for _ in range(5)}
+                assert len(names) == 1  # affinity
+                seen.append(names.pop())
+            assert sorted(seen) == ["u0", "u0", "u1", "u1", "u2", "u2"]
+            st = lb.stats()["dns"]
+            assert (st.active, st.total) == (6, 6)
+            assert (st.bytes_in, st.bytes_out) == (30, 60)
+        finally:
+            for c in clients:
+                c.transport.close()
+            await lb.close()
+            for s, _ in servers:
+                s.transport.close()
+
+    run(scenario())
+
+
+def test_idle_sessions_end_and_the_next_datagram_chooses_again() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(2)
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")],
+                            udp_session_timeout=0.2)
+        port = lb.stats()["dns"].port
+        c = await client(port)
+        try:
+            first = await c.ask()
+            for _ in range(3):  # traffic keeps the session
+                await asyncio.sleep(0.1)
+                assert await c.ask() == first
+            await asyncio.sleep(0.45)
+            assert lb.stats()["dns"].active == 0
+            assert await c.ask() != first  # a new session: round robin moves on
+            assert lb.stats()["dns"].total == 2
+        finally:
+            c.transport.close()
+            await lb.close()
+            for s, _ in servers:
+                s.transport.close()
+
+    run(scenario())
+
+
+def test_a_refused_endpoint_counts_as_failed_and_the_client_moves() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(2)
+        dead = servers[0][1]
+        servers[0][0].transport.close()  # nothing listens there now: ICMP port unreachable
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")],
+                            outlier_consecutive_failures=1)
+        port = lb.stats()["dns"].port
+        c = await client(port)
+        try:
+            answer = None
+            for _ in range(10):  # the client resends until answered, as UDP clients do
+                try:
+                    answer = await c.ask(wait=0.3)
+                    break
+                except TimeoutError:
+                    pass
+            assert answer == "u1"
+            st = lb.stats()["dns"]
+            assert st.connect_failures >= 1
+            assert st.ejections == 1
+            assert {d.name: d.state for d in st.endpoint_details}[f"{dead.host}:{dead.port}"] == "ejected"
+        finally:
+            c.transport.close()
+            await lb.close()
+            servers[1][0].transport.close()
+
+    run(scenario())
+
+
+def test_proxy_protocol_header_leads_every_datagram() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(1)
+        proto, ep = servers[0]
+        ep = Endpoint(alloc_id=ep.alloc_id, node=ep.node, host=ep.host, port=ep.port,
+                      proxy_protocol=True)
+        lb = await balancer([spec("dns", [ep], protocol="udp")])
+        port = lb.stats()["dns"].port
+        c = await client(port, source="127.0.0.6")
+        try:
+            assert await c.ask(b"one") == "u0"
+            assert await c.ask(b"two") == "u0"
+            prefix = header(c.transport.get_extra_info("sockname"), ("127.0.0.1", port), datagram=True)
+            assert proto.got == [prefix + b"one", prefix + b"two"]
+        finally:
+            c.transport.close()
+            await lb.close()
+            proto.transport.close()
+
+    run(scenario())
