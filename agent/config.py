@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass, field
 
 from agent.gossip.config import GossipConfig
+from agent.lb.config import LbConfig
 from orch.errors import ConfigError
 from orch.tls import TlsConfig
 
@@ -44,6 +45,12 @@ class AgentConfig:
     """Address the controller uses to reach it; the rpc_addr, or the gossip address's host."""
     metrics_addr: str = "127.0.0.1:9646"
     """Where /metrics is served (Prometheus); empty: not served."""
+    lb_enabled: bool = True
+    """Host the routing mesh: every published service's port, forwarded to its endpoints."""
+    lb_bind: str = "0.0.0.0"
+    """Address the published ports listen on."""
+    lb: LbConfig = field(default_factory=LbConfig)
+    """The load balancer's timeouts, limits and outlier detection (``[lb]``)."""
     controllers: list[str] = field(default_factory=list)
     """Controller RPC addresses; empty: found through gossip (members tagged role=controller)."""
     drivers: list[str] = field(default_factory=lambda: ["docker", "process"])

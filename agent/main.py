@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="controller RPC address (repeatable; default: found through gossip)")
     ap.add_argument("--driver", choices=("docker", "process"), action="append", default=None,
                     help="task driver to offer (repeatable; default: docker and process)")
+    ap.add_argument("--lb-bind", metavar="ADDR",
+                    help="address the routing mesh's published ports listen on (default 0.0.0.0)")
     ap.add_argument("--datacenter")
     ap.add_argument("--node-class")
     ap.add_argument("--tag", action="append", default=None, metavar="KEY=VALUE",
@@ -47,7 +49,7 @@ def _pairs(items: list[str], where: str) -> dict[str, str]:
 
 
 def load_config(opts: argparse.Namespace) -> AgentConfig:
-    cfg = daemon.load(AgentConfig, opts, extra=("rpc_addr", "rpc_advertise", "datacenter",
+    cfg = daemon.load(AgentConfig, opts, extra=("rpc_addr", "rpc_advertise", "lb_bind", "datacenter",
                                                 "node_class"))
     over: dict[str, Any] = {}
     if opts.controller is not None:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
+from prometheus_client.registry import Collector
 
 from agent import fingerprint
 from agent.agent_service import AgentService
@@ -27,6 +28,9 @@ from agent.gossip.messages import Status
 from agent.gossip.metrics import GossipCollector
 from agent.gossip.transport import GossipNode
 from agent.lb import discovery
+from agent.lb.balancer import LoadBalancer
+from agent.lb.mesh import Mesh
+from agent.lb.metrics import LbCollector
 from agent.runtime import convert
 from agent.runtime.config import RuntimeConfig
 from agent.runtime.driver import TaskDriver
@@ -57,6 +61,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._specs: dict[str, AllocSpec] = {}
         self.metrics: MetricsServer | None = None
+        self.mesh: Mesh | None = None
 
     async def start(self) -> None:
         try:
@@ -73,6 +78,8 @@ class Agent:
             steps.append(self.gossip.stop())
         if self.metrics is not None:
             steps.append(self.metrics.stop())
+        if self.mesh is not None:
+            steps.append(self.mesh.close())
         steps.append(self.runtime.close())
         for step in steps:
             with contextlib.suppress(Exception):
@@ -107,10 +114,17 @@ class Agent:
         if cfg.join:
             self.gossip.join([parse_addr(s, where="join") for s in cfg.join])
 
+        if cfg.lb_enabled:
+            self.mesh = Mesh(LoadBalancer(cfg.lb, bind_host=cfg.lb_bind), self.gossip, cfg.name)
+            self.mesh.start()
+
         if cfg.metrics_addr:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=9646, where="metrics_addr")
-            self.metrics = MetricsServer(registry_with(GossipCollector(self.gossip),
-                                                       RuntimeCollector(self.runtime)), mhost, mport)
+            collectors: list[Collector] = [GossipCollector(self.gossip),
+                                           RuntimeCollector(self.runtime)]
+            if self.mesh is not None:
+                collectors.append(LbCollector(self.mesh))
+            self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
             await self.metrics.start()
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report,
@@ -136,6 +150,8 @@ class Agent:
             await self._server.stop(2.0)
         if self.gossip is not None:
             await (self.gossip.leave() if leave else self.gossip.stop())
+        if self.mesh is not None:
+            await self.mesh.close()
         await self.runtime.close(stop_tasks=stop_tasks, grace=10.0)
 
     # --- the controller ------------------------------------------------------------------------
@@ -193,6 +209,8 @@ class Agent:
         changes.update({k: v for k, v in want.items() if have.get(k) != v})
         if changes:
             self.gossip.set_state(changes)
+            if self.mesh is not None:
+                self.mesh.changed()  # our own state changes raise no membership event
 
     def _full_report(self) -> list[node_pb2.Allocation]:
         return [convert.status_to_proto(s) for s in self.runtime.statuses()]
@@ -224,8 +242,8 @@ class Agent:
             self.link.usage(report)
 
     def endpoint_loads(self) -> list[controller_pb2.EndpointLoad]:
-        """What this node's load balancer sends to each endpoint (none until it runs)."""
-        return []
+        """What this node's load balancer sends to each endpoint."""
+        return self.mesh.endpoint_loads() if self.mesh is not None else []
 
     def status(self) -> controller_pb2.AgentStatus:
         return controller_pb2.AgentStatus(

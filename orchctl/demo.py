@@ -103,6 +103,7 @@ class Demo:
             "--bind", f"{self.net}.{i + 1}:{self.gossip_port}",
             "--join", f"{self.net}.1:{self.gossip_port}",
             "--rpc-addr", f"{self.net}.{i + 1}:{self.agent_port}",
+            "--lb-bind", f"{self.net}.{i + 1}",
             "--metrics-addr", f"{self.net}.{i + 1}:{self.metrics_port(9646)}",
             "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
             *self.profile()])
@@ -188,6 +189,10 @@ def docker_answers() -> bool:
         return False
 
 
+PUBLISHED = 8080
+"""The sample service's published port (deploy/examples/hello*.yaml)."""
+
+
 def fetch(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
@@ -231,6 +236,13 @@ def run(agents: int, fast: bool, keep: bool, ports: tuple[int, int, int] = WELL_
         services = json.loads(demo.orchctl("-o", "json", "service", "list", show=False))
         for ep in services[0]["endpoints"] if services else []:
             print(f"  GET http://{ep['address']}/  ->  {fetch('http://' + ep['address'] + '/')}")
+        mesh = [f"{demo.net}.{i + 1}:{PUBLISHED}" for i in range(1, agents + 1)]
+        say(f"the routing mesh: port {PUBLISHED} on every agent reaches the service wherever it "
+            "runs")
+        wait("every agent's load balancer to answer", lambda: all(
+            fetch(f"http://{a}/").startswith("200") for a in mesh), 30)
+        for a in mesh:
+            print(f"  GET http://{a}/  ->  {fetch(f'http://{a}/')}")
 
         nodes = {n["name"]: n["id"] for n in json.loads(demo.orchctl(
             "-o", "json", "node", "list", show=False))}
@@ -248,6 +260,11 @@ def run(agents: int, fast: bool, keep: bool, ports: tuple[int, int, int] = WELL_
              and not set(running_on(demo.status("hello"))) & lost, 60)
         print(f"  {victim} marked down after {down:.1f}s; its allocations running elsewhere after "
               f"{time.monotonic() - t0:.1f}s")
+        alive = [a for i, a in enumerate(mesh, start=1) if f"agent-{i}" != victim]
+        wait("the surviving agents' load balancers to answer", lambda: all(
+            fetch(f"http://{a}/").startswith("200") for a in alive), 30)
+        for a in alive:
+            print(f"  GET http://{a}/  ->  {fetch(f'http://{a}/')}")
         demo.orchctl("job", "status", "hello")
 
         say(f"starting {victim} again: it rejoins, and stops what now runs elsewhere")

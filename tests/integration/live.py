@@ -40,6 +40,7 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
             a = Agent(AgentConfig(name=f"agent-{i}", bind=f"127.0.0.{i + 1}:0", join=[seed],
                                   rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"),
                                   metrics_addr=f"127.0.0.{i + 1}:0",
+                                  lb_bind=f"127.0.0.{i + 1}",
                                   usage_interval=usage_interval,
                                   tls=pki(tls_dir, f"agent-{i}") if tls_dir else TlsConfig(),
                                   drivers=["process"], gossip=GossipConfig.fast(),

@@ -15,7 +15,9 @@ def test_the_demo_runs_a_service_survives_a_killed_agent_and_stops_cleanly() -> 
     assert "registered in" in text
     assert "deployment" in text
     assert "successful" in text
-    assert text.count("->  200 OK") == 3  # every replica answers
+    mesh = [f"GET http://127.0.0.{i}:8080/  ->  200 OK" for i in (2, 3, 4)]
+    assert text.count("->  200 OK") == 3 + 3 + 2  # every replica; every agent's load
+    assert all(line in text for line in mesh)     # balancer; the survivors' after a kill
     assert "its allocations running elsewhere after" in text
     assert "NodeDown" in text
     assert "NodeUp" in text

@@ -1,0 +1,92 @@
+"""The routing mesh on one agent: gossip's endpoint table, kept in the load balancer.
+
+Any membership event (a member's node state changed, a member joined, was suspected,
+died or left) and any change of this agent's own endpoints marks the table stale; one
+task rebuilds it from gossip (``discovery.endpoint_table``) and hands it whole to
+``LoadBalancer.update``, at most every ``settle`` seconds, so that a burst of events
+costs one update. A sweep every ``resync`` seconds rebuilds it anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from agent.gossip.core import MemberEvent
+from agent.gossip.transport import GossipNode
+from agent.lb import discovery
+from agent.lb.balancer import LoadBalancer
+from agent.lb.model import ServiceSpec
+from agent.lb.stats import ServiceStats
+from orch.v1 import controller_pb2
+
+log = logging.getLogger("lb")
+
+
+class Mesh:
+    def __init__(self, lb: LoadBalancer, gossip: GossipNode, me: str, *, settle: float = 0.02,
+                 resync: float = 5.0) -> None:
+        self.lb, self.gossip, self.me = lb, gossip, me
+        self.settle, self.resync = settle, resync
+        self.table: dict[str, ServiceSpec] = {}
+        self.updates = 0
+        self._stale = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.listeners: list[Callable[[dict[str, ServiceSpec]], None]] = []
+        """Called with every new table (tests, metrics)."""
+
+    def start(self) -> None:
+        self.gossip.on_event(self._on_event)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.changed()
+
+    def changed(self) -> None:
+        """Something the table depends on changed: rebuild it soon."""
+        self._stale.set()
+
+    def _on_event(self, ev: MemberEvent) -> None:
+        self._stale.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stale.wait(), self.resync)
+            await asyncio.sleep(self.settle)
+            self._stale.clear()
+            table = discovery.endpoint_table(self.gossip.members(), self.me)
+            if table == self.table:
+                continue
+            try:
+                await self.lb.update(table)
+            except Exception:  # the LB logs what it leaves out; this is a bug: retry later
+                log.exception("load balancer update failed")
+                continue
+            self.table = table
+            self.updates += 1
+            log.debug("endpoint table", extra={
+                "services": len(table), "endpoints": sum(len(s.endpoints) for s in table.values())})
+            for fn in self.listeners:
+                fn(table)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.lb.close()
+
+    def stats(self) -> dict[str, ServiceStats]:
+        return self.lb.stats()
+
+    def endpoint_loads(self) -> list[controller_pb2.EndpointLoad]:
+        """What this node's load balancer sends to each endpoint (for the autoscaler)."""
+        loads: dict[str, controller_pb2.EndpointLoad] = {}
+        for svc in self.lb.stats().values():
+            for ep in svc.endpoint_details:
+                load = loads.setdefault(ep.alloc_id, controller_pb2.EndpointLoad(
+                    alloc_id=ep.alloc_id))
+                load.active_connections += ep.active
+                load.connections_total += ep.total
+        return list(loads.values())

@@ -1,0 +1,76 @@
+"""The load balancer's metrics, per service (bounded by the services published in the
+cluster): connections, bytes, connect latency, failures, retries, endpoints by state,
+ejections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from agent.lb.mesh import Mesh
+
+ENDPOINT_STATES = ("healthy", "probing", "ejected", "draining")
+
+
+class LbCollector(Collector):
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    def collect(self) -> Iterator[Metric]:
+        stats = sorted(self.mesh.stats().values(), key=lambda s: s.name)
+        svc = ["service"]
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"orch_lb_{name}", doc, labels=svc)
+
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"orch_lb_{name}", doc, labels=svc)
+
+        listening = gauge("listening", "1 while the service's published port is bound here.")
+        active = gauge("connections_active", "Client connections (UDP: sessions) open now.")
+        total = counter("connections", "Client connections (UDP: sessions) accepted.")
+        rejected = counter("connections_rejected", "Client connections refused at the "
+                           "service's connection limit.")
+        failed = counter("connections_failed", "Client connections no endpoint could take.")
+        bytes_in = counter("received_bytes", "Bytes received from clients.")
+        bytes_out = counter("sent_bytes", "Bytes sent to clients.")
+        failures = counter("connect_failures", "Connects to endpoints that failed or timed out.")
+        retries = counter("connect_retries", "Connects retried on another endpoint.")
+        ejections = counter("ejections", "Endpoints ejected by outlier detection.")
+        endpoints = GaugeMetricFamily("orch_lb_endpoints", "Endpoints by state.",
+                                      labels=["service", "state"])
+        latency = HistogramMetricFamily("orch_lb_connect_duration_seconds", "Time to connect "
+                                        "to an endpoint (successful TCP connects).", labels=svc)
+        for s in stats:
+            name = [s.name]
+            listening.add_metric(name, 1 if s.listening else 0)
+            active.add_metric(name, s.active)
+            total.add_metric(name, s.total)
+            rejected.add_metric(name, s.rejected)
+            failed.add_metric(name, s.failed)
+            bytes_in.add_metric(name, s.bytes_in)
+            bytes_out.add_metric(name, s.bytes_out)
+            failures.add_metric(name, s.connect_failures)
+            retries.add_metric(name, s.retries)
+            ejections.add_metric(name, s.ejections)
+            for state in ENDPOINT_STATES:
+                endpoints.add_metric([s.name, state], s.endpoints.get(state, 0))
+            h = s.connect_latency
+            latency.add_metric(name, [(_le(b), n) for b, n in h.cumulative()], h.sum)
+        yield from (listening, active, total, rejected, failed, bytes_in, bytes_out, failures,
+                    retries, ejections, endpoints, latency)
+        yield GaugeMetricFamily("orch_lb_services", "Services this node's load balancer "
+                                "publishes.", value=len(stats))
+        yield CounterMetricFamily("orch_lb_table_updates", "Endpoint tables applied (from "
+                                  "gossip).", value=self.mesh.updates)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
