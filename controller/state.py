@@ -58,6 +58,11 @@ class ClusterState:
             put_evaluations=list(snap.evaluations), meta=dict(snap.meta)), snap.index)
         return state
 
+    def reset(self, snap: StoreSnapshot) -> None:
+        """Become what ``snap`` holds, in place (everyone holding this object sees it): a
+        follower catching up, or a new leader reading the store it now writes."""
+        self.__dict__.update(ClusterState.from_store(snap).__dict__)
+
     # --- reading -------------------------------------------------------------------------------
 
     def seed(self) -> int:

@@ -7,7 +7,7 @@ Exit codes scripts can trust: 0 ok, 1 failed, 2 usage, 3 a job could not be full
 from __future__ import annotations
 
 import os
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 
@@ -82,6 +82,59 @@ def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None,
 
 def stub(channel: grpc.aio.Channel) -> controller_pb2_grpc.ControllerServiceAsyncStub:
     return controller_pb2_grpc.ControllerServiceStub(channel)
+
+
+def leader_of(e: grpc.aio.AioRpcError) -> str:
+    """The leader's address a follower named when it refused a write ("" if none)."""
+    if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return ""
+    return next((str(v) for k, v in (e.trailing_metadata() or ()) if k == LEADER_KEY), "")
+
+
+class Session:
+    """orchctl's connection: one controller, and the leader once a follower names it.
+
+    ``stub`` is the ControllerService stub, except that a unary call a follower refuses
+    (FAILED_PRECONDITION with the leader's address) is made again at the leader, once;
+    later calls go to the leader directly. Reads are served by whichever controller
+    answers, so streams (events, logs) stay where they are.
+    """
+
+    STREAMS = frozenset(("Watch", "AllocationLogs"))
+
+    def __init__(self, addr: str, timeout: float, tls: TlsConfig | None, secret: str) -> None:
+        self.address = addr
+        self._timeout, self._tls, self._secret = timeout, tls, secret
+        self._channels = [self._open(addr)]
+        self._stub = stub(self._channels[0])
+
+    def _open(self, addr: str) -> grpc.aio.Channel:
+        return connect(addr, self._timeout, self._tls, self._secret)
+
+    @property
+    def stub(self) -> controller_pb2_grpc.ControllerServiceAsyncStub:
+        return cast("controller_pb2_grpc.ControllerServiceAsyncStub", self)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in self.STREAMS:
+            return getattr(self._stub, name)
+
+        async def call(request: Any, **kw: Any) -> Any:
+            try:
+                return await getattr(self._stub, name)(request, **kw)
+            except grpc.aio.AioRpcError as e:
+                leader = leader_of(e)
+                if not leader or leader == self.address:
+                    raise
+            self.address = leader
+            self._channels.append(self._open(leader))
+            self._stub = stub(self._channels[-1])
+            return await getattr(self._stub, name)(request, **kw)
+        return call
+
+    async def close(self) -> None:
+        for ch in self._channels:
+            await ch.close()
 
 
 _SENTENCES = {

@@ -43,17 +43,15 @@ async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "local", False):  # a command that needs no controller
         code: int = await args.fn(None, args)
         return code
-    addr = client.address(args.address)
-    channel = client.connect(addr, args.timeout,
+    session = client.Session(client.address(args.address), args.timeout,
                              client.tls_from(args.tls_ca, args.tls_cert, args.tls_key),
                              client.token(args.token))
     try:
-        ctx = Ctx(stub=client.stub(channel), address=addr, json=args.output == "json",
-                  timeout=args.timeout)
+        ctx = Ctx(session=session, json=args.output == "json", timeout=args.timeout)
         result: int = await args.fn(ctx, args)
         return result
     finally:
-        await channel.close()
+        await session.close()
 
 
 def main(argv: list[str] | None = None) -> int:

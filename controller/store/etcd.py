@@ -595,6 +595,12 @@ class EtcdStore(Store):
         self._submit(item)
         return await asyncio.shield(future)
 
+    async def index(self) -> int:
+        """The index of the last commit, read from etcd (one small get): how a follower
+        learns that the leader wrote something."""
+        kv = await self.client.get(self.keys.state, within=self.timeout)
+        return _State.decode(kv.value, self.where).index if kv is not None else 0
+
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")

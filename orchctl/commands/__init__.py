@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 
 from orch.v1 import controller_pb2_grpc
-from orchctl.client import fail
+from orchctl.client import Session, fail
 
 T = TypeVar("T")
 
@@ -18,10 +18,18 @@ T = TypeVar("T")
 class Ctx:
     """What every command gets: the controller's stub, its address, the output format."""
 
-    stub: controller_pb2_grpc.ControllerServiceAsyncStub
-    address: str
+    session: Session
     json: bool
     timeout: float
+
+    @property
+    def stub(self) -> controller_pb2_grpc.ControllerServiceAsyncStub:
+        """ControllerService; writes refused by a follower are made again at the leader."""
+        return self.session.stub
+
+    @property
+    def address(self) -> str:
+        return self.session.address
 
     async def call(self, pending: Awaitable[T]) -> T:
         """Await an RPC; an RPC error becomes a sentence and exit code (CliError)."""
