@@ -175,14 +175,14 @@ class Agent:
                                        memory_mb=cfg.reserved_memory_mb))
 
     def controller_addresses(self) -> list[str]:
-        """Configured controllers first, then those gossip knows (alive, role=controller)."""
+        """Configured controllers first, then those gossip knows (alive, role=controller),
+        the one tagged leader first."""
         found = list(self.cfg.controllers)
         if self.gossip is not None:
-            for m in self.gossip.members():
-                rpc = m.state.get("rpc")
-                if m.state.get("role") == "controller" and m.status is Status.ALIVE and \
-                        isinstance(rpc, str) and rpc not in found:
-                    found.append(rpc)
+            known = [m for m in self.gossip.members() if m.state.get("role") == "controller"
+                     and m.status is Status.ALIVE and isinstance(m.state.get("rpc"), str)]
+            known.sort(key=lambda m: m.state.get("leader") != "true")
+            found += [str(m.state["rpc"]) for m in known if m.state["rpc"] not in found]
         return found
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:

@@ -41,6 +41,20 @@ class ControllerConfig:
     """Gossip encryption keys (base64); the first is primary."""
     data_dir: str = "/var/lib/orch"
     """Where the state database lives (controller.db)."""
+    store: Literal["sqlite", "etcd"] = "sqlite"
+    """Where the state lives: sqlite (one controller, in data_dir) or etcd (several
+    controllers electing a leader)."""
+    etcd_endpoints: list[str] = field(default_factory=list)
+    """etcd members host:port (store = etcd); every member needs --max-txn-ops=10000
+    --max-request-bytes=10485760."""
+    etcd_prefix: str = "/orch"
+    """Key prefix of this cluster's state in etcd (one etcd can hold several clusters)."""
+    leader_ttl: int = 5
+    """Seconds the leader's etcd lease outlives its last keepalive: a crashed leader is
+    replaced within about this plus a second."""
+    follower_refresh: float = 1.0
+    """Seconds between a follower's reads of the store's index (reads it serves lag the
+    leader by up to this)."""
     store_sync: Literal["full", "normal"] = "full"
     """SQLite synchronous mode: full (an acknowledged write survives power loss) or normal
     (survives a crash of the process, not of the machine)."""

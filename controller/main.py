@@ -13,6 +13,10 @@ from controller.server import serve
 from orch import daemon
 from orch.errors import ConfigError
 
+FLAGS = ("rpc_addr", "rpc_advertise", "node_grace", "acl", "rate_limit", "store", "etcd_endpoints",
+         "etcd_prefix", "leader_ttl")
+"""Flags that set the configuration field of the same name."""
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="orch-controller", description=__doc__,
@@ -23,6 +27,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to agents")
     ap.add_argument("--node-grace", type=float,
                     help="seconds an agent may be gone before its node is down (default 10)")
+    ap.add_argument("--store", choices=("sqlite", "etcd"),
+                    help="where the state lives (default sqlite; etcd: several controllers)")
+    ap.add_argument("--etcd", dest="etcd_endpoints", action="append", default=None,
+                    metavar="HOST:PORT", help="an etcd member (repeatable; --store etcd)")
+    ap.add_argument("--etcd-prefix", help="key prefix of this cluster in etcd (default /orch)")
+    ap.add_argument("--leader-ttl", type=int,
+                    help="seconds a crashed leader holds its lease (default 5)")
     ap.add_argument("--acl", action="store_const", const=True, default=None,
                     help="require access tokens on the operator API (orchctl acl bootstrap)")
     ap.add_argument("--rate-limit", type=float,
@@ -33,8 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        cfg = daemon.load(ControllerConfig, opts, extra=("rpc_addr", "rpc_advertise", "node_grace",
-                                                             "acl", "rate_limit"))
+        cfg = daemon.load(ControllerConfig, opts, extra=FLAGS)
     except ConfigError as e:
         print(f"orch-controller: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """The controller, assembled: store, state, scheduling loop, node liveness, gRPC, gossip.
 
-One controller is always the leader (SQLite). ``require_leader`` is where a
-multi-controller setup (etcd) will say otherwise.
+On SQLite the one controller always leads. On etcd several run; they elect a leader
+(``controller.leadership``): every one serves reads, only the leader writes,
+schedules and holds the agents' streams, and the others answer writes with where the
+leader is.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from controller.cluster import Cluster
 from controller.config import ControllerConfig
 from controller.evaluator import Evaluator
 from controller.jobs import Jobs
+from controller.leadership import Leadership
 from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
 from controller.scaling import Autoscaler
@@ -40,7 +43,7 @@ from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
 from orch import keyring
-from orch.errors import ConfigError, NotFoundError
+from orch.errors import ConfigError, NotFoundError, NotLeaderError
 from orch.metrics import MetricsServer, registry_with
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -55,9 +58,16 @@ MAX_REQUEST = 16 * 1024 * 1024
 
 
 def open_store(cfg: ControllerConfig) -> Store:
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.store == "etcd":
+        from controller.store.etcd import EtcdStore
+
+        if not cfg.etcd_endpoints:
+            raise ConfigError("store = etcd needs etcd_endpoints (host:port, repeatable)",
+                              where="etcd_endpoints")
+        return EtcdStore(cfg.etcd_endpoints, prefix=cfg.etcd_prefix)
     from controller.store.sqlite import SQLiteStore
 
-    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     return SQLiteStore(os.path.join(cfg.data_dir, "controller.db"), synchronous=cfg.store_sync)
 
 
@@ -72,6 +82,13 @@ class Controller:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.metrics: MetricsServer | None = None
         self._background: set[asyncio.Future[None]] = set()
+        self.leadership: Leadership | None = None
+        """The election, on etcd; None: this controller alone always leads."""
+        self._leading = False
+        self._leader_tasks: list[asyncio.Task[None]] = []
+        self.term_over = asyncio.Event()
+        """Set when this controller stops leading (agents' streams then end)."""
+        self._health: health.HealthServicer | None = None
 
     async def start(self) -> None:
         try:
@@ -99,9 +116,7 @@ class Controller:
         self.cluster = Cluster(self.store, state)
         self.evaluator = Evaluator(self.cluster, reconcile_interval=self.cfg.reconcile_interval)
         self.jobs = Jobs(self.cluster, self.evaluator)
-        self.nodes_monitor = NodeMonitor(self.cluster, self.evaluator,
-                                         node_grace=self.cfg.node_grace,
-                                         max_down_fraction=self.cfg.max_down_fraction)
+        self.nodes_monitor = self._node_monitor()
         self.nodes = NodeAdmin(self.cluster, self.evaluator)
         self.usage = UsageTable()
         self.autoscaler = Autoscaler(state, self.jobs, self.usage,
@@ -112,8 +127,6 @@ class Controller:
         self.authz = Authorizer(tls_on=self.cfg.tls.enabled, acl_on=self.cfg.acl, acl=self.acl,
                                 state=state, limiter=RateLimiter(self.cfg.rate_limit,
                                                                  self.cfg.rate_burst))
-        if "cluster_id" not in state.meta:
-            await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
                                         "allocations": len(state.allocs), "nodes": len(state.nodes)})
 
@@ -122,7 +135,7 @@ class Controller:
             ("grpc.max_send_message_length", MAX_MESSAGE)])
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerEndpoint(self), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(NodeEndpoint(self), server)
-        health_servicer = health.HealthServicer(experimental_non_blocking=True)
+        health_servicer = self._health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [controller_pb2.DESCRIPTOR.services_by_name[s].full_name
                  for s in ("ControllerService", "NodeService")]
@@ -162,17 +175,86 @@ class Controller:
             self.metrics = MetricsServer(registry_with(ControllerCollector(self),
                                                        GossipCollector(self.gossip)), mhost, mport)
             await self.metrics.start()
-        self.evaluator.start()
-        self._tasks.append(asyncio.create_task(self._liveness(), name="liveness"))
-        self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
-        self.evaluator.enqueue_all("startup")
+        if self.cfg.store == "etcd":
+            from controller.store.etcd import EtcdStore
+
+            assert isinstance(self.store, EtcdStore)
+            self.leadership = Leadership(self, self.store, ttl=self.cfg.leader_ttl,
+                                         follower_refresh=self.cfg.follower_refresh)
+            await self.leadership.start()
+        else:
+            await self.lead()
         log.info("controller serving", extra={"rpc": self.rpc_address, "node": self.cfg.name})
 
+    # --- leading and following ------------------------------------------------------------------
+
+    def _node_monitor(self) -> NodeMonitor:
+        return NodeMonitor(self.cluster, self.evaluator, node_grace=self.cfg.node_grace,
+                           max_down_fraction=self.cfg.max_down_fraction)
+
+    async def lead(self) -> None:
+        """Start leading: the state afresh from the (fenced) store, the loops, every job
+        evaluated again (reconciliation and deployments resume where the store says)."""
+        state = self.cluster.state
+        if self.leadership is not None:
+            state.reset(await self.store.load())
+            self.nodes_monitor = self._node_monitor()
+        if "cluster_id" not in state.meta:
+            await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
+        self.term_over = asyncio.Event()
+        self._leading = True
+        self.evaluator.start()
+        self._leader_tasks = [asyncio.create_task(self._liveness(), name="liveness"),
+                              asyncio.create_task(self.autoscaler.run(), name="autoscaler")]
+        self.evaluator.enqueue_all("leader-elected" if self.leadership else "startup")
+        if self.gossip is not None:
+            self.gossip.set_state({"leader": "true"})
+        log.info("leading", extra={"index": state.index, "jobs": len(state.jobs),
+                                   "nodes": len(state.nodes)})
+
+    async def step_down(self, reason: str) -> None:
+        """Stop leading: no more writes or scheduling; agents are sent to the next leader."""
+        if not self._leading:
+            return
+        self._leading = False
+        self.term_over.set()
+        await self.evaluator.stop()
+        for t in self._leader_tasks:
+            t.cancel()
+        await asyncio.gather(*self._leader_tasks, return_exceptions=True)
+        self._leader_tasks = []
+        if self.gossip is not None:
+            self.gossip.set_state({"leader": None})
+        log.warning("stepped down", extra={"reason": reason})
+
+    async def catch_up(self) -> None:
+        """A follower: reload the state when the leader has written since (and publish the
+        new events to this controller's watchers)."""
+        state = self.cluster.state
+        index = await self.store.index()  # type: ignore[attr-defined]
+        if index == state.index:
+            return
+        before = state.index
+        snap = await self.store.load()
+        events = await self.store.events_since(before) if before else []
+        state.reset(snap)
+        if events:
+            self.cluster.events.publish(events)
+
+    def store_health(self, ok: bool) -> None:
+        """Report whether the store answers (gRPC health ``orch.store``, metrics)."""
+        if self._health is not None:
+            self._health.set("orch.store", health_pb2.HealthCheckResponse.SERVING if ok
+                             else health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, finish what is in flight (up to ``grace``), leave the cluster."""
+        """Stop accepting, finish what is in flight (up to ``grace``), hand the leadership
+        over, leave the cluster."""
+        if self.leadership is not None:  # hand over first: agents move to the next leader
+            await self.leadership.stop()
         if self._server is not None:
             await self._server.stop(grace)
-        await self.evaluator.stop()
+        await self.step_down("shutting down")
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -207,16 +289,32 @@ class Controller:
 
     @property
     def is_leader(self) -> bool:
-        return True
+        if self.leadership is not None:
+            return self._leading and self.leadership.is_leader
+        return self._leading
 
     def require_leader(self) -> None:
-        """One controller on SQLite always leads; etcd-backed controllers elect one."""
+        """Raise NotLeaderError (with the leader's address, when known) on a follower."""
+        if not self.is_leader:
+            raise NotLeaderError(self.leadership.leader_address if self.leadership else None)
 
     def leader_info(self) -> controller_pb2.LeaderInfo:
-        me = controller_pb2.ControllerInfo(name=self.cfg.name, address=self.rpc_address,
-                                           leader=True, status="alive")
-        return controller_pb2.LeaderInfo(leader=self.cfg.name, address=self.rpc_address,
-                                         is_self=True, controllers=[me])
+        """Who leads, and every controller gossip knows (with whether it answers)."""
+        leader = self.leadership.leader if self.leadership is not None else None
+        name = self.cfg.name if self.is_leader else (leader.name if leader else "")
+        address = self.rpc_address if self.is_leader else (leader.address if leader else "")
+        controllers = {self.cfg.name: controller_pb2.ControllerInfo(
+            name=self.cfg.name, address=self.rpc_address, leader=self.is_leader,
+            status="alive")}
+        for m in self.gossip.members() if self.gossip is not None else ():
+            rpc = m.state.get("rpc")
+            if m.state.get("role") == "controller" and m.name not in controllers:
+                controllers[m.name] = controller_pb2.ControllerInfo(
+                    name=m.name, address=rpc if isinstance(rpc, str) else "",
+                    leader=m.name == name, status=str(m.status))
+        return controller_pb2.LeaderInfo(leader=name, address=address, is_self=self.is_leader,
+                                         controllers=sorted(controllers.values(),
+                                                            key=lambda c: c.name))
 
     def members(self) -> list[controller_pb2.Member]:
         if self.gossip is None:

@@ -20,6 +20,7 @@ from orch.tls import require_role
 from orch.v1 import controller_pb2, controller_pb2_grpc
 
 if TYPE_CHECKING:
+    from controller.nodes import NodeMonitor
     from controller.server import Controller
 
 log = logging.getLogger("api")
@@ -48,7 +49,8 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
             yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
                 leader=e.leader or "", address=info.address))
             return
-        node = await self.ctl.nodes_monitor.register(first.register)
+        monitor, term_over = self.ctl.nodes_monitor, self.ctl.term_over
+        node = await monitor.register(first.register)
         outbox: asyncio.Queue[controller_pb2.DesiredAllocations] = asyncio.Queue()
 
         def sink(desired: controller_pb2.DesiredAllocations) -> None:
@@ -57,31 +59,39 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                 outbox.get_nowait()
             outbox.put_nowait(desired)
 
-        reader = asyncio.create_task(self._read(node.id, requests))
+        reader = asyncio.create_task(self._read(monitor, node.id, requests))
+        over = asyncio.ensure_future(term_over.wait())
         self.ctl.cluster.attach(node.id, sink)
         try:
-            while not reader.done():
+            while not reader.done() and not over.done():
                 getter = asyncio.ensure_future(outbox.get())
-                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({getter, reader, over}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield controller_pb2.ControllerMessage(desired=getter.result())
                 else:
                     getter.cancel()
+            if over.done():  # this controller stopped leading: send the agent on
+                leader = self.ctl.leadership.leader if self.ctl.leadership else None
+                yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
+                    leader=leader.name if leader else "",
+                    address=leader.address if leader else ""))
         finally:
+            over.cancel()
             self.ctl.cluster.detach(node.id, sink)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            self.ctl.nodes_monitor.disconnected(node.id)
+            monitor.disconnected(node.id)
 
-    async def _read(self, node_id: str, requests: AsyncIterator[controller_pb2.NodeMessage]) -> None:
+    async def _read(self, monitor: NodeMonitor, node_id: str,
+                    requests: AsyncIterator[controller_pb2.NodeMessage]) -> None:
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("msg")
                 if kind == "allocations":
-                    await self.ctl.nodes_monitor.report(node_id, list(msg.allocations.allocations))
+                    await monitor.report(node_id, list(msg.allocations.allocations))
                 elif kind == "register":
-                    await self.ctl.nodes_monitor.register(msg.register)
+                    await monitor.register(msg.register)
                 elif kind == "usage":
                     self.ctl.usage.report(node_id, msg.usage)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):

@@ -1,0 +1,142 @@
+"""Three controllers on one etcd and real agents, in this process: one leads; followers
+serve reads and send writes (and agents) to the leader; when the leader goes, another
+takes over within the lease TTL plus a second, with nothing acknowledged lost and no
+allocation running twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.config import AgentConfig
+from agent.gossip.config import GossipConfig
+from agent.server import Agent
+from controller.server import Controller
+from orch import tls
+from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from tests.etcd_server import EtcdCluster
+from tests.integration.live import JOB, Cli
+from tests.integration.synthetic import controller_config, wait_until
+
+TTL = 2
+
+
+@asynccontextmanager
+async def ha_cluster(tmp: Path, etcd: EtcdCluster, prefix: str, *, controllers: int = 3,
+                     agents: int = 2) -> AsyncIterator[tuple[list[Controller], list[Agent]]]:
+    ctls: list[Controller] = []
+    started: list[Agent] = []
+    try:
+        for i in range(controllers):
+            seeds = [f"{g.addr[0]}:{g.addr[1]}" for g in [ctls[0].gossip] if g] if ctls else []
+            c = Controller(controller_config(
+                tmp / f"c{i}", name=f"c{i}", bind="127.0.0.1:0", rpc_addr="127.0.0.1:0",
+                store="etcd", etcd_endpoints=etcd.endpoints, etcd_prefix=prefix,
+                leader_ttl=TTL, follower_refresh=0.2,
+                join=seeds))
+            await c.start()
+            ctls.append(c)
+        await wait_until(lambda: sum(c.is_leader for c in ctls) == 1, within=15)
+        seed = ctls[0].gossip
+        assert seed is not None
+        for i in range(1, agents + 1):
+            a = Agent(AgentConfig(
+                name=f"agent-{i}", bind=f"127.0.0.{i + 1}:0", join=[f"{seed.addr[0]}:{seed.addr[1]}"],
+                rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"), metrics_addr="",
+                lb_bind=f"127.0.0.{i + 1}", drivers=["process"], gossip=GossipConfig.fast()))
+            await a.start()
+            started.append(a)
+        leader = next(c for c in ctls if c.is_leader)
+        await wait_until(lambda: all(leader.cluster.connected(a.node_id) for a in started),
+                         within=20)
+        yield ctls, started
+    finally:
+        for a in started:
+            await a.stop(stop_tasks=True)
+        for c in ctls:
+            with contextlib.suppress(Exception):  # one the test killed is already half gone
+                await asyncio.wait_for(c.stop(grace=0.2), 20)
+
+
+def leader_of(ctls: list[Controller]) -> Controller:
+    leaders = [c for c in ctls if c.is_leader]
+    assert len(leaders) == 1, [c.cfg.name for c in leaders]
+    return leaders[0]
+
+
+async def kill(c: Controller) -> None:
+    """As close to kill -9 as in-process gets: the lease is left to expire, nothing is
+    handed over, the sockets just close."""
+    assert c.leadership is not None
+    for t in c.leadership._tasks:
+        t.cancel()
+    await c.leadership.election.close()  # keepalives stop; no resign
+    await c.step_down("killed")
+    c.leadership = None
+    if c._server is not None:
+        await c._server.stop(0)
+    if c.gossip is not None:
+        await c.gossip.stop()
+
+
+async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server: EtcdCluster,
+                                                    etcd_prefix: str) -> None:
+    async with ha_cluster(tmp_path, etcd_server, etcd_prefix) as (ctls, agents):
+        leader = leader_of(ctls)
+        follower = next(c for c in ctls if c is not leader)
+        job = tmp_path / "web.yaml"
+        job.write_text(JOB.format(name="web", count=2, memory=32))
+
+        # orchctl pointed at a follower: the write is redirected, the read served there
+        cli = Cli(follower.rpc_address, tmp_path)
+        await cli("job", "run", str(job))
+        await wait_until(lambda: sum(a.healthy for a in follower.cluster.state.allocs.values())
+                         == 2, within=20)
+        assert "web" in await cli("job", "status")
+        text = await cli("leader")
+        assert leader.cfg.name in text
+        for c in ctls:
+            assert c.cfg.name in text
+        # a raw client sees the redirect itself
+        async with tls.open_channel(follower.rpc_address, None) as ch:
+            stub = controller_pb2_grpc.ControllerServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.StopJob(controller_pb2.StopJobRequest(name="web"), timeout=5)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert dict(e.value.trailing_metadata() or ())["orch-leader"] == leader.rpc_address
+
+        before = {a.id: a.node_id for a in leader.cluster.state.allocs.values()}
+        acknowledged = leader.cluster.state.index
+
+        # the leader dies: another takes over within TTL + 1 s and the agents follow
+        t0 = time.monotonic()
+        await kill(leader)
+        rest = [c for c in ctls if c is not leader]
+        await wait_until(lambda: sum(c.is_leader for c in rest) == 1, within=TTL + 5)
+        took = time.monotonic() - t0
+        assert took < TTL + 1.5, took
+        new = leader_of(rest)
+        assert new.cluster.state.index >= acknowledged
+        await wait_until(lambda: all(new.cluster.connected(a.node_id) for a in agents),
+                         within=20)
+        # nothing ran twice and nothing moved: the same allocations, on the same nodes
+        await asyncio.sleep(1.0)
+        running = {a.id: a.node_id for a in new.cluster.state.allocs.values()
+                   if a.desired_status == node_pb2.DESIRED_STATUS_RUN
+                   and a.client_status == node_pb2.CLIENT_STATUS_RUNNING}
+        assert running == before
+        for a in agents:
+            assert len([s for s in a.runtime.statuses() if s.client_status == "running"]) == \
+                sum(1 for n in before.values() if n == a.node_id)
+        # the new leader writes (through a follower, still)
+        cli = Cli(rest[0].rpc_address if rest[0] is not new else rest[1].rpc_address, tmp_path)
+        await cli("job", "scale", "web", "app", "3")
+        await wait_until(lambda: sum(a.healthy for a in new.cluster.state.allocs.values()) == 3,
+                         within=20)
