@@ -65,6 +65,13 @@ class ControllerCollector(Collector):
                                 value=len(state.jobs))
         yield GaugeMetricFamily("orch_controller_state_index", "Index of the last commit.",
                                 value=state.index)
+        lead = ctl.leadership
+        yield GaugeMetricFamily("orch_controller_store_available", "1 while the store answers "
+                                "(0: writes stop; reads serve what this controller holds).",
+                                value=1 if lead is None or lead.store_available else 0)
+        yield CounterMetricFamily("orch_controller_leader_terms", "Leadership terms this "
+                                  "controller won (etcd; 1 on SQLite).",
+                                  value=lead.terms if lead is not None else 1)
         denied = CounterMetricFamily("orch_controller_api_denied", "Operator API calls refused "
                                      "(reason: rate, unauthenticated, forbidden).",
                                      labels=["reason", "method"])

@@ -151,7 +151,7 @@ class Controller:
             raise ValueError("rpc_addr 0.0.0.0 needs rpc_advertise (the address agents use)")
         self.rpc_address = adv
         await server.start()
-        for name in ["", *names]:
+        for name in ["", *names, "orch.store"]:  # orch.store: NOT_SERVING while etcd is away
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         gbind = parse_addr(self.cfg.bind, where="bind")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.config import AgentConfig
 from agent.gossip.config import GossipConfig
@@ -21,7 +22,7 @@ from agent.server import Agent
 from controller.server import Controller
 from orch import tls
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
-from tests.etcd_server import EtcdCluster
+from tests.etcd_server import EtcdCluster, etcd_binary
 from tests.integration.live import JOB, Cli
 from tests.integration.synthetic import controller_config, wait_until
 
@@ -140,3 +141,50 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
         await cli("job", "scale", "web", "app", "3")
         await wait_until(lambda: sum(a.healthy for a in new.cluster.state.allocs.values()) == 3,
                          within=20)
+
+
+async def _health(addr: str, service: str) -> int:
+    async with tls.open_channel(addr, None) as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(reply.status)
+
+
+async def test_etcd_unavailable_stops_writes_keeps_reads_and_recovers(tmp_path: Path) -> None:
+    etcd_binary()
+    with EtcdCluster(1, first_host=75) as etcd:
+        async with ha_cluster(tmp_path, etcd, "/orch", controllers=2, agents=1) as (ctls, agents):
+            leader = leader_of(ctls)
+            job = tmp_path / "web.yaml"
+            job.write_text(JOB.format(name="web", count=1, memory=32))
+            cli = Cli(leader.rpc_address, tmp_path)
+            await cli("job", "run", str(job))
+            before = {a.id for a in leader.cluster.state.allocs.values()}
+
+            etcd.kill(etcd.members[0])
+            # no controller leads or writes; each says the store is gone, and still reads
+            await wait_until(lambda: not any(c.is_leader for c in ctls), within=TTL + 3)
+            await wait_until(lambda: all(c.leadership is not None and
+                                         not c.leadership.store_available for c in ctls),
+                             within=5)
+            for c in ctls:
+                assert await _health(c.rpc_address, "orch.store") == \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                assert "web" in await Cli(c.rpc_address, tmp_path)("job", "status")
+            text = await Cli(ctls[1].rpc_address, tmp_path)("job", "stop", "web", code=1)
+            assert "not the leader" in text
+            # the tasks keep running meanwhile
+            assert [s.client_status for s in agents[0].runtime.statuses()] == ["running"]
+
+            etcd.start_member(etcd.members[0])
+            await wait_until(lambda: sum(c.is_leader for c in ctls) == 1, within=20)
+            await wait_until(lambda: all(c.leadership is not None and
+                                         c.leadership.store_available for c in ctls), within=10)
+            new = leader_of(ctls)
+            assert await _health(new.rpc_address, "orch.store") == \
+                health_pb2.HealthCheckResponse.SERVING
+            await wait_until(lambda: new.cluster.connected(agents[0].node_id), within=20)
+            assert {a.id for a in new.cluster.state.allocs.values()} == before
+            await Cli(ctls[0].rpc_address, tmp_path)("job", "scale", "web", "app", "2")
+            await wait_until(lambda: sum(a.healthy for a in new.cluster.state.allocs.values())
+                             == 2, within=20)
