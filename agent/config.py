@@ -71,7 +71,11 @@ class AgentConfig:
     """Seconds between samples of each allocation's CPU and memory (reported to the
     controller for metrics and the autoscaler)."""
     allow_privileged: bool = False
-    """Whether tasks may run privileged containers on this node."""
+    """Whether tasks may run privileged containers on this node (jobs asking for one are
+    placed only on nodes that allow it)."""
+    allow_host_network: bool = True
+    """Whether containers may share the host's network (``network.mode: host``); false keeps
+    every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
     log_level: str = "info"

@@ -52,6 +52,7 @@ class Agent:
         self.node_id = fingerprint.node_id(self.data_dir)
         rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
                              allow_privileged=cfg.allow_privileged,
+                             allow_host_network=cfg.allow_host_network,
                              usage_interval=cfg.usage_interval)
         self.runtime = Runtime(rcfg, drivers if drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
@@ -161,6 +162,8 @@ class Agent:
         healthy = [d.name for d in self.runtime.driver_statuses() if d.healthy]
         attrs = fingerprint.attributes()
         attrs.update({f"driver.{d}": "1" for d in healthy})
+        attrs["orch.privileged"] = "true" if cfg.allow_privileged else "false"
+        attrs["orch.host_network"] = "true" if cfg.allow_host_network else "false"
         cores = int(attrs.get("cpu.numcores", "1"))
         gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else ""
         return node_pb2.Node(

@@ -33,6 +33,8 @@ class RuntimeConfig:
     """Grace given to a stray container between SIGTERM and SIGKILL."""
     allow_privileged: bool = False
     """Whether tasks may ask for privileged containers."""
+    allow_host_network: bool = True
+    """Whether containers may use the host's network (network mode host)."""
     docker_url: str | None = None
     """The Docker engine's address; None: DOCKER_HOST, else /var/run/docker.sock."""
     docker_bind_address: str = ""

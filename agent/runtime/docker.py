@@ -91,13 +91,15 @@ class DockerDriver(TaskDriver):
     name = "docker"
 
     def __init__(self, *, node_id: str, node_name: str = "", url: str | None = None,
-                 allow_privileged: bool = False, log_max_bytes: int = 10 << 20,
+                 allow_privileged: bool = False, allow_host_network: bool = True,
+                 log_max_bytes: int = 10 << 20,
                  log_max_files: int = 3, pull_timeout: float = 300.0,
                  bind_address: str = "") -> None:
         super().__init__()
         self.node_id, self.node_name = node_id, node_name or node_id
         self.url = url
         self.allow_privileged = allow_privileged
+        self.allow_host_network = allow_host_network
         self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
         self.pull_timeout = pull_timeout
         self.bind_address = bind_address
@@ -265,6 +267,10 @@ class DockerDriver(TaskDriver):
             raise StartError(f"task {task.name!r} asks for a privileged container, which node "
                              f"{self.node_name} does not allow (agent setting "
                              "runtime.allow_privileged)", recoverable=False)
+        if cfg.network.mode == "host" and not self.allow_host_network:
+            raise StartError(f"task {task.name!r} asks for the host's network, which node "
+                             f"{self.node_name} does not allow (agent setting "
+                             "allow_host_network)", recoverable=False)
         parse_signal(task.kill_signal)
         name = lbl.container_name(task.name, cfg.alloc_id)
         try:

@@ -68,7 +68,8 @@ def default_drivers(config: RuntimeConfig) -> dict[str, TaskDriver]:
     return {
         "docker": DockerDriver(
             node_id=config.node_id, node_name=config.name, url=config.docker_url,
-            allow_privileged=config.allow_privileged, log_max_bytes=config.log_max_bytes,
+            allow_privileged=config.allow_privileged,
+            allow_host_network=config.allow_host_network, log_max_bytes=config.log_max_bytes,
             log_max_files=config.log_max_files, pull_timeout=config.image_pull_timeout,
             bind_address=config.docker_bind_address),
         "process": ProcessDriver(config.data_dir, node_id=config.node_id,

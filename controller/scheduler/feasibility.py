@@ -70,13 +70,16 @@ class ClassFilter:
         self.datacenters = tuple(job.datacenters)
         self.region = job.region
         self.drivers = tuple(sorted({t.driver for t in group.tasks}))
+        self.privileged = any(t.privileged for t in group.tasks)
+        self.host_network = group.network.mode == "host" and "docker" in self.drivers
         node_local = [c for c in (*job.constraints, *group.constraints)
                       if cl.canonical_operator(c.operator) not in cl.PLACEMENT_OPERATORS]
         rules = [compile_rule(c) for c in node_local]
         self.class_rules = [r for r in rules if not r.unique]
         self.node_rules = [r for r in rules if r.unique]
         """Rules on unique targets: checked node by node."""
-        self.signature = (self.datacenters, self.region, self.drivers,
+        self.signature = (self.datacenters, self.region, self.drivers, self.privileged,
+                          self.host_network,
                           tuple(sorted((c.attribute, cl.canonical_operator(c.operator), c.value)
                                        for c, r in zip(node_local, rules, strict=True)
                                        if not r.unique)))
@@ -102,6 +105,10 @@ class ClassFilter:
             if d not in cls.drivers:
                 return f"missing driver {d}"
         props = cls.props
+        if self.privileged and props.get("attr.orch.privileged") != "true":
+            return "privileged containers not allowed"
+        if self.host_network and props.get("attr.orch.host_network") == "false":
+            return "host networking not allowed"
         for r in self.class_rules:
             value = props.get(r.target) if r.target is not None else r.literal
             if not r.holds(value):
