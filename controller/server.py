@@ -7,7 +7,7 @@ multi-controller setup (etcd) will say otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -33,6 +33,7 @@ from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
 from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
+from orch import daemon
 from orch.errors import NotFoundError
 from orch.metrics import MetricsServer, registry_with
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -141,6 +142,21 @@ class Controller:
             await ch.close()
         await self.store.close()
 
+    def describe(self) -> str:
+        """One line for the service manager's status."""
+        gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else "-"
+        return f"controller {self.cfg.name}: rpc {self.rpc_address}, gossip {gossip}"
+
+    def reload(self, cfg: ControllerConfig) -> daemon.Reload:
+        """SIGHUP: apply the gossip keys of a freshly read configuration; name the settings
+        that wait for a restart."""
+        out = daemon.Reload(needs_restart=daemon.changed_settings(self.cfg, cfg))
+        keys = cfg.keys if daemon.reload_keys(self.gossip, self.cfg.keys, cfg.keys, out) \
+            else self.cfg.keys
+        self.cfg = dataclasses.replace(self.cfg, keys=keys, log_level=cfg.log_level,
+                                       log_format=cfg.log_format)
+        return out
+
     async def _liveness(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.cfg.node_grace / 4))
@@ -228,12 +244,3 @@ class Controller:
                 node.address, options=[("grpc.max_receive_message_length", MAX_MESSAGE)])
         return ch
 
-
-async def serve(cfg: ControllerConfig, stop: asyncio.Event) -> None:
-    ctl = Controller(cfg)
-    await ctl.start()
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await ctl.stop()
