@@ -61,6 +61,10 @@ class AgentConfig:
     """Kept back for the system and the agent itself."""
     allow_privileged: bool = False
     """Whether tasks may run privileged containers on this node."""
+    docker_network_mode: str = ""
+    """"" (task containers get networks of their own, ports published on the host), or
+    ``container:self`` for an agent that runs in a container itself: task containers join
+    its network namespace (see RuntimeConfig.docker_network_mode)."""
     log_level: str = "info"
     log_format: str = "auto"
     """json, human, or auto (human on a terminal)."""

@@ -57,7 +57,8 @@ class Agent:
     async def start(self) -> None:
         cfg = self.cfg
         rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
-                             allow_privileged=cfg.allow_privileged)
+                             allow_privileged=cfg.allow_privileged,
+                             docker_network_mode=cfg.docker_network_mode)
         drivers = self._drivers if self._drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers}
         self.runtime = Runtime(rcfg, drivers)

@@ -27,6 +27,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,7 +36,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
+from orch.errors import ConfigError, DriverUnavailableError, RuntimeDriverError, StartError
 
 from . import labels as lbl
 from .driver import (
@@ -83,6 +84,38 @@ def _unavailable(e: DockerError) -> bool:
     return e.status == _UNREACHABLE
 
 
+_CONTAINER_DIR = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_id(mountinfo: str) -> str | None:
+    """The id of the Docker container this process runs in, from /proc/self/mountinfo (the
+    engine bind-mounts the container's hostname, hosts and resolv.conf from its folder)."""
+    m = _CONTAINER_DIR.search(mountinfo)
+    return m.group(1) if m else None
+
+
+def resolve_network_mode(mode: str) -> str:
+    """``docker_network_mode`` as the engine takes it: ``container:self`` becomes this
+    process's own container; anything but "" or ``container:...`` is refused."""
+    if not mode:
+        return ""
+    if not mode.startswith("container:") or mode == "container:":
+        raise ConfigError(f"expected \"\" or container:<name, id or self>, got {mode!r}",
+                          where="docker_network_mode")
+    if mode != "container:self":
+        return mode
+    try:
+        with open("/proc/self/mountinfo") as f:
+            found = own_container_id(f.read())
+    except OSError:
+        found = None
+    if found is None:
+        raise ConfigError("container:self, but this agent does not run in a Docker container "
+                          "(no container folder in /proc/self/mountinfo)",
+                          where="docker_network_mode")
+    return f"container:{found}"
+
+
 class DockerDriver(TaskDriver):
     """Tasks as Docker containers on the engine at ``url`` (default: DOCKER_HOST or the socket)."""
 
@@ -91,7 +124,7 @@ class DockerDriver(TaskDriver):
     def __init__(self, *, node_id: str, node_name: str = "", url: str | None = None,
                  allow_privileged: bool = False, log_max_bytes: int = 10 << 20,
                  log_max_files: int = 3, pull_timeout: float = 300.0,
-                 bind_address: str = "") -> None:
+                 bind_address: str = "", network_mode: str = "") -> None:
         super().__init__()
         self.node_id, self.node_name = node_id, node_name or node_id
         self.url = url
@@ -99,6 +132,8 @@ class DockerDriver(TaskDriver):
         self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
         self.pull_timeout = pull_timeout
         self.bind_address = bind_address
+        self.network_mode = resolve_network_mode(network_mode)
+        """"" (each task its own network) or ``container:<id>`` (see RuntimeConfig)."""
         self._docker: aiodocker.Docker | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._exits: dict[str, asyncio.Future[ExitResult]] = {}
@@ -324,14 +359,14 @@ class DockerDriver(TaskDriver):
             "CpuShares": max(2, millicores * 1024 // 1000),
             "Memory": memory,
             "MemorySwap": memory,
-            "NetworkMode": "host" if net.mode == "host" else "bridge",
+            "NetworkMode": self.network_mode or ("host" if net.mode == "host" else "bridge"),
             "Privileged": task.privileged,
             "LogConfig": {"Type": "json-file", "Config": {
                 "max-size": f"{max(1, self.log_max_bytes // 1024)}k",
                 "max-file": str(self.log_max_files)}},
         }
         exposed: dict[str, dict[str, str]] = {}
-        if net.mode != "host":
+        if net.mode != "host" and not self.network_mode:
             bindings: dict[str, list[dict[str, str]]] = {}
             for port in net.ports:
                 if port.label not in cfg.ports:
