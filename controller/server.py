@@ -12,7 +12,9 @@ import logging
 import os
 import random
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -169,12 +171,18 @@ class Controller:
     def _on_member(self, ev: MemberEvent) -> None:
         if ev.kind in (EventKind.DEAD, EventKind.LEFT):
             self.nodes_monitor.member_dead(ev.name)
+        elif ev.kind in (EventKind.ALIVE, EventKind.JOIN):
+            for node in self.nodes_monitor.member_alive(ev.name):
+                self._spawn(self.nodes_monitor.readmit(node))
         kind = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
                 EventKind.DEAD: "NodeMemberDead", EventKind.LEFT: "NodeMemberLeft"}.get(ev.kind)
         if kind is not None:
-            task = asyncio.ensure_future(self.nodes_monitor.member_event(ev.name, kind))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self.nodes_monitor.member_event(ev.name, kind))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- what the endpoints ask ----------------------------------------------------------------
 

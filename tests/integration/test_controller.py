@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agent.gossip.core import EventKind, MemberEvent
 from controller.server import Controller
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from tests.integration.synthetic import (
@@ -113,6 +114,29 @@ async def test_allocations_of_a_lost_node_are_rescheduled_and_not_run_twice(tmp_
         assert victim.node.id not in {a.node_id for a in running}
         # the node returns: the controller does not give it back what runs elsewhere
         victim.start()
+        await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
+                         == node_pb2.NODE_STATUS_READY)
+        await wait_until(lambda: not set(victim.running) & lost)
+        assert len(await c.running("web")) == 3
+
+
+async def test_a_member_gossip_declares_dead_loses_its_node_even_with_its_stream_open(
+        tmp_path: Path) -> None:
+    """A frozen or cut-off agent's stream can look open for minutes: gossip's verdict counts.
+    When gossip sees it alive again, the node is ready again and stops what moved."""
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3))
+        await wait_until(lambda: _count_running(c, "web", 3))
+        victim = c.agents["agent-2"]
+        lost = set(victim.running)
+        c.ctl._on_member(MemberEvent(EventKind.DEAD, "agent-2", ("127.0.0.1", 1), 1, 0.0))
+        assert c.ctl.cluster.connected(victim.node.id)
+        await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
+                         == node_pb2.NODE_STATUS_DOWN, within=5)
+        await wait_until(lambda: _count_running(c, "web", 3))
+        assert not lost & {a.id for a in await c.running("web")}
+        # it refutes: ready again over the same stream, without what now runs elsewhere
+        c.ctl._on_member(MemberEvent(EventKind.ALIVE, "agent-2", ("127.0.0.1", 1), 2, 0.0))
         await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
                          == node_pb2.NODE_STATUS_READY)
         await wait_until(lambda: not set(victim.running) & lost)
