@@ -27,6 +27,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -60,6 +61,8 @@ RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
 API_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5)
 """For ordinary API calls; streams (events, logs) and pulls have no total limit."""
+DEFAULT_URL = "unix:///var/run/docker.sock"
+"""The engine's address when neither the configuration nor DOCKER_HOST names one."""
 _UNREACHABLE = 900  # aiodocker's status for "cannot connect to the engine"
 _MIB = 1 << 20
 
@@ -127,7 +130,9 @@ class DockerDriver(TaskDriver):
                  bind_address: str = "", network_mode: str = "") -> None:
         super().__init__()
         self.node_id, self.node_name = node_id, node_name or node_id
-        self.url = url
+        # aiodocker refuses to start (an assertion) when no engine socket exists yet: name the
+        # default, so that a host without Docker gets an unhealthy driver, not a dead agent
+        self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self.allow_privileged = allow_privileged
         self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
         self.pull_timeout = pull_timeout
@@ -187,7 +192,7 @@ class DockerDriver(TaskDriver):
         sub = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
         delay = RECONNECT_MIN
         since = time.time() - 1
-        where = self.url or docker.docker_host
+        where = self.url
         while True:
             try:
                 version = await docker.version()

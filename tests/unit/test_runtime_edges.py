@@ -122,3 +122,13 @@ def test_the_agents_own_container_is_found_in_mountinfo() -> None:
     assert resolve_network_mode("container:agent-1") == "container:agent-1"
     with pytest.raises(ConfigError, match="docker_network_mode"):
         resolve_network_mode("bridge")
+
+
+def test_a_host_without_docker_gets_the_default_socket_not_a_crash(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiodocker asserts when it finds no socket; the driver names the default one, so that
+    an agent on a host without Docker starts with the docker driver unhealthy."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert DockerDriver(node_id="n").url == "unix:///var/run/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    assert DockerDriver(node_id="n").url == "tcp://127.0.0.1:2375"
