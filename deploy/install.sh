@@ -104,6 +104,7 @@ uninstall() {
   if [ ${#units[@]} -gt 0 ]; then
     if systemd_runs; then
       systemctl disable --now "${units[@]}" || true
+      [ -e "$UNITS/orch-agent.service" ] && stop_tasks
     elif [ -n "$ROOT" ]; then
       systemctl_ disable "${units[@]}" >/dev/null 2>&1 || true
     else
@@ -133,6 +134,25 @@ uninstall() {
     user_exists && say "kept user orch (owner of the state); --purge removes all three"
   fi
   [ "$CHANGED" = 1 ] || say "nothing to remove"
+}
+
+stop_tasks() {
+  # The agent's tasks outlive it by design (KillMode=process: a restarted agent adopts them).
+  # Uninstalled, it will not come back: stop its process tasks (what is left in its control
+  # group) and its containers (labelled with its node id).
+  local node ids
+  if [ -n "$(systemctl show -p ControlGroup --value orch-agent.service)" ]; then
+    systemctl kill --kill-who=all --signal=SIGTERM orch-agent.service 2>/dev/null \
+      && changed "stopped the agent's process tasks"
+  fi
+  node=$(cat "$STATE/agent/node-id" 2>/dev/null || true)
+  if [ -n "$node" ] && command -v docker >/dev/null; then
+    ids=$(docker ps -aq --filter "label=orch.node=$node" 2>/dev/null || true)
+    if [ -n "$ids" ]; then
+      # shellcheck disable=SC2086
+      docker rm -f $ids >/dev/null && changed "removed the agent's containers"
+    fi
+  fi
 }
 
 user_exists() { grep -q '^orch:' "$ROOT/etc/passwd" 2>/dev/null; }
