@@ -236,6 +236,25 @@ class Harness:
     def node_of(self, alloc: node_pb2.Allocation) -> str:
         return next(n for n, i in self.node_ids.items() if i == alloc.node_id)
 
+    def deploy(self, name: str, count: int = 5) -> list[node_pb2.Allocation]:
+        """Run deploy/compose/jobs/web.yaml as ``name``; its allocations once deployed."""
+        version = self.run(web_job(name, count=count)).version
+        wait(f"{name} deployed", lambda: self.deployed(name, version, count), 90)
+        return self.running(name)
+
+    def exactly_once(self, job: str, count: int = 5) -> bool:
+        """``count`` allocations run, each in exactly one container, and no other container
+        of the job runs (a duplicate left on a node that came back, say)."""
+        running = {a.id for a in self.running(job)}
+        containers = self.job_containers(job)
+        return (len(running) == count and set(containers) == running
+                and all(len(c) == 1 for c in containers.values()))
+
+    def serves(self, alloc: node_pb2.Allocation, version: str) -> bool:
+        """The replica answers at its agent's address on the harness network."""
+        body = self.get(self.ip(self.node_of(alloc)), alloc.ports["http"])
+        return body.split() == [alloc.id, version]
+
     # --- requests -------------------------------------------------------------------------------
 
     def get(self, host: str, port: int, timeout: float = 2.0) -> str:

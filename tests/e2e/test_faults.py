@@ -21,43 +21,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(240)]
 DOWN = node_pb2.NODE_STATUS_DOWN
 
 
-def deploy(h: Harness, name: str, count: int = 5) -> list[node_pb2.Allocation]:
-    version = h.run(web_job(name, count=count)).version
-    wait(f"{name} deployed", lambda: h.deployed(name, version, count), 90)
-    return h.running(name)
-
-
-def exactly_once(h: Harness, job: str, count: int = 5) -> bool:
-    """``count`` allocations run, each in exactly one container, and no other container of
-    the job runs (a duplicate left on a node that came back, say)."""
-    running = {a.id for a in h.running(job)}
-    containers = h.job_containers(job)
-    return (len(running) == count and set(containers) == running
-            and all(len(c) == 1 for c in containers.values()))
-
-
-def serves(h: Harness, alloc: node_pb2.Allocation, version: str) -> bool:
-    """The replica answers at its agent's address on the harness network."""
-    body = h.get(h.ip(h.node_of(alloc)), alloc.ports["http"])
-    return body.split() == [alloc.id, version]
-
-
 def test_a_service_of_five_replicas_runs_one_on_each_agent(cluster: Harness) -> None:
-    allocs = deploy(cluster, "web")
+    allocs = cluster.deploy("web")
     assert sorted(cluster.node_of(a) for a in allocs) == sorted(AGENTS)
     for a in allocs:
-        assert serves(cluster, a, "1")
+        assert cluster.serves(a, "1")
     [svc] = cluster.api.ListServices(controller_pb2.ListServicesRequest(name="web"),
                                      timeout=5).services
     assert svc.published_port == 8080
     assert sorted(e.address.rsplit(":", 1)[0] for e in svc.endpoints) == sorted(
         cluster.ip(n) for n in AGENTS)
     assert all(e.healthy for e in svc.endpoints)
-    assert exactly_once(cluster, "web")
+    assert cluster.exactly_once("web")
 
 
 def test_a_killed_agents_work_moves_and_its_return_stops_the_duplicate(cluster: Harness) -> None:
-    allocs = deploy(cluster, "web-kill")
+    allocs = cluster.deploy("web-kill")
     victim = "agent-3"
     lost = {a.id for a in allocs if cluster.node_of(a) == victim}
     assert lost
@@ -75,14 +54,14 @@ def test_a_killed_agents_work_moves_and_its_return_stops_the_duplicate(cluster: 
     docker("start", cluster.container(victim))
     cluster.wait_healthy(within=60)
     wait("the returning agent to stop what now runs elsewhere",
-         lambda: exactly_once(cluster, "web-kill"), 60)
-    assert all(serves(cluster, a, "1") for a in cluster.running("web-kill"))
+         lambda: cluster.exactly_once("web-kill"), 60)
+    assert all(cluster.serves(a, "1") for a in cluster.running("web-kill"))
     # gossip detection (~2 s) plus the controller's node grace (3 s), on a busy 2-core host
     assert detected < 20, f"the node was marked down {detected:.1f}s after the kill"
 
 
 def test_a_paused_agent_refutes_or_rejoins_and_nothing_runs_twice(cluster: Harness) -> None:
-    deploy(cluster, "web-pause")
+    cluster.deploy("web-pause")
     victim = "agent-2"
     incarnation = cluster.members()[victim].incarnation
     docker("pause", cluster.container(victim))
@@ -93,11 +72,11 @@ def test_a_paused_agent_refutes_or_rejoins_and_nothing_runs_twice(cluster: Harne
     wait("the agent alive again, with a higher incarnation", lambda: (
         (m := cluster.members()[victim]).status == "alive" and m.incarnation > incarnation), 30)
     cluster.wait_healthy(within=60)
-    wait("five replicas, each running once", lambda: exactly_once(cluster, "web-pause"), 60)
+    wait("five replicas, each running once", lambda: cluster.exactly_once("web-pause"), 60)
 
 
 def test_a_partition_that_heals(cluster: Harness) -> None:
-    allocs = deploy(cluster, "web-split")
+    allocs = cluster.deploy("web-split")
     victim = "agent-4"
     cut = {a.id for a in allocs if cluster.node_of(a) == victim}
     docker("network", "disconnect", cluster.network, cluster.container(victim))
@@ -111,11 +90,11 @@ def test_a_partition_that_heals(cluster: Harness) -> None:
            cluster.container(victim))
     wait("the agent alive again", lambda: cluster.members()[victim].status == "alive", 60)
     cluster.wait_healthy(within=60)
-    wait("five replicas, each running once", lambda: exactly_once(cluster, "web-split"), 60)
+    wait("five replicas, each running once", lambda: cluster.exactly_once("web-split"), 60)
 
 
 def test_a_rollout_completes_across_a_controller_restart(cluster: Harness) -> None:
-    deploy(cluster, "web-ctl")
+    cluster.deploy("web-ctl")
     update = web_job("web-ctl", version="2", min_healthy="3s")  # about 4 s per replica
     version = cluster.run(update).version
 
@@ -129,12 +108,12 @@ def test_a_rollout_completes_across_a_controller_restart(cluster: Harness) -> No
     assert not cluster.deployed("web-ctl", version, 5)
     docker("restart", "-t", "10", cluster.container("controller"))  # SIGTERM, then start
     wait("the rollout of version 2 complete", lambda: cluster.deployed("web-ctl", version, 5), 120)
-    wait("five replicas, each running once", lambda: exactly_once(cluster, "web-ctl"), 60)
-    assert all(serves(cluster, a, "2") for a in cluster.running("web-ctl"))
+    wait("five replicas, each running once", lambda: cluster.exactly_once("web-ctl"), 60)
+    assert all(cluster.serves(a, "2") for a in cluster.running("web-ctl"))
 
 
 def test_a_rolling_update_replaces_one_replica_at_a_time(cluster: Harness) -> None:
-    first = {a.id for a in deploy(cluster, "web-roll")}
+    first = {a.id for a in cluster.deploy("web-roll")}
     version = cluster.run(web_job("web-roll", version="2")).version
     fewest = 5
     deadline = time.monotonic() + 120
@@ -145,5 +124,5 @@ def test_a_rolling_update_replaces_one_replica_at_a_time(cluster: Harness) -> No
     running = cluster.running("web-roll")
     assert not {a.id for a in running} & first
     assert fewest >= 4, f"max_parallel is 1, yet only {fewest} healthy replicas were left"
-    wait("five replicas, each running once", lambda: exactly_once(cluster, "web-roll"), 60)
-    assert all(serves(cluster, a, "2") for a in running)
+    wait("five replicas, each running once", lambda: cluster.exactly_once("web-roll"), 60)
+    assert all(cluster.serves(a, "2") for a in running)
