@@ -9,6 +9,8 @@
 #                                 installs (deploy/install.sh --wheels DIR, the orch image)
 #   deploy/images/build.sh orch   orch/orch:<source hash> (also tagged orch/orch:latest): orch in
 #                                 /opt/orch on orch/base:bookworm, installed offline from the wheels
+#   deploy/images/build.sh systemd orch/systemd:bookworm  Debian 12 that boots systemd, with
+#                                 python3: a host to test deploy/install.sh and the units on
 #   deploy/images/build.sh all    test, base and orch
 #
 # An image that exists already is kept (--force rebuilds it). Each image also carries a tag
@@ -24,8 +26,8 @@ WHAT=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
-    test|base|wheels|orch|all) WHAT+=("$a") ;;
-    *) echo "usage: $0 [--force] test|base|wheels|orch|all" >&2; exit 2 ;;
+    test|base|wheels|orch|systemd|all) WHAT+=("$a") ;;
+    *) echo "usage: $0 [--force] test|base|wheels|orch|systemd|all" >&2; exit 2 ;;
   esac
 done
 [ ${#WHAT[@]} -eq 0 ] && WHAT=(test)
@@ -171,12 +173,42 @@ build_orch() {
   echo "$tag"
 }
 
+build_systemd() {
+  # The root file system (debootstrap, a minute or two) is cached as a tarball in $CACHE,
+  # so the image can be made again in seconds and need not be kept.
+  need docker docker.io
+  local suite=bookworm mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian} tag=orch/systemd:bookworm
+  local tarball=$CACHE/systemd-$suite.tar
+  if have_image "$tag"; then echo "$tag"; return; fi
+  if [ "$FORCE" = 1 ] || [ ! -s "$tarball" ]; then
+    need debootstrap debootstrap
+    log "debootstrap $suite with systemd from $mirror (a minute or two)"
+    local root
+    root=$(mktemp -d)
+    trap 'rm -rf "$root"' RETURN
+    debootstrap --variant=minbase \
+      --include=systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,procps \
+      "$suite" "$root" "$mirror" >&2
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
+    # no getty, no network waits: a container boots straight to multi-user
+    rm -f "$root"/etc/systemd/system/getty.target.wants/* \
+      "$root"/etc/systemd/system/multi-user.target.wants/systemd-networkd* 2>/dev/null || true
+    mkdir -p "$CACHE"
+    tar --numeric-owner -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  fi
+  docker import -c 'ENV container=docker' \
+    -c 'CMD ["/lib/systemd/systemd"]' -c 'LABEL org.opencontainers.image.title=orch-systemd' \
+    -m "debootstrap $suite with systemd" "$tarball" "$tag" >/dev/null
+  echo "$tag"
+}
+
 for w in "${WHAT[@]}"; do
   case "$w" in
     test) build_test ;;
     base) build_base ;;
     wheels) build_wheels ;;
     orch) build_orch ;;
+    systemd) build_systemd ;;
     all) build_test; build_base; build_orch ;;
   esac
 done
