@@ -9,6 +9,9 @@ sees such a member alive again (it refuted, or rejoined) and its stream is still
 there, the node is ready again without reconnecting. Two brakes keep a
 flapping node or a partition from causing a storm:
 
+- a node known from before the controller (re)started gets ``failover_grace`` to
+  reconnect, since its agent's reconnection backoff may be longer than ``node_grace``
+  (as Nomad's failover heartbeat TTL), unless gossip says it is dead;
 - a node that went down recently waits longer before it is marked down again
   (the grace doubles with every flap within ``flap_window``, up to 16 times);
 - the controller never marks more than ``max_down_fraction`` of the nodes down at
@@ -45,18 +48,22 @@ class _Liveness:
     """When the stream went away (or gossip declared the member dead)."""
     gossip_dead: bool = False
     """Gossip declared the member dead (or gone) and has not seen it alive since."""
+    seen: bool = False
+    """Its agent has connected to this controller (since it started)."""
     downs: list[float] = field(default_factory=list)
     """When the node was marked down, within the flap window."""
 
 
 class NodeMonitor:
     def __init__(self, cluster: Cluster, evaluator: Evaluator, *, node_grace: float = 10.0,
-                 flap_window: float = 600.0, max_down_fraction: float = 0.5,
+                 failover_grace: float = 15.0, flap_window: float = 600.0,
+                 max_down_fraction: float = 0.5,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.evaluator = evaluator
         self.node_grace = node_grace
+        self.failover_grace = failover_grace
         self.flap_window = flap_window
         self.max_down_fraction = max_down_fraction
         self.clock = clock
@@ -87,7 +94,7 @@ class NodeMonitor:
                 "node", kind, node.id, f"node {node.name} is ready", now_ns, node=node)])
             await self.cluster.commit(changes)
         live = self._live.setdefault(node.id, _Liveness())
-        live.connected, live.lost_at, live.gossip_dead = True, None, False
+        live.connected, live.lost_at, live.gossip_dead, live.seen = True, None, False, True
         log.info("node ready", extra={"node": node.name, "node_id": node.id,
                                       "address": node.address})
         self.evaluator.enqueue_all("node-update", system_only=True)
@@ -203,6 +210,8 @@ class NodeMonitor:
                 live.lost_at = now
             live.downs = [t for t in live.downs if now - t < self.flap_window]
             grace = self.node_grace * min(16, 2 ** len(live.downs))
+            if not live.seen and not live.gossip_dead:
+                grace = max(grace, self.failover_grace)  # known from before we started
             if now - live.lost_at >= grace:
                 due.append(node)
         if not due:

@@ -73,6 +73,7 @@ class Controller:
         self.jobs = Jobs(self.cluster, self.evaluator)
         self.nodes_monitor = NodeMonitor(self.cluster, self.evaluator,
                                          node_grace=self.cfg.node_grace,
+                                         failover_grace=self.cfg.failover_grace,
                                          max_down_fraction=self.cfg.max_down_fraction)
         self.nodes = NodeAdmin(self.cluster, self.evaluator)
         if "cluster_id" not in state.meta:
