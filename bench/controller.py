@@ -117,6 +117,7 @@ class BenchDemo(Demo):
             sys.executable, "-m", "controller.main", "--name", "controller",
             "--bind", f"{NET}.1:7946", "--rpc-addr", ADDR,
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
+            "--metrics-addr", f"{NET}.1:0",
             "--node-grace", "1" if self.fast else "3", *self.profile()])
 
     def start_agent(self, i: int) -> None:
@@ -125,7 +126,7 @@ class BenchDemo(Demo):
             sys.executable, "-m", "agent.main", "--name", name, "--bind", f"{NET}.{i + 1}:7946",
             "--join", f"{NET}.1:7946", "--rpc-addr", f"{NET}.{i + 1}:4648",
             "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
-            *self.profile()])
+            "--metrics-addr", f"{NET}.{i + 1}:0", *self.profile()])
 
 
 class Cluster:
@@ -241,7 +242,7 @@ def job_run_once(c: Cluster, name: str, count: int) -> dict[str, float]:
               if e.type == "AllocationPlaced" and e.allocation.job == name}
     running: dict[str, int] = {}
     for e in evs:
-        if (e.type == "AllocationUpdated" and e.key in placed
+        if (e.type == "AllocationRunning" and e.key in placed
                 and e.allocation.client_status == RUNNING):
             running.setdefault(e.key, e.time_ns)
     if len(placed) != count or len(running) != count:
@@ -396,7 +397,7 @@ def reschedule_once(c: Cluster, name: str, victim: str) -> dict[str, Any]:
               and e.allocation.previous_allocation in lost}
     running: dict[str, int] = {}
     for e in evs:
-        if (e.type == "AllocationUpdated" and e.key in placed
+        if (e.type == "AllocationRunning" and e.key in placed
                 and e.allocation.client_status == RUNNING):
             running.setdefault(e.key, e.time_ns)
     if len(placed) < len(lost) or set(running) != set(placed):
