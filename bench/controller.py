@@ -393,7 +393,7 @@ def reschedule_once(c: Cluster, name: str, victim: str) -> dict[str, Any]:
     wait(f"{victim}'s allocations to run elsewhere", replaced, 120)
     evs = c.events_after(mark)
     down = next(e.time_ns for e in evs if e.type == "NodeDown" and e.key == vid)
-    placed = {e.key: e.time_ns for e in evs if e.type == "AllocationPlaced"
+    placed = {e.key: e.time_ns for e in evs if e.type == "AllocationRescheduled"
               and e.allocation.previous_allocation in lost}
     running: dict[str, int] = {}
     for e in evs:
