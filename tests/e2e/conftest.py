@@ -57,12 +57,13 @@ def orch_image(docker_url: str, test_image: str) -> Iterator[str]:
     try:
         yield image
     finally:
-        if built_now:
-            docker("rmi", "-f", image, check=False)
+        # the latest tag first: an image that keeps a tag is only untagged by rmi
         if latest_before is None:
             docker("rmi", "orch/orch:latest", check=False)
         elif image_id("orch/orch:latest") != latest_before:
             docker("tag", latest_before, "orch/orch:latest", check=False)
+        if built_now:
+            docker("rmi", image, check=False)
 
 
 @pytest.fixture(scope="session")
