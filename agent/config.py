@@ -76,6 +76,10 @@ class AgentConfig:
     allow_host_network: bool = True
     """Whether containers may share the host's network (``network.mode: host``); false keeps
     every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
+    docker_network_mode: str = ""
+    """"" (task containers get networks of their own, ports published on the host), or
+    ``container:self`` for an agent that runs in a container itself: task containers join
+    its network namespace (see RuntimeConfig.docker_network_mode)."""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
     log_level: str = "info"

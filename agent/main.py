@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.server import serve
+from agent.server import Agent
 from orch import daemon
 from orch.errors import ConfigError
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"orch-agent: {e}", file=sys.stderr)
         return 2
-    return daemon.run("orch-agent", lambda stop: serve(cfg, stop),
+    return daemon.run("orch-agent", lambda: Agent(cfg), reload=lambda: load_config(opts),
                       log_level=cfg.log_level, log_format=cfg.log_format)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -37,12 +38,15 @@ from agent.runtime.driver import TaskDriver
 from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
-from orch import keyring
+from orch import daemon, keyring
 from orch.metrics import MetricsServer, registry_with
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
+
+RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
+"""Node-state keys the agent sets itself; tags cannot change them at run time."""
 
 
 class Agent:
@@ -53,6 +57,7 @@ class Agent:
         rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
                              allow_privileged=cfg.allow_privileged,
                              allow_host_network=cfg.allow_host_network,
+                             docker_network_mode=cfg.docker_network_mode,
                              usage_interval=cfg.usage_interval)
         self.runtime = Runtime(rcfg, drivers if drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
@@ -155,6 +160,31 @@ class Agent:
             await self.mesh.close()
         await self.runtime.close(stop_tasks=stop_tasks, grace=10.0)
 
+    def describe(self) -> str:
+        """One line for the service manager's status."""
+        gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else "-"
+        return f"agent {self.cfg.name}: gossip {gossip}, rpc {self.rpc_address}"
+
+    def reload(self, cfg: AgentConfig) -> daemon.Reload:
+        """SIGHUP: apply the gossip keys and tags of a freshly read configuration; name the
+        settings that wait for a restart."""
+        out = daemon.Reload(needs_restart=daemon.changed_settings(self.cfg, cfg, live=("tags",)))
+        keys = cfg.keys if daemon.reload_keys(self.gossip, self.cfg.keys, cfg.keys, out) \
+            else self.cfg.keys
+        old = {k: v for k, v in self.cfg.tags.items() if k not in RESERVED_STATE}
+        new = {k: v for k, v in cfg.tags.items() if k not in RESERVED_STATE}
+        for k in cfg.tags.keys() - new.keys():
+            out.needs_restart.append(f"tags.{k} (reserved: set by the agent itself)")
+        changes: dict[str, str | None] = {k: None for k in old if k not in new}
+        changes.update({k: v for k, v in new.items() if old.get(k) != v})
+        if changes and self.gossip is not None:
+            self.gossip.set_state(changes)
+            out.applied.append("tags " + ", ".join(
+                f"{k}={v}" if v is not None else f"{k} removed" for k, v in changes.items()))
+        self.cfg = dataclasses.replace(self.cfg, keys=keys, tags=new, log_level=cfg.log_level,
+                                       log_format=cfg.log_format)
+        return out
+
     # --- the controller ------------------------------------------------------------------------
 
     def registration(self) -> node_pb2.Node:
@@ -254,12 +284,3 @@ class Agent:
             applied_version=max(self.runtime.version, 0), controller=self.link.controller,
             connected=self.link.connected)
 
-
-async def serve(cfg: AgentConfig, stop: asyncio.Event) -> None:
-    agent = Agent(cfg)
-    await agent.start()
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await agent.stop()

@@ -60,6 +60,11 @@ class ControllerConfig:
     (survives a crash of the process, not of the machine)."""
     node_grace: float = 10.0
     """Seconds an agent's stream may be gone before its node is marked down."""
+    failover_grace: float = 15.0
+    """Seconds the agents of nodes known from before this controller started have to connect
+    again before their nodes are marked down (unless gossip says they are dead): an agent
+    that lost its controller retries with a backoff of up to 10 s (as Nomad's
+    failover_heartbeat_ttl)."""
     max_down_fraction: float = 0.5
     """Never mark more than this share of the nodes down at once (likely a partition)."""
     autoscale_interval: float = 15.0

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from controller.config import ControllerConfig
-from controller.server import serve
+from controller.server import Controller
 from orch import daemon
 from orch.errors import ConfigError
 
@@ -41,14 +41,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def load_config(opts: argparse.Namespace) -> ControllerConfig:
+    return daemon.load(ControllerConfig, opts, extra=FLAGS)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        cfg = daemon.load(ControllerConfig, opts, extra=FLAGS)
+        cfg = load_config(opts)
     except ConfigError as e:
         print(f"orch-controller: {e}", file=sys.stderr)
         return 2
-    return daemon.run("orch-controller", lambda stop: serve(cfg, stop),
+    return daemon.run("orch-controller", lambda: Controller(cfg), reload=lambda: load_config(opts),
                       log_level=cfg.log_level, log_format=cfg.log_format)
 
 

@@ -2,9 +2,16 @@
 
 A node is *ready* while its agent holds a stream open to the leader. When the
 stream is gone for ``node_grace`` seconds, or gossip says its member is dead,
-the node is marked *down* and its allocations are rescheduled. Two brakes keep a
+the node is marked *down* and its allocations are rescheduled. Gossip's verdict
+counts even while the stream still looks open: the TCP connection of an agent
+that froze or was cut off by the network looks open for minutes. When gossip
+sees such a member alive again (it refuted, or rejoined) and its stream is still
+there, the node is ready again without reconnecting. Two brakes keep a
 flapping node or a partition from causing a storm:
 
+- a node known from before the controller (re)started gets ``failover_grace`` to
+  reconnect, since its agent's reconnection backoff may be longer than ``node_grace``
+  (as Nomad's failover heartbeat TTL), unless gossip says it is dead;
 - a node that went down recently waits longer before it is marked down again
   (the grace doubles with every flap within ``flap_window``, up to 16 times);
 - the controller never marks more than ``max_down_fraction`` of the nodes down at
@@ -39,18 +46,24 @@ class _Liveness:
     connected: bool = False
     lost_at: float | None = None
     """When the stream went away (or gossip declared the member dead)."""
+    gossip_dead: bool = False
+    """Gossip declared the member dead (or gone) and has not seen it alive since."""
+    seen: bool = False
+    """Its agent has connected to this controller (since it started)."""
     downs: list[float] = field(default_factory=list)
     """When the node was marked down, within the flap window."""
 
 
 class NodeMonitor:
     def __init__(self, cluster: Cluster, evaluator: Evaluator, *, node_grace: float = 10.0,
-                 flap_window: float = 600.0, max_down_fraction: float = 0.5,
+                 failover_grace: float = 15.0, flap_window: float = 600.0,
+                 max_down_fraction: float = 0.5,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.evaluator = evaluator
         self.node_grace = node_grace
+        self.failover_grace = failover_grace
         self.flap_window = flap_window
         self.max_down_fraction = max_down_fraction
         self.clock = clock
@@ -81,7 +94,7 @@ class NodeMonitor:
                 "node", kind, node.id, f"node {node.name} is ready", now_ns, node=node)])
             await self.cluster.commit(changes)
         live = self._live.setdefault(node.id, _Liveness())
-        live.connected, live.lost_at = True, None
+        live.connected, live.lost_at, live.gossip_dead, live.seen = True, None, False, True
         log.info("node ready", extra={"node": node.name, "node_id": node.id,
                                       "address": node.address})
         self.evaluator.enqueue_all("node-update", system_only=True)
@@ -109,12 +122,34 @@ class NodeMonitor:
                                                        f"node {name} {what}", now_ns, node=node)]))
 
     def member_dead(self, name: str) -> None:
-        """Gossip says the member of this name is dead or gone: start the grace now."""
+        """Gossip says the member of this name is dead or gone: start the grace now (even if
+        its stream still looks open)."""
         for node in self.state.nodes.values():
-            if node.name == name and node.status == READY:
+            if node.name == name:
                 live = self._live.setdefault(node.id, _Liveness())
-                if live.lost_at is None:
+                live.gossip_dead = True
+                if node.status == READY and live.lost_at is None:
                     live.lost_at = self.clock()
+
+    def member_alive(self, name: str) -> list[node_pb2.Node]:
+        """Gossip sees the member of this name alive (it refuted, or rejoined). Returns the
+        nodes that were marked down while their stream stayed open: ``readmit`` them."""
+        back = []
+        for node in self.state.nodes.values():
+            if node.name == name:
+                self._live.setdefault(node.id, _Liveness()).gossip_dead = False
+                if node.status == DOWN and self.cluster.connected(node.id):
+                    back.append(node)
+        return back
+
+    async def readmit(self, node: node_pb2.Node) -> None:
+        """A node marked down is ready again without reconnecting: its agent receives the
+        desired set without what was moved elsewhere, and stops it."""
+        cur = self.state.nodes.get(node.id)
+        if cur is not None and cur.status == DOWN and self.cluster.connected(node.id):
+            again = node_pb2.Node()
+            again.CopyFrom(cur)
+            await self.register(again)
 
     async def report(self, node_id: str, updates: list[node_pb2.Allocation]) -> None:
         """Merge what an agent reports about its allocations into the controller's records."""
@@ -168,13 +203,15 @@ class NodeMonitor:
         due = []
         for node in ready:
             live = self._live.setdefault(node.id, _Liveness(lost_at=now))
-            if self.cluster.connected(node.id):
+            if self.cluster.connected(node.id) and not live.gossip_dead:
                 live.connected, live.lost_at = True, None
                 continue
             if live.lost_at is None:
                 live.lost_at = now
             live.downs = [t for t in live.downs if now - t < self.flap_window]
             grace = self.node_grace * min(16, 2 ** len(live.downs))
+            if not live.seen and not live.gossip_dead:
+                grace = max(grace, self.failover_grace)  # known from before we started
             if now - live.lost_at >= grace:
                 due.append(node)
         if not due:
@@ -197,7 +234,9 @@ class NodeMonitor:
         now_ns = int(now * NS)
         async with self.cluster.lock:
             cur = self.state.nodes.get(node.id)
-            if cur is None or cur.status != READY or self.cluster.connected(node.id):
+            live = self._live.get(node.id)
+            if cur is None or cur.status != READY or (
+                    self.cluster.connected(node.id) and not (live and live.gossip_dead)):
                 return
             n = node_pb2.Node()
             n.CopyFrom(cur)

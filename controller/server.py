@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,7 +44,7 @@ from controller.scaling import Autoscaler
 from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
-from orch import keyring
+from orch import daemon, keyring
 from orch.errors import ConfigError, NotFoundError, NotLeaderError
 from orch.metrics import MetricsServer, registry_with
 from orch.tls import open_channel, server_credentials
@@ -190,6 +192,7 @@ class Controller:
 
     def _node_monitor(self) -> NodeMonitor:
         return NodeMonitor(self.cluster, self.evaluator, node_grace=self.cfg.node_grace,
+                           failover_grace=self.cfg.failover_grace,
                            max_down_fraction=self.cfg.max_down_fraction)
 
     async def lead(self) -> None:
@@ -266,6 +269,21 @@ class Controller:
             await ch.close()
         await self.store.close()
 
+    def describe(self) -> str:
+        """One line for the service manager's status."""
+        gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else "-"
+        return f"controller {self.cfg.name}: rpc {self.rpc_address}, gossip {gossip}"
+
+    def reload(self, cfg: ControllerConfig) -> daemon.Reload:
+        """SIGHUP: apply the gossip keys of a freshly read configuration; name the settings
+        that wait for a restart."""
+        out = daemon.Reload(needs_restart=daemon.changed_settings(self.cfg, cfg))
+        keys = cfg.keys if daemon.reload_keys(self.gossip, self.cfg.keys, cfg.keys, out) \
+            else self.cfg.keys
+        self.cfg = dataclasses.replace(self.cfg, keys=keys, log_level=cfg.log_level,
+                                       log_format=cfg.log_format)
+        return out
+
     async def _liveness(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.cfg.node_grace / 4))
@@ -278,12 +296,18 @@ class Controller:
     def _on_member(self, ev: MemberEvent) -> None:
         if ev.kind in (EventKind.DEAD, EventKind.LEFT):
             self.nodes_monitor.member_dead(ev.name)
+        elif ev.kind in (EventKind.ALIVE, EventKind.JOIN):
+            for node in self.nodes_monitor.member_alive(ev.name):
+                self._spawn(self.nodes_monitor.readmit(node))
         kind = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
                 EventKind.DEAD: "NodeMemberDead", EventKind.LEFT: "NodeMemberLeft"}.get(ev.kind)
         if kind is not None:
-            task = asyncio.ensure_future(self.nodes_monitor.member_event(ev.name, kind))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self.nodes_monitor.member_event(ev.name, kind))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- what the endpoints ask ----------------------------------------------------------------
 
@@ -423,12 +447,3 @@ class Controller:
                 node.address, self.cfg.tls, [("grpc.max_receive_message_length", MAX_MESSAGE)])
         return ch
 
-
-async def serve(cfg: ControllerConfig, stop: asyncio.Event) -> None:
-    ctl = Controller(cfg)
-    await ctl.start()
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await ctl.stop()

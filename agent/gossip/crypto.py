@@ -88,6 +88,27 @@ class Keyring:
             del self._ciphers[raw]
             self._keys.remove(raw)
 
+    def set_keys(self, keys: list[str | bytes]) -> list[str]:
+        """Make the installed keys exactly ``keys``, the first one primary (a reload): install
+        the new ones, switch the primary, remove the others. Every key is checked before
+        anything changes. Returns what changed, one phrase each, keys shown by ``key_id``."""
+        wanted = [parse_key(k) for k in keys]
+        if not wanted:
+            raise ConfigError("a keyring needs at least one key")
+        changes = []
+        for raw in wanted:
+            if raw not in self._ciphers:
+                self.install(raw)
+                changes.append(f"installed key {key_id(raw)}")
+        if self.primary != wanted[0]:
+            self.use(wanted[0])
+            changes.append(f"primary key is now {key_id(wanted[0])}")
+        for raw in self.keys():
+            if raw not in wanted:
+                self.remove(raw)
+                changes.append(f"removed key {key_id(raw)}")
+        return changes
+
     def encrypt(self, payload: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._ciphers[self.primary].encrypt(nonce, payload, aad)

@@ -188,6 +188,10 @@ class GossipNode:
     def remove_key(self, key: str | bytes) -> None:
         self._keys().remove(key)
 
+    def set_keys(self, keys: list[str | bytes]) -> list[str]:
+        """Make the keyring exactly ``keys``, the first primary (see ``Keyring.set_keys``)."""
+        return self._keys().set_keys(keys)
+
     def _keys(self) -> Keyring:
         if self.keyring is None:
             raise ValueError("this cluster runs without encryption; start it with a key")

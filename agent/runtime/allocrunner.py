@@ -48,8 +48,11 @@ def task_checks(group: Group, task: Task) -> list[Check]:
 
 
 def task_env(spec: AllocSpec, task: Task, ports: Mapping[str, int], *, node_id: str,
-             address: str) -> dict[str, str]:
-    """The task's environment: its own, then orch's variables (which win), as Nomad's NOMAD_*."""
+             address: str, docker_joined: bool = False) -> dict[str, str]:
+    """The task's environment: its own, then orch's variables (which win), as Nomad's NOMAD_*.
+
+    ``docker_joined``: docker tasks share a network namespace (``docker_network_mode``), so
+    they listen on their host ports as in host mode."""
     env = dict(task.env)
     env.update({
         "ORCH_ALLOC_ID": spec.id, "ORCH_ALLOC_NAME": spec.name,
@@ -59,7 +62,7 @@ def task_env(spec: AllocSpec, task: Task, ports: Mapping[str, int], *, node_id: 
         "ORCH_CPU_LIMIT": str(task.resources.cpu_millicores),
         "ORCH_MEMORY_LIMIT": str(task.resources.memory_mb),
     })
-    bridged = task.driver == "docker" and spec.group.network.mode != "host"
+    bridged = task.driver == "docker" and spec.group.network.mode != "host" and not docker_joined
     for label, host_port in ports.items():
         key = _ENV_UNSAFE.sub("_", label)
         inside = container_port(spec.group.network, label, host_port) if bridged else host_port
@@ -134,7 +137,8 @@ class AllocRunner:
                                  task=task, node=self.config.node_id, spec=spec_hash)
         labels[lbl.PORTS] = lbl.format_ports(self.ports)
         env = task_env(s, task, self.ports, node_id=self.config.node_id,
-                       address=self.config.check_address)
+                       address=self.config.check_address,
+                       docker_joined=bool(self.config.docker_network_mode))
         return TaskConfig(
             alloc_id=s.id, task=interpolate(task, env), network=s.group.network, ports=self.ports,
             env=env,

@@ -39,6 +39,15 @@ class RuntimeConfig:
     """The Docker engine's address; None: DOCKER_HOST, else /var/run/docker.sock."""
     docker_bind_address: str = ""
     """Host address published ports bind to ("" = every address)."""
+    docker_network_mode: str = ""
+    """Where task containers' networks live. "": each container its own (bridge, ports
+    published on the host), or the host's when the task asks for host networking.
+    ``container:<name or id>``: every task container joins that container's network
+    namespace, and ``container:self`` this agent's own container's (an agent that itself
+    runs in a container, as in the Compose harness: the agent's container is the node).
+    Joined containers publish nothing: as in host mode, tasks listen on their host ports
+    (``${ORCH_PORT_<label>}``, a port's ``to`` does not apply) on that namespace's
+    addresses, where the agent's checks and load balancer find them."""
     image_pull_timeout: float = 300.0
     """Seconds a missing image may take to pull before the task fails."""
 

@@ -28,6 +28,8 @@ import datetime as dt
 import json
 import logging
 import math
+import os
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,7 +38,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
+from orch.errors import ConfigError, DriverUnavailableError, RuntimeDriverError, StartError
 from orch.jobspec.model import Resources
 
 from . import labels as lbl
@@ -61,6 +63,8 @@ RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
 API_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5)
 """For ordinary API calls; streams (events, logs) and pulls have no total limit."""
+DEFAULT_URL = "unix:///var/run/docker.sock"
+"""The engine's address when neither the configuration nor DOCKER_HOST names one."""
 _UNREACHABLE = 900  # aiodocker's status for "cannot connect to the engine"
 _MIB = 1 << 20
 
@@ -85,6 +89,38 @@ def _unavailable(e: DockerError) -> bool:
     return e.status == _UNREACHABLE
 
 
+_CONTAINER_DIR = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_id(mountinfo: str) -> str | None:
+    """The id of the Docker container this process runs in, from /proc/self/mountinfo (the
+    engine bind-mounts the container's hostname, hosts and resolv.conf from its folder)."""
+    m = _CONTAINER_DIR.search(mountinfo)
+    return m.group(1) if m else None
+
+
+def resolve_network_mode(mode: str) -> str:
+    """``docker_network_mode`` as the engine takes it: ``container:self`` becomes this
+    process's own container; anything but "" or ``container:...`` is refused."""
+    if not mode:
+        return ""
+    if not mode.startswith("container:") or mode == "container:":
+        raise ConfigError(f"expected \"\" or container:<name, id or self>, got {mode!r}",
+                          where="docker_network_mode")
+    if mode != "container:self":
+        return mode
+    try:
+        with open("/proc/self/mountinfo") as f:
+            found = own_container_id(f.read())
+    except OSError:
+        found = None
+    if found is None:
+        raise ConfigError("container:self, but this agent does not run in a Docker container "
+                          "(no container folder in /proc/self/mountinfo)",
+                          where="docker_network_mode")
+    return f"container:{found}"
+
+
 class DockerDriver(TaskDriver):
     """Tasks as Docker containers on the engine at ``url`` (default: DOCKER_HOST or the socket)."""
 
@@ -94,15 +130,19 @@ class DockerDriver(TaskDriver):
                  allow_privileged: bool = False, allow_host_network: bool = True,
                  log_max_bytes: int = 10 << 20,
                  log_max_files: int = 3, pull_timeout: float = 300.0,
-                 bind_address: str = "") -> None:
+                 bind_address: str = "", network_mode: str = "") -> None:
         super().__init__()
         self.node_id, self.node_name = node_id, node_name or node_id
-        self.url = url
+        # aiodocker refuses to start (an assertion) when no engine socket exists yet: name the
+        # default, so that a host without Docker gets an unhealthy driver, not a dead agent
+        self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self.allow_privileged = allow_privileged
         self.allow_host_network = allow_host_network
         self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
         self.pull_timeout = pull_timeout
         self.bind_address = bind_address
+        self.network_mode = resolve_network_mode(network_mode)
+        """"" (each task its own network) or ``container:<id>`` (see RuntimeConfig)."""
         self._docker: aiodocker.Docker | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._exits: dict[str, asyncio.Future[ExitResult]] = {}
@@ -156,7 +196,7 @@ class DockerDriver(TaskDriver):
         sub = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
         delay = RECONNECT_MIN
         since = time.time() - 1
-        where = self.url or docker.docker_host
+        where = self.url
         while True:
             try:
                 version = await docker.version()
@@ -328,14 +368,14 @@ class DockerDriver(TaskDriver):
         task, net = cfg.task, cfg.network
         host: dict[str, Any] = {
             **self.resource_limits(task.resources),
-            "NetworkMode": "host" if net.mode == "host" else "bridge",
+            "NetworkMode": self.network_mode or ("host" if net.mode == "host" else "bridge"),
             "Privileged": task.privileged,
             "LogConfig": {"Type": "json-file", "Config": {
                 "max-size": f"{max(1, self.log_max_bytes // 1024)}k",
                 "max-file": str(self.log_max_files)}},
         }
         exposed: dict[str, dict[str, str]] = {}
-        if net.mode != "host":
+        if net.mode != "host" and not self.network_mode:
             bindings: dict[str, list[dict[str, str]]] = {}
             for port in net.ports:
                 if port.label not in cfg.ports:

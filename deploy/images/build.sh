@@ -5,12 +5,20 @@
 #                                 (a shell, httpd, nc, sleep...), for the tests and the benchmark
 #   deploy/images/build.sh base   orch/base:bookworm  Debian 12 (debootstrap, minbase) with
 #                                 python3, for running orch itself (the Compose harness)
-#   deploy/images/build.sh all    both
+#   deploy/images/build.sh wheels a folder of wheels: orch and every dependency, for offline
+#                                 installs (deploy/install.sh --wheels DIR, the orch image)
+#   deploy/images/build.sh orch   orch/orch:<source hash> (also tagged orch/orch:latest): orch in
+#                                 /opt/orch on orch/base:bookworm, installed offline from the wheels
+#   deploy/images/build.sh systemd orch/systemd:bookworm  Debian 12 that boots systemd, with
+#                                 python3: a host to test deploy/install.sh and the units on
+#   deploy/images/build.sh all    test, base and orch
 #
 # An image that exists already is kept (--force rebuilds it). Each image also carries a tag
-# naming its content (orch/busybox:<sha of the busybox binary>, orch/base:bookworm-<date>),
-# so a changed input gives a new image. The image names are printed on stdout, one a line.
-# Needs: a Docker engine, busybox-static (test), debootstrap and Debian's archive (base).
+# naming its content (orch/busybox:<sha of the busybox binary>, orch/base:bookworm-<date>,
+# orch/orch:<hash of the sources>), so a changed input gives a new image. The image names
+# (and the wheel folder) are printed on stdout, one a line.
+# Needs: a Docker engine, busybox-static (test), debootstrap and Debian's archive (base),
+# Python 3.11 with pip and an index to fetch the dependencies from (wheels; cached after).
 set -euo pipefail
 
 FORCE=0
@@ -18,8 +26,8 @@ WHAT=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
-    test|base|all) WHAT+=("$a") ;;
-    *) echo "usage: $0 [--force] test|base|all" >&2; exit 2 ;;
+    test|base|wheels|orch|systemd|all) WHAT+=("$a") ;;
+    *) echo "usage: $0 [--force] test|base|wheels|orch|systemd|all" >&2; exit 2 ;;
   esac
 done
 [ ${#WHAT[@]} -eq 0 ] && WHAT=(test)
@@ -85,10 +93,122 @@ build_base() {
   echo "orch/base:$suite"
 }
 
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${ORCH_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/orch-build}
+
+python_for_wheels() {
+  # The wheels must suit the image's Python (Debian 12: 3.11); the checkout's venv first.
+  local py
+  for py in "${PYTHON:-}" "$ROOT/.venv/bin/python" python3.11 python3; do
+    [ -n "$py" ] && command -v "$py" >/dev/null || continue
+    if "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$py"; return
+    fi
+  done
+  echo "$0: no Python 3.11 to build wheels with (set PYTHON=)" >&2; exit 1
+}
+
+source_hash() {
+  # What goes into orch's wheel: the packages' sources and the project metadata.
+  (cd "$ROOT" && find orch agent controller orchctl -type f \( -name '*.py' -o -name '*.pyi' \) \
+     -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum; sha256sum pyproject.toml README.md) \
+    | sha256sum | cut -c1-12
+}
+
+build_wheels() {
+  # $CACHE/deps-<hash of pyproject.toml>: the dependencies (fetched once per change of it);
+  # $CACHE/wheels-<source hash>: orch's wheel beside hard links to them. Prints the latter.
+  local py src deps out tmp
+  py=$(python_for_wheels)
+  src=$(source_hash)
+  out=$CACHE/wheels-$src
+  if [ "$FORCE" = 1 ] || ! ls "$out"/orch-*.whl >/dev/null 2>&1; then
+    deps=$CACHE/deps-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-12)
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' RETURN
+    # build from a copy, so that no build/ or egg-info left in the checkout leaks in
+    (cd "$ROOT" && tar -c --exclude=__pycache__ pyproject.toml README.md orch agent controller orchctl) \
+      | tar -x -C "$tmp"
+    mkdir -p "$tmp/wheels"
+    log "building orch's wheel ($src) with $py"
+    "$py" -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$tmp/wheels" "$tmp" >&2
+    if [ "$FORCE" = 1 ] || [ ! -e "$deps/.complete" ]; then
+      log "fetching the dependencies' wheels into $deps"
+      rm -rf "$deps"; mkdir -p "$deps"
+      "$py" -m pip wheel -q --disable-pip-version-check --wheel-dir "$deps" \
+        --find-links "$tmp/wheels" "$(ls "$tmp"/wheels/orch-*.whl)" >&2
+      rm -f "$deps"/orch-*.whl
+      touch "$deps/.complete"
+    fi
+    rm -rf "$out"; mkdir -p "$out"
+    cp "$tmp"/wheels/orch-*.whl "$out/"
+    cp -l "$deps"/*.whl "$out/" 2>/dev/null || cp "$deps"/*.whl "$out/"
+    # keep the three newest wheel folders
+    ls -dt "$CACHE"/wheels-* | tail -n +4 | xargs -r rm -rf
+  fi
+  echo "$out"
+}
+
+build_orch() {
+  need docker docker.io
+  local src tag wheels cid
+  src=$(source_hash)
+  tag=orch/orch:$src
+  if ! have_image "$tag"; then
+    docker image inspect orch/base:bookworm >/dev/null 2>&1 || build_base >/dev/null
+    wheels=$(build_wheels)
+    log "building $tag: orch into /opt/orch on orch/base:bookworm, offline"
+    cid=$(docker create --network none orch/base:bookworm sh -c \
+      'python3 -m venv /opt/orch && /opt/orch/bin/pip install -q --no-index --find-links /wheels orch && rm -rf /wheels /root/.cache')
+    trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' RETURN
+    docker cp "$wheels/." "$cid:/wheels" >/dev/null
+    docker start -a "$cid" >&2
+    docker commit -m "orch $src" \
+      -c 'ENV PATH=/opt/orch/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      -c 'WORKDIR /' -c 'CMD ["orchctl", "--help"]' \
+      -c "LABEL org.opencontainers.image.title=orch orch.source-hash=$src" \
+      "$cid" "$tag" >/dev/null
+  fi
+  docker tag "$tag" orch/orch:latest
+  echo "$tag"
+}
+
+build_systemd() {
+  # The root file system (debootstrap, a minute or two) is cached as a tarball in $CACHE,
+  # so the image can be made again in seconds and need not be kept.
+  need docker docker.io
+  local suite=bookworm mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian} tag=orch/systemd:bookworm
+  local tarball=$CACHE/systemd-$suite.tar
+  if have_image "$tag"; then echo "$tag"; return; fi
+  if [ "$FORCE" = 1 ] || [ ! -s "$tarball" ]; then
+    need debootstrap debootstrap
+    log "debootstrap $suite with systemd from $mirror (a minute or two)"
+    local root
+    root=$(mktemp -d)
+    trap 'rm -rf "$root"' RETURN
+    debootstrap --variant=minbase \
+      --include=systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,procps \
+      "$suite" "$root" "$mirror" >&2
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
+    # no getty, no network waits: a container boots straight to multi-user
+    rm -f "$root"/etc/systemd/system/getty.target.wants/* \
+      "$root"/etc/systemd/system/multi-user.target.wants/systemd-networkd* 2>/dev/null || true
+    mkdir -p "$CACHE"
+    tar --numeric-owner -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  fi
+  docker import -c 'ENV container=docker' \
+    -c 'CMD ["/lib/systemd/systemd"]' -c 'LABEL org.opencontainers.image.title=orch-systemd' \
+    -m "debootstrap $suite with systemd" "$tarball" "$tag" >/dev/null
+  echo "$tag"
+}
+
 for w in "${WHAT[@]}"; do
   case "$w" in
     test) build_test ;;
     base) build_base ;;
-    all) build_test; build_base ;;
+    wheels) build_wheels ;;
+    orch) build_orch ;;
+    systemd) build_systemd ;;
+    all) build_test; build_base; build_orch ;;
   esac
 done

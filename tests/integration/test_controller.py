@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from agent.gossip.core import EventKind, MemberEvent
 from controller.server import Controller
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from tests.integration.synthetic import (
@@ -119,6 +121,29 @@ async def test_allocations_of_a_lost_node_are_rescheduled_and_not_run_twice(tmp_
         assert len(await c.running("web")) == 3
 
 
+async def test_a_member_gossip_declares_dead_loses_its_node_even_with_its_stream_open(
+        tmp_path: Path) -> None:
+    """A frozen or cut-off agent's stream can look open for minutes: gossip's verdict counts.
+    When gossip sees it alive again, the node is ready again and stops what moved."""
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3))
+        await wait_until(lambda: _count_running(c, "web", 3))
+        victim = c.agents["agent-2"]
+        lost = set(victim.running)
+        c.ctl._on_member(MemberEvent(EventKind.DEAD, "agent-2", ("127.0.0.1", 1), 1, 0.0))
+        assert c.ctl.cluster.connected(victim.node.id)
+        await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
+                         == node_pb2.NODE_STATUS_DOWN, within=5)
+        await wait_until(lambda: _count_running(c, "web", 3))
+        assert not lost & {a.id for a in await c.running("web")}
+        # it refutes: ready again over the same stream, without what now runs elsewhere
+        c.ctl._on_member(MemberEvent(EventKind.ALIVE, "agent-2", ("127.0.0.1", 1), 2, 0.0))
+        await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
+                         == node_pb2.NODE_STATUS_READY)
+        await wait_until(lambda: not set(victim.running) & lost)
+        assert len(await c.running("web")) == 3
+
+
 async def test_draining_a_node_moves_its_allocations(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         await register(c, service_job(count=3))
@@ -182,6 +207,39 @@ async def test_a_restarted_controller_keeps_everything(tmp_path: Path) -> None:
                              within=10)
             ev = await ctl.evaluator.evaluate_now(("default", "web"), "test")
             assert not ev.plan.changes
+        finally:
+            await ctl.stop(grace=0.5)
+            c.ctl = Controller(controller_config(tmp_path / "ctl2"))
+            await c.ctl.start()
+
+
+async def test_a_restarted_controller_waits_for_agents_that_are_slow_to_reconnect(
+        tmp_path: Path) -> None:
+    """After a restart, nodes known from before get the failover grace to reconnect (their
+    agents back off for longer than the node grace), then are marked down if they do not."""
+    async with cluster(tmp_path) as c:
+        await register(c, service_job(count=3))
+        await wait_until(lambda: _count_running(c, "web", 3))
+        before = {a.id: a.node_id for a in await c.running("web")}
+        await c.ctl.stop(grace=0.5)
+        ctl = Controller(controller_config(tmp_path / "ctl", failover_grace=3.0))
+        await ctl.start()
+        try:
+            await asyncio.sleep(1.5)  # three times the node grace, and nobody came back
+            nodes = ctl.cluster.state.nodes
+            assert all(n.status == node_pb2.NODE_STATUS_READY for n in nodes.values())
+            late = c.agents["agent-3"]
+            for a in c.agents.values():
+                if a is not late:
+                    a.link._addresses = lambda addr=ctl.rpc_address: [addr]  # type: ignore[misc]
+            await wait_until(lambda: nodes[late.node.id].status == node_pb2.NODE_STATUS_DOWN,
+                             within=5)
+            others = [a for a in c.agents.values() if a is not late]
+            assert all(nodes[a.node.id].status == node_pb2.NODE_STATUS_READY for a in others)
+            still = {i: n for i, n in before.items() if n != late.node.id}
+            running = {a.id: a.node_id for a in ctl.cluster.state.allocs.values()
+                       if a.desired_status == RUN}
+            assert still.items() <= running.items()
         finally:
             await ctl.stop(grace=0.5)
             c.ctl = Controller(controller_config(tmp_path / "ctl2"))

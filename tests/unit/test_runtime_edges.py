@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.runtime import labels
 from agent.runtime.allocrunner import task_checks, task_env
 from agent.runtime.convert import alloc_from_proto, status_to_proto
-from agent.runtime.docker import DockerDriver, parse_time_ns
+from agent.runtime.docker import DockerDriver, own_container_id, parse_time_ns, resolve_network_mode
 from agent.runtime.driver import TaskConfig
 from agent.runtime.state import AllocSpec, AllocStatus, TaskEvent, TaskStatus
+from orch.errors import ConfigError
 from orch.jobspec.model import Check, Group, Network, Port, Resources, Service, Task, group_to_proto
 from orch.v1 import job_pb2, node_pb2
 
@@ -91,3 +94,41 @@ def test_command_and_args_see_the_task_environment() -> None:
     assert out.command == "/t/serve"
     assert out.args == ("--port", "21000", "${UNKNOWN}", "plain")
     assert interpolate(WEB, {}) is WEB
+
+
+def test_an_agent_in_a_container_shares_its_network_with_its_tasks() -> None:
+    """docker_network_mode = container:<id>: nothing published, tasks on their host ports."""
+    ports = {"http": 21000, "dns": 5353}
+    cfg = TaskConfig(alloc_id="a", task=WEB, network=NET, ports=ports, env={},
+                     labels={}, spec_hash="h", task_dir=Path("/x"))
+    body = DockerDriver(node_id="n", network_mode="container:abc").container_config(cfg)
+    assert body["HostConfig"]["NetworkMode"] == "container:abc"
+    assert "PortBindings" not in body["HostConfig"]
+    assert body["ExposedPorts"] == {}
+    spec = AllocSpec(id="a1", name="j.g[0]", job="j", index=0,
+                     group=Group(name="g", tasks=(WEB,), network=NET))
+    env = task_env(spec, WEB, {"http": 21000}, node_id="n1", address="127.0.0.1",
+                   docker_joined=True)
+    assert env["ORCH_PORT_http"] == "21000"  # `to: 8080` cannot apply without a mapping
+
+
+def test_the_agents_own_container_is_found_in_mountinfo() -> None:
+    cid = "3f" * 32
+    line = (f"612 590 254:1 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw,relatime"
+            " - ext4 /dev/vda1 rw\n")
+    assert own_container_id("1 0 0:1 / / rw - overlay overlay rw\n" + line) == cid
+    assert own_container_id("1 0 0:1 / / rw - ext4 /dev/vda1 rw\n") is None
+    assert resolve_network_mode("") == ""
+    assert resolve_network_mode("container:agent-1") == "container:agent-1"
+    with pytest.raises(ConfigError, match="docker_network_mode"):
+        resolve_network_mode("bridge")
+
+
+def test_a_host_without_docker_gets_the_default_socket_not_a_crash(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiodocker asserts when it finds no socket; the driver names the default one, so that
+    an agent on a host without Docker starts with the docker driver unhealthy."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert DockerDriver(node_id="n").url == "unix:///var/run/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    assert DockerDriver(node_id="n").url == "tcp://127.0.0.1:2375"

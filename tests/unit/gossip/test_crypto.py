@@ -50,3 +50,19 @@ def test_primary_cannot_be_removed_and_unknown_keys_cannot_be_used() -> None:
     with pytest.raises(ConfigError, match="not installed"):
         ring.use(new_key())
     assert key_id(parse_key(k)) == k[:8]
+
+
+def test_set_keys_makes_the_keyring_what_a_reloaded_file_lists() -> None:
+    old, new, bad = new_key(), new_key(), "not base64!"
+    ring = Keyring([old])
+    with pytest.raises(ConfigError):
+        ring.set_keys([new, bad])  # checked before anything changes
+    assert ring.keys() == [parse_key(old)]
+    assert ring.set_keys([new, old]) == [f"installed key {new[:8]}", f"primary key is now {new[:8]}"]
+    assert ring.primary == parse_key(new)
+    assert ring.decrypt(Keyring([old]).encrypt(b"x", b""), b"") == b"x"  # the old key still opens
+    assert ring.set_keys([new]) == [f"removed key {old[:8]}"]
+    assert ring.keys() == [parse_key(new)]
+    assert ring.set_keys([new]) == []
+    with pytest.raises(ConfigError):
+        ring.set_keys([])
