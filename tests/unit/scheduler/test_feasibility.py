@@ -1,5 +1,7 @@
 """Each feasibility filter keeps the allocation off the nodes it should, and says so."""
 
+import dataclasses
+
 import pytest
 
 from controller.scheduler import ClusterSnapshot, SchedulerConfig
@@ -138,6 +140,21 @@ def test_feasibility_answers_are_shared_by_a_class_and_reused_across_calls() -> 
     assert len({n.cls.id for n in snap.order}) == 2
     cons = [Constraint(attribute="${node.class}", value="gpu")]
     run(job(group(count=1, constraints=cons)), snap)
-    memo = snap.memo(("class-filter", ((), "", ("docker",),
+    memo = snap.memo(("class-filter", ((), "", ("docker",), False, False,
                                        (("${node.class}", "=", "gpu"),))))
     assert sorted(memo.values(), key=str) == [None, "constraint ${node.class} = gpu"]
+
+
+def test_privileged_and_host_network_go_only_where_allowed() -> None:
+    allows = {"orch.privileged": "true", "orch.host_network": "true"}
+    refuses = {"orch.privileged": "false", "orch.host_network": "false"}
+    snap = ClusterSnapshot([node(1, attributes=refuses), node(2, attributes=allows), node(3)])
+    priv = group(count=1)
+    priv = dataclasses.replace(priv, tasks=tuple(dataclasses.replace(t, privileged=True)
+                                                 for t in priv.tasks))
+    plan = run(job(priv), snap)
+    assert placed_on(plan) == ["n2"]  # a node that says nothing does not allow it either
+    host = group(count=3, max_parallel=0)
+    host = dataclasses.replace(host, network=dataclasses.replace(host.network, mode="host"))
+    plan = run(job(host), snap)
+    assert sorted(set(placed_on(plan))) == ["n2", "n3"]  # allowed unless refused
