@@ -113,3 +113,26 @@ async def test_rate_limit_per_client(tmp_path: Path) -> None:
             # another token has a bucket of its own
             assert await _list_jobs(stub, made.secret) == "ok"
         assert ctl.authz.denied["rate", "ListJobs"] >= 5
+
+
+async def test_oversized_and_invalid_requests_are_refused_clearly(tmp_path: Path) -> None:
+    big = [("grpc.max_send_message_length", 64 << 20)]
+    async with live_cluster(tmp_path, agents=0) as (ctl, _), \
+            tls.open_channel(ctl.rpc_address, None, big) as ch:
+        stub = controller_pb2_grpc.ControllerServiceStub(ch)
+        job = controller_pb2.RegisterJobRequest()
+        job.job.name = "big"
+        job.job.meta["blob"] = "x" * (17 << 20)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.RegisterJob(job, timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        job = controller_pb2.RegisterJobRequest()
+        job.job.name = "huge"
+        g = job.job.groups.add(name="web", count=1_000_000)
+        g.tasks.add(name="t", driver="process", command="/bin/true")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.RegisterJob(job, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "groups[0].count: must be <= 10,000" in (e.value.details() or "")
+        # and the controller is fine
+        assert (await stub.ListJobs(controller_pb2.ListJobsRequest(), timeout=5)).jobs == []
