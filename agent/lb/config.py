@@ -25,6 +25,12 @@ class LbConfig:
     prefer_local: bool = True
     """Send to endpoints on this node (``Endpoint.local``) while one of them is usable;
     elsewhere only when none is."""
+    prefer_nearest: bool = False
+    """Among the usable endpoints (after ``prefer_local``), send only to the nearest: those
+    whose estimated round-trip time (network coordinates, ``Endpoint.rtt``) is within
+    ``nearest_tolerance`` of the nearest one's. Endpoints of unknown distance count as far."""
+    nearest_tolerance: float = 0.001
+    """Seconds of estimated RTT beyond the nearest endpoint's that still count as near."""
 
     # --- connection limits ---------------------------------------------------------------
     idle_timeout: float = 600.0

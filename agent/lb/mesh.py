@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 
+from agent.gossip.coordinate import estimate_rtt
 from agent.gossip.core import MemberEvent
 from agent.gossip.transport import GossipNode
 from agent.lb import discovery
@@ -56,6 +58,8 @@ class Mesh:
             await asyncio.sleep(self.settle)
             self._stale.clear()
             table = discovery.endpoint_table(self.gossip.members(), self.me)
+            if self.lb.cfg.prefer_nearest:
+                table = self._with_distances(table)
             if table == self.table:
                 continue
             try:
@@ -69,6 +73,24 @@ class Mesh:
                 "services": len(table), "endpoints": sum(len(s.endpoints) for s in table.values())})
             for fn in self.listeners:
                 fn(table)
+
+    def _with_distances(self, table: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        """The table with each endpoint's estimated RTT (rounded to 0.1 ms, so that the
+        coordinates' drift does not rebuild the table at every sweep)."""
+        core = self.gossip.core
+        me = core.coordinate(self.me) if core is not None else None
+        if core is None or me is None:
+            return table
+
+        def rtt(node: str) -> float | None:
+            if node == self.me:
+                return 0.0
+            c = core.coordinate(node)
+            return round(estimate_rtt(me, c), 4) if c is not None else None
+
+        return {name: dataclasses.replace(svc, endpoints=tuple(
+            dataclasses.replace(ep, rtt=rtt(ep.node)) for ep in svc.endpoints))
+            for name, svc in table.items()}
 
     async def close(self) -> None:
         if self._task is not None:

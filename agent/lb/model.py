@@ -26,6 +26,9 @@ class Endpoint:
     """Runs on this agent's own node (for ``prefer_local``)."""
     proxy_protocol: bool = False
     """Send a PROXY protocol v2 header first, so the endpoint learns the client's address."""
+    rtt: float | None = None
+    """Estimated round-trip time (seconds) from this agent to the endpoint's node, from the
+    gossip network coordinates (for ``prefer_nearest``); None when unknown."""
 
     @property
     def key(self) -> tuple[str, int]:

@@ -108,6 +108,11 @@ class Pool:
             local = [b for b in usable if b.endpoint.local]
             if local:
                 usable = local
+        if self.cfg.prefer_nearest:
+            known = [b.endpoint.rtt for b in usable if b.endpoint.rtt is not None]
+            if known:
+                limit = min(known) + self.cfg.nearest_tolerance
+                usable = [b for b in usable if b.endpoint.rtt is not None and b.endpoint.rtt <= limit]
         ends = [r.ejected_until for r in out.records.values() if r.ejected_until > now]
         self._fresh_until = min(ends) if ends else float("inf")
         self._usable = usable

@@ -93,3 +93,17 @@ def test_policy_change_keeps_the_endpoints() -> None:
 def test_config_rejects_nonsense_naming_the_field(field: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"lb.{field}"):
         LbConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_prefer_nearest_sends_to_the_nearest_usable_endpoints() -> None:
+    def far(i: int, rtt: float | None) -> Endpoint:
+        return Endpoint(alloc_id=f"a{i}", node=f"n{i}", host=f"10.0.0.{i}", port=80, rtt=rtt)
+
+    p = pool(far(1, 0.020), far(2, 0.0005), far(3, 0.0012), far(4, None), prefer_nearest=True,
+             outlier_consecutive_failures=1)
+    assert {pick(p, 0.0) for _ in range(6)} == {"10.0.0.2:80", "10.0.0.3:80"}  # within 1 ms
+    for name in ("10.0.0.2:80", "10.0.0.3:80"):
+        p.failed(p.by_name[name], 0.0)
+    assert {pick(p, 1.0) for _ in range(4)} == {"10.0.0.1:80"}  # the next nearest
+    off = pool(far(1, 0.020), far(2, 0.0005), prefer_nearest=False)
+    assert {pick(off, 0.0) for _ in range(4)} == {"10.0.0.1:80", "10.0.0.2:80"}
