@@ -88,9 +88,13 @@ class GossipConfig:
     asks the owner for a full exchange."""
 
     # --- membership lifetime ------------------------------------------------------------
-    reap_after: float = 3600.0
-    """Seconds a dead or left member stays in the table (as a tombstone) before it is
-    forgotten; it can come back at any time with a higher incarnation."""
+    reconnect_timeout: float = 24 * 3600.0
+    """Seconds a dead member stays in the table, retried every ``reconnect_interval`` (so a
+    long partition heals by itself), before it is forgotten (Serf's reconnect_timeout)."""
+    tombstone_timeout: float = 24 * 3600.0
+    """Seconds a member that left stays in the table as a tombstone (so that an old message
+    cannot revive it) before it is forgotten (Serf's tombstone_timeout). Either kind comes
+    back at any time with a higher incarnation."""
     leave_propagate_time: float = 1.0
     """Seconds a leaving member keeps gossiping its leave before it stops."""
 
@@ -137,7 +141,7 @@ class GossipConfig:
             probe_interval=0.2, probe_timeout=0.1, suspicion_mult=3, gossip_interval=0.05,
             push_pull_interval=2.0, reconnect_interval=1.0, join_retry_min=0.1, join_retry_max=1.0,
             gossip_to_the_dead_time=5.0, stream_timeout=2.0, state_repair_delay=0.3,
-            leave_propagate_time=0.3, reap_after=60.0,
+            leave_propagate_time=0.3, reconnect_timeout=60.0, tombstone_timeout=60.0,
         )
         base.update(overrides)
         return cls(**base)

@@ -674,7 +674,8 @@ class Membership:
         Timers.cancel(m.reap_timer)
         m.reap_timer = None
         if status in _GONE and m is not self.me:
-            m.reap_timer = self._timers.at(now + self.cfg.reap_after, self._reap, m)
+            after = self.cfg.tombstone_timeout if status is LEFT else self.cfg.reconnect_timeout
+            m.reap_timer = self._timers.at(now + after, self._reap, m)
 
     def _add_member(self, m: Member, now: float) -> None:
         self.members[m.name] = m

@@ -226,13 +226,17 @@ def test_another_address_cannot_take_a_live_members_name() -> None:
     assert core.member("p0").addr == addr(2)  # type: ignore[union-attr]
 
 
-def test_dead_members_are_reaped_after_the_configured_time() -> None:
-    core = make(n_peers=2, cfg=LAN.replace(reap_after=60.0))
-    core.receive(addr(2), Dead(0, "p0", "p1"), 0.0)
+def test_dead_and_left_members_are_reaped_after_their_own_timeouts() -> None:
+    core = make(n_peers=2, cfg=LAN.replace(reconnect_timeout=60.0, tombstone_timeout=120.0))
+    core.receive(addr(2), Dead(0, "p0", "p1"), 0.0)  # p0 died
+    core.receive(addr(3), Dead(0, "p1", "p1"), 0.0)  # p1 left
     run_until(core, 59.0)
     assert core.member("p0") is not None
     run_until(core, 61.0)
     assert core.member("p0") is None
+    assert core.member("p1") is not None  # a tombstone lasts longer
+    run_until(core, 121.0)
+    assert core.member("p1") is None
 
 
 def test_join_exchanges_state_and_both_sides_learn_each_other() -> None:
