@@ -357,6 +357,15 @@ class Controller:
             out.append(member)
         return out
 
+    def refused_peers(self) -> list[controller_pb2.RefusedPeer]:
+        """Sources whose gossip this controller drops (a wrong key, another cluster...)."""
+        if self.gossip is None:
+            return []
+        return [controller_pb2.RefusedPeer(name=r.name, address=r.addr, reason=r.reason,
+                                           packets=r.packets, last_time_ns=int(r.last * 1e9),
+                                           error=r.error)
+                for r in sorted(self.gossip.refused.values(), key=lambda r: -r.last)]
+
     def member_status(self, name: str) -> str:
         if self.gossip is None:
             return ""

@@ -2,9 +2,14 @@
 
 A UDP datagram is an *envelope* around a *payload*::
 
-    version (1 byte) | flags (1 byte) | label length (1 byte) | label | body
+    version (1 byte) | flags (1 byte) | label length (1 byte) | label
+        | [name length (1 byte) | name]             (flags & NAMED: the sender's name)
+        | body
     body = payload                                  (flags & ENCRYPTED == 0)
     body = nonce (12) | AES-GCM(payload) | tag (16) (flags & ENCRYPTED), AAD = header
+
+The sender's name travels in the clear (and authenticated, as part of the AAD) so that
+a member whose packets no installed key opens can be reported by name.
 
 and the payload is one msgpack array of messages, each itself an array
 ``[code, ...]``. Messages that are queued for gossip are encoded once and
@@ -44,6 +49,7 @@ from agent.gossip.messages import (
 from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
 
 ENCRYPTED = 0x01
+NAMED = 0x02
 HEADER_SIZE = 3
 MAX_NAME = 256
 MAX_STREAM_FRAME = 16 * 1024 * 1024
@@ -90,20 +96,40 @@ def pack(items: Sequence[bytes]) -> bytes:
     return array_header(len(items)) + b"".join(items)
 
 
-def envelope_overhead(label: str) -> int:
-    """Bytes the envelope adds to a payload, encryption included."""
-    return HEADER_SIZE + len(label.encode()) + NONCE_SIZE + TAG_SIZE
+def envelope_overhead(label: str, sender: str = "") -> int:
+    """Bytes the envelope adds to a payload, encryption and the sender's name included."""
+    named = 1 + len(_name_bytes(sender)) if sender else 0
+    return HEADER_SIZE + len(label.encode()) + named + NONCE_SIZE + TAG_SIZE
 
 
 # --- envelope ----------------------------------------------------------------------------
 
 
-def seal(payload: bytes, label: str, keyring: Keyring | None) -> bytes:
+def _name_bytes(name: str) -> bytes:
+    return name.encode()[:255]
+
+
+def seal(payload: bytes, label: str, keyring: Keyring | None, sender: str = "") -> bytes:
     lb = label.encode()
-    header = bytes((PROTOCOL_VERSION, ENCRYPTED if keyring else 0, len(lb))) + lb
+    flags = (ENCRYPTED if keyring else 0) | (NAMED if sender else 0)
+    header = bytes((PROTOCOL_VERSION, flags, len(lb))) + lb
+    if sender:
+        name = _name_bytes(sender)
+        header += bytes((len(name),)) + name
     if keyring is None:
         return header + payload
     return header + keyring.encrypt(payload, header)
+
+
+def envelope_sender(data: bytes) -> str:
+    """The sender's name in an envelope's header ("" when absent or unreadable): for
+    reporting a packet that could not be opened."""
+    if len(data) < HEADER_SIZE or not data[1] & NAMED:
+        return ""
+    at = HEADER_SIZE + data[2]
+    if len(data) <= at or len(data) < at + 1 + data[at]:
+        return ""
+    return data[at + 1:at + 1 + data[at]].decode(errors="replace")
 
 
 def open_envelope(data: bytes, label: str, keyring: Keyring | None) -> bytes:
@@ -118,6 +144,10 @@ def open_envelope(data: bytes, label: str, keyring: Keyring | None) -> bytes:
         raise ProtocolError("truncated label")
     if data[HEADER_SIZE:end] != label.encode():
         raise LabelError(f"cluster label {data[HEADER_SIZE:end]!r}, expected {label!r}")
+    if flags & NAMED:
+        if len(data) <= end or len(data) < end + 1 + data[end]:
+            raise ProtocolError("truncated sender name")
+        end += 1 + data[end]
     if flags & ENCRYPTED:
         if keyring is None:
             raise DecryptError("encrypted packet, but no gossip key is installed")

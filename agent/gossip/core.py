@@ -219,7 +219,7 @@ class Membership:
         self._seq = 0
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
-        self._budget = cfg.packet_size - codec.envelope_overhead(cfg.label) - codec.ARRAY_HEADER_MAX
+        self._budget = cfg.packet_size - codec.envelope_overhead(cfg.label, name) - codec.ARRAY_HEADER_MAX
         self._leaving = False
         self._stopped = False
         # probe schedule state

@@ -46,6 +46,21 @@ class WireStats:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Refused:
+    """A source whose gossip this member refuses (a wrong key, another cluster's label...)."""
+
+    name: str
+    """The sender's name, from the envelope or from the member known at that address."""
+    addr: str
+    reason: str
+    packets: int = 0
+    last: float = 0.0
+    """Wall-clock time of the last refused input."""
+    error: str = ""
+    logged: float = -1e9
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, node: GossipNode) -> None:
         self.node = node
@@ -80,7 +95,8 @@ class GossipNode:
         self._handlers: list[EventHandler] = []
         self._queues: list[asyncio.Queue[MemberEvent]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_drop_log: dict[tuple[str, str], float] = {}
+        self.refused: dict[tuple[str, str, str], Refused] = {}
+        """Input dropped, by (reason, source host, sender's name): who sends what we refuse."""
         self._stopping = False
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -217,7 +233,7 @@ class GossipNode:
     def _sendto(self, addr: Addr, payload: bytes) -> None:
         if self._udp is None or self._udp.is_closing():
             return
-        data = codec.seal(payload, self.cfg.label, self.keyring)
+        data = codec.seal(payload, self.cfg.label, self.keyring, self.name)
         try:
             self._udp.sendto(data, addr)
         except OSError:
@@ -285,24 +301,42 @@ class GossipNode:
             payload = codec.open_envelope(data, self.cfg.label, self.keyring)
             self._apply(self.core.receive_packet(src, payload, self._loop.time()))
         except ProtocolError as e:
-            self._dropped(e, src)
+            self._dropped(e, src, data)
         except Exception:  # a bug in handling one packet must not stop the member
             self.wire.dropped["internal"] = self.wire.dropped.get("internal", 0) + 1
             log.exception("gossip packet handling failed", extra={"node": self.name})
             self._reschedule()
 
-    def _dropped(self, e: ProtocolError, src: Addr) -> None:
+    def _dropped(self, e: ProtocolError, src: Addr, data: bytes = b"") -> None:
         reason = e.reason
         self.wire.dropped[reason] = self.wire.dropped.get(reason, 0) + 1
-        key = (reason, src[0])
+        who = codec.envelope_sender(data) or self._name_at(src)
+        key = (reason, src[0], who)
+        refused = self.refused.get(key)
+        if refused is None:
+            if len(self.refused) >= 256:  # many sources: forget the oldest, rather than grow
+                del self.refused[min(self.refused, key=lambda k: self.refused[k].last)]
+            refused = self.refused[key] = Refused(who, f"{src[0]}:{src[1]}", reason)
+        refused.packets += 1
+        refused.last = time.time()
+        refused.error = str(e)
         now = time.monotonic()
-        if len(self._last_drop_log) > 1000:  # many sources: forget, rather than grow
-            self._last_drop_log.clear()
-        if now - self._last_drop_log.get(key, -1e9) >= 60:
-            self._last_drop_log[key] = now
-            log.warning("dropped gossip input", extra={
-                "reason": reason, "source": f"{src[0]}:{src[1]}", "error": str(e),
-                "node": self.name})
+        if now - refused.logged >= 60:
+            refused.logged = now
+            if reason == "decrypt" and who:
+                msg = f"member {who!r} sends gossip no installed key opens (a wrong key?)"
+            else:
+                msg = "dropped gossip input"
+            log.warning(msg, extra={"reason": reason, "member": who or "unknown",
+                                    "source": f"{src[0]}:{src[1]}", "error": str(e),
+                                    "node": self.name})
+
+    def _name_at(self, src: Addr) -> str:
+        """The member we know at ``src``'s host and port ("" if none)."""
+        for m in self.members():
+            if m.addr == src:
+                return m.name
+        return ""
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
         head = await reader.readexactly(4)
@@ -314,6 +348,7 @@ class GossipNode:
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         src = (str(peer[0]), int(peer[1]))
+        data = b""
         try:
             async with asyncio.timeout(self.cfg.stream_timeout):
                 data = await self._read_frame(reader)
@@ -322,13 +357,13 @@ class GossipNode:
                 msg = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
                 core, now = self._ready()
                 reply, effects = core.stream_request(src, msg, now)
-                out = codec.frame(codec.seal(codec.encode(reply), self.cfg.label, self.keyring))
+                out = codec.frame(codec.seal(codec.encode(reply), self.cfg.label, self.keyring, self.name))
                 writer.write(out)
                 self.wire.bytes_sent += len(out)
                 await writer.drain()
                 self._apply(effects)
         except ProtocolError as e:
-            self._dropped(e, src)
+            self._dropped(e, src, data)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, RuntimeError):
             self.wire.stream_failures += 1
         finally:
@@ -340,10 +375,12 @@ class GossipNode:
         reply: PushPull | None = None
         self.wire.streams_sent += 1
         writer: asyncio.StreamWriter | None = None
+        data = b""
         try:
             async with asyncio.timeout(self.cfg.stream_timeout):
                 reader, writer = await asyncio.open_connection(*stream.addr)
-                out = codec.frame(codec.seal(codec.encode(stream.message), self.cfg.label, self.keyring))
+                out = codec.frame(codec.seal(codec.encode(stream.message), self.cfg.label, self.keyring,
+                                             self.name))
                 writer.write(out)
                 self.wire.bytes_sent += len(out)
                 await writer.drain()
@@ -351,7 +388,7 @@ class GossipNode:
                 self.wire.bytes_received += len(data) + 4
                 reply = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
         except ProtocolError as e:
-            self._dropped(e, stream.addr)
+            self._dropped(e, stream.addr, data)
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             self.wire.stream_failures += 1
         finally:

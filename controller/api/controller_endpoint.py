@@ -240,7 +240,8 @@ class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
     @unary
     async def ListMembers(self, req: controller_pb2.ListMembersRequest,
                           ctx: Ctx) -> controller_pb2.ListMembersResponse:
-        return controller_pb2.ListMembersResponse(members=self.ctl.members())
+        return controller_pb2.ListMembersResponse(members=self.ctl.members(),
+                                                  refused=self.ctl.refused_peers())
 
     @unary
     async def ListServices(self, req: controller_pb2.ListServicesRequest,

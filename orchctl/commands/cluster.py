@@ -12,7 +12,7 @@ from agent.gossip.coordinate import Coordinate, estimate_rtt
 from orch.v1 import controller_pb2
 from orchctl.client import OK, CliError, fail
 from orchctl.commands import Ctx
-from orchctl.output import block, out, table, to_json
+from orchctl.output import ago, block, out, table, to_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,11 +61,16 @@ async def members(ctx: Ctx, args: argparse.Namespace) -> int:
                          f"{est * 1000:.3f} ms" if est is not None else "-",
                          f"{m.coordinate.error:.2f}" if m.HasField("coordinate") else "-"))
         out(table(("Name", "Address", "Status", "RTT to controller", "Coordinate error"), rows))
-        return OK
-    out(table(("Name", "Address", "Status", "Incarnation", "Role", "Tags"),
-              [(m.name, m.address, m.status, m.incarnation, m.tags.get("role", ""),
-                ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()) if k != "role"))
-               for m in resp.members]))
+    else:
+        out(table(("Name", "Address", "Status", "Incarnation", "Role", "Tags"),
+                  [(m.name, m.address, m.status, m.incarnation, m.tags.get("role", ""),
+                    ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()) if k != "role"))
+                   for m in resp.members]))
+    if resp.refused:  # who is shut out, and why: a wrong key is the usual reason
+        out("\n" + table(("Refused", "Address", "Why", "Packets", "Last"),
+                         [(r.name or "(unknown)", r.address,
+                           "wrong gossip key?" if r.reason == "decrypt" else r.reason,
+                           r.packets, ago(r.last_time_ns)) for r in resp.refused]))
     return OK
 
 

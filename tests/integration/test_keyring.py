@@ -69,5 +69,10 @@ async def test_rotation_with_orchctl(tmp_path: Path) -> None:
             await asyncio.sleep(2.0)
             assert "stale" not in {m.name for m in gossip.members()}
             assert gossip.wire.dropped.get("decrypt", 0) >= 1
+            # reported by name, not silently dropped
+            text = await cli("members")
+            refused = [line for line in text.splitlines() if line.startswith("stale")]
+            assert refused, text
+            assert "wrong gossip key?" in refused[0], text
         finally:
             await stale.stop(stop_tasks=True)

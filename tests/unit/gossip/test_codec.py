@@ -143,3 +143,19 @@ def test_random_msgpack_values_only_ever_raise_protocol_errors(value: object) ->
                 codec.decode_message(raw)
     with contextlib.suppress(ProtocolError):
         codec.decode_push_pull(msgpack.packb([9, True, "a", [value]]))
+
+
+def test_the_sender_name_travels_in_the_header_and_is_authenticated() -> None:
+    ring = Keyring([new_key()])
+    sealed = codec.seal(b"payload", "c1", ring, "agent-7")
+    assert codec.open_envelope(sealed, "c1", ring) == b"payload"
+    assert codec.envelope_sender(sealed) == "agent-7"
+    assert len(sealed) == len(b"payload") + codec.envelope_overhead("c1", "agent-7")
+    with pytest.raises(DecryptError):  # the wrong key: the name still says who sent it
+        codec.open_envelope(sealed, "c1", Keyring([new_key()]))
+    forged = sealed.replace(b"agent-7", b"agent-8", 1)  # the name is part of the AAD
+    with pytest.raises(DecryptError):
+        codec.open_envelope(forged, "c1", ring)
+    assert codec.envelope_sender(b"\x01\x02\x00\x09ab") == ""  # truncated: no name
+    with pytest.raises(ProtocolError, match="truncated sender name"):
+        codec.open_envelope(b"\x01\x02\x00\x09ab", "", None)
