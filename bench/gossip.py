@@ -128,7 +128,7 @@ def idle_load(n: int, seconds: float, seed: int) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     msgs = sum(sum(x.core.stats.sent) for x in sim.nodes.values()) - msgs0
     udp_bytes = sim.totals.bytes
-    tcp_bytes = sim.totals.stream_bytes * 2  # each exchange carries a state both ways (about)
+    tcp_bytes = sim.totals.stream_bytes  # requests and answers
     per = n * seconds
     return {"msgs_per_member_s": msgs / per, "packets_per_member_s": sim.totals.packets / per,
             "udp_bytes_per_member_s": udp_bytes / per, "tcp_bytes_per_member_s": tcp_bytes / per,

@@ -66,7 +66,7 @@ def encode(msg: Message | PushPull) -> bytes:
     """One message as msgpack bytes."""
     code = _CODES[type(msg)]
     if type(msg) is PushPull:
-        return _packb([code, msg.join, msg.sender, [list(r) for r in msg.members]])
+        return _packb([code, msg.join, msg.sender, [list(r) for r in msg.members], msg.digest])
     return _packb([code, *msg])
 
 
@@ -267,7 +267,8 @@ def member_record(raw: Any) -> MemberRecord:
         raise ProtocolError(f"expected a member record, got {raw!r:.40}")
     status = _uint(raw[4], 4)
     return MemberRecord(_str(raw[0]), _host(raw[1]), _port(raw[2]), _uint(raw[3]),
-                        Status(status), _uint(raw[5]), _state_map(raw[6]))
+                        Status(status), _uint(raw[5]),
+                        None if raw[6] is None else _state_map(raw[6]))
 
 
 def decode_push_pull(payload: bytes) -> PushPull:
@@ -276,7 +277,10 @@ def decode_push_pull(payload: bytes) -> PushPull:
         raise ProtocolError("expected a push-pull message")
     if type(raw[3]) is not list:
         raise ProtocolError("push-pull members is not a list")
-    return PushPull(_bool(raw[1]), _str(raw[2]), [member_record(r) for r in raw[3]])
+    digest = raw[4] if len(raw) > 4 else b""
+    if type(digest) is not bytes or len(digest) > 64:
+        raise ProtocolError("push-pull digest is not a short byte string")
+    return PushPull(_bool(raw[1]), _str(raw[2]), [member_record(r) for r in raw[3]], digest)
 
 
 def state_size(state: dict[str, Any]) -> int:

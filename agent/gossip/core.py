@@ -16,6 +16,7 @@ runs on real sockets (``transport``) and in the simulator (``sim``).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import random
 import zlib
@@ -86,8 +87,8 @@ class Stream(NamedTuple):
     addr: Addr
     message: PushPull
     purpose: str
-    """join, sync (periodic anti-entropy), reconnect (a dead member) or repair (a lagging
-    node state)."""
+    """join, sync (periodic anti-entropy, digest first), sync-full (after a sync showed the
+    peer behind us), reconnect (a dead member) or repair (a lagging node state)."""
 
 
 class MemberEvent(NamedTuple):
@@ -153,6 +154,8 @@ class Stats:
     """Suspicions this member raised from its own failed probes."""
     refutations: int = 0
     """Times this member refuted a suspicion (or death notice) about itself."""
+    syncs_in_step: int = 0
+    """Digest-first syncs from peers whose view matched ours (answered with nothing)."""
     sent_bytes: list[int] = field(default_factory=lambda: [0] * 10)
     """Encoded bytes of the messages sent, by code (envelopes not included)."""
     rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
@@ -340,7 +343,16 @@ class Membership:
         return self._flush()
 
     def stream_request(self, src: Addr, msg: PushPull, now: float) -> tuple[PushPull, list[Effect]]:
-        """Answer a push-pull from ``src``: our state goes back, theirs is merged."""
+        """Answer a push-pull from ``src``: our state goes back, theirs is merged. A
+        digest-first request gets an empty answer when our views match, else our members
+        without node states."""
+        if msg.digest:
+            self._merge(msg, now)
+            mine = self.digest()
+            if msg.digest == mine:
+                self.stats.syncs_in_step += 1
+                return PushPull(False, self.name, [], mine), self._flush()
+            return self._push_pull_message(join=False, states=False), self._flush()
         reply = self._push_pull_message(join=False)
         self._merge(msg, now)
         return reply, self._flush()
@@ -349,9 +361,33 @@ class Membership:
         """The outcome of a ``Stream`` effect: the peer's state, or None when it failed."""
         if reply is not None:
             self._merge(reply, now)
+            if stream.purpose == "sync" and reply.members and self._ahead_of(reply):
+                # the peer lacks what we know: a full exchange brings it up to date
+                self._out.append(Stream(stream.addr, self._push_pull_message(join=False),
+                                        "sync-full"))
         if stream.purpose == "join":
             self._join_result(reply is not None, now)
         return self._flush()
+
+    def digest(self) -> bytes:
+        """A hash of this member's view (every member's name, address, incarnation, status
+        and node-state version): equal views, equal digests."""
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(self.members):
+            m = self.members[name]
+            h.update(f"{name}\0{m.addr[0]}:{m.addr[1]}\0{m.incarnation}\0{int(m.status)}\0"
+                     f"{m.state_version}\n".encode())
+        return h.digest()
+
+    def _ahead_of(self, reply: PushPull) -> bool:
+        """Whether we know something the peer's view (its records) does not."""
+        theirs = {r.name: r for r in reply.members}
+        for m in self.members.values():
+            r = theirs.get(m.name)
+            if r is None or m.incarnation > r.incarnation or m.state_version > r.state_version \
+                    or (m.incarnation == r.incarnation and int(m.status) > r.status):
+                return True
+        return False
 
     def preload(self, members: Iterable[tuple[str, Addr]], now: float) -> None:
         """Know these members as alive at incarnation 0 without gossip (simulated clusters
@@ -816,7 +852,11 @@ class Membership:
     def _push_pull(self, _arg: object, now: float) -> None:
         peers = self._random_peers(1, (ALIVE,))
         if peers and not self._leaving:
-            self._out.append(Stream(peers[0].addr, self._push_pull_message(join=False), "sync"))
+            me = self.me
+            own = MemberRecord(me.name, me.addr[0], me.addr[1], me.incarnation, int(me.status),
+                               me.state_version, me.state)
+            self._out.append(Stream(peers[0].addr, PushPull(False, self.name, [own],
+                                                            self.digest()), "sync"))
         self._timers.at(now + self._push_pull_interval(), self._push_pull)
 
     def _reconnect(self, _arg: object, now: float) -> None:
@@ -825,10 +865,13 @@ class Membership:
             self._out.append(Stream(peers[0].addr, self._push_pull_message(join=False), "reconnect"))
         self._timers.at(now + self.cfg.reconnect_interval, self._reconnect)
 
-    def _push_pull_message(self, *, join: bool) -> PushPull:
+    def _push_pull_message(self, *, join: bool, states: bool = True) -> PushPull:
+        """Every member; with their node states, or (``states=False``) only our own, and a
+        digest of our view."""
         recs = [MemberRecord(m.name, m.addr[0], m.addr[1], m.incarnation, int(m.status),
-                             m.state_version, m.state) for m in self.members.values()]
-        return PushPull(join, self.name, recs)
+                             m.state_version, m.state if states or m is self.me else None)
+                for m in self.members.values()]
+        return PushPull(join, self.name, recs, b"" if states else self.digest())
 
     def _merge(self, msg: PushPull, now: float) -> None:
         for r in msg.members:
@@ -849,7 +892,10 @@ class Membership:
             if m is self.me:
                 if r.state_version > self.me.state_version and not self._leaving:
                     self._reassert_state(r.state_version, now)
-            elif r.state_version > m.state_version:
+            elif r.state_version > m.state_version and r.state is None:
+                m.announced_version = max(m.announced_version, r.state_version)
+                self._check_state_lag(m, now)  # its owner will tell us
+            elif r.state_version > m.state_version and r.state is not None:
                 m.state = dict(r.state)
                 m.state_version = r.state_version
                 m.announced_version = max(m.announced_version, r.state_version)

@@ -107,15 +107,23 @@ class MemberRecord(NamedTuple):
     incarnation: int
     status: int
     state_version: int
-    state: dict[str, Any]
+    state: dict[str, Any] | None
+    """None: left out (the receiver asks the owner when it lags behind ``state_version``)."""
 
 
 class PushPull(NamedTuple):
-    """A full state exchange over TCP: sent by the initiator and answered in kind."""
+    """A state exchange over TCP: sent by the initiator and answered in kind.
+
+    Full (``digest`` empty): every member with its node state. Digest-first (the periodic
+    sync): the request holds the sender's own record and a digest of its whole view; the
+    answer is empty when the digests match (the usual case in a quiet cluster), else every
+    member without node states (each owner sends its own).
+    """
 
     join: bool
     sender: str
     members: list[MemberRecord]
+    digest: bytes = b""
 
 
 Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | StateDelta

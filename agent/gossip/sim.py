@@ -238,6 +238,7 @@ class Simulator:
         else:
             self.totals.stream_bytes += len(codec.encode(stream.message))
             reply, effects = peer.core.stream_request(node.addr, stream.message, t)
+            self.totals.stream_bytes += len(codec.encode(reply))
             self._handle(peer, effects)
             done = t + lat
         heapq.heappush(self._heap, (done, next(self._seq), _STREAM_DONE, node, stream, reply))

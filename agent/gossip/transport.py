@@ -233,7 +233,7 @@ class GossipNode:
     def _sendto(self, addr: Addr, payload: bytes) -> None:
         if self._udp is None or self._udp.is_closing():
             return
-        data = codec.seal(payload, self.cfg.label, self.keyring, self.name)
+        data = codec.seal(payload, self.cfg.label, self.keyring, self._sender)
         try:
             self._udp.sendto(data, addr)
         except OSError:
@@ -331,6 +331,12 @@ class GossipNode:
                                     "source": f"{src[0]}:{src[1]}", "error": str(e),
                                     "node": self.name})
 
+    @property
+    def _sender(self) -> str:
+        """Our name for the envelope: only when encrypting, where a receiver with other keys
+        needs it to say who is misconfigured (plaintext packets name their sender inside)."""
+        return self.name if self.keyring is not None else ""
+
     def _name_at(self, src: Addr) -> str:
         """The member we know at ``src``'s host and port ("" if none)."""
         for m in self.members():
@@ -357,7 +363,7 @@ class GossipNode:
                 msg = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
                 core, now = self._ready()
                 reply, effects = core.stream_request(src, msg, now)
-                out = codec.frame(codec.seal(codec.encode(reply), self.cfg.label, self.keyring, self.name))
+                out = codec.frame(codec.seal(codec.encode(reply), self.cfg.label, self.keyring, self._sender))
                 writer.write(out)
                 self.wire.bytes_sent += len(out)
                 await writer.drain()
@@ -380,7 +386,7 @@ class GossipNode:
             async with asyncio.timeout(self.cfg.stream_timeout):
                 reader, writer = await asyncio.open_connection(*stream.addr)
                 out = codec.frame(codec.seal(codec.encode(stream.message), self.cfg.label, self.keyring,
-                                             self.name))
+                                             self._sender))
                 writer.write(out)
                 self.wire.bytes_sent += len(out)
                 await writer.drain()

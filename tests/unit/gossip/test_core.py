@@ -328,3 +328,62 @@ def test_malformed_input_is_counted_not_raised() -> None:
     acks = of_type(core.receive_packet(addr(2), bad_then_good, 0.0), Ack)
     assert [m.seq for _, m in acks] == [5]
     assert sum(core.stats.dropped.values()) == 2
+
+
+def _joined_pair() -> tuple[Membership, Membership]:
+    a = make(name="a", state={"role": "agent"})
+    b = Membership(LAN, name="b", addr=addr(2), rng=random.Random(2), now=0.0,
+                   state={"role": "controller"})
+    (stream,) = [e for e in a.join([addr(2)], 0.0) if isinstance(e, Stream)]
+    reply, _ = b.stream_request(addr(1), stream.message, 0.01)
+    a.stream_done(stream, reply, 0.02)
+    return a, b
+
+
+def _sync(core: Membership, t: float) -> Stream:
+    """Run ``core`` (its peers ack every ping) until it starts a periodic sync."""
+    while True:
+        now = core.next_deadline()
+        assert now <= t, "no sync before the deadline"
+        effects = core.tick(now)
+        for _, m in of_type(effects, Ping):
+            core.receive(addr(99), Ack(m.seq), now)
+        syncs = [e for e in effects if isinstance(e, Stream) and e.purpose == "sync"]
+        if syncs:
+            return syncs[0]
+
+
+def test_periodic_sync_sends_a_digest_and_an_empty_answer_when_views_match() -> None:
+    a, b = _joined_pair()
+    assert a.digest() == b.digest()
+    s = _sync(a, 100.0)
+    assert [r.name for r in s.message.members] == ["a"]  # only itself, and its digest
+    assert s.message.digest == a.digest()
+    reply, _ = b.stream_request(addr(1), s.message, 40.0)
+    assert reply.members == []
+    assert reply.digest == b.digest()
+    assert b.stats.syncs_in_step == 1
+    assert not [e for e in a.stream_done(s, reply, 40.0) if isinstance(e, Stream)]
+
+
+def test_sync_with_differing_views_sends_members_without_states_and_owners_fill_in() -> None:
+    a, b = _joined_pair()
+    b.set_state({"rack": "r1"}, 1.0)  # b's state moves on; a has not heard (no gossip here)
+    s = _sync(a, 100.0)
+    reply, _ = b.stream_request(addr(1), s.message, 40.0)
+    assert {r.name: r.state is None for r in reply.members} == {"a": True, "b": False}
+    a.stream_done(s, reply, 40.0)
+    assert a.member("b").state == {"role": "controller", "rack": "r1"}  # type: ignore[union-attr]
+    assert a.digest() == b.digest()
+
+
+def test_sync_that_finds_the_peer_behind_follows_with_a_full_exchange() -> None:
+    a, b = _joined_pair()
+    a.receive(addr(3), Alive(1, "c", "10.0.0.3", 7946), 1.0)  # only a knows c
+    s = _sync(a, 100.0)
+    reply, _ = b.stream_request(addr(1), s.message, 40.0)
+    follow = [e for e in a.stream_done(s, reply, 40.0) if isinstance(e, Stream)]
+    assert [f.purpose for f in follow] == ["sync-full"]
+    assert all(r.state is not None for r in follow[0].message.members)
+    b.stream_request(addr(1), follow[0].message, 40.1)
+    assert b.member("c") is not None
