@@ -54,6 +54,12 @@ def open_fds() -> dict[int, str]:
     return out
 
 
+def new_fds(before: dict[int, str]) -> set[tuple[int, str]]:
+    """Descriptors open now that were not open ``before`` (ones closed meanwhile, by another
+    test's garbage being collected, do not count)."""
+    return set(open_fds().items()) - set(before.items())
+
+
 async def reply_name(b: Backend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """For every line received, one line with the endpoint's name."""
     while await reader.readline():

@@ -19,6 +19,7 @@ from tests.integration.lb_util import (
     StuckListener,
     backends,
     balancer,
+    new_fds,
     open_fds,
     request,
     run,
@@ -452,9 +453,7 @@ def test_close_leaves_no_file_descriptor_open() -> None:
             if not any(b.writers for b in bs):
                 break
             await asyncio.sleep(0.01)
-        after = open_fds()
-        assert after == before, {"new": set(after.items()) - set(before.items()),
-                                 "gone": set(before.items()) - set(after.items())}
+        assert not new_fds(before)
         await stop(bs)
 
     try:
@@ -484,8 +483,7 @@ def test_close_in_the_middle_of_connecting_releases_everything() -> None:
             if not any(b.writers for b in bs):
                 break
             await asyncio.sleep(0.01)
-        after = open_fds()
-        assert after == before, {"new": set(after.items()) - set(before.items())}
+        assert not new_fds(before)
 
     run(scenario())
 
@@ -569,7 +567,6 @@ def test_clients_and_endpoints_misbehaving_leave_no_connection_behind() -> None:
             if not any(b.writers for b in bs):
                 break
             await asyncio.sleep(0.01)
-        after = open_fds()
-        assert after == before, {"new": set(after.items()) - set(before.items())}
+        assert not new_fds(before)
 
     run(scenario())
