@@ -44,6 +44,8 @@ from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
+SNAPSHOT = "members.snapshot"
+"""The gossip members this agent knew (in data_dir): a restart rejoins them without seeds."""
 
 RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
@@ -115,7 +117,7 @@ class Agent:
             keyring=Keyring(keys) if (keys := keyring.initial_keys(cfg.data_dir, cfg.keys))
             else None, rng=random.Random(),
             state={"role": "agent", "rpc": self.rpc_address, "node_id": self.node_id,
-                   **cfg.tags})
+                   **cfg.tags}, snapshot=self.data_dir / SNAPSHOT)
         await self.gossip.start()
         if cfg.join:
             self.gossip.join([parse_addr(s, where="join") for s in cfg.join])

@@ -162,7 +162,8 @@ class Controller:
             self.cfg.gossip, name=self.cfg.name, bind=gbind, advertise=gadv,
             keyring=Keyring(keys) if (keys := keyring.initial_keys(self.cfg.data_dir,
                                                                      self.cfg.keys)) else None,
-            state={"role": "controller", "rpc": self.rpc_address}, rng=random.Random())
+            state={"role": "controller", "rpc": self.rpc_address}, rng=random.Random(),
+            snapshot=Path(self.cfg.data_dir) / "members.snapshot")
         self.gossip.on_event(self._on_member)
         await self.gossip.start()
         # the configured seeds, or else the agents this controller knew before it restarted

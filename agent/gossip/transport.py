@@ -17,6 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.gossip import codec
@@ -24,6 +25,7 @@ from agent.gossip.config import GossipConfig
 from agent.gossip.core import Effect, EventKind, MemberEvent, MemberInfo, Membership, Send, Stream
 from agent.gossip.crypto import Keyring
 from agent.gossip.messages import Addr, PushPull, Status
+from agent.gossip.snapshot import Snapshot
 from orch.errors import ProtocolError
 
 log = logging.getLogger("gossip")
@@ -61,6 +63,10 @@ class Refused:
     logged: float = -1e9
 
 
+REJOIN_MAX = 8
+"""Members from the snapshot tried at once when rejoining (one answer is enough)."""
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, node: GossipNode) -> None:
         self.node = node
@@ -77,7 +83,8 @@ class GossipNode:
 
     def __init__(self, cfg: GossipConfig, *, name: str, bind: Addr,
                  advertise: Addr | None = None, keyring: Keyring | None = None,
-                 state: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> None:
+                 state: Mapping[str, Any] | None = None, rng: random.Random | None = None,
+                 snapshot: str | Path | None = None) -> None:
         self.cfg = cfg
         self.name = name
         self.bind = bind
@@ -98,6 +105,9 @@ class GossipNode:
         self.refused: dict[tuple[str, str, str], Refused] = {}
         """Input dropped, by (reason, source host, sender's name): who sends what we refuse."""
         self._stopping = False
+        self.snapshot = Snapshot(snapshot, me=name) if snapshot is not None else None
+        """The members known before a restart (``snapshot``: its file), rejoined on start."""
+        self.rejoin: list[Addr] = []
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -134,11 +144,21 @@ class GossipNode:
         log.info("gossip listening", extra={"member": self.name, "addr": f"{adv[0]}:{adv[1]}",
                                             "encrypted": self.keyring is not None})
         self._apply(self.core.tick(loop.time()))
+        if self.snapshot is not None:
+            known = self.snapshot.load()
+            self.snapshot.open()
+            self.on_event(self.snapshot.record)
+            self.rejoin = self._rng.sample(sorted(known.values()), min(len(known), REJOIN_MAX))
+            if self.rejoin:
+                log.info("rejoining the members known before", extra={
+                    "member": self.name, "known": len(known), "tried": len(self.rejoin)})
+                self.join([])
 
     def join(self, seeds: Iterable[Addr]) -> None:
-        """Start joining through ``seeds`` (retried with backoff until one answers)."""
+        """Start joining through ``seeds``, and the members known before a restart (from the
+        snapshot), retried with backoff until one answers."""
         core, now = self._ready()
-        self._apply(core.join(list(seeds), now))
+        self._apply(core.join([*seeds, *self.rejoin], now))
 
     async def leave(self) -> None:
         """Tell the cluster we are leaving, give the notice time to spread, then stop."""
@@ -166,6 +186,8 @@ class GossipNode:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.snapshot is not None:
+            self.snapshot.close()
 
     # --- what the rest of the agent uses ---------------------------------------------------------
 

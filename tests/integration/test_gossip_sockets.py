@@ -9,6 +9,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import msgpack
 
@@ -201,3 +202,23 @@ async def test_malformed_input_leaves_the_member_healthy() -> None:
         assert {"decode", "version", "label"} <= set(dropped)
         assert not [ev for _, ev in seen if ev.kind in (EventKind.SUSPECT, EventKind.DEAD)]
         assert all(len(x.alive()) == 3 for x in nodes)
+
+
+async def test_a_restarted_member_rejoins_from_its_snapshot_without_seeds(tmp_path: Path) -> None:
+    async with cluster(3) as nodes:
+        me = GossipNode(FAST, name="phoenix", bind=("127.0.0.9", 0),
+                        snapshot=tmp_path / "members.snapshot")
+        await me.start()
+        me.join([nodes[0].addr])
+        names = {x.name for x in nodes} | {"phoenix"}
+        await wait_until(lambda: alive_names(me) == names)
+        port = me.addr[1]
+        await me.stop()  # a crash: no leave
+        again = GossipNode(FAST, name="phoenix", bind=("127.0.0.9", port),
+                           snapshot=tmp_path / "members.snapshot")
+        await again.start()  # and no join: the snapshot is all it has
+        try:
+            await wait_until(lambda: alive_names(again) == names, within=15)
+            await wait_until(lambda: all("phoenix" in alive_names(x) for x in nodes), within=15)
+        finally:
+            await again.stop()
