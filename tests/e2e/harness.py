@@ -148,7 +148,9 @@ class Harness:
                             f"label=com.docker.compose.project={self.project}").split())
         nodes = set(self.node_ids.values())
         out = []
-        for c in json.loads(docker("inspect", *ids)):
+        # A container may go between the listing and the inspection (the agents remove theirs):
+        # docker inspect then fails for it but still prints the others.
+        for c in json.loads(docker("inspect", *ids, check=False) or "[]"):
             mode = c["HostConfig"].get("NetworkMode", "")
             labels = c["Config"].get("Labels") or {}
             if mode.removeprefix("container:") in agents or labels.get("orch.node") in nodes:

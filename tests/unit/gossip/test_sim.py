@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from agent.gossip.config import GossipConfig
 from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.messages import Status
+from agent.gossip.messages import Status, Suspect
 from agent.gossip.sim import NetConfig, SimNode, Simulator
 from agent.gossip.suspicion import min_suspicion_timeout
 
@@ -115,3 +115,63 @@ def test_partitions_heal_by_themselves(n: int, split: float, duration: float, se
     sim.heal()
     sim.run_for(30)
     assert sim.converged(expect_alive=n)
+
+
+def test_a_rolling_restart_of_every_member_never_shows_a_live_one_dead_for_long() -> None:
+    """memberlist#311: a wave of restarts (each member down 15 s, long enough to be declared
+    dead; one every 3 s, through the whole cluster) must not leave a member that is back up
+    shown dead for more than 30 s."""
+    sim = Simulator(LAN, seed=11)
+    names = [x.name for x in sim.start_cluster(30)]
+    sim.run_for(5)
+    up_since: dict[str, float] = dict.fromkeys(names, 0.0)
+    dead_since: dict[tuple[str, str], float] = {}
+    worst = 0.0
+    deaths = 0
+
+    def on_event(node: SimNode, ev: MemberEvent) -> None:
+        nonlocal worst
+        key = (node.name, ev.name)
+        if ev.kind is EventKind.DEAD:
+            nonlocal deaths
+            deaths += 1
+            dead_since[key] = sim.now
+        elif ev.kind in (EventKind.JOIN, EventKind.ALIVE) and key in dead_since:
+            began = max(dead_since.pop(key), up_since.get(ev.name, 0.0))
+            worst = max(worst, sim.now - began)
+
+    sim.on_event = on_event
+
+    def crash(n: str) -> None:
+        sim.crash(n)
+        for key in [k for k in dead_since if k[0] == n]:  # what it saw died with it
+            del dead_since[key]
+
+    for i, name in enumerate(names):
+        sim.call_at(sim.now + 3 * i, lambda n=name: crash(n))  # type: ignore[misc]
+
+        def restart(n: str = name, i: int = i) -> None:
+            up_since[n] = sim.now
+            sim.add_node(n, join=[names[(i + 1) % len(names)]])
+        sim.call_at(sim.now + 3 * i + 15, restart)
+    sim.run_for(3 * len(names) + 60)
+    assert deaths > 0  # the wave did make members dead
+    assert sim.converged(expect_alive=30)
+    stuck = [(o, m, sim.now - max(t, up_since[m])) for (o, m), t in dead_since.items()]
+    assert not stuck, stuck
+    assert worst <= 30.0, worst
+
+
+def test_incarnations_do_not_wrap() -> None:
+    """memberlist#358: incarnation numbers are unbounded integers on the wire up to 2**63."""
+    sim = Simulator(FAST, seed=5)
+    sim.start_cluster(3)
+    me = sim.nodes["n0"].core.me
+    me.incarnation = 2**32 + 5  # past any 32-bit counter
+    sim.run_for(1)
+    for x in ("n1", "n2"):
+        sim.nodes[x].core.receive(me.addr, Suspect(me.incarnation, "n0", x), sim.now)
+    sim.run_for(5)
+    assert sim.nodes["n0"].core.me.incarnation > 2**32 + 5
+    assert all(sim.nodes[x].core.member("n0").status is Status.ALIVE  # type: ignore[union-attr]
+               for x in ("n1", "n2"))
