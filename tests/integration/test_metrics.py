@@ -13,6 +13,7 @@ from controller.server import Controller
 from orch.jobspec import load_job_file
 from tests.integration.live import live_cluster
 from tests.integration.synthetic import wait_until
+from tests.metric_names import naming_problems
 from tests.promtool import promtool_check
 
 ROOT = Path(__file__).parents[2]
@@ -45,6 +46,7 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
             texts[a.cfg.name] = await asyncio.to_thread(scrape, *endpoint(a))
         for name, text in texts.items():
             assert promtool_check(text) == "", f"{name}: {promtool_check(text)}"
+            assert naming_problems(text) == [], name
         c = texts["controller"]
         assert "orch_controller_leader 1.0" in c
         assert 'orch_controller_nodes{status="ready"} 2.0' in c
@@ -56,6 +58,7 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
         assert "orch_health_checks_total" in both
         assert "orch_gossip_probe_rtt_seconds_count" in both
         assert 'orch_driver_healthy{driver="process"} 1.0' in both
+        assert "# TYPE orch_task_restarts_total counter" in both
 
         # the dashboard asks only for what the daemons export
         exported = {line.split("{")[0].split(" ")[0] for text in texts.values()
