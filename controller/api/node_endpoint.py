@@ -58,6 +58,7 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
             outbox.put_nowait(desired)
 
         reader = asyncio.create_task(self._read(node.id, requests))
+        getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
         self.ctl.cluster.attach(node.id, sink)
         try:
             while not reader.done():
@@ -68,6 +69,8 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                 else:
                     getter.cancel()
         finally:
+            if getter is not None:  # the stream was cancelled while it waited
+                getter.cancel()
             self.ctl.cluster.detach(node.id, sink)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
