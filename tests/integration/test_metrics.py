@@ -11,9 +11,12 @@ import socket
 import urllib.request
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
 from agent.server import Agent
 from controller.server import Controller
 from orch.jobspec import parse_job
+from orch.metrics import render
 from tests.integration.live import live_cluster
 from tests.integration.synthetic import wait_until
 from tests.metric_names import naming_problems
@@ -109,6 +112,10 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
         texts = {"controller": await asyncio.to_thread(scrape, *endpoint(ctl))}
         for a in agents:
             texts[a.cfg.name] = await asyncio.to_thread(scrape, *endpoint(a))
+        daemons: list[Controller | Agent] = [ctl, *agents]
+        for d in daemons:  # the server's writer, byte for byte prometheus_client's
+            assert d.metrics is not None
+            assert render(d.metrics.registry) == generate_latest(d.metrics.registry)
         for name, text in texts.items():
             assert promtool_check(text) == "", f"{name}: {promtool_check(text)}"
             assert naming_problems(text) == [], name
