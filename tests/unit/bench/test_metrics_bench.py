@@ -16,15 +16,19 @@ from bench import metrics as bench
 @pytest.mark.timeout(120, method="thread")
 def test_small_scenario_reports_the_agreed_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--quick", "--json", "--allocs", "8", "--services", "2",
-                       "--scrapes", "5"]) == 0
+                       "--scrapes", "5", "--rounds", "2"]) == 0
     captured = capsys.readouterr()
     out = captured.out.strip().splitlines()
     result = json.loads(out[-1])
     assert result["scrape_ms"] == result["agent"]["p99_ms"] > 0
-    assert result["scrape_ms_is"] == "agent p99"
+    assert result["scrape_ms_is"].startswith("agent p99")
+    assert result["scrape_cpu_ms"] > 0
     for daemon in ("agent", "controller"):
         d = result[daemon]
         assert d["max_ms"] >= d["p99_ms"] >= d["p50_ms"] > 0
+        assert d["scrapes"] == 10
+        assert len(d["round_p99_ms"]) == 2
+        assert d["render_cpu_p50_ms"] > 0
         assert d["bytes"] > 0
         assert d["series"] > 0
     parts = result["agent"]["collectors"]
