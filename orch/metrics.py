@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,11 +62,82 @@ class MetricsServer:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        body = render(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+
+_NEEDS_ESCAPE = re.compile(r'[\\\n"]')
+_value_text: Callable[[float], str] = floatToGoString
+"""A sample value as Go (and prometheus_client) writes it: 1.0, +Inf, NaN, 1.5e+10."""
+_OM_ONLY = ("_created", "_gsum", "_gcount")
+"""OpenMetrics samples that the Prometheus text format shows as gauges of their own."""
+
+
+def render(registry: Collector) -> bytes:
+    """The Prometheus text format (0.0.4) of what ``registry`` collects: the very bytes of
+    prometheus_client's ``generate_latest`` (a test holds them equal), in about half the time.
+
+    ``generate_latest`` checks and escapes every label name and value of every sample; an
+    agent with 200 allocations and 50 services exposes some 3,000 samples, and that took
+    more of a scrape than collecting them. Here each sample name and each set of label
+    names is escaped once per scrape, and a label value only when it holds a character to
+    escape."""
+    out: list[str] = []
+    names: dict[str, str] = {}
+    orders: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    for metric in registry.collect():
+        try:
+            mname, mtype = metric.name, metric.type
+            if mtype == "counter":  # OpenMetrics types and names in the Prometheus format
+                mname += "_total"
+            elif mtype == "info":
+                mname, mtype = mname + "_info", "gauge"
+            elif mtype == "stateset":
+                mtype = "gauge"
+            elif mtype == "gaugehistogram":
+                mtype = "histogram"
+            elif mtype == "unknown":
+                mtype = "untyped"
+            doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            shown = escape_metric_name(mname)
+            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {mtype}\n")
+            om: dict[str, list[str]] = {}
+            for s in metric.samples:
+                name = names.get(s.name)
+                if name is None:
+                    name = names[s.name] = escape_metric_name(s.name)
+                labels = s.labels
+                if labels:
+                    keys = tuple(labels)
+                    order = orders.get(keys)
+                    if order is None:
+                        order = orders[keys] = [(k, f'{escape_label_name(k)}="')
+                                                for k in sorted(keys)]
+                    parts = []
+                    for k, head in order:
+                        v = labels[k]
+                        if _NEEDS_ESCAPE.search(v):
+                            v = v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+                        parts.append(f'{head}{v}"')
+                    name = f"{name}{{{','.join(parts)}}}"
+                ts = "" if s.timestamp is None else f" {int(float(s.timestamp) * 1000):d}"
+                line = f"{name} {_value_text(s.value)}{ts}\n"
+                suffix = s.name[len(metric.name):] if s.name.startswith(metric.name) else ""
+                if suffix in _OM_ONLY:
+                    om.setdefault(suffix, []).append(line)
+                else:
+                    out.append(line)
+        except Exception as e:
+            e.args = (e.args or ("",)) + (metric,)
+            raise
+        for suffix, lines in sorted(om.items()):
+            shown = escape_metric_name(metric.name + suffix)
+            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} gauge\n")
+            out.extend(lines)
+    return "".join(out).encode("utf-8")
 
 
 def registry_with(*collectors: Collector) -> CollectorRegistry:

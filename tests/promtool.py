@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 
-def promtool_check(text: str) -> str:
-    """promtool's complaints about a scrape ("" when clean)."""
+def promtool() -> str:
     tool = shutil.which("promtool")
     if tool is None:
         msg = ("promtool is missing: ./run test installs Debian's prometheus package "
@@ -18,6 +19,22 @@ def promtool_check(text: str) -> str:
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    out = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True,
-                         timeout=60, check=False)
+    return tool
+
+
+def promtool_check(text: str) -> str:
+    """promtool's complaints about a scrape ("" when clean)."""
+    out = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60, check=False)
     return (out.stdout + out.stderr).strip()
+
+
+def promql_problems(exprs: dict[str, str], tmp: Path) -> str:
+    """promtool's complaints about PromQL expressions ("" when every one parses): each
+    becomes a recording rule named after its key, and ``promtool check rules`` reads them."""
+    rules = [{"record": f"check:{key}", "expr": expr} for key, expr in exprs.items()]
+    path = tmp / "promql-rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "check", "rules": rules}]}))  # JSON is YAML
+    out = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    return "" if out.returncode == 0 else (out.stdout + out.stderr).strip()

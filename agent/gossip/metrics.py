@@ -47,7 +47,7 @@ class GossipCollector(Collector):
                                    labels=["type"])
         received = CounterMetricFamily("orch_gossip_messages_received",
                                        "Messages received, by type.", labels=["type"])
-        sent_bytes = CounterMetricFamily("orch_gossip_message_bytes_sent",
+        sent_bytes = CounterMetricFamily("orch_gossip_message_sent_bytes",
                                          "Encoded message bytes sent, by type (no envelopes).",
                                          labels=["type"])
         for code in Code:
@@ -61,9 +61,9 @@ class GossipCollector(Collector):
         yield _counter("orch_gossip_packets_sent", "UDP datagrams sent.", wire.packets_sent)
         yield _counter("orch_gossip_packets_received", "UDP datagrams received.",
                        wire.packets_received)
-        yield _counter("orch_gossip_bytes_sent", "Bytes sent (UDP and TCP, envelopes included).",
+        yield _counter("orch_gossip_sent_bytes", "Bytes sent (UDP and TCP, envelopes included).",
                        wire.bytes_sent)
-        yield _counter("orch_gossip_bytes_received", "Bytes received (UDP and TCP).",
+        yield _counter("orch_gossip_received_bytes", "Bytes received (UDP and TCP).",
                        wire.bytes_received)
         yield _counter("orch_gossip_streams", "TCP state exchanges this member started.",
                        wire.streams_sent)

@@ -35,9 +35,9 @@ class RuntimeCollector(Collector):
         healthy = GaugeMetricFamily("orch_allocation_healthy", "1 when every task of the "
                                     "allocation runs and passes its checks.",
                                     labels=["alloc", "job", "group"])
-        restarts = GaugeMetricFamily("orch_task_restarts", "Restarts of each task of the "
-                                     "allocations on this node (since the agent started).",
-                                     labels=["alloc", "job", "group", "task"])
+        restarts = CounterMetricFamily("orch_task_restarts", "Restarts of each task of the "
+                                       "allocations on this node.",
+                                       labels=["alloc", "job", "group", "task"])
         for st in statuses:
             spec = specs.get(st.alloc_id)
             job, group = (spec.job, spec.group.name) if spec is not None else ("", "")

@@ -61,6 +61,7 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
 
         reader = asyncio.create_task(self._read(monitor, node.id, requests))
         over = asyncio.ensure_future(term_over.wait())
+        getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
         self.ctl.cluster.attach(node.id, sink)
         try:
             while not reader.done() and not over.done():
@@ -77,6 +78,8 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                     address=leader.address if leader else ""))
         finally:
             over.cancel()
+            if getter is not None:  # the stream was cancelled while it waited
+                getter.cancel()
             self.ctl.cluster.detach(node.id, sink)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -305,3 +305,16 @@ async def test_scaling_changes_only_the_count_as_a_new_version(tmp_path: Path) -
             await c.api.ScaleJob(controller_pb2.ScaleJobRequest(name="web", group="nope",
                                                                 count=1))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_agent_stream_that_ends_leaves_no_task_behind(tmp_path: Path) -> None:
+    """The stream's wait for the next desired set is cancelled with the stream (it was left
+    pending, and asyncio complained "Task was destroyed but it is pending!" at exit)."""
+    async with cluster(tmp_path, agents=1) as c:
+        agent = c.agents["agent-1"]
+        await agent.stop()
+        await wait_until(lambda: not c.ctl.cluster.connected(agent.node.id), within=5)
+        await asyncio.sleep(0.05)  # cancellations take a loop turn
+        waiting = [t for t in asyncio.all_tasks() if not t.done()
+                   and getattr(t.get_coro(), "__qualname__", "") == "Queue.get"]
+        assert waiting == []
