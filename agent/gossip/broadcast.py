@@ -4,6 +4,11 @@ Each update is sent at most ``limit`` times; payloads take the least-sent
 updates first and, among those, the newest. An update about a member replaces
 older queued updates it makes obsolete (an alive or dead notice replaces any
 queued alive, dead or suspect notice about the same member).
+
+Node-state deltas (the application's broadcasts: service endpoints, tags) have
+the first claim on ``STATE_SHARE`` of every payload, so a storm of membership
+notices under churn cannot starve them (memberlist gives its delegate's
+broadcasts only what membership leaves over).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class Broadcast:
         self.transmits = 0
         self.refresh = refresh
 
+
+STATE_SHARE = 0.5
+"""Share of each payload that node-state deltas may claim before membership notices."""
 
 _SMALLEST = 8
 """No encoded update is smaller: below this budget the payload is full."""
@@ -89,18 +97,28 @@ class BroadcastQueue:
             return []
         out: list[bytes] = []
         picked: list[Broadcast] = []
-        for tier in self._tiers:
-            for b in tier:
-                data = b.refresh(now) if b.refresh is not None else b.data
-                cost = len(data) + overhead
-                if cost <= budget:
-                    budget -= cost
-                    out.append(data)
-                    picked.append(b)
-                    if budget < _SMALLEST:
-                        break
-            if budget < _SMALLEST:
-                break
+        chosen: set[int] = set()
+
+        def fill(room: int, only: int | None) -> int:
+            for tier in self._tiers:
+                for b in tier:
+                    if (only is not None and b.kind != only) or b.id in chosen:
+                        continue
+                    data = b.refresh(now) if b.refresh is not None else b.data
+                    cost = len(data) + overhead
+                    if cost <= room:
+                        room -= cost
+                        out.append(data)
+                        picked.append(b)
+                        chosen.add(b.id)
+                        if room < _SMALLEST:
+                            return room
+            return room
+
+        reserved = int(budget * STATE_SHARE)
+        budget -= reserved - fill(reserved, STATE)  # node state first, up to its share
+        if budget >= _SMALLEST:
+            fill(budget, None)
         for b in picked:
             self._tiers[b.transmits].remove(b)
             b.transmits += 1

@@ -62,3 +62,21 @@ def test_prune_drops_the_most_sent_oldest_first() -> None:
     q.prune(3)
     assert len(q) == 3
     assert sorted(q.take(100, 0, 10, 0.0)) == [b"x0" * 5, b"x1" * 5, b"x2" * 5]
+
+
+def test_node_state_is_not_starved_by_a_storm_of_member_notices() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("svc", bq.STATE, b"S" * 40, sub=1)  # queued first: oldest
+    for i in range(50):  # churn: newer member notices, each never sent
+        q.enqueue(f"m{i}", bq.MEMBER, b"M" * 40)
+    taken = q.take(100, 0, 10, 0.0)
+    assert b"S" * 40 in taken  # it has its share of the payload
+    assert sum(map(len, taken)) <= 100
+    assert taken.count(b"M" * 40) == 1  # membership still takes the rest
+
+
+def test_membership_uses_the_whole_payload_when_no_state_is_queued() -> None:
+    q = bq.BroadcastQueue()
+    for i in range(5):
+        q.enqueue(f"m{i}", bq.MEMBER, b"M" * 20)
+    assert len(q.take(100, 0, 10, 0.0)) == 5
