@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.config import parse_addr
+from agent.gossip.coalesce import CoalescedEvents, Delivered
 from agent.gossip.core import EventKind, MemberEvent
 from agent.gossip.crypto import Keyring, parse_key
 from agent.gossip.metrics import GossipCollector
@@ -79,6 +80,7 @@ class Controller:
         self.store = store or open_store(cfg)
         self.rpc_address = ""
         self.gossip: GossipNode | None = None
+        self._member_events: CoalescedEvents | None = None
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -165,6 +167,7 @@ class Controller:
             state={"role": "controller", "rpc": self.rpc_address}, rng=random.Random(),
             snapshot=Path(self.cfg.data_dir) / "members.snapshot")
         self.gossip.on_event(self._on_member)
+        self._member_events = CoalescedEvents(self.gossip, self._record_members)
         await self.gossip.start()
         # the configured seeds, or else the agents this controller knew before it restarted
         seeds = list(self.cfg.join) or sorted(
@@ -262,6 +265,8 @@ class Controller:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._member_events is not None:
+            self._member_events.close(deliver=False)
         if self.gossip is not None:
             await self.gossip.leave()
         if self.metrics is not None:
@@ -295,15 +300,21 @@ class Controller:
                 log.exception("node liveness check failed")
 
     def _on_member(self, ev: MemberEvent) -> None:
+        """Liveness acts on every event at once; the event log gets them coalesced."""
         if ev.kind in (EventKind.DEAD, EventKind.LEFT):
             self.nodes_monitor.member_dead(ev.name)
         elif ev.kind in (EventKind.ALIVE, EventKind.JOIN):
             for node in self.nodes_monitor.member_alive(ev.name):
                 self._spawn(self.nodes_monitor.readmit(node))
-        kind = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
-                EventKind.DEAD: "NodeMemberDead", EventKind.LEFT: "NodeMemberLeft"}.get(ev.kind)
-        if kind is not None:
-            self._spawn(self.nodes_monitor.member_event(ev.name, kind))
+
+    def _record_members(self, batch: list[Delivered]) -> None:
+        """One event per member and burst (a suspicion refuted within it is no news)."""
+        for d in batch:
+            kind = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
+                    EventKind.DEAD: "NodeMemberDead",
+                    EventKind.LEFT: "NodeMemberLeft"}.get(d.event.kind)
+            if kind is not None:
+                self._spawn(self.nodes_monitor.member_event(d.event.name, kind))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
