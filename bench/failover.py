@@ -1,6 +1,6 @@
 """Failover benchmark: the leader controller killed with SIGKILL until the new leader's first write.
 
-    python -m bench.failover                    # 10 trials, lease TTL 5 s (about two and a half minutes)
+    python -m bench.failover                    # 10 trials, lease TTL 5 s (about 80 s on 2 CPUs)
     python -m bench.failover --quick            # 3 trials, TTL 2 s, fewer registrations (< 60 s)
     python -m bench.failover --json             # the last line of stdout is one JSON object
     python -m bench.failover --etcd-members 3   # a three-member etcd cluster instead of one
