@@ -5,6 +5,13 @@ tagged ``role=controller`` publish ``rpc``); a follower's answer names the
 leader and the link goes there. When the stream breaks the agent keeps running
 what it has and reconnects with backoff; on every (re)connect it sends the state
 of all its allocations, so nothing the controller missed is lost.
+
+A leader that stops without closing the stream (paused, frozen, cut off) would
+hold it until TCP or gRPC keepalives give up, long after another controller took
+over and past that one's node grace, which then marks the nodes down and places
+their allocations again while they still run here. So while connected the link
+also watches gossip (``leader_elsewhere``): once the controller it is connected to
+is no longer alive there and another one is tagged leader, it moves there.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
+from agent.gossip.core import MemberInfo
+from agent.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("agent")
@@ -25,18 +34,42 @@ log = logging.getLogger("agent")
 DesiredHandler = Callable[[controller_pb2.DesiredAllocations], Awaitable[None]]
 
 
+def leader_elsewhere(members: Iterable[MemberInfo], current: str) -> str | None:
+    """Where the stream to the controller at ``current`` should move, from gossip (pure).
+
+    The address of an alive controller tagged ``leader=true`` when the controller at
+    ``current`` is known to gossip but no longer alive there (suspect, dead, left);
+    None (stay) otherwise: while it is alive it says itself when it stops leading (a
+    NotLeader message), and a controller gossip does not know cannot be judged.
+    """
+    controllers = [m for m in members if m.state.get("role") == "controller"
+                   and isinstance(m.state.get("rpc"), str)]
+    here = [m for m in controllers if m.state["rpc"] == current]
+    if not here or any(m.status is Status.ALIVE for m in here):
+        return None
+    leaders = sorted(str(m.state["rpc"]) for m in controllers if m.status is Status.ALIVE
+                     and m.state.get("leader") == "true" and m.state["rpc"] != current)
+    return leaders[0] if leaders else None
+
+
 class ControllerLink:
     def __init__(self, registration: Callable[[], node_pb2.Node],
                  addresses: Callable[[], list[str]], on_desired: DesiredHandler,
                  current: Callable[[], list[node_pb2.Allocation]], *,
                  backoff_max: float = 10.0,
-                 connect: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None
-                 ) -> None:
+                 connect: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None,
+                 moved: Callable[[str], str | None] | None = None,
+                 recheck: float = 0.5) -> None:
         self._registration = registration
         self._addresses = addresses
         self._on_desired = on_desired
         self._current = current
         self._backoff_max = backoff_max
+        self._moved = moved
+        """Called with the connected controller's address every ``recheck`` seconds: an
+        address to move the stream to (``leader_elsewhere`` over gossip), or None."""
+        self._recheck = recheck
+        self._applying = False
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
             addr, options=options))
         self._pending: dict[str, node_pb2.Allocation] = {}
@@ -114,23 +147,60 @@ class ControllerLink:
                 ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1)]) as channel:
             stub = controller_pb2_grpc.NodeServiceStub(channel)
-            call = stub.Connect(self._outgoing())
-            async for msg in call:
-                kind = msg.WhichOneof("msg")
-                if kind == "not_leader":
-                    self._leader_hint = msg.not_leader.address or None
-                    log.info("controller is not the leader", extra={
-                        "controller": addr, "leader": msg.not_leader.address})
-                    return
-                if kind == "desired":
-                    if not self.connected:
-                        self.connected, self.controller = True, addr
-                        self.last_controller = addr
-                        log.info("connected to the controller", extra={"controller": addr})
-                    await self._on_desired(msg.desired)
-                    self.applied_version = msg.desired.version
+            ended = asyncio.Event()
+            call = stub.Connect(self._outgoing(ended))
+            reader = asyncio.create_task(self._read(addr, call), name="controller-stream")
+            try:
+                while not reader.done():
+                    await asyncio.wait({reader}, timeout=self._recheck)
+                    if self._moved is None or self._applying or reader.done():
+                        continue  # never cut a desired set off half applied
+                    elsewhere = self._moved(addr)
+                    if elsewhere:
+                        log.warning("the controller no longer answers gossip and another one "
+                                    "leads: moving there", extra={"controller": addr,
+                                                                  "leader": elsewhere})
+                        self._leader_hint = elsewhere
+                        return
+                reader.result()  # what ended the stream, raised here
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+                    call.cancel()
+                ended.set()  # and wake this stream's sender, wherever it waits, to see it
+                self._kick.set()
 
-    async def _outgoing(self) -> AsyncIterator[controller_pb2.NodeMessage]:
+    async def _read(self, addr: str, call: Any) -> None:
+        """Take the controller's messages until the stream ends (or it says it does not lead)."""
+        async for msg in call:
+            kind = msg.WhichOneof("msg")
+            if kind == "not_leader":
+                self._leader_hint = msg.not_leader.address or None
+                log.info("controller is not the leader", extra={
+                    "controller": addr, "leader": msg.not_leader.address})
+                return
+            if kind == "desired":
+                if not self.connected:
+                    self.connected, self.controller = True, addr
+                    self.last_controller = addr
+                    log.info("connected to the controller", extra={"controller": addr})
+                self._applying = True
+                try:
+                    await self._on_desired(msg.desired)
+                finally:
+                    self._applying = False
+                self.applied_version = msg.desired.version
+
+    async def _outgoing(self, ended: asyncio.Event) -> AsyncIterator[controller_pb2.NodeMessage]:
+        """What one stream sends, until ``ended``.
+
+        gRPC does not stop the sender of a stream that ended on the server's side (its
+        status: a NotLeader answer, a controller gone); left waiting, it would take the
+        next updates and lose them on a finished call, while a newer stream waits for
+        them. So each stream's sender stops once its stream ended, taking nothing more.
+        """
         self._reregister = False
         yield controller_pb2.NodeMessage(register=self._registration())
         # everything we run, so that the controller catches up with what it missed
@@ -141,6 +211,8 @@ class ControllerLink:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), 15.0)
+            if ended.is_set():
+                return
             if self._reregister:
                 self._reregister = False
                 yield controller_pb2.NodeMessage(register=self._registration())

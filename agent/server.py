@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from agent import fingerprint
 from agent.agent_service import AgentService
 from agent.config import AgentConfig, parse_addr
-from agent.controller_link import ControllerLink
+from agent.controller_link import ControllerLink, leader_elsewhere
 from agent.gossip.crypto import Keyring
 from agent.gossip.messages import Status
 from agent.gossip.metrics import GossipCollector
@@ -137,7 +137,8 @@ class Agent:
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report,
                                    connect=lambda addr, options: open_channel(addr, cfg.tls,
-                                                                              options))
+                                                                              options),
+                                   moved=self._leader_elsewhere)
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
@@ -208,6 +209,10 @@ class Agent:
                 memory_mb=cfg.memory_mb or fingerprint.memory_mb()),
             reserved=job_pb2.Resources(cpu_millicores=cfg.reserved_cpu_millicores,
                                        memory_mb=cfg.reserved_memory_mb))
+
+    def _leader_elsewhere(self, current: str) -> str | None:
+        """Where the stream to ``current`` should move (see ``controller_link.leader_elsewhere``)."""
+        return leader_elsewhere(self.gossip.members(), current) if self.gossip is not None else None
 
     def controller_addresses(self) -> list[str]:
         """Configured controllers first, then those gossip knows (alive, role=controller),

@@ -57,9 +57,13 @@ class EventBus:
 
 
 class Cluster:
-    def __init__(self, store: Store, state: ClusterState) -> None:
+    def __init__(self, store: Store, state: ClusterState,
+                 may_write: Callable[[], None] | None = None) -> None:
         self.store = store
         self.state = state
+        self.may_write = may_write
+        """Raises (NotLeaderError) when this controller may not write now: on etcd only the
+        leader writes, and a follower's store is not fenced, so this is what stops it."""
         self.events = EventBus()
         self._lock = asyncio.Lock()
         self._sinks: dict[str, DesiredSink] = {}
@@ -77,6 +81,8 @@ class Cluster:
         """Make ``changes`` durable, then visible. The caller must hold ``lock``."""
         if not changes:
             return self.state.index
+        if self.may_write is not None:
+            self.may_write()
         t0 = time.perf_counter()
         index = await self.store.commit(changes)
         self.commit_latency.observe(time.perf_counter() - t0)

@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING
 
 from controller.election import Election, ElectionConfig, Leader, Term
-from orch.errors import StoreError
+from orch.errors import NotLeaderError, StoreError
 
 if TYPE_CHECKING:
     from controller.server import Controller
@@ -95,7 +95,8 @@ class Leadership:
             try:
                 self.store.fence(term.key, term.revision)
                 await self.ctl.lead()
-            except (StoreError, OSError) as e:  # could not read the state: let someone else
+            except (StoreError, NotLeaderError, OSError) as e:
+                # could not read the state, or the term ended already: let someone else
                 log.error("could not take over; resigning", extra={"error": str(e)})
                 self.term = None
                 with contextlib.suppress(Exception):

@@ -46,7 +46,7 @@ from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
 from orch import daemon, keyring
-from orch.errors import ConfigError, NotFoundError, NotLeaderError
+from orch.errors import ConfigError, NotFoundError, NotLeaderError, StoreError
 from orch.metrics import MetricsServer, registry_with
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -117,7 +117,7 @@ class Controller:
     async def _start(self) -> None:
         await self.store.open()
         state = ClusterState.from_store(await self.store.load())
-        self.cluster = Cluster(self.store, state)
+        self.cluster = Cluster(self.store, state, may_write=self._may_write)
         self.evaluator = Evaluator(self.cluster, reconcile_interval=self.cfg.reconcile_interval)
         self.jobs = Jobs(self.cluster, self.evaluator)
         self.nodes_monitor = self._node_monitor()
@@ -300,7 +300,10 @@ class Controller:
                 log.exception("node liveness check failed")
 
     def _on_member(self, ev: MemberEvent) -> None:
-        """Liveness acts on every event at once; the event log gets them coalesced."""
+        """Liveness acts on every event at once, on the leader only (followers hear them too
+        and leave them to it); the event log gets them coalesced."""
+        if not self.is_leader:
+            return
         if ev.kind in (EventKind.DEAD, EventKind.LEFT):
             self.nodes_monitor.member_dead(ev.name)
         elif ev.kind in (EventKind.ALIVE, EventKind.JOIN):
@@ -309,6 +312,8 @@ class Controller:
 
     def _record_members(self, batch: list[Delivered]) -> None:
         """One event per member and burst (a suspicion refuted within it is no news)."""
+        if not self.is_leader:
+            return
         for d in batch:
             kind = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
                     EventKind.DEAD: "NodeMemberDead",
@@ -319,7 +324,17 @@ class Controller:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        e = task.exception()
+        if isinstance(e, (NotLeaderError, StoreError)):  # the term ended meanwhile, or etcd is away
+            log.warning("a gossip event about a node was not recorded", extra={"error": str(e)})
+        else:
+            log.error("recording a gossip event about a node failed", exc_info=e)
 
     # --- what the endpoints ask ----------------------------------------------------------------
 
@@ -328,6 +343,12 @@ class Controller:
         if self.leadership is not None:
             return self._leading and self.leadership.is_leader
         return self._leading
+
+    def _may_write(self) -> None:
+        """On etcd only a controller that holds a current term writes (``Cluster.may_write``);
+        the fenced store refuses the writes of a term that ended, this refuses a follower's."""
+        if self.leadership is not None and not self.leadership.is_leader:
+            raise NotLeaderError(self.leadership.leader_address or None)
 
     def require_leader(self) -> None:
         """Raise NotLeaderError (with the leader's address, when known) on a follower."""

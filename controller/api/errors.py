@@ -1,20 +1,22 @@
 """Errors at the gRPC edge: OrchError -> status code and message, in one place.
 
-A follower (or a controller that lost its lease) answers FAILED_PRECONDITION with
-the leader's address in the ``orch-leader`` trailing metadata, so that clients
-can follow it.
+A follower (or a controller that lost its lease, or whose commit etcd refused
+because another controller leads now: FencedError) answers FAILED_PRECONDITION
+with the leader's address in the ``orch-leader`` trailing metadata, so that
+clients can follow it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from orch.errors import ConfigError, NotFoundError, NotLeaderError, OrchError
+from orch.errors import ConfigError, FencedError, NotFoundError, NotLeaderError, OrchError
 
 log = logging.getLogger("api")
 LEADER_KEY = "orch-leader"
@@ -38,12 +40,27 @@ def status_of(e: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
 
 
+def leader_named(e: Exception) -> str:
+    """Where the leader is, as an error says: NotLeaderError's address, or the new leader's
+    in the leader key a FencedError found ("" when neither knows)."""
+    if isinstance(e, NotLeaderError):
+        return e.leader or ""
+    if isinstance(e, FencedError) and e.holder:
+        try:
+            address = json.loads(e.holder).get("address", "")
+        except (ValueError, AttributeError):
+            return ""
+        return address if isinstance(address, str) else ""
+    return ""
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
     code, msg = status_of(e)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("request failed", exc_info=e)
-    if isinstance(e, NotLeaderError) and e.leader:
-        context.set_trailing_metadata(((LEADER_KEY, e.leader),))
+    leader = leader_named(e)
+    if leader:  # a deposed leader's refusal sends the client on, as a follower's does
+        context.set_trailing_metadata(((LEADER_KEY, leader),))
     await context.abort(code, msg)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,9 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.config import AgentConfig
 from agent.gossip.config import GossipConfig
+from agent.gossip.core import EventKind, MemberEvent
 from agent.server import Agent
 from controller.server import Controller
+from controller.store.base import Changes
 from orch import tls
+from orch.errors import NotLeaderError
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 from tests.etcd_server import EtcdCluster, etcd_binary
 from tests.integration.live import JOB, Cli
@@ -188,3 +192,42 @@ async def test_etcd_unavailable_stops_writes_keeps_reads_and_recovers(tmp_path: 
             await Cli(ctls[0].rpc_address, tmp_path)("job", "scale", "web", "app", "2")
             await wait_until(lambda: sum(a.healthy for a in new.cluster.state.allocs.values())
                              == 2, within=20)
+
+
+async def test_only_the_leader_writes(tmp_path: Path, etcd_server: EtcdCluster,
+                                      etcd_prefix: str, caplog: pytest.LogCaptureFixture
+                                      ) -> None:
+    """A follower never writes to the store: not through its write path, and not what gossip
+    tells it about agents (the leader records that, once). Found by the process-level HA
+    tests: every controller recorded an agent's suspicion, and a follower whose copy of the
+    store was fresh wrote it unfenced, so that the leader's next commit failed."""
+    async with ha_cluster(tmp_path, etcd_server, etcd_prefix, agents=1) as (ctls, agents):
+        leader = leader_of(ctls)
+        follower = next(c for c in ctls if c is not leader)
+        await wait_until(lambda: follower.cluster.state.index == leader.cluster.state.index,
+                         within=10)
+        await asyncio.sleep(0.5)  # a follower refresh: its copy of the store is current
+        index = await leader.store.index()  # type: ignore[attr-defined]
+        with pytest.raises(NotLeaderError) as refused:
+            await follower.cluster.write(Changes(meta={"written-by": follower.cfg.name}))
+        assert refused.value.leader == leader.rpc_address
+        suspect = MemberEvent(EventKind.SUSPECT, agents[0].cfg.name, ("127.0.0.2", 1), 0, 0.0)
+        for c in ctls:
+            c._on_member(suspect)
+        await wait_until(lambda: any(e.type == "NodeSuspect"
+                                     for e in leader.cluster.events.recent), within=5)
+        await asyncio.sleep(0.5)
+        assert await leader.store.index() == index + 1  # type: ignore[attr-defined]
+        events = await leader.store.events_since(0)
+        assert [e.type for e in events].count("NodeSuspect") == 1
+        assert "written-by" not in (await leader.store.load()).meta
+        await leader.cluster.write(Changes(meta={"written-by": leader.cfg.name}))  # still can
+        # a node event whose write finds this controller not leading (its term ended after
+        # the gossip event came) is a warning in its log, not an error nobody retrieves
+        with caplog.at_level(logging.WARNING, logger="controller"):
+            follower._spawn(follower.nodes_monitor.member_event(agents[0].cfg.name,
+                                                                "NodeSuspect"))
+            await wait_until(lambda: not follower._background, within=5)
+        assert [r.getMessage() for r in caplog.records if r.name == "controller"] == [
+            "a gossip event about a node was not recorded"]
+        assert await leader.store.index() == index + 2  # type: ignore[attr-defined]

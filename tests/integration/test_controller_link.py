@@ -1,0 +1,101 @@
+"""An agent's controller link against fake controllers on real sockets (127.0.81.4x): what
+it reports reaches the controller that holds its stream now, after a NotLeader answer or
+a move to the leader gossip names."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.controller_link import ControllerLink
+from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from tests.integration.synthetic import wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeController(controller_pb2_grpc.NodeServiceServicer):
+    """Answers every stream with NotLeader(``redirect``) when set; else leads: sends one
+    desired set and records what the node sends until the stream ends."""
+
+    def __init__(self, redirect: str | None = None) -> None:
+        self.redirect = redirect
+        self.received: list[controller_pb2.NodeMessage] = []
+        self.address = ""
+
+    async def Connect(self, request_iterator: AsyncIterator[controller_pb2.NodeMessage],
+                      context: Any) -> AsyncIterator[controller_pb2.ControllerMessage]:
+        first = await anext(aiter(request_iterator))
+        assert first.WhichOneof("msg") == "register"
+        if self.redirect is not None:
+            yield controller_pb2.ControllerMessage(
+                not_leader=controller_pb2.NotLeader(leader="leader", address=self.redirect))
+            return
+        yield controller_pb2.ControllerMessage(desired=controller_pb2.DesiredAllocations(
+            version=1))
+        async for msg in request_iterator:
+            self.received.append(msg)
+
+    def reported(self, alloc_id: str) -> bool:
+        return any(a.id == alloc_id for m in self.received if m.WhichOneof("msg") == "allocations"
+                   for a in m.allocations.allocations)
+
+
+@asynccontextmanager
+async def serving(host: str, servicer: FakeController) -> AsyncIterator[FakeController]:
+    server = grpc.aio.server()
+    controller_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"{host}:0")
+    servicer.address = f"{host}:{port}"
+    await server.start()
+    try:
+        yield servicer
+    finally:
+        await server.stop(None)
+
+
+def link(addresses: list[str], moved: Callable[[str], str | None] | None = None
+         ) -> ControllerLink:
+    async def on_desired(d: controller_pb2.DesiredAllocations) -> None:
+        pass
+    return ControllerLink(lambda: node_pb2.Node(id="n1", name="n1"), lambda: list(addresses),
+                          on_desired, list, backoff_max=0.2, moved=moved, recheck=0.05)
+
+
+async def test_a_report_after_a_not_leader_answer_reaches_the_leader() -> None:
+    """The stream a follower ended must not keep a sender that takes the next report."""
+    async with serving("127.0.81.41", FakeController()) as leader, \
+            serving("127.0.81.42", FakeController(redirect=leader.address)) as follower:
+        lk = link([follower.address])
+        lk.start()
+        try:
+            await wait_until(lambda: lk.connected and lk.controller == leader.address, within=10)
+            for i in range(3):  # each one, not only the first
+                lk.report([node_pb2.Allocation(id=f"a{i}",
+                                               client_status=node_pb2.CLIENT_STATUS_RUNNING)])
+                await wait_until(functools.partial(leader.reported, f"a{i}"), within=3)
+        finally:
+            await lk.stop()
+
+
+async def test_moves_to_the_leader_gossip_names_and_reports_there() -> None:
+    async with serving("127.0.81.41", FakeController()) as old, \
+            serving("127.0.81.42", FakeController()) as new:
+        where: dict[str, str | None] = {"to": None}
+        lk = link([old.address], moved=lambda current: where["to"])
+        lk.start()
+        try:
+            await wait_until(lambda: lk.controller == old.address, within=10)
+            where["to"] = new.address  # the controller holding the stream is gone from gossip
+            await wait_until(lambda: lk.controller == new.address, within=10)
+            where["to"] = None
+            lk.report([node_pb2.Allocation(id="a1", client_status=node_pb2.CLIENT_STATUS_RUNNING)])
+            await wait_until(lambda: new.reported("a1"), within=3)
+            assert not old.reported("a1")
+        finally:
+            await lk.stop()
