@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.config import AgentConfig
+from agent.gossip.coalesce import Delivered
 from agent.gossip.config import GossipConfig
 from agent.gossip.core import EventKind, MemberEvent
 from agent.server import Agent
@@ -214,6 +215,7 @@ async def test_only_the_leader_writes(tmp_path: Path, etcd_server: EtcdCluster,
         suspect = MemberEvent(EventKind.SUSPECT, agents[0].cfg.name, ("127.0.0.2", 1), 0, 0.0)
         for c in ctls:
             c._on_member(suspect)
+            c._record_members([Delivered(1, suspect)])  # as the coalesced batch brings it
         await wait_until(lambda: any(e.type == "NodeSuspect"
                                      for e in leader.cluster.events.recent), within=5)
         await asyncio.sleep(0.5)
