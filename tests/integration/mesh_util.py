@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import http.client
 import json
 import socket
 import time
@@ -203,6 +204,41 @@ class Tables:
         """The controller's events since, on the same clock."""
         return "\n".join(f"{e.time_ns / 1e9 - self.wall0:.2f}s {e.type} {e.message}"
                          for e in ctl.cluster.events.recent if e.time_ns / 1e9 >= self.wall0)
+
+
+class Arrivals:
+    """Every endpoint, the moment an agent's table first holds it, is asked for ``path``: it
+    has to answer 200 by then (new replicas join the load balancer only once healthy; the
+    load balancer would retry a refused connect elsewhere, so a load alone would not tell)."""
+
+    def __init__(self, agents: Iterable[Agent], service: str, path: str = "/healthz") -> None:
+        self.path = path
+        self.seen: set[tuple[str, str]] = set()
+        """(agent, allocation) pairs checked."""
+        self.early: list[str] = []
+        """What answered otherwise, and where."""
+        for a in agents:
+            assert a.mesh is not None
+            a.mesh.listeners.append(functools.partial(self._record, a.cfg.name, service=service))
+
+    def _record(self, name: str, t: dict[str, ServiceSpec], *, service: str) -> None:
+        spec = t.get(service)
+        for e in spec.endpoints if spec is not None else ():
+            if (name, e.alloc_id) in self.seen:
+                continue
+            self.seen.add((name, e.alloc_id))
+            # blocking, on this loop: the endpoint is another process, it answers at once
+            conn = http.client.HTTPConnection(e.host, e.port, timeout=2.0)
+            try:
+                conn.request("GET", self.path)
+                status = conn.getresponse().status
+            except OSError as exc:
+                self.early.append(f"{name}: {e.alloc_id[:8]} at {e.host}:{e.port}: {exc!r}")
+            else:
+                if status != 200:
+                    self.early.append(f"{name}: {e.alloc_id[:8]} answered {status}")
+            finally:
+                conn.close()
 
 
 # --- clients -----------------------------------------------------------------------------

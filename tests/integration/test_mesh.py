@@ -14,6 +14,7 @@ from agent.server import Agent
 from orch.jobspec import parse_job
 from tests.integration.live import Cli, live_cluster
 from tests.integration.mesh_util import (
+    Arrivals,
     Load,
     agent_hosts,
     converged,
@@ -126,6 +127,7 @@ async def test_no_request_fails_while_the_job_scales_out_and_in(tmp_path: Path) 
         await ctl.jobs.register(parse_job(job_yaml(tmp_path, port=port, count=2,
                                                    shutdown_delay="2s", delay=0.05), "mesh.yaml"))
         await wait_until(lambda: converged(ctl, agents, "mesh", "echo", 2), within=30)
+        arrivals = Arrivals(agents, "echo")
         load = Load([(h, port) for h in HOSTS]).start()
         seen: set[str] = set()
         try:
@@ -141,6 +143,8 @@ async def test_no_request_fails_while_the_job_scales_out_and_in(tmp_path: Path) 
             await load.stop()
         load.check()
         assert load.allocs() == seen
+        assert not arrivals.early, arrivals.early
+        assert len(arrivals.seen) >= 3 * 4  # the 3 + 1 new replicas joined every table
         job = ctl.jobs.history(("default", "mesh"))
         assert [v.job.groups[0].count for v in reversed(job.versions)] == [2, 5, 1, 3]
         print("scale 2 -> 5 -> 1 -> 3:", load.summary())
@@ -157,6 +161,7 @@ async def test_no_request_fails_during_a_rolling_update(tmp_path: Path) -> None:
         await ctl.jobs.register(parse_job(job(1), "mesh.yaml"))
         await wait_until(lambda: converged(ctl, agents, "mesh", "echo", 3), within=30)
         old = set(running(ctl, "mesh"))
+        arrivals = Arrivals(agents, "echo")
         load = Load([(h, port) for h in HOSTS]).start()
         try:
             await ctl.jobs.register(parse_job(job(2), "mesh.yaml"))
@@ -166,6 +171,8 @@ async def test_no_request_fails_during_a_rolling_update(tmp_path: Path) -> None:
             await load.stop()
         load.check()
         assert {b.split()[1] for b in load.bodies()} == {"1", "2"}
+        assert not arrivals.early, arrivals.early
+        assert len(arrivals.seen) >= 3 * 3
         print("rolling update of 3:", load.summary())
 
 

@@ -17,6 +17,7 @@ from orch.jobspec import parse_job
 from tests.docker_engine import remove_node_containers
 from tests.integration.live import live_cluster
 from tests.integration.mesh_util import (
+    Arrivals,
     Load,
     Tables,
     agent_hosts,
@@ -80,6 +81,7 @@ async def test_no_request_fails_while_containers_are_replaced(
         await wait_until(lambda: converged(ctl, agents, "mesh", "echo", 3), within=20)
         old = set(running(ctl, "mesh"))
         tables = Tables(agents, "echo")
+        arrivals = Arrivals(agents, "echo", "/index.html")
         load = Load([(h, port) for h in HOSTS]).start()
         load.t0 = tables.t0
         try:
@@ -93,4 +95,5 @@ async def test_no_request_fails_while_containers_are_replaced(
         assert load.failed == 0, f"{load.summary()}\n{tables}\n{tables.events(ctl)}"
         load.check()
         assert {b.split()[1] for b in load.bodies()} == {"1", "2"}
+        assert not arrivals.early, arrivals.early
         print("rolling update of 3, scale in to 1:", load.summary())
