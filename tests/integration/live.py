@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.gossip.config import GossipConfig
+from agent.lb.config import LbConfig
 from agent.server import Agent
 from controller.server import Controller
 from orch import tls
@@ -23,27 +24,34 @@ from tests.integration.synthetic import controller_config, wait_until
 @asynccontextmanager
 async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10.0,
                        tls_dir: Path | None = None, keys: list[str] | None = None,
-                       **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
+                       drivers: tuple[str, ...] = ("process",), lb: LbConfig | None = None,
+                       net: str = "127.0.0", **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
     """``tls_dir``: a CA made by ``make_pki`` there, and mTLS on every connection;
-    ``keys``: gossip encryption keys for every member."""
+    ``keys``: gossip encryption keys for every member; ``drivers``: the agents' task
+    drivers; ``lb``: their load balancers' settings. The controller listens on ``net``.1,
+    agent i on ``net``.(i+1), published ports included (a ``net`` of a test's own keeps its
+    ports apart from other tests'); agents the test stopped already are not stopped again."""
     if tls_dir is not None:
         ctl_kw["tls"] = pki(tls_dir, "controller")
     if keys:
         ctl_kw["keys"] = list(keys)
-    ctl = Controller(controller_config(tmp / "ctl", bind="127.0.0.1:0", **ctl_kw))
+    ctl_kw.setdefault("rpc_addr", f"{net}.1:0")
+    ctl_kw.setdefault("metrics_addr", f"{net}.1:0")
+    ctl = Controller(controller_config(tmp / "ctl", bind=f"{net}.1:0", **ctl_kw))
     await ctl.start()
     assert ctl.gossip is not None
     seed = f"{ctl.gossip.addr[0]}:{ctl.gossip.addr[1]}"
     started: list[Agent] = []
     try:
         for i in range(1, agents + 1):
-            a = Agent(AgentConfig(name=f"agent-{i}", bind=f"127.0.0.{i + 1}:0", join=[seed],
-                                  rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"),
-                                  metrics_addr=f"127.0.0.{i + 1}:0",
-                                  lb_bind=f"127.0.0.{i + 1}",
+            host = f"{net}.{i + 1}"
+            a = Agent(AgentConfig(name=f"agent-{i}", bind=f"{host}:0", join=[seed],
+                                  rpc_addr=f"{host}:0", data_dir=str(tmp / f"agent-{i}"),
+                                  metrics_addr=f"{host}:0", lb_bind=host,
                                   usage_interval=usage_interval,
                                   tls=pki(tls_dir, f"agent-{i}") if tls_dir else TlsConfig(),
-                                  drivers=["process"], gossip=GossipConfig.fast(),
+                                  drivers=list(drivers), gossip=GossipConfig.fast(),
+                                  lb=lb or LbConfig(),
                                   keys=list(keys or ())))
             await a.start()
             started.append(a)
