@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Coroutine
 from pathlib import Path
@@ -24,9 +25,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.config import parse_addr
-from agent.gossip.coalesce import CoalescedEvents, Delivered
+from agent.gossip.coalesce import Batched, Coalescer, Delivered, UserEventBatcher
 from agent.gossip.core import EventKind, MemberEvent
 from agent.gossip.crypto import Keyring, parse_key
+from agent.gossip.messages import UserEvent
 from agent.gossip.metrics import GossipCollector
 from agent.gossip.transport import GossipNode
 from controller.acl import Acl
@@ -41,6 +43,7 @@ from controller.jobs import Jobs
 from controller.leadership import Leadership
 from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
+from controller.planner import event
 from controller.scaling import Autoscaler
 from controller.state import RUN, RUNNING, ClusterState
 from controller.store.base import Changes, Store
@@ -80,12 +83,13 @@ class Controller:
         self.store = store or open_store(cfg)
         self.rpc_address = ""
         self.gossip: GossipNode | None = None
-        self._member_events: CoalescedEvents | None = None
+        self._member_events: Batched[MemberEvent, Delivered] | None = None
+        self._user_events: Batched[UserEvent, UserEvent] | None = None
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.metrics: MetricsServer | None = None
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[object]] = set()
         self.leadership: Leadership | None = None
         """The election, on etcd; None: this controller alone always leads."""
         self._leading = False
@@ -167,7 +171,10 @@ class Controller:
             state={"role": "controller", "rpc": self.rpc_address}, rng=random.Random(),
             snapshot=Path(self.cfg.data_dir) / "members.snapshot")
         self.gossip.on_event(self._on_member)
-        self._member_events = CoalescedEvents(self.gossip, self._record_members)
+        self._member_events = Batched(Coalescer(), self._record_members)
+        self.gossip.on_event(self._member_events.push)
+        self._user_events = Batched(UserEventBatcher(), self._record_user_events)
+        self.gossip.on_user_event(self._user_events.push)
         await self.gossip.start()
         # the configured seeds, or else the agents this controller knew before it restarted
         seeds = list(self.cfg.join) or sorted(
@@ -265,8 +272,9 @@ class Controller:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._member_events is not None:
-            self._member_events.close(deliver=False)
+        for batched in (self._member_events, self._user_events):
+            if batched is not None:
+                batched.close(deliver=False)
         if self.gossip is not None:
             await self.gossip.leave()
         if self.metrics is not None:
@@ -321,12 +329,12 @@ class Controller:
             if kind is not None:
                 self._spawn(self.nodes_monitor.member_event(d.event.name, kind))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background_done)
 
-    def _background_done(self, task: asyncio.Future[None]) -> None:
+    def _background_done(self, task: asyncio.Future[object]) -> None:
         self._background.discard(task)
         if task.cancelled() or task.exception() is None:
             return
@@ -429,6 +437,30 @@ class Controller:
                     e.endpoints.add(alloc_id=a.id, node=node.name, address=f"{host}:{port}",
                                     healthy=a.checks_healthy if svc.check else True)
         return list(entries.values())
+
+    def fire_event(self, req: controller_pb2.FireEventRequest) -> controller_pb2.FireEventResponse:
+        """Gossip a user event from this controller (any controller may: gossip is not
+        the store); ConfigError when the name or payload is unfit."""
+        if self.gossip is None or self.gossip.core is None:
+            raise ConfigError("gossip is not running on this controller")
+        ltime = self.gossip.core.user_events.clock
+        try:
+            self.gossip.fire_event(req.name, req.payload, coalesce=not req.no_coalesce)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return controller_pb2.FireEventResponse(ltime=ltime, member=self.cfg.name)
+
+    def _record_user_events(self, batch: list[UserEvent]) -> None:
+        """The leader records user events (coalesced by name) in the event log, topic user."""
+        if not self.is_leader:
+            return
+        now_ns = int(time.time() * 1e9)
+        events = []
+        for e in batch:
+            shown = e.payload.decode("utf-8", "backslashreplace")
+            events.append(event("user", "UserEvent", e.name, f"{e.name} (ltime {e.ltime})"
+                                + (f": {shown}" if shown else ""), now_ns))
+        self._spawn(self.cluster.write(Changes(events=events)))
 
     async def keyring(self, req: controller_pb2.KeyringRequest,
                       token: str = "") -> controller_pb2.KeyringResponse:

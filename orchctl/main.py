@@ -18,7 +18,7 @@ import asyncio
 import sys
 
 from orchctl import client
-from orchctl.commands import Ctx, acl, alloc, cluster, job, keyring, node, tls
+from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, node, tls
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--token", metavar="SECRET",
                     help="access token, when the cluster requires one (env ORCH_TOKEN)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, cluster, acl, keyring, tls):
+    for module in (job, alloc, node, cluster, acl, keyring, event, tls):
         module.register(sub)
     return ap
 

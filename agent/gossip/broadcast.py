@@ -5,8 +5,8 @@ updates first and, among those, the newest. An update about a member replaces
 older queued updates it makes obsolete (an alive or dead notice replaces any
 queued alive, dead or suspect notice about the same member).
 
-Node-state deltas (the application's broadcasts: service endpoints, tags) have
-the first claim on ``STATE_SHARE`` of every payload, so a storm of membership
+Node-state deltas and user events (the application's broadcasts: service
+endpoints, tags, events) have the first claim on ``STATE_SHARE`` of every payload, so a storm of membership
 notices under churn cannot starve them (memberlist gives its delegate's
 broadcasts only what membership leaves over).
 """
@@ -23,6 +23,10 @@ SUSPECT = 1
 """Suspect notices, one per accuser, so independent confirmations all travel."""
 STATE = 2
 """Node-state deltas, one per version."""
+USER = 3
+"""User events, one per (Lamport time, name, payload)."""
+APPLICATION = (STATE, USER)
+"""The application's broadcasts: they have the first claim on ``STATE_SHARE``."""
 
 
 class Broadcast:
@@ -40,7 +44,7 @@ class Broadcast:
 
 
 STATE_SHARE = 0.5
-"""Share of each payload that node-state deltas may claim before membership notices."""
+"""Share of each payload that application broadcasts may claim before membership notices."""
 
 _SMALLEST = 8
 """No encoded update is smaller: below this budget the payload is full."""
@@ -99,10 +103,10 @@ class BroadcastQueue:
         picked: list[Broadcast] = []
         chosen: set[int] = set()
 
-        def fill(room: int, only: int | None) -> int:
+        def fill(room: int, only: tuple[int, ...] | None) -> int:
             for tier in self._tiers:
                 for b in tier:
-                    if (only is not None and b.kind != only) or b.id in chosen:
+                    if (only is not None and b.kind not in only) or b.id in chosen:
                         continue
                     data = b.refresh(now) if b.refresh is not None else b.data
                     cost = len(data) + overhead
@@ -116,7 +120,7 @@ class BroadcastQueue:
             return room
 
         reserved = int(budget * STATE_SHARE)
-        budget -= reserved - fill(reserved, STATE)  # node state first, up to its share
+        budget -= reserved - fill(reserved, APPLICATION)  # first, up to their share
         if budget >= _SMALLEST:
             fill(budget, None)
         for b in picked:

@@ -45,6 +45,7 @@ from agent.gossip.messages import (
     StateDelta,
     Status,
     Suspect,
+    UserEvent,
 )
 from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
 
@@ -66,7 +67,8 @@ def encode(msg: Message | PushPull) -> bytes:
     """One message as msgpack bytes."""
     code = _CODES[type(msg)]
     if type(msg) is PushPull:
-        return _packb([code, msg.join, msg.sender, [list(r) for r in msg.members], msg.digest])
+        return _packb([code, msg.join, msg.sender, [list(r) for r in msg.members], msg.digest,
+                       msg.event_clock])
     return _packb([code, *msg])
 
 
@@ -219,6 +221,12 @@ def _payload(v: Any) -> bytes | None:
     return v
 
 
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes or len(v) > 1024:
+        raise ProtocolError(f"expected at most 1 KiB of bytes, got {v!r:.40}")
+    return v
+
+
 def _age(v: Any) -> int:
     return _uint(v, 1 << 32)
 
@@ -234,6 +242,7 @@ _SCHEMA: dict[int, tuple[type, tuple[_Field, ...], int]] = {
     Code.ALIVE: (Alive, (_uint, _str, _host, _port, _uint), 4),
     Code.DEAD: (Dead, (_uint, _str, _str), 3),
     Code.STATE: (StateDelta, (_str, _version, _uint, _state_map), 4),
+    Code.USER_EVENT: (UserEvent, (_uint, _str, _bytes, _bool), 3),
 }
 _CODES: dict[type, int] = {t: code for code, (t, _, _) in _SCHEMA.items()}
 _CODES[PushPull] = Code.PUSH_PULL
@@ -280,7 +289,9 @@ def decode_push_pull(payload: bytes) -> PushPull:
     digest = raw[4] if len(raw) > 4 else b""
     if type(digest) is not bytes or len(digest) > 64:
         raise ProtocolError("push-pull digest is not a short byte string")
-    return PushPull(_bool(raw[1]), _str(raw[2]), [member_record(r) for r in raw[3]], digest)
+    clock = _uint(raw[5]) if len(raw) > 5 else 0
+    return PushPull(_bool(raw[1]), _str(raw[2]), [member_record(r) for r in raw[3]], digest,
+                    clock)
 
 
 def state_size(state: dict[str, Any]) -> int:

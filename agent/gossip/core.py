@@ -44,6 +44,7 @@ from agent.gossip.messages import (
     StateDelta,
     Status,
     Suspect,
+    UserEvent,
 )
 from agent.gossip.suspicion import (
     Awareness,
@@ -52,6 +53,7 @@ from agent.gossip.suspicion import (
     retransmit_limit,
 )
 from agent.gossip.timers import Timer, Timers
+from agent.gossip.user_events import UserEvents
 from orch.errors import ProtocolError
 
 ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.LEFT
@@ -99,7 +101,7 @@ class MemberEvent(NamedTuple):
     time: float
 
 
-Effect = Send | Stream | MemberEvent
+Effect = Send | Stream | MemberEvent | UserEvent
 
 
 @dataclass(slots=True)
@@ -144,8 +146,8 @@ RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 class Stats:
     """Counters for metrics (messages by code are indexed by ``Code``)."""
 
-    sent: list[int] = field(default_factory=lambda: [0] * 10)
-    received: list[int] = field(default_factory=lambda: [0] * 10)
+    sent: list[int] = field(default_factory=lambda: [0] * (max(Code) + 1))
+    received: list[int] = field(default_factory=lambda: [0] * (max(Code) + 1))
     dropped: dict[str, int] = field(default_factory=dict)
     probes: int = 0
     probe_failures: int = 0
@@ -156,7 +158,7 @@ class Stats:
     """Times this member refuted a suspicion (or death notice) about itself."""
     syncs_in_step: int = 0
     """Digest-first syncs from peers whose view matched ours (answered with nothing)."""
-    sent_bytes: list[int] = field(default_factory=lambda: [0] * 10)
+    sent_bytes: list[int] = field(default_factory=lambda: [0] * (max(Code) + 1))
     """Encoded bytes of the messages sent, by code (envelopes not included)."""
     rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     """The latest direct probe round-trip times (seconds)."""
@@ -246,6 +248,7 @@ class Membership:
         self.coordinates: dict[str, Coordinate] = {}
         """The last coordinate each probed member sent in its ack."""
         self._ack_payload: bytes | None = None
+        self.user_events = UserEvents()
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
         self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
@@ -305,6 +308,8 @@ class Membership:
             self._on_nack(msg)  # type: ignore[arg-type]
         elif t is StateDelta:
             self._on_state(msg, now)  # type: ignore[arg-type]
+        elif t is UserEvent:
+            self._on_user_event(msg, now)  # type: ignore[arg-type]
         self.stats.received[_CODE_OF[t]] += 1
 
     def join(self, seeds: Iterable[Addr], now: float) -> list[Effect]:
@@ -342,6 +347,26 @@ class Membership:
             self._set_local_state(new, now)
         return self._flush()
 
+    def fire_event(self, name: str, payload: bytes, now: float, *, coalesce: bool = True
+                   ) -> list[Effect]:
+        """Send a user event to every member (this one included: it is among the effects).
+        ValueError when the name or payload is unfit."""
+        ev = self.user_events.fire(name, payload, coalesce=coalesce)
+        data = codec.encode(ev)
+        if len(data) > self._budget // 2:
+            raise ValueError("event too large for a datagram")
+        self._spread_event(ev, data, now)
+        return self._flush()
+
+    def _on_user_event(self, msg: UserEvent, now: float) -> None:
+        if self.user_events.receive(msg):
+            self._spread_event(msg, codec.encode(msg), now)
+
+    def _spread_event(self, ev: UserEvent, data: bytes, now: float) -> None:
+        self._queue.enqueue(_EVENTS, bq.USER, data, sub=(ev.ltime, ev.name, ev.payload))
+        self._arm_gossip(now)
+        self._out.append(ev)
+
     def stream_request(self, src: Addr, msg: PushPull, now: float) -> tuple[PushPull, list[Effect]]:
         """Answer a push-pull from ``src``: our state goes back, theirs is merged. A
         digest-first request gets an empty answer when our views match, else our members
@@ -351,7 +376,7 @@ class Membership:
             mine = self.digest()
             if msg.digest == mine:
                 self.stats.syncs_in_step += 1
-                return PushPull(False, self.name, [], mine), self._flush()
+                return PushPull(False, self.name, [], mine, self.user_events.clock), self._flush()
             return self._push_pull_message(join=False, states=False), self._flush()
         reply = self._push_pull_message(join=False)
         self._merge(msg, now)
@@ -366,6 +391,8 @@ class Membership:
                 self._out.append(Stream(stream.addr, self._push_pull_message(join=False),
                                         "sync-full"))
         if stream.purpose == "join":
+            if reply is not None:  # what happened before we came is not replayed to us
+                self.user_events.ignore_before(reply.event_clock)
             self._join_result(reply is not None, now)
         return self._flush()
 
@@ -855,8 +882,8 @@ class Membership:
             me = self.me
             own = MemberRecord(me.name, me.addr[0], me.addr[1], me.incarnation, int(me.status),
                                me.state_version, me.state)
-            self._out.append(Stream(peers[0].addr, PushPull(False, self.name, [own],
-                                                            self.digest()), "sync"))
+            self._out.append(Stream(peers[0].addr, PushPull(
+                False, self.name, [own], self.digest(), self.user_events.clock), "sync"))
         self._timers.at(now + self._push_pull_interval(), self._push_pull)
 
     def _reconnect(self, _arg: object, now: float) -> None:
@@ -871,9 +898,11 @@ class Membership:
         recs = [MemberRecord(m.name, m.addr[0], m.addr[1], m.incarnation, int(m.status),
                              m.state_version, m.state if states or m is self.me else None)
                 for m in self.members.values()]
-        return PushPull(join, self.name, recs, b"" if states else self.digest())
+        return PushPull(join, self.name, recs, b"" if states else self.digest(),
+                        self.user_events.clock)
 
     def _merge(self, msg: PushPull, now: float) -> None:
+        self.user_events.witness(msg.event_clock)
         for r in msg.members:
             m = self.members.get(r.name)
             if m is not self.me and m is not None and r.status == m.status \
@@ -1005,7 +1034,10 @@ class Membership:
 _MISSING = object()
 _CODE_OF: dict[type, int] = {Ping: Code.PING, IndirectPing: Code.INDIRECT_PING, Ack: Code.ACK,
                              Nack: Code.NACK, Suspect: Code.SUSPECT, Alive: Code.ALIVE,
-                             Dead: Code.DEAD, StateDelta: Code.STATE}
+                             Dead: Code.DEAD, StateDelta: Code.STATE,
+                             UserEvent: Code.USER_EVENT}
+_EVENTS = "\0events"
+"""The broadcast queue's key for user events (no member has this name)."""
 
 
 def _age_ms(start: float, now: float) -> int:

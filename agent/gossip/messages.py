@@ -22,6 +22,7 @@ class Code(IntEnum):
     DEAD = 7
     STATE = 8
     PUSH_PULL = 9
+    USER_EVENT = 10
 
 
 class Status(IntEnum):
@@ -124,6 +125,18 @@ class PushPull(NamedTuple):
     sender: str
     members: list[MemberRecord]
     digest: bytes = b""
+    event_clock: int = 0
+    """The sender's user-event Lamport clock (a joining member ignores events before it)."""
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | StateDelta
+class UserEvent(NamedTuple):
+    """An application event (``user_events``): also the effect that delivers it."""
+
+    ltime: int
+    name: str
+    payload: bytes
+    coalesce: bool = True
+    """Consumers may deliver only the newest event of this name within a burst."""
+
+
+Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | StateDelta | UserEvent

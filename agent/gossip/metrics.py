@@ -80,6 +80,17 @@ class GossipCollector(Collector):
                                 value=core.queued_broadcasts)
         yield GaugeMetricFamily("orch_gossip_incarnation", "This member's incarnation number.",
                                 value=core.incarnation)
+        ue = core.user_events
+        events = CounterMetricFamily("orch_gossip_user_events", "User events received, by "
+                                     "outcome (delivered once; duplicate copies; stale: from "
+                                     "before this member joined or too old).",
+                                     labels=["outcome"])
+        for outcome, n in (("delivered", ue.delivered), ("duplicate", ue.duplicates),
+                           ("stale", ue.stale)):
+            events.add_metric([outcome], n)
+        yield events
+        yield GaugeMetricFamily("orch_gossip_event_clock", "This member's user-event Lamport "
+                                "clock.", value=ue.clock)
         me = core.coordinate(core.name)
         if me is not None:
             est = Hist(RTT_BUCKETS)

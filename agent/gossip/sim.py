@@ -25,7 +25,7 @@ from typing import Any
 from agent.gossip import codec
 from agent.gossip.config import GossipConfig
 from agent.gossip.core import MemberEvent, Membership, Send, Stream
-from agent.gossip.messages import Addr, PushPull
+from agent.gossip.messages import Addr, PushPull, UserEvent
 
 _DELIVER, _WAKE, _STREAM, _STREAM_DONE, _CALL = range(5)
 
@@ -81,6 +81,7 @@ class Simulator:
         self.totals = Totals()
         self.partitioned = False
         self.on_event: Callable[[SimNode, MemberEvent], None] | None = None
+        self.on_user_event: Callable[[SimNode, UserEvent], None] | None = None
         self._heap: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
         # the envelope without encryption (the simulator does not encrypt)
@@ -123,6 +124,11 @@ class Simulator:
         return nodes
 
     # --- faults ------------------------------------------------------------------------------
+
+    def fire_event(self, name: str, event: str, payload: bytes = b"") -> None:
+        """Member ``name`` fires a user event."""
+        node = self.nodes[name]
+        self._handle(node, node.core.fire_event(event, payload, self.now))
 
     def crash(self, name: str) -> None:
         node = self.nodes[name]
@@ -218,6 +224,9 @@ class Simulator:
                     self.totals.streams += 1
                     delay = net.stream_latency + (node.slow(self.rng) if node.slow else 0.0)
                     heapq.heappush(self._heap, (now + delay, next(self._seq), _STREAM, node, e, None))
+                elif t is UserEvent:
+                    if self.on_user_event is not None:
+                        self.on_user_event(node, e)
                 else:
                     self.totals.events[e.kind.value] = self.totals.events.get(e.kind.value, 0) + 1
                     if self.on_event is not None:

@@ -24,7 +24,7 @@ from agent.gossip import codec
 from agent.gossip.config import GossipConfig
 from agent.gossip.core import Effect, EventKind, MemberEvent, MemberInfo, Membership, Send, Stream
 from agent.gossip.crypto import Keyring
-from agent.gossip.messages import Addr, PushPull, Status
+from agent.gossip.messages import Addr, PushPull, Status, UserEvent
 from agent.gossip.snapshot import Snapshot
 from orch.errors import ProtocolError
 
@@ -100,6 +100,7 @@ class GossipNode:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._handlers: list[EventHandler] = []
+        self._user_handlers: list[Callable[[UserEvent], None]] = []
         self._queues: list[asyncio.Queue[MemberEvent]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.refused: dict[tuple[str, str, str], Refused] = {}
@@ -207,6 +208,15 @@ class GossipNode:
         core, now = self._ready()
         self._apply(core.set_state(changes, now))
 
+    def fire_event(self, name: str, payload: bytes = b"", *, coalesce: bool = True) -> None:
+        """Send a user event to every member, this one included (ValueError when unfit)."""
+        core, now = self._ready()
+        self._apply(core.fire_event(name, payload, now, coalesce=coalesce))
+
+    def on_user_event(self, handler: Callable[[UserEvent], None]) -> None:
+        """Call ``handler`` once for every user event (keep it quick)."""
+        self._user_handlers.append(handler)
+
     def on_event(self, handler: EventHandler) -> None:
         """Call ``handler`` for every membership event (keep it quick)."""
         self._handlers.append(handler)
@@ -248,6 +258,8 @@ class GossipNode:
                 self._sendto(e.addr, e.payload)
             elif type(e) is Stream:
                 self._spawn(self._push_pull(e))
+            elif type(e) is UserEvent:
+                self._user_event(e)
             else:
                 self._event(e)  # type: ignore[arg-type]
         self._reschedule()
@@ -306,6 +318,15 @@ class GossipNode:
         for q in self._queues:
             if not q.full():
                 q.put_nowait(e)
+
+    def _user_event(self, e: UserEvent) -> None:
+        log.info("user event", extra={"event": e.name, "ltime": e.ltime, "node": self.name,
+                                      "bytes": len(e.payload)})
+        for h in self._user_handlers:
+            try:
+                h(e)
+            except Exception:
+                log.exception("user event handler failed")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

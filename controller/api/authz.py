@@ -37,7 +37,7 @@ READ = frozenset({"GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAll
 JOB_WRITE = frozenset({"RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
                        "PromoteDeployment", "StopAllocation", "RestartAllocation"})
 NODE_WRITE = frozenset({"DrainNode", "SetNodeEligibility"})
-MANAGEMENT = frozenset({"CreateToken", "ListTokens", "RevokeToken", "Keyring"})
+MANAGEMENT = frozenset({"CreateToken", "ListTokens", "RevokeToken", "Keyring", "FireEvent"})
 
 
 def action_of(method: str) -> str:

@@ -343,6 +343,11 @@ class ControllerEndpoint(controller_pb2_grpc.ControllerServiceServicer):
     # --- the gossip keyring --------------------------------------------------------------------
 
     @unary
+    async def FireEvent(self, req: controller_pb2.FireEventRequest,
+                        ctx: Ctx) -> controller_pb2.FireEventResponse:
+        """Gossip a user event to every member, from this controller."""
+        return self.ctl.fire_event(req)
+
     async def Keyring(self, req: controller_pb2.KeyringRequest,
                       ctx: Ctx) -> controller_pb2.KeyringResponse:
         """Apply a keyring operation on every controller and agent (Serf's ``keys``)."""

@@ -51,6 +51,58 @@ KEYRING_OP_REMOVE: KeyringOp.ValueType  # 4
 Global___KeyringOp: _TypeAlias = KeyringOp  # noqa: Y015
 
 @_typing.final
+class FireEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    NO_COALESCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """1..128 printable characters"""
+    payload: _builtins.bytes
+    """at most 512 bytes"""
+    no_coalesce: _builtins.bool
+    """deliver every event of this name, not the newest"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        no_coalesce: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "no_coalesce", b"no_coalesce", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FireEventRequest: _TypeAlias = FireEventRequest  # noqa: Y015
+
+@_typing.final
+class FireEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LTIME_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    ltime: _builtins.int
+    """its Lamport time"""
+    member: _builtins.str
+    """the controller that fired it"""
+    def __init__(
+        self,
+        *,
+        ltime: _builtins.int = ...,
+        member: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ltime", b"ltime", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FireEventResponse: _TypeAlias = FireEventResponse  # noqa: Y015
+
+@_typing.final
 class BootstrapAclRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1710,7 +1762,7 @@ class WatchRequest(_message.Message):
     """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """job, allocation, node, deployment; empty = all"""
+        """job, allocation, node, deployment, user; empty = all"""
 
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1752,7 +1804,7 @@ class Event(_message.Message):
     index: _builtins.int
     time_ns: _builtins.int
     topic: _builtins.str
-    """job, allocation, node, deployment"""
+    """job, allocation, node, deployment, user"""
     type: _builtins.str
     """e.g. JobRegistered, AllocationUpdated, NodeDown"""
     key: _builtins.str

@@ -180,6 +180,11 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.KeyringResponse.FromString,
                 _registered_method=True)
+        self.FireEvent = channel.unary_unary(
+                '/orch.v1.ControllerService/FireEvent',
+                request_serializer=orch_dot_v1_dot_controller__pb2.FireEventRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.FireEventResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -377,6 +382,14 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FireEvent(self, request, context):
+        """A user event gossiped to every member (Serf's user events); recorded as topic "user".
+        event fire
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -519,6 +532,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.Keyring,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.KeyringResponse.SerializeToString,
+            ),
+            'FireEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.FireEvent,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.FireEventRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.FireEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1282,6 +1300,33 @@ class ControllerService:
             '/orch.v1.ControllerService/Keyring',
             orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.KeyringResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FireEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/FireEvent',
+            orch_dot_v1_dot_controller__pb2.FireEventRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.FireEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,10 @@ class ControllerServiceStub:
     """The gossip keyring of every member (install, use as primary, remove; list).
     keyring ...
     """
+    FireEvent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.FireEventRequest, _controller_pb2.FireEventResponse]
+    """A user event gossiped to every member (Serf's user events); recorded as topic "user".
+    event fire
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -149,6 +153,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     Keyring: _aio.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.KeyringResponse]  # type: ignore[assignment]
     """The gossip keyring of every member (install, use as primary, remove; list).
     keyring ...
+    """
+    FireEvent: _aio.UnaryUnaryMultiCallable[_controller_pb2.FireEventRequest, _controller_pb2.FireEventResponse]  # type: ignore[assignment]
+    """A user event gossiped to every member (Serf's user events); recorded as topic "user".
+    event fire
     """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -374,6 +382,16 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_controller_pb2.KeyringResponse, _abc.Awaitable[_controller_pb2.KeyringResponse]]:
         """The gossip keyring of every member (install, use as primary, remove; list).
         keyring ...
+        """
+
+    @_abc_1.abstractmethod
+    def FireEvent(
+        self,
+        request: _controller_pb2.FireEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.FireEventResponse, _abc.Awaitable[_controller_pb2.FireEventResponse]]:
+        """A user event gossiped to every member (Serf's user events); recorded as topic "user".
+        event fire
         """
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from agent.gossip.coalesce import Coalescer
+from agent.gossip.coalesce import Coalescer, UserEventBatcher, Window
 from agent.gossip.config import GossipConfig
 from agent.gossip.core import EventKind, MemberEvent
+from agent.gossip.messages import UserEvent
 from agent.gossip.sim import SimNode, Simulator
 
 ADDR = ("127.0.0.1", 7946)
@@ -19,7 +20,7 @@ def kinds(batch: list) -> list[tuple[str, str]]:  # type: ignore[type-arg]
 
 
 def test_a_batch_waits_for_quiet_but_not_past_the_period() -> None:
-    c = Coalescer(period=2.0, quiescent=0.5)
+    c = Coalescer(Window(period=2.0, quiescent=0.5))
     c.add(ev(EventKind.JOIN, "a", 0.0), 0.0)
     assert c.deadline() == 0.5
     c.add(ev(EventKind.JOIN, "b", 0.4), 0.4)
@@ -35,7 +36,7 @@ def test_a_batch_waits_for_quiet_but_not_past_the_period() -> None:
 
 
 def test_a_refuted_suspicion_within_a_burst_is_no_news() -> None:
-    c = Coalescer(period=2.0, quiescent=0.5)
+    c = Coalescer(Window(period=2.0, quiescent=0.5))
     c.add(ev(EventKind.JOIN, "a", 0.0), 0.0)
     c.flush(1.0)
     for i in range(10):  # flapping
@@ -47,7 +48,7 @@ def test_a_refuted_suspicion_within_a_burst_is_no_news() -> None:
 
 
 def test_the_latest_status_wins_and_is_delivered_once() -> None:
-    c = Coalescer(period=2.0, quiescent=0.5)
+    c = Coalescer(Window(period=2.0, quiescent=0.5))
     c.add(ev(EventKind.JOIN, "a", 0.0), 0.0)
     c.flush(1.0)
     c.add(ev(EventKind.SUSPECT, "a", 2.0), 2.0)
@@ -65,7 +66,7 @@ def test_flapping_under_loss_reaches_the_consumer_as_a_few_changes() -> None:
     sim = Simulator(GossipConfig.fast(), seed=9)
     names = [x.name for x in sim.start_cluster(20)]
     sim.run_for(5)
-    c = Coalescer(period=2.0, quiescent=0.5)
+    c = Coalescer(Window(period=2.0, quiescent=0.5))
     seen: dict[str, str] = {}
 
     def on_event(node: SimNode, e: MemberEvent) -> None:
@@ -84,3 +85,15 @@ def test_flapping_under_loss_reaches_the_consumer_as_a_few_changes() -> None:
     assert c.received >= 40, c.received
     assert c.delivered * 4 <= c.received, (c.delivered, c.received)
     assert all(seen.get(n, "join") in ("join", "alive") for n in names[1:]), seen
+
+
+def test_user_events_keep_the_newest_of_each_coalescing_name_and_every_other() -> None:
+    b = UserEventBatcher(Window(period=2.0, quiescent=0.5))
+    for t in (3, 1, 2):
+        b.add(UserEvent(t, "deploy", str(t).encode()), 0.0)
+    b.add(UserEvent(2, "page", b"a", coalesce=False), 0.1)
+    b.add(UserEvent(4, "page", b"b", coalesce=False), 0.2)
+    assert b.flush(0.5) == []
+    assert b.flush(0.7) == [UserEvent(2, "page", b"a", False), UserEvent(3, "deploy", b"3"),
+                            UserEvent(4, "page", b"b", False)]
+    assert b.deadline() is None
