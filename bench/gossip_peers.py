@@ -1,8 +1,10 @@
 """orch's gossip side by side with HashiCorp memberlist and kinship, on real sockets.
 
-    python -m bench.gossip_peers                 # the full run: N = 50 and 100, every scenario
-                                                 #   (about 70 minutes; the estimate is printed first)
-    python -m bench.gossip_peers --quick         # N = 50, fewer and shorter runs (about 5 minutes)
+    ./run bench peers                            # installs the peers, then the budget run below
+    python -m bench.gossip_peers                 # budget run: N = 50, 3 crashes, 3 stall runs,
+                                                 #   1 min of loss, a 20 s partition (6-10 minutes)
+    python -m bench.gossip_peers --full          # the issue's run: N = 50 and 100, 20 runs each,
+                                                 #   10 min of loss, a 60 s partition (hours)
     python -m bench.gossip_peers --json          # the last line of stdout is one JSON object
     python -m bench.gossip_peers --n 100 --scenarios idle,join,crash --impls orch,memberlist
 
@@ -63,11 +65,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.peers import impls as impls_mod
 from bench.peers import netns as netns_mod
-from bench.peers.cluster import STOP, Aborted, Cluster, Worker
+from bench.peers.cluster import STOP, Aborted, Cluster, OverBound, Worker
 from bench.peers.impls import NAMES, PORTS, Impl
 from bench.peers.netns import Netns
 from bench.report import pct, table
@@ -92,46 +94,97 @@ GOAL_N = 100
 
 @dataclass
 class Settings:
-    sizes: list[int]
-    scenarios: list[str]
-    impls: list[str]
-    runs: int = 20
-    loss_seconds: float = 600.0
+    """What to run. The defaults are the budget run (about 6 minutes here, at most 10);
+    ``FULL`` holds the issue's sizes (hours)."""
+
+    sizes: list[int] = field(default_factory=lambda: [50])
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    impls: list[str] = field(default_factory=lambda: list(NAMES))
+    full: bool = False
+    runs: int = 3
+    """Crashes per size (each followed by a join; one more join when the cluster forms)."""
+    loss_seconds: float = 60.0
     loss: float = 0.10
-    stall_runs: int = 20
-    stall_seconds: float = 30.0
-    stall_quiet: float = 10.0
+    stall_runs: int = 3
+    stall_seconds: float = 10.0
+    stall_quiet: float = 8.0
+    """Seconds of calm after each stall run, in which late dead verdicts still count."""
     stall_fraction: float = 0.05
-    idle_seconds: float = 180.0
-    partition_seconds: float = 60.0
-    merge_timeout: float = 120.0
-    detect_timeout: float = 60.0
+    idle_seconds: float = 30.0
+    partition_seconds: float = 20.0
+    merge_timeout: float = 60.0
+    detect_timeout: float = 40.0
     join_timeout: float = 30.0
     per_process: int = 10
     seed: int = 1
     concurrent: bool = True
     orch_config: dict[str, Any] = field(default_factory=dict)
 
+    FULL: ClassVar[dict[str, Any]] = dict(
+        sizes=[50, 100], full=True, runs=20, loss_seconds=600.0, stall_runs=20,
+        stall_seconds=30.0, stall_quiet=10.0, idle_seconds=180.0, partition_seconds=60.0,
+        merge_timeout=120.0, detect_timeout=60.0)
+    """The issue's run: N = 50 and 100, 20 runs each, 10 minutes of loss, a 60 s partition."""
+
+    def expected_s(self, sc: str, n: int) -> float:
+        """Rough wall time of one scenario at size ``n`` when all goes well."""
+        if sc == "idle":
+            return 5 + self.idle_seconds
+        if sc == "crash":
+            return self.runs * (2 + 4 * math.log10(max(n, 10)) + 6)
+        if sc == "join":
+            return self.runs * 6
+        if sc == "stall":
+            return self.stall_runs * (self.stall_seconds + self.stall_quiet + 2)
+        if sc == "loss":
+            return self.loss_seconds + 5
+        if sc == "partition":
+            return self.partition_seconds + self.merge_timeout / 2
+        return 0.0
+
+    def bound_s(self, sc: str, n: int) -> float:
+        """Longest a scenario may take: then it stops and reports what it has.
+
+        Each wait inside a scenario has its own timeout already; this bounds their sum, so
+        that one implementation that keeps timing out cannot hold the others (they wait for
+        each other at the start of every scenario) for long."""
+        if sc == "partition":
+            return self.partition_seconds + self.merge_timeout + 30
+        if sc == "loss":
+            return self.loss_seconds + 60
+        return 2 * self.expected_s(sc, n) + 60
+
     def estimate_s(self) -> float:
         """Rough wall time of the whole run."""
         total = 0.0
         for n in self.sizes:
             per = 15 + n * 0.1  # start and converge
-            sc = set(self.scenarios)
-            if "idle" in sc:
-                per += 5 + self.idle_seconds
-            if "crash" in sc:
-                per += self.runs * 16
-            elif "join" in sc:
-                per += self.runs * 6
-            if "stall" in sc:
-                per += self.stall_runs * (self.stall_seconds + self.stall_quiet + 1)
-            if "loss" in sc:
-                per += self.loss_seconds + 15
-            if "partition" in sc:
-                per += self.partition_seconds + self.merge_timeout
+            for sc in self.scenarios:
+                if sc != "join" or "crash" not in self.scenarios:
+                    per += self.expected_s(sc, n)
             total += per * (1 if self.concurrent else len(self.impls))
         return total
+
+    def describe(self) -> str:
+        """The sizes, as the table's title states them."""
+        sc = set(self.scenarios)
+        parts = [f"N = {', '.join(map(str, self.sizes))}"]
+        if sc & {"crash", "join"}:
+            parts.append(f"{self.runs} crashes and {self.runs + 1} joins"
+                         if "crash" in sc else f"{self.runs + 1} joins")
+        if "stall" in sc:
+            parts.append(f"{self.stall_runs} stall runs of {self.stall_seconds:g} s "
+                         f"(+{self.stall_quiet:g} s calm)")
+        if "loss" in sc:
+            parts.append(f"{self.loss_seconds / 60:g} min of {100 * self.loss:g} % loss")
+        if "partition" in sc:
+            parts.append(f"a {self.partition_seconds:g} s partition "
+                         f"(merge awaited {self.merge_timeout:g} s)")
+        if "idle" in sc:
+            parts.append(f"{self.idle_seconds:g} s idle")
+        parts.append("the issue's sizes (--full)" if self.full
+                     else "budget run; --full: N = 50, 100, 20 runs, 10 min loss, 60 s partition")
+        return "; ".join(parts)
 
 
 def progress(msg: str) -> None:
@@ -228,7 +281,15 @@ class Run:
                     continue
                 self.sync()
                 self.ensure_converged()
-                getattr(self, sc)()
+                bound = self.s.bound_s(sc, self.n)
+                self.c.deadline = time.monotonic() + bound
+                try:
+                    getattr(self, sc)()
+                except OverBound:
+                    self.out[f"{sc}_bounded"] = f"stopped at its {bound:.0f} s bound"
+                    self.say(f"{sc}: stopped at its {bound:.0f} s bound; going on")
+                finally:
+                    self.c.deadline = math.inf
                 self.c.trim_log(time.time() - 5)
             return self.out
         finally:
@@ -327,9 +388,15 @@ class Run:
         self.crash(kill=False)
 
     def crash(self, kill: bool = True) -> None:
-        c, s = self.c, self.s
         detect: list[float] = []
         spread: list[float] = []
+        try:
+            self._crashes(kill, detect, spread)
+        finally:  # also when stopped at the scenario's bound: what was measured counts
+            self._crash_figures(kill, detect, spread)
+
+    def _crashes(self, kill: bool, detect: list[float], spread: list[float]) -> None:
+        c, s = self.c, self.s
         for r in range(s.runs):
             c.idle(self.rng.uniform(1.0, 3.0))  # a random phase of the probe rounds
             victim = self.guest
@@ -355,20 +422,35 @@ class Run:
             self.joins.append(jt)
             if not kill:
                 self.say(f"join {r + 1}/{s.runs}: {jt:.2f} s")
-        if kill:
+
+    def _crash_figures(self, kill: bool, detect: list[float], spread: list[float]) -> None:
+        if kill and detect:
             self.out.update(detect_p50_s=pct(detect, 50), detect_p99_s=pct(detect, 99),
                             detect_max_s=max(detect), spread_p50_s=pct(spread, 50),
                             spread_p99_s=pct(spread, 99), detect_runs=len(detect),
                             detect_missed=sum(math.isinf(x) for x in detect))
+        if not self.joins:
+            return
         self.out.update(join_p50_s=pct(self.joins, 50), join_p99_s=pct(self.joins, 99),
                         join_max_s=max(self.joins), join_runs=len(self.joins))
         self.say(f"join p50 {pct(self.joins, 50):.2f} s, p99 {pct(self.joins, 99):.2f} s "
                  f"over {len(self.joins)} joins")
 
     def stall(self) -> None:
+        stalled = {n: self.c.members[n].worker for n in self.lay.stalled}
+        tally = {"runs": 0, "bad": 0, "stalls": 0, "deaths": 0, "suspicions": 0}
+        try:
+            self._stall_runs(stalled, tally)
+        finally:  # also when stopped at the scenario's bound
+            self.out.update(stall_runs=tally["runs"], stall_runs_with_false_death=tally["bad"],
+                            stall_share=tally["bad"] / tally["runs"] if tally["runs"] else math.nan,
+                            stall_stalls=tally["stalls"], stall_dead_verdicts=tally["deaths"],
+                            stall_members=len(stalled),
+                            stall_suspect_events=(tally["suspicions"]
+                                                  if self.impl.name != "memberlist" else None))
+
+    def _stall_runs(self, stalled: dict[str, Worker], tally: dict[str, int]) -> None:
         c, s, rng = self.c, self.s, self.rng
-        stalled = {n: c.members[n].worker for n in self.lay.stalled}
-        bad_runs = stalls = deaths = suspicions = 0
         for r in range(s.stall_runs):
             if r:
                 self.ensure_converged(30)
@@ -383,7 +465,7 @@ class Run:
                                 w.signal(signal.SIGCONT)
                             else:
                                 w.signal(signal.SIGSTOP)
-                                stalls += 1
+                                tally["stalls"] += 1
                             nxt[n] = now + rng.uniform(0.5, 2.5)
                     c.wait(lambda: False, max(0.0, min(min(nxt.values()), end) - time.monotonic()))
             finally:
@@ -393,17 +475,14 @@ class Run:
             c.idle(s.stall_quiet)
             events = c.log[mark:]
             dead = [e for e in events if e.kind == "dead" and c.members[e.peer].live]
-            suspicions += sum(e.kind == "suspect" for e in events)
-            deaths += len(dead)
-            bad_runs += bool(dead)
+            tally["suspicions"] += sum(e.kind == "suspect" for e in events)
+            tally["deaths"] += len(dead)
+            tally["bad"] += bool(dead)
+            tally["runs"] += 1
             self.say(f"stall run {r + 1}/{s.stall_runs}: "
                      + (f"{len(dead)} false dead verdicts about {len({e.peer for e in dead})} members"
                         if dead else "no false death")
                      + f" ({time.time() - t_start:.0f} s)")
-        self.out.update(stall_runs=s.stall_runs, stall_runs_with_false_death=bad_runs,
-                        stall_share=bad_runs / max(1, s.stall_runs), stall_stalls=stalls,
-                        stall_dead_verdicts=deaths, stall_members=len(stalled),
-                        stall_suspect_events=suspicions if self.impl.name != "memberlist" else None)
 
     def loss(self) -> None:
         c, s = self.c, self.s
@@ -415,8 +494,8 @@ class Run:
             end = time.monotonic() + s.loss_seconds
             while (left := end - time.monotonic()) > 0:
                 c.idle(min(60.0, left))
-                dead = {e.peer for e in c.log[mark:] if e.kind == "dead" and c.members[e.peer].live}
-                self.say(f"loss: {time.time() - t0:.0f} s, {len(dead)} live members declared dead")
+                so_far = {e.peer for e in c.log[mark:] if e.kind == "dead" and c.members[e.peer].live}
+                self.say(f"loss: {time.time() - t0:.0f} s, {len(so_far)} live members declared dead")
         finally:
             self.delete_rules(rules)
         c.idle(5)
@@ -475,12 +554,19 @@ def run_size(n: int, impls: dict[str, Impl], s: Settings, ns_reason: str, logdir
         for group in groups:
             barrier = threading.Barrier(len(group))
 
-            def sync(barrier: threading.Barrier = barrier) -> None:
+            # the longest one implementation may wait for the others: their slowest scenario
+            # at its bound, or the formation (which has its own timeouts) before the first
+            patience = max([s.bound_s(sc, n) for sc in s.scenarios] + [0.0]) + 300 + n
+
+            def sync(barrier: threading.Barrier = barrier, patience: float = patience) -> None:
                 with contextlib.suppress(threading.BrokenBarrierError):
-                    barrier.wait(timeout=3600)
+                    barrier.wait(timeout=patience)
+
+            done = {i.name: threading.Event() for i in group}
 
             def body(impl: Impl, barrier: threading.Barrier = barrier,
-                     sync: Callable[[], None] = sync) -> None:
+                     sync: Callable[[], None] = sync,
+                     done: dict[str, threading.Event] = done) -> None:
                 try:
                     results[impl.name][n] = Run(impl, n, s, ns, logdir, sync).run()
                 except Aborted:
@@ -490,20 +576,26 @@ def run_size(n: int, impls: dict[str, Impl], s: Settings, ns_reason: str, logdir
                     results[impl.name][n] = {"error": f"{type(e).__name__}: {e}"}
                 finally:
                     barrier.abort()  # nobody waits for a thread that has finished
+                    done[impl.name].set()
 
             threads = [threading.Thread(target=body, args=(i,), name=i.name) for i in group]
             for t in threads:
                 t.start()
+            # Wait on events, not Thread.join: on Python 3.11 a join interrupted by Ctrl-C can
+            # leave the thread looking finished while it still runs (and then the namespace
+            # would go before its workers and rules).
             try:
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.5)
+                for ev in done.values():
+                    while not ev.wait(0.5):
+                        pass
             except BaseException:
                 STOP.set()
                 barrier.abort()
-                for t in threads:
-                    t.join(60)
+                for ev in done.values():
+                    ev.wait(60)
                 raise
+            for t in threads:
+                t.join()
     finally:
         if ns is not None:
             ns.remove()
@@ -538,11 +630,7 @@ def parse_config(text: str) -> dict[str, Any]:
 
 
 def settings_from(opts: argparse.Namespace) -> Settings:
-    s = Settings(sizes=[50, 100], scenarios=list(SCENARIOS), impls=list(NAMES))
-    if opts.quick:
-        s = Settings(sizes=[50], scenarios=list(SCENARIOS), impls=list(NAMES), runs=3,
-                     loss_seconds=60, stall_runs=2, stall_seconds=10, stall_quiet=8,
-                     idle_seconds=30, partition_seconds=30, merge_timeout=45, detect_timeout=40)
+    s = Settings(**(Settings.FULL if opts.full else {}))
     if opts.n:
         s.sizes = [int(x) for x in opts.n.split(",")]
     if opts.scenarios:
@@ -567,18 +655,21 @@ def settings_from(opts: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="N = 50, 3 crashes, 1 minute of loss, ...")
+    ap.add_argument("--full", action="store_true",
+                    help="the issue's sizes: N = 50 and 100, 20 runs, 10 min of loss, 60 s "
+                         "partition (hours); without it a budget run of at most 10 minutes")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     ap.add_argument("--n", help="cluster sizes, e.g. 50,100")
     ap.add_argument("--scenarios", help=f"comma-separated, from {','.join(SCENARIOS)}")
     ap.add_argument("--impls", help=f"comma-separated, from {','.join(NAMES)}")
-    ap.add_argument("--runs", type=int, help="crashes (and joins) per size (20)")
-    ap.add_argument("--loss-minutes", type=float, help="minutes of 10 %% loss (10)")
-    ap.add_argument("--stall-runs", type=int, help="runs of the stall scenario (20)")
-    ap.add_argument("--stall-seconds", type=float, help="seconds of stalls per run (30)")
-    ap.add_argument("--idle-seconds", type=float, help="seconds of the idle measurement (180)")
-    ap.add_argument("--partition-seconds", type=float, help="length of the partition (60)")
-    ap.add_argument("--merge-timeout", type=float, help="longest wait for the merge after healing (120)")
+    ap.add_argument("--runs", type=int, help="crashes (and joins) per size (3; --full 20)")
+    ap.add_argument("--loss-minutes", type=float, help="minutes of 10 %% loss (1; --full 10)")
+    ap.add_argument("--stall-runs", type=int, help="runs of the stall scenario (3; --full 20)")
+    ap.add_argument("--stall-seconds", type=float, help="seconds of stalls per run (10; --full 30)")
+    ap.add_argument("--idle-seconds", type=float, help="seconds of the idle measurement (30; --full 180)")
+    ap.add_argument("--partition-seconds", type=float, help="length of the partition (20; --full 60)")
+    ap.add_argument("--merge-timeout", type=float,
+                    help="longest wait for the merge after healing (60; --full 120)")
     ap.add_argument("--per-process", type=int, help="members per worker process (10)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--sequential", action="store_true", help="one implementation at a time")
@@ -652,7 +743,8 @@ HEADLINE = ("detect_p50_s", "detect_p99_s", "false_dead_loss10", "idle_bytes_per
 
 
 def build_report(s: Settings, impls: dict[str, Impl], results: dict[str, dict[int, dict[str, Any]]],
-                 ns_reason: str, wall: float, load0: tuple[float, ...], load1: tuple[float, ...]) -> dict[str, Any]:
+                 ns_reason: str, wall: float, load0: tuple[float, ...],
+                 load1: tuple[float, ...]) -> dict[str, Any]:
     head_n = GOAL_N if GOAL_N in s.sizes else max(s.sizes)
     report: dict[str, Any] = {"n": head_n, "sizes": s.sizes, "scenarios": s.scenarios,
                               "wall_s": wall, "loadavg_before": list(load0), "loadavg_after": list(load1),
@@ -751,10 +843,7 @@ def render(s: Settings, impls: dict[str, Impl], results: dict[str, dict[int, dic
             rows.append([n, label, *cells, "-" if ratio is None else ratio,
                          goal[2] if goal and n == GOAL_N else "", verdict])
     head = ["N", "metric", *cols, "orch/memberlist", "goal (issue 12, N = 100)", "orch"]
-    detail = [f"{s.runs} crashes, {s.runs + 1} joins, {s.stall_runs} stall runs of "
-              f"{s.stall_seconds:g} s, {s.loss_seconds / 60:g} min of {100 * s.loss:g} % loss, "
-              f"a {s.partition_seconds:g} s partition, {s.idle_seconds:g} s idle"]
-    lines = [table(f"Gossip side by side on real sockets ({'; '.join(detail)})", head, rows)]
+    lines = [table(f"Gossip side by side on real sockets ({s.describe()})", head, rows)]
     lines.append("")
     for name in cols:
         impl = impls[name]
@@ -766,6 +855,8 @@ def render(s: Settings, impls: dict[str, Impl], results: dict[str, dict[int, dic
             for k, v in r.items():
                 if k.endswith("_na"):
                     lines.append(f"    N={n}: {k.removesuffix('_na')}: n/a ({v})")
+                elif k.endswith("_bounded"):
+                    lines.append(f"    N={n}: {k.removesuffix('_bounded')}: {v} (figures so far)")
     lines.append(f"  wall time {report['wall_s'] / 60:.1f} min; load average before "
                  f"{report['loadavg_before'][0]:.2f}, after {report['loadavg_after'][0]:.2f} "
                  f"({os.cpu_count()} cores, shared)")

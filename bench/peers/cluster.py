@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import random
@@ -33,6 +34,10 @@ STATE_OF = {"join": "alive", "alive": "alive", "update": "alive", "suspect": "su
 
 class Aborted(Exception):
     """The run was interrupted (Ctrl-C, SIGTERM, or another implementation's thread failed)."""
+
+
+class OverBound(Exception):
+    """The scenario under way reached its time bound (``Cluster.deadline``)."""
 
 
 STOP = threading.Event()
@@ -154,6 +159,8 @@ class Cluster:
         self.stats: dict[str, dict[str, Any]] = {}
         self.left: set[str] = set()
         self._logs: list[IO[bytes]] = []
+        self.deadline = math.inf
+        """``time.monotonic()`` past which ``wait`` raises ``OverBound`` (the scenario's bound)."""
 
     # --- processes --------------------------------------------------------------------------
 
@@ -268,6 +275,8 @@ class Cluster:
         while True:
             if STOP.is_set():
                 raise Aborted
+            if time.monotonic() > self.deadline:
+                raise OverBound
             self.pump(0.0)
             if pred():
                 return True

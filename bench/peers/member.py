@@ -70,7 +70,7 @@ class OrchMembers:
         if seeds:
             node.join(seeds)
 
-    async def stop(self, name: str, leave: bool, timeout: float) -> None:
+    async def stop(self, name: str, leave: bool, leave_timeout: float) -> None:
         node = self.nodes.pop(name, None)
         if node is None:
             return
@@ -144,12 +144,12 @@ class KinshipMembers:
                     emit({"ev": "view", "node": name, "lost": e.count,
                           "alive": [m.name for m in members if m.name != name]})
 
-    async def stop(self, name: str, leave: bool, timeout: float) -> None:
+    async def stop(self, name: str, leave: bool, leave_timeout: float) -> None:
         cluster = self.clusters.pop(name, None)
         if cluster is None:
             return
         if leave:
-            await cluster.leave(timeout)
+            await cluster.leave(leave_timeout)
         await cluster.close()
         task = self.readers.pop(name, None)
         if task is not None:
