@@ -654,7 +654,8 @@ def settings_from(opts: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.gossip_peers", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true",
                     help="the issue's sizes: N = 50 and 100, 20 runs, 10 min of loss, 60 s "
                          "partition (hours); without it a budget run of at most 10 minutes")
