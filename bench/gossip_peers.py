@@ -78,6 +78,12 @@ SCENARIOS = ("idle", "join", "crash", "stall", "loss", "partition")
 NETNS_SCENARIOS = ("loss", "partition")
 SIDE_A = ["127.0.90.0/24"]
 SIDE_B = ["127.0.91.0/24", "127.0.92.0/23"]
+SIDE_GID = {True: 64901, False: 64902}
+"""Group id of the worker processes of side A (True) and side B (False) in a namespace: the
+partition tells the sides apart by the sending process, not by the source address, because
+a TCP connection to a member (push-pull, memberlist's and kinship's fallback pings) leaves
+from 127.0.0.1 unless the implementation binds it, and none of the three does."""
+SIDE_MARK = {True: "0x6a01", False: "0x6a02"}
 
 GOALS: dict[str, tuple[str, float, str]] = {
     # key: (comparison, bound, as the issue says it); all at N = 100
@@ -251,9 +257,13 @@ class Run:
     def _ports(self, proto: str) -> list[str]:
         return ["-p", proto, "-m", "multiport", "--ports", str(self.port)]
 
-    def add_rules(self, chain: str, extra: list[str]) -> list[list[str]]:
+    def gid(self, addr: str) -> int | None:
+        """The group id of a worker for a member at ``addr`` (in a namespace only)."""
+        return SIDE_GID[Layout.side_a(addr)] if self.ns is not None else None
+
+    def add_rules(self, chain: str, extra: list[str], table: str = "filter") -> list[list[str]]:
         assert self.ns is not None
-        rules = [self.ns.add_rule(chain, [*self._ports(p), *extra]) for p in ("udp", "tcp")]
+        rules = [self.ns.add_rule(chain, [*self._ports(p), *extra], table) for p in ("udp", "tcp")]
         self.rules += rules
         return rules
 
@@ -307,15 +317,17 @@ class Run:
     def form(self) -> None:
         c, lay = self.c, self.lay
         t0 = time.time()
-        shared: list[Worker] = []
+        shared: dict[bool, Worker] = {}  # by side: a process holds members of one side only
         workers: dict[str, Worker] = {}
-        for name, _ in lay.base:
+        for name, addr in lay.base:
+            side = Layout.side_a(addr)
             if name in lay.stalled:
-                workers[name] = c.worker(alone=True)
+                workers[name] = c.worker(alone=True, group=self.gid(addr))
             else:
-                if not shared or sum(1 for w in workers.values() if w is shared[-1]) >= self.s.per_process:
-                    shared.append(c.worker())
-                workers[name] = shared[-1]
+                w = shared.get(side)
+                if w is None or sum(1 for x in workers.values() if x is w) >= self.s.per_process:
+                    w = shared[side] = c.worker(group=self.gid(addr))
+                workers[name] = w
         first, addr = lay.base[0]
         c.start(first, addr, workers[first])
         c.wait_started([first], 30)
@@ -335,7 +347,7 @@ class Run:
         c = self.c
         name, addr = self.lay.next_guest()
         seed = c.random_live(self.rng)
-        c.start(name, addr, c.worker(alone=True), seeds=[seed])
+        c.start(name, addr, c.worker(alone=True, group=self.gid(addr)), seeds=[seed])
         c.wait_started([name], 30)
         t0 = c.members[name].started
         ok = c.wait(c.converged, self.s.join_timeout)
@@ -509,10 +521,15 @@ class Run:
     def partition(self) -> None:
         c, s = self.c, self.s
         rules: list[list[str]] = []
-        for a in SIDE_A:
-            for b in SIDE_B:
-                rules += self.add_rules("INPUT", ["-s", a, "-d", b, "-j", "DROP"])
-                rules += self.add_rules("INPUT", ["-s", b, "-d", a, "-j", "DROP"])
+        # Packets are marked by the side of the process that sends them, and dropped on
+        # arrival at the other side (on INPUT: silently, as a real partition does; a DROP on
+        # OUTPUT would fail the sender's sendto/connect with EPERM at once).
+        for side, to in ((True, SIDE_B), (False, SIDE_A)):
+            rules += self.add_rules("OUTPUT", ["-m", "owner", "--gid-owner", str(SIDE_GID[side]),
+                                               "-j", "MARK", "--set-mark", SIDE_MARK[side]], "mangle")
+            for net in to:
+                rules += self.add_rules("INPUT", ["-m", "mark", "--mark", SIDE_MARK[side],
+                                                  "-d", net, "-j", "DROP"])
         self.say(f"partitioned for {s.partition_seconds:g} s")
         try:
             c.idle(s.partition_seconds)

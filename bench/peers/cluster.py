@@ -56,12 +56,18 @@ class Worker:
     """One process of members; its stdout is read on a thread of its own."""
 
     def __init__(self, argv: list[str], *, log: IO[bytes], out: queue.Queue[tuple[Worker, dict[str, Any]]],
-                 alone: bool = False, env: dict[str, str] | None = None) -> None:
+                 alone: bool = False, env: dict[str, str] | None = None,
+                 group: int | None = None) -> None:
         self.alone = alone
         self.stopped = False  # SIGSTOP'd
+        # The worker makes itself die with the benchmark (PR_SET_PDEATHSIG, in its own code:
+        # bench/peers/member.py, bench/memberlist/main.go). The kernel sends that signal when
+        # the *thread* that started it ends: workers are started, and stopped, by the thread
+        # that runs their implementation's scenarios, which outlives them.
         self.popen = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env,
-            start_new_session=True)  # Ctrl-C reaches the benchmark only; it stops the workers
+            start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops the workers
+            group=group)  # the partition's side (iptables owner match), as root only
         self._out = out
         self._wlock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"worker-{self.pid}")
@@ -164,10 +170,12 @@ class Cluster:
 
     # --- processes --------------------------------------------------------------------------
 
-    def worker(self, alone: bool = False) -> Worker:
+    def worker(self, alone: bool = False, group: int | None = None) -> Worker:
+        """A new worker process; ``group``: its group id (one per side of a partition)."""
         log = (self.logdir / f"{self.impl}-{len(self.workers):03d}.log").open("ab")
         self._logs.append(log)
-        w = Worker([*self.prefix, *self.argv], log=log, out=self.q, alone=alone, env=self.env)
+        w = Worker([*self.prefix, *self.argv], log=log, out=self.q, alone=alone, env=self.env,
+                   group=group)
         self.workers.append(w)
         return w
 

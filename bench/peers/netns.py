@@ -71,14 +71,15 @@ class Netns:
         with _lock:  # one change at a time (the threads of several implementations share it)
             return _run([*self.exec_prefix(), "iptables", "-w", *args])
 
-    def add_rule(self, chain: str, spec: list[str]) -> list[str]:
+    def add_rule(self, chain: str, spec: list[str], table: str = "filter") -> list[str]:
         """Append a rule; returns what ``delete_rule`` needs."""
-        self.iptables("-A", chain, *spec)
-        return [chain, *spec]
+        self.iptables("-t", table, "-A", chain, *spec)
+        return [table, chain, *spec]
 
     def delete_rule(self, rule: list[str]) -> None:
+        table, chain, *spec = rule
         with contextlib.suppress(RuntimeError):
-            self.iptables("-D", *rule)
+            self.iptables("-t", table, "-D", chain, *spec)
 
     def counters(self, chain: str = "OUTPUT") -> dict[str, tuple[int, int]]:
         """Packets and bytes of every rule in ``chain`` that carries a comment, by comment."""
