@@ -120,6 +120,8 @@ class Worker:
             if self.popen.stdin is not None:
                 self.popen.stdin.close()
         self._reader.join(timeout=5)
+        if not self._reader.is_alive() and self.popen.stdout is not None:
+            self.popen.stdout.close()
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process and its threads (0 once it is gone)."""
