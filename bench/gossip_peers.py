@@ -39,7 +39,10 @@ Scenarios, in this order on one cluster per implementation and size:
   loss       10 % of packets dropped at random (iptables statistic) for ``--loss-minutes``:
              live members declared dead
   partition  the two halves cut apart for ``--partition-seconds``, then healed: until every
-             member counts every other in again, without a manual join
+             member counts every other in again, without a manual join. The sides are told
+             apart by the sending process (a group id per side, each worker process holds
+             one side's members), because TCP connections leave from 127.0.0.1: packets are
+             marked on OUTPUT by the sender's group and dropped silently on INPUT
 
 Cleanup: every worker process is stopped (and dies with the benchmark: PR_SET_PDEATHSIG),
 the namespace is removed with its rules, on success, failure, Ctrl-C or SIGTERM; a
