@@ -6,7 +6,7 @@
     python -m bench.controller --fast     # short daemon timings (gossip "fast", grace 1 s)
 
 The cluster is ``orchctl.demo``'s: real ``orch-controller`` and ``orch-agent``
-processes with the demo's timings (gossip at memberlist's LAN profile, node grace
+processes with the demo's timings (gossip at orch's LAN profile, node grace
 3 s; ``--fast``: the fast profile, grace 1 s), moved to a loopback block of its
 own (controller 127.0.77.1, agents 127.0.77.2-4) so that a demo or a test suite
 running at the same time on 127.0.0.x cannot join it. Every allocation is

@@ -1,7 +1,7 @@
 """The main job, run by ``./run demo``: a local orch cluster on 127.0.0.x, end to end.
 
 A controller on 127.0.0.1 and three agents on 127.0.0.2-127.0.0.4 (real
-``orch-controller`` and ``orch-agent`` processes, gossip at memberlist's LAN
+``orch-controller`` and ``orch-agent`` processes, gossip at orch's LAN
 timings); the agents find the controller through gossip. A sample web service
 of three replicas runs on them (Docker when an engine answers, the process
 driver otherwise); the demo shows ``orchctl`` output, asks every replica for a

@@ -1,6 +1,6 @@
 """Gossip membership: SWIM with Lifeguard, node state, encryption, a simulator.
 
-config      GossipConfig (memberlist's LAN defaults, every default explained)
+config      GossipConfig (orch's LAN defaults beside memberlist's, every default explained)
 messages    the messages and member statuses
 codec       msgpack wire format, compound packets, the envelope (version, label, AES-GCM)
 crypto      the keyring

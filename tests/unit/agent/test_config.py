@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, parse_addr
+from agent.gossip.config import GossipConfig
 from agent.main import load_config, parse_args
 from orch import config as configfile
 from orch.errors import ConfigError
@@ -17,7 +18,7 @@ EXAMPLE = Path(__file__).parents[3] / "deploy" / "config" / "agent.toml"
 def test_the_example_file_loads() -> None:
     cfg = configfile.build(AgentConfig, configfile.load_toml(EXAMPLE), where=str(EXAMPLE))
     assert cfg.name == "agent-1"
-    assert cfg.gossip.probe_interval == 1.0
+    assert cfg.gossip.probe_interval == GossipConfig().probe_interval  # the defaults shown
     assert cfg.tags == {"datacenter": "dc1", "rack": "r12"}
 
 

@@ -13,7 +13,7 @@ def test_quick_run_reports_the_agreed_keys(capsys: pytest.CaptureFixture[str]) -
     assert gossip.main(["--quick", "--only", "detection,faults,load", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["detect_p99_s"]) == {"50", "100"}
-    for key in ("false_dead_loss20_lifeguard", "false_dead_loss20_plain", "bytes_per_member_s",
-                "sim_wall_s", "join_p99_s"):
+    for key in ("false_dead_loss10", "false_dead_loss20_lifeguard", "false_dead_loss20_plain",
+                "bytes_per_member_s", "sim_wall_s", "join_p99_s"):
         assert key in result
-    assert result["false_dead_loss20_lifeguard"] == 0
+    assert result["false_dead_loss10"] == 0  # issue 12's goal at the defaults

@@ -24,14 +24,14 @@ from agent.gossip.messages import (
     Suspect,
 )
 
-LAN = GossipConfig.lan()
+ML = GossipConfig.memberlist()  # the numbers below are worked out at memberlist's timings
 
 
 def addr(i: int) -> Addr:
     return (f"10.0.0.{i}", 7946)
 
 
-def make(n_peers: int = 0, cfg: GossipConfig = LAN, name: str = "me", seed: int = 1,
+def make(n_peers: int = 0, cfg: GossipConfig = ML, name: str = "me", seed: int = 1,
          state: dict[str, Any] | None = None) -> Membership:
     core = Membership(cfg, name=name, addr=addr(1), rng=random.Random(seed), now=0.0, state=state)
     core.preload([(f"p{i}", addr(i + 2)) for i in range(n_peers)], 0.0)
@@ -88,13 +88,13 @@ def test_failed_probe_goes_indirect_then_suspects_and_lowers_health() -> None:
     while not of_type(effects, Ping):
         effects = core.tick(core.next_deadline())
     ((target_addr, ping),) = of_type(effects, Ping)
-    t0 = core.next_deadline() - LAN.probe_timeout  # the probe timeout is the next timer
-    indirect = of_type(run_until(core, t0 + LAN.probe_timeout, answer=False), IndirectPing)
-    assert len(indirect) == LAN.indirect_checks
+    t0 = core.next_deadline() - ML.probe_timeout  # the probe timeout is the next timer
+    indirect = of_type(run_until(core, t0 + ML.probe_timeout, answer=False), IndirectPing)
+    assert len(indirect) == ML.indirect_checks
     assert all(m.target == ping.target and m.nack and a != target_addr for a, m in indirect)
     # one of the three intermediaries answers with a nack, the others stay silent
     core.receive(indirect[0][0], Nack(ping.seq), t0 + 0.8)
-    effects = run_until(core, t0 + LAN.probe_interval, answer=False)
+    effects = run_until(core, t0 + ML.probe_interval, answer=False)
     (ev,) = events(effects, EventKind.SUSPECT)
     assert ev.name == ping.target
     assert core.member(ping.target).status is Status.SUSPECT  # type: ignore[union-attr]
@@ -109,9 +109,9 @@ def test_acked_probe_keeps_the_target_alive_and_improves_health() -> None:
     while not of_type(effects, Ping):
         effects = core.tick(core.next_deadline())
     ((_, ping),) = of_type(effects, Ping)
-    started = core.next_deadline() - LAN.probe_timeout * 4  # timeouts are scaled by health
+    started = core.next_deadline() - ML.probe_timeout * 4  # timeouts are scaled by health
     core.receive(addr(99), Ack(ping.seq), started + 0.01)
-    effects = run_until(core, started + LAN.probe_interval * 4, answer=False)  # this probe's end
+    effects = run_until(core, started + ML.probe_interval * 4, answer=False)  # this probe's end
     assert events(effects, EventKind.SUSPECT) == []
     assert of_type(effects, IndirectPing) == []
     assert core.awareness.score == 2
@@ -129,7 +129,7 @@ def test_relay_forwards_acks_and_nacks_silence() -> None:
     assert acks == [(addr(5), Ack(41))]
     # a second request to a silent target: a nack before the requester's probe ends
     effects = core.receive(addr(5), IndirectPing(42, "p1", *addr(3), True, "x"), 1.0)
-    nacks = of_type(run_until(core, 1.0 + LAN.probe_timeout, answer=False), Nack)
+    nacks = of_type(run_until(core, 1.0 + ML.probe_timeout, answer=False), Nack)
     assert nacks == [(addr(5), Nack(42))]
 
 
@@ -165,7 +165,7 @@ def test_shared_suspicion_clock_ends_every_timer_together() -> None:
 
 
 def test_plain_swim_has_a_fixed_timeout() -> None:
-    core = make(n_peers=9, cfg=LAN.replace(lifeguard=False, shared_suspicion_clock=False))
+    core = make(n_peers=9, cfg=ML.replace(lifeguard=False, shared_suspicion_clock=False))
     core.receive(addr(5), Suspect(0, "p1", "p2", 3000), 0.0)
     (dead,) = events(run_until(core, 30), EventKind.DEAD)
     assert dead.time == pytest.approx(4.0)
@@ -227,7 +227,7 @@ def test_another_address_cannot_take_a_live_members_name() -> None:
 
 
 def test_dead_and_left_members_are_reaped_after_their_own_timeouts() -> None:
-    core = make(n_peers=2, cfg=LAN.replace(reconnect_timeout=60.0, tombstone_timeout=120.0))
+    core = make(n_peers=2, cfg=ML.replace(reconnect_timeout=60.0, tombstone_timeout=120.0))
     core.receive(addr(2), Dead(0, "p0", "p1"), 0.0)  # p0 died
     core.receive(addr(3), Dead(0, "p1", "p1"), 0.0)  # p1 left
     run_until(core, 59.0)
@@ -241,7 +241,7 @@ def test_dead_and_left_members_are_reaped_after_their_own_timeouts() -> None:
 
 def test_join_exchanges_state_and_both_sides_learn_each_other() -> None:
     a = make(name="a", state={"role": "agent"})
-    b = Membership(LAN, name="b", addr=addr(2), rng=random.Random(2), now=0.0, state={"role": "controller"})
+    b = Membership(ML, name="b", addr=addr(2), rng=random.Random(2), now=0.0, state={"role": "controller"})
     (stream,) = [e for e in a.join([addr(2)], 0.0) if isinstance(e, Stream)]
     assert stream.purpose == "join"
     assert stream.message.join
@@ -255,7 +255,7 @@ def test_join_exchanges_state_and_both_sides_learn_each_other() -> None:
 
 
 def test_join_retries_with_backoff_until_a_seed_answers() -> None:
-    cfg = LAN.replace(join_retry_min=1.0, join_retry_max=4.0)
+    cfg = ML.replace(join_retry_min=1.0, join_retry_max=4.0)
     a = make(name="a", cfg=cfg)
     attempts = []
     effects = a.join([addr(2), addr(3)], 0.0)
@@ -284,7 +284,7 @@ def test_state_deltas_apply_in_order_and_repair_gaps() -> None:
     core.receive(addr(2), StateDelta("p0", 3, 4, {"d": 4}), 1.0)
     assert core.member("p0").state == {"b": 2}  # type: ignore[union-attr]
     # if 3 never comes, we ask the owner for a full exchange
-    repairs = [e for e in run_until(core, 1.0 + LAN.state_repair_delay)
+    repairs = [e for e in run_until(core, 1.0 + ML.state_repair_delay)
                if isinstance(e, Stream) and e.purpose == "repair"]
     assert [r.addr for r in repairs] == [addr(2)]
     # when 3 arrives late, 3 and 4 both apply
@@ -306,7 +306,7 @@ def test_own_state_spreads_as_deltas_that_fit_in_packets() -> None:
         now = core.next_deadline()
         for e in core.tick(now):
             if isinstance(e, Send):
-                assert len(e.payload) + codec.envelope_overhead("") <= LAN.packet_size
+                assert len(e.payload) + codec.envelope_overhead("") <= ML.packet_size
                 receiver.receive_packet(addr(1), e.payload, now)
     assert receiver.member("me").state == big  # type: ignore[union-attr]
 
@@ -332,7 +332,7 @@ def test_malformed_input_is_counted_not_raised() -> None:
 
 def _joined_pair() -> tuple[Membership, Membership]:
     a = make(name="a", state={"role": "agent"})
-    b = Membership(LAN, name="b", addr=addr(2), rng=random.Random(2), now=0.0,
+    b = Membership(ML, name="b", addr=addr(2), rng=random.Random(2), now=0.0,
                    state={"role": "controller"})
     (stream,) = [e for e in a.join([addr(2)], 0.0) if isinstance(e, Stream)]
     reply, _ = b.stream_request(addr(1), stream.message, 0.01)
