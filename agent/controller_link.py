@@ -5,6 +5,11 @@ tagged ``role=controller`` publish ``rpc``); a follower's answer names the
 leader and the link goes there. When the stream breaks the agent keeps running
 what it has and reconnects with backoff; on every (re)connect it sends the state
 of all its allocations, so nothing the controller missed is lost.
+
+A controller that freezes (paused, or its host hung) neither breaks the stream nor
+answers NotLeader: the link would wait for keepalive to give up on it. So while a
+stream is open the link also watches who gossip says leads (``leader``): when another
+controller is the leader there, the link leaves for it at once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class ControllerLink:
                  addresses: Callable[[], list[str]], on_desired: DesiredHandler,
                  current: Callable[[], list[node_pb2.Allocation]], *,
                  backoff_max: float = 10.0,
+                 leader: Callable[[], str | None] | None = None,
+                 leader_check_interval: float = 0.5,
                  connect: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None
                  ) -> None:
         self._registration = registration
@@ -37,6 +44,9 @@ class ControllerLink:
         self._on_desired = on_desired
         self._current = current
         self._backoff_max = backoff_max
+        self._leader = leader
+        """The leader's address as gossip has it (None while that is unclear)."""
+        self._leader_check_interval = leader_check_interval
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
             addr, options=options))
         self._pending: dict[str, node_pb2.Allocation] = {}
@@ -49,6 +59,9 @@ class ControllerLink:
         self.last_controller = ""
         """The last controller that took our stream (kept when the stream breaks)."""
         self.applied_version = 0
+        self._stream = 0
+        """The number of the current stream: a request generator of an earlier one that is
+        still waiting (its call over, its task not yet cancelled) must not take the updates."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -114,23 +127,55 @@ class ControllerLink:
                 ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1)]) as channel:
             stub = controller_pb2_grpc.NodeServiceStub(channel)
-            call = stub.Connect(self._outgoing())
-            async for msg in call:
-                kind = msg.WhichOneof("msg")
-                if kind == "not_leader":
-                    self._leader_hint = msg.not_leader.address or None
-                    log.info("controller is not the leader", extra={
-                        "controller": addr, "leader": msg.not_leader.address})
-                    return
-                if kind == "desired":
-                    if not self.connected:
-                        self.connected, self.controller = True, addr
-                        self.last_controller = addr
-                        log.info("connected to the controller", extra={"controller": addr})
-                    await self._on_desired(msg.desired)
-                    self.applied_version = msg.desired.version
+            self._stream += 1
+            call = stub.Connect(self._outgoing(self._stream))
+            left = asyncio.Event()
+            watch = (asyncio.create_task(self._watch_leader(addr, call, left),
+                                         name="controller-link-leader")
+                     if self._leader is not None else None)
+            try:
+                async for msg in call:
+                    kind = msg.WhichOneof("msg")
+                    if kind == "not_leader":
+                        self._leader_hint = msg.not_leader.address or None
+                        log.info("controller is not the leader", extra={
+                            "controller": addr, "leader": msg.not_leader.address})
+                        return
+                    if kind == "desired":
+                        if not self.connected:
+                            self.connected, self.controller = True, addr
+                            self.last_controller = addr
+                            log.info("connected to the controller", extra={"controller": addr})
+                        await self._on_desired(msg.desired)
+                        self.applied_version = msg.desired.version
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                # the call cancelled by the watch below ends one way or the other; anything
+                # else (the link stopped, a real failure) goes on up
+                task = asyncio.current_task()
+                if not left.is_set() or (task is not None and task.cancelling()):
+                    raise
+            finally:
+                self._stream += 1  # this stream's requests end here
+                self._kick.set()
+                if watch is not None:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
 
-    async def _outgoing(self) -> AsyncIterator[controller_pb2.NodeMessage]:
+    async def _watch_leader(self, addr: str, call: Any, left: asyncio.Event) -> None:
+        """Leave ``addr`` (cancel ``call``) for the leader gossip names, once it is another."""
+        assert self._leader is not None
+        while True:
+            await asyncio.sleep(self._leader_check_interval)
+            leader = self._leader()
+            if leader and leader != addr:
+                log.info("gossip names another leader: leaving this controller for it",
+                         extra={"controller": addr, "leader": leader})
+                self._leader_hint = leader
+                left.set()
+                call.cancel()
+                return
+
+    async def _outgoing(self, stream: int) -> AsyncIterator[controller_pb2.NodeMessage]:
         self._reregister = False
         yield controller_pb2.NodeMessage(register=self._registration())
         # everything we run, so that the controller catches up with what it missed
@@ -141,6 +186,8 @@ class ControllerLink:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), 15.0)
+            if stream != self._stream:
+                return
             if self._reregister:
                 self._reregister = False
                 yield controller_pb2.NodeMessage(register=self._registration())

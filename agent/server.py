@@ -135,7 +135,7 @@ class Agent:
             self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
             await self.metrics.start()
         self.link = ControllerLink(self.registration, self.controller_addresses,
-                                   self._apply, self._full_report,
+                                   self._apply, self._full_report, leader=self.gossip_leader,
                                    connect=lambda addr, options: open_channel(addr, cfg.tls,
                                                                               options))
         self.link.start()
@@ -219,6 +219,17 @@ class Agent:
             known.sort(key=lambda m: m.state.get("leader") != "true")
             found += [str(m.state["rpc"]) for m in known if m.state["rpc"] not in found]
         return found
+
+    def gossip_leader(self) -> str | None:
+        """The gRPC address of the controller gossip says leads: the one alive member with
+        role=controller tagged leader=true (None when there is none, or more than one while
+        a deposed leader has not yet said it stepped down)."""
+        if self.gossip is None:
+            return None
+        leaders = [m.state["rpc"] for m in self.gossip.members()
+                   if m.state.get("role") == "controller" and m.state.get("leader") == "true"
+                   and m.status is Status.ALIVE and isinstance(m.state.get("rpc"), str)]
+        return str(leaders[0]) if len(leaders) == 1 else None
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
         specs = [convert.alloc_from_proto(a) for a in desired.allocations]
