@@ -229,11 +229,12 @@ class Ledger(threading.Thread):
     """Registers a new version of a job (with nothing to run: count 0) every ``every``
     seconds, through the leader, and keeps the ones acknowledged: the job's meta ``seq``
     and the version the controller answered. Calls that fail are kept too (unacknowledged:
-    they may have landed or not)."""
+    they may have landed or not). A call gets ``timeout`` seconds: one sent to a controller
+    that was just killed gets no answer at all, and the next goes to the leader."""
 
-    def __init__(self, h: HaHarness, job: str, every: float = 0.1) -> None:
+    def __init__(self, h: HaHarness, job: str, every: float = 0.1, timeout: float = 10) -> None:
         super().__init__(name=f"ledger {job}", daemon=True)
-        self.h, self.job, self.every = h, job, every
+        self.h, self.job, self.every, self.timeout = h, job, every, timeout
         self.acked: list[Ack] = []
         self.failed: list[tuple[int, str]] = []
         self._halt = threading.Event()
@@ -247,7 +248,8 @@ class Ledger(threading.Thread):
             job.meta["seq"] = str(seq)
             sent = time.monotonic()
             try:
-                reply = client.RegisterJob(controller_pb2.RegisterJobRequest(job=job), timeout=10)
+                reply = client.RegisterJob(controller_pb2.RegisterJobRequest(job=job),
+                                           timeout=self.timeout)
             except grpc.RpcError as e:
                 code, details, _ = rpc_error(e)
                 self.failed.append((seq, f"{code.name} after {time.monotonic() - sent:.1f} s "
