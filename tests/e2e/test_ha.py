@@ -79,7 +79,8 @@ def test_a_killed_leader_is_replaced_within_the_ttl_and_nothing_acknowledged_is_
         version = scale(h, "ha-kill", 4)
         wait("the job scaled to four", lambda: h.deployed("ha-kill", version, 4), 60)
         wait("four replicas, each running once", lambda: h.exactly_once("ha-kill", 4), 60)
-        assert set(h.agent_links().values()) == {new}
+        wait("every agent streaming to the new leader",
+             lambda: set(h.agent_links().values()) == {new}, 15)
 
         docker("start", h.container(old))  # back as a follower
         wait("the restarted controller following", lambda: (
