@@ -11,14 +11,19 @@
 #                                 /opt/orch on orch/base:bookworm, installed offline from the wheels
 #   deploy/images/build.sh systemd orch/systemd:bookworm  Debian 12 that boots systemd, with
 #                                 python3: a host to test deploy/install.sh and the units on
+#   deploy/images/build.sh etcd   orch/etcd:latest  the host's etcd and etcdctl (Debian's
+#                                 etcd-server, etcd-client) on orch/base:bookworm: the etcd
+#                                 members of the Compose harness's HA profile
 #   deploy/images/build.sh all    test, base and orch
 #
 # An image that exists already is kept (--force rebuilds it). Each image also carries a tag
 # naming its content (orch/busybox:<sha of the busybox binary>, orch/base:bookworm-<date>,
-# orch/orch:<hash of the sources>), so a changed input gives a new image. The image names
+# orch/orch:<hash of the sources>, orch/etcd:<version>-<sha of the binaries>), so a changed
+# input gives a new image. The image names
 # (and the wheel folder) are printed on stdout, one a line.
 # Needs: a Docker engine, busybox-static (test), debootstrap and Debian's archive (base),
-# Python 3.11 with pip and an index to fetch the dependencies from (wheels; cached after).
+# Python 3.11 with pip and an index to fetch the dependencies from (wheels; cached after),
+# etcd-server (etcd).
 set -euo pipefail
 
 FORCE=0
@@ -26,8 +31,8 @@ WHAT=()
 for a in "$@"; do
   case "$a" in
     --force) FORCE=1 ;;
-    test|base|wheels|orch|systemd|all) WHAT+=("$a") ;;
-    *) echo "usage: $0 [--force] test|base|wheels|orch|systemd|all" >&2; exit 2 ;;
+    test|base|wheels|orch|systemd|etcd|all) WHAT+=("$a") ;;
+    *) echo "usage: $0 [--force] test|base|wheels|orch|systemd|etcd|all" >&2; exit 2 ;;
   esac
 done
 [ ${#WHAT[@]} -eq 0 ] && WHAT=(test)
@@ -202,6 +207,32 @@ build_systemd() {
   echo "$tag"
 }
 
+build_etcd() {
+  # Debian's etcd is a Go binary linked against glibc only: it runs on the base image (the
+  # same Debian), which also gives it a shell and python3 for health checks.
+  need docker docker.io
+  local etcd=/usr/bin/etcd etcdctl=/usr/bin/etcdctl version sum tag cid bins
+  [ -x "$etcd" ] || { echo "$0: $etcd is missing (apt-get install etcd-server)" >&2; exit 1; }
+  bins=("$etcd")
+  [ -x "$etcdctl" ] && bins+=("$etcdctl")   # optional (etcd-client): for people, not the tests
+  version=$("$etcd" --version | awk '/^etcd Version:/ {print $3}')
+  sum=$(cat "${bins[@]}" | sha256sum | cut -c1-12)
+  tag=orch/etcd:${version:-unknown}-$sum
+  if ! have_image "$tag"; then
+    docker image inspect orch/base:bookworm >/dev/null 2>&1 || build_base >/dev/null
+    log "building $tag from ${bins[*]}"
+    cid=$(docker create --network none orch/base:bookworm true)
+    trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' RETURN
+    for b in "${bins[@]}"; do docker cp "$b" "$cid:/usr/local/bin/" >/dev/null; done
+    docker commit -m "etcd $version ($sum)" -c 'ENV ETCDCTL_API=3' -c 'WORKDIR /' \
+      -c 'EXPOSE 2379 2380' -c 'CMD ["etcd", "--version"]' \
+      -c "LABEL org.opencontainers.image.title=orch-etcd org.opencontainers.image.version=$version" \
+      "$cid" "$tag" >/dev/null
+  fi
+  docker tag "$tag" orch/etcd:latest
+  echo "$tag"
+}
+
 for w in "${WHAT[@]}"; do
   case "$w" in
     test) build_test ;;
@@ -209,6 +240,7 @@ for w in "${WHAT[@]}"; do
     wheels) build_wheels ;;
     orch) build_orch ;;
     systemd) build_systemd ;;
+    etcd) build_etcd ;;
     all) build_test; build_base; build_orch ;;
   esac
 done

@@ -1,5 +1,6 @@
-"""The harness for the tests marked ``e2e``: built and started once per session, checked
-healthy before each test, and every job a test ran removed after it.
+"""The harness for the tests marked ``e2e``: built and started once per session (the HA
+profile once per module that uses it), checked healthy before each test, and every job a
+test ran removed after it.
 
 Needs a Docker engine and docker-compose (``./run test`` installs both); without them the
 tests skip, except under CI=true, where they fail. The images are built locally
@@ -10,6 +11,7 @@ this session built it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,7 +23,8 @@ import pytest
 from agent.runtime.docker import parse_time_ns
 from orch.v1 import controller_pb2
 from tests.docker_engine import docker
-from tests.e2e.harness import ROOT, SERVICES, Harness, started, wait
+from tests.e2e.ha import HaHarness
+from tests.e2e.harness import ROOT, H, Harness, running, started, wait
 
 BUILD = ROOT / "deploy" / "images" / "build.sh"
 
@@ -76,24 +79,58 @@ def job_names(h: Harness) -> set[str]:
     return {j.name for j in h.api.ListJobs(controller_pb2.ListJobsRequest(), timeout=10).jobs}
 
 
-@pytest.fixture
-def cluster(harness: Harness) -> Iterator[Harness]:
-    """The harness, healthy: whatever a test broke is repaired before and after it, and the
-    jobs it ran are stopped and their containers gone afterwards."""
-    for service in SERVICES:
-        harness.restore(service)
-    harness.wait_healthy(within=90)
-    before = job_names(harness)
+@contextlib.contextmanager
+def repaired(h: H) -> Iterator[H]:
+    """``h`` healthy: whatever a test broke is repaired before and after it, and the jobs
+    it ran are stopped and their containers gone afterwards."""
+    for service in h.services:
+        h.restore(service)
+    h.wait_healthy(within=90)
+    before = job_names(h)
     try:
-        yield harness
+        yield h
     finally:
-        for service in SERVICES:
-            harness.restore(service)
-        harness.wait_healthy(within=90)
-        for job in job_names(harness) - before:
-            harness.stop(job)
+        for service in h.services:
+            h.restore(service)
+        h.wait_healthy(within=90)
+        for job in job_names(h) - before:
+            h.stop(job)
         try:
             wait("the tests' task containers to stop",
-                 lambda: not harness.task_containers(all_states=False), 30)
+                 lambda: not h.task_containers(all_states=False), 30)
         finally:
-            harness.remove_tasks()
+            h.remove_tasks()
+
+
+@pytest.fixture
+def cluster(harness: Harness) -> Iterator[Harness]:
+    """The harness, healthy, and left as it was found (``repaired``)."""
+    with repaired(harness) as h:
+        yield h
+
+
+@pytest.fixture(scope="session")
+def etcd_image(docker_url: str) -> str:
+    """orch/etcd:<version>-<sha>: the host's etcd on the base image, kept (a cache, like the
+    base image it is built on: a second or two to make again)."""
+    if shutil.which("etcd") is None:
+        message = "the etcd binary is missing: apt-get install etcd-server (./run test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the HA e2e tests cannot run: {message}")
+        pytest.skip(message)
+    return build("etcd")
+
+
+@pytest.fixture(scope="module")
+def ha_harness(orch_image: str, etcd_image: str) -> Iterator[HaHarness]:
+    """The Compose profile ``ha`` (three etcd members, three controllers, three agents) of a
+    project and subnet of its own, up for one module and removed after it."""
+    with running(HaHarness(orch_image, etcd_image)) as h:
+        yield h
+
+
+@pytest.fixture
+def ha_cluster(ha_harness: HaHarness) -> Iterator[HaHarness]:
+    """The HA harness, healthy (one leader, every member back), left as it was found."""
+    with repaired(ha_harness) as h:
+        yield h

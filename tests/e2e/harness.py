@@ -22,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 
@@ -59,8 +59,8 @@ def wait(what: str, check: Callable[[], T | None], within: float, every: float =
         time.sleep(every)
 
 
-def free_subnet_prefix() -> str:
-    """``172.28.N`` for a /24 that no Docker network or host route uses."""
+def free_subnet_prefix(first: int = 201) -> str:
+    """``172.28.N`` (N from ``first`` up) for a /24 that no Docker network or host route uses."""
     taken: list[ipaddress.IPv4Network] = []
     ids = docker("network", "ls", "-q").split()
     if ids:
@@ -73,19 +73,32 @@ def free_subnet_prefix() -> str:
     for line in routes.splitlines():
         with contextlib.suppress(ValueError, IndexError):
             taken.append(ipaddress.IPv4Network(line.split()[0], strict=False))
-    for n in range(201, 255):
+    for n in range(first, 255):
         candidate = ipaddress.IPv4Network(f"172.28.{n}.0/24")
         if not any(candidate.overlaps(t) for t in taken if t.prefixlen > 0):
             return f"172.28.{n}"
-    raise RuntimeError("no free /24 in 172.28.201-254.0 for the harness network")
+    raise RuntimeError(f"no free /24 in 172.28.{first}-254.0 for the harness network")
 
 
 class Harness:
-    """A controller and five agents in containers, and what the tests do with them."""
+    """A controller and five agents in containers, and what the tests do with them.
+
+    Subclasses describe another cluster of the same Compose file (a profile): its services,
+    their addresses (the last byte on the harness network), and which are the agents and
+    the controllers.
+    """
+
+    AGENTS: ClassVar[tuple[str, ...]] = AGENTS
+    CONTROLLERS: ClassVar[tuple[str, ...]] = ("controller",)
+    HOSTS: ClassVar[dict[str, int]] = {s: 10 + i for i, s in enumerate(SERVICES)}
+    PROFILE: ClassVar[str] = ""
+    """A Compose profile: its services are named on ``up``, so that only they start."""
+    SUBNETS_FROM: ClassVar[int] = 201
+    """Where the search for a free /24 (172.28.N.0) starts."""
 
     def __init__(self, image: str, *, project: str | None = None) -> None:
         self.project = project or f"orch-e2e-{os.getpid()}"
-        self.net = free_subnet_prefix()
+        self.net = free_subnet_prefix(self.SUBNETS_FROM)
         self.image = image
         socket_path = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         if not socket_path.startswith("unix://"):
@@ -98,9 +111,15 @@ class Harness:
 
     # --- the Compose project --------------------------------------------------------------
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The Compose services of this cluster (the containers a test may break)."""
+        return (*self.CONTROLLERS, *self.AGENTS)
+
     def compose(self, *args: str, timeout: float = 120) -> str:
+        profile = ("--profile", self.PROFILE) if self.PROFILE else ()
         done = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "-p", self.project,
-                               *args], capture_output=True, text=True, env=self.env,
+                               *profile, *args], capture_output=True, text=True, env=self.env,
                               timeout=timeout, check=False, cwd=ROOT)
         if done.returncode != 0:
             raise RuntimeError(f"docker-compose {' '.join(args)}: {done.stderr.strip()}")
@@ -110,14 +129,14 @@ class Harness:
         return f"{self.project}_{service}_1"
 
     def ip(self, service: str) -> str:
-        return f"{self.net}.{10 + SERVICES.index(service)}"
+        return f"{self.net}.{self.HOSTS[service]}"
 
     @property
     def network(self) -> str:
         return f"{self.project}_mesh"
 
     def up(self) -> None:
-        self.compose("up", "-d")
+        self.compose("up", "-d", *(self.services if self.PROFILE else ()))
         try:
             self.wait_healthy(within=90)
         except AssertionError as e:
@@ -206,9 +225,9 @@ class Harness:
 
     def healthy(self) -> bool:
         nodes, members = self.nodes(), self.members()
-        return (all(name in nodes and nodes[name].status == READY for name in AGENTS)
+        return (all(name in nodes and nodes[name].status == READY for name in self.AGENTS)
                 and all(name in members and members[name].status == "alive"
-                        for name in ("controller", *AGENTS)))
+                        for name in (*self.CONTROLLERS, *self.AGENTS)))
 
     def wait_healthy(self, within: float = 60) -> None:
         wait("every agent ready and every member alive", self.healthy, within)
@@ -286,14 +305,21 @@ def web_job(name: str, *, count: int = 5, version: str = "1",
     return job
 
 
+H = TypeVar("H", bound=Harness)
+
+
 @contextlib.contextmanager
-def started(image: str) -> Iterator[Harness]:
-    """A harness up and healthy; everything it made removed afterwards, whatever happened."""
+def running(h: H) -> Iterator[H]:
+    """``h`` up and healthy; everything it made removed afterwards, whatever happened."""
     if shutil.which("docker-compose") is None:
         raise RuntimeError("docker-compose is missing (apt-get install docker-compose)")
-    h = Harness(image)
     try:
         h.up()
         yield h
     finally:
         h.down()
+
+
+def started(image: str) -> contextlib.AbstractContextManager[Harness]:
+    """The default harness (a controller and five agents), up and healthy."""
+    return running(Harness(image))
