@@ -60,6 +60,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bench.report import pct, progress, table
+from orch.daemon import freeze_startup_heap
 from orch.metrics import render
 
 NET = "127.0.88"
@@ -318,6 +319,7 @@ async def run(opts: argparse.Namespace, workdir: Path, result: dict[str, Any]) -
         await agent.runtime.sample_usage()  # CPU and memory series now, not in 10 s
         result["start_s"] = healthy_s
         progress(f"this process quiet after {await settle():.1f} s more")
+        freeze_startup_heap()  # as orch.daemon.run does once a daemon serves
 
         if agent.metrics is None or ctl.metrics is None or agent.gossip is None:
             raise RuntimeError("a daemon serves no metrics")

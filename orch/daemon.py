@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -251,6 +252,7 @@ def run(prog: str, make: Callable[[], Server], *, reload: Callable[[], Any],
         try:
             server = make()
             await server.start()
+            freeze_startup_heap()
         except BaseException:
             watchdog.cancel()
             raise
@@ -288,6 +290,14 @@ def run(prog: str, make: Callable[[], Server], *, reload: Callable[[], Any],
     finally:
         notifier.close()
     return 0
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up allocated (modules, descriptors, the server's long-lived state)
+    out of the garbage collector's reach: full collections then scan only what came later,
+    which halves the p99 of a ``/metrics`` scrape on a busy agent (``bench.metrics``)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _first(*events: asyncio.Event) -> None:
