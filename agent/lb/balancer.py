@@ -4,8 +4,10 @@
 agent's other loops): listeners open for new services, endpoint sets change in place
 (new connections use the new set at once; a removed endpoint's connections drain for
 ``drain_grace``), and services that left the table lose their listener while their
-connections drain. A port that cannot be bound is logged, shown in ``stats()`` and
-retried every ``bind_retry_interval``; it never fails ``update``. A service whose spec
+connections drain (a UDP service keeps its port meanwhile, for the replies, but takes
+no new client; a new service that wants the port ends those sessions at once). A port
+that cannot be bound is logged, shown in ``stats()`` and retried every
+``bind_retry_interval``; it never fails ``update``. A service whose spec
 is invalid (an unknown policy or protocol) is logged and left out.
 
 One sweep per period closes idle TCP connections and ends idle UDP sessions, so no
@@ -100,12 +102,9 @@ class LoadBalancer:
 
     def _remove(self, svc: ServiceState) -> None:
         del self._services[svc.name]
-        self._close_listener(svc)
-        if svc.spec.protocol == "udp":
-            svc.removed = True
-            svc.abort_all()
-        else:
-            svc.drain_all()
+        svc.drain_all()
+        if svc.spec.protocol != "udp" or not svc.conns:
+            self._close_listener(svc)  # (a UDP session's replies leave from the port)
         if svc.conns:
             self._draining.add(svc)
         log.info("service unpublished", extra={"service": svc.name, "port": svc.port,
@@ -120,6 +119,10 @@ class LoadBalancer:
     async def _bind(self, svc: ServiceState) -> None:
         loop = asyncio.get_running_loop()
         port = svc.spec.published_port
+        for old in self._draining:  # a new service wants the port: its sessions end now
+            if old.listener is not None and port and old.port == port:
+                old.abort_all()
+                self._close_listener(old)
         try:
             if svc.spec.protocol == "udp":
                 transport, _ = await loop.create_datagram_endpoint(
@@ -179,7 +182,9 @@ class LoadBalancer:
                     c.idle_since = now
                 elif now - c.idle_since >= limit:
                     c.abort()
-        self._draining = {s for s in self._draining if s.conns}
+        for svc in [s for s in self._draining if not s.conns]:
+            self._close_listener(svc)  # a UDP service's port, kept while its sessions drained
+            self._draining.discard(svc)
 
     # --- shutting down ---------------------------------------------------------------
     async def close(self) -> None:

@@ -8,8 +8,8 @@ the session has been idle for ``udp_session_timeout`` (the balancer's sweep ends
 An ICMP error from the endpoint (nothing listens there) counts as a failed connect for
 outlier detection and ends the session, so the next datagram chooses again.
 
-A removed service closes its listener and sessions at once: without the listener the
-replies could not reach the clients anyway. A removed endpoint's sessions drain.
+A removed endpoint's sessions drain for ``drain_grace``, and so do a removed service's:
+its listener stays open meanwhile (the replies leave from it) but opens no new session.
 """
 
 from __future__ import annotations

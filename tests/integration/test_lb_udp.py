@@ -166,3 +166,57 @@ def test_proxy_protocol_header_leads_every_datagram() -> None:
             proto.transport.close()
 
     run(scenario())
+
+
+def test_a_removed_service_drains_its_sessions_then_frees_its_port() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(1)
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")],
+                            drain_grace=0.5, udp_session_timeout=5.0)
+        port = lb.stats()["dns"].port
+        old, new = await client(port), None
+        try:
+            assert await old.ask() == "u0"
+            await lb.update({})  # the service leaves the table
+            assert await old.ask() == "u0"  # its session still answers, through the port
+            new = await client(port)
+            with pytest.raises(TimeoutError):
+                await new.ask(wait=0.3)  # no new session on a removed service
+            await asyncio.sleep(0.5 + 1.5)  # the grace, then a sweep closes the port
+            with pytest.raises(TimeoutError):
+                await old.ask(wait=0.3)
+            again = spec("dns2", [e for _, e in servers], protocol="udp", port=port)
+            await lb.update({"dns2": again})  # the port is free for another service
+            assert lb.stats()["dns2"].port == port
+            assert await new.ask() == "u0"
+        finally:
+            for c in (old, new):
+                if c is not None:
+                    c.transport.close()
+            await lb.close()
+            for s, _ in servers:
+                s.transport.close()
+
+    run(scenario())
+
+
+def test_a_new_service_on_a_draining_port_takes_it_at_once() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(2)
+        first = [servers[0][1]]
+        lb = await balancer([spec("a", first, protocol="udp")], drain_grace=30.0)
+        port = lb.stats()["a"].port
+        c = await client(port)
+        try:
+            assert await c.ask() == "u0"
+            await lb.update({"b": spec("b", [servers[1][1]], protocol="udp", port=port)})
+            st = lb.stats()["b"]
+            assert (st.port, st.bind_error) == (port, None)
+            assert await c.ask() == "u1"  # the old session ended; the new service answers
+        finally:
+            c.transport.close()
+            await lb.close()
+            for s, _ in servers:
+                s.transport.close()
+
+    run(scenario())
