@@ -76,6 +76,10 @@ class AgentConfig:
     allow_host_network: bool = True
     """Whether containers may share the host's network (``network.mode: host``); false keeps
     every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
+    process_limits: bool = True
+    """Give every process task a cgroup (root; cgroup v1 or v2 with the cpu and memory
+    controllers): its memory_mb as a hard limit, its cpu_millicores as a CPU weight.
+    False, or a host where that is impossible: process tasks run without limits."""
     docker_network_mode: str = ""
     """"" (task containers get networks of their own, ports published on the host), or
     ``container:self`` for an agent that runs in a container itself: task containers join

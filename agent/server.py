@@ -60,6 +60,7 @@ class Agent:
                              allow_privileged=cfg.allow_privileged,
                              allow_host_network=cfg.allow_host_network,
                              docker_network_mode=cfg.docker_network_mode,
+                             process_limits=cfg.process_limits,
                              usage_interval=cfg.usage_interval)
         self.runtime = Runtime(rcfg, drivers if drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
@@ -195,6 +196,8 @@ class Agent:
         healthy = [d.name for d in self.runtime.driver_statuses() if d.healthy]
         attrs = fingerprint.attributes()
         attrs.update({f"driver.{d}": "1" for d in healthy})
+        for name in healthy:
+            attrs.update(self.runtime.drivers[name].attributes())
         attrs["orch.privileged"] = "true" if cfg.allow_privileged else "false"
         attrs["orch.host_network"] = "true" if cfg.allow_host_network else "false"
         cores = int(attrs.get("cpu.numcores", "1"))

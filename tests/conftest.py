@@ -13,3 +13,12 @@ settings.register_profile("dev", deadline=None, suppress_health_check=[HealthChe
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 pytest_plugins = ("tests.docker_engine", "tests.etcd_server")
+
+
+def pytest_sessionfinish() -> None:
+    """Remove the empty cgroups of the process tasks the tests ran: tests kill supervisors
+    with SIGKILL and throw their agents' data dirs away, so no agent comes back to sweep
+    its node's scope. Anything still running keeps its cgroup."""
+    from agent.runtime.cgroups import sweep_scopes
+
+    sweep_scopes()

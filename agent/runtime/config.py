@@ -35,6 +35,9 @@ class RuntimeConfig:
     """Whether tasks may ask for privileged containers."""
     allow_host_network: bool = True
     """Whether containers may use the host's network (network mode host)."""
+    process_limits: bool = True
+    """Limit process tasks' memory (hard) and CPU (weight) with cgroups where the agent may
+    create them; without, they run unlimited, as Nomad's raw_exec."""
     docker_url: str | None = None
     """The Docker engine's address; None: DOCKER_HOST, else /var/run/docker.sock."""
     docker_bind_address: str = ""

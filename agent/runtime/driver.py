@@ -210,6 +210,10 @@ class TaskDriver(abc.ABC):
         The caller bounds it with ``asyncio.timeout``; cancelled, the driver kills what it can.
         """
 
+    def attributes(self) -> dict[str, str]:
+        """Node attributes this driver adds while healthy (for constraints)."""
+        return {}
+
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
         """Give a running task new CPU and memory limits in place; False when this driver
         cannot (the task is then replaced)."""

@@ -1,10 +1,14 @@
-"""The ``process`` driver: a plain child process per task, with no isolation.
+"""The ``process`` driver: a plain child process per task, limited by cgroups.
 
-For hosts without Docker, the local demo and fast tests. Each task runs under
+For hosts without Docker, the local demo and fast tests. Where the agent may create
+cgroups (root, cgroup v1 or v2 with the cpu and memory controllers), each task gets one
+(``cgroups``): a hard memory limit (``oom_killed`` when the kernel ends it) and a CPU
+weight in proportion to its millicores; otherwise tasks run without limits, as Nomad's
+raw_exec, and the node says so (attribute ``driver.process.limits``). Each task runs under
 its own supervisor (``process_shim``) in its own session and process group,
 so it outlives an agent restart; the task's folder in the data dir holds::
 
-    spec.json    what to run (argv, env, cwd, user), its labels and log limits
+    spec.json    what to run (argv, env, cwd, user, cgroup), its labels and log limits
     state.json   written by the shim once the task runs: pids, start time
     exit.json    written by the shim when the task exited: code, signal, time
     shim.log     the shim's own errors
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +42,7 @@ from orch.jobspec.model import Resources
 
 from . import labels as lbl
 from . import logfiles
+from .cgroups import CgroupError, Hierarchy, TaskCgroup, cgroup_name
 from .driver import (
     ExecResult,
     ExitResult,
@@ -49,6 +55,8 @@ from .driver import (
     Usage,
     parse_signal,
 )
+
+log = logging.getLogger("runtime.process")
 
 SHIM_START_TIMEOUT = 10.0
 """Seconds to wait for the shim to say that the task runs."""
@@ -75,6 +83,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def _cgroup_of(task_dir: Path) -> TaskCgroup | None:
+    doc = (read_json(task_dir / "spec.json") or {}).get("cgroup")
+    return TaskCgroup.from_doc(doc) if doc else None
 
 
 def _shim_alive(shim_pid: int, task_dir: Path) -> bool:
@@ -126,19 +139,39 @@ class ProcessDriver(TaskDriver):
     name = "process"
 
     def __init__(self, data_dir: Path, *, node_id: str, log_max_bytes: int = 10 << 20,
-                 log_max_files: int = 3, python: str = sys.executable) -> None:
+                 log_max_files: int = 3, python: str = sys.executable,
+                 limits: bool = True) -> None:
         super().__init__()
         self.alloc_dir = Path(data_dir) / "alloc"
         self.node_id = node_id
         self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
         self.python = python
+        self.limits = limits
+        """Enforce tasks' CPU and memory with cgroups when this host allows it."""
+        self.cgroups: Hierarchy | None = None
+        self.no_limits = "switched off (limits = false)"
+        """Why tasks run without limits (when ``cgroups`` is None)."""
         self._watches: dict[str, _Watch] = {}
 
     # --- life of the driver -----------------------------------------------------------
 
     async def open(self) -> None:
         self.alloc_dir.mkdir(parents=True, exist_ok=True)
-        self._set_status(True, f"process driver, python {sys.version.split()[0]}")
+        if self.limits and self.cgroups is None:
+            try:
+                self.cgroups = await asyncio.to_thread(Hierarchy.detect, self.node_id)
+                await asyncio.to_thread(self.cgroups.sweep)
+            except (CgroupError, OSError) as e:
+                self.no_limits = str(e)
+                log.warning("process tasks will run without CPU and memory limits",
+                            extra={"reason": self.no_limits})
+        limits = self.cgroups.describe() if self.cgroups else f"none: {self.no_limits}"
+        self._set_status(True, f"process driver, python {sys.version.split()[0]}, "
+                               f"limits {limits}")
+
+    def attributes(self) -> dict[str, str]:
+        return {"driver.process.limits":
+                f"cgroup-v{self.cgroups.version}" if self.cgroups else "none"}
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,6 +183,8 @@ class ProcessDriver(TaskDriver):
             if not w.future.done():
                 w.future.cancel()
         self._watches.clear()
+        if self.cgroups is not None:  # only when no task runs on (they outlive the agent)
+            await asyncio.to_thread(self.cgroups.release)
         self._set_status(False, "closed")
 
     # --- tasks -------------------------------------------------------------------------
@@ -171,12 +206,21 @@ class ProcessDriver(TaskDriver):
         (task_dir / "local").mkdir(parents=True, exist_ok=True)
         env = dict(cfg.env)
         env.setdefault("PATH", os.environ.get("PATH", os.defpath))
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = self.cgroups.task(cgroup_name(cfg.alloc_id, task.name))
+            res = task.resources
+            try:
+                await asyncio.to_thread(cgroup.create, res.cpu_millicores, res.memory_mb)
+            except CgroupError as e:
+                raise StartError(str(e), recoverable=True) from None
         spec = {
             "name": task.name, "argv": [task.command, *task.args], "env": env,
             "cwd": task.workdir or str(task_dir / "local"), "user": task.user,
             "log_max_bytes": self.log_max_bytes, "log_max_files": self.log_max_files,
             "labels": dict(cfg.labels), "spec_hash": cfg.spec_hash,
             "kill_signal": task.kill_signal,
+            "cgroup": cgroup.to_doc() if cgroup is not None else None,
         }
         tmp = task_dir / "spec.json.tmp"
         tmp.write_text(json.dumps(spec))
@@ -297,8 +341,12 @@ class ProcessDriver(TaskDriver):
         doc = read_json(task_dir / "exit.json")
         if doc is not None:
             return ExitResult(exit_code=int(doc["exit_code"]), signal=int(doc.get("signal", 0)),
+                              oom_killed=bool(doc.get("oom_killed")),
                               finished_at_ns=int(doc.get("finished_at_ns", 0)))
         _kill_group(pgid, signal.SIGKILL)
+        cgroup = _cgroup_of(task_dir)
+        if cgroup is not None:
+            cgroup.remove()
         return ExitResult(exit_code=-1, lost=True, finished_at_ns=time.time_ns(),
                           error="the task's supervisor died; what was left of the task "
                                 "was killed")
@@ -395,7 +443,17 @@ class ProcessDriver(TaskDriver):
         return ExecResult(exit_code=proc.returncode or 0, output=out)
 
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
-        """Nothing to change: this driver enforces no CPU or memory limits (as raw_exec)."""
+        """New limits on the task's cgroup, in place (nothing to change without one)."""
+        cgroup = _cgroup_of(Path(handle.extra["task_dir"]))
+        if cgroup is None:
+            return True
+        try:
+            await asyncio.to_thread(cgroup.set_limits, resources.cpu_millicores,
+                                    resources.memory_mb)
+        except OSError as e:
+            log.warning("cannot change a process task's limits", extra={
+                "alloc": handle.alloc_id, "task": handle.task, "error": str(e)})
+            return False
         return True
 
     async def usage(self, handle: TaskHandle) -> Usage | None:

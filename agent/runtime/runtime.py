@@ -74,7 +74,8 @@ def default_drivers(config: RuntimeConfig) -> dict[str, TaskDriver]:
             bind_address=config.docker_bind_address, network_mode=config.docker_network_mode),
         "process": ProcessDriver(config.data_dir, node_id=config.node_id,
                                  log_max_bytes=config.log_max_bytes,
-                                 log_max_files=config.log_max_files),
+                                 log_max_files=config.log_max_files,
+                                 limits=config.process_limits),
     }
 
 

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import labels
+from agent.runtime.cgroups import CgroupError, Hierarchy, TaskCgroup, cpu_shares, cpu_weight
 from agent.runtime.driver import TaskConfig, TaskHandle
 from agent.runtime.process import ProcessDriver, group_usage
 from orch.errors import StartError
-from orch.jobspec.model import Network, Task
+from orch.jobspec.model import Network, Resources, Task
 from tests.integration.runtime_util import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -218,3 +221,94 @@ async def wait_for_log(d: ProcessDriver, h: TaskHandle, want: bytes) -> None:
 async def group_gone(pgid: int) -> None:
     await until(lambda: not group_usage({pgid})[pgid].memory_bytes,
                 f"every process of group {pgid} is gone")
+
+
+# --- limits: cgroups (root, cgroup v1 or v2 with cpu and memory) ----------------------
+
+def cgroups_or_skip() -> Hierarchy:
+    try:
+        return Hierarchy.detect()
+    except (CgroupError, OSError) as e:
+        pytest.skip(f"cgroups cannot be made here: {e}")
+
+
+def cgroup_of(data: Path, alloc: str, task: str) -> TaskCgroup:
+    doc = json.loads((data / "alloc" / alloc / task / "spec.json").read_text())["cgroup"]
+    return TaskCgroup.from_doc(doc)
+
+
+def limits_of(cg: TaskCgroup) -> tuple[int, int]:
+    """(memory limit in bytes, CPU shares or weight) as the kernel holds them."""
+    if cg.version == 2:
+        return int(cg.paths[0].joinpath("memory.max").read_text()), int(
+            cg.paths[0].joinpath("cpu.weight").read_text())
+    return int(cg.paths[0].joinpath("memory.limit_in_bytes").read_text()), int(
+        cg.paths[1].joinpath("cpu.shares").read_text())
+
+
+async def test_limits_are_set_resized_in_place_and_removed(driver: ProcessDriver,
+                                                           tmp_path: Path) -> None:
+    h_ = cgroups_or_skip()
+    assert driver.attributes() == {"driver.process.limits": f"cgroup-v{h_.version}"}
+    task = sh("t", "echo up; exec sleep 60", resources=Resources(cpu_millicores=250, memory_mb=48))
+    h = await driver.start(config(tmp_path, task))
+    await wait_for_log(driver, h, b"up")
+    cg = cgroup_of(tmp_path, "a1", "t")
+    assert h.pid in cg.pids()
+    assert limits_of(cg) == (48 << 20, cpu_shares(250) if cg.version == 1 else cpu_weight(250))
+    assert await driver.resize(h, Resources(cpu_millicores=500, memory_mb=96))
+    assert limits_of(cg) == (96 << 20, cpu_shares(500) if cg.version == 1 else cpu_weight(500))
+    assert h.pid in cg.pids()  # the same process, new limits
+    await driver.stop(h, "SIGTERM", grace=5)
+    await driver.wait(h)
+    assert not any(p.exists() for p in cg.paths)
+
+
+async def test_a_task_above_its_memory_is_oom_killed(driver: ProcessDriver,
+                                                     tmp_path: Path) -> None:
+    cgroups_or_skip()
+    grow = "b = bytearray(256 << 20); import time; time.sleep(30)"  # 256 MiB, touched
+    task = Task(name="hog", driver="process", command=sys.executable, args=("-c", grow),
+                resources=Resources(memory_mb=32))
+    h = await driver.start(config(tmp_path, task))
+    result = await driver.wait(h)
+    assert (result.signal, result.oom_killed) == (signal.SIGKILL, True)
+    assert "OOM Killed: true" in result.describe()
+
+
+async def test_what_left_the_process_group_dies_with_the_task(driver: ProcessDriver,
+                                                             tmp_path: Path) -> None:
+    cgroups_or_skip()
+    script = "setsid sleep 60 >/dev/null 2>&1 & echo $!; sleep 0.3; exit 0"
+    h = await driver.start(config(tmp_path, sh("t", script)))
+    result = await driver.wait(h)
+    assert result.exit_code == 0
+    escaped = int((await read_all(driver, h)).split()[0])
+    await until(lambda: not os.path.exists(f"/proc/{escaped}"),
+                "the process in its own session is gone")
+
+
+async def test_the_task_runs_as_its_user_and_groups(driver: ProcessDriver,
+                                                    tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change user")
+    h = await driver.start(config(tmp_path, sh("t", "id -u; id -g; id -G", user="nobody")))
+    assert (await driver.wait(h)).exit_code == 0
+    nobody = pwd.getpwnam("nobody")
+    uid, gid, groups = (await read_all(driver, h)).decode().split("\n")[:3]
+    assert (int(uid), int(gid)) == (nobody.pw_uid, nobody.pw_gid)
+    assert "0" not in groups.split()  # root's group is not kept
+
+
+async def test_without_limits_the_node_says_so(tmp_path: Path) -> None:
+    d = ProcessDriver(tmp_path, node_id=NODE, limits=False)
+    await d.open()
+    try:
+        assert d.attributes() == {"driver.process.limits": "none"}
+        assert "limits none" in d.status.detail
+        h = await d.start(config(tmp_path, sh("t", "exit 0")))
+        assert (await d.wait(h)).exit_code == 0
+        spec = json.loads((tmp_path / "alloc/a1/t/spec.json").read_text())
+        assert spec["cgroup"] is None
+    finally:
+        await d.close()
