@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -64,18 +65,29 @@ class Member:
     data_dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    tls: tuple[str, str, str] | None = None
+    """(CA, certificate, key) files when clients must speak mTLS to this member."""
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
     @property
+    def client_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    @property
     def peer_url(self) -> str:
         return f"http://{self.host}:{self.peer_port}"
 
     def healthy(self) -> bool:
+        context = None
+        if self.tls is not None:  # its own certificate serves as a client's
+            context = ssl.create_default_context(cafile=self.tls[0])
+            context.load_cert_chain(self.tls[1], self.tls[2])
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=0.5,
+                                        context=context) as r:
                 return b'"health":"true"' in r.read()
         except OSError:
             return False
@@ -100,6 +112,10 @@ class EtcdCluster:
         prefix="orch-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)))
     """Where the members keep their data (removed by ``close``); on tmpfs by default."""
     members: list[Member] = field(default_factory=list)
+    tls: tuple[str, str, str] | None = None
+    """(CA, certificate, key): clients must speak mTLS with a certificate of that CA
+    (``--client-cert-auth``); the members' own certificate (its SANs must name their
+    addresses) serves them all. Peers still talk plain HTTP to each other."""
 
     def __post_init__(self) -> None:
         token = uuid.uuid4().hex[:8]
@@ -107,7 +123,7 @@ class EtcdCluster:
         for i in range(self.size):
             host = f"{self.net}.{self.first_host + i}"
             self.members.append(Member(f"m{i}-{token}", host, free_port(host), free_port(host),
-                                       self.dir / f"m{i}", self.dir / f"m{i}.log"))
+                                       self.dir / f"m{i}", self.dir / f"m{i}.log", tls=self.tls))
 
     @property
     def endpoints(self) -> list[str]:
@@ -116,12 +132,18 @@ class EtcdCluster:
     def _command(self, m: Member, state: str) -> list[str]:
         cluster = ",".join(f"{o.name}={o.peer_url}" for o in self.members)
         return [binary(), "--name", m.name, "--data-dir", str(m.data_dir),
-                "--listen-client-urls", f"http://{m.endpoint}",
-                "--advertise-client-urls", f"http://{m.endpoint}",
+                "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
                 "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
                 "--initial-cluster", cluster, "--initial-cluster-state", state,
                 "--initial-cluster-token", self.token, "--logger", "zap", "--log-level", "warn",
-                *REQUIRED_FLAGS, *self.extra_flags]
+                *REQUIRED_FLAGS, *self.extra_flags, *self._tls_flags()]
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        ca, cert, key = self.tls
+        return ["--trusted-ca-file", ca, "--cert-file", cert, "--key-file", key,
+                "--client-cert-auth"]
 
     def start(self, timeout: float = 20.0) -> None:
         """Start every member that is not running; wait until all answer."""

@@ -75,6 +75,10 @@ class ControllerConfig:
     """Seconds between full reconciliation sweeps over every job."""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
+    etcd_tls: TlsConfig = field(default_factory=TlsConfig)
+    """mTLS towards etcd (store = etcd): the CA that signed the etcd members' certificates
+    and this controller's client certificate and key (etcd started with
+    ``--client-cert-auth``); off when empty. May name the same files as ``tls``."""
     acl: bool = False
     """Require an access token on the operator API (``orchctl acl bootstrap`` makes the
     first); off: every client that passes mTLS may do everything."""

@@ -71,7 +71,7 @@ def open_store(cfg: ControllerConfig) -> Store:
         if not cfg.etcd_endpoints:
             raise ConfigError("store = etcd needs etcd_endpoints (host:port, repeatable)",
                               where="etcd_endpoints")
-        return EtcdStore(cfg.etcd_endpoints, prefix=cfg.etcd_prefix)
+        return EtcdStore(cfg.etcd_endpoints, prefix=cfg.etcd_prefix, tls=cfg.etcd_tls)
     from controller.store.sqlite import SQLiteStore
 
     return SQLiteStore(os.path.join(cfg.data_dir, "controller.db"), synchronous=cfg.store_sync)

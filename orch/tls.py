@@ -1,7 +1,8 @@
 """mTLS material and roles: a cluster CA, certificates that say what their holder may be.
 
 Every certificate carries its role in its subject's organizational unit and as
-a SAN URI ``orch://role/<role>``: ``controller``, ``agent`` or ``cli``. A server
+a SAN URI ``orch://role/<role>``: ``controller``, ``agent``, ``cli``, or ``etcd`` (an
+etcd member's server certificate, which no orch API admits). A server
 refuses a peer whose certificate is not signed by the cluster's CA (TLS does
 that) or whose role may not call the service (``roles_of`` + the API's checks):
 an agent's certificate cannot drive the operator API, a person's cannot pose as
@@ -31,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from orch.errors import ConfigError
 
 log = logging.getLogger("tls")
-ROLES = ("controller", "agent", "cli")
+ROLES = ("controller", "agent", "cli", "etcd")
 ROLE_URI = "orch://role/"
 
 
@@ -105,7 +106,7 @@ def create_cert(ca_dir: Path, out_dir: Path, *, role: str, name: str,
                 days: int = 825) -> tuple[Path, Path]:
     """A certificate for ``role`` signed by the CA in ``ca_dir``: ``<name>.pem``, ``<name>-key.pem``.
 
-    Server roles (controller, agent) get the IPs and names they serve on as SANs
+    Server roles (controller, agent, etcd) get the IPs and names they serve on as SANs
     (127.0.0.1 and localhost are always added); every certificate works as a client.
     """
     if role not in ROLES:
@@ -127,7 +128,7 @@ def create_cert(ca_dir: Path, out_dir: Path, *, role: str, name: str,
             sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
         except ValueError:
             raise ConfigError(f"not an IP address: {ip!r}", where="--ip") from None
-    usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    usage = [ExtendedKeyUsageOID.CLIENT_AUTH]  # (etcd: its members call each other)
     if role != "cli":
         usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
     cert = (x509.CertificateBuilder()

@@ -98,6 +98,7 @@ from controller.store.etcd_client import (
     prefix_end,
 )
 from orch.errors import CommitInDoubtError, ConfigError, FencedError, StoreError
+from orch.tls import TlsConfig
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 log = logging.getLogger(__name__)
@@ -490,7 +491,7 @@ class EtcdStore(Store):
                  max_evaluations: int = 10_000, max_events: int = 100_000,
                  timeout: float = 5.0, max_txn_ops: int = MAX_TXN_OPS,
                  max_request_bytes: int = MAX_REQUEST_BYTES, compact_every: int = 1000,
-                 verify_limits: bool = True) -> None:
+                 verify_limits: bool = True, tls: TlsConfig | None = None) -> None:
         if max_evaluations < 1 or max_events < 1:
             raise ConfigError("max_evaluations and max_events must be at least 1", where="store")
         if max_txn_ops < 16 or max_request_bytes < 64 * 1024:
@@ -498,8 +499,8 @@ class EtcdStore(Store):
                               "65536", where="store")
         self.keys = Keys(prefix)
         self._own_client = not isinstance(endpoints, EtcdClient)
-        self.client = (EtcdClient(endpoints, timeout=timeout) if not isinstance(endpoints, EtcdClient)
-                       else endpoints)
+        self.client = (EtcdClient(endpoints, timeout=timeout, tls=tls)
+                       if not isinstance(endpoints, EtcdClient) else endpoints)
         self.prefix = self.keys.prefix
         self.max_evaluations = max_evaluations
         self.max_events = max_events

@@ -40,6 +40,7 @@ import grpc
 from aetcd import rpc
 
 from orch.errors import ConfigError, StoreError
+from orch.tls import TlsConfig, open_channel
 
 Outcome = Literal["unsent", "rejected", "indoubt"]
 
@@ -285,7 +286,8 @@ class EtcdClient:
     """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0,
-                 try_timeout: float = 2.0, refused_grace: float = 1.0) -> None:
+                 try_timeout: float = 2.0, refused_grace: float = 1.0,
+                 tls: TlsConfig | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -296,6 +298,10 @@ class EtcdClient:
         self.timeout = timeout
         self.try_timeout = try_timeout
         self.refused_grace = refused_grace
+        self.tls = tls if tls is not None and tls.enabled else None
+        """mTLS towards etcd (its CA, this client's certificate and key); None: plain."""
+        if self.tls is not None:
+            self.tls.load()  # a missing file is a configuration error now, not at a call
         self._channels: list[grpc.aio.Channel] = []
         self._current = 0
 
@@ -310,8 +316,7 @@ class EtcdClient:
     async def open(self) -> None:
         """Make the channels (connections are made on the first call)."""
         if not self._channels:
-            self._channels = [grpc.aio.insecure_channel(e, options=CHANNEL_OPTIONS)
-                              for e in self.endpoints]
+            self._channels = [open_channel(e, self.tls, CHANNEL_OPTIONS) for e in self.endpoints]
 
     async def close(self) -> None:
         channels, self._channels = self._channels, []
