@@ -57,8 +57,16 @@ def cgroup_name(alloc_id: str, task: str) -> str:
     return safe_name(f"{alloc_id}.{task}")
 
 
-def _write(path: Path, value: str) -> None:
-    path.write_text(value)
+def _rmdirs(paths: tuple[Path, ...]) -> None:
+    """Remove each directory that can be (a cgroup with processes or children stays)."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+def _children(parents: tuple[Path, ...]) -> set[str]:
+    """The names of the directories under any of ``parents`` (each once)."""
+    return {d.name for p in parents if p.is_dir() for d in p.iterdir() if d.is_dir()}
 
 
 def _enable(d: Path, controllers: str) -> None:
@@ -66,7 +74,7 @@ def _enable(d: Path, controllers: str) -> None:
     control = d / "cgroup.subtree_control"
     on = set(control.read_text().split()) if control.exists() else set()
     if not set(CONTROLLERS) <= on:
-        _write(control, controllers)
+        control.write_text(controllers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,20 +108,20 @@ class TaskCgroup:
         memory = str(memory_mb << 20)
         if self.version == 2:
             d = self.paths[0]
-            _write(d / "memory.max", memory)
+            (d / "memory.max").write_text(memory)
             if (d / "memory.swap.max").exists():
-                _write(d / "memory.swap.max", "0")
-            _write(d / "cpu.weight", str(cpu_weight(cpu_millicores)))
+                (d / "memory.swap.max").write_text("0")
+            (d / "cpu.weight").write_text(str(cpu_weight(cpu_millicores)))
         else:
             mem, cpu = self.paths
-            _write(mem / "memory.limit_in_bytes", memory)
-            _write(cpu / "cpu.shares", str(cpu_shares(cpu_millicores)))
+            (mem / "memory.limit_in_bytes").write_text(memory)
+            (cpu / "cpu.shares").write_text(str(cpu_shares(cpu_millicores)))
 
     def join(self) -> None:
         """Move the calling process into the cgroup (the task, between fork and exec)."""
         pid = str(os.getpid())
         for p in self.paths:
-            _write(p / "cgroup.procs", pid)
+            (p / "cgroup.procs").write_text(pid)
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -151,9 +159,7 @@ class TaskCgroup:
         """End what runs in it and remove the directories (what cannot be removed stays)."""
         if any(p.exists() for p in self.paths):
             self.kill_all()
-        for p in self.paths:
-            with contextlib.suppress(OSError):
-                p.rmdir()
+        _rmdirs(self.paths)
 
 
 def own_cgroups(text: str) -> dict[str, str]:
@@ -232,21 +238,16 @@ class Hierarchy:
         """Remove the task cgroups in which nothing runs (left by supervisors that were
         killed); the number removed. Only while no task of this scope is starting."""
         removed = 0
-        for name in {d.name for p in self.parents if p.is_dir() for d in p.iterdir()
-                     if d.is_dir()}:
+        for name in _children(self.parents):
             cg = self.task(name)
             if not cg.pids():
-                for p in cg.paths:
-                    with contextlib.suppress(OSError):
-                        p.rmdir()
+                _rmdirs(cg.paths)
                 removed += 1
         return removed
 
     def release(self) -> None:
         """Remove this scope's own directories if nothing is left in them."""
-        for p in self.parents:
-            with contextlib.suppress(OSError):
-                p.rmdir()
+        _rmdirs(self.parents)
 
 
 def sweep_scopes() -> None:
@@ -256,9 +257,7 @@ def sweep_scopes() -> None:
         h = Hierarchy.detect()
     except (CgroupError, OSError):
         return
-    for parent in h.parents:
-        for scope in [d for d in parent.iterdir() if d.is_dir()]:
-            Hierarchy(h.root, h.version, tuple(p / scope.name for p in h.parents)).sweep()
-            for p in h.parents:
-                with contextlib.suppress(OSError):
-                    (p / scope.name).rmdir()
+    for scope in _children(h.parents):  # (on v1 a scope is under both parents: once)
+        node = Hierarchy(h.root, h.version, tuple(p / scope for p in h.parents))
+        node.sweep()
+        node.release()

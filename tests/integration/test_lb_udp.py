@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from agent.lb.balancer import LoadBalancer
 from agent.lb.model import Endpoint
 from agent.lb.proxy_protocol import header
 from tests.integration.lb_util import balancer, run, spec
@@ -65,6 +66,16 @@ async def client(port: int, source: str = "127.0.0.1") -> Client:
     return c
 
 
+async def close_all(lb: LoadBalancer, endpoints: list[Any], *clients: Client | None) -> None:
+    """The clients, the balancer, then the endpoints (``NameServer``s)."""
+    for c in clients:
+        if c is not None:
+            c.transport.close()
+    await lb.close()
+    for e in endpoints:
+        e.transport.close()
+
+
 def test_each_client_keeps_its_endpoint_and_clients_spread() -> None:
     async def scenario() -> None:
         servers = await udp_backends(3)
@@ -82,11 +93,7 @@ def test_each_client_keeps_its_endpoint_and_clients_spread() -> None:
             assert (st.active, st.total) == (6, 6)
             assert (st.bytes_in, st.bytes_out) == (30, 60)
         finally:
-            for c in clients:
-                c.transport.close()
-            await lb.close()
-            for s, _ in servers:
-                s.transport.close()
+            await close_all(lb, [s for s, _ in servers], *clients)
 
     run(scenario())
 
@@ -108,10 +115,7 @@ def test_idle_sessions_end_and_the_next_datagram_chooses_again() -> None:
             assert await c.ask() != first  # a new session: round robin moves on
             assert lb.stats()["dns"].total == 2
         finally:
-            c.transport.close()
-            await lb.close()
-            for s, _ in servers:
-                s.transport.close()
+            await close_all(lb, [s for s, _ in servers], c)
 
     run(scenario())
 
@@ -139,9 +143,7 @@ def test_a_refused_endpoint_counts_as_failed_and_the_client_moves() -> None:
             assert st.ejections == 1
             assert {d.name: d.state for d in st.endpoint_details}[f"{dead.host}:{dead.port}"] == "ejected"
         finally:
-            c.transport.close()
-            await lb.close()
-            servers[1][0].transport.close()
+            await close_all(lb, [servers[1][0]], c)
 
     run(scenario())
 
@@ -161,9 +163,7 @@ def test_proxy_protocol_header_leads_every_datagram() -> None:
             prefix = header(c.transport.get_extra_info("sockname"), ("127.0.0.1", port), datagram=True)
             assert proto.got == [prefix + b"one", prefix + b"two"]
         finally:
-            c.transport.close()
-            await lb.close()
-            proto.transport.close()
+            await close_all(lb, [proto], c)
 
     run(scenario())
 
@@ -190,12 +190,7 @@ def test_a_removed_service_drains_its_sessions_then_frees_its_port() -> None:
             assert lb.stats()["dns2"].port == port
             assert await new.ask() == "u0"
         finally:
-            for c in (old, new):
-                if c is not None:
-                    c.transport.close()
-            await lb.close()
-            for s, _ in servers:
-                s.transport.close()
+            await close_all(lb, [s for s, _ in servers], old, new)
 
     run(scenario())
 
@@ -214,9 +209,6 @@ def test_a_new_service_on_a_draining_port_takes_it_at_once() -> None:
             assert (st.port, st.bind_error) == (port, None)
             assert await c.ask() == "u1"  # the old session ended; the new service answers
         finally:
-            c.transport.close()
-            await lb.close()
-            for s, _ in servers:
-                s.transport.close()
+            await close_all(lb, [s for s, _ in servers], c)
 
     run(scenario())
