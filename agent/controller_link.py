@@ -25,8 +25,8 @@ from typing import Any
 
 import grpc
 
-from agent.gossip.core import MemberInfo
-from agent.gossip.messages import Status
+from orch.gossip.core import MemberInfo
+from orch.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("agent")

@@ -14,6 +14,7 @@ from agent.config import AgentConfig
 from agent.server import Agent
 from orch import daemon
 from orch.errors import ConfigError
+from orch.net import AGENT_RPC_PORT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     daemon.common_flags(ap)
     ap.add_argument("--rpc-addr", metavar="ADDR:PORT",
-                    help="this agent's gRPC address (logs, status) (default 0.0.0.0:4648)")
+                    help=f"this agent's gRPC address (logs, status) (default 0.0.0.0:{AGENT_RPC_PORT})")
     ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to others")
     ap.add_argument("--controller", metavar="ADDR:PORT", action="append", default=None,
                     help="controller RPC address (repeatable; default: found through gossip)")

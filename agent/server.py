@@ -22,12 +22,8 @@ from prometheus_client.registry import Collector
 
 from agent import fingerprint
 from agent.agent_service import AgentService
-from agent.config import AgentConfig, parse_addr
+from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
-from agent.gossip.crypto import Keyring
-from agent.gossip.messages import Status
-from agent.gossip.metrics import GossipCollector
-from agent.gossip.transport import GossipNode
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.mesh import Mesh
@@ -39,7 +35,12 @@ from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
 from orch import daemon, keyring
+from orch.gossip.crypto import Keyring
+from orch.gossip.messages import Status
+from orch.gossip.metrics import GossipCollector
+from orch.gossip.transport import GossipNode
 from orch.metrics import MetricsServer, registry_with
+from orch.net import AGENT_METRICS_PORT, AGENT_RPC_PORT, parse_addr
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
@@ -56,12 +57,8 @@ class Agent:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir)
         self.node_id = fingerprint.node_id(self.data_dir)
-        rcfg = RuntimeConfig(node_id=self.node_id, node_name=cfg.name, data_dir=self.data_dir,
-                             allow_privileged=cfg.allow_privileged,
-                             allow_host_network=cfg.allow_host_network,
-                             docker_network_mode=cfg.docker_network_mode,
-                             process_limits=cfg.process_limits,
-                             usage_interval=cfg.usage_interval)
+        rcfg = RuntimeConfig.on_node(cfg, node_id=self.node_id, node_name=cfg.name,
+                                     data_dir=self.data_dir)
         self.runtime = Runtime(rcfg, drivers if drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
         self.gossip: GossipNode | None = None
@@ -103,7 +100,7 @@ class Agent:
             AgentService(self.runtime, self.status, tls_on=cfg.tls.enabled,
                          keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir,
                                                            cfg.name)), server)
-        host, port = parse_addr(cfg.rpc_addr, default_port=4648, where="rpc_addr")
+        host, port = parse_addr(cfg.rpc_addr, default_port=AGENT_RPC_PORT, where="rpc_addr")
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(cfg.tls)) \
             if cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()
@@ -128,7 +125,8 @@ class Agent:
             self.mesh.start()
 
         if cfg.metrics_addr:
-            mhost, mport = parse_addr(cfg.metrics_addr, default_port=9646, where="metrics_addr")
+            mhost, mport = parse_addr(cfg.metrics_addr, default_port=AGENT_METRICS_PORT,
+                                      where="metrics_addr")
             collectors: list[Collector] = [GossipCollector(self.gossip),
                                            RuntimeCollector(self.runtime)]
             if self.mesh is not None:

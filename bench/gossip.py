@@ -28,13 +28,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.messages import Alive, Ping, Suspect
-from agent.gossip.sim import NetConfig, SimNode, Simulator
-from agent.gossip.suspicion import min_suspicion_timeout
 from bench.report import pct, progress, table
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.messages import Alive, Ping, Suspect
+from orch.gossip.sim import NetConfig, SimNode, Simulator
+from orch.gossip.suspicion import min_suspicion_timeout
 
 LAN = GossipConfig.lan()
 ML = GossipConfig.memberlist()
@@ -178,9 +178,9 @@ def _receiver(host: str, port: int, seconds: float, encrypted: bool, out: Any) -
 
     import uvloop
 
-    from agent.gossip.crypto import Keyring
-    from agent.gossip.transport import GossipNode
     from orch import logs
+    from orch.gossip.crypto import Keyring
+    from orch.gossip.transport import GossipNode
 
     logs.setup("warning", "human")
     os.sched_setaffinity(0, {0})
@@ -213,7 +213,7 @@ def socket_throughput(seconds: float, *, encrypted: bool, compound: bool) -> dic
         target=_receiver, args=(host, port, seconds, encrypted, child), daemon=True)
     proc.start()
     assert parent.recv() == "ready"
-    from agent.gossip.crypto import Keyring
+    from orch.gossip.crypto import Keyring
 
     ring = Keyring([b"k" * 32]) if encrypted else None
     packets = []

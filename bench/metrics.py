@@ -260,13 +260,13 @@ async def wait_for(what: str, pred: Callable[[], bool], within: float) -> float:
 async def run(opts: argparse.Namespace, workdir: Path, result: dict[str, Any]) -> list[str]:
     """Start the cluster, run the job, measure both daemons; stop everything it started."""
     from agent.config import AgentConfig
-    from agent.gossip.metrics import GossipCollector
     from agent.lb.metrics import LbCollector
     from agent.runtime.metrics import RuntimeCollector
     from agent.server import Agent
     from controller.config import ControllerConfig
     from controller.metrics import ControllerCollector
     from controller.server import Controller
+    from orch.gossip.metrics import GossipCollector
     from orch.jobspec import parse_job
     from orch.v1.node_pb2 import CLIENT_STATUS_RUNNING as RUNNING
 

@@ -15,32 +15,21 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.gossip.config import GossipConfig
+from orch.config import DaemonConfig
+from orch.net import CONTROLLER_METRICS_PORT, CONTROLLER_RPC_PORT
 from orch.tls import TlsConfig
 
-DEFAULT_RPC_PORT = 4647
 
+@dataclass(frozen=True, kw_only=True)
+class ControllerConfig(DaemonConfig):
+    """The controller's settings: the shared ones (``DaemonConfig``) and its own below."""
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ControllerConfig:
     name: str = field(default_factory=lambda: f"controller-{socket.gethostname()}")
     """This controller's member name in the gossip cluster."""
-    bind: str = "0.0.0.0:7946"
-    """Gossip address (UDP and TCP)."""
-    advertise: str = ""
-    """Gossip address others use; the bind address unless it is 0.0.0.0."""
-    rpc_addr: str = f"0.0.0.0:{DEFAULT_RPC_PORT}"
+    rpc_addr: str = f"0.0.0.0:{CONTROLLER_RPC_PORT}"
     """gRPC address for orchctl and the agents (port 0 picks a free one)."""
-    rpc_advertise: str = ""
-    """gRPC address published to agents through gossip; the rpc_addr unless it is 0.0.0.0."""
-    metrics_addr: str = "127.0.0.1:9647"
+    metrics_addr: str = f"127.0.0.1:{CONTROLLER_METRICS_PORT}"
     """Where /metrics is served (Prometheus); empty: not served."""
-    join: list[str] = field(default_factory=list)
-    """Gossip seeds (agents or other controllers)."""
-    keys: list[str] = field(default_factory=list)
-    """Gossip encryption keys (base64); the first is primary."""
-    data_dir: str = "/var/lib/orch"
-    """Where the state database lives (controller.db)."""
     store: Literal["sqlite", "etcd"] = "sqlite"
     """Where the state lives: sqlite (one controller, in data_dir) or etcd (several
     controllers electing a leader)."""
@@ -73,8 +62,6 @@ class ControllerConfig:
     """Seconds of recommendations a scale-down looks back over (it takes their maximum)."""
     reconcile_interval: float = 30.0
     """Seconds between full reconciliation sweeps over every job."""
-    tls: TlsConfig = field(default_factory=TlsConfig)
-    """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
     etcd_tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS towards etcd (store = etcd): the CA that signed the etcd members' certificates
     and this controller's client certificate and key (etcd started with
@@ -87,6 +74,3 @@ class ControllerConfig:
     average; 0: no limit."""
     rate_burst: float = 400.0
     """Calls a client may make at once before ``rate_limit`` applies."""
-    log_level: str = "info"
-    log_format: str = "auto"
-    gossip: GossipConfig = field(default_factory=GossipConfig)

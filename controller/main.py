@@ -12,6 +12,7 @@ from controller.config import ControllerConfig
 from controller.server import Controller
 from orch import daemon
 from orch.errors import ConfigError
+from orch.net import CONTROLLER_RPC_PORT
 
 FLAGS = ("rpc_addr", "rpc_advertise", "node_grace", "acl", "rate_limit", "store", "etcd_endpoints",
          "etcd_prefix", "leader_ttl")
@@ -23,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     daemon.common_flags(ap)
     ap.add_argument("--rpc-addr", metavar="ADDR:PORT",
-                    help="gRPC address for orchctl and agents (default 0.0.0.0:4647)")
+                    help=f"gRPC address for orchctl and agents (default 0.0.0.0:{CONTROLLER_RPC_PORT})")
     ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to agents")
     ap.add_argument("--node-grace", type=float,
                     help="seconds an agent may be gone before its node is down (default 10)")

@@ -24,13 +24,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agent.config import parse_addr
-from agent.gossip.coalesce import Batched, Coalescer, Delivered, UserEventBatcher
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.crypto import Keyring, parse_key
-from agent.gossip.messages import UserEvent
-from agent.gossip.metrics import GossipCollector
-from agent.gossip.transport import GossipNode
 from controller.acl import Acl
 from controller.api.authz import Authorizer, RateLimiter
 from controller.api.controller_endpoint import ControllerEndpoint
@@ -50,7 +43,14 @@ from controller.store.base import Changes, Store
 from controller.usage import UsageTable
 from orch import daemon, keyring
 from orch.errors import ConfigError, NotFoundError, NotLeaderError, StoreError
+from orch.gossip.coalesce import Batched, Coalescer, Delivered, UserEventBatcher
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.crypto import Keyring, parse_key
+from orch.gossip.messages import UserEvent
+from orch.gossip.metrics import GossipCollector
+from orch.gossip.transport import GossipNode
 from orch.metrics import MetricsServer, registry_with
+from orch.net import CONTROLLER_METRICS_PORT, CONTROLLER_RPC_PORT, host_of, parse_addr
 from orch.tls import open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
@@ -149,7 +149,8 @@ class Controller:
                  for s in ("ControllerService", "NodeService")]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME,
                                              health.SERVICE_NAME], server)
-        host, port = parse_addr(self.cfg.rpc_addr, default_port=4647, where="rpc_addr")
+        host, port = parse_addr(self.cfg.rpc_addr, default_port=CONTROLLER_RPC_PORT,
+                                where="rpc_addr")
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(self.cfg.tls)) \
             if self.cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         if not bound:
@@ -184,7 +185,8 @@ class Controller:
             self.gossip.join([parse_addr(s, where="join") for s in seeds])
 
         if self.cfg.metrics_addr:
-            mhost, mport = parse_addr(self.cfg.metrics_addr, default_port=9647, where="metrics_addr")
+            mhost, mport = parse_addr(self.cfg.metrics_addr, default_port=CONTROLLER_METRICS_PORT,
+                                      where="metrics_addr")
             self.metrics = MetricsServer(registry_with(ControllerCollector(self),
                                                        GossipCollector(self.gossip)), mhost, mport)
             await self.metrics.start()
@@ -423,7 +425,7 @@ class Controller:
             node = state.nodes.get(a.node_id)
             if group is None or node is None:
                 continue
-            host = node.address.rpartition(":")[0] or node.address
+            host = host_of(node.address)
             for svc in group.services:
                 if name and svc.name != name:
                     continue

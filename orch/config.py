@@ -1,22 +1,65 @@
 """Configuration files (TOML) and flags onto the daemons' frozen dataclasses.
 
 Each daemon has one configuration dataclass with every default written once,
-beside its meaning. This module only moves values onto those objects and says
-clearly where a value is wrong.
+beside its meaning; what both daemons share is ``DaemonConfig``, which both
+extend (so its settings stay at the top level of either file). This module
+moves values onto those objects and says clearly where a value is wrong.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import tomllib
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from orch.errors import ConfigError
+from orch.gossip.config import GossipConfig
+from orch.net import GOSSIP_PORT
+from orch.tls import TlsConfig
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """The settings of every daemon: its gossip membership, its gRPC listener, its state
+    directory, metrics, TLS and logs. The agent's and the controller's configurations
+    extend it and set their own defaults where they differ (name, rpc_addr, metrics_addr).
+    """
+
+    name: str = field(default_factory=socket.gethostname)
+    """This member's name in the gossip cluster (unique); the host name by default."""
+    bind: str = f"0.0.0.0:{GOSSIP_PORT}"
+    """Gossip address (UDP and TCP on the same port)."""
+    advertise: str = ""
+    """Gossip address other members use to reach this one; the bind address unless it is
+    0.0.0.0."""
+    join: list[str] = field(default_factory=list)
+    """Gossip seeds host:port; retried with backoff until one answers."""
+    keys: list[str] = field(default_factory=list)
+    """Gossip encryption keys (base64, 16/24/32 bytes); the first is primary. Empty: no
+    encryption (only for trusted networks)."""
+    data_dir: str = "/var/lib/orch"
+    """State directory (the gossip keyring and member snapshot; the controller's database,
+    the agent's tasks)."""
+    rpc_addr: str = ""
+    """This daemon's gRPC address (port 0 picks a free one)."""
+    rpc_advertise: str = ""
+    """gRPC address given to others; by default the rpc_addr (an agent bound to 0.0.0.0
+    gives its gossip address's host; a controller needs it then)."""
+    metrics_addr: str = ""
+    """Where /metrics is served (Prometheus); empty: not served."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
+    log_level: str = "info"
+    log_format: str = "auto"
+    """json, human, or auto (human on a terminal)."""
+    gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

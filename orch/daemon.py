@@ -31,16 +31,17 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from agent.gossip.config import GossipConfig
 from orch import config as configfile
 from orch import logs
+from orch.config import DaemonConfig
 from orch.errors import ConfigError
-from orch.tls import TlsConfig
+from orch.gossip.config import GossipConfig
+from orch.net import GOSSIP_PORT
 
 if TYPE_CHECKING:
-    from agent.gossip.transport import GossipNode
+    from orch.gossip.transport import GossipNode
 
-C = TypeVar("C")
+C = TypeVar("C", bound=DaemonConfig)
 log = logging.getLogger("daemon")
 
 LIVE_SETTINGS = ("log_level", "log_format", "keys")
@@ -51,7 +52,7 @@ def common_flags(ap: argparse.ArgumentParser) -> None:
     """The flags both daemons take (Nomad-style: flags override the file)."""
     ap.add_argument("--config", metavar="FILE", help="TOML configuration file (flags override it)")
     ap.add_argument("--name", help="member name (default: host name)")
-    ap.add_argument("--bind", metavar="ADDR:PORT", help="gossip address (default 0.0.0.0:7946)")
+    ap.add_argument("--bind", metavar="ADDR:PORT", help=f"gossip address (default 0.0.0.0:{GOSSIP_PORT})")
     ap.add_argument("--advertise", metavar="ADDR:PORT", help="gossip address announced to others")
     ap.add_argument("--join", metavar="ADDR:PORT", action="append", default=None,
                     help="gossip seed (repeatable)")
@@ -84,17 +85,17 @@ def load(cls: type[C], opts: argparse.Namespace, extra: tuple[str, ...] = ()) ->
     if opts.key is not None:
         over["keys"] = opts.key
     if opts.tls_ca or opts.tls_cert or opts.tls_key:
-        tls: TlsConfig = cfg.tls  # type: ignore[attr-defined]
+        tls = cfg.tls
         over["tls"] = dataclasses.replace(tls, ca_file=opts.tls_ca or tls.ca_file,
                                           cert_file=opts.tls_cert or tls.cert_file,
                                           key_file=opts.tls_key or tls.key_file)
-    gossip: GossipConfig = cfg.gossip  # type: ignore[attr-defined]
+    gossip = cfg.gossip
     if opts.profile == "fast":
         gossip = GossipConfig.fast(label=gossip.label)
     if opts.label is not None:
         gossip = gossip.replace(label=opts.label)
     over["gossip"] = gossip
-    return dataclasses.replace(cfg, **over)  # type: ignore[type-var]
+    return dataclasses.replace(cfg, **over)
 
 
 # --- the service manager --------------------------------------------------------------------

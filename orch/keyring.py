@@ -20,7 +20,7 @@ from orch.errors import ConfigError
 from orch.v1 import controller_pb2
 
 if TYPE_CHECKING:
-    from agent.gossip.transport import GossipNode
+    from orch.gossip.transport import GossipNode
 
 log = logging.getLogger("keyring")
 FILE = "keyring.json"

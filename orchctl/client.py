@@ -11,11 +11,12 @@ from typing import Any, NoReturn, cast
 
 import grpc
 
+from orch.net import CONTROLLER_RPC_PORT
 from orch.tls import TlsConfig, open_channel
 from orch.v1 import controller_pb2_grpc
 
 OK, FAILED, USAGE, UNPLACED, CHANGES = 0, 1, 2, 3, 4
-DEFAULT_ADDR = "127.0.0.1:4647"
+DEFAULT_ADDR = f"127.0.0.1:{CONTROLLER_RPC_PORT}"
 LEADER_KEY = "orch-leader"
 
 

@@ -26,6 +26,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from orch.net import (
+    AGENT_METRICS_PORT,
+    AGENT_RPC_PORT,
+    CONTROLLER_METRICS_PORT,
+    CONTROLLER_RPC_PORT,
+    GOSSIP_PORT,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "deploy" / "examples"
 
@@ -34,7 +42,7 @@ def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
 
-WELL_KNOWN = (7946, 4647, 4648)
+WELL_KNOWN = (GOSSIP_PORT, CONTROLLER_RPC_PORT, AGENT_RPC_PORT)
 """Gossip, controller RPC and agent RPC ports of the demo."""
 
 
@@ -93,7 +101,7 @@ class Demo:
             "--bind", f"{self.net}.1:{self.gossip_port}",
             "--rpc-addr", f"{self.net}.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
-            "--metrics-addr", f"{self.net}.1:{self.metrics_port(9647)}",
+            "--metrics-addr", f"{self.net}.1:{self.metrics_port(CONTROLLER_METRICS_PORT)}",
             "--node-grace", "1" if self.fast else "3", *self.profile(), *self.controller_flags])
 
     def start_agent(self, i: int) -> None:
@@ -104,7 +112,7 @@ class Demo:
             "--join", f"{self.net}.1:{self.gossip_port}",
             "--rpc-addr", f"{self.net}.{i + 1}:{self.agent_port}",
             "--lb-bind", f"{self.net}.{i + 1}",
-            "--metrics-addr", f"{self.net}.{i + 1}:{self.metrics_port(9646)}",
+            "--metrics-addr", f"{self.net}.{i + 1}:{self.metrics_port(AGENT_METRICS_PORT)}",
             "--data-dir", str(self.dir / name), "--driver", self.driver, "--log-format", "json",
             *self.profile()])
 

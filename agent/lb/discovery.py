@@ -17,9 +17,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.gossip.core import MemberInfo
-from agent.gossip.messages import Status
 from agent.lb.model import POLICIES, Endpoint, ServiceSpec
+from orch.gossip.core import MemberInfo
+from orch.gossip.messages import Status
 from orch.jobspec.model import Group
 
 log = logging.getLogger("lb")

@@ -15,13 +15,13 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from agent.gossip.coordinate import estimate_rtt
-from agent.gossip.core import MemberEvent
-from agent.gossip.transport import GossipNode
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.model import ServiceSpec
 from agent.lb.stats import ServiceStats
+from orch.gossip.coordinate import estimate_rtt
+from orch.gossip.core import MemberEvent
+from orch.gossip.transport import GossipNode
 from orch.v1 import controller_pb2
 
 log = logging.getLogger("lb")

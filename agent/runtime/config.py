@@ -1,16 +1,46 @@
 """The runtime's settings: one frozen dataclass, every default written once.
 
-The agent's own configuration embeds it (TOML table ``[runtime]``).
+``TaskSettings`` are the ones an operator sets in ``agent.toml`` (the agent's
+configuration extends it); ``RuntimeConfig`` adds what the agent itself decides.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RuntimeConfig:
+@dataclass(frozen=True, kw_only=True)
+class TaskSettings:
+    """What this node allows its tasks, and how often it samples them."""
+
+    usage_interval: float = 10.0
+    """Seconds between samples of each allocation's CPU and memory (reported to the
+    controller for metrics and the autoscaler)."""
+    allow_privileged: bool = False
+    """Whether tasks may run privileged containers on this node (jobs asking for one are
+    placed only on nodes that allow it)."""
+    allow_host_network: bool = True
+    """Whether containers may share the host's network (``network.mode: host``); false keeps
+    every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
+    process_limits: bool = True
+    """Give every process task a cgroup (root; cgroup v1 or v2 with the cpu and memory
+    controllers): its memory_mb as a hard limit, its cpu_millicores as a CPU weight.
+    False, or a host where that is impossible: process tasks run without limits, as
+    Nomad's raw_exec."""
+    docker_network_mode: str = ""
+    """Where task containers' networks live. "": each container its own (bridge, ports
+    published on the host), or the host's when the task asks for host networking.
+    ``container:<name or id>``: every task container joins that container's network
+    namespace, and ``container:self`` this agent's own container's (an agent that itself
+    runs in a container, as in the Compose harness: the agent's container is the node).
+    Joined containers publish nothing: as in host mode, tasks listen on their host ports
+    (``${ORCH_PORT_<label>}``, a port's ``to`` does not apply) on that namespace's
+    addresses, where the agent's checks and load balancer find them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig(TaskSettings):
     node_id: str
     """This node's stable id: written into every container's ``orch.node`` label."""
     data_dir: Path
@@ -25,34 +55,24 @@ class RuntimeConfig:
     """A task's log file (or Docker json-file) is rotated at this size."""
     log_max_files: int = 3
     """Rotated log files kept per stream."""
-    usage_interval: float = 10.0
-    """Seconds between samples of each allocation's CPU and memory."""
     gc_interval: float = 60.0
     """Seconds between sweeps for orch-labelled containers no allocation owns."""
     gc_kill_timeout: float = 5.0
     """Grace given to a stray container between SIGTERM and SIGKILL."""
-    allow_privileged: bool = False
-    """Whether tasks may ask for privileged containers."""
-    allow_host_network: bool = True
-    """Whether containers may use the host's network (network mode host)."""
-    process_limits: bool = True
-    """Limit process tasks' memory (hard) and CPU (weight) with cgroups where the agent may
-    create them; without, they run unlimited, as Nomad's raw_exec."""
     docker_url: str | None = None
     """The Docker engine's address; None: DOCKER_HOST, else /var/run/docker.sock."""
     docker_bind_address: str = ""
     """Host address published ports bind to ("" = every address)."""
-    docker_network_mode: str = ""
-    """Where task containers' networks live. "": each container its own (bridge, ports
-    published on the host), or the host's when the task asks for host networking.
-    ``container:<name or id>``: every task container joins that container's network
-    namespace, and ``container:self`` this agent's own container's (an agent that itself
-    runs in a container, as in the Compose harness: the agent's container is the node).
-    Joined containers publish nothing: as in host mode, tasks listen on their host ports
-    (``${ORCH_PORT_<label>}``, a port's ``to`` does not apply) on that namespace's
-    addresses, where the agent's checks and load balancer find them."""
     image_pull_timeout: float = 300.0
     """Seconds a missing image may take to pull before the task fails."""
+
+    @classmethod
+    def on_node(cls, settings: TaskSettings, *, node_id: str, data_dir: Path,
+                node_name: str = "") -> RuntimeConfig:
+        """The runtime's configuration on a node whose operator chose ``settings`` (the
+        agent's configuration, which extends them)."""
+        chosen = {f.name: getattr(settings, f.name) for f in fields(TaskSettings)}
+        return cls(node_id=node_id, data_dir=data_dir, node_name=node_name, **chosen)
 
     @property
     def name(self) -> str:

@@ -45,14 +45,14 @@ class OrchMembers:
     """orch's GossipNode, one per member, all on this process's event loop."""
 
     def __init__(self) -> None:
-        from agent.gossip.transport import GossipNode
+        from orch.gossip.transport import GossipNode
 
         self.nodes: dict[str, GossipNode] = {}
 
     async def start(self, c: Cmd) -> None:
-        from agent.gossip.config import GossipConfig
-        from agent.gossip.core import MemberEvent
-        from agent.gossip.transport import GossipNode
+        from orch.gossip.config import GossipConfig
+        from orch.gossip.core import MemberEvent
+        from orch.gossip.transport import GossipNode
 
         name = c["name"]
         cfg = GossipConfig.lan(**c.get("config", {}))

@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from agent.gossip.coordinate import Coordinate, estimate_rtt
+from orch.gossip.coordinate import Coordinate, estimate_rtt
 from orch.v1 import controller_pb2
 from orchctl.client import OK, CliError, fail
 from orchctl.commands import Ctx

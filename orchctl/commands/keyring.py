@@ -13,7 +13,7 @@ import argparse
 import hashlib
 from collections import Counter
 
-from agent.gossip.crypto import new_key
+from orch.gossip.crypto import new_key
 from orch.v1 import controller_pb2
 from orchctl.client import FAILED, OK
 from orchctl.commands import Ctx

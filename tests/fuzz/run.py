@@ -15,7 +15,7 @@ from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["agent.gossip", "orch.jobspec", "tests.fuzz"]):
+with atheris.instrument_imports(include=["orch.gossip", "orch.jobspec", "tests.fuzz"]):
     from tests.fuzz import targets
 
 TARGETS = {"gossip_packet": (targets.gossip_packet, targets.gossip_seeds),

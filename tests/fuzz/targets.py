@@ -20,11 +20,12 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import Membership
-from agent.gossip.crypto import Keyring
-from agent.gossip.messages import (
+from orch.errors import JobSpecError, ProtocolError
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import Membership
+from orch.gossip.crypto import Keyring
+from orch.gossip.messages import (
     Alive,
     MemberRecord,
     Message,
@@ -33,7 +34,6 @@ from agent.gossip.messages import (
     StateDelta,
     Suspect,
 )
-from orch.errors import JobSpecError, ProtocolError
 from orch.jobspec import parse_job
 from orch.jobspec.validate import validate_job
 from orch.v1 import job_pb2

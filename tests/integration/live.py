@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.gossip.config import GossipConfig
 from agent.lb.config import LbConfig
 from agent.server import Agent
 from controller.server import Controller
 from orch import tls
+from orch.gossip.config import GossipConfig
 from orch.tls import TlsConfig
 from tests.integration.synthetic import controller_config, wait_until
 

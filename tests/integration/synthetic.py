@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 
 from agent.controller_link import ControllerLink
-from agent.gossip.config import GossipConfig
 from controller.config import ControllerConfig
 from controller.server import Controller
+from orch.gossip.config import GossipConfig
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 RUNNING, FAILED, COMPLETE = (node_pb2.CLIENT_STATUS_RUNNING, node_pb2.CLIENT_STATUS_FAILED,

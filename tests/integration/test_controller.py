@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.gossip.core import EventKind, MemberEvent
 from controller.server import Controller
+from orch.gossip.core import EventKind, MemberEvent
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from tests.integration.synthetic import (
     Harness,

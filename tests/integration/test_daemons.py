@@ -21,10 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.gossip.config import GossipConfig
-from agent.gossip.crypto import Keyring, new_key
-from agent.gossip.messages import Status
-from agent.gossip.transport import GossipNode
+from orch.gossip.config import GossipConfig
+from orch.gossip.crypto import Keyring, new_key
+from orch.gossip.messages import Status
+from orch.gossip.transport import GossipNode
 from orch.v1 import controller_pb2, controller_pb2_grpc
 from tests.integration.synthetic import service_job, wait_until
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import msgpack
 
-from agent.gossip import codec
-from agent.gossip.config import PROTOCOL_VERSION, GossipConfig
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.crypto import Keyring, new_key
-from agent.gossip.messages import Status
-from agent.gossip.transport import GossipNode
+from orch.gossip import codec
+from orch.gossip.config import PROTOCOL_VERSION, GossipConfig
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.crypto import Keyring, new_key
+from orch.gossip.messages import Status
+from orch.gossip.transport import GossipNode
 
 FAST = GossipConfig.fast()
 

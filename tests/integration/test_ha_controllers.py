@@ -18,14 +18,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.config import AgentConfig
-from agent.gossip.coalesce import Delivered
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import EventKind, MemberEvent
 from agent.server import Agent
 from controller.server import Controller
 from controller.store.base import Changes
 from orch import tls
 from orch.errors import NotLeaderError
+from orch.gossip.coalesce import Delivered
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import EventKind, MemberEvent
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 from tests.etcd_server import EtcdCluster, etcd_binary
 from tests.integration.live import JOB, Cli

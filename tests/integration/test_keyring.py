@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.gossip.config import GossipConfig
-from agent.gossip.crypto import new_key
 from agent.server import Agent
+from orch.gossip.config import GossipConfig
+from orch.gossip.crypto import new_key
 from tests.integration.live import Cli, live_cluster
 from tests.integration.synthetic import wait_until
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.gossip.config import GossipConfig
-from agent.gossip.crypto import Keyring, new_key
-from agent.gossip.transport import GossipNode
 from orch import tls
+from orch.gossip.config import GossipConfig
+from orch.gossip.crypto import Keyring, new_key
+from orch.gossip.transport import GossipNode
 from orch.jobspec import load_job_file
 from orch.v1 import controller_pb2, controller_pb2_grpc
 from tests.integration.live import live_cluster, make_pki, pki

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.gossip.messages import UserEvent
+from orch.gossip.messages import UserEvent
 from tests.integration.live import Cli, live_cluster
 from tests.integration.synthetic import wait_until
 

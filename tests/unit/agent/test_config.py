@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, parse_addr
-from agent.gossip.config import GossipConfig
+from agent.config import AgentConfig
 from agent.main import load_config, parse_args
 from orch import config as configfile
 from orch.errors import ConfigError
+from orch.gossip.config import GossipConfig
+from orch.net import parse_addr
 
 EXAMPLE = Path(__file__).parents[3] / "deploy" / "config" / "agent.toml"
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from agent.controller_link import leader_elsewhere
-from agent.gossip.core import MemberInfo
-from agent.gossip.messages import Status
+from orch.gossip.core import MemberInfo
+from orch.gossip.messages import Status
 
 
 def controller(name: str, rpc: str, status: Status = Status.ALIVE,

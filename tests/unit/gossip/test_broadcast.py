@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.gossip import broadcast as bq
+from orch.gossip import broadcast as bq
 
 
 def test_least_sent_then_newest_first() -> None:

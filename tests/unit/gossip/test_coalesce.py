@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from agent.gossip.coalesce import Coalescer, UserEventBatcher, Window
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.messages import UserEvent
-from agent.gossip.sim import SimNode, Simulator
+from orch.gossip.coalesce import Coalescer, UserEventBatcher, Window
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.messages import UserEvent
+from orch.gossip.sim import SimNode, Simulator
 
 ADDR = ("127.0.0.1", 7946)
 

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.gossip import codec
-from agent.gossip.crypto import Keyring, new_key
-from agent.gossip.messages import (
+from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
+from orch.gossip import codec
+from orch.gossip.crypto import Keyring, new_key
+from orch.gossip.messages import (
     Ack,
     Alive,
     Dead,
@@ -24,7 +25,6 @@ from agent.gossip.messages import (
     Status,
     Suspect,
 )
-from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
 
 MESSAGES = [
     Ping(1, "a", "b"),

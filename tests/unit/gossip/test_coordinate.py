@@ -6,10 +6,10 @@ import math
 import random
 import statistics
 
-from agent.gossip.config import GossipConfig
-from agent.gossip.coordinate import Coordinate, VivaldiClient, VivaldiConfig, estimate_rtt
-from agent.gossip.messages import Addr
-from agent.gossip.sim import NetConfig, Simulator
+from orch.gossip.config import GossipConfig
+from orch.gossip.coordinate import Coordinate, VivaldiClient, VivaldiConfig, estimate_rtt
+from orch.gossip.messages import Addr
+from orch.gossip.sim import NetConfig, Simulator
 
 
 def test_wire_form_round_trips_and_rejects_garbage() -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import Effect, EventKind, MemberEvent, Membership, Send, Stream
-from agent.gossip.messages import (
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import Effect, EventKind, MemberEvent, Membership, Send, Stream
+from orch.gossip.messages import (
     Ack,
     Addr,
     Alive,

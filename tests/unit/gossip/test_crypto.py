@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from agent.gossip.crypto import Keyring, key_id, new_key, parse_key
 from orch.errors import ConfigError, DecryptError
+from orch.gossip.crypto import Keyring, key_id, new_key, parse_key
 
 
 def test_keys_are_validated() -> None:

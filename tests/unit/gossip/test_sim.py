@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.messages import Status, Suspect
-from agent.gossip.sim import NetConfig, SimNode, Simulator
-from agent.gossip.suspicion import min_suspicion_timeout
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.messages import Status, Suspect
+from orch.gossip.sim import NetConfig, SimNode, Simulator
+from orch.gossip.suspicion import min_suspicion_timeout
 
 FAST = GossipConfig.fast()
 LAN = GossipConfig.lan()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.snapshot import Snapshot
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.snapshot import Snapshot
 
 
 def ev(kind: EventKind, name: str, port: int = 7946) -> MemberEvent:

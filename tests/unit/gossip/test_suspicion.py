@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gossip.suspicion import (
+from orch.gossip.suspicion import (
     Awareness,
     Suspicion,
     min_suspicion_timeout,

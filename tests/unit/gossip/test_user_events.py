@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.messages import UserEvent
-from agent.gossip.sim import NetConfig, SimNode, Simulator
-from agent.gossip.user_events import BUFFER, MAX_PAYLOAD, UserEvents
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.messages import UserEvent
+from orch.gossip.sim import NetConfig, SimNode, Simulator
+from orch.gossip.user_events import BUFFER, MAX_PAYLOAD, UserEvents
 
 
 def test_the_clock_orders_what_a_member_saw_before_what_it_fires() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.gossip.core import MemberInfo
-from agent.gossip.messages import Status
 from agent.lb import discovery
+from orch.gossip.core import MemberInfo
+from orch.gossip.messages import Status
 from orch.jobspec.model import Group, Network, Port, Service, Task
 
 GROUP = Group(name="g", tasks=(Task(name="t"),), network=Network(ports=(

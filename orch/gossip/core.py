@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
-from agent.gossip import broadcast as bq
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.coordinate import Coordinate, VivaldiClient, VivaldiConfig
-from agent.gossip.messages import (
+from orch.errors import ProtocolError
+from orch.gossip import broadcast as bq
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.coordinate import Coordinate, VivaldiClient, VivaldiConfig
+from orch.gossip.messages import (
     Ack,
     Addr,
     Alive,
@@ -46,15 +47,14 @@ from agent.gossip.messages import (
     Suspect,
     UserEvent,
 )
-from agent.gossip.suspicion import (
+from orch.gossip.suspicion import (
     Awareness,
     Suspicion,
     min_suspicion_timeout,
     retransmit_limit,
 )
-from agent.gossip.timers import Timer, Timers
-from agent.gossip.user_events import UserEvents
-from orch.errors import ProtocolError
+from orch.gossip.timers import Timer, Timers
+from orch.gossip.user_events import UserEvents
 
 ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.LEFT
 _LIVE = (ALIVE, SUSPECT)

@@ -29,9 +29,10 @@ from typing import Any
 
 import msgpack
 
-from agent.gossip.config import PROTOCOL_VERSION
-from agent.gossip.crypto import NONCE_SIZE, TAG_SIZE, Keyring
-from agent.gossip.messages import (
+from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
+from orch.gossip.config import PROTOCOL_VERSION
+from orch.gossip.crypto import NONCE_SIZE, TAG_SIZE, Keyring
+from orch.gossip.messages import (
     Ack,
     Alive,
     Code,
@@ -47,7 +48,6 @@ from agent.gossip.messages import (
     Suspect,
     UserEvent,
 )
-from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
 
 ENCRYPTED = 0x01
 NAMED = 0x02

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import MemberEvent, Membership, Send, Stream
-from agent.gossip.messages import Addr, PushPull, UserEvent
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import MemberEvent, Membership, Send, Stream
+from orch.gossip.messages import Addr, PushPull, UserEvent
 
 _DELIVER, _WAKE, _STREAM, _STREAM_DONE, _CALL = range(5)
 

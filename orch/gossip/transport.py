@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.gossip import codec
-from agent.gossip.config import GossipConfig
-from agent.gossip.core import Effect, EventKind, MemberEvent, MemberInfo, Membership, Send, Stream
-from agent.gossip.crypto import Keyring
-from agent.gossip.messages import Addr, PushPull, Status, UserEvent
-from agent.gossip.snapshot import Snapshot
 from orch.errors import ProtocolError
+from orch.gossip import codec
+from orch.gossip.config import GossipConfig
+from orch.gossip.core import Effect, EventKind, MemberEvent, MemberInfo, Membership, Send, Stream
+from orch.gossip.crypto import Keyring
+from orch.gossip.messages import Addr, PushPull, Status, UserEvent
+from orch.gossip.snapshot import Snapshot
 
 log = logging.getLogger("gossip")
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.messages import UserEvent
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.messages import UserEvent
 
 _STATUS = {EventKind.JOIN: "alive", EventKind.ALIVE: "alive", EventKind.SUSPECT: "suspect",
            EventKind.DEAD: "dead", EventKind.LEFT: "left"}

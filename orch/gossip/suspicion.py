@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from agent.gossip.timers import Timer
+from orch.gossip.timers import Timer
 
 
 def min_suspicion_timeout(suspicion_mult: int, n: int, probe_interval: float) -> float:

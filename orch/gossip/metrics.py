@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.gossip.coordinate import estimate_rtt
-from agent.gossip.core import RTT_BUCKETS
-from agent.gossip.messages import Code, Status
-from agent.gossip.transport import GossipNode
+from orch.gossip.coordinate import estimate_rtt
+from orch.gossip.core import RTT_BUCKETS
+from orch.gossip.messages import Code, Status
+from orch.gossip.transport import GossipNode
 from orch.metrics import Hist, histogram
 
 DROP_REASONS = ("decode", "decrypt", "label", "version", "misdirected", "conflict", "internal")

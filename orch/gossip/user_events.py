@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.gossip.messages import UserEvent
+from orch.gossip.messages import UserEvent
 
 MAX_NAME = 128
 MAX_PAYLOAD = 512

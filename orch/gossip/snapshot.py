@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import IO
 
-from agent.gossip.core import EventKind, MemberEvent
-from agent.gossip.messages import Addr
+from orch.gossip.core import EventKind, MemberEvent
+from orch.gossip.messages import Addr
 
 log = logging.getLogger("gossip")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-Addr = tuple[str, int]
+from orch.net import Addr as Addr  # the gossip modules name addresses from here
 
 
 class Code(IntEnum):
