@@ -112,7 +112,7 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
         await require_role(ctx, self.ROLES, self._tls_on)
         try:
             self.runtime.restart(req.id, req.task or None)
-            return convert.status_to_proto(self.runtime.status(req.id))
+            return convert.alloc_status_to_proto(self.runtime.status(req.id))
         except OrchError as e:
             await ctx.abort(grpc.StatusCode.NOT_FOUND if isinstance(e, NotFoundError)
                             else grpc.StatusCode.FAILED_PRECONDITION, str(e))

@@ -227,7 +227,7 @@ class Agent:
         return found
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
-        specs = [convert.alloc_from_proto(a) for a in desired.allocations]
+        specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
         if await self.runtime.apply(desired.version, specs):
             self._specs = {s.id: s for s in specs}
             self._publish_endpoints()
@@ -254,12 +254,12 @@ class Agent:
                 self.mesh.changed()  # our own state changes raise no membership event
 
     def _full_report(self) -> list[node_pb2.Allocation]:
-        return [convert.status_to_proto(s) for s in self.runtime.statuses()]
+        return [convert.alloc_status_to_proto(s) for s in self.runtime.statuses()]
 
     async def _forward_updates(self) -> None:
         while True:
             batch = await self.runtime.next_updates()
-            allocs = [convert.status_to_proto(u) for u in batch if isinstance(u, AllocStatus)]
+            allocs = [convert.alloc_status_to_proto(u) for u in batch if isinstance(u, AllocStatus)]
             if allocs:
                 self.link.report(allocs)
                 self._publish_endpoints()

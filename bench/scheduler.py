@@ -9,13 +9,13 @@ twenty racks, a few node classes and operating systems, and existing load
 (background allocations using 0-60 % of each node). The workload is 10,000
 allocations in jobs of one group each, groups of 10 to 1,000 replicas, with
 varied sizes; a quarter of the groups ask for a dynamic port. Each job is one
-``schedule()`` call; its plan is applied to the snapshot before the next job,
-as the controller does (one more row splits the same 10,000 allocations into
+``schedule()`` call; its plan is recorded in the snapshot before the next job,
+as a commit would (``bench.scheduler_rounds``) (one more row splits the same 10,000 allocations into
 1,000 jobs of 10, the worst case for per-call overhead). Times are the median
 of several runs on one core
 (the process is pinned to one CPU when the OS allows); ``placements/s``
-counts the time spent in ``schedule()``, ``apply`` is the controller-side
-cost of committing plans to the snapshot, reported apart.
+counts the time spent in ``schedule()``; ``apply`` is the cost of recording the
+plans in the snapshot, reported apart.
 
 Packing: an empty cluster of identical nodes receives the same kind of
 workload with bin-packing; nodes used are compared with the lower bound
@@ -38,12 +38,12 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.scheduler_rounds import apply_plan
 from controller.scheduler import (
     AllocInfo,
     ClusterSnapshot,
     NodeInfo,
     SchedulerConfig,
-    apply_plan,
     schedule,
 )
 from orch.jobspec.model import (

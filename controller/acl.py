@@ -27,6 +27,7 @@ from typing import Protocol
 
 from controller.store.base import Changes
 from orch.errors import NotFoundError, OrchError
+from orch.vocab import namespace_of
 
 META_PREFIX = "acl/token/"
 BOOTSTRAP_KEY = "acl/bootstrapped"
@@ -80,7 +81,7 @@ class Token:
                 return True
             if action == "job-write" and p.startswith("submit"):
                 _, _, arg = p.partition(":")
-                if not arg or (arg.startswith("ns=") and arg[3:] == (namespace or "default")) \
+                if not arg or (arg.startswith("ns=") and arg[3:] == namespace_of(namespace)) \
                         or (arg.startswith("prefix=") and job.startswith(arg[7:])):
                     return True
         return False

@@ -25,6 +25,7 @@ from controller.state import RUN, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, job_pb2, node_pb2
+from orch.vocab import namespace_of
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
@@ -239,7 +240,7 @@ class Evaluator:
             for dep in list(state.deployments.values()):
                 if dep.status not in ACTIVE:
                     continue
-                key = (dep.namespace or "default", dep.job)
+                key = (namespace_of(dep.namespace), dep.job)
                 job_pb = state.job_version(key, dep.job_version)
                 if job_pb is None:
                     continue
@@ -274,7 +275,7 @@ class Evaluator:
         """Promoted canaries become ordinary allocations (and take over their index)."""
         promoted = {g.group for g in d.groups if g.promoted}
         out = []
-        for a in self.state.allocs_of_job((d.namespace or "default", d.job)):
+        for a in self.state.allocs_of_job((namespace_of(d.namespace), d.job)):
             if a.canary and a.group in promoted and a.deployment_id == d.id and \
                     a.desired_status == RUN:
                 if a.id in fresh:  # already being rewritten in this commit

@@ -16,6 +16,7 @@ from orch.errors import ApiError, NotFoundError
 from orch.jobspec import check_job
 from orch.jobspec.model import Job, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
+from orch.vocab import namespace_of
 
 NS = 1_000_000_000
 
@@ -202,7 +203,7 @@ class Jobs:
         if dep is not None:
             reply.latest_deployment.CopyFrom(dep)
         last_eval = next((e for e in reversed(self.state.evaluations)
-                          if (e.namespace or "default", e.job) == key), None)
+                          if (namespace_of(e.namespace), e.job) == key), None)
         failures = {f.group: f.explanation for f in last_eval.plan.failures} if last_eval else {}
         model = self.state.model(job)
         for g in model.groups:
@@ -235,7 +236,7 @@ async def promote(cluster: Cluster, evaluator: Evaluator, dep_id: str,
         dep.CopyFrom(found[0])
         if dep.status not in ("running", "paused"):
             raise ValueError(f"deployment {dep.id[:8]} is {dep.status}; nothing to promote")
-        key = (dep.namespace or "default", dep.job)
+        key = (namespace_of(dep.namespace), dep.job)
         canaries = [a for a in state.allocs_of_job(key)
                     if a.canary and a.deployment_id == dep.id and a.desired_status == RUN]
         unhealthy = [a.name for a in canaries if not a.healthy]

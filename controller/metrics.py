@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orch.v1 import node_pb2
+from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
 
 if TYPE_CHECKING:
     from controller.server import Controller
@@ -47,16 +47,15 @@ class ControllerCollector(Collector):
         yield GaugeMetricFamily("orch_controller_connected_agents", "Agents holding a stream.",
                                 value=sum(1 for n in state.nodes if cluster.connected(n)))
         nodes = GaugeMetricFamily("orch_controller_nodes", "Nodes by status.", labels=["status"])
-        for value, name in ((node_pb2.NODE_STATUS_READY, "ready"),
-                            (node_pb2.NODE_STATUS_DOWN, "down"), (node_pb2.NODE_STATUS_INIT, "init")):
-            nodes.add_metric([name], sum(1 for n in state.nodes.values() if n.status == value))
+        for name in ("ready", "down", "init"):
+            nodes.add_metric([name], sum(1 for n in state.nodes.values()
+                                         if NODE_STATUS.word(n.status) == name))
         yield nodes
         allocs = GaugeMetricFamily("orch_controller_allocations", "Allocations by desired and "
                                    "client status.", labels=["desired", "client"])
         counts: dict[tuple[str, str], int] = {}
         for a in state.allocs.values():
-            k = (node_pb2.DesiredStatus.Name(a.desired_status).split("_")[-1].lower(),
-                 node_pb2.ClientStatus.Name(a.client_status).split("_")[-1].lower())
+            k = (DESIRED_STATUS.word(a.desired_status), CLIENT_STATUS.word(a.client_status))
             counts[k] = counts.get(k, 0) + 1
         for (desired, client), n in sorted(counts.items()):
             allocs.add_metric([desired, client], n)

@@ -35,6 +35,7 @@ from controller.planner import event
 from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes
 from orch.v1 import job_pb2, node_pb2
+from orch.vocab import CLIENT_STATUS
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
@@ -181,7 +182,7 @@ class NodeMonitor:
                 a.modify_time_ns = now_ns
                 changes.put_allocs.append(a)
                 if a.client_status != cur.client_status:
-                    status = node_pb2.ClientStatus.Name(a.client_status).split("_")[-1].lower()
+                    status = CLIENT_STATUS.word(a.client_status)
                     changes.events.append(event(
                         "allocation", f"Allocation{status.capitalize()}", a.id,
                         f"{a.name} is {status}", now_ns, allocation=a))

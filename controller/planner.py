@@ -12,9 +12,7 @@ from controller.state import LOST, PENDING, RUN, STOP, ClusterState, job_key
 from controller.store.base import Changes
 from orch.jobspec.model import Job, group_to_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
-
-_JOB_TYPE = {"service": job_pb2.JOB_TYPE_SERVICE, "batch": job_pb2.JOB_TYPE_BATCH,
-             "system": job_pb2.JOB_TYPE_SYSTEM}
+from orch.vocab import JOB_TYPE
 
 
 def event(topic: str, type_: str, key: str, message: str, now_ns: int, **payload: object) -> \
@@ -120,7 +118,7 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
             reschedule_attempts=p.reschedule_attempts, canary=p.canary,
             create_time_ns=now_ns, modify_time_ns=now_ns, client_since_ns=now_ns,
             deployment_id=deployment_id if job.type == "service" else "",
-            job_type=_JOB_TYPE[job.type],
+            job_type=JOB_TYPE.value(job.type),
             description=f"placed on {p.node_name}: {p.reason}",
             resources=job_pb2.Resources(cpu_millicores=p.cpu_millicores, memory_mb=p.memory_mb))
         a.spec.CopyFrom(spec(p.group))

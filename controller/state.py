@@ -12,10 +12,11 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TypeVar
 
-from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_from_proto, node_from_proto
+from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
 from controller.store.base import Changes, JobKey, StoreSnapshot
 from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
+from orch.vocab import namespace_of
 
 RUN, STOP = node_pb2.DESIRED_STATUS_RUN, node_pb2.DESIRED_STATUS_STOP
 PENDING, RUNNING = node_pb2.CLIENT_STATUS_PENDING, node_pb2.CLIENT_STATUS_RUNNING
@@ -27,8 +28,8 @@ K = TypeVar("K")
 
 def job_key(job: job_pb2.Job | node_pb2.Allocation) -> JobKey:
     if isinstance(job, job_pb2.Job):
-        return (job.namespace or "default", job.name)
-    return (job.namespace or "default", job.job)
+        return (namespace_of(job.namespace), job.name)
+    return (namespace_of(job.namespace), job.job)
 
 
 class ClusterState:
@@ -109,7 +110,7 @@ class ClusterState:
                       key=lambda a: (a.job, a.group, a.index))
 
     def latest_deployment(self, key: JobKey) -> controller_pb2.Deployment | None:
-        found = [d for d in self.deployments.values() if (d.namespace or "default", d.job) == key]
+        found = [d for d in self.deployments.values() if (namespace_of(d.namespace), d.job) == key]
         return max(found, key=lambda d: (d.create_time_ns, d.id)) if found else None
 
     def find_alloc(self, prefix: str) -> list[node_pb2.Allocation]:
@@ -141,7 +142,7 @@ class ClusterState:
             self._models.pop((job_key(job), job.version), None)
         for node in changes.put_nodes:
             self.nodes[node.id] = node
-            self.snapshot.upsert_node(node_from_proto(node))
+            self.snapshot.upsert_node(node_info_from_proto(node))
         for node_id in changes.delete_nodes:
             self.nodes.pop(node_id, None)
             self.snapshot.remove_node(node_id)
@@ -157,7 +158,7 @@ class ClusterState:
         self.meta.update(changes.meta)
 
     def alloc_info(self, alloc: node_pb2.Allocation) -> AllocInfo:
-        return alloc_from_proto(alloc, self.group_spec(alloc))
+        return alloc_info_from_proto(alloc, self.group_spec(alloc))
 
     def _put_alloc(self, alloc: node_pb2.Allocation) -> None:
         old = self.allocs.get(alloc.id)

@@ -62,12 +62,6 @@ def short(id_: str) -> str:
     return id_[:8]
 
 
-def enum_name(value_name: str) -> str:
-    """``CLIENT_STATUS_RUNNING`` -> ``running``."""
-    for prefix in ("CLIENT_STATUS_", "DESIRED_STATUS_", "NODE_STATUS_", "JOB_STATUS_", "JOB_TYPE_"):
-        if value_name.startswith(prefix):
-            return value_name[len(prefix):].lower()
-    return value_name.lower()
 
 
 def out(text: str) -> None:

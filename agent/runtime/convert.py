@@ -6,36 +6,31 @@ works on ``AllocSpec`` and ``AllocStatus``.
 
 from __future__ import annotations
 
+from typing import cast
+
 from orch.jobspec.model import group_from_proto
-from orch.v1 import job_pb2, node_pb2
+from orch.v1 import node_pb2
+from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, JOB_TYPE, namespace_of
 
-from .state import AllocSpec, AllocStatus, ClientStatus
-
-_JOB_TYPES = {job_pb2.JOB_TYPE_BATCH: "batch", job_pb2.JOB_TYPE_SYSTEM: "system"}
-_CLIENT_STATUS: dict[ClientStatus, node_pb2.ClientStatus.ValueType] = {
-    "pending": node_pb2.CLIENT_STATUS_PENDING,
-    "running": node_pb2.CLIENT_STATUS_RUNNING,
-    "complete": node_pb2.CLIENT_STATUS_COMPLETE,
-    "failed": node_pb2.CLIENT_STATUS_FAILED,
-}
+from .state import AllocSpec, AllocStatus, Desired
 
 
-def alloc_from_proto(pb: node_pb2.Allocation) -> AllocSpec:
+def alloc_spec_from_proto(pb: node_pb2.Allocation) -> AllocSpec:
     """The desired allocation an Allocation message describes."""
     return AllocSpec(
-        id=pb.id, name=pb.name, namespace=pb.namespace or "default", job=pb.job,
-        job_version=pb.job_version, job_type=_JOB_TYPES.get(pb.job_type, "service"),
+        id=pb.id, name=pb.name, namespace=namespace_of(pb.namespace), job=pb.job,
+        job_version=pb.job_version, job_type=JOB_TYPE.word(pb.job_type),
         group=group_from_proto(pb.spec), index=pb.index, ports=dict(pb.ports),
-        desired="stop" if pb.desired_status == node_pb2.DESIRED_STATUS_STOP else "run")
+        desired=cast(Desired, DESIRED_STATUS.word(pb.desired_status)))
 
 
-def status_to_proto(status: AllocStatus) -> node_pb2.Allocation:
+def alloc_status_to_proto(status: AllocStatus) -> node_pb2.Allocation:
     """An Allocation message carrying what the agent reports: id, client status, whether
     every task runs and passes its checks (``checks_healthy``: the controller decides
     ``healthy`` from it and the group's min_healthy_time), ports and task states with
     their events (the controller merges it into its copy)."""
     pb = node_pb2.Allocation(
-        id=status.alloc_id, client_status=_CLIENT_STATUS[status.client_status],
+        id=status.alloc_id, client_status=CLIENT_STATUS.value(status.client_status),
         checks_healthy=status.healthy, ports=dict(status.ports), job_version=status.job_version,
         modify_time_ns=status.modify_time_ns, description=status.description)
     for name, t in status.tasks.items():

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from orch.jobspec.model import Group, Task
+from orch.vocab import DEFAULT_NAMESPACE
 
 TaskStateName = Literal["pending", "running", "dead"]
 ClientStatus = Literal["pending", "running", "complete", "failed"]
+"""What an agent reports of an allocation (``lost`` is the controller's verdict only)."""
+Desired = Literal["run", "stop"]
 
 MAX_EVENTS = 10
 """Events kept per task (the newest), as Nomad keeps them."""
@@ -31,7 +34,7 @@ class AllocSpec:
     id: str
     name: str = ""
     """job.group[index]"""
-    namespace: str = "default"
+    namespace: str = DEFAULT_NAMESPACE
     job: str = ""
     job_version: int = 0
     job_type: str = "service"
@@ -40,7 +43,7 @@ class AllocSpec:
     index: int = 0
     ports: Mapping[str, int] = field(default_factory=dict)
     """Port label → host port, as the scheduler chose them (dynamic ones may be missing)."""
-    desired: Literal["run", "stop"] = "run"
+    desired: Desired = "run"
 
     def task(self, name: str) -> Task | None:
         return next((t for t in self.group.tasks if t.name == name), None)

@@ -22,6 +22,7 @@ import grpc
 
 from controller.acl import Acl, Token
 from orch.tls import peer_roles, require_role
+from orch.vocab import namespace_of
 
 if TYPE_CHECKING:
     from controller.state import ClusterState
@@ -52,15 +53,15 @@ def action_of(method: str) -> str:
 def target_of(method: str, request: Any, state: ClusterState) -> tuple[str, str]:
     """The (namespace, job name) a job-write acts on ("", "" when it cannot be told)."""
     if method in ("RegisterJob", "PlanJob"):
-        return request.job.namespace or "default", request.job.name
+        return namespace_of(request.job.namespace), request.job.name
     if method in ("StopJob", "RevertJob", "ScaleJob"):
-        return request.namespace or "default", request.name
+        return namespace_of(request.namespace), request.name
     if method == "PromoteDeployment":
         d = state.deployments.get(request.deployment_id)
-        return (d.namespace or "default", d.job) if d is not None else ("", "")
+        return (namespace_of(d.namespace), d.job) if d is not None else ("", "")
     if method in ("StopAllocation", "RestartAllocation"):
         found = state.find_alloc(request.id)
-        return (found[0].namespace or "default", found[0].job) if len(found) == 1 else ("", "")
+        return (namespace_of(found[0].namespace), found[0].job) if len(found) == 1 else ("", "")
     return "", ""
 
 

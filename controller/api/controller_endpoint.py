@@ -18,6 +18,7 @@ from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.errors import NotFoundError
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
+from orch.vocab import namespace_of
 
 if TYPE_CHECKING:
     from controller.server import Controller
@@ -29,7 +30,7 @@ log = logging.getLogger("api")
 def _key(namespace: str, name: str) -> JobKey:
     if not name:
         raise ValueError("a job name is needed")
-    return (namespace or "default", name)
+    return (namespace_of(namespace), name)
 
 
 def _token_pb(t: Token) -> controller_pb2.AclToken:

@@ -4,7 +4,7 @@
 
     plan = schedule(job, snapshot, now=time.time(), seed=eval_index)
     print("\\n".join(plan.explain()))
-    print(render_plan(plan))            # what ``orchctl job plan`` shows
+    print(render_plan(plan))            # the whole plan as text, for people
 
 ``snapshot``     NodeInfo, AllocInfo and the incrementally kept ClusterSnapshot
 ``scheduler``    ``schedule()``: reconcile, stop, place (service, batch, system)
@@ -14,12 +14,11 @@
 ``ranking``      bin-pack/spread fit, job anti-affinity, affinities, spread targets
 ``ports``        static port checks, dynamic port choice
 ``plan``         the plan and its explanations
-``diff``         the plan as a diff for people
-``apply``        committing a plan to a snapshot
+``diff``         what changed in a group's spec, and the plan as text for people (the
+                 controller sends ``orchctl`` a PlanSummary instead: ``controller.planner``)
 ``config``       SchedulerConfig
 """
 
-from controller.scheduler.apply import apply_plan
 from controller.scheduler.config import SchedulerConfig
 from controller.scheduler.diff import FieldChange, diff_groups, render_plan
 from controller.scheduler.plan import GroupPlan, InPlaceUpdate, NodeMetrics, Placement, Plan, Stop
@@ -28,12 +27,12 @@ from controller.scheduler.snapshot import (
     AllocInfo,
     ClusterSnapshot,
     NodeInfo,
-    alloc_from_proto,
-    node_from_proto,
+    alloc_info_from_proto,
+    node_info_from_proto,
 )
 
 __all__ = [
     "AllocInfo", "ClusterSnapshot", "FieldChange", "GroupPlan", "InPlaceUpdate", "NodeInfo",
-    "NodeMetrics", "Placement", "Plan", "SchedulerConfig", "Stop", "alloc_from_proto",
-    "apply_plan", "diff_groups", "node_from_proto", "render_plan", "schedule",
+    "NodeMetrics", "Placement", "Plan", "SchedulerConfig", "Stop", "alloc_info_from_proto",
+    "diff_groups", "node_info_from_proto", "render_plan", "schedule",
 ]

@@ -24,10 +24,8 @@ from typing import Any
 
 from orch.jobspec.model import Group, group_from_proto
 from orch.v1 import job_pb2, node_pb2
+from orch.vocab import CLIENT_STATUS, DEFAULT_NAMESPACE, DESIRED_STATUS, NODE_STATUS, namespace_of
 
-NODE_STATUSES = ("ready", "init", "down")
-DESIRED = ("run", "stop")
-CLIENT_STATUSES = ("pending", "running", "complete", "failed", "lost")
 LIVE_CLIENT = frozenset(("pending", "running"))
 
 _MEMO_KEYS = 128
@@ -77,7 +75,7 @@ class AllocInfo:
     group: str
     index: int
     node_id: str
-    namespace: str = "default"
+    namespace: str = DEFAULT_NAMESPACE
     cpu_millicores: int = 0
     memory_mb: int = 0
     ports: Mapping[str, int] = field(default_factory=dict)
@@ -369,16 +367,7 @@ class ClusterSnapshot:
 
 # --- from the wire --------------------------------------------------------------------------
 
-_NODE_STATUS = {node_pb2.NODE_STATUS_READY: "ready", node_pb2.NODE_STATUS_INIT: "init",
-                node_pb2.NODE_STATUS_DOWN: "down", node_pb2.NODE_STATUS_UNSPECIFIED: "init"}
-_DESIRED = {node_pb2.DESIRED_STATUS_RUN: "run", node_pb2.DESIRED_STATUS_STOP: "stop",
-            node_pb2.DESIRED_STATUS_UNSPECIFIED: "run"}
-_CLIENT = {node_pb2.CLIENT_STATUS_UNSPECIFIED: "pending", node_pb2.CLIENT_STATUS_PENDING: "pending",
-           node_pb2.CLIENT_STATUS_RUNNING: "running", node_pb2.CLIENT_STATUS_COMPLETE: "complete",
-           node_pb2.CLIENT_STATUS_FAILED: "failed", node_pb2.CLIENT_STATUS_LOST: "lost"}
-
-
-def node_from_proto(pb: node_pb2.Node) -> NodeInfo:
+def node_info_from_proto(pb: node_pb2.Node) -> NodeInfo:
     """The scheduler's view of a Node message."""
     return NodeInfo(
         id=pb.id, name=pb.name or pb.id, datacenter=pb.datacenter or "dc1",
@@ -386,11 +375,11 @@ def node_from_proto(pb: node_pb2.Node) -> NodeInfo:
         meta=dict(pb.meta), cpu_millicores=pb.capacity.cpu_millicores,
         memory_mb=pb.capacity.memory_mb, reserved_cpu_millicores=pb.reserved.cpu_millicores,
         reserved_memory_mb=pb.reserved.memory_mb, reserved_ports=frozenset(pb.reserved_ports),
-        drivers=frozenset(pb.drivers), status=_NODE_STATUS[pb.status], eligible=pb.eligible,
+        drivers=frozenset(pb.drivers), status=NODE_STATUS.word(pb.status), eligible=pb.eligible,
         draining=pb.HasField("drain"), drain_ignore_system_jobs=pb.drain.ignore_system_jobs)
 
 
-def alloc_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) -> AllocInfo:
+def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) -> AllocInfo:
     """The scheduler's view of an Allocation message.
 
     ``spec`` lets callers share one Group object among the allocations of a job
@@ -400,10 +389,10 @@ def alloc_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) -> Allo
         spec = group_from_proto(pb.spec)
     res: job_pb2.Resources = pb.resources
     return AllocInfo(
-        id=pb.id, namespace=pb.namespace or "default", job=pb.job, group=pb.group,
+        id=pb.id, namespace=namespace_of(pb.namespace), job=pb.job, group=pb.group,
         index=pb.index, node_id=pb.node_id, cpu_millicores=res.cpu_millicores,
-        memory_mb=res.memory_mb, ports=dict(pb.ports), desired=_DESIRED[pb.desired_status],
-        client=_CLIENT[pb.client_status], job_version=pb.job_version, spec=spec,
+        memory_mb=res.memory_mb, ports=dict(pb.ports), desired=DESIRED_STATUS.word(pb.desired_status),
+        client=CLIENT_STATUS.word(pb.client_status), job_version=pb.job_version, spec=spec,
         healthy=pb.healthy, canary=pb.canary, reschedule_attempts=pb.reschedule_attempts,
         previous_allocation=pb.previous_allocation, create_time=pb.create_time_ns / 1e9,
         modify_time=pb.modify_time_ns / 1e9)

@@ -15,15 +15,8 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from orch.v1 import job_pb2
+from orch.vocab import DEFAULT_NAMESPACE, JOB_TYPE, namespace_of
 
-JOB_TYPES = ("service", "batch", "system")
-_JOB_TYPE_FROM_PB = {
-    job_pb2.JOB_TYPE_UNSPECIFIED: "service",
-    job_pb2.JOB_TYPE_SERVICE: "service",
-    job_pb2.JOB_TYPE_BATCH: "batch",
-    job_pb2.JOB_TYPE_SYSTEM: "system",
-}
-_JOB_TYPE_TO_PB = {v: k for k, v in _JOB_TYPE_FROM_PB.items() if k != job_pb2.JOB_TYPE_UNSPECIFIED}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resources:
@@ -232,7 +225,7 @@ class Job:
     constraints: tuple[Constraint, ...] = ()
     affinities: tuple[Affinity, ...] = ()
     spreads: tuple[Spread, ...] = ()
-    namespace: str = "default"
+    namespace: str = DEFAULT_NAMESPACE
     version: int = 0
     stop: bool = False
 
@@ -353,13 +346,13 @@ def job_from_proto(pb: job_pb2.Job) -> Job:
     job_update = _update(pb.update, UpdateStrategy())
     batch = pb.type == job_pb2.JOB_TYPE_BATCH
     return Job(
-        name=pb.name, type=_JOB_TYPE_FROM_PB.get(pb.type, "service"),
+        name=pb.name, type=JOB_TYPE.word(pb.type),
         priority=_or(pb.priority, 50), datacenters=tuple(pb.datacenters), region=pb.region,
         meta=dict(pb.meta), groups=tuple(_group(g, job_update, batch=batch) for g in pb.groups),
         constraints=tuple(_constraint(c) for c in pb.constraints),
         affinities=tuple(_affinity(a) for a in pb.affinities),
         spreads=tuple(_spread(s) for s in pb.spreads),
-        namespace=_or(pb.namespace, "default"), version=pb.version, stop=pb.stop,
+        namespace=namespace_of(pb.namespace), version=pb.version, stop=pb.stop,
     )
 
 
@@ -426,7 +419,7 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
 def job_to_proto(job: Job) -> job_pb2.Job:
     """The wire form of a job, every default written out."""
     return job_pb2.Job(
-        name=job.name, type=_JOB_TYPE_TO_PB[job.type], priority=job.priority,
+        name=job.name, type=JOB_TYPE.value(job.type), priority=job.priority,
         datacenters=job.datacenters, region=job.region, meta=dict(job.meta),
         groups=[group_to_proto(g) for g in job.groups],
         constraints=[job_pb2.Constraint(attribute=c.attribute, operator=c.operator, value=c.value)

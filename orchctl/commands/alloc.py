@@ -9,9 +9,10 @@ import sys
 import grpc
 
 from orch.v1 import controller_pb2, node_pb2
+from orch.vocab import CLIENT_STATUS, DESIRED_STATUS
 from orchctl.client import OK, fail
 from orchctl.commands import Ctx
-from orchctl.output import ago, block, enum_name, out, short, table, to_json
+from orchctl.output import ago, block, out, short, table, to_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _client(a: node_pb2.Allocation) -> str:
-    return enum_name(node_pb2.ClientStatus.Name(a.client_status))
+    return CLIENT_STATUS.word(a.client_status)
 
 
 async def status(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
     ports = ", ".join(f"{k}={v}" for k, v in sorted(a.ports.items()))
     out(block([("ID", a.id), ("Name", a.name), ("Node", a.node_id), ("Job", a.job),
                ("Version", a.job_version),
-               ("Desired", enum_name(node_pb2.DesiredStatus.Name(a.desired_status))),
+               ("Desired", DESIRED_STATUS.word(a.desired_status)),
                ("Status", _client(a)), ("Healthy", a.healthy), ("Checks", a.checks_healthy),
                ("Canary", a.canary), ("Ports", ports), ("Description", a.description),
                ("Replaces", short(a.previous_allocation)), ("Created", ago(a.create_time_ns)),

@@ -9,9 +9,10 @@ import time
 from orch.errors import JobSpecError
 from orch.jobspec import load_job_file
 from orch.v1 import controller_pb2, job_pb2, node_pb2
+from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, JOB_STATUS, JOB_TYPE, namespace_of
 from orchctl.client import CHANGES, FAILED, OK, UNPLACED, CliError
 from orchctl.commands import Ctx
-from orchctl.output import ago, block, enum_name, out, short, table, to_json
+from orchctl.output import ago, block, out, short, table, to_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -172,8 +173,8 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
             out(to_json(list(resp.jobs)))
             return OK
         out(table(("Name", "Type", "Priority", "Status", "Version", "Running", "Submitted"),
-                  [(j.name, enum_name(job_pb2.JobType.Name(j.type)), j.priority,
-                    enum_name(job_pb2.JobStatus.Name(j.status)), j.version,
+                  [(j.name, JOB_TYPE.word(j.type), j.priority,
+                    JOB_STATUS.word(j.status), j.version,
                     f"{j.running}/{j.desired}", ago(j.submit_time_ns)) for j in resp.jobs]))
         return OK
     st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(name=args.name)))
@@ -181,9 +182,9 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
         out(to_json(st))
         return OK
     j = st.job
-    out(block([("Name", j.name), ("Namespace", j.namespace or "default"),
-               ("Type", enum_name(job_pb2.JobType.Name(j.type or job_pb2.JOB_TYPE_SERVICE))),
-               ("Priority", j.priority or 50), ("Status", enum_name(job_pb2.JobStatus.Name(j.status))),
+    out(block([("Name", j.name), ("Namespace", namespace_of(j.namespace)),
+               ("Type", JOB_TYPE.word(j.type)),
+               ("Priority", j.priority or 50), ("Status", JOB_STATUS.word(j.status)),
                ("Version", j.version), ("Stable", j.stable), ("Submitted", ago(j.submit_time_ns))]))
     out("\nSummary")
     out(table(("Group", "Desired", "Placed", "Running", "Healthy", "Pending", "Failed", "Complete",
@@ -204,8 +205,8 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
                     g.unhealthy) for g in d.groups]))
     out("\nAllocations")
     rows = [(short(a.id), a.node_id[:8], a.group, a.job_version,
-             enum_name(node_pb2.DesiredStatus.Name(a.desired_status)),
-             enum_name(node_pb2.ClientStatus.Name(a.client_status)),
+             DESIRED_STATUS.word(a.desired_status),
+             CLIENT_STATUS.word(a.client_status),
              a.healthy, ago(a.create_time_ns)) for a in st.allocations]
     out(table(("ID", "Node", "Group", "Version", "Desired", "Status", "Healthy", "Created"), rows))
     return OK

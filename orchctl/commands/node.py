@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from orch.v1 import controller_pb2, node_pb2
+from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
 from orchctl.client import OK
 from orchctl.commands import Ctx
-from orchctl.output import ago, block, enum_name, out, short, table, to_json
+from orchctl.output import ago, block, out, short, table, to_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _status(n: node_pb2.Node) -> str:
-    return enum_name(node_pb2.NodeStatus.Name(n.status))
+    return NODE_STATUS.word(n.status)
 
 
 async def list_nodes(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -63,8 +64,8 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
     out("\nAllocations")
     out(table(("ID", "Job", "Group", "Version", "Desired", "Status", "Created"),
               [(short(a.id), a.job, a.group, a.job_version,
-                enum_name(node_pb2.DesiredStatus.Name(a.desired_status)),
-                enum_name(node_pb2.ClientStatus.Name(a.client_status)), ago(a.create_time_ns))
+                DESIRED_STATUS.word(a.desired_status),
+                CLIENT_STATUS.word(a.client_status), ago(a.create_time_ns))
                for a in r.allocations]))
     return OK
 

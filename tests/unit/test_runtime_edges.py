@@ -8,7 +8,7 @@ import pytest
 
 from agent.runtime import labels
 from agent.runtime.allocrunner import task_checks, task_env
-from agent.runtime.convert import alloc_from_proto, status_to_proto
+from agent.runtime.convert import alloc_spec_from_proto, alloc_status_to_proto
 from agent.runtime.docker import DockerDriver, own_container_id, parse_time_ns, resolve_network_mode
 from agent.runtime.driver import TaskConfig
 from agent.runtime.state import AllocSpec, AllocStatus, TaskEvent, TaskStatus
@@ -66,14 +66,14 @@ def test_allocation_messages_in_and_out() -> None:
     pb = node_pb2.Allocation(id="a1", name="j.g[0]", job="j", job_version=4,
                              job_type=job_pb2.JOB_TYPE_BATCH, spec=group_to_proto(group),
                              ports={"http": 21000}, desired_status=node_pb2.DESIRED_STATUS_STOP)
-    spec = alloc_from_proto(pb)
+    spec = alloc_spec_from_proto(pb)
     assert (spec.id, spec.job_version, spec.job_type, spec.desired, dict(spec.ports)) == (
         "a1", 4, "batch", "stop", {"http": 21000})
     assert spec.group.tasks[0].resources.cpu_millicores == 1500
     status = AllocStatus(alloc_id="a1", client_status="running", healthy=True, ports={"http": 1},
                          tasks={"web": TaskStatus(state="running", restarts=2, events=(
                              TaskEvent(time_ns=5, type="Started", message="ok"),))})
-    out = status_to_proto(status)
+    out = alloc_status_to_proto(status)
     assert out.client_status == node_pb2.CLIENT_STATUS_RUNNING
     assert out.checks_healthy  # the agent reports checks; the controller decides `healthy`
     assert not out.healthy

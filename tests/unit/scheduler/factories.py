@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from controller.scheduler import AllocInfo, ClusterSnapshot, NodeInfo, Plan, apply_plan, schedule
+from bench.scheduler_rounds import apply_plan
+from controller.scheduler import AllocInfo, ClusterSnapshot, NodeInfo, Plan, schedule
 from controller.scheduler.config import SchedulerConfig
 from orch.jobspec.model import (
     Affinity,

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.scheduler_rounds import apply_plan
 from controller.scheduler import (
     AllocInfo,
     ClusterSnapshot,
     NodeInfo,
     Plan,
     SchedulerConfig,
-    apply_plan,
     schedule,
 )
 from controller.scheduler.snapshot import NodeState

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from controller.scheduler import ClusterSnapshot, alloc_from_proto, node_from_proto
+from controller.scheduler import ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
 from orch.jobspec.model import group_to_proto
 from orch.v1 import job_pb2, node_pb2
 from tests.unit.scheduler.factories import alloc, group, node
@@ -100,7 +100,7 @@ def test_conversions_from_the_wire() -> None:
         reserved=job_pb2.Resources(cpu_millicores=100), drivers=["docker"],
         status=node_pb2.NODE_STATUS_READY, eligible=True, reserved_ports=[22],
         drain=node_pb2.DrainStrategy(ignore_system_jobs=True))
-    info = node_from_proto(pb)
+    info = node_info_from_proto(pb)
     assert (info.datacenter, info.region, info.cpu_millicores, info.status) == (
         "dc2", "global", 8000, "ready")
     assert info.draining
@@ -112,7 +112,7 @@ def test_conversions_from_the_wire() -> None:
         desired_status=node_pb2.DESIRED_STATUS_RUN, client_status=node_pb2.CLIENT_STATUS_RUNNING,
         resources=job_pb2.Resources(cpu_millicores=250, memory_mb=256), ports={"http": 20001},
         spec=group_to_proto(g), modify_time_ns=5_000_000_000)
-    a = alloc_from_proto(apb)
+    a = alloc_info_from_proto(apb)
     assert (a.name, a.client, a.desired, a.modify_time, a.ports) == (
         "app.web[2]", "running", "run", 5.0, {"http": 20001})
     assert a.spec == g

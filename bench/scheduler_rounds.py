@@ -1,16 +1,16 @@
-"""Committing a plan to a snapshot: what the controller does once the store has accepted it.
+"""The pure scheduler round after round, without a controller: each plan is recorded in the
+snapshot as a commit would record it, so the next round sees it.
 
-Tests and the benchmark use it to run the scheduler round after round; the
-controller calls it so that its snapshot reflects the plan before the agents
-report back.
+The scheduler's benchmark and its property tests use it. The controller's own path is
+longer: ``controller.planner.plan_to_changes`` makes the plan into allocation records,
+the store makes them durable, and ``ClusterState.apply`` updates the snapshot from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from controller.scheduler.plan import Plan
-from controller.scheduler.snapshot import AllocInfo, ClusterSnapshot
+from controller.scheduler import AllocInfo, ClusterSnapshot, Plan
 from orch.jobspec.model import Job
 
 
