@@ -328,7 +328,8 @@ async def run(opts: argparse.Namespace, workdir: Path, result: dict[str, Any]) -
                    {"gossip": GossipCollector(agent.gossip),
                     "runtime": RuntimeCollector(agent.runtime), "lb": LbCollector(mesh)}),
             Daemon("controller", ctl.metrics.host, ctl.metrics.port, ctl.metrics.registry,
-                   {"controller": ControllerCollector(ctl), "gossip": GossipCollector(ctl.gossip)})]
+                   {"controller": ControllerCollector(ctl.leader, ctl.evaluator, ctl.authz),
+                    "gossip": GossipCollector(ctl.gossip)})]
         result.update(await measure(daemons, opts.rounds, opts.scrapes))
         return report(opts, counts, result["agent"], result["controller"])
     finally:

@@ -26,16 +26,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controller.store.base import Changes
-from orch.errors import NotFoundError, OrchError
+from orch.errors import AclError, NotFoundError, RequestError
 from orch.vocab import namespace_of
 
 META_PREFIX = "acl/token/"
 BOOTSTRAP_KEY = "acl/bootstrapped"
 POLICIES = ("management", "read", "submit", "node")
-
-
-class AclError(OrchError):
-    """A token operation that cannot be done (e.g. a second bootstrap)."""
 
 
 class HasMeta(Protocol):
@@ -53,7 +49,7 @@ def check_policy(policy: str) -> str:
     ok = (policy in POLICIES) or (kind == "submit" and (
         (arg.startswith("ns=") and len(arg) > 3) or (arg.startswith("prefix=") and len(arg) > 7)))
     if not ok:
-        raise ValueError(f"unknown policy {policy!r}: use management, read, submit, "
+        raise RequestError(f"unknown policy {policy!r}: use management, read, submit, "
                          "submit:ns=<namespace>, submit:prefix=<job name prefix> or node")
     return policy
 
@@ -133,7 +129,7 @@ class Acl:
     def create(self, name: str, policies: list[str]) -> tuple[Token, str, Changes]:
         """A new token (with its secret, shown once) and the change that stores it."""
         if not policies:
-            raise ValueError("a token needs at least one policy")
+            raise RequestError("a token needs at least one policy")
         for p in policies:
             check_policy(p)
         secret = str(uuid.uuid4())

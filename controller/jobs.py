@@ -12,17 +12,13 @@ from controller.planner import event, plan_summary
 from controller.scheduler import diff_groups, schedule
 from controller.state import COMPLETE, FAILED, LOST, PENDING, RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
-from orch.errors import ApiError, NotFoundError
+from orch.errors import ConflictError, NotFoundError, RequestError
 from orch.jobspec import check_job
 from orch.jobspec.model import Job, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import namespace_of
 
 NS = 1_000_000_000
-
-
-class ConflictError(ApiError):
-    """The job changed since the version the caller based its change on."""
 
 
 def _spec_of(job: job_pb2.Job) -> Job:
@@ -157,9 +153,9 @@ class Jobs:
         """A new version with one group's count changed and nothing else."""
         cur = self.get(key)
         if cur.stop:
-            raise ValueError(f"job {key[1]!r} is stopped; run it before scaling it")
+            raise RequestError(f"job {key[1]!r} is stopped; run it before scaling it")
         if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
+            raise RequestError(f"count must be >= 0, got {count}")
         pb = job_pb2.Job()
         pb.CopyFrom(cur)
         found = [g for g in pb.groups if g.name == group]
@@ -221,41 +217,39 @@ class Jobs:
             s.unplaced_reason = failures.get(g.name, "")
         return reply
 
-
-async def promote(cluster: Cluster, evaluator: Evaluator, dep_id: str,
-                  clock: Callable[[], float] = time.time) -> controller_pb2.Deployment:
-    """Promote a deployment's canaries: they take over their index and the rollout goes on."""
-    now_ns = int(clock() * NS)
-    state = cluster.state
-    async with cluster.lock:
-        found = [d for i, d in state.deployments.items() if i.startswith(dep_id)] if dep_id else []
-        if len(found) != 1:
-            raise NotFoundError(f"no deployment {dep_id!r}" if not found
-                                else f"{dep_id!r} matches {len(found)} deployments")
-        dep = controller_pb2.Deployment()
-        dep.CopyFrom(found[0])
-        if dep.status not in ("running", "paused"):
-            raise ValueError(f"deployment {dep.id[:8]} is {dep.status}; nothing to promote")
-        key = (namespace_of(dep.namespace), dep.job)
-        canaries = [a for a in state.allocs_of_job(key)
-                    if a.canary and a.deployment_id == dep.id and a.desired_status == RUN]
-        unhealthy = [a.name for a in canaries if not a.healthy]
-        if unhealthy:
-            raise ValueError(f"canaries not healthy yet: {', '.join(unhealthy)}")
-        changes = Changes()
-        for g in dep.groups:
-            g.promoted = True
-        dep.status, dep.description, dep.modify_time_ns = "running", "canaries promoted", now_ns
-        changes.put_deployments.append(dep)
-        for a in canaries:
-            b = node_pb2.Allocation()
-            b.CopyFrom(a)
-            b.canary = False
-            b.modify_time_ns = now_ns
-            changes.put_allocs.append(b)
-        changes.events.append(event("deployment", "DeploymentPromoted", dep.id,
-                                    f"deployment of {dep.job} version {dep.job_version} promoted",
-                                    now_ns, deployment=dep))
-        await cluster.commit(changes)
-    evaluator.enqueue(key, "deployment-promote")
-    return dep
+    async def promote(self, dep_id: str) -> controller_pb2.Deployment:
+        """Promote a deployment's canaries: they take over their index and the rollout goes on."""
+        now_ns = int(self.clock() * NS)
+        state = self.state
+        async with self.cluster.lock:
+            found = [d for i, d in state.deployments.items() if i.startswith(dep_id)] if dep_id else []
+            if len(found) != 1:
+                raise NotFoundError(f"no deployment {dep_id!r}" if not found
+                                    else f"{dep_id!r} matches {len(found)} deployments")
+            dep = controller_pb2.Deployment()
+            dep.CopyFrom(found[0])
+            if dep.status not in ("running", "paused"):
+                raise RequestError(f"deployment {dep.id[:8]} is {dep.status}; nothing to promote")
+            key = (namespace_of(dep.namespace), dep.job)
+            canaries = [a for a in state.allocs_of_job(key)
+                        if a.canary and a.deployment_id == dep.id and a.desired_status == RUN]
+            unhealthy = [a.name for a in canaries if not a.healthy]
+            if unhealthy:
+                raise RequestError(f"canaries not healthy yet: {', '.join(unhealthy)}")
+            changes = Changes()
+            for g in dep.groups:
+                g.promoted = True
+            dep.status, dep.description, dep.modify_time_ns = "running", "canaries promoted", now_ns
+            changes.put_deployments.append(dep)
+            for a in canaries:
+                b = node_pb2.Allocation()
+                b.CopyFrom(a)
+                b.canary = False
+                b.modify_time_ns = now_ns
+                changes.put_allocs.append(b)
+            changes.events.append(event("deployment", "DeploymentPromoted", dep.id,
+                                        f"deployment of {dep.job} version {dep.job_version} promoted",
+                                        now_ns, deployment=dep))
+            await self.cluster.commit(changes)
+        self.evaluator.enqueue(key, "deployment-promote")
+        return dep

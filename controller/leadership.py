@@ -18,6 +18,10 @@ A follower reads the store's index every ``follower_refresh`` seconds and reload
 state when the leader wrote, publishing the new events to its own watchers. When etcd
 cannot be reached, the controller writes nothing, keeps serving what it holds, and
 says so (``store_available``: health, metrics, logs) until etcd answers again.
+
+``LeaderStatus`` is what the rest of the controller asks: whether it leads now (before
+a write), and where the leader is when it does not (the answer a client or an agent
+is sent on with).
 """
 
 from __future__ import annotations
@@ -26,25 +30,85 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from controller.election import Election, ElectionConfig, Leader, Term
 from orch.errors import NotLeaderError, StoreError
 
 if TYPE_CHECKING:
-    from controller.server import Controller
     from controller.store.etcd import EtcdStore
 
 log = logging.getLogger("controller.leadership")
 
 
+class LeaderStatus:
+    """Whether this controller leads now, and where the leader is when it does not.
+
+    On SQLite the one controller leads from ``lead()`` on; on etcd it leads while it holds
+    a current term of ``election``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.address = ""
+        """This controller's gRPC address (known once it listens)."""
+        self.election: Leadership | None = None
+        """The election, on etcd; None: this controller alone always leads."""
+        self.leading = False
+        """Between ``lead()`` and ``step_down()``: the leader's loops run."""
+        self.term_over = asyncio.Event()
+        """Set when this controller stops leading (agents' streams then end)."""
+
+    @property
+    def is_leader(self) -> bool:
+        if self.election is not None:
+            return self.leading and self.election.is_leader
+        return self.leading
+
+    def require(self) -> None:
+        """Raise NotLeaderError (with the leader's address, when known) on a follower."""
+        if not self.is_leader:
+            raise NotLeaderError(self.election.leader_address if self.election else None)
+
+    def may_write(self) -> None:
+        """On etcd only a controller that holds a current term writes (``Cluster.may_write``);
+        the fenced store refuses the writes of a term that ended, this refuses a follower's."""
+        if self.election is not None and not self.election.is_leader:
+            raise NotLeaderError(self.election.leader_address or None)
+
+    def leader(self) -> tuple[str, str]:
+        """The leader's name and gRPC address ("" each when nobody is known to lead)."""
+        if self.is_leader:
+            return self.name, self.address
+        seen = self.election.leader if self.election is not None else None
+        return (seen.name, seen.address) if seen is not None else ("", "")
+
+
+class Leading(Protocol):
+    """What an election starts and stops: the controller's terms as leader."""
+
+    async def lead(self) -> None:
+        """Start leading (the term's loops, the state read afresh)."""
+
+    async def step_down(self, reason: str) -> None:
+        """Stop leading."""
+
+    async def catch_up(self) -> None:
+        """A follower: reload the state when the leader has written since."""
+
+    def store_health(self, ok: bool) -> None:
+        """Say whether the store answers."""
+
+
 class Leadership:
-    def __init__(self, ctl: Controller, store: EtcdStore, *, ttl: int,
+    def __init__(self, leading: Leading, store: EtcdStore, *, name: str, address: str, ttl: int,
                  follower_refresh: float = 1.0) -> None:
-        self.ctl = ctl
+        self.leading = leading
+        self.name = name
+        self.address = address
         self.store = store
         self.follower_refresh = follower_refresh
-        self.election = Election(store.client, name=ctl.cfg.name, address=ctl.rpc_address,
+        self.election = Election(store.client, name=name, address=address,
                                  prefix=store.prefix, config=ElectionConfig(ttl=ttl))
         self.term: Term | None = None
         self.leader: Leader | None = None
@@ -62,11 +126,10 @@ class Leadership:
     @property
     def leader_address(self) -> str:
         if self.is_leader:
-            return self.ctl.rpc_address
+            return self.address
         return self.leader.address if self.leader is not None else ""
 
     async def start(self) -> None:
-        self.election.address = self.ctl.rpc_address
         await self.election.open()
         self._tasks = [asyncio.create_task(self._campaign(), name="campaign"),
                        asyncio.create_task(self._observe(), name="observe-leader"),
@@ -78,7 +141,7 @@ class Leadership:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.is_leader:
-            await self.ctl.step_down("shutting down")
+            await self.leading.step_down("shutting down")
             await self.election.resign()
         await self.election.close()
 
@@ -91,23 +154,23 @@ class Leadership:
             self.terms += 1
             self.elected_at = time.monotonic()
             log.warning("elected leader", extra={"revision": term.revision,
-                                                 "node": self.ctl.cfg.name})
+                                                 "node": self.name})
             try:
                 self.store.fence(term.key, term.revision)
-                await self.ctl.lead()
+                await self.leading.lead()
             except (StoreError, NotLeaderError, OSError) as e:
                 # could not read the state, or the term ended already: let someone else
                 log.error("could not take over; resigning", extra={"error": str(e)})
                 self.term = None
                 with contextlib.suppress(Exception):
-                    await self.ctl.step_down(f"could not take over: {e}")
+                    await self.leading.step_down(f"could not take over: {e}")
                 await self.election.resign()
                 await asyncio.sleep(self.election.config.retry_interval)
                 continue
             await term.lost.wait()
             log.warning("lost the leadership", extra={"reason": term.reason})
             self.term = None
-            await self.ctl.step_down(term.reason or "lost the lease")
+            await self.leading.step_down(term.reason or "lost the lease")
 
     async def _observe(self) -> None:
         async for leader in self.election.observe():
@@ -122,7 +185,7 @@ class Leadership:
             await asyncio.sleep(self.follower_refresh)
             try:
                 if not self.is_leader:
-                    await self.ctl.catch_up()
+                    await self.leading.catch_up()
                 else:
                     await self.store.index()  # a leader's writes say it too; this is cheap
                 self._available(True, "")
@@ -139,4 +202,4 @@ class Leadership:
             else:
                 log.error("the store cannot be reached: writes stop; reads serve what this "
                           "controller holds", extra={"error": why})
-            self.ctl.store_health(ok)
+            self.leading.store_health(ok)

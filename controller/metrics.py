@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.api.authz import Authorizer
+from controller.evaluator import Evaluator
+from controller.leadership import LeaderStatus
 from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
-
-if TYPE_CHECKING:
-    from controller.server import Controller
 
 
 class ControllerCollector(Collector):
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(self, leader: LeaderStatus, evaluator: Evaluator, authz: Authorizer) -> None:
+        self.leader = leader
+        self.evaluator = evaluator
+        self.authz = authz
 
     def collect(self) -> Iterator[Metric]:
-        ctl = self.ctl
-        ev, cluster = ctl.evaluator, ctl.cluster
+        ev, cluster = self.evaluator, self.evaluator.cluster
         state = cluster.state
         yield GaugeMetricFamily("orch_controller_leader", "1 while this controller leads.",
-                                value=1 if ctl.is_leader else 0)
+                                value=1 if self.leader.is_leader else 0)
         yield CounterMetricFamily("orch_controller_evaluations", "Evaluations run.",
                                   value=ev.evaluations)
         yield CounterMetricFamily("orch_controller_placements", "Allocations placed.",
@@ -64,7 +64,7 @@ class ControllerCollector(Collector):
                                 value=len(state.jobs))
         yield GaugeMetricFamily("orch_controller_state_index", "Index of the last commit.",
                                 value=state.index)
-        lead = ctl.leadership
+        lead = self.leader.election
         yield GaugeMetricFamily("orch_controller_store_available", "1 while the store answers "
                                 "(0: writes stop; reads serve what this controller holds).",
                                 value=1 if lead is None or lead.store_available else 0)
@@ -74,6 +74,6 @@ class ControllerCollector(Collector):
         denied = CounterMetricFamily("orch_controller_api_denied", "Operator API calls refused "
                                      "(reason: rate, unauthenticated, forbidden).",
                                      labels=["reason", "method"])
-        for (reason, method), n in sorted(ctl.authz.denied.items()):
+        for (reason, method), n in sorted(self.authz.denied.items()):
             denied.add_metric([reason, method], n)
         yield denied

@@ -34,6 +34,7 @@ from controller.evaluator import Evaluator
 from controller.planner import event
 from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes
+from orch.errors import NotFoundError, RequestError
 from orch.v1 import job_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS
 
@@ -69,6 +70,12 @@ class NodeMonitor:
         self.max_down_fraction = max_down_fraction
         self.clock = clock
         self._live: dict[str, _Liveness] = {}
+        self._warned_partition = False
+
+    def reset(self) -> None:
+        """Forget what was seen of the agents' streams: a new term starts, and the nodes it
+        finds get their graces from now."""
+        self._live.clear()
         self._warned_partition = False
 
     # --- agent streams -------------------------------------------------------------------------
@@ -264,13 +271,11 @@ class NodeAdmin:
         self.clock = clock
 
     def find(self, ref: str) -> node_pb2.Node:
-        from orch.errors import NotFoundError
-
         found = self.state.find_node(ref)
         if not found:
             raise NotFoundError(f"no node {ref!r}")
         if len(found) > 1:
-            raise ValueError(f"{ref!r} matches {len(found)} nodes: "
+            raise RequestError(f"{ref!r} matches {len(found)} nodes: "
                              + ", ".join(n.id[:8] for n in found[:5]))
         return found[0]
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
 from controller.store.base import Changes, JobKey, StoreSnapshot
+from orch.errors import NotFoundError, RequestError
 from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import namespace_of
@@ -118,6 +119,16 @@ class ClusterState:
         if prefix in self.allocs:
             return [self.allocs[prefix]]
         return [a for i, a in self.allocs.items() if i.startswith(prefix)] if prefix else []
+
+    def one_alloc(self, ref: str) -> node_pb2.Allocation:
+        """The allocation an id, or a prefix of one id only, names."""
+        found = self.find_alloc(ref)
+        if not found:
+            raise NotFoundError(f"no allocation {ref!r}")
+        if len(found) > 1:
+            raise RequestError(f"{ref!r} matches {len(found)} allocations: "
+                               + ", ".join(a.id[:8] for a in found[:5]) + "; give more of the id")
+        return found[0]
 
     def find_node(self, ref: str) -> list[node_pb2.Node]:
         """Nodes whose id starts with ``ref`` or whose name is ``ref``."""

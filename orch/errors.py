@@ -9,17 +9,27 @@
     │   ├── VersionError         #   from a peer speaking another protocol version
     │   ├── LabelError           #   from another cluster (label mismatch)
     │   └── DecryptError         #   no installed key opens it
-    ├── SchedulingError
-    │   └── InfeasibleError      # with the reasons per constraint
     ├── RuntimeDriverError       # wraps the engine's errors (aiodocker.DockerError)
     │   ├── StartError           #   a task could not start; ``recoverable`` or not
-    │   └── DriverUnavailableError  # the engine cannot be reached now (dockerd down)
+    │   ├── DriverUnavailableError  # the engine cannot be reached now (dockerd down)
+    │   └── CgroupError          #   cgroups cannot hold this node's tasks (agent.runtime.cgroups)
     ├── StoreError               # the controller's store failed; a failed commit wrote nothing
     │   ├── FencedError          #   etcd: this controller is no longer the leader (nothing written)
-    │   └── CommitInDoubtError   #   etcd went away mid-commit: the next load() shows if it landed
-    └── ApiError
-        ├── NotLeaderError       # carries the leader's address
-        └── NotFoundError
+    │   ├── CommitInDoubtError   #   etcd went away mid-commit: the next load() shows if it landed
+    │   └── EtcdError            #   an etcd call failed (controller.store.etcd_client)
+    │       ├── EtcdUnavailable  #     no endpoint took it: nothing applied
+    │       ├── EtcdRejected     #     etcd refused it: nothing applied
+    │       └── EtcdInDoubt      #     no answer came: it may have been applied
+    └── ApiError                 # a request that cannot be done now (FAILED_PRECONDITION)
+        ├── NotLeaderError       #   carries the leader's address
+        ├── NotFoundError        #   the named object does not exist (NOT_FOUND)
+        ├── ConflictError        #   the job changed since the version the caller named (ABORTED)
+        ├── AclError             #   a token operation that cannot be done (a second bootstrap)
+        └── RequestError         #   a request that cannot be done as asked (also a ValueError)
+
+The API maps these to gRPC status codes (``controller.api.errors``); any other exception
+reaching it is a bug: INTERNAL, logged with its traceback. A test keeps this tree equal
+to the classes that exist.
 """
 
 from __future__ import annotations
@@ -94,18 +104,6 @@ class DecryptError(ProtocolError):
     reason = "decrypt"
 
 
-class SchedulingError(OrchError):
-    """The scheduler could not produce a plan."""
-
-
-class InfeasibleError(SchedulingError):
-    """No node can take the allocation; ``reasons`` counts nodes per filter."""
-
-    def __init__(self, message: str, reasons: dict[str, int] | None = None) -> None:
-        self.reasons = dict(reasons or {})
-        super().__init__(message)
-
-
 class RuntimeDriverError(OrchError):
     """A task driver (Docker, process) failed to do what was asked."""
 
@@ -168,3 +166,16 @@ class NotLeaderError(ApiError):
 
 class NotFoundError(ApiError):
     """The named object does not exist."""
+
+
+class ConflictError(ApiError):
+    """The job changed since the version the caller based its change on."""
+
+
+class AclError(ApiError):
+    """A token operation that cannot be done (e.g. a second bootstrap)."""
+
+
+class RequestError(ApiError, ValueError):
+    """A request that cannot be done as asked: an ambiguous id, a stopped job to scale, a
+    count below zero. The message says what to ask instead."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orch.errors import RuntimeDriverError
+
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "orch"
 CONTROLLERS = ("cpu", "memory")
@@ -32,7 +34,7 @@ SHARES_PER_CORE = 1024
 """v1 ``cpu.shares`` for one core's worth of millicores (Docker's mapping of --cpu-shares)."""
 
 
-class CgroupError(Exception):
+class CgroupError(RuntimeDriverError):
     """cgroups cannot hold this node's tasks: the message says why."""
 
 

@@ -130,14 +130,14 @@ async def test_a_member_gossip_declares_dead_loses_its_node_even_with_its_stream
         await wait_until(lambda: _count_running(c, "web", 3))
         victim = c.agents["agent-2"]
         lost = set(victim.running)
-        c.ctl._on_member(MemberEvent(EventKind.DEAD, "agent-2", ("127.0.0.1", 1), 1, 0.0))
+        c.ctl.gossip_events.on_member(MemberEvent(EventKind.DEAD, "agent-2", ("127.0.0.1", 1), 1, 0.0))
         assert c.ctl.cluster.connected(victim.node.id)
         await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
                          == node_pb2.NODE_STATUS_DOWN, within=5)
         await wait_until(lambda: _count_running(c, "web", 3))
         assert not lost & {a.id for a in await c.running("web")}
         # it refutes: ready again over the same stream, without what now runs elsewhere
-        c.ctl._on_member(MemberEvent(EventKind.ALIVE, "agent-2", ("127.0.0.1", 1), 2, 0.0))
+        c.ctl.gossip_events.on_member(MemberEvent(EventKind.ALIVE, "agent-2", ("127.0.0.1", 1), 2, 0.0))
         await wait_until(lambda: c.ctl.cluster.state.nodes[victim.node.id].status
                          == node_pb2.NODE_STATUS_READY)
         await wait_until(lambda: not set(victim.running) & lost)

@@ -49,7 +49,7 @@ async def ha_cluster(tmp: Path, etcd: EtcdCluster, prefix: str, *, controllers: 
                 join=seeds))
             await c.start()
             ctls.append(c)
-        await wait_until(lambda: sum(c.is_leader for c in ctls) == 1, within=15)
+        await wait_until(lambda: sum(c.leader.is_leader for c in ctls) == 1, within=15)
         seed = ctls[0].gossip
         assert seed is not None
         for i in range(1, agents + 1):
@@ -59,7 +59,7 @@ async def ha_cluster(tmp: Path, etcd: EtcdCluster, prefix: str, *, controllers: 
                 lb_bind=f"127.0.0.{i + 1}", drivers=["process"], gossip=GossipConfig.fast()))
             await a.start()
             started.append(a)
-        leader = next(c for c in ctls if c.is_leader)
+        leader = next(c for c in ctls if c.leader.is_leader)
         await wait_until(lambda: all(leader.cluster.connected(a.node_id) for a in started),
                          within=20)
         yield ctls, started
@@ -72,7 +72,7 @@ async def ha_cluster(tmp: Path, etcd: EtcdCluster, prefix: str, *, controllers: 
 
 
 def leader_of(ctls: list[Controller]) -> Controller:
-    leaders = [c for c in ctls if c.is_leader]
+    leaders = [c for c in ctls if c.leader.is_leader]
     assert len(leaders) == 1, [c.cfg.name for c in leaders]
     return leaders[0]
 
@@ -80,12 +80,12 @@ def leader_of(ctls: list[Controller]) -> Controller:
 async def kill(c: Controller) -> None:
     """As close to kill -9 as in-process gets: the lease is left to expire, nothing is
     handed over, the sockets just close."""
-    assert c.leadership is not None
-    for t in c.leadership._tasks:
+    assert c.leader.election is not None
+    for t in c.leader.election._tasks:
         t.cancel()
-    await c.leadership.election.close()  # keepalives stop; no resign
+    await c.leader.election.election.close()  # keepalives stop; no resign
     await c.step_down("killed")
-    c.leadership = None
+    c.leader.election = None
     if c._server is not None:
         await c._server.stop(0)
     if c.gossip is not None:
@@ -125,7 +125,7 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
         t0 = time.monotonic()
         await kill(leader)
         rest = [c for c in ctls if c is not leader]
-        await wait_until(lambda: sum(c.is_leader for c in rest) == 1, within=TTL + 5)
+        await wait_until(lambda: sum(c.leader.is_leader for c in rest) == 1, within=TTL + 5)
         took = time.monotonic() - t0
         assert took < TTL + 1.5, took
         new = leader_of(rest)
@@ -168,9 +168,9 @@ async def test_etcd_unavailable_stops_writes_keeps_reads_and_recovers(tmp_path: 
 
             etcd.kill(etcd.members[0])
             # no controller leads or writes; each says the store is gone, and still reads
-            await wait_until(lambda: not any(c.is_leader for c in ctls), within=TTL + 3)
-            await wait_until(lambda: all(c.leadership is not None and
-                                         not c.leadership.store_available for c in ctls),
+            await wait_until(lambda: not any(c.leader.is_leader for c in ctls), within=TTL + 3)
+            await wait_until(lambda: all(c.leader.election is not None and
+                                         not c.leader.election.store_available for c in ctls),
                              within=5)
             for c in ctls:
                 assert await _health(c.rpc_address, "orch.store") == \
@@ -182,9 +182,9 @@ async def test_etcd_unavailable_stops_writes_keeps_reads_and_recovers(tmp_path: 
             assert [s.client_status for s in agents[0].runtime.statuses()] == ["running"]
 
             etcd.start_member(etcd.members[0])
-            await wait_until(lambda: sum(c.is_leader for c in ctls) == 1, within=20)
-            await wait_until(lambda: all(c.leadership is not None and
-                                         c.leadership.store_available for c in ctls), within=10)
+            await wait_until(lambda: sum(c.leader.is_leader for c in ctls) == 1, within=20)
+            await wait_until(lambda: all(c.leader.election is not None and
+                                         c.leader.election.store_available for c in ctls), within=10)
             new = leader_of(ctls)
             assert await _health(new.rpc_address, "orch.store") == \
                 health_pb2.HealthCheckResponse.SERVING
@@ -214,8 +214,8 @@ async def test_only_the_leader_writes(tmp_path: Path, etcd_server: EtcdCluster,
         assert refused.value.leader == leader.rpc_address
         suspect = MemberEvent(EventKind.SUSPECT, agents[0].cfg.name, ("127.0.0.2", 1), 0, 0.0)
         for c in ctls:
-            c._on_member(suspect)
-            c._record_members([Delivered(1, suspect)])  # as the coalesced batch brings it
+            c.gossip_events.on_member(suspect)
+            c.gossip_events.record_members([Delivered(1, suspect)])  # as the coalesced batch brings it
         await wait_until(lambda: any(e.type == "NodeSuspect"
                                      for e in leader.cluster.events.recent), within=5)
         await asyncio.sleep(0.5)
@@ -228,9 +228,9 @@ async def test_only_the_leader_writes(tmp_path: Path, etcd_server: EtcdCluster,
         # the gossip event came) is a warning in its log, not an error nobody retrieves
         caplog.clear()  # (another test may have set the controller's loggers to INFO)
         with caplog.at_level(logging.WARNING, logger="controller"):
-            follower._spawn(follower.nodes_monitor.member_event(agents[0].cfg.name,
+            follower.gossip_events.spawn(follower.nodes_monitor.member_event(agents[0].cfg.name,
                                                                 "NodeSuspect"))
-            await wait_until(lambda: not follower._background, within=5)
+            await wait_until(lambda: not follower.gossip_events.pending, within=5)
         assert [r.getMessage() for r in caplog.records
                 if r.name == "controller" and r.levelno >= logging.WARNING] == [
             "a gossip event about a node was not recorded"]

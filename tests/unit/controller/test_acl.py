@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from controller.acl import Acl, AclError, Token, check_policy
+from controller.acl import Acl, Token, check_policy
 from controller.api import authz
 from controller.store.base import Changes
-from orch.errors import NotFoundError
+from orch.errors import AclError, NotFoundError
 from orch.v1 import controller_pb2
 
 

@@ -11,29 +11,37 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
+from controller.cluster import Cluster
+from controller.leadership import LeaderStatus
+from controller.nodes import NodeMonitor
+from controller.usage import UsageTable
 from orch.errors import NotLeaderError
 from orch.tls import require_role
 from orch.v1 import controller_pb2, controller_pb2_grpc
-
-if TYPE_CHECKING:
-    from controller.nodes import NodeMonitor
-    from controller.server import Controller
 
 log = logging.getLogger("api")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+class NodeStream(controller_pb2_grpc.NodeServiceServicer):
+    ROLES = frozenset(("agent",))
+    """Certificate roles that may hold a node's stream."""
+
+    def __init__(self, *, tls_on: bool, leader: LeaderStatus, monitor: NodeMonitor,
+                 cluster: Cluster, usage: UsageTable) -> None:
+        self.tls_on = tls_on
+        self.leader = leader
+        self.monitor = monitor
+        self.cluster = cluster
+        self.usage = usage
 
     async def Connect(self, requests: AsyncIterator[controller_pb2.NodeMessage],
                       ctx: Ctx) -> AsyncIterator[controller_pb2.ControllerMessage]:
-        await require_role(ctx, frozenset(("agent",)), self.ctl.cfg.tls.enabled)
+        await require_role(ctx, self.ROLES, self.tls_on)
         try:
             first = await anext(aiter(requests))
         except StopAsyncIteration:
@@ -43,13 +51,12 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                             "the first message must register the node (with its id)")
             return
         try:
-            self.ctl.require_leader()
+            self.leader.require()
         except NotLeaderError as e:
-            info = self.ctl.leader_info()
             yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
-                leader=e.leader or "", address=info.address))
+                leader=e.leader or "", address=self.leader.leader()[1]))
             return
-        monitor, term_over = self.ctl.nodes_monitor, self.ctl.term_over
+        monitor, term_over = self.monitor, self.leader.term_over
         node = await monitor.register(first.register)
         outbox: asyncio.Queue[controller_pb2.DesiredAllocations] = asyncio.Queue()
 
@@ -62,7 +69,7 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
         reader = asyncio.create_task(self._read(monitor, node.id, requests))
         over = asyncio.ensure_future(term_over.wait())
         getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
-        self.ctl.cluster.attach(node.id, sink)
+        self.cluster.attach(node.id, sink)
         try:
             while not reader.done() and not over.done():
                 getter = asyncio.ensure_future(outbox.get())
@@ -72,15 +79,14 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                 else:
                     getter.cancel()
             if over.done():  # this controller stopped leading: send the agent on
-                leader = self.ctl.leadership.leader if self.ctl.leadership else None
+                name, address = self.leader.leader()
                 yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
-                    leader=leader.name if leader else "",
-                    address=leader.address if leader else ""))
+                    leader=name, address=address))
         finally:
             over.cancel()
             if getter is not None:  # the stream was cancelled while it waited
                 getter.cancel()
-            self.ctl.cluster.detach(node.id, sink)
+            self.cluster.detach(node.id, sink)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -96,7 +102,7 @@ class NodeEndpoint(controller_pb2_grpc.NodeServiceServicer):
                 elif kind == "register":
                     await monitor.register(msg.register)
                 elif kind == "usage":
-                    self.ctl.usage.report(node_id, msg.usage)
+                    self.usage.report(node_id, msg.usage)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:

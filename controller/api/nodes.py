@@ -1,0 +1,55 @@
+"""Nodes: list, show (with what runs there and its gossip member's status), drain, and
+eligibility."""
+
+from __future__ import annotations
+
+from controller.api.authz import Authorizer
+from controller.api.rpc import Ctx, Endpoint, unary
+from controller.leadership import LeaderStatus
+from controller.nodes import NodeAdmin
+from controller.state import RUN, TERMINAL
+from orch.gossip.transport import GossipNode
+from orch.v1 import controller_pb2, job_pb2, node_pb2
+
+
+class NodesEndpoint(Endpoint):
+    def __init__(self, authz: Authorizer, leader: LeaderStatus, nodes: NodeAdmin,
+                 gossip: GossipNode) -> None:
+        super().__init__(authz)
+        self.leader = leader
+        self.nodes = nodes
+        self.state = nodes.state
+        self.gossip = gossip
+
+    @unary
+    async def ListNodes(self, req: controller_pb2.ListNodesRequest,
+                        ctx: Ctx) -> controller_pb2.ListNodesResponse:
+        return controller_pb2.ListNodesResponse(
+            nodes=sorted(self.state.nodes.values(), key=lambda n: n.name))
+
+    @unary
+    async def GetNode(self, req: controller_pb2.GetNodeRequest,
+                      ctx: Ctx) -> controller_pb2.NodeStatusReply:
+        node = self.nodes.find(req.id)
+        allocs = self.state.allocs_on_node(node.id)
+        used = job_pb2.Resources()
+        for a in allocs:
+            if a.desired_status == RUN and a.client_status not in TERMINAL:
+                used.cpu_millicores += a.resources.cpu_millicores
+                used.memory_mb += a.resources.memory_mb
+        member = next((m for m in self.gossip.members() if m.name == node.name), None)
+        return controller_pb2.NodeStatusReply(node=node, allocations=allocs, allocated=used,
+                                              member_status=str(member.status) if member else "")
+
+    @unary
+    async def DrainNode(self, req: controller_pb2.DrainNodeRequest, ctx: Ctx) -> node_pb2.Node:
+        self.leader.require()
+        return await self.nodes.drain(req.id, enable=req.enable,
+                                      deadline=float(req.deadline_seconds),
+                                      ignore_system_jobs=req.ignore_system_jobs)
+
+    @unary
+    async def SetNodeEligibility(self, req: controller_pb2.SetNodeEligibilityRequest,
+                                 ctx: Ctx) -> node_pb2.Node:
+        self.leader.require()
+        return await self.nodes.set_eligibility(req.id, req.eligible)

@@ -1,0 +1,115 @@
+"""How the operator API is served: one endpoint module per noun, one gate for every call.
+
+Each endpoint serves some of ControllerService's RPCs; each RPC method is wrapped by
+``unary`` or ``streaming``, which pass the call through the authorization gate
+(``controller.api.authz``) before it runs and map its errors (``controller.api.errors``)
+after. ``controller_service`` assembles the endpoints into the one servicer gRPC serves,
+and refuses to when an RPC of the service is served by no endpoint, by two, or without
+the gate: an RPC cannot skip authorization by accident.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from controller.acl import Token
+from controller.api.authz import Authorizer
+from controller.api.errors import abort
+from controller.store.base import JobKey
+from orch.errors import RequestError
+from orch.v1 import controller_pb2, controller_pb2_grpc
+from orch.vocab import namespace_of
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+R = TypeVar("R")
+GATED = "__orch_gated__"
+"""Set on an RPC method that ``unary`` or ``streaming`` wrapped."""
+SERVICE = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"]
+
+
+class Endpoint:
+    """Serves some RPCs of ControllerService; ``authz`` is the gate every call passes."""
+
+    def __init__(self, authz: Authorizer) -> None:
+        self.authz = authz
+
+    async def authorize(self, ctx: Ctx, method: str, request: Any) -> Token | None:
+        """mTLS role, rate limit and access token; aborts the call when one refuses it."""
+        return await self.authz.check(ctx, method, request)
+
+
+def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Authorize the call, then translate its errors into gRPC statuses."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Endpoint, request: Any, context: Ctx) -> R:
+        await self.authorize(context, fn.__name__, request)
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort(context, fn.__name__, e)
+            raise  # not reached: abort raises
+    setattr(wrapper, GATED, True)
+    return wrapper
+
+
+def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+    """Authorize the call, then translate the errors of the stream into gRPC statuses."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Endpoint, request: Any, context: Ctx) -> AsyncIterator[R]:
+        await self.authorize(context, fn.__name__, request)
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort(context, fn.__name__, e)
+    setattr(wrapper, GATED, True)
+    return wrapper
+
+
+def job_ref(namespace: str, name: str) -> JobKey:
+    """The job a request names (in the default namespace when it names none)."""
+    if not name:
+        raise RequestError("a job name is needed")
+    return (namespace_of(namespace), name)
+
+
+def rpc_names() -> list[str]:
+    """Every RPC of ControllerService, as the proto declares them."""
+    return [m.name for m in SERVICE.methods]
+
+
+def controller_service(endpoints: Iterable[Endpoint]) -> controller_pb2_grpc.ControllerServiceServicer:
+    """The one ControllerService servicer, its RPCs taken from ``endpoints``.
+
+    ValueError (a bug, found at start and by the tests) when an RPC is served by no
+    endpoint or by two, or is not wrapped by the gate."""
+    servicer = types.SimpleNamespace()
+    served: dict[str, str] = {}
+    for ep in endpoints:
+        for name in rpc_names():
+            method = getattr(type(ep), name, None)
+            if method is None:
+                continue
+            owner = type(ep).__name__
+            if name in served:
+                raise ValueError(f"{name} is served by both {served[name]} and {owner}")
+            if not getattr(method, GATED, False):
+                raise ValueError(f"{owner}.{name} does not pass the authorization gate "
+                                 "(wrap it with @unary or @streaming)")
+            served[name] = owner
+            setattr(servicer, name, getattr(ep, name))
+    missing = [n for n in rpc_names() if n not in served]
+    if missing:
+        raise ValueError(f"no endpoint serves {', '.join(missing)}")
+    return cast(controller_pb2_grpc.ControllerServiceServicer, servicer)

@@ -1,0 +1,46 @@
+"""Services: every published service with its endpoints (where its running allocations
+listen) and their health."""
+
+from __future__ import annotations
+
+from controller.api.authz import Authorizer
+from controller.api.rpc import Ctx, Endpoint, unary
+from controller.state import RUN, RUNNING, ClusterState
+from orch.net import host_of
+from orch.v1 import controller_pb2
+
+
+class ServicesEndpoint(Endpoint):
+    def __init__(self, authz: Authorizer, state: ClusterState) -> None:
+        super().__init__(authz)
+        self.state = state
+
+    @unary
+    async def ListServices(self, req: controller_pb2.ListServicesRequest,
+                           ctx: Ctx) -> controller_pb2.ListServicesResponse:
+        return controller_pb2.ListServicesResponse(services=self._services(req.name))
+
+    def _services(self, name: str) -> list[controller_pb2.ServiceEntry]:
+        state = self.state
+        entries: dict[tuple[str, str], controller_pb2.ServiceEntry] = {}
+        for a in sorted(state.allocs.values(), key=lambda a: (a.job, a.index)):
+            if a.desired_status != RUN or a.client_status != RUNNING:
+                continue
+            group = state.group_spec(a)
+            node = state.nodes.get(a.node_id)
+            if group is None or node is None:
+                continue
+            host = host_of(node.address)
+            for svc in group.services:
+                if name and svc.name != name:
+                    continue
+                e = entries.get((a.job, svc.name))
+                if e is None:
+                    e = entries[(a.job, svc.name)] = controller_pb2.ServiceEntry(
+                        name=svc.name, job=a.job, published_port=svc.published_port,
+                        protocol=svc.protocol)
+                port = a.ports.get(svc.port)
+                if port:
+                    e.endpoints.add(alloc_id=a.id, node=node.name, address=f"{host}:{port}",
+                                    healthy=a.checks_healthy if svc.check else True)
+        return list(entries.values())
