@@ -5,12 +5,13 @@ asserted."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 
 from bench import metrics as bench
+from tests.components import optional
+from tests.promtool import HOW
 
 
 @pytest.mark.timeout(120, method="thread")
@@ -35,7 +36,7 @@ def test_small_scenario_reports_the_agreed_keys(capsys: pytest.CaptureFixture[st
     assert set(parts) == {"gossip", "runtime", "lb"}
     assert parts["lb"]["series"] > 0  # the two services reached the load balancer
     assert set(result["controller"]["collectors"]) == {"controller", "gossip"}
-    if shutil.which("promtool") or os.environ.get("CI"):
+    if optional("promtool", shutil.which("promtool") is not None, HOW):
         assert result["promtool_clean"] is True, (result["agent"]["promtool"],
                                                   result["controller"]["promtool"])
     else:
