@@ -43,8 +43,3 @@ def test_small_scenario_reports_the_agreed_keys(capsys: pytest.CaptureFixture[st
         assert result["promtool_clean"] is None
     assert any(line.strip().startswith("agent ") for line in out)
     assert "left behind" not in captured.err  # every task stopped with its agent
-
-
-def test_allocations_spread_over_the_groups() -> None:
-    assert bench.group_counts(200, 50) == [4] * 50
-    assert bench.group_counts(7, 3) == [3, 2, 2]
