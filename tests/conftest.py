@@ -12,7 +12,7 @@ settings.register_profile("ci", derandomize=True, deadline=None,
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if under_ci() else "dev")
 
-pytest_plugins = ("tests.docker_engine", "tests.etcd_server")
+pytest_plugins = ("tests.docker_engine", "tests.etcd_server", "pytester")
 
 
 def pytest_sessionfinish() -> None:
