@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 from hypothesis import HealthCheck, settings
+
+from tests.components import under_ci
 
 # CI runs the same examples every time; locally hypothesis explores.
 settings.register_profile("ci", derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.load_profile("ci" if under_ci() else "dev")
 
-pytest_plugins = ("tests.docker_engine", "tests.etcd_server")
+pytest_plugins = ("tests.docker_engine", "tests.etcd_server", "pytester")
 
 
 def pytest_sessionfinish() -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.components import require
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 HOW = ("run ./run test (it installs docker.io and starts dockerd when no engine answers), "
@@ -86,11 +88,7 @@ def remove_node_containers(node: str, url: str | None = None) -> None:
 @pytest.fixture(scope="session")
 def docker_url() -> str:
     url = os.environ.get("DOCKER_HOST", DEFAULT_HOST)
-    if not ping(url):
-        message = f"no Docker engine answers at {url}: {HOW}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the Docker tests cannot run: {message}")
-        pytest.skip(message)
+    require(f"a Docker engine at {url}", ping(url), HOW)
     return url
 
 

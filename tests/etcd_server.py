@@ -13,7 +13,6 @@ CI=true, where they fail: CI must run them. ``./run test`` installs Debian's
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.etcd_cluster import HOW, EtcdCluster
+from tests.components import require
 
 __all__ = ["EtcdCluster", "etcd_binary"]
 
@@ -28,11 +28,8 @@ __all__ = ["EtcdCluster", "etcd_binary"]
 def etcd_binary() -> str:
     """The etcd binary; fails under CI=true and skips elsewhere when there is none."""
     path = shutil.which("etcd")
-    if path is None:
-        message = f"the etcd binary is not installed: {HOW}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the etcd tests cannot run: {message}")
-        pytest.skip(message)
+    require("the etcd binary", path is not None, HOW)
+    assert path is not None
     return path
 
 

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.components import require
+
+HOW = "./run test installs Debian's prometheus package (apt-get install prometheus)"
 
 
 def promtool() -> str:
     tool = shutil.which("promtool")
-    if tool is None:
-        msg = ("promtool is missing: ./run test installs Debian's prometheus package "
-               "(apt-get install prometheus)")
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require("promtool", tool is not None, HOW)
+    assert tool is not None
     return tool
 
 

@@ -12,7 +12,6 @@ this session built it.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from agent.runtime.docker import parse_time_ns
 from orch.v1 import controller_pb2
+from tests.components import require
 from tests.docker_engine import docker
 from tests.e2e.ha import HaHarness
 from tests.e2e.harness import ROOT, H, Harness, running, started, wait
@@ -46,11 +46,8 @@ def image_id(ref: str) -> str | None:
 def orch_image(docker_url: str, test_image: str) -> Iterator[str]:
     """orch/orch:<source hash>; removed at the end if this session built it, and
     orch/orch:latest put back where it pointed before."""
-    if shutil.which("docker-compose") is None:
-        message = "docker-compose is missing: apt-get install docker-compose (./run test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the e2e tests cannot run: {message}")
-        pytest.skip(message)
+    require("docker-compose", shutil.which("docker-compose") is not None,
+            "apt-get install docker-compose (./run test does)")
     build("base")  # kept, like the test image: a cache that takes a minute to fill
     latest_before = image_id("orch/orch:latest")
     began_ns = time.time_ns() - 2_000_000_000
@@ -113,11 +110,8 @@ def cluster(harness: Harness) -> Iterator[Harness]:
 def etcd_image(docker_url: str) -> str:
     """orch/etcd:<version>-<sha>: the host's etcd on the base image, kept (a cache, like the
     base image it is built on: a second or two to make again)."""
-    if shutil.which("etcd") is None:
-        message = "the etcd binary is missing: apt-get install etcd-server (./run test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the HA e2e tests cannot run: {message}")
-        pytest.skip(message)
+    require("the etcd binary", shutil.which("etcd") is not None,
+            "apt-get install etcd-server (./run test does)")
     return build("etcd")
 
 

@@ -9,7 +9,8 @@
   validation). Only DecodeError, or validation problems, may come out.
 
 The same functions serve hypothesis (tests/unit/test_fuzz.py) and atheris
-(``python -m tests.fuzz.run``).
+(``python -m tests.fuzz.run``; the fuzz tier, tests/fuzz/test_fuzz.py, runs each within a
+fixed time budget).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.components import require
 from tests.integration.test_daemons import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,11 +32,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        message = f"{tool} is missing (apt-get install systemd)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+    require(tool, shutil.which(tool) is not None, "apt-get install systemd")
 
 
 @pytest.fixture(scope="module")

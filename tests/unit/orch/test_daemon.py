@@ -1,10 +1,9 @@
-"""sd_notify spoken by hand, and what a reload reports."""
+"""sd_notify spoken by hand (what is read from the environment; the messages on real sockets
+are in tests/integration/test_notifier.py), and what a reload reports."""
 
 from __future__ import annotations
 
 import os
-import socket
-from pathlib import Path
 
 from agent.config import AgentConfig
 from orch.daemon import Notifier, Reload, changed_settings, reload_keys
@@ -25,29 +24,6 @@ def test_the_environment_is_read_and_cleared_so_children_do_not_inherit_it() -> 
     # a watchdog meant for another process (our parent's) is not ours to feed
     assert Notifier.from_environment({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "30000000",
                                       "WATCHDOG_PID": "1"}).watchdog_interval is None
-
-
-def test_messages_reach_a_path_socket_and_an_abstract_one(tmp_path: Path) -> None:
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(str(path))
-        n = Notifier(str(path))
-        assert n.send(READY=1, STATUS="serving")
-        assert s.recv(100) == b"READY=1\nSTATUS=serving"
-        n.close()
-    name = f"orch-test-{os.getpid()}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind("\0" + name)
-        n = Notifier("@" + name)
-        n.stopping()
-        assert s.recv(100) == b"STOPPING=1\nSTATUS=stopping"
-        n.close()
-
-
-def test_a_missing_socket_is_not_fatal(tmp_path: Path) -> None:
-    n = Notifier(str(tmp_path / "gone"))
-    assert not n.send(WATCHDOG=1)
-    n.close()
 
 
 def test_changed_settings_leaves_out_what_applies_live() -> None:

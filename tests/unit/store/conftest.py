@@ -5,6 +5,9 @@ an unopened store whose state lives at ``where`` (a directory for SQLite; for et
 a key prefix named after it, in the session's etcd: tests/etcd_server.py). Two
 stores made for the same ``where`` see the same state, so the suite can close a
 store and open it again.
+
+The unit tier runs the suite against SQLite only (``BACKENDS``);
+tests/integration/test_etcd_contract.py runs the same tests against etcd.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Protocol
 import pytest
 
 from controller.store import EtcdStore, SQLiteStore, Store
-from tests.etcd_server import EtcdCluster
 
 
 class MakeStore(Protocol):
@@ -60,16 +62,13 @@ def make_etcd(endpoints: list[str]) -> MakeStore:
     return make
 
 
-BACKENDS = [Backend("sqlite", make_sqlite), Backend("etcd", make_etcd([]))]
-"""The etcd backend's factory is bound to the session's etcd (``etcd_server``) when used."""
+BACKENDS = [Backend("sqlite", make_sqlite)]
+"""The backends of the unit tier: those that need no server."""
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
 def backend(request: pytest.FixtureRequest) -> Backend:
     b: Backend = request.param
-    if b.name == "etcd":
-        server: EtcdCluster = request.getfixturevalue("etcd_server")
-        return Backend("etcd", make_etcd(server.endpoints))
     return b
 
 

@@ -1,4 +1,6 @@
-"""The store contract, written once and run against every backend (see conftest.BACKENDS)."""
+"""The store contract, written once and run against every backend: here against those that
+need no server (see conftest.BACKENDS), in tests/integration/test_etcd_contract.py against
+etcd."""
 
 from __future__ import annotations
 

@@ -1,23 +1,21 @@
 """Random sequences of commits, reopenings and replays give what the plain model gives, on
-SQLite and on etcd (the session's member, a prefix per example)."""
+SQLite (the same machine on etcd: tests/integration/test_etcd_model.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from controller.store import Changes, EtcdStore, SQLiteStore, Store
+from controller.store import Changes, SQLiteStore, Store
 from orch.v1 import controller_pb2, job_pb2, node_pb2
-from tests.etcd_server import EtcdCluster
 from tests.unit.store.model import Model
 
 MAX_EVALUATIONS = 4
@@ -134,17 +132,3 @@ class StoreMachine(RuleBasedStateMachine):
 StoreMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
 TestStoreAgainstModel = StoreMachine.TestCase
 
-
-@pytest.mark.etcd
-def test_the_etcd_store_against_the_model(etcd_server: EtcdCluster) -> None:
-    endpoints = etcd_server.endpoints
-
-    class EtcdMachine(StoreMachine):
-        def make(self) -> Store:
-            if not hasattr(self, "prefix"):
-                self.prefix = f"/orch-test/model-{uuid.uuid4().hex[:12]}"
-            return EtcdStore(endpoints, prefix=self.prefix, max_evaluations=MAX_EVALUATIONS,
-                             max_events=MAX_EVENTS, verify_limits=False, compact_every=7)
-
-    run_state_machine_as_test(EtcdMachine, settings=settings(
-        max_examples=25, stateful_step_count=20, deadline=None))
