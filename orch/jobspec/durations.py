@@ -21,6 +21,9 @@ _UNITS_NS = {
     "h": 3_600_000_000_000,
     "d": 86_400_000_000_000,
 }
+MAX_NS = 315_576_000_000 * 1_000_000_000
+"""The longest duration a job may name: what ``google.protobuf.Duration`` holds (10,000
+years), past which it cannot go on the wire at all."""
 _TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 
 
@@ -50,6 +53,9 @@ def parse_duration(text: str) -> int:
         if frac:
             total += int(frac) * scale // 10 ** len(frac)
         pos = m.end()
+        if total > MAX_NS:
+            raise ValueError(f"duration {text!r} is too long: at most 10,000 years, as the "
+                             "wire format holds")
     return sign * total
 
 

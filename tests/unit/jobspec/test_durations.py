@@ -36,3 +36,18 @@ def test_formats_the_shortest_form(ns: int, text: str) -> None:
 @given(st.integers(min_value=-(10**15), max_value=10**15))
 def test_format_then_parse_is_the_identity(ns: int) -> None:
     assert parse_duration(format_duration(ns)) == ns
+
+
+def test_a_duration_past_what_the_wire_holds_is_refused_with_the_limit() -> None:
+    with pytest.raises(ValueError, match="at most 10,000 years"):
+        parse_duration("1" + "0" * 20 + "s")
+    assert parse_duration("87600000h") == 87_600_000 * 3600 * S  # 10,000 years fits
+
+
+def test_a_job_file_with_a_huge_duration_is_a_job_file_error() -> None:
+    from orch.jobspec import JobSpecError, parse_job
+
+    text = ("name: j\ngroups:\n  - name: g\n    restart: {delay: 10999999999999999999999s}\n"
+            "    tasks:\n      - {name: t, driver: process, command: /bin/true}\n")
+    with pytest.raises(JobSpecError, match=r"groups\[0\]\.restart\.delay: .*at most 10,000 years"):
+        parse_job(text, "j.yaml")
