@@ -24,7 +24,7 @@ failover  Each trial finds the leader (``GetLeader``), makes one write there (a 
           on the way: the first write's version follows the one acknowledged before
           the kill (nothing acknowledged lost), and the job's allocations and their
           task processes are the same ones after every trial (nothing started twice).
-          Target (issue 9): the first write within the lease TTL + 1 s.
+          Target: the first write within the lease TTL + 1 s.
 writes    The same N job registrations through the API (``RegisterJob`` of a one-group
           job of count 0: a job version, an evaluation and their events, two
           commits), one at a time and 8 in flight, on the etcd cluster's leader and on
@@ -229,7 +229,7 @@ def writes_section(etcd_rows: list[list[Any]], sqlite_rows: list[list[Any]], n: 
 
 
 def summary(result: dict[str, Any]) -> str:
-    """The figures the issue asks for, one per row."""
+    """The headline figures, one per row."""
     rows: list[list[Any]] = [
         ["failover_p50_s", result["failover_p50_s"]],
         ["failover_max_s", result["failover_max_s"]],

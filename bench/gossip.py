@@ -318,7 +318,7 @@ def detection_section(result: dict[str, Any], sizes: list[int], trials: int, see
     print(table(f"Failure detection: crash -> every live member marks it dead ({trials} crashes each)",
                 ["N", "mode", "min timeout s", "p50 s", "p99 s", "max s", "first-to-last p50 s",
                  "p99 / min"], rows))
-    # issue 2's figures are at memberlist's timings (orch's mechanisms: "orch 1s");
+    # the headline figures are at memberlist's timings (orch's mechanisms: "orch 1s");
     # *_defaults are at orch's own
     result["detect_p50_s"] = {n: d["p50"] for n, d in det["orch 1s"].items()}
     result["detect_p99_s"] = {n: d["p99"] for n, d in det["orch 1s"].items()}

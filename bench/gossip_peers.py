@@ -3,13 +3,14 @@
     ./run bench peers                            # installs the peers, then the budget run below
     python -m bench.gossip_peers                 # budget run: N = 50, 3 crashes, 3 stall runs,
                                                  #   1 min of loss, a 20 s partition (6-10 minutes)
-    python -m bench.gossip_peers --full          # the issue's run: N = 50 and 100, 20 runs each,
+    python -m bench.gossip_peers --full          # the full run: N = 50 and 100, 20 runs each,
                                                  #   10 min of loss, a 60 s partition (hours)
     python -m bench.gossip_peers --json          # the last line of stdout is one JSON object
     python -m bench.gossip_peers --n 100 --scenarios idle,join,crash --impls orch,memberlist
 
-Implementations (``bench/peers/impls.py``), each at memberlist's LAN timings:
-  orch        GossipNode with GossipConfig.lan() (``--orch-config k=v,...`` overrides fields)
+Implementations (``bench/peers/impls.py``), each at its own LAN defaults:
+  orch        GossipNode with GossipConfig.lan(), probing every 0.7 s (``--orch-config
+              k=v,...`` overrides fields; ``probe_interval=1,probe_timeout=0.5`` is memberlist's)
   memberlist  Debian's memberlist with DefaultLANConfig: bench/memberlist/main.go, built offline
               with Debian's Go in GOPATH mode and cached (apt-get installs both when missing)
   kinship     kinship from PyPI (Rust core, Lifeguard) with Config.lan(), without encryption
@@ -89,7 +90,7 @@ from 127.0.0.1 unless the implementation binds it, and none of the three does.""
 SIDE_MARK = {True: "0x6a01", False: "0x6a02"}
 
 GOALS: dict[str, tuple[str, float, str]] = {
-    # key: (comparison, bound, as the issue says it); all at N = 100
+    # key: (comparison, bound, the goal in words); all at N = 100
     "detect_p50_s": ("<=", 7.0, "detection p50 <= 7 s"),
     "detect_p99_s": ("<=", 9.0, "detection p99 <= 9 s"),
     "false_dead_loss10": ("<=", 0, "0 false deaths at 10 % loss"),
@@ -104,7 +105,7 @@ GOAL_N = 100
 @dataclass
 class Settings:
     """What to run. The defaults are the budget run (about 6 minutes here, at most 10);
-    ``FULL`` holds the issue's sizes (hours)."""
+    ``FULL`` holds the full sizes (hours)."""
 
     sizes: list[int] = field(default_factory=lambda: [50])
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
@@ -133,7 +134,7 @@ class Settings:
         sizes=[50, 100], full=True, runs=20, loss_seconds=600.0, stall_runs=20,
         stall_seconds=30.0, stall_quiet=10.0, idle_seconds=180.0, partition_seconds=60.0,
         merge_timeout=120.0, detect_timeout=60.0)
-    """The issue's run: N = 50 and 100, 20 runs each, 10 minutes of loss, a 60 s partition."""
+    """The full run: N = 50 and 100, 20 runs each, 10 minutes of loss, a 60 s partition."""
 
     def expected_s(self, sc: str, n: int) -> float:
         """Rough wall time of one scenario at size ``n`` when all goes well."""
@@ -191,7 +192,7 @@ class Settings:
                          f"(merge awaited {self.merge_timeout:g} s)")
         if "idle" in sc:
             parts.append(f"{self.idle_seconds:g} s idle")
-        parts.append("the issue's sizes (--full)" if self.full
+        parts.append("the full sizes (--full)" if self.full
                      else "budget run; --full: N = 50, 100, 20 runs, 10 min loss, 60 s partition")
         return "; ".join(parts)
 
@@ -677,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gossip_peers", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true",
-                    help="the issue's sizes: N = 50 and 100, 20 runs, 10 min of loss, 60 s "
+                    help="the full sizes: N = 50 and 100, 20 runs, 10 min of loss, 60 s "
                          "partition (hours); without it a budget run of at most 10 minutes")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     ap.add_argument("--n", help="cluster sizes, e.g. 50,100")
@@ -863,7 +864,7 @@ def render(s: Settings, impls: dict[str, Impl], results: dict[str, dict[int, dic
                 verdict = "held" if _holds(o, goal[0], goal[1]) else "missed"
             rows.append([n, label, *cells, "-" if ratio is None else ratio,
                          goal[2] if goal and n == GOAL_N else "", verdict])
-    head = ["N", "metric", *cols, "orch/memberlist", "goal (issue 12, N = 100)", "orch"]
+    head = ["N", "metric", *cols, "orch/memberlist", "goal (N = 100)", "orch"]
     lines = [table(f"Gossip side by side on real sockets ({s.describe()})", head, rows)]
     lines.append("")
     for name in cols:

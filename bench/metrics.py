@@ -21,7 +21,7 @@ scrape   GETs of /metrics one after the other (as a Prometheus server scrapes a 
          one HTTP/1.1 keep-alive connection, from a client thread of this process; the time
          to the last byte of the body. ``--rounds`` rounds of ``--scrapes``, the daemons in
          turn in each round: p50 of all, p99 = the median of the rounds' p99 (one busy
-         moment of this shared machine moves one round, not the figure), max. The issue's
+         moment of this shared machine moves one round, not the figure), max. The
          bound: 50 ms on the agent (``scrape_ms`` in the JSON is the agent's p99).
 render   the CPU time the daemon's event loop spends on one scrape (``orch.metrics.render``,
          what the server calls), in all and per collector (p50); and with prometheus_client's
@@ -66,7 +66,7 @@ from orch.metrics import render
 NET = "127.0.88"
 """The benchmark's own loopback block: controller .1, agent .2."""
 TARGET_MS = 50.0
-"""The issue's bound on one scrape of the agent."""
+"""The bound on one scrape of the agent (p99)."""
 JOB_NAME = "metrics-bench"
 
 

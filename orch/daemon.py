@@ -60,7 +60,7 @@ def common_flags(ap: argparse.ArgumentParser) -> None:
                     help="gossip key, base64 (repeatable; the first is primary)")
     ap.add_argument("--label", help="cluster label (packets with another label are dropped)")
     ap.add_argument("--profile", choices=("lan", "fast"),
-                    help="gossip timings: lan (memberlist's defaults) or fast (tests)")
+                    help="gossip timings: lan (orch's defaults: probe every 0.7 s) or fast (tests)")
     ap.add_argument("--data-dir", help="state directory (default /var/lib/orch)")
     ap.add_argument("--metrics-addr", metavar="ADDR:PORT",
                     help="where /metrics is served (empty: not served)")

@@ -3,10 +3,10 @@
 The defaults are memberlist's ``DefaultLANConfig`` (``memberlist()``) except the
 probe interval and timeout, 0.7 s and 0.35 s instead of 1 s and 0.5 s: with the
 coordinated probe schedule and the shared suspicion clock this detects a crash at
-N = 100 in 6.6 s (p50) / 7.1 s (p99) where memberlist takes 10 / 11.7 s, with no live
-member declared dead at 10 % or 20 % loss or with 10 % of members slowed (the
-simulator, ``python -m bench.gossip``), for 1.4x the probe traffic (about 20
-B/member/s). ``fast()`` shortens every timing for in-process tests on one machine
+N = 100 in 6.53 s (p50) / 7.10 s (p99) where memberlist's timings take 9.78 / 12.50 s,
+with no live member declared dead at 5 % or 10 % loss or with 10 % of members slowed,
+and 2 of 100 at 20 % loss (the simulator, ``python -m bench.gossip``; docs/benchmarks.md),
+for 1.4x the probe traffic (about 20 B/member/s). ``fast()`` shortens every timing for in-process tests on one machine
 (as Nomad's test server does).
 """
 

@@ -18,4 +18,4 @@ def test_quick_run_reports_the_agreed_keys(capsys: pytest.CaptureFixture[str]) -
                 "bytes_per_member_s", "sim_wall_s", "join_p99_s"):
         assert key in result
     assert result["false_dead_loss20_lifeguard"] == 0  # issue 2's target, memberlist's timings
-    assert result["false_dead_loss10"] == 0  # issue 12's goal, orch's defaults
+    assert result["false_dead_loss10"] == 0  # the goal, at orch's defaults
