@@ -6,8 +6,8 @@ coordinated probe schedule and the shared suspicion clock this detects a crash a
 N = 100 in 6.53 s (p50) / 7.10 s (p99) where memberlist's timings take 9.78 / 12.50 s,
 with no live member declared dead at 5 % or 10 % loss or with 10 % of members slowed,
 and 2 of 100 at 20 % loss (the simulator, ``python -m bench.gossip``; docs/benchmarks.md),
-for 1.4x the probe traffic (about 20 B/member/s). ``fast()`` shortens every timing for in-process tests on one machine
-(as Nomad's test server does).
+for 1.4x the probe traffic (about 20 B/member/s). ``fast()`` shortens every timing for
+in-process tests on one machine (as Nomad's test server does).
 """
 
 from __future__ import annotations
