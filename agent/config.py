@@ -37,10 +37,10 @@ class AgentConfig(DaemonConfig, TaskSettings):
     """Address the published ports listen on."""
     lb: LbConfig = field(default_factory=LbConfig)
     """The load balancer's timeouts, limits and outlier detection (``[lb]``)."""
-    controllers: list[str] = field(default_factory=list)
-    """Controller RPC addresses; empty: found through gossip (members tagged role=controller)."""
-    drivers: list[str] = field(default_factory=lambda: ["docker", "process"])
-    """Task drivers to offer (a driver whose engine is down is not offered until it is up)."""
+    drivers: list[str] = field(default_factory=lambda: ["docker"])
+    """Task drivers to offer (a driver whose engine is down is not offered until it is up).
+    The process driver runs tasks on the host itself, as Nomad's raw_exec: off unless
+    listed here (``drivers = ["docker", "process"]``)."""
     datacenter: str = "dc1"
     region: str = "global"
     node_class: str = ""

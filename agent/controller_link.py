@@ -11,7 +11,9 @@ hold it until TCP or gRPC keepalives give up, long after another controller took
 over and past that one's node grace, which then marks the nodes down and places
 their allocations again while they still run here. So while connected the link
 also watches gossip (``leader_elsewhere``): once the controller it is connected to
-is no longer alive there and another one is tagged leader, it moves there.
+is no longer alive there and another one is tagged leader, it moves there, but only
+after that address proved it is a controller (``verify``: a TLS handshake against the
+controller role's name): a gossip tag alone never moves the stream.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 log = logging.getLogger("agent")
 
 DesiredHandler = Callable[[controller_pb2.DesiredAllocations], Awaitable[None]]
+REFUSED_FOR = 60.0
+"""Seconds a gossip-named controller that failed to prove itself is not asked again."""
+MAX_REFUSED = 64
+"""Such addresses remembered at most (gossip is fed from outside)."""
 
 
 def leader_elsewhere(members: Iterable[MemberInfo], current: str) -> str | None:
@@ -59,6 +65,7 @@ class ControllerLink:
                  backoff_max: float = 10.0,
                  connect: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None,
                  moved: Callable[[str], str | None] | None = None,
+                 verify: Callable[[str], Awaitable[bool]] | None = None,
                  recheck: float = 0.5) -> None:
         self._registration = registration
         self._addresses = addresses
@@ -68,6 +75,10 @@ class ControllerLink:
         self._moved = moved
         """Called with the connected controller's address every ``recheck`` seconds: an
         address to move the stream to (``leader_elsewhere`` over gossip), or None."""
+        self._verify = verify
+        """Whether an address gossip names proves it is a controller (None: trust it)."""
+        self._refused: dict[str, float] = {}
+        """Gossip-named addresses that failed ``verify``, and when (not tried again soon)."""
         self._recheck = recheck
         self._applying = False
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
@@ -156,6 +167,8 @@ class ControllerLink:
                     if self._moved is None or self._applying or reader.done():
                         continue  # never cut a desired set off half applied
                     elsewhere = self._moved(addr)
+                    if elsewhere and not await self._proven(elsewhere):
+                        continue
                     if elsewhere:
                         log.warning("the controller no longer answers gossip and another one "
                                     "leads: moving there", extra={"controller": addr,
@@ -171,6 +184,24 @@ class ControllerLink:
                     call.cancel()
                 ended.set()  # and wake this stream's sender, wherever it waits, to see it
                 self._kick.set()
+
+    async def _proven(self, addr: str) -> bool:
+        """Whether a controller gossip names proved it is one (not asked again for a minute
+        after it failed)."""
+        if self._verify is None:
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._refused.get(addr, -REFUSED_FOR) < REFUSED_FOR:
+            return False
+        if await self._verify(addr):
+            self._refused.pop(addr, None)
+            return True
+        log.warning("gossip names a leader that does not prove it is a controller; staying",
+                    extra={"address": addr})
+        self._refused[addr] = loop.time()
+        while len(self._refused) > MAX_REFUSED:
+            self._refused.pop(next(iter(self._refused)))
+        return False
 
     async def _read(self, addr: str, call: Any) -> None:
         """Take the controller's messages until the stream ends (or it says it does not lead)."""

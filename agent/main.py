@@ -24,12 +24,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rpc-addr", metavar="ADDR:PORT",
                     help=f"this agent's gRPC address (logs, status) (default 0.0.0.0:{AGENT_RPC_PORT})")
     ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to others")
-    ap.add_argument("--controller", metavar="ADDR:PORT", action="append", default=None,
-                    help="controller RPC address (repeatable; default: found through gossip)")
     ap.add_argument("--driver", choices=("docker", "process"), action="append", default=None,
                     help="task driver to offer (repeatable; default: docker and process)")
     ap.add_argument("--lb-bind", metavar="ADDR",
                     help="address the routing mesh's published ports listen on (default 0.0.0.0)")
+    ap.add_argument("--task-user", metavar="USER",
+                    help="user process tasks run as when their job names none (default: "
+                         "orch-task when it exists, else nobody)")
+    ap.add_argument("--allow-root-tasks", action="store_const", const=True, default=None,
+                    help="let process tasks run as root when their job asks")
     ap.add_argument("--datacenter")
     ap.add_argument("--node-class")
     ap.add_argument("--tag", action="append", default=None, metavar="KEY=VALUE",
@@ -51,10 +54,8 @@ def _pairs(items: list[str], where: str) -> dict[str, str]:
 
 def load_config(opts: argparse.Namespace) -> AgentConfig:
     cfg = daemon.load(AgentConfig, opts, extra=("rpc_addr", "rpc_advertise", "lb_bind", "datacenter",
-                                                "node_class"))
+                                                "node_class", "task_user", "allow_root_tasks"))
     over: dict[str, Any] = {}
-    if opts.controller is not None:
-        over["controllers"] = opts.controller
     if opts.driver is not None:
         over["drivers"] = opts.driver
     if opts.tag is not None:

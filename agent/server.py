@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client.registry import Collector
@@ -34,20 +35,23 @@ from agent.runtime.driver import TaskDriver
 from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
-from orch import daemon, keyring
+from orch import daemon, join, keyring, pki
+from orch.errors import ConfigError
 from orch.gossip.crypto import Keyring
 from orch.gossip.messages import Status
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
 from orch.metrics import MetricsServer, registry_with
 from orch.net import AGENT_METRICS_PORT, AGENT_RPC_PORT, parse_addr
-from orch.tls import open_channel, server_credentials
+from orch.tls import TlsConfig, open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
 SNAPSHOT = "members.snapshot"
 """The gossip members this agent knew (in data_dir): a restart rejoins them without seeds."""
 
+VERIFY_TIMEOUT = 5.0
+"""Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
 RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
 
@@ -57,8 +61,11 @@ class Agent:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir)
         self.node_id = fingerprint.node_id(self.data_dir)
+        host = (parse_addr(cfg.advertise, where="advertise") if cfg.advertise
+                else parse_addr(cfg.bind, where="bind"))[0]
         rcfg = RuntimeConfig.on_node(cfg, node_id=self.node_id, node_name=cfg.name,
-                                     data_dir=self.data_dir)
+                                     data_dir=self.data_dir,
+                                     address="" if host in ("0.0.0.0", "::", "") else host)
         self.runtime = Runtime(rcfg, drivers if drivers is not None else {
             n: d for n, d in default_drivers(rcfg).items() if n in cfg.drivers})
         self.gossip: GossipNode | None = None
@@ -68,6 +75,8 @@ class Agent:
         self._specs: dict[str, AllocSpec] = {}
         self.metrics: MetricsServer | None = None
         self.mesh: Mesh | None = None
+        self.tls = cfg.tls
+        """The TLS this agent uses (set at start: made by hand, or from a join)."""
 
     async def start(self) -> None:
         try:
@@ -93,27 +102,34 @@ class Agent:
 
     async def _start(self) -> None:
         cfg = self.cfg
+        host, port = parse_addr(cfg.rpc_addr, default_port=AGENT_RPC_PORT, where="rpc_addr")
+        gbind = parse_addr(cfg.bind, where="bind")
+        gadv = parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None
+        adv_host = (gadv or gbind)[0]
+        self.tls = await self._trust(adv_host if host in ("0.0.0.0", "") else host)
+        daemon.refuse_plain_text("the agent's gRPC service", host, secured=self.tls.enabled,
+                                 insecure=cfg.insecure, how="join the cluster (--join-token "
+                                 "and --controller)")
+        keys = keyring.initial_keys(cfg.data_dir, cfg.keys)
+        daemon.refuse_plain_text("gossip", gbind[0], secured=bool(keys), insecure=cfg.insecure,
+                                 how="join the cluster (its gossip key comes with the "
+                                 "certificate), or give it a key")
         await self.runtime.start()
 
         server = self._server = grpc.aio.server()
         controller_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.runtime, self.status, tls_on=cfg.tls.enabled,
+            AgentService(self.runtime, self.status, tls_on=self.tls.enabled,
                          keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir,
                                                            cfg.name)), server)
-        host, port = parse_addr(cfg.rpc_addr, default_port=AGENT_RPC_PORT, where="rpc_addr")
-        bound = server.add_secure_port(f"{host}:{port}", server_credentials(cfg.tls)) \
-            if cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(self.tls)) \
+            if self.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()
 
-        gbind = parse_addr(cfg.bind, where="bind")
-        gadv = parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None
-        adv_host = (gadv or gbind)[0]
         self.rpc_address = cfg.rpc_advertise or (
             f"{adv_host if host in ('0.0.0.0', '') else host}:{bound}")
         self.gossip = GossipNode(
             cfg.gossip, name=cfg.name, bind=gbind, advertise=gadv,
-            keyring=Keyring(keys) if (keys := keyring.initial_keys(cfg.data_dir, cfg.keys))
-            else None, rng=random.Random(),
+            keyring=Keyring(keys) if keys else None, rng=random.Random(),
             state={"role": "agent", "rpc": self.rpc_address, "node_id": self.node_id,
                    **cfg.tags}, snapshot=self.data_dir / SNAPSHOT)
         await self.gossip.start()
@@ -135,12 +151,13 @@ class Agent:
             await self.metrics.start()
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report,
-                                   connect=lambda addr, options: open_channel(addr, cfg.tls,
-                                                                              options),
-                                   moved=self._leader_elsewhere)
+                                   connect=self._controller_channel,
+                                   moved=self._leader_elsewhere, verify=self._is_controller)
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
+        if self._bundle.complete() and not cfg.tls.enabled:
+            self._tasks.append(asyncio.create_task(self._renew(), name="renew-certificate"))
         log.info("agent running", extra={"node": cfg.name, "node_id": self.node_id,
                                          "rpc": self.rpc_address,
                                          "drivers": ",".join(sorted(self.runtime.drivers))})
@@ -186,6 +203,63 @@ class Agent:
         self.cfg = dataclasses.replace(self.cfg, keys=keys, tags=new, log_level=cfg.log_level,
                                        log_format=cfg.log_format)
         return out
+
+    # --- trust -----------------------------------------------------------------------------------
+
+    async def _trust(self, host: str) -> TlsConfig:
+        """The TLS this agent uses: certificates made by hand (``tls``), else those a join left
+        in ``data_dir/pki`` (joining first when it has a join token and none yet), else none."""
+        cfg = self.cfg
+        if cfg.tls.enabled:
+            return cfg.tls
+        text = "" if self._bundle.complete() else await daemon.read_join_token(cfg)
+        if text:
+            token = pki.JoinToken.parse(text)
+            if token.role != "agent":
+                raise ConfigError("this is a controller's join token: an agent joins with "
+                                  "`orchctl cluster join-token agent`'s", where="join_token")
+            await join.join(token, cfg.controllers, self._bundle, data_dir=cfg.data_dir,
+                            name=cfg.name, node_id=self.node_id,
+                            ips=[ip for ip in (host,) if ip not in ("", "0.0.0.0")])
+        return TlsConfig.of_bundle(self._bundle) if self._bundle.complete() else TlsConfig()
+
+    @property
+    def _bundle(self) -> pki.Bundle:
+        return pki.Bundle.of(self.cfg.data_dir)
+
+    def _controller_channel(self, addr: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        """A channel to a controller: TLS refuses a server whose certificate is not a
+        controller's."""
+        return open_channel(addr, self.tls, options, server=pki.role_dns("controller"))
+
+    async def _is_controller(self, addr: str) -> bool:
+        """Whether ``addr`` proves it is a controller (a TLS handshake against its role name)
+        before a gossip hint moves the stream there; without TLS nothing can be proven."""
+        if not self.tls.enabled:
+            return True
+        channel = self._controller_channel(addr, [])
+        try:
+            await asyncio.wait_for(channel.channel_ready(), VERIFY_TIMEOUT)
+            return True
+        except (TimeoutError, grpc.aio.AioRpcError):
+            return False
+        finally:
+            await channel.close()
+
+    async def _renew(self) -> None:
+        """Renew this agent's certificate when a third of its life is left, with no restart:
+        connections made from then on use the new one, the stream goes on."""
+        every = max(1.0, min(3600.0, self.cfg.cert_days * 86400 / 50))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if join.due(self._bundle):
+                    addrs = [a for a in [self.link.controller, *self.controller_addresses()] if a]
+                    await join.renew(self._bundle, list(dict.fromkeys(addrs)), name=self.cfg.name)
+                    log.info("renewed this agent's certificate")
+            except Exception as e:
+                log.warning("renewing this agent's certificate failed; will try again",
+                            extra={"error": str(e)})
 
     # --- the controller ------------------------------------------------------------------------
 

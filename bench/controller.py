@@ -63,6 +63,7 @@ import grpc
 
 from bench.report import pct, progress, table
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from orchctl.client import Settings, connect, tls_from, token
 from orchctl.demo import Demo, wait
 
 NET = "127.0.77"
@@ -112,11 +113,11 @@ class Cluster:
     def __init__(self, workdir: Path, fast: bool) -> None:
         self.demo = Demo(workdir, AGENTS, fast, "process", net=NET,
                          controller_flags=("--rate-limit", "0"))  # it measures the API's peak
-        self.channel = grpc.insecure_channel(ADDR)
-        self.stub = controller_pb2_grpc.ControllerServiceStub(self.channel)
 
     def start(self) -> None:
         self.demo.start_controller()
+        self.channel = self.demo.channel()
+        self.stub = controller_pb2_grpc.ControllerServiceStub(self.channel)
         for i in range(1, AGENTS + 1):
             self.demo.start_agent(i)
         took = wait("the agents to register", lambda: self.ready() == AGENTS, 60)
@@ -278,10 +279,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def hammer(rpc: str, job: str, clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` concurrent callers of one RPC for ``seconds``, one channel each."""
-    channels = [grpc.aio.insecure_channel(ADDR, options=[
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024)]) for _ in range(clients)]
+async def hammer(rpc: str, job: str, clients: int, seconds: float,
+                 operator: Settings) -> dict[str, float]:
+    """``clients`` concurrent callers of one RPC for ``seconds``, one channel each (mTLS with
+    the operator's certificate and token, as orchctl's)."""
+    tls, secret = tls_from(None, None, None, operator), token(None, None, operator)
+    channels = [connect(ADDR, 60.0, tls, secret) for _ in range(clients)]
     try:
         stubs = [controller_pb2_grpc.ControllerServiceStub(ch) for ch in channels]
         get = controller_pb2.GetJobRequest(name=job)
@@ -320,7 +323,7 @@ def rpc_section(c: Cluster, result: dict[str, Any], job: str, allocs: int, secon
     for rpc in ("GetJob", "ListJobs"):
         for clients in (1, 8):
             cpu0 = cpu_seconds(ctl_pid)
-            r = asyncio.run(hammer(rpc, job, clients, seconds))
+            r = asyncio.run(hammer(rpc, job, clients, seconds, c.demo.operator_settings()))
             ctl_cpu = 100 * (cpu_seconds(ctl_pid) - cpu0) / r["elapsed_s"]
             progress(f"{rpc} x{clients}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms")
             rows.append([rpc, clients, int(r["reply_bytes"]), r["rps"], r["p50_ms"],
@@ -517,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
           + ("fast timings (gossip fast profile, node grace 1 s)" if opts.fast else
              "the demo's default timings (gossip LAN profile, node grace 3 s)"), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-controller-"))
+    workdir.chmod(0o711)  # tasks run as an unprivileged user: they pass through to their own
     clusters = Clusters(workdir, opts.fast)
     deadline = 120 + 20 * opts.runs + 8 * opts.seconds + 60 * opts.trials
     ok = False

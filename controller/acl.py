@@ -1,18 +1,30 @@
-"""Access tokens for the operator API: who may do what.
+"""Access tokens for the operator API: who may do what, per namespace.
 
 A token has a public *accessor* (to list and revoke it) and a *secret* (what
 clients send, ``authorization: Bearer <secret>``); only the secret's SHA-256 is
 stored. Its policies:
 
-    management             everything, tokens included
-    read                   every read: jobs, allocations, logs, nodes, members, events
-    submit                 read, plus register/stop/scale/revert any job and restart or
-                           stop its allocations
-    submit:ns=<namespace>  the same, for the jobs of one namespace
-    submit:prefix=<p>      the same, for the jobs whose name starts with <p>
-    node                   read, plus drain nodes and set their eligibility
+    management                 everything: tokens, join tokens and removing nodes included
+    read                       every read: jobs, allocations, logs, nodes, members, events
+    node                       read, plus drain nodes and set their eligibility
+    operator                   read, plus the gossip keyring and user events
+    namespace:<ns>:<caps>      capabilities in one namespace (``*``: every namespace),
+                               comma-separated:
+        read                   its jobs (their env included), allocations and logs
+        submit                 register, stop, scale and revert its jobs; stop and restart
+                               their allocations (read included)
+        driver-<name>          jobs that use task driver <name> (docker, process)
+        privileged             tasks that ask for a privileged container
+        host-network           tasks that share the host's network
+        alloc-exec             commands run inside its allocations
+    submit                     namespace:*:submit with every driver (as submit:ns=, below)
+    submit:ns=<namespace>      namespace:<namespace>:submit with every driver
+    submit:prefix=<p>          the same as submit, for the jobs whose name starts with <p>
 
-The first token is made by ``orchctl acl bootstrap`` (a management token, once).
+A job whose tasks ask for a privileged container or the host's network needs those
+capabilities whatever else the token allows (management excepted). The first token is
+made at the cluster's bootstrap (or ``orchctl acl bootstrap`` on a cluster that turned
+tokens on by hand: once).
 """
 
 from __future__ import annotations
@@ -20,8 +32,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +45,12 @@ from orch.vocab import namespace_of
 
 META_PREFIX = "acl/token/"
 BOOTSTRAP_KEY = "acl/bootstrapped"
-POLICIES = ("management", "read", "submit", "node")
+POLICIES = ("management", "read", "submit", "node", "operator")
+CAPABILITIES = ("read", "submit", "privileged", "host-network", "alloc-exec")
+"""Capabilities in a namespace (besides ``driver-<name>``)."""
+ALL_DRIVERS = "driver-*"
+_NAMESPACE = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$")
+_DRIVER = re.compile(r"^driver-[a-z][a-z0-9_-]{0,31}$")
 
 
 class HasMeta(Protocol):
@@ -43,15 +62,42 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _bad(policy: str) -> RequestError:
+    return RequestError(f"unknown policy {policy!r}: use management, read, node, operator, "
+                        "namespace:<ns|*>:<read,submit,driver-NAME,privileged,host-network,"
+                        "alloc-exec>, submit, submit:ns=<namespace> or "
+                        "submit:prefix=<job name prefix>")
+
+
 def check_policy(policy: str) -> str:
-    """``policy`` when it is one orch knows; ValueError saying which exist otherwise."""
+    """``policy`` when it is one orch knows; RequestError (a ValueError) saying which exist
+    otherwise."""
     kind, _, arg = policy.partition(":")
-    ok = (policy in POLICIES) or (kind == "submit" and (
-        (arg.startswith("ns=") and len(arg) > 3) or (arg.startswith("prefix=") and len(arg) > 7)))
-    if not ok:
-        raise RequestError(f"unknown policy {policy!r}: use management, read, submit, "
-                         "submit:ns=<namespace>, submit:prefix=<job name prefix> or node")
-    return policy
+    if policy in POLICIES:
+        return policy
+    if kind == "submit" and ((arg.startswith("ns=") and _NAMESPACE.match(arg[3:]))
+                             or (arg.startswith("prefix=") and len(arg) > 7)):
+        return policy
+    if kind == "namespace":
+        ns, _, caps = arg.partition(":")
+        names = caps.split(",") if caps else []
+        if _NAMESPACE.match(ns) and names and all(c in CAPABILITIES or _DRIVER.match(c)
+                                                   or c == ALL_DRIVERS for c in names):
+            return policy
+    raise _bad(policy)
+
+
+def _grants(policy: str) -> tuple[str, frozenset[str], str]:
+    """(namespace or *, capabilities, job name prefix) a namespace-scoped policy grants."""
+    kind, _, arg = policy.partition(":")
+    if kind == "namespace":
+        ns, _, listed = arg.partition(":")
+        return ns, frozenset(listed.split(",")), ""
+    # submit, submit:ns=, submit:prefix=: submit (and read) with every driver
+    every = frozenset(("read", "submit", ALL_DRIVERS))
+    if arg.startswith("ns="):
+        return arg[3:], every, ""
+    return "*", every, arg[7:] if arg.startswith("prefix=") else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +109,44 @@ class Token:
     create_time_ns: int
     revoked: bool = False
 
-    def allows(self, action: str, namespace: str = "", job: str = "") -> bool:
-        """Whether this token may do ``action`` (read, job-write, node-write, acl) on the
-        job ``namespace``/``job`` where that matters."""
+    def allows(self, action: str, namespace: str = "", job: str = "",
+               needs: Iterable[str] = ()) -> bool:
+        """Whether this token may do ``action`` (read, job-write, node-write, operator, acl)
+        on the job ``namespace``/``job`` where that matters; ``needs`` are the capabilities the
+        request needs besides (driver-docker, privileged...). A namespace of ``*`` asks for
+        every namespace at once (a listing)."""
         if self.revoked:
             return False
+        if "management" in self.policies:
+            return True
+        if action == "read" and any(p in ("read", "node", "operator") or p == "submit"
+                                    or p.startswith("submit:") for p in self.policies):
+            return True  # (the submit policies read every namespace, as they always did)
+        if action in ("node-write", "operator"):
+            return (action == "node-write" and "node" in self.policies) or \
+                (action == "operator" and "operator" in self.policies)
+        if action not in ("read", "job-write", "alloc-exec"):
+            return False
+        want = {"read": "read", "job-write": "submit", "alloc-exec": "alloc-exec"}[action]
+        ns = namespace if namespace == "*" else namespace_of(namespace)
+        held: set[str] = set()
         for p in self.policies:
-            if p == "management":
-                return True
-            if action == "read" and (p in ("read", "node") or p.startswith("submit")):
-                return True
-            if action == "node-write" and p == "node":
-                return True
-            if action == "job-write" and p.startswith("submit"):
-                _, _, arg = p.partition(":")
-                if not arg or (arg.startswith("ns=") and arg[3:] == namespace_of(namespace)) \
-                        or (arg.startswith("prefix=") and job.startswith(arg[7:])):
-                    return True
-        return False
+            if p in ("management", "read", "node", "operator"):
+                continue
+            scope, caps, prefix = _grants(p)
+            if scope != "*" and scope != ns:
+                continue
+            if prefix and not job.startswith(prefix):
+                continue
+            held |= caps | ({"read"} if "submit" in caps else set())
+        if want not in held:
+            return False
+        for need in needs:
+            if need.startswith("driver-") and ALL_DRIVERS in held:
+                continue
+            if need not in held:
+                return False
+        return True
 
 
 class Acl:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from controller.state import ClusterState
+from orch import pki
 from orch.errors import NotFoundError
 from orch.tls import TlsConfig, open_channel
 
@@ -23,7 +24,8 @@ class Channels:
         """A channel to another controller's gRPC address."""
         ch = self._open.get(address)
         if ch is None:
-            ch = self._open[address] = open_channel(address, self.tls)
+            ch = self._open[address] = open_channel(address, self.tls,
+                                                    server=pki.role_dns("controller"))
         return ch
 
     def to_agent(self, node_id: str) -> grpc.aio.Channel:
@@ -35,7 +37,8 @@ class Channels:
         ch = self._open.get(node.address)
         if ch is None:
             ch = self._open[node.address] = open_channel(
-                node.address, self.tls, [("grpc.max_receive_message_length", MAX_AGENT_MESSAGE)])
+                node.address, self.tls, [("grpc.max_receive_message_length", MAX_AGENT_MESSAGE)],
+                server=pki.role_dns("agent"))
         return ch
 
     async def close(self) -> None:

@@ -30,6 +30,11 @@ class ControllerConfig(DaemonConfig):
     """gRPC address for orchctl and the agents (port 0 picks a free one)."""
     metrics_addr: str = f"127.0.0.1:{CONTROLLER_METRICS_PORT}"
     """Where /metrics is served (Prometheus); empty: not served."""
+    bootstrap: bool = False
+    """Make the cluster's trust on the first start (a CA, this controller's certificate,
+    the operator's, the first gossip key; at the first term the join tokens and the
+    management token): the first controller of a new cluster. Later starts find it in
+    ``data_dir/pki`` and need it no more."""
     store: Literal["sqlite", "etcd"] = "sqlite"
     """Where the state lives: sqlite (one controller, in data_dir) or etcd (several
     controllers electing a leader)."""
@@ -67,8 +72,8 @@ class ControllerConfig(DaemonConfig):
     and this controller's client certificate and key (etcd started with
     ``--client-cert-auth``); off when empty. May name the same files as ``tls``."""
     acl: bool = False
-    """Require an access token on the operator API (``orchctl acl bootstrap`` makes the
-    first); off: every client that passes mTLS may do everything."""
+    """Require an access token on the operator API without TLS too (``orchctl acl
+    bootstrap`` makes the first). With TLS, tokens are always required."""
     rate_limit: float = 200.0
     """Operator API calls a second per client (token, else certificate or address), on
     average; 0: no limit."""

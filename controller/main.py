@@ -15,7 +15,7 @@ from orch.errors import ConfigError
 from orch.net import CONTROLLER_RPC_PORT
 
 FLAGS = ("rpc_addr", "rpc_advertise", "node_grace", "acl", "rate_limit", "store", "etcd_endpoints",
-         "etcd_prefix", "leader_ttl")
+         "etcd_prefix", "leader_ttl", "bootstrap")
 """Flags that set the configuration field of the same name."""
 
 
@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--etcd-prefix", help="key prefix of this cluster in etcd (default /orch)")
     ap.add_argument("--leader-ttl", type=int,
                     help="seconds a crashed leader holds its lease (default 5)")
+    ap.add_argument("--bootstrap", action="store_const", const=True, default=None,
+                    help="make a new cluster's trust on the first start: a CA, certificates, "
+                         "the first gossip key, join tokens, the management token")
     ap.add_argument("--acl", action="store_const", const=True, default=None,
                     help="require access tokens on the operator API (orchctl acl bootstrap)")
     ap.add_argument("--rate-limit", type=float,

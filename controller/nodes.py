@@ -41,6 +41,8 @@ from orch.vocab import CLIENT_STATUS
 log = logging.getLogger("controller")
 NS = 1_000_000_000
 READY, DOWN = node_pb2.NODE_STATUS_READY, node_pb2.NODE_STATUS_DOWN
+REVOKED = "revoked/"
+"""``revoked/<node id>`` in the store's meta: the node was removed (``controller.trust``)."""
 
 
 @dataclass(slots=True)
@@ -313,6 +315,27 @@ class NodeAdmin:
                 "node", "NodeDrain", n.id, what, now_ns, node=n)]))
         for key in {job_key(a) for a in self.state.allocs_on_node(n.id)}:
             self.evaluator.enqueue(key, "node-drain")
+        return n
+
+    async def remove(self, ref: str) -> node_pb2.Node:
+        """Remove a node for good: its certificate is refused from now on (whatever it
+        presents, for its node id), it is down, and what ran there is placed elsewhere."""
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            n = node_pb2.Node()
+            n.CopyFrom(self.find(ref))
+            n.status = DOWN
+            n.status_time_ns = now_ns
+            n.eligible = False
+            await self.cluster.commit(Changes(
+                put_nodes=[n], meta={REVOKED + n.id: str(now_ns)},
+                events=[event("node", "NodeRemoved", n.id,
+                              f"node {n.name} removed from the cluster: its certificate is "
+                              "refused from now on", now_ns, node=n)]))
+        log.warning("node removed", extra={"node": n.name, "node_id": n.id})
+        for key in {job_key(a) for a in self.state.allocs_on_node(n.id) if a.desired_status == RUN}:
+            self.evaluator.enqueue(key, "node-down")
+        self.evaluator.enqueue_all("node-down", system_only=True)
         return n
 
     async def drain_pass(self) -> None:

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller import trust
 from controller.acl import Acl
 from controller.api.acl import AclEndpoint
 from controller.api.allocations import AllocationsEndpoint
@@ -33,9 +34,9 @@ from controller.api.events import EventsEndpoint
 from controller.api.jobs import JobsEndpoint
 from controller.api.leader import LeaderEndpoint
 from controller.api.members import MembersEndpoint
-from controller.api.node_stream import NodeStream
+from controller.api.node import NodeEndpoint
 from controller.api.nodes import NodesEndpoint
-from controller.api.rpc import controller_service
+from controller.api.rpc import controller_service, node_service
 from controller.api.services import ServicesEndpoint
 from controller.autoscaler import AutoscalerConfig
 from controller.channels import MAX_AGENT_MESSAGE, Channels
@@ -51,14 +52,13 @@ from controller.scaling import Autoscaler
 from controller.state import ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
-from orch import daemon, keyring
+from orch import daemon, join, keyring, pki
 from orch.errors import ConfigError
 from orch.gossip.crypto import Keyring
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
 from orch.metrics import MetricsServer, registry_with
 from orch.net import CONTROLLER_METRICS_PORT, CONTROLLER_RPC_PORT, parse_addr
-from orch.tls import server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("controller")
@@ -96,6 +96,8 @@ class Controller:
         self._server: grpc.aio.Server | None = None
         self._health: health.HealthServicer | None = None
         self._leader_tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.trust: trust.Trust | None = None
 
     @property
     def rpc_address(self) -> str:
@@ -124,18 +126,22 @@ class Controller:
 
     async def _start(self) -> None:
         cfg = self.cfg
+        host, port = parse_addr(cfg.rpc_addr, default_port=CONTROLLER_RPC_PORT, where="rpc_addr")
+        await self._trust_files(host)
         await self.store.open()
         state = ClusterState.from_store(await self.store.load())
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
                                         "allocations": len(state.allocs), "nodes": len(state.nodes)})
-        self._build(state)
+        self._build(state, address=cfg.rpc_advertise or f"{host}:{port}")
+        daemon.refuse_plain_text("the controller's gRPC API", host, secured=self.trust is not None,
+                                 insecure=cfg.insecure, how="bootstrap the cluster (--bootstrap) "
+                                 "or join one (--join-token)")
 
         server = self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST),
             ("grpc.max_send_message_length", MAX_RESPONSE)])
-        host, port = parse_addr(cfg.rpc_addr, default_port=CONTROLLER_RPC_PORT, where="rpc_addr")
-        bound = server.add_secure_port(f"{host}:{port}", server_credentials(cfg.tls)) \
-            if cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
+            if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:
             raise OSError(f"cannot listen on {host}:{port}")
         adv = cfg.rpc_advertise or f"{host}:{bound}"
@@ -143,10 +149,15 @@ class Controller:
             raise ValueError("rpc_addr 0.0.0.0 needs rpc_advertise (the address agents use)")
         self.leader.address = adv
 
+        gbind = parse_addr(cfg.bind, where="bind")
+        keys = keyring.initial_keys(cfg.data_dir, cfg.keys)
+        daemon.refuse_plain_text("gossip", gbind[0], secured=bool(keys), insecure=cfg.insecure,
+                                 how="give it a key (keys, or the cluster's from a bootstrap "
+                                 "or a join)")
         gossip = self.gossip = GossipNode(
-            cfg.gossip, name=cfg.name, bind=parse_addr(cfg.bind, where="bind"),
+            cfg.gossip, name=cfg.name, bind=gbind,
             advertise=parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None,
-            keyring=Keyring(keys) if (keys := keyring.initial_keys(cfg.data_dir, cfg.keys)) else None,
+            keyring=Keyring(keys) if keys else None,
             state={"role": "controller", "rpc": adv}, rng=random.Random(),
             snapshot=Path(cfg.data_dir) / "members.snapshot")
         self._serve(server, gossip)
@@ -170,6 +181,8 @@ class Controller:
                 ControllerCollector(self.leader, self.evaluator, self.authz),
                 GossipCollector(gossip)), mhost, mport)
             await self.metrics.start()
+        if self.trust is not None:
+            self._tasks.append(asyncio.create_task(self._renew(), name="renew-certificate"))
         if cfg.store == "etcd":
             from controller.store.etcd import EtcdStore
 
@@ -182,9 +195,32 @@ class Controller:
             await self.lead()
         log.info("controller serving", extra={"rpc": adv, "node": cfg.name})
 
-    def _build(self, state: ClusterState) -> None:
+    async def _trust_files(self, host: str) -> None:
+        """Join a cluster (a join token and no certificate yet) or bootstrap one (the first
+        start with ``bootstrap``), leaving what they make in ``data_dir/pki``."""
+        cfg = self.cfg
+        bundle = pki.Bundle.of(cfg.data_dir)
+        if cfg.tls.enabled or bundle.complete():
+            return
+        ips = trust.server_ips(cfg.rpc_advertise or f"{host}:0")
+        text = await daemon.read_join_token(cfg)
+        if text:
+            token = pki.JoinToken.parse(text)
+            if token.role != "controller":
+                raise ConfigError("this is an agent's join token: a controller joins with "
+                                  "`orchctl cluster join-token controller`'s", where="join_token")
+            await join.join(token, cfg.controllers, bundle, data_dir=cfg.data_dir,
+                            name=cfg.name, ips=ips, address=cfg.rpc_advertise)
+        elif cfg.bootstrap:
+            port = parse_addr(cfg.rpc_addr, default_port=CONTROLLER_RPC_PORT, where="rpc_addr")[1]
+            trust.bootstrap(bundle, cfg.data_dir, name=cfg.name, ips=ips,
+                            address=cfg.rpc_advertise or f"{host}:{port or CONTROLLER_RPC_PORT}")
+
+    def _build(self, state: ClusterState, address: str) -> None:
         """The parts that hold and change the state."""
         cfg = self.cfg
+        self.trust = trust.Trust.of(cfg.data_dir, cfg.tls, state, name=cfg.name,
+                                    address=address, cert_days=cfg.cert_days)
         self.cluster = Cluster(self.store, state, may_write=self.leader.may_write)
         self.evaluator = Evaluator(self.cluster, reconcile_interval=cfg.reconcile_interval)
         self.jobs = Jobs(self.cluster, self.evaluator)
@@ -196,29 +232,32 @@ class Controller:
         self.autoscaler = Autoscaler(state, self.jobs, self.usage, AutoscalerConfig(
             interval=cfg.autoscale_interval, stabilization=cfg.autoscale_stabilization))
         self.acl = Acl(state)
-        self.authz = Authorizer(tls_on=cfg.tls.enabled, acl_on=cfg.acl, acl=self.acl, state=state,
-                                limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst))
-        self.channels = Channels(cfg.tls, state)
+        self.authz = Authorizer(
+            identify=self.trust.identify if self.trust is not None else None,
+            acl_on=cfg.acl or self.trust is not None, acl=self.acl, state=state,
+            limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst))
+        self.channels = Channels(self.trust.tls if self.trust is not None else cfg.tls, state)
         self.gossip_events = GossipEvents(self.leader, self.nodes_monitor, self.cluster)
 
     def _serve(self, server: grpc.aio.Server, gossip: GossipNode) -> None:
         """The operator API (one endpoint per noun), the agents' streams, health, reflection."""
         cfg, authz, leader = self.cfg, self.authz, self.leader
+        node = NodeEndpoint(authz, leader=leader, monitor=self.nodes_monitor, cluster=self.cluster,
+                            usage=self.usage, trust=self.trust, gossip=gossip)
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(controller_service([
             JobsEndpoint(authz, leader, self.jobs, self.autoscaler),
             AllocationsEndpoint(authz, leader, self.cluster, self.evaluator, self.nodes,
                                 self.channels),
-            NodesEndpoint(authz, leader, self.nodes, gossip),
+            NodesEndpoint(authz, leader, self.nodes, gossip, node.end),
             MembersEndpoint(authz, gossip, name=cfg.name, data_dir=cfg.data_dir,
                             state=self.cluster.state, channels=self.channels),
-            AclEndpoint(authz, leader, self.acl, self.cluster),
+            AclEndpoint(authz, leader, self.acl, self.cluster, self.trust,
+                        rotated=self._write_join_tokens),
             EventsEndpoint(authz, self.cluster),
             ServicesEndpoint(authz, self.cluster.state),
             LeaderEndpoint(authz, leader, gossip),
         ]), server)
-        controller_pb2_grpc.add_NodeServiceServicer_to_server(NodeStream(
-            tls_on=cfg.tls.enabled, leader=leader, monitor=self.nodes_monitor,
-            cluster=self.cluster, usage=self.usage), server)
+        controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*self._service_names(), reflection.SERVICE_NAME,
@@ -239,6 +278,8 @@ class Controller:
             self.nodes_monitor.reset()
         if "cluster_id" not in state.meta:
             await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
+        if self.trust is not None:
+            await self._first_term_trust()
         self.leader.term_over = asyncio.Event()
         self.leader.leading = True
         self.evaluator.start()
@@ -249,6 +290,48 @@ class Controller:
             self.gossip.set_state({"leader": "true"})
         log.info("leading", extra={"index": state.index, "jobs": len(state.jobs),
                                    "nodes": len(state.nodes)})
+
+    async def _first_term_trust(self) -> None:
+        """As leader: join secrets when there are none, this controller among those the
+        keyring reaches, and (once, on a cluster bootstrapped here) the management token,
+        written for the operator beside their certificate."""
+        state = self.cluster.state
+        operator = pki.Bundle.of(self.cfg.data_dir).dir / trust.OPERATOR_DIR
+        async with self.cluster.lock:
+            changes = trust.Trust.new_secrets(state.meta)
+            mine = trust.META_CONTROLLER + self.cfg.name
+            if state.meta.get(mine) != self.leader.address:
+                changes.meta[mine] = self.leader.address
+            secret = ""
+            if not self.acl.bootstrapped and operator.is_dir():
+                _, secret, made = self.acl.bootstrap()
+                changes.meta.update(made.meta)
+            await self.cluster.commit(changes)
+        if secret:
+            pki.write_file(operator / "management.token", secret.encode() + b"\n", secret=True)
+            log.warning("made the management token", extra={
+                "file": str(operator / "management.token")})
+        self._write_join_tokens()
+
+    def _write_join_tokens(self) -> None:
+        """On the controller that bootstrapped the cluster, the current join tokens beside the
+        operator's credentials (the installer and the Compose harness join with them)."""
+        operator = pki.Bundle.of(self.cfg.data_dir).dir / trust.OPERATOR_DIR
+        if operator.is_dir() and self.trust is not None:
+            for role in pki.JOIN_ROLES:
+                pki.write_file(operator / f"join-{role}.token",
+                               str(self.trust.token(role)).encode() + b"\n", secret=True)
+
+    async def _renew(self) -> None:
+        """Renew this controller's own certificate before it ends (it holds the CA)."""
+        assert self.trust is not None
+        every = max(1.0, min(3600.0, self.cfg.cert_days * 86400 / 50))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.trust.renew_own)
+            except Exception:
+                log.exception("renewing this controller's certificate failed")
 
     async def step_down(self, reason: str) -> None:
         """Stop leading: no more writes or scheduling; agents are sent to the next leader."""
@@ -305,6 +388,9 @@ class Controller:
         if self._server is not None:
             await self._server.stop(grace)
         await self.step_down("shutting down")
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.gossip_events.close()
         if self.gossip is not None:
             await self.gossip.leave()

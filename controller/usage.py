@@ -8,6 +8,7 @@ asked for, active connections and new connections per second per allocation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orch.v1 import controller_pb2, node_pb2
@@ -37,14 +38,23 @@ class UsageTable:
         self._cpu: dict[str, _Cpu] = {}
         self._lb: dict[str, _Lb] = {}
 
-    def report(self, node_id: str, r: controller_pb2.UsageReport) -> None:
+    def report(self, node_id: str, r: controller_pb2.UsageReport,
+               allocs: Mapping[str, node_pb2.Allocation] | None = None) -> None:
+        """What ``node_id`` reports: the CPU of its own allocations, and what its load
+        balancer sends to every endpoint. With ``allocs`` (the controller's), a report about
+        an allocation that does not exist, or CPU of one on another node, is ignored."""
         t = r.time_ns / 1e9
         for a in r.allocations:
+            if allocs is not None and (a.alloc_id not in allocs
+                                       or allocs[a.alloc_id].node_id != node_id):
+                continue
             c = self._cpu.setdefault(a.alloc_id, _Cpu())
             if c.t and t > c.t and a.cpu_seconds >= c.seconds:
                 c.rate = (a.cpu_seconds - c.seconds) / (t - c.t)
             c.t, c.seconds = t, a.cpu_seconds
         for e in r.endpoints:
+            if allocs is not None and e.alloc_id not in allocs:
+                continue
             lb = self._lb.setdefault(e.alloc_id, _Lb())
             lb.active[node_id] = e.active_connections
             prev = lb.total.get(node_id)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs orch as systemd services on a Debian-like host (run as root):
+# Installs orch as systemd services on a Debian-like host (run as root). A new cluster:
 #
-#   deploy/install.sh                       both roles: controller and agent on this host
-#   deploy/install.sh --role agent          an agent only (every worker host)
+#   deploy/install.sh                       the first host: a controller that bootstraps the
+#                                           cluster's trust, and an agent beside it
+#   deploy/install.sh --role agent --controller ADDR:4647 --join-token-file FILE
+#                                           every other host: an agent that joins with the
+#                                           token the first host printed
 #   deploy/install.sh --wheels DIR          offline, from a wheel folder (deploy/images/build.sh wheels)
 #   deploy/install.sh --uninstall [--purge] remove it (keeps /etc/orch and /var/lib/orch unless --purge)
 #
@@ -11,11 +14,18 @@
 #   - a virtual environment in /opt/orch with orch in it (from this checkout, dependencies
 #     from the package index, or from --wheels offline); orchctl and the daemons linked into
 #     /usr/local/bin;
-#   - the user `orch` (the controller runs as it; the agent runs as root, see its unit);
-#   - /etc/orch/controller.toml and agent.toml with a fresh gossip key (encryption on) and
-#     this host's address, only when the file does not exist: an existing one is never touched;
+#   - the user `orch` (the controller runs as it; the agent runs as root, see its unit) and
+#     the user `orch-task` (process tasks run as it, never as root unless a node allows it);
+#   - /etc/orch/controller.toml (bootstrap = true: on its first start the controller makes a
+#     CA, its certificate, the operator's, the first gossip key, the join tokens and the
+#     management token) and agent.toml (the controller to join through and the join token's
+#     file), with this host's address, only when the file does not exist: an existing one is
+#     never touched;
 #   - the units deploy/systemd/orch-*.service in /etc/systemd/system, enabled and started
-#     (restarted when orch or the unit changed) when systemd runs; otherwise it says so.
+#     (restarted when orch or the unit changed) when systemd runs; otherwise it says so;
+#   - on the first host, once the controller has made them: the operator's credentials in
+#     /root/.config/orch (orchctl.toml, the CLI certificate, the management token; mode
+#     0600), where orchctl finds them, and the agent join token for the other hosts.
 #
 # --root DIR installs into DIR as if it were / (tests, images): the units are enabled there
 # with `systemctl --root` and nothing is started.
@@ -31,6 +41,10 @@ Options:
   --wheels DIR                  install from the wheels in DIR, without an index
   --python PATH                 the Python (>= 3.11) for the environment (default: /usr/bin/python3)
   --advertise ADDR              this host's address for the configuration (default: found)
+  --controller ADDR:PORT        role agent: the controller to join through (and stream to)
+  --join-token-file FILE        role agent: the join token (orchctl cluster join-token agent)
+  --drivers LIST                role agent: task drivers, comma-separated (default: docker;
+                                process runs tasks on the host itself, as orch-task)
   --no-start                    enable the units but do not start them
   --uninstall                   remove orch; keep the configuration and the state
   --purge                       with --uninstall: also remove /etc/orch, /var/lib/orch, user orch
@@ -39,6 +53,7 @@ EOF
 }
 
 ROLE=both PREFIX=/opt/orch ROOT="" WHEELS="" PYTHON="" ADVERTISE="" START=1 UNINSTALL=0 PURGE=0
+CONTROLLER="" TOKEN_FILE="" DRIVERS=docker
 while [ $# -gt 0 ]; do
   case "$1" in
     --role) ROLE=${2:?}; shift ;;
@@ -47,6 +62,9 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS=$(realpath "${2:?}"); shift ;;
     --python) PYTHON=${2:?}; shift ;;
     --advertise) ADVERTISE=${2:?}; shift ;;
+    --controller) CONTROLLER=${2:?}; shift ;;
+    --join-token-file) TOKEN_FILE=$(realpath "${2:?}"); shift ;;
+    --drivers) DRIVERS=${2:?}; shift ;;
     --no-start) START=0 ;;
     --uninstall) UNINSTALL=1 ;;
     --purge) PURGE=1 ;;
@@ -62,6 +80,10 @@ case "$ROLE" in
   *) echo "install.sh: --role must be agent, controller or both, not $ROLE" >&2; exit 2 ;;
 esac
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || { echo "install.sh: --purge goes with --uninstall" >&2; exit 2; }
+if [ "$ROLE" = agent ] && [ "$UNINSTALL" = 0 ] && { [ -z "$CONTROLLER" ] || [ -z "$TOKEN_FILE" ]; }; then
+  echo "install.sh: --role agent needs --controller ADDR:4647 and --join-token-file FILE (print" \
+       "the token on the first host: orchctl cluster join-token agent)" >&2; exit 2
+fi
 if [ "$(id -u)" != 0 ] && [ -z "$ROOT" ]; then
   echo "install.sh: run as root (or with --root DIR to install into a folder)" >&2; exit 1
 fi
@@ -124,13 +146,15 @@ uninstall() {
   if [ "$PURGE" = 1 ]; then
     if [ -d "$ETC" ]; then rm -rf "$ETC"; changed "purged /etc/orch"; fi
     if [ -d "$STATE" ]; then rm -rf "$STATE"; changed "purged /var/lib/orch"; fi
-    if user_exists; then
-      if [ -n "$ROOT" ]; then userdel --prefix "$ROOT" orch; else userdel orch; fi
-      changed "removed user orch"
-    fi
+    for u in orch orch-task; do
+      if user_exists "$u"; then
+        if [ -n "$ROOT" ]; then userdel --prefix "$ROOT" "$u"; else userdel "$u"; fi
+        changed "removed user $u"
+      fi
+    done
   else
-    [ -d "$ETC" ] && say "kept /etc/orch (configuration, with the cluster's gossip key)"
-    [ -d "$STATE" ] && say "kept /var/lib/orch (state)"
+    [ -d "$ETC" ] && say "kept /etc/orch (configuration)"
+    [ -d "$STATE" ] && say "kept /var/lib/orch (state, with the cluster's keys and certificates)"
     user_exists && say "kept user orch (owner of the state); --purge removes all three"
   fi
   [ "$CHANGED" = 1 ] || say "nothing to remove"
@@ -155,7 +179,7 @@ stop_tasks() {
   fi
 }
 
-user_exists() { grep -q '^orch:' "$ROOT/etc/passwd" 2>/dev/null; }
+user_exists() { grep -q "^${1:-orch}:" "$ROOT/etc/passwd" 2>/dev/null; }
 
 # --- install -------------------------------------------------------------------------------
 
@@ -219,22 +243,47 @@ link_commands() {
   done
 }
 
-create_user() {
-  local tmp
+create_users() {
+  # orch: the controller runs as it; orch-task: process tasks run as it.
+  local tmp u
   tmp=$(mktemp)
-  echo 'u orch - "orch controller" /var/lib/orch' >"$tmp"
+  printf '%s\n' 'u orch - "orch controller" /var/lib/orch' \
+    'u orch-task - "orch process tasks" /nonexistent' >"$tmp"
   install_file "$tmp" "$SYSUSERS" 0644 || true
   rm -f "$tmp"
-  user_exists && return
   mkdir -p "$ROOT/etc"
-  if command -v systemd-sysusers >/dev/null; then
-    local out
-    out=$(systemd-sysusers ${ROOT:+--root="$ROOT"} orch.conf 2>&1) || { echo "$out" >&2; exit 1; }
-  else
-    useradd ${ROOT:+--prefix "$ROOT"} --system --user-group --home-dir /var/lib/orch \
-      --shell /usr/sbin/nologin --comment "orch controller" orch
+  for u in orch orch-task; do
+    user_exists "$u" && continue
+    if command -v systemd-sysusers >/dev/null; then
+      local out
+      out=$(systemd-sysusers ${ROOT:+--root="$ROOT"} orch.conf 2>&1) || { echo "$out" >&2; exit 1; }
+    elif [ "$u" = orch ]; then
+      useradd ${ROOT:+--prefix "$ROOT"} --system --user-group --home-dir /var/lib/orch \
+        --shell /usr/sbin/nologin --comment "orch controller" orch
+    else
+      useradd ${ROOT:+--prefix "$ROOT"} --system --user-group --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin --comment "orch process tasks" orch-task
+    fi
+    changed "created user $u"
+  done
+}
+
+operator_config() {
+  # On the host that bootstrapped the cluster: the operator's credentials where orchctl
+  # finds them (root's ~/.config/orch), once the controller's first term has made them.
+  local dir=$ROOT/root/.config/orch src=$ROOT$OPERATOR f i
+  systemd_runs && [ "$START" = 1 ] || return 0
+  for i in $(seq 120); do [ -e "$src/management.token" ] && break; sleep 0.5; done
+  if [ ! -e "$src/management.token" ]; then
+    say "the controller has not made the operator's credentials yet (see journalctl -u orch-controller)"
+    return 0
   fi
-  changed "created user orch"
+  install -d -m 0700 "$dir"
+  for f in orchctl.toml ca.pem cli.pem cli-key.pem management.token; do
+    if ! cmp -s "$src/$f" "$dir/$f"; then install -m 0600 "$src/$f" "$dir/$f"; changed "installed ~/.config/orch/$f"; fi
+  done
+  say "agent join token, for every other host (deploy/install.sh --role agent --controller $(host_address):4647 --join-token-file FILE):"
+  say "  $(cat "$src/join-agent.token")"
 }
 
 host_address() {
@@ -247,22 +296,14 @@ host_address() {
   echo "${a:-127.0.0.1}"
 }
 
-gossip_key() {
-  # The key of a configuration written before (both roles on one host share the cluster's
-  # key), else a new AES-256 key.
-  local f k
-  for f in "$ETC/controller.toml" "$ETC/agent.toml"; do
-    k=$(sed -n 's/^keys *= *\["\([^"]*\)".*/\1/p' "$f" 2>/dev/null | head -n 1)
-    [ -n "$k" ] && { echo "$k"; return; }
-  done
-  head -c 32 /dev/urandom | base64
-}
+OPERATOR=/var/lib/orch/controller/pki/operator
+# What the bootstrapping controller makes for the operator (orchctl.toml, the CLI
+# certificate, the management token, the join tokens).
 
 write_config() {
-  local role=$1 file=$ETC/$1.toml addr key tmp group=root
+  local role=$1 file=$ETC/$1.toml addr tmp group=root
   if [ -e "$file" ]; then say "kept /etc/orch/$role.toml (never overwritten)"; return; fi
   addr=$(host_address)
-  key=$(gossip_key)
   tmp=$(mktemp)
   if [ "$role" = controller ]; then
     cat >"$tmp" <<EOF
@@ -278,13 +319,20 @@ metrics_addr = "127.0.0.1:9647"
 log_level = "info"
 join = []                            # other controllers or agents to join at start
 
-# Gossip encryption (AES-GCM): the same key on every member of the cluster. Rotate it
-# without a restart: add the new key first everywhere, reload; then remove the old one.
-keys = ["$key"]
+# The first start makes the cluster's trust in data_dir/pki: a CA, this controller's
+# certificate, the operator's (with orchctl.toml), the first gossip key, the join tokens
+# and the management token. Every connection is then mTLS, every call needs a token, and
+# gossip is encrypted (rotate its key with orchctl keyring).
+bootstrap = true
 EOF
   else
-    local port=7946 join=""
-    if [ "$ROLE" = both ]; then port=7947; join="\"$addr:7946\""; fi
+    local port=7946 join="" controller=$CONTROLLER token_file=/etc/orch/join.token drivers
+    if [ "$ROLE" = both ]; then
+      port=7947; join="\"$addr:7946\""; controller="$addr:4647"; token_file=$OPERATOR/join-agent.token
+    else
+      join="\"${CONTROLLER%:*}:7946\""
+    fi
+    drivers=$(printf '"%s", ' ${DRIVERS//,/ }); drivers=${drivers%, }
     cat >"$tmp" <<EOF
 # orch-agent (written by install.sh; edit freely: it is never overwritten).
 # Reload the log level, gossip keys and tags with: systemctl reload orch-agent
@@ -295,11 +343,17 @@ rpc_advertise = "$addr:4648"
 data_dir = "/var/lib/orch/agent"
 metrics_addr = "127.0.0.1:9646"
 log_level = "info"
-# a controller's (or any member's) gossip address: the agent finds the controller from there
+# a controller's (or any member's) gossip address: the agent finds the controllers from there
 join = [$join]
 
-# Gossip encryption (AES-GCM): the same key on every member of the cluster.
-keys = ["$key"]
+# The first start joins the cluster: a certificate for this node, the CA and the gossip key
+# come from the controller, for the token in the file (not needed after that).
+controllers = ["$controller"]
+join_token_file = "$token_file"
+
+# Task drivers: docker; process runs tasks on the host itself, as the user orch-task
+# (add "process" to enable it; allow_root_tasks = true lets a job ask for root).
+drivers = [$drivers]
 
 [tags]                                # published in gossip; reloadable
 EOF
@@ -308,7 +362,11 @@ EOF
   install -d -m 0750 -o 0 -g "$group" "$ETC"
   install -m 0640 -o 0 -g "$group" "$tmp" "$file"
   rm -f "$tmp"
-  changed "wrote /etc/orch/$role.toml (a new gossip key; advertising $addr)"
+  if [ "$role" = agent ] && [ "$ROLE" = agent ]; then
+    install -m 0600 -o 0 -g 0 "$TOKEN_FILE" "$ETC/join.token"
+    changed "copied the join token to /etc/orch/join.token"
+  fi
+  changed "wrote /etc/orch/$role.toml (advertising $addr)"
 }
 
 install_units() {
@@ -360,10 +418,11 @@ main() {
   install_venv
   link_commands
   local r
-  for r in "${ROLES[@]}"; do [ "$r" = controller ] && create_user; done
+  create_users
   for r in "${ROLES[@]}"; do write_config "$r"; done
   install_units
   start_units
+  for r in "${ROLES[@]}"; do [ "$r" = controller ] && operator_config; done
   [ "$CHANGED" = 1 ] || say "orch is installed and up to date: nothing changed"
 }
 

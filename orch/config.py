@@ -55,7 +55,25 @@ class DaemonConfig:
     metrics_addr: str = ""
     """Where /metrics is served (Prometheus); empty: not served."""
     tls: TlsConfig = field(default_factory=TlsConfig)
-    """mTLS for every gRPC connection (CA, this daemon's certificate and key); off when empty."""
+    """mTLS with certificates made by hand (CA, this daemon's certificate and key). Empty:
+    the ones a bootstrap or a join left in ``data_dir/pki``, the usual way."""
+    join_token: str = ""
+    """A join token (``orchctl cluster join-token agent|controller``): the first start gets
+    this daemon's certificate, the CA and the gossip keys with it, through ``controllers``;
+    later starts need it no more. Better kept out of the file: ``join_token_file``, or the
+    environment's ``ORCH_JOIN_TOKEN``."""
+    join_token_file: str = ""
+    """A file holding the join token (read at the first start only; waited for a while when
+    it does not exist yet, as on the host where the first controller is bootstrapping)."""
+    controllers: list[str] = field(default_factory=list)
+    """Controller gRPC addresses: where a joining daemon asks for its certificate and
+    renews it, and where an agent streams (empty for an agent: found through gossip)."""
+    insecure: bool = False
+    """Serve gRPC in plain text on an address other than loopback (a laptop, a lab). Off,
+    a daemon without TLS refuses to start on anything but 127.0.0.0/8 or ::1."""
+    cert_days: float = 90.0
+    """Lifetime of the certificates controllers issue (Swarm's default); each daemon
+    renews its own when a third of it is left."""
     log_level: str = "info"
     log_format: str = "auto"
     """json, human, or auto (human on a terminal)."""

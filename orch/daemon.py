@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orch import config as configfile
@@ -36,7 +37,7 @@ from orch import logs
 from orch.config import DaemonConfig
 from orch.errors import ConfigError
 from orch.gossip.config import GossipConfig
-from orch.net import GOSSIP_PORT
+from orch.net import GOSSIP_PORT, is_loopback
 
 if TYPE_CHECKING:
     from orch.gossip.transport import GossipNode
@@ -67,6 +68,15 @@ def common_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--tls-ca", metavar="FILE", help="mTLS: the cluster CA certificate")
     ap.add_argument("--tls-cert", metavar="FILE", help="mTLS: this daemon's certificate")
     ap.add_argument("--tls-key", metavar="FILE", help="mTLS: this daemon's private key")
+    ap.add_argument("--join-token", metavar="TOKEN",
+                    help="join a cluster with this token (visible in ps: prefer the env "
+                         "ORCH_JOIN_TOKEN or --join-token-file)")
+    ap.add_argument("--join-token-file", metavar="FILE", help="the join token, from a file")
+    ap.add_argument("--controller", dest="controllers", metavar="ADDR:PORT", action="append",
+                    default=None, help="a controller's gRPC address: to join through, to "
+                                       "renew the certificate, to stream to (repeatable)")
+    ap.add_argument("--insecure", action="store_const", const=True, default=None,
+                    help="serve gRPC in plain text on an address other than loopback")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     ap.add_argument("--log-format", choices=("json", "human", "auto"))
 
@@ -84,6 +94,15 @@ def load(cls: type[C], opts: argparse.Namespace, extra: tuple[str, ...] = ()) ->
         over["join"] = opts.join
     if opts.key is not None:
         over["keys"] = opts.key
+    if opts.controllers is not None:
+        over["controllers"] = opts.controllers
+    if opts.insecure is not None:
+        over["insecure"] = True
+    token = join_token(opts)
+    if token is not None:
+        over["join_token"] = token
+    if opts.join_token_file:
+        over["join_token_file"] = opts.join_token_file
     if opts.tls_ca or opts.tls_cert or opts.tls_key:
         tls = cfg.tls
         over["tls"] = dataclasses.replace(tls, ca_file=opts.tls_ca or tls.ca_file,
@@ -96,6 +115,34 @@ def load(cls: type[C], opts: argparse.Namespace, extra: tuple[str, ...] = ()) ->
         gossip = gossip.replace(label=opts.label)
     over["gossip"] = gossip
     return dataclasses.replace(cfg, **over)
+
+
+def join_token(opts: argparse.Namespace, env: MutableMapping[str, str] | None = None) -> str | None:
+    """The join token from ORCH_JOIN_TOKEN, or --join-token (visible to every user of the
+    host in ps: a warning says so); None when none is given (--join-token-file sets
+    ``join_token_file``, read when the daemon joins)."""
+    env = os.environ if env is None else env
+    if env.get("ORCH_JOIN_TOKEN"):
+        return env["ORCH_JOIN_TOKEN"].strip()
+    if opts.join_token:
+        print("warning: --join-token is visible to every user of this host (ps); prefer "
+              "ORCH_JOIN_TOKEN or --join-token-file", file=sys.stderr)
+        return str(opts.join_token)
+    return None
+
+
+def refuse_plain_text(what: str, host: str, *, secured: bool, insecure: bool,
+                      how: str) -> None:
+    """Refuse to serve ``what`` on ``host`` unsecured unless it is loopback (ConfigError
+    saying ``how`` to secure it), or unless the operator chose ``insecure`` (then a loud
+    warning): nobody else on the network may drive a daemon by default."""
+    if secured or is_loopback(host):
+        return
+    if not insecure:
+        raise ConfigError(f"refusing to serve {what} on {host} in plain text: {how}, or set "
+                          "insecure = true (--insecure) for a network you trust")
+    log.warning("INSECURE: %s is served on %s in plain text: anyone who reaches it can drive "
+                "this daemon", what, host, extra={"what": what, "host": host})
 
 
 # --- the service manager --------------------------------------------------------------------
@@ -299,6 +346,24 @@ def freeze_startup_heap() -> None:
     which halves the p99 of a ``/metrics`` scrape on a busy agent (``bench.metrics``)."""
     gc.collect()
     gc.freeze()
+
+
+async def read_join_token(cfg: DaemonConfig, wait: float = 120.0) -> str:
+    """The join token: ``join_token``, else the contents of ``join_token_file`` (waiting up to
+    ``wait`` seconds for it to appear: on the first host it is made by the controller
+    bootstrapping beside this daemon); "" when neither is set."""
+    if cfg.join_token or not cfg.join_token_file:
+        return cfg.join_token
+    path = Path(cfg.join_token_file)
+    for _ in range(max(1, int(wait))):  # once a second
+        if await asyncio.to_thread(path.exists):
+            break
+        await asyncio.sleep(1.0)
+    try:
+        return (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the join token file: {e.strerror}",
+                          where="join_token_file") from None
 
 
 async def _first(*events: asyncio.Event) -> None:

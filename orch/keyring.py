@@ -60,10 +60,9 @@ def apply(gossip: GossipNode | None, req: controller_pb2.KeyringRequest, data_di
             gossip.remove_key(req.key)
         elif op != controller_pb2.KEYRING_OP_LIST:
             raise ConfigError("unknown keyring operation")
-        installed = gossip.keyring.keys()
-        keys = [base64.b64encode(k).decode() for k in installed]
+        keys = encoded(gossip)
         if op != controller_pb2.KEYRING_OP_LIST:
-            _save(Path(data_dir) / FILE, keys)
+            save(data_dir, keys)
             log.info("gossip keyring changed", extra={
                 "op": controller_pb2.KeyringOp.Name(op).removeprefix("KEYRING_OP_").lower(),
                 "keys": len(keys)})
@@ -73,7 +72,17 @@ def apply(gossip: GossipNode | None, req: controller_pb2.KeyringRequest, data_di
     return out
 
 
-def _save(path: Path, keys: list[str]) -> None:
+def encoded(gossip: GossipNode | None) -> list[str]:
+    """This member's gossip keys, base64, the primary first ([] without encryption)."""
+    if gossip is None or gossip.keyring is None:
+        return []
+    installed = gossip.keyring.keys()
+    return [base64.b64encode(k).decode() for k in installed]
+
+
+def save(data_dir: str, keys: list[str]) -> None:
+    """Write the keyring file (mode 0600): these keys, the primary first."""
+    path = Path(data_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -6,6 +6,8 @@ the agent's side) and memberlist's for gossip (7946).
 
 from __future__ import annotations
 
+import ipaddress
+
 from orch.errors import ConfigError
 
 GOSSIP_PORT = 7946
@@ -39,3 +41,13 @@ def parse_addr(text: str, *, default_port: int = GOSSIP_PORT, where: str = "addr
 def host_of(address: str) -> str:
     """The host part of ``host:port`` (the whole text when it has no port)."""
     return address.rpartition(":")[0] or address
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is on the loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -7,11 +7,17 @@ Exit codes scripts can trust: 0 ok, 1 failed, 2 usage, 3 a job could not be full
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import grpc
 
+from orch.config import build, load_toml
 from orch.net import CONTROLLER_RPC_PORT
+from orch.pki import role_dns
 from orch.tls import TlsConfig, open_channel
 from orch.v1 import controller_pb2_grpc
 
@@ -28,8 +34,42 @@ class CliError(Exception):
         self.code = code
 
 
-def address(flag: str | None) -> str:
-    return flag or os.environ.get("ORCH_ADDR") or DEFAULT_ADDR
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """``orchctl.toml``: where the controller is and what to show it. Paths in the file are
+    relative to the file (a bootstrap writes one beside the operator's certificate)."""
+
+    address: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    token_file: str = ""
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$ORCH_CONFIG``, else ``~/.config/orch/orchctl.toml``."""
+    env = os.environ if env is None else env
+    if env.get("ORCH_CONFIG"):
+        return Path(env["ORCH_CONFIG"])
+    return Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "orch" / "orchctl.toml"
+
+
+def settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings file, when there is one (an empty Settings otherwise)."""
+    path = config_path(env)
+    if not path.exists():
+        return Settings()
+    cfg = build(Settings, load_toml(path), where=str(path))
+    base = path.parent
+
+    def at(p: str) -> str:
+        return str(base / p) if p else ""
+    return Settings(address=cfg.address, tls_ca=at(cfg.tls_ca), tls_cert=at(cfg.tls_cert),
+                    tls_key=at(cfg.tls_key), token_file=at(cfg.token_file))
+
+
+def address(flag: str | None, file: Settings | None = None) -> str:
+    return flag or os.environ.get("ORCH_ADDR") or (file.address if file else "") or DEFAULT_ADDR
 
 
 class _Deadline(grpc.aio.UnaryUnaryClientInterceptor):
@@ -44,8 +84,8 @@ class _Deadline(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-class _Token(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Sends the access token with every call (``authorization: Bearer <secret>``)."""
+class _Token:
+    """Sends the access token with a call (``authorization: Bearer <secret>``)."""
 
     def __init__(self, secret: str) -> None:
         self.header = ("authorization", f"Bearer {secret}")
@@ -53,32 +93,56 @@ class _Token(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInt
     def _with_token(self, details: Any) -> Any:
         return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), self.header))
 
+
+class _UnaryToken(_Token, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
+
+
+class _StreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
+    """(gRPC files an interceptor under its first kind only: streams need one of their own.)"""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
 
-def token(flag: str | None) -> str:
-    """The access token: --token, else ORCH_TOKEN, else none."""
-    return flag or os.environ.get("ORCH_TOKEN", "")
+def token(flag: str | None, file_flag: str | None = None, file: Settings | None = None) -> str:
+    """The access token: --token-file, else ORCH_TOKEN, else --token (visible in ps: a
+    warning says so), else the settings file's token_file; "" for none."""
+    path = file_flag or ""
+    if not path and not os.environ.get("ORCH_TOKEN") and not flag and file is not None:
+        path = file.token_file
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise CliError(f"cannot read the token file {path}: {e.strerror}", USAGE) from None
+    if os.environ.get("ORCH_TOKEN"):
+        return os.environ["ORCH_TOKEN"].strip()
+    if flag:
+        print("orchctl: warning: --token is visible to every user of this host (ps); prefer "
+              "ORCH_TOKEN or --token-file", file=sys.stderr)
+        return flag
+    return ""
 
 
-def tls_from(ca: str | None, cert: str | None, key: str | None) -> TlsConfig:
-    """mTLS material from flags, else from ORCH_TLS_CA, ORCH_TLS_CERT, ORCH_TLS_KEY."""
-    return TlsConfig(ca_file=ca or os.environ.get("ORCH_TLS_CA", ""),
-                     cert_file=cert or os.environ.get("ORCH_TLS_CERT", ""),
-                     key_file=key or os.environ.get("ORCH_TLS_KEY", ""))
+def tls_from(ca: str | None, cert: str | None, key: str | None,
+             file: Settings | None = None) -> TlsConfig:
+    """mTLS material from flags, else from ORCH_TLS_CA, ORCH_TLS_CERT, ORCH_TLS_KEY, else
+    from the settings file."""
+    file = file or Settings()
+    return TlsConfig(ca_file=ca or os.environ.get("ORCH_TLS_CA", "") or file.tls_ca,
+                     cert_file=cert or os.environ.get("ORCH_TLS_CERT", "") or file.tls_cert,
+                     key_file=key or os.environ.get("ORCH_TLS_KEY", "") or file.tls_key)
 
 
 def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None,
             secret: str = "") -> grpc.aio.Channel:
     interceptors: list[Any] = [_Deadline(timeout)]
     if secret:
-        interceptors.append(_Token(secret))
+        interceptors += [_UnaryToken(secret), _StreamToken(secret)]
     return open_channel(addr, tls, [("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-                        interceptors=interceptors)
+                        server=role_dns("controller"), interceptors=interceptors)
 
 
 def stub(channel: grpc.aio.Channel) -> controller_pb2_grpc.ControllerServiceAsyncStub:
@@ -161,3 +225,49 @@ def fail(e: grpc.aio.AioRpcError, addr: str) -> NoReturn:
     if leader:
         msg += f" (the leader is {leader!s})"
     raise CliError(msg, FAILED)
+
+
+class _BlockingToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """The access token on every call of a blocking channel (grpc.intercept_channel files
+    one interceptor under every kind it implements)."""
+
+    def __init__(self, secret: str) -> None:
+        self.header = ("authorization", f"Bearer {secret}")
+
+    def _with_token(self, details: Any) -> Any:
+        return _Details(details.method, details.timeout,
+                        [*(details.metadata or ()), self.header], details.credentials,
+                        getattr(details, "wait_for_ready", None),
+                        getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+
+@dataclass(frozen=True)
+class _Details(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+def blocking_channel(addr: str, file: Settings | None = None) -> grpc.Channel:
+    """A blocking (not asyncio) channel to a controller with the operator's credentials (the
+    settings file, else the environment: as orchctl finds them), for scripts and tests."""
+    file = file or settings()
+    tls = tls_from(None, None, None, file)
+    secret = token(None, None, file)
+    if not tls.enabled:
+        channel = grpc.insecure_channel(addr)
+    else:
+        ca, cert, key = tls.load()
+        channel = grpc.secure_channel(
+            addr, grpc.ssl_channel_credentials(ca, key, cert),
+            options=[("grpc.ssl_target_name_override", role_dns("controller"))])
+    return grpc.intercept_channel(channel, _BlockingToken(secret)) if secret else channel

@@ -26,6 +26,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
 from orch.net import (
     AGENT_METRICS_PORT,
     AGENT_RPC_PORT,
@@ -33,6 +35,7 @@ from orch.net import (
     CONTROLLER_RPC_PORT,
     GOSSIP_PORT,
 )
+from orchctl.client import Settings, blocking_channel, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "deploy" / "examples"
@@ -69,6 +72,7 @@ class Demo:
                  ports: tuple[int, int, int] = WELL_KNOWN, net: str = "127.0.0",
                  controller_flags: tuple[str, ...] = ()) -> None:
         self.dir = workdir
+        workdir.chmod(0o711)  # tasks run as an unprivileged user: they pass through to their own
         self.controller_flags = controller_flags
         """Extra orch-controller flags (the benchmark lifts the rate limit)."""
         self.n = agents
@@ -95,19 +99,44 @@ class Demo:
     def profile(self) -> list[str]:
         return ["--profile", "fast"] if self.fast else []
 
+    @property
+    def operator(self) -> Path:
+        """What the controller's bootstrap made for the operator (orchctl.toml, certificate,
+        management token, join tokens)."""
+        return self.dir / "controller" / "pki" / "operator"
+
     def start_controller(self) -> None:
+        self.env["ORCH_CONFIG"] = str(self.operator / "orchctl.toml")
         self._spawn("controller", [
-            sys.executable, "-m", "controller.main", "--name", "controller",
+            sys.executable, "-m", "controller.main", "--name", "controller", "--bootstrap",
             "--bind", f"{self.net}.1:{self.gossip_port}",
             "--rpc-addr", f"{self.net}.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
             "--metrics-addr", f"{self.net}.1:{self.metrics_port(CONTROLLER_METRICS_PORT)}",
             "--node-grace", "1" if self.fast else "3", *self.profile(), *self.controller_flags])
 
+    def operator_settings(self) -> Settings:
+        """orchctl's settings for this cluster's operator (what the bootstrap made)."""
+        self.wait_trust()
+        return settings({"ORCH_CONFIG": self.env["ORCH_CONFIG"]})
+
+    def channel(self) -> grpc.Channel:
+        """A blocking channel to the controller with the operator's credentials."""
+        return blocking_channel(f"{self.net}.1:{self.rpc_port}", self.operator_settings())
+
+    def wait_trust(self, within: float = 30) -> float:
+        """Until the controller's first term made the management token and the join tokens."""
+        return wait("the cluster's trust", lambda: (self.operator / "join-agent.token").exists()
+                    and (self.operator / "management.token").exists(), within)
+
     def start_agent(self, i: int) -> None:
         name = f"agent-{i}"
+        if not (self.operator / "join-agent.token").exists():
+            self.wait_trust()
         self._spawn(name, [
             sys.executable, "-m", "agent.main", "--name", name,
+            "--join-token-file", str(self.operator / "join-agent.token"),
+            "--controller", f"{self.net}.1:{self.rpc_port}",
             "--bind", f"{self.net}.{i + 1}:{self.gossip_port}",
             "--join", f"{self.net}.1:{self.gossip_port}",
             "--rpc-addr", f"{self.net}.{i + 1}:{self.agent_port}",
@@ -224,15 +253,23 @@ def run(agents: int, fast: bool, keep: bool, ports: tuple[int, int, int] = WELL_
     demo = Demo(workdir, agents, fast, driver, ports)
     ok = False
     try:
-        say(f"starting a controller on 127.0.0.1 and {agents} agents on 127.0.0.2-127.0.0.{agents + 1} "
-            f"(driver: {driver}; logs in {workdir})")
+        say(f"starting a controller on 127.0.0.1 (driver: {driver}; logs in {workdir}); it "
+            "bootstraps the cluster's trust")
         demo.start_controller()
+        demo.wait_trust()
+        print("  a new CA; certificates for the controller and the operator (role cli); the "
+              "first gossip key;\n  an access token for the operator and join tokens, in "
+              f"{demo.operator.relative_to(workdir)}/")
+        demo.orchctl("cluster", "join-token", "agent")
+        say(f"starting {agents} agents on 127.0.0.2-127.0.0.{agents + 1}, each with the agent "
+            "join token")
         for i in range(1, agents + 1):
             demo.start_agent(i)
         took = wait("the agents to register", lambda: demo.orchctl(
             "-o", "json", "node", "list", show=False, check=False).count('"NODE_STATUS_READY"')
             == agents, 60)
-        print(f"  every agent found the controller through gossip and registered in {took:.1f}s")
+        print(f"  every agent made its key, got a certificate for its node (and the gossip key) "
+              f"and registered in {took:.1f}s")
         demo.orchctl("members")
         demo.orchctl("node", "list")
 

@@ -4,7 +4,9 @@
     orchctl job status web              orchctl node drain agent-2 --deadline 300
     orchctl members                     orchctl events -f
 
-The controller's address comes from --address or ORCH_ADDR (default 127.0.0.1:4647);
+The controller's address comes from --address or ORCH_ADDR, else from orchctl.toml
+(ORCH_CONFIG, default ~/.config/orch/orchctl.toml: address, tls_ca, tls_cert, tls_key,
+token_file; a cluster's bootstrap writes one for its operator), else 127.0.0.1:4647;
 -o json prints what the API returned, for scripts.
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 a job could not be fully placed,
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import sys
 
+from orch.errors import ConfigError
 from orchctl import client
 from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, node, tls
 
@@ -31,8 +34,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-cert", metavar="FILE",
                     help="mTLS: a certificate with role cli (env ORCH_TLS_CERT)")
     ap.add_argument("--tls-key", metavar="FILE", help="mTLS: its key (env ORCH_TLS_KEY)")
+    ap.add_argument("--token-file", metavar="FILE", help="the access token, from a file")
     ap.add_argument("--token", metavar="SECRET",
-                    help="access token, when the cluster requires one (env ORCH_TOKEN)")
+                    help="access token (visible in ps: prefer ORCH_TOKEN or --token-file)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
     for module in (job, alloc, node, cluster, acl, keyring, event, tls):
         module.register(sub)
@@ -43,9 +47,10 @@ async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "local", False):  # a command that needs no controller
         code: int = await args.fn(None, args)
         return code
-    session = client.Session(client.address(args.address), args.timeout,
-                             client.tls_from(args.tls_ca, args.tls_cert, args.tls_key),
-                             client.token(args.token))
+    file = client.settings()
+    session = client.Session(client.address(args.address, file), args.timeout,
+                             client.tls_from(args.tls_ca, args.tls_cert, args.tls_key, file),
+                             client.token(args.token, args.token_file, file))
     try:
         ctx = Ctx(session=session, json=args.output == "json", timeout=args.timeout)
         result: int = await args.fn(ctx, args)
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except client.CliError as e:
         print(f"orchctl: {e}", file=sys.stderr)
         return e.code
+    except ConfigError as e:
+        print(f"orchctl: {e}", file=sys.stderr)
+        return client.USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -20,7 +20,7 @@ class TaskSettings:
     allow_privileged: bool = False
     """Whether tasks may run privileged containers on this node (jobs asking for one are
     placed only on nodes that allow it)."""
-    allow_host_network: bool = True
+    allow_host_network: bool = False
     """Whether containers may share the host's network (``network.mode: host``); false keeps
     every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
     process_limits: bool = True
@@ -28,6 +28,12 @@ class TaskSettings:
     controllers): its memory_mb as a hard limit, its cpu_millicores as a CPU weight.
     False, or a host where that is impossible: process tasks run without limits, as
     Nomad's raw_exec."""
+    task_user: str = ""
+    """The user a process task runs as when its job names none: "" is ``orch-task`` when
+    this node has that user (the installer makes it), else ``nobody``."""
+    allow_root_tasks: bool = False
+    """Whether a process task may run as root (uid 0), when its job asks for it. Off, such a
+    task fails to start, saying so."""
     docker_network_mode: str = ""
     """Where task containers' networks live. "": each container its own (bridge, ports
     published on the host), or the host's when the task asks for host networking.
@@ -62,17 +68,22 @@ class RuntimeConfig(TaskSettings):
     docker_url: str | None = None
     """The Docker engine's address; None: DOCKER_HOST, else /var/run/docker.sock."""
     docker_bind_address: str = ""
-    """Host address published ports bind to ("" = every address)."""
+    """Host address task ports are published on ("" = every address); the agent sets its own
+    address (where the routing mesh and the checks reach tasks)."""
+    pids_limit: int = 4096
+    """Most processes one container may run (a fork bomb stops there)."""
     image_pull_timeout: float = 300.0
     """Seconds a missing image may take to pull before the task fails."""
 
     @classmethod
     def on_node(cls, settings: TaskSettings, *, node_id: str, data_dir: Path,
-                node_name: str = "") -> RuntimeConfig:
+                node_name: str = "", address: str = "") -> RuntimeConfig:
         """The runtime's configuration on a node whose operator chose ``settings`` (the
-        agent's configuration, which extends them)."""
+        agent's configuration, which extends them); ``address`` is the node's own (task
+        ports are published there only, and checks reach them there), "" for every address."""
         chosen = {f.name: getattr(settings, f.name) for f in fields(TaskSettings)}
-        return cls(node_id=node_id, data_dir=data_dir, node_name=node_name, **chosen)
+        return cls(node_id=node_id, data_dir=data_dir, node_name=node_name, **chosen,
+                   docker_bind_address=address, check_address=address or "127.0.0.1")
 
     @property
     def name(self) -> str:

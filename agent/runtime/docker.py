@@ -127,10 +127,11 @@ class DockerDriver(TaskDriver):
     name = "docker"
 
     def __init__(self, *, node_id: str, node_name: str = "", url: str | None = None,
-                 allow_privileged: bool = False, allow_host_network: bool = True,
+                 allow_privileged: bool = False, allow_host_network: bool = False,
                  log_max_bytes: int = 10 << 20,
                  log_max_files: int = 3, pull_timeout: float = 300.0,
-                 bind_address: str = "", network_mode: str = "") -> None:
+                 bind_address: str = "", network_mode: str = "",
+                 pids_limit: int = 4096) -> None:
         super().__init__()
         self.node_id, self.node_name = node_id, node_name or node_id
         # aiodocker refuses to start (an assertion) when no engine socket exists yet: name the
@@ -141,6 +142,7 @@ class DockerDriver(TaskDriver):
         self.log_max_bytes, self.log_max_files = log_max_bytes, log_max_files
         self.pull_timeout = pull_timeout
         self.bind_address = bind_address
+        self.pids_limit = pids_limit
         self.network_mode = resolve_network_mode(network_mode)
         """"" (each task its own network) or ``container:<id>`` (see RuntimeConfig)."""
         self._docker: aiodocker.Docker | None = None
@@ -370,6 +372,10 @@ class DockerDriver(TaskDriver):
             **self.resource_limits(task.resources),
             "NetworkMode": self.network_mode or ("host" if net.mode == "host" else "bridge"),
             "Privileged": task.privileged,
+            # safe defaults (a privileged task, which the node must allow, keeps everything)
+            **({} if task.privileged else {
+                "CapDrop": ["NET_RAW"], "SecurityOpt": ["no-new-privileges"],
+                "PidsLimit": self.pids_limit}),
             "LogConfig": {"Type": "json-file", "Config": {
                 "max-size": f"{max(1, self.log_max_bytes // 1024)}k",
                 "max-file": str(self.log_max_files)}},

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -85,6 +86,51 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def default_task_user() -> str:
+    """``orch-task`` when this node has that user (the installer makes it), else ``nobody``."""
+    try:
+        pwd.getpwnam(TASK_USER)
+    except KeyError:
+        return "nobody"
+    return TASK_USER
+
+
+def _prepare(task_dir: Path, uid: int, gid: int) -> None:
+    """The task's folders: its own (``local``, its working folder, entered as root before it
+    becomes its user) belongs to its user, mode 0700; the rest (its spec with the env, its
+    logs) is the agent's, and the folders above let it through without letting anyone list
+    them."""
+    local = task_dir / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    for d in (task_dir.parent, task_dir):
+        d.chmod(0o711)
+    if os.geteuid() == 0:
+        os.chown(local, uid, gid)
+    local.chmod(0o700)
+
+
+def _as_task(argv: list[str], user: str, cgroup: dict[str, Any] | None) -> list[str]:
+    """``argv`` wrapped to join the task's cgroup (as root) and then become its user."""
+    if os.geteuid() != 0:
+        return argv
+    if user:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={_gid_of(user)}", "--init-groups",
+                "--", *argv]
+    procs = [str(Path(p) / "cgroup.procs") for p in (cgroup or {}).get("paths", [])]
+    if procs:
+        script = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); '
+                  'done; exec "$@"')
+        argv = ["/bin/sh", "-c", script, "sh", str(len(procs)), *procs, *argv]
+    return argv
+
+
+def _gid_of(user: str) -> int:
+    try:
+        return (pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)).pw_gid
+    except KeyError:
+        return 65534  # nogroup: the check then fails as the task would
+
+
 def _cgroup_of(task_dir: Path) -> TaskCgroup | None:
     doc = (read_json(task_dir / "spec.json") or {}).get("cgroup")
     return TaskCgroup.from_doc(doc) if doc else None
@@ -133,6 +179,10 @@ def group_usage(pgids: set[int]) -> dict[int, Usage]:
     return {g: Usage(cpu_seconds=cpu[g] / _CLK_TCK, memory_bytes=rss[g]) for g in pgids}
 
 
+TASK_USER = "orch-task"
+"""The unprivileged user process tasks run as by default (made by deploy/install.sh)."""
+
+
 class ProcessDriver(TaskDriver):
     """Tasks as supervised child processes, their state in ``data_dir/alloc``."""
 
@@ -140,7 +190,7 @@ class ProcessDriver(TaskDriver):
 
     def __init__(self, data_dir: Path, *, node_id: str, log_max_bytes: int = 10 << 20,
                  log_max_files: int = 3, python: str = sys.executable,
-                 limits: bool = True) -> None:
+                 limits: bool = True, task_user: str = "", allow_root: bool = False) -> None:
         super().__init__()
         self.alloc_dir = Path(data_dir) / "alloc"
         self.node_id = node_id
@@ -148,6 +198,8 @@ class ProcessDriver(TaskDriver):
         self.python = python
         self.limits = limits
         """Enforce tasks' CPU and memory with cgroups when this host allows it."""
+        self.task_user = task_user
+        self.allow_root = allow_root
         self.cgroups: Hierarchy | None = None
         self.no_limits = "switched off (limits = false)"
         """Why tasks run without limits (when ``cgroups`` is None)."""
@@ -157,6 +209,7 @@ class ProcessDriver(TaskDriver):
 
     async def open(self) -> None:
         self.alloc_dir.mkdir(parents=True, exist_ok=True)
+        self.alloc_dir.chmod(0o711)  # tasks reach their own folder; nobody lists the others
         if self.limits and self.cgroups is None:
             try:
                 self.cgroups = await asyncio.to_thread(Hierarchy.detect, self.node_id)
@@ -203,7 +256,8 @@ class ProcessDriver(TaskDriver):
             await self._stop_dir(task_dir, running, task.kill_signal, task.kill_timeout)
         for stale in ("state.json", "exit.json"):
             (task_dir / stale).unlink(missing_ok=True)
-        (task_dir / "local").mkdir(parents=True, exist_ok=True)
+        user, uid, gid = self._user(task.name, task.user)
+        _prepare(task_dir, uid, gid)
         env = dict(cfg.env)
         env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         cgroup = None
@@ -216,14 +270,16 @@ class ProcessDriver(TaskDriver):
                 raise StartError(str(e), recoverable=True) from None
         spec = {
             "name": task.name, "argv": [task.command, *task.args], "env": env,
-            "cwd": task.workdir or str(task_dir / "local"), "user": task.user,
+            "cwd": task.workdir or str(task_dir / "local"), "user": user,
             "log_max_bytes": self.log_max_bytes, "log_max_files": self.log_max_files,
             "labels": dict(cfg.labels), "spec_hash": cfg.spec_hash,
             "kill_signal": task.kill_signal,
             "cgroup": cgroup.to_doc() if cgroup is not None else None,
         }
         tmp = task_dir / "spec.json.tmp"
-        tmp.write_text(json.dumps(spec))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the env
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(spec))
         tmp.replace(task_dir / "spec.json")
         shim_pid, out = self._spawn_shim(task_dir)
         line = await self._first_line(shim_pid, out)
@@ -424,8 +480,28 @@ class ProcessDriver(TaskDriver):
                                    exit=exit_))
         return found
 
+    def _user(self, task: str, asked: str) -> tuple[str, int, int]:
+        """(user, uid, gid) a task runs as: the one its job names, else this node's task user;
+        StartError when it does not exist here, or is root on a node that does not allow it.
+        An agent that is not root itself runs every task as its own user ("")."""
+        if os.geteuid() != 0 and not asked:
+            return "", os.getuid(), os.getgid()
+        name = asked or self.task_user or default_task_user()
+        try:
+            pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        except KeyError:
+            raise StartError(f"task {task!r}: no user {name!r} on this node", recoverable=False) \
+                from None
+        if pw.pw_uid == 0 and not self.allow_root:
+            raise StartError(f"task {task!r} would run as root ({name}): this node does not "
+                             "allow it (allow_root_tasks = true in agent.toml)", recoverable=False)
+        return name, pw.pw_uid, pw.pw_gid
+
     async def exec(self, handle: TaskHandle, argv: list[str]) -> ExecResult:
+        """Run ``argv`` as the task does: as its user, in its cgroup, in its folder, with its
+        environment (``setpriv`` drops to the user after the command joined the cgroup)."""
         spec = read_json(Path(handle.extra["task_dir"]) / "spec.json") or {}
+        argv = _as_task(argv, str(spec.get("user") or ""), spec.get("cgroup"))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=spec.get("env"), cwd=spec.get("cwd") or None,

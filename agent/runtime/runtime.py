@@ -71,11 +71,13 @@ def default_drivers(config: RuntimeConfig) -> dict[str, TaskDriver]:
             allow_privileged=config.allow_privileged,
             allow_host_network=config.allow_host_network, log_max_bytes=config.log_max_bytes,
             log_max_files=config.log_max_files, pull_timeout=config.image_pull_timeout,
-            bind_address=config.docker_bind_address, network_mode=config.docker_network_mode),
+            bind_address=config.docker_bind_address, network_mode=config.docker_network_mode,
+            pids_limit=config.pids_limit),
         "process": ProcessDriver(config.data_dir, node_id=config.node_id,
                                  log_max_bytes=config.log_max_bytes,
                                  log_max_files=config.log_max_files,
-                                 limits=config.process_limits),
+                                 limits=config.process_limits, task_user=config.task_user,
+                                 allow_root=config.allow_root_tasks),
     }
 
 

@@ -1,14 +1,20 @@
-"""Who may call what on the operator API: certificate roles, access tokens, rate limits.
+"""The one authorization gate of the controller's gRPC services: who may call what.
 
-Every call passes three gates, in this order:
+Every call of ControllerService and NodeService passes it, in this order:
 
-1. mTLS (when on): the client certificate must carry the ``cli`` or ``controller`` role.
-2. The rate limit: a token bucket per client (its token, else its certificate or address);
-   past it the call gets RESOURCE_EXHAUSTED.
-3. Access tokens (when ``acl`` is on): ``authorization: Bearer <secret>`` must name a live
-   token whose policies allow the method on its target (a job's namespace and name).
+1. The connection's certificate (when TLS is on): the caller must hold a role the method
+   admits (``RULES``), from the cluster CA and not removed; a join token's holder may
+   only join.
+2. The rate limit: a token bucket per client (its token, else its certificate or
+   address); past it the call gets RESOURCE_EXHAUSTED.
+3. Access tokens (on whenever TLS is, or with ``acl``): ``authorization: Bearer
+   <secret>`` must name a live token whose policies allow the method on what it acts on
+   (a job's namespace and name, the drivers and privileges a job asks for).
 
-Denials are logged with who (token name and accessor, peer) and what (method, target).
+A refused call changes nothing. Denials are logged with who (token name and accessor,
+peer) and what (method, target) and counted (``orch_controller_api_denied``). The
+table of who may call what is ``RULES``; docs/security.md shows it, and a test calls
+every method of every service as every kind of caller against it.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from controller.acl import Acl, Token
-from orch.tls import peer_roles, require_role
+from controller.trust import PLAIN, Peer
 from orch.vocab import namespace_of
 
 if TYPE_CHECKING:
@@ -30,39 +38,115 @@ if TYPE_CHECKING:
 log = logging.getLogger("api.authz")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-ANONYMOUS = frozenset({"GetLeader", "BootstrapAcl"})
-"""Callable without a token: finding the leader, and making the first token (once)."""
-READ = frozenset({"GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
-                  "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices",
-                  "Watch", "SelfToken"})
-JOB_WRITE = frozenset({"RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
-                       "PromoteDeployment", "StopAllocation", "RestartAllocation"})
-NODE_WRITE = frozenset({"DrainNode", "SetNodeEligibility"})
-MANAGEMENT = frozenset({"CreateToken", "ListTokens", "RevokeToken", "Keyring", "FireEvent"})
+OPERATORS = frozenset(("cli", "controller"))
+"""Certificate roles that may call the operator API (agents may not)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    roles: frozenset[str]
+    """Certificate roles admitted; ``join``: the holder of a join token (nothing else)."""
+    permission: str
+    """What the access token must allow: "" (no token: finding the leader, the first
+    bootstrap, the agents' own calls), read, job-write, node-write, operator or acl."""
+    peer: bool = False
+    """Another controller may call it with its own certificate and no token (the keyring
+    fan-out)."""
+
+
+def _rules() -> dict[str, Rule]:
+    def op(permission: str, *methods: str, peer: bool = False) -> dict[str, Rule]:
+        return {f"ControllerService/{m}": Rule(OPERATORS, permission, peer) for m in methods}
+    return {
+        **op("", "GetLeader", "BootstrapAcl", "SelfToken"),
+        **op("read", "GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
+             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch"),
+        **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
+             "PromoteDeployment", "StopAllocation", "RestartAllocation"),
+        **op("node-write", "DrainNode", "SetNodeEligibility"),
+        **op("operator", "FireEvent"),
+        **op("operator", "Keyring", peer=True),
+        **op("acl", "CreateToken", "ListTokens", "RevokeToken", "GetJoinToken", "RemoveNode"),
+        "NodeService/Connect": Rule(frozenset(("agent",)), ""),
+        "NodeService/Join": Rule(frozenset(("join",)), ""),
+        "NodeService/Renew": Rule(frozenset(("agent", "controller")), ""),
+    }
+
+
+RULES = _rules()
+"""``<Service>/<Method>`` -> who may call it."""
+
+
+def _methods(permission: str) -> frozenset[str]:
+    return frozenset(k.split("/")[1] for k, r in RULES.items()
+                     if k.startswith("ControllerService/") and r.permission == permission)
+
+
+ANONYMOUS = _methods("")
+"""Callable without a token: finding the leader, making the first token (once), and asking
+which token one holds."""
+READ = _methods("read")
+JOB_WRITE = _methods("job-write")
+NODE_WRITE = _methods("node-write")
+MANAGEMENT = _methods("acl") | _methods("operator")
 
 
 def action_of(method: str) -> str:
-    """The permission a method needs: anonymous, read, job-write, node-write or acl."""
-    for action, methods in (("anonymous", ANONYMOUS), ("read", READ), ("job-write", JOB_WRITE),
-                            ("node-write", NODE_WRITE), ("acl", MANAGEMENT)):
-        if method in methods:
-            return action
-    return "acl"  # a method nobody classified needs the most
+    """The permission a ControllerService method needs (anonymous for none); a method
+    nobody classified needs the most."""
+    rule = RULES.get(f"ControllerService/{method}")
+    if rule is None:
+        return "acl"
+    return rule.permission or "anonymous"
 
 
-def target_of(method: str, request: Any, state: ClusterState) -> tuple[str, str]:
-    """The (namespace, job name) a job-write acts on ("", "" when it cannot be told)."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a call acts on, for the token's policies."""
+
+    namespace: str = ""
+    """A namespace; ``*`` when the call reaches every namespace (a listing)."""
+    job: str = ""
+    needs: frozenset[str] = frozenset()
+    """Capabilities the request needs besides its action (driver-docker, privileged...)."""
+
+    def __str__(self) -> str:
+        what = f"job {self.namespace}/{self.job}" if self.job else (
+            f"namespace {self.namespace}" if self.namespace not in ("", "*") else "")
+        return what + (f" (needs {', '.join(sorted(self.needs))})" if self.needs else "")
+
+
+def _job_needs(job: Any) -> frozenset[str]:
+    needs = set()
+    for g in job.groups:
+        if g.network.mode == "host":
+            needs.add("host-network")
+        for t in g.tasks:
+            needs.add(f"driver-{t.driver or 'docker'}")
+            if t.privileged:
+                needs.add("privileged")
+    return frozenset(needs)
+
+
+def target_of(method: str, request: Any, state: ClusterState) -> Target:
+    """What a ControllerService call acts on (an empty Target when it cannot be told)."""
     if method in ("RegisterJob", "PlanJob"):
-        return namespace_of(request.job.namespace), request.job.name
-    if method in ("StopJob", "RevertJob", "ScaleJob"):
-        return namespace_of(request.namespace), request.name
+        return Target(namespace_of(request.job.namespace), request.job.name,
+                      _job_needs(request.job))
+    if method in ("StopJob", "RevertJob", "ScaleJob", "GetJob", "JobHistory"):
+        return Target(namespace_of(request.namespace), request.name)
     if method == "PromoteDeployment":
         d = state.deployments.get(request.deployment_id)
-        return (namespace_of(d.namespace), d.job) if d is not None else ("", "")
-    if method in ("StopAllocation", "RestartAllocation"):
-        found = state.find_alloc(request.id)
-        return (namespace_of(found[0].namespace), found[0].job) if len(found) == 1 else ("", "")
-    return "", ""
+        return Target(namespace_of(d.namespace), d.job) if d is not None else Target()
+    if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "AllocationLogs"):
+        ref = request.alloc_id if method == "AllocationLogs" else request.id
+        found = state.find_alloc(ref)
+        return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
+            else Target()
+    if method in ("ListJobs", "ListAllocations"):
+        ns = request.namespace if method == "ListJobs" or request.job else ""
+        return Target(ns or "*")
+    return Target("*")
 
 
 def bearer(context: Ctx) -> str:
@@ -98,62 +182,94 @@ class RateLimiter:
 
 
 class Authorizer:
-    """The three gates for ControllerService."""
+    """The gate. ``identify`` says who a connection's certificate names (None: TLS is off,
+    so there is no certificate to ask)."""
 
-    ROLES = frozenset(("cli", "controller"))
-    """Certificate roles that may call the operator API (agents may not)."""
-
-    def __init__(self, *, tls_on: bool, acl_on: bool, acl: Acl, state: ClusterState,
-                 limiter: RateLimiter) -> None:
-        self.tls_on, self.acl_on = tls_on, acl_on
+    def __init__(self, *, identify: Callable[[Ctx], Peer] | None, acl_on: bool, acl: Acl,
+                 state: ClusterState, limiter: RateLimiter) -> None:
+        self.identify = identify
+        self.acl_on = acl_on
         self.acl, self.state, self.limiter = acl, state, limiter
         self.denied: Counter[tuple[str, str]] = Counter()
         """(reason, method) -> calls refused (exported as orch_controller_api_denied)"""
 
-    async def check(self, ctx: Ctx, method: str, request: Any) -> Token | None:
-        """The caller's token (None when ACLs are off or the method is anonymous); aborts
-        the call when a gate refuses it."""
-        await require_role(ctx, self.ROLES, self.tls_on)
-        secret = bearer(ctx)
+    @property
+    def tls_on(self) -> bool:
+        return self.identify is not None
+
+    async def check(self, ctx: Ctx, method: str, request: Any,
+                    service: str = "ControllerService") -> tuple[Peer, Token | None]:
+        """Who calls and with which token (None when no token was needed); aborts the call
+        when a gate refuses it."""
+        rule = RULES.get(f"{service}/{method}") or Rule(OPERATORS, "acl")
+        peer = self.identify(ctx) if self.identify is not None else PLAIN
+        if self.identify is not None:
+            await self._certificate(ctx, method, rule, peer)
+        secret = bearer(ctx) if service == "ControllerService" else ""
         token = self.acl.resolve(secret) if secret else None
-        client = f"token:{token.accessor}" if token is not None else self._client(ctx)
-        wait = self.limiter.allow(client)
+        wait = self.limiter.allow(self._client(ctx, peer, token))
         if wait:
             self.denied["rate", method] += 1
             await ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"too many requests from {client}: at most {self.limiter.rate:g}/s "
-                            f"(burst {self.limiter.burst:g}); retry in {wait:.2f}s")
-        action = action_of(method)
-        if not self.acl_on or action == "anonymous":
-            return token
+                            f"too many requests from {self._client(ctx, peer, token)}: at most "
+                            f"{self.limiter.rate:g}/s (burst {self.limiter.burst:g}); retry in "
+                            f"{wait:.2f}s")
+        if not rule.permission or not self.acl_on:
+            return peer, token
+        if rule.peer and "controller" in peer.roles and token is None:
+            return peer, None  # another controller, for itself
         if token is None:
-            why = "an access token is needed (orchctl --token or ORCH_TOKEN)" if not secret \
-                else "the access token is unknown or revoked"
-            self._deny(ctx, "unauthenticated", method, None, ("", ""))
+            why = "an access token is needed (orchctl --token-file, ORCH_TOKEN, or orchctl.toml)" \
+                if not secret else "the access token is unknown or revoked"
+            self._deny(ctx, "unauthenticated", method, None, Target())
             await ctx.abort(grpc.StatusCode.UNAUTHENTICATED, why)
         assert token is not None
-        target = target_of(method, request, self.state) if action == "job-write" else ("", "")
-        if token.allows(action, *target):
-            return token
+        target = target_of(method, request, self.state)
+        if token.allows(rule.permission, target.namespace, target.job, target.needs):
+            return peer, token
         self._deny(ctx, "forbidden", method, token, target)
-        what = f" job {target[0]}/{target[1]}" if target[1] else ""
+        what = f" {target}" if str(target) else ""
         await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
                         f"token {token.name!r} (policies: {', '.join(token.policies)}) may not "
                         f"call {method}{what}")
-        return None  # not reached: abort raises
+        raise AssertionError("not reached: abort raises")
+
+    async def _certificate(self, ctx: Ctx, method: str, rule: Rule, peer: Peer) -> None:
+        if rule.roles == {"join"}:
+            if peer.joining:
+                return
+            why = "only a node joining with a join token may call it"
+        elif peer.revoked:
+            why = f"node {peer.node_id} was removed from this cluster"
+        elif peer.roles & rule.roles:
+            return
+        else:
+            have = ", ".join(sorted(peer.roles)) or ("a join token" if peer.joining else
+                                                      "no role")
+            why = f"a certificate with role {' or '.join(sorted(rule.roles))} is needed " \
+                  f"(this one has: {have})"
+        self.denied["certificate", method] += 1
+        log.warning("refused a peer's certificate", extra={
+            "peer": ctx.peer(), "method": method, "roles": ",".join(sorted(peer.roles)) or "none",
+            "node_id": peer.node_id, "reason": why})
+        await ctx.abort(grpc.StatusCode.PERMISSION_DENIED, why)
 
     @staticmethod
-    def _client(ctx: Ctx) -> str:
-        roles = peer_roles(ctx)
-        peer = ctx.peer() or "unknown"
-        host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
-        return f"cert:{','.join(sorted(roles))}@{host}" if roles else f"peer:{host}"
+    def _client(ctx: Ctx, peer: Peer, token: Token | None) -> str:
+        if token is not None:
+            return f"token:{token.accessor}"
+        if peer.node_id:
+            return f"node:{peer.node_id}"
+        where = ctx.peer() or "unknown"
+        host = where.rsplit(":", 1)[0] if where.startswith(("ipv4:", "ipv6:")) else where
+        return f"cert:{','.join(sorted(peer.roles))}@{host}" if peer.roles else f"peer:{host}"
 
     def _deny(self, ctx: Ctx, reason: str, method: str, token: Token | None,
-              target: tuple[str, str]) -> None:
+              target: Target) -> None:
         self.denied[reason, method] += 1
         log.warning("denied %s", method, extra={
             "reason": reason, "method": method, "peer": ctx.peer(),
             "token": token.name if token else "anonymous",
             "accessor": token.accessor[:8] if token else "",
-            "target": f"{target[0]}/{target[1]}" if target[1] else ""})
+            "target": f"{target.namespace}/{target.job}" if target.job else "",
+            "needs": ",".join(sorted(target.needs))})

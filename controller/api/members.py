@@ -13,6 +13,7 @@ from controller.api.authz import Authorizer, bearer
 from controller.api.rpc import Ctx, Endpoint, unary
 from controller.channels import Channels
 from controller.state import ClusterState
+from controller.trust import META_CONTROLLER
 from orch import keyring
 from orch.errors import ConfigError
 from orch.gossip.crypto import parse_key
@@ -32,6 +33,19 @@ class MembersEndpoint(Endpoint):
         self.data_dir = data_dir
         self.state = state
         self.channels = channels
+
+    def _controllers(self) -> dict[str, str]:
+        """The other controllers: those the store knows (each recorded when it joined or
+        led) and those gossip says are alive. A gossip tag proves nothing, but with TLS the
+        call reaches only a server whose certificate has the controller role (see
+        ``Channels``), and it carries this controller's identity, never the caller's token."""
+        known = {m.name: str(m.state["rpc"]) for m in self.gossip.members()
+                 if m.state.get("role") == "controller" and isinstance(m.state.get("rpc"), str)
+                 and str(m.status) == "alive"}
+        known.update({k[len(META_CONTROLLER):]: v for k, v in self.state.meta.items()
+                      if k.startswith(META_CONTROLLER)})
+        known.pop(self.name, None)
+        return known
 
     @unary
     async def ListMembers(self, req: controller_pb2.ListMembersRequest,
@@ -89,7 +103,9 @@ class MembersEndpoint(Endpoint):
         if req.local:
             return out
         fwd = controller_pb2.KeyringRequest(op=req.op, key=req.key, local=True)
-        token = bearer(ctx)
+        # with TLS, this controller calls with its own certificate and the caller's token
+        # never travels on; without TLS (loopback, or insecure) there is no other identity
+        token = bearer(ctx) if not self.authz.tls_on else ""
         meta = (("authorization", f"Bearer {token}"),) if token else ()
 
         async def peer(addr: str) -> controller_pb2.MemberKeyring:
@@ -103,11 +119,8 @@ class MembersEndpoint(Endpoint):
             return reply
 
         calls: list[tuple[str, Awaitable[controller_pb2.MemberKeyring]]] = []
-        for m in self.gossip.members():
-            rpc = m.state.get("rpc")
-            if m.state.get("role") == "controller" and m.name != self.name and \
-                    isinstance(rpc, str) and str(m.status) == "alive":
-                calls.append((m.name, peer(rpc)))
+        for name, addr in self._controllers().items():
+            calls.append((name, peer(addr)))
         for node in sorted(self.state.nodes.values(), key=lambda n: n.name):
             if node.status == node_pb2.NODE_STATUS_DOWN:
                 out.members.add(member=node.name, error="the node is down: it keeps the keys it "

@@ -1,8 +1,15 @@
-"""NodeService: each agent holds one stream to the leader.
+"""NodeService: the agents' streams, and the calls that make a node a member.
 
-Up: the node's registration first, then what happens to its allocations. Down:
-the node's full desired set whenever it changes. A controller that is not the
-leader answers with where the leader is, and ends the stream.
+Connect: each agent holds one stream to the leader. Up: the node's registration first,
+then what happens to its allocations. Down: the node's full desired set whenever it
+changes. A controller that is not the leader answers with where the leader is, and ends
+the stream. A node's certificate binds it: it registers and reports only as the node
+its certificate names (its node id, or for a certificate made by hand without one, its
+name), and a node removed from the cluster loses its stream at once.
+
+Join: a holder of a join token gets its certificate (and the CA, the gossip keys; a
+controller also the CA's key). Renew: a member gets a new certificate for the same
+identity.
 """
 
 from __future__ import annotations
@@ -15,33 +22,65 @@ from typing import Any
 
 import grpc
 
+from controller.api.authz import Authorizer
+from controller.api.rpc import Endpoint, bidi, unary
 from controller.cluster import Cluster
 from controller.leadership import LeaderStatus
 from controller.nodes import NodeMonitor
+from controller.store.base import Changes
+from controller.trust import META_CONTROLLER, META_NODE_KEY, Peer, Trust, _key_digest
 from controller.usage import UsageTable
-from orch.errors import NotLeaderError
-from orch.tls import require_role
-from orch.v1 import controller_pb2, controller_pb2_grpc
+from orch import keyring, pki
+from orch.errors import NotLeaderError, RequestError
+from orch.gossip.transport import GossipNode
+from orch.v1 import controller_pb2, node_pb2
 
 log = logging.getLogger("api")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-class NodeStream(controller_pb2_grpc.NodeServiceServicer):
-    ROLES = frozenset(("agent",))
-    """Certificate roles that may hold a node's stream."""
+class NodeEndpoint(Endpoint):
+    SERVICE = "NodeService"
 
-    def __init__(self, *, tls_on: bool, leader: LeaderStatus, monitor: NodeMonitor,
-                 cluster: Cluster, usage: UsageTable) -> None:
-        self.tls_on = tls_on
+    def __init__(self, authz: Authorizer, *, leader: LeaderStatus, monitor: NodeMonitor,
+                 cluster: Cluster, usage: UsageTable, trust: Trust | None,
+                 gossip: GossipNode) -> None:
+        super().__init__(authz)
         self.leader = leader
         self.monitor = monitor
         self.cluster = cluster
         self.usage = usage
+        self.trust = trust
+        self.gossip = gossip
+        self._removed: dict[str, asyncio.Event] = {}
 
+    def end(self, node_id: str) -> None:
+        """End the node's stream now (it was removed from the cluster)."""
+        ev = self._removed.get(node_id)
+        if ev is not None:
+            ev.set()
+
+    def _peer(self, ctx: Ctx) -> Peer:
+        return self.trust.identify(ctx) if self.trust is not None and \
+            self.authz.identify is not None else Peer()
+
+    @staticmethod
+    def _binds(peer: Peer, reg: node_pb2.Node) -> str:
+        """Why ``peer`` may not register as ``reg`` ("" when it may)."""
+        if peer.node_id:
+            return "" if reg.id == peer.node_id else \
+                f"this certificate is node {peer.node_id}'s, not {reg.id}'s"
+        if peer.name:
+            return "" if reg.name == peer.name else \
+                f"this certificate is {peer.name}'s, not {reg.name}'s"
+        return ""
+
+    # --- the stream -----------------------------------------------------------------------------
+
+    @bidi
     async def Connect(self, requests: AsyncIterator[controller_pb2.NodeMessage],
                       ctx: Ctx) -> AsyncIterator[controller_pb2.ControllerMessage]:
-        await require_role(ctx, self.ROLES, self.tls_on)
+        peer = self._peer(ctx)
         try:
             first = await anext(aiter(requests))
         except StopAsyncIteration:
@@ -49,6 +88,11 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
         if first.WhichOneof("msg") != "register" or not first.register.id:
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             "the first message must register the node (with its id)")
+            return
+        refused = self._binds(peer, first.register)
+        if refused:
+            self.authz.denied["certificate", "Connect"] += 1
+            await ctx.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
             return
         try:
             self.leader.require()
@@ -66,8 +110,9 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
                 outbox.get_nowait()
             outbox.put_nowait(desired)
 
-        reader = asyncio.create_task(self._read(monitor, node.id, requests))
-        over = asyncio.ensure_future(term_over.wait())
+        reader = asyncio.create_task(self._read(monitor, node.id, peer, requests))
+        removed = self._removed.setdefault(node.id, asyncio.Event())
+        over = asyncio.ensure_future(_first(term_over, removed))
         getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
         self.cluster.attach(node.id, sink)
         try:
@@ -78,6 +123,9 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
                     yield controller_pb2.ControllerMessage(desired=getter.result())
                 else:
                     getter.cancel()
+            if removed.is_set():
+                await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"node {node.id} was removed from this cluster")
             if over.done():  # this controller stopped leading: send the agent on
                 name, address = self.leader.leader()
                 yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
@@ -90,9 +138,11 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            if self._removed.get(node.id) is removed and not removed.is_set():
+                del self._removed[node.id]
             monitor.disconnected(node.id)
 
-    async def _read(self, monitor: NodeMonitor, node_id: str,
+    async def _read(self, monitor: NodeMonitor, node_id: str, peer: Peer,
                     requests: AsyncIterator[controller_pb2.NodeMessage]) -> None:
         try:
             async for msg in requests:
@@ -100,10 +150,68 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
                 if kind == "allocations":
                     await monitor.report(node_id, list(msg.allocations.allocations))
                 elif kind == "register":
+                    if msg.register.id != node_id or self._binds(peer, msg.register):
+                        log.warning("a node tried to register as another; ignored", extra={
+                            "node_id": node_id, "as": msg.register.id})
+                        continue
                     await monitor.register(msg.register)
                 elif kind == "usage":
-                    self.usage.report(node_id, msg.usage)
+                    self.usage.report(node_id, msg.usage, self.cluster.state.allocs)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("agent stream failed", extra={"node_id": node_id})
+
+
+    # --- membership -----------------------------------------------------------------------------
+
+    def _trust(self) -> Trust:
+        if self.trust is None:
+            raise RequestError("this controller serves without TLS: there is nothing to join "
+                               "(start the cluster with --bootstrap)")
+        return self.trust
+
+    def _gossip_keys(self) -> list[str]:
+        return keyring.encoded(self.gossip)
+
+    @unary
+    async def Join(self, req: controller_pb2.JoinRequest, ctx: Ctx) -> controller_pb2.Credentials:
+        trust = self._trust()
+        self.leader.require()  # joins are recorded: the leader does it
+        role, changes = trust.admit(req, self._peer(ctx))
+        name = req.name or (req.node_id if role == "agent" else "controller")
+        cert = trust.issue(req.csr, role=role, name=name,
+                           node_id=req.node_id if role == "agent" else "", ips=list(req.ips))
+        if role == "controller" and req.address:
+            changes.meta[META_CONTROLLER + name] = req.address
+        await self.cluster.write(changes)
+        log.info("a node joined", extra={"role": role, "node": name, "node_id": req.node_id,
+                                         "peer": ctx.peer()})
+        return trust.credentials(cert, gossip_keys=self._gossip_keys(),
+                                 cluster_id=self.cluster.state.meta.get("cluster_id", ""),
+                                 with_ca_key=role == "controller")
+
+    @unary
+    async def Renew(self, req: controller_pb2.RenewRequest, ctx: Ctx) -> controller_pb2.Credentials:
+        trust = self._trust()
+        peer = self._peer(ctx)
+        role = "agent" if "agent" in peer.roles else "controller"
+        digest = _key_digest(pki.csr_key(req.csr))
+        if role == "agent" and peer.node_id and \
+                trust.meta.get(META_NODE_KEY + peer.node_id) != digest:
+            self.leader.require()  # a new key is recorded: the leader does it
+            await self.cluster.write(Changes(meta={META_NODE_KEY + peer.node_id: digest}))
+        cert = trust.issue(req.csr, role=role, name=peer.name, node_id=peer.node_id,
+                           ips=list(req.ips))
+        return trust.credentials(cert, gossip_keys=self._gossip_keys(),
+                                 cluster_id=self.cluster.state.meta.get("cluster_id", ""),
+                                 with_ca_key=False)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -1,7 +1,9 @@
-"""Nodes: list, show (with what runs there and its gossip member's status), drain, and
-eligibility."""
+"""Nodes: list, show (with what runs there and its gossip member's status), drain,
+eligibility, and removal for good."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from controller.api.authz import Authorizer
 from controller.api.rpc import Ctx, Endpoint, unary
@@ -14,12 +16,13 @@ from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 class NodesEndpoint(Endpoint):
     def __init__(self, authz: Authorizer, leader: LeaderStatus, nodes: NodeAdmin,
-                 gossip: GossipNode) -> None:
+                 gossip: GossipNode, end_stream: Callable[[str], None]) -> None:
         super().__init__(authz)
         self.leader = leader
         self.nodes = nodes
         self.state = nodes.state
         self.gossip = gossip
+        self.end_stream = end_stream
 
     @unary
     async def ListNodes(self, req: controller_pb2.ListNodesRequest,
@@ -53,3 +56,11 @@ class NodesEndpoint(Endpoint):
                                  ctx: Ctx) -> node_pb2.Node:
         self.leader.require()
         return await self.nodes.set_eligibility(req.id, req.eligible)
+
+    @unary
+    async def RemoveNode(self, req: controller_pb2.RemoveNodeRequest, ctx: Ctx) -> node_pb2.Node:
+        """Remove a node for good (its certificate is refused from now on)."""
+        self.leader.require()
+        node = await self.nodes.remove(req.id)
+        self.end_stream(node.id)
+        return node

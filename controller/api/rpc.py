@@ -1,11 +1,12 @@
-"""How the operator API is served: one endpoint module per noun, one gate for every call.
+"""How the controller's gRPC services are served: one endpoint module per noun, one gate.
 
-Each endpoint serves some of ControllerService's RPCs; each RPC method is wrapped by
-``unary`` or ``streaming``, which pass the call through the authorization gate
-(``controller.api.authz``) before it runs and map its errors (``controller.api.errors``)
-after. ``controller_service`` assembles the endpoints into the one servicer gRPC serves,
-and refuses to when an RPC of the service is served by no endpoint, by two, or without
-the gate: an RPC cannot skip authorization by accident.
+Each endpoint serves some RPCs of one service (ControllerService, or the agents'
+NodeService); each RPC method is wrapped by ``unary``, ``streaming`` or ``bidi``, which
+pass the call through the authorization gate (``controller.api.authz``) before it runs
+and map its errors (``controller.api.errors``) after. ``servicer`` assembles the
+endpoints into the one servicer gRPC serves for a service, and refuses to when an RPC of
+the service is served by no endpoint, by two, or without the gate: an RPC cannot skip
+authorization by accident.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from controller.acl import Token
 from controller.api.authz import Authorizer
 from controller.api.errors import abort
 from controller.store.base import JobKey
+from controller.trust import Peer
 from orch.errors import RequestError
 from orch.v1 import controller_pb2, controller_pb2_grpc
 from orch.vocab import namespace_of
@@ -33,14 +35,16 @@ SERVICE = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"]
 
 
 class Endpoint:
-    """Serves some RPCs of ControllerService; ``authz`` is the gate every call passes."""
+    """Serves some RPCs of ``SERVICE``; ``authz`` is the gate every call passes."""
+
+    SERVICE = "ControllerService"
 
     def __init__(self, authz: Authorizer) -> None:
         self.authz = authz
 
-    async def authorize(self, ctx: Ctx, method: str, request: Any) -> Token | None:
-        """mTLS role, rate limit and access token; aborts the call when one refuses it."""
-        return await self.authz.check(ctx, method, request)
+    async def authorize(self, ctx: Ctx, method: str, request: Any) -> tuple[Peer, Token | None]:
+        """Certificate, rate limit and access token; aborts the call when one refuses it."""
+        return await self.authz.check(ctx, method, request, self.SERVICE)
 
 
 def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
@@ -84,20 +88,45 @@ def job_ref(namespace: str, name: str) -> JobKey:
     return (namespace_of(namespace), name)
 
 
-def rpc_names() -> list[str]:
-    """Every RPC of ControllerService, as the proto declares them."""
-    return [m.name for m in SERVICE.methods]
+def bidi(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+    """Authorize a bidirectional stream before it reads anything (it maps its own errors)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Endpoint, requests: Any, context: Ctx) -> AsyncIterator[R]:
+        await self.authorize(context, fn.__name__, None)
+        async for item in fn(self, requests, context):
+            yield item
+    setattr(wrapper, GATED, True)
+    return wrapper
+
+
+def rpc_names(service: str = "ControllerService") -> list[str]:
+    """Every RPC of a service of the controller, as the proto declares them."""
+    return [m.name for m in controller_pb2.DESCRIPTOR.services_by_name[service].methods]
 
 
 def controller_service(endpoints: Iterable[Endpoint]) -> controller_pb2_grpc.ControllerServiceServicer:
-    """The one ControllerService servicer, its RPCs taken from ``endpoints``.
+    """The one ControllerService servicer, its RPCs taken from ``endpoints``."""
+    return cast(controller_pb2_grpc.ControllerServiceServicer,
+                servicer("ControllerService", endpoints))
+
+
+def node_service(endpoints: Iterable[Endpoint]) -> controller_pb2_grpc.NodeServiceServicer:
+    """The one NodeService servicer (the agents' and joiners' calls)."""
+    return cast(controller_pb2_grpc.NodeServiceServicer, servicer("NodeService", endpoints))
+
+
+def servicer(service: str, endpoints: Iterable[Endpoint]) -> object:
+    """The servicer of ``service``, its RPCs taken from ``endpoints``.
 
     ValueError (a bug, found at start and by the tests) when an RPC is served by no
     endpoint or by two, or is not wrapped by the gate."""
-    servicer = types.SimpleNamespace()
+    out = types.SimpleNamespace()
     served: dict[str, str] = {}
     for ep in endpoints:
-        for name in rpc_names():
+        if service != ep.SERVICE:
+            raise ValueError(f"{type(ep).__name__} serves {ep.SERVICE}, not {service}")
+        for name in rpc_names(service):
             method = getattr(type(ep), name, None)
             if method is None:
                 continue
@@ -106,10 +135,10 @@ def controller_service(endpoints: Iterable[Endpoint]) -> controller_pb2_grpc.Con
                 raise ValueError(f"{name} is served by both {served[name]} and {owner}")
             if not getattr(method, GATED, False):
                 raise ValueError(f"{owner}.{name} does not pass the authorization gate "
-                                 "(wrap it with @unary or @streaming)")
+                                 "(wrap it with @unary, @streaming or @bidi)")
             served[name] = owner
-            setattr(servicer, name, getattr(ep, name))
-    missing = [n for n in rpc_names() if n not in served]
+            setattr(out, name, getattr(ep, name))
+    missing = [n for n in rpc_names(service) if n not in served]
     if missing:
         raise ValueError(f"no endpoint serves {', '.join(missing)}")
-    return cast(controller_pb2_grpc.ControllerServiceServicer, servicer)
+    return out

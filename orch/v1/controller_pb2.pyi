@@ -51,6 +51,70 @@ KEYRING_OP_REMOVE: KeyringOp.ValueType  # 4
 Global___KeyringOp: _TypeAlias = KeyringOp  # noqa: Y015
 
 @_typing.final
+class JoinTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    ROTATE_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """agent or controller"""
+    rotate: _builtins.bool
+    """a new secret: the old token stops working at once"""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        rotate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "rotate", b"rotate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinTokenRequest: _TypeAlias = JoinTokenRequest  # noqa: Y015
+
+@_typing.final
+class JoinTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """ORCHTKN-1-<role>-<CA digest>-<secret>"""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinTokenResponse: _TypeAlias = JoinTokenResponse  # noqa: Y015
+
+@_typing.final
+class RemoveNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """a node id (a unique prefix will do) or name"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNodeRequest: _TypeAlias = RemoveNodeRequest  # noqa: Y015
+
+@_typing.final
 class FireEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1895,6 +1959,112 @@ class Evaluation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
+
+@_typing.final
+class JoinRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IPS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """the join token (its secret is checked again)"""
+    csr: _builtins.bytes
+    """a PEM certificate request, signed by the node's key"""
+    node_id: _builtins.str
+    """agents: the node id to bind the certificate to"""
+    name: _builtins.str
+    """the node's (or controller's) name"""
+    address: _builtins.str
+    """controllers: the gRPC address it serves on"""
+    @_builtins.property
+    def ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """addresses it serves on (SANs)"""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        csr: _builtins.bytes = ...,
+        node_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        ips: _abc.Iterable[_builtins.str] | None = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "csr", b"csr", "ips", b"ips", "name", b"name", "node_id", b"node_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
+
+@_typing.final
+class RenewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_FIELD_NUMBER: _builtins.int
+    IPS_FIELD_NUMBER: _builtins.int
+    csr: _builtins.bytes
+    @_builtins.property
+    def ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        csr: _builtins.bytes = ...,
+        ips: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "ips", b"ips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
+
+@_typing.final
+class Credentials(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_FIELD_NUMBER: _builtins.int
+    GOSSIP_KEYS_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    CA_KEY_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_NS_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    """PEM, issued by the cluster CA"""
+    ca: _builtins.bytes
+    """PEM: the cluster CA (its digest is the token's)"""
+    cluster_id: _builtins.str
+    ca_key: _builtins.bytes
+    """controllers only: the CA's key, to issue too"""
+    not_after_ns: _builtins.int
+    """when the certificate ends"""
+    @_builtins.property
+    def gossip_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the gossip keyring, the primary first"""
+
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        ca: _builtins.bytes = ...,
+        gossip_keys: _abc.Iterable[_builtins.str] | None = ...,
+        cluster_id: _builtins.str = ...,
+        ca_key: _builtins.bytes = ...,
+        not_after_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca", b"ca", "ca_key", b"ca_key", "certificate", b"certificate", "cluster_id", b"cluster_id", "gossip_keys", b"gossip_keys", "not_after_ns", b"not_after_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Credentials: _TypeAlias = Credentials  # noqa: Y015
 
 @_typing.final
 class NodeMessage(_message.Message):

@@ -185,6 +185,16 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.FireEventRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.FireEventResponse.FromString,
                 _registered_method=True)
+        self.GetJoinToken = channel.unary_unary(
+                '/orch.v1.ControllerService/GetJoinToken',
+                request_serializer=orch_dot_v1_dot_controller__pb2.JoinTokenRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/orch.v1.ControllerService/RemoveNode',
+                request_serializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_node__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -390,6 +400,22 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJoinToken(self, request, context):
+        """The cluster's trust: join tokens (printed, rotated) and removing a node for good (its
+        certificate is refused from then on).
+        cluster join-token
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """node rm
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -537,6 +563,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.FireEvent,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.FireEventRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.FireEventResponse.SerializeToString,
+            ),
+            'GetJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJoinToken,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.JoinTokenRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_node__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1337,6 +1373,60 @@ class ControllerService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/GetJoinToken',
+            orch_dot_v1_dot_controller__pb2.JoinTokenRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/RemoveNode',
+            orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
+            orch_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NodeServiceStub:
     """---------------------------------------------------------------------------
@@ -1355,6 +1445,16 @@ class NodeServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.NodeMessage.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.ControllerMessage.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/orch.v1.NodeService/Join',
+                request_serializer=orch_dot_v1_dot_controller__pb2.JoinRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.Credentials.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/orch.v1.NodeService/Renew',
+                request_serializer=orch_dot_v1_dot_controller__pb2.RenewRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.Credentials.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -1369,6 +1469,21 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """A new node proves it holds a join token (its TLS client certificate is issued by the
+        authority the token's secret makes; see orch/pki.py) and gets its certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """A node renews its certificate (the same identity) before it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1376,6 +1491,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.NodeMessage.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.ControllerMessage.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.JoinRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.Credentials.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.RenewRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.Credentials.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1408,6 +1533,60 @@ class NodeService:
             '/orch.v1.NodeService/Connect',
             orch_dot_v1_dot_controller__pb2.NodeMessage.SerializeToString,
             orch_dot_v1_dot_controller__pb2.ControllerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.NodeService/Join',
+            orch_dot_v1_dot_controller__pb2.JoinRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.Credentials.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.NodeService/Renew',
+            orch_dot_v1_dot_controller__pb2.RenewRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.Credentials.FromString,
             options,
             channel_credentials,
             insecure,

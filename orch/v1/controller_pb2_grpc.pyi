@@ -94,6 +94,13 @@ class ControllerServiceStub:
     """A user event gossiped to every member (Serf's user events); recorded as topic "user".
     event fire
     """
+    GetJoinToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinTokenRequest, _controller_pb2.JoinTokenResponse]
+    """The cluster's trust: join tokens (printed, rotated) and removing a node for good (its
+    certificate is refused from then on).
+    cluster join-token
+    """
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]
+    """node rm"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -158,6 +165,13 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """A user event gossiped to every member (Serf's user events); recorded as topic "user".
     event fire
     """
+    GetJoinToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinTokenRequest, _controller_pb2.JoinTokenResponse]  # type: ignore[assignment]
+    """The cluster's trust: join tokens (printed, rotated) and removing a node for good (its
+    certificate is refused from then on).
+    cluster join-token
+    """
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
+    """node rm"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -394,6 +408,25 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         event fire
         """
 
+    @_abc_1.abstractmethod
+    def GetJoinToken(
+        self,
+        request: _controller_pb2.JoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.JoinTokenResponse, _abc.Awaitable[_controller_pb2.JoinTokenResponse]]:
+        """The cluster's trust: join tokens (printed, rotated) and removing a node for good (its
+        certificate is refused from then on).
+        cluster join-token
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _controller_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
+        """node rm"""
+
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class NodeServiceStub:
@@ -407,6 +440,12 @@ class NodeServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NodeServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_controller_pb2.NodeMessage, _controller_pb2.ControllerMessage]
+    Join: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinRequest, _controller_pb2.Credentials]
+    """A new node proves it holds a join token (its TLS client certificate is issued by the
+    authority the token's secret makes; see orch/pki.py) and gets its certificate.
+    """
+    Renew: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RenewRequest, _controller_pb2.Credentials]
+    """A node renews its certificate (the same identity) before it ends."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -417,6 +456,12 @@ class NodeServiceAsyncStub(NodeServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_controller_pb2.NodeMessage, _controller_pb2.ControllerMessage]  # type: ignore[assignment]
+    Join: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinRequest, _controller_pb2.Credentials]  # type: ignore[assignment]
+    """A new node proves it holds a join token (its TLS client certificate is issued by the
+    authority the token's secret makes; see orch/pki.py) and gets its certificate.
+    """
+    Renew: _aio.UnaryUnaryMultiCallable[_controller_pb2.RenewRequest, _controller_pb2.Credentials]  # type: ignore[assignment]
+    """A node renews its certificate (the same identity) before it ends."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -430,6 +475,24 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_controller_pb2.NodeMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_controller_pb2.ControllerMessage], _abc.AsyncIterator[_controller_pb2.ControllerMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _controller_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Credentials, _abc.Awaitable[_controller_pb2.Credentials]]:
+        """A new node proves it holds a join token (its TLS client certificate is issued by the
+        authority the token's secret makes; see orch/pki.py) and gets its certificate.
+        """
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _controller_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Credentials, _abc.Awaitable[_controller_pb2.Credentials]]:
+        """A node renews its certificate (the same identity) before it ends."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -1,4 +1,4 @@
-"""orchctl members | service list | leader | events"""
+"""orchctl members | rtt | service list | leader | events | cluster join-token"""
 
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(fn=services)
     p = sub.add_parser("leader", help="which controller leads")
     p.set_defaults(fn=leader)
+    cl = sub.add_parser("cluster", help="the cluster's join tokens")
+    cverbs = cl.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = cverbs.add_parser("join-token", help="print the token a new agent or controller joins "
+                                             "with (management token needed)")
+    p.add_argument("role", choices=("agent", "controller"))
+    p.add_argument("--rotate", action="store_true",
+                   help="make a new one: the old one stops working at once")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the token")
+    p.set_defaults(fn=join_token)
     p = sub.add_parser("events", help="job, allocation, node and deployment events")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--since", type=int, default=0, metavar="INDEX",
@@ -118,6 +127,22 @@ async def leader(ctx: Ctx, args: argparse.Namespace) -> int:
     out(block([("Leader", r.leader), ("Address", r.address)]))
     out(table(("Controller", "Address", "Leader", "Status"),
               [(c.name, c.address, c.leader, c.status) for c in r.controllers]))
+    return OK
+
+
+async def join_token(ctx: Ctx, args: argparse.Namespace) -> int:
+    r = await ctx.call(ctx.stub.GetJoinToken(controller_pb2.JoinTokenRequest(
+        role=args.role, rotate=args.rotate)))
+    if ctx.json:
+        out(to_json(r))
+    elif args.quiet:
+        out(r.token)
+    else:
+        what = "A new" if args.rotate else "The"
+        flag = "orch-agent" if args.role == "agent" else "orch-controller"
+        out(f"{what} {args.role} join token (keep it secret: it admits a new {args.role}):\n\n"
+            f"    {r.token}\n\nOn the new host, with the token in ORCH_JOIN_TOKEN:\n\n"
+            f"    {flag} --controller {ctx.address} ...")
     return OK
 
 

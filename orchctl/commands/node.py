@@ -1,12 +1,13 @@
-"""orchctl node list | status | drain | eligibility"""
+"""orchctl node list | status | drain | eligibility | rm"""
 
 from __future__ import annotations
 
 import argparse
 
+from orch.gossip.crypto import new_key as new_gossip_key
 from orch.v1 import controller_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
-from orchctl.client import OK
+from orchctl.client import FAILED, OK
 from orchctl.commands import Ctx
 from orchctl.output import ago, block, out, short, table, to_json
 
@@ -26,6 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="stop what is left after this long (0: no deadline)")
     p.add_argument("--ignore-system", action="store_true", help="leave system jobs running")
     p.set_defaults(fn=drain)
+    p = verbs.add_parser("rm", help="remove a node for good: its certificate is refused from "
+                                    "now on, what ran there moves, the gossip key is rotated")
+    p.add_argument("id")
+    p.add_argument("--keep-gossip-key", action="store_true",
+                   help="do not rotate the gossip key (the removed node keeps hearing gossip)")
+    p.set_defaults(fn=remove)
     p = verbs.add_parser("eligibility", help="whether new allocations may land on a node")
     p.add_argument("id")
     g = p.add_mutually_exclusive_group(required=True)
@@ -84,4 +91,32 @@ async def eligibility(ctx: Ctx, args: argparse.Namespace) -> int:
         id=args.id, eligible=args.enable)))
     out(to_json(n) if ctx.json else f"==> node {n.name} is "
         f"{'eligible' if n.eligible else 'ineligible'}")
+    return OK
+
+
+async def remove(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Revoke the node, then rotate the gossip key on every other member (install a new one,
+    use it, remove the old): the removed node, down, is not among them, so it is shut out
+    of gossip too."""
+    n = await ctx.call(ctx.stub.RemoveNode(controller_pb2.RemoveNodeRequest(id=args.id)))
+    out(f"==> node {n.name} ({short(n.id)}) removed: its certificate is refused from now on")
+    if args.keep_gossip_key:
+        return OK
+    listed = await ctx.call(ctx.stub.Keyring(controller_pb2.KeyringRequest(
+        op=controller_pb2.KEYRING_OP_LIST), timeout=max(ctx.timeout, 30)))
+    old = next((m.keys[0] for m in listed.members if m.keys and not m.error), "")
+    if not old:
+        out("==> gossip runs without encryption: nothing to rotate")
+        return OK
+    new = new_gossip_key()
+    failed: set[str] = set()
+    for op, key in ((controller_pb2.KEYRING_OP_INSTALL, new), (controller_pb2.KEYRING_OP_USE, new),
+                    (controller_pb2.KEYRING_OP_REMOVE, old)):
+        r = await ctx.call(ctx.stub.Keyring(controller_pb2.KeyringRequest(op=op, key=key),
+                                            timeout=max(ctx.timeout, 30)))
+        failed |= {f"{m.member}: {m.error}" for m in r.members if m.error and m.member != n.name}
+    if failed:
+        out("==> the gossip key was rotated, except on:\n  " + "\n  ".join(sorted(failed)))
+        return FAILED
+    out("==> rotated the gossip key on every other member")
     return OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orch import tls
+from orch import pki
 from orch.errors import ConfigError
 from orchctl.client import OK, CliError
 from orchctl.output import out
@@ -21,10 +21,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.set_defaults(fn=create_ca, local=True)
     cert = what.add_parser("cert", help="certificates").add_subparsers(dest="verb", required=True)
     c = cert.add_parser("create", help="a certificate with a role, signed by the CA")
-    c.add_argument("--role", required=True, choices=tls.ROLES)
+    c.add_argument("--role", required=True, choices=pki.ROLES)
     c.add_argument("--name", help="its common name and file name (default: the role)")
     c.add_argument("--ip", action="append", default=[], help="an address it serves on")
     c.add_argument("--dns", action="append", default=[], help="a name it serves on")
+    c.add_argument("--node-id", default="",
+                   help="role agent: the node it binds (the agent's data_dir/node-id); without "
+                        "one, the certificate binds the agent's name (its --name)")
     c.add_argument("--ca-dir", default=".", help="where the CA is (default: here)")
     c.add_argument("--dir", default=".", help="where to write it (default: here)")
     c.add_argument("--days", type=int, default=825)
@@ -33,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def create_ca(ctx: object, args: argparse.Namespace) -> int:
     try:
-        cert, key = tls.create_ca(Path(args.dir), days=args.days)
+        cert, key = pki.create_ca(Path(args.dir), days=args.days)
     except ConfigError as e:
         raise CliError(str(e)) from None
     out(f"==> CA created: {cert} (certificate), {key} (private key: keep it safe)")
@@ -42,9 +45,9 @@ async def create_ca(ctx: object, args: argparse.Namespace) -> int:
 
 async def create_cert(ctx: object, args: argparse.Namespace) -> int:
     try:
-        cert, key = tls.create_cert(Path(args.ca_dir), Path(args.dir), role=args.role,
+        cert, key = pki.create_cert(Path(args.ca_dir), Path(args.dir), role=args.role,
                                     name=args.name or args.role, ips=args.ip, dns=args.dns,
-                                    days=args.days)
+                                    node_id=args.node_id, days=args.days)
     except ConfigError as e:
         raise CliError(str(e)) from None
     out(f"==> {args.role} certificate created: {cert}, {key}")

@@ -18,11 +18,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import grpc
 
 from orch.v1 import controller_pb2, controller_pb2_grpc
+from orchctl.client import blocking_channel
 from tests.e2e.harness import Harness, web_job
 
 ETCD = tuple(f"ha-etcd-{i}" for i in (1, 2, 3))
@@ -79,6 +81,7 @@ class HaHarness(Harness):
         **{s: 21 + i for i, s in enumerate(ETCD)}, **{s: 31 + i for i, s in enumerate(CONTROLLERS)},
         **{s: 41 + i for i, s in enumerate(AGENTS)}}
     PROFILE: ClassVar[str] = "ha"
+    BOOTSTRAPS: ClassVar[str] = CONTROLLERS[0]
     SUBNETS_FROM: ClassVar[int] = 230  # away from where the default harness looks first
 
     def __init__(self, image: str, etcd_image: str, *, ttl: int = 5) -> None:
@@ -106,11 +109,22 @@ class HaHarness(Harness):
     # --- gRPC ----------------------------------------------------------------------------------
 
     def channel(self, service: str) -> grpc.Channel:
-        port = 4647 if service in CONTROLLERS else 4648
+        """A controller's: with the operator's credentials; an agent's (only controllers may
+        call one): with the bootstrapping controller's own certificate."""
+        operator = self.operator  # (outside the lock: it may wait for the files)
         with self._lock:
             ch = self._stubs.get(service)
             if ch is None:
-                ch = self._stubs[service] = grpc.insecure_channel(f"{self.ip(service)}:{port}")
+                if service in CONTROLLERS:
+                    ch = blocking_channel(f"{self.ip(service)}:4647", operator)
+                else:
+                    pki = Path(operator.tls_ca).parent.parent  # the operator folder's parent
+                    ca, cert, key = ((pki / f).read_bytes() for f in ("ca.pem", "cert.pem",
+                                                                      "key.pem"))
+                    ch = grpc.secure_channel(
+                        f"{self.ip(service)}:4648", grpc.ssl_channel_credentials(ca, key, cert),
+                        options=[("grpc.ssl_target_name_override", "agent.orch")])
+                self._stubs[service] = ch
             return ch
 
     def stub(self, controller: str) -> controller_pb2_grpc.ControllerServiceStub:

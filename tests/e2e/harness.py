@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ import grpc
 from orch.jobspec import load_job_file
 from orch.jobspec.durations import parse_duration
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
+from orchctl.client import Settings, blocking_channel, settings
 from tests.docker_engine import docker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +109,7 @@ class Harness:
         self.env = {**os.environ, "ORCH_IMAGE": image, "ORCH_NET": self.net,
                     "ORCH_DOCKER_SOCKET": socket_path[len("unix://"):]}
         self._channel: grpc.Channel | None = None
+        self._operator: Settings | None = None
         self.node_ids: dict[str, str] = {}
 
     # --- the Compose project --------------------------------------------------------------
@@ -153,6 +156,9 @@ class Harness:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._operator is not None:
+            shutil.rmtree(Path(self._operator.tls_ca).parent.parent, ignore_errors=True)
+            self._operator = None
         self.remove_tasks()
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
 
@@ -209,10 +215,35 @@ class Harness:
 
     # --- the controller's view ---------------------------------------------------------------
 
+    BOOTSTRAPS: ClassVar[str] = "controller"
+    """The controller that bootstraps the cluster's trust (and holds the operator's files)."""
+
+    @property
+    def operator(self) -> Settings:
+        """The operator's credentials (orchctl.toml, certificate, token) the bootstrapping
+        controller made, copied out of its container once (waiting for them)."""
+        if self._operator is None:
+            # the controller's whole pki folder: the operator's files are in pki/operator, and
+            # the controller's own identity beside them (the HA tests ask the agents with it)
+            local = Path(tempfile.mkdtemp(prefix="orch-e2e-pki-"))
+            inside = f"{self.container(self.BOOTSTRAPS)}:/var/lib/orch/controller/pki/."
+
+            def copied() -> bool:
+                done = subprocess.run(["docker", "cp", inside, str(local)], capture_output=True,
+                                      check=False, timeout=30)
+                return done.returncode == 0 and (local / "operator/management.token").exists()
+            wait("the operator's credentials", copied, 60)
+            self._operator = settings({"ORCH_CONFIG": str(local / "operator/orchctl.toml")})
+        return self._operator
+
+    def channel_to(self, service: str) -> grpc.Channel:
+        """A blocking channel to a controller, with the operator's credentials."""
+        return blocking_channel(f"{self.ip(service)}:4647", self.operator)
+
     @property
     def api(self) -> controller_pb2_grpc.ControllerServiceStub:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(f"{self.ip('controller')}:4647")
+            self._channel = self.channel_to("controller")
         return controller_pb2_grpc.ControllerServiceStub(self._channel)
 
     def nodes(self) -> dict[str, node_pb2.Node]:

@@ -75,7 +75,7 @@ def host(docker_url: str) -> Iterator[Host]:
 
 
 def test_installed_units_run_reload_survive_a_hang_and_uninstall(host: Host) -> None:
-    out = host.sh("/src/deploy/install.sh --wheels /wheels")
+    out = host.sh("/src/deploy/install.sh --wheels /wheels --drivers docker,process")
     assert "started orch-controller.service" in out
     assert "started orch-agent.service" in out
     for unit, role in (("orch-controller", "controller"), ("orch-agent", "agent")):
@@ -85,7 +85,8 @@ def test_installed_units_run_reload_survive_a_hang_and_uninstall(host: Host) -> 
         assert host.show(unit, "NRestarts") == "0"
     orchctl = "orchctl -a 127.0.0.1:4647"
     wait("the agent registered", lambda: "ready" in host.sh(f"{orchctl} node list"), 30)
-    assert "nothing changed" in host.sh("/src/deploy/install.sh --wheels /wheels")
+    assert "nothing changed" in host.sh(
+        "/src/deploy/install.sh --wheels /wheels --drivers docker,process")
 
     # a job of the process driver runs inside the agent's sandbox
     host.sh(f"{orchctl} job run /src/deploy/examples/hello.yaml")

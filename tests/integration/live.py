@@ -15,8 +15,8 @@ from agent.config import AgentConfig
 from agent.lb.config import LbConfig
 from agent.server import Agent
 from controller.server import Controller
-from orch import tls
 from orch.gossip.config import GossipConfig
+from orch.pki import create_ca, create_cert
 from orch.tls import TlsConfig
 from tests.integration.synthetic import controller_config, wait_until
 
@@ -51,6 +51,7 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
                                   usage_interval=usage_interval,
                                   tls=pki(tls_dir, f"agent-{i}") if tls_dir else TlsConfig(),
                                   drivers=list(drivers), gossip=GossipConfig.fast(),
+                                  task_user="root", allow_root_tasks=True,
                                   lb=lb or LbConfig(),
                                   keys=list(keys or ())))
             await a.start()
@@ -66,11 +67,11 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
 
 def make_pki(d: Path, agents: int = 3) -> Path:
     """A CA and certificates for a controller on 127.0.0.1, agents on 127.0.0.2.., a person."""
-    tls.create_ca(d)
-    tls.create_cert(d, d, role="controller", name="controller", ips=["127.0.0.1"])
+    create_ca(d)
+    create_cert(d, d, role="controller", name="controller", ips=["127.0.0.1"])
     for i in range(1, agents + 1):
-        tls.create_cert(d, d, role="agent", name=f"agent-{i}", ips=[f"127.0.0.{i + 1}"])
-    tls.create_cert(d, d, role="cli", name="cli")
+        create_cert(d, d, role="agent", name=f"agent-{i}", ips=[f"127.0.0.{i + 1}"])
+    create_cert(d, d, role="cli", name="cli")
     return d
 
 

@@ -4,6 +4,8 @@ and starts nothing twice; an agent killed with SIGKILL has its work moved in bou
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,10 @@ from orchctl.demo import EXAMPLES, Demo, free_ports, running_on, wait
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[Demo]:
-    d = Demo(tmp_path, agents=2, fast=True, driver="process", ports=free_ports())
+def demo() -> Iterator[Demo]:
+    # a folder the tasks' unprivileged user may pass through (pytest's are private)
+    workdir = Path(tempfile.mkdtemp(prefix="orch-test-cluster-"))
+    d = Demo(workdir, agents=2, fast=True, driver="process", ports=free_ports())
     d.start_controller()
     d.start_agent(1)
     d.start_agent(2)
@@ -26,6 +30,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     finally:
         d.stop_all()
         d.cleanup_tasks()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def shims(d: Demo) -> set[int]:

@@ -28,6 +28,16 @@ class FakeController(controller_pb2_grpc.NodeServiceServicer):
         self.received: list[controller_pb2.NodeMessage] = []
         self.address = ""
 
+    async def Join(self, request: controller_pb2.JoinRequest,
+                   context: Any) -> controller_pb2.Credentials:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a real controller")
+        raise AssertionError("not reached")
+
+    async def Renew(self, request: controller_pb2.RenewRequest,
+                    context: Any) -> controller_pb2.Credentials:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not a real controller")
+        raise AssertionError("not reached")
+
     async def Connect(self, request_iterator: AsyncIterator[controller_pb2.NodeMessage],
                       context: Any) -> AsyncIterator[controller_pb2.ControllerMessage]:
         first = await anext(aiter(request_iterator))

@@ -106,19 +106,23 @@ def test_installing_again_changes_nothing_and_keeps_the_configuration(
     assert config.read_text().endswith("# an operator was here\n")
 
 
-def test_the_written_configuration_is_private_and_shares_one_key(installed: Path) -> None:
+def test_the_written_configuration_is_private_and_bootstraps_a_secure_cluster(
+        installed: Path) -> None:
     etc = installed / "etc/orch"
     orch_gid = next(int(line.split(":")[2]) for line in
                     (installed / "etc/group").read_text().splitlines() if line.startswith("orch:"))
     assert (etc.stat().st_mode & 0o777, etc.stat().st_gid) == (0o750, orch_gid)
-    keys = set()
     for f in ("agent.toml", "controller.toml"):
         st = (etc / f).stat()
         assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, orch_gid)
-        m = re.search(r'^keys = \["([^"]+)"\]', (etc / f).read_text(), re.M)
-        assert m, f
-        keys.add(m.group(1))
-    assert len(keys) == 1  # both roles on one host: one cluster, one key
+        assert not re.search(r"^keys =", (etc / f).read_text(), re.M)  # the bootstrap makes it
+    assert re.search(r"^bootstrap = true$", (etc / "controller.toml").read_text(), re.M)
+    agent = (etc / "agent.toml").read_text()
+    assert 'controllers = ["127.0.0.41:4647"]' in agent
+    assert ('join_token_file = "/var/lib/orch/controller/pki/operator/join-agent.token"'
+            in agent)
+    assert 'drivers = ["docker"]' in agent  # the process driver stays off unless asked for
+    assert "orch-task:" in (installed / "etc/passwd").read_text()  # process tasks' user
 
 
 def test_the_installed_daemons_start_from_the_written_configuration(installed: Path,
@@ -142,6 +146,7 @@ def test_the_installed_daemons_start_from_the_written_configuration(installed: P
                 "--rpc-addr", f"{host}:{cr}", "--rpc-advertise", f"{host}:{cr}",
                 "--data-dir", str(tmp_path / "controller"), "--metrics-addr", "",
                 "--profile", "fast", "--node-grace", "1"], stdout=log, stderr=log, env=env))
+        operator = tmp_path / "controller/pki/operator"
         assert b"READY=1" in listener.recv(4096)
         with (tmp_path / "agent.log").open("wb") as log:
             procs.append(subprocess.Popen([
@@ -149,13 +154,15 @@ def test_the_installed_daemons_start_from_the_written_configuration(installed: P
                 "--bind", f"{host}:{ag}", "--advertise", f"{host}:{ag}",
                 "--join", f"{host}:{cg}", "--rpc-addr", f"{host}:0", "--rpc-advertise", "",
                 "--data-dir", str(tmp_path / "agent"), "--metrics-addr", "", "--driver", "process",
-                "--profile", "fast", "--name", "installed-agent"],
+                "--profile", "fast", "--name", "installed-agent", "--controller", f"{host}:{cr}",
+                "--join-token-file", str(operator / "join-agent.token")],
                 stdout=log, stderr=log, env=env))
         assert b"READY=1" in listener.recv(4096)
         deadline = time.monotonic() + 30
         while True:
             out = subprocess.run([str(venv / "orchctl"), "-a", f"{host}:{cr}", "-o", "json",
-                                  "node", "list"], capture_output=True, text=True, check=False)
+                                  "node", "list"], capture_output=True, text=True, check=False,
+                                 env={**os.environ, "ORCH_CONFIG": str(operator / "orchctl.toml")})
             if out.returncode == 0 and [n["status"] for n in json.loads(out.stdout)] == [
                     "NODE_STATUS_READY"]:
                 break

@@ -12,8 +12,8 @@ import pytest
 from controller.config import ControllerConfig
 from controller.server import open_store
 from controller.store import Changes, EtcdStore
-from orch import tls
 from orch.errors import ConfigError, StoreError
+from orch.pki import create_ca, create_cert
 from orch.tls import TlsConfig
 from tests.etcd_server import EtcdCluster
 from tests.unit.store.records import event, node
@@ -25,9 +25,9 @@ HOST = "127.0.0.78"
 def pki(base: Path, name: str) -> Path:
     """A CA in ``base/name`` with an etcd member certificate and a controller's."""
     d = base / name
-    tls.create_ca(d)
-    tls.create_cert(d, d, role="etcd", name="etcd", ips=[HOST])
-    tls.create_cert(d, d, role="controller", name="controller", ips=[HOST])
+    create_ca(d)
+    create_cert(d, d, role="etcd", name="etcd", ips=[HOST])
+    create_cert(d, d, role="controller", name="controller", ips=[HOST])
     return d
 
 

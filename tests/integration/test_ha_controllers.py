@@ -56,7 +56,8 @@ async def ha_cluster(tmp: Path, etcd: EtcdCluster, prefix: str, *, controllers: 
             a = Agent(AgentConfig(
                 name=f"agent-{i}", bind=f"127.0.0.{i + 1}:0", join=[f"{seed.addr[0]}:{seed.addr[1]}"],
                 rpc_addr=f"127.0.0.{i + 1}:0", data_dir=str(tmp / f"agent-{i}"), metrics_addr="",
-                lb_bind=f"127.0.0.{i + 1}", drivers=["process"], gossip=GossipConfig.fast()))
+                lb_bind=f"127.0.0.{i + 1}", drivers=["process"], gossip=GossipConfig.fast(),
+                task_user="root", allow_root_tasks=True))
             await a.start()
             started.append(a)
         leader = next(c for c in ctls if c.leader.is_leader)

@@ -44,7 +44,8 @@ def sh(name: str, script: str, **kw: object) -> Task:
 
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[ProcessDriver]:
-    d = ProcessDriver(tmp_path, node_id=NODE, log_max_bytes=1000, log_max_files=3)
+    d = ProcessDriver(tmp_path, node_id=NODE, log_max_bytes=1000, log_max_files=3,
+                      task_user="root", allow_root=True)
     await d.open()
     yield d
     await d.close()
@@ -167,7 +168,7 @@ async def test_a_new_driver_adopts_the_running_task(tmp_path: Path,
     await wait_for_log(driver, h, b"up")
     await driver.close()  # the agent goes away; the task does not
 
-    again = ProcessDriver(tmp_path, node_id=NODE)
+    again = ProcessDriver(tmp_path, node_id=NODE, task_user="root", allow_root=True)
     await again.open()
     found = await again.recover()
     assert [(r.identity.alloc_id, r.identity.task, r.running) for r in found] == [("a1", "t", True)]
@@ -185,7 +186,7 @@ async def test_exit_while_no_agent_watched_is_found(tmp_path: Path,
     os.killpg(int(h.extra["pgid"]), signal.SIGKILL)
     exit_file = Path(h.extra["task_dir"]) / "exit.json"
     await until(exit_file.exists, "the shim writes exit.json as the task dies")
-    again = ProcessDriver(tmp_path, node_id=NODE)
+    again = ProcessDriver(tmp_path, node_id=NODE, task_user="root", allow_root=True)
     await again.open()
     (found,) = await again.recover()
     assert not found.running
@@ -301,7 +302,8 @@ async def test_the_task_runs_as_its_user_and_groups(driver: ProcessDriver,
 
 
 async def test_without_limits_the_node_says_so(tmp_path: Path) -> None:
-    d = ProcessDriver(tmp_path, node_id=NODE, limits=False)
+    d = ProcessDriver(tmp_path, node_id=NODE, limits=False, task_user="root",
+                      allow_root=True)
     await d.open()
     try:
         assert d.attributes() == {"driver.process.limits": "none"}

@@ -37,7 +37,8 @@ def alloc(aid: str, *tasks: Task, version: int = 1, desired: str = "run", job_ty
 
 def make_runtime(data: Path, **kw: object) -> Runtime:
     cfg = RuntimeConfig(node_id=NODE, data_dir=data, usage_interval=0.2, gc_interval=3600, **kw)  # type: ignore[arg-type]
-    return Runtime(cfg, {"process": ProcessDriver(data, node_id=NODE)})
+    return Runtime(cfg, {"process": ProcessDriver(data, node_id=NODE, task_user="root",
+                                                  allow_root=True)})
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from orch.gossip.config import GossipConfig
 from orch.gossip.crypto import Keyring, new_key
 from orch.gossip.transport import GossipNode
 from orch.jobspec import load_job_file
+from orch.pki import create_ca, create_cert
 from orch.v1 import controller_pb2, controller_pb2_grpc
 from tests.integration.live import live_cluster, make_pki, pki
 from tests.integration.synthetic import wait_until
@@ -21,17 +23,19 @@ from tests.integration.synthetic import wait_until
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "examples" / "hello.yaml"
 
 
-async def status_as(addr: str, cfg: tls.TlsConfig | None) -> controller_pb2.ListJobsResponse:
+async def status_as(addr: str, cfg: tls.TlsConfig | None,
+                    token: str = "") -> controller_pb2.ListJobsResponse:
+    meta = (("authorization", f"Bearer {token}"),) if token else ()
     async with tls.open_channel(addr, cfg) as ch:
         stub = controller_pb2_grpc.ControllerServiceStub(ch)
-        return await stub.ListJobs(controller_pb2.ListJobsRequest(), timeout=5)
+        return await stub.ListJobs(controller_pb2.ListJobsRequest(), timeout=5, metadata=meta)
 
 
 async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) -> None:
     d = make_pki(tmp_path / "pki", agents=1)
     other = tmp_path / "other-ca"
-    tls.create_ca(other)
-    tls.create_cert(other, other, role="cli", name="cli")
+    create_ca(other)
+    create_cert(other, other, role="cli", name="cli")
     async with live_cluster(tmp_path, agents=1, tls_dir=d) as (ctl, agents):
         addr = ctl.rpc_address
         # the agent registered over mTLS with its agent certificate
@@ -39,9 +43,11 @@ async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) 
         await ctl.jobs.register(load_job_file(str(EXAMPLE)))
         await wait_until(lambda: sum(a.healthy for a in ctl.cluster.state.allocs.values()) == 3,
                          within=30)
+        _, root, made = ctl.acl.bootstrap()  # with TLS every operator call needs a token
+        await ctl.cluster.write(made)
         before = ctl.cluster.state.index
         # a person with a cli certificate from this CA
-        assert [j.name for j in (await status_as(addr, pki(d, "cli"))).jobs] == ["hello"]
+        assert [j.name for j in (await status_as(addr, pki(d, "cli"), root)).jobs] == ["hello"]
         # no certificate at all, a certificate from another CA: the handshake fails
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await status_as(addr, None)
@@ -51,7 +57,7 @@ async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) 
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         # an agent's certificate cannot drive the operator API
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await status_as(addr, pki(d, "agent-1"))
+            await status_as(addr, pki(d, "agent-1"), root)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "role cli or controller" in (e.value.details() or "")
         # a person's certificate cannot pose as an agent
@@ -68,7 +74,8 @@ async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) 
             sys.executable, "-m", "orchctl.main", "--address", addr,
             "--tls-ca", str(d / "ca.pem"), "--tls-cert", str(d / "cli.pem"),
             "--tls-key", str(d / "cli-key.pem"), "alloc", "status", alloc.id[:8],
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "ORCH_TOKEN": root})
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert alloc.id in out.decode()
@@ -82,8 +89,8 @@ async def test_refused_callers_change_nothing(tmp_path: Path) -> None:
     and the cluster's state and membership stay as they were."""
     d = make_pki(tmp_path / "pki", agents=2)
     other = tmp_path / "other-ca"
-    tls.create_ca(other)
-    tls.create_cert(other, other, role="cli", name="cli")
+    create_ca(other)
+    create_cert(other, other, role="cli", name="cli")
     key = new_key()
     async with live_cluster(tmp_path, agents=2, tls_dir=d, keys=[key], acl=True) as (ctl, _):
         addr, cli = ctl.rpc_address, pki(d, "cli")

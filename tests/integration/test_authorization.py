@@ -1,0 +1,183 @@
+"""Every method of every gRPC service, called as every kind of caller, against the one table
+(tests/authz_table.py, shown in docs/security.md): on a cluster set up as an installation
+sets it up (a bootstrapped controller, agents joined with a token). A refused call changes
+nothing in the store, and a new RPC without an entry in the table fails here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import symbol_database
+
+from agent.server import Agent
+from orch import pki
+from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from tests.authz_table import CALLERS, expected, methods, unruled
+from tests.integration.synthetic import wait_until
+from tests.integration.test_trust import agent_config, bootstrapped
+
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """How one kind of caller connects: TLS material (None: plain text), the server name it
+    checks, and its token."""
+
+    ca: bytes | None
+    cert: bytes | None = None
+    key: bytes | None = None
+    token: str = ""
+    server: str = "controller.orch"
+
+    def channel(self, addr: str, *, agent: bool) -> grpc.aio.Channel:
+        if self.ca is None:
+            return grpc.aio.insecure_channel(addr)
+        creds = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        server = "agent.orch" if agent and self.server == "controller.orch" else self.server
+        return grpc.aio.secure_channel(addr, creds,
+                                       options=[("grpc.ssl_target_name_override", server)])
+
+
+def _request(service: str, method: str) -> Any:
+    desc = controller_pb2.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+    return symbol_database.Default().GetSymbol(desc.input_type.full_name)()
+
+
+async def _call(channel: grpc.aio.Channel, service: str, method: str, token: str) -> str:
+    """The outcome of one call, as the table names them."""
+    desc = controller_pb2.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+    stub = getattr(controller_pb2_grpc, f"{service}Stub")(channel)
+    meta = (("authorization", f"Bearer {token}"),) if token else ()
+    try:
+        if desc.client_streaming:  # the agents' stream: one message (not a registration)
+            async def one() -> AsyncIterator[controller_pb2.NodeMessage]:
+                yield controller_pb2.NodeMessage(heartbeat=controller_pb2.Heartbeat())
+            call = getattr(stub, method)(one(), timeout=TIMEOUT, metadata=meta)
+            async for _ in call:
+                break
+        elif desc.server_streaming:
+            call = getattr(stub, method)(_request(service, method), timeout=TIMEOUT,
+                                         metadata=meta)
+            async for _ in call:
+                break
+        else:
+            await getattr(stub, method)(_request(service, method), timeout=TIMEOUT,
+                                        metadata=meta)
+    except grpc.aio.AioRpcError as e:
+        details = e.details() or ""
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            return "tls"
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return "token"
+        if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return "policy" if details.startswith("token ") else "role"
+    return "ok"
+
+
+async def test_every_rpc_as_every_caller_matches_the_table(tmp_path: Path) -> None:
+    assert not unruled(), f"these RPCs have no entry in the table (controller.api.authz.RULES): " \
+                          f"{unruled()}"
+    async with bootstrapped(tmp_path) as (ctl, cli):
+        token = (await cli("cluster", "join-token", "agent", "-q")).strip()
+        agent = Agent(agent_config(tmp_path, ctl, token, 1))
+        gone = Agent(agent_config(tmp_path, ctl, token, 2))
+        await agent.start()
+        await gone.start()
+        try:
+            await wait_until(lambda: ctl.cluster.connected(agent.node_id)
+                             and ctl.cluster.connected(gone.node_id), within=15)
+            await cli("node", "rm", gone.node_id, "--keep-gossip-key")
+
+            op = tmp_path / "ctl/pki/operator"
+            ca, cli_cert, cli_key = (op / "ca.pem").read_bytes(), (op / "cli.pem").read_bytes(), \
+                (op / "cli-key.pem").read_bytes()
+            management = (op / "management.token").read_text().strip()
+            read = _secret(await cli("acl", "token", "create", "--name", "r", "--policy", "read"))
+            other = _secret(await cli("acl", "token", "create", "--name", "o", "--policy",
+                                      "namespace:other:read,submit,driver-*"))
+            other_ca = pki.Authority.generate("another cluster")
+            stray_key = pki.new_key()
+            stray = pki.cert_pem(other_ca.issue(stray_key.public_key(), role="cli", name="x"))
+            joiner_auth = pki.join_authority(pki.JoinToken.parse(token).secret, "agent")
+            joiner_cert, joiner_key = pki.joiner_identity(joiner_auth, "agent")
+
+            def own(d: str) -> tuple[bytes, bytes]:
+                return (tmp_path / d / "pki/cert.pem").read_bytes(), \
+                    (tmp_path / d / "pki/key.pem").read_bytes()
+            callers = {
+                "plain": Caller(None),
+                "no-cert": Caller(ca),
+                "wrong-ca": Caller(ca, stray, pki.key_pem(stray_key)),
+                "joiner": Caller(joiner_auth.pem, joiner_cert, joiner_key,
+                                 server=pki.join_dns("agent")),
+                "agent": Caller(ca, *own("agent-1")),
+                "removed": Caller(ca, *own("agent-2")),
+                "controller": Caller(ca, *own("ctl")),
+                "cli": Caller(ca, cli_cert, cli_key),
+                "cli+read": Caller(ca, cli_cert, cli_key, read),
+                "cli+other-ns": Caller(ca, cli_cert, cli_key, other),
+                "cli+management": Caller(ca, cli_cert, cli_key, management),
+            }
+            assert set(callers) == set(CALLERS)
+            got: dict[tuple[str, str, str], str] = {}
+            for name, caller in callers.items():
+                for service, method in methods():
+                    at_agent = service == "AgentService"
+                    addr = agent.rpc_address if at_agent else ctl.rpc_address
+                    before = ctl.cluster.state.index
+                    async with caller.channel(addr, agent=at_agent) as ch:
+                        outcome = await _call(ch, service, method, caller.token)
+                    got[service, method, name] = outcome
+                    if outcome != "ok":
+                        assert ctl.cluster.state.index == before, \
+                            f"{service}/{method} refused {name} but changed the store"
+            wrong = {k: (v, expected(*k)) for k, v in got.items() if v != expected(*k)}
+            assert not wrong, "outcome, expected:\n" + "\n".join(
+                f"  {s}/{m} as {c}: {v} (table: {e})" for (s, m, c), (v, e) in sorted(wrong.items()))
+        finally:
+            await agent.stop(stop_tasks=True)
+            await gone.stop(stop_tasks=True)
+
+
+async def test_a_node_certificate_registers_only_its_own_node(tmp_path: Path) -> None:
+    async with bootstrapped(tmp_path) as (ctl, cli):
+        token = (await cli("cluster", "join-token", "agent", "-q")).strip()
+        agent = Agent(agent_config(tmp_path, ctl, token, 1))
+        await agent.start()
+        try:
+            await wait_until(lambda: ctl.cluster.connected(agent.node_id), within=15)
+            ca = (tmp_path / "ctl/pki/ca.pem").read_bytes()
+            cert, key = (tmp_path / "agent-1/pki/cert.pem").read_bytes(), \
+                (tmp_path / "agent-1/pki/key.pem").read_bytes()
+            caller = Caller(ca, cert, key)
+            index = ctl.cluster.state.index
+
+            async def register_as(node_id: str) -> AsyncIterator[controller_pb2.NodeMessage]:
+                yield controller_pb2.NodeMessage(register=controller_pb2_node(node_id))
+            async def connect() -> None:
+                async with caller.channel(ctl.rpc_address, agent=False) as ch:
+                    stub = controller_pb2_grpc.NodeServiceStub(ch)
+                    async for _ in stub.Connect(register_as("someone-else"), timeout=TIMEOUT):
+                        break
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await connect()
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert agent.node_id in (e.value.details() or "")
+            assert "someone-else" not in ctl.cluster.state.nodes
+            assert ctl.cluster.state.index == index
+        finally:
+            await agent.stop(stop_tasks=True)
+
+
+def controller_pb2_node(node_id: str) -> node_pb2.Node:
+    return node_pb2.Node(id=node_id, name=node_id)
+
+
+def _secret(text: str) -> str:
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith("Secret"))
