@@ -236,6 +236,11 @@ class Harness:
             self._operator = settings({"ORCH_CONFIG": str(local / "operator/orchctl.toml")})
         return self._operator
 
+    @property
+    def operator_dir(self) -> Path:
+        """Where the operator's files (orchctl.toml, ca.pem, ...) were copied to."""
+        return Path(self.operator.tls_ca).parent
+
     def channel_to(self, service: str) -> grpc.Channel:
         """A blocking channel to a controller, with the operator's credentials."""
         return blocking_channel(f"{self.ip(service)}:4647", self.operator)
