@@ -307,7 +307,7 @@ def run(prog: str, make: Callable[[], Server], *, reload: Callable[[], Any],
         try:
             notifier.ready(server.describe())
             while True:
-                await _first(stop, hup)
+                await first_set(stop, hup)
                 if stop.is_set():
                     break
                 hup.clear()
@@ -366,7 +366,7 @@ async def read_join_token(cfg: DaemonConfig, wait: float = 120.0) -> str:
                           where="join_token_file") from None
 
 
-async def _first(*events: asyncio.Event) -> None:
+async def first_set(*events: asyncio.Event) -> None:
     """Wait until one of ``events`` is set."""
     waits = [asyncio.ensure_future(e.wait()) for e in events]
     try:

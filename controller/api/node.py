@@ -30,7 +30,7 @@ from controller.nodes import NodeMonitor
 from controller.store.base import Changes
 from controller.trust import META_CONTROLLER, META_NODE_KEY, Peer, Trust, _key_digest
 from controller.usage import UsageTable
-from orch import keyring, pki
+from orch import daemon, keyring, pki
 from orch.errors import NotLeaderError, RequestError
 from orch.gossip.transport import GossipNode
 from orch.v1 import controller_pb2, node_pb2
@@ -112,7 +112,7 @@ class NodeEndpoint(Endpoint):
 
         reader = asyncio.create_task(self._read(monitor, node.id, peer, requests))
         removed = self._removed.setdefault(node.id, asyncio.Event())
-        over = asyncio.ensure_future(_first(term_over, removed))
+        over = asyncio.ensure_future(daemon.first_set(term_over, removed))
         getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
         self.cluster.attach(node.id, sink)
         try:
@@ -207,11 +207,3 @@ class NodeEndpoint(Endpoint):
                                  cluster_id=self.cluster.state.meta.get("cluster_id", ""),
                                  with_ca_key=False)
 
-
-async def _first(*events: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
