@@ -16,7 +16,6 @@ nodes live in the store's meta, so every controller serves the same answers.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import threading
@@ -76,11 +75,6 @@ class Peer:
 
 PLAIN = Peer()
 """A connection without TLS (loopback only): no certificate, so no identity."""
-
-
-def _key_digest(key: Any) -> str:
-    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
 def bootstrap(bundle: pki.Bundle, data_dir: str, *, name: str, ips: list[str],
@@ -279,7 +273,7 @@ class Trust:
             raise RequestError(f"the {token.role} join token is not current (rotated, or another "
                                "cluster's): ask for the current one with `orchctl cluster "
                                f"join-token {token.role}`")
-        key_digest = _key_digest(pki.csr_key(req.csr))
+        key_digest = pki.key_digest(pki.csr_key(req.csr))
         changes = Changes()
         if token.role == "agent":
             node_id = pki.check_node_id(req.node_id)
@@ -293,6 +287,14 @@ class Trust:
                                    "node joins once (remove it with `orchctl node rm` first)")
             changes.meta[META_NODE_KEY + node_id] = key_digest
         return token.role, changes
+
+    def renewal(self, csr: bytes, peer: Peer) -> tuple[str, Changes]:
+        """The role a member renews as, and what to record (an agent's new key)."""
+        role = "agent" if "agent" in peer.roles else "controller"
+        digest = pki.key_digest(pki.csr_key(csr))
+        if role == "agent" and peer.node_id and self.meta.get(META_NODE_KEY + peer.node_id) != digest:
+            return role, Changes(meta={META_NODE_KEY + peer.node_id: digest})
+        return role, Changes()
 
     def issue(self, csr: bytes, *, role: str, name: str, node_id: str = "",
               ips: list[str] | None = None) -> x509.Certificate:

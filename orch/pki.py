@@ -142,6 +142,12 @@ def csr_pem(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def key_digest(key: ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 of a public key (its SubjectPublicKeyInfo), hex: what names a node's key."""
+    return hashlib.sha256(key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
 def csr_key(pem: bytes) -> ec.EllipticCurvePublicKey:
     """The public key of a certificate request whose signature proves its holder has the
     private key; ConfigError otherwise."""

@@ -27,10 +27,9 @@ from controller.api.rpc import Endpoint, bidi, unary
 from controller.cluster import Cluster
 from controller.leadership import LeaderStatus
 from controller.nodes import NodeMonitor
-from controller.store.base import Changes
-from controller.trust import META_CONTROLLER, META_NODE_KEY, Peer, Trust, _key_digest
+from controller.trust import META_CONTROLLER, Peer, Trust
 from controller.usage import UsageTable
-from orch import daemon, keyring, pki
+from orch import daemon, keyring
 from orch.errors import NotLeaderError, RequestError
 from orch.gossip.transport import GossipNode
 from orch.v1 import controller_pb2, node_pb2
@@ -195,12 +194,10 @@ class NodeEndpoint(Endpoint):
     async def Renew(self, req: controller_pb2.RenewRequest, ctx: Ctx) -> controller_pb2.Credentials:
         trust = self._trust()
         peer = self._peer(ctx)
-        role = "agent" if "agent" in peer.roles else "controller"
-        digest = _key_digest(pki.csr_key(req.csr))
-        if role == "agent" and peer.node_id and \
-                trust.meta.get(META_NODE_KEY + peer.node_id) != digest:
+        role, changes = trust.renewal(req.csr, peer)
+        if changes:
             self.leader.require()  # a new key is recorded: the leader does it
-            await self.cluster.write(Changes(meta={META_NODE_KEY + peer.node_id: digest}))
+            await self.cluster.write(changes)
         cert = trust.issue(req.csr, role=role, name=peer.name, node_id=peer.node_id,
                            ips=list(req.ips))
         return trust.credentials(cert, gossip_keys=self._gossip_keys(),
