@@ -54,8 +54,9 @@ _DRIVER = re.compile(r"^driver-[a-z][a-z0-9_-]{0,31}$")
 
 
 class HasMeta(Protocol):
-    index: int
     meta: dict[str, str]
+    meta_index: int
+    """Moves whenever ``meta`` changes (views re-read it then)."""
 
 
 def _digest(secret: str) -> str:
@@ -151,7 +152,7 @@ class Token:
 
 class Acl:
     """The tokens, kept in the store's meta (every controller sees the same ones); a view
-    over ``state.meta`` that re-reads it when the state's index moves."""
+    over ``state.meta`` that re-reads it when the meta changes."""
 
     def __init__(self, state: HasMeta) -> None:
         self._state = state
@@ -162,8 +163,8 @@ class Acl:
     @property
     def tokens(self) -> dict[str, Token]:
         """accessor -> token (revoked ones too)"""
-        if self._index != self._state.index:
-            self._index = self._state.index
+        if self._index != self._state.meta_index:
+            self._index = self._state.meta_index
             self._tokens = {}
             for k, v in self._state.meta.items():
                 if k.startswith(META_PREFIX):

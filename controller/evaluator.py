@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from controller.cluster import Cluster
 from controller.deployments import ACTIVE, assess, health_updates
+from controller.namespaces import META_PREFIX as NAMESPACE_META
+from controller.namespaces import Namespaces
 from controller.planner import event, new_deployment, plan_summary, plan_to_changes
 from controller.scheduler import SchedulerConfig, schedule
 from controller.state import RUN, TERMINAL, job_key
@@ -40,6 +42,8 @@ class Evaluator:
         self.reconcile_interval = reconcile_interval
         self.scheduler = scheduler or SchedulerConfig()
         self.clock = clock
+        self.namespaces = Namespaces(self.state)
+        """Their quotas bound what a plan places."""
         self._queue: dict[JobKey, str] = {}
         self._waiters: dict[JobKey, list[asyncio.Future[controller_pb2.Evaluation]]] = {}
         self._due: dict[JobKey, float] = {}
@@ -90,7 +94,8 @@ class Evaluator:
             if a.client_status in TERMINAL or a.checks_healthy != a.healthy:
                 self._wake.set()
                 self.enqueue(job_key(a), "alloc-update")
-        if changes.put_nodes or any(a.client_status in TERMINAL for a in changes.put_allocs):
+        if changes.put_nodes or any(a.client_status in TERMINAL for a in changes.put_allocs) \
+                or any(k.startswith(NAMESPACE_META) for k in (*changes.meta, *changes.delete_meta)):
             for key in self._blocked:
                 self.enqueue(key, "capacity")
             self._blocked.clear()
@@ -167,7 +172,8 @@ class Evaluator:
                                              default=0))
         job = state.model(job_pb)
         t0 = time.perf_counter()
-        plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler)
+        plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler,
+                        quota=self.namespaces.quota(key[0]))
         self.scheduling_latency.observe(time.perf_counter() - t0)
         self.placements += len(plan.placements)
         self.stops += len(plan.stops)

@@ -87,6 +87,8 @@ class Jobs:
         now_ns = int(self.clock() * NS)
         async with self.cluster.lock:
             cur = self.state.job(key)
+            if cur is None:
+                self.evaluator.namespaces.require(key[0])
             if enforce_version and (cur.version if cur else 0) != enforce_version:
                 raise ConflictError(f"job {key[1]!r} is at version {cur.version if cur else 0}, "
                                     f"not {enforce_version}")
@@ -114,12 +116,15 @@ class Jobs:
         check_job(pb)
         key = job_key(pb)
         cur = self.state.job(key)
+        if cur is None:
+            self.evaluator.namespaces.require(key[0])
         model = job_from_proto(pb)
         version = cur.version if cur is not None and _spec_of(cur) == _spec_of(pb) and not cur.stop \
             else (cur.version + 1 if cur is not None else 1)
         model = dataclasses.replace(model, version=version, namespace=key[0], stop=False)
         plan = schedule(model, self.state.snapshot, self.clock(), seed=self.state.seed(),
-                        config=self.evaluator.scheduler)
+                        config=self.evaluator.scheduler,
+                        quota=self.evaluator.namespaces.quota(key[0]))
         return controller_pb2.PlanJobResponse(
             current_version=cur.version if cur is not None else 0,
             diff=job_diff(cur, pb), plan=plan_summary(plan))

@@ -34,6 +34,7 @@ from controller.api.events import EventsEndpoint
 from controller.api.jobs import JobsEndpoint
 from controller.api.leader import LeaderEndpoint
 from controller.api.members import MembersEndpoint
+from controller.api.namespaces import NamespacesEndpoint
 from controller.api.node import NodeEndpoint
 from controller.api.nodes import NodesEndpoint
 from controller.api.rpc import controller_service, node_service
@@ -256,6 +257,7 @@ class Controller:
             EventsEndpoint(authz, self.cluster),
             ServicesEndpoint(authz, self.cluster.state),
             LeaderEndpoint(authz, leader, gossip),
+            NamespacesEndpoint(authz, leader, self.cluster, self.evaluator.namespaces),
         ]), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)

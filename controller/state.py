@@ -46,6 +46,8 @@ class ClusterState:
         self.deployments: dict[str, controller_pb2.Deployment] = {}
         self.evaluations: deque[controller_pb2.Evaluation] = deque(maxlen=1000)
         self.meta: dict[str, str] = {}
+        self.meta_index = 0
+        """The index of the last commit that changed ``meta`` (views of it cache on this)."""
         self.snapshot = ClusterSnapshot()
         self._models: dict[tuple[JobKey, int], Job] = {}
         self._specs: dict[tuple[JobKey, int, str], Group] = {}
@@ -63,7 +65,9 @@ class ClusterState:
     def reset(self, snap: StoreSnapshot) -> None:
         """Become what ``snap`` holds, in place (everyone holding this object sees it): a
         follower catching up, or a new leader reading the store it now writes."""
+        moved = self.meta_index + 1
         self.__dict__.update(ClusterState.from_store(snap).__dict__)
+        self.meta_index = max(self.meta_index, moved)  # views of the meta read it again
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -166,7 +170,11 @@ class ClusterState:
         for dep_id in changes.delete_deployments:
             self.deployments.pop(dep_id, None)
         self.evaluations.extend(changes.put_evaluations)
+        for name in changes.delete_meta:
+            self.meta.pop(name, None)
         self.meta.update(changes.meta)
+        if changes.meta or changes.delete_meta:
+            self.meta_index = max(self.meta_index + 1, index)
 
     def alloc_info(self, alloc: node_pb2.Allocation) -> AllocInfo:
         return alloc_info_from_proto(alloc, self.group_spec(alloc))

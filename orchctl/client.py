@@ -44,6 +44,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     token_file: str = ""
+    namespace: str = ""
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -65,7 +66,14 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
     def at(p: str) -> str:
         return str(base / p) if p else ""
     return Settings(address=cfg.address, tls_ca=at(cfg.tls_ca), tls_cert=at(cfg.tls_cert),
-                    tls_key=at(cfg.tls_key), token_file=at(cfg.token_file))
+                    tls_key=at(cfg.tls_key), token_file=at(cfg.token_file),
+                    namespace=cfg.namespace)
+
+
+def namespace(flag: str | None, file: Settings | None = None) -> str:
+    """The namespace chosen by --namespace, else ORCH_NAMESPACE, else orchctl.toml ("" when
+    none chose one)."""
+    return flag or os.environ.get("ORCH_NAMESPACE") or (file.namespace if file else "")
 
 
 def address(flag: str | None, file: Settings | None = None) -> str:

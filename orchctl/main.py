@@ -6,8 +6,10 @@
 
 The controller's address comes from --address or ORCH_ADDR, else from orchctl.toml
 (ORCH_CONFIG, default ~/.config/orch/orchctl.toml: address, tls_ca, tls_cert, tls_key,
-token_file; a cluster's bootstrap writes one for its operator), else 127.0.0.1:4647;
--o json prints what the API returned, for scripts.
+token_file, namespace; a cluster's bootstrap writes one for its operator), else
+127.0.0.1:4647. Commands act in the namespace --namespace or ORCH_NAMESPACE names (else
+"default"); listings take -A for every namespace. -o json prints what the API returned,
+for scripts.
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 a job could not be fully placed,
 4 `job plan` would make changes.
@@ -20,8 +22,9 @@ import asyncio
 import sys
 
 from orch.errors import ConfigError
+from orch.vocab import DEFAULT_NAMESPACE
 from orchctl import client
-from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, node, tls
+from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, namespace, node, tls
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,8 +40,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--token-file", metavar="FILE", help="the access token, from a file")
     ap.add_argument("--token", metavar="SECRET",
                     help="access token (visible in ps: prefer ORCH_TOKEN or --token-file)")
+    ap.add_argument("-n", "--namespace", metavar="NS",
+                    help="the namespace to act in (env ORCH_NAMESPACE; default: default)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, cluster, acl, keyring, event, tls):
+    for module in (job, alloc, node, namespace, cluster, acl, keyring, event, tls):
         module.register(sub)
     return ap
 
@@ -52,7 +57,9 @@ async def _run(args: argparse.Namespace) -> int:
                              client.tls_from(args.tls_ca, args.tls_cert, args.tls_key, file),
                              client.token(args.token, args.token_file, file))
     try:
-        ctx = Ctx(session=session, json=args.output == "json", timeout=args.timeout)
+        ns = client.namespace(args.namespace, file)
+        ctx = Ctx(session=session, json=args.output == "json", timeout=args.timeout,
+                  namespace=ns or DEFAULT_NAMESPACE, namespace_given=bool(ns))
         result: int = await args.fn(ctx, args)
         return result
     finally:

@@ -5,10 +5,14 @@ rules (``controller.api.authz.RULES``; the agent's service admits controllers on
 every kind of caller below and checks each outcome against ``expected``;
 docs/security.md shows ``render()`` (a unit test keeps it current):
 
-    python -m tests.authz_table        # the table, as markdown
+    python -m tests.authz_table          # the table, as markdown
+    python -m tests.authz_table --write  # ... written into docs/security.md
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from agent.agent_service import AgentService
 from controller.api.authz import RULES
@@ -95,5 +99,19 @@ def unruled() -> list[str]:
     return [f"{s}/{m}" for s, m in methods() if s != "AgentService" and f"{s}/{m}" not in RULES]
 
 
+DOC = Path(__file__).resolve().parents[1] / "docs" / "security.md"
+
+
+def write(doc: Path = DOC) -> None:
+    """Put the current table between the markers of docs/security.md."""
+    text = doc.read_text()
+    start = text.index("\n", text.index("<!-- authz-table")) + 1
+    end = text.index("<!-- /authz-table -->")
+    doc.write_text(text[:start] + render() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(render())
+    if sys.argv[1:] == ["--write"]:
+        write()
+    else:
+        print(render())

@@ -18,6 +18,7 @@ from controller.state import RUN, TERMINAL, job_key
 from controller.store.base import Changes
 from orch.errors import RequestError
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from orch.vocab import namespace_of
 
 RESTART_TIMEOUT = 30.0
 """Seconds an agent has to restart an allocation's tasks."""
@@ -43,6 +44,8 @@ class AllocationsEndpoint(Endpoint):
             allocs = self.state.allocs_on_node(self.nodes.find(req.node_id).id)
         else:
             allocs = sorted(self.state.allocs.values(), key=lambda a: (a.job, a.group, a.index))
+        if req.namespace:
+            allocs = [a for a in allocs if namespace_of(a.namespace) == req.namespace]
         if not req.include_stopped:
             allocs = [a for a in allocs if a.desired_status == RUN or a.client_status not in TERMINAL]
         return controller_pb2.ListAllocationsResponse(allocations=allocs)

@@ -66,7 +66,9 @@ def _rules() -> dict[str, Rule]:
         **op("node-write", "DrainNode", "SetNodeEligibility"),
         **op("operator", "FireEvent"),
         **op("operator", "Keyring", peer=True),
-        **op("acl", "CreateToken", "ListTokens", "RevokeToken", "GetJoinToken", "RemoveNode"),
+        **op("acl", "CreateToken", "ListTokens", "RevokeToken", "GetJoinToken", "RemoveNode",
+             "ApplyNamespace", "DeleteNamespace"),
+        **op("read", "ListNamespaces"),
         "NodeService/Connect": Rule(frozenset(("agent",)), ""),
         "NodeService/Join": Rule(frozenset(("join",)), ""),
         "NodeService/Renew": Rule(frozenset(("agent", "controller")), ""),
@@ -144,8 +146,7 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
         return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
             else Target()
     if method in ("ListJobs", "ListAllocations"):
-        ns = request.namespace if method == "ListJobs" or request.job else ""
-        return Target(ns or "*")
+        return Target(request.namespace or "*")
     return Target("*")
 
 

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from controller.scheduler.config import SchedulerConfig
+from controller.scheduler.quota import Budget
 from controller.scheduler.snapshot import AllocInfo, ClusterSnapshot, NodeState
 from orch.jobspec.model import Job
 
@@ -55,6 +56,8 @@ class PlanContext:
     property_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     """(scope, target) -> allocations per target value, for distinct_property; scope is the
     job name or job.group."""
+    budget: Budget | None = None
+    """The job's namespace's room under its quota (None: no quota)."""
 
     def delta(self, node: NodeState) -> Delta:
         d = self.overlay.get(node)
@@ -79,6 +82,8 @@ class PlanContext:
             self.stopped.add(alloc.id)
         else:
             self.stopped.discard(alloc.id)
+        if self.budget is not None and alloc.namespace == self.budget.namespace:
+            self.budget.give(alloc.cpu_millicores, alloc.memory_mb, sign)
         node = self.snapshot.node(alloc.node_id)
         if node is None or alloc.id not in node.allocs:
             return
@@ -95,6 +100,8 @@ class PlanContext:
     def take(self, node: NodeState, gkey: tuple[str, str, str], cpu: int, mem: int,
              ports: list[int]) -> None:
         """Account for a placement on ``node``."""
+        if self.budget is not None:
+            self.budget.take(cpu, mem)
         d = self.delta(node)
         d.cpu += cpu
         d.mem += mem

@@ -86,6 +86,8 @@ class NodeMetrics:
     """Resource -> nodes out of it: ``cpu``, ``memory``, ``port 80``, ``dynamic ports``."""
     unavailable: dict[str, int] = field(default_factory=dict)
     """``down``, ``initializing``, ``ineligible``, ``draining``."""
+    quota: str = ""
+    """Why the namespace's quota has no room for it (no node was looked at then)."""
 
     def add(self, kind: str, reason: str) -> None:
         bucket = getattr(self, kind)
@@ -93,6 +95,8 @@ class NodeMetrics:
 
     def describe(self) -> str:
         """``12 nodes filtered by constraint ${node.class} = gpu, 3 exhausted memory``."""
+        if self.quota:
+            return self.quota
         parts = [f"{_nodes(n)} filtered by {r}" for r, n in _by_count(self.filtered)]
         parts += [f"{n} exhausted {r}" for r, n in _by_count(self.exhausted)]
         parts += [f"{_nodes(n)} {r}" for r, n in _by_count(self.unavailable)]
@@ -102,7 +106,8 @@ class NodeMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return {"evaluated": self.evaluated, "filtered": dict(self.filtered),
-                "exhausted": dict(self.exhausted), "unavailable": dict(self.unavailable)}
+                "exhausted": dict(self.exhausted), "unavailable": dict(self.unavailable),
+                "quota": self.quota}
 
 
 def _by_count(d: dict[str, int]) -> list[tuple[str, int]]:

@@ -21,6 +21,7 @@ from controller.scheduler.context import PlanContext
 from controller.scheduler.feasibility import ClassFilter, node_unavailable
 from controller.scheduler.placer import Choice, GroupPlacer
 from controller.scheduler.plan import GroupPlan, InPlaceUpdate, NodeMetrics, Placement, Plan, Stop
+from controller.scheduler.quota import Budget, Quota
 from controller.scheduler.reconcile import (
     STOP_DRAIN,
     STOP_DUPLICATE,
@@ -41,14 +42,17 @@ DEFAULT_CONFIG = SchedulerConfig()
 
 
 def schedule(job: Job, snapshot: ClusterSnapshot, now: float, seed: int,
-             config: SchedulerConfig = DEFAULT_CONFIG) -> Plan:
+             config: SchedulerConfig = DEFAULT_CONFIG, quota: Quota | None = None) -> Plan:
     """The plan that moves the cluster from ``snapshot`` towards ``job``.
 
     ``job.version`` is the version being scheduled; allocations of other
     versions are updated (in place or by replacement). A stopped job
-    (``job.stop``) only gets stops.
+    (``job.stop``) only gets stops. ``quota`` is the job's namespace's, if it has one:
+    what would go past it is not placed.
     """
     ctx = PlanContext(snapshot, job, config, random.Random(seed), now)
+    if quota is not None and not quota.unlimited:
+        ctx.budget = Budget(job.namespace, quota, snapshot.usage(job.namespace))
     plan = Plan(namespace=job.namespace, job=job.name, job_version=job.version, job_type=job.type)
     by_group: dict[str, list[AllocInfo]] = {}
     for a in snapshot.allocs_of_job(job.namespace, job.name):
@@ -140,10 +144,11 @@ class _GroupPlacements:
     def attempt(self, index: int, reason: str, previous: AllocInfo | None = None,
                 penalty: frozenset[str] = frozenset(), preferred: NodeState | None = None,
                 attempts: int = 0, canary: bool = False) -> bool:
-        choice = None if self.failed else self.placer.place(penalty, preferred)
+        over = None if self.failed else _over_quota(self.ctx, self.group)
+        choice = None if self.failed or over else self.placer.place(penalty, preferred)
         if choice is None:
             if not self.failed:
-                self.gp.failure = self.placer.explain()
+                self.gp.failure = NodeMetrics(quota=over) if over else self.placer.explain()
             self.failed = True
             self.gp.unplaced += 1
             return False
@@ -161,6 +166,13 @@ class _GroupPlacements:
                                         reason=why))
         else:
             self.placer.release(old, -1)
+
+
+def _over_quota(ctx: PlanContext, group: Group) -> str | None:
+    """Why the namespace's quota has no room for one more of ``group`` (None: it has)."""
+    if ctx.budget is None:
+        return None
+    return ctx.budget.refusal(group.resources.cpu_millicores, group.resources.memory_mb)
 
 
 def _node_name(snap: ClusterSnapshot, a: AllocInfo) -> str:
@@ -280,6 +292,11 @@ def _system_group(ctx: PlanContext, plan: Plan, group: Group, allocs: list[Alloc
             continue  # ineligible or initializing: nothing new; failed here: not retried
         gp.desired += 1
         gp.place += 1
+        over = _over_quota(ctx, group)
+        if over:
+            metrics.quota = over
+            gp.unplaced += 1
+            continue
         problem = placer.problem(node)
         if problem is not None:
             metrics.add(*problem)
@@ -289,15 +306,16 @@ def _system_group(ctx: PlanContext, plan: Plan, group: Group, allocs: list[Alloc
         choice = placer.commit(Choice(node, placer.score_on(node)))
         plan.placements.append(_placement(ctx, group, 0, choice, "new", None))
 
-    budget = max(0, group.update.max_parallel - in_flight)
+    parallel = max(0, group.update.max_parallel - in_flight)
     for a, node in destructive:
-        if budget <= 0:
+        if parallel <= 0:
             gp.waiting += 1
             continue
-        budget -= 1
+        parallel -= 1
         gp.replace += 1
         placer.release(a)
-        problem = placer.problem(node)
+        over = _over_quota(ctx, group)
+        problem = ("quota", over) if over else placer.problem(node)
         if problem is None:
             choice = placer.commit(Choice(node, placer.score_on(node)))
             plan.stops.append(Stop(alloc_id=a.id, name=a.name, node_id=a.node_id,
@@ -305,8 +323,11 @@ def _system_group(ctx: PlanContext, plan: Plan, group: Group, allocs: list[Alloc
             plan.placements.append(_placement(ctx, group, 0, choice, "replacement", a))
         else:
             placer.release(a, -1)
-            metrics.add(*problem)
-            metrics.evaluated += 1
+            if over:
+                metrics.quota = over
+            else:
+                metrics.add(*problem)
+                metrics.evaluated += 1
             gp.unplaced += 1
     if gp.unplaced:
         gp.failure = metrics
@@ -325,6 +346,10 @@ def _reserve_resize(ctx: PlanContext, a: AllocInfo, group: Group) -> bool:
     if (grow_cpu > 0 and node.cpu_used + d.cpu + grow_cpu > node.cpu_total) or \
             (grow_mem > 0 and node.mem_used + d.mem + grow_mem > node.mem_total):
         return False
+    if ctx.budget is not None:
+        if ctx.budget.refusal(max(grow_cpu, 0), max(grow_mem, 0), allocations=0):
+            return False
+        ctx.budget.take(grow_cpu, grow_mem, allocations=0)
     d.cpu += grow_cpu
     d.mem += grow_mem
     return True

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from controller.scheduler.quota import Usage
 from orch.jobspec.model import Group, group_from_proto
 from orch.v1 import job_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS, DEFAULT_NAMESPACE, DESIRED_STATUS, NODE_STATUS, namespace_of
@@ -216,6 +217,8 @@ class ClusterSnapshot:
         self._by_job: dict[tuple[str, str], dict[str, AllocInfo]] = {}
         self._orphans: dict[str, dict[str, AllocInfo]] = {}
         """Occupying allocations whose node is not (or no longer) in the snapshot."""
+        self._usage: dict[str, Usage] = {}
+        """Namespace -> what its occupying allocations hold (for quotas)."""
         self.version = 0
         """Bumped on every change."""
         self.node_version = 0
@@ -276,6 +279,10 @@ class ClusterSnapshot:
             return []
         return sorted(found.values(), key=lambda a: (a.group, a.index, a.id))
 
+    def usage(self, namespace: str) -> Usage:
+        """What the namespace's occupying allocations hold (do not mutate)."""
+        return self._usage.get(namespace) or Usage()
+
     # --- nodes ----------------------------------------------------------------------------
 
     def upsert_node(self, info: NodeInfo) -> None:
@@ -334,6 +341,8 @@ class ClusterSnapshot:
         self._allocs[alloc.id] = alloc
         self._by_job.setdefault((alloc.namespace, alloc.job), {})[alloc.id] = alloc
         if alloc.occupies:
+            self._usage.setdefault(alloc.namespace, Usage()).add(alloc.cpu_millicores,
+                                                                 alloc.memory_mb)
             state = self._nodes.get(alloc.node_id)
             if state is not None:
                 state._add(alloc, 1)
@@ -355,6 +364,10 @@ class ClusterSnapshot:
 
     def _unaccount(self, old: AllocInfo) -> None:
         if old.occupies:
+            used = self._usage[old.namespace]
+            used.add(old.cpu_millicores, old.memory_mb, -1)
+            if not used.allocations:
+                del self._usage[old.namespace]
             state = self._nodes.get(old.node_id)
             if state is not None and old.id in state.allocs:
                 state._add(old, -1)

@@ -141,6 +141,7 @@ class _Rows:
     events: list[controller_pb2.Event]
     """The store's own copies: the worker sets their index and serialises them."""
     meta: list[tuple[str, str]]
+    delete_meta: list[tuple[str]]
 
 
 def _checked(field: str, items: Sequence[Any], cls: type[T],
@@ -198,6 +199,7 @@ def _rows(c: Changes) -> _Rows:
                                        controller_pb2.Evaluation, lambda e: e.id)],
         events=events,
         meta=meta,
+        delete_meta=_keys("delete_meta", c.delete_meta),
     )
 
 
@@ -419,6 +421,7 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM allocations WHERE id = ?", rows.delete_allocs)
             conn.executemany("DELETE FROM nodes WHERE id = ?", rows.delete_nodes)
             conn.executemany("DELETE FROM deployments WHERE id = ?", rows.delete_deployments)
+            conn.executemany("DELETE FROM meta WHERE key = ?", rows.delete_meta)
             conn.executemany(
                 "INSERT INTO jobs (namespace, name, version, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (namespace, name, version) DO UPDATE SET data = excluded.data",

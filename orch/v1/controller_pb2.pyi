@@ -51,6 +51,180 @@ KEYRING_OP_REMOVE: KeyringOp.ValueType  # 4
 Global___KeyringOp: _TypeAlias = KeyringOp  # noqa: Y015
 
 @_typing.final
+class Quota(_message.Message):
+    """What a namespace's live allocations (desired to run, not finished) may hold together;
+    0 leaves a dimension unlimited.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_MILLICORES_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    cpu_millicores: _builtins.int
+    memory_mb: _builtins.int
+    allocations: _builtins.int
+    def __init__(
+        self,
+        *,
+        cpu_millicores: _builtins.int = ...,
+        memory_mb: _builtins.int = ...,
+        allocations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "cpu_millicores", b"cpu_millicores", "memory_mb", b"memory_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quota: _TypeAlias = Quota  # noqa: Y015
+
+@_typing.final
+class Namespace(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_NS_FIELD_NUMBER: _builtins.int
+    MODIFY_TIME_NS_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    create_time_ns: _builtins.int
+    modify_time_ns: _builtins.int
+    jobs: _builtins.int
+    """jobs registered in it"""
+    @_builtins.property
+    def quota(self) -> Global___Quota: ...
+    @_builtins.property
+    def used(self) -> Global___Quota:
+        """what its live allocations hold now"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        quota: Global___Quota | None = ...,
+        create_time_ns: _builtins.int = ...,
+        modify_time_ns: _builtins.int = ...,
+        used: Global___Quota | None = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "used", b"used"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_ns", b"create_time_ns", "description", b"description", "jobs", b"jobs", "modify_time_ns", b"modify_time_ns", "name", b"name", "quota", b"quota", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Namespace: _TypeAlias = Namespace  # noqa: Y015
+
+@_typing.final
+class ApplyNamespaceRequest(_message.Message):
+    """Create a namespace or change it: the fields set replace what it had, the rest stays."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CPU_MILLICORES_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    cpu_millicores: _builtins.int
+    """quota; 0: unlimited"""
+    memory_mb: _builtins.int
+    allocations: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str | None = ...,
+        cpu_millicores: _builtins.int | None = ...,
+        memory_mb: _builtins.int | None = ...,
+        allocations: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allocations", b"_allocations", "_cpu_millicores", b"_cpu_millicores", "_description", b"_description", "_memory_mb", b"_memory_mb", "allocations", b"allocations", "cpu_millicores", b"cpu_millicores", "description", b"description", "memory_mb", b"memory_mb"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allocations", b"_allocations", "_cpu_millicores", b"_cpu_millicores", "_description", b"_description", "_memory_mb", b"_memory_mb", "allocations", b"allocations", "cpu_millicores", b"cpu_millicores", "description", b"description", "memory_mb", b"memory_mb", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allocations: _TypeAlias = _typing.Literal["allocations"]  # noqa: Y015
+    _WhichOneofArgType__allocations: _TypeAlias = _typing.Literal["_allocations", b"_allocations"]  # noqa: Y015
+    _WhichOneofReturnType__cpu_millicores: _TypeAlias = _typing.Literal["cpu_millicores"]  # noqa: Y015
+    _WhichOneofArgType__cpu_millicores: _TypeAlias = _typing.Literal["_cpu_millicores", b"_cpu_millicores"]  # noqa: Y015
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    _WhichOneofReturnType__memory_mb: _TypeAlias = _typing.Literal["memory_mb"]  # noqa: Y015
+    _WhichOneofArgType__memory_mb: _TypeAlias = _typing.Literal["_memory_mb", b"_memory_mb"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allocations) -> _WhichOneofReturnType__allocations | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_millicores) -> _WhichOneofReturnType__cpu_millicores | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_mb) -> _WhichOneofReturnType__memory_mb | None: ...
+
+Global___ApplyNamespaceRequest: _TypeAlias = ApplyNamespaceRequest  # noqa: Y015
+
+@_typing.final
+class ListNamespacesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNamespacesRequest: _TypeAlias = ListNamespacesRequest  # noqa: Y015
+
+@_typing.final
+class ListNamespacesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___Namespace]: ...
+    def __init__(
+        self,
+        *,
+        namespaces: _abc.Iterable[Global___Namespace] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespaces", b"namespaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNamespacesResponse: _TypeAlias = ListNamespacesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteNamespaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteNamespaceRequest: _TypeAlias = DeleteNamespaceRequest  # noqa: Y015
+
+@_typing.final
 class JoinTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

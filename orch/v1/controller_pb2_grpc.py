@@ -195,6 +195,21 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_node__pb2.Node.FromString,
                 _registered_method=True)
+        self.ApplyNamespace = channel.unary_unary(
+                '/orch.v1.ControllerService/ApplyNamespace',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ApplyNamespaceRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.Namespace.FromString,
+                _registered_method=True)
+        self.ListNamespaces = channel.unary_unary(
+                '/orch.v1.ControllerService/ListNamespaces',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ListNamespacesRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ListNamespacesResponse.FromString,
+                _registered_method=True)
+        self.DeleteNamespace = channel.unary_unary(
+                '/orch.v1.ControllerService/DeleteNamespace',
+                request_serializer=orch_dot_v1_dot_controller__pb2.DeleteNamespaceRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.Namespace.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -416,6 +431,29 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyNamespace(self, request, context):
+        """Namespaces: declared before a job uses one ("default" always exists), each with an
+        optional quota the scheduler enforces.
+        namespace apply
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNamespaces(self, request, context):
+        """namespace list
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNamespace(self, request, context):
+        """namespace rm
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -573,6 +611,21 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
                     response_serializer=orch_dot_v1_dot_node__pb2.Node.SerializeToString,
+            ),
+            'ApplyNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyNamespace,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ApplyNamespaceRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.Namespace.SerializeToString,
+            ),
+            'ListNamespaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNamespaces,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ListNamespacesRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ListNamespacesResponse.SerializeToString,
+            ),
+            'DeleteNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNamespace,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.DeleteNamespaceRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.Namespace.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1417,6 +1470,87 @@ class ControllerService:
             '/orch.v1.ControllerService/RemoveNode',
             orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
             orch_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ApplyNamespace',
+            orch_dot_v1_dot_controller__pb2.ApplyNamespaceRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.Namespace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNamespaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ListNamespaces',
+            orch_dot_v1_dot_controller__pb2.ListNamespacesRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ListNamespacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/DeleteNamespace',
+            orch_dot_v1_dot_controller__pb2.DeleteNamespaceRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.Namespace.FromString,
             options,
             channel_credentials,
             insecure,

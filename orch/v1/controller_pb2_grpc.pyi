@@ -101,6 +101,15 @@ class ControllerServiceStub:
     """
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]
     """node rm"""
+    ApplyNamespace: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ApplyNamespaceRequest, _controller_pb2.Namespace]
+    """Namespaces: declared before a job uses one ("default" always exists), each with an
+    optional quota the scheduler enforces.
+    namespace apply
+    """
+    ListNamespaces: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListNamespacesRequest, _controller_pb2.ListNamespacesResponse]
+    """namespace list"""
+    DeleteNamespace: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteNamespaceRequest, _controller_pb2.Namespace]
+    """namespace rm"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -172,6 +181,15 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """node rm"""
+    ApplyNamespace: _aio.UnaryUnaryMultiCallable[_controller_pb2.ApplyNamespaceRequest, _controller_pb2.Namespace]  # type: ignore[assignment]
+    """Namespaces: declared before a job uses one ("default" always exists), each with an
+    optional quota the scheduler enforces.
+    namespace apply
+    """
+    ListNamespaces: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListNamespacesRequest, _controller_pb2.ListNamespacesResponse]  # type: ignore[assignment]
+    """namespace list"""
+    DeleteNamespace: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteNamespaceRequest, _controller_pb2.Namespace]  # type: ignore[assignment]
+    """namespace rm"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -426,6 +444,33 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
         """node rm"""
+
+    @_abc_1.abstractmethod
+    def ApplyNamespace(
+        self,
+        request: _controller_pb2.ApplyNamespaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Namespace, _abc.Awaitable[_controller_pb2.Namespace]]:
+        """Namespaces: declared before a job uses one ("default" always exists), each with an
+        optional quota the scheduler enforces.
+        namespace apply
+        """
+
+    @_abc_1.abstractmethod
+    def ListNamespaces(
+        self,
+        request: _controller_pb2.ListNamespacesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListNamespacesResponse, _abc.Awaitable[_controller_pb2.ListNamespacesResponse]]:
+        """namespace list"""
+
+    @_abc_1.abstractmethod
+    def DeleteNamespace(
+        self,
+        request: _controller_pb2.DeleteNamespaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Namespace, _abc.Awaitable[_controller_pb2.Namespace]]:
+        """namespace rm"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

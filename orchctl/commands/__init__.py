@@ -9,7 +9,8 @@ from typing import TypeVar
 import grpc
 
 from orch.v1 import controller_pb2_grpc
-from orchctl.client import Session, fail
+from orch.vocab import DEFAULT_NAMESPACE
+from orchctl.client import USAGE, CliError, Session, fail
 
 T = TypeVar("T")
 
@@ -21,6 +22,18 @@ class Ctx:
     session: Session
     json: bool
     timeout: float
+    namespace: str = DEFAULT_NAMESPACE
+    """The namespace the command acts in (--namespace, ORCH_NAMESPACE, orchctl.toml)."""
+    namespace_given: bool = False
+    """Whether a person chose it (else it is the default one)."""
+
+    def job_namespace(self, in_file: str) -> str:
+        """The namespace of a job whose file names ``in_file`` ("" when it names none)."""
+        if in_file and self.namespace_given and in_file != self.namespace:
+            raise CliError(f"the job file is for namespace {in_file!r} but the command is for "
+                           f"{self.namespace!r} (drop --namespace/ORCH_NAMESPACE, or change "
+                           "the file)", USAGE)
+        return in_file or self.namespace
 
     @property
     def stub(self) -> controller_pb2_grpc.ControllerServiceAsyncStub:

@@ -9,8 +9,9 @@ from orchctl.client import OK
 from orchctl.commands import Ctx
 from orchctl.output import ago, block, out, short, table, to_json
 
-POLICY_HELP = ("management | read | submit | submit:ns=<namespace> | submit:prefix=<job prefix> "
-               "| node (repeat for several)")
+POLICY_HELP = ("management | read | node | operator | namespace:<ns|*>:<capabilities: read, "
+               "submit, driver-<name>, privileged, host-network, alloc-exec> | submit | "
+               "submit:ns=<namespace> | submit:prefix=<job prefix> (repeat for several)")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

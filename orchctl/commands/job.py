@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(fn=plan)
     p = verbs.add_parser("status", help="one job in detail, or every job")
     p.add_argument("name", nargs="?")
+    p.add_argument("-A", "--all-namespaces", action="store_true",
+                   help="list the jobs of every namespace")
     p.set_defaults(fn=status)
     p = verbs.add_parser("stop", help="stop a job (its allocations stop)")
     p.add_argument("name")
@@ -57,13 +59,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(fn=promote)
 
 
-def _load(path: str) -> job_pb2.Job:
+def _load(ctx: Ctx, path: str) -> job_pb2.Job:
+    """The job in a file, in the namespace the file or the command names."""
     try:
-        return load_job_file(path)
+        job = load_job_file(path)
     except JobSpecError as e:
         raise CliError(str(e), FAILED) from None
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}", FAILED) from None
+    job.namespace = ctx.job_namespace(job.namespace)
+    return job
 
 
 def _show_plan(p: controller_pb2.PlanSummary) -> None:
@@ -77,7 +82,7 @@ def _show_plan(p: controller_pb2.PlanSummary) -> None:
 
 
 async def run(ctx: Ctx, args: argparse.Namespace) -> int:
-    job = _load(args.file)
+    job = _load(ctx, args.file)
     resp = await ctx.call(ctx.stub.RegisterJob(controller_pb2.RegisterJobRequest(
         job=job, enforce_version=args.check_index)))
     if ctx.json and args.detach:
@@ -149,7 +154,7 @@ async def _follow(ctx: Ctx, namespace: str, name: str, resp: controller_pb2.Regi
 
 
 async def plan(ctx: Ctx, args: argparse.Namespace) -> int:
-    job = _load(args.file)
+    job = _load(ctx, args.file)
     resp = await ctx.call(ctx.stub.PlanJob(controller_pb2.PlanJobRequest(job=job)))
     if ctx.json:
         out(to_json(resp))
@@ -168,16 +173,20 @@ async def plan(ctx: Ctx, args: argparse.Namespace) -> int:
 
 async def status(ctx: Ctx, args: argparse.Namespace) -> int:
     if not args.name:
-        resp = await ctx.call(ctx.stub.ListJobs(controller_pb2.ListJobsRequest()))
+        resp = await ctx.call(ctx.stub.ListJobs(controller_pb2.ListJobsRequest(
+            namespace="" if args.all_namespaces else ctx.namespace)))
         if ctx.json:
             out(to_json(list(resp.jobs)))
             return OK
-        out(table(("Name", "Type", "Priority", "Status", "Version", "Running", "Submitted"),
-                  [(j.name, JOB_TYPE.word(j.type), j.priority,
-                    JOB_STATUS.word(j.status), j.version,
+        every = args.all_namespaces
+        out(table((*(("Namespace",) if every else ()), "Name", "Type", "Priority", "Status",
+                   "Version", "Running", "Submitted"),
+                  [(*((namespace_of(j.namespace),) if every else ()), j.name,
+                    JOB_TYPE.word(j.type), j.priority, JOB_STATUS.word(j.status), j.version,
                     f"{j.running}/{j.desired}", ago(j.submit_time_ns)) for j in resp.jobs]))
         return OK
-    st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(name=args.name)))
+    st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(
+        name=args.name, namespace=ctx.namespace)))
     if ctx.json:
         out(to_json(st))
         return OK
@@ -213,8 +222,8 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def stop(ctx: Ctx, args: argparse.Namespace) -> int:
-    resp = await ctx.call(ctx.stub.StopJob(controller_pb2.StopJobRequest(name=args.name,
-                                                                         purge=args.purge)))
+    resp = await ctx.call(ctx.stub.StopJob(controller_pb2.StopJobRequest(
+        name=args.name, namespace=ctx.namespace, purge=args.purge)))
     if ctx.json:
         out(to_json(resp))
     else:
@@ -224,7 +233,8 @@ async def stop(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def history(ctx: Ctx, args: argparse.Namespace) -> int:
-    resp = await ctx.call(ctx.stub.JobHistory(controller_pb2.JobHistoryRequest(name=args.name)))
+    resp = await ctx.call(ctx.stub.JobHistory(controller_pb2.JobHistoryRequest(
+        name=args.name, namespace=ctx.namespace)))
     if ctx.json:
         out(to_json(list(resp.versions)))
         return OK
@@ -243,7 +253,7 @@ async def history(ctx: Ctx, args: argparse.Namespace) -> int:
 
 async def revert(ctx: Ctx, args: argparse.Namespace) -> int:
     resp = await ctx.call(ctx.stub.RevertJob(controller_pb2.RevertJobRequest(
-        name=args.name, version=args.version)))
+        name=args.name, namespace=ctx.namespace, version=args.version)))
     if ctx.json:
         out(to_json(resp))
     else:
@@ -255,7 +265,8 @@ async def revert(ctx: Ctx, args: argparse.Namespace) -> int:
 
 async def scale(ctx: Ctx, args: argparse.Namespace) -> int:
     resp = await ctx.call(ctx.stub.ScaleJob(controller_pb2.ScaleJobRequest(
-        name=args.name, group=args.group, count=args.count, reason=args.reason)))
+        name=args.name, namespace=ctx.namespace, group=args.group, count=args.count,
+        reason=args.reason)))
     if not ctx.json:
         out(f"==> job {args.name!r} group {args.group!r} scaled to {args.count}: version "
             f"{resp.version}")
@@ -268,14 +279,15 @@ async def scale(ctx: Ctx, args: argparse.Namespace) -> int:
         if ctx.json:
             out(to_json(resp))
         return OK
-    code = await _follow(ctx, "", args.name, resp, args.timeout)
+    code = await _follow(ctx, ctx.namespace, args.name, resp, args.timeout)
     if ctx.json:
         out(to_json(resp))
     return code
 
 
 async def promote(ctx: Ctx, args: argparse.Namespace) -> int:
-    st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(name=args.name)))
+    st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(
+        name=args.name, namespace=ctx.namespace)))
     if not st.HasField("latest_deployment"):
         raise CliError(f"job {args.name!r} has no deployment to promote")
     dep = await ctx.call(ctx.stub.PromoteDeployment(controller_pb2.PromoteDeploymentRequest(

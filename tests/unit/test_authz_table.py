@@ -19,7 +19,7 @@ def test_the_documented_table_is_the_generated_one() -> None:
     text = DOC.read_text()
     start = text.index("<!-- authz-table")
     body = text[text.index("\n", start) + 1:text.index("<!-- /authz-table -->")].strip()
-    assert body == render(), "docs/security.md is stale: python -m tests.authz_table"
+    assert body == render(), "docs/security.md is stale: python -m tests.authz_table --write"
 
 
 def test_nothing_but_the_join_is_open_to_a_join_token_and_no_plain_text_gets_in() -> None:

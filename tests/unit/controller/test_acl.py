@@ -15,12 +15,12 @@ from orch.v1 import controller_pb2
 
 @dataclass
 class State:
-    index: int = 0
+    meta_index: int = 0
     meta: dict[str, str] = field(default_factory=dict)
 
     def apply(self, changes: Changes) -> None:
         self.meta.update(changes.meta)
-        self.index += 1
+        self.meta_index += 1
 
 
 def token(*policies: str) -> Token:

@@ -9,6 +9,7 @@ from typing import Any
 from bench.scheduler_rounds import apply_plan
 from controller.scheduler import AllocInfo, ClusterSnapshot, NodeInfo, Plan, schedule
 from controller.scheduler.config import SchedulerConfig
+from controller.scheduler.quota import Quota
 from orch.jobspec.model import (
     Affinity,
     Constraint,
@@ -61,9 +62,10 @@ def alloc(aid: str, node_id: str, *, job_name: str = "app", grp: str = "web", in
 
 
 def run(j: Job, snap: ClusterSnapshot, *, seed: int = 1, now: float = 1000.0,
-        config: SchedulerConfig | None = None, apply: bool = False) -> Plan:
+        config: SchedulerConfig | None = None, apply: bool = False,
+        quota: Quota | None = None) -> Plan:
     """Schedule (and optionally commit) one job."""
-    plan = schedule(j, snap, now, seed, config or SchedulerConfig())
+    plan = schedule(j, snap, now, seed, config or SchedulerConfig(), quota)
     if apply:
         apply_plan(snap, plan, j, now)
     return plan

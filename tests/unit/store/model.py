@@ -66,6 +66,8 @@ class Model:
             self.events.append(stored)
             indexes.append(s.event_index)
         del self.events[:-self.max_events]
+        for name in c.delete_meta:
+            s.meta.pop(name, None)
         s.meta.update(c.meta)
         s.index += 1
         return s.index, indexes

@@ -103,6 +103,12 @@ async def test_meta_values_are_set_and_replaced_one_key_at_a_time(store: Store) 
     assert (await store.load()).meta == {"cluster_id": "c-1", "scheduler": "spread"}
 
 
+async def test_meta_keys_are_deleted_before_the_commits_puts(store: Store) -> None:
+    await store.commit(Changes(meta={"a": "1", "b": "2", "c": "3"}))
+    await store.commit(Changes(delete_meta=["a", "b", "missing"], meta={"b": "again"}))
+    assert (await store.load()).meta == {"b": "again", "c": "3"}
+
+
 async def test_the_index_grows_by_one_per_commit_across_restarts(backend: Backend,
                                                                  tmp_path: Path) -> None:
     async with backend.opened(tmp_path) as s:

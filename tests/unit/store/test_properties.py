@@ -61,6 +61,7 @@ changes = st.builds(
     put_evaluations=st.lists(evaluations, max_size=3),
     events=st.lists(events, max_size=3),
     meta=st.dictionaries(st.sampled_from(["k1", "k2", "k3"]), text, max_size=2),
+    delete_meta=st.lists(st.sampled_from(["k1", "k2", "k3"]), max_size=2),
 )
 
 
