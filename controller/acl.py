@@ -17,6 +17,8 @@ stored. Its policies:
         privileged             tasks that ask for a privileged container
         host-network           tasks that share the host's network
         alloc-exec             commands run inside its allocations
+        secret-read            its secrets' values, and jobs whose tasks read secrets
+        secret-write           put and remove its secrets
     submit                     namespace:*:submit with every driver (as submit:ns=, below)
     submit:ns=<namespace>      namespace:<namespace>:submit with every driver
     submit:prefix=<p>          the same as submit, for the jobs whose name starts with <p>
@@ -46,7 +48,8 @@ from orch.vocab import namespace_of
 META_PREFIX = "acl/token/"
 BOOTSTRAP_KEY = "acl/bootstrapped"
 POLICIES = ("management", "read", "submit", "node", "operator")
-CAPABILITIES = ("read", "submit", "privileged", "host-network", "alloc-exec")
+CAPABILITIES = ("read", "submit", "privileged", "host-network", "alloc-exec", "secret-read",
+                "secret-write")
 """Capabilities in a namespace (besides ``driver-<name>``)."""
 ALL_DRIVERS = "driver-*"
 _NAMESPACE = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$")
@@ -66,7 +69,7 @@ def _digest(secret: str) -> str:
 def _bad(policy: str) -> RequestError:
     return RequestError(f"unknown policy {policy!r}: use management, read, node, operator, "
                         "namespace:<ns|*>:<read,submit,driver-NAME,privileged,host-network,"
-                        "alloc-exec>, submit, submit:ns=<namespace> or "
+                        "alloc-exec,secret-read,secret-write>, submit, submit:ns=<namespace> or "
                         "submit:prefix=<job name prefix>")
 
 
@@ -112,7 +115,8 @@ class Token:
 
     def allows(self, action: str, namespace: str = "", job: str = "",
                needs: Iterable[str] = ()) -> bool:
-        """Whether this token may do ``action`` (read, job-write, node-write, operator, acl)
+        """Whether this token may do ``action`` (read, job-write, alloc-exec, secret-read,
+        secret-write, node-write, operator, acl)
         on the job ``namespace``/``job`` where that matters; ``needs`` are the capabilities the
         request needs besides (driver-docker, privileged...). A namespace of ``*`` asks for
         every namespace at once (a listing)."""
@@ -126,9 +130,10 @@ class Token:
         if action in ("node-write", "operator"):
             return (action == "node-write" and "node" in self.policies) or \
                 (action == "operator" and "operator" in self.policies)
-        if action not in ("read", "job-write", "alloc-exec"):
+        want = {"read": "read", "job-write": "submit", "alloc-exec": "alloc-exec",
+                "secret-read": "secret-read", "secret-write": "secret-write"}.get(action)
+        if want is None:
             return False
-        want = {"read": "read", "job-write": "submit", "alloc-exec": "alloc-exec"}[action]
         ns = namespace if namespace == "*" else namespace_of(namespace)
         held: set[str] = set()
         for p in self.policies:

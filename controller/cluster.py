@@ -23,6 +23,9 @@ from orch.v1 import controller_pb2, node_pb2
 log = logging.getLogger("controller")
 
 DesiredSink = Callable[[controller_pb2.DesiredAllocations], None]
+SecretsOf = Callable[[list[node_pb2.Allocation]], list[controller_pb2.SecretValue]]
+SECRET_META = "secret/"
+"""Meta keys of secrets: a change to one may change what some nodes are sent."""
 
 
 class EventBus:
@@ -71,6 +74,8 @@ class Cluster:
         self.commit_latency = Hist(LATENCY)
         self.listeners: list[Callable[[Changes], None]] = []
         """Called after every commit (the scheduler loop wakes on them)."""
+        self.secrets_of: SecretsOf | None = None
+        """The secrets a node's allocations read, sent with its desired set."""
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -91,6 +96,8 @@ class Cluster:
             self.events.publish(changes.events)
         nodes = {a.node_id for a in changes.put_allocs}
         nodes |= {n.id for n in changes.put_nodes}
+        if any(k.startswith(SECRET_META) for k in (*changes.meta, *changes.delete_meta)):
+            nodes |= set(self._sinks)  # those whose secrets did not change are not sent again
         for node_id in nodes:
             self.push_desired(node_id)
         for listener in self.listeners:
@@ -120,7 +127,9 @@ class Cluster:
     def desired_for(self, node_id: str) -> controller_pb2.DesiredAllocations:
         """Every allocation the node should run, with the state's index as version."""
         allocs = [a for a in self.state.allocs_on_node(node_id) if a.desired_status == RUN]
-        return controller_pb2.DesiredAllocations(version=self.state.index, allocations=allocs)
+        return controller_pb2.DesiredAllocations(
+            version=self.state.index, allocations=allocs,
+            secrets=self.secrets_of(allocs) if self.secrets_of is not None else [])
 
     def push_desired(self, node_id: str) -> None:
         sink = self._sinks.get(node_id)
@@ -128,7 +137,8 @@ class Cluster:
             return
         desired = self.desired_for(node_id)
         # the agent converges to the set, so an unchanged set is not worth sending again
-        digest = b"".join(sorted(_digest(a) for a in desired.allocations))
+        digest = b"".join(sorted(_digest(a) for a in desired.allocations)) + b"".join(
+            f"|{s.namespace}/{s.name}#{s.version}".encode() for s in desired.secrets)
         if self._pushed.get(node_id) == digest:
             return
         self._pushed[node_id] = digest

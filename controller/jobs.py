@@ -10,6 +10,7 @@ from controller.cluster import Cluster
 from controller.evaluator import Evaluator
 from controller.planner import event, plan_summary
 from controller.scheduler import diff_groups, schedule
+from controller.secrets import Secrets
 from controller.state import COMPLETE, FAILED, LOST, PENDING, RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.errors import ConflictError, NotFoundError, RequestError
@@ -64,11 +65,26 @@ def job_status(allocs: list[node_pb2.Allocation], job: job_pb2.Job) -> job_pb2.J
 
 class Jobs:
     def __init__(self, cluster: Cluster, evaluator: Evaluator,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, secrets: Secrets | None = None) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.evaluator = evaluator
         self.clock = clock
+        self.secrets = secrets
+
+    def _check_refs(self, key: JobKey, pb: job_pb2.Job) -> None:
+        """The job's namespace exists (for a new job) and every secret it reads does."""
+        if self.state.job(key) is None:
+            self.evaluator.namespaces.require(key[0])
+        if self.secrets is None:
+            return
+        model = job_from_proto(pb)
+        missing = sorted({n for g in model.groups for t in g.tasks for n in t.secret_names
+                          if self.secrets.get(key[0], n) is None})
+        if missing:
+            raise NotFoundError(
+                f"job {key[1]!r} reads secret(s) {', '.join(map(repr, missing))} that namespace "
+                f"{key[0]!r} does not hold (orchctl -n {key[0]} secret put NAME -f FILE)")
 
     def get(self, key: JobKey) -> job_pb2.Job:
         job = self.state.job(key)
@@ -86,9 +102,8 @@ class Jobs:
         key = job_key(pb)
         now_ns = int(self.clock() * NS)
         async with self.cluster.lock:
+            self._check_refs(key, pb)
             cur = self.state.job(key)
-            if cur is None:
-                self.evaluator.namespaces.require(key[0])
             if enforce_version and (cur.version if cur else 0) != enforce_version:
                 raise ConflictError(f"job {key[1]!r} is at version {cur.version if cur else 0}, "
                                     f"not {enforce_version}")
@@ -115,9 +130,8 @@ class Jobs:
         """What registering ``pb`` would do, without doing it."""
         check_job(pb)
         key = job_key(pb)
+        self._check_refs(key, pb)
         cur = self.state.job(key)
-        if cur is None:
-            self.evaluator.namespaces.require(key[0])
         model = job_from_proto(pb)
         version = cur.version if cur is not None and _spec_of(cur) == _spec_of(pb) and not cur.stop \
             else (cur.version + 1 if cur is not None else 1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from controller.scheduler.quota import Quota
+from controller.secrets import META_PREFIX as SECRET_META
 from controller.store.base import Changes
 from orch.errors import ApiError, NotFoundError, RequestError
 from orch.jobspec.validate import MAX_NAME, NAME
@@ -124,7 +125,7 @@ class Namespaces:
             shown = ", ".join(jobs[:5]) + (f" and {len(jobs) - 5} more" if len(jobs) > 5 else "")
             raise ApiError(f"namespace {name!r} still has {len(jobs)} job(s) ({shown}); "
                                 f"purge them first (orchctl -n {name} job stop --purge JOB)")
-        owned = [k for k in self._state.meta if k.startswith(f"secret/{name}/")]
+        owned = [k for k in self._state.meta if k.startswith(f"{SECRET_META}{name}/")]
         if owned:
             raise ApiError(f"namespace {name!r} still has secrets; remove them first "
                                 f"(orchctl -n {name} secret list)")

@@ -38,6 +38,7 @@ from controller.api.namespaces import NamespacesEndpoint
 from controller.api.node import NodeEndpoint
 from controller.api.nodes import NodesEndpoint
 from controller.api.rpc import controller_service, node_service
+from controller.api.secrets import SecretsEndpoint
 from controller.api.services import ServicesEndpoint
 from controller.autoscaler import AutoscalerConfig
 from controller.channels import MAX_AGENT_MESSAGE, Channels
@@ -50,6 +51,7 @@ from controller.leadership import Leadership, LeaderStatus
 from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
 from controller.scaling import Autoscaler
+from controller.secrets import Secrets
 from controller.state import ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
@@ -224,7 +226,9 @@ class Controller:
                                     address=address, cert_days=cfg.cert_days)
         self.cluster = Cluster(self.store, state, may_write=self.leader.may_write)
         self.evaluator = Evaluator(self.cluster, reconcile_interval=cfg.reconcile_interval)
-        self.jobs = Jobs(self.cluster, self.evaluator)
+        self.secrets = Secrets(state, pki.Bundle.of(cfg.data_dir).secrets_key)
+        self.cluster.secrets_of = self.secrets.for_allocations
+        self.jobs = Jobs(self.cluster, self.evaluator, secrets=self.secrets)
         self.nodes_monitor = NodeMonitor(self.cluster, self.evaluator, node_grace=cfg.node_grace,
                                          failover_grace=cfg.failover_grace,
                                          max_down_fraction=cfg.max_down_fraction)
@@ -258,6 +262,7 @@ class Controller:
             ServicesEndpoint(authz, self.cluster.state),
             LeaderEndpoint(authz, leader, gossip),
             NamespacesEndpoint(authz, leader, self.cluster, self.evaluator.namespaces),
+            SecretsEndpoint(authz, leader, self.cluster, self.secrets, self.evaluator.namespaces),
         ]), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)

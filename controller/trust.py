@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from controller.acl import HasMeta
 from controller.nodes import REVOKED
+from controller.secrets import SecretsKey
 from controller.store.base import Changes
 from orch import keyring, pki
 from orch.errors import RequestError
@@ -102,6 +103,8 @@ def bootstrap(bundle: pki.Bundle, data_dir: str, *, name: str, ips: list[str],
         'token_file = "management.token"\n').encode(), secret=True)
     if not (Path(data_dir) / keyring.FILE).exists():
         keyring.save(data_dir, [new_gossip_key()])
+    if not bundle.secrets_key.exists():
+        pki.write_file(bundle.secrets_key, SecretsKey.encode(SecretsKey.new()), secret=True)
     log.warning("bootstrapped the cluster's trust: a new CA", extra={
         "ca_digest": ca.digest, "pki": str(bundle.dir)})
     return True
@@ -134,8 +137,11 @@ class Trust:
     secrets, the nodes' keys and the removed nodes."""
 
     def __init__(self, tls: TlsConfig, state: HasMeta, *, name: str, ips: list[str],
-                 ca_key: Path | None = None, cert_days: float = pki.CERT_DAYS) -> None:
+                 ca_key: Path | None = None, cert_days: float = pki.CERT_DAYS,
+                 secrets_key: Path | None = None) -> None:
         self.tls = tls
+        self.secrets_key = secrets_key
+        """The cluster's secrets key, handed to the controllers that join."""
         self.state = state
         self.name = name
         self.ips = ips
@@ -160,11 +166,12 @@ class Trust:
         or a join left in ``data_dir``; None when it has neither (plain text, loopback only)."""
         bundle = pki.Bundle.of(data_dir)
         if tls.enabled:
-            return cls(tls, state, name=name, ips=server_ips(address), cert_days=cert_days)
+            return cls(tls, state, name=name, ips=server_ips(address), cert_days=cert_days,
+                       secrets_key=bundle.secrets_key)
         if not bundle.complete():
             return None
         return cls(TlsConfig.of_bundle(bundle), state, name=name, ips=server_ips(address),
-                   ca_key=bundle.ca_key, cert_days=cert_days)
+                   ca_key=bundle.ca_key, cert_days=cert_days, secrets_key=bundle.secrets_key)
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -313,6 +320,8 @@ class Trust:
             not_after_ns=int(cert.not_valid_after_utc.timestamp() * 1e9))
         if with_ca_key and self.authority.key is not None:
             out.ca_key = pki.key_pem(self.authority.key)
+            if self.secrets_key is not None and self.secrets_key.exists():
+                out.secrets_key = self.secrets_key.read_bytes()
         return out
 
     def renew_own(self, fraction: float = 1 / 3) -> bool:

@@ -102,6 +102,8 @@ def _save(bundle: pki.Bundle, got: controller_pb2.Credentials, data_dir: str) ->
     pki.write_file(bundle.ca, got.ca, secret=False)
     if got.ca_key:
         pki.write_file(bundle.ca_key, got.ca_key, secret=True)
+    if got.secrets_key:
+        pki.write_file(bundle.secrets_key, got.secrets_key, secret=True)
     pki.write_file(bundle.cert, got.certificate, secret=False)
     if data_dir and got.gossip_keys:
         keyring.save(data_dir, list(got.gossip_keys))

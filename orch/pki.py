@@ -455,6 +455,11 @@ class Bundle:
         return self.dir / "ca-key.pem"
 
     @property
+    def secrets_key(self) -> Path:
+        """Controllers only: the key the cluster's secrets are sealed with (mode 0600)."""
+        return self.dir / "secrets.key"
+
+    @property
     def cert(self) -> Path:
         """This daemon's certificate."""
         return self.dir / "cert.pem"

@@ -24,7 +24,19 @@ import sys
 from orch.errors import ConfigError
 from orch.vocab import DEFAULT_NAMESPACE
 from orchctl import client
-from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, namespace, node, tls
+from orchctl.commands import (
+    Ctx,
+    acl,
+    alloc,
+    cluster,
+    event,
+    job,
+    keyring,
+    namespace,
+    node,
+    secret,
+    tls,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("-n", "--namespace", metavar="NS",
                     help="the namespace to act in (env ORCH_NAMESPACE; default: default)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, namespace, cluster, acl, keyring, event, tls):
+    for module in (job, alloc, node, namespace, secret, cluster, acl, keyring, event, tls):
         module.register(sub)
     return ap
 

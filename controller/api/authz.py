@@ -30,6 +30,7 @@ import grpc
 
 from controller.acl import Acl, Token
 from controller.trust import PLAIN, Peer
+from orch.templates import TemplateProblem, uses
 from orch.vocab import namespace_of
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ class Rule:
     """Certificate roles admitted; ``join``: the holder of a join token (nothing else)."""
     permission: str
     """What the access token must allow: "" (no token: finding the leader, the first
-    bootstrap, the agents' own calls), read, job-write, node-write, operator or acl."""
+    bootstrap, the agents' own calls), read, job-write, secret-read, secret-write,
+    node-write, operator or acl."""
     peer: bool = False
     """Another controller may call it with its own certificate and no token (the keyring
     fan-out)."""
@@ -68,7 +70,9 @@ def _rules() -> dict[str, Rule]:
         **op("operator", "Keyring", peer=True),
         **op("acl", "CreateToken", "ListTokens", "RevokeToken", "GetJoinToken", "RemoveNode",
              "ApplyNamespace", "DeleteNamespace"),
-        **op("read", "ListNamespaces"),
+        **op("read", "ListNamespaces", "ListSecrets"),
+        **op("secret-read", "GetSecret"),
+        **op("secret-write", "PutSecret", "DeleteSecret"),
         "NodeService/Connect": Rule(frozenset(("agent",)), ""),
         "NodeService/Join": Rule(frozenset(("join",)), ""),
         "NodeService/Renew": Rule(frozenset(("agent", "controller")), ""),
@@ -91,6 +95,7 @@ READ = _methods("read")
 JOB_WRITE = _methods("job-write")
 NODE_WRITE = _methods("node-write")
 MANAGEMENT = _methods("acl") | _methods("operator")
+SECRETS = _methods("secret-read") | _methods("secret-write")
 
 
 def action_of(method: str) -> str:
@@ -127,7 +132,16 @@ def _job_needs(job: Any) -> frozenset[str]:
             needs.add(f"driver-{t.driver or 'docker'}")
             if t.privileged:
                 needs.add("privileged")
+            if t.secrets or any(_reads_secrets(x.data) for x in t.templates):
+                needs.add("secret-read")  # else a submitter could print what it may not read
     return frozenset(needs)
+
+
+def _reads_secrets(data: str) -> bool:
+    try:
+        return bool(uses(data).secrets)
+    except TemplateProblem:
+        return False  # the job is refused when it is checked, after this gate
 
 
 def target_of(method: str, request: Any, state: ClusterState) -> Target:
@@ -147,6 +161,8 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
             else Target()
     if method in ("ListJobs", "ListAllocations"):
         return Target(request.namespace or "*")
+    if method in ("PutSecret", "GetSecret", "ListSecrets", "DeleteSecret"):
+        return Target(namespace_of(request.namespace))
     return Target("*")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from orch.templates import uses
 from orch.v1 import job_pb2
 from orch.vocab import DEFAULT_NAMESPACE, JOB_TYPE, namespace_of
 
@@ -104,6 +105,41 @@ class Task:
     user: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     privileged: bool = False
+    secrets: tuple[SecretRef, ...] = ()
+    templates: tuple[Template, ...] = ()
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """Every secret the task reads: its files and what its templates call."""
+        names = {s.name for s in self.secrets}
+        for t in self.templates:
+            names |= uses(t.data).secrets
+        return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretRef:
+    name: str
+    file: str = ""
+    """Its file in the task's secrets/ folder (the name when empty)."""
+    env: str = ""
+    """Also this environment variable, when asked."""
+
+    @property
+    def file_name(self) -> str:
+        return self.file or self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Template:
+    destination: str
+    """``secrets/<file>`` or ``local/<path>``, in the task's folder."""
+    data: str
+    change_mode: str = "restart"
+    """restart, signal or noop: what a new rendering does to the running task."""
+    change_signal: str = "SIGHUP"
+    perms: str = ""
+    """Octal file mode; empty: 0400 (owned by the task's user), 0444 in a container."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,6 +310,11 @@ def _task(pb: job_pb2.Task) -> Task:
         kill_timeout=_secs(pb.kill_timeout, d.kill_timeout),
         kill_signal=_or(pb.kill_signal, d.kill_signal), user=pb.user, labels=dict(pb.labels),
         privileged=pb.privileged,
+        secrets=tuple(SecretRef(name=s.name, file=s.file, env=s.env) for s in pb.secrets),
+        templates=tuple(Template(destination=t.destination, data=t.data,
+                                 change_mode=_or(t.change_mode, "restart"),
+                                 change_signal=_or(t.change_signal, "SIGHUP"), perms=t.perms)
+                        for t in pb.templates),
     )
 
 
@@ -400,7 +441,12 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
                                         memory_mb=t.resources.memory_mb),
             checks=[_check_pb(c) for c in t.checks], kill_timeout=_dur(t.kill_timeout),
             kill_signal=t.kill_signal, user=t.user, labels=dict(t.labels),
-            privileged=t.privileged) for t in g.tasks],
+            privileged=t.privileged,
+            secrets=[job_pb2.SecretRef(name=s.name, file=s.file, env=s.env) for s in t.secrets],
+            templates=[job_pb2.Template(destination=x.destination, data=x.data,
+                                        change_mode=x.change_mode,
+                                        change_signal=x.change_signal, perms=x.perms)
+                       for x in t.templates]) for t in g.tasks],
         services=[job_pb2.Service(
             name=s.name, port=s.port, published_port=s.published_port, protocol=s.protocol,
             check=_check_pb(s.check) if s.check else None, tags=s.tags,

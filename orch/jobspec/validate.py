@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from orch.errors import JobSpecProblem
 from orch.jobspec import constraints as cl
+from orch.templates import TemplateProblem, uses
 from orch.v1 import job_pb2
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
@@ -27,6 +28,13 @@ TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 PORT_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+"""Secret names and the file names they take: one path segment, never '.' or '..'."""
+DESTINATION = re.compile(r"(secrets/[A-Za-z0-9][A-Za-z0-9_.-]*|"
+                         r"local/[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*)\Z")
+"""Where a template may write: a file of the task's secrets/ folder, or under local/."""
+CHANGE_MODES = ("restart", "signal", "noop")
+PERMS = re.compile(r"0?[0-7]{3}\Z")
 MAX_NAME = 63
 MAX_COUNT = 10_000
 """Allocations per group (and a scaling block's max)."""
@@ -292,6 +300,49 @@ class _Validator:
                                           f"got {t.kill_signal!r}")
         for i, c in enumerate(t.checks):
             self.check(f"{at}.checks[{i}]", c, labels)
+        self.secrets(at, t)
+
+    def secrets(self, at: str, t: job_pb2.Task) -> None:
+        """The task's secrets and templates: names, files, where templates write, and that
+        each template parses and names its secrets and services literally."""
+        files = []
+        for i, s in enumerate(t.secrets):
+            sat = f"{at}.secrets[{i}]"
+            self.name(f"{sat}.name", s.name, SECRET_NAME, "letters, digits, '.', '-' and '_'")
+            if s.file:
+                self.name(f"{sat}.file", s.file, SECRET_NAME,
+                          "a file name: letters, digits, '.', '-' and '_'")
+            files.append(f"secrets/{s.file or s.name}")
+            if s.env and not ENV_NAME.match(s.env):
+                self.bad(f"{sat}.env", f"{s.env!r} is not a valid environment variable name")
+            elif s.env in t.env:
+                self.bad(f"{sat}.env", f"{s.env!r} is also set in env; choose one")
+        self.unique(f"{at}.secrets", [s.name for s in t.secrets], "secret")
+        for i, tpl in enumerate(t.templates):
+            tat = f"{at}.templates[{i}]"
+            if not DESTINATION.match(tpl.destination) or ".." in tpl.destination.split("/"):
+                self.bad(f"{tat}.destination", "must be secrets/<file> (a tmpfs only the task "
+                         f"sees) or local/<path>, got {tpl.destination!r}")
+            files.append(tpl.destination)
+            if not tpl.data:
+                self.bad(f"{tat}.data", "is required: the template's text")
+            else:
+                try:
+                    found = uses(tpl.data)
+                except TemplateProblem as e:
+                    self.bad(f"{tat}.data", str(e))
+                else:
+                    for name in sorted(found.secrets):
+                        if not SECRET_NAME.match(name) or len(name) > MAX_NAME:
+                            self.bad(f"{tat}.data", f"secret({name!r}): not a secret name")
+            self.choice(f"{tat}.change_mode", tpl.change_mode, CHANGE_MODES)
+            if tpl.change_signal and tpl.change_signal not in SIGNALS:
+                self.bad(f"{tat}.change_signal", f"must be a signal name such as SIGHUP, got "
+                                                 f"{tpl.change_signal!r}")
+            if tpl.perms and not PERMS.match(tpl.perms):
+                self.bad(f"{tat}.perms", f"must be an octal file mode such as 0400, got "
+                                         f"{tpl.perms!r}")
+        self.unique(f"{at}.templates", files, "file")
 
     def check(self, at: str, c: job_pb2.Check, labels: list[str]) -> None:
         if not c.type:

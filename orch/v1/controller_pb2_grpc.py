@@ -210,6 +210,26 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.DeleteNamespaceRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.Namespace.FromString,
                 _registered_method=True)
+        self.PutSecret = channel.unary_unary(
+                '/orch.v1.ControllerService/PutSecret',
+                request_serializer=orch_dot_v1_dot_controller__pb2.PutSecretRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.SecretInfo.FromString,
+                _registered_method=True)
+        self.GetSecret = channel.unary_unary(
+                '/orch.v1.ControllerService/GetSecret',
+                request_serializer=orch_dot_v1_dot_controller__pb2.GetSecretRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.SecretValue.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/orch.v1.ControllerService/ListSecrets',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/orch.v1.ControllerService/DeleteSecret',
+                request_serializer=orch_dot_v1_dot_controller__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.SecretInfo.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -454,6 +474,36 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSecret(self, request, context):
+        """Secrets of a namespace: versioned, sealed with AES-GCM in the store, readable by tokens
+        with secret-read and given to the tasks that name them.
+        secret put
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecret(self, request, context):
+        """secret get
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """secret list
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """secret rm
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -626,6 +676,26 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.DeleteNamespace,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.DeleteNamespaceRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.Namespace.SerializeToString,
+            ),
+            'PutSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSecret,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.PutSecretRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.SecretInfo.SerializeToString,
+            ),
+            'GetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSecret,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.GetSecretRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.SecretValue.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ListSecretsRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.SecretInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1551,6 +1621,114 @@ class ControllerService:
             '/orch.v1.ControllerService/DeleteNamespace',
             orch_dot_v1_dot_controller__pb2.DeleteNamespaceRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.Namespace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/PutSecret',
+            orch_dot_v1_dot_controller__pb2.PutSecretRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.SecretInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/GetSecret',
+            orch_dot_v1_dot_controller__pb2.GetSecretRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.SecretValue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ListSecrets',
+            orch_dot_v1_dot_controller__pb2.ListSecretsRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/DeleteSecret',
+            orch_dot_v1_dot_controller__pb2.DeleteSecretRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.SecretInfo.FromString,
             options,
             channel_credentials,
             insecure,

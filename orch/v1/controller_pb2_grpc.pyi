@@ -110,6 +110,17 @@ class ControllerServiceStub:
     """namespace list"""
     DeleteNamespace: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteNamespaceRequest, _controller_pb2.Namespace]
     """namespace rm"""
+    PutSecret: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PutSecretRequest, _controller_pb2.SecretInfo]
+    """Secrets of a namespace: versioned, sealed with AES-GCM in the store, readable by tokens
+    with secret-read and given to the tasks that name them.
+    secret put
+    """
+    GetSecret: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetSecretRequest, _controller_pb2.SecretValue]
+    """secret get"""
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListSecretsRequest, _controller_pb2.ListSecretsResponse]
+    """secret list"""
+    DeleteSecret: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteSecretRequest, _controller_pb2.SecretInfo]
+    """secret rm"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -190,6 +201,17 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """namespace list"""
     DeleteNamespace: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteNamespaceRequest, _controller_pb2.Namespace]  # type: ignore[assignment]
     """namespace rm"""
+    PutSecret: _aio.UnaryUnaryMultiCallable[_controller_pb2.PutSecretRequest, _controller_pb2.SecretInfo]  # type: ignore[assignment]
+    """Secrets of a namespace: versioned, sealed with AES-GCM in the store, readable by tokens
+    with secret-read and given to the tasks that name them.
+    secret put
+    """
+    GetSecret: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetSecretRequest, _controller_pb2.SecretValue]  # type: ignore[assignment]
+    """secret get"""
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListSecretsRequest, _controller_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    """secret list"""
+    DeleteSecret: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteSecretRequest, _controller_pb2.SecretInfo]  # type: ignore[assignment]
+    """secret rm"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -471,6 +493,41 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.Namespace, _abc.Awaitable[_controller_pb2.Namespace]]:
         """namespace rm"""
+
+    @_abc_1.abstractmethod
+    def PutSecret(
+        self,
+        request: _controller_pb2.PutSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.SecretInfo, _abc.Awaitable[_controller_pb2.SecretInfo]]:
+        """Secrets of a namespace: versioned, sealed with AES-GCM in the store, readable by tokens
+        with secret-read and given to the tasks that name them.
+        secret put
+        """
+
+    @_abc_1.abstractmethod
+    def GetSecret(
+        self,
+        request: _controller_pb2.GetSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.SecretValue, _abc.Awaitable[_controller_pb2.SecretValue]]:
+        """secret get"""
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _controller_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListSecretsResponse, _abc.Awaitable[_controller_pb2.ListSecretsResponse]]:
+        """secret list"""
+
+    @_abc_1.abstractmethod
+    def DeleteSecret(
+        self,
+        request: _controller_pb2.DeleteSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.SecretInfo, _abc.Awaitable[_controller_pb2.SecretInfo]]:
+        """secret rm"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -341,6 +341,8 @@ class Task(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     driver: _builtins.str
     """"docker" or "process" """
@@ -372,6 +374,14 @@ class Task(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """extra container labels"""
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretRef]:
+        """secrets of the job's namespace, given as files"""
+
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]:
+        """files rendered from secrets, services and the node"""
+
     def __init__(
         self,
         *,
@@ -389,14 +399,88 @@ class Task(_message.Message):
         user: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         privileged: _builtins.bool = ...,
+        secrets: _abc.Iterable[Global___SecretRef] | None = ...,
+        templates: _abc.Iterable[Global___Template] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kill_timeout", b"kill_timeout", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "checks", b"checks", "command", b"command", "driver", b"driver", "env", b"env", "image", b"image", "kill_signal", b"kill_signal", "kill_timeout", b"kill_timeout", "labels", b"labels", "name", b"name", "privileged", b"privileged", "resources", b"resources", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "checks", b"checks", "command", b"command", "driver", b"driver", "env", b"env", "image", b"image", "kill_signal", b"kill_signal", "kill_timeout", b"kill_timeout", "labels", b"labels", "name", b"name", "privileged", b"privileged", "resources", b"resources", "secrets", b"secrets", "templates", b"templates", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class SecretRef(_message.Message):
+    """A secret a task receives: a file in its secrets/ folder (a tmpfs the task alone sees),
+    and an environment variable only when asked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a secret of the job's namespace"""
+    file: _builtins.str
+    """its file name in secrets/ (default: the name)"""
+    env: _builtins.str
+    """also this environment variable ("" = none)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        file: _builtins.str = ...,
+        env: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "file", b"file", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretRef: _TypeAlias = SecretRef  # noqa: Y015
+
+@_typing.final
+class Template(_message.Message):
+    """A file the agent renders for a task (Jinja2, sandboxed) and renders again when what it
+    reads changes: secret("name"), service("name") (healthy endpoints), node.*.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CHANGE_MODE_FIELD_NUMBER: _builtins.int
+    CHANGE_SIGNAL_FIELD_NUMBER: _builtins.int
+    PERMS_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    """secrets/NAME (tmpfs) or local/NAME, in the task's folder"""
+    data: _builtins.str
+    """the template"""
+    change_mode: _builtins.str
+    """restart (default), signal or noop"""
+    change_signal: _builtins.str
+    """for change_mode signal (default SIGHUP)"""
+    perms: _builtins.str
+    """octal file mode (default 0400; 0444 in containers)"""
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        data: _builtins.str = ...,
+        change_mode: _builtins.str = ...,
+        change_signal: _builtins.str = ...,
+        perms: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_mode", b"change_mode", "change_signal", b"change_signal", "data", b"data", "destination", b"destination", "perms", b"perms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
 
 @_typing.final
 class Resources(_message.Message):

@@ -37,11 +37,14 @@ class SyntheticAgent:
             attributes={"kernel.name": "linux"})
         self.running: dict[str, node_pb2.Allocation] = {}
         self.desired_versions: list[int] = []
+        self.secrets: dict[tuple[str, str], tuple[int, bytes]] = {}
+        """The secrets the last desired set carried: (namespace, name) -> (version, value)."""
         self.link = ControllerLink(lambda: self.node, lambda: [controller], self._on_desired,
                                    lambda: list(self.running.values()), backoff_max=0.5)
 
     async def _on_desired(self, d: controller_pb2.DesiredAllocations) -> None:
         self.desired_versions.append(d.version)
+        self.secrets = {(v.namespace, v.name): (v.version, v.value) for v in d.secrets}
         want = {a.id: a for a in d.allocations}
         for a in d.allocations:
             if a.id in self.running:

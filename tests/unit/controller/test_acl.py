@@ -92,7 +92,7 @@ def test_every_rpc_has_a_permission() -> None:
     methods = set(controller_pb2.DESCRIPTOR.services_by_name["ControllerService"]
                   .methods_by_name)
     classified = (authz.ANONYMOUS | authz.READ | authz.JOB_WRITE | authz.NODE_WRITE
-                  | authz.MANAGEMENT)
+                  | authz.MANAGEMENT | authz.SECRETS)
     assert methods == classified
     assert authz.action_of("SomethingNew") == "acl"  # unknown methods need the most
 
