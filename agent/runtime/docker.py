@@ -452,6 +452,16 @@ class DockerDriver(TaskDriver):
         finally:
             self._stopping.discard(handle.id)
 
+    async def signal(self, handle: TaskHandle, signal: str) -> None:
+        try:
+            await self.docker.containers.container(handle.id).kill(
+                signal=parse_signal(signal).name)
+        except DockerError as e:
+            if _unavailable(e):
+                raise DriverUnavailableError(f"cannot signal {handle.task}: {e.message}") from None
+            if e.status not in (404, 409):  # gone, or not running: nothing to tell
+                raise self._start_error(e, handle.task) from None
+
     async def _stop(self, handle: TaskHandle, signal: str, grace: float,
                     fut: asyncio.Future[ExitResult]) -> None:
         container = self.docker.containers.container(handle.id)

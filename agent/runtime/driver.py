@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from orch.errors import StartError
+from orch.errors import RuntimeDriverError, StartError
 from orch.jobspec.model import Network, Resources, Task
 
 from .labels import TaskIdentity
@@ -194,6 +194,10 @@ class TaskDriver(abc.ABC):
     @abc.abstractmethod
     async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
         """Send ``signal``, wait up to ``grace`` seconds for the exit, then SIGKILL."""
+
+    async def signal(self, handle: TaskHandle, signal: str) -> None:
+        """Send ``signal`` to the running task (a template's ``change_signal``)."""
+        raise RuntimeDriverError(f"the {self.name} driver cannot signal its tasks")
 
     @abc.abstractmethod
     async def destroy(self, handle: TaskHandle) -> None:

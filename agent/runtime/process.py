@@ -447,6 +447,11 @@ class ProcessDriver(TaskDriver):
         async with asyncio.timeout(10):
             await asyncio.shield(watch.future)
 
+    async def signal(self, handle: TaskHandle, signal_name: str) -> None:
+        watch = self._watch_of(handle)
+        if not watch.future.done():
+            _kill_group(watch.pgid, parse_signal(signal_name))
+
     async def _stop_dir(self, task_dir: Path, state: dict[str, Any], sig: str,
                         grace: float) -> None:
         await self.stop(self._attach(task_dir, state).handle, sig, grace)

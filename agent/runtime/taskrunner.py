@@ -7,7 +7,11 @@ A TaskRunner is an asyncio task looping through::
           complete or fail;
         → a stop is requested: Killing (signal, grace, SIGKILL), Killed;
         → the engine lost the task (dockerd stopped): wait for the driver, start again
-          without counting it against the restart policy.
+          without counting it against the restart policy;
+        → a secret or a template's input changed (``refresh_files``): the files are
+          written again and the task restarted, signalled or left alone, as the job says.
+
+A task with secrets or templates starts only once its files are written (``TaskFiles``).
 
 Every change is recorded as state and as events with Nomad's names, and
 announced through ``notify`` so the allocation's status can be sent on.
@@ -33,11 +37,14 @@ from .health import CheckTracker
 from .probes import make_probe, run_check
 from .restart import Decision, RestartTracker, human_duration
 from .state import MAX_EVENTS, CheckStatus, TaskEvent, TaskStateName, TaskStatus
+from .taskfiles import TaskFiles
 
 log = logging.getLogger("runtime")
 
 DRIVER_RETRY = 1.0
 """Seconds between start attempts while a driver claims health but refuses work."""
+FILES_RETRY = 5.0
+"""Seconds between attempts to write a waiting task's files (sooner when its inputs change)."""
 LOST_RESTART_DELAY = 3.0
 """Seconds before restarting a task its engine lost (stopped from outside, or the engine
 went away): an engine shutting down stops its containers before it stops answering, and a
@@ -51,8 +58,11 @@ class TaskRunner:
                  tracker: RestartTracker, checks: Sequence[Check], check_host: str,
                  notify: Callable[[], None], adopted: Recovered | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_finished: Callable[[TaskRunner], None] | None = None) -> None:
+                 on_finished: Callable[[TaskRunner], None] | None = None,
+                 files: TaskFiles | None = None) -> None:
         self.task, self.cfg, self.driver, self.tracker = task, cfg, driver, tracker
+        self.files = files
+        self._files_wake = asyncio.Event()
         self.check_host = check_host
         self._notify_alloc = notify
         self._adopted = adopted
@@ -98,12 +108,35 @@ class TaskRunner:
             self._stop_event = (event_type, reason)
             self._stop.set()
 
-    def request_restart(self) -> None:
-        """Stop the task and start it again (a person asked; not counted by the policy)."""
+    def request_restart(self, reason: str = "User requested restart") -> None:
+        """Stop the task and start it again (asked for, so not counted by the policy)."""
         if self.state == "running" and not self._stop.is_set():
             self._restart_requested = True
-            self._stop_event = ("Restart Signaled", "User requested restart")
+            self._stop_event = ("Restart Signaled", reason)
             self._stop.set()
+
+    async def refresh_files(self) -> None:
+        """Render the task's files again (their inputs changed) and react as the job says."""
+        if self.files is None:
+            return
+        if self.state != "running" or self.handle is None:
+            self._files_wake.set()  # a start waiting for its files tries again now
+            return
+        react = await self.files.refresh()
+        if react is None:
+            return
+        what = ", ".join(react.changed)
+        if react.restart:
+            self.request_restart(f"{what} changed: restarting the task")
+            return
+        for sig in sorted(react.signals):
+            self._event("Signaling", f"{what} changed: sending {sig}")
+            try:
+                await self.driver.signal(self.handle, sig)
+            except RuntimeDriverError as e:
+                self._event("Driver Failure", f"cannot send {sig}: {e}")
+        if not react.signals:
+            self._event("Files Updated", f"{what} changed (change_mode noop)")
 
     async def wait_finished(self) -> None:
         if self._runner is not None:
@@ -172,6 +205,10 @@ class TaskRunner:
 
     async def _loop(self) -> None:
         handle, exit_ = await self._recover()
+        if handle is not None and self.files is not None:
+            problem = await self.files.prepare()  # reattached: its files as of now
+            if problem:
+                self._event("Template", problem)
         while True:
             if handle is None:
                 handle = await self._start()
@@ -235,6 +272,8 @@ class TaskRunner:
                                                   f"{self.driver.status.detail}")
                     waiting_said = True
                 await self._until_stop_or(self.driver.wait_available())
+                continue
+            if self.files is not None and not await self._files_ready():
                 continue
             try:
                 handle = await self.driver.start(self.cfg)
@@ -322,6 +361,23 @@ class TaskRunner:
             self.finished_at_ns = time.time_ns()
         self._notify()
 
+    async def _files_ready(self) -> bool:
+        """Write the task's files; when they cannot be yet, say why and wait (False)."""
+        assert self.files is not None
+        self._files_wake.clear()
+        try:
+            problem = await self.files.prepare()
+        except OSError as e:
+            problem = f"cannot write the task's files: {e}"
+        if not problem:
+            self.cfg = dataclasses.replace(self.cfg, env={**self.cfg.env, **self.files.env})
+            return True
+        last = self.events[-1] if self.events else None
+        if last is None or (last.type, last.message) != ("Template", problem):
+            self._event("Template", problem)
+        await self._until_stop_or(_wait_at_most(self._files_wake, FILES_RETRY))
+        return False
+
     async def _until_stop_or(self, aw: Coroutine[Any, Any, object]) -> None:
         """Wait for ``aw`` or for a stop request, whichever comes first."""
         other = asyncio.ensure_future(aw)
@@ -351,3 +407,8 @@ class TaskRunner:
         for t in self._check_tasks:
             t.cancel()
         self._check_tasks.clear()
+
+
+async def _wait_at_most(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
