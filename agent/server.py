@@ -43,11 +43,14 @@ from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
 from orch.metrics import MetricsServer, registry_with
 from orch.net import AGENT_METRICS_PORT, AGENT_RPC_PORT, parse_addr
+from orch.templates import Endpoint as TemplateEndpoint
 from orch.tls import TlsConfig, open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 
 log = logging.getLogger("agent")
 SNAPSHOT = "members.snapshot"
+FILES_SETTLE = 0.1
+"""Seconds a burst of gossip changes settles before task templates render again."""
 """The gossip members this agent knew (in data_dir): a restart rejoins them without seeds."""
 
 VERIFY_TIMEOUT = 5.0
@@ -73,6 +76,7 @@ class Agent:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._specs: dict[str, AllocSpec] = {}
+        self._refresh_pending = False
         self.metrics: MetricsServer | None = None
         self.mesh: Mesh | None = None
         self.tls = cfg.tls
@@ -135,6 +139,9 @@ class Agent:
         await self.gossip.start()
         if cfg.join:
             self.gossip.join([parse_addr(s, where="join") for s in cfg.join])
+        self.runtime.catalog = self._catalog
+        self.runtime.node_info = self._node_info
+        self.gossip.on_event(lambda _: self._files_inputs_changed())
 
         if cfg.lb_enabled:
             self.mesh = Mesh(LoadBalancer(cfg.lb, bind_host=cfg.lb_bind), self.gossip, cfg.name)
@@ -302,6 +309,8 @@ class Agent:
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
         specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
+        if desired.version >= self.runtime.version:
+            self.runtime.set_secrets({(s.namespace, s.name): s.value for s in desired.secrets})
         if await self.runtime.apply(desired.version, specs):
             self._specs = {s.id: s for s in specs}
             self._publish_endpoints()
@@ -326,6 +335,33 @@ class Agent:
             self.gossip.set_state(changes)
             if self.mesh is not None:
                 self.mesh.changed()  # our own state changes raise no membership event
+
+    # --- what task templates read -------------------------------------------------------------
+
+    def _catalog(self, service: str) -> list[TemplateEndpoint]:
+        members = self.gossip.members() if self.gossip is not None else []
+        return [TemplateEndpoint(address=f"{e.host}:{e.port}", host=e.host, port=e.port,
+                                  node=e.node, alloc_id=e.alloc_id)
+                for e in discovery.service_endpoints(members, service)]
+
+    def _node_info(self) -> dict[str, Any]:
+        n = self.registration()
+        return {"id": n.id, "name": n.name, "datacenter": n.datacenter, "region": n.region,
+                "class": n.node_class, "attr": dict(n.attributes), "meta": dict(n.meta)}
+
+    def _files_inputs_changed(self) -> None:
+        """Gossip changed (endpoints come and go): templates render again, once per burst."""
+        if self._refresh_pending:
+            return
+        self._refresh_pending = True
+
+        async def later() -> None:
+            await asyncio.sleep(FILES_SETTLE)
+            self._refresh_pending = False
+            await self.runtime.refresh_files()
+        task = asyncio.get_running_loop().create_task(later(), name="refresh task files")
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     def _full_report(self) -> list[node_pb2.Allocation]:
         return [convert.alloc_status_to_proto(s) for s in self.runtime.statuses()]

@@ -63,6 +63,22 @@ def endpoint_table(members: Iterable[MemberInfo], me: str) -> dict[str, ServiceS
     return table
 
 
+def service_endpoints(members: Iterable[MemberInfo], service: str) -> list[Endpoint]:
+    """Every healthy endpoint of ``service`` that alive members announce, published on a
+    port or not (what task templates read with ``service("name")``)."""
+    prefix = f"{PREFIX}{service}:"
+    found = []
+    for m in members:
+        if m.status is not Status.ALIVE:
+            continue
+        for key, value in m.state.items():
+            if key.startswith(prefix):
+                parsed = _parse(key, value, m.name, local=False)
+                if parsed is not None:
+                    found.append(parsed[1])
+    return sorted(found, key=lambda e: e.alloc_id)
+
+
 def _parse(key: str, value: Any, node: str, *, local: bool) -> \
         tuple[str, Endpoint, int, str, str] | None:
     """One published endpoint, or None (logged) when a member sends something malformed."""

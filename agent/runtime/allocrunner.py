@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import re
 import time
@@ -27,6 +28,7 @@ from .driver import Recovered, TaskConfig, TaskDriver
 from .ports import container_port
 from .restart import RestartTracker
 from .state import AllocSpec, AllocStatus, TaskEvent, TaskStatus, client_status
+from .taskfiles import Sources, TaskFiles, needs_files
 from .taskrunner import TaskRunner
 
 _ENV_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -92,8 +94,11 @@ class AllocRunner:
     def __init__(self, spec: AllocSpec, *, config: RuntimeConfig,
                  drivers: Mapping[str, TaskDriver], ports: Mapping[str, int],
                  notify: Callable[[str], None], recovered: Mapping[str, Recovered] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 sources: Callable[[str], Sources] | None = None) -> None:
         self.spec = spec
+        self._sources = sources
+        """What the tasks' secrets and templates are made of, for a namespace."""
         self.config = config
         self.drivers = drivers
         self.ports = dict(ports)
@@ -142,9 +147,26 @@ class AllocRunner:
         return TaskConfig(
             alloc_id=s.id, task=interpolate(task, env), network=s.group.network, ports=self.ports,
             env=env,
-            labels=labels, spec_hash=spec_hash,
-            task_dir=Path(self.config.data_dir) / "alloc" / s.id / task.name,
-            node_name=self.config.name)
+            labels=labels, spec_hash=spec_hash, task_dir=self.task_dir(task),
+            node_name=self.config.name, files=needs_files(task))
+
+    def task_dir(self, task: Task) -> Path:
+        return Path(self.config.data_dir) / "alloc" / self.spec.id / task.name
+
+    def _files(self, task: Task) -> TaskFiles | None:
+        """The task's secrets and templates on disk (None when it has neither)."""
+        if not needs_files(task) or self._sources is None:
+            return None
+        driver = self.drivers[task.driver]
+        uid, gid = driver.file_owner(task)
+        return TaskFiles(task, self.task_dir(task),
+                         functools.partial(self._sources, self.spec.namespace),
+                         in_container=driver.containerized, uid=uid, gid=gid)
+
+    async def refresh_files(self) -> None:
+        """The tasks' secrets or templates may read something new: render them again."""
+        for runner in list(self.tasks.values()):
+            await runner.refresh_files()
 
     def start(self) -> None:
         """Start a runner for every task (adopting what ``recovered`` says still runs)."""
@@ -166,7 +188,8 @@ class AllocRunner:
                 tracker=RestartTracker(self.spec.group.restart, self.spec.job_type, self._rng),
                 checks=task_checks(self.spec.group, task),
                 check_host=self.config.check_address, notify=self.changed,
-                adopted=self._recovered.pop(task.name, None), on_finished=self._task_finished)
+                adopted=self._recovered.pop(task.name, None), on_finished=self._task_finished,
+                files=self._files(task))
             self.tasks[task.name] = runner
         for runner in self.tasks.values():
             runner.start()
@@ -198,6 +221,8 @@ class AllocRunner:
         """Stop the tasks, then remove their containers (or task folders) and their logs."""
         await self.stop()
         for runner in self.tasks.values():
+            if runner.files is not None:
+                await runner.files.cleanup()
             if runner.handle is None:
                 continue
             while True:

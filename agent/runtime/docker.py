@@ -452,6 +452,8 @@ class DockerDriver(TaskDriver):
         finally:
             self._stopping.discard(handle.id)
 
+    containerized = True
+
     async def signal(self, handle: TaskHandle, signal: str) -> None:
         try:
             await self.docker.containers.container(handle.id).kill(

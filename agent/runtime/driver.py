@@ -52,6 +52,9 @@ class TaskConfig:
     """The task's own folder in the agent's data dir (process: logs and state files)."""
     node_name: str = ""
     """For messages (``image X is not present on node Y``)."""
+    files: bool = False
+    """The task has secrets or templates: its secrets/ and local/ folders are its own
+    (a container sees them at /secrets and /local)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +197,13 @@ class TaskDriver(abc.ABC):
     @abc.abstractmethod
     async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
         """Send ``signal``, wait up to ``grace`` seconds for the exit, then SIGKILL."""
+
+    containerized = False
+    """Whether tasks see their folders at /secrets and /local (the driver mounts them)."""
+
+    def file_owner(self, task: Task) -> tuple[int, int]:
+        """(uid, gid) that owns a task's secret and template files (-1: the agent's)."""
+        return -1, -1
 
     async def signal(self, handle: TaskHandle, signal: str) -> None:
         """Send ``signal`` to the running task (a template's ``change_signal``)."""

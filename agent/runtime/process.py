@@ -39,7 +39,7 @@ from typing import Any
 
 import agent
 from orch.errors import RuntimeDriverError, StartError
-from orch.jobspec.model import Resources
+from orch.jobspec.model import Resources, Task
 
 from . import labels as lbl
 from . import logfiles
@@ -446,6 +446,13 @@ class ProcessDriver(TaskDriver):
         _kill_group(watch.pgid, signal.SIGKILL)
         async with asyncio.timeout(10):
             await asyncio.shield(watch.future)
+
+    def file_owner(self, task: Task) -> tuple[int, int]:
+        try:
+            _, uid, gid = self._user(task.name, task.user)
+        except StartError:
+            return -1, -1  # the start says why
+        return uid, gid
 
     async def signal(self, handle: TaskHandle, signal_name: str) -> None:
         watch = self._watch_of(handle)

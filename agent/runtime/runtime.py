@@ -33,11 +33,12 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orch.errors import DriverUnavailableError, NotFoundError, RuntimeDriverError
+from orch.templates import Endpoint
 
 from . import labels as lbl
 from .allocrunner import AllocRunner
@@ -47,6 +48,7 @@ from .driver import LogChunk, Recovered, Stream, TaskDriver, Usage
 from .ports import assign_ports
 from .process import ProcessDriver
 from .state import AllocSpec, AllocStatus, DriverStatus
+from .taskfiles import Sources
 
 log = logging.getLogger("runtime")
 
@@ -105,6 +107,12 @@ class Runtime:
         self._driver_seen: dict[str, DriverStatus] = {}
         self.driver_failures: dict[str, int] = {}
         """Times each driver went from healthy to unhealthy (its engine stopped answering)."""
+        self.secrets: dict[tuple[str, str], bytes] = {}
+        """(namespace, name) -> the value the controller sent last (in memory only)."""
+        self.catalog: Callable[[str], Iterable[Endpoint]] = lambda _: ()
+        """A service's healthy endpoints (templates' ``service()``); the agent sets it."""
+        self.node_info: Callable[[], Mapping[str, Any]] = dict
+        """This node as templates see it (``node.name``, ``node.attr[...]``)."""
 
     # --- life --------------------------------------------------------------------------
 
@@ -174,6 +182,23 @@ class Runtime:
                 self._spawn(self._remove_stray(r), f"gc {r.identity.alloc_id}")
         return True
 
+    def set_secrets(self, values: Mapping[tuple[str, str], bytes]) -> None:
+        """The secrets the controller sent with the desired set; the tasks that read one that
+        changed are told."""
+        if dict(values) != self.secrets:
+            self.secrets = dict(values)
+            self._spawn(self.refresh_files(), "refresh task files")
+
+    def sources(self, namespace: str) -> Sources:
+        """What a task of ``namespace`` renders its files from."""
+        return Sources(secrets={n: v for (ns, n), v in self.secrets.items() if ns == namespace},
+                       services=self.catalog, node=self.node_info())
+
+    async def refresh_files(self) -> None:
+        """Render every task's secrets and templates again (their inputs may have changed)."""
+        for runner in list(self._runners.values()):
+            await runner.refresh_files()
+
     def _lock(self, aid: str) -> asyncio.Lock:
         return self._locks.setdefault(aid, asyncio.Lock())
 
@@ -232,7 +257,8 @@ class Runtime:
             ports = {}
             log.warning("%s", e, extra={"alloc": spec.id})
         runner = AllocRunner(spec, config=self.config, drivers=self.drivers, ports=ports,
-                             notify=self._alloc_changed, recovered=recovered, rng=self._rng)
+                             notify=self._alloc_changed, recovered=recovered, rng=self._rng,
+                             sources=self.sources)
         self._runners[spec.id] = runner
         runner.start()
 
