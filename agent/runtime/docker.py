@@ -55,6 +55,7 @@ from .driver import (
     parse_signal,
 )
 from .ports import container_port
+from .taskfiles import IN_CONTAINER, LOCAL, SECRETS
 
 log = logging.getLogger("runtime.docker")
 
@@ -405,6 +406,13 @@ class DockerDriver(TaskDriver):
             config["Entrypoint"] = [task.command]
         if task.args:
             config["Cmd"] = list(task.args)
+        if cfg.files:
+            # the task's secrets (a tmpfs the agent mounted on this host) and its local/
+            host["Mounts"] = [
+                {"Type": "bind", "Source": str(cfg.task_dir / SECRETS),
+                 "Target": IN_CONTAINER[SECRETS], "ReadOnly": True},
+                {"Type": "bind", "Source": str(cfg.task_dir / LOCAL),
+                 "Target": IN_CONTAINER[LOCAL], "ReadOnly": False}]
         if task.workdir:
             config["WorkingDir"] = task.workdir
         if task.user:

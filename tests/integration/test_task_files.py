@@ -9,9 +9,15 @@ import os
 import pwd
 from pathlib import Path
 
+import grpc
+import pytest
+
 from agent.server import Agent
 from controller.server import Controller
-from tests.integration.live import Cli
+from orch.jobspec import parse_job
+from orch.v1 import controller_pb2, controller_pb2_grpc
+from tests.docker_engine import remove_node_containers
+from tests.integration.live import Cli, live_cluster
 from tests.integration.synthetic import wait_until
 from tests.integration.test_trust import agent_config, bootstrapped
 
@@ -112,3 +118,64 @@ async def _has(text: object, needle: str) -> bool:
 
 def _mounted(path: Path) -> bool:
     return str(path) in Path("/proc/self/mounts").read_text()
+
+
+DOCKER_JOB = """
+name: dapp
+groups:
+  - name: g
+    count: 1
+    tasks:
+      - name: main
+        driver: docker
+        image: {image}
+        command: /bin/sh
+        args: ["-c", "cat /secrets/db; echo; echo env=$DB_PASSWORD; cat /local/app.conf;
+                ls -ln /secrets; exec sleep 600"]
+        secrets:
+          - {{name: db, env: DB_PASSWORD}}
+        templates:
+          - destination: local/app.conf
+            data: "key={{{{ secret('api') }}}}\\n"
+        resources: {{cpu_millicores: 50, memory_mb: 32}}
+"""
+
+
+@pytest.mark.docker
+async def test_a_container_gets_its_secrets_and_templates(tmp_path: Path,
+                                                          test_image: str) -> None:
+    nodes: list[str] = []
+    try:
+        async with live_cluster(tmp_path, agents=1, net="127.0.46",
+                                drivers=("docker",)) as (ctl, agents):
+            nodes.append(agents[0].node_id)
+            api = controller_pb2_grpc.ControllerServiceStub(
+                grpc.aio.insecure_channel(ctl.rpc_address))
+            for name, value in (("db", b"pw-1"), ("api", b"key-1")):
+                await api.PutSecret(controller_pb2.PutSecretRequest(name=name, value=value))
+            job = parse_job(DOCKER_JOB.format(image=test_image))
+            await api.RegisterJob(controller_pb2.RegisterJobRequest(job=job))
+            await wait_until(lambda: _running_of(ctl, "dapp"), within=60)
+            alloc = _running_of(ctl, "dapp")[0]
+
+            async def logs() -> str:
+                out = b""
+                async for chunk in api.AllocationLogs(controller_pb2.LogsRequest(alloc_id=alloc)):
+                    out += chunk.data
+                return out.decode()
+            await wait_until(lambda: _has(logs(), "key=key-1"), within=20)
+            text = await logs()
+            assert "pw-1" in text
+            assert "env=pw-1" in text
+            assert "-r--r--r--" in text  # 0444 in the container: root's, read-only
+            # a template's secret changes (change_mode restart): a new container reads it
+            await api.PutSecret(controller_pb2.PutSecretRequest(name="api", value=b"key-2"))
+            await wait_until(lambda: _has(logs(), "key=key-2"), within=60)
+    finally:
+        for node in nodes:
+            remove_node_containers(node)
+
+
+def _running_of(ctl: Controller, job: str) -> list[str]:
+    return [a.id for a in ctl.cluster.state.allocs_of_job(("default", job))
+            if a.desired_status == 1 and a.client_status == 2]
