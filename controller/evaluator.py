@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -166,6 +167,8 @@ class Evaluator:
                                  version=max((a.job_version for a in state.allocs_of_job(key)),
                                              default=0))
         job = state.model(job_pb)
+        if job.is_parent:  # periodic and parameterized jobs run as their children only
+            job = dataclasses.replace(job, stop=True)
         t0 = time.perf_counter()
         plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler)
         self.scheduling_latency.observe(time.perf_counter() - t0)

@@ -166,6 +166,8 @@ class ClusterState:
         for dep_id in changes.delete_deployments:
             self.deployments.pop(dep_id, None)
         self.evaluations.extend(changes.put_evaluations)
+        for name in changes.delete_meta:
+            self.meta.pop(name, None)
         self.meta.update(changes.meta)
 
     def alloc_info(self, alloc: node_pb2.Allocation) -> AllocInfo:

@@ -32,6 +32,9 @@ from .labels import TaskIdentity
 from .state import DriverStatus
 
 Stream = Literal["stdout", "stderr"]
+PAYLOAD_FILE = "local/payload"
+"""Where a task finds a dispatched job's payload: in its folder (process), or at
+``/local/payload`` in its container (docker)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +55,8 @@ class TaskConfig:
     """The task's own folder in the agent's data dir (process: logs and state files)."""
     node_name: str = ""
     """For messages (``image X is not present on node Y``)."""
+    payload: bytes = b""
+    """A dispatched job's payload, for the task as the file ``local/payload`` (read-only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

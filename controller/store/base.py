@@ -48,11 +48,14 @@ class Changes:
     """Appended to the event log; the store sets each event's ``index``."""
     meta: dict[str, str] = field(default_factory=dict)
     """Small named values (cluster id, settings)."""
+    delete_meta: list[str] = field(default_factory=list)
+    """Named values to forget (before ``meta`` is written)."""
 
     def __bool__(self) -> bool:
         return any((self.put_jobs, self.purge_jobs, self.put_allocs, self.delete_allocs,
                     self.put_nodes, self.delete_nodes, self.put_deployments,
-                    self.delete_deployments, self.put_evaluations, self.events, self.meta))
+                    self.delete_deployments, self.put_evaluations, self.events, self.meta,
+                    self.delete_meta))
 
 
 @dataclass(slots=True)

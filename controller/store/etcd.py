@@ -249,6 +249,7 @@ class _Commit:
     """The store's own copies; the caller's are ``caller_events``."""
     caller_events: list[controller_pb2.Event]
     meta: list[tuple[str, str]]
+    delete_meta: list[str]
     future: asyncio.Future[int]
 
 
@@ -305,7 +306,8 @@ def _encode(c: Changes, future: asyncio.Future[int]) -> _Commit:
         evals=[(e.id, e.SerializeToString())
                for e in _checked("put_evaluations", c.put_evaluations, controller_pb2.Evaluation,
                                  lambda e: e.id)],
-        events=events, caller_events=caller_events, meta=meta, future=future)
+        events=events, caller_events=caller_events, meta=meta,
+        delete_meta=_ids("delete_meta", c.delete_meta), future=future)
 
 
 # --- planning a transaction ------------------------------------------------------------------------
@@ -376,6 +378,8 @@ class _Plan:
             key = k.event(ev.index)
             self._write(key, ev.SerializeToString())
             self.event_writes[key] = ev.index
+        for name in c.delete_meta:
+            self._write(k.meta(name), None)
         for name, value in c.meta:
             self._write(k.meta(name), value.encode())
         st.index += 1

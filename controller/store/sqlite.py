@@ -141,6 +141,7 @@ class _Rows:
     events: list[controller_pb2.Event]
     """The store's own copies: the worker sets their index and serialises them."""
     meta: list[tuple[str, str]]
+    delete_meta: list[tuple[str]]
 
 
 def _checked(field: str, items: Sequence[Any], cls: type[T],
@@ -198,6 +199,7 @@ def _rows(c: Changes) -> _Rows:
                                        controller_pb2.Evaluation, lambda e: e.id)],
         events=events,
         meta=meta,
+        delete_meta=_keys("delete_meta", c.delete_meta),
     )
 
 
@@ -455,6 +457,7 @@ class SQLiteStore(Store):
             conn.executemany(
                 "INSERT INTO events (idx, commit_index, topic, type, key, data) "
                 "VALUES (?, ?, ?, ?, ?, ?)", event_rows)
+            conn.executemany("DELETE FROM meta WHERE key = ?", rows.delete_meta)
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", rows.meta)

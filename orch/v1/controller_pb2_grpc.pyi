@@ -101,6 +101,13 @@ class ControllerServiceStub:
     """
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]
     """node rm"""
+    DispatchJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchJobRequest, _controller_pb2.DispatchJobResponse]
+    """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+    inputs; a periodic job's child, launched now out of schedule.
+    job dispatch
+    """
+    ForcePeriodicJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ForcePeriodicJobRequest, _controller_pb2.DispatchJobResponse]
+    """job periodic force"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -172,6 +179,13 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """node rm"""
+    DispatchJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchJobRequest, _controller_pb2.DispatchJobResponse]  # type: ignore[assignment]
+    """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+    inputs; a periodic job's child, launched now out of schedule.
+    job dispatch
+    """
+    ForcePeriodicJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.ForcePeriodicJobRequest, _controller_pb2.DispatchJobResponse]  # type: ignore[assignment]
+    """job periodic force"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -426,6 +440,25 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
         """node rm"""
+
+    @_abc_1.abstractmethod
+    def DispatchJob(
+        self,
+        request: _controller_pb2.DispatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DispatchJobResponse, _abc.Awaitable[_controller_pb2.DispatchJobResponse]]:
+        """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+        inputs; a periodic job's child, launched now out of schedule.
+        job dispatch
+        """
+
+    @_abc_1.abstractmethod
+    def ForcePeriodicJob(
+        self,
+        request: _controller_pb2.ForcePeriodicJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DispatchJobResponse, _abc.Awaitable[_controller_pb2.DispatchJobResponse]]:
+        """job periodic force"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
