@@ -122,8 +122,11 @@ class Evaluator:
                 timeout = min(timeout, min(due) - now)
             if timeout > 0 and not self._queue:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+                # arrives as the event is set, and stop() then waits for ever
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             now = self.clock()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.reconcile_interval

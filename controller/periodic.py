@@ -96,8 +96,9 @@ class Launcher:
             now = self.clock()
             slots = [s for p in self.parents() if (s := self.next_launch(p, now)) is not None]
             timeout = min([IDLE_WAKE, *(s - now for s in slots)])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.01, timeout))
+            with contextlib.suppress(TimeoutError):  # not wait_for: see Evaluator.run
+                async with asyncio.timeout(max(0.01, timeout)):
+                    await self._wake.wait()
 
     async def tick(self, now: float) -> None:
         """Launch (or skip) every due slot and collect finished children, one commit each."""

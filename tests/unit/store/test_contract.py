@@ -103,6 +103,14 @@ async def test_meta_values_are_set_and_replaced_one_key_at_a_time(store: Store) 
     assert (await store.load()).meta == {"cluster_id": "c-1", "scheduler": "spread"}
 
 
+async def test_meta_values_are_deleted_before_the_new_ones_are_written(store: Store) -> None:
+    await store.commit(Changes(meta={"periodic/default/a": "1", "periodic/default/b": "2"}))
+    await store.commit(Changes(delete_meta=["periodic/default/a", "nope"]))
+    assert (await store.load()).meta == {"periodic/default/b": "2"}
+    await store.commit(Changes(delete_meta=["periodic/default/b"], meta={"periodic/default/b": "3"}))
+    assert (await store.load()).meta == {"periodic/default/b": "3"}
+
+
 async def test_the_index_grows_by_one_per_commit_across_restarts(backend: Backend,
                                                                  tmp_path: Path) -> None:
     async with backend.opened(tmp_path) as s:
