@@ -25,7 +25,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def ts(*args: int, tz: ZoneInfo | None = None) -> int:
-    return int(datetime(*args, tzinfo=tz or UTC).timestamp())  # type: ignore[misc]
+    return int(datetime(*args, tzinfo=tz or UTC).timestamp())  # type: ignore[misc, arg-type]
 
 
 def test_next_slot_of_a_five_field_expression_in_utc() -> None:
