@@ -61,11 +61,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(fn=promote)
     p = verbs.add_parser("dispatch", help="run a parameterized job with inputs (a child job)")
     p.add_argument("name")
-    p.add_argument("payload", nargs="?", default="",
-                   help=f"a file whose content the tasks find in local/payload, or - for stdin "
-                        f"(at most {MAX_PAYLOAD // 1024} KiB)")
+    # the rest is read by _dispatch_args: argparse does not take a positional after options
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[--meta KEY=VALUE ...] [PAYLOAD|-]",
+                   help=f"meta values (ORCH_META_<KEY> in the tasks' environment; repeatable) "
+                        f"and a file whose content the tasks find in local/payload, or - for "
+                        f"stdin (at most {MAX_PAYLOAD // 1024} KiB)")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
-                   help="a meta value (ORCH_META_<KEY> in the tasks' environment); repeatable")
+                   help="a meta value; repeatable")
     p.set_defaults(fn=dispatch)
     p = verbs.add_parser("periodic", help="periodic jobs: force a launch now")
     pverbs = p.add_subparsers(dest="periodic_verb", required=True, metavar="VERB")
@@ -108,6 +110,14 @@ async def run(ctx: Ctx, args: argparse.Namespace) -> int:
         if ctx.json:
             out(to_json(resp))
         return UNPLACED
+    if job.HasField("periodic") or job.HasField("parameterized"):
+        if ctx.json:
+            out(to_json(resp))
+        else:  # a parent is never placed: there is nothing to follow
+            how = "launches a child at each slot of its schedule" if job.HasField("periodic") \
+                else f"runs when dispatched: orchctl job dispatch {job.name}"
+            out(f"==> job {job.name!r} {how}; see: orchctl job status {job.name}")
+        return OK
     if args.detach:
         return OK
     code = await _follow(ctx, job.namespace, job.name, resp, args.timeout)
@@ -370,8 +380,12 @@ def _payload(source: str) -> bytes:
 
 
 async def dispatch(ctx: Ctx, args: argparse.Namespace) -> int:
-    req = controller_pb2.DispatchJobRequest(name=args.name, meta=_meta(args.meta),
-                                            payload=_payload(args.payload))
+    rest = argparse.ArgumentParser(prog=f"orchctl job dispatch {args.name}")
+    rest.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    rest.add_argument("payload", nargs="?", default="")
+    more = rest.parse_intermixed_args(args.rest)
+    req = controller_pb2.DispatchJobRequest(name=args.name, meta=_meta(args.meta + more.meta),
+                                            payload=_payload(more.payload))
     resp = await ctx.call(ctx.stub.DispatchJob(req))
     if ctx.json:
         out(to_json(resp))
