@@ -93,9 +93,11 @@ class Launcher:
                 log.exception("periodic launch pass failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
                 continue
-            now = self.clock()
+            # the next slots after the time the pass looked at, not after the clock now: a
+            # pass that began just before a slot and ended just after it must not skip it
             slots = [s for p in self.parents() if (s := self.next_launch(p, now)) is not None]
-            timeout = min([IDLE_WAKE, *(s - now for s in slots)])
+            later = self.clock()
+            timeout = min([IDLE_WAKE, *(s - later for s in slots)])
             with contextlib.suppress(TimeoutError):  # not wait_for: see Evaluator.run
                 async with asyncio.timeout(max(0.01, timeout)):
                     await self._wake.wait()
