@@ -88,13 +88,14 @@ class Cluster:
             return self.state.index
         if self.may_write is not None:
             self.may_write()
+        gone = self.state.nodes_with(changes.delete_allocs)  # their agents' sets shrink
         t0 = time.perf_counter()
         index = await self.store.commit(changes)
         self.commit_latency.observe(time.perf_counter() - t0)
         self.state.apply(changes, index)
         if changes.events:
             self.events.publish(changes.events)
-        nodes = {a.node_id for a in changes.put_allocs}
+        nodes = {a.node_id for a in changes.put_allocs} | gone
         nodes |= {n.id for n in changes.put_nodes}
         if any(k.startswith(SECRET_META) for k in (*changes.meta, *changes.delete_meta)):
             nodes |= set(self._sinks)  # those whose secrets did not change are not sent again

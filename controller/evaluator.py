@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -126,8 +127,11 @@ class Evaluator:
                 timeout = min(timeout, min(due) - now)
             if timeout > 0 and not self._queue:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+                # arrives as the event is set, and stop() then waits for ever
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             now = self.clock()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.reconcile_interval
@@ -171,6 +175,8 @@ class Evaluator:
                                  version=max((a.job_version for a in state.allocs_of_job(key)),
                                              default=0))
         job = state.model(job_pb)
+        if job.is_parent:  # periodic and parameterized jobs run as their children only
+            job = dataclasses.replace(job, stop=True)
         t0 = time.perf_counter()
         plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler,
                         quota=self.namespaces.quota(key[0]))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from controller import children
 from controller.cluster import Cluster
 from controller.evaluator import Evaluator
 from controller.planner import event, plan_summary
@@ -15,6 +17,7 @@ from controller.state import COMPLETE, FAILED, LOST, PENDING, RUN, RUNNING, TERM
 from controller.store.base import Changes, JobKey
 from orch.errors import ConflictError, NotFoundError, RequestError
 from orch.jobspec import check_job
+from orch.jobspec.dispatch import dispatch_child, dispatch_problems
 from orch.jobspec.model import Job, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import namespace_of
@@ -52,9 +55,12 @@ def job_diff(old: job_pb2.Job | None, new: job_pb2.Job) -> controller_pb2.JobDif
 
 
 def job_status(allocs: list[node_pb2.Allocation], job: job_pb2.Job) -> job_pb2.JobStatus.ValueType:
-    """dead when stopped or every allocation finished; running when one runs; else pending."""
+    """dead when stopped or every allocation finished; running when one runs; else pending.
+    A periodic or parameterized parent that is not stopped is running (it makes children)."""
     if job.stop:
         return job_pb2.JOB_STATUS_DEAD
+    if children.is_parent(job):
+        return job_pb2.JOB_STATUS_RUNNING
     wanted = [a for a in allocs if a.desired_status == RUN]
     if any(a.client_status == RUNNING for a in wanted):
         return job_pb2.JOB_STATUS_RUNNING
@@ -65,12 +71,15 @@ def job_status(allocs: list[node_pb2.Allocation], job: job_pb2.Job) -> job_pb2.J
 
 class Jobs:
     def __init__(self, cluster: Cluster, evaluator: Evaluator,
-                 clock: Callable[[], float] = time.time, secrets: Secrets | None = None) -> None:
+                 clock: Callable[[], float] = time.time, secrets: Secrets | None = None,
+                 rng: random.Random | None = None) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.evaluator = evaluator
         self.clock = clock
         self.secrets = secrets
+        self.rng = rng or random.SystemRandom()
+        """Draws the suffix of dispatched children's names."""
 
     def _check_refs(self, key: JobKey, pb: job_pb2.Job) -> None:
         """The job's namespace exists (for a new job) and every secret it reads does."""
@@ -119,8 +128,15 @@ class Jobs:
                 new.status = job_pb2.JOB_STATUS_PENDING
                 kind = "JobScaled" if reason == "job-scale" else "JobRegistered"
                 what = f"job {key[1]} version {new.version}" + (f" ({note})" if note else "")
-                await self.cluster.commit(Changes(put_jobs=[new], events=[event(
-                    "job", kind, key[1], what, now_ns, job=new)]))
+                changes = Changes(put_jobs=[new], events=[event(
+                    "job", kind, key[1], what, now_ns, job=new)])
+                if new.HasField("periodic"):
+                    # a new version launches the slots after its registration, none before
+                    mark = children.launch_key(key)
+                    last = max(children.last_slot(self.state, new) if mark in self.state.meta
+                               else 0.0, now_ns / NS)
+                    changes.meta[mark] = f"{last:.3f}"
+                await self.cluster.commit(changes)
                 cur = new
         assert cur is not None
         ev = await self.evaluator.evaluate_now(key, reason)
@@ -147,9 +163,13 @@ class Jobs:
         now_ns = int(self.clock() * NS)
         async with self.cluster.lock:
             cur = self.get(key)
-            if purge:
-                changes = Changes(purge_jobs=[key], events=[event(
-                    "job", "JobPurged", key[1], f"job {key[1]} purged", now_ns)])
+            kids = [job_key(c) for c in children.children_of(self.state, key)]
+            if purge:  # a parent's children go with it (their allocations are stopped)
+                changes = Changes(purge_jobs=[key, *kids], events=[event(
+                    "job", "JobPurged", key[1], f"job {key[1]} purged"
+                    + (f" with its {len(kids)} children" if kids else ""), now_ns)])
+                if children.launch_key(key) in self.state.meta:
+                    changes.delete_meta.append(children.launch_key(key))
                 version = cur.version
             else:
                 stopped = job_pb2.Job()
@@ -164,8 +184,49 @@ class Jobs:
                     "job", "JobStopped", key[1], f"job {key[1]} stopped", now_ns, job=stopped)])
             if not cur.stop or purge:
                 await self.cluster.commit(changes)
+        if purge:
+            for kid in kids:
+                self.evaluator.enqueue(kid, "job-stop")
         ev = await self.evaluator.evaluate_now(key, "job-stop")
         return version, ev
+
+    async def dispatch(self, key: JobKey, meta: Mapping[str, str], payload: bytes) -> tuple[
+            job_pb2.Job, controller_pb2.Evaluation]:
+        """A child of the parameterized job ``key`` with these inputs, registered and
+        evaluated; RequestError (nothing changed) when the inputs do not fit the job."""
+        now = self.clock()
+        async with self.cluster.lock:
+            parent = self.get(key)
+            if not parent.HasField("parameterized"):
+                raise RequestError(f"job {key[1]!r} is not parameterized: only a job with a "
+                                   "parameterized block can be dispatched (run it with "
+                                   "`orchctl job run`)")
+            if parent.stop:
+                raise RequestError(f"job {key[1]!r} is stopped; run it again before "
+                                   "dispatching it")
+            problems = dispatch_problems(key[1], parent.parameterized, meta, payload)
+            if problems:
+                raise RequestError(f"cannot dispatch job {key[1]!r}: " + "; ".join(problems))
+            self.refuse_past_limit(key)
+            name = dispatch_child(key[1], now, self.rng.getrandbits(32))
+            if self.state.job((key[0], name)) is not None:
+                raise ConflictError(f"job {name!r} exists already; dispatch again")
+            child = children.make_child(parent, name, int(now * NS), meta=dict(meta),
+                                        payload=payload)
+            await self.cluster.commit(Changes(put_jobs=[child], events=[event(
+                "job", "JobDispatched", name, f"job {key[1]} dispatched as {name}",
+                int(now * NS), job=children.shown(child))]))
+        ev = await self.evaluator.evaluate_now(job_key(child), "job-dispatch")
+        return child, ev
+
+    def refuse_past_limit(self, key: JobKey) -> None:
+        """RequestError when ``key`` has as many unfinished children as it may."""
+        active = [c for c in children.children_of(self.state, key)
+                  if not children.finished(self.state, c)]
+        if len(active) >= children.MAX_ACTIVE_CHILDREN:
+            raise RequestError(f"job {key[1]!r} has {len(active)} unfinished children, the most "
+                               f"it may have ({children.MAX_ACTIVE_CHILDREN}); wait for some to "
+                               "finish or stop them")
 
     async def scale(self, key: JobKey, group: str, count: int, reason: str = "") -> tuple[
             job_pb2.Job, bool, controller_pb2.Evaluation]:
@@ -214,6 +275,13 @@ class Jobs:
         shown.CopyFrom(job)
         shown.status = job_status(allocs, job)
         reply = controller_pb2.JobStatusReply(job=shown, allocations=allocs)
+        shown.payload = b""
+        for child in reversed(children.children_of(self.state, key)):
+            mine = self.state.allocs_of_job(job_key(child))
+            reply.children.add(
+                name=child.name, status=job_status(mine, child), launch_time_ns=child.submit_time_ns,
+                running=sum(1 for a in mine if a.desired_status == RUN and a.client_status == RUNNING),
+                desired=0 if child.stop else sum(g.count for g in self.state.model(child).groups))
         dep = self.state.latest_deployment(key)
         if dep is not None:
             reply.latest_deployment.CopyFrom(dep)
@@ -224,7 +292,8 @@ class Jobs:
         for g in model.groups:
             mine = [a for a in allocs if a.group == g.name]
             live = [a for a in mine if a.desired_status == RUN]
-            s = reply.groups.add(group=g.name, desired=0 if job.stop else g.count, placed=len(live))
+            s = reply.groups.add(group=g.name, desired=0 if job.stop or model.is_parent else g.count,
+                                 placed=len(live))
             for a in live:
                 s.running += a.client_status == RUNNING
                 s.pending += a.client_status == PENDING

@@ -87,6 +87,8 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
         a.CopyFrom(old)
         a.job_version = u.to_version
         a.spec.CopyFrom(spec(a.group))
+        a.job_meta.clear()
+        a.job_meta.update(job_pb.meta)
         res = groups[a.group].resources
         resized = (a.resources.cpu_millicores, a.resources.memory_mb) != (
             res.cpu_millicores, res.memory_mb)
@@ -122,6 +124,8 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
             description=f"placed on {p.node_name}: {p.reason}",
             resources=job_pb2.Resources(cpu_millicores=p.cpu_millicores, memory_mb=p.memory_mb))
         a.spec.CopyFrom(spec(p.group))
+        a.job_meta.update(job_pb.meta)
+        a.payload = job_pb.payload
         ch.put_allocs.append(a)
         kind = "AllocationRescheduled" if p.reason in ("reschedule", "lost", "migrate") \
             else "AllocationPlaced"

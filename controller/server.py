@@ -50,6 +50,7 @@ from controller.jobs import Jobs
 from controller.leadership import Leadership, LeaderStatus
 from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
+from controller.periodic import Launcher
 from controller.scaling import Autoscaler
 from controller.secrets import Secrets
 from controller.state import ClusterState
@@ -229,6 +230,7 @@ class Controller:
         self.secrets = Secrets(state, pki.Bundle.of(cfg.data_dir).secrets_key)
         self.cluster.secrets_of = self.secrets.for_allocations
         self.jobs = Jobs(self.cluster, self.evaluator, secrets=self.secrets)
+        self.launcher = Launcher(self.cluster, self.evaluator)
         self.nodes_monitor = NodeMonitor(self.cluster, self.evaluator, node_grace=cfg.node_grace,
                                          failover_grace=cfg.failover_grace,
                                          max_down_fraction=cfg.max_down_fraction)
@@ -250,7 +252,7 @@ class Controller:
         node = NodeEndpoint(authz, leader=leader, monitor=self.nodes_monitor, cluster=self.cluster,
                             usage=self.usage, trust=self.trust, gossip=gossip)
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(controller_service([
-            JobsEndpoint(authz, leader, self.jobs, self.autoscaler),
+            JobsEndpoint(authz, leader, self.jobs, self.autoscaler, self.launcher),
             AllocationsEndpoint(authz, leader, self.cluster, self.evaluator, self.nodes,
                                 self.channels),
             NodesEndpoint(authz, leader, self.nodes, gossip, node.end),
@@ -291,7 +293,8 @@ class Controller:
         self.leader.leading = True
         self.evaluator.start()
         self._leader_tasks = [asyncio.create_task(self._liveness(), name="liveness"),
-                              asyncio.create_task(self.autoscaler.run(), name="autoscaler")]
+                              asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
+                              asyncio.create_task(self.launcher.run(), name="periodic")]
         self.evaluator.enqueue_all("leader-elected" if self.leader.election else "startup")
         if self.gossip is not None:
             self.gossip.set_state({"leader": "true"})

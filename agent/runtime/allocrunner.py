@@ -53,9 +53,15 @@ def task_env(spec: AllocSpec, task: Task, ports: Mapping[str, int], *, node_id: 
              address: str, docker_joined: bool = False) -> dict[str, str]:
     """The task's environment: its own, then orch's variables (which win), as Nomad's NOMAD_*.
 
+    The job's meta and the group's (which wins) are ``ORCH_META_<KEY>``: the key upper-cased,
+    and as written too when that differs (a dispatched job's meta arrives this way).
     ``docker_joined``: docker tasks share a network namespace (``docker_network_mode``), so
     they listen on their host ports as in host mode."""
     env = dict(task.env)
+    for key, value in {**spec.job_meta, **spec.group.meta}.items():
+        name = _ENV_UNSAFE.sub("_", key)
+        env[f"ORCH_META_{name.upper()}"] = value
+        env[f"ORCH_META_{name}"] = value
     env.update({
         "ORCH_ALLOC_ID": spec.id, "ORCH_ALLOC_NAME": spec.name,
         "ORCH_ALLOC_INDEX": str(spec.index), "ORCH_JOB_NAME": spec.job,
@@ -148,7 +154,7 @@ class AllocRunner:
             alloc_id=s.id, task=interpolate(task, env), network=s.group.network, ports=self.ports,
             env=env,
             labels=labels, spec_hash=spec_hash, task_dir=self.task_dir(task),
-            node_name=self.config.name, files=needs_files(task))
+            node_name=self.config.name, files=needs_files(task), payload=s.payload)
 
     def task_dir(self, task: Task) -> Path:
         return Path(self.config.data_dir) / "alloc" / self.spec.id / task.name

@@ -21,7 +21,8 @@ def alloc_spec_from_proto(pb: node_pb2.Allocation) -> AllocSpec:
         id=pb.id, name=pb.name, namespace=namespace_of(pb.namespace), job=pb.job,
         job_version=pb.job_version, job_type=JOB_TYPE.word(pb.job_type),
         group=group_from_proto(pb.spec), index=pb.index, ports=dict(pb.ports),
-        desired=cast(Desired, DESIRED_STATUS.word(pb.desired_status)))
+        desired=cast(Desired, DESIRED_STATUS.word(pb.desired_status)),
+        job_meta=dict(pb.job_meta), payload=pb.payload)
 
 
 def alloc_status_to_proto(status: AllocStatus) -> node_pb2.Allocation:

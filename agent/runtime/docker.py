@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import math
 import os
 import re
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,6 +45,7 @@ from orch.jobspec.model import Resources
 
 from . import labels as lbl
 from .driver import (
+    PAYLOAD_FILE,
     ExecResult,
     ExitResult,
     LogChunk,
@@ -325,6 +328,9 @@ class DockerDriver(TaskDriver):
             if info is not None and info["State"].get("Running"):
                 return self._handle(info)  # already runs with this spec: adopt it
             cid = info["Id"] if info is not None else await self._create(cfg, name)
+            if info is None and cfg.payload:
+                await self.docker.containers.container(cid).put_archive(
+                    "/", payload_archive(cfg.payload))  # type: ignore[no-untyped-call]
             old = self._exits.pop(cid, None)
             if old is not None and not old.done():
                 old.cancel()
@@ -621,3 +627,19 @@ class DockerDriver(TaskDriver):
             return None, end
         skip = max(offset - pos, 0)
         return LogChunk(offset=pos + skip, data=data[skip:]), end
+
+
+def payload_archive(data: bytes) -> bytes:
+    """A tar of ``local/payload`` holding ``data``, owned by root and read-only (0444):
+    copied into a created container before it starts. A copy rather than a bind mount, as
+    the agent may itself run in a container beside the engine, where its folders are not
+    the host's."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        folder = tarfile.TarInfo(PAYLOAD_FILE.split("/")[0])
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        info = tarfile.TarInfo(PAYLOAD_FILE)
+        info.size, info.mode = len(data), 0o444
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -32,6 +32,9 @@ from .labels import TaskIdentity
 from .state import DriverStatus
 
 Stream = Literal["stdout", "stderr"]
+PAYLOAD_FILE = "local/payload"
+"""Where a task finds a dispatched job's payload: in its folder (process), or at
+``/local/payload`` in its container (docker)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +58,8 @@ class TaskConfig:
     files: bool = False
     """The task has secrets or templates: its secrets/ and local/ folders are its own
     (a container sees them at /secrets and /local)."""
+    payload: bytes = b""
+    """A dispatched job's payload, for the task as the file ``local/payload`` (read-only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -45,6 +45,7 @@ from . import labels as lbl
 from . import logfiles
 from .cgroups import CgroupError, Hierarchy, TaskCgroup, cgroup_name
 from .driver import (
+    PAYLOAD_FILE,
     ExecResult,
     ExitResult,
     LogChunk,
@@ -107,6 +108,24 @@ def _prepare(task_dir: Path, uid: int, gid: int) -> None:
     if os.geteuid() == 0:
         os.chown(local, uid, gid)
     local.chmod(0o700)
+
+
+def _payload(path: Path, data: bytes, uid: int, gid: int) -> None:
+    """A dispatched job's payload for the task: its user's, read-only (0400), written anew
+    (an earlier one, e.g. of a task restarted, replaced whole)."""
+    if not data:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+    try:
+        os.write(fd, data)
+        if os.geteuid() == 0:
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
 
 
 def _as_task(argv: list[str], user: str, cgroup: dict[str, Any] | None) -> list[str]:
@@ -258,6 +277,7 @@ class ProcessDriver(TaskDriver):
             (task_dir / stale).unlink(missing_ok=True)
         user, uid, gid = self._user(task.name, task.user)
         _prepare(task_dir, uid, gid)
+        _payload(task_dir / PAYLOAD_FILE, cfg.payload, uid, gid)
         env = dict(cfg.env)
         env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         cgroup = None

@@ -44,6 +44,10 @@ class AllocSpec:
     ports: Mapping[str, int] = field(default_factory=dict)
     """Port label → host port, as the scheduler chose them (dynamic ones may be missing)."""
     desired: Desired = "run"
+    job_meta: Mapping[str, str] = field(default_factory=dict)
+    """The job's meta (ORCH_META_<KEY> in every task's environment; the group's wins)."""
+    payload: bytes = b""
+    """A dispatched job's payload: every task finds it in ``local/payload``."""
 
     def task(self, name: str) -> Task | None:
         return next((t for t in self.group.tasks if t.name == name), None)

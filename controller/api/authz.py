@@ -65,6 +65,7 @@ def _rules() -> dict[str, Rule]:
              "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
+        **op("job-write", "DispatchJob", "ForcePeriodicJob"),
         **op("node-write", "DrainNode", "SetNodeEligibility"),
         **op("operator", "FireEvent"),
         **op("operator", "Keyring", peer=True),
@@ -149,6 +150,10 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
     if method in ("RegisterJob", "PlanJob"):
         return Target(namespace_of(request.job.namespace), request.job.name,
                       _job_needs(request.job))
+    if method in ("DispatchJob", "ForcePeriodicJob"):  # the child runs the parent's tasks
+        job = state.job((namespace_of(request.namespace), request.name))
+        return Target(namespace_of(request.namespace), request.name,
+                      _job_needs(job) if job is not None else frozenset())
     if method in ("StopJob", "RevertJob", "ScaleJob", "GetJob", "JobHistory"):
         return Target(namespace_of(request.namespace), request.name)
     if method == "PromoteDeployment":

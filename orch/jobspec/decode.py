@@ -22,7 +22,7 @@ from orch.errors import JobSpecProblem
 from orch.jobspec.document import Value
 from orch.jobspec.durations import parse_duration
 
-CONTROLLER_FIELDS = {"version", "status", "stop", "submit_time_ns"}
+CONTROLLER_FIELDS = {"version", "status", "stop", "submit_time_ns", "parent", "payload"}
 """Job fields the controller sets; a job file may not."""
 
 _ALIASES = {

@@ -250,6 +250,24 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Periodic:
+    cron: str
+    """When to launch a child: a cron expression (``orch.jobspec.periodic``)."""
+    time_zone: str = "UTC"
+    """The IANA time zone the expression is read in."""
+    prohibit_overlap: bool = False
+    """Skip a slot while an earlier child still runs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parameterized:
+    meta_required: tuple[str, ...] = ()
+    meta_optional: tuple[str, ...] = ()
+    payload: str = "optional"
+    """optional, required or forbidden."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     name: str
     type: str = "service"
@@ -264,6 +282,15 @@ class Job:
     namespace: str = DEFAULT_NAMESPACE
     version: int = 0
     stop: bool = False
+    periodic: Periodic | None = None
+    parameterized: Parameterized | None = None
+    """A periodic or parameterized job is a parent: never placed itself, it has children."""
+    parent: str = ""
+    """A child's parent (set by the controller)."""
+
+    @property
+    def is_parent(self) -> bool:
+        return self.periodic is not None or self.parameterized is not None
 
 
 # --- protobuf <-> model -------------------------------------------------------------------
@@ -394,6 +421,14 @@ def job_from_proto(pb: job_pb2.Job) -> Job:
         affinities=tuple(_affinity(a) for a in pb.affinities),
         spreads=tuple(_spread(s) for s in pb.spreads),
         namespace=namespace_of(pb.namespace), version=pb.version, stop=pb.stop,
+        periodic=Periodic(cron=pb.periodic.cron, time_zone=pb.periodic.time_zone or "UTC",
+                          prohibit_overlap=pb.periodic.prohibit_overlap)
+        if pb.HasField("periodic") else None,
+        parameterized=Parameterized(meta_required=tuple(pb.parameterized.meta_required),
+                                    meta_optional=tuple(pb.parameterized.meta_optional),
+                                    payload=pb.parameterized.payload or "optional")
+        if pb.HasField("parameterized") else None,
+        parent=pb.parent,
     )
 
 
@@ -475,7 +510,14 @@ def job_to_proto(job: Job) -> job_pb2.Job:
         spreads=[job_pb2.Spread(attribute=s.attribute, weight=s.weight, targets=[
             job_pb2.SpreadTarget(value=t.value, percent=t.percent) for t in s.targets])
             for s in job.spreads],
-        namespace=job.namespace, version=job.version, stop=job.stop,
+        namespace=job.namespace, version=job.version, stop=job.stop, parent=job.parent,
+        periodic=job_pb2.Periodic(cron=job.periodic.cron, time_zone=job.periodic.time_zone,
+                                  prohibit_overlap=job.periodic.prohibit_overlap)
+        if job.periodic is not None else None,
+        parameterized=job_pb2.Parameterized(meta_required=job.parameterized.meta_required,
+                                            meta_optional=job.parameterized.meta_optional,
+                                            payload=job.parameterized.payload)
+        if job.parameterized is not None else None,
     )
 
 

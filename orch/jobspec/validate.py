@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from orch.errors import JobSpecProblem
 from orch.jobspec import constraints as cl
+from orch.jobspec import dispatch, periodic
 from orch.templates import TemplateProblem, uses
 from orch.v1 import job_pb2
 
@@ -147,6 +148,7 @@ class _Validator:
                 self.bad("update", "batch jobs run to completion and are not rolled; remove it")
             else:
                 self.update("update", job.update, None)
+        self.parent_job(job)
         if not job.groups:
             self.bad("groups", "a job needs at least one group")
         elif len(job.groups) > MAX_GROUPS:
@@ -155,6 +157,42 @@ class _Validator:
         published: dict[int, str] = {}
         for i, g in enumerate(job.groups):
             self.group(f"groups[{i}]", g, job, published)
+
+    def parent_job(self, job: job_pb2.Job) -> None:
+        """A periodic or parameterized job: a batch job, one or the other, with a schedule
+        that parses in a zone that exists, or the inputs it declares."""
+        if job.parent or job.payload:
+            self.bad("parent" if job.parent else "payload",
+                     "is set by the controller on the children of periodic and parameterized "
+                     "jobs; remove it")
+        both = job.HasField("periodic") and job.HasField("parameterized")
+        if both:
+            self.bad("parameterized", "a job is periodic or parameterized, not both")
+        for kind in ("periodic", "parameterized"):
+            if job.HasField(kind) and job.type != job_pb2.JOB_TYPE_BATCH:
+                self.bad(kind, f"only batch jobs can be {kind} (set type: batch)")
+        if job.HasField("periodic"):
+            p = job.periodic
+            why = periodic.cron_problem(p.cron)
+            if why:
+                self.bad("periodic.cron", why)
+            try:
+                periodic.zone(p.time_zone)
+            except ValueError as e:
+                self.bad("periodic.time_zone", str(e))
+        if job.HasField("parameterized"):
+            p2 = job.parameterized
+            self.choice("parameterized.payload", p2.payload, dispatch.PAYLOAD_MODES)
+            keys = [*p2.meta_required, *p2.meta_optional]
+            if len(keys) > dispatch.MAX_META:
+                self.bad("parameterized", f"at most {dispatch.MAX_META} meta keys, got {len(keys)}")
+            for field_ in ("meta_required", "meta_optional"):
+                for i, k in enumerate(getattr(p2, field_)):
+                    if not dispatch.META_KEY.match(k):
+                        self.bad(f"parameterized.{field_}[{i}]",
+                                 f"must be a meta key (letters, digits, '_', '.', '-', starting "
+                                 f"with a letter or '_'), got {k!r}")
+            self.unique("parameterized", keys, "meta key")
 
     # --- group ----------------------------------------------------------------------------
 

@@ -51,6 +51,143 @@ KEYRING_OP_REMOVE: KeyringOp.ValueType  # 4
 Global___KeyringOp: _TypeAlias = KeyringOp  # noqa: Y015
 
 @_typing.final
+class DispatchJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the parameterized job"""
+    namespace: _builtins.str
+    payload: _builtins.bytes
+    """at most 16 KiB"""
+    @_builtins.property
+    def meta(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """its meta_required and any of its meta_optional"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "name", b"name", "namespace", b"namespace", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchJobRequest: _TypeAlias = DispatchJobRequest  # noqa: Y015
+
+@_typing.final
+class DispatchJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    """the child: <parent>/dispatch-<unix>-<8 hex>,"""
+    evaluation_id: _builtins.str
+    """<parent>/periodic-<unix>"""
+    @_builtins.property
+    def plan(self) -> Global___PlanSummary: ...
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        evaluation_id: _builtins.str = ...,
+        plan: Global___PlanSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id", "job", b"job", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchJobResponse: _TypeAlias = DispatchJobResponse  # noqa: Y015
+
+@_typing.final
+class ForcePeriodicJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    namespace: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForcePeriodicJobRequest: _TypeAlias = ForcePeriodicJobRequest  # noqa: Y015
+
+@_typing.final
+class ChildJob(_message.Message):
+    """A child of a periodic or parameterized job, as its parent's status lists it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LAUNCH_TIME_NS_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    DESIRED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    status: _job_pb2.JobStatus.ValueType
+    launch_time_ns: _builtins.int
+    """when it was made (its submit time)"""
+    running: _builtins.int
+    desired: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        status: _job_pb2.JobStatus.ValueType = ...,
+        launch_time_ns: _builtins.int = ...,
+        running: _builtins.int = ...,
+        desired: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "launch_time_ns", b"launch_time_ns", "name", b"name", "running", b"running", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildJob: _TypeAlias = ChildJob  # noqa: Y015
+
+@_typing.final
 class SecretInfo(_message.Message):
     """what is known of a secret without its value"""
 
@@ -1111,6 +1248,10 @@ class JobStatusReply(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     LATEST_DEPLOYMENT_FIELD_NUMBER: _builtins.int
     ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    NEXT_LAUNCH_NS_FIELD_NUMBER: _builtins.int
+    next_launch_ns: _builtins.int
+    """a periodic parent's next slot (0: none, stopped)"""
     @_builtins.property
     def job(self) -> _job_pb2.Job: ...
     @_builtins.property
@@ -1119,6 +1260,12 @@ class JobStatusReply(_message.Message):
     def latest_deployment(self) -> Global___Deployment: ...
     @_builtins.property
     def allocations(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.Allocation]: ...
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChildJob]:
+        """Periodic and parameterized jobs.
+        a parent's children, the newest first
+        """
+
     def __init__(
         self,
         *,
@@ -1126,10 +1273,12 @@ class JobStatusReply(_message.Message):
         groups: _abc.Iterable[Global___GroupSummary] | None = ...,
         latest_deployment: Global___Deployment | None = ...,
         allocations: _abc.Iterable[_node_pb2.Allocation] | None = ...,
+        children: _abc.Iterable[Global___ChildJob] | None = ...,
+        next_launch_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "latest_deployment", b"latest_deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "groups", b"groups", "job", b"job", "latest_deployment", b"latest_deployment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "children", b"children", "groups", b"groups", "job", b"job", "latest_deployment", b"latest_deployment", "next_launch_ns", b"next_launch_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1240,6 +1389,10 @@ class JobListEntry(_message.Message):
     SUBMIT_TIME_NS_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     DESIRED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NEXT_LAUNCH_NS_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     namespace: _builtins.str
     type: _job_pb2.JobType.ValueType
@@ -1249,6 +1402,16 @@ class JobListEntry(_message.Message):
     submit_time_ns: _builtins.int
     running: _builtins.int
     desired: _builtins.int
+    kind: _builtins.str
+    """Periodic and parameterized jobs.
+    periodic, parameterized, or "" for other jobs
+    """
+    next_launch_ns: _builtins.int
+    """a periodic parent's next slot (0: none)"""
+    parent: _builtins.str
+    """a child's parent"""
+    children: _builtins.int
+    """a parent's children (kept)"""
     def __init__(
         self,
         *,
@@ -1261,10 +1424,14 @@ class JobListEntry(_message.Message):
         submit_time_ns: _builtins.int = ...,
         running: _builtins.int = ...,
         desired: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        next_launch_ns: _builtins.int = ...,
+        parent: _builtins.str = ...,
+        children: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "name", b"name", "namespace", b"namespace", "priority", b"priority", "running", b"running", "status", b"status", "submit_time_ns", b"submit_time_ns", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "desired", b"desired", "kind", b"kind", "name", b"name", "namespace", b"namespace", "next_launch_ns", b"next_launch_ns", "parent", b"parent", "priority", b"priority", "running", b"running", "status", b"status", "submit_time_ns", b"submit_time_ns", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -230,6 +230,16 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.DeleteSecretRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.SecretInfo.FromString,
                 _registered_method=True)
+        self.DispatchJob = channel.unary_unary(
+                '/orch.v1.ControllerService/DispatchJob',
+                request_serializer=orch_dot_v1_dot_controller__pb2.DispatchJobRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.DispatchJobResponse.FromString,
+                _registered_method=True)
+        self.ForcePeriodicJob = channel.unary_unary(
+                '/orch.v1.ControllerService/ForcePeriodicJob',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ForcePeriodicJobRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.DispatchJobResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -504,6 +514,22 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DispatchJob(self, request, context):
+        """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+        inputs; a periodic job's child, launched now out of schedule.
+        job dispatch
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForcePeriodicJob(self, request, context):
+        """job periodic force
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -696,6 +722,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.DeleteSecret,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.DeleteSecretRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.SecretInfo.SerializeToString,
+            ),
+            'DispatchJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DispatchJob,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.DispatchJobRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.DispatchJobResponse.SerializeToString,
+            ),
+            'ForcePeriodicJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForcePeriodicJob,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ForcePeriodicJobRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.DispatchJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1729,6 +1765,60 @@ class ControllerService:
             '/orch.v1.ControllerService/DeleteSecret',
             orch_dot_v1_dot_controller__pb2.DeleteSecretRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.SecretInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DispatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/DispatchJob',
+            orch_dot_v1_dot_controller__pb2.DispatchJobRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.DispatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForcePeriodicJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ForcePeriodicJob',
+            orch_dot_v1_dot_controller__pb2.ForcePeriodicJobRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.DispatchJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -121,6 +121,13 @@ class ControllerServiceStub:
     """secret list"""
     DeleteSecret: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteSecretRequest, _controller_pb2.SecretInfo]
     """secret rm"""
+    DispatchJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchJobRequest, _controller_pb2.DispatchJobResponse]
+    """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+    inputs; a periodic job's child, launched now out of schedule.
+    job dispatch
+    """
+    ForcePeriodicJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ForcePeriodicJobRequest, _controller_pb2.DispatchJobResponse]
+    """job periodic force"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -212,6 +219,13 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """secret list"""
     DeleteSecret: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteSecretRequest, _controller_pb2.SecretInfo]  # type: ignore[assignment]
     """secret rm"""
+    DispatchJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchJobRequest, _controller_pb2.DispatchJobResponse]  # type: ignore[assignment]
+    """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+    inputs; a periodic job's child, launched now out of schedule.
+    job dispatch
+    """
+    ForcePeriodicJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.ForcePeriodicJobRequest, _controller_pb2.DispatchJobResponse]  # type: ignore[assignment]
+    """job periodic force"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -528,6 +542,25 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.SecretInfo, _abc.Awaitable[_controller_pb2.SecretInfo]]:
         """secret rm"""
+
+    @_abc_1.abstractmethod
+    def DispatchJob(
+        self,
+        request: _controller_pb2.DispatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DispatchJobResponse, _abc.Awaitable[_controller_pb2.DispatchJobResponse]]:
+        """Periodic and parameterized jobs: a child of a parameterized job, made now with its
+        inputs; a periodic job's child, launched now out of schedule.
+        job dispatch
+        """
+
+    @_abc_1.abstractmethod
+    def ForcePeriodicJob(
+        self,
+        request: _controller_pb2.ForcePeriodicJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DispatchJobResponse, _abc.Awaitable[_controller_pb2.DispatchJobResponse]]:
+        """job periodic force"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

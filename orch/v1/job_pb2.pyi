@@ -109,6 +109,10 @@ class Job(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_NS_FIELD_NUMBER: _builtins.int
     STABLE_FIELD_NUMBER: _builtins.int
+    PERIODIC_FIELD_NUMBER: _builtins.int
+    PARAMETERIZED_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """unique in its namespace; [a-z0-9][a-z0-9_-]*"""
     type: Global___JobType.ValueType
@@ -127,6 +131,12 @@ class Job(_message.Message):
     submit_time_ns: _builtins.int
     stable: _builtins.bool
     """a deployment of this version succeeded"""
+    parent: _builtins.str
+    """Set by the controller on a child, ignored on submission.
+    the parent's name (same namespace)
+    """
+    payload: _builtins.bytes
+    """a dispatched child's payload (local/payload)"""
     @_builtins.property
     def datacenters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """node attribute ${node.datacenter}; empty = any"""
@@ -151,6 +161,14 @@ class Job(_message.Message):
     def update(self) -> Global___UpdateStrategy:
         """default for groups that set none"""
 
+    @_builtins.property
+    def periodic(self) -> Global___Periodic:
+        """Periodic and parameterized jobs: a parent that is never placed itself; the leader
+        launches a child at each slot (periodic), or `orchctl job dispatch` makes one.
+        """
+
+    @_builtins.property
+    def parameterized(self) -> Global___Parameterized: ...
     def __init__(
         self,
         *,
@@ -171,14 +189,84 @@ class Job(_message.Message):
         stop: _builtins.bool = ...,
         submit_time_ns: _builtins.int = ...,
         stable: _builtins.bool = ...,
+        periodic: Global___Periodic | None = ...,
+        parameterized: Global___Parameterized | None = ...,
+        parent: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameterized", b"parameterized", "periodic", b"periodic", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinities", b"affinities", "constraints", b"constraints", "datacenters", b"datacenters", "groups", b"groups", "meta", b"meta", "name", b"name", "namespace", b"namespace", "priority", b"priority", "region", b"region", "spreads", b"spreads", "stable", b"stable", "status", b"status", "stop", b"stop", "submit_time_ns", b"submit_time_ns", "type", b"type", "update", b"update", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinities", b"affinities", "constraints", b"constraints", "datacenters", b"datacenters", "groups", b"groups", "meta", b"meta", "name", b"name", "namespace", b"namespace", "parameterized", b"parameterized", "parent", b"parent", "payload", b"payload", "periodic", b"periodic", "priority", b"priority", "region", b"region", "spreads", b"spreads", "stable", b"stable", "status", b"status", "stop", b"stop", "submit_time_ns", b"submit_time_ns", "type", b"type", "update", b"update", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class Periodic(_message.Message):
+    """A cron schedule: one child job per slot, launched by the leader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    PROHIBIT_OVERLAP_FIELD_NUMBER: _builtins.int
+    cron: _builtins.str
+    """5 fields (minute ... weekday), 6 with seconds"""
+    time_zone: _builtins.str
+    """first, or @hourly, @daily, @weekly, @monthly, ...
+    IANA name (Europe/Berlin); default UTC
+    """
+    prohibit_overlap: _builtins.bool
+    """skip a slot while an earlier child still runs"""
+    def __init__(
+        self,
+        *,
+        cron: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        prohibit_overlap: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "prohibit_overlap", b"prohibit_overlap", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Periodic: _TypeAlias = Periodic  # noqa: Y015
+
+@_typing.final
+class Parameterized(_message.Message):
+    """A job run on demand with inputs (`orchctl job dispatch`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_REQUIRED_FIELD_NUMBER: _builtins.int
+    META_OPTIONAL_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    payload: _builtins.str
+    """optional (default), required or forbidden"""
+    @_builtins.property
+    def meta_required(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """meta keys every dispatch must give"""
+
+    @_builtins.property
+    def meta_optional(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """meta keys a dispatch may give"""
+
+    def __init__(
+        self,
+        *,
+        meta_required: _abc.Iterable[_builtins.str] | None = ...,
+        meta_optional: _abc.Iterable[_builtins.str] | None = ...,
+        payload: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta_optional", b"meta_optional", "meta_required", b"meta_required", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Parameterized: _TypeAlias = Parameterized  # noqa: Y015
 
 @_typing.final
 class TaskGroup(_message.Message):

@@ -277,6 +277,26 @@ class Allocation(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class JobMetaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -303,6 +323,8 @@ class Allocation(_message.Message):
     CHECKS_HEALTHY_FIELD_NUMBER: _builtins.int
     CHECKS_HEALTHY_SINCE_NS_FIELD_NUMBER: _builtins.int
     CLIENT_SINCE_NS_FIELD_NUMBER: _builtins.int
+    JOB_META_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """uuid"""
     name: _builtins.str
@@ -337,6 +359,7 @@ class Allocation(_message.Message):
     """set by the controller when checks_healthy turns true"""
     client_since_ns: _builtins.int
     """when client_status last changed (controller clock)"""
+    payload: _builtins.bytes
     @_builtins.property
     def spec(self) -> _job_pb2.TaskGroup:
         """the group as of job_version (tasks, network, services)"""
@@ -351,6 +374,12 @@ class Allocation(_message.Message):
 
     @_builtins.property
     def tasks(self) -> _containers.MessageMap[_builtins.str, Global___TaskState]: ...
+    @_builtins.property
+    def job_meta(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """From the job (copied at placement): its meta (ORCH_META_<KEY> in every task's
+        environment; the group's meta wins) and a dispatched job's payload (local/payload).
+        """
+
     def __init__(
         self,
         *,
@@ -380,10 +409,12 @@ class Allocation(_message.Message):
         checks_healthy: _builtins.bool = ...,
         checks_healthy_since_ns: _builtins.int = ...,
         client_since_ns: _builtins.int = ...,
+        job_meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "checks_healthy", b"checks_healthy", "checks_healthy_since_ns", b"checks_healthy_since_ns", "client_since_ns", b"client_since_ns", "client_status", b"client_status", "create_time_ns", b"create_time_ns", "deployment_id", b"deployment_id", "description", b"description", "desired_status", b"desired_status", "group", b"group", "healthy", b"healthy", "id", b"id", "index", b"index", "job", b"job", "job_type", b"job_type", "job_version", b"job_version", "modify_time_ns", b"modify_time_ns", "name", b"name", "namespace", b"namespace", "node_id", b"node_id", "ports", b"ports", "previous_allocation", b"previous_allocation", "reschedule_attempts", b"reschedule_attempts", "resources", b"resources", "spec", b"spec", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "checks_healthy", b"checks_healthy", "checks_healthy_since_ns", b"checks_healthy_since_ns", "client_since_ns", b"client_since_ns", "client_status", b"client_status", "create_time_ns", b"create_time_ns", "deployment_id", b"deployment_id", "description", b"description", "desired_status", b"desired_status", "group", b"group", "healthy", b"healthy", "id", b"id", "index", b"index", "job", b"job", "job_meta", b"job_meta", "job_type", b"job_type", "job_version", b"job_version", "modify_time_ns", b"modify_time_ns", "name", b"name", "namespace", b"namespace", "node_id", b"node_id", "payload", b"payload", "ports", b"ports", "previous_allocation", b"previous_allocation", "reschedule_attempts", b"reschedule_attempts", "resources", b"resources", "spec", b"spec", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

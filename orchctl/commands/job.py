@@ -1,13 +1,17 @@
-"""orchctl job run | plan | status | stop | history | revert | promote"""
+"""orchctl job run | plan | status | stop | history | revert | scale | promote | dispatch |
+periodic force"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 from orch.errors import JobSpecError
 from orch.jobspec import load_job_file
+from orch.jobspec.dispatch import MAX_PAYLOAD
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, JOB_STATUS, JOB_TYPE, namespace_of
 from orchctl.client import CHANGES, FAILED, OK, UNPLACED, CliError
@@ -57,6 +61,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("promote", help="promote the canaries of the job's deployment")
     p.add_argument("name")
     p.set_defaults(fn=promote)
+    p = verbs.add_parser("dispatch", help="run a parameterized job with inputs (a child job)")
+    p.add_argument("name")
+    # the rest is read by _dispatch_args: argparse does not take a positional after options
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[--meta KEY=VALUE ...] [PAYLOAD|-]",
+                   help=f"meta values (ORCH_META_<KEY> in the tasks' environment; repeatable) "
+                        f"and a file whose content the tasks find in local/payload, or - for "
+                        f"stdin (at most {MAX_PAYLOAD // 1024} KiB)")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="a meta value; repeatable")
+    p.set_defaults(fn=dispatch)
+    p = verbs.add_parser("periodic", help="periodic jobs: force a launch now")
+    pverbs = p.add_subparsers(dest="periodic_verb", required=True, metavar="VERB")
+    p = pverbs.add_parser("force", help="launch a child of a periodic job now, out of schedule")
+    p.add_argument("name")
+    p.set_defaults(fn=periodic_force)
 
 
 def _load(ctx: Ctx, path: str) -> job_pb2.Job:
@@ -96,6 +115,14 @@ async def run(ctx: Ctx, args: argparse.Namespace) -> int:
         if ctx.json:
             out(to_json(resp))
         return UNPLACED
+    if job.HasField("periodic") or job.HasField("parameterized"):
+        if ctx.json:
+            out(to_json(resp))
+        else:  # a parent is never placed: there is nothing to follow
+            how = "launches a child at each slot of its schedule" if job.HasField("periodic") \
+                else f"runs when dispatched: orchctl job dispatch {job.name}"
+            out(f"==> job {job.name!r} {how}; see: orchctl job status {job.name}")
+        return OK
     if args.detach:
         return OK
     code = await _follow(ctx, job.namespace, job.name, resp, args.timeout)
@@ -180,10 +207,11 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
             return OK
         every = args.all_namespaces
         out(table((*(("Namespace",) if every else ()), "Name", "Type", "Priority", "Status",
-                   "Version", "Running", "Submitted"),
+                   "Version", "Running", "Submitted", "Next launch"),
                   [(*((namespace_of(j.namespace),) if every else ()), j.name,
-                    JOB_TYPE.word(j.type), j.priority, JOB_STATUS.word(j.status), j.version,
-                    f"{j.running}/{j.desired}", ago(j.submit_time_ns)) for j in resp.jobs]))
+                    JOB_TYPE.word(j.type) + (f"/{j.kind}" if j.kind else ""), j.priority,
+                    JOB_STATUS.word(j.status), j.version, f"{j.running}/{j.desired}",
+                    ago(j.submit_time_ns), _next(j.next_launch_ns)) for j in resp.jobs]))
         return OK
     st = await ctx.call(ctx.stub.GetJob(controller_pb2.GetJobRequest(
         name=args.name, namespace=ctx.namespace)))
@@ -191,10 +219,31 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
         out(to_json(st))
         return OK
     j = st.job
-    out(block([("Name", j.name), ("Namespace", namespace_of(j.namespace)),
-               ("Type", JOB_TYPE.word(j.type)),
-               ("Priority", j.priority or 50), ("Status", JOB_STATUS.word(j.status)),
-               ("Version", j.version), ("Stable", j.stable), ("Submitted", ago(j.submit_time_ns))]))
+    kind = "periodic" if j.HasField("periodic") else (
+        "parameterized" if j.HasField("parameterized") else "")
+    head: list[tuple[str, object]] = [
+        ("Name", j.name), ("Namespace", namespace_of(j.namespace)),
+        ("Type", JOB_TYPE.word(j.type) + (f"/{kind}" if kind else "")),
+        ("Priority", j.priority or 50), ("Status", JOB_STATUS.word(j.status)),
+        ("Version", j.version), ("Stable", j.stable), ("Submitted", ago(j.submit_time_ns))]
+    if j.parent:
+        head.append(("Parent", j.parent))
+    if j.HasField("periodic"):
+        head += [("Cron", j.periodic.cron), ("Time zone", j.periodic.time_zone or "UTC"),
+                 ("Prohibit overlap", j.periodic.prohibit_overlap),
+                 ("Next launch", _next(st.next_launch_ns))]
+    if j.HasField("parameterized"):
+        pz = j.parameterized
+        head += [("Meta required", ", ".join(pz.meta_required)),
+                 ("Meta optional", ", ".join(pz.meta_optional)),
+                 ("Payload", pz.payload or "optional")]
+    out(block(head))
+    if kind:
+        out("\nChildren")
+        out(table(("ID", "Status", "Running", "Launched"),
+                  [(c.name, JOB_STATUS.word(c.status), f"{c.running}/{c.desired}",
+                    ago(c.launch_time_ns)) for c in st.children]))
+        return OK
     out("\nSummary")
     out(table(("Group", "Desired", "Placed", "Running", "Healthy", "Pending", "Failed", "Complete",
                "Lost"), [(g.group, g.desired, g.placed, g.running, g.healthy, g.pending, g.failed,
@@ -298,3 +347,74 @@ async def promote(ctx: Ctx, args: argparse.Namespace) -> int:
         out(f"==> deployment {short(dep.id)} promoted")
     return OK
 
+
+def _next(ns: int) -> str:
+    """``in 42s (2024-05-01 03:00:00 UTC)``; ``-`` when there is none."""
+    if not ns:
+        return "-"
+    secs = max(0, round(ns / 1e9 - time.time()))
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ns / 1e9))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"in {secs // size}{unit} ({when})"
+    return f"in {secs}s ({when})"
+
+
+def _meta(items: list[str]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--meta {item!r}: write KEY=VALUE", FAILED)
+        meta[key] = value
+    return meta
+
+
+def _payload(source: str) -> bytes:
+    """The payload a file (or stdin, ``-``) holds; at most MAX_PAYLOAD bytes are read, so a
+    larger one is refused without reading it all."""
+    if not source:
+        return b""
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
+        else:
+            with Path(source).open("rb") as f:
+                data = f.read(MAX_PAYLOAD + 1)
+    except OSError as e:
+        raise CliError(f"cannot read the payload {source}: {e.strerror}", FAILED) from None
+    if len(data) > MAX_PAYLOAD:
+        where = "stdin" if source == "-" else source
+        raise CliError(f"the payload ({where}) is larger than {MAX_PAYLOAD // 1024} KiB, the "
+                       "most a dispatch carries: pass a reference to the data instead", FAILED)
+    return data
+
+
+async def dispatch(ctx: Ctx, args: argparse.Namespace) -> int:
+    rest = argparse.ArgumentParser(prog=f"orchctl job dispatch {args.name}")
+    rest.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    rest.add_argument("payload", nargs="?", default="")
+    more = rest.parse_intermixed_args(args.rest)
+    req = controller_pb2.DispatchJobRequest(name=args.name, namespace=ctx.namespace,
+                                            meta=_meta(args.meta + more.meta),
+                                            payload=_payload(more.payload))
+    resp = await ctx.call(ctx.stub.DispatchJob(req))
+    if ctx.json:
+        out(to_json(resp))
+    else:
+        out(f"==> job {args.name!r} dispatched as {resp.job!r}, evaluation "
+            f"{short(resp.evaluation_id)}")
+        _show_plan(resp.plan)
+    return UNPLACED if resp.plan.failures else OK
+
+
+async def periodic_force(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ForcePeriodicJob(controller_pb2.ForcePeriodicJobRequest(
+        name=args.name, namespace=ctx.namespace)))
+    if ctx.json:
+        out(to_json(resp))
+    else:
+        out(f"==> job {args.name!r} launched as {resp.job!r}, evaluation "
+            f"{short(resp.evaluation_id)}")
+        _show_plan(resp.plan)
+    return UNPLACED if resp.plan.failures else OK
