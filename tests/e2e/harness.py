@@ -106,8 +106,11 @@ class Harness:
         if not socket_path.startswith("unix://"):
             raise RuntimeError(f"the harness mounts the engine's socket; DOCKER_HOST is "
                                f"{socket_path}")
+        self.agents_dir = Path(f"/var/tmp/{self.project}")
+        """The agents' data, at the same path in their containers and on this host."""
         self.env = {**os.environ, "ORCH_IMAGE": image, "ORCH_NET": self.net,
-                    "ORCH_DOCKER_SOCKET": socket_path[len("unix://"):]}
+                    "ORCH_DOCKER_SOCKET": socket_path[len("unix://"):],
+                    "ORCH_AGENTS_DIR": str(self.agents_dir)}
         self._channel: grpc.Channel | None = None
         self._operator: Settings | None = None
         self.node_ids: dict[str, str] = {}
@@ -161,6 +164,7 @@ class Harness:
             self._operator = None
         self.remove_tasks()
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
+        _remove_agents_dir(self.agents_dir)
 
     def task_containers(self, *, all_states: bool = True) -> list[dict[str, Any]]:
         """The harness agents' task containers (inspected): those that joined an agent's
@@ -359,3 +363,14 @@ def running(h: H) -> Iterator[H]:
 def started(image: str) -> contextlib.AbstractContextManager[Harness]:
     """The default harness (a controller and five agents), up and healthy."""
     return running(Harness(image))
+
+
+def _remove_agents_dir(path: Path) -> None:
+    """The agents' data on this host; a tmpfs an agent left mounted is unmounted first."""
+    if not path.exists():
+        return
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+              if line.split()[1].startswith(f"{path}/")]
+    for m in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", m], check=False, capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
