@@ -38,6 +38,7 @@ from controller.api.node import NodeEndpoint
 from controller.api.nodes import NodesEndpoint
 from controller.api.rpc import controller_service, node_service
 from controller.api.services import ServicesEndpoint
+from controller.api.volumes import VolumesEndpoint
 from controller.autoscaler import AutoscalerConfig
 from controller.channels import MAX_AGENT_MESSAGE, Channels
 from controller.cluster import Cluster
@@ -256,6 +257,7 @@ class Controller:
             EventsEndpoint(authz, self.cluster),
             ServicesEndpoint(authz, self.cluster.state),
             LeaderEndpoint(authz, leader, gossip),
+            VolumesEndpoint(authz, self.nodes),
         ]), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)

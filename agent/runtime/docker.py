@@ -55,6 +55,7 @@ from .driver import (
     parse_signal,
 )
 from .ports import container_port
+from .volumes import Mount
 
 log = logging.getLogger("runtime.docker")
 
@@ -380,6 +381,8 @@ class DockerDriver(TaskDriver):
                 "max-size": f"{max(1, self.log_max_bytes // 1024)}k",
                 "max-file": str(self.log_max_files)}},
         }
+        if cfg.mounts:
+            host["Mounts"] = [self.mount(m, cfg) for m in cfg.mounts]
         exposed: dict[str, dict[str, str]] = {}
         if net.mode != "host" and not self.network_mode:
             bindings: dict[str, list[dict[str, str]]] = {}
@@ -410,6 +413,18 @@ class DockerDriver(TaskDriver):
         if task.user:
             config["User"] = task.user
         return config
+
+    @staticmethod
+    def mount(m: Mount, cfg: TaskConfig) -> dict[str, Any]:
+        """The Engine API's mount of a volume: a bind of a host volume's folder, or a named
+        volume (made by the engine when first mounted, labelled with its job)."""
+        if m.type == "host":
+            return {"Type": "bind", "Source": m.source, "Target": m.destination,
+                    "ReadOnly": m.read_only, "BindOptions": {"Propagation": "rprivate"}}
+        labels = {lbl.MANAGED: "true", lbl.NAMESPACE: cfg.labels.get(lbl.NAMESPACE, ""),
+                  lbl.JOB: cfg.labels.get(lbl.JOB, ""), lbl.GROUP: cfg.labels.get(lbl.GROUP, "")}
+        return {"Type": "volume", "Source": m.source, "Target": m.destination,
+                "ReadOnly": m.read_only, "VolumeOptions": {"Labels": labels}}
 
     def _start_error(self, e: DockerError, task: str) -> Exception:
         if _unavailable(e):

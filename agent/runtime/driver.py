@@ -30,6 +30,7 @@ from orch.jobspec.model import Network, Resources, Task
 
 from .labels import TaskIdentity
 from .state import DriverStatus
+from .volumes import Mount
 
 Stream = Literal["stdout", "stderr"]
 
@@ -52,6 +53,8 @@ class TaskConfig:
     """The task's own folder in the agent's data dir (process: logs and state files)."""
     node_name: str = ""
     """For messages (``image X is not present on node Y``)."""
+    mounts: tuple[Mount, ...] = ()
+    """The volumes the task mounts, resolved on this node."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,7 @@ from .driver import LogChunk, Recovered, Stream, TaskDriver, Usage
 from .ports import assign_ports
 from .process import ProcessDriver
 from .state import AllocSpec, AllocStatus, DriverStatus
+from .volumes import task_mounts
 
 log = logging.getLogger("runtime")
 
@@ -237,7 +238,10 @@ class Runtime:
         runner.start()
 
     def _hashes(self, spec: AllocSpec, ports: Mapping[str, int]) -> dict[str, str]:
-        return {t.name: lbl.spec_hash(t, spec.group.network, ports) for t in spec.group.tasks}
+        return {t.name: lbl.spec_hash(t, spec.group.network, ports,
+                                      task_mounts(spec.group, spec.index, t,
+                                                  self.config.host_volume)[0])
+                for t in spec.group.tasks}
 
     def _ports_for(self, spec: AllocSpec, *, previous: Mapping[str, int],
                    exclude: str) -> dict[str, int]:

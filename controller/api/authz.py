@@ -60,7 +60,8 @@ def _rules() -> dict[str, Rule]:
     return {
         **op("", "GetLeader", "BootstrapAcl", "SelfToken"),
         **op("read", "GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
-             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch"),
+             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch",
+             "ListVolumes"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
         **op("node-write", "DrainNode", "SetNodeEligibility"),
@@ -143,6 +144,8 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
         found = state.find_alloc(ref)
         return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
             else Target()
+    if method == "ListVolumes" and request.job:
+        return Target(namespace_of(request.namespace), request.job)
     if method in ("ListJobs", "ListAllocations"):
         ns = request.namespace if method == "ListJobs" or request.job else ""
         return Target(ns or "*")

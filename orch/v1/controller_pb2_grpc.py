@@ -195,6 +195,11 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_node__pb2.Node.FromString,
                 _registered_method=True)
+        self.ListVolumes = channel.unary_unary(
+                '/orch.v1.ControllerService/ListVolumes',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -416,6 +421,15 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVolumes(self, request, context):
+        """--- volumes ---
+        Host volumes of every node and the Docker volumes allocations mount, with their users.
+        volume list
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -573,6 +587,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
                     response_serializer=orch_dot_v1_dot_node__pb2.Node.SerializeToString,
+            ),
+            'ListVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVolumes,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ListVolumesRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ListVolumesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1417,6 +1436,33 @@ class ControllerService:
             '/orch.v1.ControllerService/RemoveNode',
             orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
             orch_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ListVolumes',
+            orch_dot_v1_dot_controller__pb2.ListVolumesRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ListVolumesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,11 @@ class ControllerServiceStub:
     """
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]
     """node rm"""
+    ListVolumes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListVolumesRequest, _controller_pb2.ListVolumesResponse]
+    """--- volumes ---
+    Host volumes of every node and the Docker volumes allocations mount, with their users.
+    volume list
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -172,6 +177,11 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """node rm"""
+    ListVolumes: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListVolumesRequest, _controller_pb2.ListVolumesResponse]  # type: ignore[assignment]
+    """--- volumes ---
+    Host volumes of every node and the Docker volumes allocations mount, with their users.
+    volume list
+    """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -426,6 +436,17 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
         """node rm"""
+
+    @_abc_1.abstractmethod
+    def ListVolumes(
+        self,
+        request: _controller_pb2.ListVolumesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListVolumesResponse, _abc.Awaitable[_controller_pb2.ListVolumesResponse]]:
+        """--- volumes ---
+        Host volumes of every node and the Docker volumes allocations mount, with their users.
+        volume list
+        """
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
