@@ -80,6 +80,8 @@ class Agent:
         self.gossip: GossipNode | None = None
         self.rpc_address = ""
         self._server: grpc.aio.Server | None = None
+        self.service: AgentService | None = None
+        """Its AgentService (logs, status, restarts, commands), once started."""
         self._tasks: list[asyncio.Task[None]] = []
         self._specs: dict[str, AllocSpec] = {}
         self.metrics: MetricsServer | None = None
@@ -127,10 +129,11 @@ class Agent:
         await self.runtime.start()
 
         server = self._server = grpc.aio.server()
-        controller_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.runtime, self.status, tls_on=self.tls.enabled,
-                         keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir,
-                                                           cfg.name)), server)
+        self.service = AgentService(
+            self.runtime, self.status, tls_on=self.tls.enabled,
+            keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir, cfg.name),
+            exec_max_sessions=cfg.exec_max_sessions, exec_idle_timeout=cfg.exec_idle_timeout)
+        controller_pb2_grpc.add_AgentServiceServicer_to_server(self.service, server)
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(self.tls)) \
             if self.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()

@@ -31,6 +31,7 @@ from controller.api.acl import AclEndpoint
 from controller.api.allocations import AllocationsEndpoint
 from controller.api.authz import Authorizer, RateLimiter
 from controller.api.events import EventsEndpoint
+from controller.api.exec import ExecEndpoint
 from controller.api.jobs import JobsEndpoint
 from controller.api.leader import LeaderEndpoint
 from controller.api.members import MembersEndpoint
@@ -258,6 +259,7 @@ class Controller:
             ServicesEndpoint(authz, self.cluster.state),
             LeaderEndpoint(authz, leader, gossip),
             VolumesEndpoint(authz, self.nodes),
+            ExecEndpoint(authz, leader, self.cluster, self.channels),
         ]), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)

@@ -30,20 +30,27 @@ import logging
 import math
 import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
+from aiodocker.execs import Exec
+from aiodocker.stream import Stream as ExecStream
 
 from orch.errors import ConfigError, DriverUnavailableError, RuntimeDriverError, StartError
+from orch.execs import MAX_FRAME
 from orch.jobspec.model import Resources
 
 from . import labels as lbl
 from .driver import (
     ExecResult,
+    ExecSession,
+    ExecSpec,
     ExitResult,
     LogChunk,
     Recovered,
@@ -544,6 +551,25 @@ class DockerDriver(TaskDriver):
         code = info.get("ExitCode")
         return ExecResult(exit_code=126 if code is None else int(code), output=bytes(out))
 
+    async def exec_session(self, handle: TaskHandle, spec: ExecSpec) -> ExecSession:
+        """``spec.argv`` in the container (``docker exec``), as the container's user."""
+        container = self.docker.containers.container(handle.id)
+        try:
+            execution = await container.exec(
+                list(spec.argv), stdout=True, stderr=True, stdin=spec.stdin, tty=spec.tty,
+                environment={"TERM": spec.term or "xterm"} if spec.tty else None)
+            stream = await execution.start(detach=False).__aenter__()
+            if spec.tty:
+                with contextlib.suppress(DockerError):
+                    await execution.resize(h=spec.rows or None, w=spec.cols or None)
+        except DockerError as e:
+            if _unavailable(e):
+                raise DriverUnavailableError(f"cannot run a command in {handle.task}: "
+                                             f"{e.message}") from None
+            raise RuntimeDriverError(f"cannot run {spec.argv[0]!r} in task {handle.task}: "
+                                     f"{e.message}") from None
+        return DockerExec(execution, stream, handle.id, tty=spec.tty)
+
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
         """New CPU and memory limits for the running container (``docker update``)."""
         body = self.resource_limits(resources)
@@ -616,3 +642,85 @@ class DockerDriver(TaskDriver):
             return None, end
         skip = max(offset - pos, 0)
         return LogChunk(offset=pos + skip, data=data[skip:]), end
+
+
+EXEC_EXIT_WAIT = 5.0
+"""Seconds to wait, once a command's output has ended, for the engine to know its exit code."""
+
+
+class DockerExec(ExecSession):
+    """A ``docker exec`` instance and its attached stream (aiodocker)."""
+
+    def __init__(self, execution: Exec, stream: ExecStream, container_id: str, *,
+                 tty: bool) -> None:
+        self._exec = execution
+        self._stream = stream
+        self._container = container_id
+        self._tty = tty
+
+    async def write(self, data: bytes) -> None:
+        with contextlib.suppress(RuntimeError, ConnectionError, aiohttp.ClientError):
+            await self._stream.write_in(data)
+
+    async def close_stdin(self) -> None:
+        if self._tty:
+            await self.write(b"\x04")
+            return
+        # half-close the attached connection: the engine closes the command's stdin, and its
+        # output keeps coming (aiodocker's own close() would end both directions)
+        resp = getattr(self._stream, "_resp", None)
+        transport = resp.connection.transport if resp is not None and resp.connection else None
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    async def resize(self, rows: int, cols: int) -> None:
+        if self._tty and rows > 0 and cols > 0:
+            with contextlib.suppress(DockerError):
+                await self._exec.resize(h=rows, w=cols)
+
+    async def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
+        while True:
+            try:
+                msg = await self._stream.read_out()
+            except (aiohttp.ClientError, ConnectionError):
+                return
+            if msg is None:
+                return
+            stream: Stream = "stderr" if msg.stream == 2 else "stdout"
+            data = msg.data
+            for i in range(0, len(data), MAX_FRAME):
+                yield stream, data[i:i + MAX_FRAME]
+
+    async def wait(self) -> int:
+        deadline = time.monotonic() + EXEC_EXIT_WAIT
+        while True:
+            info = await self._exec.inspect()
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            if time.monotonic() > deadline:
+                raise RuntimeDriverError("the engine did not say how the command ended")
+            await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        """Close the stream (a terminal hangs up: SIGHUP); then, if the command still runs
+        and its process is visible here (the agent shares the host's process namespace),
+        SIGKILL it. The engine has no way to end an exec itself: one that ignores the hang
+        up and cannot be seen from here runs on until it ends, as with ``docker exec``."""
+        with contextlib.suppress(Exception):
+            await self._stream.close()
+        try:
+            info = await self._exec.inspect()
+        except DockerError:
+            return
+        pid = int(info.get("Pid") or 0)
+        if info.get("Running") and pid > 0 and _in_container(pid, self._container):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _in_container(pid: int, container_id: str) -> bool:
+    """Whether host process ``pid`` belongs to the container (its cgroup names it)."""
+    try:
+        return container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False

@@ -47,6 +47,8 @@ from . import labels as lbl
 from .cgroups import CgroupError, Hierarchy, TaskCgroup, cgroup_name
 from .driver import (
     ExecResult,
+    ExecSession,
+    ExecSpec,
     ExitResult,
     LogChunk,
     Recovered,
@@ -57,6 +59,7 @@ from .driver import (
     Usage,
     parse_signal,
 )
+from .process_exec import ProcessExec
 from .volumes import in_task_dir, volume_env
 
 log = logging.getLogger("runtime.process")
@@ -558,6 +561,22 @@ class ProcessDriver(TaskDriver):
             await asyncio.shield(proc.wait())
             raise
         return ExecResult(exit_code=proc.returncode or 0, output=out)
+
+    async def exec_session(self, handle: TaskHandle, spec: ExecSpec) -> ExecSession:
+        """``spec.argv`` as the task runs: as its user, in its cgroup, in its folder, with its
+        environment (and TERM on a terminal)."""
+        task_spec = read_json(Path(handle.extra["task_dir"]) / "spec.json") or {}
+        argv = _as_task(list(spec.argv), str(task_spec.get("user") or ""),
+                        task_spec.get("cgroup"))
+        env = dict(task_spec.get("env") or {})
+        if spec.tty:
+            env["TERM"] = spec.term or "xterm"
+        try:
+            return await ProcessExec.start(argv, env=env, cwd=task_spec.get("cwd") or None,
+                                           spec=spec)
+        except OSError as e:
+            raise RuntimeDriverError(f"cannot run {spec.argv[0]!r} in task {handle.task}: "
+                                     f"{e.strerror}") from None
 
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
         """New limits on the task's cgroup, in place (nothing to change without one)."""

@@ -43,7 +43,7 @@ from . import labels as lbl
 from .allocrunner import AllocRunner
 from .config import RuntimeConfig
 from .docker import DockerDriver
-from .driver import LogChunk, Recovered, Stream, TaskDriver, Usage
+from .driver import ExecSession, ExecSpec, LogChunk, Recovered, Stream, TaskDriver, Usage
 from .ports import assign_ports
 from .process import ProcessDriver
 from .state import AllocSpec, AllocStatus, DriverStatus
@@ -417,6 +417,21 @@ class Runtime:
         async for chunk in runner.driver.logs(runner.handle, stream, offset=offset,
                                               follow=follow):
             yield chunk
+
+    async def exec_session(self, alloc_id: str, task: str, spec: ExecSpec) -> ExecSession:
+        """Start a command in a running task of an allocation (``orchctl alloc exec``);
+        NotFoundError or RuntimeDriverError saying why it cannot run."""
+        runner = self._runner(alloc_id)
+        names = list(runner.tasks)
+        name = task or (names[0] if names else "")
+        t = runner.tasks.get(name)
+        if t is None:
+            raise NotFoundError(f"allocation {alloc_id[:8]} has no task {name!r} on node "
+                                f"{self.config.name} (tasks: {', '.join(names) or 'none'})")
+        if t.state != "running" or t.handle is None:
+            raise RuntimeDriverError(f"task {name!r} of allocation {alloc_id[:8]} is {t.state}: "
+                                     "a command runs only in a running task")
+        return await t.driver.exec_session(t.handle, spec)
 
     def restart(self, alloc_id: str, task: str | None = None) -> list[str]:
         """Restart an allocation's running tasks (or one): ``orchctl alloc restart``."""

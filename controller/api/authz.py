@@ -48,7 +48,8 @@ class Rule:
     """Certificate roles admitted; ``join``: the holder of a join token (nothing else)."""
     permission: str
     """What the access token must allow: "" (no token: finding the leader, the first
-    bootstrap, the agents' own calls), read, job-write, node-write, operator or acl."""
+    bootstrap, the agents' own calls), read, job-write, alloc-exec, node-write, operator or
+    acl."""
     peer: bool = False
     """Another controller may call it with its own certificate and no token (the keyring
     fan-out)."""
@@ -64,6 +65,7 @@ def _rules() -> dict[str, Rule]:
              "ListVolumes"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
+        **op("alloc-exec", "ExecAllocation"),
         **op("node-write", "DrainNode", "SetNodeEligibility"),
         **op("operator", "FireEvent"),
         **op("operator", "Keyring", peer=True),
@@ -139,6 +141,11 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
     if method == "PromoteDeployment":
         d = state.deployments.get(request.deployment_id)
         return Target(namespace_of(d.namespace), d.job) if d is not None else Target()
+    if method == "ExecAllocation":  # judged by its first message (None when none came)
+        start = request.start if request is not None and request.HasField("start") else None
+        found = state.find_alloc(start.alloc_id) if start is not None else []
+        return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
+            else Target()
     if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "AllocationLogs"):
         ref = request.alloc_id if method == "AllocationLogs" else request.id
         found = state.find_alloc(ref)
