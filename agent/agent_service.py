@@ -65,7 +65,9 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
             stream: Stream = "stderr" if req.stderr else "stdout"
             offset = req.offset
             skip_lines = 0
-            if req.tail_lines > 0:
+            if req.since_ns > 0:
+                offset = await self.runtime.log_offset(req.alloc_id, task, stream, req.since_ns)
+            elif req.tail_lines > 0:
                 offset = -req.tail_lines * _TAIL_BYTES_PER_LINE
                 skip_lines = req.tail_lines
             first = True

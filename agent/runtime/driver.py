@@ -281,6 +281,11 @@ class TaskDriver(abc.ABC):
     async def usage(self, handle: TaskHandle) -> Usage | None:
         """CPU and memory used by the task now; None when it is not running."""
 
+    async def log_offset(self, handle: TaskHandle, stream: Stream, since_ns: int) -> int:
+        """The offset of the first byte of ``stream`` written at or after ``since_ns`` (to
+        about a second; 0 when the driver cannot tell)."""
+        return 0
+
     @abc.abstractmethod
     def logs(self, handle: TaskHandle, stream: Stream, *, offset: int = 0,
              follow: bool = False) -> AsyncIterator[LogChunk]:

@@ -598,6 +598,11 @@ class ProcessDriver(TaskDriver):
             return None
         return (await asyncio.to_thread(group_usage, {watch.pgid}))[watch.pgid]
 
+    async def log_offset(self, handle: TaskHandle, stream: Stream, since_ns: int) -> int:
+        folder = Path(handle.extra["task_dir"]) / "logs"
+        return await asyncio.to_thread(logfiles.offset_at, folder, f"{handle.task}.{stream}",
+                                       since_ns)
+
     async def logs(self, handle: TaskHandle, stream: Stream, *, offset: int = 0,
                    follow: bool = False) -> AsyncIterator[LogChunk]:
         task_dir = Path(handle.extra["task_dir"])

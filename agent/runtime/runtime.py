@@ -433,6 +433,13 @@ class Runtime:
                                      "a command runs only in a running task")
         return await t.driver.exec_session(t.handle, spec)
 
+    async def log_offset(self, alloc_id: str, task: str, stream: Stream, since_ns: int) -> int:
+        """Where a task's ``stream`` starts to hold what was written at or after ``since_ns``."""
+        runner = self._runner(alloc_id).tasks.get(task)
+        if runner is None or runner.handle is None:
+            raise NotFoundError(f"task {task!r} of allocation {alloc_id} has not run here")
+        return await runner.driver.log_offset(runner.handle, stream, since_ns)
+
     def restart(self, alloc_id: str, task: str | None = None) -> list[str]:
         """Restart an allocation's running tasks (or one): ``orchctl alloc restart``."""
         return self._runner(alloc_id).restart(task)

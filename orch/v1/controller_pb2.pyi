@@ -1269,6 +1269,7 @@ class LogsRequest(_message.Message):
     FOLLOW_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_NS_FIELD_NUMBER: _builtins.int
     alloc_id: _builtins.str
     task: _builtins.str
     """empty: the only/first task"""
@@ -1278,6 +1279,10 @@ class LogsRequest(_message.Message):
     """bytes from the start (>= 0) or from the end (< 0)"""
     tail_lines: _builtins.int
     """> 0: start this many lines before the end"""
+    since_ns: _builtins.int
+    """--- job logs (fields 20-29) ---
+    > 0: start with what was written at or after this
+    """
     def __init__(
         self,
         *,
@@ -1287,10 +1292,11 @@ class LogsRequest(_message.Message):
         follow: _builtins.bool = ...,
         offset: _builtins.int = ...,
         tail_lines: _builtins.int = ...,
+        since_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_id", b"alloc_id", "follow", b"follow", "offset", b"offset", "stderr", b"stderr", "tail_lines", b"tail_lines", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_id", b"alloc_id", "follow", b"follow", "offset", b"offset", "since_ns", b"since_ns", "stderr", b"stderr", "tail_lines", b"tail_lines", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
