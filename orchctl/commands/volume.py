@@ -17,13 +17,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("list", help="every host volume and mounted Docker volume, by node")
     p.add_argument("--node", default="", help="one node (id, unique id prefix or name)")
     p.add_argument("--job", default="", help="only the volumes this job's allocations mount")
-    p.add_argument("--namespace", default="", help="the job's namespace")
+    # SUPPRESS: a namespace given before the verb is not overwritten by this one's default
+    p.add_argument("--namespace", default=argparse.SUPPRESS, help="the job's namespace")
     p.set_defaults(fn=list_volumes)
 
 
 async def list_volumes(ctx: Ctx, args: argparse.Namespace) -> int:
     resp = await ctx.call(ctx.stub.ListVolumes(controller_pb2.ListVolumesRequest(
-        node=args.node, job=args.job, namespace=args.namespace)))
+        node=args.node, job=args.job, namespace=getattr(args, "namespace", ""))))
     if ctx.json:
         out(to_json(list(resp.volumes)))
         return OK
