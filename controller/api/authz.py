@@ -90,6 +90,8 @@ ANONYMOUS = _methods("")
 which token one holds."""
 READ = _methods("read")
 JOB_WRITE = _methods("job-write")
+ALLOC_EXEC = _methods("alloc-exec")
+"""Commands in allocations (``namespace:<ns>:alloc-exec``)."""
 NODE_WRITE = _methods("node-write")
 MANAGEMENT = _methods("acl") | _methods("operator")
 
