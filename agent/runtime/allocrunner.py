@@ -180,7 +180,8 @@ class AllocRunner:
                 self._setup_failures[t.name] = TaskStatus(
                     state="dead", failed=True, finished_at_ns=time.time_ns(), events=(TaskEvent(
                         time_ns=time.time_ns(), type="Setup Failure",
-                        message=f"{'; '.join(problems)} on node {self.config.name}"),))
+                        message=f"task {t.name!r} cannot start on node {self.config.name}: "
+                                f"{'; '.join(problems)}"),))
         if self._setup_failures:
             self.description = "a volume a task mounts is not on this node"
             self.changed()

@@ -57,7 +57,7 @@ def task_mounts(group: Group, index: int, task: Task,
         if vol.type == "host":
             host = declared.get(vol.source)
             if host is None:
-                problems.append(f"host volume {vol.source!r} is not declared on this node "
+                problems.append(f"host volume {vol.source!r} is not declared there "
                                 "(agent.toml: [[host_volume]])")
                 continue
             mounts.append(Mount(volume=m.volume, type="host", source=host.path,

@@ -211,7 +211,7 @@ def test_mounts_resolve_on_the_node_and_say_what_is_missing() -> None:
               read_only=True))
     mounts, missing = task_mounts(g, 0, g.tasks[1], have[:1])
     assert mounts == ()
-    assert missing == ["host volume 'scratch' is not declared on this node "
+    assert missing == ["host volume 'scratch' is not declared there "
                        "(agent.toml: [[host_volume]])"]
     assert in_task_dir("/tmp//scratch/") == PurePosixPath("tmp/scratch")
     assert volume_env(mounts, {}) == {}
@@ -297,3 +297,21 @@ def test_mount_points_below_a_folder_are_read_from_mountinfo_deepest_first() -> 
         "/var/lib/orch/alloc/x/t/local/a/b", "/var/lib/orch/alloc/x/t/local/a",
         "/var/lib/orch/alloc/x/t/local/with space"]
     assert binds.mounts_under(Path("/var/lib/orch/alloc/x/t/local/a/b"), info) == []
+
+
+def test_an_allocation_whose_host_volume_this_node_lacks_fails_saying_so(tmp_path: Path) -> None:
+    g = job_from_proto(parse_job(KV)).groups[0]
+    config = RuntimeConfig(node_id="n1", node_name="agent-7", data_dir=tmp_path,
+                           host_volume=[HostVolume(name="etc-kv", path="/srv/kv-etc")])
+    runner = AllocRunner(AllocSpec(id="a1", name="kv.db[0]", job="kv", group=g), config=config,
+                         drivers={"docker": DockerDriver(node_id="n1"),
+                                  "process": DockerDriver(node_id="n1")},
+                         ports={}, notify=lambda _: None)
+    runner.start()  # nothing starts: the helper's volume is missing
+    status = runner.status()
+    assert status.client_status == "failed"
+    assert runner.tasks == {}
+    (event,) = status.tasks["helper"].events
+    assert (event.type, event.message) == (
+        "Setup Failure", "task 'helper' cannot start on node agent-7: host volume 'scratch' is "
+        "not declared there (agent.toml: [[host_volume]])")
