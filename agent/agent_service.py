@@ -217,6 +217,7 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
                     bad.append("only the first message says what to run")
                     await session.kill()
                     return
+            await session.close_stdin()  # the client sends nothing more: the end of input
 
         async def watchdog() -> None:
             idle = self.exec_idle_timeout

@@ -568,7 +568,7 @@ class DockerDriver(TaskDriver):
                                              f"{e.message}") from None
             raise RuntimeDriverError(f"cannot run {spec.argv[0]!r} in task {handle.task}: "
                                      f"{e.message}") from None
-        return DockerExec(execution, stream, handle.id, tty=spec.tty)
+        return DockerExec(execution, stream, handle.id, tty=spec.tty, stdin=spec.stdin)
 
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
         """New CPU and memory limits for the running container (``docker update``)."""
@@ -670,17 +670,22 @@ class DockerExec(ExecSession):
     """A ``docker exec`` instance and its attached stream (aiodocker)."""
 
     def __init__(self, execution: Exec, stream: ExecStream, container_id: str, *,
-                 tty: bool) -> None:
+                 tty: bool, stdin: bool) -> None:
         self._exec = execution
         self._stream = stream
         self._container = container_id
         self._tty = tty
+        self._stdin = stdin
 
     async def write(self, data: bytes) -> None:
+        if not self._stdin:
+            return  # it was started to read nothing
         with contextlib.suppress(RuntimeError, ConnectionError, aiohttp.ClientError):
             await self._stream.write_in(data)
 
     async def close_stdin(self) -> None:
+        if not self._stdin:
+            return  # it reads nothing: there is nothing to close
         if self._tty:
             await self.write(b"\x04")
             return

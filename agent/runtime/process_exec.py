@@ -47,9 +47,11 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 class ProcessExec(ExecSession):
     """A command started by ``start``: its process, and its terminal (or pipes)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, master: int | None) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, master: int | None,
+                 stdin: bool = False) -> None:
         self._proc = proc
         self._master = master
+        self._stdin = stdin
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(_QUEUE)
         self._readers: list[asyncio.Task[None]] = []
 
@@ -62,7 +64,7 @@ class ProcessExec(ExecSession):
                 *argv, env=env, cwd=cwd, start_new_session=True,
                 stdin=subprocess.PIPE if spec.stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            session = cls(proc, None)
+            session = cls(proc, None, spec.stdin)
             assert proc.stdout is not None
             assert proc.stderr is not None
             session._readers = [asyncio.create_task(session._pipe("stdout", proc.stdout)),
@@ -81,7 +83,7 @@ class ProcessExec(ExecSession):
         finally:
             os.close(slave)
         os.set_blocking(master, False)
-        session = cls(proc, master)
+        session = cls(proc, master, spec.stdin)
         session._readers = [asyncio.create_task(session._terminal(master))]
         return session
 
@@ -164,6 +166,8 @@ class ProcessExec(ExecSession):
     # --- input, terminal, end ------------------------------------------------------------------
 
     async def write(self, data: bytes) -> None:
+        if not self._stdin:
+            return  # it was started to read nothing
         if self._master is not None:
             await self._write_fd(self._master, data)
             return
@@ -193,6 +197,8 @@ class ProcessExec(ExecSession):
             view = view[n:]
 
     async def close_stdin(self) -> None:
+        if not self._stdin:
+            return
         if self._master is not None:
             await self._write_fd(self._master, b"\x04")
         elif self._proc.stdin is not None:

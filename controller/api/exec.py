@@ -110,8 +110,12 @@ class ExecEndpoint(Endpoint):
         who = caller_name(caller, ctx)
         what = f"{execs.describe(list(start.command))} in task {task}" + (
             " (on a terminal)" if start.tty else "")
-        await self._record(a, "AllocationExec", f"{who} runs {what}")
-        self.active += 1
+        self.active += 1  # before the first await: the limit holds for calls in between
+        try:
+            await self._record(a, "AllocationExec", f"{who} runs {what}")
+        except BaseException:
+            self.active -= 1
+            raise
         began = time.monotonic()
         bad: list[str] = []
         code: int | None = None
