@@ -48,7 +48,8 @@ class TaskSettings:
     placed only on nodes that allow it)."""
     allow_host_network: bool = False
     """Whether containers may share the host's network (``network.mode: host``); false keeps
-    every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
+    every container in its own network namespace. (Jobs bind-mount no host path but the
+    host volumes the node declares, `host_volume`.)"""
     process_limits: bool = True
     """Give every process task a cgroup (root; cgroup v1 or v2 with the cpu and memory
     controllers): its memory_mb as a hard limit, its cpu_millicores as a CPU weight.
