@@ -26,6 +26,7 @@ import pytest
 
 from agent.agent_service import AgentService
 from agent.runtime import labels
+from agent.runtime.cgroups import cgroup_name
 from agent.runtime.docker import DockerDriver
 from agent.runtime.driver import ExecSession, ExecSpec, TaskConfig, TaskHandle
 from agent.runtime.process import ProcessDriver
@@ -118,6 +119,9 @@ async def test_a_process_task_runs_a_command_with_input_and_an_exit_code(
     who = await d.exec_session(h, ExecSpec(argv=("id", "-u")))
     uid = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.getuid()
     assert (await talk(who))[0] == f"{uid}\n".encode()  # the task's user
+    if d.cgroups is not None:  # and inside the task's cgroup (its limits count it)
+        where = await d.exec_session(h, ExecSpec(argv=("cat", "/proc/self/cgroup")))
+        assert cgroup_name("a1", "t") in (await talk(where))[0].decode()
     missing = await d.exec_session(h, ExecSpec(argv=("no-such-program",)))
     assert (await talk(missing))[2] != 0
 
