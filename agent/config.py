@@ -53,3 +53,16 @@ class AgentConfig(DaemonConfig, TaskSettings):
     reserved_cpu_millicores: int = 0
     reserved_memory_mb: int = 256
     """Kept back for the system and the agent itself."""
+    exec_max_sessions: int = 16
+    """Commands people may run in this node's tasks at once (``orchctl alloc exec``); more
+    are refused (RESOURCE_EXHAUSTED) until one ends."""
+    exec_idle_timeout: float = 1800.0
+    """Seconds a command may go without input or output before it is killed (a forgotten
+    shell does not hold a session for ever)."""
+
+    def __post_init__(self) -> None:
+        TaskSettings.__post_init__(self)
+        if self.exec_max_sessions < 1:
+            raise ValueError(f"exec_max_sessions must be >= 1, got {self.exec_max_sessions}")
+        if self.exec_idle_timeout <= 0:
+            raise ValueError(f"exec_idle_timeout must be > 0, got {self.exec_idle_timeout:g}")

@@ -14,7 +14,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from agent.lb.balancer import LoadBalancer
 from agent.lb.mesh import Mesh
 from agent.lb.metrics import LbCollector
 from agent.runtime import convert
-from agent.runtime.config import RuntimeConfig
+from agent.runtime.config import HostVolume, RuntimeConfig
 from agent.runtime.driver import TaskDriver
 from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
@@ -46,6 +46,7 @@ from orch.net import AGENT_METRICS_PORT, AGENT_RPC_PORT, parse_addr
 from orch.templates import Endpoint as TemplateEndpoint
 from orch.tls import TlsConfig, open_channel, server_credentials
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
+from orch.vocab import host_volume_attributes
 
 log = logging.getLogger("agent")
 SNAPSHOT = "members.snapshot"
@@ -57,6 +58,14 @@ VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
 RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
+
+
+def check_host_volumes(volumes: Iterable[HostVolume]) -> None:
+    """ConfigError naming the first ``[[host_volume]]`` whose folder does not exist."""
+    for i, v in enumerate(volumes):
+        if not Path(v.path).is_dir():
+            raise ConfigError(f"host volume {v.name!r}: {v.path} is not a folder on this node "
+                              "(create it, or remove the volume)", where=f"host_volume[{i}].path")
 
 
 class Agent:
@@ -74,6 +83,8 @@ class Agent:
         self.gossip: GossipNode | None = None
         self.rpc_address = ""
         self._server: grpc.aio.Server | None = None
+        self.service: AgentService | None = None
+        """Its AgentService (logs, status, restarts, commands), once started."""
         self._tasks: list[asyncio.Task[None]] = []
         self._specs: dict[str, AllocSpec] = {}
         self._refresh_pending = False
@@ -114,6 +125,7 @@ class Agent:
         daemon.refuse_plain_text("the agent's gRPC service", host, secured=self.tls.enabled,
                                  insecure=cfg.insecure, how="join the cluster (--join-token "
                                  "and --controller)")
+        check_host_volumes(cfg.host_volume)
         keys = keyring.initial_keys(cfg.data_dir, cfg.keys)
         daemon.refuse_plain_text("gossip", gbind[0], secured=bool(keys), insecure=cfg.insecure,
                                  how="join the cluster (its gossip key comes with the "
@@ -121,10 +133,11 @@ class Agent:
         await self.runtime.start()
 
         server = self._server = grpc.aio.server()
-        controller_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.runtime, self.status, tls_on=self.tls.enabled,
-                         keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir,
-                                                           cfg.name)), server)
+        self.service = AgentService(
+            self.runtime, self.status, tls_on=self.tls.enabled,
+            keyring=lambda req: keyring.apply(self.gossip, req, cfg.data_dir, cfg.name),
+            exec_max_sessions=cfg.exec_max_sessions, exec_idle_timeout=cfg.exec_idle_timeout)
+        controller_pb2_grpc.add_AgentServiceServicer_to_server(self.service, server)
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(self.tls)) \
             if self.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()
@@ -279,6 +292,7 @@ class Agent:
             attrs.update(self.runtime.drivers[name].attributes())
         attrs["orch.privileged"] = "true" if cfg.allow_privileged else "false"
         attrs["orch.host_network"] = "true" if cfg.allow_host_network else "false"
+        attrs.update(host_volume_attributes((v.name, v.read_only) for v in cfg.host_volume))
         cores = int(attrs.get("cpu.numcores", "1"))
         gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else ""
         return node_pb2.Node(
@@ -290,7 +304,9 @@ class Agent:
                 cpu_millicores=cfg.cpu_millicores or cores * 1000,
                 memory_mb=cfg.memory_mb or fingerprint.memory_mb()),
             reserved=job_pb2.Resources(cpu_millicores=cfg.reserved_cpu_millicores,
-                                       memory_mb=cfg.reserved_memory_mb))
+                                       memory_mb=cfg.reserved_memory_mb),
+            host_volumes=[node_pb2.HostVolume(name=v.name, path=v.path, read_only=v.read_only)
+                          for v in cfg.host_volume])
 
     def _leader_elsewhere(self, current: str) -> str | None:
         """Where the stream to ``current`` should move (see ``controller_link.leader_elsewhere``)."""

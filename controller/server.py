@@ -31,6 +31,7 @@ from controller.api.acl import AclEndpoint
 from controller.api.allocations import AllocationsEndpoint
 from controller.api.authz import Authorizer, RateLimiter
 from controller.api.events import EventsEndpoint
+from controller.api.exec import ExecEndpoint
 from controller.api.jobs import JobsEndpoint
 from controller.api.leader import LeaderEndpoint
 from controller.api.members import MembersEndpoint
@@ -40,6 +41,7 @@ from controller.api.nodes import NodesEndpoint
 from controller.api.rpc import controller_service, node_service
 from controller.api.secrets import SecretsEndpoint
 from controller.api.services import ServicesEndpoint
+from controller.api.volumes import VolumesEndpoint
 from controller.autoscaler import AutoscalerConfig
 from controller.channels import MAX_AGENT_MESSAGE, Channels
 from controller.cluster import Cluster
@@ -265,6 +267,8 @@ class Controller:
             LeaderEndpoint(authz, leader, gossip),
             NamespacesEndpoint(authz, leader, self.cluster, self.evaluator.namespaces),
             SecretsEndpoint(authz, leader, self.cluster, self.secrets, self.evaluator.namespaces),
+            VolumesEndpoint(authz, self.nodes),
+            ExecEndpoint(authz, leader, self.cluster, self.channels),
         ]), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)

@@ -9,6 +9,7 @@ enum's default (an allocation nobody has reported on yet is ``pending``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
@@ -68,3 +69,14 @@ JOB_TYPE = Words[job_pb2.JobType.ValueType](job_pb2.JobType, unset="service")
 """service, batch or system."""
 JOB_STATUS = Words[job_pb2.JobStatus.ValueType](job_pb2.JobStatus, unset="pending")
 """pending, running or dead."""
+
+HOST_VOLUME_ATTR = "host_volume."
+"""A node's attribute ``host_volume.<name>``: ``rw``, or ``ro`` for a host volume its agent
+declares read-only (fingerprinted from agent.toml's ``[[host_volume]]`` tables); constraints
+read it as ``${attr.host_volume.<name>}``, the scheduler places groups by it."""
+
+
+def host_volume_attributes(volumes: Iterable[tuple[str, bool]]) -> dict[str, str]:
+    """The node attributes of its host volumes, given as (name, read_only)."""
+    return {f"{HOST_VOLUME_ATTR}{name}": "ro" if read_only else "rw"
+            for name, read_only in volumes}

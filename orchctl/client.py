@@ -114,6 +114,14 @@ class _StreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self._with_token(details), request)
 
 
+class _BidiToken(_Token, grpc.aio.StreamStreamClientInterceptor):
+    """The token on bidirectional streams (alloc exec)."""
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any,
+                                      request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
 def token(flag: str | None, file_flag: str | None = None, file: Settings | None = None) -> str:
     """The access token: --token-file, else ORCH_TOKEN, else --token (visible in ps: a
     warning says so), else the settings file's token_file; "" for none."""
@@ -148,7 +156,7 @@ def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None,
             secret: str = "") -> grpc.aio.Channel:
     interceptors: list[Any] = [_Deadline(timeout)]
     if secret:
-        interceptors += [_UnaryToken(secret), _StreamToken(secret)]
+        interceptors += [_UnaryToken(secret), _StreamToken(secret), _BidiToken(secret)]
     return open_channel(addr, tls, [("grpc.max_receive_message_length", 64 * 1024 * 1024)],
                         server=role_dns("controller"), interceptors=interceptors)
 
@@ -173,7 +181,7 @@ class Session:
     answers, so streams (events, logs) stay where they are.
     """
 
-    STREAMS = frozenset(("Watch", "AllocationLogs"))
+    STREAMS = frozenset(("Watch", "AllocationLogs", "ExecAllocation"))
 
     def __init__(self, addr: str, timeout: float, tls: TlsConfig | None, secret: str) -> None:
         self.address = addr
@@ -204,6 +212,13 @@ class Session:
             self._stub = stub(self._channels[-1])
             return await getattr(self._stub, name)(request, **kw)
         return call
+
+    def use(self, addr: str) -> None:
+        """Talk to ``addr`` from now on (the leader, for a stream that needs it)."""
+        if addr and addr != self.address:
+            self.address = addr
+            self._channels.append(self._open(addr))
+            self._stub = stub(self._channels[-1])
 
     async def close(self) -> None:
         for ch in self._channels:

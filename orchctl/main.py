@@ -36,6 +36,7 @@ from orchctl.commands import (
     node,
     secret,
     tls,
+    volume,
 )
 
 
@@ -55,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("-n", "--namespace", metavar="NS",
                     help="the namespace to act in (env ORCH_NAMESPACE; default: default)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, namespace, secret, cluster, acl, keyring, event, tls):
+    for module in (job, alloc, node, namespace, secret, volume, cluster, acl, keyring, event,
+                   tls):
         module.register(sub)
     return ap
 

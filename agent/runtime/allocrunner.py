@@ -30,6 +30,7 @@ from .restart import RestartTracker
 from .state import AllocSpec, AllocStatus, TaskEvent, TaskStatus, client_status
 from .taskfiles import Sources, TaskFiles, needs_files
 from .taskrunner import TaskRunner
+from .volumes import Mount, in_task_dir, task_mounts, volume_env
 
 _ENV_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -94,6 +95,15 @@ def interpolate(task: Task, env: Mapping[str, str]) -> Task:
     return replace(task, command=sub(task.command), args=tuple(map(sub, task.args)))
 
 
+def _mounted_at(task: Task, mounts: tuple[Mount, ...], task_dir: Path) -> dict[str, str]:
+    """Where the task finds each volume: the destination in a container, the folder in a
+    process task's own (``local/<destination>``; the driver says otherwise when it cannot
+    bind it there)."""
+    if task.driver != "process":
+        return {m.volume: m.destination for m in mounts}
+    return {m.volume: str(task_dir / "local" / in_task_dir(m.destination)) for m in mounts}
+
+
 class AllocRunner:
     """Runs the tasks of one allocation and reports its status."""
 
@@ -138,11 +148,15 @@ class AllocRunner:
 
     def spec_hashes(self, spec: AllocSpec | None = None) -> dict[str, str]:
         s = spec or self.spec
-        return {t.name: lbl.spec_hash(t, s.group.network, self.ports) for t in s.group.tasks}
+        return {t.name: lbl.spec_hash(t, s.group.network, self.ports,
+                                      task_mounts(s.group, s.index, t, self.config.host_volume)[0])
+                for t in s.group.tasks}
 
     def task_config(self, task: Task) -> TaskConfig:
         s = self.spec
-        spec_hash = lbl.spec_hash(task, s.group.network, self.ports)
+        task_dir = self.task_dir(task)
+        mounts, _ = task_mounts(s.group, s.index, task, self.config.host_volume)
+        spec_hash = lbl.spec_hash(task, s.group.network, self.ports, mounts)
         labels = lbl.task_labels(alloc_id=s.id, alloc_name=s.name, namespace=s.namespace,
                                  job=s.job, job_version=s.job_version, group=s.group.name,
                                  task=task, node=self.config.node_id, spec=spec_hash)
@@ -150,11 +164,13 @@ class AllocRunner:
         env = task_env(s, task, self.ports, node_id=self.config.node_id,
                        address=self.config.check_address,
                        docker_joined=bool(self.config.docker_network_mode))
+        env.update(volume_env(mounts, _mounted_at(task, mounts, task_dir)))
         return TaskConfig(
             alloc_id=s.id, task=interpolate(task, env), network=s.group.network, ports=self.ports,
             env=env,
-            labels=labels, spec_hash=spec_hash, task_dir=self.task_dir(task),
-            node_name=self.config.name, files=needs_files(task), payload=s.payload)
+            labels=labels, spec_hash=spec_hash, task_dir=task_dir,
+            node_name=self.config.name, files=needs_files(task), payload=s.payload,
+            mounts=mounts)
 
     def task_dir(self, task: Task) -> Path:
         return Path(self.config.data_dir) / "alloc" / self.spec.id / task.name
@@ -186,6 +202,18 @@ class AllocRunner:
                         message=f"driver {t.driver!r} is not available on node "
                                 f"{self.config.name} (it has: {known})"),))
             self.description = "a task's driver is not available on this node"
+            self.changed()
+            return
+        for t in self.spec.group.tasks:
+            _, problems = task_mounts(self.spec.group, self.spec.index, t, self.config.host_volume)
+            if problems:
+                self._setup_failures[t.name] = TaskStatus(
+                    state="dead", failed=True, finished_at_ns=time.time_ns(), events=(TaskEvent(
+                        time_ns=time.time_ns(), type="Setup Failure",
+                        message=f"task {t.name!r} cannot start on node {self.config.name}: "
+                                f"{'; '.join(problems)}"),))
+        if self._setup_failures:
+            self.description = "a volume a task mounts is not on this node"
             self.changed()
             return
         for task in self.spec.group.tasks:

@@ -6,8 +6,34 @@ configuration extends it); ``RuntimeConfig`` adds what the agent itself decides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostVolume:
+    """A folder of this node that jobs may mount by name (``[[host_volume]]`` in agent.toml,
+    as Nomad's ``host_volume`` blocks): groups that ask for it are placed only on nodes that
+    declare it."""
+
+    name: str
+    """What jobs call it (``volumes: {data: {type: host, source: <name>}}``)."""
+    path: str
+    """The folder on this node (absolute; it must exist when the agent starts)."""
+    read_only: bool = False
+    """Every mount of it is read-only, whatever a job asks; a group that writes to it is not
+    placed here."""
+
+    def __post_init__(self) -> None:
+        if not _VOLUME_NAME.match(self.name):
+            raise ValueError(f"host_volume name {self.name!r}: use 1 to 63 letters, digits, "
+                             "'.', '-' and '_', starting with a letter or digit")
+        if not self.path.startswith("/") or ".." in self.path.split("/") or self.path == "/":
+            raise ValueError(f"host_volume {self.name!r}: path must be an absolute folder "
+                             f"other than / and without '..', got {self.path!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,7 +48,8 @@ class TaskSettings:
     placed only on nodes that allow it)."""
     allow_host_network: bool = False
     """Whether containers may share the host's network (``network.mode: host``); false keeps
-    every container in its own network namespace. (Jobs cannot bind-mount host paths.)"""
+    every container in its own network namespace. (Jobs bind-mount no host path but the
+    host volumes the node declares, `host_volume`.)"""
     process_limits: bool = True
     """Give every process task a cgroup (root; cgroup v1 or v2 with the cpu and memory
     controllers): its memory_mb as a hard limit, its cpu_millicores as a CPU weight.
@@ -43,6 +70,16 @@ class TaskSettings:
     Joined containers publish nothing: as in host mode, tasks listen on their host ports
     (``${ORCH_PORT_<label>}``, a port's ``to`` does not apply) on that namespace's
     addresses, where the agent's checks and load balancer find them."""
+    host_volume: list[HostVolume] = field(default_factory=list)
+    """Folders of this node that jobs may mount by name (``[[host_volume]]`` tables:
+    name, path, read_only). Docker tasks get them as bind mounts; process tasks as a bind
+    into their folder (the agent as root) and their path in ``ORCH_VOLUME_<name>``."""
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.host_volume]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"host_volume {', '.join(twice)} is declared more than once")
 
 
 @dataclass(frozen=True, kw_only=True)

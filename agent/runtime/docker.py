@@ -31,22 +31,29 @@ import logging
 import math
 import os
 import re
+import signal
 import tarfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
+from aiodocker.execs import Exec
+from aiodocker.stream import Stream as ExecStream
 
 from orch.errors import ConfigError, DriverUnavailableError, RuntimeDriverError, StartError
+from orch.execs import MAX_FRAME
 from orch.jobspec.model import Resources
 
 from . import labels as lbl
 from .driver import (
     PAYLOAD_FILE,
     ExecResult,
+    ExecSession,
+    ExecSpec,
     ExitResult,
     LogChunk,
     Recovered,
@@ -59,6 +66,7 @@ from .driver import (
 )
 from .ports import container_port
 from .taskfiles import IN_CONTAINER, LOCAL, SECRETS
+from .volumes import Mount
 
 log = logging.getLogger("runtime.docker")
 
@@ -387,6 +395,8 @@ class DockerDriver(TaskDriver):
                 "max-size": f"{max(1, self.log_max_bytes // 1024)}k",
                 "max-file": str(self.log_max_files)}},
         }
+        if cfg.mounts:
+            host["Mounts"] = [self.mount(m, cfg) for m in cfg.mounts]
         exposed: dict[str, dict[str, str]] = {}
         if net.mode != "host" and not self.network_mode:
             bindings: dict[str, list[dict[str, str]]] = {}
@@ -414,16 +424,28 @@ class DockerDriver(TaskDriver):
             config["Cmd"] = list(task.args)
         if cfg.files:
             # the task's secrets (a tmpfs the agent mounted on this host) and its local/
-            host["Mounts"] = [
+            host.setdefault("Mounts", []).extend([
                 {"Type": "bind", "Source": str(cfg.task_dir / SECRETS),
                  "Target": IN_CONTAINER[SECRETS], "ReadOnly": True},
                 {"Type": "bind", "Source": str(cfg.task_dir / LOCAL),
-                 "Target": IN_CONTAINER[LOCAL], "ReadOnly": False}]
+                 "Target": IN_CONTAINER[LOCAL], "ReadOnly": False}])
         if task.workdir:
             config["WorkingDir"] = task.workdir
         if task.user:
             config["User"] = task.user
         return config
+
+    @staticmethod
+    def mount(m: Mount, cfg: TaskConfig) -> dict[str, Any]:
+        """The Engine API's mount of a volume: a bind of a host volume's folder, or a named
+        volume (made by the engine when first mounted, labelled with its job)."""
+        if m.type == "host":
+            return {"Type": "bind", "Source": m.source, "Target": m.destination,
+                    "ReadOnly": m.read_only, "BindOptions": {"Propagation": "rprivate"}}
+        labels = {lbl.MANAGED: "true", lbl.NAMESPACE: cfg.labels.get(lbl.NAMESPACE, ""),
+                  lbl.JOB: cfg.labels.get(lbl.JOB, ""), lbl.GROUP: cfg.labels.get(lbl.GROUP, "")}
+        return {"Type": "volume", "Source": m.source, "Target": m.destination,
+                "ReadOnly": m.read_only, "VolumeOptions": {"Labels": labels}}
 
     def _start_error(self, e: DockerError, task: str) -> Exception:
         if _unavailable(e):
@@ -555,6 +577,25 @@ class DockerDriver(TaskDriver):
         code = info.get("ExitCode")
         return ExecResult(exit_code=126 if code is None else int(code), output=bytes(out))
 
+    async def exec_session(self, handle: TaskHandle, spec: ExecSpec) -> ExecSession:
+        """``spec.argv`` in the container (``docker exec``), as the container's user."""
+        container = self.docker.containers.container(handle.id)
+        try:
+            execution = await container.exec(
+                list(spec.argv), stdout=True, stderr=True, stdin=spec.stdin, tty=spec.tty,
+                environment={"TERM": spec.term or "xterm"} if spec.tty else None)
+            stream = await execution.start(detach=False).__aenter__()
+            if spec.tty:
+                with contextlib.suppress(DockerError):
+                    await execution.resize(h=spec.rows or None, w=spec.cols or None)
+        except DockerError as e:
+            if _unavailable(e):
+                raise DriverUnavailableError(f"cannot run a command in {handle.task}: "
+                                             f"{e.message}") from None
+            raise RuntimeDriverError(f"cannot run {spec.argv[0]!r} in task {handle.task}: "
+                                     f"{e.message}") from None
+        return DockerExec(execution, stream, handle.id, tty=spec.tty, stdin=spec.stdin)
+
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
         """New CPU and memory limits for the running container (``docker update``)."""
         body = self.resource_limits(resources)
@@ -590,6 +631,24 @@ class DockerDriver(TaskDriver):
         detail = mem.get("stats", {}) or {}
         cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
         return Usage(cpu_seconds=cpu / 1e9, memory_bytes=max(int(mem.get("usage", 0)) - cache, 0))
+
+    async def log_offset(self, handle: TaskHandle, stream: Stream, since_ns: int) -> int:
+        """The engine's lines with their times: the bytes of those written before
+        ``since_ns`` (the offsets ``logs`` counts)."""
+        container = self.docker.containers.container(handle.id)
+        try:
+            kept = await container.log(stdout=stream == "stdout", stderr=stream == "stderr",
+                                       timestamps=True)
+        except DockerError as e:
+            raise RuntimeDriverError(f"cannot read the logs of {handle.task}: {e.message}"
+                                     ) from None
+        offset = 0
+        for piece in kept:
+            stamp, _, text = piece.partition(" ")
+            if parse_time_ns(stamp) >= since_ns:
+                break
+            offset += len(text.encode())
+        return offset
 
     async def logs(self, handle: TaskHandle, stream: Stream, *, offset: int = 0,
                    follow: bool = False) -> AsyncIterator[LogChunk]:
@@ -643,3 +702,90 @@ def payload_archive(data: bytes) -> bytes:
         info.size, info.mode = len(data), 0o444
         tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+EXEC_EXIT_WAIT = 5.0
+"""Seconds to wait, once a command's output has ended, for the engine to know its exit code."""
+
+
+class DockerExec(ExecSession):
+    """A ``docker exec`` instance and its attached stream (aiodocker)."""
+
+    def __init__(self, execution: Exec, stream: ExecStream, container_id: str, *,
+                 tty: bool, stdin: bool) -> None:
+        self._exec = execution
+        self._stream = stream
+        self._container = container_id
+        self._tty = tty
+        self._stdin = stdin
+
+    async def write(self, data: bytes) -> None:
+        if not self._stdin:
+            return  # it was started to read nothing
+        with contextlib.suppress(RuntimeError, ConnectionError, aiohttp.ClientError):
+            await self._stream.write_in(data)
+
+    async def close_stdin(self) -> None:
+        if not self._stdin:
+            return  # it reads nothing: there is nothing to close
+        if self._tty:
+            await self.write(b"\x04")
+            return
+        # half-close the attached connection: the engine closes the command's stdin, and its
+        # output keeps coming (aiodocker's own close() would end both directions)
+        resp = getattr(self._stream, "_resp", None)
+        transport = resp.connection.transport if resp is not None and resp.connection else None
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    async def resize(self, rows: int, cols: int) -> None:
+        if self._tty and rows > 0 and cols > 0:
+            with contextlib.suppress(DockerError):
+                await self._exec.resize(h=rows, w=cols)
+
+    async def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
+        while True:
+            try:
+                msg = await self._stream.read_out()
+            except (aiohttp.ClientError, ConnectionError):
+                return
+            if msg is None:
+                return
+            stream: Stream = "stderr" if msg.stream == 2 else "stdout"
+            data = msg.data
+            for i in range(0, len(data), MAX_FRAME):
+                yield stream, data[i:i + MAX_FRAME]
+
+    async def wait(self) -> int:
+        deadline = time.monotonic() + EXEC_EXIT_WAIT
+        while True:
+            info = await self._exec.inspect()
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            if time.monotonic() > deadline:
+                raise RuntimeDriverError("the engine did not say how the command ended")
+            await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        """Close the stream (a terminal hangs up: SIGHUP); then, if the command still runs
+        and its process is visible here (the agent shares the host's process namespace),
+        SIGKILL it. The engine has no way to end an exec itself: one that ignores the hang
+        up and cannot be seen from here runs on until it ends, as with ``docker exec``."""
+        with contextlib.suppress(Exception):
+            await self._stream.close()
+        try:
+            info = await self._exec.inspect()
+        except DockerError:
+            return
+        pid = int(info.get("Pid") or 0)
+        if info.get("Running") and pid > 0 and _in_container(pid, self._container):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _in_container(pid: int, container_id: str) -> bool:
+    """Whether host process ``pid`` belongs to the container (its cgroup names it)."""
+    try:
+        return container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False

@@ -10,6 +10,8 @@ Modelled on Nomad's task-driver plugins, cut to what orch uses::
     destroy(handle)         remove what is left (the stopped container)
     recover()       →       the tasks of this node found running or exited (by labels)
     exec / usage / logs     for exec checks, resource sampling and log reading
+    exec_session    →       ExecSession: a command run for a person (``orchctl alloc
+                            exec``), with input, output, a terminal and its exit code
 
 A driver reports its own health (``status``) and calls the ``on_status``
 callback when it changes, so the agent can say "docker is down" and wait for it.
@@ -30,6 +32,7 @@ from orch.jobspec.model import Network, Resources, Task
 
 from .labels import TaskIdentity
 from .state import DriverStatus
+from .volumes import Mount
 
 Stream = Literal["stdout", "stderr"]
 PAYLOAD_FILE = "local/payload"
@@ -60,6 +63,8 @@ class TaskConfig:
     (a container sees them at /secrets and /local)."""
     payload: bytes = b""
     """A dispatched job's payload, for the task as the file ``local/payload`` (read-only)."""
+    mounts: tuple[Mount, ...] = ()
+    """The volumes the task mounts, resolved on this node."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +110,53 @@ class ExitResult:
 class ExecResult:
     exit_code: int
     output: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecSpec:
+    """A command to run in a task for a person (``orchctl alloc exec``)."""
+
+    argv: tuple[str, ...]
+    tty: bool = False
+    """On a terminal: output comes as one stream (stdout), and the terminal can be resized."""
+    stdin: bool = False
+    """Input follows; else the command reads an empty input."""
+    rows: int = 0
+    cols: int = 0
+    """The terminal's size at the start (0: the engine's default)."""
+    term: str = "xterm"
+    """TERM, for a terminal."""
+
+
+class ExecSession(abc.ABC):
+    """A command running in a task, with its input and output (``TaskDriver.exec_session``).
+
+    ``output`` yields until the command's output ends (it exited, or ``kill`` ended it);
+    then ``wait`` gives its exit code (128 + N when signal N ended it)."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send input."""
+
+    @abc.abstractmethod
+    async def close_stdin(self) -> None:
+        """No more input (on a terminal: ^D)."""
+
+    @abc.abstractmethod
+    async def resize(self, rows: int, cols: int) -> None:
+        """The terminal's new size (nothing without a terminal)."""
+
+    @abc.abstractmethod
+    def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
+        """(stdout or stderr, bytes) as the command writes, until its output ends."""
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """The exit code, once the command has exited."""
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """End the command now (and what it started, as far as the driver can)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +281,12 @@ class TaskDriver(abc.ABC):
         The caller bounds it with ``asyncio.timeout``; cancelled, the driver kills what it can.
         """
 
+    async def exec_session(self, handle: TaskHandle, spec: ExecSpec) -> ExecSession:
+        """Start ``spec.argv`` in the running task, as its user, for a person to talk to.
+
+        RuntimeDriverError when it cannot start (the driver says why)."""
+        raise RuntimeDriverError(f"the {self.name} driver cannot run commands in its tasks")
+
     def attributes(self) -> dict[str, str]:
         """Node attributes this driver adds while healthy (for constraints)."""
         return {}
@@ -241,6 +299,11 @@ class TaskDriver(abc.ABC):
     @abc.abstractmethod
     async def usage(self, handle: TaskHandle) -> Usage | None:
         """CPU and memory used by the task now; None when it is not running."""
+
+    async def log_offset(self, handle: TaskHandle, stream: Stream, since_ns: int) -> int:
+        """The offset of the first byte of ``stream`` written at or after ``since_ns`` (to
+        about a second; 0 when the driver cannot tell)."""
+        return 0
 
     @abc.abstractmethod
     def logs(self, handle: TaskHandle, stream: Stream, *, offset: int = 0,

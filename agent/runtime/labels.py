@@ -13,10 +13,12 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orch.jobspec.model import Network, Resources, Task
+
+from .volumes import Mount
 
 MANAGED = "orch.managed"
 ALLOC = "orch.alloc"
@@ -49,16 +51,24 @@ class TaskIdentity:
     ports: tuple[tuple[str, int], ...] = ()
 
 
-def spec_hash(task: Task, network: Network, ports: Mapping[str, int]) -> str:
+def spec_hash(task: Task, network: Network, ports: Mapping[str, int],
+              mounts: Sequence[Mount] = ()) -> str:
     """A short hash of everything that, when changed, needs a new container or process.
 
     The job version is left out on purpose: a new version that does not change the
     task (a new count, new metadata) updates the allocation in place.
     """
     # resources are left out too: a new CPU or memory limit is applied to the running task
-    bare = dataclasses.replace(task, resources=Resources())
-    doc = {"task": dataclasses.asdict(bare), "network": dataclasses.asdict(network),
-           "ports": dict(sorted(ports.items()))}
+    bare = dataclasses.asdict(dataclasses.replace(task, resources=Resources()))
+    doc: dict[str, object] = {"task": bare, "network": dataclasses.asdict(network),
+                              "ports": dict(sorted(ports.items()))}
+    # fields added since are in the hash only when set: a task that does not use them keeps
+    # the hash it had, and an agent upgrade adopts it rather than replacing it
+    for added in ("volume_mounts", "secrets", "templates"):
+        if not bare[added]:
+            del bare[added]
+    if mounts:
+        doc["mounts"] = [dataclasses.asdict(m) for m in mounts]
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=dict)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

@@ -13,7 +13,8 @@ so it outlives an agent restart; the task's folder in the data dir holds::
     exit.json    written by the shim when the task exited: code, signal, time
     shim.log     the shim's own errors
     logs/        <task>.stdout.<offset>, <task>.stderr.<offset> (``logfiles``)
-    local/       the task's default working directory
+    local/       the task's default working directory; the host volumes it mounts are
+                 bound in it, at local/<destination> (``binds``)
 
 Exits are noticed through a pidfd on the shim (no polling, works for shims an
 earlier agent started); stopping signals the task's whole process group.
@@ -41,12 +42,14 @@ import agent
 from orch.errors import RuntimeDriverError, StartError
 from orch.jobspec.model import Resources, Task
 
+from . import binds, logfiles
 from . import labels as lbl
-from . import logfiles
 from .cgroups import CgroupError, Hierarchy, TaskCgroup, cgroup_name
 from .driver import (
     PAYLOAD_FILE,
     ExecResult,
+    ExecSession,
+    ExecSpec,
     ExitResult,
     LogChunk,
     Recovered,
@@ -57,6 +60,8 @@ from .driver import (
     Usage,
     parse_signal,
 )
+from .process_exec import ProcessExec
+from .volumes import in_task_dir, volume_env
 
 log = logging.getLogger("runtime.process")
 
@@ -279,6 +284,7 @@ class ProcessDriver(TaskDriver):
         _prepare(task_dir, uid, gid)
         _payload(task_dir / PAYLOAD_FILE, cfg.payload, uid, gid)
         env = dict(cfg.env)
+        env.update(await asyncio.to_thread(self._mount_volumes, cfg))
         env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         cgroup = None
         if self.cgroups is not None:
@@ -314,6 +320,40 @@ class ProcessDriver(TaskDriver):
                              recoverable=True)
         state["spec_hash"] = cfg.spec_hash
         return self._attach(task_dir, state).handle
+
+    def _mount_volumes(self, cfg: TaskConfig) -> dict[str, str]:
+        """Bind the task's volumes into its folder (what an earlier run left is detached
+        first); where this agent may not mount, the task gets each volume's own path in
+        ``ORCH_VOLUME_<name>`` instead, unless it is to be read-only and is not already.
+        Returns the variables that change."""
+        left = binds.unbind_all(cfg.task_dir)
+        if left:
+            raise StartError(f"cannot detach what an earlier run mounted in {cfg.task_dir}: "
+                             f"{', '.join(left)}", recoverable=True)
+        local = cfg.task_dir / "local"
+        direct: dict[str, str] = {}
+        for m in cfg.mounts:
+            where = f"volume {m.volume!r} of task {cfg.task.name!r}"
+            try:
+                binds.bind(m.source, local, in_task_dir(m.destination), read_only=m.read_only)
+                continue
+            except binds.BindUnavailable as e:
+                if m.read_only and not binds.read_only_fs(m.source):
+                    raise StartError(
+                        f"cannot mount {where} read-only on node {cfg.node_name}: this agent "
+                        f"may not make mounts ({e.strerror}), and {m.source} is writable. The "
+                        "process driver binds volumes into the task's folder, which needs "
+                        "CAP_SYS_ADMIN; or declare the host volume read_only on a read-only "
+                        "folder", recoverable=False) from None
+                log.info("cannot bind a volume into a process task; it gets the volume's path",
+                         extra={"alloc": cfg.alloc_id, "task": cfg.task.name,
+                                "volume": m.volume, "reason": e.strerror})
+            except OSError as e:
+                binds.unbind_all(cfg.task_dir)
+                raise StartError(f"cannot mount {where} ({m.source}): {e.strerror}",
+                                 recoverable=False) from None
+            direct.update(volume_env([m], {m.volume: m.source}))
+        return direct
 
     def _spawn_shim(self, task_dir: Path) -> tuple[int, int]:
         """Start the shim in a session of its own: (its pid, the read end of its stdout).
@@ -488,6 +528,10 @@ class ProcessDriver(TaskDriver):
         if watch is not None and not watch.future.done():
             raise RuntimeDriverError(f"process task {handle.task} still runs: stop it first")
         task_dir = Path(handle.extra["task_dir"])
+        left = await asyncio.to_thread(binds.unbind_all, task_dir)
+        if left:  # deleting the folder would delete the volume's data
+            raise RuntimeDriverError(f"cannot detach the volumes mounted in {task_dir} "
+                                     f"({', '.join(left)}); the folder is left as it is")
         await asyncio.to_thread(shutil.rmtree, task_dir, True)
         with contextlib.suppress(OSError):
             task_dir.parent.rmdir()  # the allocation's folder, once its last task is gone
@@ -550,6 +594,22 @@ class ProcessDriver(TaskDriver):
             raise
         return ExecResult(exit_code=proc.returncode or 0, output=out)
 
+    async def exec_session(self, handle: TaskHandle, spec: ExecSpec) -> ExecSession:
+        """``spec.argv`` as the task runs: as its user, in its cgroup, in its folder, with its
+        environment (and TERM on a terminal)."""
+        task_spec = read_json(Path(handle.extra["task_dir"]) / "spec.json") or {}
+        argv = _as_task(list(spec.argv), str(task_spec.get("user") or ""),
+                        task_spec.get("cgroup"))
+        env = dict(task_spec.get("env") or {})
+        if spec.tty:
+            env["TERM"] = spec.term or "xterm"
+        try:
+            return await ProcessExec.start(argv, env=env, cwd=task_spec.get("cwd") or None,
+                                           spec=spec)
+        except OSError as e:
+            raise RuntimeDriverError(f"cannot run {spec.argv[0]!r} in task {handle.task}: "
+                                     f"{e.strerror}") from None
+
     async def resize(self, handle: TaskHandle, resources: Resources) -> bool:
         """New limits on the task's cgroup, in place (nothing to change without one)."""
         cgroup = _cgroup_of(Path(handle.extra["task_dir"]))
@@ -569,6 +629,11 @@ class ProcessDriver(TaskDriver):
         if watch is None or watch.future.done():
             return None
         return (await asyncio.to_thread(group_usage, {watch.pgid}))[watch.pgid]
+
+    async def log_offset(self, handle: TaskHandle, stream: Stream, since_ns: int) -> int:
+        folder = Path(handle.extra["task_dir"]) / "logs"
+        return await asyncio.to_thread(logfiles.offset_at, folder, f"{handle.task}.{stream}",
+                                       since_ns)
 
     async def logs(self, handle: TaskHandle, stream: Stream, *, offset: int = 0,
                    follow: bool = False) -> AsyncIterator[LogChunk]:

@@ -44,11 +44,12 @@ from . import labels as lbl
 from .allocrunner import AllocRunner
 from .config import RuntimeConfig
 from .docker import DockerDriver
-from .driver import LogChunk, Recovered, Stream, TaskDriver, Usage
+from .driver import ExecSession, ExecSpec, LogChunk, Recovered, Stream, TaskDriver, Usage
 from .ports import assign_ports
 from .process import ProcessDriver
 from .state import AllocSpec, AllocStatus, DriverStatus
 from .taskfiles import Sources
+from .volumes import task_mounts
 
 log = logging.getLogger("runtime")
 
@@ -263,7 +264,10 @@ class Runtime:
         runner.start()
 
     def _hashes(self, spec: AllocSpec, ports: Mapping[str, int]) -> dict[str, str]:
-        return {t.name: lbl.spec_hash(t, spec.group.network, ports) for t in spec.group.tasks}
+        return {t.name: lbl.spec_hash(t, spec.group.network, ports,
+                                      task_mounts(spec.group, spec.index, t,
+                                                  self.config.host_volume)[0])
+                for t in spec.group.tasks}
 
     def _ports_for(self, spec: AllocSpec, *, previous: Mapping[str, int],
                    exclude: str) -> dict[str, int]:
@@ -439,6 +443,28 @@ class Runtime:
         async for chunk in runner.driver.logs(runner.handle, stream, offset=offset,
                                               follow=follow):
             yield chunk
+
+    async def exec_session(self, alloc_id: str, task: str, spec: ExecSpec) -> ExecSession:
+        """Start a command in a running task of an allocation (``orchctl alloc exec``);
+        NotFoundError or RuntimeDriverError saying why it cannot run."""
+        runner = self._runner(alloc_id)
+        names = list(runner.tasks)
+        name = task or (names[0] if names else "")
+        t = runner.tasks.get(name)
+        if t is None:
+            raise NotFoundError(f"allocation {alloc_id[:8]} has no task {name!r} on node "
+                                f"{self.config.name} (tasks: {', '.join(names) or 'none'})")
+        if t.state != "running" or t.handle is None:
+            raise RuntimeDriverError(f"task {name!r} of allocation {alloc_id[:8]} is {t.state}: "
+                                     "a command runs only in a running task")
+        return await t.driver.exec_session(t.handle, spec)
+
+    async def log_offset(self, alloc_id: str, task: str, stream: Stream, since_ns: int) -> int:
+        """Where a task's ``stream`` starts to hold what was written at or after ``since_ns``."""
+        runner = self._runner(alloc_id).tasks.get(task)
+        if runner is None or runner.handle is None:
+            raise NotFoundError(f"task {task!r} of allocation {alloc_id} has not run here")
+        return await runner.driver.log_offset(runner.handle, stream, since_ns)
 
     def restart(self, alloc_id: str, task: str | None = None) -> list[str]:
         """Restart an allocation's running tasks (or one): ``orchctl alloc restart``."""

@@ -49,8 +49,8 @@ class Rule:
     """Certificate roles admitted; ``join``: the holder of a join token (nothing else)."""
     permission: str
     """What the access token must allow: "" (no token: finding the leader, the first
-    bootstrap, the agents' own calls), read, job-write, secret-read, secret-write,
-    node-write, operator or acl."""
+    bootstrap, the agents' own calls), read, job-write, alloc-exec, secret-read,
+    secret-write, node-write, operator or acl."""
     peer: bool = False
     """Another controller may call it with its own certificate and no token (the keyring
     fan-out)."""
@@ -62,10 +62,12 @@ def _rules() -> dict[str, Rule]:
     return {
         **op("", "GetLeader", "BootstrapAcl", "SelfToken"),
         **op("read", "GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
-             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch"),
+             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch",
+             "ListVolumes"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
         **op("job-write", "DispatchJob", "ForcePeriodicJob"),
+        **op("alloc-exec", "ExecAllocation"),
         **op("node-write", "DrainNode", "SetNodeEligibility"),
         **op("operator", "FireEvent"),
         **op("operator", "Keyring", peer=True),
@@ -94,6 +96,8 @@ ANONYMOUS = _methods("")
 which token one holds."""
 READ = _methods("read")
 JOB_WRITE = _methods("job-write")
+ALLOC_EXEC = _methods("alloc-exec")
+"""Commands in allocations (``namespace:<ns>:alloc-exec``)."""
 NODE_WRITE = _methods("node-write")
 MANAGEMENT = _methods("acl") | _methods("operator")
 SECRETS = _methods("secret-read") | _methods("secret-write")
@@ -159,11 +163,18 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
     if method == "PromoteDeployment":
         d = state.deployments.get(request.deployment_id)
         return Target(namespace_of(d.namespace), d.job) if d is not None else Target()
+    if method == "ExecAllocation":  # judged by its first message (None when none came)
+        start = request.start if request is not None and request.HasField("start") else None
+        found = state.find_alloc(start.alloc_id) if start is not None else []
+        return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
+            else Target()
     if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "AllocationLogs"):
         ref = request.alloc_id if method == "AllocationLogs" else request.id
         found = state.find_alloc(ref)
         return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
             else Target()
+    if method == "ListVolumes" and request.job:
+        return Target(namespace_of(request.namespace), request.job)
     if method in ("ListJobs", "ListAllocations"):
         return Target(request.namespace or "*")
     if method in ("PutSecret", "GetSecret", "ListSecrets", "DeleteSecret"):

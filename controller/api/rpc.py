@@ -1,9 +1,9 @@
 """How the controller's gRPC services are served: one endpoint module per noun, one gate.
 
 Each endpoint serves some RPCs of one service (ControllerService, or the agents'
-NodeService); each RPC method is wrapped by ``unary``, ``streaming`` or ``bidi``, which
-pass the call through the authorization gate (``controller.api.authz``) before it runs
-and map its errors (``controller.api.errors``) after. ``servicer`` assembles the
+NodeService); each RPC method is wrapped by ``unary``, ``streaming``, ``bidi`` or
+``opened``, which pass the call through the authorization gate (``controller.api.authz``)
+before it runs and map its errors (``controller.api.errors``) after. ``servicer`` assembles the
 endpoints into the one servicer gRPC serves for a service, and refuses to when an RPC of
 the service is served by no endpoint, by two, or without the gate: an RPC cannot skip
 authorization by accident.
@@ -11,6 +11,7 @@ authorization by accident.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -30,7 +31,12 @@ from orch.vocab import namespace_of
 Ctx = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 GATED = "__orch_gated__"
-"""Set on an RPC method that ``unary`` or ``streaming`` wrapped."""
+"""Set on an RPC method that ``unary``, ``streaming``, ``bidi`` or ``opened`` wrapped."""
+OPEN_TIMEOUT = 10.0
+"""Seconds a bidirectional stream that the gate judges by its first message (``opened``)
+has to send it."""
+Caller = tuple[Peer, Token | None]
+"""Who called (the certificate's identity) and with which token (None: none was needed)."""
 SERVICE = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"]
 
 
@@ -100,6 +106,31 @@ def bidi(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]
     return wrapper
 
 
+def opened(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+    """Authorize a bidirectional stream by its first message, which says what the call acts
+    on (read within ``OPEN_TIMEOUT`` seconds; None when none came), then translate its
+    errors into gRPC statuses. ``fn(self, first, rest, context, caller)``."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Endpoint, requests: Any, context: Ctx) -> AsyncIterator[R]:
+        rest = aiter(requests)
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                first = await anext(rest, None)
+        except TimeoutError:
+            first = None
+        caller = await self.authorize(context, fn.__name__, first)
+        try:
+            async for item in fn(self, first, rest, context, caller):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort(context, fn.__name__, e)
+    setattr(wrapper, GATED, True)
+    return wrapper
+
+
 def rpc_names(service: str = "ControllerService") -> list[str]:
     """Every RPC of a service of the controller, as the proto declares them."""
     return [m.name for m in controller_pb2.DESCRIPTOR.services_by_name[service].methods]
@@ -135,7 +166,7 @@ def servicer(service: str, endpoints: Iterable[Endpoint]) -> object:
                 raise ValueError(f"{name} is served by both {served[name]} and {owner}")
             if not getattr(method, GATED, False):
                 raise ValueError(f"{owner}.{name} does not pass the authorization gate "
-                                 "(wrap it with @unary, @streaming or @bidi)")
+                                 "(wrap it with @unary, @streaming, @bidi or @opened)")
             served[name] = owner
             setattr(out, name, getattr(ep, name))
     missing = [n for n in rpc_names(service) if n not in served]

@@ -64,7 +64,8 @@ def diff_groups(old: Group | None, new: Group | None) -> list[FieldChange]:
 def _effect(path: str) -> str:
     if path.startswith("tasks") and ".resources." in path:
         return RESIZE
-    if path.startswith("network") or (path.startswith("tasks") and ".checks" not in path):
+    if path.startswith(("network", "volumes")) or (path.startswith("tasks")
+                                                   and ".checks" not in path):
         return REPLACES
     return IN_PLACE
 

@@ -3,9 +3,9 @@
 Checks come in three kinds, cheapest and most shared first:
 
 * **node state** — ready, eligible, not draining (a flag on the node);
-* **class checks** — datacenter, region, drivers and constraints on non-unique
-  targets: the answer is the same for every node of a :class:`NodeClass`, so it
-  is computed once per class and cached (Nomad's "computed node class");
+* **class checks** — datacenter, region, drivers, host volumes and constraints on
+  non-unique targets: the answer is the same for every node of a :class:`NodeClass`, so
+  it is computed once per class and cached (Nomad's "computed node class");
 * **node checks** — constraints on unique targets (``${node.unique.name}``) and the
   placement-dependent ``distinct_hosts`` and ``distinct_property``, then resources
   (CPU, memory, ports) against what the snapshot and the plan already use.
@@ -23,6 +23,7 @@ from typing import Any
 from controller.scheduler.snapshot import AllocInfo, NodeClass, NodeState
 from orch.jobspec import constraints as cl
 from orch.jobspec.model import Constraint, Group, Job
+from orch.vocab import HOST_VOLUME_ATTR
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class ClassFilter:
         self.drivers = tuple(sorted({t.driver for t in group.tasks}))
         self.privileged = any(t.privileged for t in group.tasks)
         self.host_network = group.network.mode == "host" and "docker" in self.drivers
+        self.host_volumes = host_volumes(group)
         node_local = [c for c in (*job.constraints, *group.constraints)
                       if cl.canonical_operator(c.operator) not in cl.PLACEMENT_OPERATORS]
         rules = [compile_rule(c) for c in node_local]
@@ -79,7 +81,7 @@ class ClassFilter:
         self.node_rules = [r for r in rules if r.unique]
         """Rules on unique targets: checked node by node."""
         self.signature = (self.datacenters, self.region, self.drivers, self.privileged,
-                          self.host_network,
+                          self.host_network, self.host_volumes,
                           tuple(sorted((c.attribute, cl.canonical_operator(c.operator), c.value)
                                        for c, r in zip(node_local, rules, strict=True)
                                        if not r.unique)))
@@ -109,6 +111,12 @@ class ClassFilter:
             return "privileged containers not allowed"
         if self.host_network and props.get("attr.orch.host_network") == "false":
             return "host networking not allowed"
+        for source, write in self.host_volumes:
+            mode = props.get(f"attr.{HOST_VOLUME_ATTR}{source}")
+            if mode is None:
+                return f"missing host volume {source}"
+            if write and mode != "rw":
+                return f"host volume {source} is read-only"
         for r in self.class_rules:
             value = props.get(r.target) if r.target is not None else r.literal
             if not r.holds(value):
@@ -122,6 +130,18 @@ class ClassFilter:
             if not r.holds(node.prop(r.target)):
                 return r.reason
         return None
+
+
+def host_volumes(group: Group) -> tuple[tuple[str, bool], ...]:
+    """(host volume name, whether a task writes to it) for every host volume of the group."""
+    out = set()
+    for name, v in group.volumes.items():
+        if v.type != "host":
+            continue
+        write = not v.read_only and any(m.volume == name and not m.read_only
+                                        for t in group.tasks for m in t.volume_mounts)
+        out.add((v.source, write))
+    return tuple(sorted(out))
 
 
 def placement_rules(job: Job, group: Group) -> tuple[bool, bool, list[DistinctProperty]]:

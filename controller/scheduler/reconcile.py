@@ -63,14 +63,15 @@ def is_destructive(old: Group | None, new: Group) -> bool:
     """Whether moving an allocation from ``old`` to ``new`` needs a new allocation.
 
     Anything that changes what runs (the tasks, their image, command, env, ...) or
-    how it is wired (the network and ports) is destructive; count, services, health
+    how it is wired (the network and ports, the volumes) is destructive; count, services, health
     checks, policies, constraints and meta are updated in place, and so are CPU and
     memory alone (a *resize*: see ``is_resize``) when the node has room. An unknown
     old spec is treated as destructive.
     """
     if old is None:
         return True
-    if old.network != new.network or len(old.tasks) != len(new.tasks):
+    if old.network != new.network or old.volumes != new.volumes \
+            or len(old.tasks) != len(new.tasks):
         return True
     return any(_bare(a) != _bare(b) for a, b in zip(old.tasks, new.tasks, strict=True))
 

@@ -89,6 +89,34 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Volume:
+    """A volume a group asks for (``volumes: {<name>: ...}``); its tasks mount it by name."""
+
+    type: str = "host"
+    """host: a folder the node declares in agent.toml (``[[host_volume]]``); the group is
+    placed only where it exists. docker: a Docker named volume on the node."""
+    source: str = ""
+    """The host volume's or Docker volume's name (set to the volume's own name when empty)."""
+    read_only: bool = False
+    """Every mount of it is read-only."""
+    per_alloc: bool = False
+    """docker: each allocation its own volume, ``<source>-<index>``."""
+
+    def source_for(self, index: int) -> str:
+        """The name of the volume an allocation with this ``index`` mounts."""
+        return f"{self.source}-{index}" if self.per_alloc else self.source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VolumeMount:
+    volume: str
+    """A name in the group's ``volumes``."""
+    destination: str
+    """docker: an absolute path in the container; process: a path in the task's folder."""
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     name: str
     driver: str = "docker"
@@ -105,6 +133,7 @@ class Task:
     user: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     privileged: bool = False
+    volume_mounts: tuple[VolumeMount, ...] = ()
     secrets: tuple[SecretRef, ...] = ()
     templates: tuple[Template, ...] = ()
 
@@ -239,6 +268,8 @@ class Group:
     shutdown_delay: float = 0.0
     """Seconds between an allocation leaving the load balancer and its tasks' stop signal,
     so that connections in flight finish (scale-downs, updates, stops)."""
+    volumes: Mapping[str, Volume] = field(default_factory=dict)
+    """Name -> the volume its tasks mount by that name."""
 
     @property
     def resources(self) -> Resources:
@@ -342,7 +373,14 @@ def _task(pb: job_pb2.Task) -> Task:
                                  change_mode=_or(t.change_mode, "restart"),
                                  change_signal=_or(t.change_signal, "SIGHUP"), perms=t.perms)
                         for t in pb.templates),
+        volume_mounts=tuple(VolumeMount(volume=m.volume, destination=m.destination,
+                                        read_only=m.read_only) for m in pb.volume_mounts),
     )
+
+
+def _volume(name: str, pb: job_pb2.Volume) -> Volume:
+    return Volume(type=_or(pb.type, "host"), source=_or(pb.source, name),
+                  read_only=pb.read_only, per_alloc=pb.per_alloc)
 
 
 def _constraint(pb: job_pb2.Constraint) -> Constraint:
@@ -406,6 +444,7 @@ def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy, *, batch: bool = F
                     proxy_protocol=s.proxy_protocol)
             for s in pb.services),
         meta=dict(pb.meta), scaling=scaling, shutdown_delay=_secs(pb.shutdown_delay, 0.0),
+        volumes={name: _volume(name, v) for name, v in sorted(pb.volumes.items())},
     )
 
 
@@ -477,11 +516,15 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
             checks=[_check_pb(c) for c in t.checks], kill_timeout=_dur(t.kill_timeout),
             kill_signal=t.kill_signal, user=t.user, labels=dict(t.labels),
             privileged=t.privileged,
+            volume_mounts=[job_pb2.VolumeMount(volume=m.volume, destination=m.destination,
+                                               read_only=m.read_only) for m in t.volume_mounts],
             secrets=[job_pb2.SecretRef(name=s.name, file=s.file, env=s.env) for s in t.secrets],
             templates=[job_pb2.Template(destination=x.destination, data=x.data,
                                         change_mode=x.change_mode,
                                         change_signal=x.change_signal, perms=x.perms)
                        for x in t.templates]) for t in g.tasks],
+        volumes={name: job_pb2.Volume(type=v.type, source=v.source, read_only=v.read_only,
+                                      per_alloc=v.per_alloc) for name, v in g.volumes.items()},
         services=[job_pb2.Service(
             name=s.name, port=s.port, published_port=s.published_port, protocol=s.protocol,
             check=_check_pb(s.check) if s.check else None, tags=s.tags,

@@ -36,6 +36,9 @@ DESTINATION = re.compile(r"(secrets/[A-Za-z0-9][A-Za-z0-9_.-]*|"
 """Where a template may write: a file of the task's secrets/ folder, or under local/."""
 CHANGE_MODES = ("restart", "signal", "noop")
 PERMS = re.compile(r"0?[0-7]{3}\Z")
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+"""A group's volume names, host volume names (agent.toml) and Docker volume names (which
+need two characters at least)."""
 MAX_NAME = 63
 MAX_COUNT = 10_000
 """Allocations per group (and a scaling block's max)."""
@@ -55,6 +58,7 @@ CHECK_TYPES = ("tcp", "http", "exec")
 RESTART_MODES = ("fail", "delay")
 DELAY_FUNCTIONS = ("constant", "exponential", "fibonacci")
 SCALING_METRICS = ("cpu", "connections", "requests")
+VOLUME_TYPES = ("host", "docker")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SIGNALS = frozenset(s.name for s in signal.Signals)
 
@@ -218,6 +222,7 @@ class _Validator:
         self.network(f"{at}.network", g.network)
         for i, t in enumerate(g.tasks):
             self.task(f"{at}.tasks[{i}]", t, labels)
+        self.volumes(at, g)
         self.services(f"{at}.services", g, labels, published)
         self.constraints(f"{at}.constraints", g.constraints)
         self.affinities(f"{at}.affinities", g.affinities)
@@ -311,6 +316,61 @@ class _Validator:
         if close:
             return f"no port labelled {label!r}; did you mean {close[0]!r}?"
         return f"no port labelled {label!r} in the group's network (labels: {', '.join(labels)})"
+
+    # --- volumes --------------------------------------------------------------------------
+
+    def volumes(self, at: str, g: job_pb2.TaskGroup) -> None:
+        """The group's volumes, and every task's mounts of them."""
+        for name, v in g.volumes.items():
+            vat = f"{at}.volumes.{name}" if VOLUME_NAME.match(name) else f"{at}.volumes[{name!r}]"
+            self.name(vat, name, VOLUME_NAME, "letters, digits, '.', '-' and '_'")
+            self.choice(f"{vat}.type", v.type, VOLUME_TYPES)
+            if v.source:
+                self.name(f"{vat}.source", v.source, VOLUME_NAME,
+                          "a volume name: letters, digits, '.', '-' and '_'")
+            if (v.type or "host") == "docker" and len(v.source or name) < 2:
+                self.bad(f"{vat}.source", f"a Docker volume's name has at least 2 characters, "
+                                          f"got {v.source or name!r}")
+            if v.per_alloc and (v.type or "host") == "host":
+                self.bad(f"{vat}.per_alloc", "applies to docker volumes: a host volume is the "
+                                             "node's own (declare one per node instead)")
+        names = sorted(g.volumes)
+        for i, t in enumerate(g.tasks):
+            driver = t.driver or "docker"
+            for j, m in enumerate(t.volume_mounts):
+                mat = f"{at}.tasks[{i}].volume_mounts[{j}]"
+                if not m.volume:
+                    self.bad(f"{mat}.volume", "is required: the name of one of the group's "
+                                              "volumes")
+                elif m.volume not in g.volumes:
+                    self.bad(f"{mat}.volume", self._volume_hint(m.volume, names))
+                elif driver == "process" and (g.volumes[m.volume].type or "host") == "docker":
+                    self.bad(f"{mat}.volume", f"volume {m.volume!r} is a Docker volume: only "
+                                              "docker tasks mount those (use a host volume)")
+                self.destination(f"{mat}.destination", m.destination, driver)
+            self.unique(f"{at}.tasks[{i}].volume_mounts",
+                        [m.destination.rstrip("/") for m in t.volume_mounts], "destination")
+
+    def destination(self, at: str, dest: str, driver: str) -> None:
+        if not dest:
+            self.bad(at, "is required: where the volume appears in the task")
+        elif ".." in dest.split("/"):
+            self.bad(at, f"must not contain '..', got {dest!r}")
+        elif "\0" in dest:
+            self.bad(at, "must not contain NUL characters")
+        elif driver == "docker" and not dest.startswith("/"):
+            self.bad(at, f"must be an absolute path in the container, got {dest!r}")
+        elif not dest.strip("/"):
+            self.bad(at, "must not be the root folder")
+
+    @staticmethod
+    def _volume_hint(name: str, names: list[str]) -> str:
+        if not names:
+            return f"no volume {name!r}: the group declares no volumes (add it under volumes)"
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            return f"no volume {name!r} in the group; did you mean {close[0]!r}?"
+        return f"no volume {name!r} in the group (volumes: {', '.join(names)})"
 
     # --- task -----------------------------------------------------------------------------
 

@@ -240,6 +240,16 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.ForcePeriodicJobRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.DispatchJobResponse.FromString,
                 _registered_method=True)
+        self.ListVolumes = channel.unary_unary(
+                '/orch.v1.ControllerService/ListVolumes',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
+        self.ExecAllocation = channel.stream_stream(
+                '/orch.v1.ControllerService/ExecAllocation',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ExecRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ExecResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -530,6 +540,26 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVolumes(self, request, context):
+        """--- volumes, exec ---
+        Host volumes of every node and the Docker volumes allocations mount, with their users.
+        volume list
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecAllocation(self, request_iterator, context):
+        """A command in a running allocation's task: the first message says what (ExecStart),
+        then input, terminal sizes; back come its output and, last, its exit code. Proxied to
+        the agent that runs it; needs alloc-exec on the allocation's namespace; recorded in the
+        event log (who, what, when; never the stream).
+        alloc exec
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -732,6 +762,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ForcePeriodicJob,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.ForcePeriodicJobRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.DispatchJobResponse.SerializeToString,
+            ),
+            'ListVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVolumes,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ListVolumesRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ListVolumesResponse.SerializeToString,
+            ),
+            'ExecAllocation': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecAllocation,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ExecRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1829,6 +1869,60 @@ class ControllerService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/ListVolumes',
+            orch_dot_v1_dot_controller__pb2.ListVolumesRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ListVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecAllocation(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orch.v1.ControllerService/ExecAllocation',
+            orch_dot_v1_dot_controller__pb2.ExecRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NodeServiceStub:
     """---------------------------------------------------------------------------
@@ -2032,6 +2126,11 @@ class AgentServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.MemberKeyring.FromString,
                 _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/orch.v1.AgentService/Exec',
+                request_serializer=orch_dot_v1_dot_controller__pb2.ExecRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ExecResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -2066,6 +2165,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request_iterator, context):
+        """a command in a task
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2088,6 +2194,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Keyring,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.KeyringRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.MemberKeyring.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.ExecRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2201,6 +2312,33 @@ class AgentService:
             '/orch.v1.AgentService/Keyring',
             orch_dot_v1_dot_controller__pb2.KeyringRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.MemberKeyring.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orch.v1.AgentService/Exec',
+            orch_dot_v1_dot_controller__pb2.ExecRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ExecResponse.FromString,
             options,
             channel_credentials,
             insecure,

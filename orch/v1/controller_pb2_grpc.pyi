@@ -128,6 +128,18 @@ class ControllerServiceStub:
     """
     ForcePeriodicJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ForcePeriodicJobRequest, _controller_pb2.DispatchJobResponse]
     """job periodic force"""
+    ListVolumes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListVolumesRequest, _controller_pb2.ListVolumesResponse]
+    """--- volumes, exec ---
+    Host volumes of every node and the Docker volumes allocations mount, with their users.
+    volume list
+    """
+    ExecAllocation: _grpc.StreamStreamMultiCallable[_controller_pb2.ExecRequest, _controller_pb2.ExecResponse]
+    """A command in a running allocation's task: the first message says what (ExecStart),
+    then input, terminal sizes; back come its output and, last, its exit code. Proxied to
+    the agent that runs it; needs alloc-exec on the allocation's namespace; recorded in the
+    event log (who, what, when; never the stream).
+    alloc exec
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -226,6 +238,18 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     ForcePeriodicJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.ForcePeriodicJobRequest, _controller_pb2.DispatchJobResponse]  # type: ignore[assignment]
     """job periodic force"""
+    ListVolumes: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListVolumesRequest, _controller_pb2.ListVolumesResponse]  # type: ignore[assignment]
+    """--- volumes, exec ---
+    Host volumes of every node and the Docker volumes allocations mount, with their users.
+    volume list
+    """
+    ExecAllocation: _aio.StreamStreamMultiCallable[_controller_pb2.ExecRequest, _controller_pb2.ExecResponse]  # type: ignore[assignment]
+    """A command in a running allocation's task: the first message says what (ExecStart),
+    then input, terminal sizes; back come its output and, last, its exit code. Proxied to
+    the agent that runs it; needs alloc-exec on the allocation's namespace; recorded in the
+    event log (who, what, when; never the stream).
+    alloc exec
+    """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -562,6 +586,30 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_controller_pb2.DispatchJobResponse, _abc.Awaitable[_controller_pb2.DispatchJobResponse]]:
         """job periodic force"""
 
+    @_abc_1.abstractmethod
+    def ListVolumes(
+        self,
+        request: _controller_pb2.ListVolumesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListVolumesResponse, _abc.Awaitable[_controller_pb2.ListVolumesResponse]]:
+        """--- volumes, exec ---
+        Host volumes of every node and the Docker volumes allocations mount, with their users.
+        volume list
+        """
+
+    @_abc_1.abstractmethod
+    def ExecAllocation(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.ExecRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.ExecResponse], _abc.AsyncIterator[_controller_pb2.ExecResponse]]:
+        """A command in a running allocation's task: the first message says what (ExecStart),
+        then input, terminal sizes; back come its output and, last, its exit code. Proxied to
+        the agent that runs it; needs alloc-exec on the allocation's namespace; recorded in the
+        event log (who, what, when; never the stream).
+        alloc exec
+        """
+
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class NodeServiceStub:
@@ -647,6 +695,8 @@ class AgentServiceStub:
     """restart tasks in place"""
     Keyring: _grpc.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.MemberKeyring]
     """this agent's gossip keyring"""
+    Exec: _grpc.StreamStreamMultiCallable[_controller_pb2.ExecRequest, _controller_pb2.ExecResponse]
+    """a command in a task"""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -662,6 +712,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """restart tasks in place"""
     Keyring: _aio.UnaryUnaryMultiCallable[_controller_pb2.KeyringRequest, _controller_pb2.MemberKeyring]  # type: ignore[assignment]
     """this agent's gossip keyring"""
+    Exec: _aio.StreamStreamMultiCallable[_controller_pb2.ExecRequest, _controller_pb2.ExecResponse]  # type: ignore[assignment]
+    """a command in a task"""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -698,5 +750,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.MemberKeyring, _abc.Awaitable[_controller_pb2.MemberKeyring]]:
         """this agent's gossip keyring"""
+
+    @_abc_1.abstractmethod
+    def Exec(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.ExecRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.ExecResponse], _abc.AsyncIterator[_controller_pb2.ExecResponse]]:
+        """a command in a task"""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -292,6 +292,27 @@ class TaskGroup(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class VolumesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Volume: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Volume | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
@@ -306,6 +327,7 @@ class TaskGroup(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     SCALING_FIELD_NUMBER: _builtins.int
     SHUTDOWN_DELAY_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     count: _builtins.int
     """replicas; default 1; 0 is allowed (ignored by system jobs)"""
@@ -343,6 +365,14 @@ class TaskGroup(_message.Message):
     def shutdown_delay(self) -> _duration_pb2.Duration:
         """between leaving the load balancer and the"""
 
+    @_builtins.property
+    def volumes(self) -> _containers.MessageMap[_builtins.str, Global___Volume]:
+        """stop signal, so that connections drain; default 0
+
+        --- volumes (fields 40-49) ---
+        name -> the volume; tasks mount it by that name
+        """
+
     def __init__(
         self,
         *,
@@ -360,10 +390,11 @@ class TaskGroup(_message.Message):
         meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         scaling: Global___Scaling | None = ...,
         shutdown_delay: _duration_pb2.Duration | None = ...,
+        volumes: _abc.Mapping[_builtins.str, Global___Volume] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "shutdown_delay", b"shutdown_delay", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "shutdown_delay", b"shutdown_delay", "spreads", b"spreads", "tasks", b"tasks", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "shutdown_delay", b"shutdown_delay", "spreads", b"spreads", "tasks", b"tasks", "update", b"update", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
     _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
@@ -431,6 +462,7 @@ class Task(_message.Message):
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     TEMPLATES_FIELD_NUMBER: _builtins.int
+    VOLUME_MOUNTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     driver: _builtins.str
     """"docker" or "process" """
@@ -470,6 +502,12 @@ class Task(_message.Message):
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]:
         """files rendered from secrets, services and the node"""
 
+    @_builtins.property
+    def volume_mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeMount]:
+        """--- volumes (fields 40-49) ---
+        volumes of the group this task mounts
+        """
+
     def __init__(
         self,
         *,
@@ -489,10 +527,11 @@ class Task(_message.Message):
         privileged: _builtins.bool = ...,
         secrets: _abc.Iterable[Global___SecretRef] | None = ...,
         templates: _abc.Iterable[Global___Template] | None = ...,
+        volume_mounts: _abc.Iterable[Global___VolumeMount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kill_timeout", b"kill_timeout", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "checks", b"checks", "command", b"command", "driver", b"driver", "env", b"env", "image", b"image", "kill_signal", b"kill_signal", "kill_timeout", b"kill_timeout", "labels", b"labels", "name", b"name", "privileged", b"privileged", "resources", b"resources", "secrets", b"secrets", "templates", b"templates", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "checks", b"checks", "command", b"command", "driver", b"driver", "env", b"env", "image", b"image", "kill_signal", b"kill_signal", "kill_timeout", b"kill_timeout", "labels", b"labels", "name", b"name", "privileged", b"privileged", "resources", b"resources", "secrets", b"secrets", "templates", b"templates", "user", b"user", "volume_mounts", b"volume_mounts", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1046,3 +1085,76 @@ class Scaling(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Scaling: _TypeAlias = Scaling  # noqa: Y015
+
+@_typing.final
+class Volume(_message.Message):
+    """--- volumes ----------------------------------------------------------------------------
+
+    A volume a group asks for; its tasks mount it (Task.volume_mounts).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    PER_ALLOC_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"host" (default): a host volume the node declares in"""
+    source: _builtins.str
+    """agent.toml ([[host_volume]]); the group is placed
+    only where it exists. "docker": a Docker named
+    volume on the node (made when first mounted)
+    the host volume's or the Docker volume's name;
+    """
+    read_only: _builtins.bool
+    """default: the volume's own name in the group
+    every mount of it is read-only
+    """
+    per_alloc: _builtins.bool
+    """docker: source + "-<allocation index>", one each"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        source: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+        per_alloc: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["per_alloc", b"per_alloc", "read_only", b"read_only", "source", b"source", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Volume: _TypeAlias = Volume  # noqa: Y015
+
+@_typing.final
+class VolumeMount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUME_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    volume: _builtins.str
+    """a name in the group's volumes"""
+    destination: _builtins.str
+    """docker: an absolute path in the container;"""
+    read_only: _builtins.bool
+    """process: a path in the task's folder (local/...)
+    this mount is read-only (a read-only volume's are)
+    """
+    def __init__(
+        self,
+        *,
+        volume: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "read_only", b"read_only", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VolumeMount: _TypeAlias = VolumeMount  # noqa: Y015

@@ -1,10 +1,11 @@
-"""orchctl job run | plan | status | stop | history | revert | scale | promote | dispatch |
-periodic force"""
+"""orchctl job run | plan | status | stop | history | revert | scale | promote | logs |
+dispatch | periodic force"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 from orch.errors import JobSpecError
 from orch.jobspec import load_job_file
 from orch.jobspec.dispatch import MAX_PAYLOAD
+from orch.jobspec.durations import parse_duration
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, JOB_STATUS, JOB_TYPE, namespace_of
-from orchctl.client import CHANGES, FAILED, OK, UNPLACED, CliError
+from orchctl import joblogs
+from orchctl.client import CHANGES, FAILED, OK, UNPLACED, USAGE, CliError, fail
 from orchctl.commands import Ctx
 from orchctl.output import ago, block, out, short, table, to_json
 
@@ -76,6 +79,65 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = pverbs.add_parser("force", help="launch a child of a periodic job now, out of schedule")
     p.add_argument("name")
     p.set_defaults(fn=periodic_force)
+    _register_logs(verbs)
+
+
+def _register_logs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = verbs.add_parser("logs", help="every allocation's output, each line prefixed with its "
+                                      "allocation and task",
+                         description="Every allocation's output, line by line, each prefixed "
+                                     "with its allocation and task; with -f, allocations that "
+                                     "start while it runs join in.")
+    p.add_argument("name")
+    p.add_argument("--group", default="", help="only this group's allocations")
+    p.add_argument("--task", default="", help="only this task")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep reading, and follow allocations that start")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--since", default="", metavar="WHEN",
+                      help="only what was written in the last WHEN (30s, 10m, 2h), or since "
+                           "the time WHEN (2024-05-01T10:00:00Z)")
+    when.add_argument("--tail", type=int, default=0, metavar="N",
+                      help="start N lines from the end of each stream")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stderr", action="store_true", help="standard error instead of output")
+    which.add_argument("--all", action="store_true",
+                       help="standard output and error (each to its own stream)")
+    p.set_defaults(fn=logs)
+
+
+def since(text: str, now_ns: int | None = None) -> int:
+    """``--since``: a duration back from now (``10m``), or a time (RFC 3339, ``Z`` or an
+    offset; without one, local time), as unix nanoseconds."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    try:
+        return now_ns - parse_duration(text)
+    except ValueError as e:
+        why = str(e)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--since: {why}; or a time such as 2024-05-01T10:00:00Z", USAGE) \
+            from None
+    return int(when.timestamp() * 1e9) if when.tzinfo is None else \
+        int((when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds() * 1e9)
+
+
+async def logs(ctx: Ctx, args: argparse.Namespace) -> int:
+    since_ns = since(args.since) if args.since else 0
+    if args.tail < 0:
+        raise CliError("--tail must be >= 0", USAGE)
+    opts = joblogs.Options(job=args.name, namespace=ctx.namespace,
+                           group=args.group, task=args.task, follow=args.follow,
+                           since_ns=since_ns, tail=args.tail,
+                           streams=(False, True) if args.all else (args.stderr,))
+    reader = joblogs.JobLogs(ctx.stub, opts, joblogs.Printer(json=ctx.json),
+                             lambda e: fail(e, ctx.address))
+    try:
+        await reader.run()
+    finally:
+        await reader.close()
+    return OK
 
 
 def _load(ctx: Ctx, path: str) -> job_pb2.Job:

@@ -68,6 +68,11 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
                ("CPU", f"{r.allocated.cpu_millicores}/{n.capacity.cpu_millicores} millicores"),
                ("Memory", f"{r.allocated.memory_mb}/{n.capacity.memory_mb} MB"),
                ("Since", ago(n.status_time_ns))]))
+    if n.host_volumes:
+        out("\nHost volumes")
+        out(table(("Name", "Path", "Access"),
+                  [(v.name, v.path, "read-only" if v.read_only else "read-write")
+                   for v in n.host_volumes]))
     out("\nAllocations")
     out(table(("ID", "Job", "Group", "Version", "Desired", "Status", "Created"),
               [(short(a.id), a.job, a.group, a.job_version,

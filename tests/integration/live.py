@@ -25,12 +25,14 @@ from tests.integration.synthetic import controller_config, wait_until
 async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10.0,
                        tls_dir: Path | None = None, keys: list[str] | None = None,
                        drivers: tuple[str, ...] = ("process",), lb: LbConfig | None = None,
-                       net: str = "127.0.0", **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
+                       net: str = "127.0.0", agent_settings: dict[int, dict[str, Any]] | None = None,
+                       **ctl_kw: Any) -> AsyncIterator[tuple[Controller, list[Agent]]]:
     """``tls_dir``: a CA made by ``make_pki`` there, and mTLS on every connection;
     ``keys``: gossip encryption keys for every member; ``drivers``: the agents' task
     drivers; ``lb``: their load balancers' settings. The controller listens on ``net``.1,
     agent i on ``net``.(i+1), published ports included (a ``net`` of a test's own keeps its
-    ports apart from other tests'); agents the test stopped already are not stopped again."""
+    ports apart from other tests'); ``agent_settings``: more AgentConfig settings for agent i
+    (from 1); agents the test stopped already are not stopped again."""
     if tls_dir is not None:
         ctl_kw["tls"] = pki(tls_dir, "controller")
     if keys:
@@ -53,7 +55,8 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
                                   drivers=list(drivers), gossip=GossipConfig.fast(),
                                   task_user="root", allow_root_tasks=True,
                                   lb=lb or LbConfig(),
-                                  keys=list(keys or ())))
+                                  keys=list(keys or ()),
+                                  **(agent_settings or {}).get(i, {})))
             await a.start()
             started.append(a)
         ids = [a.node_id for a in started]

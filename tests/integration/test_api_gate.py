@@ -6,6 +6,7 @@ inside a call reaches the client as INTERNAL with a reference, and nothing of th
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,7 +27,12 @@ def _request(method_name: str) -> object:
 
 async def _call(stub: controller_pb2_grpc.ControllerServiceStub, name: str) -> grpc.StatusCode:
     method = SERVICE.methods_by_name[name]
-    call = getattr(stub, name)(_request(name), timeout=10)
+    if method.client_streaming:  # a stream of one (empty) message
+        async def one() -> AsyncIterator[object]:
+            yield _request(name)
+        call = getattr(stub, name)(one(), timeout=10)
+    else:
+        call = getattr(stub, name)(_request(name), timeout=10)
     try:
         if method.server_streaming:
             async for _ in call:

@@ -107,6 +107,14 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
         await wait_until(lambda: sum(a.healthy for a in follower.cluster.state.allocs.values())
                          == 2, within=20)
         assert "web" in await cli("job", "status")
+        # a job's logs are read at the follower; a command asked of it runs at the leader's
+        # say (which records it)
+        assert "hello from 0" in await cli("job", "logs", "web")
+        alloc = next(iter(follower.cluster.state.allocs))
+        assert await cli("alloc", "exec", alloc, "--", "sh", "-c", "echo ran; exit 6",
+                         code=6) == "ran\n"
+        assert [e.key for e in leader.cluster.events.recent if e.type == "AllocationExec"] \
+            == [alloc]
         text = await cli("leader")
         assert leader.cfg.name in text
         for c in ctls:

@@ -39,6 +39,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     ("[gossip]\nprobe_timeout = 5.0", "gossip", "probe_timeout must be > 0 and <= probe_interval"),
     ("join = 5", "join", "expected a list"),
     ("name = ", "agent.toml", "not valid TOML"),
+    ("exec_max_sessions = 0", "agent.toml", "exec_max_sessions must be >= 1"),
+    ("exec_idle_timeout = -1", "agent.toml", "exec_idle_timeout must be > 0"),
 ])
 def test_mistakes_say_where_and_what(tmp_path: Path, text: str, where: str, what: str) -> None:
     f = tmp_path / "agent.toml"

@@ -91,8 +91,8 @@ def test_acl_bootstrap_create_resolve_revoke() -> None:
 def test_every_rpc_has_a_permission() -> None:
     methods = set(controller_pb2.DESCRIPTOR.services_by_name["ControllerService"]
                   .methods_by_name)
-    classified = (authz.ANONYMOUS | authz.READ | authz.JOB_WRITE | authz.NODE_WRITE
-                  | authz.MANAGEMENT | authz.SECRETS)
+    classified = (authz.ANONYMOUS | authz.READ | authz.JOB_WRITE | authz.ALLOC_EXEC
+                  | authz.NODE_WRITE | authz.MANAGEMENT | authz.SECRETS)
     assert methods == classified
     assert authz.action_of("SomethingNew") == "acl"  # unknown methods need the most
 

@@ -140,7 +140,7 @@ def test_feasibility_answers_are_shared_by_a_class_and_reused_across_calls() -> 
     assert len({n.cls.id for n in snap.order}) == 2
     cons = [Constraint(attribute="${node.class}", value="gpu")]
     run(job(group(count=1, constraints=cons)), snap)
-    memo = snap.memo(("class-filter", ((), "", ("docker",), False, False,
+    memo = snap.memo(("class-filter", ((), "", ("docker",), False, False, (),
                                        (("${node.class}", "=", "gpu"),))))
     assert sorted(memo.values(), key=str) == [None, "constraint ${node.class} = gpu"]
 
