@@ -1,4 +1,5 @@
-"""Bind mounts of host volumes into process tasks' folders (mount(2) through ctypes).
+"""Bind mounts of host volumes into process tasks' folders, and the tmpfs of a task's
+secrets (mount(2) through ctypes).
 
 A process task has no mount namespace of its own: the process driver binds each host
 volume it mounts into its ``local`` folder, where the task finds it (and a read-only
@@ -26,6 +27,7 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REMOUNT = 0x20
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
@@ -36,7 +38,7 @@ _ESCAPED = re.compile(r"\\([0-7]{3})")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p)
+                        ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
@@ -44,8 +46,11 @@ class BindUnavailable(OSError):
     """This agent may not make mounts (not root, or no CAP_SYS_ADMIN, or seccomp)."""
 
 
-def _mount(source: str | None, target: str, flags: int) -> None:
-    if _libc.mount(source.encode() if source else None, target.encode(), None, flags, None):
+def _mount(source: str | None, target: str, flags: int, fstype: str | None = None,
+           data: str | None = None) -> None:
+    if _libc.mount(source.encode() if source else None, target.encode(),
+                   fstype.encode() if fstype else None, flags,
+                   data.encode() if data else None):
         err = ctypes.get_errno()
         cls = BindUnavailable if err in _UNAVAILABLE else OSError
         raise cls(err, f"mount {source or ''} on {target}: {os.strerror(err)}")
@@ -85,6 +90,23 @@ def bind(source: str, local: Path, rel: PurePosixPath, *, read_only: bool) -> Pa
     finally:
         os.close(parent)
     return local / rel
+
+
+def mount_tmpfs(folder: Path, *, size: str, mode: int) -> None:
+    """A private tmpfs (nosuid, nodev, noexec) of ``size`` on ``folder``, itself reached
+    without following a link."""
+    fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _mount("tmpfs", f"/proc/self/fd/{fd}", MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs",
+               f"size={size},mode={mode:o}")
+    finally:
+        os.close(fd)
+    _mount(None, str(folder), MS_PRIVATE)
+
+
+def unmount(folder: Path) -> None:
+    """Detach what is mounted on ``folder`` (nothing when nothing is)."""
+    _libc.umount2(str(folder).encode(), MNT_DETACH | UMOUNT_NOFOLLOW)
 
 
 def _step(dir_fd: int, part: str, flags: int, whole: Path) -> int:

@@ -326,7 +326,7 @@ class ProcessDriver(TaskDriver):
         first); where this agent may not mount, the task gets each volume's own path in
         ``ORCH_VOLUME_<name>`` instead, unless it is to be read-only and is not already.
         Returns the variables that change."""
-        left = binds.unbind_all(cfg.task_dir)
+        left = binds.unbind_all(cfg.task_dir / "local")  # (secrets/ is the task's files' tmpfs)
         if left:
             raise StartError(f"cannot detach what an earlier run mounted in {cfg.task_dir}: "
                              f"{', '.join(left)}", recoverable=True)

@@ -37,6 +37,8 @@ from typing import Any
 from orch.jobspec.model import Task
 from orch.templates import Endpoint, TemplateProblem, render
 
+from . import binds
+
 log = logging.getLogger("runtime")
 
 SECRETS, LOCAL = "secrets", "local"
@@ -181,7 +183,7 @@ class TaskFiles:
         """Unmount the secrets tmpfs and remove the folder (the task has stopped)."""
         secrets = self.task_dir / SECRETS
         if await _is_mountpoint(secrets):
-            await _run("umount", str(secrets))
+            binds.unmount(secrets)
         await asyncio.to_thread(shutil.rmtree, secrets, True)
 
     # --- disk -----------------------------------------------------------------------------
@@ -196,12 +198,13 @@ class TaskFiles:
         local.mkdir(exist_ok=True)
         root = os.geteuid() == 0
         if root and not await _is_mountpoint(secrets):
-            self.tmpfs = await _run("mount", "-t", "tmpfs", "-o",
-                                    f"size={TMPFS_SIZE},mode=0755,nosuid,nodev,noexec",
-                                    "tmpfs", str(secrets))
-            if not self.tmpfs:
+            try:
+                binds.mount_tmpfs(secrets, size=TMPFS_SIZE, mode=0o755)
+                self.tmpfs = True
+            except OSError as e:
                 log.warning("could not mount a tmpfs for a task's secrets: they are kept on "
-                            "disk, readable only by the task", extra={"dir": str(secrets)})
+                            "disk, readable only by the task", extra={"dir": str(secrets),
+                                                                      "error": str(e)})
         elif root:
             self.tmpfs = True
         os.chmod(secrets, 0o755 if root else 0o700)
@@ -270,16 +273,3 @@ def _replace(folder: int, name: str, data: bytes, mode: int, *, uid: int, gid: i
 
 async def _is_mountpoint(path: Path) -> bool:
     return await asyncio.to_thread(os.path.ismount, path)
-
-
-async def _run(*argv: str) -> bool:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-    except OSError as e:
-        log.warning("%s failed: %s", argv[0], e)
-        return False
-    if proc.returncode != 0:
-        log.warning("%s failed: %s", argv[0], err.decode(errors="replace").strip())
-    return proc.returncode == 0

@@ -2389,7 +2389,7 @@ class WatchRequest(_message.Message):
     """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """job, allocation, node, deployment, user; empty = all"""
+        """job, allocation, node, deployment, user, secret; empty = all"""
 
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -2431,7 +2431,7 @@ class Event(_message.Message):
     index: _builtins.int
     time_ns: _builtins.int
     topic: _builtins.str
-    """job, allocation, node, deployment, user"""
+    """job, allocation, node, deployment, user, secret"""
     type: _builtins.str
     """e.g. JobRegistered, AllocationUpdated, NodeDown"""
     key: _builtins.str

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--since", type=int, default=0, metavar="INDEX",
                    help="replay events after this index (default: the last 50)")
     p.add_argument("--topic", action="append", default=[],
-                   choices=("job", "allocation", "node", "deployment", "user"))
+                   choices=("job", "allocation", "node", "deployment", "user", "secret"))
     p.add_argument("--job", default="")
     p.add_argument("--node", default="", help="a node's name or id prefix")
     p.add_argument("--type", action="append", default=[], metavar="TYPE",

@@ -8,9 +8,11 @@ operator's credentials, as a person would:
 - ``orchctl volume list`` shows the volume and who mounts it;
 - ``orchctl alloc exec`` runs a command in each tier and exits with its exit code;
 - ``orchctl job logs -f`` shows each tier's lines as they come, prefixed with their
-  allocation and task.
-
-(Secrets and templates join this application with their own part of the test.)
+  allocation and task;
+- the key-value tier takes only requests with its password, a secret it reads as a file;
+  the web tier finds the key-value tier and its password through a template (the service
+  catalog and the secret): a new password restarts both tiers, the web tier with its
+  template rendered again, and the old password is refused from then on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -92,9 +95,14 @@ def kv_container(h: Harness, alloc_id: str) -> str:
     return found[0] if len(found) == 1 else ""
 
 
+PASSWORD, NEW_PASSWORD = "s3cret-1", "s3cret-2"
+
+
 def test_a_two_tier_application(cluster: Harness) -> None:
     h = cluster
     volume = f"kv-data-{h.project}"
+    put = orchctl(h, "secret", "put", "kv-password", "-", stdin=PASSWORD.encode())
+    assert put.returncode == 0, put.stderr
     try:
         # one job file per tier, the data tier first
         for name, job in (("kv", tier("kv", volume)), ("app", tier("app"))):
@@ -104,11 +112,12 @@ def test_a_two_tier_application(cluster: Harness) -> None:
         (kv,) = h.running("kv")
         kv_node = h.ip(h.node_of(kv))
         kv_url = f"http://{kv_node}:{kv.ports['http']}/cgi-bin/kv"
+        pw = f"&pw={PASSWORD}"
 
         with following(h, "job", "logs", "kv", "-f", "--all") as kv_lines, \
                 following(h, "job", "logs", "app", "-f", "--all") as app_lines:
             # the data tier stores; the web tier answers with it through the mesh, anywhere
-            assert request(f"{kv_url}?greeting", b"hello from the volume") == "stored\n"
+            assert request(f"{kv_url}?greeting{pw}", b"hello from the volume") == "stored\n"
             for agent in ("agent-1", "agent-5"):
                 url = f"http://{h.ip(agent)}:8088/cgi-bin/app"
                 body = wait(f"the app through the mesh on {agent}",
@@ -130,7 +139,7 @@ def test_a_two_tier_application(cluster: Harness) -> None:
         assert new != old
         assert h.running("kv")[0].node_id == kv.node_id
         assert wait("the data, from the new container", lambda: request(
-            f"{kv_url}?greeting"), 60) == "hello from the volume"
+            f"{kv_url}?greeting{pw}"), 60) == "hello from the volume"
 
         # the volume, and who mounts it
         listed = json.loads(orchctl(h, "-o", "json", "volume", "list", "--job", "kv").stdout)
@@ -143,10 +152,34 @@ def test_a_two_tier_application(cluster: Harness) -> None:
         assert (done.returncode, done.stdout) == (3, "hello from the volume"), done.stderr
         app = h.running("app")[0]
         done = orchctl(h, "alloc", "exec", "-i", app.id, "--task", "web", "--", "sh", "-c",
-                       'wget -qO- "http://$KV_ADDR/cgi-bin/kv?greeting"; tr a-z A-Z',
+                       '. /secrets/kv.env; wget -qO- '
+                       '"http://$KV_ADDR/cgi-bin/kv?greeting&pw=$KV_PASSWORD"; tr a-z A-Z',
                        stdin=b"and input\n")
         assert (done.returncode, done.stdout) == (0, "hello from the volumeAND INPUT\n"), \
             done.stderr
+
+        # the secret changes: the key-value tier restarts with it, the web tier's template is
+        # rendered again and the web tier restarted, as its change_mode asks
+        put = orchctl(h, "secret", "put", "kv-password", "-", stdin=NEW_PASSWORD.encode())
+        assert put.returncode == 0, put.stderr
+
+        def restarts(alloc_id: str, task: str) -> int:
+            st = h.api.GetAllocation(controller_pb2.GetAllocationRequest(id=alloc_id), timeout=5)
+            return st.tasks[task].restarts
+        wait("the kv tier restarted", lambda: restarts(kv.id, "kv") >= 1, 60)
+        wait("the web tier restarted", lambda: restarts(app.id, "web") >= 1, 60)
+        assert wait("the greeting, with the new password", functools.partial(
+            request, f"http://{h.ip('agent-3')}:8088/cgi-bin/app"), 60) == \
+            "greeting: hello from the volume\n"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            request(f"{kv_url}?greeting{pw}")
+        assert refused.value.code == 403
+        shown = orchctl(h, "-o", "json", "job", "status", "app").stdout + \
+            orchctl(h, "-o", "json", "alloc", "status", app.id).stdout + \
+            orchctl(h, "events", "--since", "1").stdout
+        assert NEW_PASSWORD not in shown
+        assert PASSWORD not in shown
+
         # into an allocation that no longer runs: refused, saying why
         assert orchctl(h, "job", "stop", "app").returncode == 0
         wait("the app stopped", lambda: h.api.GetAllocation(controller_pb2.GetAllocationRequest(
@@ -167,6 +200,7 @@ def test_a_two_tier_application(cluster: Harness) -> None:
                 and volume in docker("volume", "ls", "-q"):
             time.sleep(1)
         assert volume not in docker("volume", "ls", "-q").split()
+        orchctl(h, "secret", "rm", "kv-password")
 
 
 def test_a_job_that_mounts_a_host_volume_no_node_has_is_not_placed(cluster: Harness) -> None:
@@ -174,6 +208,7 @@ def test_a_job_that_mounts_a_host_volume_no_node_has_is_not_placed(cluster: Harn
     job.name = "nowhere"
     job.groups[0].volumes["data"].type = "host"
     job.groups[0].services[0].published_port = 0
+    job.groups[0].tasks[0].ClearField("secrets")
     reply = cluster.run(job)  # registered (as Nomad does), placed once a node has the volume
     (failure,) = reply.plan.failures
     assert failure.explanation.endswith("5 nodes filtered by missing host volume kv-data")
