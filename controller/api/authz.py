@@ -38,8 +38,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("api.authz")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-OPERATORS = frozenset(("cli", "controller"))
-"""Certificate roles that may call the operator API (agents may not)."""
+OPERATORS = frozenset(("cli", "controller", "web"))
+"""Roles that may call the operator API (agents may not). ``web`` is no certificate's: it is
+an HTTPS request that presented none (a browser, ``curl`` with a token), whose token is
+then its only credential (``WEB``); gRPC connections never have it, as gRPC's TLS requires
+a certificate."""
+
+
+WEB = Peer(roles=frozenset(("web",)))
+"""Who an HTTPS request without a client certificate is (see ``OPERATORS``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +210,8 @@ class Authorizer:
         when a gate refuses it."""
         rule = RULES.get(f"{service}/{method}") or Rule(OPERATORS, "acl")
         peer = self.identify(ctx) if self.identify is not None else PLAIN
+        if peer == PLAIN and getattr(ctx, "token_only", False):
+            peer = WEB  # the HTTP listener's TLS admitted it without a certificate
         if self.identify is not None:
             await self._certificate(ctx, method, rule, peer)
         secret = bearer(ctx) if service == "ControllerService" else ""
