@@ -228,11 +228,11 @@ class HttpApi:
                 stream = await Stream.open(self.servicer, route.rpc, msg, ctx)
             except HttpAbort as e:  # refused by the gate, or failed before it began
                 return self._aborted(request, e)
+            resp = web.StreamResponse(headers={
+                "Content-Type": {"sse": "text/event-stream", "ndjson": "application/x-ndjson",
+                                 "text": "text/plain; charset=utf-8"}[fmt],
+                "X-Accel-Buffering": "no", **self._index_headers()})
             try:
-                resp = web.StreamResponse(headers={
-                    "Content-Type": {"sse": "text/event-stream", "ndjson": "application/x-ndjson",
-                                     "text": "text/plain; charset=utf-8"}[fmt],
-                    "X-Accel-Buffering": "no", **self._index_headers()})
                 await resp.prepare(request)
                 while True:
                     try:
@@ -248,6 +248,8 @@ class HttpApi:
                         continue
                     await resp.write(_frame(fmt, item))
                 await resp.write_eof()
+                return resp
+            except ConnectionError:  # the client went away: nothing more to send
                 return resp
             finally:
                 await stream.close()

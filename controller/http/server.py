@@ -105,10 +105,10 @@ class HttpServer:
     async def start(self) -> None:
         if self.tls is not None:
             self._ssl = server_tls(self.tls, verify_client=self.verify_client)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl,
-                           shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         if self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])

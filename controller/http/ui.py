@@ -572,9 +572,9 @@ class WebUi:
             return web.Response(status=429, text="too many streams open; retry later")
         stream = await self._open(request, session, rpc, msg)
         self.api.streams += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "X-Accel-Buffering": "no"})
         try:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "X-Accel-Buffering": "no"})
             await resp.prepare(request)
             while True:
                 try:
@@ -582,6 +582,8 @@ class WebUi:
                 except (StopAsyncIteration, HttpAbort):
                     break
                 await resp.write(b": keepalive\n\n" if item is None else frame(item))
+            return resp
+        except ConnectionError:  # the browser went away (or reconnects: Last-Event-ID)
             return resp
         finally:
             self.api.streams -= 1
