@@ -122,7 +122,8 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reload
         if self._runner is not None:
-            await self._runner.cleanup()
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     async def _reload_tls(self) -> None:
         """Load the renewed certificate: connections made from then on use it."""

@@ -409,7 +409,7 @@ class WebUi:
         page, pager = paginate(allocs, request)
         return self.render(request, session, "job.html", r=reply, job=reply.job, ns=ns,
                            name=name, allocs=page, pager=pager, group=group,
-                           versions=list(reversed(history.versions)),
+                           versions=list(history.versions),
                            dep=reply.latest_deployment if reply.HasField("latest_deployment")
                            else None)
 

@@ -1,0 +1,152 @@
+"""The HTTP API on a live cluster (a controller and a real agent on 127.0.0.x): a job run,
+watched and stopped over HTTP; logs that follow; events as server-sent events that resume
+after Last-Event-ID; blocking queries that wake on a change and time out without one;
+errors as statuses; the rate limit; the listener's headers; plain HTTP refused off
+loopback; the token never needed in a URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from controller.http.api import MAX_STREAMS
+from controller.server import Controller
+from orch.errors import ConfigError
+from tests.integration.live import JOB, live_cluster
+from tests.integration.synthetic import controller_config, wait_until
+
+NET = "127.0.46"
+
+
+async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
+    async with http.request(method, url, **kw) as r:
+        assert r.status == 200, f"{method} {url}: {r.status} {await r.text()}"
+        return await r.json()
+
+
+async def test_a_job_run_followed_and_stopped_over_http(tmp_path: Path) -> None:
+    async with live_cluster(tmp_path, 1, net=NET, http_addr=f"{NET}.1:0") as (ctl, _):
+        assert ctl.http is not None
+        base = ctl.http.url
+        async with aiohttp.ClientSession() as http:
+            # a job file (YAML) as the body, as orchctl job run reads it
+            text = JOB.format(name="web", count=2, memory=32)
+            plan = await _json(http, "POST", f"{base}/v1/jobs/plan", data=text,
+                               headers={"Content-Type": "application/yaml"})
+            assert [c["kind"] for c in plan["plan"]["changes"]] == ["create", "create"]
+            reg = await _json(http, "POST", f"{base}/v1/jobs", data=text)
+            assert reg["version"] == "1" and reg["changed"] is True
+            await wait_until(lambda: sum(a.healthy for a in ctl.cluster.state.allocs.values())
+                             == 2, within=20)
+            status = await _json(http, "GET", f"{base}/v1/job/web")
+            assert status["latest_deployment"]["status"] == "successful"
+            assert [g["running"] for g in status["groups"]] == [2]
+            alloc = status["allocations"][0]["id"]
+
+            # the task's log, followed: the line it printed, then the stream stays open
+            async with http.get(f"{base}/v1/allocation/{alloc[:8]}/logs?follow=true") as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("text/plain")
+                line = await asyncio.wait_for(r.content.readline(), 10)
+                assert line.startswith(b"hello from ")
+            async with http.get(f"{base}/v1/allocation/{alloc}/logs?stderr=true") as r:
+                assert (await r.read()).startswith(b"oops")
+
+            # events: one JSON object a line; and as server-sent events that resume
+            async with http.get(f"{base}/v1/events?tail=50&topics=job") as r:
+                lines = [json.loads(x) for x in (await r.text()).splitlines()]
+            assert any(e["type"] == "JobRegistered" for e in lines)
+            first = int(lines[0]["index"])
+            async with http.get(f"{base}/v1/events/stream",
+                                headers={"Last-Event-ID": str(first)}) as r:
+                assert r.headers["Content-Type"] == "text/event-stream"
+                head = await asyncio.wait_for(r.content.readline(), 10)
+                assert head == f"id: {first + 1}\n".encode()
+
+            # scale, then stop
+            scaled = await _json(http, "POST", f"{base}/v1/job/web/scale",
+                                 data=json.dumps({"group": "app", "count": 1}))
+            assert scaled["version"] == "2"
+            versions = await _json(http, "GET", f"{base}/v1/job/web/versions")
+            assert [v["version"] for v in versions["versions"]] == ["2", "1"]  # newest first
+            stopped = await _json(http, "DELETE", f"{base}/v1/job/web")
+            assert int(stopped["version"]) == 3
+            await wait_until(lambda: not any(
+                a.desired_status == 1 for a in ctl.cluster.state.allocs.values()), within=20)
+
+
+async def test_blocking_queries_wake_on_a_change_and_end_after_wait(tmp_path: Path) -> None:
+    async with live_cluster(tmp_path, 1, net=NET, http_addr=f"{NET}.1:0") as (ctl, _):
+        assert ctl.http is not None
+        base = ctl.http.url
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/v1/jobs") as r:
+                index = int(r.headers["X-Orch-Index"])
+            t0 = time.monotonic()
+            async with http.get(f"{base}/v1/jobs?index={index}&wait=0.5s") as r:
+                assert r.status == 200
+                assert int(r.headers["X-Orch-Index"]) == index
+            assert 0.5 <= time.monotonic() - t0 < 5
+
+            async def wait() -> tuple[float, Any, int]:
+                async with http.get(f"{base}/v1/jobs?index={index}&wait=60s") as r:
+                    return time.monotonic(), await r.json(), int(r.headers["X-Orch-Index"])
+            waiting = asyncio.create_task(wait())
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            t1 = time.monotonic()
+            await _json(http, "POST", f"{base}/v1/jobs", data=JOB.format(name="b", count=1,
+                                                                          memory=32))
+            woke, body, new_index = await asyncio.wait_for(waiting, 10)
+            assert woke - t1 < 5
+            assert new_index > index and [j["name"] for j in body["jobs"]] == ["b"]
+            async with http.get(f"{base}/v1/jobs?index=soon") as r:
+                assert r.status == 400 and "X-Orch-Index" in (await r.json())["message"]
+
+
+async def test_errors_limits_and_headers(tmp_path: Path) -> None:
+    async with live_cluster(tmp_path, 1, net=NET, http_addr=f"{NET}.1:0", rate_limit=2.0,
+                            rate_burst=20.0) as (ctl, _):
+        assert ctl.http is not None
+        base = ctl.http.url
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/v1/job/nope") as r:
+                assert r.status == 404
+                assert await r.json() == {"code": "NOT_FOUND", "message": "job 'nope' not found "
+                                          "in namespace 'default'"}
+                assert r.headers["Content-Security-Policy"].startswith("default-src 'none'")
+                assert r.headers["X-Content-Type-Options"] == "nosniff"
+                assert r.headers["Cache-Control"] == "no-store"
+            async with http.post(f"{base}/v1/jobs", data="name: x\ngroups: []\n") as r:
+                assert r.status == 400
+                assert "groups" in (await r.json())["message"]
+            async with http.put(f"{base}/v1/jobs") as r:
+                assert r.status == 405 and r.headers["Allow"] == "GET, POST"
+            async with http.get(f"{base}/v1/openapi.json") as r:
+                doc = await r.json()
+                assert doc["paths"]["/v1/jobs"]["post"]["operationId"] == "RegisterJob"
+            async with http.get(f"{base}/") as r:
+                assert str(r.url).endswith("/ui/login")
+            # the same rate limit as gRPC: a burst, then 429 with Retry-After
+            statuses = []
+            for _ in range(40):
+                async with http.get(f"{base}/v1/leader") as r:
+                    statuses.append(r.status)
+                    if r.status == 429:
+                        assert r.headers["Retry-After"] == "1"
+                        assert "too many requests" in (await r.json())["message"]
+            assert statuses[0] == 200 and 429 in statuses
+            assert ctl.authz.denied["rate", "GetLeader"] >= 1
+        assert MAX_STREAMS > 0
+
+
+async def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
+    ctl = Controller(controller_config(tmp_path / "ctl", http_addr="0.0.0.0:0"))
+    with pytest.raises(ConfigError, match="HTTP API and web UI on 0.0.0.0 in plain text"):
+        await ctl.start()
