@@ -124,12 +124,14 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
         assert dict(e.value.trailing_metadata() or ())["orch-leader"] == leader.rpc_address
         # and so does an HTTP client: a follower serves reads and redirects writes (307) to
         # the leader's HTTP address, which it knows from gossip
-        assert follower.http is not None and leader.http is not None
-        await wait_until(lambda: follower._http_of(leader.rpc_address) == leader.http.address,
-                         within=10)
+        assert follower.http is not None
+        assert leader.http is not None
+        where = leader.http.address
+        await wait_until(lambda: follower._http_of(leader.rpc_address) == where, within=10)
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{follower.http.url}/v1/jobs") as r:
-                assert r.status == 200 and "web" in await r.text()
+                assert r.status == 200
+                assert "web" in await r.text()
             scale = f"{follower.http.url}/v1/job/web/scale"
             body = json.dumps({"group": "app", "count": 2})
             async with http.post(scale, data=body, allow_redirects=False) as r:

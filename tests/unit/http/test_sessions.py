@@ -19,10 +19,14 @@ def _sessions(**kw: float) -> Sessions:
 def test_a_session_holds_the_token_and_the_browser_only_an_id() -> None:
     s = _sessions()
     a = s.create("secret-1", "ops", now=0.0)
-    assert "secret" not in a.id and len(a.id) >= 40 and a.csrf != a.id
+    assert "secret" not in a.id
+    assert len(a.id) >= 40
+    assert a.csrf != a.id
     assert s.get(a.id, now=1.0) is a
     assert s.get("guess", now=1.0) is None
-    assert csrf_ok(a, a.csrf) and not csrf_ok(a, "") and not csrf_ok(a, a.id)
+    assert csrf_ok(a, a.csrf)
+    assert not csrf_ok(a, "")
+    assert not csrf_ok(a, a.id)
 
 
 def test_sessions_end_when_idle_old_or_logged_out_and_stay_bounded() -> None:
@@ -35,7 +39,9 @@ def test_sessions_end_when_idle_old_or_logged_out_and_stay_bounded() -> None:
         assert s.get(b.id, now=float(now)) is b
     assert s.get(b.id, now=101.0) is None  # too old, used or not
     ids = [s.create("t", str(i), now=0.0).id for i in range(5)]
-    assert len(s) == 3 and s.get(ids[0], now=0.0) is None and s.get(ids[-1], now=0.0)
+    assert len(s) == 3
+    assert s.get(ids[0], now=0.0) is None
+    assert s.get(ids[-1], now=0.0)
     s.drop_secret("t")
     assert len(s) == 0
 
@@ -62,4 +68,6 @@ def test_round_trip_map_from_coordinates() -> None:
             vec=[x, 0.0], height=0.0))
     names, grid = rtt_map([member("a", 0.0), member("b", 0.002), controller_pb2.Member(name="c")])
     assert names == ["a", "b"]
-    assert grid[0][0] is None and grid[0][1] is not None and abs(grid[0][1] - 2.0) < 1e-9
+    assert grid[0][0] is None
+    assert grid[0][1] is not None
+    assert abs(grid[0][1] - 2.0) < 1e-9
