@@ -97,9 +97,11 @@ def test_bad_parameters_say_which_and_what_they_take() -> None:
 def test_a_job_file_body_yaml_or_json_or_the_request_message() -> None:
     r, params = match("POST", "/v1/jobs")  # type: ignore[misc]
     msg = request.build(r, params, [("enforce_version", "3")], JOB, "application/yaml")
+    assert isinstance(msg, controller_pb2.RegisterJobRequest)
     assert msg.job.name == "web"
     assert msg.enforce_version == 3
     as_request = request.build(r, params, [], b'{"job": {"name": "x"}, "enforceVersion": "2"}')
+    assert isinstance(as_request, controller_pb2.RegisterJobRequest)
     assert as_request.job.name == "x"
     assert as_request.enforce_version == 2
     with pytest.raises(JobSpecError, match="request body"):
