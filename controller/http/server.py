@@ -57,7 +57,7 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     ui = request.path.startswith("/ui")
     h = resp.headers
     h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("Referrer-Policy", "same-origin")  # "no-referrer" makes browsers send Origin: null
     h.setdefault("X-Frame-Options", "DENY")
     h.setdefault("Content-Security-Policy", UI_CSP if ui else API_CSP)
     h.setdefault("Cross-Origin-Opener-Policy", "same-origin")

@@ -82,8 +82,10 @@ class Pager:
         return f"{self.base}{sep}page={page}"
 
 
-def paginate(items: Sequence[T], request: web.Request) -> tuple[Sequence[T], Pager]:
-    """One page of ``items`` (``page``, ``per_page`` from the query) and its pager."""
+def paginate(items: Sequence[T], request: web.Request,
+             path: str = "") -> tuple[Sequence[T], Pager]:
+    """One page of ``items`` (``page``, ``per_page`` from the query) and its pager (its
+    links to ``path``, by default the request's)."""
     try:
         per = min(max(int(request.query.get("per_page", PER_PAGE)), 1), MAX_PER_PAGE)
         page = max(int(request.query.get("page", 1)), 1)
@@ -92,7 +94,7 @@ def paginate(items: Sequence[T], request: web.Request) -> tuple[Sequence[T], Pag
     pages = max(1, math.ceil(len(items) / per))
     page = min(page, pages)
     keep = [(k, v) for k, v in request.query.items() if k != "page" and v]
-    base = request.path + ("?" + urlencode(keep) if keep else "")
+    base = (path or request.path) + ("?" + urlencode(keep) if keep else "")
     return items[(page - 1) * per:page * per], Pager(page, pages, len(items), per, base)
 
 
@@ -162,7 +164,7 @@ class WebUi:
         pages: tuple[tuple[str, Any], ...] = (
                 ("/ui/", self.overview), ("/ui/nodes", self.nodes),
                 ("/ui/node/{id}", self.node), ("/ui/jobs", self.jobs), ("/ui/jobs/new", self.new_job),
-                ("/ui/job/{ns}/{name}", self.job), ("/ui/job/{ns}/{name}/deployment", self.deployment),
+                ("/ui/job/{ns}/{name}", self.job), ("/ui/job/{ns}/{name}/live", self.job_live),
                 ("/ui/allocations", self.allocations), ("/ui/allocation/{id}", self.allocation),
                 ("/ui/allocation/{id}/logs", self.logs_page),
                 ("/ui/allocation/{id}/logs/stream", self.logs_stream),
@@ -265,10 +267,6 @@ class WebUi:
         return web.Response(status=code, body=body.encode(), content_type="text/html",
                             charset="utf-8")
 
-    def fragment(self, template: str, **values: Any) -> web.Response:
-        body = self.env.get_template(template).render(**values)
-        return web.Response(body=body.encode(), content_type="text/html", charset="utf-8")
-
     # --- login --------------------------------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.Response:
@@ -318,7 +316,7 @@ class WebUi:
         jobs = (await self.call(request, session, "ListJobs",
                                 controller_pb2.ListJobsRequest())).jobs
         node_counts = Counter(NODE_STATUS.word(n.status) for n in nodes)
-        draining = sum(1 for n in nodes if n.drain)
+        draining = sum(1 for n in nodes if n.HasField("drain"))
         ineligible = sum(1 for n in nodes if not n.eligible)
         member_counts = Counter(m.status for m in members.members)
         names, grid = rtt_map(members.members)
@@ -399,27 +397,29 @@ class WebUi:
             request, session, "GetJob", controller_pb2.GetJobRequest(name=name, namespace=ns))
         return reply
 
-    async def job(self, request: web.Request, session: Session) -> web.Response:
+    async def _job_values(self, request: web.Request, session: Session) -> dict[str, Any]:
+        """What the job's page and its live part show: GetJob through the gate."""
         reply = await self._job(request, session)
         ns, name = request.match_info["ns"], request.match_info["name"]
-        history = await self.call(request, session, "JobHistory",
-                                  controller_pb2.JobHistoryRequest(name=name, namespace=ns))
         group = request.query.get("group", "")
         allocs = [a for a in reply.allocations if not group or a.group == group]
-        page, pager = paginate(allocs, request)
-        return self.render(request, session, "job.html", r=reply, job=reply.job, ns=ns,
-                           name=name, allocs=page, pager=pager, group=group,
-                           versions=list(history.versions),
-                           dep=reply.latest_deployment if reply.HasField("latest_deployment")
-                           else None)
+        page, pager = paginate(allocs, request, path=f"/ui/job/{ns}/{name}")
+        return dict(r=reply, job=reply.job, ns=ns, name=name, allocs=page, pager=pager,
+                    group=group, query=f"?{request.query_string}" if request.query_string else "",
+                    dep=reply.latest_deployment if reply.HasField("latest_deployment") else None)
 
-    async def deployment(self, request: web.Request, session: Session) -> web.Response:
-        """The deployment's progress, as a fragment htmx polls while it runs."""
-        reply = await self._job(request, session)
-        return self.fragment("_deployment.html", ns=request.match_info["ns"],
-                             name=request.match_info["name"],
-                             dep=reply.latest_deployment if reply.HasField("latest_deployment")
-                             else None)
+    async def job(self, request: web.Request, session: Session) -> web.Response:
+        values = await self._job_values(request, session)
+        history = await self.call(request, session, "JobHistory", controller_pb2.JobHistoryRequest(
+            name=values["name"], namespace=values["ns"]))
+        return self.render(request, session, "job.html", versions=list(history.versions),
+                           **values)
+
+    async def job_live(self, request: web.Request, session: Session) -> web.Response:
+        """The job's groups, deployment and allocations: a fragment htmx polls while a
+        deployment runs (it stops asking once the deployment is over)."""
+        return self.render(request, session, "_job_live.html",
+                           **await self._job_values(request, session))
 
     async def do_job(self, request: web.Request, session: Session,
                      form: dict[str, str]) -> web.StreamResponse:

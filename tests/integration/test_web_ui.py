@@ -1,0 +1,227 @@
+"""The web UI in a real browser: Debian's chromium, headless, driven by selenium through
+Debian's chromium-driver (nothing downloaded), against a secure cluster this test starts (a
+bootstrapped controller serving HTTPS, two agents joined with a token).
+
+An operator logs in with the management token, plans then runs a job from the UI, watches
+its deployment reach successful (htmx refreshing it), opens an allocation and sees a line
+its task printed (server-sent events), drains a node and sees its allocations move; then,
+logged in with a read-only token, is refused an action with the gate's own sentence. Each
+page is saved as a screenshot under ``build/test-artifacts/ui`` (``ORCH_ARTIFACTS``
+overrides the folder); docs/images holds the key ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from agent.server import Agent
+from controller.server import Controller
+from tests.components import require
+from tests.integration.synthetic import wait_until
+from tests.integration.test_trust import NET, agent_config, bootstrapped
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("ORCH_ARTIFACTS") or
+                 Path(__file__).resolve().parents[2] / "build" / "test-artifacts") / "ui"
+WAIT = 30.0
+
+JOB = """name: hello
+update: {min_healthy_time: 0s, healthy_deadline: 30s}
+groups:
+  - name: web
+    count: 2
+    tasks:
+      - name: server
+        driver: process
+        command: /bin/sh
+        args: ["-c", "echo hello from the web UI, task $ORCH_ALLOC_INDEX; exec sleep 600"]
+        resources: {cpu_millicores: 50, memory_mb: 32}
+"""
+
+
+def spki_pin(cert_pem: bytes) -> str:
+    """What chromium's --ignore-certificate-errors-spki-list takes: base64(SHA-256(SPKI))."""
+    key = x509.load_pem_x509_certificate(cert_pem).public_key()
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@contextmanager
+def browser(pin: str) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="orch-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1280,1400",
+                 f"--ignore-certificate-errors-spki-list={pin}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _secret(text: str) -> str:
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith("Secret"))
+
+
+async def test_an_operator_drives_the_cluster_from_a_browser(tmp_path: Path) -> None:
+    require("chromium", os.path.exists(CHROMIUM) and os.path.exists(DRIVER),
+            "apt-get install chromium chromium-driver (./run test installs them)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium never fetches a driver or a browser
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with bootstrapped(tmp_path, http_addr=f"{NET}.1:0") as (ctl, cli):
+        token = (await cli("cluster", "join-token", "agent", "-q")).strip()
+        agents = [Agent(agent_config(tmp_path, ctl, token, i)) for i in (1, 2)]
+        for a in agents:
+            await a.start()
+        try:
+            await wait_until(lambda: all(ctl.cluster.connected(a.node_id) for a in agents),
+                             within=20)
+            management = (tmp_path / "ctl/pki/operator/management.token").read_text().strip()
+            viewer = _secret(await cli("acl", "token", "create", "--name", "viewer",
+                                       "--policy", "read"))
+            assert ctl.http is not None
+            pin = spki_pin((tmp_path / "ctl/pki/cert.pem").read_bytes())
+            await asyncio.to_thread(_scenario, ctl, ctl.http.url, pin, management, viewer)
+        finally:
+            for a in agents:
+                await a.stop(stop_tasks=True)
+
+
+def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str) -> None:
+    """The browser's part, in a thread of its own (the cluster runs on the test's loop)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with browser(pin) as d:
+        driver = d  # type: ignore[assignment]
+        wait = WebDriverWait(driver, WAIT, poll_frequency=0.2)
+
+        def shot(name: str) -> None:
+            driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))  # type: ignore[attr-defined]
+
+        def text(css: str) -> str:
+            return str(driver.find_element(By.CSS_SELECTOR, css).text)  # type: ignore[attr-defined]
+
+        def until(check: Callable[[], bool], what: str) -> None:
+            try:
+                wait.until(lambda _: check(), message=what)
+            except Exception:
+                shot("failed")
+                (ARTIFACTS / "failed.html").write_text(driver.page_source)  # type: ignore[attr-defined]
+                raise
+
+        def click(css: str) -> None:
+            """Click the first match, again if htmx replaced it meanwhile."""
+            def once() -> bool:
+                try:
+                    driver.find_element(By.CSS_SELECTOR, css).click()  # type: ignore[attr-defined]
+                except StaleElementReferenceException:
+                    return False
+                return True
+            until(once, f"clicking {css}")
+
+        def login(secret: str) -> None:
+            driver.get(f"{base}/ui/")  # type: ignore[attr-defined]
+            until(lambda: "/ui/login" in driver.current_url, "sent to the login page")  # type: ignore[attr-defined]
+            driver.find_element(By.ID, "token").send_keys(secret)  # type: ignore[attr-defined]
+            shot("01-login")
+            driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+            until(lambda: driver.current_url.endswith("/ui/"), "the overview after login")  # type: ignore[attr-defined]
+
+        # log in: the token never shows in a URL, and scripts cannot read the session cookie
+        login(management)
+        assert management not in driver.current_url  # type: ignore[attr-defined]
+        assert driver.execute_script("return document.cookie") == ""  # type: ignore[attr-defined]
+        cookie = driver.get_cookie("orch_session")  # type: ignore[attr-defined]
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+        assert text("#token-name") == "bootstrap"
+        until(lambda: "agent-1" in text("main") and "agent-2" in text("main"),
+              "both nodes on the overview")
+        assert text("#leader") == ctl.cfg.name
+        shot("02-overview")
+
+        # plan, then run, a job from the UI
+        driver.find_element(By.LINK_TEXT, "Run a job").click()  # type: ignore[attr-defined]
+        area = driver.find_element(By.ID, "jobfile")  # type: ignore[attr-defined]
+        driver.execute_script("arguments[0].value = arguments[1]", area, JOB)  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "plan").click()  # type: ignore[attr-defined]
+        until(lambda: "create" in text("#plan-result"), "the plan")
+        shot("03-plan")
+        driver.find_element(By.ID, "run").click()  # type: ignore[attr-defined]
+        until(lambda: "/ui/job/default/hello" in driver.current_url, "the job's page")  # type: ignore[attr-defined]
+        # the deployment's progress refreshes itself (htmx) until it succeeds: no reload
+        until(lambda: text("#deployment-status") == "successful", "the deployment succeeding")
+        shot("04-job")
+
+        # an allocation: its events, and the line its task printed (server-sent events)
+        click("#job-allocations td a")
+        until(lambda: "hello from the web UI" in text("#logs"), "the task's log line")
+        shot("05-allocation")
+
+        # drain the node of that allocation: its allocations move to the other node
+        node_link = driver.find_element(By.CSS_SELECTOR, "dl.facts a[href^='/ui/node/']")  # type: ignore[attr-defined]
+        node_link.click()
+        node_url = driver.current_url  # type: ignore[attr-defined]
+        node_id = node_url.rsplit("/", 1)[1]
+        driver.find_element(By.XPATH, "//button[normalize-space()='Drain']").click()  # type: ignore[attr-defined]
+        until(lambda: "draining" in text("main .flash.ok"), "the drain accepted")
+
+        def moved() -> bool:
+            driver.get(node_url)  # type: ignore[attr-defined]
+            rows = driver.find_elements(By.CSS_SELECTOR, "#node-allocations tbody tr")  # type: ignore[attr-defined]
+            return all(" run " not in f" {r.text} " for r in rows)
+        until(moved, "the drained node's allocations stopped")
+        shot("06-node-drained")
+        driver.get(f"{base}/ui/job/default/hello")  # type: ignore[attr-defined]
+        until(lambda: text("#job-allocations").count("running") >= 2
+              and node_id[:8] not in " ".join(
+                  r.text for r in driver.find_elements(By.CSS_SELECTOR, "#job-allocations tbody tr")  # type: ignore[attr-defined]
+                  if "running" in r.text), "the job's allocations running on the other node")
+        shot("07-job-after-drain")
+        for page, name in (("/ui/", "08-overview-after-drain"),("/ui/services", "09-services"), ("/ui/events", "10-events"),
+                           ("/ui/nodes", "11-nodes"), ("/ui/allocations", "11-allocations")):
+            driver.get(base + page)  # type: ignore[attr-defined]
+            until(lambda: len(text("main")) > 0, page)
+            shot(name)
+
+        # log out, log in read-only: an action is refused with the gate's sentence
+        driver.find_element(By.XPATH, "//button[normalize-space()='log out']").click()  # type: ignore[attr-defined]
+        until(lambda: "/ui/login" in driver.current_url, "logged out")  # type: ignore[attr-defined]
+        login(viewer)
+        assert text("#token-name") == "viewer"
+        driver.get(node_url)  # type: ignore[attr-defined]
+        before = ctl.cluster.state.nodes[node_id].eligible
+        button = driver.find_element(By.XPATH, "//button[contains(., 'ineligible') or contains(., 'eligible')]")  # type: ignore[attr-defined]
+        assert "denied" in (button.get_attribute("class") or "")
+        button.click()
+        until(lambda: "refused" in text("main .flash.error"), "the refusal")
+        message = text("main .flash.error")
+        assert "token 'viewer' (policies: read) may not call SetNodeEligibility" in message
+        assert ctl.cluster.state.nodes[node_id].eligible == before
+        shot("12-refused")
