@@ -181,10 +181,40 @@ def render() -> str:
     return json.dumps(document(), indent=1, sort_keys=False) + "\n"
 
 
+ORCHCTL = {
+    "ListJobs": "job status", "RegisterJob": "job run", "PlanJob": "job plan",
+    "GetJob": "job status NAME", "StopJob": "job stop", "JobHistory": "job history",
+    "RevertJob": "job revert", "ScaleJob": "job scale", "PromoteDeployment": "job promote",
+    "ListAllocations": "job status NAME", "GetAllocation": "alloc status",
+    "RestartAllocation": "alloc restart", "StopAllocation": "alloc stop",
+    "AllocationLogs": "alloc logs [-f]", "ListNodes": "node list", "GetNode": "node status",
+    "DrainNode": "node drain", "SetNodeEligibility": "node eligibility", "RemoveNode": "node rm",
+    "ListMembers": "members", "ListServices": "service list", "GetLeader": "leader",
+    "Watch": "events [-f]", "BootstrapAcl": "acl bootstrap", "CreateToken": "acl token create",
+    "ListTokens": "acl token list", "SelfToken": "acl token self",
+    "RevokeToken": "acl token revoke", "Keyring": "keyring", "FireEvent": "event fire",
+    "GetJoinToken": "cluster join-token",
+}
+"""The orchctl command that calls each RPC (docs/http-api.md's table)."""
+
+
+def routes_markdown() -> str:
+    """The route table of docs/http-api.md (a unit test keeps the page current)."""
+    lines = ["| Method | Path | RPC | orchctl | What |", "|---|---|---|---|---|"]
+    for r in ROUTES:
+        lines.append(f"| {r.method} | `{r.path}` | {r.rpc} | `{ORCHCTL.get(r.rpc, '')}` | "
+                     f"{r.summary} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m controller.http.openapi")
     ap.add_argument("--check", action="store_true", help="fail when the file is stale")
+    ap.add_argument("--routes", action="store_true", help="print docs/http-api.md's route table")
     opts = ap.parse_args(argv)
+    if opts.routes:
+        print(routes_markdown())
+        return 0
     text = render()
     if opts.check:
         if not DOCUMENT.exists() or DOCUMENT.read_text() != text:

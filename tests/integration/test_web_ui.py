@@ -25,6 +25,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from agent.server import Agent
 from controller.server import Controller
@@ -62,10 +68,7 @@ def spki_pin(cert_pem: bytes) -> str:
 
 
 @contextmanager
-def browser(pin: str) -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+def browser(pin: str) -> Iterator[WebDriver]:
     profile = tempfile.mkdtemp(prefix="orch-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
@@ -89,7 +92,7 @@ def _secret(text: str) -> str:
 
 
 async def test_an_operator_drives_the_cluster_from_a_browser(tmp_path: Path) -> None:
-    require("chromium", os.path.exists(CHROMIUM) and os.path.exists(DRIVER),
+    require("chromium", shutil.which(CHROMIUM) is not None and shutil.which(DRIVER) is not None,
             "apt-get install chromium chromium-driver (./run test installs them)")
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium never fetches a driver or a browser
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -114,52 +117,50 @@ async def test_an_operator_drives_the_cluster_from_a_browser(tmp_path: Path) -> 
 
 def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str) -> None:
     """The browser's part, in a thread of its own (the cluster runs on the test's loop)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    with browser(pin) as d:
-        driver = d  # type: ignore[assignment]
+    with browser(pin) as driver:
         wait = WebDriverWait(driver, WAIT, poll_frequency=0.2)
 
         def shot(name: str) -> None:
-            driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))  # type: ignore[attr-defined]
+            driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
         def text(css: str) -> str:
-            return str(driver.find_element(By.CSS_SELECTOR, css).text)  # type: ignore[attr-defined]
+            return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
         def until(check: Callable[[], bool], what: str) -> None:
             try:
                 wait.until(lambda _: check(), message=what)
             except Exception:
                 shot("failed")
-                (ARTIFACTS / "failed.html").write_text(driver.page_source)  # type: ignore[attr-defined]
+                (ARTIFACTS / "failed.html").write_text(driver.page_source)
                 raise
 
         def click(css: str) -> None:
             """Click the first match, again if htmx replaced it meanwhile."""
             def once() -> bool:
                 try:
-                    driver.find_element(By.CSS_SELECTOR, css).click()  # type: ignore[attr-defined]
+                    driver.find_element(By.CSS_SELECTOR, css).click()
                 except StaleElementReferenceException:
                     return False
                 return True
             until(once, f"clicking {css}")
 
         def login(secret: str) -> None:
-            driver.get(f"{base}/ui/")  # type: ignore[attr-defined]
-            until(lambda: "/ui/login" in driver.current_url, "sent to the login page")  # type: ignore[attr-defined]
-            driver.find_element(By.ID, "token").send_keys(secret)  # type: ignore[attr-defined]
+            driver.get(f"{base}/ui/")
+            until(lambda: "/ui/login" in driver.current_url, "sent to the login page")
+            driver.find_element(By.ID, "token").send_keys(secret)
             shot("01-login")
-            driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
-            until(lambda: driver.current_url.endswith("/ui/"), "the overview after login")  # type: ignore[attr-defined]
+            driver.find_element(By.ID, "login").click()
+            until(lambda: driver.current_url.endswith("/ui/"), "the overview after login")
 
         # log in: the token never shows in a URL, and scripts cannot read the session cookie
         login(management)
-        assert management not in driver.current_url  # type: ignore[attr-defined]
-        assert driver.execute_script("return document.cookie") == ""  # type: ignore[attr-defined]
-        cookie = driver.get_cookie("orch_session")  # type: ignore[attr-defined]
-        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+        assert management not in driver.current_url
+        assert driver.execute_script("return document.cookie") == ""
+        cookie = driver.get_cookie("orch_session")
+        assert cookie is not None
+        assert cookie["httpOnly"]
+        assert cookie["secure"]
+        assert cookie["sameSite"] == "Strict"
         assert text("#token-name") == "bootstrap"
         until(lambda: "agent-1" in text("main") and "agent-2" in text("main"),
               "both nodes on the overview")
@@ -167,14 +168,14 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
         shot("02-overview")
 
         # plan, then run, a job from the UI
-        driver.find_element(By.LINK_TEXT, "Run a job").click()  # type: ignore[attr-defined]
-        area = driver.find_element(By.ID, "jobfile")  # type: ignore[attr-defined]
-        driver.execute_script("arguments[0].value = arguments[1]", area, JOB)  # type: ignore[attr-defined]
-        driver.find_element(By.ID, "plan").click()  # type: ignore[attr-defined]
+        driver.find_element(By.LINK_TEXT, "Run a job").click()
+        area = driver.find_element(By.ID, "jobfile")
+        driver.execute_script("arguments[0].value = arguments[1]", area, JOB)
+        driver.find_element(By.ID, "plan").click()
         until(lambda: "create" in text("#plan-result"), "the plan")
         shot("03-plan")
-        driver.find_element(By.ID, "run").click()  # type: ignore[attr-defined]
-        until(lambda: "/ui/job/default/hello" in driver.current_url, "the job's page")  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "run").click()
+        until(lambda: "/ui/job/default/hello" in driver.current_url, "the job's page")
         # the deployment's progress refreshes itself (htmx) until it succeeds: no reload
         until(lambda: text("#deployment-status") == "successful", "the deployment succeeding")
         shot("04-job")
@@ -185,43 +186,44 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
         shot("05-allocation")
 
         # drain the node of that allocation: its allocations move to the other node
-        node_link = driver.find_element(By.CSS_SELECTOR, "dl.facts a[href^='/ui/node/']")  # type: ignore[attr-defined]
+        node_link = driver.find_element(By.CSS_SELECTOR, "dl.facts a[href^='/ui/node/']")
         node_link.click()
-        node_url = driver.current_url  # type: ignore[attr-defined]
+        node_url = driver.current_url
         node_id = node_url.rsplit("/", 1)[1]
-        driver.find_element(By.XPATH, "//button[normalize-space()='Drain']").click()  # type: ignore[attr-defined]
+        driver.find_element(By.XPATH, "//button[normalize-space()='Drain']").click()
         until(lambda: "draining" in text("main .flash.ok"), "the drain accepted")
 
         def moved() -> bool:
-            driver.get(node_url)  # type: ignore[attr-defined]
-            rows = driver.find_elements(By.CSS_SELECTOR, "#node-allocations tbody tr")  # type: ignore[attr-defined]
+            driver.get(node_url)
+            rows = driver.find_elements(By.CSS_SELECTOR, "#node-allocations tbody tr")
             return all(" run " not in f" {r.text} " for r in rows)
         until(moved, "the drained node's allocations stopped")
         shot("06-node-drained")
-        driver.get(f"{base}/ui/job/default/hello")  # type: ignore[attr-defined]
+        driver.get(f"{base}/ui/job/default/hello")
         until(lambda: text("#job-allocations").count("running") >= 2
               and node_id[:8] not in " ".join(
-                  r.text for r in driver.find_elements(By.CSS_SELECTOR, "#job-allocations tbody tr")  # type: ignore[attr-defined]
+                  r.text for r in driver.find_elements(By.CSS_SELECTOR, "#job-allocations tbody tr")
                   if "running" in r.text), "the job's allocations running on the other node")
         shot("07-job-after-drain")
-        for page, name in (("/ui/", "08-overview-after-drain"),("/ui/services", "09-services"), ("/ui/events", "10-events"),
-                           ("/ui/nodes", "11-nodes"), ("/ui/allocations", "11-allocations")):
-            driver.get(base + page)  # type: ignore[attr-defined]
+        for page, name in (("/ui/", "08-overview-after-drain"), ("/ui/services", "09-services"),
+                           ("/ui/events", "10-events"), ("/ui/nodes", "11-nodes"),
+                           ("/ui/allocations", "12-allocations")):
+            driver.get(base + page)
             until(lambda: len(text("main")) > 0, page)
             shot(name)
 
         # log out, log in read-only: an action is refused with the gate's sentence
-        driver.find_element(By.XPATH, "//button[normalize-space()='log out']").click()  # type: ignore[attr-defined]
-        until(lambda: "/ui/login" in driver.current_url, "logged out")  # type: ignore[attr-defined]
+        driver.find_element(By.XPATH, "//button[normalize-space()='log out']").click()
+        until(lambda: "/ui/login" in driver.current_url, "logged out")
         login(viewer)
         assert text("#token-name") == "viewer"
-        driver.get(node_url)  # type: ignore[attr-defined]
+        driver.get(node_url)
         before = ctl.cluster.state.nodes[node_id].eligible
-        button = driver.find_element(By.XPATH, "//button[contains(., 'ineligible') or contains(., 'eligible')]")  # type: ignore[attr-defined]
+        button = driver.find_element(By.XPATH, "//button[contains(., 'eligible')]")
         assert "denied" in (button.get_attribute("class") or "")
         button.click()
         until(lambda: "refused" in text("main .flash.error"), "the refusal")
         message = text("main .flash.error")
         assert "token 'viewer' (policies: read) may not call SetNodeEligibility" in message
         assert ctl.cluster.state.nodes[node_id].eligible == before
-        shot("12-refused")
+        shot("13-refused")

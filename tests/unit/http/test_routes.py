@@ -4,6 +4,7 @@ descriptors with clear errors, the OpenAPI document is current, statuses map eve
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import grpc
 import pytest
@@ -130,3 +131,11 @@ def test_the_openapi_document_is_current_and_names_every_route() -> None:
         assert r.method.lower() in doc["paths"][r.path]
     assert {o["operationId"] for p in doc["paths"].values() for o in p.values()} >= \
         {m.name for m in SERVICE.methods}
+
+
+def test_the_documented_route_table_is_the_generated_one() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "http-api.md").read_text()
+    start = doc.index("<!-- routes-table")
+    body = doc[doc.index("\n", start) + 1:doc.index("<!-- /routes-table -->")].strip()
+    assert body == openapi.routes_markdown(), \
+        "docs/http-api.md is stale: python -m controller.http.openapi --routes"
