@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from controller.cluster import Cluster
 from controller.http import request as requests
 from controller.http.context import HttpAbort, HttpContext, certificate_pem, peer_of
-from controller.http.routes import Route, allowed_methods, match
+from controller.http.routes import Route, allowed_methods, listed_field, match
 from controller.leadership import LeaderStatus
 from orch.errors import OrchError, RequestError
 from orch.jobspec.durations import parse_duration
@@ -53,7 +53,13 @@ MAX_STREAMS = 256
 KEEPALIVE = 15.0
 """Seconds of silence after which a server-sent event stream sends a comment, so that
 proxies and browsers keep it open."""
+MAX_PER_PAGE = 10_000
+"""The most items a page of a list may ask for."""
+OFF_LOOP = 256 * 1024
+"""Replies larger than this (protobuf bytes) are encoded as JSON on a thread, so that one
+big list (10,000 allocations take seconds) does not stall the controller's event loop."""
 TOKEN_HEADER = "X-Orch-Token"
+NEXT_HEADER = "X-Orch-Next-Token"
 INDEX_HEADER = "X-Orch-Index"
 
 
@@ -145,8 +151,19 @@ class HttpApi:
         if reply is None:
             return self._error(429, "RESOURCE_EXHAUSTED", f"more than {MAX_BLOCKING} blocking "
                                "queries wait already; retry later", retry="1")
-        return web.Response(body=dumps(to_json(reply)), content_type="application/json",
-                            headers=self._index_headers())
+        headers = self._index_headers()
+        try:
+            nxt = page(route.rpc, reply, request.query.get("per_page"),
+                       request.query.get("next_token"))
+        except RequestError as e:
+            return self._error(400, "INVALID_ARGUMENT", str(e))
+        if nxt:
+            headers[NEXT_HEADER] = nxt
+        if reply.ByteSize() > OFF_LOOP:  # a big reply is encoded beside the event loop
+            body = await asyncio.to_thread(lambda: dumps(to_json(reply)))
+        else:
+            body = dumps(to_json(reply))
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > requests.MAX_BODY:
@@ -329,6 +346,31 @@ class Stream:
             await self._next
         with contextlib.suppress(Exception):
             await self._items.aclose()  # type: ignore[attr-defined]
+
+
+def page(rpc: str, reply: Message, per_page: str | None, token: str | None) -> str:
+    """Cut a list reply to one page (``per_page`` items from ``next_token`` on, as Nomad's
+    paging); the next page's token ("" on the last page, or when no paging was asked)."""
+    name = listed_field(rpc)
+    if per_page is None and token is None:
+        return ""
+    if not name:
+        raise RequestError("this call's reply is not a list: per_page and next_token do not "
+                           "apply")
+    try:
+        n = int(per_page) if per_page is not None else MAX_PER_PAGE
+        start = int(token or 0)
+    except ValueError:
+        raise RequestError("per_page and next_token are whole numbers (next_token from "
+                           f"{NEXT_HEADER})") from None
+    if not 0 < n <= MAX_PER_PAGE or start < 0:
+        raise RequestError(f"per_page is 1..{MAX_PER_PAGE:,} and next_token >= 0")
+    items = getattr(reply, name)
+    total = len(items)
+    kept = list(items[start:start + n])
+    del items[:]
+    items.extend(kept)
+    return str(start + n) if start + n < total else ""
 
 
 def _frame(fmt: str, item: Message) -> bytes:

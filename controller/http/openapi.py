@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from controller.http.routes import ROUTES, SERVICE, Route
+from controller.http.routes import ROUTES, SERVICE, Route, listed_field
 
 DOCUMENT = Path(__file__).with_name("openapi.json")
 _INT64 = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
@@ -100,6 +100,13 @@ def _operation(route: Route, schemas: dict[str, Any], seen: dict[str, int]) -> d
                    {"name": "wait", "in": "query", "required": False,
                     "description": "how long a blocking query waits at most (30s, 5m; at most "
                                    "10m; default 5m)", "schema": {"type": "string"}}]
+    if route.method == "GET" and listed_field(route.rpc):
+        params += [{"name": "per_page", "in": "query", "required": False,
+                    "description": f"a page of at most this many {listed_field(route.rpc)}",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                   {"name": "next_token", "in": "query", "required": False,
+                    "description": "where the page starts: X-Orch-Next-Token of the page before",
+                    "schema": {"type": "string"}}]
     out = _message(m.output_type, schemas)
     ref = {"$ref": f"#/components/schemas/{out}"}
     if m.server_streaming:

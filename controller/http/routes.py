@@ -115,8 +115,18 @@ ROUTES: tuple[Route, ...] = (
 )
 """Every route of ``/v1``; a test fails when an RPC of ControllerService has none."""
 
-RESERVED = frozenset(("index", "wait", "format"))
-"""Query parameters that are not request fields: blocking queries and the stream format."""
+RESERVED = frozenset(("index", "wait", "format", "per_page", "next_token"))
+"""Query parameters that are not request fields: blocking queries, the stream format, and
+paging through a list."""
+
+
+def listed_field(rpc: str) -> str:
+    """The list a reply holds (``nodes`` of ListNodesResponse), when it holds exactly one list
+    of messages: such replies can be read a page at a time."""
+    out = SERVICE.methods_by_name[rpc].output_type
+    lists = [f for f in out.fields if f.is_repeated and f.message_type is not None
+             and not f.message_type.GetOptions().map_entry]
+    return lists[0].name if len(lists) == 1 else ""
 
 
 def primary(rpc: str) -> Route:

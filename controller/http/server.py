@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -50,12 +51,17 @@ def server_tls(tls: TlsConfig, *, verify_client: bool) -> ssl.SSLContext:
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Security headers on every response, and the time the controller spent on it
+    (``Server-Timing: app;dur=<ms>``, as browsers' developer tools show it)."""
+    t0 = time.perf_counter()
     try:
         resp = await handler(request)
     except web.HTTPException as e:
         resp = e
     ui = request.path.startswith("/ui")
     h = resp.headers
+    if not resp.prepared:  # a stream has sent its headers already
+        h["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"
     h.setdefault("X-Content-Type-Options", "nosniff")
     h.setdefault("Referrer-Policy", "same-origin")  # "no-referrer" makes browsers send Origin: null
     h.setdefault("X-Frame-Options", "DENY")

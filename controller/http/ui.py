@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 from controller.acl import Acl
 from controller.api.authz import Authorizer, action_of
 from controller.cluster import Cluster
-from controller.http.api import HttpApi, Stream, context_of
+from controller.http.api import MAX_STREAMS, HttpApi, Stream, context_of
 from controller.http.context import HttpAbort
 from controller.http.sessions import COOKIE, Session, Sessions, csrf_ok
 from controller.usage import UsageTable
@@ -48,6 +48,9 @@ HERE = Path(__file__).parent
 PER_PAGE = 50
 """Rows a list shows at once (``per_page`` asks for up to ``MAX_PER_PAGE``)."""
 MAX_PER_PAGE = 500
+SERVICES_PER_PAGE = 20
+ENDPOINTS_SHOWN = 10
+"""Endpoints the list of services shows for each (one service's page shows them all, paged)."""
 OVERVIEW_ROWS = 15
 """Nodes and members the overview lists (the rest are a link away)."""
 RTT_MEMBERS = 12
@@ -82,15 +85,15 @@ class Pager:
         return f"{self.base}{sep}page={page}"
 
 
-def paginate(items: Sequence[T], request: web.Request,
-             path: str = "") -> tuple[Sequence[T], Pager]:
+def paginate(items: Sequence[T], request: web.Request, path: str = "",
+             per_page: int = PER_PAGE) -> tuple[Sequence[T], Pager]:
     """One page of ``items`` (``page``, ``per_page`` from the query) and its pager (its
     links to ``path``, by default the request's)."""
     try:
-        per = min(max(int(request.query.get("per_page", PER_PAGE)), 1), MAX_PER_PAGE)
+        per = min(max(int(request.query.get("per_page", per_page)), 1), MAX_PER_PAGE)
         page = max(int(request.query.get("page", 1)), 1)
     except ValueError:
-        per, page = PER_PAGE, 1
+        per, page = per_page, 1
     pages = max(1, math.ceil(len(items) / per))
     page = min(page, pages)
     keep = [(k, v) for k, v in request.query.items() if k != "page" and v]
@@ -369,15 +372,23 @@ class WebUi:
         raise web.HTTPSeeOther(f"/ui/node/{node_id}")
 
     async def services(self, request: web.Request, session: Session) -> web.Response:
+        """Every service, 20 a page, each with its first endpoints; one service (``name``)
+        with all its endpoints, a page at a time."""
+        name = request.query.get("name", "")
         services = list((await self.call(request, session, "ListServices",
-                                         controller_pb2.ListServicesRequest(
-                                             name=request.query.get("name", "")))).services)
-        page, pager = paginate(services, request)
+                                         controller_pb2.ListServicesRequest(name=name))).services)
         now = time.time()
+        if name and len(services) == 1:
+            endpoints, pager = paginate(list(services[0].endpoints), request)
+            shown = {0: endpoints}
+            page: Sequence[controller_pb2.ServiceEntry] = services
+        else:
+            page, pager = paginate(services, request, per_page=SERVICES_PER_PAGE)
+            shown = {i: list(s.endpoints[:ENDPOINTS_SHOWN]) for i, s in enumerate(page)}
         figures = {e.alloc_id: self.usage.figures(e.alloc_id, now)
-                   for s in page for e in s.endpoints}
-        return self.render(request, session, "services.html", services=page, pager=pager,
-                           figures=figures, name=request.query.get("name", ""))
+                   for eps in shown.values() for e in eps}
+        return self.render(request, session, "services.html", services=page, shown=shown,
+                           pager=pager, figures=figures, name=name)
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -568,7 +579,7 @@ class WebUi:
 
     async def _sse(self, request: web.Request, session: Session, rpc: str, msg: Message,
                    frame: Callable[[Any], bytes]) -> web.StreamResponse:
-        if self.api.streams >= 256:
+        if self.api.streams >= MAX_STREAMS:
             return web.Response(status=429, text="too many streams open; retry later")
         stream = await self._open(request, session, rpc, msg)
         self.api.streams += 1

@@ -50,6 +50,18 @@ async def test_a_job_run_followed_and_stopped_over_http(tmp_path: Path) -> None:
             assert [g["running"] for g in status["groups"]] == [2]
             alloc = status["allocations"][0]["id"]
 
+            # a list a page at a time
+            async with http.get(f"{base}/v1/allocations?per_page=1") as r:
+                first_page = (await r.json())["allocations"]
+                token = r.headers["X-Orch-Next-Token"]
+            async with http.get(f"{base}/v1/allocations?per_page=1&next_token={token}") as r:
+                second_page = (await r.json())["allocations"]
+                assert "X-Orch-Next-Token" not in r.headers
+            assert len(first_page) == len(second_page) == 1
+            assert first_page[0]["id"] != second_page[0]["id"]
+            async with http.get(f"{base}/v1/job/web?per_page=1") as r:  # two lists: no paging
+                assert r.status == 400
+
             # the task's log, followed: the line it printed, then the stream stays open
             async with http.get(f"{base}/v1/allocation/{alloc[:8]}/logs?follow=true") as r:
                 assert r.status == 200
