@@ -167,3 +167,65 @@ async def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
     ctl = Controller(controller_config(tmp_path / "ctl", http_addr="0.0.0.0:0"))
     with pytest.raises(ConfigError, match=r"HTTP API and web UI on 0\.0\.0\.0 in plain text"):
         await ctl.start()
+
+
+async def test_the_ui_reads_without_javascript_and_refuses_forged_forms(tmp_path: Path) -> None:
+    """Pages are server-rendered HTML (links, tables, forms): a client without JavaScript
+    reads them; an action needs the session's CSRF token and the page's own origin."""
+    async with live_cluster(tmp_path, 1, net=NET, http_addr=f"{NET}.1:0") as (ctl, agents):
+        assert ctl.http is not None
+        base = ctl.http.url
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            async with http.get(f"{base}/ui/nodes") as r:  # no session: to the login page
+                assert str(r.url).endswith("/ui/login")
+                assert r.headers["Content-Security-Policy"].startswith("default-src 'none'; "
+                                                                       "script-src 'self';")
+                assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
+            async with http.post(f"{base}/ui/login", data={"token": ""},
+                                 allow_redirects=False) as r:
+                assert r.status == 303
+                cookie = r.headers["Set-Cookie"]
+                assert "HttpOnly" in cookie
+                assert "SameSite=Strict" in cookie
+                assert "Path=/ui" in cookie
+            await _json(http, "POST", f"{base}/v1/jobs", data=JOB.format(name="web", count=1,
+                                                                          memory=32))
+            await wait_until(lambda: any(a.client_status == 2 for a in
+                                         ctl.cluster.state.allocs.values()), within=20)
+            node = agents[0].node_id
+            pages = {"/ui/": ["agent-1", "Controllers", "Gossip members"],
+                     "/ui/nodes": ["agent-1"], f"/ui/node/{node}": ["Drain", "web.app[0]"],
+                     "/ui/jobs": ['href="/ui/job/default/web"'],
+                     "/ui/job/default/web": ["web.app[0]", "Versions", "Stop the job"],
+                     "/ui/allocations": ["web.app[0]"], "/ui/events": ["JobRegistered"],
+                     "/ui/services": ["No services"], "/ui/jobs/new": ["Plan", "Run"]}
+            for path, wanted in pages.items():
+                async with http.get(base + path) as r:
+                    text = await r.text()
+                    assert r.status == 200, (path, text)
+                    for w in wanted:
+                        assert w in text, (path, w)
+                    assert "<script>" not in text  # nothing inline
+            alloc = next(iter(ctl.cluster.state.allocs))
+            async with http.get(f"{base}/ui/allocation/{alloc}/logs?task=server") as r:
+                assert (await r.text()).startswith("hello from")
+            # forged: no CSRF token, or another site's page
+            index = ctl.cluster.state.index
+            async with http.post(f"{base}/ui/node/{node}/drain", data={"enable": "true"}) as r:
+                assert r.status == 403
+                assert "CSRF" in await r.text()
+            async with http.get(f"{base}/ui/node/{node}") as r:
+                csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+            async with http.post(f"{base}/ui/node/{node}/drain",
+                                 data={"enable": "true", "csrf": csrf},
+                                 headers={"Origin": "https://evil.example"}) as r:
+                assert r.status == 403
+            assert ctl.cluster.state.index == index
+            assert not ctl.cluster.state.nodes[node].HasField("drain")
+            # the real form works
+            async with http.post(f"{base}/ui/node/{node}/eligibility",
+                                 data={"eligible": "false", "csrf": csrf}) as r:
+                assert r.status == 200
+                assert "ineligible" in await r.text()
+            assert not ctl.cluster.state.nodes[node].eligible
