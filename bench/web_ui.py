@@ -40,7 +40,8 @@ HOST = "127.0.81.1"
 JOBS = 200
 PAGES = ("/ui/", "/ui/nodes", "/ui/nodes?page=50", "/ui/jobs", "/ui/allocations",
          "/ui/allocations?page=100", "/ui/job/default/job-007", "/ui/services",
-         "/v1/nodes", "/v1/jobs", "/v1/job/job-007", "/v1/allocations")
+         "/v1/nodes?per_page=100", "/v1/allocations?per_page=100", "/v1/jobs", "/v1/job/job-007",
+         "/v1/nodes", "/v1/allocations")
 
 
 def node(i: int) -> node_pb2.Node:
