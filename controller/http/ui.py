@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -228,8 +228,7 @@ class WebUi:
                     self.sessions.drop_secret(session.secret)
                     return self._to_login(request, e.message)
                 session.say("error", e.message)
-                raise web.HTTPSeeOther(form.get("back") or request.headers.get("Referer")
-                                       or "/ui/") from None
+                raise web.HTTPSeeOther(_back(request)) from None
         return action
 
     def _to_login(self, request: web.Request, why: str = "") -> web.Response:
@@ -480,13 +479,21 @@ class WebUi:
         except JobSpecError as e:
             return self.render(request, session, "job_new.html", code=400, text=text,
                                plan=None, diff=None, problems=[p.render() for p in e.problems])
-        if form.get("do") == "run":
-            r = await self.call(request, session, "RegisterJob",
-                                controller_pb2.RegisterJobRequest(job=job))
-            session.say("ok", f"job {job.name} registered: version {r.version}"
-                        + ("" if r.changed else " (unchanged)"))
-            raise web.HTTPSeeOther(f"/ui/job/{namespace_of(job.namespace)}/{job.name}")
-        plan = await self.call(request, session, "PlanJob", controller_pb2.PlanJobRequest(job=job))
+        try:
+            if form.get("do") == "run":
+                r = await self.call(request, session, "RegisterJob",
+                                    controller_pb2.RegisterJobRequest(job=job))
+                session.say("ok", f"job {job.name} registered: version {r.version}"
+                            + ("" if r.changed else " (unchanged)"))
+                raise web.HTTPSeeOther(f"/ui/job/{namespace_of(job.namespace)}/{job.name}")
+            plan = await self.call(request, session, "PlanJob",
+                                   controller_pb2.PlanJobRequest(job=job))
+        except Refused as e:  # the job file stays in the form
+            if e.status == 401:
+                raise
+            return self.render(request, session, "job_new.html", code=e.status, text=text,
+                               plan=None, diff=None, problems=[e.message],
+                               heading="The controller did not take it:")
         return self.render(request, session, "job_new.html", text=text, plan=plan.plan,
                            diff=plan.diff, current=plan.current_version, problems=[])
 
@@ -638,6 +645,14 @@ class WebUi:
             text = row.render(ev=ev).replace("\n", "")
             return f"id: {ev.index}\ndata: {text}\n\n".encode()
         return await self._sse(request, session, "Watch", msg, frame)
+
+
+def _back(request: web.Request) -> str:
+    """The UI page a refused form came from (its Referer's path: never another site)."""
+    ref = urlsplit(request.headers.get("Referer", ""))
+    path = ref.path + (f"?{ref.query}" if ref.query else "")
+    ok = ref.netloc in ("", request.host) and path.startswith("/ui/") and "//" not in path
+    return path if ok else "/ui/"
 
 
 def _other_origin(request: web.Request) -> web.Response | None:
