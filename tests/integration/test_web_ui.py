@@ -75,7 +75,7 @@ def browser(pin: str) -> Iterator[WebDriver]:
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1280,1400",
+                 f"--user-data-dir={profile}", "--window-size=1280,1000",
                  f"--ignore-certificate-errors-spki-list={pin}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -121,7 +121,11 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
         wait = WebDriverWait(driver, WAIT, poll_frequency=0.2)
 
         def shot(name: str) -> None:
+            """The whole page (the window grown to its height, within reason)."""
+            height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+            driver.set_window_size(1280, min(max(height, 800), 3000))
             driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+            driver.set_window_size(1280, 1000)
 
         def text(css: str) -> str:
             return str(driver.find_element(By.CSS_SELECTOR, css).text)
