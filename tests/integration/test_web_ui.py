@@ -121,11 +121,13 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
         wait = WebDriverWait(driver, WAIT, poll_frequency=0.2)
 
         def shot(name: str) -> None:
-            """The whole page (the window grown to its height, within reason)."""
+            """The whole page (the viewport grown to its height, within reason)."""
             height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-            driver.set_window_size(1280, min(max(height, 800), 3000))
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": 1280, "height": min(max(height, 700), 3000), "deviceScaleFactor": 1,
+                "mobile": False})
             driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-            driver.set_window_size(1280, 1000)
+            driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
         def text(css: str) -> str:
             return str(driver.find_element(By.CSS_SELECTOR, css).text)
@@ -173,10 +175,20 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
 
         # plan, then run, a job from the UI
         driver.find_element(By.LINK_TEXT, "Run a job").click()
-        area = driver.find_element(By.ID, "jobfile")
-        driver.execute_script("arguments[0].value = arguments[1]", area, JOB)
-        driver.find_element(By.ID, "plan").click()
-        until(lambda: "create" in text("#plan-result"), "the plan")
+
+        def plan(job: str) -> None:
+            area = driver.find_element(By.ID, "jobfile")
+            driver.execute_script("arguments[0].value = arguments[1]", area, job)
+            driver.find_element(By.ID, "plan").click()
+            until(lambda: "Plan" in text("main") and bool(
+                driver.find_elements(By.ID, "plan-result")), "the plan")
+        # a job no node has room for: the plan says why, node by node
+        plan(JOB.replace("memory_mb: 32", "memory_mb: 900000"))
+        assert "0 of 2 placed" in text("#plan-result")
+        assert "memory" in text("#plan-result")
+        shot("03-plan-unplaceable")
+        plan(JOB)
+        assert text("#plan-result").count("create") == 2
         shot("03-plan")
         driver.find_element(By.ID, "run").click()
         until(lambda: "/ui/job/default/hello" in driver.current_url, "the job's page")
