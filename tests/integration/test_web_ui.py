@@ -30,6 +30,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from agent.server import Agent
@@ -118,7 +119,8 @@ async def test_an_operator_drives_the_cluster_from_a_browser(tmp_path: Path) -> 
 def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str) -> None:
     """The browser's part, in a thread of its own (the cluster runs on the test's loop)."""
     with browser(pin) as driver:
-        wait = WebDriverWait(driver, WAIT, poll_frequency=0.2)
+        wait = WebDriverWait(driver, WAIT, poll_frequency=0.2,  # htmx replaces what it refreshes
+                             ignored_exceptions=[StaleElementReferenceException])
 
         def shot(name: str) -> None:
             """The whole page (the viewport grown to its height, within reason)."""
@@ -179,9 +181,10 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
         def plan(job: str) -> None:
             area = driver.find_element(By.ID, "jobfile")
             driver.execute_script("arguments[0].value = arguments[1]", area, job)
+            page = driver.find_element(By.TAG_NAME, "html")
             driver.find_element(By.ID, "plan").click()
-            until(lambda: "Plan" in text("main") and bool(
-                driver.find_elements(By.ID, "plan-result")), "the plan")
+            wait.until(staleness_of(page), message="the plan's page")
+            until(lambda: bool(driver.find_elements(By.ID, "plan-result")), "the plan")
         # a job no node has room for: the plan says why, node by node
         plan(JOB.replace("memory_mb: 32", "memory_mb: 900000"))
         assert "0 of 2 placed" in text("#plan-result")
