@@ -79,6 +79,7 @@ def browser(pin: str) -> Iterator[WebDriver]:
                  f"--user-data-dir={profile}", "--window-size=1280,1000",
                  f"--ignore-certificate-errors-spki-list={pin}"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for CSP reports
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(WAIT)
     try:
@@ -246,3 +247,9 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
         assert "token 'viewer' (policies: read) may not call SetNodeEligibility" in message
         assert ctl.cluster.state.nodes[node_id].eligible == before
         shot("13-refused")
+
+        # the pages ran within their Content-Security-Policy (nothing it had to block), with
+        # no script error and no missing resource
+        console = driver.get_log("browser")
+        assert not [e for e in console if "Content Security Policy" in e["message"]], console
+        assert not [e for e in console if e["level"] == "SEVERE"], console
