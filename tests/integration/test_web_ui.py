@@ -250,6 +250,6 @@ def _scenario(ctl: Controller, base: str, pin: str, management: str, viewer: str
 
         # the pages ran within their Content-Security-Policy (nothing it had to block), with
         # no script error and no missing resource
-        console = driver.get_log("browser")
+        console = driver.get_log("browser")  # type: ignore[no-untyped-call]
         assert not [e for e in console if "Content Security Policy" in e["message"]], console
         assert not [e for e in console if e["level"] == "SEVERE"], console
