@@ -263,14 +263,14 @@ class Controller:
         self.servicer = controller_service([
             JobsEndpoint(authz, leader, self.jobs, self.autoscaler),
             AllocationsEndpoint(authz, leader, self.cluster, self.evaluator, self.nodes,
-                                self.channels),
+                                self.channels, self.usage),
             NodesEndpoint(authz, leader, self.nodes, gossip, node.end),
             MembersEndpoint(authz, gossip, name=cfg.name, data_dir=cfg.data_dir,
                             state=self.cluster.state, channels=self.channels),
             AclEndpoint(authz, leader, self.acl, self.cluster, self.trust,
                         rotated=self._write_join_tokens),
             EventsEndpoint(authz, self.cluster),
-            ServicesEndpoint(authz, self.cluster.state),
+            ServicesEndpoint(authz, self.cluster.state, self.usage),
             LeaderEndpoint(authz, leader, gossip),
         ])
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(self.servicer, server)
@@ -294,8 +294,7 @@ class Controller:
                                  "(--join-token)")
         api = HttpApi(self.servicer, self.cluster, self.leader, tls=self.trust is not None,
                       http_of=self._http_of)
-        ui = WebUi(api, self.cluster, self.acl, self.authz, self.usage,
-                   secure=self.trust is not None)
+        ui = WebUi(api, self.cluster, self.acl, self.authz, secure=self.trust is not None)
         self.http = HttpServer(api, host, port, tls=self.trust.tls if self.trust else None,
                                verify_client=cfg.http_verify_client, ui=ui.routes)
         await self.http.start()

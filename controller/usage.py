@@ -29,7 +29,10 @@ class AllocFigures:
     """What one allocation uses now, for people (the web UI): None where nothing fresh
     was reported."""
 
+    reported: bool = False
+    """Its agent reported on it within ``stale_after``."""
     cpu_cores: float | None = None
+    """None until two reports measured it."""
     memory_bytes: int | None = None
     active_connections: int = 0
     """Connections the load balancers of every node hold to it now."""
@@ -87,6 +90,7 @@ class UsageTable:
         fresh = c is not None and now - c.t <= self.stale_after
         lb = self._lb.get(alloc_id)
         return AllocFigures(
+            reported=fresh,
             cpu_cores=c.rate if fresh and c is not None else None,
             memory_bytes=c.memory if fresh and c is not None else None,
             active_connections=sum(lb.active.values()) if lb else 0,

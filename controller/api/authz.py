@@ -67,7 +67,8 @@ def _rules() -> dict[str, Rule]:
     return {
         **op("", "GetLeader", "BootstrapAcl", "SelfToken"),
         **op("read", "GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
-             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch"),
+             "GetAllocationUsage", "AllocationLogs", "ListNodes", "GetNode", "ListMembers",
+             "ListServices", "Watch"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
         **op("node-write", "DrainNode", "SetNodeEligibility"),
@@ -145,7 +146,8 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
     if method == "PromoteDeployment":
         d = state.deployments.get(request.deployment_id)
         return Target(namespace_of(d.namespace), d.job) if d is not None else Target()
-    if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "AllocationLogs"):
+    if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "GetAllocationUsage",
+                  "AllocationLogs"):
         ref = request.alloc_id if method == "AllocationLogs" else request.id
         found = state.find_alloc(ref)
         return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \

@@ -209,8 +209,8 @@ def routes_markdown() -> str:
     """The route table of docs/http-api.md (a unit test keeps the page current)."""
     lines = ["| Method | Path | RPC | orchctl | What |", "|---|---|---|---|---|"]
     for r in ROUTES:
-        lines.append(f"| {r.method} | `{r.path}` | {r.rpc} | `{ORCHCTL.get(r.rpc, '')}` | "
-                     f"{r.summary} |")
+        cli = f"`{ORCHCTL[r.rpc]}`" if r.rpc in ORCHCTL else "-"
+        lines.append(f"| {r.method} | `{r.path}` | {r.rpc} | {cli} | {r.summary} |")
     return "\n".join(lines)
 
 

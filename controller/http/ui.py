@@ -36,7 +36,6 @@ from controller.cluster import Cluster
 from controller.http.api import MAX_STREAMS, HttpApi, Stream, context_of
 from controller.http.context import HttpAbort
 from controller.http.sessions import COOKIE, Session, Sessions, csrf_ok
-from controller.usage import UsageTable
 from orch.errors import JobSpecError
 from orch.gossip.coordinate import Coordinate, estimate_rtt
 from orch.jobspec import parse_job
@@ -141,13 +140,12 @@ def log_lines(data: bytes) -> bytes:
 
 
 class WebUi:
-    def __init__(self, api: HttpApi, cluster: Cluster, acl: Acl, authz: Authorizer,
-                 usage: UsageTable, *, secure: bool) -> None:
+    def __init__(self, api: HttpApi, cluster: Cluster, acl: Acl, authz: Authorizer, *,
+                 secure: bool) -> None:
         self.api = api
         self.cluster = cluster
         self.acl = acl
         self.authz = authz
-        self.usage = usage
         self.secure = secure
         self.sessions = Sessions(os.urandom)
         self.env = jinja2.Environment(
@@ -376,7 +374,6 @@ class WebUi:
         name = request.query.get("name", "")
         services = list((await self.call(request, session, "ListServices",
                                          controller_pb2.ListServicesRequest(name=name))).services)
-        now = time.time()
         if name and len(services) == 1:
             endpoints, pager = paginate(list(services[0].endpoints), request)
             shown = {0: endpoints}
@@ -384,10 +381,8 @@ class WebUi:
         else:
             page, pager = paginate(services, request, per_page=SERVICES_PER_PAGE)
             shown = {i: list(s.endpoints[:ENDPOINTS_SHOWN]) for i, s in enumerate(page)}
-        figures = {e.alloc_id: self.usage.figures(e.alloc_id, now)
-                   for eps in shown.values() for e in eps}
         return self.render(request, session, "services.html", services=page, shown=shown,
-                           pager=pager, figures=figures, name=name)
+                           pager=pager, name=name)
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -522,7 +517,8 @@ class WebUi:
                         key=lambda x: -x[1].time_ns)
         node = self.cluster.state.nodes.get(a.node_id)
         return self.render(request, session, "allocation.html", a=a, task=task, events=events,
-                           usage=self.usage.figures(a.id, time.time()),
+                           usage=await self.call(request, session, "GetAllocationUsage",
+                                                 controller_pb2.GetAllocationRequest(id=a.id)),
                            node_name=node.name if node else a.node_id[:8],
                            stderr=request.query.get("stderr") == "true")
 

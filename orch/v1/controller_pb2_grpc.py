@@ -195,6 +195,11 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_node__pb2.Node.FromString,
                 _registered_method=True)
+        self.GetAllocationUsage = channel.unary_unary(
+                '/orch.v1.ControllerService/GetAllocationUsage',
+                request_serializer=orch_dot_v1_dot_controller__pb2.GetAllocationRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.AllocationUsage.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -416,6 +421,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAllocationUsage(self, request, context):
+        """What an allocation uses now, as its agent and every load balancer report it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -573,6 +585,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
                     response_serializer=orch_dot_v1_dot_node__pb2.Node.SerializeToString,
+            ),
+            'GetAllocationUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllocationUsage,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.GetAllocationRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.AllocationUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1417,6 +1434,33 @@ class ControllerService:
             '/orch.v1.ControllerService/RemoveNode',
             orch_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
             orch_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllocationUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/GetAllocationUsage',
+            orch_dot_v1_dot_controller__pb2.GetAllocationRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.AllocationUsage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,8 @@ class ControllerServiceStub:
     """
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]
     """node rm"""
+    GetAllocationUsage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _controller_pb2.AllocationUsage]
+    """What an allocation uses now, as its agent and every load balancer report it."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -172,6 +174,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """node rm"""
+    GetAllocationUsage: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _controller_pb2.AllocationUsage]  # type: ignore[assignment]
+    """What an allocation uses now, as its agent and every load balancer report it."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -426,6 +430,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
         """node rm"""
+
+    @_abc_1.abstractmethod
+    def GetAllocationUsage(
+        self,
+        request: _controller_pb2.GetAllocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AllocationUsage, _abc.Awaitable[_controller_pb2.AllocationUsage]]:
+        """What an allocation uses now, as its agent and every load balancer report it."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

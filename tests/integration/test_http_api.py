@@ -50,6 +50,10 @@ async def test_a_job_run_followed_and_stopped_over_http(tmp_path: Path) -> None:
             assert [g["running"] for g in status["groups"]] == [2]
             alloc = status["allocations"][0]["id"]
 
+            usage = await _json(http, "GET", f"{base}/v1/allocation/{alloc[:8]}/usage")
+            assert usage["alloc_id"] == alloc
+            assert set(usage) >= {"reported", "cpu_cores", "memory_bytes", "active_connections"}
+
             # a list a page at a time
             async with http.get(f"{base}/v1/allocations?per_page=1") as r:
                 first_page = (await r.json())["allocations"]
