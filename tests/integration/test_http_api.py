@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from controller.server import Controller
 from orch.errors import ConfigError
 from tests.integration.live import JOB, live_cluster
 from tests.integration.synthetic import controller_config, wait_until
+from tests.integration.test_trust import bootstrapped
 
 NET = "127.0.46"
 
@@ -233,3 +235,30 @@ async def test_the_ui_reads_without_javascript_and_refuses_forged_forms(tmp_path
                 assert r.status == 200
                 assert "ineligible" in await r.text()
             assert not ctl.cluster.state.nodes[node].eligible
+
+
+async def test_https_with_the_cluster_trust_and_client_certificates_when_required(
+        tmp_path: Path) -> None:
+    """A bootstrapped controller serves HTTPS with its own certificate; with
+    http_verify_client a request must present a certificate from the cluster CA, as on gRPC."""
+    async with bootstrapped(tmp_path, http_addr="127.0.44.1:0",
+                            http_verify_client=True) as (ctl, _):
+        assert ctl.http is not None
+        assert ctl.http.url.startswith("https://")
+        op = tmp_path / "ctl/pki/operator"
+        token = (op / "management.token").read_text().strip()
+        bare = ssl.create_default_context(cafile=str(op / "ca.pem"))
+        bare.check_hostname = False
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+                async with http.get(f"{ctl.http.url}/v1/leader", ssl=bare) as r:
+                    await r.read()
+            cert = ssl.create_default_context(cafile=str(op / "ca.pem"))
+            cert.check_hostname = False
+            cert.load_cert_chain(op / "cli.pem", op / "cli-key.pem")
+            headers = {"X-Orch-Token": token}
+            async with http.get(f"{ctl.http.url}/v1/nodes", ssl=cert, headers=headers) as r:
+                assert r.status == 200
+                assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+            async with http.get(f"{ctl.http.url}/v1/nodes", ssl=cert) as r:
+                assert r.status == 401  # the certificate alone is not enough, as on gRPC
