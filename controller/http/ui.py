@@ -136,7 +136,9 @@ def rtt_map(members: Iterable[controller_pb2.Member],
 def log_lines(data: bytes) -> bytes:
     """Log bytes as a server-sent event's data lines (HTML-escaped: they go into a page)."""
     text = html.escape(data.decode("utf-8", "replace"))
-    return b"".join(f"data: {line}\n".encode() for line in text.split("\n"))
+    # a bare CR ends a line in an event stream too: it must not start a field of its own
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return b"".join(f"data: {line}\n".encode() for line in lines)
 
 
 class WebUi:
@@ -638,7 +640,7 @@ class WebUi:
         row = self.env.get_template("_event.html")
 
         def frame(ev: controller_pb2.Event) -> bytes:
-            text = row.render(ev=ev).replace("\n", "")
+            text = row.render(ev=ev).replace("\r", " ").replace("\n", " ")
             return f"id: {ev.index}\ndata: {text}\n\n".encode()
         return await self._sse(request, session, "Watch", msg, frame)
 

@@ -60,6 +60,9 @@ def test_the_vendored_files_are_the_pinned_ones() -> None:
 
 def test_log_lines_are_escaped_event_data() -> None:
     assert log_lines(b"<b>hi</b>\nsecond") == b"data: &lt;b&gt;hi&lt;/b&gt;\ndata: second\n"
+    # a carriage return cannot smuggle a field (id:, event:) into the stream
+    assert log_lines(b"50%\revent: x\r\nid: 9") == \
+        b"data: 50%\ndata: event: x\ndata: id: 9\n"
 
 
 def test_round_trip_map_from_coordinates() -> None:
