@@ -90,6 +90,8 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._ssl: ssl.SSLContext | None = None
         self._reload: asyncio.Task[None] | None = None
+        self._loaded = 0
+        """The certificate file's mtime when it was loaded."""
 
     @property
     def address(self) -> str:
@@ -110,6 +112,7 @@ class HttpServer:
 
     async def start(self) -> None:
         if self.tls is not None:
+            self._loaded = (await asyncio.to_thread(Path(self.tls.cert_file).stat)).st_mtime_ns
             self._ssl = server_tls(self.tls, verify_client=self.verify_client)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
@@ -133,20 +136,24 @@ class HttpServer:
 
     async def _reload_tls(self) -> None:
         """Load the renewed certificate: connections made from then on use it."""
-        assert self.tls is not None
-        assert self._ssl is not None
-        path = Path(self.tls.cert_file)
-        seen = (await asyncio.to_thread(path.stat)).st_mtime_ns
         while True:
             await asyncio.sleep(TLS_RELOAD)
             try:
-                now = (await asyncio.to_thread(path.stat)).st_mtime_ns
-                if now != seen:
-                    self._ssl.load_cert_chain(self.tls.cert_file, self.tls.key_file)
-                    seen = now
-                    log.info("HTTP listener loaded the renewed certificate")
+                await self.reload_tls()
             except (OSError, ssl.SSLError):
                 log.exception("could not load the renewed certificate; the previous one stays")
+
+    async def reload_tls(self) -> bool:
+        """Load the certificate file again if it changed since it was loaded; whether it did."""
+        assert self.tls is not None
+        assert self._ssl is not None
+        now = (await asyncio.to_thread(Path(self.tls.cert_file).stat)).st_mtime_ns
+        if now == self._loaded:
+            return False
+        self._ssl.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        self._loaded = now
+        log.info("HTTP listener loaded the renewed certificate")
+        return True
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=DOCUMENT.read_bytes(), content_type="application/json")

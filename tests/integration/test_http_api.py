@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
 
 from controller.http.api import MAX_STREAMS
 from controller.server import Controller
@@ -262,3 +264,20 @@ async def test_https_with_the_cluster_trust_and_client_certificates_when_require
                 assert r.headers["Strict-Transport-Security"].startswith("max-age=")
             async with http.get(f"{ctl.http.url}/v1/nodes", ssl=cert) as r:
                 assert r.status == 401  # the certificate alone is not enough, as on gRPC
+
+        # a renewed certificate is served to new connections, with no restart
+        where = (ctl.http.host, ctl.http.port)
+
+        def served_serial() -> int:
+            with socket.create_connection(where, timeout=5) as raw, \
+                    cert.wrap_socket(raw) as tls:
+                der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).serial_number
+        assert ctl.trust is not None
+        before = await asyncio.to_thread(served_serial)
+        assert not await ctl.http.reload_tls()
+        await asyncio.sleep(0.01)  # a new modification time
+        assert await asyncio.to_thread(ctl.trust.renew_own, 1.01)
+        assert await ctl.http.reload_tls()
+        assert await asyncio.to_thread(served_serial) != before
