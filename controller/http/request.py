@@ -19,6 +19,8 @@ from orch.jobspec import parse_job
 
 MAX_BODY = 2 * 1024 * 1024
 """The largest request body read (a job file may hold 1 MiB; JSON of it a little more)."""
+MAX_DEPTH = 32
+"""The deepest a JSON body may nest (a job nests about 8 deep; as the job file reader)."""
 
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: "a string",
@@ -92,10 +94,13 @@ def set_params(msg: Message, params: Iterable[tuple[str, str]], *, kind: str) ->
         if fd is None or fd.message_type is not None:
             known = ", ".join(f.name for f in desc.fields if f.message_type is None)
             raise RequestError(f"{where}: unknown (this call takes: {known or 'none'})")
-        if fd.is_repeated:
-            getattr(msg, fd.name).extend(_scalar(fd, t, where) for t in text.split(",") if t)
-        else:
-            setattr(msg, fd.name, _scalar(fd, text, where))
+        try:
+            if fd.is_repeated:
+                getattr(msg, fd.name).extend(_scalar(fd, t, where) for t in text.split(",") if t)
+            else:
+                setattr(msg, fd.name, _scalar(fd, text, where))
+        except (ValueError, TypeError) as e:  # out of the field's range (int32...)
+            raise RequestError(f"{where}: {e}") from None
 
 
 def parse_json(body: bytes, msg: Message) -> None:
@@ -106,11 +111,13 @@ def parse_json(body: bytes, msg: Message) -> None:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(f"the body is not JSON: {e}") from None
+    except RecursionError:
+        raise RequestError("the body nests too deep") from None
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object")
     try:
-        json_format.ParseDict(data, msg)
-    except json_format.ParseError as e:
+        json_format.ParseDict(data, msg, max_recursion_depth=MAX_DEPTH)
+    except (json_format.ParseError, RecursionError) as e:
         raise RequestError(f"the body does not fit {msg.DESCRIPTOR.name}: {e}") from None
 
 
@@ -126,7 +133,7 @@ def job_body(body: bytes, content_type: str, msg: Message) -> None:
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if isinstance(data, dict) and isinstance(data.get("job"), dict):
             parse_json(body, msg)

@@ -88,6 +88,13 @@ def test_bad_parameters_say_which_and_what_they_take() -> None:
         request.build(r, params, [], b'{"count": "many"}')
     msg = request.build(r, params, [], b'{"group": "app", "count": 3}')
     assert msg == controller_pb2.ScaleJobRequest(name="web", group="app", count=3)
+    with pytest.raises(RequestError, match="nests too deep"):
+        request.build(r, params, [], b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(RequestError, match="does not fit"):
+        request.build(r, params, [], b'{"reason": ' + b'{"a": ' * 50 + b"1" + b"}" * 51)
+    r, params = match("GET", "/v1/events")  # type: ignore[misc]
+    with pytest.raises(RequestError, match="'tail'"):
+        request.build(r, params, [("tail", str(2**40))], b"")
     r, params = match("GET", "/v1/jobs")  # type: ignore[misc]
     with pytest.raises(RequestError, match="takes no body"):
         request.build(r, params, [], b"{}")
@@ -111,7 +118,13 @@ def test_a_job_file_body_yaml_or_json_or_the_request_message() -> None:
         request.build(r, params, [], b"")
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), max_size=4))
+FIELDS = sorted({f.name for m in SERVICE.methods for f in m.input_type.fields})
+
+
+@given(st.dictionaries(st.sampled_from(FIELDS) | st.text(min_size=1, max_size=8),
+                       st.text(max_size=8) | st.integers().map(str)
+                       | st.sampled_from(["true", "no", "-1", "1e9", "KEYRING_OP_LIST"]),
+                       max_size=4))
 def test_any_query_is_a_request_or_a_request_error(query: dict[str, str]) -> None:
     for r in ROUTES:
         if r.body != "none":
