@@ -245,8 +245,13 @@ class WebUi:
         try:
             return await self.api.call(rpc, msg, ctx)
         except HttpAbort as e:
-            status = e.status if not e.leader() else 503
-            raise Refused(status, _sentence(e)) from None
+            if e.leader():
+                where = self.api.http_of(e.leader())
+                url = f"{'https' if self.secure else 'http'}://{where}/ui/" if where else ""
+                raise Refused(503, "this controller is not the leader: "
+                              + (f"the leader's UI is {url}" if url else
+                                 f"the leader is {e.leader()}")) from None
+            raise Refused(e.status, _sentence(e)) from None
 
     def can(self, session: Session, rpc: str, namespace: str = "", job: str = "") -> bool:
         """Whether the session's token may call ``rpc`` (on that job): to mark what it may not
@@ -666,6 +671,4 @@ def _sentence(e: HttpAbort) -> str:
     """What a refused or failed call says to a person."""
     if e.code.name == "PERMISSION_DENIED":
         return f"refused: {e.details}"
-    if e.leader():
-        return f"{e.details} (this controller is not the leader; open the leader's UI)"
     return e.details

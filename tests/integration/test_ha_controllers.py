@@ -140,6 +140,16 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
             async with http.post(scale, data=body) as r:  # followed, body and all
                 assert r.status == 200, await r.text()
                 assert (await r.json())["changed"] is False
+        # the follower's web UI reads, and sends an operator to the leader's UI for an action
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as ui:
+            async with ui.post(f"{follower.http.url}/ui/login", data={"token": ""}) as r:
+                assert "web" in await (await ui.get(f"{follower.http.url}/ui/jobs")).text()
+            async with ui.get(f"{follower.http.url}/ui/job/default/web") as r:
+                csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+            async with ui.post(f"{follower.http.url}/ui/job/default/web/scale",
+                               data={"csrf": csrf, "group": "app", "count": "2"}) as r:
+                text = await r.text()
+            assert f"the leader&#39;s UI is {leader.http.url}/ui/" in text, text
 
         before = {a.id: a.node_id for a in leader.cluster.state.allocs.values()}
         acknowledged = leader.cluster.state.index
