@@ -51,8 +51,8 @@ MAX_BLOCKING = 1024
 MAX_STREAMS = 256
 """Streams (events, logs) open at once over HTTP; past it they are refused (429)."""
 KEEPALIVE = 15.0
-"""Seconds of silence after which a server-sent event stream sends a comment, so that
-proxies and browsers keep it open."""
+"""Seconds of silence after which a stream sends a heartbeat (a comment in server-sent
+events, ``{}`` in NDJSON), so that proxies and clients keep it open."""
 MAX_PER_PAGE = 10_000
 """The most items a page of a list may ask for."""
 OFF_LOOP = 256 * 1024
@@ -259,9 +259,11 @@ class HttpApi:
                     except HttpAbort as e:  # the stream ended with an error after it began
                         await resp.write(_end_of_stream(fmt, e))
                         break
-                    if item is None:
+                    if item is None:  # silence: keep proxies and clients from giving up
                         if fmt == "sse":
                             await resp.write(b": keepalive\n\n")
+                        elif fmt == "ndjson":
+                            await resp.write(b"{}\n")  # as Nomad's event stream does
                         continue
                     await resp.write(_frame(fmt, item))
                 await resp.write_eof()
