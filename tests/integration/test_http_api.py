@@ -28,6 +28,11 @@ from tests.integration.test_trust import bootstrapped
 NET = "127.0.46"
 
 
+def _deployment(ctl: Controller, name: str = "web") -> str:
+    dep = ctl.cluster.state.latest_deployment(("default", name))
+    return dep.status if dep is not None else ""
+
+
 async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
     async with http.request(method, url, **kw) as r:
         assert r.status == 200, f"{method} {url}: {r.status} {await r.text()}"
@@ -218,8 +223,34 @@ async def test_the_ui_reads_without_javascript_and_refuses_forged_forms(tmp_path
             alloc = next(iter(ctl.cluster.state.allocs))
             async with http.get(f"{base}/ui/allocation/{alloc}/logs?task=server") as r:
                 assert (await r.text()).startswith("hello from")
-            # forged: no CSRF token, or another site's page
-            index = ctl.cluster.state.index
+            async with http.get(f"{base}/ui/job/default/web") as r:
+                csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+
+            # the operator's actions on a job, as forms: scale, revert, promote, stop
+            async def act(path: str, **form: str) -> str:
+                async with http.post(base + path, data={"csrf": csrf, **form}) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.text()
+            key = ("default", "web")
+            assert "scaled to 2" in await act("/ui/job/default/web/scale", group="app", count="2")
+            assert ctl.cluster.state.job(key).groups[0].count == 2  # type: ignore[union-attr]
+            assert "reverted to version 1" in await act("/ui/job/default/web/revert", version="1")
+            assert ctl.cluster.state.job(key).groups[0].count == 1  # type: ignore[union-attr]
+            await wait_until(lambda: _deployment(ctl) == "successful", within=20)
+            canary = JOB.format(name="web", count=1, memory=32).replace(
+                "healthy_deadline: 20s", "healthy_deadline: 20s, canary: 1").replace(
+                "hello from", "hello again from")
+            await _json(http, "POST", f"{base}/v1/jobs", data=canary)
+            await wait_until(lambda: _deployment(ctl) == "paused", within=20)
+            dep = ctl.cluster.state.latest_deployment(key)
+            assert dep is not None
+            page = await act("/ui/job/default/web/promote", deployment_id=dep.id)
+            assert f"deployment {dep.id[:8]} promoted" in page
+            await wait_until(lambda: _deployment(ctl) == "successful", within=20)
+            assert "stopped" in await act("/ui/job/default/web/stop")
+            assert ctl.cluster.state.job(key).stop  # type: ignore[union-attr]
+
+            # forged: no CSRF token, or another site's page: refused, the node as it was
             async with http.post(f"{base}/ui/node/{node}/drain", data={"enable": "true"}) as r:
                 assert r.status == 403
                 assert "CSRF" in await r.text()
@@ -229,8 +260,8 @@ async def test_the_ui_reads_without_javascript_and_refuses_forged_forms(tmp_path
                                  data={"enable": "true", "csrf": csrf},
                                  headers={"Origin": "https://evil.example"}) as r:
                 assert r.status == 403
-            assert ctl.cluster.state.index == index
             assert not ctl.cluster.state.nodes[node].HasField("drain")
+            assert ctl.cluster.state.nodes[node].eligible
             # the real form works
             async with http.post(f"{base}/ui/node/{node}/eligibility",
                                  data={"eligible": "false", "csrf": csrf}) as r:
