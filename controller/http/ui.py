@@ -537,7 +537,8 @@ class WebUi:
             raise web.HTTPNotFound()
         a = await self.call(request, session, rpc, controller_pb2.AllocationRequest(
             id=alloc_id, task=form.get("task", "")))
-        session.say("ok", f"allocation {a.name}: {'stopped' if action == 'stop' else 'restarted'}")
+        name = a.name or (a.id or alloc_id)[:8]  # the agent's answer to a restart names no more
+        session.say("ok", f"allocation {name}: {'stopped' if action == 'stop' else 'restarted'}")
         raise web.HTTPSeeOther(f"/ui/allocation/{alloc_id}")
 
     def _logs_request(self, request: web.Request, follow: bool) -> controller_pb2.LogsRequest:

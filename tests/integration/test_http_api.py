@@ -247,6 +247,13 @@ async def test_the_ui_reads_without_javascript_and_refuses_forged_forms(tmp_path
             page = await act("/ui/job/default/web/promote", deployment_id=dep.id)
             assert f"deployment {dep.id[:8]} promoted" in page
             await wait_until(lambda: _deployment(ctl) == "successful", within=20)
+            running = next(a for a in ctl.cluster.state.allocs_of_job(key)
+                           if a.desired_status == 1 and a.client_status == 2)
+            page = await act(f"/ui/allocation/{running.id}/restart")
+            assert f"allocation {running.id[:8]}: restarted" in page
+            assert f"allocation {running.name}: stopped" in await act(
+                f"/ui/allocation/{running.id}/stop")
+            assert ctl.cluster.state.allocs[running.id].desired_status != 1
             assert "stopped" in await act("/ui/job/default/web/stop")
             assert ctl.cluster.state.job(key).stop  # type: ignore[union-attr]
 
