@@ -1,10 +1,12 @@
-"""The one authorization gate of the controller's gRPC services: who may call what.
+"""The one authorization gate of the controller's services: who may call what.
 
-Every call of ControllerService and NodeService passes it, in this order:
+Every call of ControllerService and NodeService passes it, in this order, over gRPC and
+over HTTP alike (``controller.http`` calls the same servicer with a context that answers
+the same questions):
 
 1. The connection's certificate (when TLS is on): the caller must hold a role the method
    admits (``RULES``), from the cluster CA and not removed; a join token's holder may
-   only join.
+   only join. An HTTPS request without a certificate is the ``web`` role (``WEB``).
 2. The rate limit: a token bucket per client (its token, else its certificate or
    address); past it the call gets RESOURCE_EXHAUSTED.
 3. Access tokens (on whenever TLS is, or with ``acl``): ``authorization: Bearer
