@@ -170,6 +170,7 @@ class HaCluster:
             rpc_port = free_port(host)
             argv = [sys.executable, "-m", "controller.main", "--name", name,
                     "--bind", f"{host}:{gport}", "--rpc-addr", f"{host}:{rpc_port}",
+                    "--http-addr", f"{host}:0",
                     "--data-dir", str(self.workdir / name), "--log-format", "json",
                     "--metrics-addr", f"{host}:0", "--profile", "fast", "--label", self.label,
                     "--node-grace", f"{self.node_grace:g}", "--rate-limit", "0",

@@ -275,7 +275,7 @@ async def run(opts: argparse.Namespace, workdir: Path, result: dict[str, Any]) -
     ports = free_ports(f"{NET}.2", opts.services)
     ctl = Controller(ControllerConfig(
         name="bench-ctl", bind=f"{NET}.1:0", rpc_addr=f"{NET}.1:0", metrics_addr=f"{NET}.1:0",
-        data_dir=str(workdir / "ctl")))
+        http_addr="", data_dir=str(workdir / "ctl")))
     agent: Agent | None = None
     await ctl.start()
     try:

@@ -59,6 +59,44 @@ class EventBus:
             self._subs.discard(q)
 
 
+class IndexWatch:
+    """Wakes whoever waits for the state's index to pass a value (HTTP blocking queries):
+    told after every commit, and after a follower reloads the state."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def moved(self) -> None:
+        for f in self._waiters:
+            if not f.done():
+                f.set_result(None)
+        self._waiters.clear()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait_past(self, index: int, within: float) -> bool:
+        """Wait until the state's index is past ``index`` (at most ``within`` seconds);
+        whether it is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.state.index <= index:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            f: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(f)
+            try:
+                await asyncio.wait_for(asyncio.shield(f), left)
+            except TimeoutError:
+                return self.state.index > index
+            finally:
+                self._waiters.discard(f)
+        return True
+
+
 class Cluster:
     def __init__(self, store: Store, state: ClusterState,
                  may_write: Callable[[], None] | None = None) -> None:
@@ -76,6 +114,8 @@ class Cluster:
         """Called after every commit (the scheduler loop wakes on them)."""
         self.secrets_of: SecretsOf | None = None
         """The secrets a node's allocations read, sent with its desired set."""
+        self.index = IndexWatch(state)
+        """Wakes the HTTP API's blocking queries when the index moves."""
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -103,6 +143,7 @@ class Cluster:
             self.push_desired(node_id)
         for listener in self.listeners:
             listener(changes)
+        self.index.moved()
         return index
 
     async def write(self, changes: Changes) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from orch.config import DaemonConfig
-from orch.net import CONTROLLER_METRICS_PORT, CONTROLLER_RPC_PORT
+from orch.net import CONTROLLER_HTTP_PORT, CONTROLLER_METRICS_PORT, CONTROLLER_RPC_PORT
 from orch.tls import TlsConfig
 
 
@@ -30,6 +30,17 @@ class ControllerConfig(DaemonConfig):
     """gRPC address for orchctl and the agents (port 0 picks a free one)."""
     metrics_addr: str = f"127.0.0.1:{CONTROLLER_METRICS_PORT}"
     """Where /metrics is served (Prometheus); empty: not served."""
+    http_addr: str = f"127.0.0.1:{CONTROLLER_HTTP_PORT}"
+    """Where the HTTP API (``/v1``) and the web UI (``/ui``) are served (port 0 picks a
+    free one; empty: not served). HTTPS with the cluster's trust; plain HTTP on loopback
+    only."""
+    http_advertise: str = ""
+    """The HTTP address other controllers send clients to (a follower's redirect of a
+    write); by default http_addr, unless it is 0.0.0.0."""
+    http_verify_client: bool = False
+    """Require a client certificate from the cluster CA on HTTPS too, as gRPC does (a
+    browser then needs the operator's certificate). Off: a request without one is
+    admitted on its access token alone."""
     bootstrap: bool = False
     """Make the cluster's trust on the first start (a CA, this controller's certificate,
     the operator's, the first gossip key; at the first term the join tokens and the

@@ -12,10 +12,10 @@ from controller.config import ControllerConfig
 from controller.server import Controller
 from orch import daemon
 from orch.errors import ConfigError
-from orch.net import CONTROLLER_RPC_PORT
+from orch.net import CONTROLLER_HTTP_PORT, CONTROLLER_RPC_PORT
 
-FLAGS = ("rpc_addr", "rpc_advertise", "node_grace", "acl", "rate_limit", "store", "etcd_endpoints",
-         "etcd_prefix", "leader_ttl", "bootstrap")
+FLAGS = ("rpc_addr", "rpc_advertise", "http_addr", "http_advertise", "node_grace", "acl",
+         "rate_limit", "store", "etcd_endpoints", "etcd_prefix", "leader_ttl", "bootstrap")
 """Flags that set the configuration field of the same name."""
 
 
@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rpc-addr", metavar="ADDR:PORT",
                     help=f"gRPC address for orchctl and agents (default 0.0.0.0:{CONTROLLER_RPC_PORT})")
     ap.add_argument("--rpc-advertise", metavar="ADDR:PORT", help="gRPC address given to agents")
+    ap.add_argument("--http-addr", metavar="ADDR:PORT",
+                    help=f"HTTP API and web UI (default 127.0.0.1:{CONTROLLER_HTTP_PORT}; "
+                         "empty: not served)")
+    ap.add_argument("--http-advertise", metavar="ADDR:PORT",
+                    help="HTTP address other controllers redirect writes to")
     ap.add_argument("--node-grace", type=float,
                     help="seconds an agent may be gone before its node is down (default 10)")
     ap.add_argument("--store", choices=("sqlite", "etcd"),

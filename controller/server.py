@@ -48,6 +48,9 @@ from controller.cluster import Cluster
 from controller.config import ControllerConfig
 from controller.evaluator import Evaluator
 from controller.gossip_events import GossipEvents
+from controller.http.api import HttpApi
+from controller.http.server import HttpServer
+from controller.http.ui import WebUi
 from controller.jobs import Jobs
 from controller.leadership import Leadership, LeaderStatus
 from controller.metrics import ControllerCollector
@@ -64,7 +67,13 @@ from orch.gossip.crypto import Keyring
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
 from orch.metrics import MetricsServer, registry_with
-from orch.net import CONTROLLER_METRICS_PORT, CONTROLLER_RPC_PORT, parse_addr
+from orch.net import (
+    CONTROLLER_HTTP_PORT,
+    CONTROLLER_METRICS_PORT,
+    CONTROLLER_RPC_PORT,
+    host_of,
+    parse_addr,
+)
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("controller")
@@ -99,6 +108,8 @@ class Controller:
         self.leader = LeaderStatus(cfg.name)
         self.gossip: GossipNode | None = None
         self.metrics: MetricsServer | None = None
+        self.http: HttpServer | None = None
+        self.http_advertise = ""
         self._server: grpc.aio.Server | None = None
         self._health: health.HealthServicer | None = None
         self._leader_tasks: list[asyncio.Task[None]] = []
@@ -121,6 +132,8 @@ class Controller:
         steps: list[Awaitable[object]] = []
         if self._server is not None:
             steps.append(self._server.stop(0))
+        if self.http is not None:
+            steps.append(self.http.stop())
         if self.gossip is not None:
             steps.append(self.gossip.stop())
         if self.metrics is not None:
@@ -171,8 +184,11 @@ class Controller:
         for name in ["", *self._service_names(), "orch.store"]:  # orch.store: NOT_SERVING
             self.store_health(True, name)                        # while etcd is away
 
+        await self._serve_http()
         self.gossip_events.listen(gossip)
         await gossip.start()
+        if self.http is not None:  # where followers send HTTP clients' writes
+            gossip.set_state({"http": self.http_advertise})
         # the configured seeds, or else the agents this controller knew before it restarted
         seeds = list(cfg.join) or sorted(
             n.gossip_address for n in state.nodes.values()
@@ -253,28 +269,65 @@ class Controller:
         cfg, authz, leader = self.cfg, self.authz, self.leader
         node = NodeEndpoint(authz, leader=leader, monitor=self.nodes_monitor, cluster=self.cluster,
                             usage=self.usage, trust=self.trust, gossip=gossip)
-        controller_pb2_grpc.add_ControllerServiceServicer_to_server(controller_service([
+        self.servicer = controller_service([
             JobsEndpoint(authz, leader, self.jobs, self.autoscaler, self.launcher),
             AllocationsEndpoint(authz, leader, self.cluster, self.evaluator, self.nodes,
-                                self.channels),
+                                self.channels, self.usage),
             NodesEndpoint(authz, leader, self.nodes, gossip, node.end),
             MembersEndpoint(authz, gossip, name=cfg.name, data_dir=cfg.data_dir,
                             state=self.cluster.state, channels=self.channels),
             AclEndpoint(authz, leader, self.acl, self.cluster, self.trust,
                         rotated=self._write_join_tokens),
             EventsEndpoint(authz, self.cluster),
-            ServicesEndpoint(authz, self.cluster.state),
+            ServicesEndpoint(authz, self.cluster.state, self.usage),
             LeaderEndpoint(authz, leader, gossip),
             NamespacesEndpoint(authz, leader, self.cluster, self.evaluator.namespaces),
             SecretsEndpoint(authz, leader, self.cluster, self.secrets, self.evaluator.namespaces),
             VolumesEndpoint(authz, self.nodes),
             ExecEndpoint(authz, leader, self.cluster, self.channels),
-        ]), server)
+        ])
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server(self.servicer, server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*self._service_names(), reflection.SERVICE_NAME,
                                              health.SERVICE_NAME], server)
+
+    async def _serve_http(self) -> None:
+        """The HTTP API and the web UI (``controller.http``): the same servicer, gate and
+        TLS as gRPC."""
+        cfg = self.cfg
+        if not cfg.http_addr:
+            return
+        host, port = parse_addr(cfg.http_addr, default_port=CONTROLLER_HTTP_PORT,
+                                where="http_addr")
+        daemon.refuse_plain_text("the controller's HTTP API and web UI", host,
+                                 secured=self.trust is not None, insecure=cfg.insecure,
+                                 how="bootstrap the cluster (--bootstrap) or join one "
+                                 "(--join-token)")
+        api = HttpApi(self.servicer, self.cluster, self.leader, tls=self.trust is not None,
+                      http_of=self._http_of)
+        ui = WebUi(api, self.cluster, self.acl, self.authz, secure=self.trust is not None)
+        self.http = HttpServer(api, host, port, tls=self.trust.tls if self.trust else None,
+                               verify_client=cfg.http_verify_client, ui=ui.routes)
+        await self.http.start()
+        self.http_advertise = cfg.http_advertise or f"{host}:{self.http.port}"
+        if self.http_advertise.startswith("0.0.0.0:"):
+            self.http_advertise = f"{host_of(self.leader.address)}:{self.http.port}"
+
+    def _http_of(self, rpc_address: str) -> str:
+        """The HTTP address of the controller serving gRPC at ``rpc_address``, as gossip
+        says ("" when no alive controller says so)."""
+        if rpc_address == self.leader.address:
+            return self.http_advertise
+        if self.gossip is None:
+            return ""
+        for m in self.gossip.members():
+            http = m.state.get("http")
+            if m.state.get("role") == "controller" and m.state.get("rpc") == rpc_address \
+                    and isinstance(http, str) and str(m.status) == "alive":
+                return http
+        return ""
 
     @staticmethod
     def _service_names() -> list[str]:
@@ -375,6 +428,7 @@ class Controller:
         state.reset(snap)
         if events:
             self.cluster.events.publish(events)
+        self.cluster.index.moved()
 
     def store_health(self, ok: bool, service: str = "orch.store") -> None:
         """Report whether the store answers (gRPC health ``orch.store``; metrics read the
@@ -399,6 +453,8 @@ class Controller:
         over, leave the cluster."""
         if self.leader.election is not None:  # hand over first: agents move to the next leader
             await self.leader.election.stop()
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             await self._server.stop(grace)
         await self.step_down("shutting down")
@@ -416,7 +472,8 @@ class Controller:
     def describe(self) -> str:
         """One line for the service manager's status."""
         gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else "-"
-        return f"controller {self.cfg.name}: rpc {self.rpc_address}, gossip {gossip}"
+        http = f", http {self.http.url}" if self.http is not None else ""
+        return f"controller {self.cfg.name}: rpc {self.rpc_address}{http}, gossip {gossip}"
 
     def reload(self, cfg: ControllerConfig) -> daemon.Reload:
         """SIGHUP: apply the gossip keys of a freshly read configuration; name the settings

@@ -20,6 +20,24 @@ class _Cpu:
     seconds: float = 0.0
     rate: float | None = None
     """Cores used, between the last two samples."""
+    memory: int = 0
+    """Bytes of memory its tasks use, as last reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocFigures:
+    """What one allocation uses now, for people (the web UI): None where nothing fresh
+    was reported."""
+
+    reported: bool = False
+    """Its agent reported on it within ``stale_after``."""
+    cpu_cores: float | None = None
+    """None until two reports measured it."""
+    memory_bytes: int | None = None
+    active_connections: int = 0
+    """Connections the load balancers of every node hold to it now."""
+    connections_per_second: float = 0.0
+    """New connections a second the load balancers send it, every node's added up."""
 
 
 @dataclass(slots=True)
@@ -51,7 +69,7 @@ class UsageTable:
             c = self._cpu.setdefault(a.alloc_id, _Cpu())
             if c.t and t > c.t and a.cpu_seconds >= c.seconds:
                 c.rate = (a.cpu_seconds - c.seconds) / (t - c.t)
-            c.t, c.seconds = t, a.cpu_seconds
+            c.t, c.seconds, c.memory = t, a.cpu_seconds, a.memory_bytes
         for e in r.endpoints:
             if allocs is not None and e.alloc_id not in allocs:
                 continue
@@ -66,6 +84,17 @@ class UsageTable:
         for i in alloc_ids:
             self._cpu.pop(i, None)
             self._lb.pop(i, None)
+
+    def figures(self, alloc_id: str, now: float) -> AllocFigures:
+        c = self._cpu.get(alloc_id)
+        fresh = c is not None and now - c.t <= self.stale_after
+        lb = self._lb.get(alloc_id)
+        return AllocFigures(
+            reported=fresh,
+            cpu_cores=c.rate if fresh and c is not None else None,
+            memory_bytes=c.memory if fresh and c is not None else None,
+            active_connections=sum(lb.active.values()) if lb else 0,
+            connections_per_second=sum(lb.rate.values()) if lb else 0.0)
 
     def group_metric(self, metric: str, allocs: list[node_pb2.Allocation],
                      now: float) -> float | None:

@@ -282,6 +282,7 @@ operator_config() {
   for f in orchctl.toml ca.pem cli.pem cli-key.pem management.token; do
     if ! cmp -s "$src/$f" "$dir/$f"; then install -m 0600 "$src/$f" "$dir/$f"; changed "installed ~/.config/orch/$f"; fi
   done
+  say "the web UI: https://127.0.0.1:4646/ui/ (log in with ~/.config/orch/management.token)"
   say "agent join token, for every other host (deploy/install.sh --role agent --controller $(host_address):4647 --join-token-file FILE):"
   say "  $(cat "$src/join-agent.token")"
 }
@@ -316,6 +317,7 @@ rpc_addr = "0.0.0.0:4647"            # orchctl and the agents
 rpc_advertise = "$addr:4647"
 data_dir = "/var/lib/orch/controller"
 metrics_addr = "127.0.0.1:9647"
+http_addr = "127.0.0.1:4646"         # the HTTP API and the web UI (HTTPS); $addr:4646 to open it
 log_level = "info"
 join = []                            # other controllers or agents to join at start
 

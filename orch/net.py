@@ -12,6 +12,8 @@ from orch.errors import ConfigError
 
 GOSSIP_PORT = 7946
 """Gossip, UDP and TCP on the same port (memberlist's default)."""
+CONTROLLER_HTTP_PORT = 4646
+"""The controller's HTTP API and web UI (Nomad's HTTP port)."""
 CONTROLLER_RPC_PORT = 4647
 """The controller's gRPC API: orchctl and the agents' streams."""
 AGENT_RPC_PORT = 4648

@@ -31,6 +31,7 @@ import grpc
 from orch.net import (
     AGENT_METRICS_PORT,
     AGENT_RPC_PORT,
+    CONTROLLER_HTTP_PORT,
     CONTROLLER_METRICS_PORT,
     CONTROLLER_RPC_PORT,
     GOSSIP_PORT,
@@ -113,6 +114,7 @@ class Demo:
             "--rpc-addr", f"{self.net}.1:{self.rpc_port}",
             "--data-dir", str(self.dir / "controller"), "--log-format", "json",
             "--metrics-addr", f"{self.net}.1:{self.metrics_port(CONTROLLER_METRICS_PORT)}",
+            "--http-addr", f"{self.net}.1:{self.metrics_port(CONTROLLER_HTTP_PORT)}",
             "--node-grace", "1" if self.fast else "3", *self.profile(), *self.controller_flags])
 
     def operator_settings(self) -> Settings:
@@ -260,6 +262,9 @@ def run(agents: int, fast: bool, keep: bool, ports: tuple[int, int, int] = WELL_
         print("  a new CA; certificates for the controller and the operator (role cli); the "
               "first gossip key;\n  an access token for the operator and join tokens, in "
               f"{demo.operator.relative_to(workdir)}/")
+        if demo.metrics_port(CONTROLLER_HTTP_PORT):
+            print(f"  the web UI: https://{demo.net}.1:{CONTROLLER_HTTP_PORT}/ui/ (log in with the "
+                  "token in management.token, while the demo runs)")
         demo.orchctl("cluster", "join-token", "agent")
         say(f"starting {agents} agents on 127.0.0.2-127.0.0.{agents + 1}, each with the agent "
             "join token")

@@ -2,10 +2,13 @@
 rules (``controller.api.authz.RULES``; the agent's service admits controllers only).
 
 ``tests/integration/test_authorization.py`` calls every method of every gRPC service as
-every kind of caller below and checks each outcome against ``expected``;
-docs/security.md shows ``render()`` (a unit test keeps it current):
+every kind of caller below and checks each outcome against ``expected``, then every route
+of the HTTP API (``controller.http.routes``) as every kind of HTTP caller against
+``expected(..., transport="http")``: the same rules, so the same outcomes, except where
+HTTP differs by design (``HTTP_CALLERS``). docs/security.md shows ``render()`` (a unit
+test keeps it current):
 
-    python -m tests.authz_table          # the table, as markdown
+    python -m tests.authz_table          # the tables, as markdown
     python -m tests.authz_table --write  # ... written into docs/security.md
 """
 
@@ -37,6 +40,24 @@ CALLERS: dict[str, str] = {
 }
 """Every kind of caller the suite tries, with what it presents."""
 
+HTTP_CALLERS: dict[str, str] = {
+    "plain": "plain HTTP to the HTTPS listener",
+    "wrong-ca": "a certificate from another CA",
+    "agent": "an agent's certificate",
+    "removed": "the certificate of a node removed from the cluster",
+    "controller": "a controller's certificate, no token",
+    "cli": "the operator's certificate, no token",
+    "cli+read": "the operator's certificate, a read token",
+    "cli+management": "the operator's certificate, the management token",
+    "web": "no certificate (a browser, curl), no token",
+    "web+read": "no certificate, a read token",
+    "web+other-ns": "no certificate, a token for another namespace",
+    "web+management": "no certificate, the management token",
+}
+"""Every kind of HTTP caller the suite tries. HTTPS trusts the cluster CA only (a join
+token's holder has nothing to do there: NodeService is not served over HTTP), and a
+request without a certificate is the ``web`` role, whose token is its only credential."""
+
 OUTCOMES = {
     "ok": "admitted (the call itself may still fail on what it asked)",
     "tls": "refused by TLS: the connection never opens",
@@ -52,15 +73,23 @@ def methods() -> list[tuple[str, str]]:
             for m in controller_pb2.DESCRIPTOR.services_by_name[s].methods]
 
 
+def http_methods() -> list[str]:
+    """The ControllerService methods, each served by an HTTP route (all but those that
+    stream from the client)."""
+    svc = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"]
+    return [m for s, m in methods() if s == "ControllerService"
+            and not svc.methods_by_name[m].client_streaming]
+
+
 def roles_of(caller: str) -> frozenset[str]:
+    kind = caller.partition("+")[0]
     return frozenset({"joiner": {"join"}, "agent": {"agent"}, "controller": {"controller"},
-                      "cli": {"cli"}, "cli+read": {"cli"}, "cli+other-ns": {"cli"},
-                      "cli+management": {"cli"}}.get(caller, set()))
+                      "cli": {"cli"}, "web": {"web"}}.get(kind, set()))
 
 
-def expected(service: str, method: str, caller: str) -> str:
+def expected(service: str, method: str, caller: str, transport: str = "grpc") -> str:
     """What the gate must do with this caller's call (a key of ``OUTCOMES``)."""
-    if caller in ("plain", "no-cert", "wrong-ca"):
+    if caller in ("plain", "no-cert", "wrong-ca") or (transport == "http" and caller == "joiner"):
         return "tls"
     if service == "AgentService":
         if caller == "joiner":
@@ -83,14 +112,29 @@ def expected(service: str, method: str, caller: str) -> str:
     return "policy"  # another namespace's token: the calls here act on the default one
 
 
+MARKS = {"ok": "✓", "tls": "tls", "role": "role", "token": "token", "policy": "policy"}
+
+
 def render() -> str:
     """The table, as markdown (docs/security.md)."""
     cols = list(CALLERS)
-    marks = {"ok": "✓", "tls": "tls", "role": "role", "token": "token", "policy": "policy"}
     lines = ["| RPC | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for service, method in methods():
-        cells = [marks[expected(service, method, c)] for c in cols]
+        cells = [MARKS[expected(service, method, c)] for c in cols]
         lines.append(f"| {service}/{method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_http() -> str:
+    """The HTTP API's table, as markdown (docs/security.md)."""
+    from controller.http.routes import primary
+
+    cols = list(HTTP_CALLERS)
+    lines = ["| Route (RPC) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for method in http_methods():
+        r = primary(method)
+        cells = [MARKS[expected("ControllerService", method, c, "http")] for c in cols]
+        lines.append(f"| `{r.method} {r.path}` ({method}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -103,11 +147,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "security.md"
 
 
 def write(doc: Path = DOC) -> None:
-    """Put the current table between the markers of docs/security.md."""
+    """Put the current tables between their markers in docs/security.md."""
     text = doc.read_text()
-    start = text.index("\n", text.index("<!-- authz-table")) + 1
-    end = text.index("<!-- /authz-table -->")
-    doc.write_text(text[:start] + render() + "\n" + text[end:])
+    for marker, table in (("authz-table", render()), ("authz-http-table", render_http())):
+        start = text.index("\n", text.index(f"<!-- {marker}")) + 1
+        end = text.index(f"<!-- /{marker} -->")
+        text = text[:start] + table + "\n" + text[end:]
+    doc.write_text(text)
 
 
 if __name__ == "__main__":
@@ -115,3 +161,5 @@ if __name__ == "__main__":
         write()
     else:
         print(render())
+        print()
+        print(render_http())

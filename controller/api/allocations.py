@@ -1,8 +1,9 @@
-"""Allocations: list, show, stop (a replacement is placed), restart and logs (both done by
-the agent that runs the allocation, through this controller)."""
+"""Allocations: list, show, what they use, stop (a replacement is placed), restart and logs
+(both done by the agent that runs the allocation, through this controller)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,6 +17,7 @@ from controller.leadership import LeaderStatus
 from controller.nodes import NodeAdmin
 from controller.state import RUN, TERMINAL, job_key
 from controller.store.base import Changes
+from controller.usage import UsageTable
 from orch.errors import RequestError
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 from orch.vocab import namespace_of
@@ -26,8 +28,10 @@ RESTART_TIMEOUT = 30.0
 
 class AllocationsEndpoint(Endpoint):
     def __init__(self, authz: Authorizer, leader: LeaderStatus, cluster: Cluster,
-                 evaluator: Evaluator, nodes: NodeAdmin, channels: Channels) -> None:
+                 evaluator: Evaluator, nodes: NodeAdmin, channels: Channels,
+                 usage: UsageTable) -> None:
         super().__init__(authz)
+        self.usage = usage
         self.leader = leader
         self.cluster = cluster
         self.state = cluster.state
@@ -54,6 +58,17 @@ class AllocationsEndpoint(Endpoint):
     async def GetAllocation(self, req: controller_pb2.GetAllocationRequest,
                             ctx: Ctx) -> node_pb2.Allocation:
         return self.state.one_alloc(req.id)
+
+    @unary
+    async def GetAllocationUsage(self, req: controller_pb2.GetAllocationRequest,
+                                 ctx: Ctx) -> controller_pb2.AllocationUsage:
+        """What the allocation uses now (the agents' reports, kept in memory only)."""
+        a = self.state.one_alloc(req.id)
+        f = self.usage.figures(a.id, time.time())
+        return controller_pb2.AllocationUsage(
+            alloc_id=a.id, reported=f.reported, cpu_cores=f.cpu_cores or 0.0,
+            memory_bytes=f.memory_bytes or 0, active_connections=f.active_connections,
+            connections_per_second=f.connections_per_second)
 
     @unary
     async def StopAllocation(self, req: controller_pb2.AllocationRequest,

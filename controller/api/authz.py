@@ -1,10 +1,12 @@
-"""The one authorization gate of the controller's gRPC services: who may call what.
+"""The one authorization gate of the controller's services: who may call what.
 
-Every call of ControllerService and NodeService passes it, in this order:
+Every call of ControllerService and NodeService passes it, in this order, over gRPC and
+over HTTP alike (``controller.http`` calls the same servicer with a context that answers
+the same questions):
 
 1. The connection's certificate (when TLS is on): the caller must hold a role the method
    admits (``RULES``), from the cluster CA and not removed; a join token's holder may
-   only join.
+   only join. An HTTPS request without a certificate is the ``web`` role (``WEB``).
 2. The rate limit: a token bucket per client (its token, else its certificate or
    address); past it the call gets RESOURCE_EXHAUSTED.
 3. Access tokens (on whenever TLS is, or with ``acl``): ``authorization: Bearer
@@ -39,8 +41,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("api.authz")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-OPERATORS = frozenset(("cli", "controller"))
-"""Certificate roles that may call the operator API (agents may not)."""
+OPERATORS = frozenset(("cli", "controller", "web"))
+"""Roles that may call the operator API (agents may not). ``web`` is no certificate's: it is
+an HTTPS request that presented none (a browser, ``curl`` with a token), whose token is
+then its only credential (``WEB``); gRPC connections never have it, as gRPC's TLS requires
+a certificate."""
+
+
+WEB = Peer(roles=frozenset(("web",)))
+"""Who an HTTPS request without a client certificate is (see ``OPERATORS``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +71,8 @@ def _rules() -> dict[str, Rule]:
     return {
         **op("", "GetLeader", "BootstrapAcl", "SelfToken"),
         **op("read", "GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
-             "AllocationLogs", "ListNodes", "GetNode", "ListMembers", "ListServices", "Watch",
-             "ListVolumes"),
+             "GetAllocationUsage", "AllocationLogs", "ListNodes", "GetNode", "ListMembers",
+             "ListServices", "Watch", "ListVolumes"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
         **op("job-write", "DispatchJob", "ForcePeriodicJob"),
@@ -168,7 +177,8 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
         found = state.find_alloc(start.alloc_id) if start is not None else []
         return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
             else Target()
-    if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "AllocationLogs"):
+    if method in ("StopAllocation", "RestartAllocation", "GetAllocation", "GetAllocationUsage",
+                  "AllocationLogs"):
         ref = request.alloc_id if method == "AllocationLogs" else request.id
         found = state.find_alloc(ref)
         return Target(namespace_of(found[0].namespace), found[0].job) if len(found) == 1 \
@@ -236,6 +246,8 @@ class Authorizer:
         when a gate refuses it."""
         rule = RULES.get(f"{service}/{method}") or Rule(OPERATORS, "acl")
         peer = self.identify(ctx) if self.identify is not None else PLAIN
+        if peer == PLAIN and getattr(ctx, "token_only", False):
+            peer = WEB  # the HTTP listener's TLS admitted it without a certificate
         if self.identify is not None:
             await self._certificate(ctx, method, rule, peer)
         secret = bearer(ctx) if service == "ControllerService" else ""

@@ -76,6 +76,7 @@ def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterato
     @functools.wraps(fn)
     async def wrapper(self: Endpoint, request: Any, context: Ctx) -> AsyncIterator[R]:
         await self.authorize(context, fn.__name__, request)
+        admitted(context)
         try:
             async for item in fn(self, request, context):
                 yield item
@@ -85,6 +86,15 @@ def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterato
             await abort(context, fn.__name__, e)
     setattr(wrapper, GATED, True)
     return wrapper
+
+
+def admitted(context: Ctx) -> None:
+    """Tell the context the gate let the call through: an HTTP stream's response (its
+    status and headers) may begin (``controller.http.context``); gRPC's has nothing to
+    tell."""
+    admit = getattr(context, "admit", None)
+    if admit is not None:
+        admit()
 
 
 def job_ref(namespace: str, name: str) -> JobKey:

@@ -1,19 +1,23 @@
 """Services: every published service with its endpoints (where its running allocations
-listen) and their health."""
+listen), their health, and what the load balancers send each."""
 
 from __future__ import annotations
+
+import time
 
 from controller.api.authz import Authorizer
 from controller.api.rpc import Ctx, Endpoint, unary
 from controller.state import RUN, RUNNING, ClusterState
+from controller.usage import UsageTable
 from orch.net import host_of
 from orch.v1 import controller_pb2
 
 
 class ServicesEndpoint(Endpoint):
-    def __init__(self, authz: Authorizer, state: ClusterState) -> None:
+    def __init__(self, authz: Authorizer, state: ClusterState, usage: UsageTable) -> None:
         super().__init__(authz)
         self.state = state
+        self.usage = usage
 
     @unary
     async def ListServices(self, req: controller_pb2.ListServicesRequest,
@@ -22,6 +26,7 @@ class ServicesEndpoint(Endpoint):
 
     def _services(self, name: str) -> list[controller_pb2.ServiceEntry]:
         state = self.state
+        now = time.time()
         entries: dict[tuple[str, str], controller_pb2.ServiceEntry] = {}
         for a in sorted(state.allocs.values(), key=lambda a: (a.job, a.index)):
             if a.desired_status != RUN or a.client_status != RUNNING:
@@ -41,6 +46,9 @@ class ServicesEndpoint(Endpoint):
                         protocol=svc.protocol)
                 port = a.ports.get(svc.port)
                 if port:
+                    f = self.usage.figures(a.id, now)
                     e.endpoints.add(alloc_id=a.id, node=node.name, address=f"{host}:{port}",
-                                    healthy=a.checks_healthy if svc.check else True)
+                                    healthy=a.checks_healthy if svc.check else True,
+                                    active_connections=f.active_connections,
+                                    connections_per_second=f.connections_per_second)
         return list(entries.values())

@@ -51,6 +51,45 @@ KEYRING_OP_REMOVE: KeyringOp.ValueType  # 4
 Global___KeyringOp: _TypeAlias = KeyringOp  # noqa: Y015
 
 @_typing.final
+class AllocationUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOC_ID_FIELD_NUMBER: _builtins.int
+    REPORTED_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    alloc_id: _builtins.str
+    reported: _builtins.bool
+    """its agent reported on it within the last minute"""
+    cpu_cores: _builtins.float
+    """CPU used between its last two reports (cores)"""
+    memory_bytes: _builtins.int
+    """memory its tasks use, as last reported"""
+    active_connections: _builtins.int
+    """connections the load balancers hold to it now"""
+    connections_per_second: _builtins.float
+    """new connections a second they send it"""
+    def __init__(
+        self,
+        *,
+        alloc_id: _builtins.str = ...,
+        reported: _builtins.bool = ...,
+        cpu_cores: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        active_connections: _builtins.int = ...,
+        connections_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "alloc_id", b"alloc_id", "connections_per_second", b"connections_per_second", "cpu_cores", b"cpu_cores", "memory_bytes", b"memory_bytes", "reported", b"reported"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocationUsage: _TypeAlias = AllocationUsage  # noqa: Y015
+
+@_typing.final
 class DispatchJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2269,11 +2308,17 @@ class Endpoint(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     HEALTHY_FIELD_NUMBER: _builtins.int
+    ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_PER_SECOND_FIELD_NUMBER: _builtins.int
     alloc_id: _builtins.str
     node: _builtins.str
     address: _builtins.str
     """host:port"""
     healthy: _builtins.bool
+    active_connections: _builtins.int
+    """what the load balancers of every node hold to it now"""
+    connections_per_second: _builtins.float
+    """new connections a second they send it"""
     def __init__(
         self,
         *,
@@ -2281,10 +2326,12 @@ class Endpoint(_message.Message):
         node: _builtins.str = ...,
         address: _builtins.str = ...,
         healthy: _builtins.bool = ...,
+        active_connections: _builtins.int = ...,
+        connections_per_second: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alloc_id", b"alloc_id", "healthy", b"healthy", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "address", b"address", "alloc_id", b"alloc_id", "connections_per_second", b"connections_per_second", "healthy", b"healthy", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -250,6 +250,11 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.ExecRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.ExecResponse.FromString,
                 _registered_method=True)
+        self.GetAllocationUsage = channel.unary_unary(
+                '/orch.v1.ControllerService/GetAllocationUsage',
+                request_serializer=orch_dot_v1_dot_controller__pb2.GetAllocationRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.AllocationUsage.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -560,6 +565,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAllocationUsage(self, request, context):
+        """What an allocation uses now, as its agent and every load balancer report it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -772,6 +784,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ExecAllocation,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.ExecRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.ExecResponse.SerializeToString,
+            ),
+            'GetAllocationUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllocationUsage,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.GetAllocationRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.AllocationUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1913,6 +1930,33 @@ class ControllerService:
             '/orch.v1.ControllerService/ExecAllocation',
             orch_dot_v1_dot_controller__pb2.ExecRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllocationUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/GetAllocationUsage',
+            orch_dot_v1_dot_controller__pb2.GetAllocationRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.AllocationUsage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -140,6 +140,8 @@ class ControllerServiceStub:
     event log (who, what, when; never the stream).
     alloc exec
     """
+    GetAllocationUsage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _controller_pb2.AllocationUsage]
+    """What an allocation uses now, as its agent and every load balancer report it."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -250,6 +252,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     event log (who, what, when; never the stream).
     alloc exec
     """
+    GetAllocationUsage: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _controller_pb2.AllocationUsage]  # type: ignore[assignment]
+    """What an allocation uses now, as its agent and every load balancer report it."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -609,6 +613,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         event log (who, what, when; never the stream).
         alloc exec
         """
+
+    @_abc_1.abstractmethod
+    def GetAllocationUsage(
+        self,
+        request: _controller_pb2.GetAllocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AllocationUsage, _abc.Awaitable[_controller_pb2.AllocationUsage]]:
+        """What an allocation uses now, as its agent and every load balancer report it."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

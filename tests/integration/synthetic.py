@@ -105,7 +105,7 @@ def controller_config(data_dir: Path, **kw: Any) -> ControllerConfig:
     base: dict[str, Any] = dict(name="ctl", bind="127.0.0.1:0", rpc_addr="127.0.0.1:0",
                                 data_dir=str(data_dir), gossip=GossipConfig.fast(),
                                 node_grace=0.5, reconcile_interval=5.0, store_sync="normal",
-                                metrics_addr="127.0.0.1:0")
+                                metrics_addr="127.0.0.1:0", http_addr="")
     base.update(kw)
     return ControllerConfig(**base)
 

@@ -1,23 +1,29 @@
 """Every method of every gRPC service, called as every kind of caller, against the one table
 (tests/authz_table.py, shown in docs/security.md): on a cluster set up as an installation
-sets it up (a bootstrapped controller, agents joined with a token). A refused call changes
+sets it up (a bootstrapped controller, agents joined with a token). Then every route of the
+HTTP API, as every kind of HTTP caller, against the same table. A refused call changes
 nothing in the store, and a new RPC without an entry in the table fails here."""
 
 from __future__ import annotations
 
+import json
+import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import symbol_database
 
 from agent.server import Agent
+from controller.http.routes import primary
 from orch import pki
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
-from tests.authz_table import CALLERS, expected, methods, unruled
+from tests.authz_table import CALLERS, HTTP_CALLERS, expected, http_methods, methods, unruled
 from tests.integration.synthetic import wait_until
 from tests.integration.test_trust import agent_config, bootstrapped
 
@@ -80,10 +86,47 @@ async def _call(channel: grpc.aio.Channel, service: str, method: str, token: str
     return "ok"
 
 
+def _tls(ca: bytes, cert: bytes | None = None, key: bytes | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    ctx.check_hostname = False  # the controller's certificate names controller.orch and its IPs
+    if cert is not None and key is not None:
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "c.pem").write_bytes(cert)
+            Path(d, "k.pem").write_bytes(key)
+            ctx.load_cert_chain(Path(d, "c.pem"), Path(d, "k.pem"))
+    return ctx
+
+
+async def _http_call(base: str, method: str, tls: ssl.SSLContext | None, token: str) -> str:
+    """The outcome of one HTTP call of an RPC's route, as the table names them."""
+    route = primary(method)
+    path = route.path
+    for p in route.params:
+        path = path.replace("{" + p + "}", "x")
+    body = b'{"job": {}}' if route.body == "job" else b"{}" if route.body == "json" else b""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = (base if tls is not None else base.replace("https://", "http://")) + path
+    if "/events" in path:
+        url += "?tail=1"
+    try:
+        async with aiohttp.ClientSession() as http, http.request(
+                route.method, url, data=body or None, headers=headers, ssl=tls or False,
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT), allow_redirects=False) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+        return "tls"
+    if resp.status == 401:
+        return "token"
+    if resp.status == 403:
+        return "policy" if json.loads(text)["message"].startswith("token ") else "role"
+    assert resp.status != 429, "rate-limited: the table cannot be checked"
+    return "ok"
+
+
 async def test_every_rpc_as_every_caller_matches_the_table(tmp_path: Path) -> None:
     assert not unruled(), f"these RPCs have no entry in the table (controller.api.authz.RULES): " \
                           f"{unruled()}"
-    async with bootstrapped(tmp_path) as (ctl, cli):
+    async with bootstrapped(tmp_path, http_addr="127.0.44.1:0") as (ctl, cli):
         token = (await cli("cluster", "join-token", "agent", "-q")).strip()
         agent = Agent(agent_config(tmp_path, ctl, token, 1))
         gone = Agent(agent_config(tmp_path, ctl, token, 2))
@@ -140,6 +183,38 @@ async def test_every_rpc_as_every_caller_matches_the_table(tmp_path: Path) -> No
             wrong = {k: (v, expected(*k)) for k, v in got.items() if v != expected(*k)}
             assert not wrong, "outcome, expected:\n" + "\n".join(
                 f"  {s}/{m} as {c}: {v} (table: {e})" for (s, m, c), (v, e) in sorted(wrong.items()))
+
+            # the HTTP API: every route, as every kind of HTTP caller, against the same table
+            assert ctl.http is not None
+            base = ctl.http.url
+            web = _tls(ca)
+            http_callers: dict[str, tuple[ssl.SSLContext | None, str]] = {
+                "plain": (None, ""),
+                "wrong-ca": (_tls(ca, stray, pki.key_pem(stray_key)), ""),
+                "agent": (_tls(ca, *own("agent-1")), ""),
+                "removed": (_tls(ca, *own("agent-2")), ""),
+                "controller": (_tls(ca, *own("ctl")), ""),
+                "cli": (_tls(ca, cli_cert, cli_key), ""),
+                "cli+read": (_tls(ca, cli_cert, cli_key), read),
+                "cli+management": (_tls(ca, cli_cert, cli_key), management),
+                "web": (web, ""), "web+read": (web, read), "web+other-ns": (web, other),
+                "web+management": (web, management),
+            }
+            assert set(http_callers) == set(HTTP_CALLERS)
+            http_got: dict[tuple[str, str], str] = {}
+            for name, (tls, secret) in http_callers.items():
+                for method in http_methods():
+                    before = ctl.cluster.state.index
+                    outcome = await _http_call(base, method, tls, secret)
+                    http_got[method, name] = outcome
+                    if outcome != "ok":
+                        assert ctl.cluster.state.index == before, \
+                            f"{method} over HTTP refused {name} but changed the store"
+            wrong_http = {k: (v, expected("ControllerService", *k, transport="http"))
+                          for k, v in http_got.items()
+                          if v != expected("ControllerService", *k, transport="http")}
+            assert not wrong_http, "HTTP outcome, expected:\n" + "\n".join(
+                f"  {m} as {c}: {v} (table: {e})" for (m, c), (v, e) in sorted(wrong_http.items()))
         finally:
             await agent.stop(stop_tasks=True)
             await gone.stop(stop_tasks=True)

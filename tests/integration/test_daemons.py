@@ -151,7 +151,7 @@ async def exit_code(d: Daemon, within: float = 30.0) -> int:
 def controller_toml(host: str, gport: int, rport: int, data: Path, keys: list[str],
                     level: str = "info") -> str:
     return (f'name = "ctl"\nbind = "{host}:{gport}"\nrpc_addr = "{host}:{rport}"\n'
-            f'data_dir = "{data}"\nmetrics_addr = ""\nstore_sync = "normal"\n'
+            f'data_dir = "{data}"\nmetrics_addr = ""\nhttp_addr = ""\nstore_sync = "normal"\n'
             f'log_level = "{level}"\nkeys = {json.dumps(keys)}\n')
 
 

@@ -144,7 +144,7 @@ def test_the_installed_daemons_start_from_the_written_configuration(installed: P
                 str(venv / "orch-controller"), "--config", str(etc / "controller.toml"),
                 "--bind", f"{host}:{cg}", "--advertise", f"{host}:{cg}",
                 "--rpc-addr", f"{host}:{cr}", "--rpc-advertise", f"{host}:{cr}",
-                "--data-dir", str(tmp_path / "controller"), "--metrics-addr", "",
+                "--data-dir", str(tmp_path / "controller"), "--metrics-addr", "", "--http-addr", "",
                 "--profile", "fast", "--node-grace", "1"], stdout=log, stderr=log, env=env))
         operator = tmp_path / "controller/pki/operator"
         assert b"READY=1" in listener.recv(4096)

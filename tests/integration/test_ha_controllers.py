@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,7 +47,7 @@ async def ha_cluster(tmp: Path, etcd: EtcdCluster, prefix: str, *, controllers: 
             c = Controller(controller_config(
                 tmp / f"c{i}", name=f"c{i}", bind="127.0.0.1:0", rpc_addr="127.0.0.1:0",
                 store="etcd", etcd_endpoints=etcd.endpoints, etcd_prefix=prefix,
-                leader_ttl=TTL, follower_refresh=0.2,
+                leader_ttl=TTL, follower_refresh=0.2, http_addr="127.0.0.1:0",
                 join=seeds))
             await c.start()
             ctls.append(c)
@@ -89,6 +91,8 @@ async def kill(c: Controller) -> None:
     c.leader.election = None
     if c._server is not None:
         await c._server.stop(0)
+    if c.http is not None:
+        await c.http.stop()
     if c.gossip is not None:
         await c.gossip.stop()
 
@@ -126,6 +130,34 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
                 await stub.StopJob(controller_pb2.StopJobRequest(name="web"), timeout=5)
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert dict(e.value.trailing_metadata() or ())["orch-leader"] == leader.rpc_address
+        # and so does an HTTP client: a follower serves reads and redirects writes (307) to
+        # the leader's HTTP address, which it knows from gossip
+        assert follower.http is not None
+        assert leader.http is not None
+        where = leader.http.address
+        await wait_until(lambda: follower._http_of(leader.rpc_address) == where, within=10)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{follower.http.url}/v1/jobs") as r:
+                assert r.status == 200
+                assert "web" in await r.text()
+            scale = f"{follower.http.url}/v1/job/web/scale"
+            body = json.dumps({"group": "app", "count": 2})
+            async with http.post(scale, data=body, allow_redirects=False) as r:
+                assert r.status == 307, await r.text()
+                assert r.headers["Location"] == f"{leader.http.url}/v1/job/web/scale"
+            async with http.post(scale, data=body) as r:  # followed, body and all
+                assert r.status == 200, await r.text()
+                assert (await r.json())["changed"] is False
+        # the follower's web UI reads, and sends an operator to the leader's UI for an action
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as ui:
+            async with ui.post(f"{follower.http.url}/ui/login", data={"token": ""}) as r:
+                assert "web" in await (await ui.get(f"{follower.http.url}/ui/jobs")).text()
+            async with ui.get(f"{follower.http.url}/ui/job/default/web") as r:
+                csrf = (await r.text()).split('name="csrf" value="')[1].split('"')[0]
+            async with ui.post(f"{follower.http.url}/ui/job/default/web/scale",
+                               data={"csrf": csrf, "group": "app", "count": "2"}) as r:
+                text = await r.text()
+            assert f"the leader&#39;s UI is {leader.http.url}/ui/" in text, text
 
         before = {a.id: a.node_id for a in leader.cluster.state.allocs.values()}
         acknowledged = leader.cluster.state.index
