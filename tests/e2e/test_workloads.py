@@ -10,9 +10,10 @@ operator's credentials, as a person would:
 - ``orchctl job logs -f`` shows each tier's lines as they come, prefixed with their
   allocation and task;
 - the key-value tier takes only requests with its password, a secret it reads as a file;
-  the web tier finds the key-value tier and its password through a template (the service
-  catalog and the secret): a new password restarts both tiers, the web tier with its
-  template rendered again, and the old password is refused from then on.
+  the web tier finds the key-value tier and its password through templates (the service
+  catalog, change_mode noop; the secret, change_mode restart): a new password restarts
+  both tiers, the web tier with its template rendered again, and the old password is
+  refused from then on.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def following(h: Harness, *args: str) -> Iterator[list[str]]:
 
 def request(url: str, body: bytes | None = None, timeout: float = 3) -> str:
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return str(r.read().decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return str(r.read().decode())
+    except urllib.error.HTTPError as e:
+        e.close()  # it holds the connection
+        raise
 
 
 def tier(name: str, volume: str = "") -> job_pb2.Job:
@@ -152,14 +157,14 @@ def test_a_two_tier_application(cluster: Harness) -> None:
         assert (done.returncode, done.stdout) == (3, "hello from the volume"), done.stderr
         app = h.running("app")[0]
         done = orchctl(h, "alloc", "exec", "-i", app.id, "--task", "web", "--", "sh", "-c",
-                       '. /secrets/kv.env; wget -qO- '
+                       '. /local/kv.env; . /secrets/kv-password.env; wget -qO- '
                        '"http://$KV_ADDR/cgi-bin/kv?greeting&pw=$KV_PASSWORD"; tr a-z A-Z',
                        stdin=b"and input\n")
         assert (done.returncode, done.stdout) == (0, "hello from the volumeAND INPUT\n"), \
             done.stderr
 
-        # the secret changes: the key-value tier restarts with it, the web tier's template is
-        # rendered again and the web tier restarted, as its change_mode asks
+        # the secret changes: the key-value tier restarts with it, the web tier's password
+        # template is rendered again and the web tier restarted, as its change_mode asks
         put = orchctl(h, "secret", "put", "kv-password", "-", stdin=NEW_PASSWORD.encode())
         assert put.returncode == 0, put.stderr
 
