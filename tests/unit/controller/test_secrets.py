@@ -30,19 +30,22 @@ def _apply(state: ClusterState, changes: Changes) -> None:
 def test_put_get_and_versions(tmp_path: Path) -> None:
     state, s = _secrets(tmp_path)
     for i in range(sec.MAX_VERSIONS + 2):
-        _, ch = s.put("default", "db", f"v{i}".encode(), now_ns=i)
+        _, ch = s.put("default", "db", f"plaintext-value-{i}".encode(), now_ns=i)
         _apply(state, ch)
-    assert s.value("default", "db") == (sec.MAX_VERSIONS + 2, f"v{sec.MAX_VERSIONS + 1}".encode())
+    assert s.value("default", "db") == (
+        sec.MAX_VERSIONS + 2,
+        f"plaintext-value-{sec.MAX_VERSIONS + 1}".encode(),
+    )
     kept = [v.version for v in s.require("default", "db").versions]
     assert kept == list(range(3, sec.MAX_VERSIONS + 3))
-    assert s.value("default", "db", 3)[1] == b"v2"
+    assert s.value("default", "db", 3)[1] == b"plaintext-value-2"
     with pytest.raises(NotFoundError, match="no version 1"):
         s.value("default", "db", 1)
     assert not any(k.endswith("#1") for k in state.meta)  # the oldest are deleted
     # the key file was made on the first put, owner-only
     assert (tmp_path / "pki" / "secrets.key").stat().st_mode & 0o777 == 0o600
-    # nothing readable in the store
-    assert not any(b"v3" in v.encode() for v in state.meta.values())
+    # nothing readable in the store (a plaintext long enough not to appear in ciphertext by chance)
+    assert not any("plaintext-value" in v for v in state.meta.values())
 
 
 def test_check_and_set_and_bounds(tmp_path: Path) -> None:
