@@ -167,7 +167,8 @@ def test_incarnations_do_not_wrap() -> None:
     sim = Simulator(FAST, seed=5)
     sim.start_cluster(3)
     me = sim.nodes["n0"].core.me
-    me.incarnation = 2**32 + 5  # past any 32-bit counter
+    for node in sim.nodes.values():  # every member knows n0 past any 32-bit counter
+        node.core.members["n0"].incarnation = 2**32 + 5
     sim.run_for(1)
     for x in ("n1", "n2"):
         sim.nodes[x].core.receive(me.addr, Suspect(me.incarnation, "n0", x), sim.now)
