@@ -68,6 +68,10 @@ class Agent:
         self._specs: dict[str, AllocSpec] = {}
         self.metrics: MetricsServer | None = None
         self.mesh: Mesh | None = None
+        self.published_ports: frozenset[int] = frozenset()
+        """The ports this node's load balancer publishes (reported as reserved)."""
+        self.own_ports: frozenset[int] = frozenset()
+        """The ports this agent's own servers listen on (gossip, RPC, metrics)."""
 
     async def start(self) -> None:
         try:
@@ -104,6 +108,7 @@ class Agent:
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(cfg.tls)) \
             if cfg.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()
+        self.own_ports = frozenset({bound})
 
         gbind = parse_addr(cfg.bind, where="bind")
         gadv = parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None
@@ -137,7 +142,8 @@ class Agent:
                                    self._apply, self._full_report,
                                    connect=lambda addr, options: open_channel(addr, cfg.tls,
                                                                               options),
-                                   moved=self._leader_elsewhere)
+                                   moved=self._leader_elsewhere,
+                                   on_endpoints=self._expected_endpoints)
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
@@ -200,6 +206,11 @@ class Agent:
         attrs["orch.host_network"] = "true" if cfg.allow_host_network else "false"
         cores = int(attrs.get("cpu.numcores", "1"))
         gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else ""
+        own = set(self.own_ports)
+        if self.gossip is not None:
+            own.add(self.gossip.bind[1])
+        if self.metrics is not None and self.metrics.port:
+            own.add(self.metrics.port)
         return node_pb2.Node(
             id=self.node_id, name=cfg.name or socket.gethostname(), address=self.rpc_address,
             gossip_address=gossip,
@@ -209,7 +220,10 @@ class Agent:
                 cpu_millicores=cfg.cpu_millicores or cores * 1000,
                 memory_mb=cfg.memory_mb or fingerprint.memory_mb()),
             reserved=job_pb2.Resources(cpu_millicores=cfg.reserved_cpu_millicores,
-                                       memory_mb=cfg.reserved_memory_mb))
+                                       memory_mb=cfg.reserved_memory_mb),
+            # nothing may be placed on the ports this agent listens on itself, nor on those
+            # its load balancer publishes for the cluster's services
+            reserved_ports=sorted(own | self.published_ports))
 
     def _leader_elsewhere(self, current: str) -> str | None:
         """Where the stream to ``current`` should move (see ``controller_link.leader_elsewhere``)."""
@@ -225,6 +239,17 @@ class Agent:
             known.sort(key=lambda m: m.state.get("leader") != "true")
             found += [str(m.state["rpc"]) for m in known if m.state["rpc"] not in found]
         return found
+
+    def _expected_endpoints(self, expected: controller_pb2.ExpectedEndpoints) -> None:
+        """The controller's expected endpoints: what the load balancer may route to; their
+        published ports are reported as reserved when they changed."""
+        table = discovery.Expected.from_proto(expected)
+        if self.mesh is not None:
+            self.mesh.set_expected(table)
+            ports = frozenset(s.published_port for s in table.services.values())
+            if ports != self.published_ports:
+                self.published_ports = ports
+                self.link.reregister()
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
         specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
@@ -243,7 +268,8 @@ class Agent:
             spec = self._specs.get(st.alloc_id)
             if spec is not None and spec.desired == "run" and st.client_status == "running" \
                     and st.healthy:
-                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host))
+                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host,
+                                              namespace=spec.namespace, job=spec.job))
         have = {k: v for k, v in self.gossip.core.me.state.items()
                 if k.startswith(discovery.PREFIX)}
         changes: dict[str, object] = {k: None for k in have if k not in want}

@@ -1,8 +1,9 @@
 """NodeService: each agent holds one stream to the leader.
 
 Up: the node's registration first, then what happens to its allocations. Down:
-the node's full desired set whenever it changes. A controller that is not the
-leader answers with where the leader is, and ends the stream.
+the node's full desired set whenever it changes, and the cluster's expected endpoints
+(what its load balancer may route to) whenever they change. A controller that is not
+the leader answers with where the leader is, and ends the stream.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -58,26 +59,35 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
             return
         monitor, term_over = self.monitor, self.leader.term_over
         node = await monitor.register(first.register)
-        outbox: asyncio.Queue[controller_pb2.DesiredAllocations] = asyncio.Queue()
+        # only the newest of each kind matters: one the agent has not taken yet is replaced
+        outbox: dict[str, controller_pb2.ControllerMessage] = {}
+        ready = asyncio.Event()
 
         def sink(desired: controller_pb2.DesiredAllocations) -> None:
-            # only the newest set matters: drop ones the agent has not taken yet
-            while not outbox.empty():
-                outbox.get_nowait()
-            outbox.put_nowait(desired)
+            outbox["desired"] = controller_pb2.ControllerMessage(desired=desired)
+            ready.set()
+
+        def endpoints(expected: controller_pb2.ExpectedEndpoints) -> None:
+            outbox["endpoints"] = controller_pb2.ControllerMessage(endpoints=expected)
+            ready.set()
 
         reader = asyncio.create_task(self._read(monitor, node.id, requests))
         over = asyncio.ensure_future(term_over.wait())
-        getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
+        getter: asyncio.Future[Literal[True]] | None = None
+        self.cluster.attach_endpoints(node.id, endpoints)  # first: the table, then the work
         self.cluster.attach(node.id, sink)
         try:
             while not reader.done() and not over.done():
-                getter = asyncio.ensure_future(outbox.get())
-                await asyncio.wait({getter, reader, over}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield controller_pb2.ControllerMessage(desired=getter.result())
+                getter = waiting = asyncio.ensure_future(ready.wait())
+                await asyncio.wait({waiting, reader, over}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    ready.clear()
+                    for kind in ("endpoints", "desired"):
+                        msg = outbox.pop(kind, None)
+                        if msg is not None:
+                            yield msg
                 else:
-                    getter.cancel()
+                    waiting.cancel()
             if over.done():  # this controller stopped leading: send the agent on
                 name, address = self.leader.leader()
                 yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
@@ -87,6 +97,7 @@ class NodeStream(controller_pb2_grpc.NodeServiceServicer):
             if getter is not None:  # the stream was cancelled while it waited
                 getter.cancel()
             self.cluster.detach(node.id, sink)
+            self.cluster.detach_endpoints(node.id, endpoints)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
