@@ -60,6 +60,9 @@ ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.L
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
 _MAX_PENDING_DELTAS = 32
+SELF_WINDOWS = 4
+"""How many ``counter_window``s above its own incarnation (or state version) a member takes
+what others say of it (see ``Membership._held``)."""
 
 
 class EventKind(Enum):
@@ -160,6 +163,8 @@ class Stats:
     """Times this member refuted a suspicion (or death notice) about itself."""
     syncs_in_step: int = 0
     """Digest-first syncs from peers whose view matched ours (answered with nothing)."""
+    merged: int = 0
+    """Push-pull member records taken in (``merge_batch`` at most per call)."""
     sent_bytes: list[int] = field(default_factory=lambda: [0] * (max(Code) + 1))
     """Encoded bytes of the messages sent, by code (envelopes not included)."""
     rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
@@ -276,7 +281,8 @@ class Membership:
         self._merging: deque[tuple[deque[MemberRecord], str, bool, Addr | None]] = deque()
         self._merge_backlog = 0
         self._merge_timer: Timer | None = None
-        self._floor = 0.0
+        self._replied: dict[Addr, float] = {}
+        """When a reply to each address last carried broadcasts."""
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
         self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
@@ -603,7 +609,7 @@ class Membership:
         c = self._candidates.get(msg.sender)
         if c is not None and (c.alive.host, c.alive.port) == src:
             self._confirm(msg.sender, now)  # it probes us from its own address: it exists
-        self._send(src, [codec.encode(Ack(msg.seq, self._coordinate_payload()))], now)
+        self._send(src, [codec.encode(Ack(msg.seq, self._coordinate_payload()))], now, reply=True)
 
     def _coordinate_payload(self) -> bytes | None:
         if self.vivaldi is None:
@@ -636,7 +642,7 @@ class Membership:
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
             Timers.cancel(relay.timer)
-            self._send(relay.requester, [codec.encode(Ack(relay.seq))], now)
+            self._send(relay.requester, [codec.encode(Ack(relay.seq))], now, reply=True)
 
     def _on_nack(self, msg: Nack) -> None:
         p = self._probe
@@ -659,7 +665,7 @@ class Membership:
     def _relay_nack(self, seq: int, now: float) -> None:
         relay = self._relays.get(seq)
         if relay is not None:
-            self._send(relay.requester, [codec.encode(Nack(relay.seq))], now)
+            self._send(relay.requester, [codec.encode(Nack(relay.seq))], now, reply=True)
 
     def _relay_expire(self, seq: int, _now: float) -> None:
         self._relays.pop(seq, None)
@@ -667,13 +673,34 @@ class Membership:
     # --- membership updates ---------------------------------------------------------------------
 
     def _held(self, m: Member, value: int, held: int, *, accusation: bool = False,
-              trusted: bool = False) -> bool:
+              trusted: bool = False, now: float = 0.0) -> bool:
         """Whether a counter about ``m`` is within the window of the value held (counted as
-        dropped when not). An accusation must leave room for its refutation, one step more."""
-        if trusted or value <= held + self.cfg.counter_window - (1 if accusation else 0):
+        dropped when not).
+
+        About another member the window is ``counter_window`` (an accusation one less, so
+        that its refutation is always taken); past it, this member asks ``m`` itself
+        (``_ask_owner``): what a member says of itself over TCP is taken whatever the
+        window, so a member that lags behind another catches up. About this member the
+        window is ``SELF_WINDOWS`` times wider: it refutes whatever others may have taken
+        (a hostile member may have raised their view of it by a window before it heard)."""
+        window = self.cfg.counter_window
+        if m is self.me:
+            window *= SELF_WINDOWS
+        elif accusation:
+            window -= 1
+        if trusted or value <= held + window:
             return True
         self.stats.drop("counter")
+        if m is not self.me:
+            self._ask_owner(m, now)
         return False
+
+    def _ask_owner(self, m: Member, now: float) -> None:
+        """Exchange state with ``m`` itself (at most every 4 x ``state_repair_delay``): its
+        answer holds its own record, which is taken first-hand."""
+        if m.status in _LIVE and now >= m.repair_at and not self._leaving:
+            m.repair_at = now + self.cfg.state_repair_delay * 4
+            self._out.append(Stream(m.addr, self._own_push_pull(), "repair"))
 
     def _on_alive(self, msg: Alive, now: float, *, src: Addr | None = None,
                   trusted: bool = False) -> None:
@@ -682,7 +709,7 @@ class Membership:
         if m is self.me:
             # an older life of ours, or someone using our name: assert ourselves
             if (msg.incarnation > self.me.incarnation or addr != self.addr) and not self._leaving \
-                    and self._held(m, msg.incarnation, m.incarnation, trusted=trusted):
+                    and self._held(m, msg.incarnation, m.incarnation, trusted=trusted, now=now):
                 self._refute(msg.incarnation, now)
             return
         if m is None or (m.status in _GONE and addr != m.addr):
@@ -693,9 +720,9 @@ class Membership:
             if m is None:
                 self._admit(msg, now)
                 return
-        if not self._held(m, msg.incarnation, m.incarnation, trusted=trusted) or \
+        if not self._held(m, msg.incarnation, m.incarnation, trusted=trusted, now=now) or \
                 not self._held(m, msg.state_version, max(m.state_version, m.announced_version),
-                               trusted=trusted):
+                               trusted=trusted, now=now):
             return
         if addr != m.addr:
             if m.status in _LIVE:
@@ -797,7 +824,7 @@ class Membership:
         m = self.members.get(msg.name)
         if m is None or msg.incarnation < m.incarnation or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
-                               trusted=trusted):
+                               trusted=trusted, now=now):
             return
         if m is self.me:
             if not self._leaving:
@@ -856,7 +883,7 @@ class Membership:
         m = self.members.get(msg.name)
         if m is None or msg.incarnation < m.incarnation or m.status in _GONE or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
-                               trusted=trusted):
+                               trusted=trusted, now=now):
             return
         if m is self.me:
             if not self._leaving:
@@ -1003,7 +1030,8 @@ class Membership:
 
     def _on_state(self, msg: StateDelta, now: float) -> None:
         m = self.members.get(msg.name)
-        if m is None or not self._held(m, msg.version, max(m.state_version, m.announced_version)):
+        if m is None or not self._held(m, msg.version, max(m.state_version, m.announced_version),
+                                       now=now):
             return
         if m is self.me:
             if msg.version >= self.me.state_version and not self._leaving:
@@ -1083,14 +1111,17 @@ class Membership:
             return base
         return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
+    def _own_push_pull(self) -> PushPull:
+        """A digest-first exchange: our own record (first) and a digest of our view."""
+        me = self.me
+        own = MemberRecord(me.name, me.addr[0], me.addr[1], me.incarnation, int(me.status),
+                           me.state_version, me.state)
+        return PushPull(False, self.name, [own], self.digest(), self.user_events.clock)
+
     def _push_pull(self, _arg: object, now: float) -> None:
         peers = self._random_peers(1, (ALIVE,))
         if peers and not self._leaving:
-            me = self.me
-            own = MemberRecord(me.name, me.addr[0], me.addr[1], me.incarnation, int(me.status),
-                               me.state_version, me.state)
-            self._out.append(Stream(peers[0].addr, PushPull(
-                False, self.name, [own], self.digest(), self.user_events.clock), "sync"))
+            self._out.append(Stream(peers[0].addr, self._own_push_pull(), "sync"))
         self._timers.at(now + self._push_pull_interval(), self._push_pull)
 
     def _reconnect(self, _arg: object, now: float) -> None:
@@ -1117,7 +1148,9 @@ class Membership:
                trusted: bool = False) -> None:
         """Take in a peer's view: ``merge_batch`` members now, the rest on later ticks (at
         the same time), so that a large exchange never holds the caller for long."""
-        if not self.user_events.witness(msg.event_clock, trusted=trusted):
+        first_hand = src is not None and any(r.name == msg.sender and r.host == src[0]
+                                             for r in msg.members[:1])
+        if not self.user_events.witness(msg.event_clock, trusted=trusted or first_hand):
             self.stats.drop("counter")
         records = deque(msg.members)
         if self._merge_backlog + len(records) > self.cfg.max_members:
@@ -1145,9 +1178,12 @@ class Membership:
 
     def _merge_record(self, r: MemberRecord, sender: str, trusted: bool, src: Addr | None,
                       now: float) -> None:
+        self.stats.merged += 1
         m = self.members.get(r.name)
-        # the peer's own record, over a connection from its own host, is first-hand
+        # the peer's own record, over a connection from its own host, is first-hand: taken
+        # whatever the windows (a member that lagged behind catches up with it)
         own = r.name == sender and src is not None and src[0] == r.host
+        trusted = trusted or own
         if m is not self.me and m is not None and r.status == m.status \
                 and r.incarnation <= m.incarnation:
             pass  # we agree on the status
@@ -1164,11 +1200,12 @@ class Membership:
             return
         if m is self.me:
             if r.state_version > self.me.state_version and not self._leaving and \
-                    self._held(m, r.state_version, m.state_version, trusted=trusted):
+                    self._held(m, r.state_version, m.state_version, trusted=trusted, now=now):
                 self._reassert_state(r.state_version, now)
             return
         if r.state_version <= m.state_version or not self._held(
-                m, r.state_version, max(m.state_version, m.announced_version), trusted=trusted):
+                m, r.state_version, max(m.state_version, m.announced_version), trusted=trusted,
+                now=now):
             return
         size = codec.state_size(r.state) if r.state is not None else 0
         if r.state is None or size > self.cfg.max_state_bytes:
@@ -1240,10 +1277,19 @@ class Membership:
         if self._queue.size:
             self._arm_gossip(now + cfg.gossip_interval / 2)
 
-    def _send(self, addr: Addr, first: list[bytes], now: float) -> bool:
-        """Send ``first`` plus as many queued broadcasts as fit; False if nothing to send."""
-        budget = self._budget - sum(len(b) for b in first)
-        extra = self._queue.take(budget, 0, retransmit_limit(self.cfg.retransmit_mult, self._n_live), now)
+    def _send(self, addr: Addr, first: list[bytes], now: float, *, reply: bool = False) -> bool:
+        """Send ``first`` plus as many queued broadcasts as fit; False if nothing to send.
+
+        Broadcasts go only to members (each transmission counts against the update's
+        retransmit limit: a packet to an address that is no member's, a relayed ping or a
+        confirmation ping, would waste them), and on replies (``reply``: acks and nacks,
+        which whoever pings us decides) to one member at most once per probe interval, so
+        that no member can drain our updates by pinging us often."""
+        extra: list[bytes] = []
+        if self._by_addr.get(addr) is not None and (not reply or self._may_piggyback(addr, now)):
+            budget = self._budget - sum(len(b) for b in first)
+            extra = self._queue.take(budget, 0, retransmit_limit(self.cfg.retransmit_mult,
+                                                                 self._n_live), now)
         if not first and not extra:
             return False
         items = first + extra if extra else first
@@ -1252,6 +1298,16 @@ class Membership:
             self.stats.sent[data[1]] += 1
             self.stats.sent_bytes[data[1]] += len(data)
         self._out.append(Send(addr, codec.pack(items)))
+        return True
+
+    def _may_piggyback(self, addr: Addr, now: float) -> bool:
+        """Whether a reply to ``addr`` may carry broadcasts now (once per probe interval)."""
+        last = self._replied.get(addr)
+        if last is not None and now - last < self.cfg.probe_interval:
+            return False
+        if len(self._replied) >= self.cfg.max_members:
+            self._replied.clear()
+        self._replied[addr] = now
         return True
 
     def _random_peers(self, k: int, statuses: tuple[Status, ...], *, exclude: str = "",

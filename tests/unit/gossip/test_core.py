@@ -156,12 +156,12 @@ def test_confirmations_shrink_the_timeout_to_the_minimum() -> None:
 
 def test_shared_suspicion_clock_ends_every_timer_together() -> None:
     core = make(n_peers=9)
-    # the first accuser has suspected p1 for 1.5 s already; two confirmations follow
-    core.receive(addr(5), Suspect(0, "p1", "p2", 1500), 10.0)
-    core.receive(addr(6), Suspect(0, "p1", "p3", 1500), 10.0)
-    core.receive(addr(7), Suspect(0, "p1", "p4", 1500), 10.0)
+    # the first accuser has suspected p1 for 0.8 s already; two confirmations follow
+    core.receive(addr(5), Suspect(0, "p1", "p2", 800), 10.0)
+    core.receive(addr(6), Suspect(0, "p1", "p3", 800), 10.0)
+    core.receive(addr(7), Suspect(0, "p1", "p4", 800), 10.0)
     (dead,) = events(run_until(core, 20), EventKind.DEAD)
-    assert dead.time == pytest.approx(12.5)  # started at 8.5, minimum 4 s
+    assert dead.time == pytest.approx(13.2)  # started at 9.2, minimum 4 s
 
 
 @pytest.mark.parametrize("age_ms", [3000, 2**32 - 1])
