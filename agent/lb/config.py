@@ -89,6 +89,12 @@ class LbConfig:
     the service is at ``max_connections``: a flood of spoofed sources churns through this
     many sessions (and socket descriptors) of its own and never displaces an established
     client, nor keeps a new one out."""
+    udp_new_session_rate: float = 2_000.0
+    """New UDP sessions opened per second per service (bursts of as many); a datagram from
+    a new client beyond it is dropped at once and counted (reason ``rate``). Opening a
+    session takes a socket and tens of microseconds; dropping a datagram takes one: a flood
+    of spoofed sources is shed at the cost of a dictionary look-up per datagram, and the
+    load balancer keeps up with its established clients."""
     udp_new_session_timeout: float = 5.0
     """Seconds a UDP session that is not established lives without a datagram (an
     established one: ``udp_session_timeout``)."""
@@ -105,7 +111,7 @@ class LbConfig:
     def __post_init__(self) -> None:
         positive = ("connect_timeout", "idle_timeout", "drain_grace", "outlier_base_ejection",
                     "outlier_max_ejection", "udp_session_timeout", "bind_retry_interval",
-                    "udp_new_session_timeout")
+                    "udp_new_session_timeout", "udp_new_session_rate")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", where=f"lb.{name}")

@@ -42,7 +42,8 @@ class LbCollector(Collector):
         rejected = CounterMetricFamily(
             "orch_lb_connections_rejected", "Client connections (UDP: sessions) turned away, by "
             "reason (limit: the service's max_connections; prefix: its max_per_prefix from one "
-            "client network).", labels=[*svc, "reason"])
+            "client network; rate: UDP datagrams from new clients past udp_new_session_rate).",
+            labels=[*svc, "reason"])
         evicted = counter("udp_sessions_evicted", "UDP sessions not established yet ended to "
                           "make room for a new client (udp_new_sessions, max_connections).")
         failed = counter("connections_failed", "Client connections no endpoint could take.")
@@ -63,6 +64,7 @@ class LbCollector(Collector):
             rejected.add_metric([*name, "limit"], s.rejected)
             rejected.add_metric([*name, "prefix"], s.rejected_prefix)
             if s.protocol == "udp":
+                rejected.add_metric([*name, "rate"], s.rejected_rate)
                 evicted.add_metric(name, s.evicted)
             failed.add_metric(name, s.failed)
             bytes_in.add_metric(name, s.bytes_in)

@@ -55,6 +55,7 @@ class ServiceState:
         self.total = 0
         self.rejected = 0
         self.rejected_prefix = 0
+        self.rejected_rate = 0
         self.evicted = 0
         self.failed = 0
         self.connect_failures = 0
@@ -198,7 +199,8 @@ class ServiceState:
             states[d.state] += 1
         return ServiceStats(
             name=self.name, namespace=self.spec.namespace, job=self.spec.job,
-            group=self.spec.group, rejected_prefix=self.rejected_prefix, evicted=self.evicted,
+            group=self.spec.group, rejected_prefix=self.rejected_prefix,
+            rejected_rate=self.rejected_rate, evicted=self.evicted,
             protocol=self.spec.protocol, policy=self.spec.policy, port=self.port,
             listening=self.listener is not None, bind_error=self.bind_error, active=self.active,
             total=self.total, rejected=self.rejected, failed=self.failed, bytes_in=bi,

@@ -14,10 +14,12 @@ its listener stays open meanwhile (the replies leave from it) but opens no new s
 A client's source address is not proven (anyone can send a datagram from any address), so
 sessions are held to what a flood of spoofed sources can take: a session is *new* until
 the client sends a datagram after its endpoint answered (a spoofed source never sees the
-answer); new sessions are few (``udp_new_sessions``), live briefly when idle
-(``udp_new_session_timeout``) and give way, the one idle longest first, to a new client
-when there are too many or the service is at ``max_connections``. Established sessions
-never give way to new ones. Sessions per client network are bounded (``max_per_prefix``).
+answer); new sessions are opened at a bounded rate (``udp_new_session_rate``: past it, a
+datagram from a new client is dropped at the cost of a look-up), are few
+(``udp_new_sessions``), live briefly when idle (``udp_new_session_timeout``) and give way,
+the one idle longest first, to a new client when there are too many or the service is at
+``max_connections``. Established sessions never give way to new ones. Sessions per client
+network are bounded (``max_per_prefix``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class UdpListener(asyncio.DatagramProtocol):
         self.sessions: dict[Addr, UdpSession] = {}
         self.fresh: dict[Addr, UdpSession] = {}
         """The sessions not established yet, the one idle longest first."""
+        self._tokens = svc.cfg.udp_new_session_rate
+        self._refilled = svc.loop.time()
         self.local: Addr = ("0.0.0.0", 0)
 
     def connection_made(self, transport: Any) -> None:
@@ -54,6 +58,10 @@ class UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         s = self.sessions.get(addr)
         if s is None:
+            if self._tokens < 1 and not self._refill():
+                self.svc.rejected_rate += 1
+                return
+            self._tokens -= 1
             s = self._open(addr)
             if s is None:
                 return
@@ -73,6 +81,14 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport = None
         for s in list(self.sessions.values()):
             s.abort()
+
+    def _refill(self) -> bool:
+        """Tokens for new sessions since the last refill; whether one is there now."""
+        rate = self.svc.cfg.udp_new_session_rate
+        now = self.svc.loop.time()
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        return self._tokens >= 1
 
     def _room(self) -> bool:
         """Whether a new session fits: at the limits, the new session idle longest ends."""
