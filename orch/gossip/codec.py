@@ -333,12 +333,23 @@ def decode_message(raw: Any, lim: Limits = DEFAULT_LIMITS) -> Message:
     return msg
 
 
-def decode_payload(payload: bytes) -> list[Any]:
-    """The raw message arrays of a payload; decode each with ``decode_message``."""
-    items = _unpack(payload)
-    if type(items) is not list:
-        raise ProtocolError("payload is not an array of messages")
-    return items
+def decode_payload(payload: bytes, limit: int | None = None) -> list[Any]:
+    """The raw message arrays of a payload; decode each with ``decode_message``. With
+    ``limit``, at most ``limit + 1`` are read (the rest is never parsed): a caller that
+    gets more than ``limit`` knows there were too many."""
+    if limit is None:
+        items = _unpack(payload)
+        if type(items) is not list:
+            raise ProtocolError("payload is not an array of messages")
+        return items
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                                max_buffer_size=max(len(payload), 1))
+    try:
+        unpacker.feed(payload)
+        n = unpacker.read_array_header()
+        return [unpacker.unpack() for _ in range(min(n, limit + 1))]
+    except Exception as e:  # msgpack's errors; a header where an array should be
+        raise ProtocolError(f"not a payload of messages: {type(e).__name__}: {e}") from None
 
 
 def member_record(raw: Any, lim: Limits = DEFAULT_LIMITS) -> MemberRecord:

@@ -126,6 +126,8 @@ class Member:
     suspicion: Suspicion | None = None
     reap_timer: Timer | None = None
     repair_at: float = -math.inf
+    asked_at: float = -math.inf
+    """When this member last asked it for its own record (a counter past the window)."""
     state_bytes: int = 1
     """Encoded size of ``state`` (for the push-pull frame's budget)."""
 
@@ -273,6 +275,8 @@ class Membership:
         self._by_addr: dict[Addr, str] = {addr: name}
         """Who is known at each address (for reports about a source)."""
         self._candidates: dict[str, _Candidate] = {}
+        self._waiting: deque[str] = deque()
+        """Candidates waiting for a confirmation ping (names; forgotten ones are skipped)."""
         self._verifying: dict[int, str] = {}
         """Sequence numbers of confirmation pings in flight -> the candidate's name."""
         self._verify_tokens = float(max(1.0, cfg.verify_rate))
@@ -282,6 +286,7 @@ class Membership:
         self._merge_backlog = 0
         self._merge_timer: Timer | None = None
         self._replied: dict[Addr, float] = {}
+        self._refuted_at = -math.inf
         """When a reply to each address last carried broadcasts."""
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
@@ -303,12 +308,12 @@ class Membership:
 
     def receive_packet(self, src: Addr, payload: bytes, now: float) -> list[Effect]:
         """Handle one datagram payload (envelope already opened). Bad input is counted."""
+        limit = self.cfg.max_packet_messages
         try:
-            items = codec.decode_payload(payload)
+            items = codec.decode_payload(payload, limit)
         except ProtocolError as e:
             self.stats.drop(e.reason)
             return []
-        limit = self.cfg.max_packet_messages
         if len(items) > limit:
             self.stats.drop("too_many")
             items = items[:limit]
@@ -696,10 +701,16 @@ class Membership:
         return False
 
     def _ask_owner(self, m: Member, now: float) -> None:
-        """Exchange state with ``m`` itself (at most every 4 x ``state_repair_delay``): its
-        answer holds its own record, which is taken first-hand."""
-        if m.status in _LIVE and now >= m.repair_at and not self._leaving:
-            m.repair_at = now + self.cfg.state_repair_delay * 4
+        """Exchange state with ``m`` itself: its answer holds its own record, which is taken
+        first-hand. At most once per probe interval while ``m`` is suspected (its refutation
+        may be the counter past the window: it must arrive before the suspicion ends), else
+        every 4 x ``state_repair_delay``."""
+        if m.status not in _LIVE or self._leaving:
+            return
+        every = self.cfg.probe_interval if m.status is SUSPECT \
+            else self.cfg.state_repair_delay * 4
+        if now >= m.asked_at + every:
+            m.asked_at = now
             self._out.append(Stream(m.addr, self._own_push_pull(), "repair"))
 
     def _on_alive(self, msg: Alive, now: float, *, src: Addr | None = None,
@@ -768,6 +779,7 @@ class Membership:
             self._forget_candidate(oldest)
             self.stats.drop("candidates")
         self._candidates[msg.name] = _Candidate(msg)
+        self._waiting.append(msg.name)
         if self._verify_timer is None and not self._stopped:
             self._verify_timer = self._timers.at(now, self._verify)
 
@@ -783,10 +795,11 @@ class Membership:
         self._verify_tokens = min(max(1.0, rate),
                                   self._verify_tokens + (now - self._verify_at) * rate)
         self._verify_at = now
-        waiting = [c for c in self._candidates.values() if not c.seq]
-        for c in waiting:
-            if self._verify_tokens < 1:
-                break
+        waiting = self._waiting
+        while waiting and self._verify_tokens >= 1:
+            c = self._candidates.get(waiting.popleft())
+            if c is None or c.seq:
+                continue
             self._verify_tokens -= 1
             self._seq += 1
             c.seq = self._seq
@@ -795,7 +808,9 @@ class Membership:
             a = c.alive
             self._send((a.host, a.port), [codec.encode(Ping(c.seq, a.name, self.name))], now)
             self._timers.at(now + self.cfg.probe_interval, self._verify_expired, c.seq)
-        if any(not c.seq for c in self._candidates.values()):
+        while len(waiting) > 2 * self.cfg.max_candidates:  # names forgotten meanwhile
+            waiting.popleft()
+        if waiting:
             self._verify_timer = self._timers.at(now + 1 / rate, self._verify)
 
     def _verify_expired(self, seq: int, now: float) -> None:
@@ -808,6 +823,7 @@ class Membership:
             self.stats.drop("unconfirmed")
             return
         c.seq = 0
+        self._waiting.append(c.alive.name)
         if self._verify_timer is None:
             self._verify_timer = self._timers.at(now, self._verify)
 
@@ -912,7 +928,10 @@ class Membership:
         # cannot be refuted, but the windows keep one from getting there: counter_window)
         me.incarnation = min(max(me.incarnation, incarnation) + 1, self.cfg.counter_limit)
         self.stats.refutations += 1
-        if self.cfg.lifeguard:
+        if self.cfg.lifeguard and now >= self._refuted_at + self.cfg.probe_interval:
+            # at most once per probe interval (a successful probe takes it back as often):
+            # accusations by the dozen, which any member can send, do not slow us down
+            self._refuted_at = now
             self.awareness.apply(1)
         self._announce_alive(now)
 
