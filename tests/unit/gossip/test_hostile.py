@@ -301,3 +301,26 @@ def test_relayed_probes_are_bounded() -> None:
         core.receive(addr(2), IndirectPing(i, "p1", *addr(3), True, "p0"), 0.0)
     assert len(core._relays) == 5
     assert core.stats.dropped["relays"] == 15
+
+
+def test_accusations_by_the_dozen_do_not_slow_a_member_down() -> None:
+    """Refuting raises local health (Lifeguard), which slows the member's probes: a hostile
+    member accusing it again and again would slow it to the maximum. It counts once per
+    probe interval, as often as a successful probe takes it back."""
+    core = make(n_peers=3)
+    for i in range(20):
+        core.receive(addr(2), Suspect(i, "me", "p0"), 0.01 * i)
+    assert core.incarnation == 20
+    assert core.awareness.score == 1
+
+
+def test_a_suspect_whose_refutation_is_past_the_window_is_asked_first_hand() -> None:
+    core = make(n_peers=3)
+    core.receive(addr(3), Suspect(0, "p0", "p1"), 0.0)
+    far = Alive(CFG.counter_window + 1, "p0", *addr(2))
+    effects = core.receive(addr(3), far, 0.1)  # relayed: refused, but p0 is asked itself
+    (ask,) = [e for e in effects if isinstance(e, Stream)]
+    assert (ask.addr, ask.purpose) == (addr(2), "repair")
+    reply = PushPull(False, "p0", [MemberRecord("p0", *addr(2), far.incarnation, 0, 0, None)])
+    assert events(core.stream_done(ask, reply, 0.2), EventKind.ALIVE)
+    assert core.member("p0").incarnation == far.incarnation  # type: ignore[union-attr]
