@@ -1053,7 +1053,11 @@ class Membership:
                                        now=now):
             return
         if m is self.me:
-            if msg.version >= self.me.state_version and not self._leaving:
+            me = self.me
+            # a newer version of our state (from an earlier life), or another at our version:
+            # ours wins; our own latest delta, coming back through others, is not news
+            if not self._leaving and (msg.version > me.state_version or (
+                    msg.version == me.state_version and not self._is_ours(msg))):
                 self._reassert_state(msg.version, now)
             return
         if msg.version <= m.state_version:
@@ -1101,6 +1105,13 @@ class Membership:
         self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version)
         self._arm_gossip(now)
         self._emit(EventKind.UPDATE, m, now)
+
+    def _is_ours(self, msg: StateDelta) -> bool:
+        """Whether a delta of our own state says what our state says."""
+        state = self.me.state
+        if msg.prev_version == -1 and msg.changes.keys() - state.keys():
+            return False
+        return all(state.get(k, None) == v for k, v in msg.changes.items())
 
     def _reassert_state(self, seen: int, now: float) -> None:
         """Others hold a newer version of our state (from an earlier life): overwrite it."""
