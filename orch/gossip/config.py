@@ -127,12 +127,15 @@ class GossipConfig:
     counter at this limit plus one step is still decodable everywhere; a member that honestly
     counts one step per second reaches it in 10^11 years."""
     counter_window: int = 2**16
-    """An incarnation, node-state version or event clock more than this above the value
-    this member holds for it is refused (an accusation, one less: its refutation is then
-    always within the window). Members move their counters one step at a time: a member
-    that missed 65,536 steps of another (days of refutations every probe) catches up
-    through the owner's own messages instead. A hostile member has to send
-    counter_limit / counter_window (2^46) messages to walk a counter to the limit."""
+    """How far above the value this member holds another member's incarnation, node-state
+    version or event clock may move in one message; past it, refused. Members move their
+    own counters one step at a time, so a member that missed steps (days of refutations)
+    catches up in steps, or first-hand: a suspected member whose refutation is past the
+    window is asked for its own record over TCP. An accusation is taken only at the
+    incarnation held (only its owner moves an incarnation up), and a member takes what is
+    said of itself within the window and refutes it one step above, which its peers then
+    take. A hostile member has to send counter_limit / counter_window (2^46) messages to
+    walk a counter to the limit."""
     max_members: int = 16_384
     """Members kept, tombstones included; a new member beyond it takes the place of the
     oldest dead or left one, or is refused when there is none. orch is sized for clusters

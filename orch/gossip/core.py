@@ -60,9 +60,9 @@ ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.L
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
 _MAX_PENDING_DELTAS = 32
-SELF_WINDOWS = 4
-"""How many ``counter_window``s above its own incarnation (or state version) a member takes
-what others say of it (see ``Membership._held``)."""
+ASK_RATE = 4.0
+"""Exchanges per second (and in a burst) opened to ask suspected members for their own
+record (``Membership._ask_owner``)."""
 
 
 class EventKind(Enum):
@@ -287,6 +287,8 @@ class Membership:
         self._merge_timer: Timer | None = None
         self._replied: dict[Addr, float] = {}
         self._refuted_at = -math.inf
+        self._ask_tokens = ASK_RATE
+        self._asked_at = now
         """When a reply to each address last carried broadcasts."""
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
@@ -679,39 +681,44 @@ class Membership:
 
     def _held(self, m: Member, value: int, held: int, *, accusation: bool = False,
               trusted: bool = False, now: float = 0.0) -> bool:
-        """Whether a counter about ``m`` is within the window of the value held (counted as
+        """Whether a counter about ``m`` may be taken, given the value held (counted as
         dropped when not).
 
-        About another member the window is ``counter_window`` (an accusation one less, so
-        that its refutation is always taken); past it, this member asks ``m`` itself
-        (``_ask_owner``): what a member says of itself over TCP is taken whatever the
-        window, so a member that lags behind another catches up. About this member the
-        window is ``SELF_WINDOWS`` times wider: it refutes whatever others may have taken
-        (a hostile member may have raised their view of it by a window before it heard)."""
+        Another member's incarnation, node-state version or event clock may move up by
+        ``counter_window`` at most: members move their own one step at a time, and a
+        member that lagged catches up in steps. An accusation about another member is taken
+        only at the incarnation held: only its owner moves an incarnation up (by refuting),
+        so an accusation above it is a liar's, and one a refutation could not answer within
+        the window. This member takes what is said of itself within ``counter_window`` (a
+        hostile member may have raised others' view of it that much before it heard) and
+        refutes it one step above. Past the window, while ``m`` is suspected here, this
+        member asks ``m`` itself (``_ask_owner``): what a member says of itself over TCP is
+        taken whatever the window, so a refutation is not lost on a member that lagged."""
         window = self.cfg.counter_window
-        if m is self.me:
-            window *= SELF_WINDOWS
-        elif accusation:
-            window -= 1
+        if accusation and m is not self.me:
+            window = 0
         if trusted or value <= held + window:
             return True
         self.stats.drop("counter")
-        if m is not self.me:
+        if m.status is SUSPECT and m is not self.me:
             self._ask_owner(m, now)
         return False
 
     def _ask_owner(self, m: Member, now: float) -> None:
-        """Exchange state with ``m`` itself: its answer holds its own record, which is taken
-        first-hand. At most once per probe interval while ``m`` is suspected (its refutation
-        may be the counter past the window: it must arrive before the suspicion ends), else
-        every 4 x ``state_repair_delay``."""
-        if m.status not in _LIVE or self._leaving:
+        """Exchange state with suspected ``m`` itself: its answer holds its own record, which
+        is taken first-hand (its refutation may be the counter past the window: it must
+        arrive before the suspicion ends). Once per probe interval per member, and
+        ``ASK_RATE`` a second in all, so that no one can make this member open exchanges at
+        will."""
+        if self._leaving or now < m.asked_at + self.cfg.probe_interval:
             return
-        every = self.cfg.probe_interval if m.status is SUSPECT \
-            else self.cfg.state_repair_delay * 4
-        if now >= m.asked_at + every:
-            m.asked_at = now
-            self._out.append(Stream(m.addr, self._own_push_pull(), "repair"))
+        self._ask_tokens = min(ASK_RATE, self._ask_tokens + (now - self._asked_at) * ASK_RATE)
+        self._asked_at = now
+        if self._ask_tokens < 1:
+            return
+        self._ask_tokens -= 1
+        m.asked_at = now
+        self._out.append(Stream(m.addr, self._own_push_pull(), "repair"))
 
     def _on_alive(self, msg: Alive, now: float, *, src: Addr | None = None,
                   trusted: bool = False) -> None:

@@ -210,6 +210,7 @@ def test_stale_accusations_are_ignored() -> None:
 
 def test_dead_member_comes_back_with_a_higher_incarnation() -> None:
     core = make(n_peers=3)
+    core.receive(addr(3), Alive(3, "p0", *addr(2)), 0.0)
     core.receive(addr(3), Dead(3, "p0", "p1"), 0.0)  # another's verdict: a suspicion here
     assert core.member("p0").status is Status.SUSPECT  # type: ignore[union-attr]
     (dead,) = events(run_until(core, 30.0), EventKind.DEAD)
@@ -217,6 +218,15 @@ def test_dead_member_comes_back_with_a_higher_incarnation() -> None:
     assert events(core.receive(addr(2), Alive(3, "p0", *addr(2)), 31.0)) == []
     (join,) = events(core.receive(addr(2), Alive(4, "p0", *addr(2)), 32.0), EventKind.JOIN)
     assert join.incarnation == 4
+
+
+def test_an_accusation_above_the_incarnation_held_is_refused() -> None:
+    """Only a member itself moves its incarnation up: an accusation above the one held is
+    a liar's (its refutation could be past the window)."""
+    core = make(n_peers=3)
+    core.receive(addr(3), Suspect(1, "p0", "p1"), 0.0)
+    assert core.member("p0").status is Status.ALIVE  # type: ignore[union-attr]
+    assert core.stats.dropped["counter"] == 1
 
 
 def test_a_death_notice_from_another_member_is_a_suspicion_until_its_floor() -> None:
