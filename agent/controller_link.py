@@ -66,7 +66,9 @@ class ControllerLink:
                  connect: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None,
                  moved: Callable[[str], str | None] | None = None,
                  verify: Callable[[str], Awaitable[bool]] | None = None,
-                 recheck: float = 0.5) -> None:
+                 recheck: float = 0.5,
+                 on_endpoints: Callable[[controller_pb2.ExpectedEndpoints], None] | None = None,
+                 ) -> None:
         self._registration = registration
         self._addresses = addresses
         self._on_desired = on_desired
@@ -80,6 +82,8 @@ class ControllerLink:
         self._refused: dict[str, float] = {}
         """Gossip-named addresses that failed ``verify``, and when (not tried again soon)."""
         self._recheck = recheck
+        self._on_endpoints = on_endpoints
+        """Called with each set of expected endpoints (what the load balancer may route to)."""
         self._applying = False
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
             addr, options=options))
@@ -212,6 +216,8 @@ class ControllerLink:
                 log.info("controller is not the leader", extra={
                     "controller": addr, "leader": msg.not_leader.address})
                 return
+            if kind == "endpoints" and self._on_endpoints is not None:
+                self._on_endpoints(msg.endpoints)
             if kind == "desired":
                 if not self.connected:
                     self.connected, self.controller = True, addr

@@ -92,6 +92,12 @@ class Agent:
         self.mesh: Mesh | None = None
         self.tls = cfg.tls
         """The TLS this agent uses (set at start: made by hand, or from a join)."""
+        self.published_ports: frozenset[int] = frozenset()
+        """The ports this node's load balancer publishes (reported as reserved)."""
+        self.own_ports: frozenset[int] = frozenset()
+        """The ports this agent's own servers listen on (gossip, RPC, metrics)."""
+        self.expected: discovery.Expected | None = None
+        """What the controller placed (None: not heard from it yet: our own endpoints only)."""
 
     async def start(self) -> None:
         try:
@@ -141,6 +147,7 @@ class Agent:
         bound = server.add_secure_port(f"{host}:{port}", server_credentials(self.tls)) \
             if self.tls.enabled else server.add_insecure_port(f"{host}:{port}")
         await server.start()
+        self.own_ports = frozenset({bound})
 
         self.rpc_address = cfg.rpc_advertise or (
             f"{adv_host if host in ('0.0.0.0', '') else host}:{bound}")
@@ -172,7 +179,8 @@ class Agent:
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report,
                                    connect=self._controller_channel,
-                                   moved=self._leader_elsewhere, verify=self._is_controller)
+                                   moved=self._leader_elsewhere, verify=self._is_controller,
+                                   on_endpoints=self._expected_endpoints)
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
@@ -295,6 +303,11 @@ class Agent:
         attrs.update(host_volume_attributes((v.name, v.read_only) for v in cfg.host_volume))
         cores = int(attrs.get("cpu.numcores", "1"))
         gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else ""
+        own = set(self.own_ports)
+        if self.gossip is not None:
+            own.add(self.gossip.bind[1])
+        if self.metrics is not None and self.metrics.port:
+            own.add(self.metrics.port)
         return node_pb2.Node(
             id=self.node_id, name=cfg.name or socket.gethostname(), address=self.rpc_address,
             gossip_address=gossip,
@@ -306,7 +319,10 @@ class Agent:
             reserved=job_pb2.Resources(cpu_millicores=cfg.reserved_cpu_millicores,
                                        memory_mb=cfg.reserved_memory_mb),
             host_volumes=[node_pb2.HostVolume(name=v.name, path=v.path, read_only=v.read_only)
-                          for v in cfg.host_volume])
+                          for v in cfg.host_volume],
+            # nothing may be placed on the ports this agent listens on itself, nor on those
+            # its load balancer publishes for the cluster's services
+            reserved_ports=sorted(own | self.published_ports))
 
     def _leader_elsewhere(self, current: str) -> str | None:
         """Where the stream to ``current`` should move (see ``controller_link.leader_elsewhere``)."""
@@ -322,6 +338,20 @@ class Agent:
             known.sort(key=lambda m: m.state.get("leader") != "true")
             found += [str(m.state["rpc"]) for m in known if m.state["rpc"] not in found]
         return found
+
+    def _expected_endpoints(self, expected: controller_pb2.ExpectedEndpoints) -> None:
+        """The controller's expected endpoints: what the load balancer may route to and
+        templates may read; the published ports are reported as reserved when they
+        changed."""
+        self.expected = discovery.Expected.from_proto(expected)
+        self._files_inputs_changed()
+        if self.mesh is not None:
+            self.mesh.set_expected(self.expected)
+            ports = frozenset(s.published_port for s in self.expected.services.values()
+                              if s.published_port)
+            if ports != self.published_ports:
+                self.published_ports = ports
+                self.link.reregister()
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
         specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
@@ -342,7 +372,8 @@ class Agent:
             spec = self._specs.get(st.alloc_id)
             if spec is not None and spec.desired == "run" and st.client_status == "running" \
                     and st.healthy:
-                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host))
+                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host,
+                                              namespace=spec.namespace, job=spec.job))
         have = {k: v for k, v in self.gossip.core.me.state.items()
                 if k.startswith(discovery.PREFIX)}
         changes: dict[str, object] = {k: None for k in have if k not in want}
@@ -354,11 +385,15 @@ class Agent:
 
     # --- what task templates read -------------------------------------------------------------
 
-    def _catalog(self, service: str) -> list[TemplateEndpoint]:
-        members = self.gossip.members() if self.gossip is not None else []
+    def _catalog(self, namespace: str, service: str) -> list[TemplateEndpoint]:
+        """The healthy endpoints of a service of ``namespace``, as the controller placed
+        them (the same trust as the load balancer's)."""
+        if self.gossip is None:
+            return []
+        table = discovery.endpoint_table(self.gossip.members(), self.cfg.name, self.expected)
         return [TemplateEndpoint(address=f"{e.host}:{e.port}", host=e.host, port=e.port,
                                   node=e.node, alloc_id=e.alloc_id)
-                for e in discovery.service_endpoints(members, service)]
+                for e in table.endpoints(namespace, service)]
 
     def _node_info(self) -> dict[str, Any]:
         n = self.registration()

@@ -5,6 +5,7 @@ sockets.
     python -m bench.gossip            # the full run (about 10 minutes on one core)
     python -m bench.gossip --quick    # a smoke run
     python -m bench.gossip --json     # the last line of stdout is one JSON object
+    python -m bench.gossip --only hostile --json   # one malicious member (bench/gossip_hostile.py)
 
 Three protocol settings are compared where it matters:
   swim        plain SWIM: fixed suspicion timeout, no local health, no nacks
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from bench.gossip_hostile import hostile_section
 from bench.report import pct, progress, table
 from orch.gossip import codec
 from orch.gossip.config import GossipConfig
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default="detection,faults,load,sockets",
-                    help="comma-separated sections to run")
+                    help="comma-separated sections to run (and hostile: one malicious member)")
     opts = ap.parse_args(argv)
     sizes = [int(s) for s in opts.sizes.split(",")]
     trials, minutes, fault_n, idle_n = opts.trials, opts.minutes, opts.fault_n, max(sizes)
@@ -301,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         load_section(result, idle_n, minutes, trials, seed)
     if "sockets" in only:
         sockets_section(result, 2.0 if opts.quick else 5.0)
+    if "hostile" in only:
+        hostile_section(result, opts.quick, seed, timed)
     if opts.json:
         print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v))
     return 0

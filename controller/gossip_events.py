@@ -6,15 +6,21 @@ the same events and leave them to it):
   (``NodeMonitor``);
 - member events are recorded in the event log, coalesced per burst (a suspicion refuted
   within it is no news);
-- user events are recorded in the event log (topic ``user``), coalesced by name.
+- user events are recorded in the event log (topic ``user``), coalesced by name, each
+  with the member that says it fired it and whether gossip vouches for that: with a gossip
+  key, only holders of the key can send one (any of them can claim any name); without, any
+  host that reaches the gossip port can. What is recorded is bounded (``UserEventLimits``):
+  events beyond the rates are counted and dropped, never stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.cluster import Cluster
@@ -35,18 +41,97 @@ _RECORDED = {EventKind.SUSPECT: "NodeSuspect", EventKind.ALIVE: "NodeAlive",
 """The member events recorded in the event log, and their event types."""
 
 
+@dataclass(frozen=True, slots=True)
+class UserEventLimits:
+    """What the event log takes from user events, which any gossip member can send."""
+
+    rate: float = 10.0
+    """User events recorded per second, all members together (Serf's users fire a few a
+    minute); a burst of ``burst`` more is taken at once."""
+    burst: int = 100
+    per_origin_rate: float = 1.0
+    """User events recorded per second from one origin (the member named as the firer), so
+    that one member cannot take the whole rate; bursts of ``per_origin_burst``."""
+    per_origin_burst: int = 20
+    origins: int = 1024
+    """Origins whose rate is tracked; the one heard of longest ago gives way."""
+    shown_bytes: int = 512
+    """Bytes of an event's name and payload shown in its log entry (the gossip limits)."""
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+    def take(self, now: float, rate: float, burst: int) -> bool:
+        self.tokens = min(float(burst), self.tokens + (now - self.at) * rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass(slots=True)
+class UserEventGate:
+    """Which user events the event log records (pure: the time is passed in)."""
+
+    limits: UserEventLimits = field(default_factory=UserEventLimits)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Events not recorded, by reason: rate (all members), origin (one member's rate)."""
+    _all: _Bucket | None = None
+    _origins: dict[str, _Bucket] = field(default_factory=dict)
+
+    def admit(self, origin: str, now: float) -> bool:
+        lim = self.limits
+        if self._all is None:
+            self._all = _Bucket(float(lim.burst), now)
+        b = self._origins.pop(origin, None)
+        if b is None:
+            b = _Bucket(float(lim.per_origin_burst), now)
+            if len(self._origins) >= lim.origins:
+                del self._origins[next(iter(self._origins))]
+        self._origins[origin] = b  # the most recently heard last
+        if not b.take(now, lim.per_origin_rate, lim.per_origin_burst):
+            self.dropped["origin"] = self.dropped.get("origin", 0) + 1
+            return False
+        if not self._all.take(now, lim.rate, lim.burst):
+            self.dropped["rate"] = self.dropped.get("rate", 0) + 1
+            return False
+        return True
+
+
+def describe(e: UserEvent, *, authenticated: bool, shown: int = 512) -> str:
+    """A user event's entry in the event log: name, clock, payload, and who says it fired it."""
+    payload = e.payload[:shown].decode("utf-8", "backslashreplace")
+    origin = e.origin or "an unnamed member"
+    how = "gossip authenticated by the cluster key" if authenticated \
+        else "unauthenticated gossip"
+    return (f"{e.name[:128]} (ltime {e.ltime})" + (f": {payload}" if payload else "")
+            + f" [from {origin}, {how}]")
+
+
 class GossipEvents:
-    def __init__(self, leader: LeaderStatus, monitor: NodeMonitor, cluster: Cluster) -> None:
+    def __init__(self, leader: LeaderStatus, monitor: NodeMonitor, cluster: Cluster,
+                 limits: UserEventLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.leader = leader
         self.monitor = monitor
         self.cluster = cluster
         self.pending: set[asyncio.Future[object]] = set()
         """Writes started for events and not finished yet."""
+        self.gate = UserEventGate(limits or UserEventLimits())
+        self.authenticated = False
+        """The gossip heard is encrypted: only holders of the key send user events."""
+        self._clock = clock
+        self._dropped_logged = -math.inf
         self._members: Batched[MemberEvent, Delivered] | None = None
         self._user: Batched[UserEvent, UserEvent] | None = None
 
     def listen(self, gossip: GossipNode) -> None:
         """Start hearing ``gossip``'s member and user events."""
+        self.authenticated = gossip.keyring is not None
         gossip.on_event(self.on_member)
         self._members = Batched(Coalescer(), self.record_members)
         gossip.on_event(self._members.push)
@@ -82,12 +167,21 @@ class GossipEvents:
         if not self.leader.is_leader:
             return
         now_ns = int(time.time() * 1e9)
+        now = self._clock()
         events = []
         for e in batch:
-            shown = e.payload.decode("utf-8", "backslashreplace")
-            events.append(event("user", "UserEvent", e.name, f"{e.name} (ltime {e.ltime})"
-                                + (f": {shown}" if shown else ""), now_ns))
-        self.spawn(self.cluster.write(Changes(events=events)))
+            if not self.gate.admit(e.origin, now):
+                if now - self._dropped_logged >= 60:
+                    self._dropped_logged = now
+                    log.warning("user events arrive faster than the event log takes them; "
+                                "dropped", extra={"origin": e.origin or "unnamed",
+                                                  "dropped": sum(self.gate.dropped.values())})
+                continue
+            events.append(event("user", "UserEvent", e.name[:128], describe(
+                e, authenticated=self.authenticated, shown=self.gate.limits.shown_bytes),
+                now_ns))
+        if events:
+            self.spawn(self.cluster.write(Changes(events=events)))
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run a write in the background; its failure is logged."""

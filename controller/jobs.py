@@ -13,7 +13,17 @@ from controller.evaluator import Evaluator
 from controller.planner import event, plan_summary
 from controller.scheduler import diff_groups, schedule
 from controller.secrets import Secrets
-from controller.state import COMPLETE, FAILED, LOST, PENDING, RUN, RUNNING, TERMINAL, job_key
+from controller.state import (
+    COMPLETE,
+    FAILED,
+    LOST,
+    PENDING,
+    RUN,
+    RUNNING,
+    TERMINAL,
+    ClusterState,
+    job_key,
+)
 from controller.store.base import Changes, JobKey
 from orch.errors import ConflictError, NotFoundError, RequestError
 from orch.jobspec import check_job
@@ -52,6 +62,31 @@ def job_diff(old: job_pb2.Job | None, new: job_pb2.Job) -> controller_pb2.JobDif
     if out.fields:
         out.kind = "edited"
     return out
+
+
+def published_port_claims(state: ClusterState, pb: job_pb2.Job) -> list[str]:
+    """The published ports of ``pb`` that another job already claims, each as a sentence
+    naming that job (every node's load balancer listens on a published port for one
+    service only)."""
+    key = job_key(pb)
+    wanted = {s.published_port: (g.name, s.name) for g in pb.groups for s in g.services
+              if s.published_port}
+    if not wanted:
+        return []
+    problems = []
+    for other_key, versions in sorted(state.jobs.items()):
+        if other_key == key or not versions or versions[-1].stop:
+            continue
+        for g in versions[-1].groups:
+            for svc in g.services:
+                mine = wanted.get(svc.published_port)
+                if mine is not None:
+                    problems.append(
+                        f"groups[{mine[0]}].services[{mine[1]}]: published port "
+                        f"{svc.published_port} is already published by job {other_key[1]!r} "
+                        f"in namespace {other_key[0]!r} (group {g.name!r}, service "
+                        f"{svc.name!r}); choose another port, or stop that job first")
+    return problems
 
 
 def job_status(allocs: list[node_pb2.Allocation], job: job_pb2.Job) -> job_pb2.JobStatus.ValueType:
@@ -117,6 +152,9 @@ class Jobs:
                 raise ConflictError(f"job {key[1]!r} is at version {cur.version if cur else 0}, "
                                     f"not {enforce_version}")
             changed = cur is None or cur.stop or _spec_of(cur) != _spec_of(pb)
+            claims = published_port_claims(self.state, pb) if changed else []
+            if claims:
+                raise RequestError("; ".join(claims))
             if changed:
                 new = job_pb2.Job()
                 new.CopyFrom(pb)
@@ -145,6 +183,9 @@ class Jobs:
     def plan(self, pb: job_pb2.Job) -> controller_pb2.PlanJobResponse:
         """What registering ``pb`` would do, without doing it."""
         check_job(pb)
+        claims = published_port_claims(self.state, pb)
+        if claims:
+            raise RequestError("; ".join(claims))
         key = job_key(pb)
         self._check_refs(key, pb)
         cur = self.state.job(key)

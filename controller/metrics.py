@@ -9,21 +9,32 @@ from prometheus_client.registry import Collector
 
 from controller.api.authz import Authorizer
 from controller.evaluator import Evaluator
+from controller.gossip_events import GossipEvents
 from controller.leadership import LeaderStatus
 from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
 
 
 class ControllerCollector(Collector):
-    def __init__(self, leader: LeaderStatus, evaluator: Evaluator, authz: Authorizer) -> None:
+    def __init__(self, leader: LeaderStatus, evaluator: Evaluator, authz: Authorizer,
+                 gossip_events: GossipEvents | None = None) -> None:
         self.leader = leader
         self.evaluator = evaluator
         self.authz = authz
+        self.gossip_events = gossip_events
 
     def collect(self) -> Iterator[Metric]:
         ev, cluster = self.evaluator, self.evaluator.cluster
         state = cluster.state
         yield GaugeMetricFamily("orch_controller_leader", "1 while this controller leads.",
                                 value=1 if self.leader.is_leader else 0)
+        if self.gossip_events is not None:
+            dropped = CounterMetricFamily(
+                "orch_controller_user_events_dropped", "User events from gossip not recorded "
+                "in the event log, by reason (rate: all members' rate; origin: one member's).",
+                labels=["reason"])
+            for reason in ("rate", "origin"):
+                dropped.add_metric([reason], self.gossip_events.gate.dropped.get(reason, 0))
+            yield dropped
         yield CounterMetricFamily("orch_controller_evaluations", "Evaluations run.",
                                   value=ev.evaluations)
         yield CounterMetricFamily("orch_controller_placements", "Allocations placed.",

@@ -200,7 +200,8 @@ class Controller:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=CONTROLLER_METRICS_PORT,
                                       where="metrics_addr")
             self.metrics = MetricsServer(registry_with(
-                ControllerCollector(self.leader, self.evaluator, self.authz),
+                ControllerCollector(self.leader, self.evaluator, self.authz,
+                                    self.gossip_events),
                 GossipCollector(gossip)), mhost, mport)
             await self.metrics.start()
         if self.trust is not None:
@@ -342,6 +343,7 @@ class Controller:
         if self.leader.election is not None:
             state.reset(await self.store.load())
             self.nodes_monitor.reset()
+            self.cluster.reset_endpoints()
         if "cluster_id" not in state.meta:
             await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
         if self.trust is not None:

@@ -91,6 +91,11 @@ class ProtocolError(OrchError):
 
     reason = "decode"
 
+    def __init__(self, message: str = "", *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
 
 class VersionError(ProtocolError):
     reason = "version"

@@ -162,7 +162,8 @@ class LoadBalancer:
 
     # --- idle connections ------------------------------------------------------------
     def _period(self) -> float:
-        return min(self.cfg.idle_timeout, self.cfg.udp_session_timeout) / 4
+        cfg = self.cfg
+        return min(cfg.idle_timeout, cfg.udp_session_timeout, cfg.udp_new_session_timeout) / 4
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,15 +173,18 @@ class LoadBalancer:
 
     def sweep(self, now: float) -> None:
         """Close connections (end sessions) that moved no byte for their idle timeout."""
+        cfg = self.cfg
         for svc in [*self._services.values(), *self._draining]:
-            limit = self.cfg.udp_session_timeout if svc.spec.protocol == "udp" else self.cfg.idle_timeout
+            udp = svc.spec.protocol == "udp"
+            limit = cfg.udp_session_timeout if udp else cfg.idle_timeout
             for c in list(svc.conns):
                 i, o = c.io_total()
                 moved = i + o
                 if moved != c.seen or c.idle_since < 0:  # bytes moved, or first seen
                     c.seen = moved
                     c.idle_since = now
-                elif now - c.idle_since >= limit:
+                elif now - c.idle_since >= (cfg.udp_new_session_timeout if udp and c.fresh
+                                            else limit):
                     c.abort()
         for svc in [s for s in self._draining if not s.conns]:
             self._close_listener(svc)  # a UDP service's port, kept while its sessions drained

@@ -42,6 +42,16 @@ class LbConfig:
     drain_grace: float = 30.0
     """Seconds the connections of a removed endpoint, or of a removed service, may go on
     before they are closed. New connections go elsewhere at once."""
+    max_per_prefix: int = 2_000
+    """Open connections (TCP) or sessions (UDP) per service from one client network (a /24
+    for IPv4, a /64 for IPv6: ``prefix_v4``, ``prefix_v6``); a client beyond it is turned
+    away and counted (reason ``prefix``). One network cannot take a service's
+    ``max_connections`` from everyone else; a fifth of them leaves room for many clients
+    behind one NAT."""
+    prefix_v4: int = 24
+    """Bits of an IPv4 client address that make its network for ``max_per_prefix``."""
+    prefix_v6: int = 64
+    """Bits of an IPv6 client address that make its network for ``max_per_prefix``."""
 
     # --- back-pressure -------------------------------------------------------------------
     write_high_water: int = 256 * 1024
@@ -72,6 +82,22 @@ class LbConfig:
     endpoint affinity) ends."""
     udp_pending_limit: int = 64
     """Datagrams from a new client kept while its session socket opens; more are dropped."""
+    udp_new_sessions: int = 1_000
+    """UDP sessions per service not established yet: the client has not sent a datagram
+    since its endpoint answered (a spoofed source never sees the answers). Beyond it, a new
+    client takes the place of the new session idle longest, and so does a new client when
+    the service is at ``max_connections``: a flood of spoofed sources churns through this
+    many sessions (and socket descriptors) of its own and never displaces an established
+    client, nor keeps a new one out."""
+    udp_new_session_rate: float = 2_000.0
+    """New UDP sessions opened per second per service (bursts of as many); a datagram from
+    a new client beyond it is dropped at once and counted (reason ``rate``). Opening a
+    session takes a socket and tens of microseconds; dropping a datagram takes one: a flood
+    of spoofed sources is shed at the cost of a dictionary look-up per datagram, and the
+    load balancer keeps up with its established clients."""
+    udp_new_session_timeout: float = 5.0
+    """Seconds a UDP session that is not established lives without a datagram (an
+    established one: ``udp_session_timeout``)."""
 
     # --- listeners -----------------------------------------------------------------------
     bind_retry_interval: float = 5.0
@@ -84,13 +110,14 @@ class LbConfig:
 
     def __post_init__(self) -> None:
         positive = ("connect_timeout", "idle_timeout", "drain_grace", "outlier_base_ejection",
-                    "outlier_max_ejection", "udp_session_timeout", "bind_retry_interval")
+                    "outlier_max_ejection", "udp_session_timeout", "bind_retry_interval",
+                    "udp_new_session_timeout", "udp_new_session_rate")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", where=f"lb.{name}")
         counts = ("connect_retries", "max_connections", "write_high_water", "write_low_water",
                   "pending_limit", "outlier_consecutive_failures", "udp_pending_limit",
-                  "listen_backlog")
+                  "listen_backlog", "max_per_prefix", "udp_new_sessions")
         for name in counts:
             if getattr(self, name) < (0 if name == "connect_retries" else 1):
                 raise ConfigError(f"must be a positive count, got {getattr(self, name)}",
@@ -102,6 +129,11 @@ class LbConfig:
         if self.outlier_max_ejection < self.outlier_base_ejection:
             raise ConfigError("must not be below outlier_base_ejection",
                               where="lb.outlier_max_ejection")
+        if not 0 <= self.prefix_v4 <= 32:
+            raise ConfigError(f"must be within 0..32, got {self.prefix_v4}", where="lb.prefix_v4")
+        if not 0 <= self.prefix_v6 <= 128:
+            raise ConfigError(f"must be within 0..128, got {self.prefix_v6}",
+                              where="lb.prefix_v6")
         if not _is_prime(self.maglev_table_size):
             raise ConfigError(f"must be a prime, got {self.maglev_table_size} "
                               "(e.g. 65537, 16381, 4099, 1021)", where="lb.maglev_table_size")

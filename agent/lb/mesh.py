@@ -1,10 +1,11 @@
 """The routing mesh on one agent: gossip's endpoint table, kept in the load balancer.
 
 Any membership event (a member's node state changed, a member joined, was suspected,
-died or left) and any change of this agent's own endpoints marks the table stale; one
-task rebuilds it from gossip (``discovery.endpoint_table``) and hands it whole to
-``LoadBalancer.update``, at most every ``settle`` seconds, so that a burst of events
-costs one update. A sweep every ``resync`` seconds rebuilds it anyway.
+died or left), any change of this agent's own endpoints and any new set of expected
+endpoints from the controller (``set_expected``) marks the table stale; one task rebuilds
+it from gossip, keeping only what the controller placed (``discovery.endpoint_table``),
+and hands it whole to ``LoadBalancer.update``, at most every ``settle`` seconds, so that a
+burst of events costs one update. A sweep every ``resync`` seconds rebuilds it anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Mesh:
         self.settle, self.resync = settle, resync
         self.table: dict[str, ServiceSpec] = {}
         self.updates = 0
+        self.expected: discovery.Expected | None = None
+        """What the controller placed (None: not heard from it yet: our own endpoints only)."""
+        self.refused: dict[str, int] = dict.fromkeys(discovery.REASONS, 0)
+        """Endpoints published in gossip and refused in the last table built, by reason."""
         self._stale = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[dict[str, ServiceSpec]], None]] = []
@@ -48,6 +53,11 @@ class Mesh:
         """Something the table depends on changed: rebuild it soon."""
         self._stale.set()
 
+    def set_expected(self, expected: discovery.Expected) -> None:
+        """The controller's expected endpoints (replacing the last ones)."""
+        self.expected = expected
+        self._stale.set()
+
     def _on_event(self, ev: MemberEvent) -> None:
         self._stale.set()
 
@@ -57,7 +67,9 @@ class Mesh:
                 await asyncio.wait_for(self._stale.wait(), self.resync)
             await asyncio.sleep(self.settle)
             self._stale.clear()
-            table = discovery.endpoint_table(self.gossip.members(), self.me)
+            built = discovery.endpoint_table(self.gossip.members(), self.me, self.expected)
+            self.refused = built.refused
+            table = built.services
             if self.lb.cfg.prefer_nearest:
                 table = self._with_distances(table)
             if table == self.table:

@@ -1,6 +1,7 @@
 """The load balancer's metrics, per service (bounded by the services published in the
-cluster): connections, bytes, connect latency, failures, retries, endpoints by state,
-ejections."""
+cluster; a service is named by its namespace, job, group and name): connections, bytes,
+connect latency, failures, retries, endpoints by state, ejections; and the endpoints
+published in gossip that this agent refuses."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from agent.lb.discovery import REASONS
 from agent.lb.mesh import Mesh
 
 ENDPOINT_STATES = ("healthy", "probing", "ejected", "draining")
@@ -24,8 +26,9 @@ class LbCollector(Collector):
         self.mesh = mesh
 
     def collect(self) -> Iterator[Metric]:
-        stats = sorted(self.mesh.stats().values(), key=lambda s: s.name)
-        svc = ["service"]
+        stats = sorted(self.mesh.stats().values(),
+                       key=lambda s: (s.name, s.namespace, s.job, s.group))
+        svc = ["service", "namespace", "job", "group"]
 
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"orch_lb_{name}", doc, labels=svc)
@@ -36,8 +39,13 @@ class LbCollector(Collector):
         listening = gauge("listening", "1 while the service's published port is bound here.")
         active = gauge("connections_active", "Client connections (UDP: sessions) open now.")
         total = counter("connections", "Client connections (UDP: sessions) accepted.")
-        rejected = counter("connections_rejected", "Client connections refused at the "
-                           "service's connection limit.")
+        rejected = CounterMetricFamily(
+            "orch_lb_connections_rejected", "Client connections (UDP: sessions) turned away, by "
+            "reason (limit: the service's max_connections; prefix: its max_per_prefix from one "
+            "client network; rate: UDP datagrams from new clients past udp_new_session_rate).",
+            labels=[*svc, "reason"])
+        evicted = counter("udp_sessions_evicted", "UDP sessions not established yet ended to "
+                          "make room for a new client (udp_new_sessions, max_connections).")
         failed = counter("connections_failed", "Client connections no endpoint could take.")
         bytes_in = counter("received_bytes", "Bytes received from clients.")
         bytes_out = counter("sent_bytes", "Bytes sent to clients.")
@@ -45,15 +53,19 @@ class LbCollector(Collector):
         retries = counter("connect_retries", "Connects retried on another endpoint.")
         ejections = counter("ejections", "Endpoints ejected by outlier detection.")
         endpoints = GaugeMetricFamily("orch_lb_endpoints", "Endpoints by state.",
-                                      labels=["service", "state"])
+                                      labels=[*svc, "state"])
         latency = HistogramMetricFamily("orch_lb_connect_duration_seconds", "Time to connect "
                                         "to an endpoint (successful TCP connects).", labels=svc)
         for s in stats:
-            name = [s.name]
+            name = [s.name, s.namespace, s.job, s.group]
             listening.add_metric(name, 1 if s.listening else 0)
             active.add_metric(name, s.active)
             total.add_metric(name, s.total)
-            rejected.add_metric(name, s.rejected)
+            rejected.add_metric([*name, "limit"], s.rejected)
+            rejected.add_metric([*name, "prefix"], s.rejected_prefix)
+            if s.protocol == "udp":
+                rejected.add_metric([*name, "rate"], s.rejected_rate)
+                evicted.add_metric(name, s.evicted)
             failed.add_metric(name, s.failed)
             bytes_in.add_metric(name, s.bytes_in)
             bytes_out.add_metric(name, s.bytes_out)
@@ -61,15 +73,24 @@ class LbCollector(Collector):
             retries.add_metric(name, s.retries)
             ejections.add_metric(name, s.ejections)
             for state in ENDPOINT_STATES:
-                endpoints.add_metric([s.name, state], s.endpoints.get(state, 0))
+                endpoints.add_metric([*name, state], s.endpoints.get(state, 0))
             h = s.connect_latency
             latency.add_metric(name, [(_le(b), n) for b, n in h.cumulative()], h.sum)
-        yield from (listening, active, total, rejected, failed, bytes_in, bytes_out, failures,
-                    retries, ejections, endpoints, latency)
+        yield from (listening, active, total, rejected, evicted, failed, bytes_in, bytes_out,
+                    failures, retries, ejections, endpoints, latency)
         yield GaugeMetricFamily("orch_lb_services", "Services this node's load balancer "
                                 "publishes.", value=len(stats))
         yield CounterMetricFamily("orch_lb_table_updates", "Endpoint tables applied (from "
                                   "gossip).", value=self.mesh.updates)
+        refused = GaugeMetricFamily(
+            "orch_lb_endpoints_refused", "Endpoints published in gossip that this agent refuses "
+            "now, by reason (malformed; unexpected: not placed by the controller for that "
+            "service; node: published by another member than its node; address: not at the "
+            "publishing member's own address; port: not at the port it was given).",
+            labels=["reason"])
+        for reason in REASONS:
+            refused.add_metric([reason], self.mesh.refused.get(reason, 0))
+        yield refused
 
 
 def _le(bound: float) -> str:

@@ -41,9 +41,15 @@ class ServiceSpec:
 
     name: str
     published_port: int
+    namespace: str = "default"
+    job: str = ""
+    group: str = ""
+    """Where the service is defined (a job's group): with ``name``, its identity."""
     protocol: str = "tcp"
     """tcp or udp."""
     policy: str = "round_robin"
     """round_robin, least_conn, p2c or maglev (consistent hashing on the client address)."""
+    proxy_protocol: bool = False
+    """Its endpoints get a PROXY protocol v2 header first (each ``Endpoint`` says so too)."""
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
     """Healthy endpoints only; an endpoint that disappears drains."""

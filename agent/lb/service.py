@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 from typing import Any, Protocol
@@ -19,6 +20,8 @@ class Conn(Protocol):
     """A client connection (TCP) or session (UDP) the service holds."""
 
     backend: Backend | None
+    prefix: str
+    """The client's network (``max_per_prefix``); "" when not counted."""
 
     def abort(self) -> None: ...
     def io_total(self) -> tuple[int, int]: ...
@@ -51,6 +54,9 @@ class ServiceState:
         self.active = 0
         self.total = 0
         self.rejected = 0
+        self.rejected_prefix = 0
+        self.rejected_rate = 0
+        self.evicted = 0
         self.failed = 0
         self.connect_failures = 0
         self.retries = 0
@@ -60,6 +66,27 @@ class ServiceState:
         self.latency = Histogram()
         self.failed_logged = False
         """A "no endpoint reachable" warning was logged and no client was served since."""
+        self.prefixes: dict[str, int] = {}
+        """Open connections (sessions) per client network."""
+        self.limit_logged = False
+        """A "client network at its limit" warning was logged since the last one ended."""
+
+    def admit_prefix(self, host: str) -> str | None:
+        """The client's network, counted, when it may open one more connection; None
+        (counted as rejected) when it holds ``max_per_prefix`` already."""
+        prefix = client_prefix(host, self.cfg.prefix_v4, self.cfg.prefix_v6)
+        n = self.prefixes.get(prefix, 0)
+        if n >= self.cfg.max_per_prefix:
+            self.rejected_prefix += 1
+            if not self.limit_logged:
+                self.limit_logged = True
+                log.warning("a client network holds its share of the service; more clients "
+                            "from it are turned away", extra={
+                                "service": self.name, "network": prefix,
+                                "limit": self.cfg.max_per_prefix})
+            return None
+        self.prefixes[prefix] = n + 1
+        return prefix
 
     @property
     def name(self) -> str:
@@ -107,6 +134,13 @@ class ServiceState:
             return
         self.conns.discard(conn)
         self.active -= 1
+        if conn.prefix:
+            n = self.prefixes.get(conn.prefix, 0) - 1
+            if n > 0:
+                self.prefixes[conn.prefix] = n
+            else:
+                self.prefixes.pop(conn.prefix, None)
+                self.limit_logged = False
         bi, bo = conn.io_total()
         self.bytes_in_closed += bi
         self.bytes_out_closed += bo
@@ -164,9 +198,22 @@ class ServiceState:
         for d in details:
             states[d.state] += 1
         return ServiceStats(
-            name=self.name, protocol=self.spec.protocol, policy=self.spec.policy, port=self.port,
+            name=self.name, namespace=self.spec.namespace, job=self.spec.job,
+            group=self.spec.group, rejected_prefix=self.rejected_prefix,
+            rejected_rate=self.rejected_rate, evicted=self.evicted,
+            protocol=self.spec.protocol, policy=self.spec.policy, port=self.port,
             listening=self.listener is not None, bind_error=self.bind_error, active=self.active,
             total=self.total, rejected=self.rejected, failed=self.failed, bytes_in=bi,
             bytes_out=bo, connect_failures=self.connect_failures, retries=self.retries,
             ejections=self.ejections, endpoints=states, endpoint_details=details,
             connect_latency=self.latency.copy())
+
+
+def client_prefix(host: str, v4: int = 24, v6: int = 64) -> str:
+    """The network of a client address that ``max_per_prefix`` counts (``a.b.c`` for a /24)."""
+    if ":" not in host and v4 == 24:
+        return host.rpartition(".")[0]
+    try:
+        return str(ipaddress.ip_network(f"{host}/{v6 if ':' in host else v4}", strict=False))
+    except ValueError:
+        return host

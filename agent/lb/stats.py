@@ -101,3 +101,12 @@ class ServiceStats:
     endpoint_details: tuple[EndpointStats, ...]
     connect_latency: Histogram
     """Seconds from the start of a successful connect to its completion (TCP)."""
+    namespace: str = "default"
+    job: str = ""
+    group: str = ""
+    rejected_prefix: int = 0
+    """Clients turned away by ``max_per_prefix``."""
+    rejected_rate: int = 0
+    """Datagrams from new UDP clients dropped past ``udp_new_session_rate``."""
+    evicted: int = 0
+    """UDP sessions not established yet ended to make room for a new client."""

@@ -74,8 +74,8 @@ class TcpConnection(asyncio.Protocol):
     """A client connection to a published port, and the endpoint connection it is given."""
 
     __slots__ = ("_paused_pending", "_paused_up", "aborted", "backend", "bytes_in", "client_eof",
-                 "client_open", "idle_since", "pending", "pending_bytes", "seen", "svc", "task",
-                 "timed_out", "transport", "up", "up_eof", "up_open", "up_transport")
+                 "client_open", "idle_since", "pending", "pending_bytes", "prefix", "seen", "svc",
+                 "task", "timed_out", "transport", "up", "up_eof", "up_open", "up_transport")
 
     def __init__(self, svc: ServiceState) -> None:
         self.svc = svc
@@ -98,6 +98,7 @@ class TcpConnection(asyncio.Protocol):
         self.seen = 0
         self.idle_since = -1.0
         """When the idle sweep last saw bytes move (-1: not swept yet)."""
+        self.prefix = ""
 
     # --- client side -----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -107,6 +108,12 @@ class TcpConnection(asyncio.Protocol):
             svc.rejected += 1
             transport.abort()
             return
+        peer = transport.get_extra_info("peername")
+        prefix = svc.admit_prefix(peer[0]) if peer else ""
+        if prefix is None:
+            transport.abort()
+            return
+        self.prefix = prefix
         self.client_open = True
         svc.active += 1
         svc.total += 1

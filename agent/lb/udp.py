@@ -10,6 +10,16 @@ outlier detection and ends the session, so the next datagram chooses again.
 
 A removed endpoint's sessions drain for ``drain_grace``, and so do a removed service's:
 its listener stays open meanwhile (the replies leave from it) but opens no new session.
+
+A client's source address is not proven (anyone can send a datagram from any address), so
+sessions are held to what a flood of spoofed sources can take: a session is *new* until
+the client sends a datagram after its endpoint answered (a spoofed source never sees the
+answer); new sessions are opened at a bounded rate (``udp_new_session_rate``: past it, a
+datagram from a new client is dropped at the cost of a look-up), are few
+(``udp_new_sessions``), live briefly when idle (``udp_new_session_timeout``) and give way,
+the one idle longest first, to a new client when there are too many or the service is at
+``max_connections``. Established sessions never give way to new ones. Sessions per client
+network are bounded (``max_per_prefix``).
 """
 
 from __future__ import annotations
@@ -35,6 +45,10 @@ class UdpListener(asyncio.DatagramProtocol):
         self.svc = svc
         self.transport: Any = None
         self.sessions: dict[Addr, UdpSession] = {}
+        self.fresh: dict[Addr, UdpSession] = {}
+        """The sessions not established yet, the one idle longest first."""
+        self._tokens = svc.cfg.udp_new_session_rate
+        self._refilled = svc.loop.time()
         self.local: Addr = ("0.0.0.0", 0)
 
     def connection_made(self, transport: Any) -> None:
@@ -44,9 +58,20 @@ class UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         s = self.sessions.get(addr)
         if s is None:
+            if self._tokens < 1 and not self._refill():
+                self.svc.rejected_rate += 1
+                return
+            self._tokens -= 1
             s = self._open(addr)
             if s is None:
                 return
+        elif s.fresh:
+            if s.bytes_out:  # it answers after its endpoint did: established
+                s.fresh = False
+                del self.fresh[addr]
+            else:  # the one idle longest stays first
+                del self.fresh[addr]
+                self.fresh[addr] = s
         s.send(data)
 
     def error_received(self, exc: Exception) -> None:
@@ -57,10 +82,31 @@ class UdpListener(asyncio.DatagramProtocol):
         for s in list(self.sessions.values()):
             s.abort()
 
+    def _refill(self) -> bool:
+        """Tokens for new sessions since the last refill; whether one is there now."""
+        rate = self.svc.cfg.udp_new_session_rate
+        now = self.svc.loop.time()
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        return self._tokens >= 1
+
+    def _room(self) -> bool:
+        """Whether a new session fits: at the limits, the new session idle longest ends."""
+        cfg = self.svc.cfg
+        if len(self.fresh) >= cfg.udp_new_sessions or (
+                len(self.sessions) >= cfg.max_connections and self.fresh):
+            oldest = next(iter(self.fresh.values()))
+            self.svc.evicted += 1
+            oldest.abort()  # out of the tables at once; its socket closes on the next turn
+        return len(self.sessions) < cfg.max_connections
+
     def _open(self, client: Addr) -> UdpSession | None:
         svc = self.svc
-        if svc.active >= svc.cfg.max_connections or svc.removed:
+        if svc.removed or not self._room():
             svc.rejected += 1
+            return None
+        prefix = svc.admit_prefix(client[0])
+        if prefix is None:
             return None
         now = svc.loop.time()
         tried: set[Backend] | None = None
@@ -81,7 +127,9 @@ class UdpListener(asyncio.DatagramProtocol):
                 tried = (tried or set()) | {b}
                 continue
             s = UdpSession(svc, self, client, b)
+            s.prefix = prefix
             self.sessions[client] = s
+            self.fresh[client] = s
             svc.active += 1
             svc.total += 1
             svc.conns.add(s)
@@ -92,6 +140,11 @@ class UdpListener(asyncio.DatagramProtocol):
             s.start(sock)
             return s
         svc.no_endpoint(last)
+        n = svc.prefixes[prefix] - 1  # counted for a session that did not open
+        if n > 0:
+            svc.prefixes[prefix] = n
+        else:
+            del svc.prefixes[prefix]
         return None
 
 
@@ -120,13 +173,16 @@ class UdpSession(asyncio.DatagramProtocol):
         self.transport: Any = None
         self.task: asyncio.Task[Any] | None = None
         self.pending: list[bytes] = []
-        self.prefix = (proxy_header(client, listener.local, datagram=True)
+        self.header = (proxy_header(client, listener.local, datagram=True)
                        if backend.endpoint.proxy_protocol else b"")
         self.bytes_in = 0
         self.bytes_out = 0
         self.seen = 0
         self.idle_since = -1.0
         self.closed = False
+        self.fresh = True
+        """Not established: no datagram from the client since the endpoint answered."""
+        self.prefix = ""
 
     def start(self, sock: socket.socket) -> None:
         """Wrap the connected socket in a transport (datagrams wait in ``pending``)."""
@@ -148,13 +204,13 @@ class UdpSession(asyncio.DatagramProtocol):
             transport.abort()
             return
         for data in self.pending:
-            transport.sendto(self.prefix + data)
+            transport.sendto(self.header + data)
         self.pending = []
 
     def send(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self.transport is not None:
-            self.transport.sendto(self.prefix + data if self.prefix else data)
+            self.transport.sendto(self.header + data if self.header else data)
         elif len(self.pending) < self.svc.cfg.udp_pending_limit:
             self.pending.append(data)
 
@@ -184,17 +240,22 @@ class UdpSession(asyncio.DatagramProtocol):
         if self.closed:
             return
         self.closed = True
-        if self.listener.sessions.get(self.client) is self:
-            del self.listener.sessions[self.client]
+        self._forget()
         if self.transport is not None:
             self.transport.abort()
         elif self.task is not None:
             self.task.cancel()
 
+    def _forget(self) -> None:
+        listener = self.listener
+        if listener.sessions.get(self.client) is self:
+            del listener.sessions[self.client]
+        if listener.fresh.get(self.client) is self:
+            del listener.fresh[self.client]
+
     def _release(self) -> None:
         self.closed = True
-        if self.listener.sessions.get(self.client) is self:
-            del self.listener.sessions[self.client]
+        self._forget()
         self.svc.release(self)
 
     def io_total(self) -> tuple[int, int]:

@@ -110,7 +110,8 @@ class Runtime:
         """Times each driver went from healthy to unhealthy (its engine stopped answering)."""
         self.secrets: dict[tuple[str, str], bytes] = {}
         """(namespace, name) -> the value the controller sent last (in memory only)."""
-        self.catalog: Callable[[str], Iterable[Endpoint]] = lambda _: ()
+        self.catalog: Callable[[str, str], Iterable[Endpoint]] = lambda _ns, _name: ()
+        """(namespace, service) -> its healthy endpoints."""
         """A service's healthy endpoints (templates' ``service()``); the agent sets it."""
         self.node_info: Callable[[], Mapping[str, Any]] = dict
         """This node as templates see it (``node.name``, ``node.attr[...]``)."""
@@ -193,7 +194,8 @@ class Runtime:
     def sources(self, namespace: str) -> Sources:
         """What a task of ``namespace`` renders its files from."""
         return Sources(secrets={n: v for (ns, n), v in self.secrets.items() if ns == namespace},
-                       services=self.catalog, node=self.node_info())
+                       services=lambda name: self.catalog(namespace, name),
+                       node=self.node_info())
 
     async def refresh_files(self) -> None:
         """Render every task's secrets and templates again (their inputs may have changed)."""

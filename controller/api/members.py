@@ -16,12 +16,28 @@ from controller.state import ClusterState
 from controller.trust import META_CONTROLLER
 from orch import keyring
 from orch.errors import ConfigError
+from orch.gossip import codec
 from orch.gossip.crypto import parse_key
 from orch.gossip.transport import GossipNode
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 KEYRING_TIMEOUT = 10.0
 """Seconds each other member has to do a keyring operation."""
+SHOWN_DEPTH = 8
+"""A node-state value nested deeper than this is shown as a placeholder (gossip refuses
+deeper ones: ``GossipConfig.max_state_depth``)."""
+SHOWN_CHARS = 4096
+"""Characters of one node-state value shown."""
+
+
+def show_value(v: object) -> str:
+    """A node-state value as a member's tag: strings as they are, anything else as text,
+    bounded in size and never recursing without bound."""
+    if isinstance(v, str):
+        return v[:SHOWN_CHARS]
+    if codec.depth(v, SHOWN_DEPTH) > SHOWN_DEPTH:
+        return f"<nested deeper than {SHOWN_DEPTH}>"
+    return str(v)[:SHOWN_CHARS]
 
 
 class MembersEndpoint(Endpoint):
@@ -56,7 +72,7 @@ class MembersEndpoint(Endpoint):
     def _members(self) -> list[controller_pb2.Member]:
         out = []
         for m in sorted(self.gossip.members(), key=lambda m: m.name):
-            tags = {k: v if isinstance(v, str) else str(v) for k, v in m.state.items()}
+            tags = {k: show_value(v) for k, v in m.state.items()}
             member = controller_pb2.Member(name=m.name, address=f"{m.addr[0]}:{m.addr[1]}",
                                            status=str(m.status), incarnation=m.incarnation,
                                            tags=tags)

@@ -2,10 +2,11 @@
 
 Connect: each agent holds one stream to the leader. Up: the node's registration first,
 then what happens to its allocations. Down: the node's full desired set whenever it
-changes. A controller that is not the leader answers with where the leader is, and ends
-the stream. A node's certificate binds it: it registers and reports only as the node
-its certificate names (its node id, or for a certificate made by hand without one, its
-name), and a node removed from the cluster loses its stream at once.
+changes, and the cluster's expected endpoints (what its load balancer and templates may
+take from gossip) whenever they change. A controller that is not the leader answers with
+where the leader is, and ends the stream. A node's certificate binds it: it registers and
+reports only as the node its certificate names (its node id, or for a certificate made by
+hand without one, its name), and a node removed from the cluster loses its stream at once.
 
 Join: a holder of a join token gets its certificate (and the CA, the gossip keys; a
 controller also the CA's key). Renew: a member gets a new certificate for the same
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -101,27 +102,36 @@ class NodeEndpoint(Endpoint):
             return
         monitor, term_over = self.monitor, self.leader.term_over
         node = await monitor.register(first.register)
-        outbox: asyncio.Queue[controller_pb2.DesiredAllocations] = asyncio.Queue()
+        # only the newest of each kind matters: one the agent has not taken yet is replaced
+        outbox: dict[str, controller_pb2.ControllerMessage] = {}
+        ready = asyncio.Event()
 
         def sink(desired: controller_pb2.DesiredAllocations) -> None:
-            # only the newest set matters: drop ones the agent has not taken yet
-            while not outbox.empty():
-                outbox.get_nowait()
-            outbox.put_nowait(desired)
+            outbox["desired"] = controller_pb2.ControllerMessage(desired=desired)
+            ready.set()
+
+        def endpoints(expected: controller_pb2.ExpectedEndpoints) -> None:
+            outbox["endpoints"] = controller_pb2.ControllerMessage(endpoints=expected)
+            ready.set()
 
         reader = asyncio.create_task(self._read(monitor, node.id, peer, requests))
         removed = self._removed.setdefault(node.id, asyncio.Event())
         over = asyncio.ensure_future(daemon.first_set(term_over, removed))
-        getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
+        getter: asyncio.Future[Literal[True]] | None = None
+        self.cluster.attach_endpoints(node.id, endpoints)  # first: the table, then the work
         self.cluster.attach(node.id, sink)
         try:
             while not reader.done() and not over.done():
-                getter = asyncio.ensure_future(outbox.get())
-                await asyncio.wait({getter, reader, over}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield controller_pb2.ControllerMessage(desired=getter.result())
+                getter = waiting = asyncio.ensure_future(ready.wait())
+                await asyncio.wait({waiting, reader, over}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    ready.clear()
+                    for kind in ("endpoints", "desired"):
+                        msg = outbox.pop(kind, None)
+                        if msg is not None:
+                            yield msg
                 else:
-                    getter.cancel()
+                    waiting.cancel()
             if removed.is_set():
                 await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {node.id} was removed from this cluster")
@@ -134,6 +144,7 @@ class NodeEndpoint(Endpoint):
             if getter is not None:  # the stream was cancelled while it waited
                 getter.cancel()
             self.cluster.detach(node.id, sink)
+            self.cluster.detach_endpoints(node.id, endpoints)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader

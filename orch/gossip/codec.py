@@ -24,13 +24,13 @@ Everything that arrives from the network goes through ``open_envelope`` and
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, NamedTuple
 
 import msgpack
 
 from orch.errors import DecryptError, LabelError, ProtocolError, VersionError
-from orch.gossip.config import PROTOCOL_VERSION
+from orch.gossip.config import PROTOCOL_VERSION, GossipConfig
 from orch.gossip.crypto import NONCE_SIZE, TAG_SIZE, Keyring
 from orch.gossip.messages import (
     Ack,
@@ -53,8 +53,6 @@ ENCRYPTED = 0x01
 NAMED = 0x02
 HEADER_SIZE = 3
 MAX_NAME = 256
-MAX_STREAM_FRAME = 16 * 1024 * 1024
-"""Largest push-pull frame accepted (a cluster of ~50,000 small members)."""
 ARRAY_HEADER_MAX = 3
 """Bytes a msgpack array header may take for up to 65,535 items."""
 _U64 = 1 << 64
@@ -63,12 +61,32 @@ _I64 = 1 << 63
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
+class Limits(NamedTuple):
+    """The bounds decoders hold what arrives to (from ``GossipConfig``; see its fields)."""
+
+    counter_limit: int
+    max_state_depth: int
+    max_members: int
+    max_packet_messages: int
+    max_stream_frame: int
+
+    @classmethod
+    def of(cls, cfg: GossipConfig) -> Limits:
+        return cls(cfg.counter_limit, cfg.max_state_depth, cfg.max_members,
+                   cfg.max_packet_messages, cfg.max_stream_frame)
+
+
+DEFAULT_LIMITS = Limits.of(GossipConfig())
+
+
 def encode(msg: Message | PushPull) -> bytes:
     """One message as msgpack bytes."""
     code = _CODES[type(msg)]
     if type(msg) is PushPull:
         return _packb([code, msg.join, msg.sender, [list(r) for r in msg.members], msg.digest,
                        msg.event_clock])
+    if type(msg) is UserEvent and not msg.origin:
+        return _packb([code, *msg[:4]])  # as members before the origin field sent it
     return _packb([code, *msg])
 
 
@@ -163,6 +181,17 @@ def frame(envelope: bytes) -> bytes:
     return struct.pack(">I", len(envelope)) + envelope
 
 
+def frame_length(head: bytes, limit: int) -> int:
+    """The length a stream frame's 4-byte header announces; ProtocolError past ``limit``."""
+    if len(head) != 4:
+        raise ProtocolError("truncated frame header")
+    n = int.from_bytes(head, "big")
+    if n > limit:
+        raise ProtocolError(f"stream frame of {n} bytes is over the limit of {limit}",
+                            reason="too_large")
+    return n
+
+
 # --- decoding ------------------------------------------------------------------------------
 
 
@@ -173,10 +202,14 @@ def _unpack(data: bytes) -> Any:
         raise ProtocolError(f"not msgpack: {type(e).__name__}: {e}") from None
 
 
-def _str(v: Any) -> str:
+def _str(v: Any, lim: Limits) -> str:
     if type(v) is not str or not v or len(v) > MAX_NAME:
         raise ProtocolError(f"expected a name, got {v!r:.40}")
     return v
+
+
+def _opt_str(v: Any, lim: Limits) -> str:
+    return "" if v == "" else _str(v, lim)
 
 
 def _uint(v: Any, bound: int = _I64) -> int:
@@ -185,70 +218,107 @@ def _uint(v: Any, bound: int = _I64) -> int:
     return v
 
 
-def _port(v: Any) -> int:
+def _seq(v: Any, lim: Limits) -> int:
+    return _uint(v)
+
+
+def _counter(v: Any, lim: Limits) -> int:
+    """An incarnation, node-state version or event clock: at most ``counter_limit``."""
+    if type(v) is not int or not 0 <= v <= lim.counter_limit:
+        raise ProtocolError(f"expected a counter up to {lim.counter_limit}, got {v!r:.40}",
+                            reason="counter")
+    return v
+
+
+def _port(v: Any, lim: Limits) -> int:
     if type(v) is not int or not 0 < v < 65536:
         raise ProtocolError(f"expected a port, got {v!r:.40}")
     return v
 
 
-def _bool(v: Any) -> bool:
+def _bool(v: Any, lim: Limits) -> bool:
     if type(v) is not bool:
         raise ProtocolError(f"expected a boolean, got {v!r:.40}")
     return v
 
 
-def _host(v: Any) -> str:
+def _host(v: Any, lim: Limits) -> str:
     if type(v) is not str or not 0 < len(v) <= 255:
         raise ProtocolError(f"expected a host, got {v!r:.40}")
     return v
 
 
-def _state_map(v: Any) -> dict[str, Any]:
+def _state_map(v: Any, lim: Limits) -> dict[str, Any]:
+    """A node state: a map (its keys are str: unpackb(strict_map_key=True) guarantees it)
+    whose values nest lists and maps at most ``max_state_depth`` deep."""
     if type(v) is not dict:
         raise ProtocolError(f"expected a map, got {v!r:.40}")
-    return v  # keys are str: unpackb(strict_map_key=True) guarantees it
-
-
-def _version(v: Any) -> int:
-    if type(v) is not int or not -1 <= v < _I64:
-        raise ProtocolError(f"expected a version, got {v!r:.40}")
+    if depth(v, lim.max_state_depth) > lim.max_state_depth:
+        raise ProtocolError(f"node state nested deeper than {lim.max_state_depth}",
+                            reason="depth")
     return v
 
 
-def _payload(v: Any) -> bytes | None:
+def depth(v: Any, stop: int) -> int:
+    """How deep lists and maps nest in ``v`` (a scalar: 0), counted up to ``stop`` + 1 at
+    most, without recursion (so that any value, however deep, is measured safely)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(v, 1)]
+    while stack:
+        item, d = stack.pop()
+        t = type(item)
+        if t is dict:
+            children: Any = item.values()
+        elif t is list or t is tuple:
+            children = item
+        else:
+            continue
+        if d > deepest:
+            deepest = d
+            if deepest > stop:
+                return deepest
+        stack.extend((c, d + 1) for c in children if type(c) in (dict, list, tuple))
+    return deepest
+
+
+def _prev_version(v: Any, lim: Limits) -> int:
+    return -1 if v == -1 and type(v) is int else _counter(v, lim)
+
+
+def _payload(v: Any, lim: Limits) -> bytes | None:
     if v is not None and type(v) is not bytes:
         raise ProtocolError(f"expected bytes, got {v!r:.40}")
     return v
 
 
-def _bytes(v: Any) -> bytes:
+def _bytes(v: Any, lim: Limits) -> bytes:
     if type(v) is not bytes or len(v) > 1024:
         raise ProtocolError(f"expected at most 1 KiB of bytes, got {v!r:.40}")
     return v
 
 
-def _age(v: Any) -> int:
+def _age(v: Any, lim: Limits) -> int:
     return _uint(v, 1 << 32)
 
 
-_Field = Callable[[Any], Any]
+_Field = Callable[[Any, Limits], Any]
 _SCHEMA: dict[int, tuple[type, tuple[_Field, ...], int]] = {
     # code: (type, field checkers, how many fields are required)
-    Code.PING: (Ping, (_uint, _str, _str), 3),
-    Code.INDIRECT_PING: (IndirectPing, (_uint, _str, _host, _port, _bool, _str), 6),
-    Code.ACK: (Ack, (_uint, _payload), 1),
-    Code.NACK: (Nack, (_uint,), 1),
-    Code.SUSPECT: (Suspect, (_uint, _str, _str, _age), 3),
-    Code.ALIVE: (Alive, (_uint, _str, _host, _port, _uint), 4),
-    Code.DEAD: (Dead, (_uint, _str, _str), 3),
-    Code.STATE: (StateDelta, (_str, _version, _uint, _state_map), 4),
-    Code.USER_EVENT: (UserEvent, (_uint, _str, _bytes, _bool), 3),
+    Code.PING: (Ping, (_seq, _str, _str), 3),
+    Code.INDIRECT_PING: (IndirectPing, (_seq, _str, _host, _port, _bool, _str), 6),
+    Code.ACK: (Ack, (_seq, _payload), 1),
+    Code.NACK: (Nack, (_seq,), 1),
+    Code.SUSPECT: (Suspect, (_counter, _str, _str, _age), 3),
+    Code.ALIVE: (Alive, (_counter, _str, _host, _port, _counter), 4),
+    Code.DEAD: (Dead, (_counter, _str, _str), 3),
+    Code.STATE: (StateDelta, (_str, _prev_version, _counter, _state_map), 4),
+    Code.USER_EVENT: (UserEvent, (_counter, _str, _bytes, _bool, _opt_str), 3),
 }
 _CODES: dict[type, int] = {t: code for code, (t, _, _) in _SCHEMA.items()}
 _CODES[PushPull] = Code.PUSH_PULL
 
 
-def decode_message(raw: Any) -> Message:
+def decode_message(raw: Any, lim: Limits = DEFAULT_LIMITS) -> Message:
     """One message from its decoded msgpack array; ProtocolError when malformed."""
     if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise ProtocolError(f"expected a message array, got {raw!r:.40}")
@@ -259,39 +329,84 @@ def decode_message(raw: Any) -> Message:
     fields = raw[1 : 1 + len(checks)]
     if len(fields) < required:
         raise ProtocolError(f"{cls.__name__} needs {required} fields, got {len(fields)}")
-    msg: Message = cls(*[check(v) for check, v in zip(checks, fields, strict=False)])
+    msg: Message = cls(*[check(v, lim) for check, v in zip(checks, fields, strict=False)])
     return msg
 
 
-def decode_payload(payload: bytes) -> list[Any]:
-    """The raw message arrays of a payload; decode each with ``decode_message``."""
-    items = _unpack(payload)
-    if type(items) is not list:
-        raise ProtocolError("payload is not an array of messages")
-    return items
+def decode_payload(payload: bytes, limit: int | None = None) -> list[Any]:
+    """The raw message arrays of a payload; decode each with ``decode_message``. With
+    ``limit``, at most ``limit + 1`` are read (the rest is never parsed): a caller that
+    gets more than ``limit`` knows there were too many."""
+    if limit is None:
+        items = _unpack(payload)
+        if type(items) is not list:
+            raise ProtocolError("payload is not an array of messages")
+        return items
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                                max_buffer_size=max(len(payload), 1))
+    try:
+        unpacker.feed(payload)
+        n = unpacker.read_array_header()
+        return [unpacker.unpack() for _ in range(min(n, limit + 1))]
+    except Exception as e:  # msgpack's errors; a header where an array should be
+        raise ProtocolError(f"not a payload of messages: {type(e).__name__}: {e}") from None
 
 
-def member_record(raw: Any) -> MemberRecord:
+def member_record(raw: Any, lim: Limits = DEFAULT_LIMITS) -> MemberRecord:
     if type(raw) is not list or len(raw) < 7:
         raise ProtocolError(f"expected a member record, got {raw!r:.40}")
     status = _uint(raw[4], 4)
-    return MemberRecord(_str(raw[0]), _host(raw[1]), _port(raw[2]), _uint(raw[3]),
-                        Status(status), _uint(raw[5]),
-                        None if raw[6] is None else _state_map(raw[6]))
+    return MemberRecord(_str(raw[0], lim), _host(raw[1], lim), _port(raw[2], lim),
+                        _counter(raw[3], lim), Status(status), _counter(raw[5], lim),
+                        None if raw[6] is None else _state_map(raw[6], lim))
 
 
-def decode_push_pull(payload: bytes) -> PushPull:
-    raw = _unpack(payload)
-    if type(raw) is not list or len(raw) < 4 or raw[0] != Code.PUSH_PULL:
-        raise ProtocolError("expected a push-pull message")
-    if type(raw[3]) is not list:
-        raise ProtocolError("push-pull members is not a list")
-    digest = raw[4] if len(raw) > 4 else b""
+def decode_push_pull(payload: bytes, lim: Limits = DEFAULT_LIMITS) -> PushPull:
+    """A push-pull message; ProtocolError when malformed or over the limits."""
+    steps = push_pull_steps(payload, lim)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: PushPull = done.value
+            return result
+
+
+def push_pull_steps(payload: bytes, lim: Limits = DEFAULT_LIMITS,
+                    batch: int = 256) -> Generator[None, None, PushPull]:
+    """``decode_push_pull`` in steps: yields after every ``batch`` member records, so that a
+    caller on an event loop can let others run between them; returns the message."""
+    if len(payload) > lim.max_stream_frame:
+        raise ProtocolError(f"push-pull of {len(payload)} bytes is over the limit",
+                            reason="too_large")
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                                max_buffer_size=max(len(payload), 1))
+    try:
+        unpacker.feed(payload)
+        n = unpacker.read_array_header()
+        if n < 4 or unpacker.unpack() != Code.PUSH_PULL:
+            raise ProtocolError("expected a push-pull message")
+        join = _bool(unpacker.unpack(), lim)
+        sender = _str(unpacker.unpack(), lim)
+        count = unpacker.read_array_header()
+        if count > lim.max_members:
+            raise ProtocolError(f"push-pull of {count} members; at most {lim.max_members}",
+                                reason="too_many")
+        members = []
+        for i in range(count):
+            members.append(member_record(unpacker.unpack(), lim))
+            if (i + 1) % batch == 0:
+                yield
+        rest = [unpacker.unpack() for _ in range(min(n - 4, 2))]
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack's errors (and a header where a value should be)
+        raise ProtocolError(f"not a push-pull message: {type(e).__name__}: {e}") from None
+    digest = rest[0] if rest else b""
     if type(digest) is not bytes or len(digest) > 64:
         raise ProtocolError("push-pull digest is not a short byte string")
-    clock = _uint(raw[5]) if len(raw) > 5 else 0
-    return PushPull(_bool(raw[1]), _str(raw[2]), [member_record(r) for r in raw[3]], digest,
-                    clock)
+    clock = _counter(rest[1], lim) if len(rest) > 1 else 0
+    return PushPull(join, sender, members, digest, clock)
 
 
 def state_size(state: dict[str, Any]) -> int:

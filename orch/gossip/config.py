@@ -116,6 +116,70 @@ class GossipConfig:
     label: str = ""
     """Cluster label: packets with another label are dropped (several clusters, one network)."""
 
+    # --- bounds on what arrives -------------------------------------------------------------
+    # Every member, and anyone holding the gossip key, can send anything. What arrives is
+    # bounded here so that one faulty or hostile member can neither break the protocol for
+    # the others nor hold this member's event loop, memory or disk. Input past a bound is
+    # dropped and counted by reason (``orch_gossip_dropped_total``), never fatal.
+    counter_limit: int = 2**62
+    """Largest incarnation, node-state version or user-event clock accepted; nothing larger
+    is ever sent (a refutation stops at it). Every decoder takes values up to 2^63 - 1, so a
+    counter at this limit plus one step is still decodable everywhere; a member that honestly
+    counts one step per second reaches it in 10^11 years."""
+    counter_window: int = 2**16
+    """How far above the value this member holds another member's incarnation, node-state
+    version or event clock may move in one message; past it, refused. Members move their
+    own counters one step at a time, so a member that missed steps (days of refutations)
+    catches up in steps, or first-hand: a suspected member whose refutation is past the
+    window is asked for its own record over TCP. An accusation is taken only at the
+    incarnation held (only its owner moves an incarnation up), and a member takes what is
+    said of itself within the window and refutes it one step above, which its peers then
+    take. A hostile member has to send counter_limit / counter_window (2^46) messages to
+    walk a counter to the limit."""
+    max_members: int = 16_384
+    """Members kept, tombstones included; a new member beyond it takes the place of the
+    oldest dead or left one, or is refused when there is none. orch is sized for clusters
+    of 10,000 members."""
+    max_candidates: int = 1024
+    """Members heard of from others and not yet confirmed by a ping (see
+    ``verify_rate``); beyond it the oldest candidate is forgotten."""
+    verify_rate: float = 200.0
+    """Pings per second sent to confirm members heard of from others before they count (a
+    member joining through a seed takes the seed's view as it is). A member joins the
+    view of each other member once it answered one ping, so a hostile member cannot fill
+    the probe ring with members that do not exist, and cannot make this member ping more
+    than this many arbitrary addresses a second."""
+    max_packet_messages: int = 128
+    """Messages handled from one datagram; the rest are never decoded. A full 1400-byte
+    packet carries at most about 100; a 64 KiB datagram from a hostile member is then
+    handled in about a millisecond, however many messages it holds."""
+    max_stream_frame: int = 8 * 1024 * 1024
+    """Largest push-pull frame sent or accepted: a full exchange of 10,000 members with
+    about 800 bytes of node state each. A full exchange that would be larger leaves node
+    states out (their owners send them: see ``state_repair_delay``)."""
+    max_streams_in: int = 8
+    """Push-pull exchanges answered at once; a peer beyond them is closed at once (it
+    retries later). Bounds the memory held by frames being read to 8 x max_stream_frame."""
+    merge_batch: int = 256
+    """Members of a push-pull merged per turn of the event loop (the rest on the next
+    turns), so that no exchange holds the loop for long: a 10,000-member exchange takes
+    40 turns of a few milliseconds each."""
+    max_state_depth: int = 8
+    """Deepest nesting of lists and maps inside a node state (the endpoints orch publishes
+    use 2); a deeper one is refused, so that no reader of a state recurses without bound."""
+    max_relays: int = 256
+    """Indirect probes relayed for others at once; more are refused. A member relays about
+    ``indirect_checks`` for each failed probe in the cluster."""
+    suspicion_floor: float = 0.75
+    """Share of the minimum suspicion timeout that a suspicion lasts on this member after
+    it first heard of it, whatever age its notices claim (shared suspicion clock) and
+    whoever sends a death notice: a suspect always has that long to refute, however its
+    accusers lie (a hostile member can also fake confirmations, which shorten a suspicion
+    to the minimum itself). Below 1, members that heard of a suspicion a gossip delay late
+    still end it together with the first suspector (N = 100: 4.2 s of the 5.6 s minimum,
+    where a refutation spreads in about 1 s). A death notice from another member before
+    then counts as a suspicion."""
+
     def __post_init__(self) -> None:
         problems = []
         if self.probe_interval <= 0:
@@ -132,6 +196,18 @@ class GossipConfig:
             problems.append("probe_schedule must be coordinated or shuffled")
         if len(self.label.encode()) > 255:
             problems.append("label must be at most 255 bytes")
+        if not 1 <= self.counter_window < self.counter_limit < 2**63 - 1:
+            problems.append("counters need 1 <= counter_window < counter_limit < 2^63 - 1")
+        for name in ("max_members", "max_candidates", "max_packet_messages", "max_streams_in",
+                     "merge_batch", "max_state_depth", "max_relays"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.verify_rate <= 0:
+            problems.append("verify_rate must be > 0")
+        if self.max_stream_frame < 64 * 1024:
+            problems.append("max_stream_frame must be >= 64 KiB")
+        if not 0 <= self.suspicion_floor <= 1:
+            problems.append("suspicion_floor must be within 0..1")
         if problems:
             raise ValueError("; ".join(problems))
 

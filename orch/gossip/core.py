@@ -60,6 +60,9 @@ ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.L
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
 _MAX_PENDING_DELTAS = 32
+ASK_RATE = 4.0
+"""Exchanges per second (and in a burst) opened to ask suspected members for their own
+record (``Membership._ask_owner``)."""
 
 
 class EventKind(Enum):
@@ -123,6 +126,10 @@ class Member:
     suspicion: Suspicion | None = None
     reap_timer: Timer | None = None
     repair_at: float = -math.inf
+    asked_at: float = -math.inf
+    """When this member last asked it for its own record (a counter past the window)."""
+    state_bytes: int = 1
+    """Encoded size of ``state`` (for the push-pull frame's budget)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,8 @@ class Stats:
     """Times this member refuted a suspicion (or death notice) about itself."""
     syncs_in_step: int = 0
     """Digest-first syncs from peers whose view matched ours (answered with nothing)."""
+    merged: int = 0
+    """Push-pull member records taken in (``merge_batch`` at most per call)."""
     sent_bytes: list[int] = field(default_factory=lambda: [0] * (max(Code) + 1))
     """Encoded bytes of the messages sent, by code (envelopes not included)."""
     rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
@@ -193,6 +202,16 @@ class _Relay:
     requester: Addr
     nack: bool
     timer: Timer | None = None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A member heard of from others, not yet confirmed by a ping it answered."""
+
+    alive: Alive
+    seq: int = 0
+    """The sequence number of the ping sent to confirm it (0: not sent yet)."""
+    attempts: int = 0
 
 
 class Membership:
@@ -248,7 +267,29 @@ class Membership:
         self.coordinates: dict[str, Coordinate] = {}
         """The last coordinate each probed member sent in its ack."""
         self._ack_payload: bytes | None = None
-        self.user_events = UserEvents()
+        self.user_events = UserEvents(limit=cfg.counter_limit, window=cfg.counter_window)
+        # bounds on what arrives
+        self.limits = codec.Limits.of(cfg)
+        self._gone: dict[str, None] = {}
+        """Dead and left members, the oldest first (the first to give way when full)."""
+        self._by_addr: dict[Addr, str] = {addr: name}
+        """Who is known at each address (for reports about a source)."""
+        self._candidates: dict[str, _Candidate] = {}
+        self._waiting: deque[str] = deque()
+        """Candidates waiting for a confirmation ping (names; forgotten ones are skipped)."""
+        self._verifying: dict[int, str] = {}
+        """Sequence numbers of confirmation pings in flight -> the candidate's name."""
+        self._verify_tokens = float(max(1.0, cfg.verify_rate))
+        self._verify_at = now
+        self._verify_timer: Timer | None = None
+        self._merging: deque[tuple[deque[MemberRecord], str, bool, Addr | None]] = deque()
+        self._merge_backlog = 0
+        self._merge_timer: Timer | None = None
+        self._replied: dict[Addr, float] = {}
+        self._refuted_at = -math.inf
+        self._ask_tokens = ASK_RATE
+        self._asked_at = now
+        """When a reply to each address last carried broadcasts."""
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
         self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
@@ -269,14 +310,19 @@ class Membership:
 
     def receive_packet(self, src: Addr, payload: bytes, now: float) -> list[Effect]:
         """Handle one datagram payload (envelope already opened). Bad input is counted."""
+        limit = self.cfg.max_packet_messages
         try:
-            items = codec.decode_payload(payload)
+            items = codec.decode_payload(payload, limit)
         except ProtocolError as e:
             self.stats.drop(e.reason)
             return []
+        if len(items) > limit:
+            self.stats.drop("too_many")
+            items = items[:limit]
+        lim = self.limits
         for raw in items:
             try:
-                msg = codec.decode_message(raw)
+                msg = codec.decode_message(raw, lim)
             except ProtocolError as e:
                 self.stats.drop(e.reason)
                 continue
@@ -295,9 +341,9 @@ class Membership:
         if t is Ping:
             self._on_ping(src, msg, now)  # type: ignore[arg-type]
         elif t is Ack:
-            self._on_ack(msg, now)  # type: ignore[arg-type]
+            self._on_ack(src, msg, now)  # type: ignore[arg-type]
         elif t is Alive:
-            self._on_alive(msg, now)  # type: ignore[arg-type]
+            self._on_alive(msg, now, src=src)  # type: ignore[arg-type]
         elif t is Suspect:
             self._on_suspect(msg, now)  # type: ignore[arg-type]
         elif t is Dead:
@@ -351,7 +397,7 @@ class Membership:
                    ) -> list[Effect]:
         """Send a user event to every member (this one included: it is among the effects).
         ValueError when the name or payload is unfit."""
-        ev = self.user_events.fire(name, payload, coalesce=coalesce)
+        ev = self.user_events.fire(name, payload, coalesce=coalesce, origin=self.name)
         data = codec.encode(ev)
         if len(data) > self._budget // 2:
             raise ValueError("event too large for a datagram")
@@ -372,20 +418,22 @@ class Membership:
         digest-first request gets an empty answer when our views match, else our members
         without node states."""
         if msg.digest:
-            self._merge(msg, now)
+            self._merge(msg, now, src=src)
             mine = self.digest()
             if msg.digest == mine:
                 self.stats.syncs_in_step += 1
                 return PushPull(False, self.name, [], mine, self.user_events.clock), self._flush()
             return self._push_pull_message(join=False, states=False), self._flush()
         reply = self._push_pull_message(join=False)
-        self._merge(msg, now)
+        self._merge(msg, now, src=src)
         return reply, self._flush()
 
     def stream_done(self, stream: Stream, reply: PushPull | None, now: float) -> list[Effect]:
         """The outcome of a ``Stream`` effect: the peer's state, or None when it failed."""
         if reply is not None:
-            self._merge(reply, now)
+            # the members we join through are the operator's choice: their view is taken as
+            # it is (a member that restarted learns its own earlier incarnation from it)
+            self._merge(reply, now, src=stream.addr, trusted=stream.purpose == "join")
             if stream.purpose == "sync" and reply.members and self._ahead_of(reply):
                 # the peer lacks what we know: a full exchange brings it up to date
                 self._out.append(Stream(stream.addr, self._push_pull_message(join=False),
@@ -425,6 +473,10 @@ class Membership:
 
     # queries
 
+    def name_at(self, addr: Addr) -> str:
+        """The member known at ``addr`` ("" when none)."""
+        return self._by_addr.get(addr, "")
+
     def member(self, name: str) -> MemberInfo | None:
         m = self.members.get(name)
         return None if m is None else _info(m)
@@ -450,6 +502,11 @@ class Membership:
     @property
     def queued_broadcasts(self) -> int:
         return len(self._queue)
+
+    @property
+    def candidates(self) -> int:
+        """Members heard of from others, not confirmed yet (``verify_rate``)."""
+        return len(self._candidates)
 
     # --- probing ------------------------------------------------------------------------------
 
@@ -556,7 +613,10 @@ class Membership:
         if msg.target != self.name:
             self.stats.drop("misdirected")
             return
-        self._send(src, [codec.encode(Ack(msg.seq, self._coordinate_payload()))], now)
+        c = self._candidates.get(msg.sender)
+        if c is not None and (c.alive.host, c.alive.port) == src:
+            self._confirm(msg.sender, now)  # it probes us from its own address: it exists
+        self._send(src, [codec.encode(Ack(msg.seq, self._coordinate_payload()))], now, reply=True)
 
     def _coordinate_payload(self) -> bytes | None:
         if self.vivaldi is None:
@@ -565,7 +625,14 @@ class Membership:
             self._ack_payload = codec.pack_value(self.vivaldi.coord.to_wire())
         return self._ack_payload
 
-    def _on_ack(self, msg: Ack, now: float) -> None:
+    def _on_ack(self, src: Addr, msg: Ack, now: float) -> None:
+        name = self._verifying.get(msg.seq)
+        if name is not None:
+            c = self._candidates.get(name)
+            if c is not None and c.seq == msg.seq and (c.alive.host, c.alive.port) == src:
+                del self._verifying[msg.seq]
+                self._confirm(name, now)
+            return
         p = self._probe
         if p is not None and p.seq == msg.seq:
             if not p.acked:
@@ -582,7 +649,7 @@ class Membership:
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
             Timers.cancel(relay.timer)
-            self._send(relay.requester, [codec.encode(Ack(relay.seq))], now)
+            self._send(relay.requester, [codec.encode(Ack(relay.seq))], now, reply=True)
 
     def _on_nack(self, msg: Nack) -> None:
         p = self._probe
@@ -590,6 +657,9 @@ class Membership:
             p.nacks += 1
 
     def _on_indirect_ping(self, src: Addr, msg: IndirectPing, now: float) -> None:
+        if len(self._relays) >= self.cfg.max_relays:
+            self.stats.drop("relays")
+            return
         self._seq += 1
         seq = self._seq
         relay = self._relays[seq] = _Relay(msg.seq, src, msg.nack)
@@ -602,35 +672,85 @@ class Membership:
     def _relay_nack(self, seq: int, now: float) -> None:
         relay = self._relays.get(seq)
         if relay is not None:
-            self._send(relay.requester, [codec.encode(Nack(relay.seq))], now)
+            self._send(relay.requester, [codec.encode(Nack(relay.seq))], now, reply=True)
 
     def _relay_expire(self, seq: int, _now: float) -> None:
         self._relays.pop(seq, None)
 
     # --- membership updates ---------------------------------------------------------------------
 
-    def _on_alive(self, msg: Alive, now: float) -> None:
+    def _held(self, m: Member, value: int, held: int, *, accusation: bool = False,
+              trusted: bool = False, now: float = 0.0) -> bool:
+        """Whether a counter about ``m`` may be taken, given the value held (counted as
+        dropped when not).
+
+        Another member's incarnation, node-state version or event clock may move up by
+        ``counter_window`` at most: members move their own one step at a time, and a
+        member that lagged catches up in steps. An accusation about another member is taken
+        only at the incarnation held: only its owner moves an incarnation up (by refuting),
+        so an accusation above it is a liar's, and one a refutation could not answer within
+        the window. This member takes what is said of itself within ``counter_window`` (a
+        hostile member may have raised others' view of it that much before it heard) and
+        refutes it one step above. Past the window, while ``m`` is suspected here, this
+        member asks ``m`` itself (``_ask_owner``): what a member says of itself over TCP is
+        taken whatever the window, so a refutation is not lost on a member that lagged."""
+        window = self.cfg.counter_window
+        if accusation and m is not self.me:
+            window = 0
+        if trusted or value <= held + window:
+            return True
+        self.stats.drop("counter")
+        if m.status is SUSPECT and m is not self.me:
+            self._ask_owner(m, now)
+        return False
+
+    def _ask_owner(self, m: Member, now: float) -> None:
+        """Exchange state with suspected ``m`` itself: its answer holds its own record, which
+        is taken first-hand (its refutation may be the counter past the window: it must
+        arrive before the suspicion ends). Once per probe interval per member, and
+        ``ASK_RATE`` a second in all, so that no one can make this member open exchanges at
+        will."""
+        if self._leaving or now < m.asked_at + self.cfg.probe_interval:
+            return
+        self._ask_tokens = min(ASK_RATE, self._ask_tokens + (now - self._asked_at) * ASK_RATE)
+        self._asked_at = now
+        if self._ask_tokens < 1:
+            return
+        self._ask_tokens -= 1
+        m.asked_at = now
+        self._out.append(Stream(m.addr, self._own_push_pull(), "repair"))
+
+    def _on_alive(self, msg: Alive, now: float, *, src: Addr | None = None,
+                  trusted: bool = False) -> None:
         addr = (msg.host, msg.port)
         m = self.members.get(msg.name)
         if m is self.me:
             # an older life of ours, or someone using our name: assert ourselves
-            if (msg.incarnation > self.me.incarnation or addr != self.addr) and not self._leaving:
+            if (msg.incarnation > self.me.incarnation or addr != self.addr) and not self._leaving \
+                    and self._held(m, msg.incarnation, m.incarnation, trusted=trusted, now=now):
                 self._refute(msg.incarnation, now)
             return
-        if m is None:
-            m = Member(msg.name, addr, msg.incarnation, ALIVE, now)
-            self._add_member(m, now)
-            m.announced_version = msg.state_version
-            self._enqueue_member(msg, now)
-            self._emit(EventKind.JOIN, m, now)
-            self._check_state_lag(m, now)
+        if m is None or (m.status in _GONE and addr != m.addr):
+            if not trusted and src != addr:
+                # heard of from someone else: it counts once it answers a ping
+                self._candidate(msg, now)
+                return
+            if m is None:
+                self._admit(msg, now)
+                return
+        if not self._held(m, msg.incarnation, m.incarnation, trusted=trusted, now=now) or \
+                not self._held(m, msg.state_version, max(m.state_version, m.announced_version),
+                               trusted=trusted, now=now):
             return
         if addr != m.addr:
             if m.status in _LIVE:
                 self.stats.drop("conflict")
                 self._emit(EventKind.CONFLICT, Member(msg.name, addr, msg.incarnation, ALIVE, now), now)
                 return
+            if self._by_addr.get(m.addr) == m.name:
+                del self._by_addr[m.addr]
             m.addr = addr  # a dead or gone member came back on a new address
+            self._by_addr[addr] = m.name
         elif msg.incarnation <= m.incarnation:
             return
         old = m.status
@@ -642,9 +762,92 @@ class Membership:
             self._emit(EventKind.ALIVE if old is SUSPECT else EventKind.JOIN, m, now)
         self._check_state_lag(m, now)
 
-    def _on_suspect(self, msg: Suspect, now: float) -> None:
+    def _admit(self, msg: Alive, now: float) -> None:
+        """A new member: it joins our view (and is passed on)."""
+        if not self._room():
+            return
+        m = Member(msg.name, (msg.host, msg.port), msg.incarnation, ALIVE, now)
+        self._add_member(m, now)
+        m.announced_version = msg.state_version
+        self._enqueue_member(msg, now)
+        self._emit(EventKind.JOIN, m, now)
+        self._check_state_lag(m, now)
+
+    # members heard of from others: confirmed by a ping first
+
+    def _candidate(self, msg: Alive, now: float) -> None:
+        c = self._candidates.get(msg.name)
+        if c is not None:
+            if msg.incarnation > c.alive.incarnation:
+                c.alive = msg
+            return
+        if len(self._candidates) >= self.cfg.max_candidates:
+            oldest = next(iter(self._candidates))
+            self._forget_candidate(oldest)
+            self.stats.drop("candidates")
+        self._candidates[msg.name] = _Candidate(msg)
+        self._waiting.append(msg.name)
+        if self._verify_timer is None and not self._stopped:
+            self._verify_timer = self._timers.at(now, self._verify)
+
+    def _forget_candidate(self, name: str) -> None:
+        c = self._candidates.pop(name, None)
+        if c is not None and c.seq:
+            self._verifying.pop(c.seq, None)
+
+    def _verify(self, _arg: object, now: float) -> None:
+        """Ping the candidates waiting for it, as the token bucket allows."""
+        self._verify_timer = None
+        rate = self.cfg.verify_rate
+        self._verify_tokens = min(max(1.0, rate),
+                                  self._verify_tokens + (now - self._verify_at) * rate)
+        self._verify_at = now
+        waiting = self._waiting
+        while waiting and self._verify_tokens >= 1:
+            c = self._candidates.get(waiting.popleft())
+            if c is None or c.seq:
+                continue
+            self._verify_tokens -= 1
+            self._seq += 1
+            c.seq = self._seq
+            c.attempts += 1
+            self._verifying[c.seq] = c.alive.name
+            a = c.alive
+            self._send((a.host, a.port), [codec.encode(Ping(c.seq, a.name, self.name))], now)
+            self._timers.at(now + self.cfg.probe_interval, self._verify_expired, c.seq)
+        while len(waiting) > 2 * self.cfg.max_candidates:  # names forgotten meanwhile
+            waiting.popleft()
+        if waiting:
+            self._verify_timer = self._timers.at(now + 1 / rate, self._verify)
+
+    def _verify_expired(self, seq: int, now: float) -> None:
+        name = self._verifying.pop(seq, None)
+        c = self._candidates.get(name) if name is not None else None
+        if c is None or c.seq != seq:
+            return
+        if c.attempts >= 2:  # two pings unanswered: forget it (gossip may tell us again)
+            del self._candidates[c.alive.name]
+            self.stats.drop("unconfirmed")
+            return
+        c.seq = 0
+        self._waiting.append(c.alive.name)
+        if self._verify_timer is None:
+            self._verify_timer = self._timers.at(now, self._verify)
+
+    def _confirm(self, name: str, now: float) -> None:
+        c = self._candidates.pop(name, None)
+        if c is not None:
+            if c.seq:
+                self._verifying.pop(c.seq, None)
+            self._on_alive(c.alive, now, trusted=False, src=(c.alive.host, c.alive.port))
+
+    # accusations
+
+    def _on_suspect(self, msg: Suspect, now: float, *, trusted: bool = False) -> None:
         m = self.members.get(msg.name)
-        if m is None or msg.incarnation < m.incarnation:
+        if m is None or msg.incarnation < m.incarnation or \
+                not self._held(m, msg.incarnation, m.incarnation, accusation=True,
+                               trusted=trusted, now=now):
             return
         if m is self.me:
             if not self._leaving:
@@ -678,7 +881,7 @@ class Membership:
         start = now - min(msg.age_ms / 1000, hi) if cfg.shared_suspicion_clock else now
         m.incarnation = msg.incarnation
         m.suspicion = Suspicion(start=start, sender=msg.sender, incarnation=msg.incarnation,
-                                k=k, lo=lo, hi=hi)
+                                k=k, lo=lo, hi=hi, heard=now, floor=cfg.suspicion_floor * lo)
         self._set_status(m, SUSPECT, now)
         self._enqueue_suspect(m, msg.sender, now)
         self._arm_suspicion(m)
@@ -692,27 +895,50 @@ class Membership:
 
     def _suspicion_expired(self, m: Member, now: float) -> None:
         if m.status is SUSPECT and m.suspicion is not None and self.members.get(m.name) is m:
-            self._on_dead(Dead(m.incarnation, m.name, self.name), now)
+            self._declare(m, DEAD, self.name, now)
 
-    def _on_dead(self, msg: Dead, now: float) -> None:
+    def _on_dead(self, msg: Dead, now: float, *, trusted: bool = False) -> None:
+        """A death or leave notice. A leave is believed at once (from anyone, as memberlist
+        and Serf do: the member refutes a false one at once). A death is believed once this
+        member has suspected the member for its floor (``suspicion_floor``); before that it
+        counts as a suspicion: one member cannot declare another dead alone, and the
+        suspect has the time to refute."""
         m = self.members.get(msg.name)
-        if m is None or msg.incarnation < m.incarnation or m.status in _GONE:
+        if m is None or msg.incarnation < m.incarnation or m.status in _GONE or \
+                not self._held(m, msg.incarnation, m.incarnation, accusation=True,
+                               trusted=trusted, now=now):
             return
         if m is self.me:
             if not self._leaving:
                 self._refute(msg.incarnation, now)
             return
-        m.incarnation = msg.incarnation
-        status = LEFT if msg.sender == msg.name else DEAD
+        leave = msg.sender == msg.name
+        s = m.suspicion
+        settled = m.status is SUSPECT and s is not None and s.incarnation == msg.incarnation \
+            and s.settled(now)
+        if leave or settled:
+            m.incarnation = msg.incarnation
+            self._declare(m, LEFT if leave else DEAD, msg.sender, now)
+            return
+        self._on_suspect(Suspect(msg.incarnation, msg.name, msg.sender, 0), now,
+                         trusted=trusted)
+
+    def _declare(self, m: Member, status: Status, sender: str, now: float) -> None:
+        """``m`` is dead (or left), as this member's own verdict: tell everyone."""
         self._set_status(m, status, now)
-        self._enqueue_member(msg, now)
+        self._enqueue_member(Dead(m.incarnation, m.name, sender), now)
         self._emit(EventKind.LEFT if status is LEFT else EventKind.DEAD, m, now)
 
     def _refute(self, incarnation: int, now: float) -> None:
         me = self.me
-        me.incarnation = max(me.incarnation, incarnation) + 1
+        # never past the limit, which every member accepts (an accusation at the limit
+        # cannot be refuted, but the windows keep one from getting there: counter_window)
+        me.incarnation = min(max(me.incarnation, incarnation) + 1, self.cfg.counter_limit)
         self.stats.refutations += 1
-        if self.cfg.lifeguard:
+        if self.cfg.lifeguard and now >= self._refuted_at + self.cfg.probe_interval:
+            # at most once per probe interval (a successful probe takes it back as often):
+            # accusations by the dozen, which any member can send, do not slow us down
+            self._refuted_at = now
             self.awareness.apply(1)
         self._announce_alive(now)
 
@@ -730,6 +956,9 @@ class Membership:
         if (old in _LIVE) != (status in _LIVE):
             self._n_live += 1 if status in _LIVE else -1
             self._ring = None
+        self._gone.pop(m.name, None)
+        if status in _GONE and m is not self.me:
+            self._gone[m.name] = None
         if status is not SUSPECT and m.suspicion is not None:
             Timers.cancel(m.suspicion.timer)
             m.suspicion = None
@@ -740,8 +969,21 @@ class Membership:
             after = self.cfg.tombstone_timeout if status is LEFT else self.cfg.reconnect_timeout
             m.reap_timer = self._timers.at(now + after, self._reap, m)
 
+    def _room(self) -> bool:
+        """Whether one more member fits (making room by forgetting the oldest dead or left
+        member when the table is full); False (counted) when it does not."""
+        if len(self.members) < self.cfg.max_members:
+            return True
+        for name in self._gone:
+            self._reap(self.members[name], 0.0)
+            return True
+        self.stats.drop("members")
+        return False
+
     def _add_member(self, m: Member, now: float) -> None:
         self.members[m.name] = m
+        self._by_addr[m.addr] = m.name
+        self._candidates.pop(m.name, None)
         self._peer_index[m.name] = len(self._peers)
         self._peers.append(m)
         # insert at a random place so that new members are not all probed last
@@ -754,6 +996,9 @@ class Membership:
         if self.members.get(m.name) is not m or m.status not in _GONE:
             return
         del self.members[m.name]
+        self._gone.pop(m.name, None)
+        if self._by_addr.get(m.addr) == m.name:
+            del self._by_addr[m.addr]
         self.coordinates.pop(m.name, None)
         if self.vivaldi is not None:
             self.vivaldi.forget(m.name)
@@ -770,11 +1015,14 @@ class Membership:
         size = codec.state_size(new)
         if size > self.cfg.max_state_bytes:
             raise ValueError(f"node state is {size} bytes, the limit is {self.cfg.max_state_bytes}")
+        if codec.depth(new, self.cfg.max_state_depth) > self.cfg.max_state_depth:
+            raise ValueError(f"node state nests deeper than {self.cfg.max_state_depth}")
         me = self.me
         old = me.state
         changes = {k: v for k, v in new.items() if old.get(k, _MISSING) != v}
         changes.update({k: None for k in old if k not in new})
         me.state = new
+        me.state_bytes = size
         self._publish_changes(new if full else changes, now, full=full)
         self._emit(EventKind.UPDATE, me, now)
 
@@ -808,10 +1056,15 @@ class Membership:
 
     def _on_state(self, msg: StateDelta, now: float) -> None:
         m = self.members.get(msg.name)
-        if m is None:
+        if m is None or not self._held(m, msg.version, max(m.state_version, m.announced_version),
+                                       now=now):
             return
         if m is self.me:
-            if msg.version >= self.me.state_version and not self._leaving:
+            me = self.me
+            # a newer version of our state (from an earlier life), or another at our version:
+            # ours wins; our own latest delta, coming back through others, is not news
+            if not self._leaving and (msg.version > me.state_version or (
+                    msg.version == me.state_version and not self._is_ours(msg))):
                 self._reassert_state(msg.version, now)
             return
         if msg.version <= m.state_version:
@@ -837,21 +1090,40 @@ class Membership:
 
     def _apply_delta(self, m: Member, msg: StateDelta, now: float) -> None:
         if msg.prev_version == -1:
-            m.state = {k: v for k, v in msg.changes.items() if v is not None}
+            new = {k: v for k, v in msg.changes.items() if v is not None}
         else:
+            new = dict(m.state)
             for k, v in msg.changes.items():
                 if v is None:
-                    m.state.pop(k, None)
+                    new.pop(k, None)
                 else:
-                    m.state[k] = v
+                    new[k] = v
+        size = codec.state_size(new)
+        if size > self.cfg.max_state_bytes:
+            # no member publishes that much (set_state refuses it): left at the version
+            # before, the owner's own state is asked for (state_repair_delay)
+            self.stats.drop("state_size")
+            m.pending = None
+            self._check_state_lag(m, now)
+            return
+        m.state = new
+        m.state_bytes = size
         m.state_version = msg.version
         self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version)
         self._arm_gossip(now)
         self._emit(EventKind.UPDATE, m, now)
 
+    def _is_ours(self, msg: StateDelta) -> bool:
+        """Whether a delta of our own state says what our state says."""
+        state = self.me.state
+        if msg.prev_version == -1 and msg.changes.keys() - state.keys():
+            return False
+        return all(state.get(k, None) == v for k, v in msg.changes.items())
+
     def _reassert_state(self, seen: int, now: float) -> None:
         """Others hold a newer version of our state (from an earlier life): overwrite it."""
-        self.me.state_version = max(self.me.state_version, seen)
+        top = self.cfg.counter_limit - self.cfg.max_state_bytes  # room for its deltas
+        self.me.state_version = max(self.me.state_version, min(seen, top))
         self._publish_changes(dict(self.me.state), now, full=True)
 
     def _check_state_lag(self, m: Member, now: float) -> None:
@@ -876,14 +1148,17 @@ class Membership:
             return base
         return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
+    def _own_push_pull(self) -> PushPull:
+        """A digest-first exchange: our own record (first) and a digest of our view."""
+        me = self.me
+        own = MemberRecord(me.name, me.addr[0], me.addr[1], me.incarnation, int(me.status),
+                           me.state_version, me.state)
+        return PushPull(False, self.name, [own], self.digest(), self.user_events.clock)
+
     def _push_pull(self, _arg: object, now: float) -> None:
         peers = self._random_peers(1, (ALIVE,))
         if peers and not self._leaving:
-            me = self.me
-            own = MemberRecord(me.name, me.addr[0], me.addr[1], me.incarnation, int(me.status),
-                               me.state_version, me.state)
-            self._out.append(Stream(peers[0].addr, PushPull(
-                False, self.name, [own], self.digest(), self.user_events.clock), "sync"))
+            self._out.append(Stream(peers[0].addr, self._own_push_pull(), "sync"))
         self._timers.at(now + self._push_pull_interval(), self._push_pull)
 
     def _reconnect(self, _arg: object, now: float) -> None:
@@ -894,42 +1169,94 @@ class Membership:
 
     def _push_pull_message(self, *, join: bool, states: bool = True) -> PushPull:
         """Every member; with their node states, or (``states=False``) only our own, and a
-        digest of our view."""
+        digest of our view. Node states are left out (but ours) when they would make the
+        frame larger than ``max_stream_frame``: their owners send them."""
+        if states:
+            size = sum(m.state_bytes + len(m.name) + len(m.addr[0]) + 40
+                       for m in self.members.values())
+            states = size <= self.cfg.max_stream_frame * 0.9
         recs = [MemberRecord(m.name, m.addr[0], m.addr[1], m.incarnation, int(m.status),
                              m.state_version, m.state if states or m is self.me else None)
                 for m in self.members.values()]
         return PushPull(join, self.name, recs, b"" if states else self.digest(),
                         self.user_events.clock)
 
-    def _merge(self, msg: PushPull, now: float) -> None:
-        self.user_events.witness(msg.event_clock)
-        for r in msg.members:
-            m = self.members.get(r.name)
-            if m is not self.me and m is not None and r.status == m.status \
-                    and r.incarnation <= m.incarnation:
-                pass  # we agree on the status
-            elif r.status == ALIVE:
-                self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.state_version), now)
-            elif r.status == LEFT:
-                self._on_dead(Dead(r.incarnation, r.name, r.name), now)
-            else:
-                # another member's "dead" makes us suspect, not declare (memberlist)
-                self._on_suspect(Suspect(r.incarnation, r.name, msg.sender, 0), now)
-            m = self.members.get(r.name)
-            if m is None:
-                continue
-            if m is self.me:
-                if r.state_version > self.me.state_version and not self._leaving:
-                    self._reassert_state(r.state_version, now)
-            elif r.state_version > m.state_version and r.state is None:
-                m.announced_version = max(m.announced_version, r.state_version)
-                self._check_state_lag(m, now)  # its owner will tell us
-            elif r.state_version > m.state_version and r.state is not None:
-                m.state = dict(r.state)
-                m.state_version = r.state_version
-                m.announced_version = max(m.announced_version, r.state_version)
-                m.pending = None
-                self._emit(EventKind.UPDATE, m, now)
+    def _merge(self, msg: PushPull, now: float, *, src: Addr | None = None,
+               trusted: bool = False) -> None:
+        """Take in a peer's view: ``merge_batch`` members now, the rest on later ticks (at
+        the same time), so that a large exchange never holds the caller for long."""
+        first_hand = src is not None and any(r.name == msg.sender and r.host == src[0]
+                                             for r in msg.members[:1])
+        if not self.user_events.witness(msg.event_clock, trusted=trusted or first_hand):
+            self.stats.drop("counter")
+        records = deque(msg.members)
+        if self._merge_backlog + len(records) > self.cfg.max_members:
+            self.stats.drop("busy")  # exchanges arrive faster than they are taken in
+            return
+        self._merge_backlog += len(records)
+        self._merging.append((records, msg.sender, trusted, src))
+        self._merge_some(None, now)
+
+    def _merge_some(self, _arg: object, now: float) -> None:
+        self._merge_timer = None
+        budget = self.cfg.merge_batch
+        while self._merging and budget > 0:
+            records, sender, trusted, src = self._merging[0]
+            while records and budget > 0:
+                r = records.popleft()
+                budget -= 1
+                self._merge_backlog -= 1
+                self._merge_record(r, sender, trusted, src, now)
+            if not records:
+                self._merging.popleft()
+        if self._merging and not self._stopped:
+            # the next tick, not this one: the caller's other work runs in between
+            self._merge_timer = self._timers.at(math.nextafter(now, math.inf), self._merge_some)
+
+    def _merge_record(self, r: MemberRecord, sender: str, trusted: bool, src: Addr | None,
+                      now: float) -> None:
+        self.stats.merged += 1
+        m = self.members.get(r.name)
+        # the peer's own record, over a connection from its own host, is first-hand: taken
+        # whatever the windows (a member that lagged behind catches up with it)
+        own = r.name == sender and src is not None and src[0] == r.host
+        trusted = trusted or own
+        if m is not self.me and m is not None and r.status == m.status \
+                and r.incarnation <= m.incarnation:
+            pass  # we agree on the status
+        elif r.status == ALIVE:
+            self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.state_version), now,
+                           src=(r.host, r.port) if own else None, trusted=trusted)
+        elif r.status == LEFT:
+            self._on_dead(Dead(r.incarnation, r.name, r.name), now, trusted=trusted)
+        else:
+            # another member's "dead" makes us suspect, not declare (memberlist)
+            self._on_suspect(Suspect(r.incarnation, r.name, sender, 0), now, trusted=trusted)
+        m = self.members.get(r.name)
+        if m is None:
+            return
+        if m is self.me:
+            if r.state_version > self.me.state_version and not self._leaving and \
+                    self._held(m, r.state_version, m.state_version, trusted=trusted, now=now):
+                self._reassert_state(r.state_version, now)
+            return
+        if r.state_version <= m.state_version or not self._held(
+                m, r.state_version, max(m.state_version, m.announced_version), trusted=trusted,
+                now=now):
+            return
+        size = codec.state_size(r.state) if r.state is not None else 0
+        if r.state is None or size > self.cfg.max_state_bytes:
+            if r.state is not None:
+                self.stats.drop("state_size")
+            m.announced_version = max(m.announced_version, r.state_version)
+            self._check_state_lag(m, now)  # its owner will tell us
+        else:
+            m.state = dict(r.state)
+            m.state_bytes = size
+            m.state_version = r.state_version
+            m.announced_version = max(m.announced_version, r.state_version)
+            m.pending = None
+            self._emit(EventKind.UPDATE, m, now)
 
     def _join_attempt(self, _arg: object, now: float) -> None:
         if self.joined or not self._join_seeds or self._stopped:
@@ -987,10 +1314,19 @@ class Membership:
         if self._queue.size:
             self._arm_gossip(now + cfg.gossip_interval / 2)
 
-    def _send(self, addr: Addr, first: list[bytes], now: float) -> bool:
-        """Send ``first`` plus as many queued broadcasts as fit; False if nothing to send."""
-        budget = self._budget - sum(len(b) for b in first)
-        extra = self._queue.take(budget, 0, retransmit_limit(self.cfg.retransmit_mult, self._n_live), now)
+    def _send(self, addr: Addr, first: list[bytes], now: float, *, reply: bool = False) -> bool:
+        """Send ``first`` plus as many queued broadcasts as fit; False if nothing to send.
+
+        Broadcasts go only to members (each transmission counts against the update's
+        retransmit limit: a packet to an address that is no member's, a relayed ping or a
+        confirmation ping, would waste them), and on replies (``reply``: acks and nacks,
+        which whoever pings us decides) to one member at most once per probe interval, so
+        that no member can drain our updates by pinging us often."""
+        extra: list[bytes] = []
+        if self._by_addr.get(addr) is not None and (not reply or self._may_piggyback(addr, now)):
+            budget = self._budget - sum(len(b) for b in first)
+            extra = self._queue.take(budget, 0, retransmit_limit(self.cfg.retransmit_mult,
+                                                                 self._n_live), now)
         if not first and not extra:
             return False
         items = first + extra if extra else first
@@ -999,6 +1335,16 @@ class Membership:
             self.stats.sent[data[1]] += 1
             self.stats.sent_bytes[data[1]] += len(data)
         self._out.append(Send(addr, codec.pack(items)))
+        return True
+
+    def _may_piggyback(self, addr: Addr, now: float) -> bool:
+        """Whether a reply to ``addr`` may carry broadcasts now (once per probe interval)."""
+        last = self._replied.get(addr)
+        if last is not None and now - last < self.cfg.probe_interval:
+            return False
+        if len(self._replied) >= self.cfg.max_members:
+            self._replied.clear()
+        self._replied[addr] = now
         return True
 
     def _random_peers(self, k: int, statuses: tuple[Status, ...], *, exclude: str = "",

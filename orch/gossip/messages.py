@@ -137,6 +137,9 @@ class UserEvent(NamedTuple):
     payload: bytes
     coalesce: bool = True
     """Consumers may deliver only the newest event of this name within a burst."""
+    origin: str = ""
+    """The member that fired it, as it says (gossip authenticates it only by the cluster's
+    key); "" from members that do not say."""
 
 
 Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | StateDelta | UserEvent

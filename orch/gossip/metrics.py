@@ -13,7 +13,16 @@ from orch.gossip.messages import Code, Status
 from orch.gossip.transport import GossipNode
 from orch.metrics import Hist, histogram
 
-DROP_REASONS = ("decode", "decrypt", "label", "version", "misdirected", "conflict", "internal")
+DROP_REASONS = ("decode", "decrypt", "label", "version", "misdirected", "conflict", "internal",
+                "counter", "depth", "too_many", "too_large", "state_size", "members",
+                "candidates", "unconfirmed", "busy", "relays")
+"""Why input is dropped: the envelope (decode, decrypt, label, version), a message for
+someone else or claiming a live member's name (misdirected, conflict), a bug (internal), and
+the bounds of ``GossipConfig`` (counter: past counter_limit or counter_window; depth:
+max_state_depth; too_many: max_packet_messages or members in a push-pull; too_large:
+max_stream_frame; state_size: max_state_bytes; members: max_members with no tombstone to
+forget; candidates: max_candidates; unconfirmed: a member heard of that did not answer its
+pings; busy: max_streams_in or push-pull members waiting to be merged; relays: max_relays)."""
 
 
 class GossipCollector(Collector):
@@ -78,15 +87,18 @@ class GossipCollector(Collector):
                                 "healthy; timeouts scale by score + 1.", value=core.awareness.score)
         yield GaugeMetricFamily("orch_gossip_broadcast_queue", "Updates waiting to be gossiped.",
                                 value=core.queued_broadcasts)
+        yield GaugeMetricFamily("orch_gossip_candidates", "Members heard of from others and not "
+                                "yet confirmed by a ping.", value=core.candidates)
         yield GaugeMetricFamily("orch_gossip_incarnation", "This member's incarnation number.",
                                 value=core.incarnation)
         ue = core.user_events
         events = CounterMetricFamily("orch_gossip_user_events", "User events received, by "
                                      "outcome (delivered once; duplicate copies; stale: from "
-                                     "before this member joined or too old).",
+                                     "before this member joined or too old; refused: a clock "
+                                     "past the limit or window, or too many at one time).",
                                      labels=["outcome"])
         for outcome, n in (("delivered", ue.delivered), ("duplicate", ue.duplicates),
-                           ("stale", ue.stale)):
+                           ("stale", ue.stale), ("refused", ue.refused)):
             events.add_metric([outcome], n)
         yield events
         yield GaugeMetricFamily("orch_gossip_event_clock", "This member's user-event Lamport "

@@ -159,6 +159,23 @@ class Simulator:
             node.group = 0
         self.partitioned = False
 
+    def deliver(self, name: str, src: Addr, payload: bytes) -> None:
+        """A datagram payload from ``src`` (anyone: a hostile member, say) reaches member
+        ``name`` now."""
+        node = self.nodes[name]
+        if node.up:
+            node.packets_received += 1
+            self._handle(node, node.core.receive_packet(src, payload, self.now))
+
+    def exchange(self, name: str, src: Addr, msg: PushPull) -> PushPull | None:
+        """A push-pull from ``src`` reaches member ``name`` now; its answer (None: down)."""
+        node = self.nodes[name]
+        if not node.up:
+            return None
+        reply, effects = node.core.stream_request(src, msg, self.now)
+        self._handle(node, effects)
+        return reply
+
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), _CALL, fn, None, None))
 

@@ -32,15 +32,21 @@ def suspicion_timeout(confirmations: int, k: int, lo: float, hi: float) -> float
 class Suspicion:
     """One member's suspicion of another: when it started and who confirmed it."""
 
-    __slots__ = ("confirmed", "hi", "incarnation", "k", "lo", "start", "timer")
+    __slots__ = ("confirmed", "floor", "heard", "hi", "incarnation", "k", "lo", "start",
+                 "timer")
 
     def __init__(self, *, start: float, sender: str, incarnation: int, k: int,
-                 lo: float, hi: float) -> None:
+                 lo: float, hi: float, heard: float | None = None, floor: float = 0.0) -> None:
         self.start = start
         self.incarnation = incarnation
         self.k = k
         self.lo = lo
         self.hi = hi
+        self.heard = start if heard is None else heard
+        """When this member first heard of it (``start`` may be earlier: the age notices
+        claim, with the shared suspicion clock)."""
+        self.floor = floor
+        """The suspicion lasts at least this long after ``heard``, whatever the claims."""
         self.confirmed: set[str] = {sender}
         """The first accuser and every member that confirmed (the first does not count)."""
         self.timer: Timer | None = None
@@ -57,7 +63,12 @@ class Suspicion:
         return True
 
     def deadline(self) -> float:
-        return self.start + suspicion_timeout(self.confirmations, self.k, self.lo, self.hi)
+        return max(self.start + suspicion_timeout(self.confirmations, self.k, self.lo, self.hi),
+                   self.heard + self.floor)
+
+    def settled(self, now: float) -> bool:
+        """Whether it has lasted its floor here: others' verdicts may end it now."""
+        return now >= self.heard + self.floor
 
 
 class Awareness:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import random
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,7 +105,9 @@ class GossipNode:
         self.refused: dict[tuple[str, str, str], Refused] = {}
         """Input dropped, by (reason, source host, sender's name): who sends what we refuse."""
         self._stopping = False
-        self.snapshot = Snapshot(snapshot, me=name) if snapshot is not None else None
+        self._streams_in = 0
+        self.snapshot = Snapshot(snapshot, me=name, max_members=cfg.max_members) \
+            if snapshot is not None else None
         """The members known before a restart (``snapshot``: its file), rejoined on start."""
         self.rejoin: list[Addr] = []
 
@@ -382,28 +383,41 @@ class GossipNode:
 
     def _name_at(self, src: Addr) -> str:
         """The member we know at ``src``'s host and port ("" if none)."""
-        for m in self.members():
-            if m.addr == src:
-                return m.name
-        return ""
+        return self.core.name_at(src) if self.core is not None else ""
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
         head = await reader.readexactly(4)
-        (n,) = struct.unpack(">I", head)
-        if n > codec.MAX_STREAM_FRAME:
-            raise ProtocolError(f"stream frame of {n} bytes is over the limit")
+        n = codec.frame_length(head, self.cfg.max_stream_frame)
         return await reader.readexactly(n)
+
+    async def _decode(self, data: bytes) -> PushPull:
+        """A frame's push-pull, decoded in steps that let the loop run others in between."""
+        payload = codec.open_envelope(data, self.cfg.label, self.keyring)
+        steps = codec.push_pull_steps(payload, self.core.limits if self.core else
+                                      codec.Limits.of(self.cfg), self.cfg.merge_batch)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                msg: PushPull = done.value
+                return msg
+            await asyncio.sleep(0)
 
     async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         src = (str(peer[0]), int(peer[1]))
         data = b""
+        if self._streams_in >= self.cfg.max_streams_in:
+            self.wire.dropped["busy"] = self.wire.dropped.get("busy", 0) + 1
+            writer.close()
+            return
+        self._streams_in += 1
         try:
             async with asyncio.timeout(self.cfg.stream_timeout):
                 data = await self._read_frame(reader)
                 self.wire.streams_received += 1
                 self.wire.bytes_received += len(data) + 4
-                msg = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
+                msg = await self._decode(data)
                 core, now = self._ready()
                 reply, effects = core.stream_request(src, msg, now)
                 out = codec.frame(codec.seal(codec.encode(reply), self.cfg.label, self.keyring, self._sender))
@@ -416,6 +430,7 @@ class GossipNode:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, RuntimeError):
             self.wire.stream_failures += 1
         finally:
+            self._streams_in -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -435,7 +450,7 @@ class GossipNode:
                 await writer.drain()
                 data = await self._read_frame(reader)
                 self.wire.bytes_received += len(data) + 4
-                reply = codec.decode_push_pull(codec.open_envelope(data, self.cfg.label, self.keyring))
+                reply = await self._decode(data)
         except ProtocolError as e:
             self._dropped(e, stream.addr, data)
         except (OSError, TimeoutError, asyncio.IncompleteReadError):

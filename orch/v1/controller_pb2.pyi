@@ -2853,6 +2853,7 @@ class ControllerMessage(_message.Message):
 
     DESIRED_FIELD_NUMBER: _builtins.int
     NOT_LEADER_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredAllocations:
         """the node's full desired set, replacing the last one"""
@@ -2861,21 +2862,130 @@ class ControllerMessage(_message.Message):
     def not_leader(self) -> Global___NotLeader:
         """go to the leader instead; the stream then ends"""
 
+    @_builtins.property
+    def endpoints(self) -> Global___ExpectedEndpoints:
+        """every service's placed allocations,"""
+
     def __init__(
         self,
         *,
         desired: Global___DesiredAllocations | None = ...,
         not_leader: Global___NotLeader | None = ...,
+        endpoints: Global___ExpectedEndpoints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class ExpectedEndpoints(_message.Message):
+    """What the load balancers may route to (and task templates read): for every service with a
+    port, published or not, the allocations the controller placed and the node each runs on. An agent takes an endpoint from gossip only
+    when its allocation is listed here, published by the member of that node, at that
+    member's own address (and port, when given).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the controller's state index it was built at"""
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpectedService]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        services: _abc.Iterable[Global___ExpectedService] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["services", b"services", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpectedEndpoints: _TypeAlias = ExpectedEndpoints  # noqa: Y015
+
+@_typing.final
+class ExpectedService(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    LB_POLICY_FIELD_NUMBER: _builtins.int
+    PROXY_PROTOCOL_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    job: _builtins.str
+    group: _builtins.str
+    name: _builtins.str
+    """the service's name"""
+    published_port: _builtins.int
+    """0: not published (templates only)"""
+    protocol: _builtins.str
+    """tcp or udp"""
+    lb_policy: _builtins.str
+    proxy_protocol: _builtins.bool
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpectedEndpoint]: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        job: _builtins.str = ...,
+        group: _builtins.str = ...,
+        name: _builtins.str = ...,
+        published_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+        lb_policy: _builtins.str = ...,
+        proxy_protocol: _builtins.bool = ...,
+        endpoints: _abc.Iterable[Global___ExpectedEndpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "group", b"group", "job", b"job", "lb_policy", b"lb_policy", "name", b"name", "namespace", b"namespace", "protocol", b"protocol", "proxy_protocol", b"proxy_protocol", "published_port", b"published_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpectedService: _TypeAlias = ExpectedService  # noqa: Y015
+
+@_typing.final
+class ExpectedEndpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOC_ID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    alloc_id: _builtins.str
+    node: _builtins.str
+    """the node's name: the gossip member that publishes it"""
+    port: _builtins.int
+    """its host port; 0 when not known"""
+    def __init__(
+        self,
+        *,
+        alloc_id: _builtins.str = ...,
+        node: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_id", b"alloc_id", "node", b"node", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpectedEndpoint: _TypeAlias = ExpectedEndpoint  # noqa: Y015
 
 @_typing.final
 class DesiredAllocations(_message.Message):

@@ -3,6 +3,9 @@
     python -m tests.fuzz.run gossip_packet -runs=50000 -max_total_time=60
     python -m tests.fuzz.run job_file -runs=5000
 
+Targets: gossip_packet, stream_frame, endpoints, snapshot, grpc_message, job_file,
+job_message (tests/fuzz/targets.py says what each checks).
+
 The corpus starts from the target's well-formed seeds (in a temporary directory unless
 ``-corpus DIR`` is given). A crash prints the input and exits non-zero, as libFuzzer does.
 """
@@ -15,10 +18,16 @@ from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["orch.gossip", "orch.jobspec", "tests.fuzz"]):
+with atheris.instrument_imports(include=["orch.gossip", "orch.jobspec", "agent.lb.discovery",
+                                         "agent.runtime.convert", "controller.scheduler",
+                                         "tests.fuzz"]):
     from tests.fuzz import targets
 
 TARGETS = {"gossip_packet": (targets.gossip_packet, targets.gossip_seeds),
+           "stream_frame": (targets.stream_frame, targets.stream_seeds),
+           "endpoints": (targets.endpoints, targets.endpoint_seeds),
+           "snapshot": (targets.snapshot, targets.snapshot_seeds),
+           "grpc_message": (targets.grpc_message, targets.grpc_seeds),
            "job_file": (targets.job_file, targets.job_seeds),
            "job_message": (targets.job_message, targets.job_message_seeds)}
 

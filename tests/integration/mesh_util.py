@@ -143,10 +143,16 @@ def free_port(hosts: Sequence[str]) -> int:
 
 # --- what the cluster says ---------------------------------------------------------------
 
-def table(agent: Agent, service: str) -> set[str]:
-    """The allocation ids in ``agent``'s load balancer for ``service``."""
+def service(agent: Agent, name: str) -> ServiceSpec | None:
+    """The service named ``name`` in ``agent``'s load balancer (the table is keyed by
+    namespace, job, group and name; the tests' service names are unique)."""
     assert agent.mesh is not None
-    spec = agent.mesh.table.get(service)
+    return next((s for s in agent.mesh.table.values() if s.name == name), None)
+
+
+def table(agent: Agent, name: str) -> set[str]:
+    """The allocation ids in ``agent``'s load balancer for the service ``name``."""
+    spec = service(agent, name)
     return {e.alloc_id for e in spec.endpoints} if spec is not None else set()
 
 
@@ -193,7 +199,7 @@ class Tables:
             a.mesh.listeners.append(functools.partial(self._record, a.cfg.name, service=service))
 
     def _record(self, name: str, t: dict[str, ServiceSpec], *, service: str) -> None:
-        spec = t.get(service)
+        spec = next((s for s in t.values() if s.name == service), None)
         eps = " ".join(sorted(e.alloc_id[:8] for e in spec.endpoints)) if spec else "-"
         self.seen.append(f"{time.monotonic() - self.t0:.2f}s {name}: {eps}")
 
@@ -222,7 +228,7 @@ class Arrivals:
             a.mesh.listeners.append(functools.partial(self._record, a.cfg.name, service=service))
 
     def _record(self, name: str, t: dict[str, ServiceSpec], *, service: str) -> None:
-        spec = t.get(service)
+        spec = next((s for s in t.values() if s.name == service), None)
         for e in spec.endpoints if spec is not None else ():
             if (name, e.alloc_id) in self.seen:
                 continue

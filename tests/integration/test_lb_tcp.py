@@ -348,6 +348,34 @@ def test_connections_beyond_the_limit_are_turned_away() -> None:
     run(scenario())
 
 
+def test_connections_per_client_network_are_bounded() -> None:
+    """One network cannot take a service's connections from everyone else."""
+    async def scenario() -> None:
+        bs = await backends(1)
+        lb = await balancer([spec("web", [bs[0].endpoint()])], max_per_prefix=2)
+        port = lb.stats()["web"].port
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", port,
+                                                  local_addr=(f"127.0.0.{i}", 0))
+                    for i in (1, 2)]
+            for r, w in held:
+                w.write(b"x\n")
+                assert await r.readline() == b"b0\n"
+            assert await turned_away(port)  # a third from 127.0.0.0/24
+            assert await request(port, source="127.0.1.1") == "b0"  # another network
+            st = lb.stats()["web"]
+            assert (st.rejected_prefix, st.rejected) == (1, 0)
+            for _, w in held:
+                w.close()
+            await asyncio.sleep(0.05)
+            assert await request(port) == "b0"
+        finally:
+            await lb.close()
+            await stop(bs)
+
+    run(scenario())
+
+
 def test_idle_connections_are_closed() -> None:
     async def scenario() -> None:
         bs = await backends(1)

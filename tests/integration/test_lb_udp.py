@@ -10,7 +10,7 @@ import pytest
 from agent.lb.balancer import LoadBalancer
 from agent.lb.model import Endpoint
 from agent.lb.proxy_protocol import header
-from tests.integration.lb_util import balancer, run, spec
+from tests.integration.lb_util import balancer, new_fds, open_fds, run, spec
 
 pytestmark = pytest.mark.timeout(60, method="thread")
 
@@ -210,5 +210,84 @@ def test_a_new_service_on_a_draining_port_takes_it_at_once() -> None:
             assert await c.ask() == "u1"  # the old session ended; the new service answers
         finally:
             await close_all(lb, [s for s, _ in servers], c)
+
+    run(scenario())
+
+
+def _spoof(port: int, sources: int, rounds: int = 3) -> None:
+    """``rounds`` datagrams to the published port from each of ``sources`` addresses of
+    127.0.0.0/8 (as a flood with spoofed sources looks to the load balancer); in a thread."""
+    import socket
+
+    for _ in range(rounds):
+        for i in range(sources):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((f"127.{100 + i // 65536}.{i // 256 % 256}.{1 + i % 250}", 0))
+                s.sendto(b"spoofed", ("127.0.0.1", port))
+
+
+def test_a_spoofed_flood_neither_locks_clients_out_nor_takes_descriptors() -> None:
+    """Sessions keyed by a source address nobody proved: 3,000 spoofed sources against a
+    service of 300 sessions. Established clients keep their sessions, a new client still
+    gets one, the flood holds at most ``udp_new_sessions`` sockets, and past
+    ``udp_new_session_rate`` its datagrams are dropped before they cost a session."""
+    async def scenario() -> None:
+        servers = await udp_backends(1, first=51)
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")],
+                            max_connections=300, udp_new_sessions=50,
+                            udp_new_session_rate=1000)
+        port = lb.stats()["dns"].port
+        before = open_fds()
+        regular = await client(port)
+        clients: list[Client] = [regular]
+        try:
+            assert await regular.ask() == "u0"
+            assert await regular.ask() == "u0"  # answered, then asked again: established
+            flood = asyncio.ensure_future(asyncio.to_thread(_spoof, port, 3000))
+            asked = answered = 0
+            while not flood.done():
+                asked += 1
+                for _ in range(3):  # as UDP clients do: a datagram the kernel dropped (a
+                    try:            # full socket buffer) is sent again
+                        answered += await regular.ask(wait=0.3) == "u0"
+                        break
+                    except TimeoutError:
+                        pass
+                await asyncio.sleep(0.005)
+            await flood
+            assert asked >= 1
+            assert answered == asked
+            sockets = [fd for fd, what in new_fds(before) if what.startswith("socket:")]
+            assert len(sockets) <= 1 + 1 + 50  # the regular client's, its session's, the flood's
+            st = lb.stats()["dns"]
+            assert st.evicted > 0  # new sessions gave way to newer ones
+            assert st.rejected_rate > 0  # and past the rate, the flood was dropped at once
+            await asyncio.sleep(0.01)  # a token for the newcomer
+            newcomer = await client(port, source="127.0.0.9")
+            clients.append(newcomer)
+            assert await newcomer.ask() == "u0"  # not locked out
+        finally:
+            await close_all(lb, [s for s, _ in servers], *clients)
+
+    run(scenario(), timeout=60)
+
+
+def test_sessions_per_client_network_are_bounded() -> None:
+    async def scenario() -> None:
+        servers = await udp_backends(1, first=56)
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")],
+                            max_per_prefix=3)
+        port = lb.stats()["dns"].port
+        same = [await client(port, source=f"127.0.5.{i}") for i in range(1, 5)]
+        other = await client(port, source="127.0.6.1")
+        try:
+            for c in same[:3]:
+                assert await c.ask() == "u0"
+            with pytest.raises(TimeoutError):
+                await same[3].ask(wait=0.3)  # a fourth session from 127.0.5.0/24
+            assert await other.ask() == "u0"
+            assert lb.stats()["dns"].rejected_prefix >= 1
+        finally:
+            await close_all(lb, [s for s, _ in servers], *same, other)
 
     run(scenario())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.lb.config import LbConfig
+from agent.lb.model import ServiceSpec
 from agent.server import Agent
 from orch.jobspec import parse_job
 from tests.integration.live import Cli, live_cluster
@@ -25,6 +26,7 @@ from tests.integration.mesh_util import (
     refused,
     release,
     running,
+    service,
     table,
 )
 from tests.integration.synthetic import wait_until
@@ -92,13 +94,16 @@ async def test_an_endpoint_leaves_every_table_when_it_stops_fails_or_its_node_di
         assert dead.gossip is not None
         assert dead.mesh is not None
         gossip_addr = dead.gossip.addr
-        (orphan,) = [e for e in dead.mesh.table["echo"].endpoints if e.node == "agent-3"]
+        echo = service(dead, "echo")
+        assert echo is not None
+        (orphan,) = [e for e in echo.endpoints if e.node == "agent-3"]
         load = Load([(h, port) for h in HOSTS[:2]]).start()
         try:
             agents.remove(dead)  # stopped here, not again by live_cluster
             await dead.stop(leave=False)
-            await wait_until(lambda: all(a.mesh is not None and all(
-                e.node != "agent-3" for e in a.mesh.table["echo"].endpoints)
+            await wait_until(lambda: all(all(
+                e.node != "agent-3" for e in (service(a, "echo") or ServiceSpec(
+                    name="echo", published_port=0)).endpoints)
                 for a in survivors), within=10)
             await wait_until(lambda: converged(ctl, survivors, "mesh", "echo", 3), within=20)
             assert "agent-3" not in running(ctl, "mesh").values()

@@ -28,6 +28,8 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "orch.json"
 METRIC = re.compile(r"\b(?:orch|container)_[a-zA-Z0-9_]+")
 REQUESTS = 4
 """HTTP requests sent through each agent's published port."""
+HELLO = "default/hello/web/hello"
+"""The load balancer's name for the example's service: namespace, job, group, name."""
 LB_PANEL_METRICS = {
     "orch_lb_connections_active", "orch_lb_connections_total", "orch_lb_received_bytes_total",
     "orch_lb_sent_bytes_total", "orch_lb_connect_duration_seconds_bucket",
@@ -71,14 +73,14 @@ def free_port_on(*hosts: str) -> int:
 def published(agent: Agent, port: int) -> bool:
     """The agent's load balancer listens on ``port`` for hello, with its 3 endpoints."""
     assert agent.mesh is not None
-    s = agent.mesh.stats().get("hello")
+    s = agent.mesh.stats().get(HELLO)
     return s is not None and s.listening and s.port == port and s.endpoints.get("healthy") == 3
 
 
 def settled(agent: Agent) -> bool:
     """Every request sent through the agent is counted and its connection closed."""
     assert agent.mesh is not None
-    s = agent.mesh.stats()["hello"]
+    s = agent.mesh.stats()[HELLO]
     return s.total == REQUESTS and s.active == 0 and s.connect_latency.count == REQUESTS
 
 
@@ -134,18 +136,20 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
 
         # the load balancer: every agent publishes hello and counted what went through it
         for a in agents:
-            text, svc = texts[a.cfg.name], '{service="hello"}'
+            labels = 'group="web",job="hello",namespace="default",service="hello"'
+            text, svc = texts[a.cfg.name], f"{{{labels}}}"
             assert value(text, f"orch_lb_listening{svc}") == 1
             assert value(text, f"orch_lb_connections_total{svc}") == REQUESTS
             assert value(text, f"orch_lb_connections_active{svc}") == 0
             assert value(text, f"orch_lb_received_bytes_total{svc}") > 0  # the requests
             assert value(text, f"orch_lb_sent_bytes_total{svc}") > 0  # the pages
-            assert value(text, 'orch_lb_endpoints{service="hello",state="healthy"}') == 3
+            assert value(text, f'orch_lb_endpoints{{{labels},state="healthy"}}') == 3
             assert value(text, f"orch_lb_connect_duration_seconds_count{svc}") == REQUESTS
-            assert value(text, 'orch_lb_connect_duration_seconds_bucket'
-                               '{le="+Inf",service="hello"}') == REQUESTS
+            assert value(text, 'orch_lb_connect_duration_seconds_bucket{group="web",job="hello",'
+                               'le="+Inf",namespace="default",service="hello"}') == REQUESTS
             assert value(text, f"orch_lb_connect_failures_total{svc}") == 0
             assert value(text, "orch_lb_services") == 1
+            assert value(text, 'orch_lb_endpoints_refused{reason="unexpected"}') == 0
 
         # the dashboard asks only for what the daemons export
         exported = {line.split("{")[0].split(" ")[0] for text in texts.values()

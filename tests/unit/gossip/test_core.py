@@ -156,12 +156,23 @@ def test_confirmations_shrink_the_timeout_to_the_minimum() -> None:
 
 def test_shared_suspicion_clock_ends_every_timer_together() -> None:
     core = make(n_peers=9)
-    # the first accuser has suspected p1 for 3 s already; two confirmations follow
-    core.receive(addr(5), Suspect(0, "p1", "p2", 3000), 10.0)
-    core.receive(addr(6), Suspect(0, "p1", "p3", 3000), 10.0)
-    core.receive(addr(7), Suspect(0, "p1", "p4", 3000), 10.0)
+    # the first accuser has suspected p1 for 0.8 s already; two confirmations follow
+    core.receive(addr(5), Suspect(0, "p1", "p2", 800), 10.0)
+    core.receive(addr(6), Suspect(0, "p1", "p3", 800), 10.0)
+    core.receive(addr(7), Suspect(0, "p1", "p4", 800), 10.0)
     (dead,) = events(run_until(core, 20), EventKind.DEAD)
-    assert dead.time == pytest.approx(11.0)  # started at 7.0, minimum 4 s
+    assert dead.time == pytest.approx(13.2)  # started at 9.2, minimum 4 s
+
+
+@pytest.mark.parametrize("age_ms", [3000, 2**32 - 1])
+def test_a_suspicion_lasts_its_floor_whatever_age_it_claims(age_ms: int) -> None:
+    """A notice claiming its suspicion is old (or older than any timeout) cannot end it
+    before the suspect had suspicion_floor x the minimum timeout to refute."""
+    core = make(n_peers=9)
+    for accuser in ("p2", "p3", "p4"):
+        core.receive(addr(5), Suspect(0, "p1", accuser, age_ms), 10.0)
+    (dead,) = events(run_until(core, 20), EventKind.DEAD)
+    assert dead.time == pytest.approx(10.0 + ML.suspicion_floor * 4.0)
 
 
 def test_plain_swim_has_a_fixed_timeout() -> None:
@@ -199,11 +210,38 @@ def test_stale_accusations_are_ignored() -> None:
 
 def test_dead_member_comes_back_with_a_higher_incarnation() -> None:
     core = make(n_peers=3)
-    core.receive(addr(2), Dead(3, "p0", "p1"), 0.0)
-    assert core.member("p0").status is Status.DEAD  # type: ignore[union-attr]
-    assert events(core.receive(addr(2), Alive(3, "p0", *addr(2)), 1.0)) == []
-    (join,) = events(core.receive(addr(2), Alive(4, "p0", *addr(2)), 2.0), EventKind.JOIN)
+    core.receive(addr(3), Alive(3, "p0", *addr(2)), 0.0)
+    core.receive(addr(3), Dead(3, "p0", "p1"), 0.0)  # another's verdict: a suspicion here
+    assert core.member("p0").status is Status.SUSPECT  # type: ignore[union-attr]
+    (dead,) = events(run_until(core, 30.0), EventKind.DEAD)
+    assert dead.name == "p0"
+    assert events(core.receive(addr(2), Alive(3, "p0", *addr(2)), 31.0)) == []
+    (join,) = events(core.receive(addr(2), Alive(4, "p0", *addr(2)), 32.0), EventKind.JOIN)
     assert join.incarnation == 4
+
+
+def test_an_accusation_above_the_incarnation_held_is_refused() -> None:
+    """Only a member itself moves its incarnation up: an accusation above the one held is
+    a liar's (its refutation could be past the window)."""
+    core = make(n_peers=3)
+    core.receive(addr(3), Suspect(1, "p0", "p1"), 0.0)
+    assert core.member("p0").status is Status.ALIVE  # type: ignore[union-attr]
+    assert core.stats.dropped["counter"] == 1
+
+
+def test_a_death_notice_from_another_member_is_a_suspicion_until_its_floor() -> None:
+    """One member cannot declare another dead alone: its notice starts (or confirms) a
+    suspicion here, which the suspect can refute; once this member has suspected for its
+    floor, others' verdicts are taken at once."""
+    core = make(n_peers=9)
+    effects = core.receive(addr(3), Dead(0, "p0", "p1"), 0.0)
+    assert [e.kind for e in events(effects)] == [EventKind.SUSPECT]
+    assert events(core.receive(addr(3), Alive(1, "p0", *addr(2)), 0.5), EventKind.ALIVE)
+    core.receive(addr(4), Suspect(1, "p0", "p2"), 1.0)
+    assert events(core.receive(addr(5), Dead(1, "p0", "p3"), 1.1)) == []  # too early
+    (dead,) = events(core.receive(addr(5), Dead(1, "p0", "p3"),
+                                  1.0 + ML.suspicion_floor * 4.0), EventKind.DEAD)
+    assert dead.name == "p0"
 
 
 def test_graceful_leave_is_left_not_dead() -> None:
@@ -228,11 +266,11 @@ def test_another_address_cannot_take_a_live_members_name() -> None:
 
 def test_dead_and_left_members_are_reaped_after_their_own_timeouts() -> None:
     core = make(n_peers=2, cfg=ML.replace(reconnect_timeout=60.0, tombstone_timeout=120.0))
-    core.receive(addr(2), Dead(0, "p0", "p1"), 0.0)  # p0 died
+    core.receive(addr(2), Dead(0, "p0", "p1"), 0.0)  # p0 is accused: dead 4 s later
     core.receive(addr(3), Dead(0, "p1", "p1"), 0.0)  # p1 left
-    run_until(core, 59.0)
-    assert core.member("p0") is not None
-    run_until(core, 61.0)
+    run_until(core, 63.0)
+    assert core.member("p0").status is Status.DEAD  # type: ignore[union-attr]
+    run_until(core, 65.0)
     assert core.member("p0") is None
     assert core.member("p1") is not None  # a tombstone lasts longer
     run_until(core, 121.0)
@@ -386,4 +424,12 @@ def test_sync_that_finds_the_peer_behind_follows_with_a_full_exchange() -> None:
     assert [f.purpose for f in follow] == ["sync-full"]
     assert all(r.state is not None for r in follow[0].message.members)
     b.stream_request(addr(1), follow[0].message, 40.1)
+    # b heard of c from a: c counts once it answers b's ping
+    assert b.member("c") is None
+    assert b.candidates == 1
+    ((to, ping),) = [(t, m) for t, m in of_type(run_until(b, 40.2, answer=False), Ping)
+                     if m.target == "c"]
+    assert to == ("10.0.0.3", 7946)
+    (join,) = events(b.receive(to, Ack(ping.seq), 40.3), EventKind.JOIN)
+    assert join.name == "c"
     assert b.member("c") is not None
