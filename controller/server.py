@@ -43,6 +43,7 @@ from controller.channels import MAX_AGENT_MESSAGE, Channels
 from controller.cluster import Cluster
 from controller.config import ControllerConfig
 from controller.evaluator import Evaluator
+from controller.gc import GarbageCollector, GcPolicy
 from controller.gossip_events import GossipEvents
 from controller.jobs import Jobs
 from controller.leadership import Leadership, LeaderStatus
@@ -178,7 +179,8 @@ class Controller:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=CONTROLLER_METRICS_PORT,
                                       where="metrics_addr")
             self.metrics = MetricsServer(registry_with(
-                ControllerCollector(self.leader, self.evaluator, self.authz),
+                ControllerCollector(self.leader, self.evaluator, self.authz, self.gc,
+                                    self.nodes_monitor, self.usage),
                 GossipCollector(gossip)), mhost, mport)
             await self.metrics.start()
         if self.trust is not None:
@@ -226,9 +228,17 @@ class Controller:
         self.jobs = Jobs(self.cluster, self.evaluator)
         self.nodes_monitor = NodeMonitor(self.cluster, self.evaluator, node_grace=cfg.node_grace,
                                          failover_grace=cfg.failover_grace,
-                                         max_down_fraction=cfg.max_down_fraction)
-        self.nodes = NodeAdmin(self.cluster, self.evaluator)
+                                         max_down_fraction=cfg.max_down_fraction,
+                                         brake_window=cfg.brake_window)
+        self.nodes = NodeAdmin(self.cluster, self.evaluator,
+                               on_forgotten=self.nodes_monitor.forget)
         self.usage = UsageTable()
+        self.gc = GarbageCollector(self.cluster, self.usage, GcPolicy(
+            job_threshold=cfg.job_gc_threshold, eval_threshold=cfg.eval_gc_threshold,
+            deployment_threshold=cfg.deployment_gc_threshold,
+            node_threshold=cfg.node_gc_threshold, max_versions=cfg.job_max_versions,
+            batch=cfg.gc_batch), interval=cfg.gc_interval,
+            on_node_forgotten=self.nodes_monitor.forget)
         self.autoscaler = Autoscaler(state, self.jobs, self.usage, AutoscalerConfig(
             interval=cfg.autoscale_interval, stabilization=cfg.autoscale_stabilization))
         self.acl = Acl(state)
@@ -284,7 +294,8 @@ class Controller:
         self.leader.leading = True
         self.evaluator.start()
         self._leader_tasks = [asyncio.create_task(self._liveness(), name="liveness"),
-                              asyncio.create_task(self.autoscaler.run(), name="autoscaler")]
+                              asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
+                              asyncio.create_task(self.gc.run(), name="garbage-collector")]
         self.evaluator.enqueue_all("leader-elected" if self.leader.election else "startup")
         if self.gossip is not None:
             self.gossip.set_state({"leader": "true"})

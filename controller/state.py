@@ -145,6 +145,21 @@ class ClusterState:
         for key in changes.purge_jobs:
             self.jobs.pop(key, None)
             self._models = {k: v for k, v in self._models.items() if k[0] != key}
+            self._specs = {k: v for k, v in self._specs.items() if k[0] != key}
+        for ns, name, version in changes.delete_job_versions:
+            versions = self.jobs.get((ns, name))
+            if versions is not None:
+                versions[:] = [v for v in versions if v.version != version]
+                if not versions:
+                    del self.jobs[(ns, name)]
+            self._models.pop(((ns, name), version), None)
+        if changes.delete_evaluations:
+            gone = set(changes.delete_evaluations)
+            kept = [e for e in self.evaluations if e.id not in gone]
+            self.evaluations.clear()
+            self.evaluations.extend(kept)
+        for name in changes.delete_meta:
+            self.meta.pop(name, None)
         for job in changes.put_jobs:
             versions = self.jobs.setdefault(job_key(job), [])
             versions[:] = [v for v in versions if v.version != job.version]
@@ -187,6 +202,14 @@ class ClusterState:
         _discard(self.by_node, old.node_id, alloc_id)
         _discard(self.by_job, job_key(old), alloc_id)
         self.snapshot.remove_alloc(alloc_id)
+
+    def prune_caches(self) -> int:
+        """Drop the cached group specs no allocation refers to any more; how many."""
+        used = {(job_key(a), a.job_version, a.group) for a in self.allocs.values()}
+        stale = [k for k in self._specs if k not in used]
+        for k in stale:
+            del self._specs[k]
+        return len(stale)
 
     def nodes_with(self, alloc_ids: Iterable[str]) -> set[str]:
         return {self.allocs[i].node_id for i in alloc_ids if i in self.allocs}

@@ -63,9 +63,18 @@ class UsageTable:
             lb.total[node_id] = (t, e.connections_total)
 
     def forget(self, alloc_ids: set[str]) -> None:
+        """Drop what was reported about these allocations (they are gone)."""
         for i in alloc_ids:
             self._cpu.pop(i, None)
             self._lb.pop(i, None)
+
+    def keep(self, alloc_ids: set[str]) -> None:
+        """Drop what was reported about any allocation not among these."""
+        self.forget((set(self._cpu) | set(self._lb)) - alloc_ids)
+
+    def __len__(self) -> int:
+        """Allocations with a usage entry."""
+        return len(set(self._cpu) | set(self._lb))
 
     def group_metric(self, metric: str, allocs: list[node_pb2.Allocation],
                      now: float) -> float | None:

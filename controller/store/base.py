@@ -36,6 +36,8 @@ class Changes:
     """Job versions to insert or replace, keyed by (namespace, name, version)."""
     purge_jobs: list[JobKey] = field(default_factory=list)
     """Jobs to delete with every version."""
+    delete_job_versions: list[tuple[str, str, int]] = field(default_factory=list)
+    """Single versions of jobs to delete: (namespace, name, version)."""
     put_allocs: list[node_pb2.Allocation] = field(default_factory=list)
     delete_allocs: list[str] = field(default_factory=list)
     put_nodes: list[node_pb2.Node] = field(default_factory=list)
@@ -43,16 +45,22 @@ class Changes:
     put_deployments: list[controller_pb2.Deployment] = field(default_factory=list)
     delete_deployments: list[str] = field(default_factory=list)
     put_evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)
-    """Inserted or replaced by id; a replaced evaluation keeps its place in the history."""
+    """Inserted or replaced by id; a replaced evaluation keeps its place in the history.
+    The store keeps those among the last ``max_evaluations`` first stored (a deleted one's
+    place is not given to an older one)."""
+    delete_evaluations: list[str] = field(default_factory=list)
     events: list[controller_pb2.Event] = field(default_factory=list)
     """Appended to the event log; the store sets each event's ``index``."""
     meta: dict[str, str] = field(default_factory=dict)
     """Small named values (cluster id, settings)."""
+    delete_meta: list[str] = field(default_factory=list)
+    """Named values to delete."""
 
     def __bool__(self) -> bool:
-        return any((self.put_jobs, self.purge_jobs, self.put_allocs, self.delete_allocs,
-                    self.put_nodes, self.delete_nodes, self.put_deployments,
-                    self.delete_deployments, self.put_evaluations, self.events, self.meta))
+        return any((self.put_jobs, self.purge_jobs, self.delete_job_versions, self.put_allocs,
+                    self.delete_allocs, self.put_nodes, self.delete_nodes, self.put_deployments,
+                    self.delete_deployments, self.put_evaluations, self.delete_evaluations,
+                    self.events, self.meta, self.delete_meta))
 
 
 @dataclass(slots=True)
@@ -72,6 +80,17 @@ class StoreSnapshot:
     """The most recent evaluations (a backend keeps a bounded number), in the order they
     were first stored, oldest first."""
     meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    """How much the store holds: for metrics and the soak benchmark."""
+
+    bytes: int
+    """Bytes in use (SQLite: its pages in use; etcd: its database in use, every prefix)."""
+    rows: dict[str, int]
+    """Records per kind: jobs (versions), allocations, nodes, deployments, evaluations,
+    events, meta."""
 
 
 class Store(ABC):
@@ -101,6 +120,10 @@ class Store(ABC):
         Cancelling the awaiting task does not stop a commit already under way: it still
         lands (or fails) as a whole, and the caller learns which only from ``load``.
         """
+
+    @abstractmethod
+    async def size(self) -> StoreSize:
+        """What the store holds now, in bytes and in records per kind."""
 
     @abstractmethod
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:

@@ -80,7 +80,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-from controller.store.base import Changes, JobKey, Store, StoreSnapshot
+from controller.store.base import Changes, JobKey, Store, StoreSize, StoreSnapshot
 from controller.store.etcd_client import (
     Compare,
     Delete,
@@ -237,6 +237,7 @@ class _Cache:
 @dataclass(slots=True)
 class _Commit:
     purge: list[JobKey]
+    delete_versions: list[tuple[JobKey, int]]
     jobs: list[tuple[JobKey, int, bytes]]
     delete_allocs: list[str]
     allocs: list[tuple[str, bytes]]
@@ -244,11 +245,13 @@ class _Commit:
     nodes: list[tuple[str, bytes]]
     delete_deployments: list[str]
     deployments: list[tuple[str, bytes]]
+    delete_evals: list[str]
     evals: list[tuple[str, bytes]]
     events: list[controller_pb2.Event]
     """The store's own copies; the caller's are ``caller_events``."""
     caller_events: list[controller_pb2.Event]
     meta: list[tuple[str, str]]
+    delete_meta: list[str]
     future: asyncio.Future[int]
 
 
@@ -277,6 +280,13 @@ def _encode(c: Changes, future: asyncio.Future[int]) -> _Commit:
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
             raise TypeError(f"Changes.purge_jobs[{i}] is not a (namespace, name) pair")
         purge.append((key[0], key[1]))
+    versions: list[tuple[JobKey, int]] = []
+    for i, gone in enumerate(c.delete_job_versions):
+        if not (isinstance(gone, tuple) and len(gone) == 3 and isinstance(gone[0], str)
+                and isinstance(gone[1], str) and isinstance(gone[2], int)):
+            raise TypeError(f"Changes.delete_job_versions[{i}] is not a (namespace, name, "
+                            "version) triple")
+        versions.append(((gone[0], gone[1]), gone[2]))
     caller_events = _checked("events", c.events, controller_pb2.Event)
     events = []
     for ev in caller_events:
@@ -289,7 +299,9 @@ def _encode(c: Changes, future: asyncio.Future[int]) -> _Commit:
             raise TypeError(f"Changes.meta[{k!r}] is not str -> str")
         meta.append((k, v))
     return _Commit(
-        purge=purge,
+        purge=purge, delete_versions=versions,
+        delete_evals=_ids("delete_evaluations", c.delete_evaluations),
+        delete_meta=_ids("delete_meta", c.delete_meta),
         jobs=[((j.namespace, j.name), j.version, j.SerializeToString())
               for j in _checked("put_jobs", c.put_jobs, job_pb2.Job, lambda j: j.name)],
         delete_allocs=_ids("delete_allocs", c.delete_allocs),
@@ -326,6 +338,8 @@ class _Plan:
         self.jobs: dict[JobKey, set[int]] = {}
         """The new versions of each job this batch touches."""
         self.new_evals: dict[str, int] = {}
+        self.gone_evals: set[str] = set()
+        """Evaluations this batch deletes (their seq is never given again)."""
         self.eval_writes: dict[bytes, int] = {}
         self.event_writes: dict[bytes, int] = {}
         self.eval_floor = 0
@@ -347,6 +361,17 @@ class _Plan:
             for version in self._versions(job_key):
                 self._write(k.job(job_key, version), None)
             self.jobs[job_key] = set()
+        for job_key, version in c.delete_versions:
+            self._write(k.job(job_key, version), None)
+            self._versions(job_key).discard(version)
+        for eid in c.delete_evals:
+            seq = self.new_evals.pop(eid, None) or self.cache.evals.get(eid)
+            if seq is not None:
+                self._write(k.evaluation(seq, eid), None)
+                self.eval_writes.pop(k.evaluation(seq, eid), None)
+                self.gone_evals.add(eid)
+        for name in c.delete_meta:
+            self._write(k.meta(name), None)
         for aid in c.delete_allocs:
             self._write(k.alloc(aid), None)
         for nid in c.delete_nodes:
@@ -363,7 +388,8 @@ class _Plan:
         for did, data in c.deployments:
             self._write(k.deployment(did), data)
         for eid, data in c.evals:
-            seq = self.new_evals.get(eid) or self.cache.evals.get(eid)
+            seq = self.new_evals.get(eid) or (
+                self.cache.evals.get(eid) if eid not in self.gone_evals else None)
             if seq is None or seq <= self.eval_floor:
                 st.eval_seq += 1
                 seq = self.new_evals[eid] = st.eval_seq
@@ -430,6 +456,10 @@ class _Plan:
                 cache.jobs[job_key] = versions
             else:
                 cache.jobs.pop(job_key, None)
+        for eid in self.gone_evals:
+            seq = cache.evals.pop(eid, None)
+            if seq is not None:
+                cache.eval_order.pop(seq, None)
         for eid, seq in sorted(self.new_evals.items(), key=lambda item: item[1]):
             if seq > self.eval_floor:
                 cache.evals[eid] = seq
@@ -601,6 +631,20 @@ class EtcdStore(Store):
         learns that the leader wrote something."""
         kv = await self.client.get(self.keys.state, within=self.timeout)
         return _State.decode(kv.value, self.where).index if kv is not None else 0
+
+    async def size(self) -> StoreSize:
+        """Records under this prefix (counted by etcd), and the bytes etcd's database uses
+        (for every prefix: etcd has one database)."""
+        if self._worker is None:
+            raise StoreError(f"{self.where}: the store is not open")
+        k = self.keys
+        rows = {}
+        for kind, prefix in (("jobs", k.jobs_dir), ("allocations", k.allocs_dir),
+                             ("nodes", k.nodes_dir), ("deployments", k.deployments_dir),
+                             ("evaluations", k.evals_dir), ("events", k.events_dir),
+                             ("meta", k.meta_dir)):
+            rows[kind] = await self.client.count(prefix, prefix_end(prefix), within=self.timeout)
+        return StoreSize(bytes=await self.client.db_size(within=self.timeout), rows=rows)
 
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:
         if limit < 1:

@@ -52,6 +52,7 @@ changes = st.builds(
     Changes,
     put_jobs=st.lists(jobs, max_size=3),
     purge_jobs=st.lists(st.tuples(namespaces, job_names), max_size=1),
+    delete_job_versions=st.lists(st.tuples(namespaces, job_names, st.integers(1, 4)), max_size=2),
     put_allocs=st.lists(allocs, max_size=3),
     delete_allocs=st.lists(alloc_ids, max_size=2),
     put_nodes=st.lists(nodes, max_size=2),
@@ -59,8 +60,10 @@ changes = st.builds(
     put_deployments=st.lists(deployments, max_size=2),
     delete_deployments=st.lists(deployment_ids, max_size=1),
     put_evaluations=st.lists(evaluations, max_size=3),
+    delete_evaluations=st.lists(evaluation_ids, max_size=2),
     events=st.lists(events, max_size=3),
     meta=st.dictionaries(st.sampled_from(["k1", "k2", "k3"]), text, max_size=2),
+    delete_meta=st.lists(st.sampled_from(["k1", "k2", "k3"]), max_size=1),
 )
 
 
