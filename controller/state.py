@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
-from controller.store.base import Changes, JobKey, StoreSnapshot
+from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, StoreSnapshot
 from orch.errors import NotFoundError, RequestError
 from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -44,7 +44,7 @@ class ClusterState:
         self.by_job: dict[JobKey, set[str]] = {}
         self.nodes: dict[str, node_pb2.Node] = {}
         self.deployments: dict[str, controller_pb2.Deployment] = {}
-        self.evaluations: deque[controller_pb2.Evaluation] = deque(maxlen=1000)
+        self.evaluations: deque[controller_pb2.Evaluation] = deque(maxlen=MAX_EVALUATIONS)
         self.meta: dict[str, str] = {}
         self.snapshot = ClusterSnapshot()
         self._models: dict[tuple[JobKey, int], Job] = {}

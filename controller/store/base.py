@@ -20,6 +20,9 @@ from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 JobKey = tuple[str, str]
 """(namespace, name)"""
+MAX_EVALUATIONS = 10_000
+"""Evaluations a store keeps by default (and the controller holds in memory): the garbage
+collector removes them by age long before, this bounds a burst."""
 
 
 @dataclass(slots=True)

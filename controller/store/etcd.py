@@ -80,7 +80,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-from controller.store.base import Changes, JobKey, Store, StoreSize, StoreSnapshot
+from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, Store, StoreSize, StoreSnapshot
 from controller.store.etcd_client import (
     Compare,
     Delete,
@@ -518,7 +518,7 @@ class EtcdStore(Store):
     """
 
     def __init__(self, endpoints: Sequence[str] | EtcdClient, *, prefix: str = "/orch",
-                 max_evaluations: int = 10_000, max_events: int = 100_000,
+                 max_evaluations: int = MAX_EVALUATIONS, max_events: int = 100_000,
                  timeout: float = 5.0, max_txn_ops: int = MAX_TXN_OPS,
                  max_request_bytes: int = MAX_REQUEST_BYTES, compact_every: int = 1000,
                  verify_limits: bool = True, tls: TlsConfig | None = None) -> None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from controller.store.base import Changes, Store, StoreSize, StoreSnapshot
+from controller.store.base import MAX_EVALUATIONS, Changes, Store, StoreSize, StoreSnapshot
 from orch.errors import ConfigError, StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
@@ -243,7 +243,7 @@ class SQLiteStore(Store):
     MIGRATIONS: ClassVar[tuple[Migration, ...]] = MIGRATIONS
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "full",
-                 max_evaluations: int = 10_000, max_events: int = 100_000,
+                 max_evaluations: int = MAX_EVALUATIONS, max_events: int = 100_000,
                  busy_timeout: float = 5.0) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ConfigError(f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, "

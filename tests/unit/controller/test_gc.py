@@ -147,7 +147,8 @@ async def test_a_dead_job_goes_with_everything_it_owns_after_four_hours(world: W
     assert report.collected["jobs"] == 2
     assert set(world.state.jobs) == {("default", "live")}  # the stopped job, the finished batch
     assert set(world.state.allocs) == {"l1"}
-    assert not world.state.deployments and not list(world.state.evaluations)
+    assert not world.state.deployments
+    assert not list(world.state.evaluations)
     assert "JobGarbageCollected" in [e.type for e in world.cluster.events.recent]
     await world.agree()
 
@@ -158,12 +159,14 @@ async def test_a_stopped_job_still_running_somewhere_is_not_collected(world: Wor
                     put_allocs=[alloc("a1", "web", t, desired=STOP, client=RUNNING)])
     t.now += 10 * HOUR
     await world.gc.collect()
-    assert ("default", "web") in world.state.jobs and "a1" in world.state.allocs
+    assert ("default", "web") in world.state.jobs
+    assert "a1" in world.state.allocs
     # its node goes down: no agent will say it stopped, so it counts as finished
     await world.put(put_nodes=[node("n1", t, node_pb2.NODE_STATUS_DOWN)])
     t.now += 4 * HOUR
     await world.gc.collect()
-    assert ("default", "web") not in world.state.jobs and not world.state.allocs
+    assert ("default", "web") not in world.state.jobs
+    assert not world.state.allocs
 
 
 async def test_deployments_and_evaluations_keep_each_jobs_latest(world: World) -> None:
@@ -209,7 +212,8 @@ async def test_collection_commits_in_small_batches_and_lets_others_write_between
     report = await world.gc.collect()
     await other
     assert report.collected["allocations"] == 420
-    assert max(commits) <= 50 and report.commits == 9
+    assert max(commits) <= 50
+    assert report.commits == 9
     assert writes_between >= 5  # the lock was free between batches
     await world.agree()
 

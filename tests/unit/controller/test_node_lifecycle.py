@@ -211,7 +211,8 @@ async def test_down_nodes_are_collected_after_the_threshold_and_removed_ids_stay
     assert NODE_KEY + "id-a" not in world.state.meta
     assert REVOKED + "id-b" in world.state.meta
     snap = await world.cluster.store.load()
-    assert set(snap.nodes) == {"id-c", "id-d"} and REVOKED + "id-b" in snap.meta
+    assert set(snap.nodes) == {"id-c", "id-d"}
+    assert REVOKED + "id-b" in snap.meta
     kinds = [e.type for e in world.cluster.events.recent]
     assert kinds.count("NodeGarbageCollected") == 2
 
