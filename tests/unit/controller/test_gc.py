@@ -77,13 +77,14 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 def job(name: str, version: int, t: Clock, *, stop: bool = False, stable: bool = False,
-        type_: int = job_pb2.JOB_TYPE_SERVICE) -> job_pb2.Job:
+        type_: job_pb2.JobType.ValueType = job_pb2.JOB_TYPE_SERVICE) -> job_pb2.Job:
     return job_pb2.Job(name=name, namespace="default", version=version, stop=stop, stable=stable,
                        type=type_, submit_time_ns=t.ns,
                        groups=[job_pb2.TaskGroup(name="g", count=1)])
 
 
-def alloc(aid: str, job_name: str, t: Clock, *, desired: int = STOP, client: int = COMPLETE,
+def alloc(aid: str, job_name: str, t: Clock, *, desired: node_pb2.DesiredStatus.ValueType = STOP,
+          client: node_pb2.ClientStatus.ValueType = COMPLETE,
           node: str = "n1", version: int = 1) -> node_pb2.Allocation:
     return node_pb2.Allocation(id=aid, name=f"{job_name}.g[0]", namespace="default",
                                job=job_name, job_version=version, group="g", node_id=node,
@@ -91,7 +92,7 @@ def alloc(aid: str, job_name: str, t: Clock, *, desired: int = STOP, client: int
                                create_time_ns=t.ns, modify_time_ns=t.ns, client_since_ns=t.ns)
 
 
-def node(nid: str, t: Clock, status: int = node_pb2.NODE_STATUS_READY) -> node_pb2.Node:
+def node(nid: str, t: Clock, status: node_pb2.NodeStatus.ValueType = node_pb2.NODE_STATUS_READY) -> node_pb2.Node:
     return node_pb2.Node(id=nid, name=nid, status=status, status_time_ns=t.ns)
 
 
