@@ -92,7 +92,8 @@ def alloc(aid: str, job_name: str, t: Clock, *, desired: node_pb2.DesiredStatus.
                                create_time_ns=t.ns, modify_time_ns=t.ns, client_since_ns=t.ns)
 
 
-def node(nid: str, t: Clock, status: node_pb2.NodeStatus.ValueType = node_pb2.NODE_STATUS_READY) -> node_pb2.Node:
+def node(nid: str, t: Clock,
+         status: node_pb2.NodeStatus.ValueType = node_pb2.NODE_STATUS_READY) -> node_pb2.Node:
     return node_pb2.Node(id=nid, name=nid, status=status, status_time_ns=t.ns)
 
 
