@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from orch.errors import ControllerRefusedError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -142,6 +143,8 @@ class ControllerLink:
                 except grpc.aio.AioRpcError as e:
                     log.warning("controller stream failed", extra={
                         "controller": addr, "code": e.code().name, "error": e.details()})
+                except ControllerRefusedError:
+                    pass  # the agent said why (once a minute)
                 except Exception:
                     log.exception("controller stream failed", extra={"controller": addr})
                 finally:
@@ -213,15 +216,16 @@ class ControllerLink:
                     "controller": addr, "leader": msg.not_leader.address})
                 return
             if kind == "desired":
-                if not self.connected:
-                    self.connected, self.controller = True, addr
-                    self.last_controller = addr
-                    log.info("connected to the controller", extra={"controller": addr})
+                self.controller = addr
                 self._applying = True
                 try:
-                    await self._on_desired(msg.desired)
+                    await self._on_desired(msg.desired)  # ControllerRefusedError: not ours
                 finally:
                     self._applying = False
+                if not self.connected:
+                    self.connected = True
+                    self.last_controller = addr
+                    log.info("connected to the controller", extra={"controller": addr})
                 self.applied_version = msg.desired.version
 
     async def _outgoing(self, ended: asyncio.Event) -> AsyncIterator[controller_pb2.NodeMessage]:

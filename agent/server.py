@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from agent import fingerprint
 from agent.agent_service import AgentService
+from agent.cluster_pin import PinCollector, PinFile
 from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
 from agent.lb import discovery
@@ -36,7 +37,7 @@ from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
 from orch import daemon, join, keyring, pki
-from orch.errors import ConfigError
+from orch.errors import ConfigError, ControllerRefusedError
 from orch.gossip.crypto import Keyring
 from orch.gossip.messages import Status
 from orch.gossip.metrics import GossipCollector
@@ -54,6 +55,8 @@ VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
 RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
+REFUSAL_LOG_EVERY = 60.0
+"""Seconds between log lines about one controller whose desired sets are refused."""
 
 
 class Agent:
@@ -77,6 +80,9 @@ class Agent:
         self.mesh: Mesh | None = None
         self.tls = cfg.tls
         """The TLS this agent uses (set at start: made by hand, or from a join)."""
+        self.pins: PinFile | None = None
+        """The cluster and store epoch whose desired sets this agent applies (set at start)."""
+        self._refusals: dict[str, float] = {}
 
     async def start(self) -> None:
         try:
@@ -107,6 +113,7 @@ class Agent:
         gadv = parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None
         adv_host = (gadv or gbind)[0]
         self.tls = await self._trust(adv_host if host in ("0.0.0.0", "") else host)
+        self.pins = PinFile(self.data_dir)
         daemon.refuse_plain_text("the agent's gRPC service", host, secured=self.tls.enabled,
                                  insecure=cfg.insecure, how="join the cluster (--join-token "
                                  "and --controller)")
@@ -144,7 +151,8 @@ class Agent:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=AGENT_METRICS_PORT,
                                       where="metrics_addr")
             collectors: list[Collector] = [GossipCollector(self.gossip),
-                                           RuntimeCollector(self.runtime)]
+                                           RuntimeCollector(self.runtime),
+                                           PinCollector(self.pins)]
             if self.mesh is not None:
                 collectors.append(LbCollector(self.mesh))
             self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
@@ -301,8 +309,22 @@ class Agent:
         return found
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
+        assert self.pins is not None
+        verdict = self.pins.judge(desired.cluster_id, desired.epoch)
+        if not verdict.apply:
+            where = self.link.controller or "the controller"
+            now = time.monotonic()
+            if now - self._refusals.get(where, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
+                self._refusals[where] = now
+                while len(self._refusals) > 64:
+                    self._refusals.pop(next(iter(self._refusals)))
+                log.error("refused a desired set: %s; nothing started or stopped", verdict.detail,
+                          extra={"controller": where, "reason": verdict.reason,
+                                 "cluster_id": desired.cluster_id, "epoch": desired.epoch})
+            raise ControllerRefusedError(verdict.detail)
         specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
-        if await self.runtime.apply(desired.version, specs):
+        if await self.runtime.apply(desired.version, specs, epoch=desired.epoch,
+                                    remove_strays=verdict.remove_strays):
             self._specs = {s.id: s for s in specs}
             self._publish_endpoints()
 

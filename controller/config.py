@@ -89,6 +89,11 @@ class ControllerConfig(DaemonConfig):
     """Seconds of recommendations a scale-down looks back over (it takes their maximum)."""
     reconcile_interval: float = 30.0
     """Seconds between full reconciliation sweeps over every job."""
+    restore_snapshot: str = ""
+    """A snapshot file (``orchctl operator snapshot save``) restored into the store at start,
+    before the controller serves anyone: how a lost store comes back without its agents
+    following an empty one meanwhile. Every start with it set restores again: unset it
+    afterwards."""
     etcd_tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS towards etcd (store = etcd): the CA that signed the etcd members' certificates
     and this controller's client certificate and key (etcd started with

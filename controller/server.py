@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -36,6 +37,7 @@ from controller.api.leader import LeaderEndpoint
 from controller.api.members import MembersEndpoint
 from controller.api.node import NodeEndpoint
 from controller.api.nodes import NodesEndpoint
+from controller.api.operator import OperatorEndpoint
 from controller.api.rpc import controller_service, node_service
 from controller.api.services import ServicesEndpoint
 from controller.autoscaler import AutoscalerConfig
@@ -50,6 +52,7 @@ from controller.leadership import Leadership, LeaderStatus
 from controller.metrics import ControllerCollector
 from controller.nodes import NodeAdmin, NodeMonitor
 from controller.scaling import Autoscaler
+from controller.snapshot import EPOCH, Snapshots, restore_at_start
 from controller.state import ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
@@ -130,6 +133,12 @@ class Controller:
         host, port = parse_addr(cfg.rpc_addr, default_port=CONTROLLER_RPC_PORT, where="rpc_addr")
         await self._trust_files(host)
         await self.store.open()
+        if cfg.restore_snapshot:
+            bundle = pki.Bundle.of(cfg.data_dir)
+            ca = pki.load_cert(bundle.ca.read_bytes()) if bundle.ca.exists() else None
+            await restore_at_start(self.store, Path(cfg.restore_snapshot),
+                                   Path(cfg.data_dir) / "snapshots",
+                                   ca_digest=pki.digest(ca) if ca is not None else "")
         state = ClusterState.from_store(await self.store.load())
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
                                         "allocations": len(state.allocs), "nodes": len(state.nodes)})
@@ -248,6 +257,9 @@ class Controller:
             limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst))
         self.channels = Channels(self.trust.tls if self.trust is not None else cfg.tls, state)
         self.gossip_events = GossipEvents(self.leader, self.nodes_monitor, self.cluster)
+        self.snapshots = Snapshots(self.cluster, Path(cfg.data_dir) / "snapshots",
+                                   ca_digest=self.trust.authority.digest if self.trust else "",
+                                   name=cfg.name, on_restored=self._restored)
 
     def _serve(self, server: grpc.aio.Server, gossip: GossipNode) -> None:
         """The operator API (one endpoint per noun), the agents' streams, health, reflection."""
@@ -266,6 +278,7 @@ class Controller:
             EventsEndpoint(authz, self.cluster),
             ServicesEndpoint(authz, self.cluster.state),
             LeaderEndpoint(authz, leader, gossip),
+            OperatorEndpoint(authz, leader, self.gc, self.snapshots, self.acl, cfg.name),
         ]), server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
         self._health = health.HealthServicer(experimental_non_blocking=True)
@@ -286,8 +299,7 @@ class Controller:
         if self.leader.election is not None:
             state.reset(await self.store.load())
             self.nodes_monitor.reset()
-        if "cluster_id" not in state.meta:
-            await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
+        await self._lineage()
         if self.trust is not None:
             await self._first_term_trust()
         self.leader.term_over = asyncio.Event()
@@ -301,6 +313,28 @@ class Controller:
             self.gossip.set_state({"leader": "true"})
         log.info("leading", extra={"index": state.index, "jobs": len(state.jobs),
                                    "nodes": len(state.nodes)})
+
+    async def _lineage(self) -> None:
+        """The cluster id and the store's epoch, on a store that has none yet: the id this
+        controller's cluster has (written beside its certificates at bootstrap or join), else
+        a new one; the epoch, now (a fresh store is a newer lineage than any before it)."""
+        meta = self.cluster.state.meta
+        bundle = pki.Bundle.of(self.cfg.data_dir)
+        changes = Changes()
+        if "cluster_id" not in meta:
+            changes.meta["cluster_id"] = bundle.cluster_id() or str(uuid.uuid4())
+        if EPOCH not in meta:
+            changes.meta[EPOCH] = str(time.time_ns())
+        if changes:
+            await self.cluster.write(changes)
+        cluster_id = meta["cluster_id"]
+        if bundle.dir.is_dir() and not bundle.cluster_id():
+            pki.write_file(bundle.cluster_file, cluster_id.encode() + b"\n", secret=False)
+
+    def _restored(self) -> None:
+        """A snapshot was restored: the nodes get their graces anew, every job is evaluated."""
+        self.nodes_monitor.reset()
+        self.evaluator.enqueue_all("snapshot-restore")
 
     async def _first_term_trust(self) -> None:
         """As leader: join secrets when there are none, this controller among those the

@@ -106,6 +106,14 @@ class _StreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self._with_token(details), request)
 
 
+class _UploadToken(_Token, grpc.aio.StreamUnaryClientInterceptor):
+    """The token on calls that stream up (a snapshot restore)."""
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
 def token(flag: str | None, file_flag: str | None = None, file: Settings | None = None) -> str:
     """The access token: --token-file, else ORCH_TOKEN, else --token (visible in ps: a
     warning says so), else the settings file's token_file; "" for none."""
@@ -140,7 +148,7 @@ def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None,
             secret: str = "") -> grpc.aio.Channel:
     interceptors: list[Any] = [_Deadline(timeout)]
     if secret:
-        interceptors += [_UnaryToken(secret), _StreamToken(secret)]
+        interceptors += [_UnaryToken(secret), _StreamToken(secret), _UploadToken(secret)]
     return open_channel(addr, tls, [("grpc.max_receive_message_length", 64 * 1024 * 1024)],
                         server=role_dns("controller"), interceptors=interceptors)
 
@@ -165,7 +173,7 @@ class Session:
     answers, so streams (events, logs) stay where they are.
     """
 
-    STREAMS = frozenset(("Watch", "AllocationLogs"))
+    STREAMS = frozenset(("Watch", "AllocationLogs", "SaveSnapshot", "RestoreSnapshot"))
 
     def __init__(self, addr: str, timeout: float, tls: TlsConfig | None, secret: str) -> None:
         self.address = addr
@@ -191,11 +199,15 @@ class Session:
                 leader = leader_of(e)
                 if not leader or leader == self.address:
                     raise
-            self.address = leader
-            self._channels.append(self._open(leader))
-            self._stub = stub(self._channels[-1])
+            self.move_to(leader)
             return await getattr(self._stub, name)(request, **kw)
         return call
+
+    def move_to(self, leader: str) -> None:
+        """Make the next calls at ``leader`` (a follower named it)."""
+        self.address = leader
+        self._channels.append(self._open(leader))
+        self._stub = stub(self._channels[-1])
 
     async def close(self) -> None:
         for ch in self._channels:

@@ -21,7 +21,7 @@ import sys
 
 from orch.errors import ConfigError
 from orchctl import client
-from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, node, tls
+from orchctl.commands import Ctx, acl, alloc, cluster, event, job, keyring, node, operator, tls
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--token", metavar="SECRET",
                     help="access token (visible in ps: prefer ORCH_TOKEN or --token-file)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
-    for module in (job, alloc, node, cluster, acl, keyring, event, tls):
+    for module in (job, alloc, node, cluster, acl, keyring, event, tls, operator):
         module.register(sub)
     return ap
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
@@ -123,6 +124,19 @@ class Store(ABC):
         Cancelling the awaiting task does not stop a commit already under way: it still
         lands (or fails) as a whole, and the caller learns which only from ``load``.
         """
+
+    @abstractmethod
+    async def backup(self, dest: Path) -> None:
+        """Write the store's own consistent snapshot to the new file ``dest`` (SQLite's online
+        backup; etcd's snapshot of its database, with its SHA-256 at the end)."""
+
+    @abstractmethod
+    async def replace(self, snap: StoreSnapshot) -> int:
+        """Make the store hold exactly ``snap``'s records (jobs, allocations, nodes,
+        deployments, evaluations, meta; not its indexes), as a restore does. The event log
+        stays as it is; the commit index becomes ``max(current, snap.index) + 1`` and is
+        returned. SQLite replaces all in one transaction; etcd in several (a restore larger
+        than one transaction), so a failure part way leaves a mix: restore again."""
 
     @abstractmethod
     async def size(self) -> StoreSize:

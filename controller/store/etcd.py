@@ -73,14 +73,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
+from google.protobuf.message import DecodeError
+
 from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, Store, StoreSize, StoreSnapshot
+from controller.store.bbolt import check_hash, latest_keys
 from controller.store.etcd_client import (
     Compare,
     Delete,
@@ -115,6 +120,8 @@ REQUEST_MARGIN = 4096
 """etcd checks a request's size wrapped in its raft entry: a little more than was sent."""
 MAX_BATCH = 64
 """At most this many queued commits go in one transaction."""
+SNAPSHOT_TIMEOUT = 600.0
+"""Seconds etcd's snapshot may take to stream (a database of its 2 GiB quota, slowly)."""
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -490,6 +497,12 @@ class _Load:
     future: asyncio.Future[StoreSnapshot]
 
 
+@dataclass(slots=True)
+class _Replace:
+    snap: StoreSnapshot
+    future: asyncio.Future[int]
+
+
 class _Close:
     pass
 
@@ -543,7 +556,7 @@ class EtcdStore(Store):
         self._cache = _Cache()
         self._stale = True
         self._doubt: _Doubt | None = None
-        self._queue: deque[_Commit | _Load | _Close] = deque()
+        self._queue: deque[_Commit | _Load | _Replace | _Close] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._marks: deque[tuple[int, int]] = deque()
@@ -626,6 +639,23 @@ class EtcdStore(Store):
         self._submit(item)
         return await asyncio.shield(future)
 
+    async def backup(self, dest: Path) -> None:
+        """etcd's own snapshot of its database (every prefix: etcd has one database), with
+        the SHA-256 etcd appends, written to ``dest``."""
+        if self._worker is None:
+            raise StoreError(f"{self.where}: the store is not open")
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            async for piece in self.client.snapshot(within=SNAPSHOT_TIMEOUT):
+                await asyncio.to_thread(f.write, piece)
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def replace(self, snap: StoreSnapshot) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submit(_Replace(snap, future))
+        return await asyncio.shield(future)
+
     async def index(self) -> int:
         """The index of the last commit, read from etcd (one small get): how a follower
         learns that the leader wrote something."""
@@ -658,7 +688,7 @@ class EtcdStore(Store):
 
     # --- the worker: one call at a time, in the order made ----------------------------------------------
 
-    def _submit(self, item: _Commit | _Load) -> None:
+    def _submit(self, item: _Commit | _Load | _Replace) -> None:
         if self._worker is None:
             raise StoreError(f"{self.where}: the store is not open")
         item.future.add_done_callback(_retrieve)  # a cancelled caller leaves it unread
@@ -683,6 +713,16 @@ class EtcdStore(Store):
                 else:
                     if not item.future.done():
                         item.future.set_result(snap)
+                continue
+            if isinstance(item, _Replace):
+                try:
+                    index = await self._replace(item.snap)
+                except Exception as e:
+                    self._stale = True
+                    _fail([item], e)
+                else:
+                    if not item.future.done():
+                        item.future.set_result(index)
                 continue
             batch = [item]
             while queue and isinstance(queue[0], _Commit) and len(batch) < MAX_BATCH:
@@ -983,6 +1023,63 @@ class EtcdStore(Store):
             return snap
         raise StoreError(f"{self.where}: the history kept being compacted during load")
 
+    async def _replace(self, snap: StoreSnapshot) -> int:
+        """Delete every record under the prefix, then put ``snap``'s, in transactions that
+        each fit etcd's limits; every one compares the state key (one writer) and the fence.
+        The last one puts the state key with the new index."""
+        loop = asyncio.get_running_loop()
+        if self._doubt is not None:
+            await self._resolve(loop.time() + self.timeout, quiet_fence=False)
+        await self._sync(loop.time() + self.timeout)
+        k = self.keys
+        puts: list[tuple[bytes, bytes]] = [(k.meta(n), v.encode()) for n, v in snap.meta.items()]
+        for job_key, versions in snap.jobs.items():
+            puts += [(k.job(job_key, v.version), v.SerializeToString()) for v in versions]
+        puts += [(k.alloc(a.id), a.SerializeToString()) for a in snap.allocs.values()]
+        puts += [(k.node(n.id), n.SerializeToString()) for n in snap.nodes.values()]
+        puts += [(k.deployment(d.id), d.SerializeToString()) for d in snap.deployments.values()]
+        state = replace(self._cache.state)
+        for e in snap.evaluations:
+            state.eval_seq += 1
+            puts.append((k.evaluation(state.eval_seq, e.id), e.SerializeToString()))
+        state.index = max(state.index, snap.index) + 1
+        first: list[Op] = [Delete(d, prefix_end(d)) for d in (
+            k.meta_dir, k.jobs_dir, k.allocs_dir, k.nodes_dir, k.deployments_dir, k.evals_dir)]
+        groups: list[list[Op]] = [first, []]  # etcd refuses a put under a range deleted
+        size = 0                               # in the same transaction
+        room = self.max_request_bytes - REQUEST_MARGIN - 4096
+        for key, value in puts:
+            if len(groups[-1]) + 3 > self.max_txn_ops or size + len(key) + len(value) + 16 > room:
+                groups.append([])
+                size = 0
+            groups[-1].append(Put(key, value))
+            size += len(key) + len(value) + 16
+        for i, ops in enumerate(groups):
+            last = i == len(groups) - 1
+            token = secrets.token_hex(8)
+            marker = replace(self._cache.state, token=f"restoring:{token}") if not last \
+                else replace(state, token=token)
+            value = marker.encode()
+            compare = [Compare(k.state, "mod", "==", self._cache.state_rev)]
+            failure: list[Op] = [Get(k.state)]
+            if self._fence is not None:
+                compare.append(Compare(self._fence[0], "create", "==", self._fence[1]))
+                failure.append(Get(self._fence[0]))
+            txn = Txn(compare, [*ops, Put(k.state, value)], failure)
+            try:
+                result = await self.client.txn(txn, within=self.timeout)
+            except EtcdError as e:
+                raise StoreError(f"{self.where}: the restore stopped after {i} of {len(groups)} "
+                                 f"transactions ({e}); the store now holds part of the snapshot: "
+                                 "restore it again") from e
+            if not result.succeeded:
+                raise self._refused(result, self._fence)
+            self._cache.state_rev, self._cache.state_value = result.revision, value
+            self._cache.state = marker
+        self._stale = True
+        await self._sync(loop.time() + self.timeout)
+        return state.index
+
     async def _verify_limits(self) -> None:
         """Check with a read-only transaction (nothing is written) that etcd takes as many
         operations and bytes as this store may send; ConfigError if not."""
@@ -1005,6 +1102,44 @@ class EtcdStore(Store):
                     f"--max-request-bytes={self.max_request_bytes} (or give the store a smaller "
                     "max_request_bytes)", where="etcd") from e
             raise
+
+
+def read_backup(path: Path, prefix: str) -> StoreSnapshot:
+    """The records under ``prefix`` in an etcd snapshot (``EtcdStore.backup``, or etcd's own
+    ``snapshot save``), read without etcd: its SHA-256 checked, its bbolt file walked, its
+    keys replayed to the snapshot's revision (``controller.store.bbolt``). StoreError says
+    what is wrong."""
+    k = Keys(prefix)
+    _, live = latest_keys(check_hash(path.read_bytes()), k.root)
+    snap = StoreSnapshot()
+    where = f"{path} ({prefix})"
+    try:
+        state = live.get(k.state)
+        if state is None:
+            raise StoreError(f"{where}: the snapshot holds no orch store under this prefix")
+        st = _State.decode(state, where)
+        snap.index, snap.event_index = st.index, st.event_index
+        for key in sorted(live):
+            value = live[key]
+            if key.startswith(k.meta_dir):
+                snap.meta[unquote(key[len(k.meta_dir):].decode())] = value.decode()
+            elif key.startswith(k.jobs_dir):
+                job = job_pb2.Job.FromString(value)
+                snap.jobs.setdefault((job.namespace, job.name), []).append(job)
+            elif key.startswith(k.allocs_dir):
+                a = node_pb2.Allocation.FromString(value)
+                snap.allocs[a.id] = a
+            elif key.startswith(k.nodes_dir):
+                n = node_pb2.Node.FromString(value)
+                snap.nodes[n.id] = n
+            elif key.startswith(k.deployments_dir):
+                d = controller_pb2.Deployment.FromString(value)
+                snap.deployments[d.id] = d
+            elif key.startswith(k.evals_dir):
+                snap.evaluations.append(controller_pb2.Evaluation.FromString(value))
+    except (DecodeError, UnicodeDecodeError, ValueError) as e:
+        raise StoreError(f"{where}: a record in the snapshot cannot be read: {e}") from e
+    return snap
 
 
 def _fenced(fence: tuple[bytes, int], holder: KeyValue | None) -> FencedError:
@@ -1033,7 +1168,7 @@ def _explain(details: str) -> str:
     return details
 
 
-def _fail(items: Sequence[_Commit | _Load], error: BaseException) -> None:
+def _fail(items: Sequence[_Commit | _Load | _Replace], error: BaseException) -> None:
     for item in items:
         if not item.future.done():
             item.future.set_exception(error)

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+from google.protobuf.message import DecodeError
+
 from controller.store.base import MAX_EVALUATIONS, Changes, Store, StoreSize, StoreSnapshot
 from orch.errors import ConfigError, StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -307,6 +309,17 @@ class SQLiteStore(Store):
     async def size(self) -> StoreSize:
         return await self._call(self._size_sync)
 
+    async def backup(self, dest: Path) -> None:
+        await self._call(self._backup_sync, str(dest))
+
+    async def replace(self, snap: StoreSnapshot) -> int:
+        rows = _rows(Changes(
+            put_jobs=[v for versions in snap.jobs.values() for v in versions],
+            put_allocs=list(snap.allocs.values()), put_nodes=list(snap.nodes.values()),
+            put_deployments=list(snap.deployments.values()),
+            put_evaluations=list(snap.evaluations), meta=dict(snap.meta)))
+        return await self._call(self._replace_sync, rows, snap.index)
+
     # --- beyond the interface ----------------------------------------------------------------
 
     async def pragmas(self) -> dict[str, int | str]:
@@ -505,24 +518,55 @@ class SQLiteStore(Store):
         conn = self._db()
         conn.execute("BEGIN")  # one read transaction: a consistent view
         try:
-            snap = StoreSnapshot()
-            snap.index, snap.event_index = conn.execute(
-                "SELECT commit_index, event_index FROM state WHERE id = 0").fetchone()
-            for ns, name, data in conn.execute(
-                    "SELECT namespace, name, data FROM jobs ORDER BY namespace, name, version"):
-                snap.jobs.setdefault((ns, name), []).append(job_pb2.Job.FromString(data))
-            for key, data in conn.execute("SELECT id, data FROM allocations"):
-                snap.allocs[key] = node_pb2.Allocation.FromString(data)
-            for key, data in conn.execute("SELECT id, data FROM nodes"):
-                snap.nodes[key] = node_pb2.Node.FromString(data)
-            for key, data in conn.execute("SELECT id, data FROM deployments"):
-                snap.deployments[key] = controller_pb2.Deployment.FromString(data)
-            snap.evaluations = [controller_pb2.Evaluation.FromString(data) for (data,) in
-                                conn.execute("SELECT data FROM evaluations ORDER BY seq")]
-            snap.meta = dict(conn.execute("SELECT key, value FROM meta"))
+            return _read_tables(conn)
         finally:
             _rollback(conn)
-        return snap
+
+    def _backup_sync(self, dest: str) -> None:
+        """SQLite's online backup of the whole database into a new file at ``dest``: a
+        consistent copy, taken while commits wait (they run on this same thread)."""
+        out = sqlite3.connect(dest, isolation_level=None)
+        try:
+            self._db().backup(out)
+            out.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            out.close()
+
+    def _replace_sync(self, rows: _Rows, snap_index: int) -> int:
+        """Every record table emptied and filled with ``rows`` in one transaction; the event
+        log stays; the new commit index is returned."""
+        conn = self._db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            index, eval_seq = conn.execute(
+                "SELECT commit_index, eval_seq FROM state WHERE id = 0").fetchone()
+            index = max(index, snap_index) + 1
+            for table in ("jobs", "allocations", "nodes", "deployments", "evaluations", "meta"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.executemany("INSERT INTO jobs (namespace, name, version, data) VALUES "
+                             "(?, ?, ?, ?)", rows.jobs)
+            conn.executemany("INSERT INTO allocations (id, namespace, job, job_version, node_id, "
+                             "desired_status, client_status, data) VALUES "
+                             "(?, ?, ?, ?, ?, ?, ?, ?)", rows.allocs)
+            conn.executemany("INSERT INTO nodes (id, name, status, data) VALUES (?, ?, ?, ?)",
+                             rows.nodes)
+            conn.executemany("INSERT INTO deployments (id, namespace, job, job_version, status, "
+                             "data) VALUES (?, ?, ?, ?, ?, ?)", rows.deployments)
+            for eid, ns, job, status, data in rows.evaluations:
+                eval_seq += 1
+                conn.execute("INSERT INTO evaluations (seq, id, namespace, job, status, data) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (eval_seq, eid, ns, job, status, data))
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.meta)
+            conn.execute("UPDATE state SET commit_index = ?, eval_seq = ? WHERE id = 0",
+                         (index, eval_seq))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            _rollback(conn)
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"{self.path}: the restore failed and changed nothing: {e}") \
+                    from e
+            raise
+        return int(index)
 
     def _events_since_sync(self, index: int, limit: int) -> list[controller_pb2.Event]:
         rows = self._db().execute("SELECT data FROM events WHERE idx > ? ORDER BY idx LIMIT ?",
@@ -542,6 +586,61 @@ class SQLiteStore(Store):
         names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "user_version",
                  "application_id", "page_size", "page_count", "freelist_count")
         return {n: conn.execute(f"PRAGMA {n}").fetchone()[0] for n in names}
+
+
+def _read_tables(conn: sqlite3.Connection) -> StoreSnapshot:
+    """Every record of an orch SQLite database (the caller holds a read transaction)."""
+    snap = StoreSnapshot()
+    snap.index, snap.event_index = conn.execute(
+        "SELECT commit_index, event_index FROM state WHERE id = 0").fetchone()
+    for ns, name, data in conn.execute(
+            "SELECT namespace, name, data FROM jobs ORDER BY namespace, name, version"):
+        snap.jobs.setdefault((ns, name), []).append(job_pb2.Job.FromString(data))
+    for key, data in conn.execute("SELECT id, data FROM allocations"):
+        snap.allocs[key] = node_pb2.Allocation.FromString(data)
+    for key, data in conn.execute("SELECT id, data FROM nodes"):
+        snap.nodes[key] = node_pb2.Node.FromString(data)
+    for key, data in conn.execute("SELECT id, data FROM deployments"):
+        snap.deployments[key] = controller_pb2.Deployment.FromString(data)
+    snap.evaluations = [controller_pb2.Evaluation.FromString(data) for (data,) in
+                        conn.execute("SELECT data FROM evaluations ORDER BY seq")]
+    snap.meta = dict(conn.execute("SELECT key, value FROM meta"))
+    return snap
+
+
+def read_backup(path: Path) -> StoreSnapshot:
+    """The records of a SQLite backup (``SQLiteStore.backup``), checked first: an orch store,
+    of a schema this orch knows, that passes SQLite's own integrity check. StoreError says
+    what is wrong; the file is only read."""
+    where = str(path)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"{where}: cannot open the backup: {e}") from e
+    try:
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{where}: not a SQLite database ({e})") from e
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{where}: not an orch store (application_id {app_id:#x})")
+        if not 1 <= version <= len(MIGRATIONS):
+            raise StoreError(f"{where}: a store of schema version {version}; this orch reads "
+                             f"1 to {len(MIGRATIONS)} (restore it with the orch that saved it)")
+        check = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+        if check != ["ok"]:
+            raise StoreError(f"{where}: the backup fails SQLite's integrity check: "
+                             + "; ".join(check))
+        conn.execute("BEGIN")
+        try:
+            return _read_tables(conn)
+        except (sqlite3.Error, DecodeError) as e:
+            raise StoreError(f"{where}: the backup's records cannot be read: {e}") from e
+        finally:
+            _rollback(conn)
+    finally:
+        conn.close()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -55,12 +55,15 @@ async def _call(channel: grpc.aio.Channel, service: str, method: str, token: str
     stub = getattr(controller_pb2_grpc, f"{service}Stub")(channel)
     meta = (("authorization", f"Bearer {token}"),) if token else ()
     try:
-        if desc.client_streaming:  # the agents' stream: one message (not a registration)
-            async def one() -> AsyncIterator[controller_pb2.NodeMessage]:
-                yield controller_pb2.NodeMessage(heartbeat=controller_pb2.Heartbeat())
+        if desc.client_streaming:  # one empty message (the agents' stream: not a registration)
+            async def one() -> AsyncIterator[Any]:
+                yield _request(service, method)
             call = getattr(stub, method)(one(), timeout=TIMEOUT, metadata=meta)
-            async for _ in call:
-                break
+            if desc.server_streaming:
+                async for _ in call:
+                    break
+            else:
+                await call
         elif desc.server_streaming:
             call = getattr(stub, method)(_request(service, method), timeout=TIMEOUT,
                                          metadata=meta)
