@@ -272,11 +272,13 @@ class Runtime:
     async def _gc_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.gc_interval)
-            if self._may_remove_strays:
-                await self.collect_garbage()
+            await self.collect_garbage()
 
     async def collect_garbage(self) -> int:
-        """Stop and remove this node's orch tasks that no allocation owns; returns how many."""
+        """Stop and remove this node's orch tasks that no allocation owns; returns how many.
+        Nothing is removed before a desired set of this node's cluster was applied."""
+        if not self._may_remove_strays:
+            return 0
         removed = 0
         for driver in self.drivers.values():
             if not driver.status.healthy:
