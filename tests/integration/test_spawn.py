@@ -18,7 +18,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent.runtime import spawn
-from agent.runtime.health import CheckTracker
+from agent.runtime.health import CheckResult, CheckTracker
 from agent.runtime.probes import probe_exec
 from agent.runtime.process import ProcessDriver
 from orch.jobspec.model import Check
@@ -85,11 +85,11 @@ async def _many_checks(data: Path) -> tuple[list[int], list[str]]:
                                              for _ in range(AT_ONCE // 2)),
                                            *(spawn.run(["/bin/true"]) for _ in range(AT_ONCE // 2)))
             for r in results:
-                if isinstance(r, tuple):
-                    codes.append(r[0])
-                else:
+                if isinstance(r, CheckResult):
                     tracker.record(r)
                     outputs.append(r.output)
+                else:
+                    codes.append(r[0])
         await driver.stop(handle, "SIGKILL", 1.0)
     finally:
         pings.cancel()
