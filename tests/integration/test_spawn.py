@@ -88,7 +88,7 @@ async def _many_checks(data: Path) -> tuple[list[int], list[str]]:
                 if isinstance(r, CheckResult):
                     tracker.record(r)
                     outputs.append(r.output)
-                else:
+                elif isinstance(r, tuple):
                     codes.append(r[0])
         await driver.stop(handle, "SIGKILL", 1.0)
     finally:
