@@ -65,6 +65,19 @@ class AllocUsage:
     tasks: Mapping[str, Usage] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """One run of a task, as a log follower tells runs apart."""
+
+    state: str
+    handle: str
+    """The process or container ("" before the first start)."""
+    started_at_ns: int
+
+    def __bool__(self) -> bool:
+        return bool(self.handle)
+
+
 def default_drivers(config: RuntimeConfig) -> dict[str, TaskDriver]:
     """The docker and process drivers, configured from ``config``."""
     return {
@@ -368,13 +381,16 @@ class Runtime:
                                 c.passed_total, c.failed_total, c.healthy))
         return out
 
-    def task_run(self, alloc_id: str, task: str) -> tuple[str, str]:
-        """(the task's state, the id of its current run): a new id means a new process or
-        container, whose log offsets start again."""
+    def task_run(self, alloc_id: str, task: str) -> TaskRun:
+        """The task's state and its current run: which process or container (a new one writes
+        a log of its own, whose offsets start again) and when it started (a new start of the
+        same container, as Docker's restarts are, appends to its log)."""
         runner = self._runner(alloc_id).tasks.get(task)
         if runner is None:
             raise NotFoundError(f"allocation {alloc_id} has no task {task!r}")
-        return runner.state, runner.handle.id if runner.handle is not None else ""
+        return TaskRun(state=runner.state,
+                       handle=runner.handle.id if runner.handle is not None else "",
+                       started_at_ns=runner.started_at_ns if runner.handle is not None else 0)
 
     def task_names(self, alloc_id: str) -> list[str]:
         """The tasks of an allocation on this node, in the group's order."""
