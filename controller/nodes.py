@@ -220,10 +220,12 @@ class NodeMonitor:
                 for name, t in a.tasks.items():
                     before = cur.tasks[name].restarts if name in cur.tasks else 0
                     if t.restarts > before:
+                        why = next((e.message for e in reversed(t.events)
+                                    if e.type == "Restarting"), "")
                         changes.events.append(event(
                             "allocation", "AllocationRestarted", a.id,
-                            f"{a.name}: task {name} restarted ({t.restarts} so far)", now_ns,
-                            allocation=a))
+                            f"{a.name}: task {name} restarted ({t.restarts} so far)"
+                            + (f": {why}" if why else ""), now_ns, allocation=a))
             await self.cluster.commit(changes)
 
     # --- liveness ------------------------------------------------------------------------------
