@@ -198,9 +198,13 @@ def test_scaling_bounds() -> None:
 
 def test_check_restart_and_disconnect_read_from_a_job_file() -> None:
     from orch.jobspec.model import job_from_proto
-    text = GROUP.format(job_extra="", group_extra="""    disconnect: {stop_after: 30s, lost_after: 1m, replace: true, reconcile: keep_original}
-    network: {ports: [{label: http}]}""", task_extra="""        checks:
-          - {type: http, port: http, check_restart: {limit: 3, grace: 20s, ignore_warnings: true}}""")
+    group = ("    disconnect: {stop_after: 30s, lost_after: 1m, replace: true,\n"
+             "                 reconcile: keep_original}\n"
+             "    network: {ports: [{label: http}]}")
+    task = ("        checks:\n"
+            "          - {type: http, port: http,\n"
+            "             check_restart: {limit: 3, grace: 20s, ignore_warnings: true}}")
+    text = GROUP.format(job_extra="", group_extra=group, task_extra=task)
     g = job_from_proto(parse_job(text)).groups[0]
     assert g.disconnect is not None
     assert (g.disconnect.stop_after, g.disconnect.lost_after, g.disconnect.replace,
