@@ -55,6 +55,8 @@ VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
 RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
+DISCONNECT_CHECK = 0.2
+"""Seconds between looks at how long no controller was heard (disconnect.stop_after)."""
 REFUSAL_LOG_EVERY = 60.0
 """Seconds between log lines about one controller whose desired sets are refused."""
 
@@ -164,6 +166,7 @@ class Agent:
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
+        self._tasks.append(asyncio.create_task(self._cut_off(), name="disconnect"))
         if self._bundle.complete() and not cfg.tls.enabled:
             self._tasks.append(asyncio.create_task(self._renew(), name="renew-certificate"))
         log.info("agent running", extra={"node": cfg.name, "node_id": self.node_id,
@@ -365,6 +368,14 @@ class Agent:
                                                  "detail": d.detail})
             if drivers:
                 self.link.reregister()
+
+    async def _cut_off(self) -> None:
+        """Stop what the disconnect block says to stop while no controller is heard."""
+        while True:
+            await asyncio.sleep(DISCONNECT_CHECK)
+            offline = self.link.offline_for()
+            if offline > 0:
+                self.runtime.stop_disconnected(offline)
 
     async def _report_usage(self) -> None:
         """What the allocations use, for the controller's autoscaler, every sample."""

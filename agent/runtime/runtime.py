@@ -280,6 +280,28 @@ class Runtime:
                 return False
         return True
 
+    # --- cut off from the controllers --------------------------------------------------
+
+    def stop_disconnected(self, offline: float) -> list[str]:
+        """Stop the allocations whose group's ``disconnect.stop_after`` is shorter than
+        ``offline`` (seconds since a controller was last heard), so that a copy the
+        controller placed elsewhere does not run beside them for longer; they are reported
+        lost when the controllers are back. Returns the ids stopped now."""
+        stopped = []
+        for aid, runner in list(self._runners.items()):
+            policy = runner.spec.group.disconnect
+            if policy is None or policy.stop_after <= 0 or offline < policy.stop_after \
+                    or runner.given_up or runner.terminal:
+                continue
+            reason = (f"no controller heard for {offline:.1f}s: stopped by the agent "
+                      f"(disconnect.stop_after {policy.stop_after:g}s)")
+            log.warning("stopping an allocation cut off from the controllers",
+                        extra={"alloc": aid, "offline": round(offline, 1),
+                               "stop_after": policy.stop_after})
+            self._spawn(runner.stop(reason, given_up=True), f"disconnect {aid}")
+            stopped.append(aid)
+        return stopped
+
     # --- garbage collection ------------------------------------------------------------
 
     async def _gc_loop(self) -> None:

@@ -211,14 +211,9 @@ class _Validator:
 
     def disconnect(self, at: str, d: job_pb2.Disconnect, *, system: bool) -> None:
         self.choice(f"{at}.reconcile", d.reconcile, RECONCILE)
-        stop, lost = _secs(d.stop_after), _secs(d.lost_after)
         if d.replace and system:
             self.bad(f"{at}.replace", "system allocations stay on their node; a replacement "
                                       "elsewhere does not apply")
-        if stop and lost and stop > lost and not d.replace:
-            self.bad(f"{at}.stop_after", f"must not exceed lost_after ({lost:g}s) unless replace "
-                                         f"is true: the tasks would stop before anything takes "
-                                         f"their place, got {stop:g}s")
     def network(self, at: str, n: job_pb2.Network) -> None:
         self.choice(f"{at}.mode", n.mode, NETWORK_MODES)
         statics: Counter[int] = Counter()

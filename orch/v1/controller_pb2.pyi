@@ -2404,6 +2404,7 @@ class ControllerMessage(_message.Message):
 
     DESIRED_FIELD_NUMBER: _builtins.int
     NOT_LEADER_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredAllocations:
         """the node's full desired set, replacing the last one"""
@@ -2412,17 +2413,22 @@ class ControllerMessage(_message.Message):
     def not_leader(self) -> Global___NotLeader:
         """go to the leader instead; the stream then ends"""
 
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """every second while nothing else is sent: the agent"""
+
     def __init__(
         self,
         *,
         desired: Global___DesiredAllocations | None = ...,
         not_leader: Global___NotLeader | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

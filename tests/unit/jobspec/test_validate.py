@@ -216,8 +216,6 @@ def test_check_restart_and_disconnect_read_from_a_job_file() -> None:
 
 @pytest.mark.parametrize(("group_extra", "task_extra", "expected"), [
     ("    disconnect: {reconcile: newest}", "", "groups[0].disconnect.reconcile: "),
-    ("    disconnect: {stop_after: 2m, lost_after: 1m}", "",
-     "groups[0].disconnect.stop_after: must not exceed lost_after (60s)"),
     ("", "        checks: [{type: exec, command: x, check_restart: {limit: -1}}]",
      "groups[0].tasks[0].checks[0].check_restart.limit: must be 0 (never) .. 1000"),
 ])
