@@ -18,10 +18,10 @@ flapping node or a partition from causing a storm:
   once: beyond that it is more likely cut off itself (as Kubernetes' node
   lifecycle controller reasons), so it waits and says so. The share counts only the
   nodes that were ready within ``brake_window`` (ready now, or marked down since then),
-  and those marked down while the current wave of unreachable nodes lasts: a node gone
-  for good leaves the count once the window has passed, so a fleet that replaces its
-  machines is never braked by the ones it retired, while a controller cut off from
-  everyone stays braked for as long as it is.
+  and those marked down while the brake held others back, for as long as some node stays
+  overdue: a node gone for good leaves the count once the window has passed, so a fleet
+  that replaces its machines is never braked by the ones it retired, while a controller
+  cut off from everyone stays braked for as long as it is.
 
 A node down for ``node_gc_threshold`` is forgotten by the garbage collector
 (``controller.gc``); ``NodeAdmin.purge`` forgets a down node at once. Neither lifts a
@@ -86,7 +86,8 @@ class NodeMonitor:
         self._live: dict[str, _Liveness] = {}
         self._warned_partition = False
         self._wave: set[str] = set()
-        """Nodes marked down since nodes started being overdue (and while some still are)."""
+        """Nodes marked down while the brake held others back, as long as some node is still
+        overdue: one wave of unreachable nodes (a partition), however long it lasts."""
         self.braked = 0
         """Checks that left an overdue node up because of the half-down brake (metrics)."""
 
@@ -256,7 +257,8 @@ class NodeMonitor:
         total = len(counted)
         down = sum(1 for n in counted if n.status == DOWN)
         allowed = int(total * self.max_down_fraction) - down if total >= 3 else len(due)
-        if allowed < len(due):
+        braked = allowed < len(due)
+        if braked:
             self.braked += 1
             if not self._warned_partition:
                 log.warning("not marking nodes down: more than half of them unreachable at once "
@@ -266,11 +268,13 @@ class NodeMonitor:
             due = due[:max(0, allowed)]
         for node in due:
             await self._mark_down(node, now)
-            self._wave.add(node.id)
+            if braked:  # part of a wave the brake held back: it counts while the wave lasts
+                self._wave.add(node.id)
 
     def brake_count(self, now: float) -> list[node_pb2.Node]:
         """The nodes the half-down brake counts: ready ones, those marked down within
-        ``brake_window``, and those marked down in the current wave of overdue nodes."""
+        ``brake_window``, and those marked down while the brake held back the current wave
+        of overdue nodes."""
         since_ns = int((now - self.brake_window) * NS)
         return [n for n in self.state.nodes.values() if n.status == READY or (
             n.status == DOWN and (n.status_time_ns >= since_ns or n.id in self._wave))]
