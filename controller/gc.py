@@ -32,7 +32,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from controller.cluster import Cluster
@@ -347,6 +347,7 @@ class GarbageCollector:
 
     def __init__(self, cluster: Cluster, usage: UsageTable, policy: GcPolicy | None = None, *,
                  interval: float = 300.0, on_node_forgotten: Callable[[str], None] | None = None,
+                 after: Callable[[], Awaitable[object]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.state = cluster.state
@@ -354,6 +355,8 @@ class GarbageCollector:
         self.policy = policy or GcPolicy()
         self.interval = interval
         self.on_node_forgotten = on_node_forgotten
+        self.after = after
+        """Called after each collection (closing what pointed at forgotten nodes)."""
         self.clock = clock
         self.collected: dict[str, int] = dict.fromkeys(KINDS, 0)
         """Records deleted since this controller started, by kind (metrics)."""
@@ -404,6 +407,8 @@ class GarbageCollector:
                 await asyncio.sleep(0)  # the lock is free between commits
             self.usage.keep(set(self.state.allocs))
             self.state.prune_caches()
+            if self.after is not None:
+                await self.after()
             report.seconds = time.perf_counter() - t0
             for kind, n in report.collected.items():
                 self.collected[kind] += n

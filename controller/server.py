@@ -72,6 +72,9 @@ MAX_REQUEST = 16 * 1024 * 1024
 with many groups."""
 MAX_RESPONSE = MAX_AGENT_MESSAGE
 """Largest message the controller sends (a big desired set, a page of logs it relays)."""
+MIN_PING_INTERVAL_MS = 5_000
+"""The shortest interval between a client's keepalive pings the controller accepts: below
+the agents' 10 s."""
 SERVICES = ("ControllerService", "NodeService")
 """The gRPC services of the controller (besides health and reflection)."""
 
@@ -149,7 +152,11 @@ class Controller:
 
         server = self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST),
-            ("grpc.max_send_message_length", MAX_RESPONSE)])
+            ("grpc.max_send_message_length", MAX_RESPONSE),
+            # the agents ping their stream every 10 s (agent.controller_link): allow it, or
+            # gRPC answers "too_many_pings" with a GOAWAY and the stream starts over
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS)])
         bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
             if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:
@@ -247,7 +254,7 @@ class Controller:
             deployment_threshold=cfg.deployment_gc_threshold,
             node_threshold=cfg.node_gc_threshold, max_versions=cfg.job_max_versions,
             batch=cfg.gc_batch), interval=cfg.gc_interval,
-            on_node_forgotten=self.nodes_monitor.forget)
+            on_node_forgotten=self.nodes_monitor.forget, after=lambda: self.channels.prune())
         self.autoscaler = Autoscaler(state, self.jobs, self.usage, AutoscalerConfig(
             interval=cfg.autoscale_interval, stabilization=cfg.autoscale_stabilization))
         self.acl = Acl(state)

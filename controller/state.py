@@ -204,12 +204,17 @@ class ClusterState:
         self.snapshot.remove_alloc(alloc_id)
 
     def prune_caches(self) -> int:
-        """Drop the cached group specs no allocation refers to any more; how many."""
+        """Drop the cached group specs no allocation refers to any more, and the cached job
+        models of versions no longer kept; how many."""
         used = {(job_key(a), a.job_version, a.group) for a in self.allocs.values()}
         stale = [k for k in self._specs if k not in used]
         for k in stale:
             del self._specs[k]
-        return len(stale)
+        kept = {(key, v.version) for key, versions in self.jobs.items() for v in versions}
+        models = [m for m in self._models if m not in kept]
+        for m in models:
+            del self._models[m]
+        return len(stale) + len(models)
 
     def nodes_with(self, alloc_ids: Iterable[str]) -> set[str]:
         return {self.allocs[i].node_id for i in alloc_ids if i in self.allocs}
