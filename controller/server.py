@@ -156,7 +156,8 @@ class Controller:
             # the agents ping their stream every 10 s (agent.controller_link): allow it, or
             # gRPC answers "too_many_pings" with a GOAWAY and the stream starts over
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS)])
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", 0)])  # only members (mTLS) reach it
         bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
             if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:
