@@ -32,9 +32,11 @@ store_rows_end_over_live        the records the store keeps at the end (after th
                                 ring of its own (max_events) and is not counted.
 rss_slope_mb_per_10k_versions   the controller's resident memory against versions made, a
                                 least-squares line over the second half of the month.
-commit_p99_ratio_end_over_start the 99th percentile of the store's commit time in the last
-                                tenth of the month over the first tenth (from the
-                                controller's own histogram, interpolated within buckets).
+commit_p99_ratio_end_over_start the 99th percentile of the store's commit time (from the
+                                controller's own histogram, interpolated within buckets) in
+                                each tenth of the month: the median of the last three tenths
+                                over the median of the first three (a shared machine's noise
+                                moves one tenth, not three).
 reschedule_after_churn_s        after the month, a node whose agent dies: seconds until all
                                 of its allocations run elsewhere (goal: node_grace + 1 s).
 restore_roundtrip_ok            a snapshot saved, the store wiped, the controller started
@@ -58,6 +60,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -617,10 +620,8 @@ class Soak:
                  needed: int, restore_ok: bool, restore_detail: str) -> dict[str, Any]:
         half = [s for s in self.samples if s.versions >= self.m.versions / 2]
         slope = _slope([s.versions for s in half], [s.rss_mb for s in half]) * 10_000
-        n = len(self.samples)
-        tenth = max(1, n // 10)
-        start = quantile(self.samples[0].buckets, self.samples[tenth].buckets, 0.99)
-        end = quantile(self.samples[-1 - tenth].buckets, self.samples[-1].buckets, 0.99)
+        tenths = p99_by_tenth(self.samples, self.m.versions)
+        start, end = statistics.median(tenths[:3]), statistics.median(tenths[-3:])
         return {
             "store": self.store, "versions": self.versions, "allocations_placed": self.placed,
             "allocations_stopped": self.stopped, "nodes_joined": self.joins,
@@ -630,12 +631,23 @@ class Soak:
             "rss_mb_start": self.samples[0].rss_mb, "rss_mb_end": self.samples[-1].rss_mb,
             "rss_slope_mb_per_10k_versions": slope,
             "commit_p99_start_s": start, "commit_p99_end_s": end,
+            "commit_p99_by_tenth_s": tenths,
             "commit_p99_ratio_end_over_start": end / start if start else math.nan,
             "reschedule_after_churn_s": reschedule_s,
             "reschedule_goal_s": NODE_GRACE + 1.0,
             "reschedule_goal_met": reschedule_s <= NODE_GRACE + 1.0,
             "restore_roundtrip_ok": restore_ok, "restore_detail": restore_detail,
         }
+
+
+def p99_by_tenth(samples: list[Sample], versions: int) -> list[float]:
+    """The commit p99 of each tenth of the month (by versions made)."""
+    out = []
+    for k in range(10):
+        lo, hi = versions * k / 10, versions * (k + 1) / 10
+        inside = [s for s in samples if lo <= s.versions <= hi] or samples[-2:]
+        out.append(quantile(inside[0].buckets, inside[-1].buckets, 0.99))
+    return out
 
 
 def rows_kept_and_needed(snap: StoreSnapshot, factor: float) -> tuple[int, int]:
