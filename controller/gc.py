@@ -40,7 +40,7 @@ from controller.deployments import ACTIVE
 from controller.jobs import job_status
 from controller.nodes import forget_node
 from controller.planner import event
-from controller.state import PENDING, RUN, RUNNING, TERMINAL, ClusterState, job_key
+from controller.state import FAILED, LOST, PENDING, RUN, RUNNING, TERMINAL, ClusterState, job_key
 from controller.store.base import Changes, JobKey, StoreSize
 from controller.usage import UsageTable
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -134,8 +134,18 @@ def job_is_dead(state: ClusterState, key: JobKey) -> bool:
         return False
     if job.stop:
         return True
-    return job.type == job_pb2.JOB_TYPE_BATCH and \
-        job_status(allocs, job) == job_pb2.JOB_STATUS_DEAD
+    if job.type != job_pb2.JOB_TYPE_BATCH or job_status(allocs, job) != job_pb2.JOB_STATUS_DEAD:
+        return False
+    # every piece of work ended: dead, unless a failure or a loss will still be placed again
+    groups = {g.name: g for g in state.model(job).groups}
+    for a in allocs:
+        if a.desired_status != RUN or a.client_status not in (FAILED, LOST):
+            continue
+        group = groups.get(a.group)
+        if a.client_status == LOST or group is None or group.reschedule.unlimited \
+                or a.reschedule_attempts < group.reschedule.attempts:
+            return False
+    return True
 
 
 def job_collectable(state: ClusterState, key: JobKey, now_ns: int, policy: GcPolicy) -> bool:

@@ -234,3 +234,18 @@ def test_nothing_is_garbage_in_a_fresh_cluster() -> None:
     state.apply(Changes(put_nodes=[node("n1", t)], put_jobs=[job("web", 1, t)],
                         put_allocs=[alloc("a", "web", t, desired=RUN, client=RUNNING)]), 1)
     assert find_garbage(state, t.ns + int(100 * HOUR * NS), GcPolicy()).units == []
+
+
+async def test_a_batch_job_whose_failure_will_be_retried_is_not_dead(world: World) -> None:
+    t = world.clock
+    await world.put(put_nodes=[node("n1", t)],
+                    put_jobs=[job("retry", 1, t, type_=job_pb2.JOB_TYPE_BATCH)],
+                    put_allocs=[alloc("f1", "retry", t, desired=RUN, client=FAILED)])
+    t.now += 10 * HOUR
+    await world.gc.collect(force=True)
+    assert ("default", "retry") in world.state.jobs  # batch: one more try is allowed
+    spent = alloc("f1", "retry", t, desired=RUN, client=FAILED)
+    spent.reschedule_attempts = 1
+    await world.put(put_allocs=[spent])
+    await world.gc.collect(force=True)
+    assert ("default", "retry") not in world.state.jobs
