@@ -16,7 +16,7 @@ import grpc
 
 from agent.runtime import convert
 from agent.runtime.driver import ExecSession, ExecSpec, Stream
-from agent.runtime.runtime import Runtime
+from agent.runtime.runtime import Runtime, TaskRun
 from orch import execs
 from orch.errors import NotFoundError, OrchError, RequestError
 from orch.tls import require_role
@@ -71,8 +71,8 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
                 offset = -req.tail_lines * _TAIL_BYTES_PER_LINE
                 skip_lines = req.tail_lines
             first = True
+            run = self.runtime.task_run(req.alloc_id, task)
             while True:
-                _, run = self.runtime.task_run(req.alloc_id, task)
                 async for chunk in self.runtime.logs(req.alloc_id, task, stream, offset=offset,
                                                      follow=req.follow):
                     data = chunk.data
@@ -86,31 +86,34 @@ class AgentService(controller_pb2_grpc.AgentServiceServicer):
                 if not req.follow:
                     return
                 # the task stopped: follow it into its next run, unless it is done for good
-                new_run = await self._next_run(req.alloc_id, task, run)
-                if new_run is None:
+                nxt = await self._next_run(req.alloc_id, task, run)
+                if nxt is None:
                     return
-                if new_run != run and self._new_container(req.alloc_id, task):
-                    offset = 0
+                if nxt.handle != run.handle and self._new_container(req.alloc_id, task):
+                    offset = 0  # another container: a log of its own
+                run = nxt  # a process task's files, or a container started again: appended
         except OrchError as e:
             await ctx.abort(grpc.StatusCode.NOT_FOUND if isinstance(e, NotFoundError)
                             else grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
-    async def _next_run(self, alloc_id: str, task: str, run: str) -> str | None:
-        """Wait until the task runs again (its id), or None when it will not."""
+    async def _next_run(self, alloc_id: str, task: str, run: TaskRun) -> TaskRun | None:
+        """Wait until the task runs again (another process or container, or the same
+        container started again), or None when it will not."""
         while True:
             await asyncio.sleep(FOLLOW_POLL)
             try:
-                state, now = self.runtime.task_run(alloc_id, task)
+                now = self.runtime.task_run(alloc_id, task)
                 status = self.runtime.status(alloc_id)
             except NotFoundError:
                 return None
-            if state == "running" and now and now != run:
+            if now.state == "running" and now and (now.handle, now.started_at_ns) != (
+                    run.handle, run.started_at_ns):
                 return now
             if status.client_status in ("complete", "failed", "lost"):
                 return None
 
     def _new_container(self, alloc_id: str, task: str) -> bool:
-        """Whether a new run writes a log of its own (Docker: a new container) rather than
+        """Whether a new handle writes a log of its own (Docker: a new container) rather than
         appending to the task's files (the process driver)."""
         spec = self.runtime.specs().get(alloc_id)
         return spec is not None and any(t.name == task and t.driver == "docker"

@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from orch.errors import ControllerRefusedError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
@@ -34,6 +35,9 @@ from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 log = logging.getLogger("agent")
 
 DesiredHandler = Callable[[controller_pb2.DesiredAllocations], Awaitable[None]]
+SILENCE = 5.0
+"""Seconds a stream whose controller sends heartbeats may stay silent before the agent gives
+it up and looks for a controller again (a frozen or cut-off leader)."""
 REFUSED_FOR = 60.0
 """Seconds a gossip-named controller that failed to prove itself is not asked again."""
 MAX_REFUSED = 64
@@ -98,6 +102,10 @@ class ControllerLink:
         """The last controller that took our stream (kept when the stream breaks)."""
         self.applied_version = 0
         self._task: asyncio.Task[None] | None = None
+        self.last_contact: float | None = None
+        """When a controller was last heard (its desired set or heartbeat; loop time)."""
+        self._heartbeats = False
+        """The connected controller sends heartbeats (older ones do not)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="controller-link")
@@ -106,6 +114,16 @@ class ControllerLink:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def offline_for(self, now: float | None = None) -> float:
+        """Seconds since a controller of this agent's was last heard (0 while one is heard;
+        and before any was: nothing was received to act on yet)."""
+        if self.last_contact is None:
+            return 0.0
+        now = asyncio.get_running_loop().time() if now is None else now
+        if self.connected and not self._heartbeats:  # an older controller: trust the stream
+            return 0.0
+        return max(0.0, now - self.last_contact)
 
     def reregister(self) -> None:
         """Send the node's registration again (its drivers or resources changed)."""
@@ -146,6 +164,8 @@ class ControllerLink:
                 except grpc.aio.AioRpcError as e:
                     log.warning("controller stream failed", extra={
                         "controller": addr, "code": e.code().name, "error": e.details()})
+                except ControllerRefusedError:
+                    pass  # the agent said why (once a minute)
                 except Exception:
                     log.exception("controller stream failed", extra={"controller": addr})
                 finally:
@@ -165,9 +185,16 @@ class ControllerLink:
             ended = asyncio.Event()
             call = stub.Connect(self._outgoing(ended))
             reader = asyncio.create_task(self._read(addr, call), name="controller-stream")
+            loop = asyncio.get_running_loop()
             try:
                 while not reader.done():
                     await asyncio.wait({reader}, timeout=self._recheck)
+                    if self._heartbeats and self.last_contact is not None and not self._applying \
+                            and loop.time() - self.last_contact > SILENCE:
+                        log.warning("the controller stopped answering: looking for one again",
+                                    extra={"controller": addr, "silent_for": round(
+                                        loop.time() - self.last_contact, 1)})
+                        return
                     if self._moved is None or self._applying or reader.done():
                         continue  # never cut a desired set off half applied
                     elsewhere = self._moved(addr)
@@ -209,8 +236,14 @@ class ControllerLink:
 
     async def _read(self, addr: str, call: Any) -> None:
         """Take the controller's messages until the stream ends (or it says it does not lead)."""
+        self._heartbeats = False
         async for msg in call:
             kind = msg.WhichOneof("msg")
+            if kind == "heartbeat":
+                if self.connected:  # heard only once a desired set of ours was applied
+                    self._heartbeats = True
+                    self.last_contact = asyncio.get_running_loop().time()
+                continue
             if kind == "not_leader":
                 self._leader_hint = msg.not_leader.address or None
                 log.info("controller is not the leader", extra={
@@ -219,15 +252,17 @@ class ControllerLink:
             if kind == "endpoints" and self._on_endpoints is not None:
                 self._on_endpoints(msg.endpoints)
             if kind == "desired":
-                if not self.connected:
-                    self.connected, self.controller = True, addr
-                    self.last_controller = addr
-                    log.info("connected to the controller", extra={"controller": addr})
+                self.controller = addr
                 self._applying = True
                 try:
-                    await self._on_desired(msg.desired)
+                    await self._on_desired(msg.desired)  # ControllerRefusedError: not ours
                 finally:
                     self._applying = False
+                self.last_contact = asyncio.get_running_loop().time()
+                if not self.connected:
+                    self.connected = True
+                    self.last_controller = addr
+                    log.info("connected to the controller", extra={"controller": addr})
                 self.applied_version = msg.desired.version
 
     async def _outgoing(self, ended: asyncio.Event) -> AsyncIterator[controller_pb2.NodeMessage]:

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from agent import fingerprint
 from agent.agent_service import AgentService
+from agent.cluster_pin import PinCollector, PinFile
 from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
 from agent.lb import discovery
@@ -36,7 +37,7 @@ from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
 from orch import daemon, join, keyring, pki
-from orch.errors import ConfigError
+from orch.errors import ConfigError, ControllerRefusedError
 from orch.gossip.crypto import Keyring
 from orch.gossip.messages import Status
 from orch.gossip.metrics import GossipCollector
@@ -58,6 +59,10 @@ VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
 RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
+DISCONNECT_CHECK = 0.2
+"""Seconds between looks at how long no controller was heard (disconnect.stop_after)."""
+REFUSAL_LOG_EVERY = 60.0
+"""Seconds between log lines about one controller whose desired sets are refused."""
 
 
 def check_host_volumes(volumes: Iterable[HostVolume]) -> None:
@@ -98,6 +103,9 @@ class Agent:
         """The ports this agent's own servers listen on (gossip, RPC, metrics)."""
         self.expected: discovery.Expected | None = None
         """What the controller placed (None: not heard from it yet: our own endpoints only)."""
+        self.pins: PinFile | None = None
+        """The cluster and store epoch whose desired sets this agent applies (set at start)."""
+        self._refusals: dict[str, float] = {}
 
     async def start(self) -> None:
         try:
@@ -128,6 +136,7 @@ class Agent:
         gadv = parse_addr(cfg.advertise, where="advertise") if cfg.advertise else None
         adv_host = (gadv or gbind)[0]
         self.tls = await self._trust(adv_host if host in ("0.0.0.0", "") else host)
+        self.pins = PinFile(self.data_dir)
         daemon.refuse_plain_text("the agent's gRPC service", host, secured=self.tls.enabled,
                                  insecure=cfg.insecure, how="join the cluster (--join-token "
                                  "and --controller)")
@@ -171,7 +180,8 @@ class Agent:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=AGENT_METRICS_PORT,
                                       where="metrics_addr")
             collectors: list[Collector] = [GossipCollector(self.gossip),
-                                           RuntimeCollector(self.runtime)]
+                                           RuntimeCollector(self.runtime),
+                                           PinCollector(self.pins)]
             if self.mesh is not None:
                 collectors.append(LbCollector(self.mesh))
             self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
@@ -184,6 +194,7 @@ class Agent:
         self.link.start()
         self._tasks.append(asyncio.create_task(self._forward_updates(), name="runtime-updates"))
         self._tasks.append(asyncio.create_task(self._report_usage(), name="usage-reports"))
+        self._tasks.append(asyncio.create_task(self._cut_off(), name="disconnect"))
         if self._bundle.complete() and not cfg.tls.enabled:
             self._tasks.append(asyncio.create_task(self._renew(), name="renew-certificate"))
         log.info("agent running", extra={"node": cfg.name, "node_id": self.node_id,
@@ -354,10 +365,24 @@ class Agent:
                 self.link.reregister()
 
     async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
+        assert self.pins is not None
+        verdict = self.pins.judge(desired.cluster_id, desired.epoch)
+        if not verdict.apply:
+            where = self.link.controller or "the controller"
+            now = time.monotonic()
+            if now - self._refusals.get(where, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
+                self._refusals[where] = now
+                while len(self._refusals) > 64:
+                    self._refusals.pop(next(iter(self._refusals)))
+                log.error("refused a desired set: %s; nothing started or stopped", verdict.detail,
+                          extra={"controller": where, "reason": verdict.reason,
+                                 "cluster_id": desired.cluster_id, "epoch": desired.epoch})
+            raise ControllerRefusedError(verdict.detail)
         specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
-        if desired.version >= self.runtime.version:
+        if (desired.epoch, desired.version) >= (self.runtime.epoch, self.runtime.version):
             self.runtime.set_secrets({(s.namespace, s.name): s.value for s in desired.secrets})
-        if await self.runtime.apply(desired.version, specs):
+        if await self.runtime.apply(desired.version, specs, epoch=desired.epoch,
+                                    remove_strays=verdict.remove_strays):
             self._specs = {s.id: s for s in specs}
             self._publish_endpoints()
 
@@ -430,6 +455,14 @@ class Agent:
                                                  "detail": d.detail})
             if drivers:
                 self.link.reregister()
+
+    async def _cut_off(self) -> None:
+        """Stop what the disconnect block says to stop while no controller is heard."""
+        while True:
+            await asyncio.sleep(DISCONNECT_CHECK)
+            offline = self.link.offline_for()
+            if offline > 0:
+                self.runtime.stop_disconnected(offline)
 
     async def _report_usage(self) -> None:
         """What the allocations use, for the controller's autoscaler, every sample."""

@@ -41,6 +41,16 @@ class Channels:
                 server=pki.role_dns("agent"))
         return ch
 
+    async def prune(self) -> int:
+        """Close the channels to addresses no node and no controller has any more (nodes
+        that were forgotten); how many."""
+        used = {n.address for n in self.state.nodes.values()}
+        used |= {v for k, v in self.state.meta.items() if k.startswith("controller/")}
+        stale = [a for a in self._open if a not in used]
+        for address in stale:
+            await self._open.pop(address).close()
+        return len(stale)
+
     async def close(self) -> None:
         for ch in self._open.values():
             await ch.close()

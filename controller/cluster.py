@@ -271,11 +271,27 @@ class Cluster:
         return node_id in self._sinks
 
     def desired_for(self, node_id: str) -> controller_pb2.DesiredAllocations:
-        """Every allocation the node should run, with the state's index as version."""
+        """Every allocation the node should run, with the state's index as version, this
+        cluster's id and the store's epoch (an agent applies sets of its own cluster only, and
+        a newer epoch, after a restore, resets the version it compares with)."""
         allocs = [a for a in self.state.allocs_on_node(node_id) if a.desired_status == RUN]
+        meta = self.state.meta
         return controller_pb2.DesiredAllocations(
-            version=self.state.index, allocations=allocs,
+            version=self.state.index, allocations=allocs, cluster_id=meta.get("cluster_id", ""),
+            epoch=int(meta.get("store_epoch", "0") or 0),
             secrets=self.secrets_of(allocs) if self.secrets_of is not None else [])
+
+    def resend(self) -> None:
+        """Send every connected agent its desired set and the expected endpoints again,
+        changed or not (after a restore)."""
+        self._pushed.clear()
+        self.reset_endpoints()
+        for node_id in list(self._sinks):
+            self.push_desired(node_id)
+        if self._endpoint_sinks:
+            expected = self.expected_endpoints()
+            for sink in list(self._endpoint_sinks.values()):
+                sink(expected)
 
     def push_desired(self, node_id: str) -> None:
         sink = self._sinks.get(node_id)
@@ -283,7 +299,8 @@ class Cluster:
             return
         desired = self.desired_for(node_id)
         # the agent converges to the set, so an unchanged set is not worth sending again
-        digest = b"".join(sorted(_digest(a) for a in desired.allocations)) + b"".join(
+        digest = f"{desired.cluster_id}:{desired.epoch};".encode() + b"".join(
+            sorted(_digest(a) for a in desired.allocations)) + b"".join(
             f"|{s.namespace}/{s.name}#{s.version}".encode() for s in desired.secrets)
         if self._pushed.get(node_id) == digest:
             return

@@ -72,12 +72,39 @@ class ControllerConfig(DaemonConfig):
     failover_heartbeat_ttl)."""
     max_down_fraction: float = 0.5
     """Never mark more than this share of the nodes down at once (likely a partition)."""
+    brake_window: float = 600.0
+    """Seconds a node marked down still counts for ``max_down_fraction`` (with the nodes
+    ready now, and those marked down while the current wave of unreachable nodes lasts):
+    a node gone for longer no longer brakes the next failure."""
+    gc_interval: float = 300.0
+    """Seconds between garbage collections on the leader (Nomad's 5 minutes)."""
+    job_gc_threshold: float = 4 * 3600.0
+    """Seconds a dead job (stopped, or a batch job whose work is over) with nothing running
+    is kept, with what it owns, after its last change (Nomad's 4 h)."""
+    eval_gc_threshold: float = 3600.0
+    """Seconds evaluations, and allocations that stopped for good, are kept (Nomad's 1 h)."""
+    deployment_gc_threshold: float = 3600.0
+    """Seconds a deployment that ended is kept (Nomad's 1 h); a job's latest stays."""
+    node_gc_threshold: float = 24 * 3600.0
+    """Seconds a node that is down is kept before it is forgotten (Nomad's 24 h); a removed
+    node's id stays refused for ever."""
+    job_max_versions: int = 6
+    """Versions of each job kept (Nomad's job_tracked_versions), besides the stable one a
+    revert goes back to."""
+    gc_batch: int = 500
+    """Records one garbage-collection commit deletes at most (the commit lock is held for
+    one such commit, so scheduling goes on between them)."""
     autoscale_interval: float = 15.0
     """Seconds between autoscaler evaluations (groups with an enabled ``scaling`` block)."""
     autoscale_stabilization: float = 300.0
     """Seconds of recommendations a scale-down looks back over (it takes their maximum)."""
     reconcile_interval: float = 30.0
     """Seconds between full reconciliation sweeps over every job."""
+    restore_snapshot: str = ""
+    """A snapshot file (``orchctl operator snapshot save``) restored into the store at start,
+    before the controller serves anyone: how a lost store comes back without its agents
+    following an empty one meanwhile. Every start with it set restores again: unset it
+    afterwards."""
     etcd_tls: TlsConfig = field(default_factory=TlsConfig)
     """mTLS towards etcd (store = etcd): the CA that signed the etcd members' certificates
     and this controller's client certificate and key (etcd started with

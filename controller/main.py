@@ -15,7 +15,8 @@ from orch.errors import ConfigError
 from orch.net import CONTROLLER_HTTP_PORT, CONTROLLER_RPC_PORT
 
 FLAGS = ("rpc_addr", "rpc_advertise", "http_addr", "http_advertise", "node_grace", "acl",
-         "rate_limit", "store", "etcd_endpoints", "etcd_prefix", "leader_ttl", "bootstrap")
+         "rate_limit", "store", "etcd_endpoints", "etcd_prefix", "leader_ttl", "bootstrap",
+         "restore_snapshot")
 """Flags that set the configuration field of the same name."""
 
 
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="require access tokens on the operator API (orchctl acl bootstrap)")
     ap.add_argument("--rate-limit", type=float,
                     help="operator API calls a second per client (default 200; 0: none)")
+    ap.add_argument("--restore-snapshot", metavar="FILE",
+                    help="restore the store from this snapshot before serving (a store that "
+                         "was lost: no agent follows the empty one meanwhile)")
     return ap.parse_args(argv)
 
 

@@ -9,18 +9,25 @@ from prometheus_client.registry import Collector
 
 from controller.api.authz import Authorizer
 from controller.evaluator import Evaluator
+from controller.gc import KINDS, GarbageCollector
 from controller.gossip_events import GossipEvents
 from controller.leadership import LeaderStatus
+from controller.nodes import NodeMonitor
+from controller.usage import UsageTable
 from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
 
 
 class ControllerCollector(Collector):
     def __init__(self, leader: LeaderStatus, evaluator: Evaluator, authz: Authorizer,
-                 gossip_events: GossipEvents | None = None) -> None:
+                 gossip_events: GossipEvents | None = None, gc: GarbageCollector | None = None,
+                 monitor: NodeMonitor | None = None, usage: UsageTable | None = None) -> None:
         self.leader = leader
         self.evaluator = evaluator
         self.authz = authz
         self.gossip_events = gossip_events
+        self.gc = gc
+        self.monitor = monitor
+        self.usage = usage
 
     def collect(self) -> Iterator[Metric]:
         ev, cluster = self.evaluator, self.evaluator.cluster
@@ -88,3 +95,36 @@ class ControllerCollector(Collector):
         for (reason, method), n in sorted(self.authz.denied.items()):
             denied.add_metric([reason, method], n)
         yield denied
+        yield from self._long_life()
+
+    def _long_life(self) -> Iterator[Metric]:
+        """Garbage collection, what the store holds, the half-down brake."""
+        if self.gc is not None:
+            collected = CounterMetricFamily("orch_controller_gc_collected", "Records the garbage "
+                                            "collector deleted, by kind.", labels=["kind"])
+            for kind in KINDS:
+                collected.add_metric([kind], self.gc.collected[kind])
+            yield collected
+            yield CounterMetricFamily("orch_controller_gc_runs", "Garbage collections run "
+                                      "(periodic and forced).", value=self.gc.runs)
+            yield GaugeMetricFamily("orch_controller_gc_last_duration_seconds", "Time the last "
+                                    "garbage collection took.",
+                                    value=self.gc.last.seconds if self.gc.last else 0.0)
+            size = self.gc.store_size
+            if size is not None:
+                yield GaugeMetricFamily("orch_controller_store_bytes", "Bytes the store uses "
+                                        "(as of the last garbage collection).", value=size.bytes)
+                rows = GaugeMetricFamily("orch_controller_store_records", "Records the store "
+                                         "holds, by kind (as of the last garbage collection).",
+                                         labels=["kind"])
+                for kind, n in sorted(size.rows.items()):
+                    rows.add_metric([kind], n)
+                yield rows
+        if self.monitor is not None:
+            yield CounterMetricFamily("orch_controller_node_brake", "Liveness checks that left "
+                                      "an unreachable node up: more than max_down_fraction of "
+                                      "the nodes unreachable at once.", value=self.monitor.braked)
+        if self.usage is not None:
+            yield GaugeMetricFamily("orch_controller_usage_entries", "Allocations with usage "
+                                    "reported by agents, held for the autoscaler.",
+                                    value=len(self.usage))

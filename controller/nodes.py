@@ -16,7 +16,16 @@ flapping node or a partition from causing a storm:
   (the grace doubles with every flap within ``flap_window``, up to 16 times);
 - the controller never marks more than ``max_down_fraction`` of the nodes down at
   once: beyond that it is more likely cut off itself (as Kubernetes' node
-  lifecycle controller reasons), so it waits and says so.
+  lifecycle controller reasons), so it waits and says so. The share counts only the
+  nodes that were ready within ``brake_window`` (ready now, or marked down since then),
+  and those marked down while the brake held others back, for as long as some node stays
+  overdue: a node gone for good leaves the count once the window has passed, so a fleet
+  that replaces its machines is never braked by the ones it retired, while a controller
+  cut off from everyone stays braked for as long as it is.
+
+A node down for ``node_gc_threshold`` is forgotten by the garbage collector
+(``controller.gc``); ``NodeAdmin.purge`` forgets a down node at once. Neither lifts a
+removal (``NodeAdmin.remove``): the removed node's id stays refused for ever.
 
 When a down node comes back, its agent receives a desired set without the
 allocations that were rescheduled elsewhere, and stops them: nothing runs twice.
@@ -32,7 +41,7 @@ from dataclasses import dataclass, field
 from controller.cluster import Cluster
 from controller.evaluator import Evaluator
 from controller.planner import event
-from controller.state import RUN, RUNNING, TERMINAL, job_key
+from controller.state import RUN, RUNNING, TERMINAL, ClusterState, job_key
 from controller.store.base import Changes
 from orch.errors import NotFoundError, RequestError
 from orch.v1 import job_pb2, node_pb2
@@ -43,6 +52,8 @@ NS = 1_000_000_000
 READY, DOWN = node_pb2.NODE_STATUS_READY, node_pb2.NODE_STATUS_DOWN
 REVOKED = "revoked/"
 """``revoked/<node id>`` in the store's meta: the node was removed (``controller.trust``)."""
+NODE_KEY = "node-key/"
+"""``node-key/<node id>`` in the store's meta: the key that node's certificates name."""
 
 
 @dataclass(slots=True)
@@ -61,7 +72,7 @@ class _Liveness:
 class NodeMonitor:
     def __init__(self, cluster: Cluster, evaluator: Evaluator, *, node_grace: float = 10.0,
                  failover_grace: float = 15.0, flap_window: float = 600.0,
-                 max_down_fraction: float = 0.5,
+                 max_down_fraction: float = 0.5, brake_window: float = 600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.state = cluster.state
@@ -70,15 +81,27 @@ class NodeMonitor:
         self.failover_grace = failover_grace
         self.flap_window = flap_window
         self.max_down_fraction = max_down_fraction
+        self.brake_window = brake_window
         self.clock = clock
         self._live: dict[str, _Liveness] = {}
         self._warned_partition = False
+        self._wave: set[str] = set()
+        """Nodes marked down while the brake held others back, as long as some node is still
+        overdue: one wave of unreachable nodes (a partition), however long it lasts."""
+        self.braked = 0
+        """Checks that left an overdue node up because of the half-down brake (metrics)."""
 
     def reset(self) -> None:
         """Forget what was seen of the agents' streams: a new term starts, and the nodes it
         finds get their graces from now."""
         self._live.clear()
         self._warned_partition = False
+        self._wave.clear()
+
+    def forget(self, node_id: str) -> None:
+        """The node's record is gone (garbage-collected or purged): drop what was seen of it."""
+        self._live.pop(node_id, None)
+        self._wave.discard(node_id)
 
     # --- agent streams -------------------------------------------------------------------------
 
@@ -198,10 +221,12 @@ class NodeMonitor:
                 for name, t in a.tasks.items():
                     before = cur.tasks[name].restarts if name in cur.tasks else 0
                     if t.restarts > before:
+                        why = next((e.message for e in reversed(t.events)
+                                    if e.type == "Restarting"), "")
                         changes.events.append(event(
                             "allocation", "AllocationRestarted", a.id,
-                            f"{a.name}: task {name} restarted ({t.restarts} so far)", now_ns,
-                            allocation=a))
+                            f"{a.name}: task {name} restarted ({t.restarts} so far)"
+                            + (f": {why}" if why else ""), now_ns, allocation=a))
             await self.cluster.commit(changes)
 
     # --- liveness ------------------------------------------------------------------------------
@@ -226,19 +251,33 @@ class NodeMonitor:
                 due.append(node)
         if not due:
             self._warned_partition = False
+            self._wave.clear()
             return
-        total = len(self.state.nodes)
-        down = sum(1 for n in self.state.nodes.values() if n.status == DOWN)
+        counted = self.brake_count(now)
+        total = len(counted)
+        down = sum(1 for n in counted if n.status == DOWN)
         allowed = int(total * self.max_down_fraction) - down if total >= 3 else len(due)
-        if allowed < len(due):
+        braked = allowed < len(due)
+        if braked:
+            self.braked += 1
             if not self._warned_partition:
                 log.warning("not marking nodes down: more than half of them unreachable at once "
                             "looks like this controller is cut off", extra={
-                                "unreachable": len(due), "nodes": total})
+                                "unreachable": len(due), "down": down, "nodes": total})
                 self._warned_partition = True
             due = due[:max(0, allowed)]
         for node in due:
             await self._mark_down(node, now)
+            if braked:  # part of a wave the brake held back: it counts while the wave lasts
+                self._wave.add(node.id)
+
+    def brake_count(self, now: float) -> list[node_pb2.Node]:
+        """The nodes the half-down brake counts: ready ones, those marked down within
+        ``brake_window``, and those marked down while the brake held back the current wave
+        of overdue nodes."""
+        since_ns = int((now - self.brake_window) * NS)
+        return [n for n in self.state.nodes.values() if n.status == READY or (
+            n.status == DOWN and (n.status_time_ns >= since_ns or n.id in self._wave))]
 
     async def _mark_down(self, node: node_pb2.Node, now: float) -> None:
         now_ns = int(now * NS)
@@ -262,15 +301,31 @@ class NodeMonitor:
         self.evaluator.enqueue_all("node-down", system_only=True)
 
 
+def forget_node(state: ClusterState, node: node_pb2.Node, now_ns: int, why: str, *,
+                kind: str = "NodeGarbageCollected") -> Changes:
+    """Forget a down node: its record, what finished on it, the key its certificates named.
+    A removal (``revoked/<id>``) stays: that id is never admitted again."""
+    gone = [i for i in state.by_node.get(node.id, ())
+            if state.allocs[i].desired_status != RUN or state.allocs[i].client_status in TERMINAL]
+    return Changes(delete_nodes=[node.id], delete_allocs=sorted(gone),
+                   delete_meta=[NODE_KEY + node.id]
+                   if NODE_KEY + node.id in state.meta else [],
+                   events=[event("node", kind, node.id,
+                                 f"node {node.name} forgotten: {why}", now_ns, node=node)])
+
+
 class NodeAdmin:
-    """What operators change on nodes: eligibility and drains (with their deadlines)."""
+    """What operators change on nodes: eligibility, drains (with their deadlines), removal
+    for good (``remove``), and forgetting a down node now (``purge``)."""
 
     def __init__(self, cluster: Cluster, evaluator: Evaluator,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_forgotten: Callable[[str], None] | None = None) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.evaluator = evaluator
         self.clock = clock
+        self.on_forgotten = on_forgotten
 
     def find(self, ref: str) -> node_pb2.Node:
         found = self.state.find_node(ref)
@@ -336,6 +391,30 @@ class NodeAdmin:
         for key in {job_key(a) for a in self.state.allocs_on_node(n.id) if a.desired_status == RUN}:
             self.evaluator.enqueue(key, "node-down")
         self.evaluator.enqueue_all("node-down", system_only=True)
+        return n
+
+    async def purge(self, ref: str) -> node_pb2.Node:
+        """Forget a down node now, as the garbage collector would after node_gc_threshold: its
+        record, what finished there, the key its certificates named. What was still to run
+        there is placed elsewhere. A node that is ready is refused (its agent would register
+        again at once): stop its agent, or remove it for good first. A removed node stays
+        refused after a purge."""
+        now_ns = int(self.clock() * NS)
+        async with self.cluster.lock:
+            n = self.find(ref)
+            if n.status != DOWN or self.cluster.connected(n.id):
+                raise RequestError(f"node {n.name} is {'connected' if n.status != DOWN else 'down'}"
+                                   " and its agent still holds a stream: only a node that is "
+                                   "down can be purged (stop its agent and wait for the node to "
+                                   "be marked down, or `orchctl node rm` it first)")
+            changes = forget_node(self.state, n, now_ns, "purged by an operator",
+                                  kind="NodePurged")
+            await self.cluster.commit(changes)
+        log.warning("node purged", extra={"node": n.name, "node_id": n.id})
+        if self.on_forgotten is not None:
+            self.on_forgotten(n.id)
+        for key in {job_key(a) for a in self.state.allocs.values() if a.node_id == n.id}:
+            self.evaluator.enqueue(key, "node-down")
         return n
 
     async def drain_pass(self) -> None:

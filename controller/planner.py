@@ -105,7 +105,8 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
     replaced = {a.id for a in ch.put_allocs}
     for p in plan.placements:
         old = state.allocs.get(p.previous_alloc) if p.previous_alloc else None
-        if old is not None and old.id not in replaced and old.desired_status == RUN:
+        if old is not None and old.id not in replaced and old.desired_status == RUN \
+                and p.reason != "disconnected":  # an unknown original may come back
             # a failed or lost allocation that is rescheduled: it is not wanted any more
             gone = node_pb2.Allocation()
             gone.CopyFrom(old)
@@ -127,8 +128,8 @@ def plan_to_changes(state: ClusterState, job_pb: job_pb2.Job, job: Job, plan: Pl
         a.job_meta.update(job_pb.meta)
         a.payload = job_pb.payload
         ch.put_allocs.append(a)
-        kind = "AllocationRescheduled" if p.reason in ("reschedule", "lost", "migrate") \
-            else "AllocationPlaced"
+        kind = "AllocationRescheduled" if p.reason in ("reschedule", "lost", "migrate",
+                                                       "disconnected") else "AllocationPlaced"
         ch.events.append(event("allocation", kind, a.id,
                                f"{a.name} placed on {p.node_name} ({p.reason})", now_ns,
                                allocation=a))

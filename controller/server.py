@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -38,6 +39,7 @@ from controller.api.members import MembersEndpoint
 from controller.api.namespaces import NamespacesEndpoint
 from controller.api.node import NodeEndpoint
 from controller.api.nodes import NodesEndpoint
+from controller.api.operator import OperatorEndpoint
 from controller.api.rpc import controller_service, node_service
 from controller.api.secrets import SecretsEndpoint
 from controller.api.services import ServicesEndpoint
@@ -47,6 +49,7 @@ from controller.channels import MAX_AGENT_MESSAGE, Channels
 from controller.cluster import Cluster
 from controller.config import ControllerConfig
 from controller.evaluator import Evaluator
+from controller.gc import GarbageCollector, GcPolicy
 from controller.gossip_events import GossipEvents
 from controller.http.api import HttpApi
 from controller.http.server import HttpServer
@@ -58,6 +61,7 @@ from controller.nodes import NodeAdmin, NodeMonitor
 from controller.periodic import Launcher
 from controller.scaling import Autoscaler
 from controller.secrets import Secrets
+from controller.snapshot import EPOCH, Snapshots, restore_at_start
 from controller.state import ClusterState
 from controller.store.base import Changes, Store
 from controller.usage import UsageTable
@@ -83,6 +87,9 @@ MAX_REQUEST = 16 * 1024 * 1024
 with many groups."""
 MAX_RESPONSE = MAX_AGENT_MESSAGE
 """Largest message the controller sends (a big desired set, a page of logs it relays)."""
+MIN_PING_INTERVAL_MS = 5_000
+"""The shortest interval between a client's keepalive pings the controller accepts: below
+the agents' 10 s."""
 SERVICES = ("ControllerService", "NodeService")
 """The gRPC services of the controller (besides health and reflection)."""
 
@@ -148,6 +155,12 @@ class Controller:
         host, port = parse_addr(cfg.rpc_addr, default_port=CONTROLLER_RPC_PORT, where="rpc_addr")
         await self._trust_files(host)
         await self.store.open()
+        if cfg.restore_snapshot:
+            bundle = pki.Bundle.of(cfg.data_dir)
+            ca = pki.load_cert(bundle.ca.read_bytes()) if bundle.ca.exists() else None
+            await restore_at_start(self.store, Path(cfg.restore_snapshot),
+                                   Path(cfg.data_dir) / "snapshots",
+                                   ca_digest=pki.digest(ca) if ca is not None else "")
         state = ClusterState.from_store(await self.store.load())
         log.info("state loaded", extra={"index": state.index, "jobs": len(state.jobs),
                                         "allocations": len(state.allocs), "nodes": len(state.nodes)})
@@ -158,7 +171,12 @@ class Controller:
 
         server = self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST),
-            ("grpc.max_send_message_length", MAX_RESPONSE)])
+            ("grpc.max_send_message_length", MAX_RESPONSE),
+            # the agents ping their stream every 10 s (agent.controller_link): allow it, or
+            # gRPC answers "too_many_pings" with a GOAWAY and the stream starts over
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", 0)])  # only members (mTLS) reach it
         bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
             if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:
@@ -201,7 +219,7 @@ class Controller:
                                       where="metrics_addr")
             self.metrics = MetricsServer(registry_with(
                 ControllerCollector(self.leader, self.evaluator, self.authz,
-                                    self.gossip_events),
+                                    self.gossip_events, self.gc, self.nodes_monitor, self.usage),
                 GossipCollector(gossip)), mhost, mport)
             await self.metrics.start()
         if self.trust is not None:
@@ -252,9 +270,17 @@ class Controller:
         self.launcher = Launcher(self.cluster, self.evaluator)
         self.nodes_monitor = NodeMonitor(self.cluster, self.evaluator, node_grace=cfg.node_grace,
                                          failover_grace=cfg.failover_grace,
-                                         max_down_fraction=cfg.max_down_fraction)
-        self.nodes = NodeAdmin(self.cluster, self.evaluator)
+                                         max_down_fraction=cfg.max_down_fraction,
+                                         brake_window=cfg.brake_window)
+        self.nodes = NodeAdmin(self.cluster, self.evaluator,
+                               on_forgotten=self.nodes_monitor.forget)
         self.usage = UsageTable()
+        self.gc = GarbageCollector(self.cluster, self.usage, GcPolicy(
+            job_threshold=cfg.job_gc_threshold, eval_threshold=cfg.eval_gc_threshold,
+            deployment_threshold=cfg.deployment_gc_threshold,
+            node_threshold=cfg.node_gc_threshold, max_versions=cfg.job_max_versions,
+            batch=cfg.gc_batch), interval=cfg.gc_interval,
+            on_node_forgotten=self.nodes_monitor.forget, after=lambda: self.channels.prune())
         self.autoscaler = Autoscaler(state, self.jobs, self.usage, AutoscalerConfig(
             interval=cfg.autoscale_interval, stabilization=cfg.autoscale_stabilization))
         self.acl = Acl(state)
@@ -264,6 +290,9 @@ class Controller:
             limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst))
         self.channels = Channels(self.trust.tls if self.trust is not None else cfg.tls, state)
         self.gossip_events = GossipEvents(self.leader, self.nodes_monitor, self.cluster)
+        self.snapshots = Snapshots(self.cluster, Path(cfg.data_dir) / "snapshots",
+                                   ca_digest=self.trust.authority.digest if self.trust else "",
+                                   name=cfg.name, on_restored=self._restored)
 
     def _serve(self, server: grpc.aio.Server, gossip: GossipNode) -> None:
         """The operator API (one endpoint per noun), the agents' streams, health, reflection."""
@@ -286,6 +315,7 @@ class Controller:
             SecretsEndpoint(authz, leader, self.cluster, self.secrets, self.evaluator.namespaces),
             VolumesEndpoint(authz, self.nodes),
             ExecEndpoint(authz, leader, self.cluster, self.channels),
+            OperatorEndpoint(authz, leader, self.gc, self.snapshots, self.acl, cfg.name),
         ])
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(self.servicer, server)
         controller_pb2_grpc.add_NodeServiceServicer_to_server(node_service([node]), server)
@@ -344,8 +374,7 @@ class Controller:
             state.reset(await self.store.load())
             self.nodes_monitor.reset()
             self.cluster.reset_endpoints()
-        if "cluster_id" not in state.meta:
-            await self.cluster.write(Changes(meta={"cluster_id": str(uuid.uuid4())}))
+        await self._lineage()
         if self.trust is not None:
             await self._first_term_trust()
         self.leader.term_over = asyncio.Event()
@@ -353,12 +382,35 @@ class Controller:
         self.evaluator.start()
         self._leader_tasks = [asyncio.create_task(self._liveness(), name="liveness"),
                               asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
-                              asyncio.create_task(self.launcher.run(), name="periodic")]
+                              asyncio.create_task(self.launcher.run(), name="periodic"),
+                              asyncio.create_task(self.gc.run(), name="garbage-collector")]
         self.evaluator.enqueue_all("leader-elected" if self.leader.election else "startup")
         if self.gossip is not None:
             self.gossip.set_state({"leader": "true"})
         log.info("leading", extra={"index": state.index, "jobs": len(state.jobs),
                                    "nodes": len(state.nodes)})
+
+    async def _lineage(self) -> None:
+        """The cluster id and the store's epoch, on a store that has none yet: the id this
+        controller's cluster has (written beside its certificates at bootstrap or join), else
+        a new one; the epoch, now (a fresh store is a newer lineage than any before it)."""
+        meta = self.cluster.state.meta
+        bundle = pki.Bundle.of(self.cfg.data_dir)
+        changes = Changes()
+        if "cluster_id" not in meta:
+            changes.meta["cluster_id"] = bundle.cluster_id() or str(uuid.uuid4())
+        if EPOCH not in meta:
+            changes.meta[EPOCH] = str(time.time_ns())
+        if changes:
+            await self.cluster.write(changes)
+        cluster_id = meta["cluster_id"]
+        if bundle.dir.is_dir() and not bundle.cluster_id():
+            pki.write_file(bundle.cluster_file, cluster_id.encode() + b"\n", secret=False)
+
+    def _restored(self) -> None:
+        """A snapshot was restored: the nodes get their graces anew, every job is evaluated."""
+        self.nodes_monitor.reset()
+        self.evaluator.enqueue_all("snapshot-restore")
 
     async def _first_term_trust(self) -> None:
         """As leader: join secrets when there are none, this controller among those the

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
-from controller.store.base import Changes, JobKey, StoreSnapshot
+from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, StoreSnapshot
 from orch.errors import NotFoundError, RequestError
 from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -44,7 +44,7 @@ class ClusterState:
         self.by_job: dict[JobKey, set[str]] = {}
         self.nodes: dict[str, node_pb2.Node] = {}
         self.deployments: dict[str, controller_pb2.Deployment] = {}
-        self.evaluations: deque[controller_pb2.Evaluation] = deque(maxlen=1000)
+        self.evaluations: deque[controller_pb2.Evaluation] = deque(maxlen=MAX_EVALUATIONS)
         self.meta: dict[str, str] = {}
         self.meta_index = 0
         """The index of the last commit that changed ``meta`` (views of it cache on this)."""
@@ -149,6 +149,19 @@ class ClusterState:
         for key in changes.purge_jobs:
             self.jobs.pop(key, None)
             self._models = {k: v for k, v in self._models.items() if k[0] != key}
+            self._specs = {k: v for k, v in self._specs.items() if k[0] != key}
+        for ns, name, version in changes.delete_job_versions:
+            versions = self.jobs.get((ns, name))
+            if versions is not None:
+                versions[:] = [v for v in versions if v.version != version]
+                if not versions:
+                    del self.jobs[(ns, name)]
+            self._models.pop(((ns, name), version), None)
+        if changes.delete_evaluations:
+            gone = set(changes.delete_evaluations)
+            kept = [e for e in self.evaluations if e.id not in gone]
+            self.evaluations.clear()
+            self.evaluations.extend(kept)
         for job in changes.put_jobs:
             versions = self.jobs.setdefault(job_key(job), [])
             versions[:] = [v for v in versions if v.version != job.version]
@@ -195,6 +208,19 @@ class ClusterState:
         _discard(self.by_node, old.node_id, alloc_id)
         _discard(self.by_job, job_key(old), alloc_id)
         self.snapshot.remove_alloc(alloc_id)
+
+    def prune_caches(self) -> int:
+        """Drop the cached group specs no allocation refers to any more, and the cached job
+        models of versions no longer kept; how many."""
+        used = {(job_key(a), a.job_version, a.group) for a in self.allocs.values()}
+        stale = [k for k in self._specs if k not in used]
+        for k in stale:
+            del self._specs[k]
+        kept = {(key, v.version) for key, versions in self.jobs.items() for v in versions}
+        models = [m for m in self._models if m not in kept]
+        for m in models:
+            del self._models[m]
+        return len(stale) + len(models)
 
     def nodes_with(self, alloc_ids: Iterable[str]) -> set[str]:
         return {self.allocs[i].node_id for i in alloc_ids if i in self.allocs}

@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from controller.acl import HasMeta
-from controller.nodes import REVOKED
+from controller.nodes import NODE_KEY, REVOKED
 from controller.secrets import SecretsKey
 from controller.store.base import Changes
 from orch import keyring, pki
@@ -44,7 +44,7 @@ META_JOIN = "join/"
 """``join/<role>`` -> the current join secret of that role."""
 META_REVOKED = REVOKED
 """``revoked/<node id>`` -> when the node was removed: its certificates are refused."""
-META_NODE_KEY = "node-key/"
+META_NODE_KEY = NODE_KEY
 """``node-key/<node id>`` -> SHA-256 of the key that node's certificates name."""
 META_CONTROLLER = "controller/"
 """``controller/<name>`` -> its gRPC address: the controllers the keyring reaches."""

@@ -81,6 +81,7 @@ class UsageTable:
             lb.total[node_id] = (t, e.connections_total)
 
     def forget(self, alloc_ids: set[str]) -> None:
+        """Drop what was reported about these allocations (they are gone)."""
         for i in alloc_ids:
             self._cpu.pop(i, None)
             self._lb.pop(i, None)
@@ -95,6 +96,14 @@ class UsageTable:
             memory_bytes=c.memory if fresh and c is not None else None,
             active_connections=sum(lb.active.values()) if lb else 0,
             connections_per_second=sum(lb.rate.values()) if lb else 0.0)
+
+    def keep(self, alloc_ids: set[str]) -> None:
+        """Drop what was reported about any allocation not among these."""
+        self.forget((set(self._cpu) | set(self._lb)) - alloc_ids)
+
+    def __len__(self) -> int:
+        """Allocations with a usage entry."""
+        return len(set(self._cpu) | set(self._lb))
 
     def group_metric(self, metric: str, allocs: list[node_pb2.Allocation],
                      now: float) -> float | None:

@@ -9,6 +9,8 @@
     │   ├── VersionError         #   from a peer speaking another protocol version
     │   ├── LabelError           #   from another cluster (label mismatch)
     │   └── DecryptError         #   no installed key opens it
+    ├── ControllerRefusedError   # an agent refused a controller's desired set (another
+    │                            #   cluster's, or of a store a restore replaced)
     ├── RuntimeDriverError       # wraps the engine's errors (aiodocker.DockerError)
     │   ├── StartError           #   a task could not start; ``recoverable`` or not
     │   ├── DriverUnavailableError  # the engine cannot be reached now (dockerd down)
@@ -67,6 +69,12 @@ class JobSpecProblem:
         parts = [p for p in (source, self.path) if p]
         text = ": ".join([*parts, self.message])
         return f"{text} (line {self.line})" if self.line is not None else text
+
+
+class ControllerRefusedError(OrchError):
+    """An agent refused a controller's desired set: the controller belongs to another cluster,
+    or its store is older than a restore (``agent.cluster_pin``). Nothing was started or
+    stopped; the agent ends the stream and tries the controllers it knows again."""
 
 
 class JobSpecError(ConfigError):

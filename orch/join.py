@@ -105,6 +105,8 @@ def _save(bundle: pki.Bundle, got: controller_pb2.Credentials, data_dir: str) ->
     if got.secrets_key:
         pki.write_file(bundle.secrets_key, got.secrets_key, secret=True)
     pki.write_file(bundle.cert, got.certificate, secret=False)
+    if got.cluster_id and not bundle.cluster_id():  # pinned once: a renewal never moves it
+        pki.write_file(bundle.cluster_file, got.cluster_id.encode() + b"\n", secret=False)
     if data_dir and got.gossip_keys:
         keyring.save(data_dir, list(got.gossip_keys))
 

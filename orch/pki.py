@@ -469,6 +469,19 @@ class Bundle:
         """This daemon's key (mode 0600); kept across renewals and re-joins."""
         return self.dir / "key.pem"
 
+    @property
+    def cluster_file(self) -> Path:
+        """The id of the cluster this daemon joined (or bootstrapped), as its controllers
+        name it: an agent applies desired sets of this cluster only."""
+        return self.dir / "cluster-id"
+
+    def cluster_id(self) -> str:
+        """The cluster id written here ("" when none is)."""
+        try:
+            return self.cluster_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
     def complete(self) -> bool:
         return self.ca.exists() and self.cert.exists() and self.key.exists()
 

@@ -122,6 +122,14 @@ class _BidiToken(_Token, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._with_token(details), request_iterator)
 
 
+class _UploadToken(_Token, grpc.aio.StreamUnaryClientInterceptor):
+    """The token on calls that stream up (a snapshot restore)."""
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
 def token(flag: str | None, file_flag: str | None = None, file: Settings | None = None) -> str:
     """The access token: --token-file, else ORCH_TOKEN, else --token (visible in ps: a
     warning says so), else the settings file's token_file; "" for none."""
@@ -156,7 +164,8 @@ def connect(addr: str, timeout: float = 30.0, tls: TlsConfig | None = None,
             secret: str = "") -> grpc.aio.Channel:
     interceptors: list[Any] = [_Deadline(timeout)]
     if secret:
-        interceptors += [_UnaryToken(secret), _StreamToken(secret), _BidiToken(secret)]
+        interceptors += [_UnaryToken(secret), _StreamToken(secret), _BidiToken(secret),
+                         _UploadToken(secret)]
     return open_channel(addr, tls, [("grpc.max_receive_message_length", 64 * 1024 * 1024)],
                         server=role_dns("controller"), interceptors=interceptors)
 
@@ -181,7 +190,8 @@ class Session:
     answers, so streams (events, logs) stay where they are.
     """
 
-    STREAMS = frozenset(("Watch", "AllocationLogs", "ExecAllocation"))
+    STREAMS = frozenset(("Watch", "AllocationLogs", "ExecAllocation", "SaveSnapshot",
+                         "RestoreSnapshot"))
 
     def __init__(self, addr: str, timeout: float, tls: TlsConfig | None, secret: str) -> None:
         self.address = addr
@@ -207,9 +217,7 @@ class Session:
                 leader = leader_of(e)
                 if not leader or leader == self.address:
                     raise
-            self.address = leader
-            self._channels.append(self._open(leader))
-            self._stub = stub(self._channels[-1])
+            self.use(leader)
             return await getattr(self._stub, name)(request, **kw)
         return call
 

@@ -34,6 +34,7 @@ from orchctl.commands import (
     keyring,
     namespace,
     node,
+    operator,
     secret,
     tls,
     volume,
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
                     help="the namespace to act in (env ORCH_NAMESPACE; default: default)")
     sub = ap.add_subparsers(dest="noun", required=True, metavar="COMMAND")
     for module in (job, alloc, node, namespace, secret, volume, cluster, acl, keyring, event,
-                   tls):
+                   tls, operator):
         module.register(sub)
     return ap
 

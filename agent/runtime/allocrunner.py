@@ -125,6 +125,9 @@ class AllocRunner:
         self.description = ""
         self._setup_failures: dict[str, TaskStatus] = {}
         self.modify_time_ns = time.time_ns()
+        self.given_up = False
+        """Stopped by this agent on its own: cut off from the controllers for longer than the
+        group's ``disconnect.stop_after`` (reported lost)."""
 
     @property
     def id(self) -> str:
@@ -242,12 +245,15 @@ class AllocRunner:
             if runner.driver.name == name:
                 runner.driver_changed()
 
-    async def stop(self, reason: str = "") -> None:
-        """Stop every task (kill signal, grace, SIGKILL) and wait until they are dead."""
+    async def stop(self, reason: str = "", *, given_up: bool = False) -> None:
+        """Stop every task (kill signal, grace, SIGKILL) and wait until they are dead.
+        ``given_up``: the agent stops it on its own (no controller), and reports it lost."""
         if reason:
             self.description = reason
+        if given_up:
+            self.given_up = True
         for runner in self.tasks.values():
-            runner.request_stop("Killing", "")
+            runner.request_stop("Killing", reason if given_up else "")
         await asyncio.gather(*(r.wait_finished() for r in self.tasks.values()))
         self.changed()
 
@@ -290,6 +296,8 @@ class AllocRunner:
         tasks = {name: r.status() for name, r in self.tasks.items()}
         tasks.update(self._setup_failures)
         cs = client_status(tasks.values())
+        if self.given_up and cs in ("complete", "failed"):
+            cs = "lost"
         healthy = cs == "running" and all(
             t.healthy for n, t in tasks.items()
             if t.state != "dead" or t.failed or self.spec.job_type != "batch")

@@ -25,6 +25,9 @@ class CheckResult:
     passed: bool
     output: str = ""
     """What the probe saw (``HTTP 503``, ``connection refused``, the exec output)."""
+    warning: bool = False
+    """Not passed, but only a warning (as Consul grades them: HTTP 429, an exec check's exit
+    code 1): it fails the check, and counts for ``check_restart`` unless it ignores warnings."""
 
 
 class CheckTracker:
@@ -39,6 +42,8 @@ class CheckTracker:
         self.passed_total = 0
         """Every probe that passed, over the tracker's life (for metrics)."""
         self.failed_total = 0
+        self.restart_failures = 0
+        """Consecutive results that count for ``check_restart`` (since the grace ended)."""
 
     @property
     def healthy(self) -> bool:
@@ -66,6 +71,19 @@ class CheckTracker:
     def reset(self) -> None:
         """Forget every result (the task restarted): back to ``pending``."""
         self.verdict, self.output, self._passes, self._failures = "pending", "", 0, 0
+        self.restart_failures = 0
+
+    def counts_for_restart(self, result: CheckResult, since_start: float) -> bool:
+        """Take one result for ``check_restart``; True when the task must restart now (the
+        check failed ``limit`` times in a row after the grace)."""
+        policy = self.check.check_restart
+        if policy is None or policy.limit <= 0 or since_start < policy.grace:
+            return False
+        if result.passed or (result.warning and policy.ignore_warnings):
+            self.restart_failures = 0
+            return False
+        self.restart_failures += 1
+        return self.restart_failures >= policy.limit
 
 
 def task_healthy(running: bool, checks: Iterable[CheckTracker]) -> bool:

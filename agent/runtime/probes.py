@@ -56,13 +56,14 @@ async def probe_http(host: str, port: int, check: Check) -> CheckResult:
         return CheckResult(False, f"{check.method} {url}: not an HTTP response: {line[:60]!r}")
     status = int(parts[1])
     ok = check.status_min <= status <= check.status_max
-    return CheckResult(ok, f"{check.method} {url}: HTTP {status}")
+    return CheckResult(ok, f"{check.method} {url}: HTTP {status}", warning=status == 429)
 
 
 async def probe_exec(driver: TaskDriver, handle: TaskHandle, check: Check) -> CheckResult:
     result = await driver.exec(handle, [check.command, *check.args])
     out = result.output.decode(errors="replace").strip()[:MAX_OUTPUT]
-    return CheckResult(result.exit_code == 0, f"exit code {result.exit_code}: {out}".rstrip(": "))
+    return CheckResult(result.exit_code == 0, f"exit code {result.exit_code}: {out}".rstrip(": "),
+                       warning=result.exit_code == 1)
 
 
 def make_probe(check: Check, *, host: str, ports: dict[str, int], driver: TaskDriver,
@@ -89,8 +90,10 @@ def make_probe(check: Check, *, host: str, ports: dict[str, int], driver: TaskDr
 
 
 async def run_check(tracker: CheckTracker, probe: Callable[[], Awaitable[CheckResult]],
-                    on_change: Callable[[CheckTracker], None]) -> None:
-    """Probe every ``interval`` seconds for ever (until cancelled), the first time at once."""
+                    on_change: Callable[[CheckTracker], None],
+                    on_result: Callable[[CheckTracker, CheckResult], None] | None = None) -> None:
+    """Probe every ``interval`` seconds for ever (until cancelled), the first time at once;
+    ``on_change`` when the verdict changes, ``on_result`` after every result."""
     check = tracker.check
     while True:
         try:
@@ -102,4 +105,6 @@ async def run_check(tracker: CheckTracker, probe: Callable[[], Awaitable[CheckRe
             result = CheckResult(False, f"probe error: {e}")
         if tracker.record(result):
             on_change(tracker)
+        if on_result is not None:
+            on_result(tracker, result)
         await asyncio.sleep(check.interval)

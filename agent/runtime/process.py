@@ -30,7 +30,6 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -42,7 +41,7 @@ import agent
 from orch.errors import RuntimeDriverError, StartError
 from orch.jobspec.model import Resources, Task
 
-from . import binds, logfiles
+from . import binds, logfiles, spawn
 from . import labels as lbl
 from .cgroups import CgroupError, Hierarchy, TaskCgroup, cgroup_name
 from .driver import (
@@ -578,21 +577,12 @@ class ProcessDriver(TaskDriver):
         environment (``setpriv`` drops to the user after the command joined the cgroup)."""
         spec = read_json(Path(handle.extra["task_dir"]) / "spec.json") or {}
         argv = _as_task(argv, str(spec.get("user") or ""), spec.get("cgroup"))
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, env=spec.get("env"), cwd=spec.get("cwd") or None,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        try:  # posix_spawn: no Python runs in the child of this threaded process (spawn)
+            code, out = await spawn.run(argv, env=spec.get("env"), cwd=spec.get("cwd") or None)
         except OSError as e:
             msg = f"cannot run {argv[0]!r}: {e.strerror}"
             return ExecResult(exit_code=127, output=msg.encode())
-        try:
-            out, _ = await proc.communicate()
-        except asyncio.CancelledError:
-            _kill_group(proc.pid, signal.SIGKILL)
-            await asyncio.shield(proc.wait())
-            raise
-        return ExecResult(exit_code=proc.returncode or 0, output=out)
+        return ExecResult(exit_code=code, output=out)
 
     async def exec_session(self, handle: TaskHandle, spec: ExecSpec) -> ExecSession:
         """``spec.argv`` as the task runs: as its user, in its cgroup, in its folder, with its

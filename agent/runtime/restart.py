@@ -67,6 +67,11 @@ class RestartTracker:
             f"Exit code {exit_code}")
         return self._next(now, what)
 
+    def on_unhealthy(self, reason: str, now: float) -> Decision:
+        """A health check kept failing (``check_restart``): a failure like an exit, counted
+        by the same policy (Nomad counts these restarts against it too)."""
+        return self._next(now, reason)
+
     def on_start_error(self, message: str, now: float, *, recoverable: bool) -> Decision:
         """Starting the task failed; only recoverable errors are worth another try."""
         if not recoverable:

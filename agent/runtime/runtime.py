@@ -15,13 +15,15 @@ own (one lock per allocation, always towards the newest desired spec): start
 what is missing, stop what is ``desired == "stop"``, remove what is no longer
 in the set, replace what changed (another spec hash), update in place what did
 not (a new job version with the same tasks). A failed or complete allocation
-is left as it is: replacing it is the controller's decision. An older version
-than the last one applied is ignored.
+is left as it is: replacing it is the controller's decision. A set of an older
+store epoch, or of an older version in the same epoch, is ignored (a restore of the
+controllers' store advances the epoch: its versions start again).
 
 Adoption: at start every driver lists this node's tasks (container labels,
 process task folders). A desired allocation takes its tasks back (same spec:
 reattached, nothing started twice); what no desired allocation claims is
-stopped and removed, at the first ``apply`` and then every ``gc_interval``.
+stopped and removed, at the first ``apply`` from a controller of this node's cluster
+(``agent.cluster_pin``) and then every ``gc_interval``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,19 @@ class AllocUsage:
     tasks: Mapping[str, Usage] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """One run of a task, as a log follower tells runs apart."""
+
+    state: str
+    handle: str
+    """The process or container ("" before the first start)."""
+    started_at_ns: int
+
+    def __bool__(self) -> bool:
+        return bool(self.handle)
+
+
 def default_drivers(config: RuntimeConfig) -> dict[str, TaskDriver]:
     """The docker and process drivers, configured from ``config``."""
     return {
@@ -93,6 +108,9 @@ class Runtime:
         self.drivers = dict(drivers) if drivers is not None else default_drivers(config)
         self.version = -1
         """The version of the last desired set applied (-1: none yet)."""
+        self.epoch = 0
+        """The store epoch of the last desired set applied: a newer one resets the version."""
+        self._may_remove_strays = False
         self._rng = rng or random.Random()
         self._desired: dict[str, AllocSpec] = {}
         self._runners: dict[str, AllocRunner] = {}
@@ -104,7 +122,6 @@ class Runtime:
         self._usage: dict[str, AllocUsage] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._loops: list[asyncio.Task[object]] = []
-        self._applied = False
         self._driver_seen: dict[str, DriverStatus] = {}
         self.driver_failures: dict[str, int] = {}
         """Times each driver went from healthy to unhealthy (its engine stopped answering)."""
@@ -162,22 +179,31 @@ class Runtime:
 
     # --- the desired set ---------------------------------------------------------------
 
-    async def apply(self, version: int, allocs: Iterable[AllocSpec]) -> bool:
-        """Converge to ``allocs``, the node's full desired set; False if ``version`` is stale.
+    async def apply(self, version: int, allocs: Iterable[AllocSpec], *, epoch: int = 0,
+                    remove_strays: bool = True) -> bool:
+        """Converge to ``allocs``, the node's full desired set; False if it is stale: an older
+        store ``epoch``, or an older ``version`` in the same epoch (a newer epoch, after a
+        restore, starts the versions again).
 
         Returns at once: starting and stopping go on in the background, and their
-        progress comes out of ``next_updates``.
+        progress comes out of ``next_updates``. Tasks no allocation claims are removed
+        from the first set applied with ``remove_strays`` on (the caller placed the sender
+        in this node's cluster), and every ``gc_interval`` after.
         """
-        if version < self.version:
-            log.info("ignored a stale desired set", extra={"version": version,
-                                                           "current": self.version})
+        if (epoch, version) < (self.epoch, self.version):
+            log.info("ignored a stale desired set", extra={
+                "version": version, "epoch": epoch, "current": self.version,
+                "current_epoch": self.epoch})
             return False
-        self.version = version
+        if epoch > self.epoch and self.version >= 0:
+            log.info("a desired set of a newer store epoch: its versions start again",
+                     extra={"epoch": epoch, "version": version, "was": self.version})
+        self.epoch, self.version = epoch, version
         self._desired = {a.id: a for a in allocs}
         for aid in set(self._desired) | set(self._runners):
             self._spawn(self._converge(aid), f"converge {aid}")
-        if not self._applied:
-            self._applied = True
+        if remove_strays and not self._may_remove_strays:
+            self._may_remove_strays = True
             strays = [r for aid, tasks in self._recovered.items() for r in tasks.values()
                       if aid not in self._desired]
             for r in strays:
@@ -286,16 +312,40 @@ class Runtime:
                 return False
         return True
 
+    # --- cut off from the controllers --------------------------------------------------
+
+    def stop_disconnected(self, offline: float) -> list[str]:
+        """Stop the allocations whose group's ``disconnect.stop_after`` is shorter than
+        ``offline`` (seconds since a controller was last heard), so that a copy the
+        controller placed elsewhere does not run beside them for longer; they are reported
+        lost when the controllers are back. Returns the ids stopped now."""
+        stopped = []
+        for aid, runner in list(self._runners.items()):
+            policy = runner.spec.group.disconnect
+            if policy is None or policy.stop_after <= 0 or offline < policy.stop_after \
+                    or runner.given_up or runner.terminal:
+                continue
+            reason = (f"no controller heard for {offline:.1f}s: stopped by the agent "
+                      f"(disconnect.stop_after {policy.stop_after:g}s)")
+            log.warning("stopping an allocation cut off from the controllers",
+                        extra={"alloc": aid, "offline": round(offline, 1),
+                               "stop_after": policy.stop_after})
+            self._spawn(runner.stop(reason, given_up=True), f"disconnect {aid}")
+            stopped.append(aid)
+        return stopped
+
     # --- garbage collection ------------------------------------------------------------
 
     async def _gc_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.gc_interval)
-            if self._applied:
-                await self.collect_garbage()
+            await self.collect_garbage()
 
     async def collect_garbage(self) -> int:
-        """Stop and remove this node's orch tasks that no allocation owns; returns how many."""
+        """Stop and remove this node's orch tasks that no allocation owns; returns how many.
+        Nothing is removed before a desired set of this node's cluster was applied."""
+        if not self._may_remove_strays:
+            return 0
         removed = 0
         for driver in self.drivers.values():
             if not driver.status.healthy:
@@ -385,13 +435,16 @@ class Runtime:
                                 c.passed_total, c.failed_total, c.healthy))
         return out
 
-    def task_run(self, alloc_id: str, task: str) -> tuple[str, str]:
-        """(the task's state, the id of its current run): a new id means a new process or
-        container, whose log offsets start again."""
+    def task_run(self, alloc_id: str, task: str) -> TaskRun:
+        """The task's state and its current run: which process or container (a new one writes
+        a log of its own, whose offsets start again) and when it started (a new start of the
+        same container, as Docker's restarts are, appends to its log)."""
         runner = self._runner(alloc_id).tasks.get(task)
         if runner is None:
             raise NotFoundError(f"allocation {alloc_id} has no task {task!r}")
-        return runner.state, runner.handle.id if runner.handle is not None else ""
+        return TaskRun(state=runner.state,
+                       handle=runner.handle.id if runner.handle is not None else "",
+                       started_at_ns=runner.started_at_ns if runner.handle is not None else 0)
 
     def task_names(self, alloc_id: str) -> list[str]:
         """The tasks of an allocation on this node, in the group's order."""

@@ -18,8 +18,10 @@ from orch.jobspec.model import Group, Task
 from orch.vocab import DEFAULT_NAMESPACE
 
 TaskStateName = Literal["pending", "running", "dead"]
-ClientStatus = Literal["pending", "running", "complete", "failed"]
-"""What an agent reports of an allocation (``lost`` is the controller's verdict only)."""
+ClientStatus = Literal["pending", "running", "complete", "failed", "lost"]
+"""What an agent reports of an allocation (``lost``: the agent stopped it on its own, cut
+off from the controllers past the group's ``disconnect.stop_after``; otherwise it is the
+controller's verdict)."""
 Desired = Literal["run", "stop"]
 
 MAX_EVENTS = 10

@@ -33,7 +33,7 @@ from orch.errors import DriverUnavailableError, RuntimeDriverError, StartError
 from orch.jobspec.model import Check, Resources, Task
 
 from .driver import ExitResult, Recovered, TaskConfig, TaskDriver, TaskHandle
-from .health import CheckTracker
+from .health import CheckResult, CheckTracker
 from .probes import make_probe, run_check
 from .restart import Decision, RestartTracker, human_duration
 from .state import MAX_EVENTS, CheckStatus, TaskEvent, TaskStateName, TaskStatus
@@ -81,6 +81,10 @@ class TaskRunner:
         self._stop = asyncio.Event()
         self._stop_event = ("Killing", "")
         self._restart_requested = False
+        self._health_failure = ""
+        """Why a check_restart stopped the task (it restarts by the restart policy)."""
+        self._run_started = 0.0
+        """When the current run started (``clock``): check_restart's grace counts from it."""
         self._runner: asyncio.Task[None] | None = None
 
     # --- control -----------------------------------------------------------------------
@@ -104,6 +108,7 @@ class TaskRunner:
     def request_stop(self, event_type: str = "Killing", reason: str = "") -> None:
         """Stop the task (signal, grace, SIGKILL); it ends dead and not failed."""
         self._restart_requested = False  # a stop wins over a restart asked for before it
+        self._health_failure = ""
         if not self._stop.is_set():
             self._stop_event = (event_type, reason)
             self._stop.set()
@@ -216,6 +221,13 @@ class TaskRunner:
                     return
             if exit_ is None:
                 exit_ = await self._watch(handle)
+                if exit_ is None and self._health_failure:  # check_restart: a failure
+                    reason, self._health_failure = self._health_failure, ""
+                    self._stop.clear()
+                    if not await self._decide(self.tracker.on_unhealthy(reason, self._clock())):
+                        return
+                    handle = None
+                    continue
                 if exit_ is None:  # stopped on request
                     if not self._restart_requested:
                         self._dead(failed=False)
@@ -255,6 +267,7 @@ class TaskRunner:
             return None, None
         self.handle = r.handle
         self.started_at_ns = r.handle.started_at_ns
+        self._run_started = self._clock()
         if r.running:
             self.state = "running"
             self._event("Reattached", f"Reattached to {self.driver.name} task {r.handle.id[:12]} "
@@ -291,6 +304,7 @@ class TaskRunner:
                 continue
             self.handle = handle
             self.state = "running"
+            self._run_started = self._clock()
             self.started_at_ns = handle.started_at_ns or time.time_ns()
             self.finished_at_ns = 0
             self._event("Started", f"Task started by the {self.driver.name} driver "
@@ -322,7 +336,7 @@ class TaskRunner:
             exit_ = await waiter
             self.exit_code = exit_.exit_code
             self.finished_at_ns = exit_.finished_at_ns or time.time_ns()
-            if not self._restart_requested:
+            if not self._restart_requested and not self._health_failure:
                 self._event("Killed", "Task successfully killed")
             return None
         finally:
@@ -397,11 +411,27 @@ class TaskRunner:
             probe = make_probe(tracker.check, host=self.check_host, ports=dict(self.cfg.ports),
                                driver=self.driver, handle=handle)
             self._check_tasks.append(asyncio.create_task(
-                run_check(tracker, probe, self._check_changed), name=f"check {tracker.check.name}"))
+                run_check(tracker, probe, self._check_changed, self._check_result),
+                name=f"check {tracker.check.name}"))
 
     def _check_changed(self, tracker: CheckTracker) -> None:
         self._event("Health", f"check {tracker.check.name!r} is {tracker.verdict}: "
                               f"{tracker.output}")
+
+    def _check_result(self, tracker: CheckTracker, result: CheckResult) -> None:
+        """check_restart: a check that failed ``limit`` times in a row restarts the task."""
+        if not tracker.counts_for_restart(result, self._clock() - self._run_started):
+            return
+        if self.state != "running" or self._stop.is_set():
+            return
+        policy = tracker.check.check_restart
+        assert policy is not None
+        name = tracker.check.name or tracker.check.type
+        self._health_failure = (f"health check {name!r} failed {tracker.restart_failures} "
+                                f"times in a row ({result.output})")
+        self._stop_event = ("Restart Signaled", f"{self._health_failure}: check_restart limit "
+                                                f"{policy.limit} reached")
+        self._stop.set()
 
     def _stop_checks(self) -> None:
         for t in self._check_tasks:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -37,6 +38,9 @@ from orch.v1 import controller_pb2, node_pb2
 
 log = logging.getLogger("api")
 Ctx = grpc.aio.ServicerContext[Any, Any]
+HEARTBEAT = 1.0
+"""Seconds between the heartbeats sent down an agent's stream while nothing else is: the
+agent counts how long it has been cut off from the last one (the disconnect block)."""
 
 
 class NodeEndpoint(Endpoint):
@@ -123,15 +127,19 @@ class NodeEndpoint(Endpoint):
         try:
             while not reader.done() and not over.done():
                 getter = waiting = asyncio.ensure_future(ready.wait())
-                await asyncio.wait({waiting, reader, over}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiting, reader, over}, timeout=HEARTBEAT,
+                                   return_when=asyncio.FIRST_COMPLETED)
                 if waiting.done():
                     ready.clear()
                     for kind in ("endpoints", "desired"):
                         msg = outbox.pop(kind, None)
                         if msg is not None:
                             yield msg
-                else:
-                    waiting.cancel()
+                    continue
+                waiting.cancel()
+                if not reader.done() and not over.done():
+                    yield controller_pb2.ControllerMessage(heartbeat=controller_pb2.Heartbeat(
+                        time_ns=time.time_ns()))
             if removed.is_set():
                 await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {node.id} was removed from this cluster")

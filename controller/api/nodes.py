@@ -1,5 +1,5 @@
 """Nodes: list, show (with what runs there and its gossip member's status), drain,
-eligibility, and removal for good."""
+eligibility, removal for good, and forgetting a down one (purge)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,12 @@ class NodesEndpoint(Endpoint):
                                  ctx: Ctx) -> node_pb2.Node:
         self.leader.require()
         return await self.nodes.set_eligibility(req.id, req.eligible)
+
+    @unary
+    async def PurgeNode(self, req: controller_pb2.PurgeNodeRequest, ctx: Ctx) -> node_pb2.Node:
+        """Forget a down node now (its id is not refused: it may register again)."""
+        self.leader.require()
+        return await self.nodes.purge(req.id)
 
     @unary
     async def RemoveNode(self, req: controller_pb2.RemoveNodeRequest, ctx: Ctx) -> node_pb2.Node:

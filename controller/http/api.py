@@ -50,6 +50,8 @@ MAX_BLOCKING = 1024
 """Blocking queries waiting at once; past it they are refused (429) rather than queued."""
 MAX_STREAMS = 256
 """Streams (events, logs) open at once over HTTP; past it they are refused (429)."""
+RAW = {"AllocationLogs": "text/plain; charset=utf-8", "SaveSnapshot": "application/octet-stream"}
+"""Streams served as their bytes by default (``format=text``), with their content type."""
 KEEPALIVE = 15.0
 """Seconds of silence after which a stream sends a heartbeat (a comment in server-sent
 events, ``{}`` in NDJSON), so that proxies and clients keep it open."""
@@ -228,7 +230,7 @@ class HttpApi:
         if fmt:
             raise RequestError(f"query parameter 'format': sse, ndjson or text, got "
                                         f"{fmt!r}")
-        return "text" if route.rpc == "AllocationLogs" else "ndjson"
+        return "text" if route.rpc in RAW else "ndjson"
 
     async def _stream(self, request: web.Request, route: Route, msg: Message,
                       ctx: HttpContext) -> web.StreamResponse:
@@ -247,7 +249,7 @@ class HttpApi:
                 return self._aborted(request, e)
             resp = web.StreamResponse(headers={
                 "Content-Type": {"sse": "text/event-stream", "ndjson": "application/x-ndjson",
-                                 "text": "text/plain; charset=utf-8"}[fmt],
+                                 "text": RAW.get(route.rpc, "text/plain; charset=utf-8")}[fmt],
                 "X-Accel-Buffering": "no", **self._index_headers()})
             try:
                 await resp.prepare(request)
@@ -376,7 +378,7 @@ def page(rpc: str, reply: Message, per_page: str | None, token: str | None) -> s
 
 
 def _frame(fmt: str, item: Message) -> bytes:
-    if fmt == "text" and isinstance(item, controller_pb2.LogChunk):
+    if fmt == "text" and isinstance(item, controller_pb2.LogChunk | controller_pb2.SnapshotChunk):
         return item.data
     data = json.dumps(to_json(item), separators=(",", ":"))
     if fmt == "sse":

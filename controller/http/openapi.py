@@ -115,6 +115,9 @@ def _operation(route: Route, schemas: dict[str, Any], seen: dict[str, int]) -> d
                                    "application/x-ndjson": {"schema": ref}}
         if route.rpc == "AllocationLogs":
             content["text/plain"] = {"schema": {"type": "string"}}
+        if route.rpc == "SaveSnapshot":
+            content = {"application/octet-stream": {"schema": {"type": "string",
+                                                               "format": "binary"}}}
     else:
         content = {"application/json": {"schema": ref}}
     op: dict[str, Any] = {
@@ -200,7 +203,8 @@ ORCHCTL = {
     "Watch": "events [-f]", "BootstrapAcl": "acl bootstrap", "CreateToken": "acl token create",
     "ListTokens": "acl token list", "SelfToken": "acl token self",
     "RevokeToken": "acl token revoke", "Keyring": "keyring", "FireEvent": "event fire",
-    "GetJoinToken": "cluster join-token",
+    "GetJoinToken": "cluster join-token", "PurgeNode": "node purge",
+    "GarbageCollect": "system gc", "SaveSnapshot": "operator snapshot save",
 }
 """The orchctl command that calls each RPC (docs/http-api.md's table)."""
 

@@ -9,7 +9,8 @@ descriptor (``controller.http.request``), so a field added to a proto is served 
 NodeService (the agents' stream, joining, renewing) and AgentService are not served over
 HTTP: they belong to members, which speak gRPC with their certificates. Neither are the
 RPCs that stream from the client (``ExecAllocation``: input and terminal sizes as they
-come): ``orchctl alloc exec`` runs them over gRPC.
+come; ``RestoreSnapshot``: a snapshot file in pieces): ``orchctl alloc exec`` and
+``orchctl operator snapshot restore`` run them over gRPC.
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ ROUTES: tuple[Route, ...] = (
        "Remove a secret and every version", body="none"),
     _r("ListVolumes", "GET", "/v1/volumes",
        "Every node's host volumes and the Docker volumes allocations mount", body="none"),
+    _r("PurgeNode", "POST", "/v1/node/{id}/purge",
+       "Forget a down node now (it may join again)", body="none"),
+    _r("GarbageCollect", "POST", "/v1/system/gc",
+       "Collect dead jobs, terminal allocations, old versions and evaluations now", body="none"),
+    _r("SaveSnapshot", "GET", "/v1/operator/snapshot",
+       "A snapshot of the store (application/octet-stream), to restore with orchctl",
+       body="none"),
 )
 """Every route of ``/v1``; a test fails when an RPC of ControllerService has none."""
 

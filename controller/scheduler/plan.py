@@ -35,7 +35,8 @@ class Placement:
     """Port label -> host port (static and the dynamic ones chosen here)."""
     reason: str
     """new, replacement (destructive update), reschedule (failed), lost (node down),
-    migrate (node draining), canary."""
+    disconnected (node down, and the group's disconnect block replaces at once: the original
+    is not stopped), migrate (node draining), canary."""
     previous_alloc: str = ""
     reschedule_attempts: int = 0
     canary: bool = False

@@ -37,6 +37,8 @@ STOP_INFEASIBLE = "node no longer matches the job's constraints"
 STOP_CANARY = "replaced by a promoted canary"
 STOP_SUPERSEDED = "superseded by a newer version at the same index"
 STOP_STALE_CANARY = "canary of a superseded version"
+STOP_RECONNECTED = "reconnected beside its replacement"
+STOP_REPLACED_WHILE_AWAY = "node down past the group's disconnect.lost_after; replaced already"
 
 
 @dataclass(slots=True)
@@ -48,6 +50,14 @@ class GroupDecision:
     replace: list[AllocInfo] = field(default_factory=list)
     reschedule: list[AllocInfo] = field(default_factory=list)
     lost: list[AllocInfo] = field(default_factory=list)
+    lost_replaced: list[AllocInfo] = field(default_factory=list)
+    """Lost (their node down past ``disconnect.lost_after``) and replaced already: stopped
+    as lost, nothing placed."""
+    unknown: list[AllocInfo] = field(default_factory=list)
+    """On a node that is down for less than the group's ``disconnect.lost_after``: kept
+    (they may come back), their index held."""
+    replace_unknown: list[AllocInfo] = field(default_factory=list)
+    """Unknown ones that get a replacement now (``disconnect.replace``); they are not stopped."""
     migrate: list[AllocInfo] = field(default_factory=list)
     stop: list[tuple[AllocInfo, str]] = field(default_factory=list)
     place: list[int] = field(default_factory=list)
@@ -131,6 +141,78 @@ def attempts_in_window(policy: ReschedulePolicy, alloc: AllocInfo, now: float) -
     return alloc.reschedule_attempts
 
 
+def keep_on_reconnect(rule: str, original: AllocInfo, replacement: AllocInfo) -> AllocInfo:
+    """Which of an allocation that came back and its replacement stays (the other stops).
+
+    ``keep_original`` and ``keep_replacement`` say it; ``longest_running`` keeps the one
+    running since the earlier time; ``best_score`` keeps the replacement (placed last, with
+    every node's score in view) unless only the original is healthy."""
+    if rule == "keep_original":
+        return original
+    if rule == "keep_replacement":
+        return replacement
+    if rule == "longest_running":
+        return min((original, replacement), key=lambda a: (a.client_since or a.create_time, a.id))
+    if original.healthy and not replacement.healthy:
+        return original
+    return replacement
+
+
+def _disconnected(group: Group, running: list[AllocInfo], snapshot: ClusterSnapshot, now: float,
+                  replaced_ids: set[str], held: set[int], out: GroupDecision) -> list[AllocInfo]:
+    """Apply the group's ``disconnect`` block: allocations on a node down for less than
+    ``lost_after`` are unknown (kept; replaced at once with ``replace``), past it lost; one
+    that came back beside its replacement is reconciled by ``reconcile``. The rest of
+    ``running`` is returned."""
+    policy = group.disconnect
+    if policy is None:
+        return running
+    by_id = {a.id: a for a in running}
+    rest: list[AllocInfo] = []
+    losers: set[str] = set()
+    for a in running:  # a replacement and its original, both running again
+        orig = by_id.get(a.previous_allocation)
+        if orig is None or orig.index != a.index or orig.id in losers or a.id in losers:
+            continue
+        node = snapshot.node(orig.node_id)
+        if node is None or node.info.status == "down":
+            continue
+        keep = keep_on_reconnect(policy.reconcile, orig, a)
+        lose = a if keep is orig else orig
+        losers.add(lose.id)
+        which = "the original" if keep is orig else "the replacement"
+        out.stop.append((lose, f"{STOP_RECONNECTED}: kept {which}, {keep.id[:8]} on "
+                               f"{_node_name(snapshot, keep)} (disconnect.reconcile "
+                               f"{policy.reconcile})"))
+    for a in running:
+        if a.id in losers:
+            continue
+        node = snapshot.node(a.node_id)
+        if node is None or node.info.status != "down" or policy.lost_after <= 0:
+            rest.append(a)
+            continue
+        lost_at = node.info.status_since + policy.lost_after
+        if now >= lost_at:
+            if a.id in replaced_ids:
+                out.lost_replaced.append(a)
+            else:
+                rest.append(a)  # lost: replaced below, as any allocation of a down node
+            continue
+        out.next_reschedule_at = min(lost_at, out.next_reschedule_at or lost_at)
+        out.unknown.append(a)
+        if a.id in replaced_ids:
+            continue  # its replacement holds the index
+        held.add(a.index)
+        if policy.replace:
+            out.replace_unknown.append(a)
+    return rest
+
+
+def _node_name(snapshot: ClusterSnapshot, a: AllocInfo) -> str:
+    node = snapshot.node(a.node_id)
+    return node.info.name if node is not None else a.node_id[:8]
+
+
 def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
                     snapshot: ClusterSnapshot, now: float,
                     still_feasible: dict[str, bool] | None = None,
@@ -192,6 +274,8 @@ def reconcile_group(job: Job, group: Group | None, allocs: list[AllocInfo],
                 out.next_reschedule_at = min(due, out.next_reschedule_at or due)
             continue
         running.append(a)
+
+    running = _disconnected(group, running, snapshot, now, replaced_ids, held, out)
 
     # Canaries not promoted yet stand beside the allocations they will replace.
     pending: list[AllocInfo] = []

@@ -30,6 +30,7 @@ from controller.scheduler.reconcile import (
     STOP_JOB,
     STOP_LOST,
     STOP_REPLACED,
+    STOP_REPLACED_WHILE_AWAY,
     attempts_in_window,
     is_destructive,
     is_resize,
@@ -87,7 +88,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
             name=group.name, desired=0 if job.stop else group.count, spec=group,
             previous_spec=_previous_spec(allocs, job.version) or group,
             in_place=len(d.in_place), replace=len(d.replace), migrate=len(d.migrate),
-            reschedule=len(d.reschedule) + len(d.lost), place=len(d.place),
+            reschedule=len(d.reschedule) + len(d.lost) + len(d.replace_unknown),
+            place=len(d.place),
             canary=len(d.canary), unchanged=len(d.keep), waiting=d.waiting,
             next_reschedule_at=d.next_reschedule_at,
             notes=d.notes)
@@ -98,6 +100,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
         for a in d.lost:
             if a.occupies:
                 _stop(ctx, plan, a, STOP_LOST, lost=True)
+        for a in d.lost_replaced:
+            _stop(ctx, plan, a, STOP_REPLACED_WHILE_AWAY, lost=True)
         for a in d.in_place:
             plan.updates.append(InPlaceUpdate(
                 alloc_id=a.id, name=a.name, node_id=a.node_id, node_name=_node_name(snap, a),
@@ -123,6 +127,8 @@ def _generic(ctx: PlanContext, plan: Plan, by_group: dict[str, list[AllocInfo]])
             run.paired(a, STOP_DRAIN, "migrate", penalty=frozenset((a.node_id,)))
         for a in d.lost:
             run.attempt(a.index, "lost", a)
+        for a in d.replace_unknown:  # the original stays: it may come back (disconnect)
+            run.attempt(a.index, "disconnected", a)
         for a in d.reschedule:
             run.attempt(a.index, "reschedule", a, penalty=frozenset((a.node_id,)),
                         attempts=attempts_in_window(group.reschedule, a, ctx.now) + 1)

@@ -55,6 +55,8 @@ class NodeInfo:
     """Healthy task drivers."""
     status: str = "ready"
     """ready, init or down."""
+    status_since: float = 0.0
+    """When the status last changed (a down node: since when it is down)."""
     eligible: bool = True
     """Scheduling eligibility (``orchctl node eligibility``)."""
     draining: bool = False
@@ -96,6 +98,8 @@ class AllocInfo:
     create_time: float = 0.0
     modify_time: float = 0.0
     """When the client status last changed (a failure's time)."""
+    client_since: float = 0.0
+    """When the client status last changed, as the controller recorded it."""
 
     @property
     def name(self) -> str:
@@ -388,7 +392,8 @@ def node_info_from_proto(pb: node_pb2.Node) -> NodeInfo:
         meta=dict(pb.meta), cpu_millicores=pb.capacity.cpu_millicores,
         memory_mb=pb.capacity.memory_mb, reserved_cpu_millicores=pb.reserved.cpu_millicores,
         reserved_memory_mb=pb.reserved.memory_mb, reserved_ports=frozenset(pb.reserved_ports),
-        drivers=frozenset(pb.drivers), status=NODE_STATUS.word(pb.status), eligible=pb.eligible,
+        drivers=frozenset(pb.drivers), status=NODE_STATUS.word(pb.status),
+        status_since=pb.status_time_ns / 1e9, eligible=pb.eligible,
         draining=pb.HasField("drain"), drain_ignore_system_jobs=pb.drain.ignore_system_jobs)
 
 
@@ -408,4 +413,4 @@ def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) ->
         client=CLIENT_STATUS.word(pb.client_status), job_version=pb.job_version, spec=spec,
         healthy=pb.healthy, canary=pb.canary, reschedule_attempts=pb.reschedule_attempts,
         previous_allocation=pb.previous_allocation, create_time=pb.create_time_ns / 1e9,
-        modify_time=pb.modify_time_ns / 1e9)
+        modify_time=pb.modify_time_ns / 1e9, client_since=pb.client_since_ns / 1e9)

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 JobKey = tuple[str, str]
 """(namespace, name)"""
+MAX_EVALUATIONS = 10_000
+"""Evaluations a store keeps by default (and the controller holds in memory): the garbage
+collector removes them by age long before, this bounds a burst."""
 
 
 @dataclass(slots=True)
@@ -36,6 +40,8 @@ class Changes:
     """Job versions to insert or replace, keyed by (namespace, name, version)."""
     purge_jobs: list[JobKey] = field(default_factory=list)
     """Jobs to delete with every version."""
+    delete_job_versions: list[tuple[str, str, int]] = field(default_factory=list)
+    """Single versions of jobs to delete: (namespace, name, version)."""
     put_allocs: list[node_pb2.Allocation] = field(default_factory=list)
     delete_allocs: list[str] = field(default_factory=list)
     put_nodes: list[node_pb2.Node] = field(default_factory=list)
@@ -43,7 +49,10 @@ class Changes:
     put_deployments: list[controller_pb2.Deployment] = field(default_factory=list)
     delete_deployments: list[str] = field(default_factory=list)
     put_evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)
-    """Inserted or replaced by id; a replaced evaluation keeps its place in the history."""
+    """Inserted or replaced by id; a replaced evaluation keeps its place in the history.
+    The store keeps those among the last ``max_evaluations`` first stored (a deleted one's
+    place is not given to an older one)."""
+    delete_evaluations: list[str] = field(default_factory=list)
     events: list[controller_pb2.Event] = field(default_factory=list)
     """Appended to the event log; the store sets each event's ``index``."""
     meta: dict[str, str] = field(default_factory=dict)
@@ -52,10 +61,10 @@ class Changes:
     """Meta keys to delete (before ``meta`` is applied)."""
 
     def __bool__(self) -> bool:
-        return any((self.put_jobs, self.purge_jobs, self.put_allocs, self.delete_allocs,
-                    self.put_nodes, self.delete_nodes, self.put_deployments,
-                    self.delete_deployments, self.put_evaluations, self.events, self.meta,
-                    self.delete_meta))
+        return any((self.put_jobs, self.purge_jobs, self.delete_job_versions, self.put_allocs,
+                    self.delete_allocs, self.put_nodes, self.delete_nodes, self.put_deployments,
+                    self.delete_deployments, self.put_evaluations, self.delete_evaluations,
+                    self.events, self.meta, self.delete_meta))
 
 
 @dataclass(slots=True)
@@ -75,6 +84,17 @@ class StoreSnapshot:
     """The most recent evaluations (a backend keeps a bounded number), in the order they
     were first stored, oldest first."""
     meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    """How much the store holds: for metrics and the soak benchmark."""
+
+    bytes: int
+    """Bytes in use (SQLite: its pages in use; etcd: its database in use, every prefix)."""
+    rows: dict[str, int]
+    """Records per kind: jobs (versions), allocations, nodes, deployments, evaluations,
+    events, meta."""
 
 
 class Store(ABC):
@@ -104,6 +124,23 @@ class Store(ABC):
         Cancelling the awaiting task does not stop a commit already under way: it still
         lands (or fails) as a whole, and the caller learns which only from ``load``.
         """
+
+    @abstractmethod
+    async def backup(self, dest: Path) -> None:
+        """Write the store's own consistent snapshot to the new file ``dest`` (SQLite's online
+        backup; etcd's snapshot of its database, with its SHA-256 at the end)."""
+
+    @abstractmethod
+    async def replace(self, snap: StoreSnapshot) -> int:
+        """Make the store hold exactly ``snap``'s records (jobs, allocations, nodes,
+        deployments, evaluations, meta; not its indexes), as a restore does. The event log
+        stays as it is; the commit index becomes ``max(current, snap.index) + 1`` and is
+        returned. SQLite replaces all in one transaction; etcd in several (a restore larger
+        than one transaction), so a failure part way leaves a mix: restore again."""
+
+    @abstractmethod
+    async def size(self) -> StoreSize:
+        """What the store holds now, in bytes and in records per kind."""
 
     @abstractmethod
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:

@@ -73,14 +73,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-from controller.store.base import Changes, JobKey, Store, StoreSnapshot
+from google.protobuf.message import DecodeError
+
+from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, Store, StoreSize, StoreSnapshot
+from controller.store.bbolt import check_hash, latest_keys
 from controller.store.etcd_client import (
     Compare,
     Delete,
@@ -115,6 +120,8 @@ REQUEST_MARGIN = 4096
 """etcd checks a request's size wrapped in its raft entry: a little more than was sent."""
 MAX_BATCH = 64
 """At most this many queued commits go in one transaction."""
+SNAPSHOT_TIMEOUT = 600.0
+"""Seconds etcd's snapshot may take to stream (a database of its 2 GiB quota, slowly)."""
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -237,6 +244,7 @@ class _Cache:
 @dataclass(slots=True)
 class _Commit:
     purge: list[JobKey]
+    delete_versions: list[tuple[JobKey, int]]
     jobs: list[tuple[JobKey, int, bytes]]
     delete_allocs: list[str]
     allocs: list[tuple[str, bytes]]
@@ -244,6 +252,7 @@ class _Commit:
     nodes: list[tuple[str, bytes]]
     delete_deployments: list[str]
     deployments: list[tuple[str, bytes]]
+    delete_evals: list[str]
     evals: list[tuple[str, bytes]]
     events: list[controller_pb2.Event]
     """The store's own copies; the caller's are ``caller_events``."""
@@ -278,6 +287,13 @@ def _encode(c: Changes, future: asyncio.Future[int]) -> _Commit:
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
             raise TypeError(f"Changes.purge_jobs[{i}] is not a (namespace, name) pair")
         purge.append((key[0], key[1]))
+    versions: list[tuple[JobKey, int]] = []
+    for i, gone in enumerate(c.delete_job_versions):
+        if not (isinstance(gone, tuple) and len(gone) == 3 and isinstance(gone[0], str)
+                and isinstance(gone[1], str) and isinstance(gone[2], int)):
+            raise TypeError(f"Changes.delete_job_versions[{i}] is not a (namespace, name, "
+                            "version) triple")
+        versions.append(((gone[0], gone[1]), gone[2]))
     caller_events = _checked("events", c.events, controller_pb2.Event)
     events = []
     for ev in caller_events:
@@ -290,7 +306,9 @@ def _encode(c: Changes, future: asyncio.Future[int]) -> _Commit:
             raise TypeError(f"Changes.meta[{k!r}] is not str -> str")
         meta.append((k, v))
     return _Commit(
-        purge=purge,
+        purge=purge, delete_versions=versions,
+        delete_evals=_ids("delete_evaluations", c.delete_evaluations),
+        delete_meta=_ids("delete_meta", c.delete_meta),
         jobs=[((j.namespace, j.name), j.version, j.SerializeToString())
               for j in _checked("put_jobs", c.put_jobs, job_pb2.Job, lambda j: j.name)],
         delete_allocs=_ids("delete_allocs", c.delete_allocs),
@@ -306,8 +324,7 @@ def _encode(c: Changes, future: asyncio.Future[int]) -> _Commit:
         evals=[(e.id, e.SerializeToString())
                for e in _checked("put_evaluations", c.put_evaluations, controller_pb2.Evaluation,
                                  lambda e: e.id)],
-        events=events, caller_events=caller_events, meta=meta,
-        delete_meta=_ids("delete_meta", c.delete_meta), future=future)
+        events=events, caller_events=caller_events, meta=meta, future=future)
 
 
 # --- planning a transaction ------------------------------------------------------------------------
@@ -328,6 +345,8 @@ class _Plan:
         self.jobs: dict[JobKey, set[int]] = {}
         """The new versions of each job this batch touches."""
         self.new_evals: dict[str, int] = {}
+        self.gone_evals: set[str] = set()
+        """Evaluations this batch deletes (their seq is never given again)."""
         self.eval_writes: dict[bytes, int] = {}
         self.event_writes: dict[bytes, int] = {}
         self.eval_floor = 0
@@ -349,14 +368,23 @@ class _Plan:
             for version in self._versions(job_key):
                 self._write(k.job(job_key, version), None)
             self.jobs[job_key] = set()
+        for job_key, version in c.delete_versions:
+            self._write(k.job(job_key, version), None)
+            self._versions(job_key).discard(version)
+        for eid in c.delete_evals:
+            seq = self.new_evals.pop(eid, None) or self.cache.evals.get(eid)
+            if seq is not None:
+                self._write(k.evaluation(seq, eid), None)
+                self.eval_writes.pop(k.evaluation(seq, eid), None)
+                self.gone_evals.add(eid)
+        for name in c.delete_meta:
+            self._write(k.meta(name), None)
         for aid in c.delete_allocs:
             self._write(k.alloc(aid), None)
         for nid in c.delete_nodes:
             self._write(k.node(nid), None)
         for did in c.delete_deployments:
             self._write(k.deployment(did), None)
-        for name in c.delete_meta:
-            self._write(k.meta(name), None)
         for job_key, version, data in c.jobs:
             self._write(k.job(job_key, version), data)
             self._versions(job_key).add(version)
@@ -367,7 +395,8 @@ class _Plan:
         for did, data in c.deployments:
             self._write(k.deployment(did), data)
         for eid, data in c.evals:
-            seq = self.new_evals.get(eid) or self.cache.evals.get(eid)
+            seq = self.new_evals.get(eid) or (
+                self.cache.evals.get(eid) if eid not in self.gone_evals else None)
             if seq is None or seq <= self.eval_floor:
                 st.eval_seq += 1
                 seq = self.new_evals[eid] = st.eval_seq
@@ -434,6 +463,10 @@ class _Plan:
                 cache.jobs[job_key] = versions
             else:
                 cache.jobs.pop(job_key, None)
+        for eid in self.gone_evals:
+            seq = cache.evals.pop(eid, None)
+            if seq is not None:
+                cache.eval_order.pop(seq, None)
         for eid, seq in sorted(self.new_evals.items(), key=lambda item: item[1]):
             if seq > self.eval_floor:
                 cache.evals[eid] = seq
@@ -464,6 +497,12 @@ class _Load:
     future: asyncio.Future[StoreSnapshot]
 
 
+@dataclass(slots=True)
+class _Replace:
+    snap: StoreSnapshot
+    future: asyncio.Future[int]
+
+
 class _Close:
     pass
 
@@ -492,7 +531,7 @@ class EtcdStore(Store):
     """
 
     def __init__(self, endpoints: Sequence[str] | EtcdClient, *, prefix: str = "/orch",
-                 max_evaluations: int = 10_000, max_events: int = 100_000,
+                 max_evaluations: int = MAX_EVALUATIONS, max_events: int = 100_000,
                  timeout: float = 5.0, max_txn_ops: int = MAX_TXN_OPS,
                  max_request_bytes: int = MAX_REQUEST_BYTES, compact_every: int = 1000,
                  verify_limits: bool = True, tls: TlsConfig | None = None) -> None:
@@ -517,7 +556,7 @@ class EtcdStore(Store):
         self._cache = _Cache()
         self._stale = True
         self._doubt: _Doubt | None = None
-        self._queue: deque[_Commit | _Load | _Close] = deque()
+        self._queue: deque[_Commit | _Load | _Replace | _Close] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._marks: deque[tuple[int, int]] = deque()
@@ -600,11 +639,42 @@ class EtcdStore(Store):
         self._submit(item)
         return await asyncio.shield(future)
 
+    async def backup(self, dest: Path) -> None:
+        """etcd's own snapshot of its database (every prefix: etcd has one database), with
+        the SHA-256 etcd appends, written to ``dest``."""
+        if self._worker is None:
+            raise StoreError(f"{self.where}: the store is not open")
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            async for piece in self.client.snapshot(within=SNAPSHOT_TIMEOUT):
+                await asyncio.to_thread(f.write, piece)
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def replace(self, snap: StoreSnapshot) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submit(_Replace(snap, future))
+        return await asyncio.shield(future)
+
     async def index(self) -> int:
         """The index of the last commit, read from etcd (one small get): how a follower
         learns that the leader wrote something."""
         kv = await self.client.get(self.keys.state, within=self.timeout)
         return _State.decode(kv.value, self.where).index if kv is not None else 0
+
+    async def size(self) -> StoreSize:
+        """Records under this prefix (counted by etcd), and the bytes etcd's database uses
+        (for every prefix: etcd has one database)."""
+        if self._worker is None:
+            raise StoreError(f"{self.where}: the store is not open")
+        k = self.keys
+        rows = {}
+        for kind, prefix in (("jobs", k.jobs_dir), ("allocations", k.allocs_dir),
+                             ("nodes", k.nodes_dir), ("deployments", k.deployments_dir),
+                             ("evaluations", k.evals_dir), ("events", k.events_dir),
+                             ("meta", k.meta_dir)):
+            rows[kind] = await self.client.count(prefix, prefix_end(prefix), within=self.timeout)
+        return StoreSize(bytes=await self.client.db_size(within=self.timeout), rows=rows)
 
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:
         if limit < 1:
@@ -618,7 +688,7 @@ class EtcdStore(Store):
 
     # --- the worker: one call at a time, in the order made ----------------------------------------------
 
-    def _submit(self, item: _Commit | _Load) -> None:
+    def _submit(self, item: _Commit | _Load | _Replace) -> None:
         if self._worker is None:
             raise StoreError(f"{self.where}: the store is not open")
         item.future.add_done_callback(_retrieve)  # a cancelled caller leaves it unread
@@ -643,6 +713,16 @@ class EtcdStore(Store):
                 else:
                     if not item.future.done():
                         item.future.set_result(snap)
+                continue
+            if isinstance(item, _Replace):
+                try:
+                    index = await self._replace(item.snap)
+                except Exception as e:
+                    self._stale = True
+                    _fail([item], e)
+                else:
+                    if not item.future.done():
+                        item.future.set_result(index)
                 continue
             batch = [item]
             while queue and isinstance(queue[0], _Commit) and len(batch) < MAX_BATCH:
@@ -943,6 +1023,63 @@ class EtcdStore(Store):
             return snap
         raise StoreError(f"{self.where}: the history kept being compacted during load")
 
+    async def _replace(self, snap: StoreSnapshot) -> int:
+        """Delete every record under the prefix, then put ``snap``'s, in transactions that
+        each fit etcd's limits; every one compares the state key (one writer) and the fence.
+        The last one puts the state key with the new index."""
+        loop = asyncio.get_running_loop()
+        if self._doubt is not None:
+            await self._resolve(loop.time() + self.timeout, quiet_fence=False)
+        await self._sync(loop.time() + self.timeout)
+        k = self.keys
+        puts: list[tuple[bytes, bytes]] = [(k.meta(n), v.encode()) for n, v in snap.meta.items()]
+        for job_key, versions in snap.jobs.items():
+            puts += [(k.job(job_key, v.version), v.SerializeToString()) for v in versions]
+        puts += [(k.alloc(a.id), a.SerializeToString()) for a in snap.allocs.values()]
+        puts += [(k.node(n.id), n.SerializeToString()) for n in snap.nodes.values()]
+        puts += [(k.deployment(d.id), d.SerializeToString()) for d in snap.deployments.values()]
+        state = replace(self._cache.state)
+        for e in snap.evaluations:
+            state.eval_seq += 1
+            puts.append((k.evaluation(state.eval_seq, e.id), e.SerializeToString()))
+        state.index = max(state.index, snap.index) + 1
+        first: list[Op] = [Delete(d, prefix_end(d)) for d in (
+            k.meta_dir, k.jobs_dir, k.allocs_dir, k.nodes_dir, k.deployments_dir, k.evals_dir)]
+        groups: list[list[Op]] = [first, []]  # etcd refuses a put under a range deleted
+        size = 0                               # in the same transaction
+        room = self.max_request_bytes - REQUEST_MARGIN - 4096
+        for key, value in puts:
+            if len(groups[-1]) + 3 > self.max_txn_ops or size + len(key) + len(value) + 16 > room:
+                groups.append([])
+                size = 0
+            groups[-1].append(Put(key, value))
+            size += len(key) + len(value) + 16
+        for i, ops in enumerate(groups):
+            last = i == len(groups) - 1
+            token = secrets.token_hex(8)
+            marker = replace(self._cache.state, token=f"restoring:{token}") if not last \
+                else replace(state, token=token)
+            value = marker.encode()
+            compare = [Compare(k.state, "mod", "==", self._cache.state_rev)]
+            failure: list[Op] = [Get(k.state)]
+            if self._fence is not None:
+                compare.append(Compare(self._fence[0], "create", "==", self._fence[1]))
+                failure.append(Get(self._fence[0]))
+            txn = Txn(compare, [*ops, Put(k.state, value)], failure)
+            try:
+                result = await self.client.txn(txn, within=self.timeout)
+            except EtcdError as e:
+                raise StoreError(f"{self.where}: the restore stopped after {i} of {len(groups)} "
+                                 f"transactions ({e}); the store now holds part of the snapshot: "
+                                 "restore it again") from e
+            if not result.succeeded:
+                raise self._refused(result, self._fence)
+            self._cache.state_rev, self._cache.state_value = result.revision, value
+            self._cache.state = marker
+        self._stale = True
+        await self._sync(loop.time() + self.timeout)
+        return state.index
+
     async def _verify_limits(self) -> None:
         """Check with a read-only transaction (nothing is written) that etcd takes as many
         operations and bytes as this store may send; ConfigError if not."""
@@ -965,6 +1102,44 @@ class EtcdStore(Store):
                     f"--max-request-bytes={self.max_request_bytes} (or give the store a smaller "
                     "max_request_bytes)", where="etcd") from e
             raise
+
+
+def read_backup(path: Path, prefix: str) -> StoreSnapshot:
+    """The records under ``prefix`` in an etcd snapshot (``EtcdStore.backup``, or etcd's own
+    ``snapshot save``), read without etcd: its SHA-256 checked, its bbolt file walked, its
+    keys replayed to the snapshot's revision (``controller.store.bbolt``). StoreError says
+    what is wrong."""
+    k = Keys(prefix)
+    _, live = latest_keys(check_hash(path.read_bytes()), k.root)
+    snap = StoreSnapshot()
+    where = f"{path} ({prefix})"
+    try:
+        state = live.get(k.state)
+        if state is None:
+            raise StoreError(f"{where}: the snapshot holds no orch store under this prefix")
+        st = _State.decode(state, where)
+        snap.index, snap.event_index = st.index, st.event_index
+        for key in sorted(live):
+            value = live[key]
+            if key.startswith(k.meta_dir):
+                snap.meta[unquote(key[len(k.meta_dir):].decode())] = value.decode()
+            elif key.startswith(k.jobs_dir):
+                job = job_pb2.Job.FromString(value)
+                snap.jobs.setdefault((job.namespace, job.name), []).append(job)
+            elif key.startswith(k.allocs_dir):
+                a = node_pb2.Allocation.FromString(value)
+                snap.allocs[a.id] = a
+            elif key.startswith(k.nodes_dir):
+                n = node_pb2.Node.FromString(value)
+                snap.nodes[n.id] = n
+            elif key.startswith(k.deployments_dir):
+                d = controller_pb2.Deployment.FromString(value)
+                snap.deployments[d.id] = d
+            elif key.startswith(k.evals_dir):
+                snap.evaluations.append(controller_pb2.Evaluation.FromString(value))
+    except (DecodeError, UnicodeDecodeError, ValueError) as e:
+        raise StoreError(f"{where}: a record in the snapshot cannot be read: {e}") from e
+    return snap
 
 
 def _fenced(fence: tuple[bytes, int], holder: KeyValue | None) -> FencedError:
@@ -993,7 +1168,7 @@ def _explain(details: str) -> str:
     return details
 
 
-def _fail(items: Sequence[_Commit | _Load], error: BaseException) -> None:
+def _fail(items: Sequence[_Commit | _Load | _Replace], error: BaseException) -> None:
     for item in items:
         if not item.future.done():
             item.future.set_exception(error)

@@ -21,10 +21,10 @@ without being written to. A lock file beside the database (``<path>.lock``)
 keeps a second controller off the same file.
 
 Tables: ``jobs`` (every version), ``allocations`` (indexed by job and by node),
-``nodes``, ``deployments``, ``evaluations`` (the most recent ``max_evaluations``,
-by ``seq``, the order they were first stored), ``events`` (the most recent
-``max_events``, by index), ``meta``, and ``state`` (one row: the commit index
-and the last event index). Records are stored whole as protobuf blobs; the
+``nodes``, ``deployments``, ``evaluations`` (those among the last ``max_evaluations``
+first stored: ``seq`` counts them, in the state row), ``events`` (the most recent
+``max_events``, by index), ``meta``, and ``state`` (one row: the commit index,
+the last event index and the last evaluation seq). Records are stored whole as protobuf blobs; the
 other columns are there to be indexed and to be read with the ``sqlite3`` tool.
 There are no foreign keys between record tables: the controller may keep an
 allocation whose job was purged or whose node was removed, and every backend
@@ -44,7 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from controller.store.base import Changes, Store, StoreSnapshot
+from google.protobuf.message import DecodeError
+
+from controller.store.base import MAX_EVALUATIONS, Changes, Store, StoreSize, StoreSnapshot
 from orch.errors import ConfigError, StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
@@ -122,7 +124,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                key TEXT NOT NULL,
                data BLOB NOT NULL)""",
     )),
+    Migration("an evaluation counter: a deleted evaluation's place is not reused", (
+        "ALTER TABLE state ADD COLUMN eval_seq INTEGER NOT NULL DEFAULT 0",
+        "UPDATE state SET eval_seq = (SELECT coalesce(max(seq), 0) FROM evaluations)",
+    )),
 )
+
+
+_TABLES = {"jobs": "jobs", "allocations": "allocations", "nodes": "nodes",
+           "deployments": "deployments", "evaluations": "evaluations", "events": "events",
+           "meta": "meta"}
+"""Record kind -> its table (``StoreSize.rows``)."""
 
 
 @dataclass(slots=True)
@@ -130,6 +142,7 @@ class _Rows:
     """One ``Changes`` turned into SQL parameters (on the caller's thread)."""
 
     purge_jobs: list[tuple[str, str]]
+    delete_job_versions: list[tuple[str, str, int]]
     jobs: list[tuple[str, str, int, bytes]]
     delete_allocs: list[tuple[str]]
     allocs: list[tuple[str, str, str, int, str, int, int, bytes]]
@@ -137,6 +150,7 @@ class _Rows:
     nodes: list[tuple[str, str, int, bytes]]
     delete_deployments: list[tuple[str]]
     deployments: list[tuple[str, str, str, int, str, bytes]]
+    delete_evaluations: list[tuple[str]]
     evaluations: list[tuple[str, str, str, str, bytes]]
     events: list[controller_pb2.Event]
     """The store's own copies: the worker sets their index and serialises them."""
@@ -169,6 +183,13 @@ def _rows(c: Changes) -> _Rows:
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
             raise TypeError(f"Changes.purge_jobs[{i}] is not a (namespace, name) pair")
         purge.append((key[0], key[1]))
+    versions = []
+    for i, gone in enumerate(c.delete_job_versions):
+        if not (isinstance(gone, tuple) and len(gone) == 3 and isinstance(gone[0], str)
+                and isinstance(gone[1], str) and isinstance(gone[2], int)):
+            raise TypeError(f"Changes.delete_job_versions[{i}] is not a (namespace, name, "
+                            "version) triple")
+        versions.append((gone[0], gone[1], gone[2]))
     events = []
     for ev in _checked("events", c.events, controller_pb2.Event):
         copy = controller_pb2.Event()
@@ -180,7 +201,9 @@ def _rows(c: Changes) -> _Rows:
             raise TypeError(f"Changes.meta[{k!r}] is not str -> str")
         meta.append((k, v))
     return _Rows(
-        purge_jobs=purge,
+        purge_jobs=purge, delete_job_versions=versions,
+        delete_evaluations=_keys("delete_evaluations", c.delete_evaluations),
+        delete_meta=_keys("delete_meta", c.delete_meta),
         jobs=[(j.namespace, j.name, j.version, j.SerializeToString())
               for j in _checked("put_jobs", c.put_jobs, job_pb2.Job, lambda j: j.name)],
         delete_allocs=_keys("delete_allocs", c.delete_allocs),
@@ -199,7 +222,6 @@ def _rows(c: Changes) -> _Rows:
                                        controller_pb2.Evaluation, lambda e: e.id)],
         events=events,
         meta=meta,
-        delete_meta=_keys("delete_meta", c.delete_meta),
     )
 
 
@@ -223,7 +245,7 @@ class SQLiteStore(Store):
     MIGRATIONS: ClassVar[tuple[Migration, ...]] = MIGRATIONS
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "full",
-                 max_evaluations: int = 10_000, max_events: int = 100_000,
+                 max_evaluations: int = MAX_EVALUATIONS, max_events: int = 100_000,
                  busy_timeout: float = 5.0) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ConfigError(f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, "
@@ -283,6 +305,20 @@ class SQLiteStore(Store):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         return await self._call(self._events_since_sync, index, limit)
+
+    async def size(self) -> StoreSize:
+        return await self._call(self._size_sync)
+
+    async def backup(self, dest: Path) -> None:
+        await self._call(self._backup_sync, str(dest))
+
+    async def replace(self, snap: StoreSnapshot) -> int:
+        rows = _rows(Changes(
+            put_jobs=[v for versions in snap.jobs.values() for v in versions],
+            put_allocs=list(snap.allocs.values()), put_nodes=list(snap.nodes.values()),
+            put_deployments=list(snap.deployments.values()),
+            put_evaluations=list(snap.evaluations), meta=dict(snap.meta)))
+        return await self._call(self._replace_sync, rows, snap.index)
 
     # --- beyond the interface ----------------------------------------------------------------
 
@@ -413,15 +449,18 @@ class SQLiteStore(Store):
         conn = self._db()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            index, event_index = conn.execute(
-                "SELECT commit_index, event_index FROM state WHERE id = 0").fetchone()
+            index, event_index, eval_seq = conn.execute(
+                "SELECT commit_index, event_index, eval_seq FROM state WHERE id = 0").fetchone()
             index += 1
             first_event = event_index + 1
             conn.executemany("DELETE FROM jobs WHERE namespace = ? AND name = ?", rows.purge_jobs)
+            conn.executemany("DELETE FROM jobs WHERE namespace = ? AND name = ? AND version = ?",
+                             rows.delete_job_versions)
+            conn.executemany("DELETE FROM evaluations WHERE id = ?", rows.delete_evaluations)
+            conn.executemany("DELETE FROM meta WHERE key = ?", rows.delete_meta)
             conn.executemany("DELETE FROM allocations WHERE id = ?", rows.delete_allocs)
             conn.executemany("DELETE FROM nodes WHERE id = ?", rows.delete_nodes)
             conn.executemany("DELETE FROM deployments WHERE id = ?", rows.delete_deployments)
-            conn.executemany("DELETE FROM meta WHERE key = ?", rows.delete_meta)
             conn.executemany(
                 "INSERT INTO jobs (namespace, name, version, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (namespace, name, version) DO UPDATE SET data = excluded.data",
@@ -443,13 +482,13 @@ class SQLiteStore(Store):
                 "namespace = excluded.namespace, job = excluded.job, "
                 "job_version = excluded.job_version, status = excluded.status, data = excluded.data",
                 rows.deployments)
-            # A new evaluation gets seq = max(seq) + 1; a replaced one keeps its seq. The newest
-            # row is never pruned, so the kept seqs stay one unbroken range.
-            conn.executemany(
-                "INSERT INTO evaluations (id, namespace, job, status, data) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, "
-                "job = excluded.job, status = excluded.status, data = excluded.data",
-                rows.evaluations)
+            # A new evaluation gets the next seq of the counter; a replaced one keeps its seq.
+            for eid, ns, job, status, data in rows.evaluations:
+                if not conn.execute("UPDATE evaluations SET namespace = ?, job = ?, status = ?, "
+                                    "data = ? WHERE id = ?", (ns, job, status, data, eid)).rowcount:
+                    eval_seq += 1
+                    conn.execute("INSERT INTO evaluations (seq, id, namespace, job, status, data) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", (eval_seq, eid, ns, job, status, data))
             event_rows = []
             for i, ev in enumerate(rows.events):
                 ev.index = first_event + i
@@ -463,10 +502,10 @@ class SQLiteStore(Store):
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", rows.meta)
             event_index += len(event_rows)
             conn.execute("DELETE FROM events WHERE idx <= ?", (event_index - self.max_events,))
-            conn.execute("DELETE FROM evaluations WHERE seq <= "
-                         "(SELECT max(seq) FROM evaluations) - ?", (self.max_evaluations,))
-            conn.execute("UPDATE state SET commit_index = ?, event_index = ? WHERE id = 0",
-                         (index, event_index))
+            conn.execute("DELETE FROM evaluations WHERE seq <= ?",
+                         (eval_seq - self.max_evaluations,))
+            conn.execute("UPDATE state SET commit_index = ?, event_index = ?, eval_seq = ? "
+                         "WHERE id = 0", (index, event_index, eval_seq))
             conn.execute("COMMIT")
         except BaseException as e:
             _rollback(conn)
@@ -479,35 +518,129 @@ class SQLiteStore(Store):
         conn = self._db()
         conn.execute("BEGIN")  # one read transaction: a consistent view
         try:
-            snap = StoreSnapshot()
-            snap.index, snap.event_index = conn.execute(
-                "SELECT commit_index, event_index FROM state WHERE id = 0").fetchone()
-            for ns, name, data in conn.execute(
-                    "SELECT namespace, name, data FROM jobs ORDER BY namespace, name, version"):
-                snap.jobs.setdefault((ns, name), []).append(job_pb2.Job.FromString(data))
-            for key, data in conn.execute("SELECT id, data FROM allocations"):
-                snap.allocs[key] = node_pb2.Allocation.FromString(data)
-            for key, data in conn.execute("SELECT id, data FROM nodes"):
-                snap.nodes[key] = node_pb2.Node.FromString(data)
-            for key, data in conn.execute("SELECT id, data FROM deployments"):
-                snap.deployments[key] = controller_pb2.Deployment.FromString(data)
-            snap.evaluations = [controller_pb2.Evaluation.FromString(data) for (data,) in
-                                conn.execute("SELECT data FROM evaluations ORDER BY seq")]
-            snap.meta = dict(conn.execute("SELECT key, value FROM meta"))
+            return _read_tables(conn)
         finally:
             _rollback(conn)
-        return snap
+
+    def _backup_sync(self, dest: str) -> None:
+        """SQLite's online backup of the whole database into a new file at ``dest``: a
+        consistent copy, taken while commits wait (they run on this same thread)."""
+        out = sqlite3.connect(dest, isolation_level=None)
+        try:
+            self._db().backup(out)
+            out.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            out.close()
+
+    def _replace_sync(self, rows: _Rows, snap_index: int) -> int:
+        """Every record table emptied and filled with ``rows`` in one transaction; the event
+        log stays; the new commit index is returned."""
+        conn = self._db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            index, eval_seq = conn.execute(
+                "SELECT commit_index, eval_seq FROM state WHERE id = 0").fetchone()
+            index = max(index, snap_index) + 1
+            for table in ("jobs", "allocations", "nodes", "deployments", "evaluations", "meta"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.executemany("INSERT INTO jobs (namespace, name, version, data) VALUES "
+                             "(?, ?, ?, ?)", rows.jobs)
+            conn.executemany("INSERT INTO allocations (id, namespace, job, job_version, node_id, "
+                             "desired_status, client_status, data) VALUES "
+                             "(?, ?, ?, ?, ?, ?, ?, ?)", rows.allocs)
+            conn.executemany("INSERT INTO nodes (id, name, status, data) VALUES (?, ?, ?, ?)",
+                             rows.nodes)
+            conn.executemany("INSERT INTO deployments (id, namespace, job, job_version, status, "
+                             "data) VALUES (?, ?, ?, ?, ?, ?)", rows.deployments)
+            for eid, ns, job, status, data in rows.evaluations:
+                eval_seq += 1
+                conn.execute("INSERT INTO evaluations (seq, id, namespace, job, status, data) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (eval_seq, eid, ns, job, status, data))
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.meta)
+            conn.execute("UPDATE state SET commit_index = ?, eval_seq = ? WHERE id = 0",
+                         (index, eval_seq))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            _rollback(conn)
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"{self.path}: the restore failed and changed nothing: {e}") \
+                    from e
+            raise
+        return int(index)
 
     def _events_since_sync(self, index: int, limit: int) -> list[controller_pb2.Event]:
         rows = self._db().execute("SELECT data FROM events WHERE idx > ? ORDER BY idx LIMIT ?",
                                   (index, limit))
         return [controller_pb2.Event.FromString(data) for (data,) in rows]
 
+    def _size_sync(self) -> StoreSize:
+        conn = self._db()
+        pages, free, page = (conn.execute(f"PRAGMA {n}").fetchone()[0]
+                             for n in ("page_count", "freelist_count", "page_size"))
+        rows = {kind: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for kind, table in _TABLES.items()}
+        return StoreSize(bytes=(pages - free) * page, rows=rows)
+
     def _pragmas_sync(self) -> dict[str, int | str]:
         conn = self._db()
         names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "user_version",
                  "application_id", "page_size", "page_count", "freelist_count")
         return {n: conn.execute(f"PRAGMA {n}").fetchone()[0] for n in names}
+
+
+def _read_tables(conn: sqlite3.Connection) -> StoreSnapshot:
+    """Every record of an orch SQLite database (the caller holds a read transaction)."""
+    snap = StoreSnapshot()
+    snap.index, snap.event_index = conn.execute(
+        "SELECT commit_index, event_index FROM state WHERE id = 0").fetchone()
+    for ns, name, data in conn.execute(
+            "SELECT namespace, name, data FROM jobs ORDER BY namespace, name, version"):
+        snap.jobs.setdefault((ns, name), []).append(job_pb2.Job.FromString(data))
+    for key, data in conn.execute("SELECT id, data FROM allocations"):
+        snap.allocs[key] = node_pb2.Allocation.FromString(data)
+    for key, data in conn.execute("SELECT id, data FROM nodes"):
+        snap.nodes[key] = node_pb2.Node.FromString(data)
+    for key, data in conn.execute("SELECT id, data FROM deployments"):
+        snap.deployments[key] = controller_pb2.Deployment.FromString(data)
+    snap.evaluations = [controller_pb2.Evaluation.FromString(data) for (data,) in
+                        conn.execute("SELECT data FROM evaluations ORDER BY seq")]
+    snap.meta = dict(conn.execute("SELECT key, value FROM meta"))
+    return snap
+
+
+def read_backup(path: Path) -> StoreSnapshot:
+    """The records of a SQLite backup (``SQLiteStore.backup``), checked first: an orch store,
+    of a schema this orch knows, that passes SQLite's own integrity check. StoreError says
+    what is wrong; the file is only read."""
+    where = str(path)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"{where}: cannot open the backup: {e}") from e
+    try:
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{where}: not a SQLite database ({e})") from e
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{where}: not an orch store (application_id {app_id:#x})")
+        if not 1 <= version <= len(MIGRATIONS):
+            raise StoreError(f"{where}: a store of schema version {version}; this orch reads "
+                             f"1 to {len(MIGRATIONS)} (restore it with the orch that saved it)")
+        check = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+        if check != ["ok"]:
+            raise StoreError(f"{where}: the backup fails SQLite's integrity check: "
+                             + "; ".join(check))
+        conn.execute("BEGIN")
+        try:
+            return _read_tables(conn)
+        except (sqlite3.Error, DecodeError) as e:
+            raise StoreError(f"{where}: the backup's records cannot be read: {e}") from e
+        finally:
+            _rollback(conn)
+    finally:
+        conn.close()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -49,6 +49,38 @@ class Network:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CheckRestart:
+    """Restart the task when its check fails ``limit`` times in a row (Nomad's check_restart);
+    the restart counts against the group's restart policy."""
+
+    limit: int = 0
+    """Consecutive failing results that restart the task; 0: never."""
+    grace: float = 1.0
+    """Seconds after the task (re)starts during which results are not counted."""
+    ignore_warnings: bool = False
+    """Count a warning (HTTP 429, an exec check's exit code 1) as a pass."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    """A group's allocations while their node is cut off from the controllers (Nomad's
+    disconnect block)."""
+
+    stop_after: float = 0.0
+    """Seconds without any controller after which the agent stops the tasks itself (0: never),
+    so that a copy the controller placed elsewhere never runs beside them for longer."""
+    lost_after: float = 0.0
+    """Seconds the allocation stays unknown before it is lost and replaced (0: at once, when
+    its node is marked down)."""
+    replace: bool = False
+    """Place a replacement at once while the allocation is unknown."""
+    reconcile: str = "best_score"
+    """When the original comes back beside its replacement, which one stays: best_score (the
+    one on the node that scores best: the replacement, as placed later), keep_original,
+    keep_replacement or longest_running."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Check:
     type: str
     """tcp, http or exec."""
@@ -68,6 +100,7 @@ class Check:
     """Consecutive passes before the check turns healthy."""
     unhealthy_threshold: int = 3
     """Consecutive failures before the check turns unhealthy."""
+    check_restart: CheckRestart | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,6 +301,7 @@ class Group:
     shutdown_delay: float = 0.0
     """Seconds between an allocation leaving the load balancer and its tasks' stop signal,
     so that connections in flight finish (scale-downs, updates, stops)."""
+    disconnect: Disconnect | None = None
     volumes: Mapping[str, Volume] = field(default_factory=dict)
     """Name -> the volume its tasks mount by that name."""
 
@@ -356,6 +390,11 @@ def _check(pb: job_pb2.Check) -> Check:
         interval=_secs(pb.interval, d.interval), timeout=_secs(pb.timeout, d.timeout),
         healthy_threshold=_or(pb.healthy_threshold, d.healthy_threshold),
         unhealthy_threshold=_or(pb.unhealthy_threshold, d.unhealthy_threshold),
+        check_restart=CheckRestart(
+            limit=pb.check_restart.limit,
+            grace=_secs(pb.check_restart.grace, CheckRestart().grace),
+            ignore_warnings=pb.check_restart.ignore_warnings)
+        if pb.HasField("check_restart") else None,
     )
 
 
@@ -445,6 +484,11 @@ def _group(pb: job_pb2.TaskGroup, job_update: UpdateStrategy, *, batch: bool = F
             for s in pb.services),
         meta=dict(pb.meta), scaling=scaling, shutdown_delay=_secs(pb.shutdown_delay, 0.0),
         volumes={name: _volume(name, v) for name, v in sorted(pb.volumes.items())},
+        disconnect=Disconnect(
+            stop_after=_secs(pb.disconnect.stop_after, 0.0),
+            lost_after=_secs(pb.disconnect.lost_after, 0.0), replace=pb.disconnect.replace,
+            reconcile=_or(pb.disconnect.reconcile, Disconnect().reconcile))
+        if pb.HasField("disconnect") else None,
     )
 
 
@@ -472,11 +516,16 @@ def job_from_proto(pb: job_pb2.Job) -> Job:
 
 
 def _check_pb(c: Check) -> job_pb2.Check:
-    return job_pb2.Check(
+    pb = job_pb2.Check(
         type=c.type, name=c.name, port=c.port, path=c.path, method=c.method,
         status_min=c.status_min, status_max=c.status_max, command=c.command, args=c.args,
         interval=_dur(c.interval), timeout=_dur(c.timeout),
         healthy_threshold=c.healthy_threshold, unhealthy_threshold=c.unhealthy_threshold)
+    if c.check_restart is not None:
+        r = c.check_restart
+        pb.check_restart.CopyFrom(job_pb2.CheckRestart(limit=r.limit, grace=_dur(r.grace),
+                                                       ignore_warnings=r.ignore_warnings))
+    return pb
 
 
 def _update_pb(u: UpdateStrategy) -> job_pb2.UpdateStrategy:
@@ -533,6 +582,11 @@ def group_to_proto(g: Group) -> job_pb2.TaskGroup:
     )
     if g.shutdown_delay:
         pb.shutdown_delay.CopyFrom(_dur(g.shutdown_delay))
+    if g.disconnect is not None:
+        d = g.disconnect
+        pb.disconnect.CopyFrom(job_pb2.Disconnect(
+            stop_after=_dur(d.stop_after), lost_after=_dur(d.lost_after), replace=d.replace,
+            reconcile=d.reconcile))
     if g.scaling is not None:
         s = g.scaling
         pb.scaling.CopyFrom(job_pb2.Scaling(min=s.min, max=s.max, metric=s.metric, target=s.target,

@@ -42,7 +42,7 @@ def zone(name: str) -> tzinfo:
         raise ValueError(f"unknown time zone {name!r}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a folder
         raise ValueError(f"unknown time zone {name!r}: use an IANA name such as "
                          "'Europe/Berlin' or 'America/New_York' (or UTC)") from None
 

@@ -57,6 +57,9 @@ LB_POLICIES = ("round_robin", "least_conn", "p2c", "maglev")
 CHECK_TYPES = ("tcp", "http", "exec")
 RESTART_MODES = ("fail", "delay")
 DELAY_FUNCTIONS = ("constant", "exponential", "fibonacci")
+RECONCILE = ("best_score", "keep_original", "keep_replacement", "longest_running")
+MAX_CHECK_RESTART = 1_000
+"""check_restart.limit above this is a mistake (a check that fails for hours restarts it)."""
 SCALING_METRICS = ("cpu", "connections", "requests")
 VOLUME_TYPES = ("host", "docker")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -254,7 +257,14 @@ class _Validator:
                                       f"got {job.update.canary}")
         if g.HasField("scaling"):
             self.scaling(f"{at}.scaling", g.scaling, count)
+        if g.HasField("disconnect"):
+            self.disconnect(f"{at}.disconnect", g.disconnect, system=system)
 
+    def disconnect(self, at: str, d: job_pb2.Disconnect, *, system: bool) -> None:
+        self.choice(f"{at}.reconcile", d.reconcile, RECONCILE)
+        if d.replace and system:
+            self.bad(f"{at}.replace", "system allocations stay on their node; a replacement "
+                                      "elsewhere does not apply")
     def network(self, at: str, n: job_pb2.Network) -> None:
         self.choice(f"{at}.mode", n.mode, NETWORK_MODES)
         statics: Counter[int] = Counter()
@@ -474,6 +484,11 @@ class _Validator:
         for name in ("healthy_threshold", "unhealthy_threshold"):
             if getattr(c, name) < 0:
                 self.bad(f"{at}.{name}", f"must be >= 1, got {getattr(c, name)}")
+        if c.HasField("check_restart"):
+            limit = c.check_restart.limit
+            if not 0 <= limit <= MAX_CHECK_RESTART:
+                self.bad(f"{at}.check_restart.limit", f"must be 0 (never) .. "
+                                                      f"{MAX_CHECK_RESTART}, got {limit}")
 
     # --- policies -------------------------------------------------------------------------
 

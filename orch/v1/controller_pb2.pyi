@@ -51,6 +51,171 @@ KEYRING_OP_REMOVE: KeyringOp.ValueType  # 4
 Global___KeyringOp: _TypeAlias = KeyringOp  # noqa: Y015
 
 @_typing.final
+class PurgeNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """a node id (a unique prefix will do) or name"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeNodeRequest: _TypeAlias = PurgeNodeRequest  # noqa: Y015
+
+@_typing.final
+class GarbageCollectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GarbageCollectRequest: _TypeAlias = GarbageCollectRequest  # noqa: Y015
+
+@_typing.final
+class GarbageCollectResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CollectedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COLLECTED_FIELD_NUMBER: _builtins.int
+    COMMITS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    commits: _builtins.int
+    seconds: _builtins.float
+    @_builtins.property
+    def collected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """kind (jobs, allocations, ...) -> records deleted"""
+
+    def __init__(
+        self,
+        *,
+        collected: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        commits: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collected", b"collected", "commits", b"commits", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GarbageCollectResponse: _TypeAlias = GarbageCollectResponse  # noqa: Y015
+
+@_typing.final
+class SaveSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSnapshotRequest: _TypeAlias = SaveSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotChunk(_message.Message):
+    """A snapshot file in pieces: the file is a header line (orch-snapshot, JSON: the store, the
+    cluster, its index and epoch, the payload's length and SHA-256) and the store's own
+    snapshot (SQLite's online backup; etcd's snapshot with its own SHA-256 at the end).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015
+
+@_typing.final
+class RestoreSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_STORE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_TIME_NS_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    index: _builtins.int
+    """the store's index after the restore"""
+    epoch: _builtins.int
+    """the store's new epoch"""
+    jobs: _builtins.int
+    allocations: _builtins.int
+    nodes: _builtins.int
+    snapshot_store: _builtins.str
+    """the store the snapshot was taken from"""
+    snapshot_time_ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+        allocations: _builtins.int = ...,
+        nodes: _builtins.int = ...,
+        snapshot_store: _builtins.str = ...,
+        snapshot_time_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "cluster_id", b"cluster_id", "epoch", b"epoch", "index", b"index", "jobs", b"jobs", "nodes", b"nodes", "snapshot_store", b"snapshot_store", "snapshot_time_ns", b"snapshot_time_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreSnapshotResponse: _TypeAlias = RestoreSnapshotResponse  # noqa: Y015
+
+@_typing.final
 class AllocationUsage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2854,6 +3019,7 @@ class ControllerMessage(_message.Message):
     DESIRED_FIELD_NUMBER: _builtins.int
     NOT_LEADER_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredAllocations:
         """the node's full desired set, replacing the last one"""
@@ -2866,18 +3032,26 @@ class ControllerMessage(_message.Message):
     def endpoints(self) -> Global___ExpectedEndpoints:
         """every service's placed allocations,"""
 
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """replacing the last set (sent on connect and on
+        every change)
+        every second while nothing else is sent: the agent
+        """
+
     def __init__(
         self,
         *,
         desired: Global___DesiredAllocations | None = ...,
         not_leader: Global___NotLeader | None = ...,
         endpoints: Global___ExpectedEndpoints | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -2886,9 +3060,9 @@ Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
 @_typing.final
 class ExpectedEndpoints(_message.Message):
     """What the load balancers may route to (and task templates read): for every service with a
-    port, published or not, the allocations the controller placed and the node each runs on. An agent takes an endpoint from gossip only
-    when its allocation is listed here, published by the member of that node, at that
-    member's own address (and port, when given).
+    port, published or not, the allocations the controller placed and the node each runs on.
+    An agent takes an endpoint from gossip only when its allocation is listed here, published
+    by the member of that node, at that member's own address (and port, when given).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2993,13 +3167,22 @@ class DesiredAllocations(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    cluster_id: _builtins.str
+    """the cluster the sending controller belongs to: an"""
+    epoch: _builtins.int
+    """agent applies sets of the cluster it joined only
+    the store's lineage (it advances at a restore or on
+    """
     @_builtins.property
     def allocations(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.Allocation]: ...
     @_builtins.property
     def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretValue]:
-        """The latest version of every secret these allocations name (over the node's own mTLS
+        """a fresh store): a higher epoch resets the version
+        The latest version of every secret these allocations name (over the node's own mTLS
         stream; the agent keeps them in memory and in its tasks' tmpfs, nowhere else).
         """
 
@@ -3008,11 +3191,13 @@ class DesiredAllocations(_message.Message):
         *,
         version: _builtins.int = ...,
         allocations: _abc.Iterable[_node_pb2.Allocation] | None = ...,
+        cluster_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
         secrets: _abc.Iterable[Global___SecretValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "secrets", b"secrets", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "cluster_id", b"cluster_id", "epoch", b"epoch", "secrets", b"secrets", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -255,6 +255,26 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.GetAllocationRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.AllocationUsage.FromString,
                 _registered_method=True)
+        self.PurgeNode = channel.unary_unary(
+                '/orch.v1.ControllerService/PurgeNode',
+                request_serializer=orch_dot_v1_dot_controller__pb2.PurgeNodeRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_node__pb2.Node.FromString,
+                _registered_method=True)
+        self.GarbageCollect = channel.unary_unary(
+                '/orch.v1.ControllerService/GarbageCollect',
+                request_serializer=orch_dot_v1_dot_controller__pb2.GarbageCollectRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.GarbageCollectResponse.FromString,
+                _registered_method=True)
+        self.SaveSnapshot = channel.unary_stream(
+                '/orch.v1.ControllerService/SaveSnapshot',
+                request_serializer=orch_dot_v1_dot_controller__pb2.SaveSnapshotRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
+        self.RestoreSnapshot = channel.stream_unary(
+                '/orch.v1.ControllerService/RestoreSnapshot',
+                request_serializer=orch_dot_v1_dot_controller__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.RestoreSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -572,6 +592,37 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeNode(self, request, context):
+        """Long life: forget a down node now (its id is not refused: see RemoveNode), collect
+        garbage now, and back the store up or restore it (a restore advances the store epoch,
+        so every agent follows the restored state).
+        node purge
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GarbageCollect(self, request, context):
+        """system gc
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveSnapshot(self, request, context):
+        """operator snapshot save
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSnapshot(self, request_iterator, context):
+        """operator snapshot restore
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -789,6 +840,26 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetAllocationUsage,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.GetAllocationRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.AllocationUsage.SerializeToString,
+            ),
+            'PurgeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeNode,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.PurgeNodeRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_node__pb2.Node.SerializeToString,
+            ),
+            'GarbageCollect': grpc.unary_unary_rpc_method_handler(
+                    servicer.GarbageCollect,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.GarbageCollectRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.GarbageCollectResponse.SerializeToString,
+            ),
+            'SaveSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveSnapshot,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.SaveSnapshotRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'RestoreSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreSnapshot,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.SnapshotChunk.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.RestoreSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1957,6 +2028,114 @@ class ControllerService:
             '/orch.v1.ControllerService/GetAllocationUsage',
             orch_dot_v1_dot_controller__pb2.GetAllocationRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.AllocationUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/PurgeNode',
+            orch_dot_v1_dot_controller__pb2.PurgeNodeRequest.SerializeToString,
+            orch_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GarbageCollect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/GarbageCollect',
+            orch_dot_v1_dot_controller__pb2.GarbageCollectRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.GarbageCollectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orch.v1.ControllerService/SaveSnapshot',
+            orch_dot_v1_dot_controller__pb2.SaveSnapshotRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/orch.v1.ControllerService/RestoreSnapshot',
+            orch_dot_v1_dot_controller__pb2.SnapshotChunk.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.RestoreSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

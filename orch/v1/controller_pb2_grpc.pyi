@@ -142,6 +142,18 @@ class ControllerServiceStub:
     """
     GetAllocationUsage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _controller_pb2.AllocationUsage]
     """What an allocation uses now, as its agent and every load balancer report it."""
+    PurgeNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PurgeNodeRequest, _node_pb2.Node]
+    """Long life: forget a down node now (its id is not refused: see RemoveNode), collect
+    garbage now, and back the store up or restore it (a restore advances the store epoch,
+    so every agent follows the restored state).
+    node purge
+    """
+    GarbageCollect: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GarbageCollectRequest, _controller_pb2.GarbageCollectResponse]
+    """system gc"""
+    SaveSnapshot: _grpc.UnaryStreamMultiCallable[_controller_pb2.SaveSnapshotRequest, _controller_pb2.SnapshotChunk]
+    """operator snapshot save"""
+    RestoreSnapshot: _grpc.StreamUnaryMultiCallable[_controller_pb2.SnapshotChunk, _controller_pb2.RestoreSnapshotResponse]
+    """operator snapshot restore"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -254,6 +266,18 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """
     GetAllocationUsage: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAllocationRequest, _controller_pb2.AllocationUsage]  # type: ignore[assignment]
     """What an allocation uses now, as its agent and every load balancer report it."""
+    PurgeNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.PurgeNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
+    """Long life: forget a down node now (its id is not refused: see RemoveNode), collect
+    garbage now, and back the store up or restore it (a restore advances the store epoch,
+    so every agent follows the restored state).
+    node purge
+    """
+    GarbageCollect: _aio.UnaryUnaryMultiCallable[_controller_pb2.GarbageCollectRequest, _controller_pb2.GarbageCollectResponse]  # type: ignore[assignment]
+    """system gc"""
+    SaveSnapshot: _aio.UnaryStreamMultiCallable[_controller_pb2.SaveSnapshotRequest, _controller_pb2.SnapshotChunk]  # type: ignore[assignment]
+    """operator snapshot save"""
+    RestoreSnapshot: _aio.StreamUnaryMultiCallable[_controller_pb2.SnapshotChunk, _controller_pb2.RestoreSnapshotResponse]  # type: ignore[assignment]
+    """operator snapshot restore"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------
@@ -621,6 +645,42 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.AllocationUsage, _abc.Awaitable[_controller_pb2.AllocationUsage]]:
         """What an allocation uses now, as its agent and every load balancer report it."""
+
+    @_abc_1.abstractmethod
+    def PurgeNode(
+        self,
+        request: _controller_pb2.PurgeNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
+        """Long life: forget a down node now (its id is not refused: see RemoveNode), collect
+        garbage now, and back the store up or restore it (a restore advances the store epoch,
+        so every agent follows the restored state).
+        node purge
+        """
+
+    @_abc_1.abstractmethod
+    def GarbageCollect(
+        self,
+        request: _controller_pb2.GarbageCollectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GarbageCollectResponse, _abc.Awaitable[_controller_pb2.GarbageCollectResponse]]:
+        """system gc"""
+
+    @_abc_1.abstractmethod
+    def SaveSnapshot(
+        self,
+        request: _controller_pb2.SaveSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.SnapshotChunk], _abc.AsyncIterator[_controller_pb2.SnapshotChunk]]:
+        """operator snapshot save"""
+
+    @_abc_1.abstractmethod
+    def RestoreSnapshot(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.SnapshotChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RestoreSnapshotResponse, _abc.Awaitable[_controller_pb2.RestoreSnapshotResponse]]:
+        """operator snapshot restore"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -327,6 +327,7 @@ class TaskGroup(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     SCALING_FIELD_NUMBER: _builtins.int
     SHUTDOWN_DELAY_FIELD_NUMBER: _builtins.int
+    DISCONNECT_FIELD_NUMBER: _builtins.int
     VOLUMES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     count: _builtins.int
@@ -366,10 +367,14 @@ class TaskGroup(_message.Message):
         """between leaving the load balancer and the"""
 
     @_builtins.property
-    def volumes(self) -> _containers.MessageMap[_builtins.str, Global___Volume]:
+    def disconnect(self) -> Global___Disconnect:
         """stop signal, so that connections drain; default 0
+        what happens while its node is cut off
+        """
 
-        --- volumes (fields 40-49) ---
+    @_builtins.property
+    def volumes(self) -> _containers.MessageMap[_builtins.str, Global___Volume]:
+        """--- volumes (fields 40-49) ---
         name -> the volume; tasks mount it by that name
         """
 
@@ -390,17 +395,63 @@ class TaskGroup(_message.Message):
         meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         scaling: Global___Scaling | None = ...,
         shutdown_delay: _duration_pb2.Duration | None = ...,
+        disconnect: Global___Disconnect | None = ...,
         volumes: _abc.Mapping[_builtins.str, Global___Volume] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "shutdown_delay", b"shutdown_delay", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "disconnect", b"disconnect", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "shutdown_delay", b"shutdown_delay", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "shutdown_delay", b"shutdown_delay", "spreads", b"spreads", "tasks", b"tasks", "update", b"update", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "affinities", b"affinities", "constraints", b"constraints", "count", b"count", "disconnect", b"disconnect", "meta", b"meta", "name", b"name", "network", b"network", "reschedule", b"reschedule", "restart", b"restart", "scaling", b"scaling", "services", b"services", "shutdown_delay", b"shutdown_delay", "spreads", b"spreads", "tasks", b"tasks", "update", b"update", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
     _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__count) -> _WhichOneofReturnType__count | None: ...
 
 Global___TaskGroup: _TypeAlias = TaskGroup  # noqa: Y015
+
+@_typing.final
+class Disconnect(_message.Message):
+    """What happens to a group's allocations while their node is cut off from the controllers
+    (Nomad's disconnect block). Unset: the node is down after node_grace and its
+    allocations are replaced at once; the agent never stops them by itself.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOP_AFTER_FIELD_NUMBER: _builtins.int
+    LOST_AFTER_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
+    RECONCILE_FIELD_NUMBER: _builtins.int
+    replace: _builtins.bool
+    """(and replaced, if it was not already)
+    place a replacement at once while unknown
+    """
+    reconcile: _builtins.str
+    """when both run after the node is back: which to"""
+    @_builtins.property
+    def stop_after(self) -> _duration_pb2.Duration:
+        """the agent stops the tasks after this long without"""
+
+    @_builtins.property
+    def lost_after(self) -> _duration_pb2.Duration:
+        """any controller (a replacement may run elsewhere)
+        the allocation is "unknown" this long, then lost
+        """
+
+    def __init__(
+        self,
+        *,
+        stop_after: _duration_pb2.Duration | None = ...,
+        lost_after: _duration_pb2.Duration | None = ...,
+        replace: _builtins.bool = ...,
+        reconcile: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lost_after", b"lost_after", "stop_after", b"stop_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lost_after", b"lost_after", "reconcile", b"reconcile", "replace", b"replace", "stop_after", b"stop_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Disconnect: _TypeAlias = Disconnect  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -759,6 +810,7 @@ class Check(_message.Message):
     HEALTHY_THRESHOLD_FIELD_NUMBER: _builtins.int
     UNHEALTHY_THRESHOLD_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    CHECK_RESTART_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """"tcp", "http" or "exec" """
     port: _builtins.str
@@ -787,6 +839,10 @@ class Check(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """default 2s"""
 
+    @_builtins.property
+    def check_restart(self) -> Global___CheckRestart:
+        """restart the task when this check keeps failing"""
+
     def __init__(
         self,
         *,
@@ -803,14 +859,51 @@ class Check(_message.Message):
         healthy_threshold: _builtins.int = ...,
         unhealthy_threshold: _builtins.int = ...,
         name: _builtins.str = ...,
+        check_restart: Global___CheckRestart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_restart", b"check_restart", "interval", b"interval", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "healthy_threshold", b"healthy_threshold", "interval", b"interval", "method", b"method", "name", b"name", "path", b"path", "port", b"port", "status_max", b"status_max", "status_min", b"status_min", "timeout", b"timeout", "type", b"type", "unhealthy_threshold", b"unhealthy_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "check_restart", b"check_restart", "command", b"command", "healthy_threshold", b"healthy_threshold", "interval", b"interval", "method", b"method", "name", b"name", "path", b"path", "port", b"port", "status_max", b"status_max", "status_min", b"status_min", "timeout", b"timeout", "type", b"type", "unhealthy_threshold", b"unhealthy_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Check: _TypeAlias = Check  # noqa: Y015
+
+@_typing.final
+class CheckRestart(_message.Message):
+    """Restart a task whose check fails ``limit`` times in a row (Nomad's check_restart). The
+    restart counts against the group's restart policy; a passing result resets the count.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
+    IGNORE_WARNINGS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """consecutive failures that restart it; 0 = never"""
+    ignore_warnings: _builtins.bool
+    """for this long; default 1s
+    a warning (HTTP 429, exit code 1) counts as a pass
+    """
+    @_builtins.property
+    def grace(self) -> _duration_pb2.Duration:
+        """after the task (re)starts, results are not counted"""
+
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        grace: _duration_pb2.Duration | None = ...,
+        ignore_warnings: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace", "ignore_warnings", b"ignore_warnings", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRestart: _TypeAlias = CheckRestart  # noqa: Y015
 
 @_typing.final
 class RestartPolicy(_message.Message):

@@ -1,4 +1,4 @@
-"""orchctl node list | status | drain | eligibility | rm"""
+"""orchctl node list | status | drain | eligibility | rm | purge"""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep-gossip-key", action="store_true",
                    help="do not rotate the gossip key (the removed node keeps hearing gossip)")
     p.set_defaults(fn=remove)
+    p = verbs.add_parser("purge", help="forget a down node now (as garbage collection does "
+                                       "after node_gc_threshold); unlike rm, its agent may "
+                                       "register again")
+    p.add_argument("id")
+    p.set_defaults(fn=purge)
     p = verbs.add_parser("eligibility", help="whether new allocations may land on a node")
     p.add_argument("id")
     g = p.add_mutually_exclusive_group(required=True)
@@ -96,6 +101,12 @@ async def eligibility(ctx: Ctx, args: argparse.Namespace) -> int:
         id=args.id, eligible=args.enable)))
     out(to_json(n) if ctx.json else f"==> node {n.name} is "
         f"{'eligible' if n.eligible else 'ineligible'}")
+    return OK
+
+
+async def purge(ctx: Ctx, args: argparse.Namespace) -> int:
+    n = await ctx.call(ctx.stub.PurgeNode(controller_pb2.PurgeNodeRequest(id=args.id)))
+    out(to_json(n) if ctx.json else f"==> node {n.name} ({short(n.id)}) purged")
     return OK
 
 

@@ -61,12 +61,15 @@ async def _call(channel: grpc.aio.Channel, service: str, method: str, token: str
     stub = getattr(controller_pb2_grpc, f"{service}Stub")(channel)
     meta = (("authorization", f"Bearer {token}"),) if token else ()
     try:
-        if desc.client_streaming:  # one empty message (no registration, nothing to run)
+        if desc.client_streaming:  # one empty message (the agents' stream: not a registration)
             async def one() -> AsyncIterator[Any]:
                 yield _request(service, method)
             call = getattr(stub, method)(one(), timeout=TIMEOUT, metadata=meta)
-            async for _ in call:
-                break
+            if desc.server_streaming:
+                async for _ in call:
+                    break
+            else:
+                await call
         elif desc.server_streaming:
             call = getattr(stub, method)(_request(service, method), timeout=TIMEOUT,
                                          metadata=meta)
@@ -112,7 +115,7 @@ async def _http_call(base: str, method: str, tls: ssl.SSLContext | None, token: 
         async with aiohttp.ClientSession() as http, http.request(
                 route.method, url, data=body or None, headers=headers, ssl=tls or False,
                 timeout=aiohttp.ClientTimeout(total=TIMEOUT), allow_redirects=False) as resp:
-            text = await resp.text()
+            text = (await resp.read()).decode(errors="replace")  # a snapshot is bytes
     except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
         return "tls"
     if resp.status == 401:

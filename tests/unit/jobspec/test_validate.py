@@ -194,3 +194,32 @@ def test_scaling_bounds() -> None:
                    "groups[0].scaling.metric: is required when enabled: one of cpu, "
                    "connections, requests",
                    "groups[0].scaling.target: must be > 0 when enabled, got 0"]
+
+
+def test_check_restart_and_disconnect_read_from_a_job_file() -> None:
+    from orch.jobspec.model import job_from_proto
+    group = ("    disconnect: {stop_after: 30s, lost_after: 1m, replace: true,\n"
+             "                 reconcile: keep_original}\n"
+             "    network: {ports: [{label: http}]}")
+    task = ("        checks:\n"
+            "          - {type: http, port: http,\n"
+            "             check_restart: {limit: 3, grace: 20s, ignore_warnings: true}}")
+    text = GROUP.format(job_extra="", group_extra=group, task_extra=task)
+    g = job_from_proto(parse_job(text)).groups[0]
+    assert g.disconnect is not None
+    assert (g.disconnect.stop_after, g.disconnect.lost_after, g.disconnect.replace,
+            g.disconnect.reconcile) == (30.0, 60.0, True, "keep_original")
+    r = g.tasks[0].checks[0].check_restart
+    assert r is not None
+    assert (r.limit, r.grace, r.ignore_warnings) == (3, 20.0, True)
+
+
+@pytest.mark.parametrize(("group_extra", "task_extra", "expected"), [
+    ("    disconnect: {reconcile: newest}", "", "groups[0].disconnect.reconcile: "),
+    ("", "        checks: [{type: exec, command: x, check_restart: {limit: -1}}]",
+     "groups[0].tasks[0].checks[0].check_restart.limit: must be 0 (never) .. 1000"),
+])
+def test_check_restart_and_disconnect_mistakes(group_extra: str, task_extra: str,
+                                               expected: str) -> None:
+    got = check(group_extra=group_extra, task_extra=task_extra)
+    assert any(p.startswith(expected) for p in got), got

@@ -29,12 +29,26 @@ class Model:
         self.max_events = max_events
         self.snap = StoreSnapshot()
         self.events: list[controller_pb2.Event] = []
+        self.eval_seq = 0
+        """The last place given to an evaluation (a deleted one's is not given again)."""
+        self.seqs: dict[str, int] = {}
 
     def apply(self, c: Changes) -> tuple[int, list[int]]:
         """Commit ``c``: (the new index, the indexes its events get). ``c`` is left as it is."""
         s = self.snap
         for key in c.purge_jobs:
             s.jobs.pop(key, None)
+        for ns, name, version in c.delete_job_versions:
+            kept = [v for v in s.jobs.get((ns, name), []) if v.version != version]
+            if kept:
+                s.jobs[(ns, name)] = kept
+            else:
+                s.jobs.pop((ns, name), None)
+        for eid in c.delete_evaluations:
+            s.evaluations = [e for e in s.evaluations if e.id != eid]
+            self.seqs.pop(eid, None)
+        for name in c.delete_meta:
+            s.meta.pop(name, None)
         for aid in c.delete_allocs:
             s.allocs.pop(aid, None)
         for nid in c.delete_nodes:
@@ -56,8 +70,12 @@ class Model:
             if where:
                 s.evaluations[where[0]] = _copy(e)
             else:
+                self.eval_seq += 1
+                self.seqs[e.id] = self.eval_seq
                 s.evaluations.append(_copy(e))
-        del s.evaluations[:-self.max_evaluations]
+        floor = self.eval_seq - self.max_evaluations
+        s.evaluations = [e for e in s.evaluations if self.seqs[e.id] > floor]
+        self.seqs = {e.id: self.seqs[e.id] for e in s.evaluations}
         indexes = []
         for ev in c.events:
             s.event_index += 1

@@ -178,6 +178,32 @@ async def test_evaluations_keep_the_most_recent_in_the_order_first_stored(
         assert await ids(s) == [("e6", "complete"), ("e1", "blocked")]
 
 
+async def test_single_versions_evaluations_and_meta_are_deleted_by_key(
+        backend: Backend, tmp_path: Path) -> None:
+    async with backend.opened(tmp_path, max_evaluations=3) as s:
+        await s.commit(Changes(put_jobs=[job("web", 1), job("web", 2), job("web", 3)],
+                               put_evaluations=[evaluation(e) for e in ("e1", "e2", "e3")],
+                               meta={"a": "1", "b": "2"}))
+        await s.commit(Changes(delete_job_versions=[("default", "web", 1), ("default", "web", 9)],
+                               delete_evaluations=["e2", "missing"], delete_meta=["a", "zz"]))
+        snap = await s.load()
+        assert [v.version for v in snap.jobs[("default", "web")]] == [2, 3]
+        assert [e.id for e in snap.evaluations] == ["e1", "e3"]
+        assert snap.meta == {"b": "2"}
+        # a deleted evaluation's place is not given back to an older one; put again, it is
+        # the newest
+        await s.commit(Changes(put_evaluations=[evaluation("e4"), evaluation("e2")]))
+        assert [e.id for e in (await s.load()).evaluations] == ["e3", "e4", "e2"]
+        await s.commit(Changes(delete_job_versions=[("default", "web", 2), ("default", "web", 3)]))
+        assert ("default", "web") not in (await s.load()).jobs
+    async with backend.opened(tmp_path, max_evaluations=3) as s:
+        snap = await s.load()
+        assert [e.id for e in snap.evaluations] == ["e3", "e4", "e2"]
+        assert snap.meta == {"b": "2"}
+        await s.commit(Changes(put_evaluations=[evaluation("e5")]))
+        assert [e.id for e in (await s.load()).evaluations] == ["e4", "e2", "e5"]
+
+
 @pytest.mark.parametrize("bad", [
     pytest.param({"put_allocs": [alloc("a9"), node("n9")]}, id="wrong-type"),
     pytest.param({"put_allocs": [alloc("a9"), alloc("")]}, id="empty-id"),

@@ -9,7 +9,7 @@ import pytest
 from bench import gossip
 
 
-@pytest.mark.slow  # the simulator on 50 and 100 members: a third of the unit tier's time
+@pytest.mark.slow  # the simulator on 50 and 100 members: 25-70 s, too long for the unit tier
 def test_quick_run_reports_the_agreed_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert gossip.main(["--quick", "--only", "detection,faults,load", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
