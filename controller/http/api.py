@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from controller.cluster import Cluster
 from controller.http import request as requests
 from controller.http.context import HttpAbort, HttpContext, certificate_pem, peer_of
+from controller.http.request import request_class
 from controller.http.routes import Route, allowed_methods, listed_field, match
 from controller.leadership import LeaderStatus
 from orch.errors import OrchError, RequestError
@@ -55,6 +56,8 @@ RAW = {"AllocationLogs": "text/plain; charset=utf-8", "SaveSnapshot": "applicati
 KEEPALIVE = 15.0
 """Seconds of silence after which a stream sends a heartbeat (a comment in server-sent
 events, ``{}`` in NDJSON), so that proxies and clients keep it open."""
+UPLOAD_CHUNK = 1 << 20
+"""Bytes per piece of an uploaded body handed on (a snapshot restore)."""
 MAX_PER_PAGE = 10_000
 """The most items a page of a list may ask for."""
 OFF_LOOP = 256 * 1024
@@ -128,6 +131,8 @@ class HttpApi:
             return self._error(404, "NOT_FOUND", f"no API route {request.method} {request.path} "
                                "(GET /v1/openapi.json lists them)")
         route, params = found
+        if route.body == "raw":
+            return await self._upload(request, route)
         try:
             body = await self._body(request)
             msg = requests.build(route, params, request.query.items(), body,
@@ -140,6 +145,8 @@ class HttpApi:
         except OrchError as e:
             return self._error(400, "INVALID_ARGUMENT", str(e))
         ctx = context_of(request, secret_of(request), tls=self.tls)
+        if route.client_streaming:  # its stream is this one message
+            msg = _one(msg)  # type: ignore[assignment]
         if route.streaming:
             return await self._stream(request, route, msg, ctx)
         reply: Message | None
@@ -166,6 +173,25 @@ class HttpApi:
         else:
             body = dumps(to_json(reply))
         return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def _upload(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """A client-streaming RPC of ``data`` chunks (RestoreSnapshot), fed from the body as
+        it arrives (the RPC bounds what it takes)."""
+        if route.params or request.query:
+            return self._error(400, "INVALID_ARGUMENT", f"{route.method} {route.path} takes "
+                               "only a body")
+        chunk = request_class(route.rpc)
+
+        async def pieces() -> AsyncIterator[Message]:
+            while piece := await request.content.read(UPLOAD_CHUNK):
+                yield chunk(data=piece)  # type: ignore[call-arg]
+        ctx = context_of(request, secret_of(request), tls=self.tls)
+        try:
+            reply = await self.call(route.rpc, pieces(), ctx)  # type: ignore[arg-type]
+        except HttpAbort as e:
+            return self._aborted(request, e)
+        return web.Response(body=dumps(to_json(reply)), content_type="application/json",
+                            headers=self._index_headers())
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > requests.MAX_BODY:
@@ -375,6 +401,11 @@ def page(rpc: str, reply: Message, per_page: str | None, token: str | None) -> s
     del items[:]
     items.extend(kept)
     return str(start + n) if start + n < total else ""
+
+
+async def _one(msg: Message) -> AsyncIterator[Message]:
+    """A client stream of one message."""
+    yield msg
 
 
 def _frame(fmt: str, item: Message) -> bytes:

@@ -133,7 +133,16 @@ def _operation(route: Route, schemas: dict[str, Any], seen: dict[str, int]) -> d
     }
     if route.method != "GET":
         op["responses"]["307"] = {"$ref": "#/components/responses/NotLeader"}
-    if route.body == "json":
+    if route.body == "raw":
+        op["requestBody"] = {"required": True, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    elif route.first:
+        first = m.input_type.fields_by_name[route.first].message_type
+        assert first is not None
+        req = _message(first, schemas)
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{req}"}}}}
+    elif route.body == "json":
         req = _message(m.input_type, schemas)
         op["requestBody"] = {"required": False, "content": {
             "application/json": {"schema": {"$ref": f"#/components/schemas/{req}"}}}}
@@ -205,6 +214,7 @@ ORCHCTL = {
     "RevokeToken": "acl token revoke", "Keyring": "keyring", "FireEvent": "event fire",
     "GetJoinToken": "cluster join-token", "PurgeNode": "node purge",
     "GarbageCollect": "system gc", "SaveSnapshot": "operator snapshot save",
+    "RestoreSnapshot": "operator snapshot restore", "ExecAllocation": "alloc exec",
 }
 """The orchctl command that calls each RPC (docs/http-api.md's table)."""
 

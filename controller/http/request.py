@@ -145,14 +145,19 @@ def job_body(body: bytes, content_type: str, msg: Message) -> None:
 
 def build(route: Route, path_params: dict[str, str], query: Iterable[tuple[str, str]],
           body: bytes, content_type: str = "") -> Message:
-    """The request message ``route``'s RPC takes, from the parts of an HTTP request."""
-    msg = request_class(route.rpc)()
+    """The request message ``route``'s RPC takes, from the parts of an HTTP request (for a
+    route with ``first``, that field of it: the one message of the RPC's stream)."""
+    outer = msg = request_class(route.rpc)()
+    if route.first:
+        msg = getattr(outer, route.first)
     if len(body) > MAX_BODY:
         raise RequestError(f"the body is {len(body):,} bytes; at most {MAX_BODY:,} are read")
     if route.body == "job":
         job_body(body, content_type, msg)
     elif route.body == "json":
         parse_json(body, msg)
+    elif route.body == "raw":
+        raise RequestError(f"{route.method} {route.path} streams its body (not built here)")
     elif body.strip():
         raise RequestError(f"{route.method} {route.path} takes no body (use query parameters)")
     set_params(msg, query, kind="query")
@@ -162,4 +167,4 @@ def build(route: Route, path_params: dict[str, str], query: Iterable[tuple[str, 
         if fd.enum_type is not None and isinstance(value, str):
             value = fd.enum_type.values_by_name[value].number
         setattr(msg, name, value)
-    return msg
+    return outer

@@ -6,11 +6,14 @@ protobuf's JSON mapping; ``fixed`` fields are set by the route itself (``/v1/eve
 follows). Nothing here is hand-written per message: the request is built from the RPC's
 descriptor (``controller.http.request``), so a field added to a proto is served at once.
 
+RPCs that stream from the client take their stream from one HTTP request:
+``RestoreSnapshot`` the body, read in pieces (``body="raw"``); ``ExecAllocation`` its first
+message, ``start``, from the body and the path (``first="start"``): a command without a
+terminal or input, whose output and exit code stream back (a terminal, and input as it
+comes, are ``orchctl alloc exec``'s, over gRPC).
+
 NodeService (the agents' stream, joining, renewing) and AgentService are not served over
-HTTP: they belong to members, which speak gRPC with their certificates. Neither are the
-RPCs that stream from the client (``ExecAllocation``: input and terminal sizes as they
-come; ``RestoreSnapshot``: a snapshot file in pieces): ``orchctl alloc exec`` and
-``orchctl operator snapshot restore`` run them over gRPC.
+HTTP: they belong to members, which speak gRPC with their certificates.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ class Route:
     """Request fields the route sets (``follow`` for a stream, ``rotate``)."""
     body: str = "json"
     """``json``: the request message in protobuf's JSON mapping (may be empty); ``job``: a
-    job file (YAML or JSON) or ``{"job": ...}``; ``none``: no body."""
+    job file (YAML or JSON) or ``{"job": ...}``; ``none``: no body; ``raw``: bytes that
+    stream to the RPC as they arrive (a client-streaming RPC of ``data`` chunks)."""
+    first: str = ""
+    """A client-streaming RPC whose stream is one message: the request's field that the
+    HTTP request fills (``start``); the RPC gets that one message."""
     sse: bool = False
     """A stream served as server-sent events whatever the client accepts."""
 
@@ -52,6 +59,10 @@ class Route:
     @property
     def streaming(self) -> bool:
         return bool(SERVICE.methods_by_name[self.rpc].server_streaming)
+
+    @property
+    def client_streaming(self) -> bool:
+        return bool(SERVICE.methods_by_name[self.rpc].client_streaming)
 
 
 def _r(rpc: str, method: str, path: str, summary: str, **kw: Any) -> Route:
@@ -143,8 +154,12 @@ ROUTES: tuple[Route, ...] = (
     _r("GarbageCollect", "POST", "/v1/system/gc",
        "Collect dead jobs, terminal allocations, old versions and evaluations now", body="none"),
     _r("SaveSnapshot", "GET", "/v1/operator/snapshot",
-       "A snapshot of the store (application/octet-stream), to restore with orchctl",
-       body="none"),
+       "A snapshot of the store (application/octet-stream)", body="none"),
+    _r("RestoreSnapshot", "POST", "/v1/operator/snapshot",
+       "Restore a snapshot: the body is the file GET /v1/operator/snapshot gave", body="raw"),
+    _r("ExecAllocation", "POST", "/v1/allocation/{alloc_id}/exec",
+       "Run a command in a task (body: task, command), no terminal and no input: its output "
+       "and exit code, streamed", first="start"),
 )
 """Every route of ``/v1``; a test fails when an RPC of ControllerService has none."""
 
@@ -170,7 +185,7 @@ def primary(rpc: str) -> Route:
 def unrouted() -> list[str]:
     """ControllerService RPCs without a route."""
     routed = {r.rpc for r in ROUTES}
-    return [m.name for m in SERVICE.methods if m.name not in routed and not m.client_streaming]
+    return [m.name for m in SERVICE.methods if m.name not in routed]
 
 
 def match(method: str, path: str) -> tuple[Route, dict[str, str]] | None:

@@ -7,6 +7,7 @@ loopback; the token never needed in a URL."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import ssl
@@ -94,6 +95,29 @@ async def test_a_job_run_followed_and_stopped_over_http(tmp_path: Path) -> None:
                 assert r.headers["Content-Type"] == "text/event-stream"
                 head = await asyncio.wait_for(r.content.readline(), 10)
                 assert head == f"id: {first + 1}\n".encode()
+
+            # a command in the task: its output and exit code, one JSON object a line
+            async with http.post(f"{base}/v1/allocation/{alloc[:8]}/exec", data=json.dumps(
+                    {"command": ["/bin/sh", "-c", "echo in $ORCH_ALLOC_ID; exit 3"]})) as r:
+                assert r.status == 200, await r.text()
+                frames = [json.loads(x) for x in (await r.text()).splitlines()]
+            out = b"".join(base64.b64decode(f["stdout"]) for f in frames if f.get("stdout"))
+            assert out == f"in {alloc}\n".encode()
+            assert frames[-1]["exit"]["code"] == 3
+            async with http.post(f"{base}/v1/allocation/{alloc[:8]}/exec",
+                                 data=json.dumps({"command": []})) as r:
+                assert r.status == 400  # refused by the endpoint, before anything ran
+
+            # a snapshot, saved and restored over HTTP
+            async with http.get(f"{base}/v1/operator/snapshot") as r:
+                assert r.headers["Content-Type"] == "application/octet-stream"
+                snap = await r.read()
+            assert snap.startswith(b"orch-snapshot")
+            restored = await _json(http, "POST", f"{base}/v1/operator/snapshot", data=snap)
+            assert int(restored["jobs"]) == 1
+            assert int(restored["epoch"]) > 0
+            async with http.post(f"{base}/v1/operator/snapshot", data=b"not one") as r:
+                assert r.status == 400
 
             # scale, then stop
             scaled = await _json(http, "POST", f"{base}/v1/job/web/scale",
