@@ -25,6 +25,7 @@ from agent import fingerprint
 from agent.agent_service import AgentService
 from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
+from agent.desired import DesiredSet
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.mesh import Mesh
@@ -300,7 +301,7 @@ class Agent:
             found += [str(m.state["rpc"]) for m in known if m.state["rpc"] not in found]
         return found
 
-    async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
+    async def _apply(self, desired: DesiredSet) -> None:
         specs = [convert.alloc_spec_from_proto(a) for a in desired.allocations]
         if await self.runtime.apply(desired.version, specs):
             self._specs = {s.id: s for s in specs}

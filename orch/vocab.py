@@ -68,3 +68,7 @@ JOB_TYPE = Words[job_pb2.JobType.ValueType](job_pb2.JobType, unset="service")
 """service, batch or system."""
 JOB_STATUS = Words[job_pb2.JobStatus.ValueType](job_pb2.JobStatus, unset="pending")
 """pending, running or dead."""
+
+DESIRED_CHANGES = "desired-changes"
+"""A node's feature (``Node.features``): its stream takes ``DesiredChanges`` after the first
+full desired set (``agent.desired``, ``controller.desired``)."""

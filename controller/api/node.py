@@ -1,8 +1,9 @@
 """NodeService: the agents' streams, and the calls that make a node a member.
 
 Connect: each agent holds one stream to the leader. Up: the node's registration first,
-then what happens to its allocations. Down: the node's full desired set whenever it
-changes. A controller that is not the leader answers with where the leader is, and ends
+then what happens to its allocations. Down: the node's full desired set, then what
+changes in it (``controller.desired``; the whole set again to agents that take no
+changes). A controller that is not the leader answers with where the leader is, and ends
 the stream. A node's certificate binds it: it registers and reports only as the node
 its certificate names (its node id, or for a certificate made by hand without one, its
 name), and a node removed from the cluster loses its stream at once.
@@ -101,27 +102,25 @@ class NodeEndpoint(Endpoint):
             return
         monitor, term_over = self.monitor, self.leader.term_over
         node = await monitor.register(first.register)
-        outbox: asyncio.Queue[controller_pb2.DesiredAllocations] = asyncio.Queue()
-
-        def sink(desired: controller_pb2.DesiredAllocations) -> None:
-            # only the newest set matters: drop ones the agent has not taken yet
-            while not outbox.empty():
-                outbox.get_nowait()
-            outbox.put_nowait(desired)
-
+        due = asyncio.Event()
+        """Something may have changed in the node's desired set (set by the cluster's commits;
+        what piles up meanwhile goes out as one message)."""
         reader = asyncio.create_task(self._read(monitor, node.id, peer, requests))
         removed = self._removed.setdefault(node.id, asyncio.Event())
         over = asyncio.ensure_future(daemon.first_set(term_over, removed))
-        getter: asyncio.Future[controller_pb2.DesiredAllocations] | None = None
-        self.cluster.attach(node.id, sink)
+        getter: asyncio.Future[Any] | None = None
+        feed = self.cluster.attach(first.register, due.set)
         try:
             while not reader.done() and not over.done():
-                getter = asyncio.ensure_future(outbox.get())
-                await asyncio.wait({getter, reader, over}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield controller_pb2.ControllerMessage(desired=getter.result())
+                getter = waiting = asyncio.ensure_future(due.wait())
+                await asyncio.wait({waiting, reader, over}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    due.clear()
+                    msg = self.cluster.next_desired(feed)
+                    if msg is not None:
+                        yield msg
                 else:
-                    getter.cancel()
+                    waiting.cancel()
             if removed.is_set():
                 await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {node.id} was removed from this cluster")
@@ -133,7 +132,7 @@ class NodeEndpoint(Endpoint):
             over.cancel()
             if getter is not None:  # the stream was cancelled while it waited
                 getter.cancel()
-            self.cluster.detach(node.id, sink)
+            self.cluster.detach(feed)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -155,7 +154,7 @@ class NodeEndpoint(Endpoint):
                         continue
                     await monitor.register(msg.register)
                 elif kind == "usage":
-                    self.usage.report(node_id, msg.usage, self.cluster.state.allocs)
+                    self.usage.report(node_id, msg.usage, self.cluster.state.snapshot.allocs)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:

@@ -2633,6 +2633,7 @@ class ControllerMessage(_message.Message):
 
     DESIRED_FIELD_NUMBER: _builtins.int
     NOT_LEADER_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredAllocations:
         """the node's full desired set, replacing the last one"""
@@ -2641,21 +2642,80 @@ class ControllerMessage(_message.Message):
     def not_leader(self) -> Global___NotLeader:
         """go to the leader instead; the stream then ends"""
 
+    @_builtins.property
+    def changes(self) -> Global___DesiredChanges:
+        """what changed in it since this stream's last message"""
+
     def __init__(
         self,
         *,
         desired: Global___DesiredAllocations | None = ...,
         not_leader: Global___NotLeader | None = ...,
+        changes: Global___DesiredChanges | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "changes"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class DesiredChanges(_message.Message):
+    """The changes that turn the desired set of this stream's last message (full or changes)
+    into the set a full DesiredAllocations of `version` would carry. A stream starts with a
+    full set; an agent that finds `base_version` is not the version it holds ends the stream
+    (its next one starts with a full set again).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    REMOVED_SECRETS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the set's version once these changes are applied"""
+    base_version: _builtins.int
+    """the version they apply to"""
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.Allocation]:
+        """added to the set, or changed: whole, as in a full set"""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids of allocations that left the set"""
+
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretValue]:
+        """secrets the set reads that are new or at a new version"""
+
+    @_builtins.property
+    def removed_secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretValue]:
+        """secrets it reads no more (namespace, name only)"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        allocations: _abc.Iterable[_node_pb2.Allocation] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        secrets: _abc.Iterable[Global___SecretValue] | None = ...,
+        removed_secrets: _abc.Iterable[Global___SecretValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "base_version", b"base_version", "removed", b"removed", "removed_secrets", b"removed_secrets", "secrets", b"secrets", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DesiredChanges: _TypeAlias = DesiredChanges  # noqa: Y015
 
 @_typing.final
 class DesiredAllocations(_message.Message):
