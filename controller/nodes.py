@@ -20,10 +20,18 @@ flapping node or a partition from causing a storm:
 
 When a down node comes back, its agent receives a desired set without the
 allocations that were rescheduled elsewhere, and stops them: nothing runs twice.
+
+What agents report of their allocations is committed in batches: every report that
+arrives while a commit is under way goes into the next one (the newest per
+allocation wins), so thousands of agents cost a few commits a second, not one each.
+Each stream waits for its report to be committed before it reads the next, so what
+waits is bounded by the streams.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -73,6 +81,13 @@ class NodeMonitor:
         self.clock = clock
         self._live: dict[str, _Liveness] = {}
         self._warned_partition = False
+        self._reports: dict[str, tuple[str, node_pb2.Allocation]] = {}
+        """Allocation id -> (reporting node, its newest report), for the next commit."""
+        self._batch: asyncio.Future[None] | None = None
+        """Resolved once the reports gathered so far are committed."""
+        self._flusher: asyncio.Task[None] | None = None
+        self.report_batches = 0
+        self.reports = 0
 
     def reset(self) -> None:
         """Forget what was seen of the agents' streams: a new term starts, and the nodes it
@@ -162,11 +177,43 @@ class NodeMonitor:
             await self.register(again)
 
     async def report(self, node_id: str, updates: list[node_pb2.Allocation]) -> None:
-        """Merge what an agent reports about its allocations into the controller's records."""
+        """Merge what an agent reports about its allocations into the controller's records;
+        returns once that is committed (with every other report that came meanwhile)."""
+        for u in updates:
+            self._reports[u.id] = (node_id, u)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="status-reports")
+        await asyncio.shield(batch)
+
+    async def _flush(self) -> None:
+        """Commit the gathered reports, batch after batch, until none are left."""
+        while self._reports:
+            reports, self._reports = self._reports, {}
+            batch, self._batch = self._batch, None
+            if batch is None:  # (report() makes one before it starts this task)
+                batch = asyncio.get_running_loop().create_future()
+            try:
+                await self._commit_reports(reports)
+            except asyncio.CancelledError:
+                batch.cancel()
+                raise
+            except Exception as e:
+                batch.set_exception(e)
+                with contextlib.suppress(Exception):  # the waiters are told; not a leak
+                    batch.exception()
+            else:
+                batch.set_result(None)
+
+    async def _commit_reports(self, reports: dict[str, tuple[str, node_pb2.Allocation]]) -> None:
         now_ns = int(self.clock() * NS)
+        self.report_batches += 1
+        self.reports += len(reports)
         async with self.cluster.lock:
             changes = Changes()
-            for u in updates:
+            for node_id, u in reports.values():
                 cur = self.state.allocs.get(u.id)
                 if cur is None or cur.node_id != node_id:
                     continue  # not this node's: ignore
