@@ -12,6 +12,7 @@ when an allocation of the version fails or is not healthy within
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller.state import FAILED, LOST, PENDING, RUN, RUNNING, ClusterState
@@ -26,11 +27,16 @@ def has_checks(group: Group) -> bool:
     return any(t.checks for t in group.tasks) or any(s.check is not None for s in group.services)
 
 
-def health_updates(state: ClusterState, now_ns: int) -> tuple[list[node_pb2.Allocation], int | None]:
-    """Allocations whose ``healthy`` must change now, and when the next one falls due."""
+def health_updates(state: ClusterState, now_ns: int, ids: Iterable[str]
+                   ) -> tuple[list[node_pb2.Allocation], dict[str, int]]:
+    """Of the allocations ``ids`` names: those whose ``healthy`` must change now, and those
+    that will turn healthy later unless something changes (id -> when)."""
     out: list[node_pb2.Allocation] = []
-    due: int | None = None
-    for a in state.allocs.values():
+    later: dict[str, int] = {}
+    for alloc_id in ids:
+        a = state.allocs.get(alloc_id)
+        if a is None:
+            continue
         if a.desired_status != RUN:
             want, ready_at = False, None
         else:
@@ -50,8 +56,8 @@ def health_updates(state: ClusterState, now_ns: int) -> tuple[list[node_pb2.Allo
             b.modify_time_ns = now_ns
             out.append(b)
         elif not want and ready_at is not None:
-            due = ready_at if due is None else min(due, ready_at)
-    return out, due
+            later[alloc_id] = ready_at
+    return out, later
 
 
 @dataclass(frozen=True, slots=True)

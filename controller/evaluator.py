@@ -6,12 +6,19 @@ ran out) queues an *evaluation* of that job; queued evaluations of the same job
 coalesce. An evaluation hands the job and the cluster snapshot to the pure
 scheduler and commits the plan it returns. The loop also runs every
 ``reconcile_interval`` over every job, so that anything missed is repaired.
+
+Health and deployments are followed from what commits touch: an allocation is looked
+at again when a commit changes it or when its ``min_healthy_time`` runs out, a
+deployment when its job's allocations changed or one of its deadlines falls due, at
+most every ``DEPLOYMENT_BATCH`` seconds (as Nomad's deployment watcher batches), so a
+pass costs what changed, not what exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 import uuid
@@ -31,6 +38,9 @@ from orch.vocab import namespace_of
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
+DEPLOYMENT_BATCH = 0.25
+"""Seconds between two looks at the deployments whose allocations changed (changes that
+come meanwhile are looked at together)."""
 
 
 class Evaluator:
@@ -51,6 +61,23 @@ class Evaluator:
         self._blocked: set[JobKey] = set()
         """Jobs with unplaced allocations: evaluated again when capacity may have appeared."""
         self._health_due: float | None = None
+        self._health_all = True
+        """Look at every allocation's health at the next pass (a new term starts)."""
+        self._health_ids: set[str] = set()
+        """Allocations changed since the last health pass."""
+        self._health_later: dict[str, int] = {}
+        """Allocations that turn healthy at a time unless they change (id -> time, ns)."""
+        self._health_heap: list[tuple[int, str]] = []
+        """The same times in a heap (stale entries are skipped)."""
+        self._dirty_jobs: set[JobKey] = set()
+        """Jobs whose allocations, versions or deployments changed since their last look."""
+        self._urgent_jobs: set[JobKey] = set()
+        """Of those, jobs with an allocation that failed or was lost: looked at before the
+        job is evaluated again (which replaces it), whatever the batch."""
+        self._dep_checks: dict[str, int] = {}
+        """Deployment id -> when one of its deadlines falls due (ns)."""
+        self._deployments_at = 0.0
+        """When the deployments were last looked at (monotonic)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
@@ -89,11 +116,20 @@ class Evaluator:
         return await fut
 
     def _on_commit(self, changes: Changes) -> None:
-        """Wake on what changes placements: failed or finished allocations, health, nodes."""
+        """Wake on what changes placements (failed or finished allocations, nodes) and on
+        what changes health and deployments."""
         for a in changes.put_allocs:
-            if a.client_status in TERMINAL or a.checks_healthy != a.healthy:
-                self._wake.set()
+            self._health_ids.add(a.id)
+            self._dirty_jobs.add(job_key(a))
+            if a.client_status in TERMINAL:
+                self._urgent_jobs.add(job_key(a))
                 self.enqueue(job_key(a), "alloc-update")
+        if changes.put_allocs or changes.put_deployments:
+            self._wake.set()  # the health pass looks at what changed
+        for alloc_id in changes.delete_allocs:
+            self._health_later.pop(alloc_id, None)
+        self._dirty_jobs.update(job_key(j) for j in changes.put_jobs)
+        self._dirty_jobs.update((namespace_of(d.namespace), d.job) for d in changes.put_deployments)
         if changes.put_nodes or any(a.client_status in TERMINAL for a in changes.put_allocs) \
                 or any(k.startswith(NAMESPACE_META) for k in (*changes.meta, *changes.delete_meta)):
             for key in self._blocked:
@@ -103,6 +139,7 @@ class Evaluator:
     # --- the loop ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._health_all = True  # a new term: the state may be new too
         self._task = asyncio.create_task(self.run(), name="evaluator")
 
     async def stop(self) -> None:
@@ -233,48 +270,106 @@ class Evaluator:
         """Mark allocations healthy or not, and move deployments along."""
         async with self.cluster.lock:
             now_ns = int(self.clock() * NS)
-            state = self.state
-            updates, due = health_updates(state, now_ns)
+            updates, due = self._health_updates(now_ns)
             changes = Changes(put_allocs=updates)
             touched = {job_key(a) for a in updates}
             for a in updates:
                 changes.events.append(event(
                     "allocation", "AllocationHealthy" if a.healthy else "AllocationUnhealthy",
                     a.id, f"{a.name} is {'healthy' if a.healthy else 'not healthy'}", now_ns))
-            fresh = {a.id: a for a in updates}
             checks: list[int] = [] if due is None else [due]
-            for dep in list(state.deployments.values()):
-                if dep.status not in ACTIVE:
-                    continue
-                key = (namespace_of(dep.namespace), dep.job)
-                job_pb = state.job_version(key, dep.job_version)
-                if job_pb is None:
-                    continue
-                allocs = [fresh.get(a.id, a) for a in state.allocs_of_job(key)]
-                verdict = assess(dep, state.model(job_pb), allocs, now_ns)
-                if verdict.next_check_ns is not None:
-                    checks.append(verdict.next_check_ns)
-                if not verdict.changed:
-                    continue
-                d = verdict.deployment
-                changes.put_deployments.append(d)
-                if d.status != dep.status:  # counters change often; say only when status does
-                    changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
-                                                d.id, f"{d.job} version {d.job_version}: "
-                                                f"{d.description}", now_ns, deployment=d))
-                touched.add(key)
-                changes.put_allocs += self._clear_promoted_canaries(d, fresh)
-                if d.status == "successful":
-                    stable = job_pb2.Job()
-                    stable.CopyFrom(job_pb)
-                    stable.stable = True
-                    changes.put_jobs.append(stable)
-                elif d.status == "failed" and any(g.auto_revert for g in d.groups):
-                    self._revert(key, d, changes, now_ns)
+            waited = time.monotonic() - self._deployments_at
+            fresh = {a.id: a for a in updates}
+            if waited >= DEPLOYMENT_BATCH or self._health_all:
+                self._deployments_at = time.monotonic()
+                dirty, self._dirty_jobs = self._dirty_jobs, set()
+                self._deployments(now_ns, dirty, fresh, touched, changes, checks)
+            else:
+                if self._urgent_jobs:
+                    self._deployments(now_ns, self._urgent_jobs, fresh, touched, changes, checks)
+                    self._dirty_jobs -= self._urgent_jobs
+                if self._dirty_jobs or touched:
+                    checks.append(now_ns + int((DEPLOYMENT_BATCH - waited) * NS))
+            self._urgent_jobs = set()
+            self._health_all = False
             await self.cluster.commit(changes)
             self._health_due = min(checks) / NS if checks else None
         for key in touched:
             self.enqueue(key, "deployment")
+
+    def _health_updates(self, now_ns: int) -> tuple[list[node_pb2.Allocation], int | None]:
+        """The health changes due now, of what changed and what waited for this time; and
+        when the next one falls due."""
+        if self._health_all:
+            ids: set[str] = set(self.state.allocs)
+            self._health_later.clear()
+            self._health_heap.clear()
+        else:
+            ids = self._health_ids
+            later, heap = self._health_later, self._health_heap
+            while heap and heap[0][0] <= now_ns:
+                at, alloc_id = heapq.heappop(heap)
+                if later.get(alloc_id) == at:
+                    del later[alloc_id]
+                    ids.add(alloc_id)
+        self._health_ids = set()
+        updates, waiting = health_updates(self.state, now_ns, ids)
+        for alloc_id in ids:
+            self._health_later.pop(alloc_id, None)
+        for alloc_id, at in waiting.items():
+            self._health_later[alloc_id] = at
+            heapq.heappush(self._health_heap, (at, alloc_id))
+        if len(self._health_heap) > 2 * len(self._health_later) + 1024:  # drop stale entries
+            self._health_heap = [(at, i) for i, at in self._health_later.items()]
+            heapq.heapify(self._health_heap)
+        while self._health_heap and self._health_later.get(self._health_heap[0][1]) != \
+                self._health_heap[0][0]:
+            heapq.heappop(self._health_heap)
+        return updates, self._health_heap[0][0] if self._health_heap else None
+
+    def _deployments(self, now_ns: int, jobs: set[JobKey], fresh: dict[str, node_pb2.Allocation],
+                     touched: set[JobKey], changes: Changes, checks: list[int]) -> None:
+        """Bring the deployments of ``jobs`` (whose allocations changed) and of those whose
+        deadlines fell due up to date, adding what that changes to ``changes``."""
+        state = self.state
+        dirty = jobs | {job_key(a) for a in fresh.values()}
+        for dep in list(state.deployments.values()):
+            if dep.status not in ACTIVE:
+                self._dep_checks.pop(dep.id, None)
+                continue
+            key = (namespace_of(dep.namespace), dep.job)
+            check = self._dep_checks.get(dep.id)
+            if not self._health_all and key not in dirty and (check is None or check > now_ns):
+                if check is not None:
+                    checks.append(check)
+                continue
+            job_pb = state.job_version(key, dep.job_version)
+            if job_pb is None:
+                continue
+            allocs = [fresh.get(a.id, a) for a in state.allocs_of_job(key)]
+            verdict = assess(dep, state.model(job_pb), allocs, now_ns)
+            if verdict.next_check_ns is not None:
+                checks.append(verdict.next_check_ns)
+                self._dep_checks[dep.id] = verdict.next_check_ns
+            else:
+                self._dep_checks.pop(dep.id, None)
+            if not verdict.changed:
+                continue
+            d = verdict.deployment
+            changes.put_deployments.append(d)
+            if d.status != dep.status:  # counters change often; say only when status does
+                changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
+                                            d.id, f"{d.job} version {d.job_version}: "
+                                            f"{d.description}", now_ns, deployment=d))
+            touched.add(key)
+            changes.put_allocs += self._clear_promoted_canaries(d, fresh)
+            if d.status == "successful":
+                stable = job_pb2.Job()
+                stable.CopyFrom(job_pb)
+                stable.stable = True
+                changes.put_jobs.append(stable)
+            elif d.status == "failed" and any(g.auto_revert for g in d.groups):
+                self._revert(key, d, changes, now_ns)
 
     def _clear_promoted_canaries(self, d: controller_pb2.Deployment,
                                  fresh: dict[str, node_pb2.Allocation]) -> list[node_pb2.Allocation]:
