@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 from controller.api.authz import Authorizer
 from controller.evaluator import Evaluator
 from controller.leadership import LeaderStatus
-from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
+from orch.vocab import NODE_STATUS
 
 
 class ControllerCollector(Collector):
@@ -44,6 +44,9 @@ class ControllerCollector(Collector):
                                      "Time one pass of the scheduling loop takes.")
         yield cluster.commit_latency.family("orch_controller_store_commit_seconds",
                                             "Time the store takes to make a change durable.")
+        yield cluster.commit_total_latency.family(
+            "orch_controller_commit_seconds", "Time one commit takes: made durable, applied "
+            "to memory, its events published, the agents' desired sets queued.")
         yield GaugeMetricFamily("orch_controller_connected_agents", "Agents holding a stream.",
                                 value=sum(1 for n in state.nodes if cluster.connected(n)))
         nodes = GaugeMetricFamily("orch_controller_nodes", "Nodes by status.", labels=["status"])
@@ -53,11 +56,7 @@ class ControllerCollector(Collector):
         yield nodes
         allocs = GaugeMetricFamily("orch_controller_allocations", "Allocations by desired and "
                                    "client status.", labels=["desired", "client"])
-        counts: dict[tuple[str, str], int] = {}
-        for a in state.allocs.values():
-            k = (DESIRED_STATUS.word(a.desired_status), CLIENT_STATUS.word(a.client_status))
-            counts[k] = counts.get(k, 0) + 1
-        for (desired, client), n in sorted(counts.items()):
+        for (desired, client), n in sorted(state.alloc_counts.items()):
             allocs.add_metric([desired, client], n)
         yield allocs
         yield GaugeMetricFamily("orch_controller_jobs", "Jobs known (any status).",

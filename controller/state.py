@@ -4,12 +4,18 @@ Every change reaches it through ``apply(changes)`` after the store has made the
 same change durable, so memory never runs ahead of the disk. Beside the
 protobuf records it keeps the scheduler's ``ClusterSnapshot`` current, one
 small update per change.
+
+Allocations are by far the most numerous records (a million in a big cluster), so
+they are kept serialized (``AllocTable``: a few hundred bytes each, where a parsed
+message takes kilobytes); reading one parses it, and the reader gets its own copy.
+What is read of every allocation often (node, job, statuses, resources) is in the
+snapshot's ``AllocInfo``, whose strings are shared (interned) with the indexes here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
@@ -33,13 +39,46 @@ def job_key(job: job_pb2.Job | node_pb2.Allocation) -> JobKey:
     return (namespace_of(job.namespace), job.job)
 
 
+class AllocTable(Mapping[str, node_pb2.Allocation]):
+    """Allocations by id, kept serialized: reading one parses it (a fresh copy, the
+    caller's to change); ``put`` and ``pop`` change the table."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self) -> None:
+        self._raw: dict[str, bytes] = {}
+
+    def __getitem__(self, alloc_id: str) -> node_pb2.Allocation:
+        return node_pb2.Allocation.FromString(self._raw[alloc_id])
+
+    def __contains__(self, alloc_id: object) -> bool:
+        return alloc_id in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def put(self, alloc_id: str, alloc: node_pb2.Allocation) -> None:
+        self._raw[alloc_id] = alloc.SerializeToString()
+
+    def pop(self, alloc_id: str) -> bool:
+        """Forget an allocation; whether it was there."""
+        return self._raw.pop(alloc_id, None) is not None
+
+    def size(self) -> int:
+        """Bytes the serialized allocations take (without the table's own)."""
+        return sum(len(b) for b in self._raw.values())
+
+
 class ClusterState:
     """Jobs (every version), allocations, nodes, deployments and recent evaluations."""
 
     def __init__(self) -> None:
         self.index = 0
         self.jobs: dict[JobKey, list[job_pb2.Job]] = {}
-        self.allocs: dict[str, node_pb2.Allocation] = {}
+        self.allocs = AllocTable()
         self.by_node: dict[str, set[str]] = {}
         self.by_job: dict[JobKey, set[str]] = {}
         self.nodes: dict[str, node_pb2.Node] = {}
@@ -49,6 +88,9 @@ class ClusterState:
         self.meta_index = 0
         """The index of the last commit that changed ``meta`` (views of it cache on this)."""
         self.snapshot = ClusterSnapshot()
+        self.alloc_counts: dict[tuple[str, str], int] = {}
+        """(desired status, client status) -> allocations (kept as they change: metrics read
+        it without walking every allocation)."""
         self._models: dict[tuple[JobKey, int], Job] = {}
         self._specs: dict[tuple[JobKey, int, str], Group] = {}
 
@@ -122,7 +164,7 @@ class ClusterState:
         """Allocations whose id starts with ``prefix`` (a full id matches itself only)."""
         if prefix in self.allocs:
             return [self.allocs[prefix]]
-        return [a for i, a in self.allocs.items() if i.startswith(prefix)] if prefix else []
+        return [self.allocs[i] for i in self.allocs if i.startswith(prefix)] if prefix else []
 
     def one_alloc(self, ref: str) -> node_pb2.Allocation:
         """The allocation an id, or a prefix of one id only, names."""
@@ -179,25 +221,40 @@ class ClusterState:
     def alloc_info(self, alloc: node_pb2.Allocation) -> AllocInfo:
         return alloc_info_from_proto(alloc, self.group_spec(alloc))
 
+    def _count(self, info: AllocInfo, sign: int) -> None:
+        k = (info.desired, info.client)
+        n = self.alloc_counts.get(k, 0) + sign
+        if n:
+            self.alloc_counts[k] = n
+        else:
+            del self.alloc_counts[k]
+
     def _put_alloc(self, alloc: node_pb2.Allocation) -> None:
-        old = self.allocs.get(alloc.id)
-        if old is not None and old.node_id != alloc.node_id:
-            self.by_node.get(old.node_id, set()).discard(alloc.id)
-        self.allocs[alloc.id] = alloc
-        self.by_node.setdefault(alloc.node_id, set()).add(alloc.id)
-        self.by_job.setdefault(job_key(alloc), set()).add(alloc.id)
-        self.snapshot.upsert_alloc(self.alloc_info(alloc))
+        info = self.alloc_info(alloc)
+        alloc_id = info.id
+        old = self.snapshot.alloc(alloc_id)
+        if old is not None:
+            self._count(old, -1)
+            if old.node_id != info.node_id:
+                _discard(self.by_node, old.node_id, alloc_id)
+        self._count(info, 1)
+        self.allocs.put(alloc_id, alloc)
+        self.by_node.setdefault(info.node_id, set()).add(alloc_id)
+        self.by_job.setdefault((info.namespace, info.job), set()).add(alloc_id)
+        self.snapshot.upsert_alloc(info)
 
     def _delete_alloc(self, alloc_id: str) -> None:
-        old = self.allocs.pop(alloc_id, None)
-        if old is None:
+        old = self.snapshot.alloc(alloc_id)
+        if not self.allocs.pop(alloc_id) or old is None:
             return
+        self._count(old, -1)
         _discard(self.by_node, old.node_id, alloc_id)
-        _discard(self.by_job, job_key(old), alloc_id)
+        _discard(self.by_job, (old.namespace, old.job), alloc_id)
         self.snapshot.remove_alloc(alloc_id)
 
     def nodes_with(self, alloc_ids: Iterable[str]) -> set[str]:
-        return {self.allocs[i].node_id for i in alloc_ids if i in self.allocs}
+        infos = (self.snapshot.alloc(i) for i in alloc_ids)
+        return {a.node_id for a in infos if a is not None}
 
 
 def _discard(index: dict[K, set[str]], key: K, alloc_id: str) -> None:

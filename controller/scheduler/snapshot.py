@@ -19,6 +19,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from types import MappingProxyType
 from typing import Any
 
@@ -110,7 +111,7 @@ class AllocInfo:
 class NodeClass:
     """Nodes alike in everything constraints and drivers look at (not in unique values)."""
 
-    __slots__ = ("datacenter", "drivers", "id", "key", "nodes", "props", "region")
+    __slots__ = ("datacenter", "drivers", "id", "key", "nodes", "order_keys", "props", "region")
 
     def __init__(self, id: int, key: tuple[object, ...], info: NodeInfo) -> None:
         self.id = id
@@ -128,6 +129,8 @@ class NodeClass:
         """Target name (``attr.kernel.name``) -> value, for every non-unique target."""
         self.nodes: list[NodeState] = []
         """Member nodes in the snapshot's stable order."""
+        self.order_keys: list[bytes] = []
+        """Their order keys, beside them (a node joins or leaves a class in O(log n))."""
 
 
 class NodeState:
@@ -303,8 +306,9 @@ class ClusterSnapshot:
         i = bisect.bisect_left(self._order_keys, state.order_key)
         self._order.insert(i, state)
         self._order_keys.insert(i, state.order_key)
-        j = bisect.bisect_left([n.order_key for n in cls.nodes], state.order_key)
+        j = bisect.bisect_left(cls.order_keys, state.order_key)
         cls.nodes.insert(j, state)
+        cls.order_keys.insert(j, state.order_key)
 
     def remove_node(self, node_id: str) -> None:
         """Forget a node; its allocations stay and are treated as lost by the scheduler."""
@@ -320,7 +324,10 @@ class ClusterSnapshot:
         i = bisect.bisect_left(self._order_keys, state.order_key)
         del self._order[i]
         del self._order_keys[i]
-        state.cls.nodes.remove(state)
+        cls = state.cls
+        j = bisect.bisect_left(cls.order_keys, state.order_key)
+        del cls.nodes[j]
+        del cls.order_keys[j]
         self._nodes.pop(state.info.id, None)
 
     def _class_for(self, info: NodeInfo) -> NodeClass:
@@ -392,6 +399,9 @@ def node_info_from_proto(pb: node_pb2.Node) -> NodeInfo:
         draining=pb.HasField("drain"), drain_ignore_system_jobs=pb.drain.ignore_system_jobs)
 
 
+_NO_PORTS: Mapping[str, int] = MappingProxyType({})
+
+
 def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) -> AllocInfo:
     """The scheduler's view of an Allocation message.
 
@@ -401,10 +411,12 @@ def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) ->
     if spec is None and pb.HasField("spec"):
         spec = group_from_proto(pb.spec)
     res: job_pb2.Resources = pb.resources
-    return AllocInfo(
-        id=pb.id, namespace=namespace_of(pb.namespace), job=pb.job, group=pb.group,
-        index=pb.index, node_id=pb.node_id, cpu_millicores=res.cpu_millicores,
-        memory_mb=res.memory_mb, ports=dict(pb.ports), desired=DESIRED_STATUS.word(pb.desired_status),
+    return AllocInfo(  # a million of these share their strings
+        id=intern(pb.id), namespace=intern(namespace_of(pb.namespace)), job=intern(pb.job),
+        group=intern(pb.group), index=pb.index, node_id=intern(pb.node_id),
+        cpu_millicores=res.cpu_millicores,
+        memory_mb=res.memory_mb, ports=dict(pb.ports) if len(pb.ports) else _NO_PORTS,
+        desired=DESIRED_STATUS.word(pb.desired_status),
         client=CLIENT_STATUS.word(pb.client_status), job_version=pb.job_version, spec=spec,
         healthy=pb.healthy, canary=pb.canary, reschedule_attempts=pb.reschedule_attempts,
         previous_allocation=pb.previous_allocation, create_time=pb.create_time_ns / 1e9,
