@@ -143,14 +143,14 @@ def touched_nodes(state: ClusterState, changes: Changes) -> dict[str, list[str]]
     """Node id -> the allocations of ``changes`` that are, or were, on it (call it before the
     state applies ``changes``)."""
     out: dict[str, list[str]] = {}
-    allocs = state.allocs
+    snap = state.snapshot
     for a in changes.put_allocs:
         out.setdefault(a.node_id, []).append(a.id)
-        old = allocs.get(a.id)
+        old = snap.alloc(a.id)
         if old is not None and old.node_id != a.node_id:
             out.setdefault(old.node_id, []).append(a.id)
     for alloc_id in changes.delete_allocs:
-        old = allocs.get(alloc_id)
+        old = snap.alloc(alloc_id)
         if old is not None:
             out.setdefault(old.node_id, []).append(alloc_id)
     return out

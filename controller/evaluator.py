@@ -5,7 +5,9 @@ down or came back, an allocation failed or turned healthy, a reschedule delay
 ran out) queues an *evaluation* of that job; queued evaluations of the same job
 coalesce. An evaluation hands the job and the cluster snapshot to the pure
 scheduler and commits the plan it returns. The loop also runs every
-``reconcile_interval`` over every job, so that anything missed is repaired.
+``reconcile_interval`` over every job whose inputs changed since its last evaluation
+found nothing to do (its allocations, its version, the nodes, namespaces), so that
+anything missed is repaired without evaluating a thousand settled jobs every time.
 
 Health and deployments are followed from what commits touch: an allocation is looked
 at again when a commit changes it or when its ``min_healthy_time`` runs out, a
@@ -30,7 +32,7 @@ from controller.namespaces import META_PREFIX as NAMESPACE_META
 from controller.namespaces import Namespaces
 from controller.planner import event, new_deployment, plan_summary, plan_to_changes
 from controller.scheduler import SchedulerConfig, schedule
-from controller.state import RUN, TERMINAL, job_key
+from controller.state import TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -58,6 +60,9 @@ class Evaluator:
         self._waiters: dict[JobKey, list[asyncio.Future[controller_pb2.Evaluation]]] = {}
         self._due: dict[JobKey, float] = {}
         """Jobs to evaluate again at a given time (a reschedule delay ends)."""
+        self._settled: dict[JobKey, tuple[int, ...]] = {}
+        """Jobs whose last evaluation found nothing to do, with what it looked at then: the
+        periodic sweep leaves them be while that is the same."""
         self._blocked: set[JobKey] = set()
         """Jobs with unplaced allocations: evaluated again when capacity may have appeared."""
         self._health_due: float | None = None
@@ -168,7 +173,7 @@ class Evaluator:
             now = self.clock()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.reconcile_interval
-                self.enqueue_all("periodic")
+                self._sweep()
             for key, at in list(self._due.items()):
                 if at <= now:
                     del self._due[key]
@@ -191,6 +196,21 @@ class Evaluator:
                 log.exception("scheduling pass failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
 
+    def _inputs(self, key: JobKey) -> tuple[int, ...]:
+        """What an evaluation of the job reads that can change: its allocations, its latest
+        version, the nodes, the namespaces and settings."""
+        job = self.state.job(key)
+        snap = self.state.snapshot
+        return (snap.job_changed(*key), snap.node_version, job.version if job else -1,
+                int(job.stop) if job else 1, self.state.meta_index)
+
+    def _sweep(self) -> None:
+        """Evaluate every job again, except those settled since nothing they read changed."""
+        self._settled = {k: v for k, v in self._settled.items() if k in self.state.jobs}
+        for key in self.state.jobs:
+            if self._settled.get(key) != self._inputs(key):
+                self.enqueue(key, "periodic")
+
     # --- one evaluation ------------------------------------------------------------------------
 
     async def evaluate(self, key: JobKey, reason: str) -> controller_pb2.Evaluation:
@@ -208,6 +228,7 @@ class Evaluator:
                                  version=max((a.job_version for a in state.allocs_of_job(key)),
                                              default=0))
         job = state.model(job_pb)
+        inputs = self._inputs(key)
         t0 = time.perf_counter()
         plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler,
                         quota=self.namespaces.quota(key[0]))
@@ -226,6 +247,10 @@ class Evaluator:
             self._blocked.add(key)
         else:
             self._blocked.discard(key)
+        if plan.is_noop and not plan.unplaced and plan.next_eval_at is None:
+            self._settled[key] = inputs
+        else:
+            self._settled.pop(key, None)
         changes = Changes()
         dep_id = ""
         latest = state.latest_deployment(key)
@@ -333,6 +358,7 @@ class Evaluator:
         deadlines fell due up to date, adding what that changes to ``changes``."""
         state = self.state
         dirty = jobs | {job_key(a) for a in fresh.values()}
+        fresh_infos = {i: state.alloc_info(a) for i, a in fresh.items()}
         for dep in list(state.deployments.values()):
             if dep.status not in ACTIVE:
                 self._dep_checks.pop(dep.id, None)
@@ -346,8 +372,8 @@ class Evaluator:
             job_pb = state.job_version(key, dep.job_version)
             if job_pb is None:
                 continue
-            allocs = [fresh.get(a.id, a) for a in state.allocs_of_job(key)]
-            verdict = assess(dep, state.model(job_pb), allocs, now_ns)
+            infos = [fresh_infos.get(a.id, a) for a in state.snapshot.allocs_of_job(*key)]
+            verdict = assess(dep, state.model(job_pb), infos, now_ns)
             if verdict.next_check_ns is not None:
                 checks.append(verdict.next_check_ns)
                 self._dep_checks[dep.id] = verdict.next_check_ns
@@ -375,17 +401,20 @@ class Evaluator:
                                  fresh: dict[str, node_pb2.Allocation]) -> list[node_pb2.Allocation]:
         """Promoted canaries become ordinary allocations (and take over their index)."""
         promoted = {g.group for g in d.groups if g.promoted}
+        if not promoted:
+            return []
         out = []
-        for a in self.state.allocs_of_job((namespace_of(d.namespace), d.job)):
-            if a.canary and a.group in promoted and a.deployment_id == d.id and \
-                    a.desired_status == RUN:
-                if a.id in fresh:  # already being rewritten in this commit
-                    fresh[a.id].canary = False
-                    continue
-                b = node_pb2.Allocation()
-                b.CopyFrom(a)
-                b.canary = False
-                out.append(b)
+        canaries = [i.id for i in self.state.snapshot.allocs_of_job(namespace_of(d.namespace), d.job)
+                    if i.canary and i.group in promoted and i.desired == "run"]
+        for alloc_id in canaries:
+            if alloc_id in fresh:  # already being rewritten in this commit
+                if fresh[alloc_id].deployment_id == d.id:
+                    fresh[alloc_id].canary = False
+                continue
+            a = self.state.allocs[alloc_id]  # a copy of its own
+            if a.deployment_id == d.id:
+                a.canary = False
+                out.append(a)
         return out
 
     def _revert(self, key: JobKey, d: controller_pb2.Deployment, changes: Changes,

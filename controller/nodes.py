@@ -21,11 +21,13 @@ flapping node or a partition from causing a storm:
 When a down node comes back, its agent receives a desired set without the
 allocations that were rescheduled elsewhere, and stops them: nothing runs twice.
 
-What agents report of their allocations is committed in batches: every report that
-arrives while a commit is under way goes into the next one (the newest per
-allocation wins), so thousands of agents cost a few commits a second, not one each.
+What agents report (registrations, their allocations' states) is committed in
+batches: every report that arrives while a commit is under way goes into the next one
+(the newest per node or allocation wins), so thousands of agents cost a few commits a
+second, not one each, and nodes that go down together are marked down in one commit.
 Each stream waits for its report to be committed before it reads the next, so what
-waits is bounded by the streams.
+waits is bounded by the streams. A node that registers again as it was (a reconnection)
+does not cause its jobs to be evaluated again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from controller.cluster import Cluster
 from controller.evaluator import Evaluator
 from controller.planner import event
+from controller.scheduler import node_info_from_proto
 from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes
 from orch.errors import NotFoundError, RequestError
@@ -83,6 +86,8 @@ class NodeMonitor:
         self._warned_partition = False
         self._reports: dict[str, tuple[str, node_pb2.Allocation]] = {}
         """Allocation id -> (reporting node, its newest report), for the next commit."""
+        self._registrations: dict[str, node_pb2.Node] = {}
+        """Node id -> its newest registration, for the next commit."""
         self._batch: asyncio.Future[None] | None = None
         """Resolved once the reports gathered so far are committed."""
         self._flusher: asyncio.Task[None] | None = None
@@ -99,33 +104,42 @@ class NodeMonitor:
 
     async def register(self, reg: node_pb2.Node) -> node_pb2.Node:
         """An agent connected: record what it offers; keep what operators set (eligibility,
-        drain)."""
-        now_ns = int(self.clock() * NS)
-        async with self.cluster.lock:
-            old = self.state.nodes.get(reg.id)
-            node = node_pb2.Node()
-            node.CopyFrom(reg)
-            node.status = READY
-            node.status_time_ns = now_ns
-            if old is not None:
-                node.eligible = old.eligible
-                if old.HasField("drain"):
-                    node.drain.CopyFrom(old.drain)
-            else:
-                node.eligible = True
-            came_back = old is not None and old.status == DOWN
-            kind = "NodeRegistered" if old is None else ("NodeUp" if came_back else "NodeUpdated")
-            changes = Changes(put_nodes=[node], events=[event(
-                "node", kind, node.id, f"node {node.name} is ready", now_ns, node=node)])
-            await self.cluster.commit(changes)
+        drain). Committed with the other registrations and reports of the moment."""
+        old = self.state.nodes.get(reg.id)
+        self._registrations[reg.id] = reg
+        await self._in_next_batch()
+        node = self.state.nodes[reg.id]
         live = self._live.setdefault(node.id, _Liveness())
         live.connected, live.lost_at, live.gossip_dead, live.seen = True, None, False, True
         log.info("node ready", extra={"node": node.name, "node_id": node.id,
                                       "address": node.address})
-        self.evaluator.enqueue_all("node-update", system_only=True)
-        for key in {job_key(a) for a in self.state.allocs_on_node(node.id)}:
-            self.evaluator.enqueue(key, "node-update")
+        if old is None or old.status == DOWN or \
+                node_info_from_proto(old) != node_info_from_proto(node):
+            # what may be placed there, or must move, changed (not a reconnection as it was)
+            self.evaluator.enqueue_all("node-update", system_only=True)
+            snap = self.state.snapshot
+            infos = (snap.alloc(i) for i in self.state.by_node.get(node.id, ()))
+            for key in {(a.namespace, a.job) for a in infos if a is not None}:
+                self.evaluator.enqueue(key, "node-update")
         return node
+
+    def _registered(self, reg: node_pb2.Node, now_ns: int, changes: Changes) -> None:
+        old = self.state.nodes.get(reg.id)
+        node = node_pb2.Node()
+        node.CopyFrom(reg)
+        node.status = READY
+        node.status_time_ns = now_ns
+        if old is not None:
+            node.eligible = old.eligible
+            if old.HasField("drain"):
+                node.drain.CopyFrom(old.drain)
+        else:
+            node.eligible = True
+        came_back = old is not None and old.status == DOWN
+        kind = "NodeRegistered" if old is None else ("NodeUp" if came_back else "NodeUpdated")
+        changes.put_nodes.append(node)
+        changes.events.append(event("node", kind, node.id, f"node {node.name} is ready",
+                                    now_ns, node=node))
 
     def disconnected(self, node_id: str) -> None:
         live = self._live.setdefault(node_id, _Liveness())
@@ -181,6 +195,10 @@ class NodeMonitor:
         returns once that is committed (with every other report that came meanwhile)."""
         for u in updates:
             self._reports[u.id] = (node_id, u)
+        await self._in_next_batch()
+
+    async def _in_next_batch(self) -> None:
+        """Until what was queued is committed (by the batch being gathered now)."""
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
         batch = self._batch
@@ -190,13 +208,14 @@ class NodeMonitor:
 
     async def _flush(self) -> None:
         """Commit the gathered reports, batch after batch, until none are left."""
-        while self._reports:
+        while self._reports or self._registrations:
             reports, self._reports = self._reports, {}
+            regs, self._registrations = self._registrations, {}
             batch, self._batch = self._batch, None
             if batch is None:  # (report() makes one before it starts this task)
                 batch = asyncio.get_running_loop().create_future()
             try:
-                await self._commit_reports(reports)
+                await self._commit_batch(regs, reports)
             except asyncio.CancelledError:
                 batch.cancel()
                 raise
@@ -207,12 +226,15 @@ class NodeMonitor:
             else:
                 batch.set_result(None)
 
-    async def _commit_reports(self, reports: dict[str, tuple[str, node_pb2.Allocation]]) -> None:
+    async def _commit_batch(self, regs: dict[str, node_pb2.Node],
+                            reports: dict[str, tuple[str, node_pb2.Allocation]]) -> None:
         now_ns = int(self.clock() * NS)
         self.report_batches += 1
         self.reports += len(reports)
         async with self.cluster.lock:
             changes = Changes()
+            for reg in regs.values():
+                self._registered(reg, now_ns, changes)
             for node_id, u in reports.values():
                 cur = self.state.allocs.get(u.id)
                 if cur is None or cur.node_id != node_id:
@@ -284,29 +306,38 @@ class NodeMonitor:
                                 "unreachable": len(due), "nodes": total})
                 self._warned_partition = True
             due = due[:max(0, allowed)]
-        for node in due:
-            await self._mark_down(node, now)
+        await self._mark_down(due, now)
 
-    async def _mark_down(self, node: node_pb2.Node, now: float) -> None:
+    async def _mark_down(self, due: list[node_pb2.Node], now: float) -> None:
+        """Mark these nodes down (in one commit) and evaluate the jobs that ran there."""
         now_ns = int(now * NS)
+        down = []
         async with self.cluster.lock:
-            cur = self.state.nodes.get(node.id)
-            live = self._live.get(node.id)
-            if cur is None or cur.status != READY or (
-                    self.cluster.connected(node.id) and not (live and live.gossip_dead)):
-                return
-            n = node_pb2.Node()
-            n.CopyFrom(cur)
-            n.status = DOWN
-            n.status_time_ns = now_ns
-            await self.cluster.commit(Changes(put_nodes=[n], events=[event(
-                "node", "NodeDown", n.id, f"node {n.name} is down", now_ns, node=n)]))
-        self._live.setdefault(node.id, _Liveness()).downs.append(now)
-        log.warning("node down", extra={"node": node.name, "node_id": node.id})
-        for key in {job_key(a) for a in self.state.allocs_on_node(node.id)
-                    if a.desired_status == RUN}:
-            self.evaluator.enqueue(key, "node-down")
-        self.evaluator.enqueue_all("node-down", system_only=True)
+            changes = Changes()
+            for node in due:
+                cur = self.state.nodes.get(node.id)
+                live = self._live.get(node.id)
+                if cur is None or cur.status != READY or (
+                        self.cluster.connected(node.id) and not (live and live.gossip_dead)):
+                    continue
+                n = node_pb2.Node()
+                n.CopyFrom(cur)
+                n.status = DOWN
+                n.status_time_ns = now_ns
+                changes.put_nodes.append(n)
+                changes.events.append(event("node", "NodeDown", n.id, f"node {n.name} is down",
+                                            now_ns, node=n))
+                down.append(n)
+            await self.cluster.commit(changes)
+        snap = self.state.snapshot
+        for n in down:
+            self._live.setdefault(n.id, _Liveness()).downs.append(now)
+            log.warning("node down", extra={"node": n.name, "node_id": n.id})
+            infos = (snap.alloc(i) for i in self.state.by_node.get(n.id, ()))
+            for key in {(a.namespace, a.job) for a in infos if a is not None and a.desired == "run"}:
+                self.evaluator.enqueue(key, "node-down")
+        if down:
+            self.evaluator.enqueue_all("node-down", system_only=True)
 
 
 class NodeAdmin:

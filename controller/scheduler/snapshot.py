@@ -222,6 +222,8 @@ class ClusterSnapshot:
         """Occupying allocations whose node is not (or no longer) in the snapshot."""
         self._usage: dict[str, Usage] = {}
         """Namespace -> what its occupying allocations hold (for quotas)."""
+        self._job_changed: dict[tuple[str, str], int] = {}
+        """(namespace, job) -> ``version`` when one of its allocations last changed."""
         self.version = 0
         """Bumped on every change."""
         self.node_version = 0
@@ -281,6 +283,10 @@ class ClusterSnapshot:
         if not found:
             return []
         return sorted(found.values(), key=lambda a: (a.group, a.index, a.id))
+
+    def job_changed(self, namespace: str, job: str) -> int:
+        """A number that changes whenever one of the job's allocations does (0: it has none)."""
+        return self._job_changed.get((namespace, job), 0)
 
     def usage(self, namespace: str) -> Usage:
         """What the namespace's occupying allocations hold (do not mutate)."""
@@ -347,6 +353,7 @@ class ClusterSnapshot:
             self._unaccount(old)
         self._allocs[alloc.id] = alloc
         self._by_job.setdefault((alloc.namespace, alloc.job), {})[alloc.id] = alloc
+        self._job_changed[(alloc.namespace, alloc.job)] = self.version
         if alloc.occupies:
             self._usage.setdefault(alloc.namespace, Usage()).add(alloc.cpu_millicores,
                                                                  alloc.memory_mb)
@@ -366,8 +373,10 @@ class ClusterSnapshot:
         job = self._by_job.get((old.namespace, old.job))
         if job is not None:
             job.pop(alloc_id, None)
+            self._job_changed[(old.namespace, old.job)] = self.version
             if not job:
                 del self._by_job[(old.namespace, old.job)]
+                del self._job_changed[(old.namespace, old.job)]
 
     def _unaccount(self, old: AllocInfo) -> None:
         if old.occupies:
