@@ -15,6 +15,7 @@ features gets the whole set again instead, whenever it differs from the last one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from sys import intern
 
 from controller.state import RUN, ClusterState
 from controller.store.base import Changes
@@ -26,13 +27,13 @@ FEATURE = DESIRED_CHANGES
 SecretsOf = Callable[[list[node_pb2.Allocation]], list[controller_pb2.SecretValue]]
 """The latest value of every secret some allocations read."""
 
-_Sent = tuple[int, int]
-"""What the agent holds of one allocation: (job version, desired status); it is sent again
-when either changes."""
+_Sent = int
+"""What the agent holds of one allocation of its set (all desired to run): its job version;
+it is sent again when that changes."""
 
 
 def _sent(a: node_pb2.Allocation) -> _Sent:
-    return (a.job_version, a.desired_status)
+    return a.job_version
 
 
 class NodeFeed:
@@ -114,7 +115,7 @@ class NodeFeed:
         allocs = [a for a in state.allocs_on_node(self.node_id) if a.desired_status == RUN]
         reading = [a for a in allocs if _reads_secrets(state, a)]
         secrets = secrets_of(reading) if secrets_of is not None and reading else []
-        sent = {a.id: _sent(a) for a in allocs}
+        sent = {intern(a.id): _sent(a) for a in allocs}
         sent_secrets = {(s.namespace, s.name): s.version for s in secrets}
         self.pending.clear()
         self.secrets_due = False
@@ -145,10 +146,11 @@ def touched_nodes(state: ClusterState, changes: Changes) -> dict[str, list[str]]
     out: dict[str, list[str]] = {}
     snap = state.snapshot
     for a in changes.put_allocs:
-        out.setdefault(a.node_id, []).append(a.id)
-        old = snap.alloc(a.id)
+        alloc_id = intern(a.id)  # feeds keep it: one string per allocation, as the state
+        out.setdefault(a.node_id, []).append(alloc_id)
+        old = snap.alloc(alloc_id)
         if old is not None and old.node_id != a.node_id:
-            out.setdefault(old.node_id, []).append(a.id)
+            out.setdefault(old.node_id, []).append(alloc_id)
     for alloc_id in changes.delete_allocs:
         old = snap.alloc(alloc_id)
         if old is not None:

@@ -27,11 +27,11 @@ import uuid
 from collections.abc import Callable
 
 from controller.cluster import Cluster
-from controller.deployments import ACTIVE, assess, health_updates
+from controller.deployments import ACTIVE, assess, has_checks, health_updates
 from controller.namespaces import META_PREFIX as NAMESPACE_META
 from controller.namespaces import Namespaces
 from controller.planner import event, new_deployment, plan_summary, plan_to_changes
-from controller.scheduler import SchedulerConfig, schedule
+from controller.scheduler import AllocInfo, SchedulerConfig, schedule
 from controller.state import TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.metrics import LATENCY, Hist
@@ -40,6 +40,9 @@ from orch.vocab import namespace_of
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
+MAX_KEPT_CHANGES = 100
+"""Planned changes an evaluation kept in the history lists (the rest are counted): a plan
+placing a thousand allocations would otherwise keep a thousand lines per evaluation."""
 DEPLOYMENT_BATCH = 0.25
 """Seconds between two looks at the deployments whose allocations changed (changes that
 come meanwhile are looked at together)."""
@@ -281,7 +284,7 @@ class Evaluator:
         changes.events += pc.events
         if not plan.is_noop or plan.unplaced or reason not in ("periodic", "alloc-update",
                                                                 "capacity"):
-            changes.put_evaluations.append(ev)
+            changes.put_evaluations.append(_kept(ev))
         if not plan.is_noop:
             log.info("evaluation", extra={"job": key[1], "reason": reason,
                                           "placed": len(plan.placements), "stopped": len(plan.stops),
@@ -325,8 +328,8 @@ class Evaluator:
     def _health_updates(self, now_ns: int) -> tuple[list[node_pb2.Allocation], int | None]:
         """The health changes due now, of what changed and what waited for this time; and
         when the next one falls due."""
-        if self._health_all:
-            ids: set[str] = set(self.state.allocs)
+        if self._health_all:  # a new term: whatever may not be as it should
+            ids: set[str] = {i for i, a in self.state.snapshot.allocs.items() if _unsettled(a)}
             self._health_later.clear()
             self._health_heap.clear()
         else:
@@ -437,3 +440,22 @@ class Evaluator:
         d.description += f"; rolling back to version {target.version} (as version {back.version})"
         changes.events.append(event("job", "JobReverted", key[1], d.description, now_ns, job=back))
 
+
+def _kept(ev: controller_pb2.Evaluation) -> controller_pb2.Evaluation:
+    """The evaluation as the history keeps it: its first ``MAX_KEPT_CHANGES`` changes."""
+    n = len(ev.plan.changes)
+    if n <= MAX_KEPT_CHANGES:
+        return ev
+    kept = controller_pb2.Evaluation()
+    kept.CopyFrom(ev)
+    del kept.plan.changes[MAX_KEPT_CHANGES:]
+    kept.plan.changes_omitted = n - MAX_KEPT_CHANGES
+    return kept
+
+
+def _unsettled(a: AllocInfo) -> bool:
+    """Whether an allocation's health may have to change (what a new term looks at): all but
+    those that run, healthy, without checks, and those stopped and not healthy."""
+    if a.desired != "run":
+        return a.healthy
+    return not a.healthy or a.client != "running" or a.spec is None or has_checks(a.spec)

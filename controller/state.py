@@ -15,11 +15,11 @@ snapshot's ``AllocInfo``, whose strings are shared (interned) with the indexes h
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
-from controller.store.base import Changes, JobKey, StoreSnapshot
+from controller.store.base import AllocTable, Changes, JobKey, StoreSnapshot
 from orch.errors import NotFoundError, RequestError
 from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -37,39 +37,6 @@ def job_key(job: job_pb2.Job | node_pb2.Allocation) -> JobKey:
     if isinstance(job, job_pb2.Job):
         return (namespace_of(job.namespace), job.name)
     return (namespace_of(job.namespace), job.job)
-
-
-class AllocTable(Mapping[str, node_pb2.Allocation]):
-    """Allocations by id, kept serialized: reading one parses it (a fresh copy, the
-    caller's to change); ``put`` and ``pop`` change the table."""
-
-    __slots__ = ("_raw",)
-
-    def __init__(self) -> None:
-        self._raw: dict[str, bytes] = {}
-
-    def __getitem__(self, alloc_id: str) -> node_pb2.Allocation:
-        return node_pb2.Allocation.FromString(self._raw[alloc_id])
-
-    def __contains__(self, alloc_id: object) -> bool:
-        return alloc_id in self._raw
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._raw)
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def put(self, alloc_id: str, alloc: node_pb2.Allocation) -> None:
-        self._raw[alloc_id] = alloc.SerializeToString()
-
-    def pop(self, alloc_id: str) -> bool:
-        """Forget an allocation; whether it was there."""
-        return self._raw.pop(alloc_id, None) is not None
-
-    def size(self) -> int:
-        """Bytes the serialized allocations take (without the table's own)."""
-        return sum(len(b) for b in self._raw.values())
 
 
 class ClusterState:
@@ -99,9 +66,14 @@ class ClusterState:
         state = cls()
         state.apply(Changes(
             put_jobs=[v for versions in snap.jobs.values() for v in versions],
-            put_nodes=list(snap.nodes.values()), put_allocs=list(snap.allocs.values()),
-            put_deployments=list(snap.deployments.values()),
+            put_nodes=list(snap.nodes.values()), put_deployments=list(snap.deployments.values()),
             put_evaluations=list(snap.evaluations), meta=dict(snap.meta)), snap.index)
+        if isinstance(snap.allocs, AllocTable):  # the store's bytes are kept as they are
+            for _, raw in snap.allocs.raw_items():
+                state._put_alloc(node_pb2.Allocation.FromString(raw), raw)
+        else:
+            for alloc in snap.allocs.values():
+                state._put_alloc(alloc)
         return state
 
     def reset(self, snap: StoreSnapshot) -> None:
@@ -229,7 +201,7 @@ class ClusterState:
         else:
             del self.alloc_counts[k]
 
-    def _put_alloc(self, alloc: node_pb2.Allocation) -> None:
+    def _put_alloc(self, alloc: node_pb2.Allocation, raw: bytes | None = None) -> None:
         info = self.alloc_info(alloc)
         alloc_id = info.id
         old = self.snapshot.alloc(alloc_id)
@@ -238,7 +210,7 @@ class ClusterState:
             if old.node_id != info.node_id:
                 _discard(self.by_node, old.node_id, alloc_id)
         self._count(info, 1)
-        self.allocs.put(alloc_id, alloc)
+        self.allocs.put(alloc_id, alloc, raw)
         self.by_node.setdefault(info.node_id, set()).add(alloc_id)
         self.by_job.setdefault((info.namespace, info.job), set()).add(alloc_id)
         self.snapshot.upsert_alloc(info)

@@ -80,7 +80,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-from controller.store.base import Changes, JobKey, Store, StoreSnapshot
+from controller.store.base import AllocTable, Changes, JobKey, Store, StoreSnapshot
 from controller.store.etcd_client import (
     Compare,
     Delete,
@@ -927,8 +927,10 @@ class EtcdStore(Store):
                 job = job_pb2.Job.FromString(kv.value)
                 snap.jobs.setdefault((job.namespace, job.name), []).append(job)
                 cache.jobs.setdefault((job.namespace, job.name), set()).add(job.version)
-            snap.allocs = {a.id: a for a in (node_pb2.Allocation.FromString(kv.value)
-                                             for kv in allocs)}
+            table = AllocTable()  # kept as etcd holds them (ids from the keys)
+            for kv in allocs:
+                table.put_raw(unquote(kv.key[len(k.allocs_dir):].decode()), kv.value)
+            snap.allocs = table
             snap.nodes = {n.id: n for n in (node_pb2.Node.FromString(kv.value) for kv in nodes)}
             snap.deployments = {d.id: d for d in (controller_pb2.Deployment.FromString(kv.value)
                                                   for kv in deployments)}

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from controller.store.base import Changes, Store, StoreSnapshot
+from controller.store.base import AllocTable, Changes, Store, StoreSnapshot
 from orch.errors import ConfigError, StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
@@ -485,8 +485,10 @@ class SQLiteStore(Store):
             for ns, name, data in conn.execute(
                     "SELECT namespace, name, data FROM jobs ORDER BY namespace, name, version"):
                 snap.jobs.setdefault((ns, name), []).append(job_pb2.Job.FromString(data))
+            allocs = AllocTable()
             for key, data in conn.execute("SELECT id, data FROM allocations"):
-                snap.allocs[key] = node_pb2.Allocation.FromString(data)
+                allocs.put_raw(key, data)
+            snap.allocs = allocs
             for key, data in conn.execute("SELECT id, data FROM nodes"):
                 snap.nodes[key] = node_pb2.Node.FromString(data)
             for key, data in conn.execute("SELECT id, data FROM deployments"):

@@ -915,7 +915,10 @@ class PlanSummary(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
     CHANGES_ANYTHING_FIELD_NUMBER: _builtins.int
+    CHANGES_OMITTED_FIELD_NUMBER: _builtins.int
     changes_anything: _builtins.bool
+    changes_omitted: _builtins.int
+    """changes not listed: an evaluation kept in the"""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedChange]: ...
     @_builtins.property
@@ -928,10 +931,11 @@ class PlanSummary(_message.Message):
         changes: _abc.Iterable[Global___PlannedChange] | None = ...,
         failures: _abc.Iterable[Global___GroupFailure] | None = ...,
         changes_anything: _builtins.bool = ...,
+        changes_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "changes_anything", b"changes_anything", "failures", b"failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "changes_anything", b"changes_anything", "changes_omitted", b"changes_omitted", "failures", b"failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
