@@ -43,6 +43,9 @@ NS = 1_000_000_000
 MAX_KEPT_CHANGES = 100
 """Planned changes an evaluation kept in the history lists (the rest are counted): a plan
 placing a thousand allocations would otherwise keep a thousand lines per evaluation."""
+HEALTH_BATCH = 5000
+"""Allocations one health pass looks at, at most (the rest wait for the next pass, so
+that a burst of reports does not hold the loop for seconds)."""
 DEPLOYMENT_BATCH = 0.25
 """Seconds between two looks at the deployments whose allocations changed (changes that
 come meanwhile are looked at together)."""
@@ -86,6 +89,8 @@ class Evaluator:
         """Deployment id -> when one of its deadlines falls due (ns)."""
         self._deployments_at = 0.0
         """When the deployments were last looked at (monotonic)."""
+        self._health_at = 0.0
+        """When the last health pass ran (monotonic)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
@@ -191,7 +196,11 @@ class Evaluator:
                     for fut in self._waiters.pop(key, []):
                         if not fut.done():
                             fut.set_result(ev)
+                    if time.monotonic() - self._health_at >= DEPLOYMENT_BATCH:
+                        await self.health_pass()  # a long queue does not hold health back
                 await self.health_pass()
+                while self._health_ids and not self._queue:
+                    await self.health_pass()
                 self.pass_latency.observe(time.perf_counter() - t0)
             except asyncio.CancelledError:
                 raise
@@ -296,6 +305,7 @@ class Evaluator:
 
     async def health_pass(self) -> None:
         """Mark allocations healthy or not, and move deployments along."""
+        self._health_at = time.monotonic()
         async with self.cluster.lock:
             now_ns = int(self.clock() * NS)
             updates, due = self._health_updates(now_ns)
@@ -329,18 +339,19 @@ class Evaluator:
         """The health changes due now, of what changed and what waited for this time; and
         when the next one falls due."""
         if self._health_all:  # a new term: whatever may not be as it should
-            ids: set[str] = {i for i, a in self.state.snapshot.allocs.items() if _unsettled(a)}
+            self._health_ids |= {i for i, a in self.state.snapshot.allocs.items()
+                                 if _unsettled(a)}
             self._health_later.clear()
             self._health_heap.clear()
-        else:
-            ids = self._health_ids
-            later, heap = self._health_later, self._health_heap
-            while heap and heap[0][0] <= now_ns:
-                at, alloc_id = heapq.heappop(heap)
-                if later.get(alloc_id) == at:
-                    del later[alloc_id]
-                    ids.add(alloc_id)
-        self._health_ids = set()
+        ids: set[str] = set()
+        while self._health_ids and len(ids) < HEALTH_BATCH:
+            ids.add(self._health_ids.pop())
+        later, heap = self._health_later, self._health_heap
+        while heap and heap[0][0] <= now_ns and len(ids) < 2 * HEALTH_BATCH:
+            at, alloc_id = heapq.heappop(heap)
+            if later.get(alloc_id) == at:
+                del later[alloc_id]
+                ids.add(alloc_id)
         updates, waiting = health_updates(self.state, now_ns, ids)
         for alloc_id in ids:
             self._health_later.pop(alloc_id, None)

@@ -25,8 +25,9 @@ What agents report (registrations, their allocations' states) is committed in
 batches: every report that arrives while a commit is under way goes into the next one
 (the newest per node or allocation wins), so thousands of agents cost a few commits a
 second, not one each, and nodes that go down together are marked down in one commit.
-Each stream waits for its report to be committed before it reads the next, so what
-waits is bounded by the streams. A node that registers again as it was (a reconnection)
+Each stream waits for the next commit before it reads on, so what waits is bounded
+by the streams (one report per allocation at most), and one commit takes at most
+``REPORT_BATCH`` of them, so that none holds the event loop for long. A node that registers again as it was (a reconnection)
 does not cause its jobs to be evaluated again.
 """
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -46,12 +48,16 @@ from controller.scheduler import node_info_from_proto
 from controller.state import RUN, RUNNING, TERMINAL, job_key
 from controller.store.base import Changes
 from orch.errors import NotFoundError, RequestError
-from orch.v1 import job_pb2, node_pb2
+from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
 READY, DOWN = node_pb2.NODE_STATUS_READY, node_pb2.NODE_STATUS_DOWN
+REPORT_BATCH = 5000
+"""Allocation reports one commit takes at most (the rest go into the next): a commit holds
+the event loop while it applies, and a thousand agents reconnecting at once report
+everything they run."""
 REVOKED = "revoked/"
 """``revoked/<node id>`` in the store's meta: the node was removed (``controller.trust``)."""
 
@@ -209,8 +215,8 @@ class NodeMonitor:
     async def _flush(self) -> None:
         """Commit the gathered reports, batch after batch, until none are left."""
         while self._reports or self._registrations:
-            reports, self._reports = self._reports, {}
             regs, self._registrations = self._registrations, {}
+            reports = _take(self._reports, max(0, REPORT_BATCH - len(regs)))
             batch, self._batch = self._batch, None
             if batch is None:  # (report() makes one before it starts this task)
                 batch = asyncio.get_running_loop().create_future()
@@ -236,42 +242,61 @@ class NodeMonitor:
             for reg in regs.values():
                 self._registered(reg, now_ns, changes)
             for node_id, u in reports.values():
-                cur = self.state.allocs.get(u.id)
-                if cur is None or cur.node_id != node_id:
-                    continue  # not this node's: ignore
-                a = node_pb2.Allocation()
-                a.CopyFrom(cur)
-                if cur.client_status in TERMINAL and cur.desired_status != RUN \
-                        and u.client_status not in TERMINAL:
-                    continue  # a late report about an allocation already given up on
-                if u.client_status and u.client_status != cur.client_status:
-                    a.client_status = u.client_status
-                    a.client_since_ns = now_ns
-                if u.checks_healthy and not cur.checks_healthy:
-                    a.checks_healthy_since_ns = now_ns
-                a.checks_healthy = u.checks_healthy and a.client_status == RUNNING
-                a.tasks.clear()
-                for name, t in u.tasks.items():
-                    a.tasks[name].CopyFrom(t)
-                if u.description:
-                    a.description = u.description
-                if a == cur:
+                a = self._merged(node_id, u, now_ns)
+                if a is None:
                     continue
-                a.modify_time_ns = now_ns
-                changes.put_allocs.append(a)
-                if a.client_status != cur.client_status:
-                    status = CLIENT_STATUS.word(a.client_status)
-                    changes.events.append(event(
-                        "allocation", f"Allocation{status.capitalize()}", a.id,
-                        f"{a.name} is {status}", now_ns, allocation=a))
-                for name, t in a.tasks.items():
-                    before = cur.tasks[name].restarts if name in cur.tasks else 0
-                    if t.restarts > before:
-                        changes.events.append(event(
-                            "allocation", "AllocationRestarted", a.id,
-                            f"{a.name}: task {name} restarted ({t.restarts} so far)", now_ns,
-                            allocation=a))
+                changes.put_allocs.append(a[0])
+                changes.events += a[1]
             await self.cluster.commit(changes)
+
+    def _merged(self, node_id: str, u: node_pb2.Allocation, now_ns: int) -> tuple[
+            node_pb2.Allocation, list[controller_pb2.Event]] | None:
+        """The allocation with what its node reported merged in, and the events that says;
+        None when the report changes nothing (or is not the node's to make)."""
+        info = self.state.snapshot.alloc(u.id)
+        if info is None or info.node_id != node_id:
+            return None  # not this node's: ignore
+        a = self.state.allocs[u.id]  # a copy of its own
+        was = a.client_status
+        if was in TERMINAL and a.desired_status != RUN and u.client_status not in TERMINAL:
+            return None  # a late report about an allocation already given up on
+        changed = False
+        if u.client_status and u.client_status != was:
+            a.client_status = u.client_status
+            a.client_since_ns = now_ns
+            changed = True
+        checks = u.checks_healthy and a.client_status == RUNNING
+        if checks != a.checks_healthy:
+            if checks:
+                a.checks_healthy_since_ns = now_ns
+            a.checks_healthy = checks
+            changed = True
+        restarted = []
+        if a.tasks != u.tasks:
+            for name, t in u.tasks.items():
+                before = a.tasks[name].restarts if name in a.tasks else 0
+                if t.restarts > before:
+                    restarted.append((name, t.restarts))
+            a.tasks.clear()
+            for name, t in u.tasks.items():
+                a.tasks[name].CopyFrom(t)
+            changed = True
+        if u.description and u.description != a.description:
+            a.description = u.description
+            changed = True
+        if not changed:
+            return None
+        a.modify_time_ns = now_ns
+        events = []
+        if a.client_status != was:
+            status = CLIENT_STATUS.word(a.client_status)
+            events.append(event("allocation", f"Allocation{status.capitalize()}", a.id,
+                                f"{a.name} is {status}", now_ns, allocation=a))
+        for name, n in restarted:
+            events.append(event("allocation", "AllocationRestarted", a.id,
+                                f"{a.name}: task {name} restarted ({n} so far)", now_ns,
+                                allocation=a))
+        return a, events
 
     # --- liveness ------------------------------------------------------------------------------
 
@@ -447,3 +472,16 @@ class NodeAdmin:
                     changes.events.append(event("node", "NodeDrainComplete", n.id,
                                                 f"node {n.name} drained", now_ns, node=n))
             await self.cluster.commit(changes)
+
+
+def _take(queued: dict[str, tuple[str, node_pb2.Allocation]], n: int) -> dict[
+        str, tuple[str, node_pb2.Allocation]]:
+    """The first ``n`` queued reports, taken out of ``queued`` (all of them when fewer)."""
+    if len(queued) <= n:
+        out = dict(queued)
+        queued.clear()
+        return out
+    out = {}
+    for k in list(itertools.islice(queued, n)):
+        out[k] = queued.pop(k)
+    return out
