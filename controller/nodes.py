@@ -27,8 +27,8 @@ batches: every report that arrives while a commit is under way goes into the nex
 second, not one each, and nodes that go down together are marked down in one commit.
 Each stream waits for the next commit before it reads on, so what waits is bounded
 by the streams (one report per allocation at most), and one commit takes at most
-``REPORT_BATCH`` of them, so that none holds the event loop for long. A node that registers again as it was (a reconnection)
-does not cause its jobs to be evaluated again.
+``REPORT_BATCH`` of them, so that none holds the event loop for long. A node that
+registers again as it was (a reconnection) does not cause its jobs to be evaluated again.
 """
 
 from __future__ import annotations
