@@ -71,6 +71,11 @@ MAX_REQUEST = 16 * 1024 * 1024
 with many groups."""
 MAX_RESPONSE = MAX_AGENT_MESSAGE
 """Largest message the controller sends (a big desired set, a page of logs it relays)."""
+AGENT_PING_MIN_MS = 5_000
+"""The shortest interval between an agent's keepalive pings the controller accepts (ms): a
+stream the controller sends nothing on for a while is pinged every 10 s by its agent
+(``agent.controller_link``), and gRPC's default (5 minutes) answered the third ping with
+GOAWAY (too_many_pings), dropping every idle agent's stream about every 30 s."""
 SERVICES = ("ControllerService", "NodeService")
 """The gRPC services of the controller (besides health and reflection)."""
 
@@ -142,7 +147,9 @@ class Controller:
 
         server = self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST),
-            ("grpc.max_send_message_length", MAX_RESPONSE)])
+            ("grpc.max_send_message_length", MAX_RESPONSE),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", AGENT_PING_MIN_MS)])
         bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
             if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:
