@@ -76,6 +76,16 @@ AGENT_PING_MIN_MS = 5_000
 stream the controller sends nothing on for a while is pinged every 10 s by its agent
 (``agent.controller_link``), and gRPC's default (5 minutes) answered the third ping with
 GOAWAY (too_many_pings), dropping every idle agent's stream about every 30 s."""
+
+
+def server_options(ping_min_ms: int = AGENT_PING_MIN_MS) -> list[tuple[str, int]]:
+    """The gRPC server's options: message limits, and the agents' keepalive pings accepted
+    every ``ping_min_ms`` (gRPC's name for that is ``grpc.http2.min_ping_interval_without_
+    data_ms``; an unknown name is silently ignored, so a test holds a stream with it)."""
+    return [("grpc.max_receive_message_length", MAX_REQUEST),
+            ("grpc.max_send_message_length", MAX_RESPONSE),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", ping_min_ms)]
 SERVICES = ("ControllerService", "NodeService")
 """The gRPC services of the controller (besides health and reflection)."""
 
@@ -145,11 +155,7 @@ class Controller:
                                  insecure=cfg.insecure, how="bootstrap the cluster (--bootstrap) "
                                  "or join one (--join-token)")
 
-        server = self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_REQUEST),
-            ("grpc.max_send_message_length", MAX_RESPONSE),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", AGENT_PING_MIN_MS)])
+        server = self._server = grpc.aio.server(options=server_options())
         bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
             if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:
