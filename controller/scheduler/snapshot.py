@@ -300,10 +300,14 @@ class ClusterSnapshot:
     # --- nodes ----------------------------------------------------------------------------
 
     def upsert_node(self, info: NodeInfo) -> None:
-        """Add a node or replace what is known about it (its allocations stay)."""
+        """Add a node or replace what is known about it (its allocations stay). A node
+        registered again as it was (an agent reconnecting) changes nothing, not even
+        ``node_version``: evaluations settled on the nodes stay settled."""
+        old = self._nodes.get(info.id)
+        if old is not None and old.info == info:
+            return
         self.version += 1
         self.node_version += 1
-        old = self._nodes.get(info.id)
         cls = self._class_for(info)
         if old is not None:
             occupying = list(old.allocs.values())
