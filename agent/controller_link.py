@@ -1,5 +1,9 @@
 """The agent's stream to the leader controller: registration and status up, desired sets down.
 
+Down the stream comes the node's full desired set, then only what changes in it
+(``agent.desired``: the link announces it takes changes and keeps the set they
+edit), so the handler is given the whole set every time and converges to it.
+
 The controller's address comes from the configuration or from gossip (members
 tagged ``role=controller`` publish ``rpc``); a follower's answer names the
 leader and the link goes there. When the stream breaks the agent keeps running
@@ -27,14 +31,17 @@ from typing import Any
 
 import grpc
 
-from orch.errors import ControllerRefusedError
+from agent.desired import FEATURE, DesiredSet
+from orch.errors import ControllerRefusedError, ProtocolError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 
 log = logging.getLogger("agent")
 
-DesiredHandler = Callable[[controller_pb2.DesiredAllocations], Awaitable[None]]
+DesiredHandler = Callable[[DesiredSet], Awaitable[None]]
+"""Given the node's whole desired set after every message (the same object, changed in
+place: read it before returning)."""
 SILENCE = 5.0
 """Seconds a stream whose controller sends heartbeats may stay silent before the agent gives
 it up and looks for a controller again (a frozen or cut-off leader)."""
@@ -101,6 +108,8 @@ class ControllerLink:
         self.last_controller = ""
         """The last controller that took our stream (kept when the stream breaks)."""
         self.applied_version = 0
+        self.desired = DesiredSet()
+        """The node's desired set as the controller last described it."""
         self._task: asyncio.Task[None] | None = None
         self.last_contact: float | None = None
         """When a controller was last heard (its desired set or heartbeat; loop time)."""
@@ -166,6 +175,9 @@ class ControllerLink:
                         "controller": addr, "code": e.code().name, "error": e.details()})
                 except ControllerRefusedError:
                     pass  # the agent said why (once a minute)
+                except ProtocolError as e:
+                    log.warning("the controller's stream went out of step; starting over",
+                                extra={"controller": addr, "error": str(e)})
                 except Exception:
                     log.exception("controller stream failed", extra={"controller": addr})
                 finally:
@@ -235,8 +247,14 @@ class ControllerLink:
         return False
 
     async def _read(self, addr: str, call: Any) -> None:
-        """Take the controller's messages until the stream ends (or it says it does not lead)."""
+        """Take the controller's messages until the stream ends (or it says it does not lead).
+
+        ProtocolError when changes arrive that do not follow the set held (before this
+        stream's full set, or for another version): the stream is dropped and the next
+        one starts with a full set."""
+
         self._heartbeats = False
+        whole = False
         async for msg in call:
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
@@ -252,18 +270,34 @@ class ControllerLink:
             if kind == "endpoints" and self._on_endpoints is not None:
                 self._on_endpoints(msg.endpoints)
             if kind == "desired":
-                self.controller = addr
-                self._applying = True
-                try:
-                    await self._on_desired(msg.desired)  # ControllerRefusedError: not ours
-                finally:
-                    self._applying = False
-                self.last_contact = asyncio.get_running_loop().time()
-                if not self.connected:
-                    self.connected = True
-                    self.last_controller = addr
-                    log.info("connected to the controller", extra={"controller": addr})
-                self.applied_version = msg.desired.version
+                self.desired.replace(msg.desired)
+                whole = True
+            elif kind == "changes":
+                if not whole:
+                    raise ProtocolError("desired-set changes before the stream's full set")
+                self.desired.change(msg.changes)
+            else:
+                continue
+            self.controller = addr
+            self._applying = True
+            try:
+                await self._on_desired(self.desired)  # ControllerRefusedError: not ours
+            finally:
+                self._applying = False
+            self.last_contact = asyncio.get_running_loop().time()
+            if not self.connected:
+                self.connected = True
+                self.last_controller = addr
+                log.info("connected to the controller", extra={"controller": addr})
+            self.applied_version = self.desired.version
+
+    def _announced(self) -> node_pb2.Node:
+        """The node's registration, saying that this link takes desired-set changes."""
+        reg = node_pb2.Node()
+        reg.CopyFrom(self._registration())
+        if FEATURE not in reg.features:
+            reg.features.append(FEATURE)
+        return reg
 
     async def _outgoing(self, ended: asyncio.Event) -> AsyncIterator[controller_pb2.NodeMessage]:
         """What one stream sends, until ``ended``.
@@ -274,7 +308,7 @@ class ControllerLink:
         them. So each stream's sender stops once its stream ended, taking nothing more.
         """
         self._reregister = False
-        yield controller_pb2.NodeMessage(register=self._registration())
+        yield controller_pb2.NodeMessage(register=self._announced())
         # everything we run, so that the controller catches up with what it missed
         for a in self._current():
             self._pending.setdefault(a.id, a)
@@ -287,7 +321,7 @@ class ControllerLink:
                 return
             if self._reregister:
                 self._reregister = False
-                yield controller_pb2.NodeMessage(register=self._registration())
+                yield controller_pb2.NodeMessage(register=self._announced())
             if self._usage is not None:
                 report, self._usage = self._usage, None
                 yield controller_pb2.NodeMessage(usage=report)

@@ -26,6 +26,7 @@ from agent.agent_service import AgentService
 from agent.cluster_pin import PinCollector, PinFile
 from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
+from agent.desired import DesiredSet
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.mesh import Mesh
@@ -364,7 +365,7 @@ class Agent:
                 self.published_ports = ports
                 self.link.reregister()
 
-    async def _apply(self, desired: controller_pb2.DesiredAllocations) -> None:
+    async def _apply(self, desired: DesiredSet) -> None:
         assert self.pins is not None
         verdict = self.pins.judge(desired.cluster_id, desired.epoch)
         if not verdict.apply:
@@ -465,16 +466,23 @@ class Agent:
                 self.runtime.stop_disconnected(offline)
 
     async def _report_usage(self) -> None:
-        """What the allocations use, for the controller's autoscaler, every sample."""
+        """What the allocations use, for the controller's autoscaler, every sample: of the
+        allocations whose group has an enabled scaling policy (the controller keeps no
+        other), and what this node's load balancer sends to endpoints; nothing when there
+        is neither (thousands of agents would otherwise report every allocation they run)."""
         while True:
             await asyncio.sleep(self.runtime.config.usage_interval)
             report = controller_pb2.UsageReport(time_ns=time.time_ns())
             for alloc_id, u in self.runtime.usage().items():
+                spec = self._specs.get(alloc_id)
+                if spec is None or spec.group.scaling is None or not spec.group.scaling.enabled:
+                    continue
                 report.allocations.add(alloc_id=alloc_id, cpu_seconds=u.cpu_seconds,
                                        memory_bytes=u.memory_bytes)
             for endpoint in self.endpoint_loads():
                 report.endpoints.append(endpoint)
-            self.link.usage(report)
+            if report.allocations or report.endpoints:
+                self.link.usage(report)
 
     def endpoint_loads(self) -> list[controller_pb2.EndpointLoad]:
         """What this node's load balancer sends to each endpoint."""

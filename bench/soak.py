@@ -75,6 +75,7 @@ from typing import Any
 import grpc
 
 from agent.controller_link import ControllerLink
+from agent.desired import DesiredSet
 from bench.report import progress, table
 from controller.snapshot import open_file
 from controller.store.base import StoreSnapshot
@@ -297,7 +298,7 @@ class SimAgent:
     def _current(self) -> list[node_pb2.Allocation]:
         return [_report(a.id, RUNNING) for a in self.allocs.values()]
 
-    async def _desired(self, d: controller_pb2.DesiredAllocations) -> None:
+    async def _desired(self, d: DesiredSet) -> None:
         want = {a.id: a for a in d.allocations}
         out = [_report(aid, RUNNING) for aid in want if aid not in self.allocs]
         out += [_report(aid, COMPLETE) for aid in self.allocs if aid not in want]

@@ -1,11 +1,11 @@
 """The controller's one write path: store first, then memory, then everyone who listens.
 
 ``Cluster.commit(changes)`` makes a change durable, applies it to the in-memory
-state, publishes its events (``orchctl events``, ``Watch``) and pushes a fresh
-desired set to every connected agent whose allocations changed, and the expected
-endpoints (``ExpectedEndpoints``: every service's placed allocations) to every
-connected agent when they changed. Commits are serialised, so readers always see a state
-that the store also holds.
+state, publishes its events (``orchctl events``, ``Watch``), tells every connected agent
+whose allocations it touched (``controller.desired``: the agent's stream then sends what
+changed), and sends every connected agent the expected endpoints (``ExpectedEndpoints``:
+every service's placed allocations) when they changed. Commits are serialised, so readers
+always see a state that the store also holds.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
+from controller.desired import FEATURE, NodeFeed, SecretsOf, touched_nodes
 from controller.state import RUN, ClusterState
 from controller.store.base import Changes, Store
 from orch.metrics import LATENCY, Hist
@@ -25,8 +26,6 @@ from orch.vocab import namespace_of
 
 log = logging.getLogger("controller")
 
-DesiredSink = Callable[[controller_pb2.DesiredAllocations], None]
-SecretsOf = Callable[[list[node_pb2.Allocation]], list[controller_pb2.SecretValue]]
 SECRET_META = "secret/"
 """Meta keys of secrets: a change to one may change what some nodes are sent."""
 EndpointsSink = Callable[[controller_pb2.ExpectedEndpoints], None]
@@ -113,8 +112,7 @@ class Cluster:
         leader writes, and a follower's store is not fenced, so this is what stops it."""
         self.events = EventBus()
         self._lock = asyncio.Lock()
-        self._sinks: dict[str, DesiredSink] = {}
-        self._pushed: dict[str, bytes] = {}
+        self._feeds: dict[str, NodeFeed] = {}
         self._endpoint_sinks: dict[str, EndpointsSink] = {}
         self._published: dict[str, list[tuple[ServiceKey, int, controller_pb2.ExpectedService,
                                               controller_pb2.ExpectedEndpoint]]] = {}
@@ -124,6 +122,9 @@ class Cluster:
         """The expected endpoints last built (None: to be rebuilt)."""
         self._scanned = False
         self.commit_latency = Hist(LATENCY)
+        """How long the store takes to make a change durable."""
+        self.commit_total_latency = Hist(LATENCY)
+        """How long a whole commit takes: durable, applied, published, queued for agents."""
         self.listeners: list[Callable[[Changes], None]] = []
         """Called after every commit (the scheduler loop wakes on them)."""
         self.secrets_of: SecretsOf | None = None
@@ -142,23 +143,25 @@ class Cluster:
             return self.state.index
         if self.may_write is not None:
             self.may_write()
-        gone = self.state.nodes_with(changes.delete_allocs)  # their agents' sets shrink
         t0 = time.perf_counter()
         index = await self.store.commit(changes)
         self.commit_latency.observe(time.perf_counter() - t0)
+        touched = touched_nodes(self.state, changes) if self._feeds else {}
         self.state.apply(changes, index)
         if changes.events:
             self.events.publish(changes.events)
-        nodes = {a.node_id for a in changes.put_allocs} | gone
-        nodes |= {n.id for n in changes.put_nodes}
+        for node_id, ids in touched.items():
+            feed = self._feeds.get(node_id)
+            if feed is not None:
+                feed.touch(ids)
         if any(k.startswith(SECRET_META) for k in (*changes.meta, *changes.delete_meta)):
-            nodes |= set(self._sinks)  # those whose secrets did not change are not sent again
-        for node_id in nodes:
-            self.push_desired(node_id)
+            for feed in self._feeds.values():  # those whose secrets did not change send nothing
+                feed.secrets_changed()
         self._track_endpoints(changes)
         for listener in self.listeners:
             listener(changes)
         self.index.moved()
+        self.commit_total_latency.observe(time.perf_counter() - t0)
         return index
 
     async def write(self, changes: Changes) -> int:
@@ -167,16 +170,18 @@ class Cluster:
 
     # --- agents' desired sets ------------------------------------------------------------------
 
-    def attach(self, node_id: str, sink: DesiredSink) -> None:
-        """Send this node's desired set to ``sink`` now and after every change to it."""
-        self._sinks[node_id] = sink
-        self._pushed.pop(node_id, None)
-        self.push_desired(node_id)
+    def attach(self, node: node_pb2.Node | str, wake: Callable[[], None]) -> NodeFeed:
+        """Feed this node's stream: ``wake`` is called when there is something to send, and
+        ``next_desired`` says what (the whole set first)."""
+        node_id = node if isinstance(node, str) else node.id
+        changes = not isinstance(node, str) and FEATURE in node.features
+        feed = self._feeds[node_id] = NodeFeed(node_id, wake, changes=changes)
+        wake()
+        return feed
 
-    def detach(self, node_id: str, sink: DesiredSink) -> None:
-        if self._sinks.get(node_id) is sink:
-            del self._sinks[node_id]
-            self._pushed.pop(node_id, None)
+    def detach(self, feed: NodeFeed) -> None:
+        if self._feeds.get(feed.node_id) is feed:
+            del self._feeds[feed.node_id]
 
     # --- the expected endpoints ----------------------------------------------------------------
 
@@ -268,45 +273,20 @@ class Cluster:
         return (old or []) != entries
 
     def connected(self, node_id: str) -> bool:
-        return node_id in self._sinks
+        return node_id in self._feeds
 
-    def desired_for(self, node_id: str) -> controller_pb2.DesiredAllocations:
-        """Every allocation the node should run, with the state's index as version, this
-        cluster's id and the store's epoch (an agent applies sets of its own cluster only, and
-        a newer epoch, after a restore, resets the version it compares with)."""
-        allocs = [a for a in self.state.allocs_on_node(node_id) if a.desired_status == RUN]
-        meta = self.state.meta
-        return controller_pb2.DesiredAllocations(
-            version=self.state.index, allocations=allocs, cluster_id=meta.get("cluster_id", ""),
-            epoch=int(meta.get("store_epoch", "0") or 0),
-            secrets=self.secrets_of(allocs) if self.secrets_of is not None else [])
+    def next_desired(self, feed: NodeFeed) -> controller_pb2.ControllerMessage | None:
+        """The message that brings the feed's agent up to date (None: it is)."""
+        return feed.next_message(self.state, self.secrets_of)
 
     def resend(self) -> None:
-        """Send every connected agent its desired set and the expected endpoints again,
-        changed or not (after a restore)."""
-        self._pushed.clear()
+        """Send every connected agent its whole desired set and the expected endpoints again,
+        changed or not (after a restore: a new store epoch)."""
         self.reset_endpoints()
-        for node_id in list(self._sinks):
-            self.push_desired(node_id)
+        for feed in list(self._feeds.values()):
+            feed.first = True
+            feed.wake()
         if self._endpoint_sinks:
             expected = self.expected_endpoints()
             for sink in list(self._endpoint_sinks.values()):
                 sink(expected)
-
-    def push_desired(self, node_id: str) -> None:
-        sink = self._sinks.get(node_id)
-        if sink is None:
-            return
-        desired = self.desired_for(node_id)
-        # the agent converges to the set, so an unchanged set is not worth sending again
-        digest = f"{desired.cluster_id}:{desired.epoch};".encode() + b"".join(
-            sorted(_digest(a) for a in desired.allocations)) + b"".join(
-            f"|{s.namespace}/{s.name}#{s.version}".encode() for s in desired.secrets)
-        if self._pushed.get(node_id) == digest:
-            return
-        self._pushed[node_id] = digest
-        sink(desired)
-
-
-def _digest(a: node_pb2.Allocation) -> bytes:
-    return f"{a.id}:{a.job_version}:{a.desired_status}".encode()

@@ -69,7 +69,7 @@ class ControllerConfig(DaemonConfig):
     """Seconds the agents of nodes known from before this controller started have to connect
     again before their nodes are marked down (unless gossip says they are dead): an agent
     that lost its controller retries with a backoff of up to 10 s (as Nomad's
-    failover_heartbeat_ttl)."""
+    failover_heartbeat_ttl); at least a second per 50 nodes (``controller.nodes``)."""
     max_down_fraction: float = 0.5
     """Never mark more than this share of the nodes down at once (likely a partition)."""
     brake_window: float = 600.0

@@ -12,9 +12,11 @@ when an allocation of the version fails or is not healthy within
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from controller.state import FAILED, LOST, PENDING, RUN, RUNNING, ClusterState
+from controller.scheduler import AllocInfo
+from controller.state import RUN, RUNNING, ClusterState
 from orch.jobspec.model import Group, Job
 from orch.v1 import controller_pb2, node_pb2
 
@@ -26,11 +28,16 @@ def has_checks(group: Group) -> bool:
     return any(t.checks for t in group.tasks) or any(s.check is not None for s in group.services)
 
 
-def health_updates(state: ClusterState, now_ns: int) -> tuple[list[node_pb2.Allocation], int | None]:
-    """Allocations whose ``healthy`` must change now, and when the next one falls due."""
+def health_updates(state: ClusterState, now_ns: int, ids: Iterable[str]
+                   ) -> tuple[list[node_pb2.Allocation], dict[str, int]]:
+    """Of the allocations ``ids`` names: those whose ``healthy`` must change now, and those
+    that will turn healthy later unless something changes (id -> when)."""
     out: list[node_pb2.Allocation] = []
-    due: int | None = None
-    for a in state.allocs.values():
+    later: dict[str, int] = {}
+    for alloc_id in ids:
+        a = state.allocs.get(alloc_id)
+        if a is None:
+            continue
         if a.desired_status != RUN:
             want, ready_at = False, None
         else:
@@ -50,8 +57,8 @@ def health_updates(state: ClusterState, now_ns: int) -> tuple[list[node_pb2.Allo
             b.modify_time_ns = now_ns
             out.append(b)
         elif not want and ready_at is not None:
-            due = ready_at if due is None else min(due, ready_at)
-    return out, due
+            later[alloc_id] = ready_at
+    return out, later
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +71,10 @@ class Verdict:
     """When a deadline of this deployment falls due (so that the caller looks again)."""
 
 
-def assess(dep: controller_pb2.Deployment, job: Job, allocs: list[node_pb2.Allocation],
+def assess(dep: controller_pb2.Deployment, job: Job, allocs: list[AllocInfo],
            now_ns: int) -> Verdict:
-    """Bring a deployment's counters and status up to date from the job's allocations."""
+    """Bring a deployment's counters and status up to date from the job's allocations (as
+    the scheduler's snapshot holds them)."""
     new = controller_pb2.Deployment()
     new.CopyFrom(dep)
     if dep.status not in ACTIVE:
@@ -82,14 +90,14 @@ def assess(dep: controller_pb2.Deployment, job: Job, allocs: list[node_pb2.Alloc
         if spec is None:
             continue
         mine = [a for a in allocs if a.group == dg.group and a.job_version == dep.job_version
-                and a.desired_status == RUN]
+                and a.desired == "run"]
         healthy = [a for a in mine if a.healthy]
         unhealthy = []
         for a in mine:
-            if a.client_status in (FAILED, LOST):
+            if a.client in ("failed", "lost"):
                 unhealthy.append((a, f"allocation {a.name} {_client(a)}"))
-            elif not a.healthy and a.client_status in (PENDING, RUNNING):
-                deadline = a.create_time_ns + int(spec.update.healthy_deadline * NS)
+            elif not a.healthy and a.client in ("pending", "running"):
+                deadline = int(a.create_time * NS) + int(spec.update.healthy_deadline * NS)
                 if now_ns >= deadline:
                     unhealthy.append((a, f"allocation {a.name} was not healthy within "
                                          f"{spec.update.healthy_deadline:g}s"))
@@ -117,8 +125,8 @@ def assess(dep: controller_pb2.Deployment, job: Job, allocs: list[node_pb2.Alloc
                 done = False
                 if len(canaries) >= dg.desired_canaries and all(a.healthy for a in canaries):
                     waiting_promotion = True
-        older = [a for a in allocs if a.group == dg.group and a.desired_status == RUN
-                 and a.job_version != dep.job_version and a.client_status in (PENDING, RUNNING)]
+        older = [a for a in allocs if a.group == dg.group and a.desired == "run"
+                 and a.job_version != dep.job_version and a.client in ("pending", "running")]
         if len(healthy) < dg.desired or older or any(a.canary for a in healthy):
             done = False
     if failure:
@@ -136,5 +144,5 @@ def assess(dep: controller_pb2.Deployment, job: Job, allocs: list[node_pb2.Alloc
     return Verdict(new, changed, failed_alloc, min(deadlines) if deadlines else None)
 
 
-def _client(a: node_pb2.Allocation) -> str:
-    return "failed" if a.client_status == FAILED else "was lost"
+def _client(a: AllocInfo) -> str:
+    return "failed" if a.client == "failed" else "was lost"

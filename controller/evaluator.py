@@ -5,7 +5,15 @@ down or came back, an allocation failed or turned healthy, a reschedule delay
 ran out) queues an *evaluation* of that job; queued evaluations of the same job
 coalesce. An evaluation hands the job and the cluster snapshot to the pure
 scheduler and commits the plan it returns. The loop also runs every
-``reconcile_interval`` over every job, so that anything missed is repaired.
+``reconcile_interval`` over every job whose inputs changed since its last evaluation
+found nothing to do (its allocations, its version, the nodes, namespaces), so that
+anything missed is repaired without evaluating a thousand settled jobs every time.
+
+Health and deployments are followed from what commits touch: an allocation is looked
+at again when a commit changes it or when its ``min_healthy_time`` runs out, a
+deployment when its job's allocations changed or one of its deadlines falls due, at
+most every ``DEPLOYMENT_BATCH`` seconds (as Nomad's deployment watcher batches), so a
+pass costs what changed, not what exists.
 """
 
 from __future__ import annotations
@@ -13,18 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
 import time
 import uuid
 from collections.abc import Callable
 
 from controller.cluster import Cluster
-from controller.deployments import ACTIVE, assess, health_updates
+from controller.deployments import ACTIVE, assess, has_checks, health_updates
 from controller.namespaces import META_PREFIX as NAMESPACE_META
 from controller.namespaces import Namespaces
 from controller.planner import event, new_deployment, plan_summary, plan_to_changes
-from controller.scheduler import SchedulerConfig, schedule
-from controller.state import RUN, TERMINAL, job_key
+from controller.scheduler import AllocInfo, SchedulerConfig, schedule
+from controller.state import TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -32,6 +41,15 @@ from orch.vocab import namespace_of
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
+MAX_KEPT_CHANGES = 100
+"""Planned changes an evaluation kept in the history lists (the rest are counted): a plan
+placing a thousand allocations would otherwise keep a thousand lines per evaluation."""
+HEALTH_BATCH = 5000
+"""Allocations one health pass looks at, at most (the rest wait for the next pass, so
+that a burst of reports does not hold the loop for seconds)."""
+DEPLOYMENT_BATCH = 0.25
+"""Seconds between two looks at the deployments whose allocations changed (changes that
+come meanwhile are looked at together)."""
 
 
 class Evaluator:
@@ -49,9 +67,31 @@ class Evaluator:
         self._waiters: dict[JobKey, list[asyncio.Future[controller_pb2.Evaluation]]] = {}
         self._due: dict[JobKey, float] = {}
         """Jobs to evaluate again at a given time (a reschedule delay ends)."""
+        self._settled: dict[JobKey, tuple[int, ...]] = {}
+        """Jobs whose last evaluation found nothing to do, with what it looked at then: the
+        periodic sweep leaves them be while that is the same."""
         self._blocked: set[JobKey] = set()
         """Jobs with unplaced allocations: evaluated again when capacity may have appeared."""
         self._health_due: float | None = None
+        self._health_all = True
+        """Look at every allocation's health at the next pass (a new term starts)."""
+        self._health_ids: set[str] = set()
+        """Allocations changed since the last health pass."""
+        self._health_later: dict[str, int] = {}
+        """Allocations that turn healthy at a time unless they change (id -> time, ns)."""
+        self._health_heap: list[tuple[int, str]] = []
+        """The same times in a heap (stale entries are skipped)."""
+        self._dirty_jobs: set[JobKey] = set()
+        """Jobs whose allocations, versions or deployments changed since their last look."""
+        self._urgent_jobs: set[JobKey] = set()
+        """Of those, jobs with an allocation that failed or was lost: looked at before the
+        job is evaluated again (which replaces it), whatever the batch."""
+        self._dep_checks: dict[str, int] = {}
+        """Deployment id -> when one of its deadlines falls due (ns)."""
+        self._deployments_at = 0.0
+        """When the deployments were last looked at (monotonic)."""
+        self._health_at = 0.0
+        """When the last health pass ran (monotonic)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
@@ -90,11 +130,20 @@ class Evaluator:
         return await fut
 
     def _on_commit(self, changes: Changes) -> None:
-        """Wake on what changes placements: failed or finished allocations, health, nodes."""
+        """Wake on what changes placements (failed or finished allocations, nodes) and on
+        what changes health and deployments."""
         for a in changes.put_allocs:
-            if a.client_status in TERMINAL or a.checks_healthy != a.healthy:
-                self._wake.set()
+            self._health_ids.add(a.id)
+            self._dirty_jobs.add(job_key(a))
+            if a.client_status in TERMINAL:
+                self._urgent_jobs.add(job_key(a))
                 self.enqueue(job_key(a), "alloc-update")
+        if changes.put_allocs or changes.put_deployments:
+            self._wake.set()  # the health pass looks at what changed
+        for alloc_id in changes.delete_allocs:
+            self._health_later.pop(alloc_id, None)
+        self._dirty_jobs.update(job_key(j) for j in changes.put_jobs)
+        self._dirty_jobs.update((namespace_of(d.namespace), d.job) for d in changes.put_deployments)
         if changes.put_nodes or any(a.client_status in TERMINAL for a in changes.put_allocs) \
                 or any(k.startswith(NAMESPACE_META) for k in (*changes.meta, *changes.delete_meta)):
             for key in self._blocked:
@@ -104,6 +153,7 @@ class Evaluator:
     # --- the loop ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._health_all = True  # a new term: the state may be new too
         self._task = asyncio.create_task(self.run(), name="evaluator")
 
     async def stop(self) -> None:
@@ -135,7 +185,7 @@ class Evaluator:
             now = self.clock()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.reconcile_interval
-                self.enqueue_all("periodic")
+                self._sweep()
             for key, at in list(self._due.items()):
                 if at <= now:
                     del self._due[key]
@@ -150,13 +200,32 @@ class Evaluator:
                     for fut in self._waiters.pop(key, []):
                         if not fut.done():
                             fut.set_result(ev)
+                    if time.monotonic() - self._health_at >= DEPLOYMENT_BATCH:
+                        await self.health_pass()  # a long queue does not hold health back
                 await self.health_pass()
+                while self._health_ids and not self._queue:
+                    await self.health_pass()
                 self.pass_latency.observe(time.perf_counter() - t0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one pass must not stop scheduling for good
                 log.exception("scheduling pass failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
+
+    def _inputs(self, key: JobKey) -> tuple[int, ...]:
+        """What an evaluation of the job reads that can change: its allocations, its latest
+        version, the nodes, the namespaces and settings."""
+        job = self.state.job(key)
+        snap = self.state.snapshot
+        return (snap.job_changed(*key), snap.node_version, job.version if job else -1,
+                int(job.stop) if job else 1, self.state.meta_index)
+
+    def _sweep(self) -> None:
+        """Evaluate every job again, except those settled since nothing they read changed."""
+        self._settled = {k: v for k, v in self._settled.items() if k in self.state.jobs}
+        for key in self.state.jobs:
+            if self._settled.get(key) != self._inputs(key):
+                self.enqueue(key, "periodic")
 
     # --- one evaluation ------------------------------------------------------------------------
 
@@ -177,6 +246,7 @@ class Evaluator:
         job = state.model(job_pb)
         if job.is_parent:  # periodic and parameterized jobs run as their children only
             job = dataclasses.replace(job, stop=True)
+        inputs = self._inputs(key)
         t0 = time.perf_counter()
         plan = schedule(job, state.snapshot, now, seed=state.seed(), config=self.scheduler,
                         quota=self.namespaces.quota(key[0]))
@@ -195,6 +265,10 @@ class Evaluator:
             self._blocked.add(key)
         else:
             self._blocked.discard(key)
+        if plan.is_noop and not plan.unplaced and plan.next_eval_at is None:
+            self._settled[key] = inputs
+        else:
+            self._settled.pop(key, None)
         changes = Changes()
         dep_id = ""
         latest = state.latest_deployment(key)
@@ -225,7 +299,7 @@ class Evaluator:
         changes.events += pc.events
         if not plan.is_noop or plan.unplaced or reason not in ("periodic", "alloc-update",
                                                                 "capacity"):
-            changes.put_evaluations.append(ev)
+            changes.put_evaluations.append(_kept(ev))
         if not plan.is_noop:
             log.info("evaluation", extra={"job": key[1], "reason": reason,
                                           "placed": len(plan.placements), "stopped": len(plan.stops),
@@ -237,66 +311,130 @@ class Evaluator:
 
     async def health_pass(self) -> None:
         """Mark allocations healthy or not, and move deployments along."""
+        self._health_at = time.monotonic()
         async with self.cluster.lock:
             now_ns = int(self.clock() * NS)
-            state = self.state
-            updates, due = health_updates(state, now_ns)
+            updates, due = self._health_updates(now_ns)
             changes = Changes(put_allocs=updates)
             touched = {job_key(a) for a in updates}
             for a in updates:
                 changes.events.append(event(
                     "allocation", "AllocationHealthy" if a.healthy else "AllocationUnhealthy",
                     a.id, f"{a.name} is {'healthy' if a.healthy else 'not healthy'}", now_ns))
-            fresh = {a.id: a for a in updates}
             checks: list[int] = [] if due is None else [due]
-            for dep in list(state.deployments.values()):
-                if dep.status not in ACTIVE:
-                    continue
-                key = (namespace_of(dep.namespace), dep.job)
-                job_pb = state.job_version(key, dep.job_version)
-                if job_pb is None:
-                    continue
-                allocs = [fresh.get(a.id, a) for a in state.allocs_of_job(key)]
-                verdict = assess(dep, state.model(job_pb), allocs, now_ns)
-                if verdict.next_check_ns is not None:
-                    checks.append(verdict.next_check_ns)
-                if not verdict.changed:
-                    continue
-                d = verdict.deployment
-                changes.put_deployments.append(d)
-                if d.status != dep.status:  # counters change often; say only when status does
-                    changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
-                                                d.id, f"{d.job} version {d.job_version}: "
-                                                f"{d.description}", now_ns, deployment=d))
-                touched.add(key)
-                changes.put_allocs += self._clear_promoted_canaries(d, fresh)
-                if d.status == "successful":
-                    stable = job_pb2.Job()
-                    stable.CopyFrom(job_pb)
-                    stable.stable = True
-                    changes.put_jobs.append(stable)
-                elif d.status == "failed" and any(g.auto_revert for g in d.groups):
-                    self._revert(key, d, changes, now_ns)
+            waited = time.monotonic() - self._deployments_at
+            fresh = {a.id: a for a in updates}
+            if waited >= DEPLOYMENT_BATCH or self._health_all:
+                self._deployments_at = time.monotonic()
+                dirty, self._dirty_jobs = self._dirty_jobs, set()
+                self._deployments(now_ns, dirty, fresh, touched, changes, checks)
+            else:
+                if self._urgent_jobs:
+                    self._deployments(now_ns, self._urgent_jobs, fresh, touched, changes, checks)
+                    self._dirty_jobs -= self._urgent_jobs
+                if self._dirty_jobs or touched:
+                    checks.append(now_ns + int((DEPLOYMENT_BATCH - waited) * NS))
+            self._urgent_jobs = set()
+            self._health_all = False
             await self.cluster.commit(changes)
             self._health_due = min(checks) / NS if checks else None
         for key in touched:
             self.enqueue(key, "deployment")
 
+    def _health_updates(self, now_ns: int) -> tuple[list[node_pb2.Allocation], int | None]:
+        """The health changes due now, of what changed and what waited for this time; and
+        when the next one falls due."""
+        if self._health_all:  # a new term: whatever may not be as it should
+            self._health_ids |= {i for i, a in self.state.snapshot.allocs.items()
+                                 if _unsettled(a)}
+            self._health_later.clear()
+            self._health_heap.clear()
+        ids: set[str] = set()
+        while self._health_ids and len(ids) < HEALTH_BATCH:
+            ids.add(self._health_ids.pop())
+        later, heap = self._health_later, self._health_heap
+        while heap and heap[0][0] <= now_ns and len(ids) < 2 * HEALTH_BATCH:
+            at, alloc_id = heapq.heappop(heap)
+            if later.get(alloc_id) == at:
+                del later[alloc_id]
+                ids.add(alloc_id)
+        updates, waiting = health_updates(self.state, now_ns, ids)
+        for alloc_id in ids:
+            self._health_later.pop(alloc_id, None)
+        for alloc_id, at in waiting.items():
+            self._health_later[alloc_id] = at
+            heapq.heappush(self._health_heap, (at, alloc_id))
+        if len(self._health_heap) > 2 * len(self._health_later) + 1024:  # drop stale entries
+            self._health_heap = [(at, i) for i, at in self._health_later.items()]
+            heapq.heapify(self._health_heap)
+        while self._health_heap and self._health_later.get(self._health_heap[0][1]) != \
+                self._health_heap[0][0]:
+            heapq.heappop(self._health_heap)
+        return updates, self._health_heap[0][0] if self._health_heap else None
+
+    def _deployments(self, now_ns: int, jobs: set[JobKey], fresh: dict[str, node_pb2.Allocation],
+                     touched: set[JobKey], changes: Changes, checks: list[int]) -> None:
+        """Bring the deployments of ``jobs`` (whose allocations changed) and of those whose
+        deadlines fell due up to date, adding what that changes to ``changes``."""
+        state = self.state
+        dirty = jobs | {job_key(a) for a in fresh.values()}
+        fresh_infos = {i: state.alloc_info(a) for i, a in fresh.items()}
+        for dep in list(state.deployments.values()):
+            if dep.status not in ACTIVE:
+                self._dep_checks.pop(dep.id, None)
+                continue
+            key = (namespace_of(dep.namespace), dep.job)
+            check = self._dep_checks.get(dep.id)
+            if not self._health_all and key not in dirty and (check is None or check > now_ns):
+                if check is not None:
+                    checks.append(check)
+                continue
+            job_pb = state.job_version(key, dep.job_version)
+            if job_pb is None:
+                continue
+            infos = [fresh_infos.get(a.id, a) for a in state.snapshot.allocs_of_job(*key)]
+            verdict = assess(dep, state.model(job_pb), infos, now_ns)
+            if verdict.next_check_ns is not None:
+                checks.append(verdict.next_check_ns)
+                self._dep_checks[dep.id] = verdict.next_check_ns
+            else:
+                self._dep_checks.pop(dep.id, None)
+            if not verdict.changed:
+                continue
+            d = verdict.deployment
+            changes.put_deployments.append(d)
+            if d.status != dep.status:  # counters change often; say only when status does
+                changes.events.append(event("deployment", f"Deployment{d.status.capitalize()}",
+                                            d.id, f"{d.job} version {d.job_version}: "
+                                            f"{d.description}", now_ns, deployment=d))
+            touched.add(key)
+            changes.put_allocs += self._clear_promoted_canaries(d, fresh)
+            if d.status == "successful":
+                stable = job_pb2.Job()
+                stable.CopyFrom(job_pb)
+                stable.stable = True
+                changes.put_jobs.append(stable)
+            elif d.status == "failed" and any(g.auto_revert for g in d.groups):
+                self._revert(key, d, changes, now_ns)
+
     def _clear_promoted_canaries(self, d: controller_pb2.Deployment,
                                  fresh: dict[str, node_pb2.Allocation]) -> list[node_pb2.Allocation]:
         """Promoted canaries become ordinary allocations (and take over their index)."""
         promoted = {g.group for g in d.groups if g.promoted}
+        if not promoted:
+            return []
         out = []
-        for a in self.state.allocs_of_job((namespace_of(d.namespace), d.job)):
-            if a.canary and a.group in promoted and a.deployment_id == d.id and \
-                    a.desired_status == RUN:
-                if a.id in fresh:  # already being rewritten in this commit
-                    fresh[a.id].canary = False
-                    continue
-                b = node_pb2.Allocation()
-                b.CopyFrom(a)
-                b.canary = False
-                out.append(b)
+        canaries = [i.id for i in self.state.snapshot.allocs_of_job(namespace_of(d.namespace), d.job)
+                    if i.canary and i.group in promoted and i.desired == "run"]
+        for alloc_id in canaries:
+            if alloc_id in fresh:  # already being rewritten in this commit
+                if fresh[alloc_id].deployment_id == d.id:
+                    fresh[alloc_id].canary = False
+                continue
+            a = self.state.allocs[alloc_id]  # a copy of its own
+            if a.deployment_id == d.id:
+                a.canary = False
+                out.append(a)
         return out
 
     def _revert(self, key: JobKey, d: controller_pb2.Deployment, changes: Changes,
@@ -319,3 +457,22 @@ class Evaluator:
         d.description += f"; rolling back to version {target.version} (as version {back.version})"
         changes.events.append(event("job", "JobReverted", key[1], d.description, now_ns, job=back))
 
+
+def _kept(ev: controller_pb2.Evaluation) -> controller_pb2.Evaluation:
+    """The evaluation as the history keeps it: its first ``MAX_KEPT_CHANGES`` changes."""
+    n = len(ev.plan.changes)
+    if n <= MAX_KEPT_CHANGES:
+        return ev
+    kept = controller_pb2.Evaluation()
+    kept.CopyFrom(ev)
+    del kept.plan.changes[MAX_KEPT_CHANGES:]
+    kept.plan.changes_omitted = n - MAX_KEPT_CHANGES
+    return kept
+
+
+def _unsettled(a: AllocInfo) -> bool:
+    """Whether an allocation's health may have to change (what a new term looks at): all but
+    those that run, healthy, without checks, and those stopped and not healthy."""
+    if a.desired != "run":
+        return a.healthy
+    return not a.healthy or a.client != "running" or a.spec is None or has_checks(a.spec)

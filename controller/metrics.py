@@ -14,7 +14,7 @@ from controller.gossip_events import GossipEvents
 from controller.leadership import LeaderStatus
 from controller.nodes import NodeMonitor
 from controller.usage import UsageTable
-from orch.vocab import CLIENT_STATUS, DESIRED_STATUS, NODE_STATUS
+from orch.vocab import NODE_STATUS
 
 
 class ControllerCollector(Collector):
@@ -62,6 +62,9 @@ class ControllerCollector(Collector):
                                      "Time one pass of the scheduling loop takes.")
         yield cluster.commit_latency.family("orch_controller_store_commit_seconds",
                                             "Time the store takes to make a change durable.")
+        yield cluster.commit_total_latency.family(
+            "orch_controller_commit_seconds", "Time one commit takes: made durable, applied "
+            "to memory, its events published, the agents' desired sets queued.")
         yield GaugeMetricFamily("orch_controller_connected_agents", "Agents holding a stream.",
                                 value=sum(1 for n in state.nodes if cluster.connected(n)))
         nodes = GaugeMetricFamily("orch_controller_nodes", "Nodes by status.", labels=["status"])
@@ -71,11 +74,7 @@ class ControllerCollector(Collector):
         yield nodes
         allocs = GaugeMetricFamily("orch_controller_allocations", "Allocations by desired and "
                                    "client status.", labels=["desired", "client"])
-        counts: dict[tuple[str, str], int] = {}
-        for a in state.allocs.values():
-            k = (DESIRED_STATUS.word(a.desired_status), CLIENT_STATUS.word(a.client_status))
-            counts[k] = counts.get(k, 0) + 1
-        for (desired, client), n in sorted(counts.items()):
+        for (desired, client), n in sorted(state.alloc_counts.items()):
             allocs.add_metric([desired, client], n)
         yield allocs
         yield GaugeMetricFamily("orch_controller_jobs", "Jobs known (any status).",

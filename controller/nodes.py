@@ -11,7 +11,8 @@ flapping node or a partition from causing a storm:
 
 - a node known from before the controller (re)started gets ``failover_grace`` to
   reconnect, since its agent's reconnection backoff may be longer than ``node_grace``
-  (as Nomad's failover heartbeat TTL), unless gossip says it is dead;
+  (as Nomad's failover heartbeat TTL), or longer in a big cluster (``RECONNECTS_PER_S``),
+  unless gossip says it is dead;
 - a node that went down recently waits longer before it is marked down again
   (the grace doubles with every flap within ``flap_window``, up to 16 times);
 - the controller never marks more than ``max_down_fraction`` of the nodes down at
@@ -29,10 +30,22 @@ removal (``NodeAdmin.remove``): the removed node's id stays refused for ever.
 
 When a down node comes back, its agent receives a desired set without the
 allocations that were rescheduled elsewhere, and stops them: nothing runs twice.
+
+What agents report (registrations, their allocations' states) is committed in
+batches: every report that arrives while a commit is under way goes into the next one
+(the newest per node or allocation wins), so thousands of agents cost a few commits a
+second, not one each, and nodes that go down together are marked down in one commit.
+Each stream waits for the next commit before it reads on, so what waits is bounded
+by the streams (one report per allocation at most), and one commit takes at most
+``REPORT_BATCH`` of them, so that none holds the event loop for long. A node that
+registers again as it was (a reconnection) does not cause its jobs to be evaluated again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -41,15 +54,26 @@ from dataclasses import dataclass, field
 from controller.cluster import Cluster
 from controller.evaluator import Evaluator
 from controller.planner import event
+from controller.scheduler import node_info_from_proto
 from controller.state import RUN, RUNNING, TERMINAL, ClusterState, job_key
 from controller.store.base import Changes
 from orch.errors import NotFoundError, RequestError
-from orch.v1 import job_pb2, node_pb2
+from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import CLIENT_STATUS
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
 READY, DOWN = node_pb2.NODE_STATUS_READY, node_pb2.NODE_STATUS_DOWN
+REPORT_BATCH = 5000
+"""Allocation reports one commit takes at most (the rest go into the next): a commit holds
+the event loop while it applies, and a thousand agents reconnecting at once report
+everything they run."""
+RECONNECTS_PER_S = 50
+"""Agents' streams a starting controller is counted on to take back per second (TLS
+handshake, registration, the whole desired set out, everything the node runs reported in):
+nodes known from before get at least ``nodes / RECONNECTS_PER_S`` seconds to come back (as
+Nomad's heartbeat TTL grows with the nodes, at its max_heartbeats_per_second of 50). A fixed
+15 s marked 3,300 of 5,000 nodes down after a restart while their agents queued to reconnect."""
 REVOKED = "revoked/"
 """``revoked/<node id>`` in the store's meta: the node was removed (``controller.trust``)."""
 NODE_KEY = "node-key/"
@@ -67,6 +91,12 @@ class _Liveness:
     """Its agent has connected to this controller (since it started)."""
     downs: list[float] = field(default_factory=list)
     """When the node was marked down, within the flap window."""
+
+
+def failover_grace_for(nodes: int, failover_grace: float) -> float:
+    """Seconds nodes known from before a controller started have to reconnect to it: the
+    configured grace, or longer when there are too many of them to take back within it."""
+    return max(failover_grace, nodes / RECONNECTS_PER_S)
 
 
 class NodeMonitor:
@@ -90,6 +120,15 @@ class NodeMonitor:
         overdue: one wave of unreachable nodes (a partition), however long it lasts."""
         self.braked = 0
         """Checks that left an overdue node up because of the half-down brake (metrics)."""
+        self._reports: dict[str, tuple[str, node_pb2.Allocation]] = {}
+        """Allocation id -> (reporting node, its newest report), for the next commit."""
+        self._registrations: dict[str, node_pb2.Node] = {}
+        """Node id -> its newest registration, for the next commit."""
+        self._batch: asyncio.Future[None] | None = None
+        """Resolved once the reports gathered so far are committed."""
+        self._flusher: asyncio.Task[None] | None = None
+        self.report_batches = 0
+        self.reports = 0
 
     def reset(self) -> None:
         """Forget what was seen of the agents' streams: a new term starts, and the nodes it
@@ -107,33 +146,42 @@ class NodeMonitor:
 
     async def register(self, reg: node_pb2.Node) -> node_pb2.Node:
         """An agent connected: record what it offers; keep what operators set (eligibility,
-        drain)."""
-        now_ns = int(self.clock() * NS)
-        async with self.cluster.lock:
-            old = self.state.nodes.get(reg.id)
-            node = node_pb2.Node()
-            node.CopyFrom(reg)
-            node.status = READY
-            node.status_time_ns = now_ns
-            if old is not None:
-                node.eligible = old.eligible
-                if old.HasField("drain"):
-                    node.drain.CopyFrom(old.drain)
-            else:
-                node.eligible = True
-            came_back = old is not None and old.status == DOWN
-            kind = "NodeRegistered" if old is None else ("NodeUp" if came_back else "NodeUpdated")
-            changes = Changes(put_nodes=[node], events=[event(
-                "node", kind, node.id, f"node {node.name} is ready", now_ns, node=node)])
-            await self.cluster.commit(changes)
+        drain). Committed with the other registrations and reports of the moment."""
+        old = self.state.nodes.get(reg.id)
+        self._registrations[reg.id] = reg
+        await self._in_next_batch()
+        node = self.state.nodes[reg.id]
         live = self._live.setdefault(node.id, _Liveness())
         live.connected, live.lost_at, live.gossip_dead, live.seen = True, None, False, True
         log.info("node ready", extra={"node": node.name, "node_id": node.id,
                                       "address": node.address})
-        self.evaluator.enqueue_all("node-update", system_only=True)
-        for key in {job_key(a) for a in self.state.allocs_on_node(node.id)}:
-            self.evaluator.enqueue(key, "node-update")
+        if old is None or old.status == DOWN or \
+                node_info_from_proto(old) != node_info_from_proto(node):
+            # what may be placed there, or must move, changed (not a reconnection as it was)
+            self.evaluator.enqueue_all("node-update", system_only=True)
+            snap = self.state.snapshot
+            infos = (snap.alloc(i) for i in self.state.by_node.get(node.id, ()))
+            for key in {(a.namespace, a.job) for a in infos if a is not None}:
+                self.evaluator.enqueue(key, "node-update")
         return node
+
+    def _registered(self, reg: node_pb2.Node, now_ns: int, changes: Changes) -> None:
+        old = self.state.nodes.get(reg.id)
+        node = node_pb2.Node()
+        node.CopyFrom(reg)
+        node.status = READY
+        node.status_time_ns = now_ns
+        if old is not None:
+            node.eligible = old.eligible
+            if old.HasField("drain"):
+                node.drain.CopyFrom(old.drain)
+        else:
+            node.eligible = True
+        came_back = old is not None and old.status == DOWN
+        kind = "NodeRegistered" if old is None else ("NodeUp" if came_back else "NodeUpdated")
+        changes.put_nodes.append(node)
+        changes.events.append(event("node", kind, node.id, f"node {node.name} is ready",
+                                    now_ns, node=node))
 
     def disconnected(self, node_id: str) -> None:
         live = self._live.setdefault(node_id, _Liveness())
@@ -185,49 +233,108 @@ class NodeMonitor:
             await self.register(again)
 
     async def report(self, node_id: str, updates: list[node_pb2.Allocation]) -> None:
-        """Merge what an agent reports about its allocations into the controller's records."""
+        """Merge what an agent reports about its allocations into the controller's records;
+        returns once that is committed (with every other report that came meanwhile)."""
+        for u in updates:
+            self._reports[u.id] = (node_id, u)
+        await self._in_next_batch()
+
+    async def _in_next_batch(self) -> None:
+        """Until what was queued is committed (by the batch being gathered now)."""
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="status-reports")
+        await asyncio.shield(batch)
+
+    async def _flush(self) -> None:
+        """Commit the gathered reports, batch after batch, until none are left."""
+        while self._reports or self._registrations:
+            regs, self._registrations = self._registrations, {}
+            reports = _take(self._reports, max(0, REPORT_BATCH - len(regs)))
+            batch, self._batch = self._batch, None
+            if batch is None:  # (report() makes one before it starts this task)
+                batch = asyncio.get_running_loop().create_future()
+            try:
+                await self._commit_batch(regs, reports)
+            except asyncio.CancelledError:
+                batch.cancel()
+                raise
+            except Exception as e:
+                batch.set_exception(e)
+                with contextlib.suppress(Exception):  # the waiters are told; not a leak
+                    batch.exception()
+            else:
+                batch.set_result(None)
+
+    async def _commit_batch(self, regs: dict[str, node_pb2.Node],
+                            reports: dict[str, tuple[str, node_pb2.Allocation]]) -> None:
         now_ns = int(self.clock() * NS)
+        self.report_batches += 1
+        self.reports += len(reports)
         async with self.cluster.lock:
             changes = Changes()
-            for u in updates:
-                cur = self.state.allocs.get(u.id)
-                if cur is None or cur.node_id != node_id:
-                    continue  # not this node's: ignore
-                a = node_pb2.Allocation()
-                a.CopyFrom(cur)
-                if cur.client_status in TERMINAL and cur.desired_status != RUN \
-                        and u.client_status not in TERMINAL:
-                    continue  # a late report about an allocation already given up on
-                if u.client_status and u.client_status != cur.client_status:
-                    a.client_status = u.client_status
-                    a.client_since_ns = now_ns
-                if u.checks_healthy and not cur.checks_healthy:
-                    a.checks_healthy_since_ns = now_ns
-                a.checks_healthy = u.checks_healthy and a.client_status == RUNNING
-                a.tasks.clear()
-                for name, t in u.tasks.items():
-                    a.tasks[name].CopyFrom(t)
-                if u.description:
-                    a.description = u.description
-                if a == cur:
+            for reg in regs.values():
+                self._registered(reg, now_ns, changes)
+            for node_id, u in reports.values():
+                a = self._merged(node_id, u, now_ns)
+                if a is None:
                     continue
-                a.modify_time_ns = now_ns
-                changes.put_allocs.append(a)
-                if a.client_status != cur.client_status:
-                    status = CLIENT_STATUS.word(a.client_status)
-                    changes.events.append(event(
-                        "allocation", f"Allocation{status.capitalize()}", a.id,
-                        f"{a.name} is {status}", now_ns, allocation=a))
-                for name, t in a.tasks.items():
-                    before = cur.tasks[name].restarts if name in cur.tasks else 0
-                    if t.restarts > before:
-                        why = next((e.message for e in reversed(t.events)
-                                    if e.type == "Restarting"), "")
-                        changes.events.append(event(
-                            "allocation", "AllocationRestarted", a.id,
-                            f"{a.name}: task {name} restarted ({t.restarts} so far)"
-                            + (f": {why}" if why else ""), now_ns, allocation=a))
+                changes.put_allocs.append(a[0])
+                changes.events += a[1]
             await self.cluster.commit(changes)
+
+    def _merged(self, node_id: str, u: node_pb2.Allocation, now_ns: int) -> tuple[
+            node_pb2.Allocation, list[controller_pb2.Event]] | None:
+        """The allocation with what its node reported merged in, and the events that says;
+        None when the report changes nothing (or is not the node's to make)."""
+        info = self.state.snapshot.alloc(u.id)
+        if info is None or info.node_id != node_id:
+            return None  # not this node's: ignore
+        a = self.state.allocs[u.id]  # a copy of its own
+        was = a.client_status
+        if was in TERMINAL and a.desired_status != RUN and u.client_status not in TERMINAL:
+            return None  # a late report about an allocation already given up on
+        changed = False
+        if u.client_status and u.client_status != was:
+            a.client_status = u.client_status
+            a.client_since_ns = now_ns
+            changed = True
+        checks = u.checks_healthy and a.client_status == RUNNING
+        if checks != a.checks_healthy:
+            if checks:
+                a.checks_healthy_since_ns = now_ns
+            a.checks_healthy = checks
+            changed = True
+        restarted = []
+        if a.tasks != u.tasks:
+            for name, t in u.tasks.items():
+                before = a.tasks[name].restarts if name in a.tasks else 0
+                if t.restarts > before:
+                    why = next((e.message for e in reversed(t.events) if e.type == "Restarting"),
+                               "")
+                    restarted.append((name, t.restarts, why))
+            a.tasks.clear()
+            for name, t in u.tasks.items():
+                a.tasks[name].CopyFrom(t)
+            changed = True
+        if u.description and u.description != a.description:
+            a.description = u.description
+            changed = True
+        if not changed:
+            return None
+        a.modify_time_ns = now_ns
+        events = []
+        if a.client_status != was:
+            status = CLIENT_STATUS.word(a.client_status)
+            events.append(event("allocation", f"Allocation{status.capitalize()}", a.id,
+                                f"{a.name} is {status}", now_ns, allocation=a))
+        for name, n, why in restarted:
+            events.append(event("allocation", "AllocationRestarted", a.id,
+                                f"{a.name}: task {name} restarted ({n} so far)"
+                                + (f": {why}" if why else ""), now_ns, allocation=a))
+        return a, events
 
     # --- liveness ------------------------------------------------------------------------------
 
@@ -236,6 +343,7 @@ class NodeMonitor:
         now = self.clock()
         ready = [n for n in self.state.nodes.values() if n.status == READY]
         due = []
+        failover_grace = failover_grace_for(len(self.state.nodes), self.failover_grace)
         for node in ready:
             live = self._live.setdefault(node.id, _Liveness(lost_at=now))
             if self.cluster.connected(node.id) and not live.gossip_dead:
@@ -246,7 +354,7 @@ class NodeMonitor:
             live.downs = [t for t in live.downs if now - t < self.flap_window]
             grace = self.node_grace * min(16, 2 ** len(live.downs))
             if not live.seen and not live.gossip_dead:
-                grace = max(grace, self.failover_grace)  # known from before we started
+                grace = max(grace, failover_grace)  # known from before we started
             if now - live.lost_at >= grace:
                 due.append(node)
         if not due:
@@ -266,10 +374,9 @@ class NodeMonitor:
                                 "unreachable": len(due), "down": down, "nodes": total})
                 self._warned_partition = True
             due = due[:max(0, allowed)]
-        for node in due:
-            await self._mark_down(node, now)
-            if braked:  # part of a wave the brake held back: it counts while the wave lasts
-                self._wave.add(node.id)
+        await self._mark_down(due, now)
+        if braked:  # part of a wave the brake held back: it counts while the wave lasts
+            self._wave.update(n.id for n in due)
 
     def brake_count(self, now: float) -> list[node_pb2.Node]:
         """The nodes the half-down brake counts: ready ones, those marked down within
@@ -279,26 +386,36 @@ class NodeMonitor:
         return [n for n in self.state.nodes.values() if n.status == READY or (
             n.status == DOWN and (n.status_time_ns >= since_ns or n.id in self._wave))]
 
-    async def _mark_down(self, node: node_pb2.Node, now: float) -> None:
+    async def _mark_down(self, due: list[node_pb2.Node], now: float) -> None:
+        """Mark these nodes down (in one commit) and evaluate the jobs that ran there."""
         now_ns = int(now * NS)
+        down = []
         async with self.cluster.lock:
-            cur = self.state.nodes.get(node.id)
-            live = self._live.get(node.id)
-            if cur is None or cur.status != READY or (
-                    self.cluster.connected(node.id) and not (live and live.gossip_dead)):
-                return
-            n = node_pb2.Node()
-            n.CopyFrom(cur)
-            n.status = DOWN
-            n.status_time_ns = now_ns
-            await self.cluster.commit(Changes(put_nodes=[n], events=[event(
-                "node", "NodeDown", n.id, f"node {n.name} is down", now_ns, node=n)]))
-        self._live.setdefault(node.id, _Liveness()).downs.append(now)
-        log.warning("node down", extra={"node": node.name, "node_id": node.id})
-        for key in {job_key(a) for a in self.state.allocs_on_node(node.id)
-                    if a.desired_status == RUN}:
-            self.evaluator.enqueue(key, "node-down")
-        self.evaluator.enqueue_all("node-down", system_only=True)
+            changes = Changes()
+            for node in due:
+                cur = self.state.nodes.get(node.id)
+                live = self._live.get(node.id)
+                if cur is None or cur.status != READY or (
+                        self.cluster.connected(node.id) and not (live and live.gossip_dead)):
+                    continue
+                n = node_pb2.Node()
+                n.CopyFrom(cur)
+                n.status = DOWN
+                n.status_time_ns = now_ns
+                changes.put_nodes.append(n)
+                changes.events.append(event("node", "NodeDown", n.id, f"node {n.name} is down",
+                                            now_ns, node=n))
+                down.append(n)
+            await self.cluster.commit(changes)
+        snap = self.state.snapshot
+        for n in down:
+            self._live.setdefault(n.id, _Liveness()).downs.append(now)
+            log.warning("node down", extra={"node": n.name, "node_id": n.id})
+            infos = (snap.alloc(i) for i in self.state.by_node.get(n.id, ()))
+            for key in {(a.namespace, a.job) for a in infos if a is not None and a.desired == "run"}:
+                self.evaluator.enqueue(key, "node-down")
+        if down:
+            self.evaluator.enqueue_all("node-down", system_only=True)
 
 
 def forget_node(state: ClusterState, node: node_pb2.Node, now_ns: int, why: str, *,
@@ -448,3 +565,16 @@ class NodeAdmin:
                     changes.events.append(event("node", "NodeDrainComplete", n.id,
                                                 f"node {n.name} drained", now_ns, node=n))
             await self.cluster.commit(changes)
+
+
+def _take(queued: dict[str, tuple[str, node_pb2.Allocation]], n: int) -> dict[
+        str, tuple[str, node_pb2.Allocation]]:
+    """The first ``n`` queued reports, taken out of ``queued`` (all of them when fewer)."""
+    if len(queued) <= n:
+        out = dict(queued)
+        queued.clear()
+        return out
+    out = {}
+    for k in list(itertools.islice(queued, n)):
+        out[k] = queued.pop(k)
+    return out

@@ -33,6 +33,7 @@ class Autoscaler:
         return s.last_reason if s is not None else ""
 
     async def run(self) -> None:
+        self.usage.watch(self.scaled_groups(), self.state.snapshot.allocs)
         while True:
             await asyncio.sleep(self.cfg.interval)
             try:
@@ -42,8 +43,18 @@ class Autoscaler:
             except Exception:
                 log.exception("autoscaling pass failed")
 
+    def scaled_groups(self) -> set[tuple[str, str, str]]:
+        """(namespace, job, group) of every group with an enabled scaling policy."""
+        out: set[tuple[str, str, str]] = set()
+        for key, versions in self.state.jobs.items():
+            if not versions[-1].stop:
+                out.update((key[0], key[1], g.name) for g in self.state.model(versions[-1]).groups
+                           if g.scaling is not None and g.scaling.enabled)
+        return out
+
     async def evaluate(self) -> None:
         now = self.clock()
+        self.usage.watch(self.scaled_groups(), self.state.snapshot.allocs)
         seen: set[tuple[JobKey, str]] = set()
         for key, versions in list(self.state.jobs.items()):
             job = versions[-1]

@@ -61,9 +61,9 @@ from controller.nodes import NodeAdmin, NodeMonitor
 from controller.periodic import Launcher
 from controller.scaling import Autoscaler
 from controller.secrets import Secrets
-from controller.snapshot import EPOCH, Snapshots, restore_at_start
+from controller.snapshot import Snapshots, restore_at_start
 from controller.state import ClusterState
-from controller.store.base import Changes, Store
+from controller.store.base import EPOCH, Changes, Store
 from controller.usage import UsageTable
 from orch import daemon, join, keyring, pki
 from orch.errors import ConfigError
@@ -87,9 +87,22 @@ MAX_REQUEST = 16 * 1024 * 1024
 with many groups."""
 MAX_RESPONSE = MAX_AGENT_MESSAGE
 """Largest message the controller sends (a big desired set, a page of logs it relays)."""
-MIN_PING_INTERVAL_MS = 5_000
-"""The shortest interval between a client's keepalive pings the controller accepts: below
-the agents' 10 s."""
+AGENT_PING_MIN_MS = 5_000
+"""The shortest interval between an agent's keepalive pings the controller accepts (ms): a
+stream the controller sends nothing on for a while is pinged every 10 s by its agent
+(``agent.controller_link``), and gRPC's default (5 minutes) answered the third ping with
+GOAWAY (too_many_pings), dropping every idle agent's stream about every 30 s."""
+
+
+def server_options(ping_min_ms: int = AGENT_PING_MIN_MS) -> list[tuple[str, int]]:
+    """The gRPC server's options: message limits, and the agents' keepalive pings accepted
+    every ``ping_min_ms`` (gRPC's name for that is ``grpc.http2.min_ping_interval_without_
+    data_ms``; an unknown name is silently ignored, so a test holds a stream with it)."""
+    return [("grpc.max_receive_message_length", MAX_REQUEST),
+            ("grpc.max_send_message_length", MAX_RESPONSE),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", ping_min_ms),
+            ("grpc.http2.max_ping_strikes", 0)]  # only members (mTLS) reach it
 SERVICES = ("ControllerService", "NodeService")
 """The gRPC services of the controller (besides health and reflection)."""
 
@@ -169,14 +182,7 @@ class Controller:
                                  insecure=cfg.insecure, how="bootstrap the cluster (--bootstrap) "
                                  "or join one (--join-token)")
 
-        server = self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_REQUEST),
-            ("grpc.max_send_message_length", MAX_RESPONSE),
-            # the agents ping their stream every 10 s (agent.controller_link): allow it, or
-            # gRPC answers "too_many_pings" with a GOAWAY and the stream starts over
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
-            ("grpc.http2.max_ping_strikes", 0)])  # only members (mTLS) reach it
+        server = self._server = grpc.aio.server(options=server_options())
         bound = server.add_secure_port(f"{host}:{port}", self.trust.server_credentials()) \
             if self.trust is not None else server.add_insecure_port(f"{host}:{port}")
         if not bound:

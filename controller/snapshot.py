@@ -39,7 +39,7 @@ from pathlib import Path
 
 from controller.cluster import Cluster
 from controller.planner import event
-from controller.store.base import Changes, Store, StoreSnapshot
+from controller.store.base import CLUSTER_ID, EPOCH, Changes, Store, StoreSnapshot
 from controller.store.sqlite import SQLiteStore, read_backup
 from orch.errors import ConfigError, RequestError, StoreError
 
@@ -52,10 +52,6 @@ MAX_SNAPSHOT_BYTES = 8 * 2**30
 """The largest snapshot a restore accepts: etcd's largest quota (8 GiB) holds no more."""
 CHUNK = 1 << 20
 """Bytes per streamed piece (well under gRPC's message limits)."""
-EPOCH = "store_epoch"
-"""Meta: the store's lineage, nanoseconds since the epoch when it began (a fresh store) or
-was last restored; it only grows."""
-CLUSTER_ID = "cluster_id"
 
 
 @dataclass(frozen=True, slots=True)

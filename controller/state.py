@@ -4,16 +4,21 @@ Every change reaches it through ``apply(changes)`` after the store has made the
 same change durable, so memory never runs ahead of the disk. Beside the
 protobuf records it keeps the scheduler's ``ClusterSnapshot`` current, one
 small update per change.
+
+Allocations are by far the most numerous records (a million in a big cluster), so
+they are kept serialized (``AllocTable``: a few hundred bytes each, where a parsed
+message takes kilobytes); reading one parses it, and the reader gets its own copy.
+What is read of every allocation often (node, job, statuses, resources) is in the
+snapshot's ``AllocInfo``, whose strings are shared (interned) with the indexes here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
-from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, StoreSnapshot
+from controller.store.base import MAX_EVALUATIONS, AllocTable, Changes, JobKey, StoreSnapshot
 from orch.errors import NotFoundError, RequestError
 from orch.jobspec.model import Group, Job, group_from_proto, job_from_proto
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -39,7 +44,7 @@ class ClusterState:
     def __init__(self) -> None:
         self.index = 0
         self.jobs: dict[JobKey, list[job_pb2.Job]] = {}
-        self.allocs: dict[str, node_pb2.Allocation] = {}
+        self.allocs = AllocTable()
         self.by_node: dict[str, set[str]] = {}
         self.by_job: dict[JobKey, set[str]] = {}
         self.nodes: dict[str, node_pb2.Node] = {}
@@ -49,6 +54,9 @@ class ClusterState:
         self.meta_index = 0
         """The index of the last commit that changed ``meta`` (views of it cache on this)."""
         self.snapshot = ClusterSnapshot()
+        self.alloc_counts: dict[tuple[str, str], int] = {}
+        """(desired status, client status) -> allocations (kept as they change: metrics read
+        it without walking every allocation)."""
         self._models: dict[tuple[JobKey, int], Job] = {}
         self._specs: dict[tuple[JobKey, int, str], Group] = {}
 
@@ -57,9 +65,14 @@ class ClusterState:
         state = cls()
         state.apply(Changes(
             put_jobs=[v for versions in snap.jobs.values() for v in versions],
-            put_nodes=list(snap.nodes.values()), put_allocs=list(snap.allocs.values()),
-            put_deployments=list(snap.deployments.values()),
+            put_nodes=list(snap.nodes.values()), put_deployments=list(snap.deployments.values()),
             put_evaluations=list(snap.evaluations), meta=dict(snap.meta)), snap.index)
+        if isinstance(snap.allocs, AllocTable):  # the store's bytes are kept as they are
+            for _, raw in snap.allocs.raw_items():
+                state._put_alloc(node_pb2.Allocation.FromString(raw), raw)
+        else:
+            for alloc in snap.allocs.values():
+                state._put_alloc(alloc)
         return state
 
     def reset(self, snap: StoreSnapshot) -> None:
@@ -122,7 +135,7 @@ class ClusterState:
         """Allocations whose id starts with ``prefix`` (a full id matches itself only)."""
         if prefix in self.allocs:
             return [self.allocs[prefix]]
-        return [a for i, a in self.allocs.items() if i.startswith(prefix)] if prefix else []
+        return [self.allocs[i] for i in self.allocs if i.startswith(prefix)] if prefix else []
 
     def one_alloc(self, ref: str) -> node_pb2.Allocation:
         """The allocation an id, or a prefix of one id only, names."""
@@ -192,21 +205,35 @@ class ClusterState:
     def alloc_info(self, alloc: node_pb2.Allocation) -> AllocInfo:
         return alloc_info_from_proto(alloc, self.group_spec(alloc))
 
-    def _put_alloc(self, alloc: node_pb2.Allocation) -> None:
-        old = self.allocs.get(alloc.id)
-        if old is not None and old.node_id != alloc.node_id:
-            self.by_node.get(old.node_id, set()).discard(alloc.id)
-        self.allocs[alloc.id] = alloc
-        self.by_node.setdefault(alloc.node_id, set()).add(alloc.id)
-        self.by_job.setdefault(job_key(alloc), set()).add(alloc.id)
-        self.snapshot.upsert_alloc(self.alloc_info(alloc))
+    def _count(self, info: AllocInfo, sign: int) -> None:
+        k = (info.desired, info.client)
+        n = self.alloc_counts.get(k, 0) + sign
+        if n:
+            self.alloc_counts[k] = n
+        else:
+            del self.alloc_counts[k]
+
+    def _put_alloc(self, alloc: node_pb2.Allocation, raw: bytes | None = None) -> None:
+        info = self.alloc_info(alloc)
+        alloc_id = info.id
+        old = self.snapshot.alloc(alloc_id)
+        if old is not None:
+            self._count(old, -1)
+            if old.node_id != info.node_id:
+                _discard(self.by_node, old.node_id, alloc_id)
+        self._count(info, 1)
+        self.allocs.put(alloc_id, alloc, raw)
+        self.by_node.setdefault(info.node_id, set()).add(alloc_id)
+        self.by_job.setdefault((info.namespace, info.job), set()).add(alloc_id)
+        self.snapshot.upsert_alloc(info)
 
     def _delete_alloc(self, alloc_id: str) -> None:
-        old = self.allocs.pop(alloc_id, None)
-        if old is None:
+        old = self.snapshot.alloc(alloc_id)
+        if not self.allocs.pop(alloc_id) or old is None:
             return
+        self._count(old, -1)
         _discard(self.by_node, old.node_id, alloc_id)
-        _discard(self.by_job, job_key(old), alloc_id)
+        _discard(self.by_job, (old.namespace, old.job), alloc_id)
         self.snapshot.remove_alloc(alloc_id)
 
     def prune_caches(self) -> int:
@@ -221,9 +248,6 @@ class ClusterState:
         for m in models:
             del self._models[m]
         return len(stale) + len(models)
-
-    def nodes_with(self, alloc_ids: Iterable[str]) -> set[str]:
-        return {self.allocs[i].node_id for i in alloc_ids if i in self.allocs}
 
 
 def _discard(index: dict[K, set[str]], key: K, alloc_id: str) -> None:

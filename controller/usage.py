@@ -4,14 +4,22 @@ Agents send each sampling interval the cumulative CPU time of their allocations
 and what their load balancer sends to every endpoint; the table turns them into
 per-group figures for the autoscaler: CPU in percent of what the allocations
 asked for, active connections and new connections per second per allocation.
+
+Only the groups the autoscaler watches (``watch``: those with an enabled scaling
+policy) are kept, and each pass of the autoscaler drops what no longer runs, so the
+table is bounded by the allocations of scaled groups, not by every allocation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
+from controller.scheduler import AllocInfo
 from orch.v1 import controller_pb2, node_pb2
+
+GroupKey = tuple[str, str, str]
+"""(namespace, job, group)"""
 
 
 @dataclass(slots=True)
@@ -55,23 +63,46 @@ class UsageTable:
         self.stale_after = stale_after
         self._cpu: dict[str, _Cpu] = {}
         self._lb: dict[str, _Lb] = {}
+        self.watched: Container[GroupKey] | None = None
+        """The groups whose usage is kept (None: every group's)."""
+
+    def watch(self, groups: Container[GroupKey], alive: Mapping[str, AllocInfo]) -> None:
+        """Keep the usage of ``groups`` only, and of the allocations among ``alive`` that
+        run (the autoscaler calls this on every pass)."""
+        self.watched = groups
+
+        def keep(alloc_id: str) -> bool:
+            a = alive.get(alloc_id)
+            return a is not None and a.client == "running" and \
+                (a.namespace, a.job, a.group) in groups
+        self._cpu = {i: c for i, c in self._cpu.items() if keep(i)}
+        self._lb = {i: lb for i, lb in self._lb.items() if keep(i)}
+
+    def _wanted(self, alloc_id: str, allocs: Mapping[str, AllocInfo] | None) -> AllocInfo | None:
+        a = allocs.get(alloc_id) if allocs is not None else None
+        if a is not None and self.watched is not None and \
+                (a.namespace, a.job, a.group) not in self.watched:
+            return None
+        return a
 
     def report(self, node_id: str, r: controller_pb2.UsageReport,
-               allocs: Mapping[str, node_pb2.Allocation] | None = None) -> None:
+               allocs: Mapping[str, AllocInfo] | None = None) -> None:
         """What ``node_id`` reports: the CPU of its own allocations, and what its load
         balancer sends to every endpoint. With ``allocs`` (the controller's), a report about
-        an allocation that does not exist, or CPU of one on another node, is ignored."""
+        an allocation that does not exist, or CPU of one on another node, is ignored, and so
+        is one of a group nobody watches."""
         t = r.time_ns / 1e9
         for a in r.allocations:
-            if allocs is not None and (a.alloc_id not in allocs
-                                       or allocs[a.alloc_id].node_id != node_id):
-                continue
+            if allocs is not None:
+                info = self._wanted(a.alloc_id, allocs)
+                if info is None or info.node_id != node_id:
+                    continue
             c = self._cpu.setdefault(a.alloc_id, _Cpu())
             if c.t and t > c.t and a.cpu_seconds >= c.seconds:
                 c.rate = (a.cpu_seconds - c.seconds) / (t - c.t)
             c.t, c.seconds, c.memory = t, a.cpu_seconds, a.memory_bytes
         for e in r.endpoints:
-            if allocs is not None and e.alloc_id not in allocs:
+            if allocs is not None and self._wanted(e.alloc_id, allocs) is None:
                 continue
             lb = self._lb.setdefault(e.alloc_id, _Lb())
             lb.active[node_id] = e.active_connections

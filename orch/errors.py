@@ -5,7 +5,7 @@
     OrchError
     ├── ConfigError              # a bad file, flag or field: says where and what to do
     │   └── JobSpecError         #   a job file or submitted job: every problem at once
-    ├── ProtocolError            # a bad gossip packet: counted and dropped, never fatal
+    ├── ProtocolError            # a bad gossip packet or stream message: dropped, never fatal
     │   ├── VersionError         #   from a peer speaking another protocol version
     │   ├── LabelError           #   from another cluster (label mismatch)
     │   └── DecryptError         #   no installed key opens it
@@ -92,7 +92,8 @@ class JobSpecError(ConfigError):
 
 
 class ProtocolError(OrchError):
-    """A packet or stream frame from the network is not valid orch gossip.
+    """A packet or stream frame from the network is not valid orch gossip, or a controller's
+    message on an agent's stream does not follow the one before (the stream starts over).
 
     ``reason`` is a short stable label used for the drop counters.
     """

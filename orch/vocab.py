@@ -80,3 +80,8 @@ def host_volume_attributes(volumes: Iterable[tuple[str, bool]]) -> dict[str, str
     """The node attributes of its host volumes, given as (name, read_only)."""
     return {f"{HOST_VOLUME_ATTR}{name}": "ro" if read_only else "rw"
             for name, read_only in volumes}
+
+
+DESIRED_CHANGES = "desired-changes"
+"""A node's feature (``Node.features``): its stream takes ``DesiredChanges`` after the first
+full desired set (``agent.desired``, ``controller.desired``)."""

@@ -1,12 +1,14 @@
 """NodeService: the agents' streams, and the calls that make a node a member.
 
 Connect: each agent holds one stream to the leader. Up: the node's registration first,
-then what happens to its allocations. Down: the node's full desired set whenever it
-changes, and the cluster's expected endpoints (what its load balancer and templates may
-take from gossip) whenever they change. A controller that is not the leader answers with
-where the leader is, and ends the stream. A node's certificate binds it: it registers and
-reports only as the node its certificate names (its node id, or for a certificate made by
-hand without one, its name), and a node removed from the cluster loses its stream at once.
+then what happens to its allocations. Down: the node's full desired set, then what
+changes in it (``controller.desired``; the whole set again to agents that take no
+changes), the cluster's expected endpoints (what its load balancer and templates may take
+from gossip) whenever they change, and a heartbeat every second of silence. A controller
+that is not the leader answers with where the leader is, and ends the stream. A node's
+certificate binds it: it registers and reports only as the node its certificate names
+(its node id, or for a certificate made by hand without one, its name), and a node
+removed from the cluster loses its stream at once.
 
 Join: a holder of a join token gets its certificate (and the CA, the gossip keys; a
 controller also the CA's key). Renew: a member gets a new certificate for the same
@@ -20,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 
@@ -106,35 +108,35 @@ class NodeEndpoint(Endpoint):
             return
         monitor, term_over = self.monitor, self.leader.term_over
         node = await monitor.register(first.register)
-        # only the newest of each kind matters: one the agent has not taken yet is replaced
-        outbox: dict[str, controller_pb2.ControllerMessage] = {}
-        ready = asyncio.Event()
+        due = asyncio.Event()
+        """Something may have changed in the node's desired set (set by the cluster's commits;
+        what piles up meanwhile goes out as one message) or in the expected endpoints."""
+        expected: list[controller_pb2.ExpectedEndpoints] = []
+        """The newest expected endpoints not sent yet (one the agent has not taken yet is
+        replaced)."""
 
-        def sink(desired: controller_pb2.DesiredAllocations) -> None:
-            outbox["desired"] = controller_pb2.ControllerMessage(desired=desired)
-            ready.set()
-
-        def endpoints(expected: controller_pb2.ExpectedEndpoints) -> None:
-            outbox["endpoints"] = controller_pb2.ControllerMessage(endpoints=expected)
-            ready.set()
+        def endpoints(msg: controller_pb2.ExpectedEndpoints) -> None:
+            expected[:] = [msg]
+            due.set()
 
         reader = asyncio.create_task(self._read(monitor, node.id, peer, requests))
         removed = self._removed.setdefault(node.id, asyncio.Event())
         over = asyncio.ensure_future(daemon.first_set(term_over, removed))
-        getter: asyncio.Future[Literal[True]] | None = None
+        getter: asyncio.Future[Any] | None = None
         self.cluster.attach_endpoints(node.id, endpoints)  # first: the table, then the work
-        self.cluster.attach(node.id, sink)
+        feed = self.cluster.attach(first.register, due.set)
         try:
             while not reader.done() and not over.done():
-                getter = waiting = asyncio.ensure_future(ready.wait())
+                getter = waiting = asyncio.ensure_future(due.wait())
                 await asyncio.wait({waiting, reader, over}, timeout=HEARTBEAT,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if waiting.done():
-                    ready.clear()
-                    for kind in ("endpoints", "desired"):
-                        msg = outbox.pop(kind, None)
-                        if msg is not None:
-                            yield msg
+                    due.clear()
+                    if expected:
+                        yield controller_pb2.ControllerMessage(endpoints=expected.pop())
+                    msg = self.cluster.next_desired(feed)
+                    if msg is not None:
+                        yield msg
                     continue
                 waiting.cancel()
                 if not reader.done() and not over.done():
@@ -151,7 +153,7 @@ class NodeEndpoint(Endpoint):
             over.cancel()
             if getter is not None:  # the stream was cancelled while it waited
                 getter.cancel()
-            self.cluster.detach(node.id, sink)
+            self.cluster.detach(feed)
             self.cluster.detach_endpoints(node.id, endpoints)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -174,7 +176,7 @@ class NodeEndpoint(Endpoint):
                         continue
                     await monitor.register(msg.register)
                 elif kind == "usage":
-                    self.usage.report(node_id, msg.usage, self.cluster.state.allocs)
+                    self.usage.report(node_id, msg.usage, self.cluster.state.snapshot.allocs)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:

@@ -19,6 +19,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from types import MappingProxyType
 from typing import Any
 
@@ -69,9 +70,14 @@ class NodeInfo:
         return self.status == "ready" and self.eligible and not self.draining
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AllocInfo:
-    """One allocation as the scheduler needs it."""
+    """One allocation as the scheduler needs it.
+
+    Never changed once made: the snapshot shares one object among its indexes and a new
+    status is a new object (``upsert_alloc``). Not ``frozen`` only because a frozen
+    dataclass takes five times longer to make, and the controller makes one for every
+    allocation it writes or loads (a million at a start)."""
 
     id: str
     job: str
@@ -114,7 +120,7 @@ class AllocInfo:
 class NodeClass:
     """Nodes alike in everything constraints and drivers look at (not in unique values)."""
 
-    __slots__ = ("datacenter", "drivers", "id", "key", "nodes", "props", "region")
+    __slots__ = ("datacenter", "drivers", "id", "key", "nodes", "order_keys", "props", "region")
 
     def __init__(self, id: int, key: tuple[object, ...], info: NodeInfo) -> None:
         self.id = id
@@ -132,6 +138,8 @@ class NodeClass:
         """Target name (``attr.kernel.name``) -> value, for every non-unique target."""
         self.nodes: list[NodeState] = []
         """Member nodes in the snapshot's stable order."""
+        self.order_keys: list[bytes] = []
+        """Their order keys, beside them (a node joins or leaves a class in O(log n))."""
 
 
 class NodeState:
@@ -223,6 +231,8 @@ class ClusterSnapshot:
         """Occupying allocations whose node is not (or no longer) in the snapshot."""
         self._usage: dict[str, Usage] = {}
         """Namespace -> what its occupying allocations hold (for quotas)."""
+        self._job_changed: dict[tuple[str, str], int] = {}
+        """(namespace, job) -> ``version`` when one of its allocations last changed."""
         self.version = 0
         """Bumped on every change."""
         self.node_version = 0
@@ -283,6 +293,10 @@ class ClusterSnapshot:
             return []
         return sorted(found.values(), key=lambda a: (a.group, a.index, a.id))
 
+    def job_changed(self, namespace: str, job: str) -> int:
+        """A number that changes whenever one of the job's allocations does (0: it has none)."""
+        return self._job_changed.get((namespace, job), 0)
+
     def usage(self, namespace: str) -> Usage:
         """What the namespace's occupying allocations hold (do not mutate)."""
         return self._usage.get(namespace) or Usage()
@@ -290,10 +304,14 @@ class ClusterSnapshot:
     # --- nodes ----------------------------------------------------------------------------
 
     def upsert_node(self, info: NodeInfo) -> None:
-        """Add a node or replace what is known about it (its allocations stay)."""
+        """Add a node or replace what is known about it (its allocations stay). A node
+        registered again as it was (an agent reconnecting) changes nothing, not even
+        ``node_version``: evaluations settled on the nodes stay settled."""
+        old = self._nodes.get(info.id)
+        if old is not None and old.info == info:
+            return
         self.version += 1
         self.node_version += 1
-        old = self._nodes.get(info.id)
         cls = self._class_for(info)
         if old is not None:
             occupying = list(old.allocs.values())
@@ -307,8 +325,9 @@ class ClusterSnapshot:
         i = bisect.bisect_left(self._order_keys, state.order_key)
         self._order.insert(i, state)
         self._order_keys.insert(i, state.order_key)
-        j = bisect.bisect_left([n.order_key for n in cls.nodes], state.order_key)
+        j = bisect.bisect_left(cls.order_keys, state.order_key)
         cls.nodes.insert(j, state)
+        cls.order_keys.insert(j, state.order_key)
 
     def remove_node(self, node_id: str) -> None:
         """Forget a node; its allocations stay and are treated as lost by the scheduler."""
@@ -324,7 +343,10 @@ class ClusterSnapshot:
         i = bisect.bisect_left(self._order_keys, state.order_key)
         del self._order[i]
         del self._order_keys[i]
-        state.cls.nodes.remove(state)
+        cls = state.cls
+        j = bisect.bisect_left(cls.order_keys, state.order_key)
+        del cls.nodes[j]
+        del cls.order_keys[j]
         self._nodes.pop(state.info.id, None)
 
     def _class_for(self, info: NodeInfo) -> NodeClass:
@@ -344,6 +366,7 @@ class ClusterSnapshot:
             self._unaccount(old)
         self._allocs[alloc.id] = alloc
         self._by_job.setdefault((alloc.namespace, alloc.job), {})[alloc.id] = alloc
+        self._job_changed[(alloc.namespace, alloc.job)] = self.version
         if alloc.occupies:
             self._usage.setdefault(alloc.namespace, Usage()).add(alloc.cpu_millicores,
                                                                  alloc.memory_mb)
@@ -363,8 +386,10 @@ class ClusterSnapshot:
         job = self._by_job.get((old.namespace, old.job))
         if job is not None:
             job.pop(alloc_id, None)
+            self._job_changed[(old.namespace, old.job)] = self.version
             if not job:
                 del self._by_job[(old.namespace, old.job)]
+                del self._job_changed[(old.namespace, old.job)]
 
     def _unaccount(self, old: AllocInfo) -> None:
         if old.occupies:
@@ -397,6 +422,9 @@ def node_info_from_proto(pb: node_pb2.Node) -> NodeInfo:
         draining=pb.HasField("drain"), drain_ignore_system_jobs=pb.drain.ignore_system_jobs)
 
 
+_NO_PORTS: Mapping[str, int] = MappingProxyType({})
+
+
 def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) -> AllocInfo:
     """The scheduler's view of an Allocation message.
 
@@ -406,10 +434,12 @@ def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) ->
     if spec is None and pb.HasField("spec"):
         spec = group_from_proto(pb.spec)
     res: job_pb2.Resources = pb.resources
-    return AllocInfo(
-        id=pb.id, namespace=namespace_of(pb.namespace), job=pb.job, group=pb.group,
-        index=pb.index, node_id=pb.node_id, cpu_millicores=res.cpu_millicores,
-        memory_mb=res.memory_mb, ports=dict(pb.ports), desired=DESIRED_STATUS.word(pb.desired_status),
+    return AllocInfo(  # a million of these share their strings
+        id=intern(pb.id), namespace=intern(namespace_of(pb.namespace)), job=intern(pb.job),
+        group=intern(pb.group), index=pb.index, node_id=intern(pb.node_id),
+        cpu_millicores=res.cpu_millicores,
+        memory_mb=res.memory_mb, ports=dict(pb.ports) if len(pb.ports) else _NO_PORTS,
+        desired=DESIRED_STATUS.word(pb.desired_status),
         client=CLIENT_STATUS.word(pb.client_status), job_version=pb.job_version, spec=spec,
         healthy=pb.healthy, canary=pb.canary, reschedule_attempts=pb.reschedule_attempts,
         previous_allocation=pb.previous_allocation, create_time=pb.create_time_ns / 1e9,

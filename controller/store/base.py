@@ -14,6 +14,7 @@ Records are protobuf messages stored whole; backends may index what they need.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 JobKey = tuple[str, str]
 """(namespace, name)"""
+EPOCH = "store_epoch"
+"""Meta: the store's lineage, nanoseconds since the epoch when it began (a fresh store) or
+was last restored; it only grows."""
+CLUSTER_ID = "cluster_id"
+"""Meta: the cluster's id (desired sets carry it; agents apply their own cluster's only)."""
 MAX_EVALUATIONS = 10_000
 """Evaluations a store keeps by default (and the controller holds in memory): the garbage
 collector removes them by age long before, this bounds a burst."""
@@ -67,6 +73,51 @@ class Changes:
                     self.events, self.meta, self.delete_meta))
 
 
+class AllocTable(Mapping[str, node_pb2.Allocation]):
+    """Allocations by id, kept serialized: reading one parses it (a fresh copy, the
+    caller's to change); ``put`` and ``pop`` change the table.
+
+    A million allocations are the bulk of a big cluster's state: as bytes each takes a few
+    hundred bytes, where a parsed (upb) message takes kilobytes. Stores load into one, so
+    a controller starting up keeps the bytes it read instead of parsing and serializing
+    them again."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self) -> None:
+        self._raw: dict[str, bytes] = {}
+
+    def __getitem__(self, alloc_id: str) -> node_pb2.Allocation:
+        return node_pb2.Allocation.FromString(self._raw[alloc_id])
+
+    def __contains__(self, alloc_id: object) -> bool:
+        return alloc_id in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def put(self, alloc_id: str, alloc: node_pb2.Allocation, raw: bytes | None = None) -> None:
+        """Keep ``alloc`` (``raw``: its bytes, when the caller has them already)."""
+        self._raw[alloc_id] = alloc.SerializeToString() if raw is None else raw
+
+    def put_raw(self, alloc_id: str, raw: bytes) -> None:
+        self._raw[alloc_id] = raw
+
+    def raw_items(self) -> Iterator[tuple[str, bytes]]:
+        return iter(self._raw.items())
+
+    def pop(self, alloc_id: str) -> bool:
+        """Forget an allocation; whether it was there."""
+        return self._raw.pop(alloc_id, None) is not None
+
+    def size(self) -> int:
+        """Bytes the serialized allocations take (without the table's own)."""
+        return sum(len(b) for b in self._raw.values())
+
+
 @dataclass(slots=True)
 class StoreSnapshot:
     """Everything the store holds, as of ``index``."""
@@ -77,7 +128,8 @@ class StoreSnapshot:
     """The index of the last event appended (0 when none ever was): where a watch from now starts."""
     jobs: dict[JobKey, list[job_pb2.Job]] = field(default_factory=dict)
     """Every version of every job, oldest first."""
-    allocs: dict[str, node_pb2.Allocation] = field(default_factory=dict)
+    allocs: Mapping[str, node_pb2.Allocation] = field(default_factory=AllocTable)
+    """Backends load them into an ``AllocTable`` (kept serialized)."""
     nodes: dict[str, node_pb2.Node] = field(default_factory=dict)
     deployments: dict[str, controller_pb2.Deployment] = field(default_factory=dict)
     evaluations: list[controller_pb2.Evaluation] = field(default_factory=list)

@@ -84,7 +84,15 @@ from urllib.parse import quote, unquote
 
 from google.protobuf.message import DecodeError
 
-from controller.store.base import MAX_EVALUATIONS, Changes, JobKey, Store, StoreSize, StoreSnapshot
+from controller.store.base import (
+    MAX_EVALUATIONS,
+    AllocTable,
+    Changes,
+    JobKey,
+    Store,
+    StoreSize,
+    StoreSnapshot,
+)
 from controller.store.bbolt import check_hash, latest_keys
 from controller.store.etcd_client import (
     Compare,
@@ -1007,8 +1015,10 @@ class EtcdStore(Store):
                 job = job_pb2.Job.FromString(kv.value)
                 snap.jobs.setdefault((job.namespace, job.name), []).append(job)
                 cache.jobs.setdefault((job.namespace, job.name), set()).add(job.version)
-            snap.allocs = {a.id: a for a in (node_pb2.Allocation.FromString(kv.value)
-                                             for kv in allocs)}
+            table = AllocTable()  # kept as etcd holds them (ids from the keys)
+            for kv in allocs:
+                table.put_raw(unquote(kv.key[len(k.allocs_dir):].decode()), kv.value)
+            snap.allocs = table
             snap.nodes = {n.id: n for n in (node_pb2.Node.FromString(kv.value) for kv in nodes)}
             snap.deployments = {d.id: d for d in (controller_pb2.Deployment.FromString(kv.value)
                                                   for kv in deployments)}
@@ -1119,6 +1129,8 @@ def read_backup(path: Path, prefix: str) -> StoreSnapshot:
             raise StoreError(f"{where}: the snapshot holds no orch store under this prefix")
         st = _State.decode(state, where)
         snap.index, snap.event_index = st.index, st.event_index
+        allocs = AllocTable()
+        snap.allocs = allocs
         for key in sorted(live):
             value = live[key]
             if key.startswith(k.meta_dir):
@@ -1127,8 +1139,8 @@ def read_backup(path: Path, prefix: str) -> StoreSnapshot:
                 job = job_pb2.Job.FromString(value)
                 snap.jobs.setdefault((job.namespace, job.name), []).append(job)
             elif key.startswith(k.allocs_dir):
-                a = node_pb2.Allocation.FromString(value)
-                snap.allocs[a.id] = a
+                a = node_pb2.Allocation.FromString(value)  # checked: a snapshot is outside input
+                allocs.put(a.id, a, value)
             elif key.startswith(k.nodes_dir):
                 n = node_pb2.Node.FromString(value)
                 snap.nodes[n.id] = n

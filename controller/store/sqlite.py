@@ -46,7 +46,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from controller.store.base import MAX_EVALUATIONS, Changes, Store, StoreSize, StoreSnapshot
+from controller.store.base import (
+    MAX_EVALUATIONS,
+    AllocTable,
+    Changes,
+    Store,
+    StoreSize,
+    StoreSnapshot,
+)
 from orch.errors import ConfigError, StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
@@ -596,8 +603,10 @@ def _read_tables(conn: sqlite3.Connection) -> StoreSnapshot:
     for ns, name, data in conn.execute(
             "SELECT namespace, name, data FROM jobs ORDER BY namespace, name, version"):
         snap.jobs.setdefault((ns, name), []).append(job_pb2.Job.FromString(data))
+    allocs = AllocTable()  # kept as the store holds them
     for key, data in conn.execute("SELECT id, data FROM allocations"):
-        snap.allocs[key] = node_pb2.Allocation.FromString(data)
+        allocs.put_raw(key, data)
+    snap.allocs = allocs
     for key, data in conn.execute("SELECT id, data FROM nodes"):
         snap.nodes[key] = node_pb2.Node.FromString(data)
     for key, data in conn.execute("SELECT id, data FROM deployments"):

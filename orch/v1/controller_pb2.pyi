@@ -1256,7 +1256,10 @@ class PlanSummary(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
     CHANGES_ANYTHING_FIELD_NUMBER: _builtins.int
+    CHANGES_OMITTED_FIELD_NUMBER: _builtins.int
     changes_anything: _builtins.bool
+    changes_omitted: _builtins.int
+    """changes not listed: an evaluation kept in the"""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedChange]: ...
     @_builtins.property
@@ -1269,10 +1272,11 @@ class PlanSummary(_message.Message):
         changes: _abc.Iterable[Global___PlannedChange] | None = ...,
         failures: _abc.Iterable[Global___GroupFailure] | None = ...,
         changes_anything: _builtins.bool = ...,
+        changes_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "changes_anything", b"changes_anything", "failures", b"failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "changes_anything", b"changes_anything", "changes_omitted", b"changes_omitted", "failures", b"failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3020,6 +3024,7 @@ class ControllerMessage(_message.Message):
     NOT_LEADER_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredAllocations:
         """the node's full desired set, replacing the last one"""
@@ -3039,6 +3044,12 @@ class ControllerMessage(_message.Message):
         every second while nothing else is sent: the agent
         """
 
+    @_builtins.property
+    def changes(self) -> Global___DesiredChanges:
+        """knows when it last heard a controller (disconnect)
+        what changed in it since this stream's last message
+        """
+
     def __init__(
         self,
         *,
@@ -3046,16 +3057,71 @@ class ControllerMessage(_message.Message):
         not_leader: Global___NotLeader | None = ...,
         endpoints: Global___ExpectedEndpoints | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        changes: Global___DesiredChanges | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints", "heartbeat", "changes"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class DesiredChanges(_message.Message):
+    """The changes that turn the desired set of this stream's last message (full or changes)
+    into the set a full DesiredAllocations of `version` would carry. A stream starts with a
+    full set; an agent that finds `base_version` is not the version it holds ends the stream
+    (its next one starts with a full set again).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    REMOVED_SECRETS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the set's version once these changes are applied"""
+    base_version: _builtins.int
+    """the version they apply to"""
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.Allocation]:
+        """added to the set, or changed: whole, as in a full set"""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids of allocations that left the set"""
+
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretValue]:
+        """secrets the set reads that are new or at a new version"""
+
+    @_builtins.property
+    def removed_secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretValue]:
+        """secrets it reads no more (namespace, name only)"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        allocations: _abc.Iterable[_node_pb2.Allocation] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        secrets: _abc.Iterable[Global___SecretValue] | None = ...,
+        removed_secrets: _abc.Iterable[Global___SecretValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "base_version", b"base_version", "removed", b"removed", "removed_secrets", b"removed_secrets", "secrets", b"secrets", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DesiredChanges: _TypeAlias = DesiredChanges  # noqa: Y015
 
 @_typing.final
 class ExpectedEndpoints(_message.Message):

@@ -140,6 +140,7 @@ class Node(_message.Message):
     STATUS_TIME_NS_FIELD_NUMBER: _builtins.int
     RESERVED_PORTS_FIELD_NUMBER: _builtins.int
     GOSSIP_ADDRESS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     HOST_VOLUMES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """stable, from the agent's data dir"""
@@ -182,8 +183,14 @@ class Node(_message.Message):
     @_builtins.property
     def reserved_ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
-    def host_volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostVolume]:
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """rejoins the cluster through it)
+        what the agent's stream understands beyond full
+        """
+
+    @_builtins.property
+    def host_volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostVolume]:
+        """desired sets: "desired-changes" (DesiredChanges)
 
         --- volumes (fields 40-49) ---
         what agent.toml's [[host_volume]] tables declare
@@ -209,11 +216,12 @@ class Node(_message.Message):
         status_time_ns: _builtins.int = ...,
         reserved_ports: _abc.Iterable[_builtins.int] | None = ...,
         gossip_address: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
         host_volumes: _abc.Iterable[Global___HostVolume] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "drain", b"drain", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attributes", b"attributes", "capacity", b"capacity", "datacenter", b"datacenter", "drain", b"drain", "drivers", b"drivers", "eligible", b"eligible", "gossip_address", b"gossip_address", "host_volumes", b"host_volumes", "id", b"id", "meta", b"meta", "name", b"name", "node_class", b"node_class", "region", b"region", "reserved", b"reserved", "reserved_ports", b"reserved_ports", "status", b"status", "status_time_ns", b"status_time_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attributes", b"attributes", "capacity", b"capacity", "datacenter", b"datacenter", "drain", b"drain", "drivers", b"drivers", "eligible", b"eligible", "features", b"features", "gossip_address", b"gossip_address", "host_volumes", b"host_volumes", "id", b"id", "meta", b"meta", "name", b"name", "node_class", b"node_class", "region", b"region", "reserved", b"reserved", "reserved_ports", b"reserved_ports", "status", b"status", "status_time_ns", b"status_time_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

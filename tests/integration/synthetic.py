@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from agent.controller_link import ControllerLink
+from agent.desired import DesiredSet
 from controller.config import ControllerConfig
 from controller.server import Controller
 from orch.gossip.config import GossipConfig
@@ -42,7 +43,7 @@ class SyntheticAgent:
         self.link = ControllerLink(lambda: self.node, lambda: [controller], self._on_desired,
                                    lambda: list(self.running.values()), backoff_max=0.5)
 
-    async def _on_desired(self, d: controller_pb2.DesiredAllocations) -> None:
+    async def _on_desired(self, d: DesiredSet) -> None:
         self.desired_versions.append(d.version)
         self.secrets = {(v.namespace, v.name): (v.version, v.value) for v in d.secrets}
         want = {a.id: a for a in d.allocations}

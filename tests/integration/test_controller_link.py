@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from agent.controller_link import ControllerLink
+from agent.desired import DesiredSet
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
 from tests.integration.synthetic import wait_until
 
@@ -71,7 +72,7 @@ async def serving(host: str, servicer: FakeController) -> AsyncIterator[FakeCont
 
 def link(addresses: list[str], moved: Callable[[str], str | None] | None = None
          ) -> ControllerLink:
-    async def on_desired(d: controller_pb2.DesiredAllocations) -> None:
+    async def on_desired(d: DesiredSet) -> None:
         pass
     return ControllerLink(lambda: node_pb2.Node(id="n1", name="n1"), lambda: list(addresses),
                           on_desired, list, backoff_max=0.2, moved=moved, recheck=0.05)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.cluster import Cluster
+from controller.desired import NodeFeed
 from controller.evaluator import Evaluator
 from controller.gc import GarbageCollector, GcPolicy
 from controller.nodes import NODE_KEY, REVOKED, NodeAdmin, NodeMonitor
@@ -19,7 +20,7 @@ from controller.store import SQLiteStore
 from controller.store.base import Changes
 from controller.usage import UsageTable
 from orch.errors import RequestError
-from orch.v1 import controller_pb2, job_pb2, node_pb2
+from orch.v1 import job_pb2, node_pb2
 
 READY, DOWN = node_pb2.NODE_STATUS_READY, node_pb2.NODE_STATUS_DOWN
 GRACE = 10.0
@@ -41,7 +42,7 @@ class World:
     admin: NodeAdmin
     gc: GarbageCollector
     clock: Clock
-    sinks: dict[str, object] = field(default_factory=dict)
+    sinks: dict[str, NodeFeed] = field(default_factory=dict)
 
     @property
     def state(self) -> ClusterState:
@@ -60,15 +61,12 @@ class World:
         return node.id
 
     def connect(self, node_id: str) -> None:
-        def sink(d: controller_pb2.DesiredAllocations) -> None:
-            pass
-        self.sinks[node_id] = sink
-        self.cluster.attach(node_id, sink)
+        self.sinks[node_id] = self.cluster.attach(node_id, lambda: None)
 
     def cut(self, name: str) -> None:
         """The node's stream ends (its agent died, or the network between us failed)."""
         node_id = f"id-{name}"
-        self.cluster.detach(node_id, self.sinks.pop(node_id))  # type: ignore[arg-type]
+        self.cluster.detach(self.sinks.pop(node_id))
         self.monitor.disconnected(node_id)
 
     async def run(self, seconds: float, step: float = 1.0) -> None:

@@ -24,7 +24,7 @@ def test_alias_bombs_are_refused_fast() -> None:
     doc, problems = load_document(_billion_laughs(), "yaml")
     assert doc is None
     assert "more than 100,000 values" in problems[0].message
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 5.0  # ~0.3 s idle; a bomb left to expand takes minutes
 
 
 def test_deep_nesting_and_huge_files() -> None:

@@ -74,6 +74,17 @@ def test_node_updates_keep_usage_and_move_classes() -> None:
     assert after.cls is not snap.node("n2").cls  # type: ignore[union-attr]
 
 
+def test_a_node_registered_again_as_it_was_changes_nothing() -> None:
+    snap = ClusterSnapshot([node(1), node(2)])
+    snap.upsert_alloc(alloc("a", "n1", cpu=300))
+    versions = (snap.version, snap.node_version)
+    snap.upsert_node(node(1))  # an agent reconnecting: evaluations settled on it stay so
+    assert (snap.version, snap.node_version) == versions
+    assert snap.node("n1").cpu_used == 300  # type: ignore[union-attr]
+    snap.upsert_node(node(1, eligible=False))
+    assert snap.node_version == versions[1] + 1
+
+
 def test_order_is_stable_whatever_the_insertion_order() -> None:
     a = ClusterSnapshot([node(i) for i in range(50)])
     b = ClusterSnapshot([node(i) for i in reversed(range(50))])

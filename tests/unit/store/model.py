@@ -12,7 +12,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from controller.store import Changes, StoreSnapshot
-from orch.v1 import controller_pb2
+from orch.v1 import controller_pb2, node_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -27,7 +27,8 @@ class Model:
     def __init__(self, *, max_evaluations: int, max_events: int) -> None:
         self.max_evaluations = max_evaluations
         self.max_events = max_events
-        self.snap = StoreSnapshot()
+        self.allocs: dict[str, node_pb2.Allocation] = {}
+        self.snap = StoreSnapshot(allocs=self.allocs)
         self.events: list[controller_pb2.Event] = []
         self.eval_seq = 0
         """The last place given to an evaluation (a deleted one's is not given again)."""
@@ -50,7 +51,7 @@ class Model:
         for name in c.delete_meta:
             s.meta.pop(name, None)
         for aid in c.delete_allocs:
-            s.allocs.pop(aid, None)
+            self.allocs.pop(aid, None)
         for nid in c.delete_nodes:
             s.nodes.pop(nid, None)
         for did in c.delete_deployments:
@@ -60,7 +61,7 @@ class Model:
             versions = [v for v in s.jobs.get(key, []) if v.version != j.version]
             s.jobs[key] = sorted([*versions, _copy(j)], key=lambda v: v.version)
         for a in c.put_allocs:
-            s.allocs[a.id] = _copy(a)
+            self.allocs[a.id] = _copy(a)
         for n in c.put_nodes:
             s.nodes[n.id] = _copy(n)
         for d in c.put_deployments:
