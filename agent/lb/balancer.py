@@ -64,7 +64,7 @@ class LoadBalancer:
                 spec = wanted.get(name)
                 if (spec is None or spec.published_port != svc.spec.published_port
                         or spec.protocol != svc.spec.protocol):
-                    self._remove(svc)
+                    self._remove(name, svc)
                     freed = True
             for name, spec in wanted.items():
                 current = self._services.get(name)
@@ -100,8 +100,8 @@ class LoadBalancer:
                 "service": name, "reason": problem})
         return False
 
-    def _remove(self, svc: ServiceState) -> None:
-        del self._services[svc.name]
+    def _remove(self, key: str, svc: ServiceState) -> None:
+        del self._services[key]
         svc.drain_all()
         if svc.spec.protocol != "udp" or not svc.conns:
             self._close_listener(svc)  # (a UDP session's replies leave from the port)

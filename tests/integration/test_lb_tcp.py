@@ -598,3 +598,21 @@ def test_clients_and_endpoints_misbehaving_leave_no_connection_behind() -> None:
         assert not new_fds(before)
 
     run(scenario())
+
+
+def test_a_service_of_another_job_with_the_same_name_takes_the_place_of_the_first() -> None:
+    """The table is keyed by namespace/job/group/service: a job stopped and another one that
+    names its service the same way both change the table at once."""
+    async def scenario() -> None:
+        bs = await backends(2)
+        lb = await balancer([])
+        try:
+            await lb.update({"default/a/g/web": spec("web", [bs[0].endpoint()])})
+            await lb.update({"default/b/g/web": spec("web", [bs[1].endpoint()])})
+            assert list(lb.stats()) == ["default/b/g/web"]
+            assert await request(lb.stats()["default/b/g/web"].port) == "b1"
+        finally:
+            await lb.close()
+            await stop(bs)
+
+    run(scenario())
