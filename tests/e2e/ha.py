@@ -256,6 +256,7 @@ class Ledger(threading.Thread):
     def run(self) -> None:
         client = LeaderClient(self.h)
         job = web_job(self.job, count=0)
+        del job.groups[0].services[:]  # nothing runs; the port stays the deployed job's
         seq = 0
         while not self._halt.is_set():
             seq += 1
