@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import grpc
 from prometheus_client.registry import Collector
 
@@ -25,6 +26,8 @@ from agent import fingerprint
 from agent.agent_service import AgentService
 from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
+from agent.dns.metrics import DnsCollector
+from agent.dns.server import DnsServer
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.mesh import Mesh
@@ -68,6 +71,26 @@ def check_host_volumes(volumes: Iterable[HostVolume]) -> None:
                               "(create it, or remove the volume)", where=f"host_volume[{i}].path")
 
 
+DOCKER_TIMEOUT = 5.0
+"""Seconds Docker has to say where its bridge is."""
+
+
+async def docker_bridge_gateway() -> str:
+    """The gateway address of Docker's default bridge (where bridged containers reach
+    the host); "" when Docker does not answer or has none."""
+    try:
+        async with aiodocker.Docker() as client:
+            async with asyncio.timeout(DOCKER_TIMEOUT):
+                net = await client.networks.get("bridge")
+                info = await net.show()
+        for c in (info.get("IPAM") or {}).get("Config") or []:
+            if c.get("Gateway"):
+                return str(c["Gateway"])
+    except Exception as e:  # Docker absent or down: no bridge to serve
+        log.debug("no Docker bridge", extra={"error": str(e)})
+    return ""
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, *, drivers: dict[str, TaskDriver] | None = None) -> None:
         self.cfg = cfg
@@ -90,6 +113,8 @@ class Agent:
         self._refresh_pending = False
         self.metrics: MetricsServer | None = None
         self.mesh: Mesh | None = None
+        self.dns: DnsServer | None = None
+        """The DNS server, when ``dns.enabled``."""
         self.tls = cfg.tls
         """The TLS this agent uses (set at start: made by hand, or from a join)."""
         self.published_ports: frozenset[int] = frozenset()
@@ -116,6 +141,8 @@ class Agent:
             steps.append(self.metrics.stop())
         if self.mesh is not None:
             steps.append(self.mesh.close())
+        if self.dns is not None:
+            steps.append(self.dns.close())
         steps.append(self.runtime.close())
         for step in steps:
             with contextlib.suppress(Exception):
@@ -166,6 +193,8 @@ class Agent:
         if cfg.lb_enabled:
             self.mesh = Mesh(LoadBalancer(cfg.lb, bind_host=cfg.lb_bind), self.gossip, cfg.name)
             self.mesh.start()
+        if cfg.dns.enabled:
+            await self._start_dns(adv_host)
 
         if cfg.metrics_addr:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=AGENT_METRICS_PORT,
@@ -174,6 +203,8 @@ class Agent:
                                            RuntimeCollector(self.runtime)]
             if self.mesh is not None:
                 collectors.append(LbCollector(self.mesh))
+            if self.dns is not None:
+                collectors.append(DnsCollector(self.dns))
             self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
             await self.metrics.start()
         self.link = ControllerLink(self.registration, self.controller_addresses,
@@ -205,6 +236,8 @@ class Agent:
             await (self.gossip.leave() if leave else self.gossip.stop())
         if self.mesh is not None:
             await self.mesh.close()
+        if self.dns is not None:
+            await self.dns.close()
         await self.runtime.close(stop_tasks=stop_tasks, grace=10.0)
 
     def describe(self) -> str:
@@ -231,6 +264,44 @@ class Agent:
         self.cfg = dataclasses.replace(self.cfg, keys=keys, tags=new, log_level=cfg.log_level,
                                        log_format=cfg.log_format)
         return out
+
+    # --- DNS -----------------------------------------------------------------------------------
+
+    async def _start_dns(self, adv_host: str) -> None:
+        """Serve DNS at ``dns.addr`` (and ``dns.task_addr``), and tell the runtime where tasks
+        find it. A port taken by another program is logged and counted, as a published
+        port the load balancer cannot bind: the agent runs on without that listener."""
+        dcfg = self.cfg.dns
+        assert self.gossip is not None
+        self.dns = DnsServer(dcfg, self.cfg.name,
+                             mesh_host=adv_host if self.cfg.lb_enabled else "")
+        self.dns.start(self.gossip, lambda: self.expected)
+        bound: tuple[str, int] | None = None
+        try:
+            bound = await self.dns.listen(dcfg.addr)
+        except OSError as e:
+            log.error("the DNS server cannot listen (another program has the port? set "
+                      "dns.addr, or dns.enabled = false)", extra={"addr": dcfg.addr,
+                                                                 "error": str(e)})
+        servers: list[str] = []
+        task_addr = dcfg.task_addr
+        if task_addr == "bridge":
+            gateway = await docker_bridge_gateway()
+            task_addr = f"{gateway}:53" if gateway else ""
+            if not gateway:
+                log.warning("dns.task_addr = bridge, but Docker's bridge network has no "
+                            "gateway address here: bridged tasks keep Docker's resolver")
+        if task_addr:
+            try:
+                host, port = await self.dns.listen(task_addr)
+                if port == 53:
+                    servers.append(host)
+            except OSError as e:
+                log.error("the DNS server cannot listen for tasks", extra={
+                    "addr": task_addr, "error": str(e)})
+        self.runtime.config = dataclasses.replace(
+            self.runtime.config, dns_addr=f"{bound[0]}:{bound[1]}" if bound else "",
+            dns_servers=tuple(servers), dns_search=(dcfg.origin.to_text(),))
 
     # --- trust -----------------------------------------------------------------------------------
 
@@ -345,6 +416,8 @@ class Agent:
         changed."""
         self.expected = discovery.Expected.from_proto(expected)
         self._files_inputs_changed()
+        if self.dns is not None:
+            self.dns.changed()
         if self.mesh is not None:
             self.mesh.set_expected(self.expected)
             ports = frozenset(s.published_port for s in self.expected.services.values()
@@ -382,6 +455,8 @@ class Agent:
             self.gossip.set_state(changes)
             if self.mesh is not None:
                 self.mesh.changed()  # our own state changes raise no membership event
+            if self.dns is not None:
+                self.dns.changed()
 
     # --- what task templates read -------------------------------------------------------------
 
