@@ -5,7 +5,8 @@ module decides what to say. A query that does not parse is dropped (``malformed`
 that parses but is no plain query gets FORMERR or NOTIMP, a name outside the zone REFUSED
 (or ``forward``: the I/O shell sends it upstream), an unknown name NXDOMAIN with the
 zone's SOA, a name without the asked type NOERROR with the SOA; a UDP answer too large for
-the client is sent truncated (TC) so that it asks again over TCP.
+the client leaves out the SRV targets' addresses first, then is sent truncated (TC) so
+that the client asks again over TCP.
 
 Rendered answers are cached by the query's bytes (its id apart) until the zone changes,
 a few orderings each, so that a hot name costs a dictionary lookup and the answer order
@@ -177,8 +178,14 @@ class Answerer:
         try:
             return r.to_wire(max_size=limit)
         except dns.exception.TooBig:
-            r.answer.clear()
+            pass
+        if r.additional:  # the SRV targets' addresses are a courtesy: left out before TC
             r.additional.clear()
-            r.authority.clear()
-            r.flags |= dns.flags.TC
-            return r.to_wire(max_size=limit)
+            try:
+                return r.to_wire(max_size=limit)
+            except dns.exception.TooBig:
+                pass
+        r.answer.clear()
+        r.authority.clear()
+        r.flags |= dns.flags.TC
+        return r.to_wire(max_size=limit)

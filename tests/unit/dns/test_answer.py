@@ -245,3 +245,12 @@ def test_config_refuses_bad_values() -> None:
         DnsConfig(domain=".")
     with pytest.raises(ValueError, match="udp_payload"):
         DnsConfig(udp_payload=100)
+
+
+def test_srv_addresses_are_left_out_before_truncating() -> None:
+    a = _answerer({"default/j/g/web": _svc("web", 9)})
+    m = ask(a, "web.service.orch.", "SRV")
+    assert not m.flags & dns.flags.TC
+    assert len(m.answer[0]) == 9
+    assert not m.additional
+    assert len(ask(a, "web.service.orch.", "SRV", payload=1232).additional) == 9
