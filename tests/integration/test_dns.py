@@ -45,7 +45,8 @@ groups:
       - name: server
         driver: process
         command: /bin/sh
-        args: ["-c", "echo kv-$ORCH_ALLOC_INDEX > index.html; touch healthy; exec python3 -m http.server $ORCH_PORT_http --bind ${{ORCH_ADDR_http%:*}}"]
+        args: ["-c", "echo kv-$ORCH_ALLOC_INDEX > index.html; touch healthy;
+                exec python3 -m http.server $ORCH_PORT_http --bind ${{ORCH_ADDR_http%:*}}"]
         resources: {{cpu_millicores: 100, memory_mb: 64}}
 """
 
@@ -119,7 +120,7 @@ async def test_a_process_task_finds_a_service_by_name_and_port(tmp_path: Path) -
         await ctl.jobs.register(parse_job(CLIENT_JOB.format(
             python=sys.executable, script=json.dumps(script)), "client.yaml"))
 
-        def result() -> str | None:
+        def result() -> str | None:  # reads a file or two: the loop waits no longer
             for a in agents:
                 for p in Path(a.cfg.data_dir, "alloc").glob("*/ask/local/result"):
                     return p.read_text()
@@ -129,9 +130,12 @@ async def test_a_process_task_finds_a_service_by_name_and_port(tmp_path: Path) -
         assert body in ("kv-0", "kv-1")
         assert int(addr.rsplit(":", 1)[1]) in placed_ports(ctl)
         assert n == "2"
-        conf = next(Path(agents[0].cfg.data_dir, "alloc").glob("*/ask/local/resolv.conf"), None) \
-            or next(Path(agents[1].cfg.data_dir, "alloc").glob("*/ask/local/resolv.conf"))
-        assert "search service.default.orch." in conf.read_text()
+        confs = await asyncio.to_thread(lambda: [
+            p.read_text() for a in agents
+            for p in Path(a.cfg.data_dir, "alloc").glob("*/ask/local/resolv.conf")])
+        assert confs
+        assert "search service.default.orch." in confs[0]
+        assert f"nameserver {NET}." in confs[0]
 
 
 async def test_answers_follow_scaling_and_checks_on_every_agent(tmp_path: Path) -> None:
