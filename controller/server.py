@@ -280,7 +280,7 @@ class Controller:
             AclEndpoint(authz, leader, self.acl, self.cluster, self.trust,
                         rotated=self._write_join_tokens),
             EventsEndpoint(authz, self.cluster),
-            ServicesEndpoint(authz, self.cluster.state, self.usage),
+            ServicesEndpoint(authz, self.cluster.state, self.usage, self.cluster.index),
             LeaderEndpoint(authz, leader, gossip),
             NamespacesEndpoint(authz, leader, self.cluster, self.evaluator.namespaces),
             SecretsEndpoint(authz, leader, self.cluster, self.secrets, self.evaluator.namespaces),
