@@ -38,13 +38,13 @@ from agent.runtime.driver import TaskDriver
 from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
-from orch import daemon, join, keyring, pki
+from orch import daemon, join, keyring, pki, prometheus_sd
 from orch.errors import ConfigError
 from orch.gossip.crypto import Keyring
 from orch.gossip.messages import Status
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
-from orch.metrics import MetricsServer, registry_with
+from orch.metrics import SD_PATH, MetricsServer, announce_metrics, registry_with
 from orch.net import AGENT_METRICS_PORT, AGENT_RPC_PORT, parse_addr
 from orch.templates import Endpoint as TemplateEndpoint
 from orch.tls import TlsConfig, open_channel, server_credentials
@@ -59,7 +59,7 @@ FILES_SETTLE = 0.1
 
 VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
-RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
+RESERVED_STATE = frozenset({"role", "rpc", "node_id", "metrics"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
 
 
@@ -205,8 +205,11 @@ class Agent:
                 collectors.append(LbCollector(self.mesh))
             if self.dns is not None:
                 collectors.append(DnsCollector(self.dns))
-            self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
+            self.metrics = MetricsServer(registry_with(*collectors), mhost, mport, json_routes={
+                SD_PATH: lambda: prometheus_sd.targets(
+                    self.gossip.members() if self.gossip is not None else ()).groups})
             await self.metrics.start()
+            announce_metrics(self.gossip, mhost, self.metrics.port)
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report,
                                    connect=self._controller_channel,
@@ -445,10 +448,15 @@ class Agent:
             spec = self._specs.get(st.alloc_id)
             if spec is not None and spec.desired == "run" and st.client_status == "running" \
                     and st.healthy:
-                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host,
+                ports = st.ports or spec.ports
+                want.update(discovery.entries(spec.id, spec.group, ports, host,
                                               namespace=spec.namespace, job=spec.job))
+                if ports.get("metrics"):  # for Prometheus's discovery (orch.prometheus_sd)
+                    want.update(prometheus_sd.entry(
+                        spec.id, host, ports["metrics"], namespace=spec.namespace,
+                        job=spec.job, group=spec.group.name))
         have = {k: v for k, v in self.gossip.core.me.state.items()
-                if k.startswith(discovery.PREFIX)}
+                if k.startswith((discovery.PREFIX, prometheus_sd.PREFIX))}
         changes: dict[str, object] = {k: None for k in have if k not in want}
         changes.update({k: v for k, v in want.items() if have.get(k) != v})
         if changes:

@@ -66,7 +66,7 @@ from orch.errors import ConfigError
 from orch.gossip.crypto import Keyring
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
-from orch.metrics import MetricsServer, registry_with
+from orch.metrics import MetricsServer, announce_metrics, registry_with
 from orch.net import (
     CONTROLLER_HTTP_PORT,
     CONTROLLER_METRICS_PORT,
@@ -204,6 +204,7 @@ class Controller:
                                     self.gossip_events),
                 GossipCollector(gossip)), mhost, mport)
             await self.metrics.start()
+            announce_metrics(gossip, mhost, self.metrics.port)
         if self.trust is not None:
             self._tasks.append(asyncio.create_task(self._renew(), name="renew-certificate"))
         if cfg.store == "etcd":
