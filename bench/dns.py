@@ -1,0 +1,446 @@
+"""DNS benchmark: an agent's DNS server beside dnsmasq, and how fast answers follow gossip.
+
+    python -m bench.dns                # the full run (about 3 minutes)
+    python -m bench.dns --quick        # shorter rounds, a 30-member cluster
+    python -m bench.dns --json         # the last line of stdout is one JSON object
+    ./run bench dns                    # the same, from the repository
+
+Throughput and latency. dnsperf (Debian) sends the same queries to two servers holding
+the same records, in one run, interleaved round by round:
+  orch     the agent's DnsServer (its UDP listener, answers, limits and metrics), in its
+           own process under uvloop, pinned to one core, holding 500 services × 10
+           endpoints (the zone built as an agent builds it from its endpoint table)
+  dnsmasq  Debian's dnsmasq on the same core, serving the same names from a hosts file
+           (10 addresses a name) and the same SRV records (``srv-host``), no cache, no
+           upstream
+The queries: every service's A and SRV, one after the other (1,000 names). ``qps`` is
+dnsperf's answered queries a second at most 100 outstanding (the server saturated),
+median of the rounds; ``p99_ms`` is the 99th percentile of orch's latencies at half its
+own maximum rate (dnsperf -Q, every answer's latency from dnsperf -v).
+
+Propagation. ``--members`` gossip members (orch's LAN defaults, real UDP on 127.0.78.x),
+each keeping a DNS zone as an agent does (the endpoint table rebuilt on gossip events);
+one member announces a new healthy endpoint, the time until every member's zone answers
+it is taken (``propagation_p99_s``: the 99th percentile over members and trials), then the
+member withdraws it as an agent does when its check fails (``removal_p99_s``, to which
+the check's own interval adds: a failing check is seen at its next run).
+
+Discovery. A controller, two agents and a task with a port labelled ``metrics`` in this
+process (127.0.79.x), and Debian's Prometheus with deploy/prometheus.yml pointed at one
+agent's discovery: ``sd_targets_ok`` when every target was discovered and scraped up.
+
+Benchmarks print figures; nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.report import pct, progress, table
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+SERVICES, ENDPOINTS = 500, 10
+PROPAGATION_NET = "127.0.78"
+SD_NET = "127.0.79"
+
+
+def catalog() -> dict[str, Any]:
+    """500 services × 10 endpoints, as an agent's endpoint table holds them."""
+    from agent.lb.model import Endpoint, ServiceSpec
+
+    return {f"default/j{i}/g/svc-{i}": ServiceSpec(
+        name=f"svc-{i}", job=f"j{i}", group="g", published_port=0, endpoints=tuple(
+            Endpoint(alloc_id=f"a-{i}-{j}", node=f"node-{j}", host=f"10.{i // 250}.{i % 250}.{j + 1}",
+                     port=20000 + j) for j in range(ENDPOINTS)))
+        for i in range(SERVICES)}
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        u.bind((host, 0))
+        port = u.getsockname()[1]
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind((host, port))
+        return int(port)
+
+
+# --- the servers --------------------------------------------------------------------------
+
+def serve_orch(port: int) -> None:
+    """The orch DNS server with the benchmark's zone (run in its own process)."""
+    import uvloop
+
+    from agent.dns import zone as zones
+    from agent.dns.config import DnsConfig
+    from agent.dns.server import DnsServer
+
+    async def main() -> None:
+        cfg = DnsConfig(rate=1e9, burst=1 << 30)  # one source sends everything: no limit
+        server = DnsServer(cfg, "bench")
+        server.answerer.set_zone(zones.build(cfg.origin, catalog(), [], me="bench", mesh_host="",
+                                             service_ttl=0, node_ttl=5))
+        await server.listen(f"{HOST}:{port}")
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def dnsmasq_files(d: Path) -> tuple[Path, Path]:
+    """A hosts file and a configuration with the same names and SRV records as orch's."""
+    hosts, conf = [], ["no-resolv", "no-hosts", "local-ttl=0", "cache-size=0",
+                       "domain-needed", "local=/orch/"]
+    for spec in catalog().values():
+        name = f"{spec.name}.service.default.orch"
+        for e in spec.endpoints:
+            hosts.append(f"{e.host} {name}")
+            hosts.append(f"{e.host} {e.alloc_id}.alloc.orch")
+            conf.append(f"srv-host={name},{e.alloc_id}.alloc.orch,{e.port},1,1")
+    (d / "hosts").write_text("\n".join(hosts) + "\n")
+    (d / "dnsmasq.conf").write_text("\n".join(conf) + "\n")
+    return d / "hosts", d / "dnsmasq.conf"
+
+
+def queries(d: Path) -> Path:
+    path = d / "queries"
+    lines = []
+    for i in range(SERVICES):
+        lines += [f"svc-{i}.service.default.orch A", f"svc-{i}.service.default.orch SRV"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pinned(cmd: list[str], core: int) -> list[str]:
+    """``cmd`` on one core when there are several (taskset)."""
+    if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *cmd]
+    return cmd
+
+
+def dnsperf(port: int, qfile: Path, seconds: float, *, rate: float = 0,
+            verbose: bool = False) -> tuple[float, list[float], dict[str, int]]:
+    """(answered queries a second, latencies in seconds when ``verbose``, rcodes)."""
+    cmd = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(qfile), "-l", f"{seconds:g}",
+           "-q", "100", "-t", "2"]
+    if rate:
+        cmd += ["-Q", str(int(rate))]
+    if verbose:
+        cmd += ["-v"]
+    out = subprocess.run(pinned(cmd, 0), capture_output=True, text=True, timeout=seconds + 60,
+                         check=False).stdout
+    m = re.search(r"Queries per second:\s+([\d.]+)", out)
+    qps = float(m.group(1)) if m else 0.0
+    lat = [float(x) for x in re.findall(r"^> \S+ .* ([\d.]+)$", out, re.M)] if verbose else []
+    codes = {k: int(v) for k, v in re.findall(r"(\w+) (\d+) \([\d.]+%\)", out)}
+    return qps, lat, codes
+
+
+def check_answers(port: int) -> bool:
+    """Whether the server answers the benchmark's names as it should (10 A, 10 SRV)."""
+    import dns.message
+    import dns.query
+
+    for rdtype in ("A", "SRV"):
+        q = dns.message.make_query("svc-7.service.default.orch.", rdtype)
+        r = dns.query.udp(q, HOST, port=port, timeout=2)
+        if sum(len(rr) for rr in r.answer) != ENDPOINTS:
+            return False
+    return True
+
+
+def throughput(opts: argparse.Namespace, work: Path, result: dict[str, Any]) -> list[str]:
+    if not shutil.which("dnsperf") or not shutil.which("dnsmasq"):
+        progress("dnsperf or dnsmasq missing: apt-get install dnsperf dnsmasq-base")
+        return []
+    qfile = queries(work)
+    hosts, conf = dnsmasq_files(work)
+    orch_port, masq_port = free_port(HOST), free_port(HOST)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        orch = subprocess.Popen(pinned([sys.executable, "-m", "bench.dns", "--serve-orch",
+                                        str(orch_port)], 1), cwd=ROOT, stdout=subprocess.PIPE,
+                                text=True)
+        procs.append(orch)
+        assert orch.stdout is not None
+        if orch.stdout.readline().strip() != "ready":
+            raise RuntimeError("the orch DNS server did not start")
+        masq = subprocess.Popen(pinned([
+            "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", f"--addn-hosts={hosts}",
+            f"--port={masq_port}", f"--listen-address={HOST}", "--bind-interfaces",
+            "--user=root", "--pid-file="], 1), text=True)
+        procs.append(masq)
+        time.sleep(1.0)
+        for name, port in (("orch", orch_port), ("dnsmasq", masq_port)):
+            if not check_answers(port):
+                raise RuntimeError(f"{name} does not answer the benchmark's names")
+        for port in (orch_port, masq_port):  # every answer once (orch caches rendered ones)
+            dnsperf(port, qfile, 1.0)
+        qps: dict[str, list[float]] = {"orch": [], "dnsmasq": []}
+        for r in range(opts.rounds):
+            for name, port in (("orch", orch_port), ("dnsmasq", masq_port)):
+                q, _, codes = dnsperf(port, qfile, opts.seconds)
+                qps[name].append(q)
+                progress(f"round {r + 1}: {name} {q:,.0f} queries/s {codes}")
+        orch_max = statistics.median(qps["orch"])
+        masq_max = statistics.median(qps["dnsmasq"])
+        lat: dict[str, list[float]] = {}
+        for name, port in (("orch", orch_port), ("dnsmasq", masq_port)):
+            _, lat[name], _ = dnsperf(port, qfile, opts.seconds, rate=orch_max / 2, verbose=True)
+            progress(f"{name} at {orch_max / 2:,.0f} queries/s: {len(lat[name])} latencies")
+        result.update({
+            "orch_qps": round(orch_max), "dnsmasq_qps": round(masq_max),
+            "qps_ratio_vs_dnsmasq": round(orch_max / masq_max, 3) if masq_max else None,
+            "p99_ms": round(pct(lat["orch"], 99) * 1e3, 3),
+            "p50_ms": round(pct(lat["orch"], 50) * 1e3, 3),
+            "dnsmasq_p99_ms": round(pct(lat["dnsmasq"], 99) * 1e3, 3),
+            "half_rate_qps": round(orch_max / 2)})
+        return [table(f"Answers, {SERVICES} services × {ENDPOINTS} endpoints, A and SRV, one core "
+                      f"(median of {opts.rounds} rounds of {opts.seconds:g} s)",
+                      ("server", "queries/s", "p50 ms at half orch's max", "p99 ms"),
+                      [("orch", orch_max, pct(lat["orch"], 50) * 1e3, pct(lat["orch"], 99) * 1e3),
+                       ("dnsmasq", masq_max, pct(lat["dnsmasq"], 50) * 1e3,
+                        pct(lat["dnsmasq"], 99) * 1e3)])]
+    finally:
+        for p in procs:
+            p.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+
+
+# --- propagation --------------------------------------------------------------------------
+
+async def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[str]:
+    """How long a new endpoint, then its withdrawal, takes to reach every member's zone."""
+    import dns.name
+
+    from agent.dns.config import DnsConfig
+    from agent.dns.server import DnsServer
+    from agent.dns.zone import Zone
+    from agent.lb import discovery
+    from agent.lb.model import ServiceSpec
+    from orch.gossip.config import GossipConfig
+    from orch.gossip.messages import Status
+    from orch.gossip.transport import GossipNode
+    from orch.jobspec.model import Group, Service
+
+    n = opts.members
+    nodes = [GossipNode(GossipConfig.lan(), name=f"m{i}", bind=(f"{PROPAGATION_NET}.{i + 1}", 0),
+                        rng=random.Random(i)) for i in range(n)]
+    servers: list[DnsServer] = []
+    key = discovery.service_key("default", "web", "g", "web")
+    spec = ServiceSpec(name="web", job="web", group="g", published_port=0)
+    trials = [(f"trial-{t}", random.Random(t).randrange(n)) for t in range(opts.trials)]
+    expected = discovery.Expected({key: spec}, {
+        (alloc, "web"): discovery.Placed(key, f"m{i}", 30000 + t)
+        for t, (alloc, i) in enumerate(trials)})
+    seen: dict[int, float] = {}
+    target = dns.name.Name([b""])
+    present = True
+    t0 = 0.0
+    everyone = asyncio.Event()
+
+    def watcher(i: int) -> Any:
+        def fn(zone: Zone) -> None:
+            if i not in seen and (zone.lookup(target) is not None) == present:
+                seen[i] = time.monotonic() - t0
+                if len(seen) == n:
+                    everyone.set()
+        return fn
+
+    try:
+        for node in nodes:
+            await node.start()
+        for node in nodes[1:]:
+            node.join([nodes[0].addr])
+
+        async def converged() -> bool:
+            return all(sum(m.status is Status.ALIVE for m in node.members()) == n
+                       for node in nodes)
+        deadline = time.monotonic() + 120
+        while not await converged():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n} members did not converge in 120 s")
+            await asyncio.sleep(0.2)
+        progress(f"{n} members joined")
+        for i, node in enumerate(nodes):
+            server = DnsServer(DnsConfig(), node.name)
+            server.start(node, lambda: expected)
+            server.listeners.append(watcher(i))
+            servers.append(server)
+        await asyncio.sleep(1.0)
+        added: list[float] = []
+        removed: list[float] = []
+        group = Group(name="g", services=(Service(name="web", port="http"),))
+        for t, (alloc, i) in enumerate(trials):
+            entries = discovery.entries(alloc, group, {"http": 30000 + t}, nodes[i].addr[0],
+                                        namespace="default", job="web")
+            target = dns.name.from_text(f"{alloc}.alloc.orch.")
+            for step, value in (("add", entries), ("remove", dict.fromkeys(entries))):
+                present, seen = step == "add", {}
+                everyone.clear()
+                t0 = time.monotonic()
+                nodes[i].set_state(value)
+                servers[i].changed()  # as the agent does: its own state raises no event
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(everyone.wait(), 30)
+                times = [seen.get(j, 30.0) for j in range(n)]
+                (added if present else removed).extend(times)
+                progress(f"trial {t + 1}: {step} seen by {len(seen)}/{n} members, slowest "
+                         f"{max(times):.3f} s")
+        result.update({"propagation_p99_s": round(pct(added, 99), 3),
+                       "propagation_p50_s": round(pct(added, 50), 3),
+                       "removal_p99_s": round(pct(removed, 99), 3),
+                       "members": n})
+        return [table(f"Propagation to every member's DNS, {n} members (LAN gossip defaults), "
+                      f"{opts.trials} trials",
+                      ("change", "p50 s", "p99 s", "max s"),
+                      [("new endpoint", pct(added, 50), pct(added, 99), max(added)),
+                       ("withdrawn", pct(removed, 50), pct(removed, 99), max(removed))])]
+    finally:
+        for server in servers:
+            await server.close()
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.stop()
+
+
+# --- Prometheus discovery ------------------------------------------------------------------
+
+EXPORTER = json.dumps({
+    "name": "exporter", "update": {"min_healthy_time": "0s"}, "groups": [{
+        "name": "x", "count": 2, "network": {"ports": [{"label": "metrics"}]},
+        "tasks": [{"name": "serve", "driver": "process", "command": "/bin/sh", "args": [
+            "-c", "printf 'demo_up 1\\n' > metrics; exec python3 -m http.server "
+                  "$ORCH_PORT_metrics --bind ${ORCH_ADDR_metrics%:*}"],
+            "resources": {"cpu_millicores": 100, "memory_mb": 64}}]}]})
+
+
+async def discovery_check(work: Path, result: dict[str, Any]) -> list[str]:
+    """A live cluster in this process and a real Prometheus discovering it."""
+    import aiohttp
+    import yaml
+
+    from agent.config import AgentConfig
+    from agent.dns.config import DnsConfig
+    from agent.server import Agent
+    from controller.config import ControllerConfig
+    from controller.server import Controller
+    from orch.jobspec import parse_job
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        progress("prometheus missing: apt-get install prometheus")
+        return []
+
+    async def get(url: str) -> Any:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s, \
+                s.get(url) as r:
+            return await r.json()
+
+    ctl = Controller(ControllerConfig(
+        name="bench-ctl", bind=f"{SD_NET}.1:0", rpc_addr=f"{SD_NET}.1:0",
+        metrics_addr=f"{SD_NET}.1:0", http_addr="", data_dir=str(work / "ctl")))
+    await ctl.start()
+    agents: list[Agent] = []
+    proc = None
+    try:
+        assert ctl.gossip is not None
+        for i in (2, 3):
+            a = Agent(AgentConfig(
+                name=f"bench-agent-{i}", bind=f"{SD_NET}.{i}:0",
+                join=[f"{SD_NET}.1:{ctl.gossip.addr[1]}"], rpc_addr=f"{SD_NET}.{i}:0",
+                metrics_addr=f"{SD_NET}.{i}:0", lb_bind=f"{SD_NET}.{i}",
+                dns=DnsConfig(addr=f"{SD_NET}.{i}:0"), data_dir=str(work / f"agent-{i}"),
+                drivers=["process"], task_user="root", allow_root_tasks=True))
+            await a.start()
+            agents.append(a)
+        await ctl.jobs.register(parse_job(EXPORTER, "exporter.json", "json"))
+        assert agents[0].metrics is not None
+        sd = f"http://{SD_NET}.2:{agents[0].metrics.port}/v1/sd/prometheus"
+        config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+        config["global"]["scrape_interval"] = "1s"
+        sdc = config["scrape_configs"][0]["http_sd_configs"][0]
+        sdc["url"], sdc["refresh_interval"] = sd, "1s"
+        (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+        web = f"{SD_NET}.100:{free_port(f'{SD_NET}.100')}"
+        proc = await asyncio.create_subprocess_exec(
+            binary, f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address={web}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        want = 5  # a controller, two agents, two task ports
+        t0 = time.monotonic()
+        ok, active = False, []
+        while time.monotonic() - t0 < 60 and not ok:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                active = (await get(f"http://{web}/api/v1/targets"))["data"]["activeTargets"]
+                ok = len(active) == want and all(t["health"] == "up" for t in active)
+        took = time.monotonic() - t0
+        result["sd_targets_ok"] = ok
+        result["sd_seconds"] = round(took, 1)
+        progress(f"prometheus: {len(active)} targets, all up: {ok}, after {took:.1f} s")
+        return [table("Prometheus discovery (deploy/prometheus.yml, one agent's /v1/sd/prometheus)",
+                      ("targets", "up", "all discovered and up", "seconds"),
+                      [(len(active), sum(t["health"] == "up" for t in active), ok, took)])]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            await proc.wait()
+        for a in agents:
+            await a.stop(stop_tasks=True)
+        await ctl.stop(grace=0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.dns", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="end with one line of JSON")
+    ap.add_argument("--quick", action="store_true", help="short rounds, a smaller cluster")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--members", type=int, default=100)
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--only", choices=("throughput", "propagation", "discovery"))
+    ap.add_argument("--serve-orch", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    opts = ap.parse_args(argv)
+    if opts.serve_orch:
+        serve_orch(opts.serve_orch)
+        return 0
+    if opts.quick:
+        opts.rounds, opts.seconds, opts.members, opts.trials = 1, 3.0, 30, 3
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="orch-bench-dns-") as d:
+        work = Path(d)
+        tables: list[str] = []
+        if opts.only in (None, "throughput"):
+            tables += throughput(opts, work, result)
+        if opts.only in (None, "propagation"):
+            tables += asyncio.run(propagation(opts, result))
+        if opts.only in (None, "discovery"):
+            tables += asyncio.run(discovery_check(work, result))
+    for t in tables:
+        print(t)
+    if opts.json:
+        print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
