@@ -416,8 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     if opts.serve_orch:
         serve_orch(opts.serve_orch)
         return 0
-    if opts.quick:
-        opts.rounds, opts.seconds, opts.members, opts.trials = 1, 3.0, 30, 3
+    if opts.quick:  # the defaults shortened; what the command line names wins
+        given = set(argv if argv is not None else sys.argv[1:])
+        for flag, value in (("--rounds", 1), ("--seconds", 3.0), ("--members", 30),
+                            ("--trials", 3)):
+            if flag not in given:
+                setattr(opts, flag[2:], value)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="orch-bench-dns-") as d:
         work = Path(d)
