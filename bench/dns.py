@@ -215,6 +215,8 @@ def throughput(opts: argparse.Namespace, work: Path, result: dict[str, Any]) -> 
             p.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
+            if p.stdout is not None:
+                p.stdout.close()
 
 
 # --- propagation --------------------------------------------------------------------------
