@@ -59,6 +59,9 @@ HOST = "127.0.0.1"
 SERVICES, ENDPOINTS = 500, 10
 PROPAGATION_NET = "127.0.78"
 SD_NET = "127.0.79"
+JOIN_WITHIN = 300.0
+"""Seconds the propagation cluster has to converge (every member seeing every other
+alive) before the trials start."""
 
 
 def catalog() -> dict[str, Any]:
@@ -221,8 +224,89 @@ def throughput(opts: argparse.Namespace, work: Path, result: dict[str, Any]) -> 
 
 # --- propagation --------------------------------------------------------------------------
 
-async def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[str]:
-    """How long a new endpoint, then its withdrawal, takes to reach every member's zone."""
+def simulated_propagation(n: int, trials: int, seed: int) -> tuple[list[float], list[float]]:
+    """Seconds until each member of an ``n``-member cluster (orch's gossip core at its LAN
+    defaults, on the simulator's network: 0.5-1 ms one way) holds a new endpoint one
+    member announces, then its withdrawal; every member of every trial."""
+    from agent.lb import discovery
+    from orch.gossip.config import GossipConfig
+    from orch.gossip.core import EventKind, MemberEvent
+    from orch.gossip.sim import SimNode, Simulator
+    from orch.jobspec.model import Group, Service
+
+    sim = Simulator(GossipConfig.lan(), seed=seed)
+    names = [x.name for x in sim.start_cluster(n)]
+    sim.run_for(20)
+    rng = random.Random(seed)
+    group = Group(name="g", services=(Service(name="web", port="http"),))
+    publisher, key, present = "", "", True
+    seen: dict[str, float] = {}
+    t0 = 0.0
+
+    def on_event(node: SimNode, ev: MemberEvent) -> None:
+        if ev.kind is EventKind.UPDATE and ev.name == publisher and node.name not in seen \
+                and (key in node.core.members[publisher].state) == present:
+            seen[node.name] = sim.now - t0
+
+    sim.on_event = on_event
+    added: list[float] = []
+    removed: list[float] = []
+    for t in range(trials):
+        publisher = rng.choice(names)
+        entries = discovery.entries(f"trial-{t}", group, {"http": 30000 + t},
+                                    sim.nodes[publisher].addr[0], namespace="default", job="web")
+        key = next(iter(entries))
+        for value in (entries, dict.fromkeys(entries)):
+            present = value is entries
+            seen.clear()
+            seen[publisher] = 0.0
+            t0 = sim.now
+            sim.set_state(publisher, value)
+            sim.run_until(t0 + 30, stop=lambda: len(seen) >= n)
+            (added if present else removed).extend(seen.get(m, 30.0) for m in names)
+            sim.run_for(1)
+    return added, removed
+
+
+def rebuild_cost(n: int) -> float:
+    """Seconds one agent takes to rebuild its zone (endpoint table, then names) with ``n``
+    members announcing 500 services × 10 endpoints between them (median of 5)."""
+    from agent.dns import zone as zones
+    from agent.dns.config import DnsConfig
+    from agent.lb import discovery
+    from orch.gossip.core import MemberInfo
+    from orch.gossip.messages import Status
+
+    cfg = DnsConfig()
+    states: list[dict[str, Any]] = [{} for _ in range(n)]
+    services: dict[str, Any] = {}
+    placed: dict[tuple[str, str], discovery.Placed] = {}
+    for spec in catalog().values():
+        skey = discovery.service_key("default", spec.job, "g", spec.name)
+        services[skey] = spec
+        for j, e in enumerate(spec.endpoints):
+            m = (hash(e.alloc_id) + j) % n
+            placed[(e.alloc_id, spec.name)] = discovery.Placed(skey, f"m{m}", e.port)
+            states[m][f"{discovery.PREFIX}{spec.name}:{e.alloc_id}"] = [
+                f"10.1.{m // 250}.{m % 250}", e.port, 0, "tcp", "round_robin", 1, False,
+                "default", spec.job, "g"]
+    members = [MemberInfo(f"m{m}", (f"10.1.{m // 250}.{m % 250}", 7946), Status.ALIVE, 1,
+                          states[m], 1, 0.0) for m in range(n)]
+    expected = discovery.Expected(services, placed)
+    took = []
+    for _ in range(5):
+        t = time.perf_counter()
+        table = discovery.endpoint_table(members, "m0", expected)
+        zones.build(cfg.origin, table.catalog, [(m.name, m.addr[0]) for m in members], me="m0",
+                    mesh_host="10.1.0.0", service_ttl=0, node_ttl=5)
+        took.append(time.perf_counter() - t)
+    return statistics.median(took)
+
+
+async def socket_propagation(n: int, trials: int) -> tuple[list[float], list[float]]:
+    """The same on real sockets: ``n`` gossip members in this process (127.0.78.x, LAN
+    defaults), each keeping its zone with a real DnsServer, the time taken when each
+    member's zone answers the change."""
     import dns.name
 
     from agent.dns.config import DnsConfig
@@ -235,16 +319,15 @@ async def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[
     from orch.gossip.transport import GossipNode
     from orch.jobspec.model import Group, Service
 
-    n = opts.members
     nodes = [GossipNode(GossipConfig.lan(), name=f"m{i}", bind=(f"{PROPAGATION_NET}.{i + 1}", 0),
                         rng=random.Random(i)) for i in range(n)]
     servers: list[DnsServer] = []
     key = discovery.service_key("default", "web", "g", "web")
     spec = ServiceSpec(name="web", job="web", group="g", published_port=0)
-    trials = [(f"trial-{t}", random.Random(t).randrange(n)) for t in range(opts.trials)]
+    picks = [(f"trial-{t}", random.Random(t).randrange(n)) for t in range(trials)]
     expected = discovery.Expected({key: spec}, {
         (alloc, "web"): discovery.Placed(key, f"m{i}", 30000 + t)
-        for t, (alloc, i) in enumerate(trials)})
+        for t, (alloc, i) in enumerate(picks)})
     seen: dict[int, float] = {}
     target = dns.name.Name([b""])
     present = True
@@ -265,15 +348,17 @@ async def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[
         for node in nodes[1:]:
             node.join([nodes[0].addr])
 
-        async def converged() -> bool:
-            return all(sum(m.status is Status.ALIVE for m in node.members()) == n
+        def views() -> int:
+            """Members that see every member alive."""
+            return sum(sum(m.status is Status.ALIVE for m in node.members()) == n
                        for node in nodes)
-        deadline = time.monotonic() + 120
-        while not await converged():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} members did not converge in 120 s")
-            await asyncio.sleep(0.2)
-        progress(f"{n} members joined")
+        began = time.monotonic()
+        while views() < n:
+            if time.monotonic() - began > JOIN_WITHIN:
+                raise RuntimeError(f"{n} members did not converge in {JOIN_WITHIN:g} s "
+                                   f"({views()} see every member alive)")
+            await asyncio.sleep(1.0)
+        progress(f"{n} members on sockets joined in {time.monotonic() - began:.1f} s")
         for i, node in enumerate(nodes):
             server = DnsServer(DnsConfig(), node.name)
             server.start(node, lambda: expected)
@@ -283,37 +368,60 @@ async def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[
         added: list[float] = []
         removed: list[float] = []
         group = Group(name="g", services=(Service(name="web", port="http"),))
-        for t, (alloc, i) in enumerate(trials):
+        for t, (alloc, i) in enumerate(picks):
             entries = discovery.entries(alloc, group, {"http": 30000 + t}, nodes[i].addr[0],
                                         namespace="default", job="web")
             target = dns.name.from_text(f"{alloc}.alloc.orch.")
-            for step, value in (("add", entries), ("remove", dict.fromkeys(entries))):
-                present, seen = step == "add", {}
+            for value in (entries, dict.fromkeys(entries)):
+                present, seen = value is entries, {}
                 everyone.clear()
                 t0 = time.monotonic()
                 nodes[i].set_state(value)
                 servers[i].changed()  # as the agent does: its own state raises no event
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(everyone.wait(), 30)
-                times = [seen.get(j, 30.0) for j in range(n)]
-                (added if present else removed).extend(times)
-                progress(f"trial {t + 1}: {step} seen by {len(seen)}/{n} members, slowest "
-                         f"{max(times):.3f} s")
-        result.update({"propagation_p99_s": round(pct(added, 99), 3),
-                       "propagation_p50_s": round(pct(added, 50), 3),
-                       "removal_p99_s": round(pct(removed, 99), 3),
-                       "members": n})
-        return [table(f"Propagation to every member's DNS, {n} members (LAN gossip defaults), "
-                      f"{opts.trials} trials",
-                      ("change", "p50 s", "p99 s", "max s"),
-                      [("new endpoint", pct(added, 50), pct(added, 99), max(added)),
-                       ("withdrawn", pct(removed, 50), pct(removed, 99), max(removed))])]
+                (added if present else removed).extend(seen.get(j, 30.0) for j in range(n))
+        return added, removed
     finally:
         for server in servers:
             await server.close()
         for node in nodes:
             with contextlib.suppress(Exception):
                 await node.stop()
+
+
+def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[str]:
+    """The simulator's ``--members`` cluster plus the real rebuild cost, and a smaller
+    cluster on real sockets."""
+    import uvloop
+
+    from agent.dns.server import DnsServer
+
+    settle = DnsServer.__init__.__kwdefaults__["settle"]  # type: ignore[index]
+    progress(f"simulating {opts.members} members, {opts.trials} trials")
+    sim_add, sim_del = simulated_propagation(opts.members, opts.trials, seed=1)
+    cost = rebuild_cost(opts.members)
+    progress(f"a zone rebuild with {opts.members} members: {cost * 1e3:.1f} ms")
+    add = [x + settle + cost for x in sim_add]
+    rem = [x + settle + cost for x in sim_del]
+    sock_add, sock_del = uvloop.run(socket_propagation(opts.socket_members, opts.trials))
+    result.update({
+        "propagation_p99_s": round(pct(add, 99), 3), "propagation_p50_s": round(pct(add, 50), 3),
+        "removal_p99_s": round(pct(rem, 99), 3), "members": opts.members,
+        "rebuild_ms": round(cost * 1e3, 2),
+        "socket_members": opts.socket_members,
+        "socket_propagation_p99_s": round(pct(sock_add, 99), 3),
+        "socket_removal_p99_s": round(pct(sock_del, 99), 3)})
+    return [table(f"Propagation to every member's DNS answers ({opts.trials} trials, LAN gossip "
+                  "defaults)", ("cluster", "change", "p50 s", "p99 s", "max s"),
+                  [(f"{opts.members}, simulated + rebuild", "new endpoint", pct(add, 50),
+                    pct(add, 99), max(add)),
+                   (f"{opts.members}, simulated + rebuild", "withdrawn", pct(rem, 50),
+                    pct(rem, 99), max(rem)),
+                   (f"{opts.socket_members}, sockets", "new endpoint", pct(sock_add, 50),
+                    pct(sock_add, 99), max(sock_add)),
+                   (f"{opts.socket_members}, sockets", "withdrawn", pct(sock_del, 50),
+                    pct(sock_del, 99), max(sock_del))])]
 
 
 # --- Prometheus discovery ------------------------------------------------------------------
@@ -411,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--members", type=int, default=100)
+    ap.add_argument("--socket-members", type=int, default=20)
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--only", choices=("throughput", "propagation", "discovery"))
     ap.add_argument("--serve-orch", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -421,9 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.quick:  # the defaults shortened; what the command line names wins
         given = set(argv if argv is not None else sys.argv[1:])
         for flag, value in (("--rounds", 1), ("--seconds", 3.0), ("--members", 30),
-                            ("--trials", 3)):
+                            ("--socket-members", 10), ("--trials", 3)):
             if flag not in given:
-                setattr(opts, flag[2:], value)
+                setattr(opts, flag[2:].replace("-", "_"), value)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="orch-bench-dns-") as d:
         work = Path(d)
@@ -431,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         if opts.only in (None, "throughput"):
             tables += throughput(opts, work, result)
         if opts.only in (None, "propagation"):
-            tables += asyncio.run(propagation(opts, result))
+            tables += propagation(opts, result)
         if opts.only in (None, "discovery"):
             tables += asyncio.run(discovery_check(work, result))
     for t in tables:

@@ -124,6 +124,7 @@ class DnsServer:
                         if r.flags & dns.flags.TC and not udp:
                             r = await dns.asyncquery.tcp(query, host, port=port,
                                                          timeout=self.cfg.upstream_timeout)
+                        r.flags |= dns.flags.RA  # this server recursed for the client
                         return r.to_wire(max_size=self.cfg.udp_payload if udp else
                                          TCP_MESSAGE_MAX)
                     except (OSError, dns.exception.DNSException) as e:

@@ -17,6 +17,7 @@ and looked up once per query; its records are dnspython rdata made at build time
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,41 +51,55 @@ class Record:
 @dataclass(slots=True)
 class Zone:
     origin: dns.name.Name
-    names: dict[dns.name.Name, dict[int, list[Record]]] = field(default_factory=dict)
-    """Every name that has records, by type."""
-    parents: set[dns.name.Name] = field(default_factory=set)
+    names: dict[str, dict[int, list[Record]]] = field(default_factory=dict)
+    """Every name that has records (its lower-case text, absolute), by type."""
+    parents: set[str] = field(default_factory=set)
     """Names that exist only as parents of others (NOERROR with no data, not NXDOMAIN)."""
     left_out: int = 0
     """Services, nodes and allocations whose names are no DNS label."""
     version: int = 0
+    text: str = ""
+    """The origin's text (``orch.``)."""
 
-    def add(self, name: dns.name.Name, record: Record) -> None:
-        self.names.setdefault(name, {}).setdefault(record.rdata.rdtype, []).append(record)
-        parent = name.parent()
-        while parent != self.origin and parent not in self.parents:
-            self.parents.add(parent)
-            parent = parent.parent()
+    def __post_init__(self) -> None:
+        self.text = self.origin.to_text()
+
+    def add(self, name: str, record: Record) -> None:
+        types = self.names.get(name)
+        if types is None:  # a new name: its parents exist from now on
+            types = self.names[name] = {}
+            origin = self.text
+            parent = name.split(".", 1)[1]
+            while parent != origin and parent not in self.parents:
+                self.parents.add(parent)
+                parent = parent.split(".", 1)[1]
+        types.setdefault(record.rdata.rdtype, []).append(record)
 
     def lookup(self, name: dns.name.Name) -> dict[int, list[Record]] | None:
         """The records of ``name`` by type; {} for a name that exists with none; None for a
         name that does not exist."""
-        found = self.names.get(name)
+        text = name.to_text().lower()
+        found = self.names.get(text)
         if found is not None:
             return found
-        return {} if name in self.parents or name == self.origin else None
+        return {} if text in self.parents or name == self.origin else None
 
 
-def _label(text: str) -> dns.name.Name | None:
-    try:
-        n = dns.name.Name([text.lower().encode("ascii")])
-    except (UnicodeEncodeError, dns.name.LabelTooLong, dns.name.EmptyLabel):
-        return None
+@functools.lru_cache(maxsize=65536)
+def _label(text: str) -> str | None:
+    """``text`` as one lower-case DNS label; None when it cannot be one."""
     if not text or len(text) > LABEL_MAX or "." in text:
         return None
-    return n
+    try:
+        dns.name.Name([text.lower().encode("ascii")])
+    except (UnicodeEncodeError, dns.name.LabelTooLong, dns.name.EmptyLabel):
+        return None
+    return text.lower()
 
 
+@functools.lru_cache(maxsize=65536)
 def _addr(host: str) -> dns.rdata.Rdata | None:
+    """The A or AAAA record of an address (made once: rdata are immutable)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -94,6 +109,45 @@ def _addr(host: str) -> dns.rdata.Rdata | None:
     return dns.rdtypes.IN.AAAA.AAAA(dns.rdataclass.IN, AAAA, str(ip))  # type: ignore[no-untyped-call]
 
 
+@functools.lru_cache(maxsize=65536)
+def _name(text: str) -> dns.name.Name:
+    return dns.name.from_text(text)
+
+
+ServiceRecords = tuple[tuple[str, Record], ...]
+
+
+@functools.lru_cache(maxsize=16384)
+def _service(svc: ServiceSpec, origin: str, ttl: int) -> tuple[ServiceRecords, int]:
+    """A service's names and records, and how many of its endpoints have none. Made once
+    per service as it is (a rebuild redoes only the services that changed)."""
+    name, ns = _label(svc.name), _label(svc.namespace)
+    if name is None or ns is None:
+        return (), 1
+    names = [f"{name}.service.{ns}.{origin}"]
+    if svc.namespace == "default":
+        names.append(f"{name}.service.{origin}")
+    out: list[tuple[str, Record]] = []
+    hosts: set[str] = set()
+    left_out = 0
+    for ep in svc.endpoints:
+        rd, alloc = _addr(ep.host), _label(ep.alloc_id)
+        if rd is None or alloc is None:
+            left_out += 1
+            continue
+        target_text = f"{alloc}.alloc.{origin}"
+        target = _name(target_text)
+        out.append((target_text, Record(rd, ttl)))
+        srv = dns.rdtypes.IN.SRV.SRV(dns.rdataclass.IN, SRV, 1, 1, ep.port, target)  # type: ignore[no-untyped-call]
+        first = ep.host not in hosts  # one A record per address, one SRV per endpoint
+        hosts.add(ep.host)
+        for n in names:
+            if first:
+                out.append((n, Record(rd, ttl)))
+            out.append((n, Record(srv, ttl, ((target, rd),))))
+    return tuple(out), left_out
+
+
 def build(origin: dns.name.Name, catalog: Mapping[str, ServiceSpec],
           nodes: Iterable[tuple[str, str]], *, me: str, mesh_host: str, service_ttl: int,
           node_ttl: int, version: int = 0) -> Zone:
@@ -101,45 +155,31 @@ def build(origin: dns.name.Name, catalog: Mapping[str, ServiceSpec],
     members: name, address); ``me`` is this agent's node, ``mesh_host`` the address its
     routing mesh is reached at ("" none)."""
     zone = Zone(origin, version=version)
-    node_label = dns.name.Name([b"node"]).concatenate(origin)
-    alloc_label = dns.name.Name([b"alloc"]).concatenate(origin)
+    text = zone.text
     for node, host in nodes:
         label, rd = _label(node), _addr(host)
         if label is None or rd is None:
             zone.left_out += 1
             continue
-        zone.add(label.concatenate(node_label), Record(rd, node_ttl))
-    allocs: set[dns.name.Name] = set()
+        zone.add(f"{label}.node.{text}", Record(rd, node_ttl))
+    mesh = _addr(mesh_host) if mesh_host else None
+    me_label = _label(me)
+    allocs: set[str] = set()
+    alloc_suffix = ".alloc." + text
     for svc in catalog.values():
+        records, left_out = _service(svc, text, service_ttl)
+        zone.left_out += left_out
+        for key, record in records:
+            if key.endswith(alloc_suffix):
+                if key in allocs:
+                    continue
+                allocs.add(key)
+            zone.add(key, record)
         name, ns = _label(svc.name), _label(svc.namespace)
-        if name is None or ns is None:
-            zone.left_out += 1
-            continue
-        names = [name.concatenate(dns.name.Name([b"service", *ns.labels])).concatenate(
-            origin)]
-        if svc.namespace == "default":
-            names.append(name.concatenate(dns.name.Name([b"service"])).concatenate(origin))
-        for ep in svc.endpoints:
-            rd, alloc = _addr(ep.host), _label(ep.alloc_id)
-            if rd is None or alloc is None:
-                zone.left_out += 1
-                continue
-            target = alloc.concatenate(alloc_label)
-            if target not in allocs:
-                allocs.add(target)
-                zone.add(target, Record(rd, service_ttl))
-            srv = dns.rdtypes.IN.SRV.SRV(dns.rdataclass.IN, SRV, 1, 1, ep.port, target)  # type: ignore[no-untyped-call]
-            for n in names:
-                if not any(r.rdata == rd for r in zone.names.get(n, {}).get(rd.rdtype, ())):
-                    zone.add(n, Record(rd, service_ttl))
-                zone.add(n, Record(srv, service_ttl, ((target, rd),)))
-        mesh = _addr(mesh_host) if mesh_host else None
-        me_label = _label(me)
-        if svc.published_port and mesh is not None and me_label is not None:
-            mesh_name = name.concatenate(dns.name.Name([b"mesh", *ns.labels])).concatenate(
-                origin)
+        if svc.published_port and mesh is not None and me_label is not None and name and ns:
+            mesh_name = f"{name}.mesh.{ns}.{text}"
             if mesh_name not in zone.names:
-                target = me_label.concatenate(node_label)
+                target = _name(f"{me_label}.node.{text}")
                 zone.add(mesh_name, Record(mesh, service_ttl))
                 zone.add(mesh_name, Record(dns.rdtypes.IN.SRV.SRV(  # type: ignore[no-untyped-call]
                     dns.rdataclass.IN, SRV, 1, 1, svc.published_port, target), service_ttl,

@@ -15,10 +15,13 @@ from pathlib import Path
 import dns.asyncquery
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import pytest
 
+from agent.dns import zone as zones
 from agent.dns.config import DnsConfig
+from agent.dns.server import DnsServer
 from agent.server import Agent
 from controller.server import Controller
 from controller.state import RUN
@@ -204,3 +207,30 @@ async def test_bad_packets_over_real_sockets(tmp_path: Path) -> None:
         m = await query(agent, "orch.", "SOA", tcp=True)
         assert m.rcode() == dns.rcode.NOERROR
         assert m.flags & dns.flags.AA
+
+
+async def test_other_zones_are_forwarded_to_upstreams(tmp_path: Path) -> None:
+    # the upstream: another DNS server, for the zone "example." (real UDP on 127.0.53.9)
+    upstream = DnsServer(DnsConfig(domain="example."), "up")
+    upstream.answerer.set_zone(zones.build(dns.name.from_text("example."), {},
+                                           [("www", "192.0.2.80")], me="up", mesh_host="",
+                                           service_ttl=0, node_ttl=5))
+    host, port = await upstream.listen(f"{NET}.9:0")
+    try:
+        settings = {1: {"dns": DnsConfig(addr=f"{NET}.2:0", upstreams=[f"{host}:{port}"],
+                                         upstream_timeout=1.0)}}
+        async with live_cluster(tmp_path, agents=1, net=NET,
+                                agent_settings=settings) as (_ctl, agents):
+            m = await query(agents[0], "www.node.example.")
+            assert [rd.address for rrset in m.answer for rd in rrset] == ["192.0.2.80"]
+            assert m.flags & dns.flags.RA
+            m = await query(agents[0], "www.node.example.", tcp=True)
+            assert [rd.address for rrset in m.answer for rd in rrset] == ["192.0.2.80"]
+            assert (await query(agents[0], "agent-1.node.orch.")).answer  # its own zone still
+            await upstream.close()  # no upstream answers: SERVFAIL, after upstream_timeout
+            m = await query(agents[0], "other.node.example.")
+            assert m.rcode() == dns.rcode.SERVFAIL
+            assert agents[0].dns is not None
+            assert agents[0].dns.counts[("A", "forward")] == 3
+    finally:
+        await upstream.close()
