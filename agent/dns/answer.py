@@ -57,6 +57,16 @@ class Result:
     """The parsed query, when it is to be forwarded."""
 
 
+def _same(a: dict[int, list[Record]] | None, b: dict[int, list[Record]] | None) -> bool:
+    """Whether two zones hold the very same records for a name (the zone builder reuses a
+    service's records while the service is unchanged, so identity is the test)."""
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(
+        len(a[t]) == len(b[t]) and all(x is y for x, y in zip(a[t], b[t], strict=True))
+        for t in a)
+
+
 def qtype_label(rdtype: int) -> str:
     text = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
     return text if text in QTYPES else "other"
@@ -68,7 +78,9 @@ class Answerer:
         self.origin = cfg.origin
         self.rng = rng or random.Random()
         self.forwarding = bool(cfg.upstreams)
-        self._cache: dict[tuple[bool, bytes], tuple[list[bytes], str, str]] = {}
+        self._cache: dict[tuple[bool, bytes], tuple[list[bytes], str, str, str]] = {}
+        """(udp, the query without its id) -> (orderings rendered, outcome, qtype, the
+        name asked, lower-case)."""
         self.zone = zone
         self.soa = dns.rdtypes.ANY.SOA.SOA(  # type: ignore[no-untyped-call]
             dns.rdataclass.IN, SOA, dns.name.Name([b"ns"]).concatenate(self.origin),
@@ -76,8 +88,14 @@ class Answerer:
             cfg.service_ttl)
 
     def set_zone(self, zone: Zone) -> None:
-        self.zone = zone
-        self._cache.clear()
+        """Answer from ``zone`` from now on. Cached answers stay for the names whose records
+        are the very same in both zones (a zone rebuilt for one changed service keeps the
+        cached answers of every other), and go for the rest."""
+        old, self.zone = self.zone, zone
+        moved = old.parents ^ zone.parents  # names that now exist, or no longer, as parents
+        for key, (_, _, _, name) in list(self._cache.items()):
+            if name in moved or not _same(old.names.get(name), zone.names.get(name)):
+                del self._cache[key]
 
     def respond(self, wire: bytes, *, udp: bool) -> Result:
         """The answer to ``wire``, a query received over UDP (``udp``) or TCP."""
@@ -86,7 +104,7 @@ class Answerer:
         key = (udp, wire[2:])
         hit = self._cache.get(key)
         if hit is not None:
-            variants, outcome, qtype = hit
+            variants, outcome, qtype, _ = hit
             return Result(wire[:2] + self.rng.choice(variants)[2:], outcome, qtype)
         try:
             query = dns.message.from_wire(wire, ignore_trailing=False)
@@ -113,7 +131,7 @@ class Answerer:
             variants.append(out)
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
-        self._cache[key] = (variants, outcome, qtype)
+        self._cache[key] = (variants, outcome, qtype, name.to_text().lower())
         return Result(variants[0], outcome, qtype)
 
     def _error(self, query: dns.message.Message, rcode: dns.rcode.Rcode, outcome: str,

@@ -257,3 +257,20 @@ def test_srv_addresses_are_left_out_before_truncating() -> None:
     assert len(m.answer[0]) == 9
     assert not m.additional
     assert len(ask(a, "web.service.orch.", "SRV", payload=1232).additional) == 9
+
+
+def test_a_new_zone_keeps_the_cached_answers_of_unchanged_names() -> None:
+    cfg = DnsConfig()
+    web, db = _svc("web", 3), _svc("db", 2)
+    a = Answerer(cfg, zones.build(cfg.origin, {"w": web, "d": db}, [], me="n0", mesh_host="",
+                                  service_ttl=0, node_ttl=5), random.Random(1))
+    ask(a, "web.service.orch.")
+    ask(a, "db.service.orch.")
+    ask(a, "new.service.orch.")  # NXDOMAIN, cached
+    assert len(a._cache) == 3
+    grown = _svc("db", 3)  # db gains an endpoint; web is as it was
+    a.set_zone(zones.build(cfg.origin, {"w": web, "d": grown, "n": _svc("new", 1)}, [],
+                           me="n0", mesh_host="", service_ttl=0, node_ttl=5))
+    assert len(a._cache) == 1  # web's answer only
+    assert len(addresses(ask(a, "db.service.orch."))) == 3
+    assert len(addresses(ask(a, "new.service.orch."))) == 1
