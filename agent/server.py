@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import dns.resolver
 import grpc
 from prometheus_client.registry import Collector
 
@@ -69,6 +70,18 @@ def check_host_volumes(volumes: Iterable[HostVolume]) -> None:
         if not Path(v.path).is_dir():
             raise ConfigError(f"host volume {v.name!r}: {v.path} is not a folder on this node "
                               "(create it, or remove the volume)", where=f"host_volume[{i}].path")
+
+
+def node_resolvers(path: str) -> list[str]:
+    """The nameservers of the node's resolver file (``host:53`` each; none when there is no
+    such file or it names none), read by dnspython."""
+    if not path:
+        return []
+    try:
+        found = dns.resolver.Resolver(filename=path, configure=True).nameservers
+    except (OSError, dns.resolver.NoResolverConfiguration):
+        return []
+    return [f"[{a}]:53" if ":" in str(a) else f"{a}:53" for a in found]
 
 
 DOCKER_TIMEOUT = 5.0
@@ -296,7 +309,9 @@ class Agent:
                             "gateway address here: bridged tasks keep Docker's resolver")
         if task_addr:
             try:
-                host, port = await self.dns.listen(task_addr)
+                host, port = await self.dns.listen(task_addr, upstreams=dcfg.upstreams or [
+                    a for a in node_resolvers(dcfg.node_resolvers)
+                    if a not in (task_addr, dcfg.addr)])  # never itself: no loop
                 if port == 53:
                     servers.append(host)
             except OSError as e:

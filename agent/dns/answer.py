@@ -78,8 +78,8 @@ class Answerer:
         self.origin = cfg.origin
         self.rng = rng or random.Random()
         self.forwarding = bool(cfg.upstreams)
-        self._cache: dict[tuple[bool, bytes], tuple[list[bytes], str, str, str]] = {}
-        """(udp, the query without its id) -> (orderings rendered, outcome, qtype, the
+        self._cache: dict[tuple[bool, bool, bytes], tuple[list[bytes], str, str, str]] = {}
+        """(udp, forwarding, the query without its id) -> (orderings rendered, outcome, qtype, the
         name asked, lower-case)."""
         self.zone = zone
         self.soa = dns.rdtypes.ANY.SOA.SOA(  # type: ignore[no-untyped-call]
@@ -97,11 +97,14 @@ class Answerer:
             if name in moved or not _same(old.names.get(name), zone.names.get(name)):
                 del self._cache[key]
 
-    def respond(self, wire: bytes, *, udp: bool) -> Result:
-        """The answer to ``wire``, a query received over UDP (``udp``) or TCP."""
+    def respond(self, wire: bytes, *, udp: bool, forward: bool | None = None) -> Result:
+        """The answer to ``wire``, a query received over UDP (``udp``) or TCP; names of
+        other zones are for upstreams when ``forward`` (None: when ``upstreams`` are set),
+        else REFUSED."""
         if len(wire) < MIN_QUERY:
             return Result(None, "malformed", "other")
-        key = (udp, wire[2:])
+        fwd = self.forwarding if forward is None else forward
+        key = (udp, fwd, wire[2:])
         hit = self._cache.get(key)
         if hit is not None:
             variants, outcome, qtype, _ = hit
@@ -122,12 +125,12 @@ class Answerer:
             return self._error(query, dns.rcode.REFUSED, "refused", udp, qtype)
         name = q.name.canonicalize()
         if not name.is_subdomain(self.origin):
-            if self.forwarding:
+            if fwd:
                 return Result(None, "forward", qtype, query)
             return self._error(query, dns.rcode.REFUSED, "refused", udp, qtype)
         variants, outcome = [], ""
         for _ in range(ORDERINGS):
-            out, outcome = self._render(query, name, q.rdtype, udp)
+            out, outcome = self._render(query, name, q.rdtype, udp, fwd)
             variants.append(out)
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
@@ -141,10 +144,10 @@ class Answerer:
         return Result(self._wire(r, udp, query), outcome, qtype)
 
     def _render(self, query: dns.message.Message, name: dns.name.Name, rdtype: int,
-                udp: bool) -> tuple[bytes, str]:
+                udp: bool, fwd: bool) -> tuple[bytes, str]:
         r = dns.message.make_response(query)
         r.flags |= dns.flags.AA
-        if self.forwarding:
+        if fwd:
             r.flags |= dns.flags.RA
         found = self.zone.lookup(name)
         if found is None:

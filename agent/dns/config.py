@@ -28,6 +28,10 @@ class DnsConfig:
     """Seconds a node's address may be cached."""
     upstreams: list[str] = field(default_factory=list)
     """Resolvers (``host[:port]``) that other zones are forwarded to; empty: REFUSED."""
+    node_resolvers: str = "/etc/resolv.conf"
+    """The node's resolver file. When ``upstreams`` is empty, the task listener
+    (``task_addr``) forwards other zones to its nameservers, so that tasks whose resolver
+    is the agent still resolve every other name; "" none (REFUSED, as the main listener)."""
     upstream_timeout: float = 2.0
     """Seconds an upstream has to answer before the client gets SERVFAIL."""
     rate: float = 2000.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -75,17 +76,20 @@ class DnsServer:
 
     # --- serving -----------------------------------------------------------------------
 
-    async def listen(self, addr: str) -> tuple[str, int]:
-        """Serve UDP and TCP at ``addr`` (port 0: one free for both); the address bound."""
+    async def listen(self, addr: str, upstreams: list[str] | None = None) -> tuple[str, int]:
+        """Serve UDP and TCP at ``addr`` (port 0: one free for both), forwarding other zones
+        to ``upstreams`` (None: ``upstreams`` of the settings; []: REFUSED); the address
+        bound."""
         host, port = parse_addr(addr, default_port=53, where="dns.addr")
+        ups = list(self.cfg.upstreams if upstreams is None else upstreams)
         loop = asyncio.get_running_loop()
         for _ in range(20 if port == 0 else 1):
             transport, _proto = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(host, port))
+                lambda: _Udp(self, ups), local_addr=(host, port))
             bound = transport.get_extra_info("sockname")[1]
             try:
-                server = await asyncio.start_server(self._serve_tcp, host, bound,
-                                                    reuse_address=True)
+                server = await asyncio.start_server(
+                    functools.partial(self._serve_tcp, ups), host, bound, reuse_address=True)
             except OSError:
                 transport.close()
                 if port:
@@ -98,12 +102,12 @@ class DnsServer:
             return host, bound
         raise OSError(f"no port free for both UDP and TCP on {host}")
 
-    def handle(self, wire: bytes, source: str, *, udp: bool) -> Result:
+    def handle(self, wire: bytes, source: str, *, udp: bool, forward: bool = False) -> Result:
         """One query from ``source`` (pure but for the clock): the limit, then the answer."""
         if not self.limiter.allow(source, time.monotonic()):
             self.counts[("other", "ratelimited")] += 1
             return Result(None, "ratelimited", "other")
-        return self.answerer.respond(wire, udp=udp)
+        return self.answerer.respond(wire, udp=udp, forward=forward)
 
     def count(self, result: Result, started: float) -> None:
         self.counts[(result.qtype, result.outcome)] += 1
@@ -111,12 +115,13 @@ class DnsServer:
         self.latency[bisect.bisect_left(LATENCY_BOUNDS, took)] += 1
         self.latency_sum += took
 
-    async def forward(self, query: dns.message.Message, udp: bool) -> bytes:
+    async def forward(self, query: dns.message.Message, udp: bool,
+                      upstreams: list[str]) -> bytes:
         """``query`` answered by the first upstream that answers; SERVFAIL if none does."""
         if self._forwards < FORWARDS_MAX:
             self._forwards += 1
             try:
-                for up in self.cfg.upstreams:
+                for up in upstreams:
                     host, port = parse_addr(up, default_port=53, where="dns.upstreams")
                     try:
                         r = await dns.asyncquery.udp(query, host, port=port,
@@ -135,7 +140,7 @@ class DnsServer:
         r.set_rcode(dns.rcode.SERVFAIL)
         return r.to_wire()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
+    async def _serve_tcp(self, upstreams: list[str], reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else "?"
@@ -146,10 +151,10 @@ class DnsServer:
                         size = int.from_bytes(await reader.readexactly(2), "big")
                         wire = await reader.readexactly(size)
                     started = time.perf_counter()
-                    result = self.handle(wire, source, udp=False)
+                    result = self.handle(wire, source, udp=False, forward=bool(upstreams))
                     out = result.wire
                     if result.outcome == "forward" and result.query is not None:
-                        out = await self.forward(result.query, udp=False)
+                        out = await self.forward(result.query, udp=False, upstreams=upstreams)
                     if result.outcome != "ratelimited":
                         self.count(result, started)
                     if out is None:
@@ -222,8 +227,9 @@ class DnsServer:
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer) -> None:
+    def __init__(self, server: DnsServer, upstreams: list[str]) -> None:
         self.server = server
+        self.upstreams = upstreams
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -232,7 +238,7 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         started = time.perf_counter()
         server = self.server
-        result = server.handle(data, addr[0], udp=True)
+        result = server.handle(data, addr[0], udp=True, forward=bool(self.upstreams))
         if result.outcome == "ratelimited":
             return
         if result.outcome == "forward" and result.query is not None:
@@ -247,7 +253,7 @@ class _Udp(asyncio.DatagramProtocol):
 
     async def _forward(self, result: Result, addr: tuple[str, int], started: float) -> None:
         assert result.query is not None
-        out = await self.server.forward(result.query, udp=True)
+        out = await self.server.forward(result.query, udp=True, upstreams=self.upstreams)
         self.server.count(result, started)
         if self.transport is not None:
             self.transport.sendto(out, addr)

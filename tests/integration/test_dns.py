@@ -234,3 +234,31 @@ async def test_other_zones_are_forwarded_to_upstreams(tmp_path: Path) -> None:
             assert agents[0].dns.counts[("A", "forward")] == 3
     finally:
         await upstream.close()
+
+
+async def test_tasks_resolve_other_names_through_the_nodes_resolvers(tmp_path: Path) -> None:
+    # the node's resolver: a DNS server for "example." on port 53 (as resolv.conf needs)
+    upstream = DnsServer(DnsConfig(domain="example."), "up")
+    upstream.answerer.set_zone(zones.build(dns.name.from_text("example."), {},
+                                           [("www", "192.0.2.80")], me="up", mesh_host="",
+                                           service_ttl=0, node_ttl=5))
+    await upstream.listen(f"{NET}.9:53")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {NET}.9\nnameserver {NET}.2\n")  # the agent's own: skipped
+    try:
+        settings = {1: {"dns": DnsConfig(addr=f"{NET}.2:0", task_addr=f"{NET}.2:53",
+                                         node_resolvers=str(resolv))}}
+        async with live_cluster(tmp_path, agents=1, net=NET,
+                                agent_settings=settings) as (_ctl, agents):
+            agent = agents[0]
+            assert agent.dns is not None
+            q = dns.message.make_query("www.node.example.", "A")
+            m = await dns.asyncquery.udp(q, f"{NET}.2", port=53, timeout=3)  # the tasks'
+            assert [rd.address for rrset in m.answer for rd in rrset] == ["192.0.2.80"]
+            m = await query(agent, "www.node.example.")  # the main listener: no upstreams
+            assert m.rcode() == dns.rcode.REFUSED
+            m = await dns.asyncquery.udp(dns.message.make_query("agent-1.node.orch.", "A"),
+                                         f"{NET}.2", port=53, timeout=3)
+            assert [rd.address for rrset in m.answer for rd in rrset] == [f"{NET}.2"]
+    finally:
+        await upstream.close()
