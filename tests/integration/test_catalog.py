@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import grpc
@@ -71,3 +72,26 @@ async def test_list_and_watch_services(tmp_path: Path) -> None:
         shown = await cli("service", "show", "kv")
         assert "kv.service.default.orch" in shown
         await cli("service", "show", "nope", code=1)
+
+        # service list --watch prints the list, then again when it changes (and only then)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchctl.main", "--address", ctl.rpc_address, "service",
+            "list", "--watch", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out = proc.stdout
+        assert out is not None
+        try:
+            async def printed() -> list[str]:
+                lines: list[str] = []
+                while not (lines and lines[-1].startswith("(index ")):
+                    lines.append((await asyncio.wait_for(out.readline(), 30)).decode().rstrip())
+                return lines
+            before = await printed()
+            assert sum(line.startswith("kv ") for line in before) == 1
+            assert "2/2" in "\n".join(before)
+            await ctl.jobs.scale(("default", "kv"), "store", 1)
+            after = await printed()
+            assert "1/1" in "\n".join(after)
+            assert after[-1] != before[-1]  # a new index
+        finally:
+            proc.terminate()
+            await proc.wait()
