@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.dns.config import DnsConfig
 from agent.lb.config import LbConfig
 from agent.runtime.config import TaskSettings
 from orch.config import DaemonConfig
@@ -37,6 +38,8 @@ class AgentConfig(DaemonConfig, TaskSettings):
     """Address the published ports listen on."""
     lb: LbConfig = field(default_factory=LbConfig)
     """The load balancer's timeouts, limits and outlier detection (``[lb]``)."""
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    """The agent's DNS server: service, node and allocation names (``[dns]``)."""
     drivers: list[str] = field(default_factory=lambda: ["docker"])
     """Task drivers to offer (a driver whose engine is down is not offered until it is up).
     The process driver runs tasks on the host itself, as Nomad's raw_exec: off unless

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiodocker
+import dns.resolver
 import grpc
 from prometheus_client.registry import Collector
 
@@ -27,6 +29,8 @@ from agent.cluster_pin import PinCollector, PinFile
 from agent.config import AgentConfig
 from agent.controller_link import ControllerLink, leader_elsewhere
 from agent.desired import DesiredSet
+from agent.dns.metrics import DnsCollector
+from agent.dns.server import DnsServer
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.mesh import Mesh
@@ -37,13 +41,13 @@ from agent.runtime.driver import TaskDriver
 from agent.runtime.metrics import RuntimeCollector
 from agent.runtime.runtime import Runtime, default_drivers
 from agent.runtime.state import AllocSpec, AllocStatus, DriverStatus
-from orch import daemon, join, keyring, pki
+from orch import daemon, join, keyring, pki, prometheus_sd
 from orch.errors import ConfigError, ControllerRefusedError
 from orch.gossip.crypto import Keyring
 from orch.gossip.messages import Status
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
-from orch.metrics import MetricsServer, registry_with
+from orch.metrics import SD_PATH, MetricsServer, announce_metrics, registry_with
 from orch.net import AGENT_METRICS_PORT, AGENT_RPC_PORT, parse_addr
 from orch.templates import Endpoint as TemplateEndpoint
 from orch.tls import TlsConfig, open_channel, server_credentials
@@ -58,7 +62,7 @@ FILES_SETTLE = 0.1
 
 VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
-RESERVED_STATE = frozenset({"role", "rpc", "node_id"})
+RESERVED_STATE = frozenset({"role", "rpc", "node_id", "metrics"})
 """Node-state keys the agent sets itself; tags cannot change them at run time."""
 DISCONNECT_CHECK = 0.2
 """Seconds between looks at how long no controller was heard (disconnect.stop_after)."""
@@ -72,6 +76,38 @@ def check_host_volumes(volumes: Iterable[HostVolume]) -> None:
         if not Path(v.path).is_dir():
             raise ConfigError(f"host volume {v.name!r}: {v.path} is not a folder on this node "
                               "(create it, or remove the volume)", where=f"host_volume[{i}].path")
+
+
+def node_resolvers(path: str) -> list[str]:
+    """The nameservers of the node's resolver file (``host:53`` each; none when there is no
+    such file or it names none), read by dnspython."""
+    if not path:
+        return []
+    try:
+        found = dns.resolver.Resolver(filename=path, configure=True).nameservers
+    except (OSError, dns.resolver.NoResolverConfiguration):
+        return []
+    return [f"[{a}]:53" if ":" in str(a) else f"{a}:53" for a in found]
+
+
+DOCKER_TIMEOUT = 5.0
+"""Seconds Docker has to say where its bridge is."""
+
+
+async def docker_bridge_gateway() -> str:
+    """The gateway address of Docker's default bridge (where bridged containers reach
+    the host); "" when Docker does not answer or has none."""
+    try:
+        async with aiodocker.Docker() as client:
+            async with asyncio.timeout(DOCKER_TIMEOUT):
+                net = await client.networks.get("bridge")
+                info = await net.show()
+        for c in (info.get("IPAM") or {}).get("Config") or []:
+            if c.get("Gateway"):
+                return str(c["Gateway"])
+    except Exception as e:  # Docker absent or down: no bridge to serve
+        log.debug("no Docker bridge", extra={"error": str(e)})
+    return ""
 
 
 class Agent:
@@ -96,6 +132,8 @@ class Agent:
         self._refresh_pending = False
         self.metrics: MetricsServer | None = None
         self.mesh: Mesh | None = None
+        self.dns: DnsServer | None = None
+        """The DNS server, when ``dns.enabled``."""
         self.tls = cfg.tls
         """The TLS this agent uses (set at start: made by hand, or from a join)."""
         self.published_ports: frozenset[int] = frozenset()
@@ -125,6 +163,8 @@ class Agent:
             steps.append(self.metrics.stop())
         if self.mesh is not None:
             steps.append(self.mesh.close())
+        if self.dns is not None:
+            steps.append(self.dns.close())
         steps.append(self.runtime.close())
         for step in steps:
             with contextlib.suppress(Exception):
@@ -176,6 +216,8 @@ class Agent:
         if cfg.lb_enabled:
             self.mesh = Mesh(LoadBalancer(cfg.lb, bind_host=cfg.lb_bind), self.gossip, cfg.name)
             self.mesh.start()
+        if cfg.dns.enabled:
+            await self._start_dns(adv_host)
 
         if cfg.metrics_addr:
             mhost, mport = parse_addr(cfg.metrics_addr, default_port=AGENT_METRICS_PORT,
@@ -185,8 +227,13 @@ class Agent:
                                            PinCollector(self.pins)]
             if self.mesh is not None:
                 collectors.append(LbCollector(self.mesh))
-            self.metrics = MetricsServer(registry_with(*collectors), mhost, mport)
+            if self.dns is not None:
+                collectors.append(DnsCollector(self.dns))
+            self.metrics = MetricsServer(registry_with(*collectors), mhost, mport, json_routes={
+                SD_PATH: lambda: prometheus_sd.targets(
+                    self.gossip.members() if self.gossip is not None else ()).groups})
             await self.metrics.start()
+            announce_metrics(self.gossip, mhost, self.metrics.port)
         self.link = ControllerLink(self.registration, self.controller_addresses,
                                    self._apply, self._full_report,
                                    connect=self._controller_channel,
@@ -217,6 +264,8 @@ class Agent:
             await (self.gossip.leave() if leave else self.gossip.stop())
         if self.mesh is not None:
             await self.mesh.close()
+        if self.dns is not None:
+            await self.dns.close()
         await self.runtime.close(stop_tasks=stop_tasks, grace=10.0)
 
     def describe(self) -> str:
@@ -243,6 +292,46 @@ class Agent:
         self.cfg = dataclasses.replace(self.cfg, keys=keys, tags=new, log_level=cfg.log_level,
                                        log_format=cfg.log_format)
         return out
+
+    # --- DNS -----------------------------------------------------------------------------------
+
+    async def _start_dns(self, adv_host: str) -> None:
+        """Serve DNS at ``dns.addr`` (and ``dns.task_addr``), and tell the runtime where tasks
+        find it. A port taken by another program is logged and counted, as a published
+        port the load balancer cannot bind: the agent runs on without that listener."""
+        dcfg = self.cfg.dns
+        assert self.gossip is not None
+        self.dns = DnsServer(dcfg, self.cfg.name,
+                             mesh_host=adv_host if self.cfg.lb_enabled else "")
+        self.dns.start(self.gossip, lambda: self.expected)
+        bound: tuple[str, int] | None = None
+        try:
+            bound = await self.dns.listen(dcfg.addr)
+        except OSError as e:
+            log.error("the DNS server cannot listen (another program has the port? set "
+                      "dns.addr, or dns.enabled = false)", extra={"addr": dcfg.addr,
+                                                                 "error": str(e)})
+        servers: list[str] = []
+        task_addr = dcfg.task_addr
+        if task_addr == "bridge":
+            gateway = await docker_bridge_gateway()
+            task_addr = f"{gateway}:53" if gateway else ""
+            if not gateway:
+                log.warning("dns.task_addr = bridge, but Docker's bridge network has no "
+                            "gateway address here: bridged tasks keep Docker's resolver")
+        if task_addr:
+            try:
+                host, port = await self.dns.listen(task_addr, upstreams=dcfg.upstreams or [
+                    a for a in node_resolvers(dcfg.node_resolvers)
+                    if a not in (task_addr, dcfg.addr)])  # never itself: no loop
+                if port == 53:
+                    servers.append(host)
+            except OSError as e:
+                log.error("the DNS server cannot listen for tasks", extra={
+                    "addr": task_addr, "error": str(e)})
+        self.runtime.config = dataclasses.replace(
+            self.runtime.config, dns_addr=f"{bound[0]}:{bound[1]}" if bound else "",
+            dns_servers=tuple(servers), dns_search=(dcfg.origin.to_text(),))
 
     # --- trust -----------------------------------------------------------------------------------
 
@@ -357,6 +446,8 @@ class Agent:
         changed."""
         self.expected = discovery.Expected.from_proto(expected)
         self._files_inputs_changed()
+        if self.dns is not None:
+            self.dns.changed()
         if self.mesh is not None:
             self.mesh.set_expected(self.expected)
             ports = frozenset(s.published_port for s in self.expected.services.values()
@@ -398,16 +489,23 @@ class Agent:
             spec = self._specs.get(st.alloc_id)
             if spec is not None and spec.desired == "run" and st.client_status == "running" \
                     and st.healthy:
-                want.update(discovery.entries(spec.id, spec.group, st.ports or spec.ports, host,
+                ports = st.ports or spec.ports
+                want.update(discovery.entries(spec.id, spec.group, ports, host,
                                               namespace=spec.namespace, job=spec.job))
+                if ports.get("metrics"):  # for Prometheus's discovery (orch.prometheus_sd)
+                    want.update(prometheus_sd.entry(
+                        spec.id, host, ports["metrics"], namespace=spec.namespace,
+                        job=spec.job, group=spec.group.name))
         have = {k: v for k, v in self.gossip.core.me.state.items()
-                if k.startswith(discovery.PREFIX)}
+                if k.startswith((discovery.PREFIX, prometheus_sd.PREFIX))}
         changes: dict[str, object] = {k: None for k in have if k not in want}
         changes.update({k: v for k, v in want.items() if have.get(k) != v})
         if changes:
             self.gossip.set_state(changes)
             if self.mesh is not None:
                 self.mesh.changed()  # our own state changes raise no membership event
+            if self.dns is not None:
+                self.dns.changed()
 
     # --- what task templates read -------------------------------------------------------------
 

@@ -70,7 +70,7 @@ from orch.errors import ConfigError
 from orch.gossip.crypto import Keyring
 from orch.gossip.metrics import GossipCollector
 from orch.gossip.transport import GossipNode
-from orch.metrics import MetricsServer, registry_with
+from orch.metrics import MetricsServer, announce_metrics, registry_with
 from orch.net import (
     CONTROLLER_HTTP_PORT,
     CONTROLLER_METRICS_PORT,
@@ -228,6 +228,7 @@ class Controller:
                                     self.gossip_events, self.gc, self.nodes_monitor, self.usage),
                 GossipCollector(gossip)), mhost, mport)
             await self.metrics.start()
+            announce_metrics(gossip, mhost, self.metrics.port)
         if self.trust is not None:
             self._tasks.append(asyncio.create_task(self._renew(), name="renew-certificate"))
         if cfg.store == "etcd":
@@ -315,7 +316,7 @@ class Controller:
             AclEndpoint(authz, leader, self.acl, self.cluster, self.trust,
                         rotated=self._write_join_tokens),
             EventsEndpoint(authz, self.cluster),
-            ServicesEndpoint(authz, self.cluster.state, self.usage),
+            ServicesEndpoint(authz, self.cluster.state, self.usage, self.cluster.index),
             LeaderEndpoint(authz, leader, gossip),
             NamespacesEndpoint(authz, leader, self.cluster, self.evaluator.namespaces),
             SecretsEndpoint(authz, leader, self.cluster, self.secrets, self.evaluator.namespaces),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import bisect
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -40,15 +41,20 @@ def histogram(name: str, doc: str, bounds: Sequence[float], counts: Sequence[int
 class MetricsServer:
     """``GET /metrics`` (Prometheus text format) and ``GET /healthz`` on ``host:port``."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str, port: int,
+                 json_routes: Mapping[str, Callable[[], Any]] | None = None) -> None:
         self.registry = registry
         self.host, self.port = host, port
+        self.json_routes = dict(json_routes or {})
+        """More read-only routes: path -> what to serve as JSON (Prometheus's HTTP SD)."""
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        for path, fn in self.json_routes.items():
+            app.router.add_get(path, self._json(fn))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -65,8 +71,35 @@ class MetricsServer:
         body = render(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
+    @staticmethod
+    def _json(fn: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            return web.json_response(fn())
+        return handler
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+
+SD_PATH = "/v1/sd/prometheus"
+"""Where agents serve Prometheus's HTTP service discovery (``orch.prometheus_sd``)."""
+
+
+def announce_metrics(gossip: Any, host: str, port: int) -> None:
+    """Say in gossip where this member's ``/metrics`` is (for Prometheus's discovery): at
+    its gossip address when it listens there or on every address; not at all when it
+    listens elsewhere (loopback on a node gossiping on its LAN address: no one else could
+    scrape it)."""
+    if gossip is None or gossip.core is None:
+        return
+    own = gossip.addr[0]
+    if host in ("", "0.0.0.0", "::"):
+        host = own
+    if host == own:
+        gossip.set_state({"metrics": f"{host}:{port}"})
+    else:
+        log.info("metrics not announced for discovery (they listen at another address than "
+                 "gossip's)", extra={"metrics": f"{host}:{port}", "gossip": own})
 
 
 _NEEDS_ESCAPE = re.compile(r'[\\\n"]')

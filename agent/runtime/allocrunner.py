@@ -168,12 +168,15 @@ class AllocRunner:
                        address=self.config.check_address,
                        docker_joined=bool(self.config.docker_network_mode))
         env.update(volume_env(mounts, _mounted_at(task, mounts, task_dir)))
+        if self.config.dns_addr:
+            env["ORCH_DNS"] = self.config.dns_addr
+        search = tuple(f"service.{s.namespace}.{d}" for d in self.config.dns_search)
         return TaskConfig(
             alloc_id=s.id, task=interpolate(task, env), network=s.group.network, ports=self.ports,
             env=env,
             labels=labels, spec_hash=spec_hash, task_dir=task_dir,
             node_name=self.config.name, files=needs_files(task), payload=s.payload,
-            mounts=mounts)
+            mounts=mounts, dns_servers=self.config.dns_servers, dns_search=search)
 
     def task_dir(self, task: Task) -> Path:
         return Path(self.config.data_dir) / "alloc" / self.spec.id / task.name

@@ -111,6 +111,13 @@ class RuntimeConfig(TaskSettings):
     """Most processes one container may run (a fork bomb stops there)."""
     image_pull_timeout: float = 300.0
     """Seconds a missing image may take to pull before the task fails."""
+    dns_addr: str = ""
+    """The agent's DNS server (``host:port``), for tasks as ``ORCH_DNS``; "" none."""
+    dns_servers: tuple[str, ...] = ()
+    """Addresses where the agent's DNS answers on port 53: bridged Docker tasks' resolvers,
+    and the ``nameserver`` of process tasks' ``local/resolv.conf``."""
+    dns_search: tuple[str, ...] = ()
+    """Search domains for tasks (``service.<namespace>.<domain>``...)."""
 
     @classmethod
     def on_node(cls, settings: TaskSettings, *, node_id: str, data_dir: Path,

@@ -397,6 +397,11 @@ class DockerDriver(TaskDriver):
         }
         if cfg.mounts:
             host["Mounts"] = [self.mount(m, cfg) for m in cfg.mounts]
+        if host["NetworkMode"] == "bridge" and cfg.dns_servers:
+            # the agent's DNS (at the bridge's gateway): orch's names, the node's upstreams
+            # behind them; a task sharing a network namespace keeps that one's resolver
+            host["Dns"] = list(cfg.dns_servers)
+            host["DnsSearch"] = list(cfg.dns_search)
         exposed: dict[str, dict[str, str]] = {}
         if net.mode != "host" and not self.network_mode:
             bindings: dict[str, list[dict[str, str]]] = {}

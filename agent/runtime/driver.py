@@ -65,6 +65,11 @@ class TaskConfig:
     """A dispatched job's payload, for the task as the file ``local/payload`` (read-only)."""
     mounts: tuple[Mount, ...] = ()
     """The volumes the task mounts, resolved on this node."""
+    dns_servers: tuple[str, ...] = ()
+    """The agent's DNS on port 53, as the task's resolvers (bridged containers; a process
+    task's ``local/resolv.conf``)."""
+    dns_search: tuple[str, ...] = ()
+    """The task's search domains."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -114,6 +114,26 @@ def _prepare(task_dir: Path, uid: int, gid: int) -> None:
     local.chmod(0o700)
 
 
+RESOLV_CONF = "resolv.conf"
+"""A process task's resolver file, in its ``local/`` (``RES_OPTIONS``/``LOCALDOMAIN`` or a
+bind mount make programs use it; ``ORCH_DNS`` names the agent's DNS with its port)."""
+
+
+def _resolv_conf(path: Path, cfg: TaskConfig, uid: int, gid: int) -> None:
+    """The task's ``resolv.conf``: the agent's DNS on port 53 when it listens there, and
+    the task's search domains."""
+    lines = ["# the orch agent's DNS (ORCH_DNS names it with its port)"]
+    lines += [f"nameserver {s}" for s in cfg.dns_servers]
+    if cfg.dns_search:
+        lines.append("search " + " ".join(cfg.dns_search))
+    if not cfg.dns_servers and not cfg.env.get("ORCH_DNS"):
+        path.unlink(missing_ok=True)
+        return
+    path.write_text("\n".join(lines) + "\n")
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
+
+
 def _payload(path: Path, data: bytes, uid: int, gid: int) -> None:
     """A dispatched job's payload for the task: its user's, read-only (0400), written anew
     (an earlier one, e.g. of a task restarted, replaced whole)."""
@@ -282,6 +302,7 @@ class ProcessDriver(TaskDriver):
         user, uid, gid = self._user(task.name, task.user)
         _prepare(task_dir, uid, gid)
         _payload(task_dir / PAYLOAD_FILE, cfg.payload, uid, gid)
+        _resolv_conf(task_dir / "local" / RESOLV_CONF, cfg, uid, gid)
         env = dict(cfg.env)
         env.update(await asyncio.to_thread(self._mount_volumes, cfg))
         env.setdefault("PATH", os.environ.get("PATH", os.defpath))

@@ -72,7 +72,7 @@ def _rules() -> dict[str, Rule]:
         **op("", "GetLeader", "BootstrapAcl", "SelfToken"),
         **op("read", "GetJob", "ListJobs", "JobHistory", "ListAllocations", "GetAllocation",
              "GetAllocationUsage", "AllocationLogs", "ListNodes", "GetNode", "ListMembers",
-             "ListServices", "Watch", "ListVolumes"),
+             "ListServices", "WatchServices", "Watch", "ListVolumes"),
         **op("job-write", "RegisterJob", "PlanJob", "StopJob", "RevertJob", "ScaleJob",
              "PromoteDeployment", "StopAllocation", "RestartAllocation"),
         **op("job-write", "DispatchJob", "ForcePeriodicJob"),
@@ -186,7 +186,7 @@ def target_of(method: str, request: Any, state: ClusterState) -> Target:
             else Target()
     if method == "ListVolumes" and request.job:
         return Target(namespace_of(request.namespace), request.job)
-    if method in ("ListJobs", "ListAllocations"):
+    if method in ("ListJobs", "ListAllocations", "ListServices", "WatchServices"):
         return Target(request.namespace or "*")
     if method in ("PutSecret", "GetSecret", "ListSecrets", "DeleteSecret"):
         return Target(namespace_of(request.namespace))

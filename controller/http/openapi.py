@@ -209,6 +209,7 @@ ORCHCTL = {
     "AllocationLogs": "alloc logs [-f]", "ListNodes": "node list", "GetNode": "node status",
     "DrainNode": "node drain", "SetNodeEligibility": "node eligibility", "RemoveNode": "node rm",
     "ListMembers": "members", "ListServices": "service list", "GetLeader": "leader",
+    "WatchServices": "service list --watch",
     "Watch": "events [-f]", "BootstrapAcl": "acl bootstrap", "CreateToken": "acl token create",
     "ListTokens": "acl token list", "SelfToken": "acl token self",
     "RevokeToken": "acl token revoke", "Keyring": "keyring", "FireEvent": "event fire",

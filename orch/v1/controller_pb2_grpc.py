@@ -140,6 +140,11 @@ class ControllerServiceStub:
                 request_serializer=orch_dot_v1_dot_controller__pb2.ListServicesRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_controller__pb2.ListServicesResponse.FromString,
                 _registered_method=True)
+        self.WatchServices = channel.unary_unary(
+                '/orch.v1.ControllerService/WatchServices',
+                request_serializer=orch_dot_v1_dot_controller__pb2.WatchServicesRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_controller__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
         self.GetLeader = channel.unary_unary(
                 '/orch.v1.ControllerService/GetLeader',
                 request_serializer=orch_dot_v1_dot_controller__pb2.GetLeaderRequest.SerializeToString,
@@ -411,6 +416,13 @@ class ControllerServiceServicer:
 
     def ListServices(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchServices(self, request, context):
+        """service list -w
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -724,6 +736,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             'ListServices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListServices,
                     request_deserializer=orch_dot_v1_dot_controller__pb2.ListServicesRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_controller__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'WatchServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.WatchServices,
+                    request_deserializer=orch_dot_v1_dot_controller__pb2.WatchServicesRequest.FromString,
                     response_serializer=orch_dot_v1_dot_controller__pb2.ListServicesResponse.SerializeToString,
             ),
             'GetLeader': grpc.unary_unary_rpc_method_handler(
@@ -1406,6 +1423,33 @@ class ControllerService:
             target,
             '/orch.v1.ControllerService/ListServices',
             orch_dot_v1_dot_controller__pb2.ListServicesRequest.SerializeToString,
+            orch_dot_v1_dot_controller__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.ControllerService/WatchServices',
+            orch_dot_v1_dot_controller__pb2.WatchServicesRequest.SerializeToString,
             orch_dot_v1_dot_controller__pb2.ListServicesResponse.FromString,
             options,
             channel_credentials,

@@ -71,6 +71,8 @@ class ControllerServiceStub:
     ListMembers: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListMembersRequest, _controller_pb2.ListMembersResponse]
     """the gossip view"""
     ListServices: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListServicesRequest, _controller_pb2.ListServicesResponse]
+    WatchServices: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WatchServicesRequest, _controller_pb2.ListServicesResponse]
+    """service list -w"""
     GetLeader: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetLeaderRequest, _controller_pb2.LeaderInfo]
     Watch: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchRequest, _controller_pb2.Event]
     """events [-f]"""
@@ -195,6 +197,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListMembers: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListMembersRequest, _controller_pb2.ListMembersResponse]  # type: ignore[assignment]
     """the gossip view"""
     ListServices: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListServicesRequest, _controller_pb2.ListServicesResponse]  # type: ignore[assignment]
+    WatchServices: _aio.UnaryUnaryMultiCallable[_controller_pb2.WatchServicesRequest, _controller_pb2.ListServicesResponse]  # type: ignore[assignment]
+    """service list -w"""
     GetLeader: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetLeaderRequest, _controller_pb2.LeaderInfo]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchRequest, _controller_pb2.Event]  # type: ignore[assignment]
     """events [-f]"""
@@ -436,6 +440,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListServicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListServicesResponse, _abc.Awaitable[_controller_pb2.ListServicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchServices(
+        self,
+        request: _controller_pb2.WatchServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListServicesResponse, _abc.Awaitable[_controller_pb2.ListServicesResponse]]:
+        """service list -w"""
 
     @_abc_1.abstractmethod
     def GetLeader(

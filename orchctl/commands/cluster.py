@@ -25,11 +25,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(fn=rtt)
-    svc = sub.add_parser("service", help="services published through the load balancer")
+    svc = sub.add_parser("service", help="the service catalog: services, endpoints, health")
     verbs = svc.add_subparsers(dest="verb", required=True, metavar="VERB")
-    p = verbs.add_parser("list", help="every service with its endpoints")
+    p = verbs.add_parser("list", help="every service of the namespace with its endpoints")
     p.add_argument("name", nargs="?", default="")
+    p.add_argument("-A", "--all-namespaces", action="store_true",
+                   help="the services of every namespace")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="print the list again whenever it changes (a blocking query)")
     p.set_defaults(fn=services)
+    p = verbs.add_parser("show", help="one service's endpoints, their health and DNS names")
+    p.add_argument("name")
+    p.set_defaults(fn=service_show)
     p = sub.add_parser("leader", help="which controller leads")
     p.set_defaults(fn=leader)
     cl = sub.add_parser("cluster", help="the cluster's join tokens")
@@ -104,18 +111,60 @@ async def rtt(ctx: Ctx, args: argparse.Namespace) -> int:
     return OK
 
 
+WATCH_WAIT = 60.0
+"""Seconds one blocking query of ``service list --watch`` waits before asking again."""
+
+
 async def services(ctx: Ctx, args: argparse.Namespace) -> int:
-    resp = await ctx.call(ctx.stub.ListServices(controller_pb2.ListServicesRequest(name=args.name)))
-    if ctx.json:
-        out(to_json(list(resp.services)))
-        return OK
+    namespace = "" if args.all_namespaces else ctx.namespace
+    resp = await ctx.call(ctx.stub.ListServices(controller_pb2.ListServicesRequest(
+        name=args.name, namespace=namespace)))
+    _print_services(ctx, resp, every=args.all_namespaces, watch=args.watch)
+    seen = resp.index
+    while args.watch:  # each answer comes when the list changed, or after WATCH_WAIT
+        resp = await ctx.call(ctx.stub.WatchServices(controller_pb2.WatchServicesRequest(
+            name=args.name, namespace=namespace, index=seen, wait_seconds=WATCH_WAIT)))
+        if resp.index != seen:
+            seen = resp.index
+            _print_services(ctx, resp, every=args.all_namespaces, watch=True)
+    return OK
+
+
+def _print_services(ctx: Ctx, resp: controller_pb2.ListServicesResponse, *, every: bool,
+                    watch: bool) -> None:
+    if ctx.json:  # a watch prints one object a line: {"services": [...], "index": N}
+        out(to_json(resp) if watch else to_json(list(resp.services)))
+        return
     rows = []
     for s in resp.services:
         healthy = sum(e.healthy for e in s.endpoints)
-        rows.append((s.name, s.job, s.published_port or "-", s.protocol,
-                     f"{healthy}/{len(s.endpoints)}",
-                     " ".join(e.address for e in s.endpoints if e.healthy)))
-    out(table(("Service", "Job", "Port", "Protocol", "Healthy", "Endpoints"), rows))
+        rows.append(((s.namespace,) if every else ()) + (
+            s.name, s.job, s.group, s.published_port or "-", s.protocol,
+            f"{healthy}/{len(s.endpoints)}",
+            " ".join(e.address for e in s.endpoints if e.healthy)))
+    head = (("Namespace",) if every else ()) + (
+        "Service", "Job", "Group", "Port", "Protocol", "Healthy", "Endpoints")
+    out(table(head, rows) + (f"\n(index {resp.index})" if watch else ""))
+
+
+async def service_show(ctx: Ctx, args: argparse.Namespace) -> int:
+    resp = await ctx.call(ctx.stub.ListServices(controller_pb2.ListServicesRequest(
+        name=args.name, namespace=ctx.namespace)))
+    if not resp.services:
+        raise CliError(f"no service {args.name!r} runs in namespace {ctx.namespace!r} "
+                       "(orchctl service list -A lists every namespace's)")
+    if ctx.json:
+        out(to_json(list(resp.services)))
+        return OK
+    for s in resp.services:
+        out(block([("Service", s.name), ("Namespace", s.namespace), ("Job", f"{s.job}/{s.group}"),
+                   ("Published port", s.published_port or "-"), ("Protocol", s.protocol),
+                   ("DNS", f"{s.name}.service.{s.namespace}.orch (A, SRV)" + (
+                       f", {s.name}.mesh.{s.namespace}.orch (the mesh port)"
+                       if s.published_port else ""))]))
+        out(table(("Allocation", "Node", "Address", "Healthy", "Connections", "Per second"),
+                  [(e.alloc_id[:8], e.node, e.address, e.healthy, e.active_connections,
+                    f"{e.connections_per_second:.1f}") for e in s.endpoints]))
     return OK
 
 

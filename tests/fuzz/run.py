@@ -4,7 +4,7 @@
     python -m tests.fuzz.run job_file -runs=5000
 
 Targets: gossip_packet, stream_frame, endpoints, snapshot, grpc_message, job_file,
-job_message (tests/fuzz/targets.py says what each checks).
+job_message, dns_query (tests/fuzz/targets.py says what each checks).
 
 The corpus starts from the target's well-formed seeds (in a temporary directory unless
 ``-corpus DIR`` is given). A crash prints the input and exits non-zero, as libFuzzer does.
@@ -19,7 +19,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["orch.gossip", "orch.jobspec", "agent.lb.discovery",
-                                         "agent.runtime.convert", "controller.scheduler",
+                                         "agent.runtime.convert", "controller.scheduler", "agent.dns",
                                          "tests.fuzz"]):
     from tests.fuzz import targets
 
@@ -29,7 +29,8 @@ TARGETS = {"gossip_packet": (targets.gossip_packet, targets.gossip_seeds),
            "snapshot": (targets.snapshot, targets.snapshot_seeds),
            "grpc_message": (targets.grpc_message, targets.grpc_seeds),
            "job_file": (targets.job_file, targets.job_seeds),
-           "job_message": (targets.job_message, targets.job_message_seeds)}
+           "job_message": (targets.job_message, targets.job_message_seeds),
+           "dns_query": (targets.dns_query, targets.dns_seeds)}
 
 
 def main(argv: list[str]) -> None:

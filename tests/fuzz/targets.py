@@ -21,6 +21,9 @@
   and validation). Only JobSpecError may escape.
 * ``job_message``: a Job message as the controller's API receives it (protobuf, then
   validation). Only DecodeError, or validation problems, may come out.
+* ``dns_query``: a packet as an agent's DNS server receives it (over UDP and TCP):
+  nothing raises; an answer is a response to that very query within the client's size;
+  what does not parse is dropped.
 
 The same functions serve hypothesis (tests/unit/test_fuzz.py) and atheris
 (``python -m tests.fuzz.run``; the fuzz tier, tests/fuzz/test_fuzz.py, runs each within a
@@ -33,6 +36,7 @@ import contextlib
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from google.protobuf.message import DecodeError, Message
@@ -237,6 +241,59 @@ def endpoint_seeds() -> list[bytes]:
             "ep:web:a2": ["10.0.0.9", 1, 8080, "tcp", "maglev", 1, True],
             "ep:evil:zz": ["1.2.3.4", 9, 80, "udp", "p2c", 5, False]}
     return [msgpack.packb(good), msgpack.packb(good) + b"\xff" + _PLACED.SerializeToString()]
+
+
+# --- DNS queries ---------------------------------------------------------------------------------
+
+def _dns_answerer() -> Any:
+    from agent.dns import zone as zones
+    from agent.dns.answer import Answerer
+    from agent.dns.config import DnsConfig
+    from agent.lb.model import Endpoint, ServiceSpec
+
+    cfg = DnsConfig()
+    catalog = {"default/j/g/web": ServiceSpec(name="web", published_port=8080, job="j",
+                                              group="g", endpoints=tuple(
+        Endpoint(alloc_id=f"a{i}", node="n1", host=f"10.0.0.{i + 1}", port=2000 + i)
+        for i in range(40)))}
+    return Answerer(cfg, zones.build(cfg.origin, catalog, [("n1", "10.0.0.1")], me="n1",
+                                     mesh_host="10.0.0.1", service_ttl=0, node_ttl=5),
+                    random.Random(0))
+
+
+_ANSWERER: Any = None
+
+
+def dns_query(data: bytes) -> None:
+    """A datagram (or TCP message) as the agent's DNS server receives it: nothing raises;
+    what is answered is a response to that very query (its id, QR set), within the size
+    the client can take; whatever does not parse is dropped."""
+    import dns.flags
+    import dns.message
+
+    global _ANSWERER
+    if _ANSWERER is None:
+        _ANSWERER = _dns_answerer()
+    for udp in (True, False):
+        r = _ANSWERER.respond(data, udp=udp)
+        if r.wire is None:
+            assert r.outcome in ("malformed", "forward")
+            continue
+        m = dns.message.from_wire(r.wire)
+        assert m.id == int.from_bytes(data[:2], "big")
+        assert m.flags & dns.flags.QR
+        assert len(r.wire) <= (4096 if udp else 65535)
+        if udp and m.edns < 0:
+            assert len(r.wire) <= 512
+
+
+def dns_seeds() -> list[bytes]:
+    import dns.message
+
+    return [dns.message.make_query(n, t, use_edns=e).to_wire()
+            for n, t, e in (("web.service.default.orch.", "A", False),
+                            ("web.service.orch.", "SRV", True), ("n1.node.orch.", "AAAA", False),
+                            ("nope.orch.", "A", False), ("example.com.", "MX", True))]
 
 
 # --- the member snapshot -----------------------------------------------------------------------

@@ -23,7 +23,8 @@ ROOT = Path(__file__).parents[2]
 BUDGET_S = 90
 """Seconds of fuzzing for the whole tier, at most."""
 RUNS = {"gossip_packet": 200_000, "stream_frame": 200_000, "endpoints": 200_000,
-        "snapshot": 50_000, "grpc_message": 200_000, "job_file": 5_000, "job_message": 50_000}
+        "snapshot": 50_000, "grpc_message": 200_000, "job_file": 5_000, "job_message": 50_000,
+        "dns_query": 100_000}
 """Each target's number of runs, and so the targets the budget is split between."""
 SHARE_S = BUDGET_S // len(RUNS)
 """Each target's share of the budget (libFuzzer's -max_total_time)."""

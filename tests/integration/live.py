@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.dns.config import DnsConfig
 from agent.lb.config import LbConfig
 from agent.server import Agent
 from controller.server import Controller
@@ -56,7 +57,8 @@ async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10
                                   task_user="root", allow_root_tasks=True,
                                   lb=lb or LbConfig(),
                                   keys=list(keys or ()),
-                                  **(agent_settings or {}).get(i, {})))
+                                  **{"dns": DnsConfig(addr=f"{host}:0"),
+                                     **(agent_settings or {}).get(i, {})}))
             await a.start()
             started.append(a)
         ids = [a.node_id for a in started]

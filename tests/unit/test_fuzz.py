@@ -60,3 +60,9 @@ def test_snapshot(data: bytes) -> None:
 @settings(max_examples=300)
 def test_grpc_message(data: bytes) -> None:
     targets.grpc_message(data)
+
+
+@given(st.one_of(st.binary(max_size=600), _mutations(targets.dns_seeds())))
+@settings(max_examples=300)
+def test_dns_query(data: bytes) -> None:
+    targets.dns_query(data)
