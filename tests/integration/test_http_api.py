@@ -55,6 +55,7 @@ async def test_a_job_run_followed_and_stopped_over_http(tmp_path: Path) -> None:
             assert reg["changed"] is True
             await wait_until(lambda: sum(a.healthy for a in ctl.cluster.state.allocs.values())
                              == 2, within=20)
+            await wait_until(lambda: _deployment(ctl) == "successful", within=20)  # batched
             status = await _json(http, "GET", f"{base}/v1/job/web")
             assert status["latest_deployment"]["status"] == "successful"
             assert [g["running"] for g in status["groups"]] == [2]
