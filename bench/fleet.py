@@ -563,20 +563,30 @@ def etcd_failover(run: Run) -> None:
                       a.etcd_nodes, a.processes, run.workdir)
         try:
             fleet.start()
-            stub = c.stub(leader)
-            for j in range(jobs):
-                stub.RegisterJob(controller_pb2.RegisterJobRequest(
-                    job=sleep_job(f"job-{j:04d}", per)), timeout=300)
+            for j in range(jobs):  # through whoever leads (a busy machine may move the lease)
+                job = controller_pb2.RegisterJobRequest(job=sleep_job(f"job-{j:04d}", per))
+                for attempt in range(30):
+                    try:
+                        c.stub(c.leader(within=120)).RegisterJob(job, timeout=300)
+                        break
+                    except grpc.RpcError as e:
+                        if attempt == 29 or e.code() not in (
+                                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                            raise
+                        time.sleep(1.0)
 
             def all_running() -> bool:
                 try:
-                    listing: controller_pb2.ListJobsResponse = stub.ListJobs(
+                    listing: controller_pb2.ListJobsResponse = c.stub(c.leader()).ListJobs(
                         controller_pb2.ListJobsRequest(), timeout=30)
-                except grpc.RpcError:
+                except (grpc.RpcError, RuntimeError):
                     return False
                 return bool(sum(j.running for j in listing.jobs) >= jobs * per)
             wait("the etcd cluster's allocations to run", all_running, 1800, every=1.0)
             time.sleep(a.settle)
+            leader = c.wait_settled(within=120)
+            run.result["etcd_leader_changes_before_kill"] = sum(
+                len(d.log_lines("elected leader")) for d in c.controllers) - 1
             survivors = [d for d in c.controllers if d is not leader]
             t0 = time.monotonic()
             c.kill(leader)
