@@ -567,11 +567,12 @@ def etcd_failover(run: Run) -> None:
                 job = controller_pb2.RegisterJobRequest(job=sleep_job(f"job-{j:04d}", per))
                 for attempt in range(30):
                     try:
-                        c.stub(c.leader(within=120)).RegisterJob(job, timeout=300)
+                        c.stub(c.leader(within=120)).RegisterJob(job, timeout=120)
                         break
-                    except grpc.RpcError as e:
+                    except grpc.RpcError as e:  # (registering the same job again is a no-op)
                         if attempt == 29 or e.code() not in (
-                                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE,
+                                grpc.StatusCode.DEADLINE_EXCEEDED):
                             raise
                         time.sleep(1.0)
 
