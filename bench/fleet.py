@@ -761,8 +761,16 @@ def node_memory(run: Run) -> int:
 
 def report(run: Run) -> str:
     a = run.args
-    head = (f"A fleet on one controller: {a.nodes:,} simulated nodes, {a.jobs:,} jobs of "
-            f"{a.allocs_per_job:,} allocations from {a.clients} clients "
+    parts = []
+    if "sqlite" not in a.skip:
+        parts.append(f"one controller, {a.nodes:,} simulated nodes, {a.jobs:,} jobs of "
+                     f"{a.allocs_per_job:,} allocations from {a.clients} clients")
+    if "etcd" not in a.skip:
+        parts.append(f"3 controllers on etcd, {a.etcd_nodes:,} nodes, "
+                     f"{a.etcd_allocs:,} allocations, lease TTL {a.leader_ttl} s")
+    if "spread" not in a.skip:
+        parts.append(f"the scheduler with spread over {a.spread_nodes:,} nodes")
+    head = (f"A fleet: {'; '.join(parts) or 'nothing run'} "
             f"(load average {run.result.get('load_before', 0):.2f} before)")
     return table(head, ("key", "measured", "goal"), [(k, v, g) for k, v, g in run.rows])
 
