@@ -335,6 +335,8 @@ def place(run: Run, ctl: ControllerProc) -> None:
     latencies: list[float] = []
     errors: list[str] = []
     submitted_at: list[float] = []
+    stop = threading.Event()
+    """Set when the run ends early (an error, SIGTERM): the clients register nothing more."""
 
     def client() -> None:
         ch = ctl.channel()
@@ -343,7 +345,7 @@ def place(run: Run, ctl: ControllerProc) -> None:
             while True:
                 with lock:
                     name = next(todo, None)
-                if name is None:
+                if name is None or stop.is_set():
                     return
                 req = controller_pb2.RegisterJobRequest(job=sleep_job(name, a.allocs_per_job))
                 for attempt in range(20):
@@ -352,7 +354,7 @@ def place(run: Run, ctl: ControllerProc) -> None:
                         stub.RegisterJob(req, timeout=300)
                         break
                     except grpc.RpcError as e:
-                        if attempt == 19 or e.code() not in (
+                        if attempt == 19 or stop.is_set() or e.code() not in (
                                 grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                             with lock:
                                 errors.append(f"{name}: {e}")
@@ -370,39 +372,43 @@ def place(run: Run, ctl: ControllerProc) -> None:
              f"{a.clients} clients")
     with Sampler(ctl) as sampler:
         t0 = time.monotonic()
-        threads = [threading.Thread(target=client) for _ in range(a.clients)]
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(a.clients)]
         for t in threads:
             t.start()
         marks: dict[int, float] = {}
         last_report = t0
         timeline = (run.workdir / "timeline.jsonl").open("a")
-        while True:
-            time.sleep(1.0)
-            s = ctl.scrape()
-            running = running_count(s) - running_count(base)
-            now = time.monotonic()
-            timeline.write(json.dumps({"t": round(now - t0, 1), "running": running,
-                                       "pending": pending_count(s), "cpu_s": ctl.cpu(),
-                                       "rss_mb": ctl.rss()}) + "\n")
-            timeline.flush()
-            for q in (25, 50, 75, 100):
-                if q not in marks and running >= run.total * q / 100:
-                    marks[q] = now - t0
-            if not any(t.is_alive() for t in threads) and not submitted_at:
-                submitted_at.append(now - t0)
-            if now - last_report >= 15:
-                last_report = now
-                progress(f"{now - t0:6.0f} s: {running:,} running, {pending_count(s):,} pending, "
-                         f"controller {sampler.busy() * 100:.0f} % CPU, {ctl.rss():,.0f} MiB")
-            if running >= run.total:
-                break
-            if errors:
-                raise RuntimeError(f"registrations failed: {errors[:3]}")
-            if now - t0 > a.place_timeout:
-                raise RuntimeError(f"only {running:,} of {run.total:,} running after "
-                                   f"{a.place_timeout:g} s")
-        took = time.monotonic() - t0
-        timeline.close()
+        try:
+            while True:
+                time.sleep(1.0)
+                s = ctl.scrape()
+                running = running_count(s) - running_count(base)
+                now = time.monotonic()
+                timeline.write(json.dumps({"t": round(now - t0, 1), "running": running,
+                                           "pending": pending_count(s), "cpu_s": ctl.cpu(),
+                                           "rss_mb": ctl.rss()}) + "\n")
+                timeline.flush()
+                for q in (25, 50, 75, 100):
+                    if q not in marks and running >= run.total * q / 100:
+                        marks[q] = now - t0
+                if not any(t.is_alive() for t in threads) and not submitted_at:
+                    submitted_at.append(now - t0)
+                if now - last_report >= 15:
+                    last_report = now
+                    progress(f"{now - t0:6.0f} s: {running:,} running, "
+                             f"{pending_count(s):,} pending, controller "
+                             f"{sampler.busy() * 100:.0f} % CPU, {ctl.rss():,.0f} MiB")
+                if running >= run.total:
+                    break
+                if errors:
+                    raise RuntimeError(f"registrations failed: {errors[:3]}")
+                if now - t0 > a.place_timeout:
+                    raise RuntimeError(f"only {running:,} of {run.total:,} running after "
+                                       f"{a.place_timeout:g} s")
+            took = time.monotonic() - t0
+        finally:
+            stop.set()
+            timeline.close()
         for t in threads:
             t.join()
     tag = run.size_tag()
@@ -557,20 +563,31 @@ def etcd_failover(run: Run) -> None:
                       a.etcd_nodes, a.processes, run.workdir)
         try:
             fleet.start()
-            stub = c.stub(leader)
-            for j in range(jobs):
-                stub.RegisterJob(controller_pb2.RegisterJobRequest(
-                    job=sleep_job(f"job-{j:04d}", per)), timeout=300)
+            for j in range(jobs):  # through whoever leads (a busy machine may move the lease)
+                job = controller_pb2.RegisterJobRequest(job=sleep_job(f"job-{j:04d}", per))
+                for attempt in range(30):
+                    try:
+                        c.stub(c.leader(within=120)).RegisterJob(job, timeout=120)
+                        break
+                    except grpc.RpcError as e:  # (registering the same job again is a no-op)
+                        if attempt == 29 or e.code() not in (
+                                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE,
+                                grpc.StatusCode.DEADLINE_EXCEEDED):
+                            raise
+                        time.sleep(1.0)
 
             def all_running() -> bool:
                 try:
-                    listing: controller_pb2.ListJobsResponse = stub.ListJobs(
+                    listing: controller_pb2.ListJobsResponse = c.stub(c.leader()).ListJobs(
                         controller_pb2.ListJobsRequest(), timeout=30)
-                except grpc.RpcError:
+                except (grpc.RpcError, RuntimeError):
                     return False
                 return bool(sum(j.running for j in listing.jobs) >= jobs * per)
             wait("the etcd cluster's allocations to run", all_running, 1800, every=1.0)
             time.sleep(a.settle)
+            leader = c.wait_settled(within=120)
+            run.result["etcd_leader_changes_before_kill"] = sum(
+                len(d.log_lines("elected leader")) for d in c.controllers) - 1
             survivors = [d for d in c.controllers if d is not leader]
             t0 = time.monotonic()
             c.kill(leader)
@@ -744,8 +761,16 @@ def node_memory(run: Run) -> int:
 
 def report(run: Run) -> str:
     a = run.args
-    head = (f"A fleet on one controller: {a.nodes:,} simulated nodes, {a.jobs:,} jobs of "
-            f"{a.allocs_per_job:,} allocations from {a.clients} clients "
+    parts = []
+    if "sqlite" not in a.skip:
+        parts.append(f"one controller, {a.nodes:,} simulated nodes, {a.jobs:,} jobs of "
+                     f"{a.allocs_per_job:,} allocations from {a.clients} clients")
+    if "etcd" not in a.skip:
+        parts.append(f"3 controllers on etcd, {a.etcd_nodes:,} nodes, "
+                     f"{a.etcd_allocs:,} allocations, lease TTL {a.leader_ttl} s")
+    if "spread" not in a.skip:
+        parts.append(f"the scheduler with spread over {a.spread_nodes:,} nodes")
+    head = (f"A fleet: {'; '.join(parts) or 'nothing run'} "
             f"(load average {run.result.get('load_before', 0):.2f} before)")
     return table(head, ("key", "measured", "goal"), [(k, v, g) for k, v, g in run.rows])
 

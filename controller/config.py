@@ -59,7 +59,7 @@ class ControllerConfig(DaemonConfig):
     replaced within about this plus a second."""
     follower_refresh: float = 1.0
     """Seconds between a follower's reads of the store's index (reads it serves lag the
-    leader by up to this)."""
+    leader by up to this; longer when a reload takes long, ``controller.leadership``)."""
     store_sync: Literal["full", "normal"] = "full"
     """SQLite synchronous mode: full (an acknowledged write survives power loss) or normal
     (survives a crash of the process, not of the machine)."""

@@ -15,7 +15,10 @@ schedules, and takes the agents' streams. The loop here:
    and go back to following.
 
 A follower reads the store's index every ``follower_refresh`` seconds and reloads the
-state when the leader wrote, publishing the new events to its own watchers. When etcd
+state when the leader wrote, publishing the new events to its own watchers. A reload
+reads the whole state, so a follower spends at most ``FOLLOWER_RELOAD_SHARE`` of its time
+reloading: with 100,000 allocations (seconds a load) it waits longer between reloads,
+rather than read the state from etcd without pause while the leader writes. When etcd
 cannot be reached, the controller writes nothing, keeps serving what it holds, and
 says so (``store_available``: health, metrics, logs) until etcd answers again.
 
@@ -100,6 +103,18 @@ class Leading(Protocol):
         """Say whether the store answers."""
 
 
+FOLLOWER_RELOAD_SHARE = 0.1
+"""The share of its time a follower may spend reloading the state: two followers reading
+100,000 allocations back to back slowed etcd (and its leader's lease keepalives) enough to
+lose the lease on a busy machine."""
+
+
+def follower_pause(refresh: float, reload_s: float) -> float:
+    """Seconds a follower waits before it reads the store again, its last read having taken
+    ``reload_s``: ``refresh``, or longer after a long reload."""
+    return max(refresh, reload_s * (1 - FOLLOWER_RELOAD_SHARE) / FOLLOWER_RELOAD_SHARE)
+
+
 class Leadership:
     def __init__(self, leading: Leading, store: EtcdStore, *, name: str, address: str, ttl: int,
                  follower_refresh: float = 1.0) -> None:
@@ -181,11 +196,15 @@ class Leadership:
 
     async def _follow(self) -> None:
         """Keep a follower's state close to the store's (and notice when etcd is away)."""
+        took = 0.0
         while True:
-            await asyncio.sleep(self.follower_refresh)
+            await asyncio.sleep(follower_pause(self.follower_refresh, took))
+            took = 0.0
             try:
                 if not self.is_leader:
+                    t0 = time.monotonic()
                     await self.leading.catch_up()
+                    took = time.monotonic() - t0
                 else:
                     await self.store.index()  # a leader's writes say it too; this is cheap
                 self._available(True, "")

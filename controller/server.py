@@ -133,6 +133,8 @@ class Controller:
         self._server: grpc.aio.Server | None = None
         self._health: health.HealthServicer | None = None
         self._leader_tasks: list[asyncio.Task[None]] = []
+        self._loads = 0
+        """State loads started (a follower's, a new leader's): the newest one wins."""
         self._tasks: list[asyncio.Task[None]] = []
         self.trust: trust.Trust | None = None
 
@@ -378,7 +380,8 @@ class Controller:
         evaluated again (reconciliation and deployments resume where the store says)."""
         state = self.cluster.state
         if self.leader.election is not None:
-            state.reset(await self.store.load())
+            self._loads += 1  # a follower's load still under way is dropped
+            await state.reload(await self.store.load())
             self.nodes_monitor.reset()
             self.cluster.reset_endpoints()
         await self._lineage()
@@ -484,9 +487,14 @@ class Controller:
         if index == state.index:
             return
         before = state.index
+        self._loads += 1
+        mine = self._loads
         snap = await self.store.load()
         events = await self.store.events_since(before) if before else []
-        state.reset(snap)
+        fresh = await ClusterState.load(snap)
+        if mine != self._loads or self.leader.leading:
+            return  # a newer load (a term that started meanwhile) has the last word
+        state.become(fresh)
         if events:
             self.cluster.events.publish(events)
         self.cluster.index.moved()

@@ -257,7 +257,7 @@ class Snapshots:
             except StoreError:
                 log.exception("restoring a snapshot failed")
                 raise
-            state.reset(fresh)
+            await state.reload(fresh)
             cluster.resend()
             await cluster.commit(Changes(events=[event(
                 "cluster", "SnapshotRestored", header.cluster_id or "cluster",

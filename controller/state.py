@@ -14,7 +14,9 @@ snapshot's ``AllocInfo``, whose strings are shared (interned) with the indexes h
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+from collections.abc import Iterator
 from typing import TypeVar
 
 from controller.scheduler import AllocInfo, ClusterSnapshot, alloc_info_from_proto, node_info_from_proto
@@ -30,6 +32,10 @@ COMPLETE, FAILED, LOST = (node_pb2.CLIENT_STATUS_COMPLETE, node_pb2.CLIENT_STATU
                           node_pb2.CLIENT_STATUS_LOST)
 TERMINAL = frozenset((COMPLETE, FAILED, LOST))
 K = TypeVar("K")
+ALLOCS_PER_YIELD = 5000
+"""Allocations a state load (a new leader's, a follower's) builds before it lets the event
+loop run: building 100,000 at once held a new leader's loop for seconds on a busy machine,
+its lease keepalives with it, and it lost the lease it had just won."""
 
 
 def job_key(job: job_pb2.Job | node_pb2.Allocation) -> JobKey:
@@ -62,24 +68,52 @@ class ClusterState:
 
     @classmethod
     def from_store(cls, snap: StoreSnapshot) -> ClusterState:
+        state = cls._without_allocs(snap)
+        for _ in state._put_allocs(snap):
+            pass
+        return state
+
+    @classmethod
+    async def load(cls, snap: StoreSnapshot) -> ClusterState:
+        """As ``from_store``, letting the event loop run every ``ALLOCS_PER_YIELD``
+        allocations (a leader's lease keepalives, the agents' streams)."""
+        state = cls._without_allocs(snap)
+        for _ in state._put_allocs(snap):
+            await asyncio.sleep(0)
+        return state
+
+    @classmethod
+    def _without_allocs(cls, snap: StoreSnapshot) -> ClusterState:
         state = cls()
         state.apply(Changes(
             put_jobs=[v for versions in snap.jobs.values() for v in versions],
             put_nodes=list(snap.nodes.values()), put_deployments=list(snap.deployments.values()),
             put_evaluations=list(snap.evaluations), meta=dict(snap.meta)), snap.index)
-        if isinstance(snap.allocs, AllocTable):  # the store's bytes are kept as they are
-            for _, raw in snap.allocs.raw_items():
-                state._put_alloc(node_pb2.Allocation.FromString(raw), raw)
-        else:
-            for alloc in snap.allocs.values():
-                state._put_alloc(alloc)
         return state
 
-    def reset(self, snap: StoreSnapshot) -> None:
+    def _put_allocs(self, snap: StoreSnapshot) -> Iterator[None]:
+        """Add the snapshot's allocations, pausing (a yield) every ``ALLOCS_PER_YIELD``."""
+        if isinstance(snap.allocs, AllocTable):  # the store's bytes are kept as they are
+            for i, (_, raw) in enumerate(snap.allocs.raw_items(), 1):
+                self._put_alloc(node_pb2.Allocation.FromString(raw), raw)
+                if i % ALLOCS_PER_YIELD == 0:
+                    yield
+        else:
+            for i, alloc in enumerate(snap.allocs.values(), 1):
+                self._put_alloc(alloc)
+                if i % ALLOCS_PER_YIELD == 0:
+                    yield
+
+    async def reload(self, snap: StoreSnapshot) -> None:
         """Become what ``snap`` holds, in place (everyone holding this object sees it): a
-        follower catching up, or a new leader reading the store it now writes."""
+        new leader reading the store it now writes. Built without holding the event loop
+        for long (see ``load``); this state stays as it was until the new one is whole."""
+        self.become(await ClusterState.load(snap))
+
+    def become(self, other: ClusterState) -> None:
+        """Be ``other``, in place (everyone holding this object sees it)."""
         moved = self.meta_index + 1
-        self.__dict__.update(ClusterState.from_store(snap).__dict__)
+        self.__dict__.update(other.__dict__)
         self.meta_index = max(self.meta_index, moved)  # views of the meta read it again
 
     # --- reading -------------------------------------------------------------------------------

@@ -107,7 +107,12 @@ class NodeEndpoint(Endpoint):
                 leader=e.leader or "", address=self.leader.leader()[1]))
             return
         monitor, term_over = self.monitor, self.leader.term_over
-        node = await monitor.register(first.register)
+        try:
+            node = await monitor.register(first.register)
+        except NotLeaderError as e:  # the term ended before the registrations' commit
+            yield controller_pb2.ControllerMessage(not_leader=controller_pb2.NotLeader(
+                leader=e.leader or "", address=self.leader.leader()[1]))
+            return
         due = asyncio.Event()
         """Something may have changed in the node's desired set (set by the cluster's commits;
         what piles up meanwhile goes out as one message) or in the expected endpoints."""
