@@ -148,7 +148,8 @@ def controller_toml(workdir: Path, m: Month, store: str, etcd: list[str]) -> str
         return max(floor, seconds * f)
     lines = [
         'name = "soak-controller"', f'bind = "{CTL_HOST}:7946"', f'rpc_addr = "{RPC}"',
-        f'metrics_addr = "{CTL_HOST}:9647"', f'data_dir = "{workdir / "controller"}"',
+        f'metrics_addr = "{CTL_HOST}:9647"', f'http_addr = "{CTL_HOST}:4646"',
+        f'data_dir = "{workdir / "controller"}"',
         "bootstrap = true", 'log_format = "json"', 'log_level = "warning"',
         'store_sync = "normal"', f"node_grace = {NODE_GRACE}", "failover_grace = 3.0",
         "rate_limit = 0.0", "autoscale_interval = 86400.0", "reconcile_interval = 60.0",
