@@ -94,15 +94,28 @@ stream the controller sends nothing on for a while is pinged every 10 s by its a
 GOAWAY (too_many_pings), dropping every idle agent's stream about every 30 s."""
 
 
-def server_options(ping_min_ms: int = AGENT_PING_MIN_MS) -> list[tuple[str, int]]:
-    """The gRPC server's options: message limits, and the agents' keepalive pings accepted
+CONNECTION_IDLE_MS = 120_000
+"""A client connection that carries no call for this long is closed (GOAWAY; the client
+opens a new one when it needs it): connections left open by clients that went away (a
+cancelled stream's channel, a crashed orchctl) do not pile up for as long as the
+controller runs. An agent's stream is a call: it is never idle."""
+
+
+def server_options(ping_min_ms: int = AGENT_PING_MIN_MS,
+                   idle_ms: int = CONNECTION_IDLE_MS) -> list[tuple[str, int]]:
+    """The gRPC server's options: message limits, the agents' keepalive pings accepted
     every ``ping_min_ms`` (gRPC's name for that is ``grpc.http2.min_ping_interval_without_
-    data_ms``; an unknown name is silently ignored, so a test holds a stream with it)."""
+    data_ms``; an unknown name is silently ignored, so a test holds a stream with it), and
+    connections without a call closed after ``idle_ms``."""
     return [("grpc.max_receive_message_length", MAX_REQUEST),
             ("grpc.max_send_message_length", MAX_RESPONSE),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", ping_min_ms),
-            ("grpc.http2.max_ping_strikes", 0)]  # only members (mTLS) reach it
+            ("grpc.http2.max_ping_strikes", 0),  # only members (mTLS) reach it
+            ("grpc.max_connection_idle_ms", idle_ms)]
+
+
+
 SERVICES = ("ControllerService", "NodeService")
 """The gRPC services of the controller (besides health and reflection)."""
 

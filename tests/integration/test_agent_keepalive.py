@@ -61,3 +61,24 @@ async def test_without_the_controllers_ping_policy_grpc_drops_the_stream() -> No
     """The control: gRPC's defaults end the same stream (so the test above can fail)."""
     defaults = [o for o in server_options() if "ping" not in o[0]]
     assert await _held_for(defaults) < HOLD_S
+
+
+async def test_a_connection_without_a_call_is_closed_after_the_idle_time() -> None:
+    """A client that went away without closing (a cancelled stream's channel) leaves no
+    connection behind for long: the server closes it, and the client may open another."""
+    server = grpc.aio.server(options=server_options(idle_ms=500))
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port(f"{HOST}:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            await stub.Check(health_pb2.HealthCheckRequest())
+            assert ch.get_state() == grpc.ChannelConnectivity.READY
+            deadline = time.monotonic() + 10
+            while ch.get_state() == grpc.ChannelConnectivity.READY:
+                assert time.monotonic() < deadline, "the idle connection was kept"
+                await asyncio.sleep(0.1)
+            await stub.Check(health_pb2.HealthCheckRequest())  # a new one, when needed
+    finally:
+        await server.stop(None)
