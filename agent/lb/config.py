@@ -11,9 +11,17 @@ from dataclasses import dataclass
 
 from orch.errors import ConfigError
 
+MODES = ("kernel", "proxy")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LbConfig:
+    mode: str = "kernel"
+    """Data plane of the published services: ``kernel`` (nftables forwards them; the agent
+    falls back to ``proxy`` where nftables or CAP_NET_ADMIN is missing, and says so) or
+    ``proxy`` (the user-space proxy only). In kernel mode, a service whose policy is
+    least_conn or p2c, or that sends the PROXY protocol, stays in the proxy."""
+
     # --- connecting to endpoints ----------------------------------------------------------
     connect_timeout: float = 2.0
     """Seconds a connect to one endpoint may take before it counts as failed and the next
@@ -122,6 +130,9 @@ class LbConfig:
             if getattr(self, name) < (0 if name == "connect_retries" else 1):
                 raise ConfigError(f"must be a positive count, got {getattr(self, name)}",
                                   where=f"lb.{name}")
+        if self.mode not in MODES:
+            raise ConfigError(f"must be one of {', '.join(MODES)}, got {self.mode!r}",
+                              where="lb.mode")
         if self.write_low_water > self.write_high_water:
             raise ConfigError("must not exceed write_high_water", where="lb.write_low_water")
         if not 0 <= self.outlier_max_ejection_percent <= 100:
