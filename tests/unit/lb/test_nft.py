@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.lb import nft
+from agent.lb.config import LbConfig
 from agent.lb.dataplane import DataPlane
 from agent.lb.kernel import kernel_capable
-from agent.lb.config import LbConfig
 from agent.lb.model import Endpoint, ServiceSpec
 
 TARGETS = [(f"10.0.{i // 250}.{i % 250 + 1}", 8000 + i % 7) for i in range(1200)]
@@ -47,7 +47,8 @@ def test_one_endpoint_added_is_one_element_and_the_rule() -> None:
 def test_one_endpoint_removed_moves_the_last_into_its_slot() -> None:
     old = svc(tuple(TARGETS[:10]))
     new = svc(nft.dense_slots(old.slots, [t for t in TARGETS[:10] if t != TARGETS[3]]))
-    assert new.slots[3] == TARGETS[9] and len(new.slots) == 9
+    assert new.slots[3] == TARGETS[9]
+    assert len(new.slots) == 9
     cmds = nft.plan({"k": old}, {"k": new})
     assert cmds[0].endswith("{ 3, 9 }")  # deleted: the changed slot and the last one
     assert cmds[1].endswith(f"{{ 3 : {TARGETS[9][0]} . {TARGETS[9][1]} }}")
@@ -146,12 +147,15 @@ def test_split_gives_the_kernel_local_endpoints_first() -> None:
 
 def test_proxy_mode_gives_everything_to_the_proxy() -> None:
     dp = DataPlane(LbConfig(mode="proxy"), bind_host="0.0.0.0")
-    assert dp.kernel is None and dp.reason == "lb.mode is proxy"
+    assert dp.kernel is None
+    assert dp.reason == "lb.mode is proxy"
     assert dp.attributes() == {"lb.mode": "proxy", "lb.kernel_unavailable": "lb.mode is proxy"}
     kern, prox = dp.split({"a": spec()})
-    assert kern == {} and list(prox) == ["a"]
+    assert kern == {}
+    assert list(prox) == ["a"]
 
 
 def test_loopback_bind_keeps_the_proxy() -> None:
     dp = DataPlane(LbConfig(), bind_host="127.0.0.5")
-    assert dp.kernel is None and "loopback" in dp.reason
+    assert dp.kernel is None
+    assert "loopback" in dp.reason
