@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Mapping
 
 from agent.lb import nft
@@ -90,8 +91,7 @@ class KernelBalancer:
                 new[key] = self._kernel_service(key, spec, (old or {}).get(key))
             cmds = nft.plan(old, new)
             if cmds:
-                loop = asyncio.get_running_loop()
-                began = loop.time()
+                began = time.perf_counter()
                 try:
                     await asyncio.to_thread(self.nft.run, nft.script(cmds))
                 except NftError as e:
@@ -100,7 +100,7 @@ class KernelBalancer:
                     self.services = None
                     raise
                 self.transactions += 1
-                self.update_seconds.append(loop.time() - began)
+                self.update_seconds.append(time.perf_counter() - began)
                 del self.update_seconds[:-1000]
                 if old is None:
                     log.info("kernel data plane table written", extra={

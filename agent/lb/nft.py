@@ -30,8 +30,9 @@ the JSON output.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import ipaddress
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ Target = tuple[str, int]
 """An endpoint as the kernel sees it: IPv4 address and port."""
 
 
+@functools.lru_cache(maxsize=4096)
 def service_id(key: str) -> str:
     """The name stem of a service's chain, map and counters (from its key; stable across
     restarts, ``[a-z0-9_]`` only)."""
@@ -58,11 +60,15 @@ def service_id(key: str) -> str:
 
 
 def target(host: str, port: int) -> Target:
-    """An endpoint address checked for the kernel: an IPv4 address and a port."""
-    addr = ipaddress.IPv4Address(host)  # raises ValueError on anything else
+    """An endpoint address checked for the kernel: an IPv4 address in dotted quads (raises
+    ValueError on anything else) and a port."""
+    try:
+        canonical = socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, host))
+    except (OSError, TypeError):
+        raise ValueError(f"not an IPv4 address: {host[:64]!r}") from None
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
-    return (str(addr), int(port))
+    return (canonical, int(port))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import functools
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -363,14 +364,13 @@ def test_update_time_with_a_thousand_endpoints() -> None:
         for i, b in enumerate(eps):
             b.port = 9000 + i % 3
         kb = await kernel({"s": spec("s", [b.endpoint() for b in eps], port=PORT)})
-        loop = asyncio.get_running_loop()
         times = []
         try:
             for i in range(20):
                 now = eps[:999] if i % 2 == 0 else eps
-                began = loop.time()
+                began = time.perf_counter()
                 await kb.update({"s": spec("s", [b.endpoint() for b in now], port=PORT)})
-                times.append(loop.time() - began)
+                times.append(time.perf_counter() - began)
         finally:
             await kb.close()
         return times
