@@ -36,6 +36,8 @@ def kernel_unavailable(cfg: LbConfig, bind_host: str) -> str:
         if ipaddress.ip_address(bind_host).is_loopback:
             return (f"lb_bind {bind_host} is a loopback address (agents may share this "
                     "network namespace)")
+        if ":" in bind_host:
+            return f"lb_bind {bind_host} is an IPv6 address (the kernel data plane is IPv4)"
     except ValueError:
         return f"lb_bind {bind_host!r} is not an address"
     return unavailable()
@@ -53,7 +55,7 @@ class DataPlane:
         if kernel is None and probe:
             self.reason = kernel_unavailable(cfg, bind_host)
             if not self.reason:
-                kernel = KernelBalancer(cfg)
+                kernel = KernelBalancer(cfg, bind_host=bind_host)
         self.kernel = kernel
         if self.kernel is None and cfg.mode == "kernel":
             log.warning("kernel data plane unavailable: the user-space proxy forwards every "

@@ -48,8 +48,11 @@ def kernel_capable(spec: ServiceSpec) -> str:
 
 
 class KernelBalancer:
-    def __init__(self, cfg: LbConfig, nft_ctx: Nft | None = None) -> None:
+    def __init__(self, cfg: LbConfig, nft_ctx: Nft | None = None, *,
+                 bind_host: str = "0.0.0.0") -> None:
         self.cfg = cfg
+        self.bind_host = bind_host
+        """Published ports are DNATed on this address only (0.0.0.0: every local one)."""
         self.nft = nft_ctx or Nft()
         self.services: dict[str, nft.KernelService] | None = None
         """What the table holds (None: not written yet, or to be rebuilt)."""
@@ -89,7 +92,7 @@ class KernelBalancer:
                 if not spec.endpoints or kernel_capable(spec):
                     continue
                 new[key] = self._kernel_service(key, spec, (old or {}).get(key))
-            cmds = nft.plan(old, new)
+            cmds = nft.plan(old, new, bind=self.bind_host)
             if cmds:
                 began = time.perf_counter()
                 try:

@@ -37,11 +37,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.lb.maglev import build_table
+from orch.vocab import LB_KERNEL_POLICIES
 
 FAMILY = "ip"
 TABLE = "orch"
 """The one table the agent owns (``nft list table ip orch``)."""
-KERNEL_POLICIES = ("round_robin", "random", "maglev")
+KERNEL_POLICIES = LB_KERNEL_POLICIES
 """Policies the kernel data plane runs; the others (least_conn, p2c) need the proxy."""
 MAGLEV_SEED = 0x6F726368
 """The seed of ``jhash`` ("orch"): the same on every agent, so every node maps a client to
@@ -156,11 +157,15 @@ def _delete_elements(name: str, elems: Sequence[str]) -> list[str]:
             for c in _chunks(elems)]
 
 
-def skeleton() -> list[str]:
+def skeleton(bind: str = "") -> list[str]:
     """Replace whatever table ``ip orch`` holds with the empty skeleton (one transaction with
     what follows: flows in conntrack keep their NAT; new flows see the old table or the new
-    one, never none)."""
+    one, never none). Published ports are taken on every local address, or on ``bind`` only
+    (the agent's ``lb_bind``, when it is not 0.0.0.0)."""
     t = f"{FAMILY} {TABLE}"
+    local = "fib daddr type local"
+    if bind and bind != "0.0.0.0":
+        local = f"ip daddr {target(bind, 1)[0]}"
     cmds = [f"add table {t}", f"delete table {t}", f"add table {t}"]
     for proto in PROTOCOLS:
         cmds.append(f"add map {t} ports_{proto} {{ type inet_service : verdict; }}")
@@ -171,9 +176,9 @@ def skeleton() -> list[str]:
         f"add chain {t} services",
         *(f"add rule {t} services {p} dport vmap @ports_{p}" for p in PROTOCOLS),
         f"add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}",
-        f"add rule {t} prerouting fib daddr type local jump services",
+        f"add rule {t} prerouting {local} jump services",
         f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
-        f"add rule {t} output fib daddr type local jump services",
+        f"add rule {t} output {local} jump services",
         f"add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}",
         f"add rule {t} postrouting ct status dnat ip daddr . meta l4proto . th dport @remote "
         "masquerade",
@@ -251,11 +256,11 @@ def change_service(old: KernelService, new: KernelService) -> list[str]:
 
 
 def plan(old: Mapping[str, KernelService] | None,
-         new: Mapping[str, KernelService]) -> list[str]:
+         new: Mapping[str, KernelService], *, bind: str = "") -> list[str]:
     """The commands of one transaction from ``old`` to ``new`` (None: the table is rebuilt
-    from nothing, replacing whatever is there)."""
+    from nothing, replacing whatever is there; ``bind``: see ``skeleton``)."""
     if old is None:
-        cmds = skeleton()
+        cmds = skeleton(bind)
         for key in sorted(new):
             cmds += add_service(new[key])
         return cmds

@@ -9,8 +9,10 @@ from controller.api.authz import Authorizer
 from controller.api.rpc import Ctx, Endpoint, unary
 from controller.state import RUN, RUNNING, ClusterState
 from controller.usage import UsageTable
+from orch.jobspec.model import Service
 from orch.net import host_of
 from orch.v1 import controller_pb2
+from orch.vocab import lb_mode
 
 
 class ServicesEndpoint(Endpoint):
@@ -28,6 +30,7 @@ class ServicesEndpoint(Endpoint):
         state = self.state
         now = time.time()
         entries: dict[tuple[str, str], controller_pb2.ServiceEntry] = {}
+        specs: dict[tuple[str, str], Service] = {}
         for a in sorted(state.allocs.values(), key=lambda a: (a.job, a.index)):
             if a.desired_status != RUN or a.client_status != RUNNING:
                 continue
@@ -41,6 +44,7 @@ class ServicesEndpoint(Endpoint):
                     continue
                 e = entries.get((a.job, svc.name))
                 if e is None:
+                    specs[(a.job, svc.name)] = svc
                     e = entries[(a.job, svc.name)] = controller_pb2.ServiceEntry(
                         name=svc.name, job=a.job, published_port=svc.published_port,
                         protocol=svc.protocol)
@@ -51,4 +55,9 @@ class ServicesEndpoint(Endpoint):
                                     healthy=a.checks_healthy if svc.check else True,
                                     active_connections=f.active_connections,
                                     connections_per_second=f.connections_per_second)
+        nodes = [n for n in state.nodes.values() if n.attributes.get("lb.mode")]
+        kernel = sum(1 for n in nodes if n.attributes.get("lb.mode") == "kernel")
+        for e in entries.values():
+            spec = specs[(e.job, e.name)]
+            e.lb_mode = lb_mode(spec.lb_policy, spec.proxy_protocol, kernel, len(nodes))
         return list(entries.values())

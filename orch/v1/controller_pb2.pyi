@@ -2277,10 +2277,13 @@ class ServiceEntry(_message.Message):
     PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    LB_MODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     job: _builtins.str
     published_port: _builtins.int
     protocol: _builtins.str
+    lb_mode: _builtins.str
+    """the data plane that forwards it on the nodes:"""
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
     def __init__(
@@ -2291,10 +2294,11 @@ class ServiceEntry(_message.Message):
         published_port: _builtins.int = ...,
         protocol: _builtins.str = ...,
         endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
+        lb_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "job", b"job", "name", b"name", "protocol", b"protocol", "published_port", b"published_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "job", b"job", "lb_mode", b"lb_mode", "name", b"name", "protocol", b"protocol", "published_port", b"published_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,10 +112,10 @@ async def services(ctx: Ctx, args: argparse.Namespace) -> int:
     rows = []
     for s in resp.services:
         healthy = sum(e.healthy for e in s.endpoints)
-        rows.append((s.name, s.job, s.published_port or "-", s.protocol,
+        rows.append((s.name, s.job, s.published_port or "-", s.protocol, s.lb_mode or "-",
                      f"{healthy}/{len(s.endpoints)}",
                      " ".join(e.address for e in s.endpoints if e.healthy)))
-    out(table(("Service", "Job", "Port", "Protocol", "Healthy", "Endpoints"), rows))
+    out(table(("Service", "Job", "Port", "Protocol", "Mode", "Healthy", "Endpoints"), rows))
     return OK
 
 

@@ -12,6 +12,7 @@ from agent.lb.config import LbConfig
 from agent.lb.dataplane import DataPlane
 from agent.lb.kernel import kernel_capable
 from agent.lb.model import Endpoint, ServiceSpec
+from orch.vocab import lb_mode
 
 TARGETS = [(f"10.0.{i // 250}.{i % 250 + 1}", 8000 + i % 7) for i in range(1200)]
 
@@ -159,3 +160,18 @@ def test_loopback_bind_keeps_the_proxy() -> None:
     dp = DataPlane(LbConfig(), bind_host="127.0.0.5")
     assert dp.kernel is None
     assert "loopback" in dp.reason
+
+
+def test_a_bind_address_limits_the_published_ports_to_it() -> None:
+    assert "add rule ip orch output fib daddr type local jump services" in nft.skeleton()
+    cmds = nft.skeleton("10.1.2.3")
+    assert "add rule ip orch prerouting ip daddr 10.1.2.3 jump services" in cmds
+    assert not any("fib" in c for c in cmds)
+
+
+def test_lb_mode_of_a_service() -> None:
+    assert lb_mode("round_robin", False, 3, 3) == "kernel"
+    assert lb_mode("maglev", False, 1, 3) == "kernel on 1 of 3 nodes"
+    assert lb_mode("least_conn", False, 3, 3) == "proxy"
+    assert lb_mode("random", True, 3, 3) == "proxy"
+    assert lb_mode("round_robin", False, 0, 3) == "proxy"
