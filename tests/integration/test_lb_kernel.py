@@ -14,17 +14,22 @@ import json
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 
 import pytest
+from prometheus_client import generate_latest
 
 from agent.lb import nft
 from agent.lb.config import LbConfig
 from agent.lb.dataplane import DataPlane
 from agent.lb.kernel import KernelBalancer
+from agent.lb.metrics import LbCollector
 from agent.lb.model import ServiceSpec
+from orch.metrics import registry_with
 from tests.integration.lb_util import Backend, backends, request, run, spec, stop
 from tests.integration.netns_util import namespace, nft_tables
+from tests.promtool import promtool_check
 
 pytestmark = pytest.mark.timeout(90, method="thread")
 
@@ -321,7 +326,9 @@ def test_a_table_left_by_a_killed_agent_is_replaced_and_no_other_is_touched() ->
 
 
 def test_the_dataplane_gives_proxy_only_services_to_the_proxy() -> None:
-    async def scenario() -> tuple[dict[str, str], str | None, str | None]:
+    """And the metrics say which data plane forwards each service, with the kernel's packet
+    counters and conntrack's fill (promtool finds them clean)."""
+    async def scenario() -> tuple[dict[str, str], str | None, str | None, str]:
         bs = await backends(2)
         dp = DataPlane(LbConfig(), bind_host="0.0.0.0")
         assert dp.kernel is not None, dp.reason
@@ -329,16 +336,23 @@ def test_the_dataplane_gives_proxy_only_services_to_the_proxy() -> None:
                          "p": spec("p", [b.endpoint(local=True) for b in bs], policy="least_conn",
                                    port=PORT + 1)})
         try:
+            a, b = await try_request(PORT), await try_request(PORT + 1)
             stats = dp.stats()
-            return ({k: s.mode for k, s in stats.items()}, await try_request(PORT),
-                    await try_request(PORT + 1))
+            mesh = types.SimpleNamespace(lb=dp, stats=dp.stats, updates=1, refused={})
+            text = generate_latest(registry_with(LbCollector(mesh))).decode()  # type: ignore[arg-type]
+            return {k: s.mode for k, s in stats.items()}, a, b, text
         finally:
             await dp.close()
             await stop(bs)
 
     with namespace():
-        modes, a, b = run(scenario())
+        modes, a, b, text = run(scenario())
     assert modes == {"k": "kernel", "p": "proxy"}
+    assert 'orch_lb_data_plane{group="",job="",mode="kernel",namespace="default",service="k"} 1.0' in text
+    assert 'orch_lb_data_plane{group="",job="",mode="proxy",namespace="default",service="p"} 1.0' in text
+    assert "orch_lb_received_packets_total{" in text
+    assert "orch_lb_conntrack_entries " in text
+    assert promtool_check(text) == ""
     assert a in ("b0", "b1")
     assert b in ("b0", "b1")
 
