@@ -8,6 +8,13 @@ The endpoints given are the usable ones (health from gossip, ``prefer_local`` ap
 caller); an endpoint that leaves takes no new flow at once, and its established flows keep
 their NAT binding in conntrack until ``drain_grace`` ends, when they are deleted (unless it
 came back). ``close`` removes the table.
+
+The kernel sees no failed connect, so outlier detection is fed by probes: every
+``kernel_probe_interval`` a TCP connect to each endpoint of a TCP service (at most
+``kernel_probe_concurrency`` at once), each outcome told to the service's ``OutlierDetector``
+(the proxy's rules: consecutive failures, growing ejections, at most a share of the
+endpoints out, never the last one). An ejected endpoint leaves the service's slots until its
+ejection ends.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from agent.lb import nft
 from agent.lb.config import LbConfig
 from agent.lb.libnft import Nft, NftError
 from agent.lb.model import Endpoint, ServiceSpec
+from agent.lb.outlier import OutlierDetector
 from agent.lb.pool import endpoint_name
 from agent.lb.stats import EndpointStats, Histogram, ServiceStats
 
@@ -64,11 +72,37 @@ class KernelBalancer:
         self.update_seconds: list[float] = []
         """Seconds of the last updates' transactions (at most 1,000 kept)."""
         self._stats_cache: tuple[float, dict[str, tuple[int, int]]] = (-1.0, {})
+        self.outliers: dict[str, OutlierDetector] = {}
+        """By service key: the probes' outcomes."""
+        self._prober: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flushes: set[asyncio.Task[int]] = set()
+        self.probes = 0
 
     # --- the table -------------------------------------------------------------------
+    def _detector(self, key: str, spec: ServiceSpec) -> OutlierDetector:
+        det = self.outliers.get(key)
+        if det is None:
+            cfg = self.cfg
+            det = self.outliers[key] = OutlierDetector(
+                consecutive_failures=cfg.outlier_consecutive_failures,
+                base_ejection=cfg.outlier_base_ejection, max_ejection=cfg.outlier_max_ejection,
+                max_ejection_percent=cfg.outlier_max_ejection_percent)
+        det.reset([endpoint_name(e) for e in spec.endpoints])
+        return det
+
+    def usable(self, key: str, spec: ServiceSpec, now: float) -> list[Endpoint]:
+        """The endpoints not ejected now (all of them when every one is)."""
+        det = self.outliers.get(key)
+        if det is None:
+            return list(spec.endpoints)
+        return ([e for e in spec.endpoints if det.usable(endpoint_name(e), now)]
+                or list(spec.endpoints))
+
     def _kernel_service(self, key: str, spec: ServiceSpec,
                         old: nft.KernelService | None) -> nft.KernelService:
-        eps = [(nft.target(e.host, e.port), e) for e in spec.endpoints]
+        now = asyncio.get_running_loop().time()
+        eps = [(nft.target(e.host, e.port), e) for e in self.usable(key, spec, now)]
         policy = spec.policy
         if policy == "maglev":
             slots = nft.maglev_slots(((t, max(e.weight, 1)) for t, e in eps),
@@ -86,12 +120,16 @@ class KernelBalancer:
         async with self._lock:
             if self._closed:
                 return
+            self._loop = asyncio.get_running_loop()
             old = self.services
             new: dict[str, nft.KernelService] = {}
             for key, spec in services.items():
                 if not spec.endpoints or kernel_capable(spec):
                     continue
+                self._detector(key, spec)
                 new[key] = self._kernel_service(key, spec, (old or {}).get(key))
+            for key in set(self.outliers) - set(new):
+                del self.outliers[key]
             cmds = nft.plan(old, new, bind=self.bind_host)
             if cmds:
                 began = time.perf_counter()
@@ -111,6 +149,53 @@ class KernelBalancer:
             self._schedule_drains(old or {}, new)
             self.services = new
             self.specs = dict(services)
+            if self._prober is None and self.cfg.kernel_probe_interval > 0:
+                self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    # --- probes (outlier detection) ---------------------------------------------------
+    async def _probe_loop(self) -> None:
+        sem = asyncio.Semaphore(self.cfg.kernel_probe_concurrency)
+        while True:
+            await asyncio.sleep(self.cfg.kernel_probe_interval)
+            targets: dict[nft.Target, list[tuple[str, str]]] = {}
+            for key, spec in self.specs.items():
+                if spec.protocol != "tcp" or key not in (self.services or {}):
+                    continue
+                for e in spec.endpoints:
+                    targets.setdefault(nft.target(e.host, e.port), []).append(
+                        (key, endpoint_name(e)))
+            results = await asyncio.gather(*(self._probe(t, sem) for t in targets))
+            now = asyncio.get_running_loop().time()
+            for (t, users), ok in zip(targets.items(), results, strict=True):
+                for key, name in users:
+                    det = self.outliers.get(key)
+                    if det is None:
+                        continue
+                    if ok:
+                        det.success(name, now)
+                    elif det.failure(name, now):
+                        log.warning("endpoint ejected: its probes failed", extra={
+                            "service": key, "endpoint": f"{t[0]}:{t[1]}"})
+            # an endpoint ejected, or back from its ejection: the slots change
+            services = self.services or {}
+            if any(key in services and {nft.target(e.host, e.port)
+                                        for e in self.usable(key, spec, now)}
+                   != services[key].targets() for key, spec in self.specs.items()):
+                with contextlib.suppress(NftError):
+                    await self.update(self.specs)
+
+    async def _probe(self, t: nft.Target, sem: asyncio.Semaphore) -> bool:
+        async with sem:
+            self.probes += 1
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(*t),
+                                                   self.cfg.connect_timeout)
+            except (OSError, TimeoutError):
+                return False
+            writer.close()  # no bytes: the endpoint sees a connect and a close
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
 
     def _schedule_drains(self, old: Mapping[str, nft.KernelService],
                          new: Mapping[str, nft.KernelService]) -> None:
@@ -134,13 +219,15 @@ class KernelBalancer:
 
     def _end_drain(self, key: str, protocol: str, port: int, t: nft.Target) -> None:
         self._drains.pop((key, t), None)
-        asyncio.get_running_loop().create_task(flush_flows(protocol, port, t))
+        task = asyncio.get_running_loop().create_task(flush_flows(protocol, port, t))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     # --- observability ---------------------------------------------------------------
     def counters(self) -> dict[str, tuple[int, int]]:
         """Packets and bytes of every named counter of the table (read at most once a
         second)."""
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         at, cached = self._stats_cache
         if now - at < 1.0:
             return cached
@@ -155,15 +242,24 @@ class KernelBalancer:
         self._stats_cache = (now, out)
         return out
 
+    def _now(self) -> float:
+        """The event loop's clock (outlier records are kept in it), from any thread."""
+        return self._loop.time() if self._loop is not None else 0.0
+
     def stats(self) -> dict[str, ServiceStats]:
         counters = self.counters()
+        now = self._now()
         out: dict[str, ServiceStats] = {}
         for key, spec in self.specs.items():
             svc = (self.services or {}).get(key)
             if svc is None:
                 continue
             sid = svc.sid
-            details = tuple(_endpoint_stats(e) for e in spec.endpoints)
+            det = self.outliers.get(key)
+            details = tuple(_endpoint_stats(e, det, now) for e in spec.endpoints)
+            states = {"healthy": 0, "probing": 0, "ejected": 0, "draining": 0}
+            for d in details:
+                states[d.state] += 1
             out[key] = ServiceStats(
                 name=spec.name, namespace=spec.namespace, job=spec.job, group=spec.group,
                 protocol=spec.protocol, policy=spec.policy, port=spec.published_port,
@@ -171,9 +267,8 @@ class KernelBalancer:
                 total=counters.get(f"{sid}_flows", (0, 0))[0], rejected=0, failed=0,
                 bytes_in=counters.get(f"{sid}_up", (0, 0))[1],
                 bytes_out=counters.get(f"{sid}_down", (0, 0))[1], connect_failures=0,
-                retries=0, ejections=0,
-                endpoints={"healthy": len(details), "probing": 0, "ejected": 0,
-                           "draining": 0},
+                retries=0, ejections=det.total_ejections if det is not None else 0,
+                endpoints=states,
                 endpoint_details=details, connect_latency=Histogram(), mode="kernel",
                 packets_in=counters.get(f"{sid}_up", (0, 0))[0],
                 packets_out=counters.get(f"{sid}_down", (0, 0))[0])
@@ -182,6 +277,11 @@ class KernelBalancer:
     # --- stopping --------------------------------------------------------------------
     async def close(self, *, remove: bool = True) -> None:
         """Stop; remove the table unless ``remove`` is false (its flows stay in conntrack)."""
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
         async with self._lock:
             self._closed = True
             for h in self._drains.values():
@@ -194,9 +294,13 @@ class KernelBalancer:
             self.nft.close()
 
 
-def _endpoint_stats(e: Endpoint) -> EndpointStats:
-    return EndpointStats(name=endpoint_name(e), alloc_id=e.alloc_id, node=e.node,
-                         state="healthy", active=0, total=0, connect_failures=0, ejections=0)
+def _endpoint_stats(e: Endpoint, det: OutlierDetector | None, now: float) -> EndpointStats:
+    name = endpoint_name(e)
+    rec = det.records.get(name) if det is not None else None
+    return EndpointStats(name=name, alloc_id=e.alloc_id, node=e.node,
+                         state=det.state(name, now) if det is not None else "healthy",
+                         active=0, total=0, connect_failures=rec.failures if rec else 0,
+                         ejections=rec.ejections if rec else 0)
 
 
 async def flush_flows(protocol: str, port: int, t: nft.Target) -> int:

@@ -179,6 +179,45 @@ def test_an_endpoint_removed_takes_no_new_flow_and_its_flows_drain() -> None:
     assert out["update_s"] < 0.5  # type: ignore[operator]
 
 
+def test_an_endpoint_whose_probes_fail_is_ejected_and_comes_back() -> None:
+    """The kernel sees no failed connect: probes feed outlier detection instead."""
+    async def scenario() -> dict[str, object]:
+        bs = await backends(3)
+        kb = await kernel(kspec(bs), kernel_probe_interval=0.2, outlier_consecutive_failures=2,
+                          outlier_base_ejection=1.5, connect_timeout=0.5)
+        loop = asyncio.get_running_loop()
+        out: dict[str, object] = {}
+        try:
+            port = bs[1].port
+            await bs[1].kill()
+            began = loop.time()
+
+            async def clean() -> bool:
+                return None not in [await try_request() for _ in range(9)]
+
+            while not await clean():
+                assert loop.time() - began < 5, "not ejected"
+            out["ejected_after"] = loop.time() - began
+            out["states"] = dict(kb.stats()["default/web/web/web"].endpoints)
+            # it comes back on the same port: after its ejection it takes flows again
+            back = Backend("b1", bs[1].host)
+            back.port = port
+            await back.start()
+            while Counter([await try_request() for _ in range(9)])["b1"] == 0:
+                assert loop.time() - began < 10, "not back"
+                await asyncio.sleep(0.1)
+            out["probes"] = kb.probes
+        finally:
+            await kb.close()
+            await stop(bs)
+        return out
+
+    with namespace():
+        out = run(scenario())
+    assert float(out["ejected_after"]) < 2.0, out  # type: ignore[arg-type]
+    assert out["states"] == {"healthy": 2, "probing": 0, "ejected": 1, "draining": 0}
+
+
 async def _load(port: int, stop_at: asyncio.Event, workers: int = 4,
                 ) -> tuple[int, int, Counter[str]]:
     """Clients making one request per connection until ``stop_at``: (ok, failed, by endpoint)."""
