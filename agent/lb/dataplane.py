@@ -98,9 +98,11 @@ class DataPlane:
         kern, prox = self.split(services)
         # The kernel first: a service that moves to the proxy leaves the kernel's table
         # before the proxy binds its port.
-        if self.kernel is not None:
-            await self.kernel.update(kern)
-        await self.proxy.update(prox)
+        try:
+            if self.kernel is not None:
+                await self.kernel.update(kern)  # refused: logged, rebuilt at the next update
+        finally:
+            await self.proxy.update(prox)
         self.modes = {**dict.fromkeys(prox, "proxy"), **dict.fromkeys(kern, "kernel")}
 
     def stats(self) -> dict[str, ServiceStats]:

@@ -45,6 +45,8 @@ def kernel_capable(spec: ServiceSpec) -> str:
     """Why ``spec`` needs the proxy ('' when the kernel can forward it)."""
     if spec.proxy_protocol:
         return "proxy_protocol"
+    if not 0 < spec.published_port < 65536:
+        return "no published port"
     if spec.policy not in nft.KERNEL_POLICIES:
         return f"policy {spec.policy}"
     for ep in spec.endpoints:

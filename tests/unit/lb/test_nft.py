@@ -129,6 +129,7 @@ def test_services_that_need_the_proxy_keep_it() -> None:
     assert kernel_capable(spec("p2c"))
     assert kernel_capable(spec(proxy_protocol=True))
     assert kernel_capable(spec(hosts=(("fd00::1", True),)))
+    assert kernel_capable(ServiceSpec(name="web", published_port=0)) == "no published port"
 
 
 class FakeKernel:
