@@ -24,6 +24,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Mapping
 
@@ -37,6 +38,9 @@ from agent.lb.stats import EndpointStats, Histogram, ServiceStats
 
 log = logging.getLogger("lb")
 
+INLINE_COMMANDS = 32
+"""Transactions of at most this many commands (an endpoint or two added or removed) run on
+the event loop: they take well under a millisecond, less than handing them to a thread."""
 MAX_DRAINS = 100_000
 """Endpoints waiting for their conntrack entries to be deleted; beyond it the oldest wait is
 dropped (its flows then end on conntrack's own timeouts)."""
@@ -69,7 +73,11 @@ class KernelBalancer:
         """What the table holds (None: not written yet, or to be rebuilt)."""
         self.specs: dict[str, ServiceSpec] = {}
         self._lock = asyncio.Lock()
-        self._drains: dict[tuple[str, nft.Target], asyncio.TimerHandle] = {}
+        self._drains: dict[tuple[str, nft.Target], tuple[float, str, int]] = {}
+        """(service, endpoint) -> (when its drain ends, protocol, published port)."""
+        self._drainer: asyncio.Task[None] | None = None
+        self.flushed = 0
+        """Conntrack entries of drained endpoints deleted."""
         self._closed = False
         self.transactions = 0
         self.update_seconds: list[float] = []
@@ -79,7 +87,6 @@ class KernelBalancer:
         """By service key: the probes' outcomes."""
         self._prober: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flushes: set[asyncio.Task[int]] = set()
         self.probes = 0
 
     # --- the table -------------------------------------------------------------------
@@ -137,7 +144,10 @@ class KernelBalancer:
             if cmds:
                 began = time.perf_counter()
                 try:
-                    await asyncio.to_thread(self.nft.run, nft.script(cmds))
+                    if len(cmds) <= INLINE_COMMANDS:  # a few elements: under a millisecond
+                        self.nft.run(nft.script(cmds))
+                    else:  # a table built anew, a Maglev table rewritten: off the loop
+                        await asyncio.to_thread(self.nft.run, nft.script(cmds))
                 except NftError as e:
                     log.error("kernel data plane update refused; the table will be rebuilt",
                               extra={"error": str(e)[:500]})
@@ -206,6 +216,7 @@ class KernelBalancer:
     def _schedule_drains(self, old: Mapping[str, nft.KernelService],
                          new: Mapping[str, nft.KernelService]) -> None:
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.drain_grace
         for key, svc in old.items():
             now = new.get(key)
             keep = now.targets() if now is not None and now.port == svc.port else set()
@@ -213,21 +224,35 @@ class KernelBalancer:
                 if (key, t) in self._drains:
                     continue
                 if len(self._drains) >= MAX_DRAINS:
-                    first = next(iter(self._drains))
-                    self._drains.pop(first).cancel()
-                self._drains[(key, t)] = loop.call_later(
-                    self.cfg.drain_grace, self._end_drain, key, svc.protocol, svc.port, t)
+                    del self._drains[next(iter(self._drains))]
+                self._drains[(key, t)] = (deadline, svc.protocol, svc.port)
         for key, svc in new.items():  # back before its drain ended: its flows stay
             for t in svc.targets():
-                h = self._drains.pop((key, t), None)
-                if h is not None:
-                    h.cancel()
+                self._drains.pop((key, t), None)
+        if self._drains and self._drainer is None:
+            self._drainer = loop.create_task(self._drain_loop())
 
-    def _end_drain(self, key: str, protocol: str, port: int, t: nft.Target) -> None:
-        self._drains.pop((key, t), None)
-        task = asyncio.get_running_loop().create_task(flush_flows(protocol, port, t))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+    async def _drain_loop(self) -> None:
+        """Ends the drains that are due, one ``conntrack`` at a time (a thousand endpoints
+        removed at once cost a thousand short runs in a row, never a thousand processes)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._drains:
+                first = min(d for d, _, _ in self._drains.values())
+                await asyncio.sleep(max(0.0, first - loop.time()))
+                now = loop.time()
+                due: dict[tuple[str, int], list[nft.Target]] = {}
+                for (key, t), (deadline, protocol, port) in list(self._drains.items()):
+                    if deadline <= now:
+                        del self._drains[(key, t)]
+                        due.setdefault((protocol, port), []).append(t)
+                for (protocol, port), targets in due.items():
+                    if not await has_flows(protocol, port):
+                        continue  # nothing DNATed from that port: nothing to delete
+                    for t in targets:
+                        self.flushed += max(0, await flush_flows(protocol, port, t))
+        finally:
+            self._drainer = None
 
     # --- observability ---------------------------------------------------------------
     def counters(self) -> dict[str, tuple[int, int]]:
@@ -290,9 +315,11 @@ class KernelBalancer:
             self._prober = None
         async with self._lock:
             self._closed = True
-            for h in self._drains.values():
-                h.cancel()
             self._drains.clear()
+            if self._drainer is not None:
+                self._drainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._drainer
             if remove:
                 with contextlib.suppress(NftError):
                     await asyncio.to_thread(self.nft.run, nft.script(nft.delete_table()))
@@ -309,22 +336,52 @@ def _endpoint_stats(e: Endpoint, det: OutlierDetector | None, now: float) -> End
                          ejections=rec.ejections if rec else 0)
 
 
-async def flush_flows(protocol: str, port: int, t: nft.Target) -> int:
-    """Delete the conntrack entries of flows to published ``port`` that were DNATed to
-    ``t`` (a drained endpoint); how many were deleted (-1: ``conntrack`` is missing)."""
+def _conntrack(*args: str) -> tuple[str, str]:
+    """``conntrack`` with ``args`` (in a worker thread: no event-loop handle outlives it);
+    its stdout and stderr."""
     tool = shutil.which("conntrack")
     if tool is None:
-        log.warning("conntrack is missing: drained flows end on their own timeouts "
-                    "(Debian: apt-get install conntrack)")
-        return -1
-    proc = await asyncio.create_subprocess_exec(
-        tool, "-D", "-p", protocol, "--orig-port-dst", str(port), "--reply-src", t[0],
-        "--reply-port-src", str(t[1]), stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    text = err.decode(errors="replace")
-    # "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted."
+        raise FileNotFoundError("conntrack")
+    done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+    return done.stdout, done.stderr
+
+
+async def has_flows(protocol: str, port: int) -> bool:
+    """Whether conntrack holds a DNATed flow to published ``port`` (True when unknown)."""
+    try:
+        out, _ = await asyncio.to_thread(_conntrack, "-C")
+        if out.strip() == "0":
+            return False
+        _, err = await asyncio.to_thread(_conntrack, "-L", "-p", protocol, "--orig-port-dst",
+                                         str(port), "--dst-nat")
+    except (OSError, subprocess.SubprocessError):
+        return True
+    # "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown."
+    return _count(err) != 0
+
+
+def _count(text: str) -> int:
     for word in text.split(":")[-1].split():
         if word.isdigit():
             return int(word)
-    return 0
+    return -1
+
+
+async def flush_flows(protocol: str, port: int, t: nft.Target) -> int:
+    """Delete the conntrack entries of flows to published ``port`` that were DNATed to
+    ``t`` (a drained endpoint); how many were deleted (-1: ``conntrack`` is missing)."""
+    try:
+        _, err = await asyncio.to_thread(
+            _conntrack, "-D", "-p", protocol, "--orig-port-dst", str(port), "--reply-src", t[0],
+            "--reply-port-src", str(t[1]))
+    except FileNotFoundError:
+        log.warning("conntrack is missing: drained flows end on their own timeouts "
+                    "(Debian: apt-get install conntrack)")
+        return -1
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("conntrack failed; drained flows end on their own timeouts",
+                    extra={"error": str(e)})
+        return -1
+    # "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted."
+    return max(0, _count(err))

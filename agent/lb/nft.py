@@ -60,6 +60,7 @@ def service_id(key: str) -> str:
     return "s_" + hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
+@functools.lru_cache(maxsize=65536)
 def target(host: str, port: int) -> Target:
     """An endpoint address checked for the kernel: an IPv4 address in dotted quads (raises
     ValueError on anything else) and a port."""
