@@ -32,7 +32,7 @@ from agent.desired import DesiredSet
 from agent.dns.metrics import DnsCollector
 from agent.dns.server import DnsServer
 from agent.lb import discovery
-from agent.lb.balancer import LoadBalancer
+from agent.lb.dataplane import DataPlane
 from agent.lb.mesh import Mesh
 from agent.lb.metrics import LbCollector
 from agent.runtime import convert
@@ -134,6 +134,7 @@ class Agent:
         self.mesh: Mesh | None = None
         self.dns: DnsServer | None = None
         """The DNS server, when ``dns.enabled``."""
+        self.dataplane: DataPlane | None = None
         self.tls = cfg.tls
         """The TLS this agent uses (set at start: made by hand, or from a join)."""
         self.published_ports: frozenset[int] = frozenset()
@@ -214,7 +215,8 @@ class Agent:
         self.gossip.on_event(lambda _: self._files_inputs_changed())
 
         if cfg.lb_enabled:
-            self.mesh = Mesh(LoadBalancer(cfg.lb, bind_host=cfg.lb_bind), self.gossip, cfg.name)
+            self.dataplane = DataPlane(cfg.lb, bind_host=cfg.lb_bind)
+            self.mesh = Mesh(self.dataplane, self.gossip, cfg.name)
             self.mesh.start()
         if cfg.dns.enabled:
             await self._start_dns(adv_host)
@@ -402,6 +404,8 @@ class Agent:
         attrs["orch.privileged"] = "true" if cfg.allow_privileged else "false"
         attrs["orch.host_network"] = "true" if cfg.allow_host_network else "false"
         attrs.update(host_volume_attributes((v.name, v.read_only) for v in cfg.host_volume))
+        if self.dataplane is not None:
+            attrs.update(self.dataplane.attributes())
         cores = int(attrs.get("cpu.numcores", "1"))
         gossip = f"{self.gossip.addr[0]}:{self.gossip.addr[1]}" if self.gossip is not None else ""
         own = set(self.own_ports)

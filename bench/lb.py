@@ -10,6 +10,16 @@ hits each of them alike:
   direct   wrk straight to one backend endpoint (the physical limit here)
   haproxy  Debian's HAProxy 2.6, TCP mode, ``nbthread 1``, round robin over the endpoints
   orch     orch's LoadBalancer in one process under uvloop, round robin, default LbConfig
+  kernel   orch's kernel data plane: nftables DNAT (round robin) programmed by
+           ``KernelBalancer`` in one process; the bytes never reach user space
+
+With ``kernel`` among the targets the whole run (backends, proxies, client) happens in a
+network namespace of its own (``orch-bench-lb-<pid>``, removed at the end), so that the
+table the kernel target writes never meets the host's ruleset; the other targets run there
+alike, so the comparison stays fair. Before serving, the kernel worker measures updates:
+a service of 1,000 endpoints, one endpoint removed or added 200 times, each the time from
+``update`` to the committed transaction (from then on new flows use it):
+``kernel_update_ms_p99``.
 
 Modes: ``keepalive`` (50 connections, each sending request after request), ``close``
 (``Connection: close``: a new TCP connection per request, through the proxy a new
@@ -59,7 +69,10 @@ PACKAGES = {"haproxy": "haproxy", "wrk": "wrk", "nginx": "nginx-light"}
 MODES = ("keepalive", "close", "bulk")
 BIG = 64 * 1024 * 1024
 """Bytes of the bulk mode's response (``GET /big``)."""
-TARGETS = ("direct", "haproxy", "orch")
+TARGETS = ("direct", "haproxy", "orch", "kernel")
+NETNS_PREFIX = "orch-bench-lb"
+UPDATE_ENDPOINTS = 1000
+UPDATE_ROUNDS = 200
 
 
 def log(msg: str) -> None:
@@ -237,6 +250,14 @@ def start_orch(workdir: Path, port: int, backend_port: int) -> Proc:
     return p
 
 
+def start_kernel(workdir: Path, port: int, backend_port: int) -> Proc:
+    eps = ",".join(f"{h}:{backend_port}" for h in BACKEND_HOSTS)
+    cmd = [sys.executable, "-m", "bench.lb", "--serve-kernel", str(port), eps]
+    p = spawn("kernel", cmd, workdir, cwd=ROOT)
+    wait_port(PROXY_HOST, port, timeout=60)
+    return p
+
+
 # --- the orch worker and the Python stand-ins (run as subprocesses) --------------------------
 async def _serve_orch(port: int, endpoints: str) -> None:
     from agent.lb.balancer import LoadBalancer
@@ -261,6 +282,48 @@ async def _serve_orch(port: int, endpoints: str) -> None:
     # After close() only the listening socket may be gone: anything else is a leak.
     print(json.dumps({"close_ms": round(took * 1e3, 2),
                       "close_fd_leak": fd_count(os.getpid()) - (listening - 1)}), flush=True)
+
+
+async def _serve_kernel(port: int, endpoints: str) -> None:
+    from agent.lb.config import LbConfig
+    from agent.lb.kernel import KernelBalancer
+    from agent.lb.model import Endpoint, ServiceSpec
+
+    kb = KernelBalancer(LbConfig())
+    loop = asyncio.get_running_loop()
+    # Updates with 1,000 endpoints in the table (127.3.x.y: nothing answers there; only the
+    # table is measured), then the benchmark's service alone.
+    many = [Endpoint(alloc_id=f"u{i}", node="bench", host=f"127.3.{i // 250}.{i % 250 + 1}",
+                     port=9000, local=True) for i in range(UPDATE_ENDPOINTS + 1)]
+    times = []
+    for i in range(UPDATE_ROUNDS + 1):
+        eps_now = many[:UPDATE_ENDPOINTS] if i % 2 == 0 else many
+        began = time.perf_counter()
+        await kb.update({"updates": ServiceSpec(name="updates", published_port=port + 1,
+                                                endpoints=tuple(eps_now))})
+        if i:  # the first one builds the table
+            times.append(time.perf_counter() - began)
+    times.sort()
+    eps = []
+    for i, hp in enumerate(endpoints.split(",")):
+        host, _, p = hp.rpartition(":")
+        eps.append(Endpoint(alloc_id=f"bench-{i}", node="bench", host=host, port=int(p),
+                            local=True))
+    await kb.update({"bench": ServiceSpec(name="bench", published_port=port,
+                                          endpoints=tuple(eps))})
+    print(json.dumps({"update_ms_p50": round(times[len(times) // 2] * 1e3, 2),
+                      "update_ms_p99": round(times[int(len(times) * 0.99)] * 1e3, 2),
+                      "update_ms_max": round(times[-1] * 1e3, 2),
+                      "update_endpoints": UPDATE_ENDPOINTS, "updates": len(times)}), flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    kb._stats_cache = (-1.0, {})
+    st = kb.stats().get("bench")
+    await kb.close()
+    print(json.dumps({"kernel_flows": st.total if st else None,
+                      "kernel_bytes_out": st.bytes_out if st else None}), flush=True)
 
 
 class _HttpBackend(asyncio.Protocol):
@@ -442,13 +505,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client", choices=("wrk", "python"), default="wrk")
     ap.add_argument("--no-install", action="store_true", help="never call apt-get")
     ap.add_argument("--serve-orch", nargs=2, metavar=("PORT", "ENDPOINTS"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve-kernel", nargs=2, metavar=("PORT", "ENDPOINTS"), help=argparse.SUPPRESS)
+    ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
 
-    if opts.serve_orch or opts.serve_backend:
+    if opts.serve_orch or opts.serve_backend or opts.serve_kernel:
         import uvloop
         if opts.serve_orch:
             uvloop.run(_serve_orch(int(opts.serve_orch[0]), opts.serve_orch[1]))
+        elif opts.serve_kernel:
+            uvloop.run(_serve_kernel(int(opts.serve_kernel[0]), opts.serve_kernel[1]))
         else:
             uvloop.run(_serve_backend(opts.serve_backend))
         return 0
@@ -468,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     if "haproxy" in targets and not have["haproxy"]:
         log("haproxy is missing: not measured")
         targets.remove("haproxy")
+    if "kernel" in targets and not opts.in_netns:
+        why = _kernel_unavailable()
+        if why:
+            log(f"the kernel target cannot run here ({why}): not measured")
+            targets.remove("kernel")
+        else:
+            return _rerun_in_netns(argv if argv is not None else sys.argv[1:])
 
     with tempfile.TemporaryDirectory(prefix="bench-lb-") as tmp:
         result = _measure(Path(tmp), targets, modes, runs, duration, opts.connections, backend, client)
@@ -476,6 +550,32 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         print(json.dumps(result, separators=(",", ":")))
     return 0
+
+
+def _kernel_unavailable() -> str:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2 for a network namespace"
+    from agent.lb.libnft import unavailable
+    return unavailable()
+
+
+def _rerun_in_netns(argv: list[str]) -> int:
+    """Run this benchmark again inside a network namespace of its own, then remove it."""
+    for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                               check=False).stdout.splitlines():
+        m = re.match(rf"({NETNS_PREFIX}-(\d+))", line)
+        if m and not Path(f"/proc/{m.group(2)}").exists():  # left by a killed run
+            subprocess.run(["ip", "netns", "del", m.group(1)], check=False)
+    name = f"{NETNS_PREFIX}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        log(f"running in network namespace {name}")
+        cmd = ["ip", "netns", "exec", name, sys.executable, "-m", "bench.lb", *argv,
+               "--in-netns", "--no-install"]
+        return subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, duration: float,
@@ -498,8 +598,15 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
             orch = start_orch(workdir, port, backend_port)
             procs.append(orch)
             where["orch"] = (PROXY_HOST, port, orch)
+        kern: Proc | None = None
+        if "kernel" in targets:
+            port = free_port(PROXY_HOST)
+            kern = start_kernel(workdir, port, backend_port)
+            procs.append(kern)
+            where["kernel"] = (PROXY_HOST, port, kern)
         time.sleep(0.3)
         orch_before = (fd_count(orch.pid), rss_mb(orch.pid)) if orch else None
+        kern_before = fd_count(kern.pid) if kern else None
         cells = {m: {t: Cell() for t in targets} for m in modes}
         for r in range(runs):
             for mode in modes:
@@ -520,6 +627,7 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
         if orch is not None:
             time.sleep(1.0)
             orch_after = (fd_count(orch.pid), rss_mb(orch.pid))
+        kern_after = fd_count(kern.pid) if kern else None
     finally:
         for p in reversed(procs):
             p.stop()
@@ -528,6 +636,26 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
                    orch_before, orch_after, before_load)
     out["orch_close_ms"] = closing.get("close_ms")
     out["orch_close_fd_leak"] = closing.get("close_fd_leak")
+    if kern is not None:
+        lines = _json_lines(workdir / "kernel.log")
+        updates = lines[0] if lines else {}
+        out["kernel_update_ms_p50"] = updates.get("update_ms_p50")
+        out["kernel_update_ms_p99"] = updates.get("update_ms_p99")
+        out["kernel_update_ms_max"] = updates.get("update_ms_max")
+        out["kernel_update_endpoints"] = updates.get("update_endpoints")
+        out["kernel_flows"] = lines[-1].get("kernel_flows") if len(lines) > 1 else None
+        if kern_before is not None and kern_after is not None:
+            out["kernel_fd_leak"] = kern_after - kern_before
+            out["fd_leak"] = (out["fd_leak"] or 0) + out["kernel_fd_leak"]
+    return out
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
     return out
 
 
@@ -583,6 +711,15 @@ def _summary(cells: dict[str, dict[str, Cell]], targets: list[str], modes: list[
         out[f"p99_ratio_vs_haproxy{suffix}"] = ratio(mode, "orch", "haproxy", "p99_ms")
         out[f"rps_ratio_vs_direct{suffix}"] = ratio(mode, "orch", "direct", "rps")
         out[f"cpu_ratio_vs_haproxy{suffix}"] = ratio(mode, "orch", "haproxy", "cpu_us_per_req")
+        if "kernel" in targets:
+            ksuffix = "_keepalive" if mode == "keepalive" else f"_{mode}"
+            out[f"kernel_rps_ratio_vs_haproxy{ksuffix}"] = ratio(mode, "kernel", "haproxy", "rps")
+            out[f"kernel_rps_ratio_vs_direct{ksuffix}"] = ratio(mode, "kernel", "direct", "rps")
+            out[f"kernel_p99_ratio_vs_haproxy{ksuffix}"] = ratio(mode, "kernel", "haproxy",
+                                                                  "p99_ms")
+            out[f"kernel_rps_ratio_vs_orch{ksuffix}"] = ratio(mode, "kernel", "orch", "rps")
+    if "kernel" in targets:  # the issue's key: p99 with keep-alive connections
+        out["kernel_p99_ratio_vs_haproxy"] = out.get("kernel_p99_ratio_vs_haproxy_keepalive")
     if orch_before and orch_after:
         out["orch_fds_before"], out["orch_rss_mb_before"] = orch_before[0], round(orch_before[1], 1)
         out["orch_fds_after"], out["orch_rss_mb_after"] = orch_after[0], round(orch_after[1], 1)
@@ -625,6 +762,14 @@ def _print(r: dict[str, Any]) -> None:
               f"p99 {_fmt(r.get('p99_ratio_vs_haproxy' + suffix), '.2f')}, "
               f"CPU per request {_fmt(r.get('cpu_ratio_vs_haproxy' + suffix), '.2f')};  "
               f"orch/direct: req/s {_fmt(r.get('rps_ratio_vs_direct' + suffix), '.2f')}")
+    if r.get("kernel_update_ms_p99") is not None:
+        print(f"\nkernel: an endpoint added or removed with {r['kernel_update_endpoints']} in the "
+              f"table: {r['kernel_update_ms_p50']} ms median, {r['kernel_update_ms_p99']} ms p99, "
+              f"{r['kernel_update_ms_max']} ms max; kernel/haproxy req/s (new connection per "
+              f"request) {_fmt(r.get('kernel_rps_ratio_vs_haproxy_close'), '.2f')}, "
+              f"kernel/direct req/s (keep-alive) "
+              f"{_fmt(r.get('kernel_rps_ratio_vs_direct_keepalive'), '.2f')}, kernel/haproxy p99 "
+              f"(keep-alive) {_fmt(r.get('kernel_p99_ratio_vs_haproxy'), '.2f')}")
     if r.get("orch_fds_before") is not None:
         print(f"\norch process: {r['orch_fds_before']} fds and {r['orch_rss_mb_before']} MB RSS before "
               f"the load, {r['orch_fds_after']} fds and {r['orch_rss_mb_after']} MB after "

@@ -15,6 +15,7 @@
     │   ├── StartError           #   a task could not start; ``recoverable`` or not
     │   ├── DriverUnavailableError  # the engine cannot be reached now (dockerd down)
     │   └── CgroupError          #   cgroups cannot hold this node's tasks (agent.runtime.cgroups)
+    ├── NftError                 # nftables refused a kernel data plane transaction (agent.lb.libnft)
     ├── StoreError               # the controller's store failed; a failed commit wrote nothing
     │   ├── FencedError          #   etcd: this controller is no longer the leader (nothing written)
     │   ├── CommitInDoubtError   #   etcd went away mid-commit: the next load() shows if it landed

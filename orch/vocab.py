@@ -25,6 +25,22 @@ def namespace_of(namespace: str) -> str:
     return namespace or DEFAULT_NAMESPACE
 
 
+LB_KERNEL_POLICIES = ("round_robin", "random", "maglev")
+"""Balancing policies the routing mesh's kernel data plane runs (nftables ``numgen`` and
+``jhash`` into a Maglev table); a service with another policy, or with the PROXY protocol,
+is forwarded by the user-space proxy."""
+
+
+def lb_mode(policy: str, proxy_protocol: bool, kernel_nodes: int, nodes: int) -> str:
+    """The data plane of a service with ``policy`` when ``kernel_nodes`` of the ``nodes``
+    run the kernel data plane (node attribute ``lb.mode``)."""
+    if proxy_protocol or policy not in LB_KERNEL_POLICIES or kernel_nodes == 0:
+        return "proxy"
+    if kernel_nodes >= nodes:
+        return "kernel"
+    return f"kernel on {kernel_nodes} of {nodes} nodes"
+
+
 V = TypeVar("V", bound=int)
 
 

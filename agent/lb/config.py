@@ -11,9 +11,17 @@ from dataclasses import dataclass
 
 from orch.errors import ConfigError
 
+MODES = ("kernel", "proxy")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LbConfig:
+    mode: str = "kernel"
+    """Data plane of the published services: ``kernel`` (nftables forwards them; the agent
+    falls back to ``proxy`` where nftables or CAP_NET_ADMIN is missing, and says so) or
+    ``proxy`` (the user-space proxy only). In kernel mode, a service whose policy is
+    least_conn or p2c, or that sends the PROXY protocol, stays in the proxy."""
+
     # --- connecting to endpoints ----------------------------------------------------------
     connect_timeout: float = 2.0
     """Seconds a connect to one endpoint may take before it counts as failed and the next
@@ -108,6 +116,17 @@ class LbConfig:
     """Entries of each Maglev lookup table (a prime, much larger than the endpoint count:
     M ≥ 100 × N keeps each endpoint's share within about 1 % and disruption near 1/N)."""
 
+    # --- the kernel data plane ----------------------------------------------------------
+    kernel_probe_interval: float = 2.0
+    """Seconds between TCP connects to each endpoint of a kernel-mode service: the kernel
+    sees no failed connect, so outlier detection (the ``outlier_*`` settings) is fed by
+    these instead; an endpoint that refuses or does not answer within ``connect_timeout``
+    ``outlier_consecutive_failures`` times in a row leaves new flows until its ejection
+    ends. 0 turns probing off (health then comes from the endpoints' own checks only)."""
+    kernel_probe_concurrency: int = 64
+    """Probe connects in flight at once (a round over many endpoints takes longer rather
+    than opening more sockets)."""
+
     def __post_init__(self) -> None:
         positive = ("connect_timeout", "idle_timeout", "drain_grace", "outlier_base_ejection",
                     "outlier_max_ejection", "udp_session_timeout", "bind_retry_interval",
@@ -122,6 +141,15 @@ class LbConfig:
             if getattr(self, name) < (0 if name == "connect_retries" else 1):
                 raise ConfigError(f"must be a positive count, got {getattr(self, name)}",
                                   where=f"lb.{name}")
+        if self.kernel_probe_interval < 0:
+            raise ConfigError(f"must be >= 0, got {self.kernel_probe_interval}",
+                              where="lb.kernel_probe_interval")
+        if self.kernel_probe_concurrency < 1:
+            raise ConfigError(f"must be a positive count, got {self.kernel_probe_concurrency}",
+                              where="lb.kernel_probe_concurrency")
+        if self.mode not in MODES:
+            raise ConfigError(f"must be one of {', '.join(MODES)}, got {self.mode!r}",
+                              where="lb.mode")
         if self.write_low_water > self.write_high_water:
             raise ConfigError("must not exceed write_high_water", where="lb.write_low_water")
         if not 0 <= self.outlier_max_ejection_percent <= 100:

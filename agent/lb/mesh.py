@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
+from agent.lb.dataplane import DataPlane
 from agent.lb.model import ServiceSpec
 from agent.lb.stats import ServiceStats
 from orch.gossip.coordinate import estimate_rtt
@@ -29,7 +30,7 @@ log = logging.getLogger("lb")
 
 
 class Mesh:
-    def __init__(self, lb: LoadBalancer, gossip: GossipNode, me: str, *, settle: float = 0.02,
+    def __init__(self, lb: LoadBalancer | DataPlane, gossip: GossipNode, me: str, *, settle: float = 0.02,
                  resync: float = 5.0) -> None:
         self.lb, self.gossip, self.me = lb, gossip, me
         self.settle, self.resync = settle, resync

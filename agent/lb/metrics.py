@@ -1,11 +1,13 @@
 """The load balancer's metrics, per service (bounded by the services published in the
 cluster; a service is named by its namespace, job, group and name): connections, bytes,
-connect latency, failures, retries, endpoints by state, ejections; and the endpoints
-published in gossip that this agent refuses."""
+connect latency, failures, retries, endpoints by state, ejections, the data plane (kernel
+services: packets from nftables' counters, and conntrack's fill); and the endpoints published in
+gossip that this agent refuses."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -15,6 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from agent.lb.dataplane import DataPlane
 from agent.lb.discovery import REASONS
 from agent.lb.mesh import Mesh
 
@@ -54,11 +57,21 @@ class LbCollector(Collector):
         ejections = counter("ejections", "Endpoints ejected by outlier detection.")
         endpoints = GaugeMetricFamily("orch_lb_endpoints", "Endpoints by state.",
                                       labels=[*svc, "state"])
+        mode = GaugeMetricFamily("orch_lb_data_plane", "1 for the data plane that forwards "
+                                 "the service here: kernel (nftables) or proxy (user space).",
+                                 labels=[*svc, "mode"])
+        packets_in = counter("received_packets", "Packets received from clients (kernel data "
+                             "plane: its counters).")
+        packets_out = counter("sent_packets", "Packets sent to clients (kernel data plane).")
         latency = HistogramMetricFamily("orch_lb_connect_duration_seconds", "Time to connect "
                                         "to an endpoint (successful TCP connects).", labels=svc)
         for s in stats:
             name = [s.name, s.namespace, s.job, s.group]
             listening.add_metric(name, 1 if s.listening else 0)
+            mode.add_metric([*name, s.mode], 1)
+            if s.mode == "kernel":
+                packets_in.add_metric(name, s.packets_in)
+                packets_out.add_metric(name, s.packets_out)
             active.add_metric(name, s.active)
             total.add_metric(name, s.total)
             rejected.add_metric([*name, "limit"], s.rejected)
@@ -76,8 +89,18 @@ class LbCollector(Collector):
                 endpoints.add_metric([*name, state], s.endpoints.get(state, 0))
             h = s.connect_latency
             latency.add_metric(name, [(_le(b), n) for b, n in h.cumulative()], h.sum)
-        yield from (listening, active, total, rejected, evicted, failed, bytes_in, bytes_out,
-                    failures, retries, ejections, endpoints, latency)
+        yield from (listening, mode, active, total, rejected, evicted, failed, bytes_in,
+                    bytes_out, packets_in, packets_out, failures, retries, ejections, endpoints,
+                    latency)
+        if isinstance(self.mesh.lb, DataPlane) and self.mesh.lb.kernel is not None:
+            for key, metric, doc in (
+                    ("count", "entries", "Connections conntrack tracks in this node's network "
+                     "namespace now (every flow, the kernel data plane's included)."),
+                    ("max", "limit", "The most conntrack may track (nf_conntrack_max): new "
+                     "flows beyond it are dropped.")):
+                value = conntrack_value(key)
+                if value is not None:
+                    yield GaugeMetricFamily(f"orch_lb_conntrack_{metric}", doc, value=value)
         yield GaugeMetricFamily("orch_lb_services", "Services this node's load balancer "
                                 "publishes.", value=len(stats))
         yield CounterMetricFamily("orch_lb_table_updates", "Endpoint tables applied (from "
@@ -91,6 +114,15 @@ class LbCollector(Collector):
         for reason in REASONS:
             refused.add_metric([reason], self.mesh.refused.get(reason, 0))
         yield refused
+
+
+def conntrack_value(name: str) -> int | None:
+    """``nf_conntrack_count`` or ``nf_conntrack_max`` of this network namespace (None when
+    conntrack is not loaded)."""
+    try:
+        return int(Path(f"/proc/sys/net/netfilter/nf_conntrack_{name}").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _le(bound: float) -> str:

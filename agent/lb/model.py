@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-POLICIES = ("round_robin", "least_conn", "p2c", "maglev")
+POLICIES = ("round_robin", "random", "least_conn", "p2c", "maglev")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,7 +48,8 @@ class ServiceSpec:
     protocol: str = "tcp"
     """tcp or udp."""
     policy: str = "round_robin"
-    """round_robin, least_conn, p2c or maglev (consistent hashing on the client address)."""
+    """round_robin, random, least_conn, p2c or maglev (consistent hashing on the client
+    address)."""
     proxy_protocol: bool = False
     """Its endpoints get a PROXY protocol v2 header first (each ``Endpoint`` says so too)."""
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)

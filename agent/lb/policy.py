@@ -7,6 +7,7 @@ connection, local ones first when preferred), a non-empty subset of that set.
 
 round_robin  smooth weighted round robin (nginx's): over any window each endpoint gets its
              weight's share, interleaved rather than in bursts.
+random       an endpoint drawn at random, weighted (the kernel data plane's ``numgen random``).
 least_conn   fewest active connections per unit of weight; ties rotate.
 p2c          the less loaded of two endpoints drawn at random (Mitzenmacher's power of two
              choices): near least_conn's balance without its herd behaviour across agents.
@@ -146,10 +147,25 @@ class Maglev(Policy[M]):
         return usable[0]  # usable was not a subset of the members
 
 
+class Random(Policy[M]):
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def reset(self, members: Sequence[M]) -> None:
+        pass
+
+    def pick(self, usable: Sequence[M], client: str) -> M:
+        if len(usable) == 1:
+            return usable[0]
+        return self._rng.choices(usable, weights=[max(m.weight, 1) for m in usable])[0]
+
+
 def make_policy(name: str, rng: random.Random, *, maglev_table_size: int = 65537) -> Policy[M]:
     """The policy called ``name`` (one of ``model.POLICIES``)."""
     if name == "round_robin":
         return RoundRobin()
+    if name == "random":
+        return Random(rng)
     if name == "least_conn":
         return LeastConn()
     if name == "p2c":

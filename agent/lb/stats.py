@@ -110,3 +110,9 @@ class ServiceStats:
     """Datagrams from new UDP clients dropped past ``udp_new_session_rate``."""
     evicted: int = 0
     """UDP sessions not established yet ended to make room for a new client."""
+    mode: str = "proxy"
+    """Which data plane forwards it: proxy (user space) or kernel (nftables)."""
+    packets_in: int = 0
+    """Packets from clients (kernel mode only: the proxy counts bytes)."""
+    packets_out: int = 0
+    """Packets to clients (kernel mode only)."""

@@ -20,8 +20,10 @@ from controller.api.rpc import Ctx, Endpoint, unary
 from controller.cluster import IndexWatch
 from controller.state import RUN, RUNNING, ClusterState
 from controller.usage import UsageTable
+from orch.jobspec.model import Service
 from orch.net import host_of
 from orch.v1 import controller_pb2
+from orch.vocab import lb_mode
 
 DEFAULT_WAIT = 60.0
 """Seconds a watch waits when it names no wait."""
@@ -95,6 +97,7 @@ class ServicesEndpoint(Endpoint):
         state = self.state
         now = time.time()
         entries: dict[tuple[str, str, str, str], controller_pb2.ServiceEntry] = {}
+        specs: dict[tuple[str, str, str, str], Service] = {}
         for a in sorted(state.allocs.values(), key=lambda a: (a.namespace, a.job, a.index)):
             if a.desired_status != RUN or a.client_status != RUNNING:
                 continue
@@ -111,6 +114,7 @@ class ServicesEndpoint(Endpoint):
                 key = (a.namespace, a.job, group.name, svc.name)
                 e = entries.get(key)
                 if e is None:
+                    specs[key] = svc
                     e = entries[key] = controller_pb2.ServiceEntry(
                         name=svc.name, job=a.job, published_port=svc.published_port,
                         protocol=svc.protocol, namespace=a.namespace, group=group.name)
@@ -121,4 +125,9 @@ class ServicesEndpoint(Endpoint):
                                     healthy=a.checks_healthy if svc.check else True,
                                     active_connections=f.active_connections,
                                     connections_per_second=f.connections_per_second)
+        nodes = [n for n in state.nodes.values() if n.attributes.get("lb.mode")]
+        kernel = sum(1 for n in nodes if n.attributes.get("lb.mode") == "kernel")
+        for key, e in entries.items():
+            spec = specs[key]
+            e.lb_mode = lb_mode(spec.lb_policy, spec.proxy_protocol, kernel, len(nodes))
         return [entries[k] for k in sorted(entries)]

@@ -3,21 +3,21 @@
 #
 #   deploy/images/build.sh test   orch/busybox:test  a tiny image from Debian's busybox-static
 #                                 (a shell, httpd, nc, sleep...), for the tests and the benchmark
-#   deploy/images/build.sh base   orch/base:bookworm  Debian 12 (debootstrap, minbase) with
+#   deploy/images/build.sh base   orch/base:bookworm-r2  Debian 12 (debootstrap, minbase) with
 #                                 python3, for running orch itself (the Compose harness)
 #   deploy/images/build.sh wheels a folder of wheels: orch and every dependency, for offline
 #                                 installs (deploy/install.sh --wheels DIR, the orch image)
 #   deploy/images/build.sh orch   orch/orch:<source hash> (also tagged orch/orch:latest): orch in
-#                                 /opt/orch on orch/base:bookworm, installed offline from the wheels
+#                                 /opt/orch on orch/base:bookworm-r2, installed offline from the wheels
 #   deploy/images/build.sh systemd orch/systemd:bookworm  Debian 12 that boots systemd, with
 #                                 python3: a host to test deploy/install.sh and the units on
 #   deploy/images/build.sh etcd   orch/etcd:latest  the host's etcd and etcdctl (Debian's
-#                                 etcd-server, etcd-client) on orch/base:bookworm: the etcd
+#                                 etcd-server, etcd-client) on orch/base:bookworm-r2: the etcd
 #                                 members of the Compose harness's HA profile
 #   deploy/images/build.sh all    test, base and orch
 #
 # An image that exists already is kept (--force rebuilds it). Each image also carries a tag
-# naming its content (orch/busybox:<sha of the busybox binary>, orch/base:bookworm-<date>,
+# naming its content (orch/busybox:<sha of the busybox binary>, orch/base:bookworm-r2-<date>,
 # orch/orch:<hash of the sources>, orch/etcd:<version>-<sha of the binaries>), so a changed
 # input gives a new image. The image names
 # (and the wheel folder) are printed on stdout, one a line.
@@ -38,6 +38,11 @@ done
 [ ${#WHAT[@]} -eq 0 ] && WHAT=(test)
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# The base image (Debian 12 with python3); -r2 also carries libnftables1 and conntrack for
+# the routing mesh's kernel data plane. A new package list gets a new revision, so an image
+# built from an older list is never taken for it.
+BASE=orch/base:bookworm-r2
 have_image() { [ "$FORCE" = 0 ] && docker image inspect "$1" >/dev/null 2>&1; }
 need() { command -v "$1" >/dev/null || { echo "$0: $1 is missing (apt-get install $2)" >&2; exit 1; }; }
 
@@ -78,15 +83,17 @@ build_base() {
   need docker docker.io
   need debootstrap debootstrap
   local suite=bookworm mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-  local tag=orch/base:$suite-$(date +%Y%m%d)
-  if have_image "orch/base:$suite"; then
-    echo "orch/base:$suite"; return
+  local tag=$BASE-$(date +%Y%m%d)
+  if have_image "$BASE"; then
+    echo "$BASE"; return
   fi
   log "debootstrap $suite from $mirror (a minute or two)"
   local root
   root=$(mktemp -d)
   trap 'rm -rf "$root"' RETURN
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tini \
+  # libnftables1 and conntrack: the routing mesh's kernel data plane (lb.mode = "kernel")
+  debootstrap --variant=minbase \
+    --include=python3,python3-venv,ca-certificates,tini,libnftables1,conntrack \
     "$suite" "$root" "$mirror" >&2
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
   tar --numeric-owner -C "$root" -c . | docker import \
@@ -94,8 +101,8 @@ build_base() {
     -c 'ENTRYPOINT ["/usr/bin/tini", "--"]' -c 'CMD ["/bin/bash"]' \
     -c 'LABEL org.opencontainers.image.title=orch-base' -m "debootstrap $suite" \
     - "$tag" >/dev/null
-  docker tag "$tag" "orch/base:$suite"
-  echo "orch/base:$suite"
+  docker tag "$tag" "$BASE"
+  echo "$BASE"
 }
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -160,10 +167,10 @@ build_orch() {
   src=$(source_hash)
   tag=orch/orch:$src
   if ! have_image "$tag"; then
-    docker image inspect orch/base:bookworm >/dev/null 2>&1 || build_base >/dev/null
+    docker image inspect "$BASE" >/dev/null 2>&1 || build_base >/dev/null
     wheels=$(build_wheels)
-    log "building $tag: orch into /opt/orch on orch/base:bookworm, offline"
-    cid=$(docker create --network none orch/base:bookworm sh -c \
+    log "building $tag: orch into /opt/orch on $BASE, offline"
+    cid=$(docker create --network none "$BASE" sh -c \
       'python3 -m venv /opt/orch && /opt/orch/bin/pip install -q --no-index --find-links /wheels orch && rm -rf /wheels /root/.cache')
     trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' RETURN
     docker cp "$wheels/." "$cid:/wheels" >/dev/null
@@ -219,9 +226,9 @@ build_etcd() {
   sum=$(cat "${bins[@]}" | sha256sum | cut -c1-12)
   tag=orch/etcd:${version:-unknown}-$sum
   if ! have_image "$tag"; then
-    docker image inspect orch/base:bookworm >/dev/null 2>&1 || build_base >/dev/null
+    docker image inspect "$BASE" >/dev/null 2>&1 || build_base >/dev/null
     log "building $tag from ${bins[*]}"
-    cid=$(docker create --network none orch/base:bookworm true)
+    cid=$(docker create --network none "$BASE" true)
     trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' RETURN
     for b in "${bins[@]}"; do docker cp "$b" "$cid:/usr/local/bin/" >/dev/null; done
     docker commit -m "etcd $version ($sum)" -c 'ENV ETCDCTL_API=3' -c 'WORKDIR /' \

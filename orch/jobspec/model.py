@@ -114,7 +114,7 @@ class Service:
     check: Check | None = None
     tags: tuple[str, ...] = ()
     lb_policy: str = "round_robin"
-    """round_robin, least_conn, p2c or maglev."""
+    """round_robin, random, least_conn, p2c or maglev."""
     task: str = ""
     """The task that serves it; empty = the group's first task."""
     proxy_protocol: bool = False

@@ -2488,12 +2488,15 @@ class ServiceEntry(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
+    LB_MODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     job: _builtins.str
     published_port: _builtins.int
     protocol: _builtins.str
     namespace: _builtins.str
     group: _builtins.str
+    lb_mode: _builtins.str
+    """the data plane that forwards it on the nodes:"""
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
     def __init__(
@@ -2506,10 +2509,11 @@ class ServiceEntry(_message.Message):
         endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
         namespace: _builtins.str = ...,
         group: _builtins.str = ...,
+        lb_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "group", b"group", "job", b"job", "name", b"name", "namespace", b"namespace", "protocol", b"protocol", "published_port", b"published_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "group", b"group", "job", b"job", "lb_mode", b"lb_mode", "name", b"name", "namespace", b"namespace", "protocol", b"protocol", "published_port", b"published_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

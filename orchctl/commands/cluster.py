@@ -139,11 +139,11 @@ def _print_services(ctx: Ctx, resp: controller_pb2.ListServicesResponse, *, ever
     for s in resp.services:
         healthy = sum(e.healthy for e in s.endpoints)
         rows.append(((s.namespace,) if every else ()) + (
-            s.name, s.job, s.group, s.published_port or "-", s.protocol,
+            s.name, s.job, s.group, s.published_port or "-", s.protocol, s.lb_mode or "-",
             f"{healthy}/{len(s.endpoints)}",
             " ".join(e.address for e in s.endpoints if e.healthy)))
     head = (("Namespace",) if every else ()) + (
-        "Service", "Job", "Group", "Port", "Protocol", "Healthy", "Endpoints")
+        "Service", "Job", "Group", "Port", "Protocol", "Mode", "Healthy", "Endpoints")
     out(table(head, rows) + (f"\n(index {resp.index})" if watch else ""))
 
 
@@ -159,6 +159,7 @@ async def service_show(ctx: Ctx, args: argparse.Namespace) -> int:
     for s in resp.services:
         out(block([("Service", s.name), ("Namespace", s.namespace), ("Job", f"{s.job}/{s.group}"),
                    ("Published port", s.published_port or "-"), ("Protocol", s.protocol),
+                   ("Routing mesh", s.lb_mode or "-"),
                    ("DNS", f"{s.name}.service.{s.namespace}.orch (A, SRV)" + (
                        f", {s.name}.mesh.{s.namespace}.orch (the mesh port)"
                        if s.published_port else ""))]))

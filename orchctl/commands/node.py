@@ -61,6 +61,13 @@ async def list_nodes(ctx: Ctx, args: argparse.Namespace) -> int:
     return OK
 
 
+def _mesh(n: node_pb2.Node) -> str:
+    """The node's routing-mesh data plane, and why not the kernel's when it cannot run it."""
+    mode = n.attributes.get("lb.mode", "-")
+    why = n.attributes.get("lb.kernel_unavailable", "")
+    return f"{mode} ({why})" if why and mode != "kernel" else mode
+
+
 async def status(ctx: Ctx, args: argparse.Namespace) -> int:
     r = await ctx.call(ctx.stub.GetNode(controller_pb2.GetNodeRequest(id=args.id)))
     if ctx.json:
@@ -70,6 +77,7 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
     out(block([("ID", n.id), ("Name", n.name), ("Address", n.address), ("Status", _status(n)),
                ("Member", r.member_status), ("Eligible", n.eligible), ("Draining", n.HasField("drain")),
                ("Datacenter", n.datacenter), ("Class", n.node_class), ("Drivers", ",".join(n.drivers)),
+               ("Routing mesh", _mesh(n)),
                ("CPU", f"{r.allocated.cpu_millicores}/{n.capacity.cpu_millicores} millicores"),
                ("Memory", f"{r.allocated.memory_mb}/{n.capacity.memory_mb} MB"),
                ("Since", ago(n.status_time_ns))]))

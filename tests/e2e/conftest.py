@@ -4,7 +4,7 @@ test ran removed after it.
 
 Needs a Docker engine and docker-compose (``./run test`` installs both); without them the
 tests skip, except under CI=true, where they fail. The images are built locally
-(deploy/images/build.sh): ``orch/busybox:test`` and ``orch/base:bookworm`` are kept on
+(deploy/images/build.sh): ``orch/busybox:test`` and ``orch/base:bookworm-r2`` are kept on
 purpose (cached, as elsewhere in the tests); the orch image is removed at the end when
 this session built it.
 """

@@ -1,6 +1,8 @@
 """Through the load balancer (the routing mesh) on the Compose harness: the service answers on
 every agent's published port, a dead agent's endpoints get no more requests, and a rolling
-update fails no request of a client that sends without pause.
+update fails no request of a client that sends without pause. The agents run the kernel data
+plane (nftables in each agent container's namespace, which its tasks share): what these tests
+reach, on the agent's own node and on others, goes through it.
 
 They run as soon as the load balancer is part of the agent (``agent.lb.LoadBalancer``, in
 agent/lb/balancer.py); until then they skip, saying so.
@@ -36,6 +38,12 @@ PUBLISHED = 8080
 def through(h: Harness, agent_name: str, timeout: float = 2.0) -> str:
     """The allocation id that answered a request sent to ``agent_name``'s published port."""
     return h.get(h.ip(agent_name), PUBLISHED, timeout=timeout).split()[0]
+
+
+def test_the_agents_forward_in_the_kernel(cluster: Harness) -> None:
+    modes = {name: (n.attributes.get("lb.mode"), n.attributes.get("lb.kernel_unavailable"))
+             for name, n in cluster.nodes().items() if name in AGENTS}
+    assert modes == dict.fromkeys(AGENTS, ("kernel", None)), modes
 
 
 def test_the_service_answers_on_every_agents_published_port(cluster: Harness) -> None:

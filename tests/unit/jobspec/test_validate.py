@@ -98,7 +98,7 @@ def test_ports_and_services() -> None:
         - {label: http, static: 80}
         - {label: 9bad, static: 70000}
     services:
-      - {name: Web, port: http, lb_policy: random, published_port: 80}
+      - {name: Web, port: http, lb_policy: fastest, published_port: 80}
       - {name: api, port: http, published_port: 80, task: nope}"""
     assert check(group_extra=group) == [  # in file order: the ports list starts on line 8
         "groups[0].network.ports: port label 'http' is used 2 times; names must be unique",
@@ -110,8 +110,8 @@ def test_ports_and_services() -> None:
         "groups[0].network.ports[2].static: must be a port 1..65535 (0 = dynamic), got 70000",
         "groups[0].services[0].name: must be lower case letters, digits and '-' (a DNS label), "
         "got 'Web'",
-        "groups[0].services[0].lb_policy: must be one of round_robin, least_conn, p2c, maglev, "
-        "got 'random'",
+        "groups[0].services[0].lb_policy: must be one of round_robin, random, least_conn, p2c, maglev, "
+        "got 'fastest'",
         "groups[0].services[1].published_port: port 80 is already published by service 'Web'",
         "groups[0].services[1].task: no task named 'nope' in this group (tasks: t)",
     ]
