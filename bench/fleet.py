@@ -62,7 +62,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -77,6 +76,8 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.ha_cluster import free_port
+from bench.ha_cluster import wait as _wait
 from bench.nodesim import Fleet, SimConfig, cpu_seconds, node_id, rss_mb
 from bench.report import pct, progress, table
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2
@@ -89,27 +90,10 @@ ETCD_NET = "127.0.79"
 """The etcd part's block (controllers on .1-.3, etcd on .21)."""
 
 
-def free_port(host: str) -> int:
-    """A port free on ``host`` for TCP and UDP (gossip uses both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            t.bind((host, 0))
-            port = int(t.getsockname()[1])
-            try:
-                u.bind((host, port))
-            except OSError:
-                continue
-            return port
-
-
-def wait(what: str, pred: Callable[[], bool], within: float, every: float = 0.2) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > within:
-            raise RuntimeError(f"timed out after {within:g} s waiting for {what}")
-        time.sleep(every)
-    return time.monotonic() - t0
+def poll(what: str, pred: Callable[[], bool], within: float, every: float = 0.2) -> float:
+    """Seconds until ``pred()`` held (polled every ``every`` s); RuntimeError after
+    ``within``."""
+    return _wait(what, pred, within, every)
 
 
 def sleep_job(name: str, count: int, *, args: tuple[str, ...] = ("3600",)) -> job_pb2.Job:
@@ -222,7 +206,7 @@ class ControllerProc:
                                          env=env, cwd=ROOT, start_new_session=True)
 
     def wait_trust(self, within: float = 60.0) -> None:
-        wait("the controller's trust", lambda: (self.operator / "join-agent.token").exists()
+        poll("the controller's trust", lambda: (self.operator / "join-agent.token").exists()
              and (self.operator / "management.token").exists(), within)
 
     def channel(self) -> grpc.Channel:
@@ -458,7 +442,7 @@ def reschedule(run: Run, ctl: ControllerProc, fleet: Fleet) -> None:
         r = running_count(s)
         dipped = dipped or r < base
         return dipped and r >= base and pending_count(s) == 0
-    wait("the killed nodes' allocations to run elsewhere", back, a.node_grace + 300, every=0.25)
+    poll("the killed nodes' allocations to run elsewhere", back, a.node_grace + 300, every=0.25)
     took = time.monotonic() - t0
     run.result["nodes_killed"] = killed
     run.key(f"reschedule_{killed}_nodes_s", round(took, 2), f"<= {a.node_grace + 5:g}")
@@ -485,7 +469,7 @@ def rolling(run: Run, ctl: ControllerProc) -> None:
                     st.latest_deployment.status != "successful":
                 return False
         return True
-    wait("the rolling updates", done, 1800, every=1.0)
+    poll("the rolling updates", done, 1800, every=1.0)
     ch.close()
     run.key(f"rolling_update_{n}_jobs_s", round(time.monotonic() - t0, 1))
 
@@ -525,13 +509,13 @@ def restart(run: Run, ctl: ControllerProc) -> None:
             return True
         except grpc.RpcError:
             return False
-    wait("the restarted controller's first write", writes, 600, every=0.1)
+    poll("the restarted controller's first write", writes, 600, every=0.1)
     took = time.monotonic() - t0
     s = ctl.scrape()
     run.key(f"restart_load_{run.size_tag()}_s", round(took, 1), "<= 30")
     run.result["restart_allocations_loaded"] = int(s.total("orch_controller_allocations"))
     run.result["restart_rss_mb"] = round(ctl.rss(), 1)
-    wait("every node back", lambda: int(ctl.scrape().get("orch_controller_connected_agents"))
+    poll("every node back", lambda: int(ctl.scrape().get("orch_controller_connected_agents"))
          >= a.nodes - run.result.get("nodes_killed", 0), 600, every=1.0)
     run.result["restart_nodes_back_s"] = round(time.monotonic() - t0, 1)
 
@@ -583,7 +567,7 @@ def etcd_failover(run: Run) -> None:
                 except (grpc.RpcError, RuntimeError):
                     return False
                 return bool(sum(j.running for j in listing.jobs) >= jobs * per)
-            wait("the etcd cluster's allocations to run", all_running, 1800, every=1.0)
+            poll("the etcd cluster's allocations to run", all_running, 1800, every=1.0)
             time.sleep(a.settle)
             leader = c.wait_settled(within=120)
             run.result["etcd_leader_changes_before_kill"] = sum(
@@ -733,7 +717,7 @@ def one_controller(run: Run) -> None:
         started = fleet.start()
         run.result["nodes_joined_and_connected_s"] = round(time.monotonic() - t0, 1)
         run.result["nodes_join_s"] = round(max(s.get("join_s", 0) for s in started), 1)
-        wait("every node registered", lambda: int(
+        poll("every node registered", lambda: int(
             ctl.scrape().get("orch_controller_connected_agents")) >= a.nodes, 300, every=1.0)
         place(run, ctl)
         before = ctl.scrape()
