@@ -28,7 +28,7 @@ from agent.lb.model import POLICIES, ServiceSpec
 from agent.lb.service import ServiceState
 from agent.lb.stats import ServiceStats
 from agent.lb.tcp import TcpConnection
-from agent.lb.udp import UdpListener
+from agent.lb.udp import UdpListener, udp_listening_socket
 
 log = logging.getLogger("lb")
 
@@ -125,8 +125,13 @@ class LoadBalancer:
                 self._close_listener(old)
         try:
             if svc.spec.protocol == "udp":
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpListener(svc), local_addr=(self.bind_host, port))
+                sock = udp_listening_socket(self.bind_host, port, self.cfg.udp_receive_buffer)
+                try:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: UdpListener(svc, sock), sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
                 svc.listener = transport
                 svc.port = transport.get_extra_info("sockname")[1]
             else:
