@@ -425,7 +425,7 @@ def _flood(port: int, seconds: float, out: Any) -> None:
                 try:
                     s.sendmsg([b"spoofed query"], anc[sent & 65535], 0, dst)
                     sent += 1
-                except BlockingIOError:
+                except (BlockingIOError, PermissionError):  # full; a firewall's drop
                     break
     out.send(sent)
 

@@ -46,6 +46,9 @@ log = logging.getLogger("lb")
 
 Addr = tuple[Any, ...]
 
+BUSY_SKIP = 64
+"""New clients' datagrams dropped without measuring the queue again once it was found
+past ``udp_busy_backlog`` (a measure is a system call; the queue then holds hundreds)."""
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 """Linux: set a receive buffer beyond ``net.core.rmem_max`` (needs CAP_NET_ADMIN)."""
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
@@ -90,6 +93,8 @@ class UdpListener(asyncio.DatagramProtocol):
         self._tokens = svc.cfg.udp_new_session_rate
         self._refilled = svc.loop.time()
         self.local: Addr = ("0.0.0.0", 0)
+        self._busy = 0
+        """New clients' datagrams still to drop before the queue is measured again."""
         self.sock: Any = sock
         """The published socket, for its queue's length (the transport's own is slower)."""
 
@@ -105,7 +110,12 @@ class UdpListener(asyncio.DatagramProtocol):
             if self._tokens < 1 and not self._refill():
                 self.svc.rejected_rate += 1
                 return
+            if self._busy:  # found behind a moment ago: dropped without a system call
+                self._busy -= 1
+                self.svc.rejected_busy += 1
+                return
             if self.sock is not None and receive_queue(self.sock) > self.svc.cfg.udp_busy_backlog:
+                self._busy = BUSY_SKIP
                 self.svc.rejected_busy += 1  # behind: established clients first
                 return
             self._tokens -= 1
