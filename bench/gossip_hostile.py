@@ -399,6 +399,7 @@ def _balancer(ready: Any, stop: Any) -> None:
         st = lb.stats()["dns"]
         fds = len(os.listdir("/proc/self/fd"))
         stop.send({"sessions": st.active, "rejected_rate": st.rejected_rate,
+                   "rejected_busy": getattr(st, "rejected_busy", 0),
                    "evicted": st.evicted, "fds": fds})
         await lb.close()
         echo.close()
@@ -424,7 +425,7 @@ def _flood(port: int, seconds: float, out: Any) -> None:
                 try:
                     s.sendmsg([b"spoofed query"], anc[sent & 65535], 0, dst)
                     sent += 1
-                except BlockingIOError:
+                except (BlockingIOError, PermissionError):  # full; a firewall's drop
                     break
     out.send(sent)
 
@@ -508,9 +509,10 @@ def hostile_section(result: dict[str, Any], quick: bool, seed: int,
         f"UDP load balancer under a flood of spoofed sources ({secs:g} s): one established "
         "client asking and waiting (0.5 s) for each answer",
         ["flood datagrams/s", "asked", "answered", "share answered", "sessions",
-         "dropped (rate)", "evicted", "open fds"],
+         "dropped (rate)", "dropped (busy)", "evicted", "open fds"],
         [[flood["flood_pps"], flood["asked"], flood["answered"], flood["success"],
-          flood.get("sessions", 0), flood.get("rejected_rate", 0), flood.get("evicted", 0),
+          flood.get("sessions", 0), flood.get("rejected_rate", 0),
+          flood.get("rejected_busy", 0), flood.get("evicted", 0),
           flood.get("fds", 0)]]))
     result.update(
         hostile_false_dead=war["false_dead"] + calm["false_dead"],

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import socket
 from collections.abc import Mapping
 from functools import partial
 
@@ -28,11 +30,13 @@ from agent.lb.model import POLICIES, ServiceSpec
 from agent.lb.service import ServiceState
 from agent.lb.stats import ServiceStats
 from agent.lb.tcp import TcpConnection
-from agent.lb.udp import UdpListener
+from agent.lb.udp import UdpListener, udp_listening_socket
 
 log = logging.getLogger("lb")
 
 PROTOCOLS = ("tcp", "udp")
+FREED_PORT_TURNS = 10
+"""Turns of the loop a new UDP service waits for the port a removed one's listener frees."""
 
 
 class LoadBalancer:
@@ -119,14 +123,21 @@ class LoadBalancer:
     async def _bind(self, svc: ServiceState) -> None:
         loop = asyncio.get_running_loop()
         port = svc.spec.published_port
+        freed = False
         for old in self._draining:  # a new service wants the port: its sessions end now
             if old.listener is not None and port and old.port == port:
                 old.abort_all()
                 self._close_listener(old)
+                freed = True
         try:
             if svc.spec.protocol == "udp":
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpListener(svc), local_addr=(self.bind_host, port))
+                sock = await self._udp_socket(port, freed)
+                try:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: UdpListener(svc, sock), sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
                 svc.listener = transport
                 svc.port = transport.get_extra_info("sockname")[1]
             else:
@@ -146,6 +157,18 @@ class LoadBalancer:
         if svc.bind_error is not None:
             log.info("published port bound", extra={"service": svc.name, "port": svc.port})
         svc.bind_error = None
+
+    async def _udp_socket(self, port: int, freed: bool) -> socket.socket:
+        """The published UDP socket; a port just freed by a closed listener is free once
+        the loop has closed that listener's socket (a later turn)."""
+        for _ in range(FREED_PORT_TURNS):
+            try:
+                return udp_listening_socket(self.bind_host, port, self.cfg.udp_receive_buffer)
+            except OSError as e:
+                if not freed or e.errno != errno.EADDRINUSE:
+                    raise
+            await asyncio.sleep(0)
+        return udp_listening_socket(self.bind_host, port, self.cfg.udp_receive_buffer)
 
     async def _rebind(self) -> None:
         try:

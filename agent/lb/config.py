@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from orch.errors import ConfigError
 
 MODES = ("kernel", "proxy")
+MAX_UDP_RECEIVE_BUFFER = 64 * 1024 * 1024
+"""Upper bound of ``udp_receive_buffer``: kernel memory per published UDP port."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +105,17 @@ class LbConfig:
     session takes a socket and tens of microseconds; dropping a datagram takes one: a flood
     of spoofed sources is shed at the cost of a dictionary look-up per datagram, and the
     load balancer keeps up with its established clients."""
+    udp_receive_buffer: int = 4 * 1024 * 1024
+    """Bytes of a published UDP port's kernel receive buffer (``SO_RCVBUF``; as root beyond
+    ``net.core.rmem_max``). A busy event loop (a garbage collection, a sweep, a burst of new
+    sessions) leaves datagrams queued there; a full buffer drops every client's alike, so
+    it holds a few thousand datagrams (tens of milliseconds of a flood) instead of the
+    kernel's default of a few hundred."""
+    udp_busy_backlog: int = 256 * 1024
+    """Bytes queued on a published UDP port past which a datagram from a new client is
+    dropped (counted as rejected, reason ``busy``) even within ``udp_new_session_rate``: the
+    event loop is behind, and new sessions (a socket each) would keep it behind while the
+    queue overflows and established clients' datagrams are lost with the flood's."""
     udp_new_session_timeout: float = 5.0
     """Seconds a UDP session that is not established lives without a datagram (an
     established one: ``udp_session_timeout``)."""
@@ -136,7 +149,8 @@ class LbConfig:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", where=f"lb.{name}")
         counts = ("connect_retries", "max_connections", "write_high_water", "write_low_water",
                   "pending_limit", "outlier_consecutive_failures", "udp_pending_limit",
-                  "listen_backlog", "max_per_prefix", "udp_new_sessions")
+                  "listen_backlog", "max_per_prefix", "udp_new_sessions",
+                  "udp_receive_buffer", "udp_busy_backlog")
         for name in counts:
             if getattr(self, name) < (0 if name == "connect_retries" else 1):
                 raise ConfigError(f"must be a positive count, got {getattr(self, name)}",
@@ -150,6 +164,12 @@ class LbConfig:
         if self.mode not in MODES:
             raise ConfigError(f"must be one of {', '.join(MODES)}, got {self.mode!r}",
                               where="lb.mode")
+        if self.udp_receive_buffer > MAX_UDP_RECEIVE_BUFFER:
+            raise ConfigError(f"must be at most {MAX_UDP_RECEIVE_BUFFER} bytes, got "
+                              f"{self.udp_receive_buffer}", where="lb.udp_receive_buffer")
+        if self.udp_busy_backlog >= self.udp_receive_buffer:
+            raise ConfigError("must be less than udp_receive_buffer (the queue never "
+                              "reaches a full buffer)", where="lb.udp_busy_backlog")
         if self.write_low_water > self.write_high_water:
             raise ConfigError("must not exceed write_high_water", where="lb.write_low_water")
         if not 0 <= self.outlier_max_ejection_percent <= 100:

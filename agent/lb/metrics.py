@@ -78,6 +78,7 @@ class LbCollector(Collector):
             rejected.add_metric([*name, "prefix"], s.rejected_prefix)
             if s.protocol == "udp":
                 rejected.add_metric([*name, "rate"], s.rejected_rate)
+                rejected.add_metric([*name, "busy"], s.rejected_busy)
                 evicted.add_metric(name, s.evicted)
             failed.add_metric(name, s.failed)
             bytes_in.add_metric(name, s.bytes_in)

@@ -56,6 +56,7 @@ class ServiceState:
         self.rejected = 0
         self.rejected_prefix = 0
         self.rejected_rate = 0
+        self.rejected_busy = 0
         self.evicted = 0
         self.failed = 0
         self.connect_failures = 0
@@ -200,7 +201,8 @@ class ServiceState:
         return ServiceStats(
             name=self.name, namespace=self.spec.namespace, job=self.spec.job,
             group=self.spec.group, rejected_prefix=self.rejected_prefix,
-            rejected_rate=self.rejected_rate, evicted=self.evicted,
+            rejected_rate=self.rejected_rate, rejected_busy=self.rejected_busy,
+            evicted=self.evicted,
             protocol=self.spec.protocol, policy=self.spec.policy, port=self.port,
             listening=self.listener is not None, bind_error=self.bind_error, active=self.active,
             total=self.total, rejected=self.rejected, failed=self.failed, bytes_in=bi,

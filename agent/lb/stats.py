@@ -108,6 +108,9 @@ class ServiceStats:
     """Clients turned away by ``max_per_prefix``."""
     rejected_rate: int = 0
     """Datagrams from new UDP clients dropped past ``udp_new_session_rate``."""
+    rejected_busy: int = 0
+    """Datagrams from new UDP clients dropped while the published socket's queue was past
+    ``udp_busy_backlog`` (the event loop behind)."""
     evicted: int = 0
     """UDP sessions not established yet ended to make room for a new client."""
     mode: str = "proxy"

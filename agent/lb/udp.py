@@ -20,6 +20,14 @@ datagram from a new client is dropped at the cost of a look-up), are few
 the one idle longest first, to a new client when there are too many or the service is at
 ``max_connections``. Established sessions never give way to new ones. Sessions per client
 network are bounded (``max_per_prefix``).
+
+Opening a session costs far more than dropping a datagram, and on a loaded machine the rate
+alone may ask for more than the event loop can give: then datagrams queue in the published
+socket's kernel buffer until it overflows, and the kernel drops an established client's
+datagrams with the flood's. So the published socket has a large buffer
+(``udp_receive_buffer``) and, while more than ``udp_busy_backlog`` bytes wait in it (the
+loop is behind), a datagram from a new client is dropped (reason ``busy``) until the loop
+has caught up: established clients are served first.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from typing import Any
 
 from agent.lb.pool import Backend
@@ -37,11 +46,45 @@ log = logging.getLogger("lb")
 
 Addr = tuple[Any, ...]
 
+BUSY_SKIP = 64
+"""New clients' datagrams dropped without measuring the queue again once it was found
+past ``udp_busy_backlog`` (a measure is a system call; the queue then holds hundreds)."""
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+"""Linux: set a receive buffer beyond ``net.core.rmem_max`` (needs CAP_NET_ADMIN)."""
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+"""Linux: a socket's memory; its first 32-bit word is the receive queue's bytes."""
+
+
+def udp_listening_socket(host: str, port: int, receive_buffer: int) -> socket.socket:
+    """A bound, non-blocking UDP socket for a published port with a large receive buffer."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
+        except OSError:  # not privileged: up to net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def receive_queue(sock: Any) -> int:
+    """Bytes waiting in a socket's receive queue (kernel memory); 0 where unknown."""
+    try:
+        return int(struct.unpack("=I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4))[0])
+    except OSError:
+        return 0
+
 
 class UdpListener(asyncio.DatagramProtocol):
     """The published port: routes each datagram to its client's session."""
 
-    def __init__(self, svc: ServiceState) -> None:
+    def __init__(self, svc: ServiceState, sock: socket.socket | None = None) -> None:
         self.svc = svc
         self.transport: Any = None
         self.sessions: dict[Addr, UdpSession] = {}
@@ -50,16 +93,30 @@ class UdpListener(asyncio.DatagramProtocol):
         self._tokens = svc.cfg.udp_new_session_rate
         self._refilled = svc.loop.time()
         self.local: Addr = ("0.0.0.0", 0)
+        self._busy = 0
+        """New clients' datagrams still to drop before the queue is measured again."""
+        self.sock: Any = sock
+        """The published socket, for its queue's length (the transport's own is slower)."""
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.local = transport.get_extra_info("sockname")
+        if self.sock is None:
+            self.sock = transport.get_extra_info("socket")
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         s = self.sessions.get(addr)
         if s is None:
             if self._tokens < 1 and not self._refill():
                 self.svc.rejected_rate += 1
+                return
+            if self._busy:  # found behind a moment ago: dropped without a system call
+                self._busy -= 1
+                self.svc.rejected_busy += 1
+                return
+            if self.sock is not None and receive_queue(self.sock) > self.svc.cfg.udp_busy_backlog:
+                self._busy = BUSY_SKIP
+                self.svc.rejected_busy += 1  # behind: established clients first
                 return
             self._tokens -= 1
             s = self._open(addr)

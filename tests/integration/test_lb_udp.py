@@ -291,3 +291,43 @@ def test_sessions_per_client_network_are_bounded() -> None:
             await close_all(lb, [s for s, _ in servers], *same, other)
 
     run(scenario())
+
+
+def test_a_loop_behind_serves_established_clients_and_opens_no_new_sessions() -> None:
+    """The event loop stalls while a flood of new sources and an established client's
+    request queue on the published port (as when the loop cannot keep up with a flood).
+    The port's buffer holds them all; while more than ``udp_busy_backlog`` bytes wait, the
+    new sources' datagrams are dropped (reason ``busy``) instead of each opening a session
+    (the rate would allow every one), and the established client is answered."""
+    import socket
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())  # the buffer without privilege (the tests run as root)
+
+    async def scenario() -> None:
+        servers = await udp_backends(1, first=61)
+        lb = await balancer([spec("dns", [e for _, e in servers], protocol="udp")],
+                            udp_new_session_rate=100_000, udp_new_sessions=5_000,
+                            udp_receive_buffer=2 * 1024 * 1024, udp_busy_backlog=32 * 1024)
+        port = lb.stats()["dns"].port
+        regular = await client(port)
+        try:
+            assert await regular.ask() == "u0"
+            assert await regular.ask() == "u0"  # established
+            listener = lb._services["dns"].listener
+            rcvbuf = listener.get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF)
+            assert rcvbuf >= min(2 * 1024 * 1024, rmem_max)  # not the kernel's default
+            opened = lb.stats()["dns"].total
+            _spoof(port, 1500, rounds=1)  # on the loop's thread: the loop reads nothing
+            regular.transport.sendto(b"q")
+            _spoof(port, 500, rounds=1)
+            assert (await asyncio.wait_for(regular.answers.get(), 5)).decode() == "u0"
+            st = lb.stats()["dns"]
+            assert st.rejected_busy >= 1000  # the queue was long: new clients waited
+            assert st.total - opened <= 500  # (without the gate: 2,000 new sessions)
+            assert st.rejected_rate == 0
+        finally:
+            await close_all(lb, [s for s, _ in servers], regular)
+
+    run(scenario(), timeout=60)

@@ -89,7 +89,9 @@ def test_policy_change_keeps_the_endpoints() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("connect_timeout", 0), ("max_connections", 0), ("maglev_table_size", 65536),
-    ("outlier_max_ejection_percent", 101), ("write_low_water", 10**9)])
+    ("outlier_max_ejection_percent", 101), ("write_low_water", 10**9),
+    ("udp_receive_buffer", 0), ("udp_receive_buffer", 2**30), ("udp_busy_backlog", 0),
+    ("udp_busy_backlog", 4 * 1024 * 1024)])
 def test_config_rejects_nonsense_naming_the_field(field: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"lb.{field}"):
         LbConfig(**{field: value})  # type: ignore[arg-type]
