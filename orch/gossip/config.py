@@ -133,8 +133,8 @@ class GossipConfig:
     catches up in steps, or first-hand: a suspected member whose refutation is past the
     window is asked for its own record over TCP. An accusation is taken only at the
     incarnation held (only its owner moves an incarnation up), and a member takes what is
-    said of itself within the window and refutes it one step above, which its peers then
-    take. A hostile member has to send counter_limit / counter_window (2^46) messages to
+    said of itself up to one step short of the window and refutes it one step above, which
+    every peer holding its incarnation then takes. A hostile member has to send counter_limit / counter_window (2^46) messages to
     walk a counter to the limit."""
     max_members: int = 16_384
     """Members kept, tombstones included; a new member beyond it takes the place of the

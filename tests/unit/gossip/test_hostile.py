@@ -83,6 +83,25 @@ def test_a_refutation_is_always_within_its_peers_window() -> None:
     assert peer.member("me").incarnation == w  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("ahead", [1, CFG.counter_window - 2, CFG.counter_window - 1,
+                                   CFG.counter_window, CFG.counter_window + 1])
+def test_an_accusation_about_itself_is_refuted_only_within_its_peers_window(ahead: int
+                                                                            ) -> None:
+    """An accusation at the edge of the window (incarnation + window) was refuted one
+    above it, which every peer holding the old incarnation refused: they then took the next
+    accusation at the old incarnation, which the accused ignored as stale, and declared it
+    dead (the hostile benchmark's false death)."""
+    accused, peer = make(n_peers=3), make(n_peers=3, name="p0")
+    peer.receive(addr(1), Alive(0, "me", *addr(1)), 0.0)
+    accused.receive(addr(2), Suspect(ahead, "me", "p1"), 0.0)
+    if accused.incarnation == 0:
+        assert accused.stats.dropped["counter"] == 1  # refused, not refuted
+        return
+    (_, alive), *_ = of_type(run_until(accused, 1.0), Alive)
+    peer.receive(addr(1), alive, 1.0)
+    assert peer.member("me").incarnation == accused.incarnation  # type: ignore[union-attr]
+
+
 def test_the_refutation_never_passes_the_limit() -> None:
     cfg = CFG.replace(counter_limit=1000, counter_window=100)
     core = make(n_peers=3, cfg=cfg)
