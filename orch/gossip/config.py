@@ -134,8 +134,8 @@ class GossipConfig:
     window is asked for its own record over TCP. An accusation is taken only at the
     incarnation held (only its owner moves an incarnation up), and a member takes what is
     said of itself up to one step short of the window and refutes it one step above, which
-    every peer holding its incarnation then takes. A hostile member has to send counter_limit / counter_window (2^46) messages to
-    walk a counter to the limit."""
+    every peer holding its incarnation then takes. A hostile member has to send
+    counter_limit / counter_window (2^46) messages to walk a counter to the limit."""
     max_members: int = 16_384
     """Members kept, tombstones included; a new member beyond it takes the place of the
     oldest dead or left one, or is refused when there is none. orch is sized for clusters

@@ -1055,7 +1055,7 @@ class Membership:
             if len(data) > self._budget:
                 # A single value too large for a datagram: push-pull and repair carry it.
                 continue
-            self._queue.enqueue(me.name, bq.STATE, data, sub=me.state_version)
+            self._queue.enqueue(me.name, bq.STATE, data, sub=me.state_version, full=prev == -1)
             self._arm_gossip(now)
         me.announced_version = me.state_version
 
@@ -1114,7 +1114,8 @@ class Membership:
         m.state = new
         m.state_bytes = size
         m.state_version = msg.version
-        self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version)
+        self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version,
+                            full=msg.prev_version == -1)
         self._arm_gossip(now)
         self._emit(EventKind.UPDATE, m, now)
 

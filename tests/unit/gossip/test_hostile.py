@@ -102,6 +102,17 @@ def test_an_accusation_about_itself_is_refuted_only_within_its_peers_window(ahea
     assert peer.member("me").incarnation == accused.incarnation  # type: ignore[union-attr]
 
 
+def test_forged_and_reasserted_states_do_not_pile_up_in_the_queue() -> None:
+    """A hostile member forging a member's state makes it reassert a full state each
+    time: every full state took a place in every peer's queue (one per version, hundreds
+    per member in the benchmark), crowding the notices about crashes out of the payloads."""
+    core = make(n_peers=3)
+    for v in range(1, 51):
+        core.receive(addr(2), StateDelta("p0", -1, v, {"k": v}), 0.0)
+    assert core.member("p0").state_version == 50  # type: ignore[union-attr]
+    assert core._queue.pending("p0") <= 2  # its alive notice (preloaded: none) and one state
+
+
 def test_the_refutation_never_passes_the_limit() -> None:
     cfg = CFG.replace(counter_limit=1000, counter_window=100)
     core = make(n_peers=3, cfg=cfg)
