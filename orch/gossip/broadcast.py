@@ -67,12 +67,18 @@ class BroadcastQueue:
         return self.size
 
     def enqueue(self, name: str, kind: int, data: bytes, *, sub: object = None,
-                refresh: Callable[[float], bytes] | None = None) -> None:
-        """Queue an encoded update about member ``name``, dropping what it makes obsolete."""
+                refresh: Callable[[float], bytes] | None = None, full: bool = False) -> None:
+        """Queue an encoded update about member ``name``, dropping what it makes obsolete.
+
+        ``full``: a whole node state at version ``sub`` (an int), which makes every queued
+        delta of an older version of ``name``'s state obsolete (without it, a member whose
+        state was forged and reasserted again and again had one queued delta per version,
+        hundreds, crowding every payload)."""
         same = self._by_name.get(name)
         if same:
             for old in list(same):
-                if (kind == MEMBER and old.kind != STATE) or (old.kind == kind and old.sub == sub):
+                if (kind == MEMBER and old.kind != STATE) or (old.kind == kind and old.sub == sub) \
+                        or (full and old.kind == STATE and old.sub < sub):  # type: ignore[operator]
                     self._drop(old)
         b = Broadcast(name, kind, sub, data, next(self._ids), refresh)
         self._by_name.setdefault(name, []).append(b)

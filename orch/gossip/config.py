@@ -133,9 +133,9 @@ class GossipConfig:
     catches up in steps, or first-hand: a suspected member whose refutation is past the
     window is asked for its own record over TCP. An accusation is taken only at the
     incarnation held (only its owner moves an incarnation up), and a member takes what is
-    said of itself within the window and refutes it one step above, which its peers then
-    take. A hostile member has to send counter_limit / counter_window (2^46) messages to
-    walk a counter to the limit."""
+    said of itself up to one step short of the window and refutes it one step above, which
+    every peer holding its incarnation then takes. A hostile member has to send
+    counter_limit / counter_window (2^46) messages to walk a counter to the limit."""
     max_members: int = 16_384
     """Members kept, tombstones included; a new member beyond it takes the place of the
     oldest dead or left one, or is refused when there is none. orch is sized for clusters
@@ -167,6 +167,14 @@ class GossipConfig:
     max_state_depth: int = 8
     """Deepest nesting of lists and maps inside a node state (the endpoints orch publishes
     use 2); a deeper one is refused, so that no reader of a state recurses without bound."""
+    inbox_per_source: int = 16
+    """Datagrams from one source waiting to be handled; beyond it the source's oldest is
+    dropped. A member sends another a few datagrams per probe interval, so only a flood
+    fills it, and sources are served one datagram each in turn: a flooding member cannot
+    delay the pings and acks of the others (``orch.gossip.inbox``)."""
+    inbox_size: int = 512
+    """Datagrams waiting to be handled in all (at most 32 MiB of 64 KiB datagrams); beyond
+    it the source with the most waiting loses its oldest."""
     max_relays: int = 256
     """Indirect probes relayed for others at once; more are refused. A member relays about
     ``indirect_checks`` for each failed probe in the cluster."""
@@ -199,9 +207,11 @@ class GossipConfig:
         if not 1 <= self.counter_window < self.counter_limit < 2**63 - 1:
             problems.append("counters need 1 <= counter_window < counter_limit < 2^63 - 1")
         for name in ("max_members", "max_candidates", "max_packet_messages", "max_streams_in",
-                     "merge_batch", "max_state_depth", "max_relays"):
+                     "merge_batch", "max_state_depth", "max_relays", "inbox_per_source"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.inbox_size < self.inbox_per_source:
+            problems.append("inbox_size must be >= inbox_per_source")
         if self.verify_rate <= 0:
             problems.append("verify_rate must be > 0")
         if self.max_stream_frame < 64 * 1024:

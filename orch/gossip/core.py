@@ -689,14 +689,19 @@ class Membership:
         member that lagged catches up in steps. An accusation about another member is taken
         only at the incarnation held: only its owner moves an incarnation up (by refuting),
         so an accusation above it is a liar's, and one a refutation could not answer within
-        the window. This member takes what is said of itself within ``counter_window`` (a
-        hostile member may have raised others' view of it that much before it heard) and
-        refutes it one step above. Past the window, while ``m`` is suspected here, this
+        the window. This member takes what is said of itself up to one step short of
+        ``counter_window`` (a hostile member may have raised others' view of it that much
+        before it heard) and refutes it one step above, within the window of every peer
+        that holds its incarnation. Past the window, while ``m`` is suspected here, this
         member asks ``m`` itself (``_ask_owner``): what a member says of itself over TCP is
         taken whatever the window, so a refutation is not lost on a member that lagged."""
         window = self.cfg.counter_window
-        if accusation and m is not self.me:
-            window = 0
+        if accusation:
+            # about another member: only at the incarnation held. About us: one step short
+            # of the window, so that our refutation (one above) is within every window that
+            # holds our incarnation (at the window's edge it was refused everywhere, and
+            # our peers kept suspecting an incarnation we had left behind)
+            window = 0 if m is not self.me else window - 1
         if trusted or value <= held + window:
             return True
         self.stats.drop("counter")
@@ -1050,7 +1055,7 @@ class Membership:
             if len(data) > self._budget:
                 # A single value too large for a datagram: push-pull and repair carry it.
                 continue
-            self._queue.enqueue(me.name, bq.STATE, data, sub=me.state_version)
+            self._queue.enqueue(me.name, bq.STATE, data, sub=me.state_version, full=prev == -1)
             self._arm_gossip(now)
         me.announced_version = me.state_version
 
@@ -1109,7 +1114,8 @@ class Membership:
         m.state = new
         m.state_bytes = size
         m.state_version = msg.version
-        self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version)
+        self._queue.enqueue(m.name, bq.STATE, codec.encode(msg), sub=msg.version,
+                            full=msg.prev_version == -1)
         self._arm_gossip(now)
         self._emit(EventKind.UPDATE, m, now)
 

@@ -15,14 +15,15 @@ from orch.metrics import Hist, histogram
 
 DROP_REASONS = ("decode", "decrypt", "label", "version", "misdirected", "conflict", "internal",
                 "counter", "depth", "too_many", "too_large", "state_size", "members",
-                "candidates", "unconfirmed", "busy", "relays")
+                "candidates", "unconfirmed", "busy", "relays", "flood")
 """Why input is dropped: the envelope (decode, decrypt, label, version), a message for
 someone else or claiming a live member's name (misdirected, conflict), a bug (internal), and
 the bounds of ``GossipConfig`` (counter: past counter_limit or counter_window; depth:
 max_state_depth; too_many: max_packet_messages or members in a push-pull; too_large:
 max_stream_frame; state_size: max_state_bytes; members: max_members with no tombstone to
 forget; candidates: max_candidates; unconfirmed: a member heard of that did not answer its
-pings; busy: max_streams_in or push-pull members waiting to be merged; relays: max_relays)."""
+pings; busy: max_streams_in or push-pull members waiting to be merged; relays: max_relays;
+flood: a datagram waiting in a full inbox, inbox_per_source or inbox_size)."""
 
 
 class GossipCollector(Collector):

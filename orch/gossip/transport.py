@@ -24,6 +24,7 @@ from orch.gossip import codec
 from orch.gossip.config import GossipConfig
 from orch.gossip.core import Effect, EventKind, MemberEvent, MemberInfo, Membership, Send, Stream
 from orch.gossip.crypto import Keyring
+from orch.gossip.inbox import Inbox
 from orch.gossip.messages import Addr, PushPull, Status, UserEvent
 from orch.gossip.snapshot import Snapshot
 
@@ -62,6 +63,16 @@ class Refused:
     logged: float = -1e9
 
 
+TURN_BUDGET = 0.002
+"""Seconds of queued datagrams handled per turn of the event loop (one 64 KiB datagram of
+``max_packet_messages`` takes about a millisecond): under a flood the loop still runs
+every few milliseconds."""
+DECODE_SLICE = 0.001
+"""Seconds a push-pull frame is decoded for per turn of the event loop (``max_streams_in``
+frames decoding at once hold a turn for 8 ms at most)."""
+DECODE_BATCH = 16
+"""Member records decoded between two looks at the clock (at most 2,000 bytes of node
+state each: well under a millisecond)."""
 REJOIN_MAX = 8
 """Members from the snapshot tried at once when rejoining (one answer is enough)."""
 
@@ -106,6 +117,8 @@ class GossipNode:
         """Input dropped, by (reason, source host, sender's name): who sends what we refuse."""
         self._stopping = False
         self._streams_in = 0
+        self._inbox: Inbox[Addr] = Inbox(per_source=cfg.inbox_per_source, total=cfg.inbox_size)
+        self._draining = False
         self.snapshot = Snapshot(snapshot, me=name, max_members=cfg.max_members) \
             if snapshot is not None else None
         """The members known before a restart (``snapshot``: its file), rejoined on start."""
@@ -337,10 +350,39 @@ class GossipNode:
     # --- input -------------------------------------------------------------------------------------
 
     def _datagram(self, data: bytes, src: Addr) -> None:
+        """Queue a datagram (per source: ``Inbox``); they are handled in bounded turns."""
         if self.core is None or self._loop is None or self._stopping:
             return
         self.wire.packets_received += 1
         self.wire.bytes_received += len(data)
+        inbox = self._inbox
+        before = inbox.dropped
+        inbox.put(src, data)
+        if inbox.dropped != before:
+            self.wire.dropped["flood"] = self.wire.dropped.get("flood", 0) + 1
+        if not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Handle queued datagrams for ``TURN_BUDGET`` at most, then let the loop run the
+        rest (timers, streams, the agent) before the next turn."""
+        self._draining = False
+        if self._stopping or self._loop is None:
+            return
+        end = time.perf_counter() + TURN_BUDGET
+        inbox = self._inbox
+        while (got := inbox.get()) is not None:
+            self._handle(got[1], got[0])
+            if time.perf_counter() >= end:
+                break
+        if len(inbox) and not self._stopping:
+            self._draining = True
+            self._loop.call_soon(self._drain)
+
+    def _handle(self, data: bytes, src: Addr) -> None:
+        if self.core is None or self._loop is None:
+            return
         try:
             payload = codec.open_envelope(data, self.cfg.label, self.keyring)
             self._apply(self.core.receive_packet(src, payload, self._loop.time()))
@@ -391,13 +433,19 @@ class GossipNode:
         return await reader.readexactly(n)
 
     async def _decode(self, data: bytes) -> PushPull:
-        """A frame's push-pull, decoded in steps that let the loop run others in between."""
+        """A frame's push-pull, decoded in slices of ``DECODE_SLICE`` that let the loop run
+        others in between (several frames decoding at once each take their slice in a turn
+        of the loop: a fixed number of records per slice, 256 large ones, held it for tens
+        of milliseconds)."""
         payload = codec.open_envelope(data, self.cfg.label, self.keyring)
         steps = codec.push_pull_steps(payload, self.core.limits if self.core else
-                                      codec.Limits.of(self.cfg), self.cfg.merge_batch)
+                                      codec.Limits.of(self.cfg), DECODE_BATCH)
+        clock = time.perf_counter
         while True:
+            end = clock() + DECODE_SLICE
             try:
-                next(steps)
+                while clock() < end:
+                    next(steps)
             except StopIteration as done:
                 msg: PushPull = done.value
                 return msg

@@ -48,6 +48,18 @@ def test_member_notice_replaces_older_member_and_suspect_notices() -> None:
     assert sorted(q.take(1000, 0, 10, 0.0)) == [b"alive", b"state-v3"]
 
 
+def test_a_full_state_replaces_the_older_deltas_of_that_member() -> None:
+    q = bq.BroadcastQueue()
+    q.enqueue("a", bq.STATE, b"a-v1", sub=1)
+    q.enqueue("a", bq.STATE, b"a-v2", sub=2)
+    q.enqueue("b", bq.STATE, b"b-v1", sub=1)
+    q.enqueue("a", bq.MEMBER, b"alive")
+    q.enqueue("a", bq.STATE, b"a-v3-full", sub=3, full=True)
+    assert q.pending("a") == 2  # the alive notice and the full state
+    q.enqueue("a", bq.STATE, b"a-v4", sub=4)  # a delta on top of it stays
+    assert sorted(q.take(1000, 0, 10, 0.0)) == [b"a-v3-full", b"a-v4", b"alive", b"b-v1"]
+
+
 def test_refresh_renders_at_send_time() -> None:
     q = bq.BroadcastQueue()
     q.enqueue("a", bq.SUSPECT, b"t=0", sub="b", refresh=lambda now: f"t={now:g}".encode())

@@ -83,6 +83,36 @@ def test_a_refutation_is_always_within_its_peers_window() -> None:
     assert peer.member("me").incarnation == w  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("ahead", [1, CFG.counter_window - 2, CFG.counter_window - 1,
+                                   CFG.counter_window, CFG.counter_window + 1])
+def test_an_accusation_about_itself_is_refuted_only_within_its_peers_window(ahead: int
+                                                                            ) -> None:
+    """An accusation at the edge of the window (incarnation + window) was refuted one
+    above it, which every peer holding the old incarnation refused: they then took the next
+    accusation at the old incarnation, which the accused ignored as stale, and declared it
+    dead (the hostile benchmark's false death)."""
+    accused, peer = make(n_peers=3), make(n_peers=3, name="p0")
+    peer.receive(addr(1), Alive(0, "me", *addr(1)), 0.0)
+    accused.receive(addr(2), Suspect(ahead, "me", "p1"), 0.0)
+    if accused.incarnation == 0:
+        assert accused.stats.dropped["counter"] == 1  # refused, not refuted
+        return
+    (_, alive), *_ = of_type(run_until(accused, 1.0), Alive)
+    peer.receive(addr(1), alive, 1.0)
+    assert peer.member("me").incarnation == accused.incarnation  # type: ignore[union-attr]
+
+
+def test_forged_and_reasserted_states_do_not_pile_up_in_the_queue() -> None:
+    """A hostile member forging a member's state makes it reassert a full state each
+    time: every full state took a place in every peer's queue (one per version, hundreds
+    per member in the benchmark), crowding the notices about crashes out of the payloads."""
+    core = make(n_peers=3)
+    for v in range(1, 51):
+        core.receive(addr(2), StateDelta("p0", -1, v, {"k": v}), 0.0)
+    assert core.member("p0").state_version == 50  # type: ignore[union-attr]
+    assert core._queue.pending("p0") <= 2  # its alive notice (preloaded: none) and one state
+
+
 def test_the_refutation_never_passes_the_limit() -> None:
     cfg = CFG.replace(counter_limit=1000, counter_window=100)
     core = make(n_peers=3, cfg=cfg)

@@ -142,3 +142,28 @@ class HostileMember(RuleBasedStateMachine):
 HostileMember.TestCase.settings = settings(max_examples=40, stateful_step_count=12,
                                            deadline=None)
 test_a_hostile_member_cannot_break_the_honest_ones = HostileMember.TestCase
+
+
+def test_an_accusation_at_the_window_edge_cannot_get_an_honest_member_declared_dead() -> None:
+    """The hostile benchmark's false death: an accusation sent to the victim alone at its
+    incarnation + window, then one at its incarnation (claiming the longest age) to a
+    peer. The victim's refutation of the first must be one its peers take, or they keep
+    the old incarnation, take the second accusation, and the victim never refutes it."""
+    cfg = GossipConfig.lan(counter_window=500)
+    sim = Simulator(cfg, seed=3)
+    names = [x.name for x in sim.start_cluster(8)]
+    evil, victim, peer = sim.nodes[names[-1]], names[0], names[1]
+    dead: list[tuple[str, str]] = []
+    sim.on_event = lambda node, ev: dead.append((node.name, ev.name)) \
+        if ev.kind is EventKind.DEAD else None
+    sim.run_for(5)
+    inc = sim.nodes[peer].core.members[victim].incarnation
+    w = cfg.counter_window
+    sim.deliver(victim, evil.addr, codec.pack([codec.encode(Suspect(inc + w, victim, evil.name))]))
+    sim.run_for(2)
+    sim.deliver(peer, evil.addr, codec.pack([codec.encode(
+        Suspect(inc, victim, evil.name, 2**32 - 1))]))
+    sim.run_for(40)
+    assert dead == []
+    assert all(n.core.members[victim].status is Status.ALIVE for n in sim.nodes.values()
+               if n.name != victim)
