@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controller.server import Controller
 from orch import tls
 from orch.gossip.config import GossipConfig
 from orch.gossip.crypto import Keyring, new_key
@@ -31,6 +32,12 @@ async def status_as(addr: str, cfg: tls.TlsConfig | None,
         return await stub.ListJobs(controller_pb2.ListJobsRequest(), timeout=5, metadata=meta)
 
 
+def settled(ctl: Controller) -> bool:
+    """The example's deployment has its verdict (nothing more is committed on its own)."""
+    dep = ctl.cluster.state.latest_deployment(("default", "hello"))
+    return dep is not None and dep.status == "successful"
+
+
 async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) -> None:
     d = make_pki(tmp_path / "pki", agents=1)
     other = tmp_path / "other-ca"
@@ -43,6 +50,7 @@ async def test_mtls_admits_the_right_roles_and_refuses_the_rest(tmp_path: Path) 
         await ctl.jobs.register(load_job_file(str(EXAMPLE)))
         await wait_until(lambda: sum(a.healthy for a in ctl.cluster.state.allocs.values()) == 3,
                          within=30)
+        await wait_until(lambda: settled(ctl), within=30)  # deployments are judged in batches
         _, root, made = ctl.acl.bootstrap()  # with TLS every operator call needs a token
         await ctl.cluster.write(made)
         before = ctl.cluster.state.index
@@ -106,6 +114,7 @@ async def test_refused_callers_change_nothing(tmp_path: Path) -> None:
             await stub.RegisterJob(controller_pb2.RegisterJobRequest(job=job), metadata=admin)
         await wait_until(lambda: sum(a.healthy for a in ctl.cluster.state.allocs.values()) == 3,
                          within=30)
+        await wait_until(lambda: settled(ctl), within=30)  # deployments are judged in batches
         assert ctl.gossip is not None
         members = {(m.name, str(m.status)) for m in ctl.gossip.members()}
         before = ctl.cluster.state.index
