@@ -27,9 +27,10 @@ endpoint connection too) and ``bulk`` (one connection downloading a 64 MiB respo
 and again: bytes per second and the proxy's CPU seconds per GiB, where copies and
 zero-copy paths would show). Each cell is the median of the rounds.
 
-Backend: Debian's nginx-light, one worker, on three loopback addresses (127.0.66.1-3),
-answering ``GET /`` with a 3-byte body from memory, keep-alive on, no access log: the
-fastest honest backend here (HAProxy itself as a backend was slower at serving HTTP).
+Backend: Debian's nginx-light, one worker, on loopback addresses of each target's own
+(three per proxy, ``ENDPOINTS``), answering ``GET /`` with a 3-byte body from memory,
+keep-alive on, no access log: the fastest honest backend here (HAProxy itself as a
+backend was slower at serving HTTP).
 Missing Debian packages (haproxy, wrk, nginx-light) are installed with apt-get, saying
 so, unless ``--no-install``; without them only what can run is measured, with Python's
 stand-ins (``--backend python``, ``--client python``) for the backend and the load.
@@ -62,7 +63,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKEND_HOSTS = ("127.0.66.1", "127.0.66.2", "127.0.66.3")
+ENDPOINTS = {
+    "direct": ("127.0.65.1",),
+    "haproxy": ("127.0.66.1", "127.0.66.2", "127.0.66.3"),
+    "orch": ("127.0.67.1", "127.0.67.2", "127.0.67.3"),
+    "kernel": ("127.0.68.1", "127.0.68.2", "127.0.68.3"),
+}
+"""The backend's addresses each target reaches it at (one nginx worker listening on all):
+a target's connections in TIME_WAIT never meet another target's new ones on the same
+4-tuple, as clients on other hosts would not. Sharing them cost the target that ran after
+another up to half of its close-mode rate (SYNs dropped by the backend's TIME_WAIT)."""
+BACKEND_HOSTS = tuple(h for hosts in ENDPOINTS.values() for h in hosts)
 PROXY_HOST = "127.0.0.1"
 RESPONSE_BODY = b"ok\n"
 PACKAGES = {"haproxy": "haproxy", "wrk": "wrk", "nginx": "nginx-light"}
@@ -234,7 +245,8 @@ def start_python_backend(workdir: Path, port: int) -> Proc:
 
 
 def start_haproxy(workdir: Path, port: int, backend_port: int) -> Proc:
-    servers = "\n".join(f"  server s{i} {h}:{backend_port}" for i, h in enumerate(BACKEND_HOSTS))
+    servers = "\n".join(f"  server s{i} {h}:{backend_port}"
+                         for i, h in enumerate(ENDPOINTS["haproxy"]))
     conf = workdir / "haproxy.cfg"
     conf.write_text(HAPROXY_CONF.format(host=PROXY_HOST, port=port, servers=servers))
     p = spawn("haproxy", ["haproxy", "-f", str(conf), "-db"], workdir)
@@ -243,7 +255,7 @@ def start_haproxy(workdir: Path, port: int, backend_port: int) -> Proc:
 
 
 def start_orch(workdir: Path, port: int, backend_port: int) -> Proc:
-    eps = ",".join(f"{h}:{backend_port}" for h in BACKEND_HOSTS)
+    eps = ",".join(f"{h}:{backend_port}" for h in ENDPOINTS["orch"])
     cmd = [sys.executable, "-m", "bench.lb", "--serve-orch", str(port), eps]
     p = spawn("orch", cmd, workdir, cwd=ROOT)
     wait_port(PROXY_HOST, port)
@@ -251,7 +263,7 @@ def start_orch(workdir: Path, port: int, backend_port: int) -> Proc:
 
 
 def start_kernel(workdir: Path, port: int, backend_port: int) -> Proc:
-    eps = ",".join(f"{h}:{backend_port}" for h in BACKEND_HOSTS)
+    eps = ",".join(f"{h}:{backend_port}" for h in ENDPOINTS["kernel"])
     cmd = [sys.executable, "-m", "bench.lb", "--serve-kernel", str(port), eps]
     p = spawn("kernel", cmd, workdir, cwd=ROOT)
     wait_port(PROXY_HOST, port, timeout=60)
@@ -373,6 +385,33 @@ class Sample:
     mib_s: float = 0.0
     """Response bytes per second, in MiB."""
     cpu_s_per_gib: float | None = None
+    stack: dict[str, int] = field(default_factory=dict)
+    """What the network stack counted during the cell (``stack_counters``)."""
+
+
+STACK_COUNTERS = ("TCPSynRetrans", "TCPTimeWaitOverflow", "PAWSActive", "PAWSEstab",
+                  "TW", "ListenOverflows", "ListenDrops", "TCPReqQFullDrop")
+"""TCP counters of /proc/net/netstat and /proc/net/snmp that tell why connections stall."""
+CONNTRACK_COUNTERS = {"clashres": 1, "insert_failed": 10, "drop": 11, "early_drop": 12}
+"""Columns of /proc/net/stat/nf_conntrack (summed over CPUs) that tell a full or clashing
+connection-tracking table."""
+
+
+def stack_counters() -> dict[str, int]:
+    """This network namespace's counters of ``STACK_COUNTERS`` and ``CONNTRACK_COUNTERS``."""
+    out: dict[str, int] = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        with contextlib.suppress(OSError):
+            lines = Path(path).read_text().splitlines()
+            for head, vals in zip(lines[::2], lines[1::2], strict=False):
+                for k, v in zip(head.split()[1:], vals.split()[1:], strict=False):
+                    if k in STACK_COUNTERS:
+                        out[k] = int(v)
+    with contextlib.suppress(OSError, ValueError):
+        rows = Path("/proc/net/stat/nf_conntrack").read_text().splitlines()[1:]
+        for name, col in CONNTRACK_COUNTERS.items():
+            out[f"ct_{name}"] = sum(int(r.split()[col], 16) for r in rows)
+    return out
 
 
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -587,7 +626,8 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
         backend_port = free_port(BACKEND_HOSTS[0])
         procs.append(start_nginx(workdir, backend_port) if backend == "nginx"
                      else start_python_backend(workdir, backend_port))
-        where: dict[str, tuple[str, int, Proc | None]] = {"direct": (BACKEND_HOSTS[0], backend_port, None)}
+        where: dict[str, tuple[str, int, Proc | None]] = {
+            "direct": (ENDPOINTS["direct"][0], backend_port, None)}
         if "haproxy" in targets:
             port = free_port(PROXY_HOST)
             procs.append(start_haproxy(workdir, port, backend_port))
@@ -615,7 +655,11 @@ def _measure(workdir: Path, targets: list[str], modes: list[str], runs: int, dur
                     host, port, proc = where[t]
                     log(f"round {r + 1}/{runs} {mode:9} {t:8} {duration:g}s")
                     cpu0 = cpu_seconds(proc.pid) if proc else 0.0
+                    before = stack_counters()
                     s = load(host, port, mode, connections, duration)
+                    after = stack_counters()
+                    s.stack = {k: after[k] - before.get(k, 0) for k in after
+                               if after[k] != before.get(k, 0)}
                     cpu = cpu_seconds(proc.pid) - cpu0 if proc else 0.0
                     if proc is not None and s.rps > 0:
                         s.cpu_us_per_req = cpu / (s.rps * duration) * 1e6
@@ -677,7 +721,8 @@ def _summary(cells: dict[str, dict[str, Cell]], targets: list[str], modes: list[
         results[mode] = {t: {"rps": c.median("rps"), "p50_ms": c.median("p50_ms"),
                              "p99_ms": c.median("p99_ms"), "errors": sum(s.errors for s in c.samples),
                              "cpu_us_per_req": c.median("cpu_us_per_req"),
-                             "rps_runs": [round(s.rps) for s in c.samples]}
+                             "rps_runs": [round(s.rps) for s in c.samples],
+                             "stack_runs": [s.stack for s in c.samples]}
                          for t, c in cells[mode].items()}
         if mode == "bulk":
             for t, c in cells[mode].items():
@@ -685,7 +730,7 @@ def _summary(cells: dict[str, dict[str, Cell]], targets: list[str], modes: list[
                 results[mode][t].update(gib_s=round(mib / 1024, 3) if mib else None,
                                         cpu_s_per_gib=c.median("cpu_s_per_gib"))
     out: dict[str, Any] = {
-        "backend": ("nginx-light, 1 worker, 3 addresses" if backend == "nginx"
+        "backend": ("nginx-light, 1 worker, 3 addresses per proxy" if backend == "nginx"
                     else "Python stand-in (uvloop)"),
         "client": (f"wrk -t1 -c{connections}" if client == "wrk"
                    else f"Python stand-in, {connections} connections"),
