@@ -92,6 +92,12 @@ class GossipConfig:
     state_repair_delay: float = 1.0
     """Seconds a member's node state may lag behind what it announced before this member
     asks the owner for a full exchange."""
+    state_repair_rate: float = 2.0
+    """Repairs (a full exchange with the owner of a state this member lags behind) started
+    per second, with a burst of twice as many. One repair brings the owner's whole view, so
+    a member that lags many states catches up in a few; a hostile member announcing newer
+    versions of every member's state cannot make this member exchange its whole view more
+    often than this (at N = 100 such forgeries made members run 900 exchanges a second)."""
 
     # --- membership lifetime ------------------------------------------------------------
     reconnect_timeout: float = 24 * 3600.0
@@ -212,8 +218,9 @@ class GossipConfig:
                 problems.append(f"{name} must be >= 1")
         if self.inbox_size < self.inbox_per_source:
             problems.append("inbox_size must be >= inbox_per_source")
-        if self.verify_rate <= 0:
-            problems.append("verify_rate must be > 0")
+        for name in ("verify_rate", "state_repair_rate"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
         if self.max_stream_frame < 64 * 1024:
             problems.append("max_stream_frame must be >= 64 KiB")
         if not 0 <= self.suspicion_floor <= 1:

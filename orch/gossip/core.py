@@ -167,6 +167,10 @@ class Stats:
     """Digest-first syncs from peers whose view matched ours (answered with nothing)."""
     merged: int = 0
     """Push-pull member records taken in (``merge_batch`` at most per call)."""
+    repairs: int = 0
+    """State repairs started (full exchanges with a state's owner)."""
+    repairs_delayed: int = 0
+    """State repairs put off by ``state_repair_rate``."""
     sent_bytes: list[int] = field(default_factory=lambda: [0] * (max(Code) + 1))
     """Encoded bytes of the messages sent, by code (envelopes not included)."""
     rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=256))
@@ -281,6 +285,8 @@ class Membership:
         """Sequence numbers of confirmation pings in flight -> the candidate's name."""
         self._verify_tokens = float(max(1.0, cfg.verify_rate))
         self._verify_at = now
+        self._repair_tokens = 2 * cfg.state_repair_rate
+        self._repair_at = now
         self._verify_timer: Timer | None = None
         self._merging: deque[tuple[deque[MemberRecord], str, bool, Addr | None]] = deque()
         self._merge_backlog = 0
@@ -1142,6 +1148,16 @@ class Membership:
         if (self.members.get(m.name) is not m or m.announced_version <= m.state_version
                 or m.status not in _LIVE):
             return
+        rate = self.cfg.state_repair_rate
+        self._repair_tokens = min(2 * rate, self._repair_tokens + (now - self._repair_at) * rate)
+        self._repair_at = now
+        if self._repair_tokens < 1:  # repairs are coming faster than they are allowed
+            self.stats.repairs_delayed += 1
+            m.repair_at = now + (1 - self._repair_tokens) / rate + self.rng.random() / rate
+            self._timers.at(m.repair_at, self._repair_state, m)
+            return
+        self._repair_tokens -= 1
+        self.stats.repairs += 1
         m.repair_at = now + self.cfg.state_repair_delay * 4
         self._out.append(Stream(m.addr, self._push_pull_message(join=False), "repair"))
 

@@ -51,6 +51,10 @@ class GossipCollector(Collector):
         yield _counter("orch_gossip_suspicions", "Suspicions this member raised.", st.suspicions)
         yield _counter("orch_gossip_refutations", "Suspicions of itself this member refuted.",
                        st.refutations)
+        yield _counter("orch_gossip_state_repairs", "Full exchanges started with the owner of "
+                       "a node state this member lagged behind.", st.repairs)
+        yield _counter("orch_gossip_state_repairs_delayed", "State repairs put off by "
+                       "state_repair_rate.", st.repairs_delayed)
         yield histogram("orch_gossip_probe_rtt_seconds", "Round-trip time of direct probes.",
                         RTT_BUCKETS, st.rtt_counts, st.rtt_sum)
         sent = CounterMetricFamily("orch_gossip_messages_sent", "Messages sent, by type.",

@@ -354,3 +354,19 @@ def test_a_suspect_whose_refutation_is_past_the_window_is_asked_first_hand() -> 
     reply = PushPull(False, "p0", [MemberRecord("p0", *addr(2), far.incarnation, 0, 0, None)])
     assert events(core.stream_done(ask, reply, 0.2), EventKind.ALIVE)
     assert core.member("p0").incarnation == far.incarnation  # type: ignore[union-attr]
+
+
+def test_forged_state_announcements_start_repairs_at_a_bounded_rate() -> None:
+    """Deltas announcing a newer version of every member's state made each member run a full
+    exchange with every owner (900 exchanges a second at N = 100 in the benchmark)."""
+    core = make(n_peers=40)
+    for i in range(40):  # a delta that does not follow the version we hold: we lag behind it
+        core.receive_packet(addr(3), packet(StateDelta(f"p{i}", 5, 6, {"k": "v"})), 0.0)
+    repairs = [e for e in run_until(core, 5.0) if isinstance(e, Stream) and e.purpose == "repair"]
+    rate = CFG.state_repair_rate
+    assert 1 <= len(repairs) <= 2 * rate + rate * 5
+    assert core.stats.repairs == len(repairs)
+    assert core.stats.repairs_delayed > 0
+    # put off, not forgotten: every lagging owner is asked in time
+    later = [e for e in run_until(core, 60.0) if isinstance(e, Stream) and e.purpose == "repair"]
+    assert {e.addr for e in repairs + later} == {addr(i + 2) for i in range(40)}
