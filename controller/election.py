@@ -28,9 +28,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from controller.lease_keeper import LeaseKeeper
 from controller.store.etcd_client import (
     Compare,
     EtcdClient,
@@ -192,7 +194,7 @@ class Election:
         self.term: Term | None = None
         """The current or last term this candidate won."""
         self._lease: _Lease | None = None
-        self._keepalive: asyncio.Task[None] | None = None
+        self._keepalive: LeaseKeeper | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -262,98 +264,57 @@ class Election:
         if self._lease is not None and not self._lease.dead:
             return self._lease
         await self._stop_keepalive()
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
+        sent = time.monotonic()
         lease_id, _ = await self.client.lease_grant(self.config.ttl, within=self.config.ttl)
         lease = _Lease(lease_id, RenewalClock(self.config.deadline, sent))
         self._lease = lease
-        self._keepalive = asyncio.create_task(self._keep_alive(lease),
-                                              name=f"orch-election-keepalive {self.name}")
+        self._keepalive = self._keep_alive(lease)
         return lease
 
     async def _won(self, lease: _Lease, revision: int) -> Term:
         term = Term(self.key, revision, lease.id)
         self.term = term
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
+        sent = time.monotonic()
         try:  # start the term with a fresh lease
             ttl: int | None = await self.client.lease_keepalive(lease.id, within=self.config.interval)
         except EtcdError:
             ttl = None
         if ttl is not None and ttl > 0:
             lease.clock.renewed(sent)
-            if term.current and (self._keepalive is None or self._keepalive.done()):
+            if term.current and (self._keepalive is None or not self._keepalive.running):
                 # Its keepalives gave up on the lease while the winning put was under way
                 # (etcd answered slowly); etcd still has it: keep it alive again.
                 lease.dead = False
-                self._keepalive = asyncio.create_task(self._keep_alive(lease),
-                                                      name=f"orch-election-keepalive {self.name}")
-        if (ttl is not None and ttl <= 0) or lease.dead or lease.clock.lost(loop.time()):
+                self._keepalive = self._keep_alive(lease)
+        if (ttl is not None and ttl <= 0) or lease.dead or lease.clock.lost(time.monotonic()):
             self._lose(term, "elected on a lease that could not be kept alive")
         else:
             log.info("%s leads %s (fencing revision %d)", self.name, self.key, revision)
         return term
 
-    async def _keep_alive(self, lease: _Lease) -> None:
-        """Refresh ``lease`` every interval; end the term that holds it when it cannot be kept.
-
-        However this task ends (even by a surprise), the lease is given up with it: a lease
-        nobody keeps alive must never win or hold a term.
-        """
-        try:
-            await self._keep_alive_loop(lease)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: keeping the lease alive failed", self.name)
-        finally:
-            lease.dead = True
+    def _keep_alive(self, lease: _Lease) -> LeaseKeeper:
+        """Keep ``lease`` alive on a thread of its own (``LeaseKeeper``); when it can no
+        longer be counted on, the lease is given up and the term holding it ends."""
+        def term_revision() -> int | None:
             term = self.term
-            if term is not None and term.lease == lease.id and term.current:
-                self._lose(term, "the lease is no longer kept alive")
+            return term.revision if term is not None and term.lease == lease.id \
+                and term.current else None
 
-    async def _keep_alive_loop(self, lease: _Lease) -> None:
-        loop = asyncio.get_running_loop()
-        cfg, clock = self.config, lease.clock
-        while True:
-            term = self.term if self.term is not None and self.term.lease == lease.id else None
-            if term is not None and not term.current:
-                return
-            sent = loop.time()
-            if term is not None and clock.lost(sent):
-                self._lose(term, f"no keepalive succeeded for {cfg.deadline:g} s (etcd "
-                                 "unreachable or too slow)")
-                return
-            try:
-                ttl = await self.client.lease_keepalive(lease.id,
-                                                        within=clock.budget(sent, cfg.interval))
-            except EtcdError:
-                ttl = None
-            if ttl is not None and ttl <= 0:
-                if term is not None:
-                    self._lose(term, "the lease expired")
-                return
-            if ttl is not None:
-                clock.renewed(sent)
-                if term is not None and not await self._still_ours(term):
-                    return
-            elif term is None and clock.lost(loop.time()):
-                return  # a candidate takes a new lease at its next attempt
-            await asyncio.sleep(clock.next_wait(loop.time(), sent, cfg.interval))
+        keeper = LeaseKeeper(self.client, lease.id, lease.clock, interval=self.config.interval,
+                             key=self._key, term=term_revision, ended=self._lease_ended,
+                             holder=lambda kv: decode_leader(kv).name)
+        keeper.start()
+        return keeper
 
-    async def _still_ours(self, term: Term) -> bool:
-        """False (and the term lost) when the leader key is gone or someone else's."""
-        try:
-            kv = await self.client.get(self._key, within=self.config.interval)
-        except EtcdError:
-            return True  # cannot tell now; the renew deadline decides
-        if kv is not None and kv.create_revision == term.revision:
-            return True
-        if kv is None:
-            self._lose(term, "the leader key was deleted")
-        else:
-            self._lose(term, f"the leader key now belongs to {decode_leader(kv).name!r}")
-        return False
+    def _lease_ended(self, lease_id: int, reason: str) -> None:
+        """A keeper stopped by itself (on the event loop): a lease nobody keeps alive must
+        never win or hold a term."""
+        lease = self._lease
+        if lease is not None and lease.id == lease_id:
+            lease.dead = True
+        term = self.term
+        if term is not None and term.lease == lease_id and term.current:
+            self._lose(term, reason)
 
     def _lose(self, term: Term, reason: str, *, revoke: bool = True) -> None:
         if not term.current:
@@ -378,11 +339,9 @@ class Election:
                 await asyncio.sleep(self.config.retry_interval)
 
     async def _stop_keepalive(self) -> None:
-        task, self._keepalive = self._keepalive, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        keeper, self._keepalive = self._keepalive, None
+        if keeper is not None:
+            await keeper.stop()
 
     async def resign(self) -> None:
         """Give up the leadership (or the candidacy) now: the next candidate takes over at once."""

@@ -101,15 +101,32 @@ def open_channel(addr: str, tls: TlsConfig | None, options: Sequence[tuple[str, 
 
     ``server`` is the name the server's certificate must carry (``controller.orch``); ""
     checks the address instead (an etcd member's certificate)."""
+    creds, opts = _channel_credentials(tls, options, server)
+    if creds is None:
+        return grpc.aio.insecure_channel(addr, options=opts, **kw)
+    return grpc.aio.secure_channel(addr, creds, options=opts, **kw)
+
+
+def open_blocking_channel(addr: str, tls: TlsConfig | None,
+                          options: Sequence[tuple[str, Any]] = (), *, server: str = "") -> grpc.Channel:
+    """``open_channel`` for blocking calls (a thread of its own, not an event loop)."""
+    creds, opts = _channel_credentials(tls, options, server)
+    if creds is None:
+        return grpc.insecure_channel(addr, options=opts)
+    return grpc.secure_channel(addr, creds, options=opts)
+
+
+def _channel_credentials(tls: TlsConfig | None, options: Sequence[tuple[str, Any]],
+                         server: str) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
     opts = list(options)
     if tls is None or not tls.enabled:
-        return grpc.aio.insecure_channel(addr, options=opts, **kw)
+        return None, opts
     ca, cert, key = tls.load()
     creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                          certificate_chain=cert)
     if server:
         opts.append(("grpc.ssl_target_name_override", server))
-    return grpc.aio.secure_channel(addr, creds, options=opts, **kw)
+    return creds, opts
 
 
 def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> x509.Certificate | None:

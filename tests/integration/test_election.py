@@ -185,6 +185,24 @@ async def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_expires() 
             assert term.reason.startswith("no keepalive succeeded")
 
 
+async def test_a_leader_whose_event_loop_stalls_keeps_its_lease(etcd_server: EtcdCluster,
+                                                                etcd_prefix: str) -> None:
+    """Keepalives run on a thread of their own: a leader busy for longer than the TTL
+    (loading a big state, committing a big plan) keeps its lease, and nobody takes over."""
+    async with candidates(etcd_server.endpoints, etcd_prefix, n=2) as (a, b):
+        term = await a.campaign()
+        waiting = asyncio.create_task(b.campaign())
+        try:
+            await asyncio.sleep(0.3)
+            time.sleep(2.5 * TTL)  # the whole event loop stalls, a's keepalives' too before
+            await asyncio.sleep(1.0)
+            assert term.current, term.reason
+            assert not waiting.done()
+            assert await b.leader() == Leader("c0", "127.0.0.1:4647", term.revision)
+        finally:
+            await cancel([waiting])
+
+
 async def watch_leaders(cs: list[Election], terms: dict[str, Term], until: Callable[[], bool],
                         within: float) -> int:
     """Sample who believes it leads until ``until()``; the most that believed it at once."""
