@@ -413,9 +413,7 @@ def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[str]:
     cluster on real sockets."""
     import uvloop
 
-    from agent.dns.server import DnsServer
-
-    settle = DnsServer.__init__.__kwdefaults__["settle"]  # type: ignore[index]
+    from agent.lb.table import SETTLE as settle
     progress(f"simulating {opts.members} members, {opts.trials} trials")
     sim_add, sim_del = simulated_propagation(opts.members, opts.trials, seed=1)
     cost = rebuild_cost(opts.members)
