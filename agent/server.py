@@ -35,6 +35,7 @@ from agent.lb import discovery
 from agent.lb.dataplane import DataPlane
 from agent.lb.mesh import Mesh
 from agent.lb.metrics import LbCollector
+from agent.lb.table import EndpointTable
 from agent.runtime import convert
 from agent.runtime.config import HostVolume, RuntimeConfig
 from agent.runtime.driver import TaskDriver
@@ -56,9 +57,10 @@ from orch.vocab import host_volume_attributes
 
 log = logging.getLogger("agent")
 SNAPSHOT = "members.snapshot"
-FILES_SETTLE = 0.1
-"""Seconds a burst of gossip changes settles before task templates render again."""
 """The gossip members this agent knew (in data_dir): a restart rejoins them without seeds."""
+FILES_SETTLE = 0.1
+"""Seconds a burst of changes to the service catalog settles before task templates render
+again."""
 
 VERIFY_TIMEOUT = 5.0
 """Seconds a controller named by gossip has to prove it is one (a TLS handshake)."""
@@ -141,8 +143,9 @@ class Agent:
         """The ports this node's load balancer publishes (reported as reserved)."""
         self.own_ports: frozenset[int] = frozenset()
         """The ports this agent's own servers listen on (gossip, RPC, metrics)."""
-        self.expected: discovery.Expected | None = None
-        """What the controller placed (None: not heard from it yet: our own endpoints only)."""
+        self.endpoints = EndpointTable(cfg.name)
+        """The one endpoint table the mesh, DNS and templates read (built once per change)."""
+        self._files_generation = 0
         self.pins: PinFile | None = None
         """The cluster and store epoch whose desired sets this agent applies (set at start)."""
         self._refusals: dict[str, float] = {}
@@ -162,6 +165,7 @@ class Agent:
             steps.append(self.gossip.stop())
         if self.metrics is not None:
             steps.append(self.metrics.stop())
+        steps.append(self.endpoints.close())
         if self.mesh is not None:
             steps.append(self.mesh.close())
         if self.dns is not None:
@@ -212,11 +216,12 @@ class Agent:
             self.gossip.join([parse_addr(s, where="join") for s in cfg.join])
         self.runtime.catalog = self._catalog
         self.runtime.node_info = self._node_info
-        self.gossip.on_event(lambda _: self._files_inputs_changed())
+        self.endpoints.listeners.append(self._table_built)
+        self.endpoints.start(self.gossip)
 
         if cfg.lb_enabled:
             self.dataplane = DataPlane(cfg.lb, bind_host=cfg.lb_bind)
-            self.mesh = Mesh(self.dataplane, self.gossip, cfg.name)
+            self.mesh = Mesh(self.dataplane, self.gossip, self.endpoints)
             self.mesh.start()
         if cfg.dns.enabled:
             await self._start_dns(adv_host)
@@ -264,6 +269,7 @@ class Agent:
             await self._server.stop(2.0)
         if self.gossip is not None:
             await (self.gossip.leave() if leave else self.gossip.stop())
+        await self.endpoints.close()
         if self.mesh is not None:
             await self.mesh.close()
         if self.dns is not None:
@@ -305,7 +311,7 @@ class Agent:
         assert self.gossip is not None
         self.dns = DnsServer(dcfg, self.cfg.name,
                              mesh_host=adv_host if self.cfg.lb_enabled else "")
-        self.dns.start(self.gossip, lambda: self.expected)
+        self.dns.start(self.endpoints)
         bound: tuple[str, int] | None = None
         try:
             bound = await self.dns.listen(dcfg.addr)
@@ -448,13 +454,10 @@ class Agent:
         """The controller's expected endpoints: what the load balancer may route to and
         templates may read; the published ports are reported as reserved when they
         changed."""
-        self.expected = discovery.Expected.from_proto(expected)
-        self._files_inputs_changed()
-        if self.dns is not None:
-            self.dns.changed()
+        placed = discovery.Expected.from_proto(expected)
+        self.endpoints.set_expected(placed)
         if self.mesh is not None:
-            self.mesh.set_expected(self.expected)
-            ports = frozenset(s.published_port for s in self.expected.services.values()
+            ports = frozenset(s.published_port for s in placed.services.values()
                               if s.published_port)
             if ports != self.published_ports:
                 self.published_ports = ports
@@ -506,30 +509,31 @@ class Agent:
         changes.update({k: v for k, v in want.items() if have.get(k) != v})
         if changes:
             self.gossip.set_state(changes)
-            if self.mesh is not None:
-                self.mesh.changed()  # our own state changes raise no membership event
-            if self.dns is not None:
-                self.dns.changed()
+            self.endpoints.changed()  # our own state changes raise no membership event
 
     # --- what task templates read -------------------------------------------------------------
 
     def _catalog(self, namespace: str, service: str) -> list[TemplateEndpoint]:
-        """The healthy endpoints of a service of ``namespace``, as the controller placed
-        them (the same trust as the load balancer's)."""
-        if self.gossip is None:
-            return []
-        table = discovery.endpoint_table(self.gossip.members(), self.cfg.name, self.expected)
+        """The healthy endpoints of a service of ``namespace`` in the endpoint table (the
+        load balancer's and DNS's: as the controller placed them)."""
         return [TemplateEndpoint(address=f"{e.host}:{e.port}", host=e.host, port=e.port,
                                   node=e.node, alloc_id=e.alloc_id)
-                for e in table.endpoints(namespace, service)]
+                for e in self.endpoints.endpoints(namespace, service)]
 
     def _node_info(self) -> dict[str, Any]:
         n = self.registration()
         return {"id": n.id, "name": n.name, "datacenter": n.datacenter, "region": n.region,
                 "class": n.node_class, "attr": dict(n.attributes), "meta": dict(n.meta)}
 
+    def _table_built(self, endpoints: EndpointTable) -> None:
+        """A new endpoint table: templates render again when its endpoints changed."""
+        if endpoints.generation != self._files_generation:
+            self._files_generation = endpoints.generation
+            self._files_inputs_changed()
+
     def _files_inputs_changed(self) -> None:
-        """Gossip changed (endpoints come and go): templates render again, once per burst."""
+        """The service catalog changed (endpoints come and go): templates render again,
+        once per burst."""
         if self._refresh_pending:
             return
         self._refresh_pending = True

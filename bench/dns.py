@@ -324,6 +324,7 @@ async def socket_propagation(n: int, trials: int) -> tuple[list[float], list[flo
     from agent.dns.zone import Zone
     from agent.lb import discovery
     from agent.lb.model import ServiceSpec
+    from agent.lb.table import EndpointTable
     from orch.gossip.config import GossipConfig
     from orch.gossip.messages import Status
     from orch.gossip.transport import GossipNode
@@ -332,6 +333,7 @@ async def socket_propagation(n: int, trials: int) -> tuple[list[float], list[flo
     nodes = [GossipNode(GossipConfig.lan(), name=f"m{i}", bind=(f"{PROPAGATION_NET}.{i + 1}", 0),
                         rng=random.Random(i)) for i in range(n)]
     servers: list[DnsServer] = []
+    tables: list[EndpointTable] = []
     key = discovery.service_key("default", "web", "g", "web")
     spec = ServiceSpec(name="web", job="web", group="g", published_port=0)
     picks = [(f"trial-{t}", random.Random(t).randrange(n)) for t in range(trials)]
@@ -370,10 +372,14 @@ async def socket_propagation(n: int, trials: int) -> tuple[list[float], list[flo
             await asyncio.sleep(1.0)
         progress(f"{n} members on sockets joined in {time.monotonic() - began:.1f} s")
         for i, node in enumerate(nodes):
+            endpoints = EndpointTable(node.name)  # as the agent keeps it
+            endpoints.set_expected(expected)
+            endpoints.start(node)
             server = DnsServer(DnsConfig(), node.name)
-            server.start(node, lambda: expected)
+            server.start(endpoints)
             server.listeners.append(watcher(i))
             servers.append(server)
+            tables.append(endpoints)
         await asyncio.sleep(1.0)
         added: list[float] = []
         removed: list[float] = []
@@ -387,12 +393,14 @@ async def socket_propagation(n: int, trials: int) -> tuple[list[float], list[flo
                 everyone.clear()
                 t0 = time.monotonic()
                 nodes[i].set_state(value)
-                servers[i].changed()  # as the agent does: its own state raises no event
+                tables[i].changed()  # as the agent does: its own state raises no event
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(everyone.wait(), 30)
                 (added if present else removed).extend(seen.get(j, 30.0) for j in range(n))
         return added, removed
     finally:
+        for endpoints in tables:
+            await endpoints.close()
         for server in servers:
             await server.close()
         for node in nodes:
@@ -405,9 +413,7 @@ def propagation(opts: argparse.Namespace, result: dict[str, Any]) -> list[str]:
     cluster on real sockets."""
     import uvloop
 
-    from agent.dns.server import DnsServer
-
-    settle = DnsServer.__init__.__kwdefaults__["settle"]  # type: ignore[index]
+    from agent.lb.table import SETTLE as settle
     progress(f"simulating {opts.members} members, {opts.trials} trials")
     sim_add, sim_del = simulated_propagation(opts.members, opts.trials, seed=1)
     cost = rebuild_cost(opts.members)

@@ -68,7 +68,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +75,7 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.ha_cluster import free_port
-from bench.ha_cluster import wait as _wait
+from bench.ha_cluster import free_port, wait
 from bench.nodesim import Fleet, SimConfig, cpu_seconds, node_id, rss_mb
 from bench.report import pct, progress, table
 from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2
@@ -88,12 +86,6 @@ NET = "127.0.78"
 """The benchmark's own loopback block: the controller on .1, nothing else listens there."""
 ETCD_NET = "127.0.79"
 """The etcd part's block (controllers on .1-.3, etcd on .21)."""
-
-
-def poll(what: str, pred: Callable[[], bool], within: float, every: float = 0.2) -> float:
-    """Seconds until ``pred()`` held (polled every ``every`` s); RuntimeError after
-    ``within``."""
-    return _wait(what, pred, within, every)
 
 
 def sleep_job(name: str, count: int, *, args: tuple[str, ...] = ("3600",)) -> job_pb2.Job:
@@ -206,8 +198,8 @@ class ControllerProc:
                                          env=env, cwd=ROOT, start_new_session=True)
 
     def wait_trust(self, within: float = 60.0) -> None:
-        poll("the controller's trust", lambda: (self.operator / "join-agent.token").exists()
-             and (self.operator / "management.token").exists(), within)
+        wait("the controller's trust", lambda: (self.operator / "join-agent.token").exists()
+             and (self.operator / "management.token").exists(), within, every=0.2)
 
     def channel(self) -> grpc.Channel:
         return blocking_channel(self.rpc, settings({"ORCH_CONFIG": str(self.operator /
@@ -442,7 +434,7 @@ def reschedule(run: Run, ctl: ControllerProc, fleet: Fleet) -> None:
         r = running_count(s)
         dipped = dipped or r < base
         return dipped and r >= base and pending_count(s) == 0
-    poll("the killed nodes' allocations to run elsewhere", back, a.node_grace + 300, every=0.25)
+    wait("the killed nodes' allocations to run elsewhere", back, a.node_grace + 300, every=0.25)
     took = time.monotonic() - t0
     run.result["nodes_killed"] = killed
     run.key(f"reschedule_{killed}_nodes_s", round(took, 2), f"<= {a.node_grace + 5:g}")
@@ -469,7 +461,7 @@ def rolling(run: Run, ctl: ControllerProc) -> None:
                     st.latest_deployment.status != "successful":
                 return False
         return True
-    poll("the rolling updates", done, 1800, every=1.0)
+    wait("the rolling updates", done, 1800, every=1.0)
     ch.close()
     run.key(f"rolling_update_{n}_jobs_s", round(time.monotonic() - t0, 1))
 
@@ -509,13 +501,13 @@ def restart(run: Run, ctl: ControllerProc) -> None:
             return True
         except grpc.RpcError:
             return False
-    poll("the restarted controller's first write", writes, 600, every=0.1)
+    wait("the restarted controller's first write", writes, 600, every=0.1)
     took = time.monotonic() - t0
     s = ctl.scrape()
     run.key(f"restart_load_{run.size_tag()}_s", round(took, 1), "<= 30")
     run.result["restart_allocations_loaded"] = int(s.total("orch_controller_allocations"))
     run.result["restart_rss_mb"] = round(ctl.rss(), 1)
-    poll("every node back", lambda: int(ctl.scrape().get("orch_controller_connected_agents"))
+    wait("every node back", lambda: int(ctl.scrape().get("orch_controller_connected_agents"))
          >= a.nodes - run.result.get("nodes_killed", 0), 600, every=1.0)
     run.result["restart_nodes_back_s"] = round(time.monotonic() - t0, 1)
 
@@ -567,7 +559,7 @@ def etcd_failover(run: Run) -> None:
                 except (grpc.RpcError, RuntimeError):
                     return False
                 return bool(sum(j.running for j in listing.jobs) >= jobs * per)
-            poll("the etcd cluster's allocations to run", all_running, 1800, every=1.0)
+            wait("the etcd cluster's allocations to run", all_running, 1800, every=1.0)
             time.sleep(a.settle)
             leader = c.wait_settled(within=120)
             run.result["etcd_leader_changes_before_kill"] = sum(
@@ -717,7 +709,7 @@ def one_controller(run: Run) -> None:
         started = fleet.start()
         run.result["nodes_joined_and_connected_s"] = round(time.monotonic() - t0, 1)
         run.result["nodes_join_s"] = round(max(s.get("join_s", 0) for s in started), 1)
-        poll("every node registered", lambda: int(
+        wait("every node registered", lambda: int(
             ctl.scrape().get("orch_controller_connected_agents")) >= a.nodes, 300, every=1.0)
         place(run, ctl)
         before = ctl.scrape()

@@ -240,7 +240,11 @@ class Cluster:
                     changed |= self._published_by(a)
         if changed:
             self._expected = None
-        if changed and self._endpoint_sinks:
+            self._push_endpoints()
+
+    def _push_endpoints(self) -> None:
+        """Send the expected endpoints (built once) to every agent attached."""
+        if self._endpoint_sinks:
             expected = self.expected_endpoints()
             for sink in list(self._endpoint_sinks.values()):
                 sink(expected)
@@ -286,7 +290,4 @@ class Cluster:
         for feed in list(self._feeds.values()):
             feed.first = True
             feed.wake()
-        if self._endpoint_sinks:
-            expected = self.expected_endpoints()
-            for sink in list(self._endpoint_sinks.values()):
-                sink(expected)
+        self._push_endpoints()

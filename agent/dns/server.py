@@ -1,11 +1,12 @@
 """The DNS server's I/O: UDP and TCP listeners, per-source limits, forwarding, and the
-zone kept current from gossip (the answers themselves are ``answer.Answerer``'s).
+zone kept current from the agent's endpoint table (the answers themselves are
+``answer.Answerer``'s).
 
-The zone is rebuilt as the routing mesh's table is (``agent.lb.mesh``): any membership
-event and any new set of expected endpoints marks it stale, one task rebuilds it at most
-every ``settle`` seconds from ``discovery.endpoint_table`` (the endpoints the controller
-placed, healthy, published by the node they were placed on), and a sweep every
-``resync`` seconds rebuilds it anyway.
+The zone is built from the table the routing mesh and templates read too
+(``agent.lb.table.EndpointTable``: the endpoints the controller placed, healthy, published
+by the node they were placed on, built once per change): after every build of the table
+the zone is built again from it and the members alive, and replaces the one served when
+its names differ.
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ from agent.dns import zone as zones
 from agent.dns.answer import OUTCOMES, QTYPES, Answerer, Result
 from agent.dns.config import DnsConfig
 from agent.dns.limits import SourceLimiter
-from agent.lb import discovery
-from orch.gossip.core import MemberEvent
+from agent.lb.table import EndpointTable
 from orch.gossip.messages import Status
-from orch.gossip.transport import GossipNode
 from orch.net import parse_addr
 
 log = logging.getLogger("dns")
@@ -50,10 +49,8 @@ unbounded sockets)."""
 
 class DnsServer:
     def __init__(self, cfg: DnsConfig, me: str, *, mesh_host: str = "",
-                 rng: random.Random | None = None, settle: float = 0.02,
-                 resync: float = 5.0) -> None:
+                 rng: random.Random | None = None) -> None:
         self.cfg, self.me, self.mesh_host = cfg, me, mesh_host
-        self.settle, self.resync = settle, resync
         self.answerer = Answerer(cfg, zones.Zone(cfg.origin), rng)
         self.limiter = SourceLimiter(cfg.rate, cfg.burst, cfg.sources)
         self.counts: dict[tuple[str, str], int] = {
@@ -64,14 +61,15 @@ class DnsServer:
         self.addresses: list[tuple[str, int]] = []
         """Where it listens (UDP and TCP each), once started."""
         self.rebuilds = 0
+        self.generation = 0
+        """The endpoint table's generation the zone was last built from."""
         self.listeners: list[Callable[[zones.Zone], None]] = []
         """Called with every new zone (tests, benchmarks)."""
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
         self._tcp = asyncio.Semaphore(cfg.tcp_clients)
         self._forwards = 0
-        self._stale = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._endpoints: EndpointTable | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     # --- serving -----------------------------------------------------------------------
@@ -170,28 +168,28 @@ class DnsServer:
 
     # --- the zone ----------------------------------------------------------------------
 
-    def start(self, gossip: GossipNode, expected: Callable[[], discovery.Expected | None]) -> None:
-        """Keep the zone current from ``gossip`` and the controller's ``expected``
-        endpoints."""
-        self._gossip, self._expected = gossip, expected
-        gossip.on_event(self._on_event)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="dns-zone")
-        self._stale.set()
+    def start(self, endpoints: EndpointTable) -> None:
+        """Keep the zone current from the agent's endpoint table."""
+        self._endpoints = endpoints
+        endpoints.listeners.append(self._built)
+        if endpoints.builds:
+            self._built(endpoints)
 
-    def changed(self) -> None:
-        """Something the zone depends on changed: rebuild it soon."""
-        self._stale.set()
-
-    def _on_event(self, ev: MemberEvent) -> None:
-        self._stale.set()
+    def _built(self, _: EndpointTable) -> None:
+        try:
+            self.rebuild()
+        except Exception:  # a bug: keep the last zone and try again at the next build
+            log.exception("dns zone rebuild failed")
 
     def rebuild(self) -> zones.Zone:
-        members = list(self._gossip.members())
-        table = discovery.endpoint_table(members, self.me, self._expected())
-        nodes = [(m.name, m.addr[0]) for m in members if m.status is Status.ALIVE]
-        zone = zones.build(self.cfg.origin, table.catalog, nodes, me=self.me,
+        """The zone of the endpoint table's last build (served when its names changed)."""
+        assert self._endpoints is not None, "start() first"
+        src = self._endpoints
+        nodes = [(m.name, m.addr[0]) for m in src.members if m.status is Status.ALIVE]
+        zone = zones.build(self.cfg.origin, src.table.catalog, nodes, me=self.me,
                            mesh_host=self.mesh_host, service_ttl=self.cfg.service_ttl,
                            node_ttl=self.cfg.node_ttl, version=self.rebuilds + 1)
+        self.generation = src.generation
         if zone.names != self.answerer.zone.names or zone.parents != self.answerer.zone.parents:
             self.rebuilds += 1
             self.answerer.set_zone(zone)
@@ -199,22 +197,10 @@ class DnsServer:
                 fn(zone)
         return zone
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stale.wait(), self.resync)
-            await asyncio.sleep(self.settle)
-            self._stale.clear()
-            try:
-                self.rebuild()
-            except Exception:  # a bug: keep the last zone and try again at the next change
-                log.exception("dns zone rebuild failed")
-
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._endpoints is not None:
+            with contextlib.suppress(ValueError):
+                self._endpoints.listeners.remove(self._built)
         for t in self._transports:
             t.close()
         for s in self._servers:

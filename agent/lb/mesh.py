@@ -1,11 +1,10 @@
-"""The routing mesh on one agent: gossip's endpoint table, kept in the load balancer.
+"""The routing mesh on one agent: the agent's endpoint table, kept in the load balancer.
 
-Any membership event (a member's node state changed, a member joined, was suspected,
-died or left), any change of this agent's own endpoints and any new set of expected
-endpoints from the controller (``set_expected``) marks the table stale; one task rebuilds
-it from gossip, keeping only what the controller placed (``discovery.endpoint_table``),
-and hands it whole to ``LoadBalancer.update``, at most every ``settle`` seconds, so that a
-burst of events costs one update. A sweep every ``resync`` seconds rebuilds it anyway.
+The table is built once per change by ``agent.lb.table.EndpointTable`` (which DNS and
+templates read too); after each build the mesh takes its published services, adds each
+endpoint's distance where ``prefer_nearest`` asks for it, and hands the result whole to
+``LoadBalancer.update`` when it differs from the last one applied. A burst of builds
+while an update runs costs one more update, with the newest table.
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from agent.lb import discovery
 from agent.lb.balancer import LoadBalancer
 from agent.lb.dataplane import DataPlane
 from agent.lb.model import ServiceSpec
 from agent.lb.stats import ServiceStats
+from agent.lb.table import EndpointTable
 from orch.gossip.coordinate import estimate_rtt
-from orch.gossip.core import MemberEvent
 from orch.gossip.transport import GossipNode
 from orch.v1 import controller_pb2
 
@@ -30,50 +28,38 @@ log = logging.getLogger("lb")
 
 
 class Mesh:
-    def __init__(self, lb: LoadBalancer | DataPlane, gossip: GossipNode, me: str, *, settle: float = 0.02,
-                 resync: float = 5.0) -> None:
-        self.lb, self.gossip, self.me = lb, gossip, me
-        self.settle, self.resync = settle, resync
+    def __init__(self, lb: LoadBalancer | DataPlane, gossip: GossipNode,
+                 endpoints: EndpointTable) -> None:
+        self.lb, self.gossip, self.endpoints = lb, gossip, endpoints
+        self.me = endpoints.me
         self.table: dict[str, ServiceSpec] = {}
+        """What the load balancer was last given."""
         self.updates = 0
-        self.expected: discovery.Expected | None = None
-        """What the controller placed (None: not heard from it yet: our own endpoints only)."""
-        self.refused: dict[str, int] = dict.fromkeys(discovery.REASONS, 0)
-        """Endpoints published in gossip and refused in the last table built, by reason."""
-        self._stale = asyncio.Event()
+        self.generation = 0
+        """The endpoint table's generation the load balancer serves."""
+        self._fresh = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[dict[str, ServiceSpec]], None]] = []
-        """Called with every new table (tests, metrics)."""
+        """Called with every new table applied (tests, metrics)."""
 
     def start(self) -> None:
-        self.gossip.on_event(self._on_event)
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self.changed()
+        self.endpoints.listeners.append(self._built)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mesh")
+        self._fresh.set()  # whatever was built before the mesh started
 
-    def changed(self) -> None:
-        """Something the table depends on changed: rebuild it soon."""
-        self._stale.set()
-
-    def set_expected(self, expected: discovery.Expected) -> None:
-        """The controller's expected endpoints (replacing the last ones)."""
-        self.expected = expected
-        self._stale.set()
-
-    def _on_event(self, ev: MemberEvent) -> None:
-        self._stale.set()
+    def _built(self, _: EndpointTable) -> None:
+        self._fresh.set()
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stale.wait(), self.resync)
-            await asyncio.sleep(self.settle)
-            self._stale.clear()
-            built = discovery.endpoint_table(self.gossip.members(), self.me, self.expected)
-            self.refused = built.refused
-            table = built.services
+            await self._fresh.wait()
+            self._fresh.clear()
+            generation = self.endpoints.generation
+            table = self.endpoints.table.services
             if self.lb.cfg.prefer_nearest:
                 table = self._with_distances(table)
             if table == self.table:
+                self.generation = generation
                 continue
             try:
                 await self.lb.update(table)
@@ -81,6 +67,7 @@ class Mesh:
                 log.exception("load balancer update failed")
                 continue
             self.table = table
+            self.generation = generation
             self.updates += 1
             log.debug("endpoint table", extra={
                 "services": len(table), "endpoints": sum(len(s.endpoints) for s in table.values())})
@@ -106,6 +93,8 @@ class Mesh:
             for name, svc in table.items()}
 
     async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.endpoints.listeners.remove(self._built)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

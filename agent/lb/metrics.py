@@ -113,7 +113,7 @@ class LbCollector(Collector):
             "publishing member's own address; port: not at the port it was given).",
             labels=["reason"])
         for reason in REASONS:
-            refused.add_metric([reason], self.mesh.refused.get(reason, 0))
+            refused.add_metric([reason], self.mesh.endpoints.table.refused.get(reason, 0))
         yield refused
 
 

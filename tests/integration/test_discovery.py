@@ -18,8 +18,7 @@ HELLO = "default/hello/web/hello"
 
 def table_of(agent: Agent) -> dict[str, int]:
     assert agent.gossip is not None
-    assert agent.mesh is not None
-    built = endpoint_table(agent.gossip.members(), agent.cfg.name, agent.mesh.expected)
+    built = endpoint_table(agent.gossip.members(), agent.cfg.name, agent.endpoints.expected)
     return {spec.name: len(spec.endpoints) for spec in built.services.values()}
 
 
@@ -29,9 +28,8 @@ async def test_every_agent_sees_every_healthy_endpoint(tmp_path: Path) -> None:
         await ctl.jobs.register(job)
         await wait_until(lambda: all(table_of(a) == {"hello": 3} for a in agents), within=30)
         assert agents[0].gossip is not None
-        assert agents[0].mesh is not None
         spec = endpoint_table(agents[0].gossip.members(), "agent-1",
-                              agents[0].mesh.expected).services[HELLO]
+                              agents[0].endpoints.expected).services[HELLO]
         assert spec.published_port == 8080
         assert {e.node for e in spec.endpoints} == {"agent-1", "agent-2"}
         assert any(e.local for e in spec.endpoints)

@@ -70,15 +70,14 @@ async def test_only_what_the_controller_placed_reaches_the_load_balancers(
                 f"{NET}.50", 9, port, "tcp", "round_robin", 1, False]})
             assert agents[0].gossip is not None
             rogue._sendto(agents[0].gossip.addr, codec.pack([codec.encode(forged)]))
-            mesh = agents[0].mesh
-            assert mesh is not None
-            await wait_until(lambda: mesh.refused["unexpected"] >= 2
-                             and mesh.refused["node"] >= 1, within=20)
+            table = agents[0].endpoints
+            await wait_until(lambda: table.table.refused["unexpected"] >= 2
+                             and table.table.refused["node"] >= 1, within=20)
             await asyncio.sleep(0.5)  # a few more table builds
             for a in agents:
                 assert endpoints(a) == honest
+                assert sum(a.endpoints.table.refused.values()) >= 3
                 assert a.mesh is not None
-                assert sum(a.mesh.refused.values()) >= 3
                 assert not any(s.listening and s.port == port + 1
                                for s in a.mesh.stats().values())
         finally:
