@@ -194,7 +194,7 @@ async def test_a_leader_whose_event_loop_stalls_keeps_its_lease(etcd_server: Etc
         waiting = asyncio.create_task(b.campaign())
         try:
             await asyncio.sleep(0.3)
-            time.sleep(2.5 * TTL)  # the whole event loop stalls, a's keepalives' too before
+            time.sleep(2.5 * TTL)  # noqa: ASYNC251 (the point: the whole event loop stalls)
             await asyncio.sleep(1.0)
             assert term.current, term.reason
             assert not waiting.done()
