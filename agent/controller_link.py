@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 
 from agent.desired import FEATURE, DesiredSet
+from agent.report_queue import PENDING_HOLD, ReportQueue
 from orch.errors import ControllerRefusedError, ProtocolError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
@@ -79,6 +80,7 @@ class ControllerLink:
                  verify: Callable[[str], Awaitable[bool]] | None = None,
                  recheck: float = 0.5,
                  on_endpoints: Callable[[controller_pb2.ExpectedEndpoints], None] | None = None,
+                 pending_hold: float = PENDING_HOLD,
                  ) -> None:
         self._registration = registration
         self._addresses = addresses
@@ -98,7 +100,9 @@ class ControllerLink:
         self._applying = False
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
             addr, options=options))
-        self._pending: dict[str, node_pb2.Allocation] = {}
+        self._queue = ReportQueue(pending_hold)
+        """Allocations' statuses not sent yet (the newest of each; pending ones held a
+        little for the status that follows)."""
         self._kick = asyncio.Event()
         self._leader_hint: str | None = None
         self._reregister = False
@@ -145,9 +149,11 @@ class ControllerLink:
         self._kick.set()
 
     def report(self, allocs: list[node_pb2.Allocation]) -> None:
-        """Queue status updates (the newest per allocation wins) for the controller."""
+        """Queue status updates for the controller: the newest per allocation wins, and a
+        pending one waits up to ``pending_hold`` seconds for the next (``ReportQueue``)."""
+        now = asyncio.get_running_loop().time()
         for a in allocs:
-            self._pending[a.id] = a
+            self._queue.put(a, now)
         self._kick.set()
 
     async def run(self) -> None:
@@ -310,13 +316,18 @@ class ControllerLink:
         self._reregister = False
         yield controller_pb2.NodeMessage(register=self._announced())
         # everything we run, so that the controller catches up with what it missed
-        for a in self._current():
-            self._pending.setdefault(a.id, a)
+        self._queue.catch_up(self._current())
+        loop = asyncio.get_running_loop()
         while True:
-            if not self._pending and not self._reregister and self._usage is None:
+            if not self._queue.ready(loop.time()) and not self._reregister \
+                    and self._usage is None:
                 self._kick.clear()
+                release = self._queue.next_release()
+                wait = 15.0 if release is None else min(15.0, max(0.0, release - loop.time()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), 15.0)
+                    await asyncio.wait_for(self._kick.wait(), wait)
+                if release is not None and not self._kick.is_set():
+                    self._kick.set()  # a hold ended: what it held goes, not a heartbeat
             if ended.is_set():
                 return
             if self._reregister:
@@ -325,8 +336,8 @@ class ControllerLink:
             if self._usage is not None:
                 report, self._usage = self._usage, None
                 yield controller_pb2.NodeMessage(usage=report)
-            if self._pending:
-                batch, self._pending = list(self._pending.values()), {}
+            batch = self._queue.take(loop.time())
+            if batch:
                 yield controller_pb2.NodeMessage(allocations=controller_pb2.AllocationUpdates(
                     allocations=batch, applied_version=self.applied_version))
             elif not self._kick.is_set():
