@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -148,12 +148,14 @@ class ControllerLink:
         self._usage = report
         self._kick.set()
 
-    def report(self, allocs: list[node_pb2.Allocation]) -> None:
+    def report(self, allocs: list[node_pb2.Allocation],
+               next_in: Mapping[str, float] | None = None) -> None:
         """Queue status updates for the controller: the newest per allocation wins, and a
-        pending one waits up to ``pending_hold`` seconds for the next (``ReportQueue``)."""
+        pending one, or one whose next status is due soon (``next_in``: allocation id ->
+        seconds), waits up to ``pending_hold`` seconds for the next (``ReportQueue``)."""
         now = asyncio.get_running_loop().time()
         for a in allocs:
-            self._queue.put(a, now)
+            self._queue.put(a, now, next_in.get(a.id) if next_in else None)
         self._kick.set()
 
     async def run(self) -> None:

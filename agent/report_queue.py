@@ -1,13 +1,21 @@
 """What the agent has yet to tell the controller about its allocations (pure).
 
-One report per allocation: a newer status replaces the one queued (a pending report and
-the running one that follows it go out as one, and the controller writes the
-allocation's start once). A report that an allocation is pending waits up to ``hold``
-seconds for the one that follows it: most tasks start within a second (a process in
-milliseconds, a container whose image is on the node in well under one), and one that
-takes longer (an image pull) is reported pending once the hold ends. The hold runs from
-the allocation's first pending report, so progress reports while it stays pending do not
-hold it back for ever. Times are in seconds on any clock the caller keeps to.
+One report per allocation: a newer status replaces the one queued, so that statuses that
+follow one another closely go out, and are written by the controller, as one. Two waits
+make that happen where it pays:
+
+- a report that an allocation is pending waits up to ``hold`` seconds for the one that
+  follows it: most tasks start within a second (a process in milliseconds, a container
+  whose image is on the node in well under one); one that takes longer (an image pull) is
+  reported pending once the hold ends;
+- a report whose next status is due within ``hold`` seconds (the caller says when: the
+  health verdict of an allocation whose ``min_healthy_time`` is that short) waits for it,
+  so that running and healthy are one report.
+
+A hold runs from the first report of a client status, so progress reports while an
+allocation stays pending do not hold it back for ever: the controller learns of every new
+client status within ``hold`` (+ ``SETTLE``) seconds. Times are in seconds on any clock
+the caller keeps to.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ send their allocations' updates every 200 ms; a pending state that lasts longer 
 second is worth telling the operator about)."""
 EARLY = 0.001
 """Seconds before its end a hold counts as over (timers may fire a little early)."""
+SETTLE = 0.1
+"""Seconds a report waits past the time its next status is due (the timer that makes that
+status may fire a little late)."""
 PENDING = node_pb2.CLIENT_STATUS_PENDING
 
 
@@ -30,19 +41,32 @@ class ReportQueue:
         self.hold = hold
         self._reports: dict[str, node_pb2.Allocation] = {}
         """Allocation id -> its newest status not sent yet."""
-        self._held: dict[str, float] = {}
-        """Allocation id -> when its pending report may go (those queued and held)."""
+        self._held: dict[str, tuple[int, float]] = {}
+        """Allocation id -> (the client status held, when its report may go), for those
+        queued and held."""
 
     def __len__(self) -> int:
         return len(self._reports)
 
-    def put(self, a: node_pb2.Allocation, now: float) -> None:
-        """Queue ``a``'s newest status (replacing the one queued)."""
+    def put(self, a: node_pb2.Allocation, now: float, next_in: float | None = None) -> None:
+        """Queue ``a``'s newest status (replacing the one queued); ``next_in``: seconds until
+        its next status is due, if the caller knows."""
         self._reports[a.id] = a
-        if a.client_status == PENDING and self.hold > 0:
-            self._held.setdefault(a.id, now + self.hold)
+        if self.hold <= 0:
+            release = None
+        elif a.client_status == PENDING:
+            release = now + self.hold
+        elif next_in is not None and next_in <= self.hold:
+            release = now + max(0.0, next_in) + SETTLE
         else:
+            release = None
+        if release is None:
             self._held.pop(a.id, None)
+            return
+        held = self._held.get(a.id)
+        if held is not None and held[0] == a.client_status:
+            release = min(release, held[1])  # the hold runs from the status's first report
+        self._held[a.id] = (a.client_status, release)
 
     def catch_up(self, allocs: Iterable[node_pb2.Allocation]) -> None:
         """Queue the status of every allocation the node runs (a new stream: the controller
@@ -53,11 +77,11 @@ class ReportQueue:
     def ready(self, now: float) -> bool:
         """Whether some report may go now."""
         return len(self._held) < len(self._reports) or any(
-            t <= now + EARLY for t in self._held.values())
+            t <= now + EARLY for _, t in self._held.values())
 
     def next_release(self) -> float | None:
         """When the first held report may go (None: none is held)."""
-        return min(self._held.values(), default=None)
+        return min((t for _, t in self._held.values()), default=None)
 
     def take(self, now: float) -> list[node_pb2.Allocation]:
         """The reports that may go now, taken out of the queue (held ones stay)."""
@@ -67,8 +91,8 @@ class ReportQueue:
             return out
         out = []
         for alloc_id in list(self._reports):
-            release = self._held.get(alloc_id)
-            if release is None or release <= now + EARLY:
+            held = self._held.get(alloc_id)
+            if held is None or held[1] <= now + EARLY:
                 out.append(self._reports.pop(alloc_id))
                 self._held.pop(alloc_id, None)
         return out

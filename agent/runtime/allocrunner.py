@@ -161,10 +161,13 @@ class AllocRunner:
             self._health_timer = asyncio.get_running_loop().call_later(
                 max(0.0, at - now) + 0.001, self.changed)
 
-    def deployment_health(self) -> str:
-        update = self.spec.group.update
-        return self.health.verdict(time.monotonic(), min_healthy_time=update.min_healthy_time,
-                                   healthy_deadline=update.healthy_deadline)[0]
+    def deployment_health(self) -> tuple[str, float | None]:
+        """The verdict for deployments now, and in how many seconds it changes unless the
+        tasks do (None: it does not)."""
+        update, now = self.spec.group.update, time.monotonic()
+        verdict, at = self.health.verdict(now, min_healthy_time=update.min_healthy_time,
+                                          healthy_deadline=update.healthy_deadline)
+        return verdict, None if at is None else max(0.0, at - now)
 
     async def resize(self, want: AllocSpec) -> bool:
         """Give the tasks whose CPU or memory changed their new limits in place; False when a
@@ -342,10 +345,12 @@ class AllocRunner:
 
     def status(self) -> AllocStatus:
         tasks, cs, healthy = self._summary()
+        verdict, next_in = self.deployment_health()
         return AllocStatus(alloc_id=self.spec.id, client_status=cs, healthy=healthy,
                            tasks=tasks, ports=dict(self.ports), description=self.description,
                            modify_time_ns=self.modify_time_ns, job_version=self.spec.job_version,
-                           deployment_health=self.deployment_health())
+                           deployment_health=verdict,
+                           health_next_in=next_in if cs in ("pending", "running") else None)
 
 
 async def stop_quietly(runner: AllocRunner) -> None:

@@ -104,6 +104,8 @@ class AllocStatus:
     job_version: int = 0
     deployment_health: str = ""
     """The agent's verdict for deployments (``alloc_health``): pending, healthy, unhealthy."""
+    health_next_in: float | None = None
+    """Seconds until that verdict changes unless the tasks do (None: it does not)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.report_queue import ReportQueue
+from agent.report_queue import SETTLE, ReportQueue
 from orch.v1 import node_pb2
 
 PENDING, RUNNING, FAILED = (node_pb2.CLIENT_STATUS_PENDING, node_pb2.CLIENT_STATUS_RUNNING,
@@ -55,6 +55,22 @@ def test_other_reports_go_at_once_and_leave_the_held_ones_held() -> None:
     assert [r.id for r in q.take(0.1)] == ["b"]
     assert len(q) == 1
     assert not q.ready(0.2)
+
+
+def test_a_running_report_waits_for_a_health_verdict_due_within_the_hold() -> None:
+    q = ReportQueue(hold=1.0)
+    q.put(report("a", PENDING), now=0.0)
+    q.put(report("a", RUNNING), now=0.2, next_in=0.5)  # healthy at 0.7
+    assert not q.ready(0.7)
+    assert q.next_release() == 0.2 + 0.5 + SETTLE
+    q.put(report("a", RUNNING, "healthy"), now=0.7)
+    assert [r.description for r in q.take(0.7)] == ["healthy"]
+
+
+def test_a_running_report_does_not_wait_for_a_verdict_due_later() -> None:
+    q = ReportQueue(hold=1.0)
+    q.put(report("a", RUNNING), now=0.0, next_in=10.0)
+    assert q.ready(0.0)
 
 
 def test_without_a_hold_nothing_waits() -> None:
