@@ -8,7 +8,9 @@ The controller's address comes from the configuration or from gossip (members
 tagged ``role=controller`` publish ``rpc``); a follower's answer names the
 leader and the link goes there. When the stream breaks the agent keeps running
 what it has and reconnects with backoff; on every (re)connect it sends the state
-of all its allocations, so nothing the controller missed is lost.
+of all its allocations, so nothing the controller missed is lost. Reports wait in a
+``ReportQueue``: the newest per allocation, a pending one held a little for the status
+that follows it.
 
 A leader that stops without closing the stream (paused, frozen, cut off) would
 hold it until TCP or gRPC keepalives give up, long after another controller took

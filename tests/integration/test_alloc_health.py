@@ -123,3 +123,30 @@ async def _healthy(c: Harness, n: int) -> bool:
 
 async def _deployment_is(c: Harness, status: str) -> bool:
     return (await latest_deployment(c, "web")).status == status
+
+
+async def test_a_real_agent_calls_an_allocation_unhealthy_past_its_deadline(
+        tmp_path: Path) -> None:
+    """Its check never passes: the agent's deadline timer reports it unhealthy, and the
+    deployment fails on that verdict."""
+    async with live_cluster(tmp_path, agents=1) as (ctl, _agents), \
+            grpc.aio.insecure_channel(ctl.rpc_address) as ch:
+        api = controller_pb2_grpc.ControllerServiceStub(ch)
+        job = service_job(count=1, min_healthy=0.2, args=("3600",))
+        job.groups[0].update.healthy_deadline.FromMilliseconds(1500)
+        check = job.groups[0].tasks[0].checks.add(type="exec", command="/bin/false")
+        check.interval.FromMilliseconds(200)
+        await api.RegisterJob(controller_pb2.RegisterJobRequest(job=job))
+
+        async def deployment() -> controller_pb2.Deployment:
+            st = await api.GetJob(controller_pb2.GetJobRequest(name="web"))
+            return st.latest_deployment
+        await wait_until(lambda: _failed(deployment()), within=20)
+        assert "was not healthy within 1.5s (its node's verdict)" in \
+            (await deployment()).description
+        (a,) = [a for a in ctl.cluster.state.allocs.values() if a.job == "web"]
+        assert (a.client_status, a.healthy, a.deployment_health) == (RUNNING, False, UNHEALTHY)
+
+
+async def _failed(dep: Awaitable[controller_pb2.Deployment]) -> bool:
+    return (await dep).status == "failed"
