@@ -8,7 +8,9 @@ The controller's address comes from the configuration or from gossip (members
 tagged ``role=controller`` publish ``rpc``); a follower's answer names the
 leader and the link goes there. When the stream breaks the agent keeps running
 what it has and reconnects with backoff; on every (re)connect it sends the state
-of all its allocations, so nothing the controller missed is lost.
+of all its allocations, so nothing the controller missed is lost. Reports wait in a
+``ReportQueue``: the newest per allocation, a pending one held a little for the status
+that follows it.
 
 A leader that stops without closing the stream (paused, frozen, cut off) would
 hold it until TCP or gRPC keepalives give up, long after another controller took
@@ -26,12 +28,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
 
 from agent.desired import FEATURE, DesiredSet
+from agent.report_queue import PENDING_HOLD, ReportQueue
 from orch.errors import ControllerRefusedError, ProtocolError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
@@ -79,6 +82,7 @@ class ControllerLink:
                  verify: Callable[[str], Awaitable[bool]] | None = None,
                  recheck: float = 0.5,
                  on_endpoints: Callable[[controller_pb2.ExpectedEndpoints], None] | None = None,
+                 pending_hold: float = PENDING_HOLD,
                  ) -> None:
         self._registration = registration
         self._addresses = addresses
@@ -98,7 +102,9 @@ class ControllerLink:
         self._applying = False
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
             addr, options=options))
-        self._pending: dict[str, node_pb2.Allocation] = {}
+        self._queue = ReportQueue(pending_hold)
+        """Allocations' statuses not sent yet (the newest of each; pending ones held a
+        little for the status that follows)."""
         self._kick = asyncio.Event()
         self._leader_hint: str | None = None
         self._reregister = False
@@ -144,10 +150,14 @@ class ControllerLink:
         self._usage = report
         self._kick.set()
 
-    def report(self, allocs: list[node_pb2.Allocation]) -> None:
-        """Queue status updates (the newest per allocation wins) for the controller."""
+    def report(self, allocs: list[node_pb2.Allocation],
+               next_in: Mapping[str, float] | None = None) -> None:
+        """Queue status updates for the controller: the newest per allocation wins, and a
+        pending one, or one whose next status is due soon (``next_in``: allocation id ->
+        seconds), waits up to ``pending_hold`` seconds for the next (``ReportQueue``)."""
+        now = asyncio.get_running_loop().time()
         for a in allocs:
-            self._pending[a.id] = a
+            self._queue.put(a, now, next_in.get(a.id) if next_in else None)
         self._kick.set()
 
     async def run(self) -> None:
@@ -310,13 +320,18 @@ class ControllerLink:
         self._reregister = False
         yield controller_pb2.NodeMessage(register=self._announced())
         # everything we run, so that the controller catches up with what it missed
-        for a in self._current():
-            self._pending.setdefault(a.id, a)
+        self._queue.catch_up(self._current())
+        loop = asyncio.get_running_loop()
         while True:
-            if not self._pending and not self._reregister and self._usage is None:
+            if not self._queue.ready(loop.time()) and not self._reregister \
+                    and self._usage is None:
                 self._kick.clear()
+                release = self._queue.next_release()
+                wait = 15.0 if release is None else min(15.0, max(0.0, release - loop.time()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), 15.0)
+                    await asyncio.wait_for(self._kick.wait(), wait)
+                if release is not None and not self._kick.is_set():
+                    self._kick.set()  # a hold ended: what it held goes, not a heartbeat
             if ended.is_set():
                 return
             if self._reregister:
@@ -325,8 +340,8 @@ class ControllerLink:
             if self._usage is not None:
                 report, self._usage = self._usage, None
                 yield controller_pb2.NodeMessage(usage=report)
-            if self._pending:
-                batch, self._pending = list(self._pending.values()), {}
+            batch = self._queue.take(loop.time())
+            if batch:
                 yield controller_pb2.NodeMessage(allocations=controller_pb2.AllocationUpdates(
                     allocations=batch, applied_version=self.applied_version))
             elif not self._kick.is_set():

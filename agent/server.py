@@ -552,9 +552,11 @@ class Agent:
     async def _forward_updates(self) -> None:
         while True:
             batch = await self.runtime.next_updates()
-            allocs = [convert.alloc_status_to_proto(u) for u in batch if isinstance(u, AllocStatus)]
-            if allocs:
-                self.link.report(allocs)
+            statuses = [u for u in batch if isinstance(u, AllocStatus)]
+            allocs = [convert.alloc_status_to_proto(u) for u in statuses]
+            if allocs:  # (running waits for healthy when that is due within the link's hold)
+                self.link.report(allocs, {u.alloc_id: u.health_next_in for u in statuses
+                                          if u.health_next_in is not None})
                 self._publish_endpoints()
             drivers = [u for u in batch if isinstance(u, DriverStatus)]
             for d in drivers:

@@ -19,7 +19,11 @@ place      ``--jobs`` service jobs of ``--allocs-per-job`` allocations (one grou
            gRPC API by ``--clients`` concurrent clients (``RegisterJob`` answers once
            the job's first evaluation committed its plan), until the controller has
            heard that every allocation runs (its metrics, polled every second):
-           ``alloc_running_s`` and ``placements_per_s_e2e``.
+           ``alloc_running_s`` and ``placements_per_s_e2e``; the controller's CPU per
+           allocation (``controller_cpu_us_per_alloc``) and the allocation records and
+           commits the store took per allocation (``alloc_writes_per_alloc_placed``,
+           ``store_commits_per_alloc_placed``), and the same once ``--settle`` seconds
+           more let the health reports in (``..._settled``).
 idle       every node streaming, nothing changing, for ``--idle-seconds``: the
            controller's CPU (``idle_cpu_pct``, % of one core) and memory
            (``controller_rss_mb_per_100k_allocs``: resident set with the allocations
@@ -275,6 +279,10 @@ class Run:
     workdir: Path
     result: dict[str, Any] = field(default_factory=dict)
     rows: list[tuple[str, Any, str]] = field(default_factory=list)
+    place_base: Scrape | None = None
+    """The controller's metrics as the jobs were about to be registered."""
+    place_cpu0 = 0.0
+    """Its CPU seconds then."""
 
     def key(self, name: str, value: Any, goal: str = "") -> None:
         self.result[name] = value
@@ -342,6 +350,7 @@ def place(run: Run, ctl: ControllerProc) -> None:
             ch.close()
 
     base = ctl.scrape()
+    run.place_base, run.place_cpu0 = base, ctl.cpu()
     rss0 = ctl.rss()
     run.result["controller_rss_mb_before"] = round(rss0, 1)
     progress(f"placing {run.total:,} allocations: {a.jobs} jobs of {a.allocs_per_job} from "
@@ -398,12 +407,29 @@ def place(run: Run, ctl: ControllerProc) -> None:
     cpu = sampler.samples[-1][1] - sampler.samples[0][1] if len(sampler.samples) > 1 else 0.0
     run.result["controller_cpu_us_per_alloc"] = round(cpu / run.total * 1e6, 1)
     run.result["controller_peak_rss_mb"] = round(sampler.peak_rss(), 1)
+    writes(run, "placed", ctl.scrape())
+
+
+def writes(run: Run, when: str, s: Scrape) -> None:
+    """The store's work per allocation since the jobs were registered: allocation records
+    written and commits (``when``: placed, when every allocation runs; settled, once the
+    health reports that follow have been written too)."""
+    base = run.place_base
+    if base is None:
+        return
+    for metric, key in (("orch_controller_allocation_writes_total", "alloc_writes"),
+                        ("orch_controller_store_commit_seconds_count", "store_commits")):
+        run.result[f"{key}_per_alloc_{when}"] = round(
+            (s.get(metric) - base.get(metric)) / run.total, 3)
 
 
 def idle(run: Run, ctl: ControllerProc, fleet: Fleet) -> None:
     a = run.args
     time.sleep(a.settle)
     s = ctl.scrape()
+    writes(run, "settled", s)
+    run.result["controller_cpu_us_per_alloc_settled"] = round(
+        (ctl.cpu() - run.place_cpu0) / run.total * 1e6, 1)
     streaming = int(s.get("orch_controller_connected_agents"))
     c0, t0 = ctl.cpu(), time.monotonic()
     time.sleep(a.idle_seconds)

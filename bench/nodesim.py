@@ -10,8 +10,10 @@ node id), registers with its own node id, attributes and capacity, and holds one
 ``NodeService/Connect`` stream to the leader through the agent's own client code
 (``agent.controller_link.ControllerLink`` over mTLS, the controller's role checked).
 What it does not do is run anything: its driver reports a new allocation pending at
-once (a ``Received`` task event, as the agent does) and running ``--run-delay`` seconds
-later (``Started``), an allocation taken out of its desired set complete, and every
+once (a ``Received`` task event, as the agent does; the link holds it a little for the
+next status) and running ``--run-delay`` seconds later (``Started``), healthy for its
+deployment once it has run for its group's ``min_healthy_time`` (as the agent judges
+it), an allocation taken out of its desired set complete, and every
 ``--usage-interval`` seconds the CPU and memory of the allocations of autoscaled groups,
 as an agent's usage report does. Gossip is off (the gossip benchmark measures it at scale).
 
@@ -51,6 +53,7 @@ import grpc
 from agent.controller_link import ControllerLink
 from agent.desired import DesiredSet
 from orch import join, pki
+from orch.jobspec.model import UpdateStrategy, group_from_proto
 from orch.tls import TlsConfig, open_channel
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
@@ -58,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PENDING, RUNNING, COMPLETE = (node_pb2.CLIENT_STATUS_PENDING, node_pb2.CLIENT_STATUS_RUNNING,
                               node_pb2.CLIENT_STATUS_COMPLETE)
 RUN = node_pb2.DESIRED_STATUS_RUN
+HEALTH_PENDING, HEALTHY = node_pb2.ALLOC_HEALTH_PENDING, node_pb2.ALLOC_HEALTH_HEALTHY
 JOINS_AT_ONCE = 8
 """Joins in flight per worker (each is a TLS handshake and a commit on the controller)."""
 CONNECTS_AT_ONCE = 64
@@ -112,6 +116,8 @@ class SimNode:
             meta={"rack": f"r{index % cfg.racks}"},
             capacity=job_pb2.Resources(cpu_millicores=cfg.cpu_millicores,
                                        memory_mb=cfg.memory_mb))
+        self._update: dict[tuple[str, str, int, str], UpdateStrategy] = {}
+        """(namespace, job, version, group) -> its update block (min_healthy_time)."""
         self.status: dict[str, node_pb2.Allocation] = {}
         """What this node reports of each allocation it was given (the newest report)."""
         self.started: dict[str, float] = {}
@@ -170,7 +176,7 @@ class SimNode:
             received = []
             for a in new:
                 s = node_pb2.Allocation(id=a.id, client_status=PENDING, job_version=a.job_version,
-                                        modify_time_ns=now_ns)
+                                        modify_time_ns=now_ns, deployment_health=HEALTH_PENDING)
                 for t in a.spec.tasks:
                     s.tasks[t.name].CopyFrom(node_pb2.TaskState(state="pending", events=[
                         node_pb2.TaskEvent(time_ns=now_ns, type="Received",
@@ -182,7 +188,8 @@ class SimNode:
             self.scaled.update(a.id for a in new
                                if a.spec.HasField("scaling") and a.spec.scaling.enabled)
             delay = self.cfg.run_delay * (0.75 + random.random() / 2)
-            loop.call_later(delay, self._running, [a.id for a in new])
+            loop.call_later(delay, self._running, [(a.id, self._min_healthy_time(a))
+                                                   for a in new])
         if gone:
             done = []
             for i in gone:
@@ -192,22 +199,35 @@ class SimNode:
                 if old.client_status == RUNNING:
                     st.running -= 1
                 done.append(node_pb2.Allocation(id=i, client_status=COMPLETE,
-                                                job_version=old.job_version, modify_time_ns=now_ns))
+                                                job_version=old.job_version, modify_time_ns=now_ns,
+                                                deployment_health=old.deployment_health))
             assert self.link is not None
             self.link.report(done)
 
-    def _running(self, ids: list[str]) -> None:
+    def _min_healthy_time(self, a: node_pb2.Allocation) -> float:
+        key = (a.namespace, a.job, a.job_version, a.group)
+        update = self._update.get(key)
+        if update is None:
+            update = self._update[key] = group_from_proto(a.spec).update
+        return update.min_healthy_time
+
+    def _running(self, allocs: list[tuple[str, float]]) -> None:
+        """The allocations run (their tasks pass, having no checks): healthy at once when
+        their group's min_healthy_time is 0, else once it has passed (as the agent's
+        ``alloc_health`` judges)."""
         if self.dead or self.link is None:
             return
         now_ns = time.time_ns()
         out = []
-        for i in ids:
+        later: dict[float, list[str]] = {}
+        for i, min_healthy in allocs:
             old = self.status.get(i)
             if old is None or old.client_status != PENDING:
                 continue
             s = node_pb2.Allocation()
             s.CopyFrom(old)
             s.client_status, s.checks_healthy, s.modify_time_ns = RUNNING, True, now_ns
+            s.deployment_health = HEALTH_PENDING if min_healthy > 0 else HEALTHY
             for t in s.tasks.values():
                 t.state, t.started_at_ns, t.healthy = "running", now_ns, True
                 t.events.add(time_ns=now_ns, type="Started",
@@ -215,7 +235,29 @@ class SimNode:
             self.status[i] = s
             self.started[i] = now_ns / 1e9
             out.append(s)
+            if min_healthy > 0:
+                later.setdefault(min_healthy, []).append(i)
         self.stats.running += len(out)
+        self.link.report(out, {i: delay for delay, ids in later.items() for i in ids})
+        loop = asyncio.get_running_loop()
+        for delay, ids in later.items():
+            loop.call_later(delay, self._healthy, ids)
+
+    def _healthy(self, ids: list[str]) -> None:
+        """These allocations have run for their min_healthy_time: healthy."""
+        if self.dead or self.link is None:
+            return
+        now_ns = time.time_ns()
+        out = []
+        for i in ids:
+            old = self.status.get(i)
+            if old is None or old.client_status != RUNNING or old.deployment_health == HEALTHY:
+                continue
+            s = node_pb2.Allocation()
+            s.CopyFrom(old)
+            s.deployment_health, s.modify_time_ns = HEALTHY, now_ns
+            self.status[i] = s
+            out.append(s)
         self.link.report(out)
 
     def report_usage(self, now: float) -> None:

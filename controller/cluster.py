@@ -125,6 +125,9 @@ class Cluster:
         """How long the store takes to make a change durable."""
         self.commit_total_latency = Hist(LATENCY)
         """How long a whole commit takes: durable, applied, published, queued for agents."""
+        self.alloc_writes = 0
+        """Allocation records written to the store (each placement, report or health change
+        that changed one is a record)."""
         self.listeners: list[Callable[[Changes], None]] = []
         """Called after every commit (the scheduler loop wakes on them)."""
         self.secrets_of: SecretsOf | None = None
@@ -146,6 +149,7 @@ class Cluster:
         t0 = time.perf_counter()
         index = await self.store.commit(changes)
         self.commit_latency.observe(time.perf_counter() - t0)
+        self.alloc_writes += len(changes.put_allocs)
         touched = touched_nodes(self.state, changes) if self._feeds else {}
         self.state.apply(changes, index)
         if changes.events:

@@ -1,13 +1,17 @@
 """Rolling updates as deployments, and when an allocation counts as healthy (pure).
 
-An allocation is *healthy* once every task runs and passes its checks (as the
-agent reports, ``checks_healthy``) — or, without checks, once it runs — for the
-group's ``min_healthy_time``; it stops being healthy at once when that no longer
-holds. A deployment follows one job version: it succeeds when every group has
-``count`` healthy allocations of that version and none of an older one; it fails
-when an allocation of the version fails or is not healthy within
-``healthy_deadline``, or when no allocation turned healthy for
-``progress_deadline``. Canaries wait for promotion.
+An allocation is *healthy* once every task runs and passes its checks — or, without
+checks, once it runs — for the group's ``min_healthy_time``; it stops being healthy at
+once when that no longer holds. Agents judge this themselves and report their verdict
+with the allocation's status (``deployment_health``, as Nomad's clients do), so that the
+controller writes nothing of its own for it (``controller.reports``); for an allocation
+whose agent reports no verdict (an older agent), the controller times it here from what
+the agent reports (``checks_healthy``). A deployment follows one job version: it succeeds
+when every group has ``count`` healthy allocations of that version and none of an older
+one; it fails when an allocation of the version fails or is not healthy within
+``healthy_deadline`` (as its agent counts it from receiving the allocation, or the
+controller from placing it when the agent does not judge), or when no allocation turned
+healthy for ``progress_deadline``. Canaries wait for promotion.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controller.reports import judged_healthy
 from controller.scheduler import AllocInfo
 from controller.state import RUN, RUNNING, ClusterState
 from orch.jobspec.model import Group, Job
@@ -40,6 +45,8 @@ def health_updates(state: ClusterState, now_ns: int, ids: Iterable[str]
             continue
         if a.desired_status != RUN:
             want, ready_at = False, None
+        elif a.deployment_health:  # its agent judges (controller.reports)
+            want, ready_at = judged_healthy(a), None
         else:
             group = state.group_spec(a)
             if group is None:
@@ -96,7 +103,10 @@ def assess(dep: controller_pb2.Deployment, job: Job, allocs: list[AllocInfo],
         for a in mine:
             if a.client in ("failed", "lost"):
                 unhealthy.append((a, f"allocation {a.name} {_client(a)}"))
-            elif not a.healthy and a.client in ("pending", "running"):
+            elif a.health == "unhealthy" and a.client in ("pending", "running"):
+                unhealthy.append((a, f"allocation {a.name} was not healthy within "
+                                     f"{spec.update.healthy_deadline:g}s (its node's verdict)"))
+            elif not a.healthy and not a.health and a.client in ("pending", "running"):
                 deadline = int(a.create_time * NS) + int(spec.update.healthy_deadline * NS)
                 if now_ns >= deadline:
                     unhealthy.append((a, f"allocation {a.name} was not healthy within "

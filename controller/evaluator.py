@@ -10,7 +10,8 @@ found nothing to do (its allocations, its version, the nodes, namespaces), so th
 anything missed is repaired without evaluating a thousand settled jobs every time.
 
 Health and deployments are followed from what commits touch: an allocation is looked
-at again when a commit changes it or when its ``min_healthy_time`` runs out, a
+at again when a commit changes it or, when its agent does not judge its health itself
+(``deployment_health``; an older agent), when its ``min_healthy_time`` runs out, a
 deployment when its job's allocations changed or one of its deadlines falls due, at
 most every ``DEPLOYMENT_BATCH`` seconds (as Nomad's deployment watcher batches), so a
 pass costs what changed, not what exists.
@@ -86,6 +87,9 @@ class Evaluator:
         self._urgent_jobs: set[JobKey] = set()
         """Of those, jobs with an allocation that failed or was lost: looked at before the
         job is evaluated again (which replaces it), whatever the batch."""
+        self._judged: set[JobKey] = set()
+        """Jobs with allocations whose agents' verdicts changed their health (evaluated again
+        after the next health pass, as those the pass itself changes)."""
         self._dep_checks: dict[str, int] = {}
         """Deployment id -> when one of its deadlines falls due (ns)."""
         self._deployments_at = 0.0
@@ -128,6 +132,12 @@ class Evaluator:
         self._waiters.setdefault(key, []).append(fut)
         self.enqueue(key, reason)
         return await fut
+
+    def health_changed(self, keys: set[JobKey]) -> None:
+        """Agents' verdicts changed the health of these jobs' allocations (committed)."""
+        if keys:
+            self._judged |= keys
+            self._wake.set()
 
     def _on_commit(self, changes: Changes) -> None:
         """Wake on what changes placements (failed or finished allocations, nodes) and on
@@ -316,7 +326,8 @@ class Evaluator:
             now_ns = int(self.clock() * NS)
             updates, due = self._health_updates(now_ns)
             changes = Changes(put_allocs=updates)
-            touched = {job_key(a) for a in updates}
+            touched = {job_key(a) for a in updates} | self._judged
+            self._judged = set()
             for a in updates:
                 changes.events.append(event(
                     "allocation", "AllocationHealthy" if a.healthy else "AllocationUnhealthy",

@@ -65,6 +65,9 @@ class ControllerCollector(Collector):
         yield cluster.commit_total_latency.family(
             "orch_controller_commit_seconds", "Time one commit takes: made durable, applied "
             "to memory, its events published, the agents' desired sets queued.")
+        yield CounterMetricFamily("orch_controller_allocation_writes", "Allocation records "
+                                  "written to the store (placements, agents' reports, health).",
+                                  value=cluster.alloc_writes)
         yield GaugeMetricFamily("orch_controller_connected_agents", "Agents holding a stream.",
                                 value=sum(1 for n in state.nodes if cluster.connected(n)))
         nodes = GaugeMetricFamily("orch_controller_nodes", "Nodes by status.", labels=["status"])

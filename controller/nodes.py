@@ -54,12 +54,12 @@ from dataclasses import dataclass, field
 from controller.cluster import Cluster
 from controller.evaluator import Evaluator
 from controller.planner import event
+from controller.reports import Merged, merge_report
 from controller.scheduler import node_info_from_proto
-from controller.state import RUN, RUNNING, TERMINAL, ClusterState, job_key
+from controller.state import RUN, TERMINAL, ClusterState, job_key
 from controller.store.base import Changes
 from orch.errors import NotFoundError, RequestError
-from orch.v1 import controller_pb2, job_pb2, node_pb2
-from orch.vocab import CLIENT_STATUS
+from orch.v1 import job_pb2, node_pb2
 
 log = logging.getLogger("controller")
 NS = 1_000_000_000
@@ -277,64 +277,25 @@ class NodeMonitor:
             changes = Changes()
             for reg in regs.values():
                 self._registered(reg, now_ns, changes)
+            health = set()
             for node_id, u in reports.values():
-                a = self._merged(node_id, u, now_ns)
-                if a is None:
+                m = self._merged(node_id, u, now_ns)
+                if m is None:
                     continue
-                changes.put_allocs.append(a[0])
-                changes.events += a[1]
+                changes.put_allocs.append(m.alloc)
+                changes.events += m.events
+                if m.health_changed:
+                    health.add(job_key(m.alloc))
             await self.cluster.commit(changes)
+        self.evaluator.health_changed(health)
 
-    def _merged(self, node_id: str, u: node_pb2.Allocation, now_ns: int) -> tuple[
-            node_pb2.Allocation, list[controller_pb2.Event]] | None:
+    def _merged(self, node_id: str, u: node_pb2.Allocation, now_ns: int) -> Merged | None:
         """The allocation with what its node reported merged in, and the events that says;
         None when the report changes nothing (or is not the node's to make)."""
         info = self.state.snapshot.alloc(u.id)
         if info is None or info.node_id != node_id:
             return None  # not this node's: ignore
-        a = self.state.allocs[u.id]  # a copy of its own
-        was = a.client_status
-        if was in TERMINAL and a.desired_status != RUN and u.client_status not in TERMINAL:
-            return None  # a late report about an allocation already given up on
-        changed = False
-        if u.client_status and u.client_status != was:
-            a.client_status = u.client_status
-            a.client_since_ns = now_ns
-            changed = True
-        checks = u.checks_healthy and a.client_status == RUNNING
-        if checks != a.checks_healthy:
-            if checks:
-                a.checks_healthy_since_ns = now_ns
-            a.checks_healthy = checks
-            changed = True
-        restarted = []
-        if a.tasks != u.tasks:
-            for name, t in u.tasks.items():
-                before = a.tasks[name].restarts if name in a.tasks else 0
-                if t.restarts > before:
-                    why = next((e.message for e in reversed(t.events) if e.type == "Restarting"),
-                               "")
-                    restarted.append((name, t.restarts, why))
-            a.tasks.clear()
-            for name, t in u.tasks.items():
-                a.tasks[name].CopyFrom(t)
-            changed = True
-        if u.description and u.description != a.description:
-            a.description = u.description
-            changed = True
-        if not changed:
-            return None
-        a.modify_time_ns = now_ns
-        events = []
-        if a.client_status != was:
-            status = CLIENT_STATUS.word(a.client_status)
-            events.append(event("allocation", f"Allocation{status.capitalize()}", a.id,
-                                f"{a.name} is {status}", now_ns, allocation=a))
-        for name, n, why in restarted:
-            events.append(event("allocation", "AllocationRestarted", a.id,
-                                f"{a.name}: task {name} restarted ({n} so far)"
-                                + (f": {why}" if why else ""), now_ns, allocation=a))
-        return a, events
+        return merge_report(self.state.allocs[u.id], u, now_ns)  # (a copy of its own)
 
     # --- liveness ------------------------------------------------------------------------------
 

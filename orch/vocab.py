@@ -58,7 +58,7 @@ class Words(Generic[V]):
                                       for v in values}
         self._value: dict[str, V] = {w: n for n, w in self._word.items()  # type: ignore[misc]
                                      if n != 0}
-        if unset not in self._value:
+        if unset and unset not in self._value:  # "": the unset value has no word
             raise ValueError(f"{enum.DESCRIPTOR.name} has no value {unset!r}")
         self._word[0] = unset
         self._unset = unset
@@ -83,6 +83,9 @@ NODE_STATUS = Words[node_pb2.NodeStatus.ValueType](node_pb2.NodeStatus, unset="i
 """A node's status: init, ready or down."""
 JOB_TYPE = Words[job_pb2.JobType.ValueType](job_pb2.JobType, unset="service")
 """service, batch or system."""
+ALLOC_HEALTH = Words[node_pb2.AllocHealth.ValueType](node_pb2.AllocHealth, unset="")
+"""An agent's verdict on an allocation for deployments: pending, healthy, unhealthy; ""
+when its agent does not judge (the controller times it)."""
 JOB_STATUS = Words[job_pb2.JobStatus.ValueType](job_pb2.JobStatus, unset="pending")
 """pending, running or dead."""
 

@@ -23,11 +23,12 @@ from orch.errors import DriverUnavailableError, RuntimeDriverError
 from orch.jobspec.model import Check, Group, Task
 
 from . import labels as lbl
+from .alloc_health import HealthWatch
 from .config import RuntimeConfig
 from .driver import Recovered, TaskConfig, TaskDriver
 from .ports import container_port
 from .restart import RestartTracker
-from .state import AllocSpec, AllocStatus, TaskEvent, TaskStatus, client_status
+from .state import AllocSpec, AllocStatus, ClientStatus, TaskEvent, TaskStatus, client_status
 from .taskfiles import Sources, TaskFiles, needs_files
 from .taskrunner import TaskRunner
 from .volumes import Mount, in_task_dir, task_mounts, volume_env
@@ -128,6 +129,11 @@ class AllocRunner:
         self.given_up = False
         """Stopped by this agent on its own: cut off from the controllers for longer than the
         group's ``disconnect.stop_after`` (reported lost)."""
+        adopted = bool(recovered) and all(t.name in self._recovered for t in spec.group.tasks)
+        self.health = HealthWatch(received_at=time.monotonic(),
+                                  trusted=spec.healthy and adopted)
+        """The verdict for deployments (``alloc_health``), fed on every change."""
+        self._health_timer: asyncio.TimerHandle | None = None
 
     @property
     def id(self) -> str:
@@ -135,7 +141,33 @@ class AllocRunner:
 
     def changed(self) -> None:
         self.modify_time_ns = time.time_ns()
+        self._watch_health()
         self._notify(self.spec.id)
+
+    def _watch_health(self) -> None:
+        """Feed the health watch what the tasks do now, and come back when its verdict
+        would change with time alone (min_healthy_time or healthy_deadline runs out)."""
+        _, cs, ok = self._summary()
+        now = time.monotonic()
+        update = self.spec.group.update
+        self.health.observe(running=cs == "running", ok=ok, now=now,
+                            min_healthy_time=update.min_healthy_time)
+        _, at = self.health.verdict(now, min_healthy_time=update.min_healthy_time,
+                                    healthy_deadline=update.healthy_deadline)
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+            self._health_timer = None
+        if at is not None and cs in ("pending", "running"):
+            self._health_timer = asyncio.get_running_loop().call_later(
+                max(0.0, at - now) + 0.001, self.changed)
+
+    def deployment_health(self) -> tuple[str, float | None]:
+        """The verdict for deployments now, and in how many seconds it changes unless the
+        tasks do (None: it does not)."""
+        update, now = self.spec.group.update, time.monotonic()
+        verdict, at = self.health.verdict(now, min_healthy_time=update.min_healthy_time,
+                                          healthy_deadline=update.healthy_deadline)
+        return verdict, None if at is None else max(0.0, at - now)
 
     async def resize(self, want: AllocSpec) -> bool:
         """Give the tasks whose CPU or memory changed their new limits in place; False when a
@@ -263,6 +295,9 @@ class AllocRunner:
     async def destroy(self) -> None:
         """Stop the tasks, then remove their containers (or task folders) and their logs."""
         await self.stop()
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+            self._health_timer = None
         for runner in self.tasks.values():
             if runner.files is not None:
                 await runner.files.cleanup()
@@ -295,7 +330,9 @@ class AllocRunner:
         return bool(self._setup_failures) or (
             bool(self.tasks) and all(r.state == "dead" for r in self.tasks.values()))
 
-    def status(self) -> AllocStatus:
+    def _summary(self) -> tuple[dict[str, TaskStatus], ClientStatus, bool]:
+        """The tasks' statuses, the allocation's client status, and whether every task runs
+        and passes its checks (a batch task that finished well counts as passing)."""
         tasks = {name: r.status() for name, r in self.tasks.items()}
         tasks.update(self._setup_failures)
         cs = client_status(tasks.values())
@@ -304,9 +341,16 @@ class AllocRunner:
         healthy = cs == "running" and all(
             t.healthy for n, t in tasks.items()
             if t.state != "dead" or t.failed or self.spec.job_type != "batch")
+        return tasks, cs, healthy
+
+    def status(self) -> AllocStatus:
+        tasks, cs, healthy = self._summary()
+        verdict, next_in = self.deployment_health()
         return AllocStatus(alloc_id=self.spec.id, client_status=cs, healthy=healthy,
                            tasks=tasks, ports=dict(self.ports), description=self.description,
-                           modify_time_ns=self.modify_time_ns, job_version=self.spec.job_version)
+                           modify_time_ns=self.modify_time_ns, job_version=self.spec.job_version,
+                           deployment_health=verdict,
+                           health_next_in=next_in if cs in ("pending", "running") else None)
 
 
 async def stop_quietly(runner: AllocRunner) -> None:

@@ -50,6 +50,8 @@ class AllocSpec:
     """The job's meta (ORCH_META_<KEY> in every task's environment; the group's wins)."""
     payload: bytes = b""
     """A dispatched job's payload: every task finds it in ``local/payload``."""
+    healthy: bool = field(default=False, compare=False)
+    """The controller held it healthy when it sent it (not part of what to run)."""
 
     def task(self, name: str) -> Task | None:
         return next((t for t in self.group.tasks if t.name == name), None)
@@ -100,6 +102,10 @@ class AllocStatus:
     description: str = ""
     modify_time_ns: int = 0
     job_version: int = 0
+    deployment_health: str = ""
+    """The agent's verdict for deployments (``alloc_health``): pending, healthy, unhealthy."""
+    health_next_in: float | None = None
+    """Seconds until that verdict changes unless the tasks do (None: it does not)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

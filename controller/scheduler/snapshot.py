@@ -26,7 +26,14 @@ from typing import Any
 from controller.scheduler.quota import Usage
 from orch.jobspec.model import Group, group_from_proto
 from orch.v1 import job_pb2, node_pb2
-from orch.vocab import CLIENT_STATUS, DEFAULT_NAMESPACE, DESIRED_STATUS, NODE_STATUS, namespace_of
+from orch.vocab import (
+    ALLOC_HEALTH,
+    CLIENT_STATUS,
+    DEFAULT_NAMESPACE,
+    DESIRED_STATUS,
+    NODE_STATUS,
+    namespace_of,
+)
 
 LIVE_CLIENT = frozenset(("pending", "running"))
 
@@ -97,6 +104,8 @@ class AllocInfo:
     spec: Group | None = None
     """The group as of ``job_version`` (decides in-place against destructive updates)."""
     healthy: bool = False
+    health: str = ""
+    """Its agent's verdict (pending, healthy, unhealthy; "": its agent does not judge)."""
     canary: bool = False
     reschedule_attempts: int = 0
     """How many reschedules led to this allocation."""
@@ -441,6 +450,7 @@ def alloc_info_from_proto(pb: node_pb2.Allocation, spec: Group | None = None) ->
         memory_mb=res.memory_mb, ports=dict(pb.ports) if len(pb.ports) else _NO_PORTS,
         desired=DESIRED_STATUS.word(pb.desired_status),
         client=CLIENT_STATUS.word(pb.client_status), job_version=pb.job_version, spec=spec,
-        healthy=pb.healthy, canary=pb.canary, reschedule_attempts=pb.reschedule_attempts,
+        healthy=pb.healthy, health=ALLOC_HEALTH.word(pb.deployment_health), canary=pb.canary,
+        reschedule_attempts=pb.reschedule_attempts,
         previous_allocation=pb.previous_allocation, create_time=pb.create_time_ns / 1e9,
         modify_time=pb.modify_time_ns / 1e9, client_since=pb.client_since_ns / 1e9)

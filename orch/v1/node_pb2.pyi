@@ -79,6 +79,40 @@ CLIENT_STATUS_FAILED: ClientStatus.ValueType  # 4
 CLIENT_STATUS_LOST: ClientStatus.ValueType  # 5
 Global___ClientStatus: _TypeAlias = ClientStatus  # noqa: Y015
 
+class _AllocHealth:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AllocHealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AllocHealth.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALLOC_HEALTH_UNSPECIFIED: _AllocHealth.ValueType  # 0
+    """not judged (an older agent: the controller times it)"""
+    ALLOC_HEALTH_PENDING: _AllocHealth.ValueType  # 1
+    """not healthy (yet, or any more), within healthy_deadline"""
+    ALLOC_HEALTH_HEALTHY: _AllocHealth.ValueType  # 2
+    """every task has run, passing its checks, for"""
+    ALLOC_HEALTH_UNHEALTHY: _AllocHealth.ValueType  # 3
+    """min_healthy_time (and still does)
+    not healthy, past healthy_deadline (counted from when
+    """
+
+class AllocHealth(_AllocHealth, metaclass=_AllocHealthEnumTypeWrapper):
+    """An agent's verdict on an allocation for deployments: it watches the tasks and their
+    checks, and times the group's min_healthy_time and healthy_deadline itself.
+    """
+
+ALLOC_HEALTH_UNSPECIFIED: AllocHealth.ValueType  # 0
+"""not judged (an older agent: the controller times it)"""
+ALLOC_HEALTH_PENDING: AllocHealth.ValueType  # 1
+"""not healthy (yet, or any more), within healthy_deadline"""
+ALLOC_HEALTH_HEALTHY: AllocHealth.ValueType  # 2
+"""every task has run, passing its checks, for"""
+ALLOC_HEALTH_UNHEALTHY: AllocHealth.ValueType  # 3
+"""min_healthy_time (and still does)
+not healthy, past healthy_deadline (counted from when
+"""
+Global___AllocHealth: _TypeAlias = AllocHealth  # noqa: Y015
+
 @_typing.final
 class Node(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -370,6 +404,7 @@ class Allocation(_message.Message):
     CHECKS_HEALTHY_FIELD_NUMBER: _builtins.int
     CHECKS_HEALTHY_SINCE_NS_FIELD_NUMBER: _builtins.int
     CLIENT_SINCE_NS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_HEALTH_FIELD_NUMBER: _builtins.int
     JOB_META_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -385,9 +420,12 @@ class Allocation(_message.Message):
     desired_status: Global___DesiredStatus.ValueType
     client_status: Global___ClientStatus.ValueType
     healthy: _builtins.bool
-    """judged by the controller: checks_healthy (or running,"""
+    """deployment_health == HEALTHY while it runs; from an"""
     deployment_id: _builtins.str
-    """without checks) for the group's min_healthy_time"""
+    """agent that sets no deployment_health, judged by the
+    controller: checks_healthy (or running, without
+    checks) for the group's min_healthy_time
+    """
     previous_allocation: _builtins.str
     """the allocation this one replaces"""
     create_time_ns: _builtins.int
@@ -406,6 +444,8 @@ class Allocation(_message.Message):
     """set by the controller when checks_healthy turns true"""
     client_since_ns: _builtins.int
     """when client_status last changed (controller clock)"""
+    deployment_health: Global___AllocHealth.ValueType
+    """from the agent: its verdict on the allocation for"""
     payload: _builtins.bytes
     @_builtins.property
     def spec(self) -> _job_pb2.TaskGroup:
@@ -423,7 +463,10 @@ class Allocation(_message.Message):
     def tasks(self) -> _containers.MessageMap[_builtins.str, Global___TaskState]: ...
     @_builtins.property
     def job_meta(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """From the job (copied at placement): its meta (ORCH_META_<KEY> in every task's
+        """deployments (as Nomad's clients' alloc health);
+        UNSPECIFIED from an agent that does not judge
+
+        From the job (copied at placement): its meta (ORCH_META_<KEY> in every task's
         environment; the group's meta wins) and a dispatched job's payload (local/payload).
         """
 
@@ -456,12 +499,13 @@ class Allocation(_message.Message):
         checks_healthy: _builtins.bool = ...,
         checks_healthy_since_ns: _builtins.int = ...,
         client_since_ns: _builtins.int = ...,
+        deployment_health: Global___AllocHealth.ValueType = ...,
         job_meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "checks_healthy", b"checks_healthy", "checks_healthy_since_ns", b"checks_healthy_since_ns", "client_since_ns", b"client_since_ns", "client_status", b"client_status", "create_time_ns", b"create_time_ns", "deployment_id", b"deployment_id", "description", b"description", "desired_status", b"desired_status", "group", b"group", "healthy", b"healthy", "id", b"id", "index", b"index", "job", b"job", "job_meta", b"job_meta", "job_type", b"job_type", "job_version", b"job_version", "modify_time_ns", b"modify_time_ns", "name", b"name", "namespace", b"namespace", "node_id", b"node_id", "payload", b"payload", "ports", b"ports", "previous_allocation", b"previous_allocation", "reschedule_attempts", b"reschedule_attempts", "resources", b"resources", "spec", b"spec", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "checks_healthy", b"checks_healthy", "checks_healthy_since_ns", b"checks_healthy_since_ns", "client_since_ns", b"client_since_ns", "client_status", b"client_status", "create_time_ns", b"create_time_ns", "deployment_health", b"deployment_health", "deployment_id", b"deployment_id", "description", b"description", "desired_status", b"desired_status", "group", b"group", "healthy", b"healthy", "id", b"id", "index", b"index", "job", b"job", "job_meta", b"job_meta", "job_type", b"job_type", "job_version", b"job_version", "modify_time_ns", b"modify_time_ns", "name", b"name", "namespace", b"namespace", "node_id", b"node_id", "payload", b"payload", "ports", b"ports", "previous_allocation", b"previous_allocation", "reschedule_attempts", b"reschedule_attempts", "resources", b"resources", "spec", b"spec", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,7 +17,7 @@ import grpc
 
 from orch.execs import MAX_FRAME
 from orch.v1 import controller_pb2, node_pb2
-from orch.vocab import CLIENT_STATUS, DESIRED_STATUS
+from orch.vocab import ALLOC_HEALTH, CLIENT_STATUS, DESIRED_STATUS
 from orchctl.client import FAILED, OK, USAGE, CliError, fail
 from orchctl.commands import Ctx
 from orchctl.output import ago, block, out, short, table, to_json
@@ -78,6 +78,7 @@ async def status(ctx: Ctx, args: argparse.Namespace) -> int:
                ("Version", a.job_version),
                ("Desired", DESIRED_STATUS.word(a.desired_status)),
                ("Status", _client(a)), ("Healthy", a.healthy), ("Checks", a.checks_healthy),
+               ("Node's verdict", ALLOC_HEALTH.word(a.deployment_health) or "-"),
                ("Canary", a.canary), ("Ports", ports), ("Description", a.description),
                ("Replaces", short(a.previous_allocation)), ("Created", ago(a.create_time_ns)),
                ("Modified", ago(a.modify_time_ns))]))

@@ -125,6 +125,7 @@ async def test_every_daemon_serves_clean_metrics(tmp_path: Path) -> None:
         assert "orch_controller_leader 1.0" in c
         assert 'orch_controller_nodes{status="ready"} 2.0' in c
         assert "orch_controller_placements_total 3.0" in c
+        assert "# TYPE orch_controller_allocation_writes_total counter" in c
         assert "orch_controller_scheduling_seconds_bucket" in c
         assert 'orch_gossip_members{state="alive"} 3.0' in c
         both = texts["agent-1"] + texts["agent-2"]
