@@ -218,6 +218,7 @@ def simulate(n: int, trials: int, *, attack: bool, seed: int, rate: float, pp_ev
     sim.run_for(10)
     times: list[float] = []
     accepted: set[tuple[str, str]] = set()
+    missed: list[dict[str, Any]] = []
     wall = time.perf_counter()
     for _ in range(trials):
         victim = rng.choice([x for x in honest if x not in crashed])
@@ -229,6 +230,13 @@ def simulate(n: int, trials: int, *, attack: bool, seed: int, rate: float, pp_ev
         live = [x for x in honest if x not in crashed]
         sim.run_until(t0 + 120, stop=lambda live=live: len(seen) >= len(live))  # type: ignore[misc]
         times.append(sim.now - t0 if len(seen) >= len(live) else math.inf)
+        if len(seen) < len(live):  # who still holds the crashed member for alive, and how
+            for name in live:
+                if name not in seen:
+                    m = sim.nodes[name].core.members.get(victim)
+                    missed.append({"victim": victim, "member": name,
+                                   "view": m.status.name if m is not None else None,
+                                   "incarnation": m.incarnation if m is not None else None})
         sim.run_for(2)
         for name in live:  # what each honest member's load balancer would route to
             core = sim.nodes[name].core
@@ -242,7 +250,8 @@ def simulate(n: int, trials: int, *, attack: bool, seed: int, rate: float, pp_ev
             "endpoints_accepted": len(accepted), "datagrams": datagrams, "push_pulls": pp_sent,
             "max_members": max(len(c.members) for c in cores),
             "max_candidates": max(c.candidates for c in cores),
-            "dropped": _sum_dropped(cores), "wall_s": time.perf_counter() - wall}
+            "dropped": _sum_dropped(cores), "wall_s": time.perf_counter() - wall,
+            "undetected": missed[:20]}
 
 
 def _sum_dropped(cores: list[Membership]) -> dict[str, int]:
