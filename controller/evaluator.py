@@ -65,6 +65,9 @@ class Evaluator:
         self.namespaces = Namespaces(self.state)
         """Their quotas bound what a plan places."""
         self._queue: dict[JobKey, str] = {}
+        self._first: dict[JobKey, str] = {}
+        """Evaluations someone waits for (an API write): taken before ``_queue``'s, so that a
+        write is not answered after a sweep of every job (a new leader, a node lost)."""
         self._waiters: dict[JobKey, list[asyncio.Future[controller_pb2.Evaluation]]] = {}
         self._due: dict[JobKey, float] = {}
         """Jobs to evaluate again at a given time (a reschedule delay ends)."""
@@ -110,16 +113,28 @@ class Evaluator:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._first)
 
     @property
     def blocked(self) -> int:
         """Jobs with allocations that found no node."""
         return len(self._blocked)
 
-    def enqueue(self, key: JobKey, reason: str) -> None:
-        self._queue.setdefault(key, reason)
+    def enqueue(self, key: JobKey, reason: str, *, first: bool = False) -> None:
+        if first:
+            self._queue.pop(key, None)
+            self._first.setdefault(key, reason)
+        elif key not in self._first:
+            self._queue.setdefault(key, reason)
         self._wake.set()
+
+    def _take(self) -> tuple[JobKey, str] | None:
+        """The next evaluation: those waited for first, then in the order queued."""
+        queue = self._first or self._queue
+        if not queue:
+            return None
+        key = next(iter(queue))
+        return key, queue.pop(key)
 
     def enqueue_all(self, reason: str, *, system_only: bool = False) -> None:
         for key, versions in self.state.jobs.items():
@@ -130,7 +145,7 @@ class Evaluator:
         """Queue an evaluation and wait for its outcome."""
         fut: asyncio.Future[controller_pb2.Evaluation] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(fut)
-        self.enqueue(key, reason)
+        self.enqueue(key, reason, first=True)
         return await fut
 
     def health_changed(self, keys: set[JobKey]) -> None:
@@ -185,7 +200,7 @@ class Evaluator:
                 due.append(self._health_due)
             if due:
                 timeout = min(timeout, min(due) - now)
-            if timeout > 0 and not self._queue:
+            if timeout > 0 and not self.queue_depth:
                 self._wake.clear()
                 # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
                 # arrives as the event is set, and stop() then waits for ever
@@ -203,9 +218,8 @@ class Evaluator:
             try:
                 t0 = time.perf_counter()
                 await self.health_pass()
-                while self._queue:
-                    key, reason = next(iter(self._queue.items()))
-                    del self._queue[key]
+                while (taken := self._take()) is not None:
+                    key, reason = taken
                     ev = await self.evaluate(key, reason)
                     for fut in self._waiters.pop(key, []):
                         if not fut.done():
@@ -213,7 +227,7 @@ class Evaluator:
                     if time.monotonic() - self._health_at >= DEPLOYMENT_BATCH:
                         await self.health_pass()  # a long queue does not hold health back
                 await self.health_pass()
-                while self._health_ids and not self._queue:
+                while self._health_ids and not self.queue_depth:
                     await self.health_pass()
                 self.pass_latency.observe(time.perf_counter() - t0)
             except asyncio.CancelledError:

@@ -184,6 +184,8 @@ class NodeEndpoint(Endpoint):
                     self.usage.report(node_id, msg.usage, self.cluster.state.snapshot.allocs)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except NotLeaderError:  # the term ended under a report: the agent is sent on, and
+            pass                # reports in full to the next leader
         except Exception:
             log.exception("agent stream failed", extra={"node_id": node_id})
 
