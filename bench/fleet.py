@@ -597,7 +597,9 @@ def etcd_failover(run: Run) -> None:
 
             def req(_: int) -> controller_pb2.RegisterJobRequest:
                 return controller_pb2.RegisterJobRequest(job=sleep_job(f"probe-{n}", 0))
-            who, _, _ = c.write_until_accepted(survivors, req, within=120)
+            # a follower refuses at once; a new leader loading the state and taking its
+            # agents back may answer later than a second, and its answer is what counts
+            who, _, _ = c.write_until_accepted(survivors, req, within=120, timeout=30.0)
             took = time.monotonic() - t0
             listing = c.stub(who).ListJobs(controller_pb2.ListJobsRequest(), timeout=30)
             loaded = sum(j.desired for j in listing.jobs)

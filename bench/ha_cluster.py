@@ -369,11 +369,11 @@ class HaCluster:
 
     def write_until_accepted(self, among: list[Daemon],
                              request: Callable[[int], controller_pb2.RegisterJobRequest],
-                             within: float, pace: float = 0.02
+                             within: float, pace: float = 0.02, timeout: float = 1.0
                              ) -> tuple[Daemon, controller_pb2.RegisterJobResponse, int]:
         """Try a registration against each of ``among`` in turn (every ``pace`` seconds, no
-        redirect followed) until one accepts it: (who, its answer, attempts made).
-        ``request(n)`` makes the n-th attempt's request."""
+        redirect followed, each waited for ``timeout``) until one accepts it: (who, its
+        answer, attempts made). ``request(n)`` makes the n-th attempt's request."""
         attempts = 0
         t0 = time.monotonic()
         while True:
@@ -381,7 +381,7 @@ class HaCluster:
                 attempts += 1
                 try:
                     reply: controller_pb2.RegisterJobResponse = self.stub(d).RegisterJob(
-                        request(attempts), timeout=1.0)
+                        request(attempts), timeout=timeout)
                 except grpc.RpcError:
                     continue
                 return d, reply, attempts

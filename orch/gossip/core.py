@@ -253,6 +253,10 @@ class Membership:
         # probe schedule state
         self._probe_list: list[Member] = []
         self._probe_index = 0
+        self._probe_soon: dict[str, None] = {}
+        """Live members to probe out of turn (accused past what we hold: our view of them may
+        be stale), at most every other probe; bounded by the members we hold."""
+        self._probe_was_soon = False
         self._ring: list[str] | None = None
         self._ring_index: dict[str, int] = {}
         self._perm_key: tuple[int, int] | None = None
@@ -576,6 +580,15 @@ class Membership:
         self._probe_start(None, now)
 
     def _next_target(self, now: float) -> Member | None:
+        if self._probe_soon and not self._probe_was_soon:
+            while self._probe_soon:
+                name = next(iter(self._probe_soon))
+                del self._probe_soon[name]
+                m = self.members.get(name)
+                if m is not None and m.status is ALIVE:
+                    self._probe_was_soon = True
+                    return m
+        self._probe_was_soon = False
         if self.cfg.probe_schedule == "coordinated":
             return self._coordinated_target(now)
         return self._shuffled_target()
@@ -713,6 +726,11 @@ class Membership:
         self.stats.drop("counter")
         if m.status is SUSPECT and m is not self.me:
             self._ask_owner(m, now)
+        elif accusation and m.status is ALIVE and m is not self.me:
+            # Others accuse it at an incarnation we never saw: a liar, or our view of it is
+            # stale (it refuted beyond our window while we missed it). Our own probe tells,
+            # and a failed one makes our own suspicion, which no window refuses.
+            self._probe_soon[m.name] = None
         return False
 
     def _ask_owner(self, m: Member, now: float) -> None:

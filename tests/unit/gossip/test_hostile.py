@@ -370,3 +370,17 @@ def test_forged_state_announcements_start_repairs_at_a_bounded_rate() -> None:
     # put off, not forgotten: every lagging owner is asked in time
     later = [e for e in run_until(core, 60.0) if isinstance(e, Stream) and e.purpose == "repair"]
     assert {e.addr for e in repairs + later} == {addr(i + 2) for i in range(40)}
+
+
+def test_a_member_whose_view_of_a_crashed_one_is_stale_still_declares_it_dead() -> None:
+    """A hostile member's accusations make a member refute beyond the window of a peer that
+    missed its refutations; once it crashes, that peer refused every accusation of it (all
+    past its window) and held it alive for minutes (the benchmark's 'never detected')."""
+    core = make(n_peers=40)
+    far = CFG.counter_window + 5
+    core.receive_packet(addr(3), packet(Dead(far, "p7", "p1")), 0.0)  # refused: past the window
+    assert core.member("p7").status is Status.ALIVE  # type: ignore[union-attr]
+    pings = [a for a, _ in of_type(run_until(core, 3 * CFG.probe_interval, answer=False), Ping)]
+    assert addr(9) in pings[:2]  # probed out of turn: its own verdict, no window to refuse it
+    run_until(core, 60.0, answer=False)
+    assert core.member("p7").status is Status.DEAD  # type: ignore[union-attr]
