@@ -17,14 +17,14 @@ from controller.state import RUN, STOP, ClusterState
 from controller.store.base import Changes
 from orch.errors import ProtocolError
 from orch.jobspec.model import Group, Network, Port, Service, Task, group_to_proto
-from orch.v1 import controller_pb2, node_pb2
+from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 AGENTS = ("n1", "n2", "old")
 """Agents n1 and n2 take changes; ``old`` registered no feature: it gets whole sets."""
 JOBS = ("web", "api", "db")
 
 
-def group(version: int) -> node_pb2.GroupSpec:
+def group(version: int) -> job_pb2.TaskGroup:
     policy = "round_robin" if version % 2 else "least_conn"
     return group_to_proto(Group(
         name="g", tasks=(Task(name="t", driver="process"),),
