@@ -82,6 +82,8 @@ class ExpectedEndpoints:
         """The state was read whole (done when a whole set is first asked for)."""
         self.built = 0
         """Services built, since the controller started (each once per change)."""
+        self.sent = {"whole": 0, "changes": 0}
+        """Messages of the expected endpoints sent to agents, whole sets and changes."""
 
     # --- feeds -----------------------------------------------------------------------------
 
@@ -107,6 +109,7 @@ class ExpectedEndpoints:
             feed.first = False
             feed.pending.clear()
             feed.version = whole.version
+            self.sent["whole"] += 1
             return controller_pb2.ControllerMessage(endpoints=whole)
         if not feed.pending:
             return None
@@ -126,6 +129,7 @@ class ExpectedEndpoints:
                                         name=key[3])
             self._delta = (ident, controller_pb2.ControllerMessage(endpoint_changes=changes))
         feed.version = version
+        self.sent["changes"] += 1
         return self._delta[1]
 
     # --- the set ---------------------------------------------------------------------------

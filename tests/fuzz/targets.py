@@ -366,7 +366,10 @@ def _handle(msg: Message) -> None:
     elif isinstance(msg, controller_pb2.ControllerMessage):
         for a in msg.desired.allocations:
             convert.alloc_spec_from_proto(a)
-        discovery.Expected.from_proto(msg.endpoints)
+        held = discovery.ExpectedSet()
+        held.replace(msg.endpoints)
+        with contextlib.suppress(ProtocolError):  # changes of another version: refused
+            held.change(msg.endpoint_changes)
     elif isinstance(msg, controller_pb2.AgentStatus):
         node_info_from_proto(msg.node)
     elif isinstance(msg, controller_pb2.KeyringRequest) and msg.key:

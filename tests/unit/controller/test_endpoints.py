@@ -141,6 +141,7 @@ def test_each_changed_service_is_built_once_and_shared_by_agents_in_step() -> No
     c.commit(Changes(put_allocs=[alloc(30, "db", "n1")]))
     c.deliver()
     assert c.endpoints.built - built == 2  # db's two services, once for the three agents
+    assert c.endpoints.sent == {"whole": 3 + 1, "changes": 2}
     assert c.sent["n1"][-1] is c.sent["n2"][-1]  # one message for agents in step
     assert c.sent["old"][-1].WhichOneof("msg") == "endpoints"
     # a status report or a commit that touches no endpoint: nothing is built or sent
