@@ -386,7 +386,10 @@ def grpc_seeds() -> list[bytes]:
             allocations=[alloc])),
         controller_pb2.ControllerMessage(desired=controller_pb2.DesiredAllocations(
             allocations=[alloc])),
-        controller_pb2.ControllerMessage(endpoints=_PLACED)]
+        controller_pb2.ControllerMessage(endpoints=_PLACED),
+        controller_pb2.ControllerMessage(endpoint_changes=controller_pb2.ExpectedEndpointChanges(
+            version=2, services=_PLACED.services, removed=[controller_pb2.ExpectedService(
+                namespace="default", job="gone", group="g", name="gone")]))]
     return [bytes([MESSAGES.index(type(m))]) + m.SerializeToString() for m in samples]
 
 
