@@ -2,7 +2,11 @@
 
 Down the stream comes the node's full desired set, then only what changes in it
 (``agent.desired``: the link announces it takes changes and keeps the set they
-edit), so the handler is given the whole set every time and converges to it.
+edit), so the handler is given the whole set every time and converges to it. The
+cluster's expected endpoints come the same way (``agent.lb.discovery.ExpectedSet``):
+whole first, then the services that changed. Changes that do not follow the set
+held (of another version, or before the stream's whole set) end the stream, and
+the next one starts whole.
 
 The controller's address comes from the configuration or from gossip (members
 tagged ``role=controller`` publish ``rpc``); a follower's answer names the
@@ -34,11 +38,13 @@ from typing import Any
 import grpc
 
 from agent.desired import FEATURE, DesiredSet
+from agent.lb.discovery import Expected, ExpectedSet
 from agent.report_queue import PENDING_HOLD, ReportQueue
 from orch.errors import ControllerRefusedError, ProtocolError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from orch.vocab import ENDPOINT_CHANGES
 
 log = logging.getLogger("agent")
 
@@ -81,7 +87,7 @@ class ControllerLink:
                  moved: Callable[[str], str | None] | None = None,
                  verify: Callable[[str], Awaitable[bool]] | None = None,
                  recheck: float = 0.5,
-                 on_endpoints: Callable[[controller_pb2.ExpectedEndpoints], None] | None = None,
+                 on_endpoints: Callable[[Expected], None] | None = None,
                  pending_hold: float = PENDING_HOLD,
                  ) -> None:
         self._registration = registration
@@ -98,7 +104,8 @@ class ControllerLink:
         """Gossip-named addresses that failed ``verify``, and when (not tried again soon)."""
         self._recheck = recheck
         self._on_endpoints = on_endpoints
-        """Called with each set of expected endpoints (what the load balancer may route to)."""
+        """Called with the expected endpoints (what the load balancer may route to) after
+        every message that changed them (the same maps each time, changed in place)."""
         self._applying = False
         self._connect = connect or (lambda addr, options: grpc.aio.insecure_channel(
             addr, options=options))
@@ -116,6 +123,9 @@ class ControllerLink:
         self.applied_version = 0
         self.desired = DesiredSet()
         """The node's desired set as the controller last described it."""
+        self.expected = ExpectedSet()
+        """The cluster's expected endpoints as the controller last described them (kept
+        when ``on_endpoints`` is given)."""
         self._task: asyncio.Task[None] | None = None
         self.last_contact: float | None = None
         """When a controller was last heard (its desired set or heartbeat; loop time)."""
@@ -264,7 +274,7 @@ class ControllerLink:
         one starts with a full set."""
 
         self._heartbeats = False
-        whole = False
+        whole = whole_endpoints = False
         async for msg in call:
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
@@ -277,8 +287,19 @@ class ControllerLink:
                 log.info("controller is not the leader", extra={
                     "controller": addr, "leader": msg.not_leader.address})
                 return
-            if kind == "endpoints" and self._on_endpoints is not None:
-                self._on_endpoints(msg.endpoints)
+            if kind in ("endpoints", "endpoint_changes"):
+                if self._on_endpoints is None:
+                    continue
+                if kind == "endpoints":
+                    self.expected.replace(msg.endpoints)
+                    whole_endpoints = True
+                elif not whole_endpoints:
+                    raise ProtocolError("expected-endpoint changes before the stream's whole "
+                                        "set")
+                else:
+                    self.expected.change(msg.endpoint_changes)
+                self._on_endpoints(self.expected.expected)
+                continue
             if kind == "desired":
                 self.desired.replace(msg.desired)
                 whole = True
@@ -302,11 +323,13 @@ class ControllerLink:
             self.applied_version = self.desired.version
 
     def _announced(self) -> node_pb2.Node:
-        """The node's registration, saying that this link takes desired-set changes."""
+        """The node's registration, saying that this link takes desired-set and
+        expected-endpoint changes."""
         reg = node_pb2.Node()
         reg.CopyFrom(self._registration())
-        if FEATURE not in reg.features:
-            reg.features.append(FEATURE)
+        for feature in (FEATURE, ENDPOINT_CHANGES):
+            if feature not in reg.features:
+                reg.features.append(feature)
         return reg
 
     async def _outgoing(self, ended: asyncio.Event) -> AsyncIterator[controller_pb2.NodeMessage]:

@@ -450,11 +450,10 @@ class Agent:
             found += [str(m.state["rpc"]) for m in known if m.state["rpc"] not in found]
         return found
 
-    def _expected_endpoints(self, expected: controller_pb2.ExpectedEndpoints) -> None:
+    def _expected_endpoints(self, placed: discovery.Expected) -> None:
         """The controller's expected endpoints: what the load balancer may route to and
         templates may read; the published ports are reported as reserved when they
         changed."""
-        placed = discovery.Expected.from_proto(expected)
         self.endpoints.set_expected(placed)
         if self.mesh is not None:
             ports = frozenset(s.published_port for s in placed.services.values()

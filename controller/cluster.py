@@ -3,8 +3,9 @@
 ``Cluster.commit(changes)`` makes a change durable, applies it to the in-memory
 state, publishes its events (``orchctl events``, ``Watch``), tells every connected agent
 whose allocations it touched (``controller.desired``: the agent's stream then sends what
-changed), and sends every connected agent the expected endpoints (``ExpectedEndpoints``:
-every service's placed allocations) when they changed. Commits are serialised, so readers
+changed), and marks the services whose expected endpoints it changed (``controller.endpoints``:
+every service's placed allocations; each agent's stream then sends those services, or the
+whole set to agents that take no changes). Commits are serialised, so readers
 always see a state that the store also holds.
 """
 
@@ -18,19 +19,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from controller.desired import FEATURE, NodeFeed, SecretsOf, touched_nodes
-from controller.state import RUN, ClusterState
+from controller.endpoints import EndpointFeed, ExpectedEndpoints
+from controller.state import ClusterState
 from controller.store.base import Changes, Store
 from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, node_pb2
-from orch.vocab import namespace_of
 
 log = logging.getLogger("controller")
 
 SECRET_META = "secret/"
 """Meta keys of secrets: a change to one may change what some nodes are sent."""
-EndpointsSink = Callable[[controller_pb2.ExpectedEndpoints], None]
-ServiceKey = tuple[str, str, str, str]
-"""(namespace, job, group, service)."""
 
 
 class EventBus:
@@ -113,14 +111,8 @@ class Cluster:
         self.events = EventBus()
         self._lock = asyncio.Lock()
         self._feeds: dict[str, NodeFeed] = {}
-        self._endpoint_sinks: dict[str, EndpointsSink] = {}
-        self._published: dict[str, list[tuple[ServiceKey, int, controller_pb2.ExpectedService,
-                                              controller_pb2.ExpectedEndpoint]]] = {}
-        """Per allocation placed to run: the services with a port it serves (service, its job
-        version, the service's spec, the endpoint)."""
-        self._expected: controller_pb2.ExpectedEndpoints | None = None
-        """The expected endpoints last built (None: to be rebuilt)."""
-        self._scanned = False
+        self.endpoints = ExpectedEndpoints(state)
+        """The expected endpoints per service, and what each attached agent was sent."""
         self.commit_latency = Hist(LATENCY)
         """How long the store takes to make a change durable."""
         self.commit_total_latency = Hist(LATENCY)
@@ -161,7 +153,7 @@ class Cluster:
         if any(k.startswith(SECRET_META) for k in (*changes.meta, *changes.delete_meta)):
             for feed in self._feeds.values():  # those whose secrets did not change send nothing
                 feed.secrets_changed()
-        self._track_endpoints(changes)
+        self.endpoints.track(changes)
         for listener in self.listeners:
             listener(changes)
         self.index.moved()
@@ -189,96 +181,29 @@ class Cluster:
 
     # --- the expected endpoints ----------------------------------------------------------------
 
-    def attach_endpoints(self, node_id: str, sink: EndpointsSink) -> None:
-        """Send the expected endpoints to ``sink`` now and after every change to them."""
-        self._endpoint_sinks[node_id] = sink
-        sink(self.expected_endpoints())
+    def attach_endpoints(self, node: node_pb2.Node | str,
+                         wake: Callable[[], None]) -> EndpointFeed:
+        """Feed this node's stream the expected endpoints: ``wake`` is called when there is
+        something to send, and ``next_endpoints`` says what (the whole set first)."""
+        return self.endpoints.attach(node, wake)
 
-    def detach_endpoints(self, node_id: str, sink: EndpointsSink) -> None:
-        if self._endpoint_sinks.get(node_id) is sink:
-            del self._endpoint_sinks[node_id]
+    def detach_endpoints(self, feed: EndpointFeed) -> None:
+        self.endpoints.detach(feed)
+
+    def next_endpoints(self, feed: EndpointFeed) -> controller_pb2.ControllerMessage | None:
+        """The message that brings the feed's agent's expected endpoints up to date (None:
+        they are)."""
+        return self.endpoints.next_message(feed)
 
     def expected_endpoints(self) -> controller_pb2.ExpectedEndpoints:
         """Every service with a port (published or not) with the allocations placed to run
         it and their nodes."""
-        if self._expected is None:
-            if not self._scanned:  # the first time: from the whole state
-                self._scanned = True
-                for a in self.state.allocs.values():
-                    self._published_by(a)
-            services: dict[ServiceKey, tuple[int, controller_pb2.ExpectedService]] = {}
-            eps: dict[ServiceKey, list[controller_pb2.ExpectedEndpoint]] = {}
-            for alloc_id in sorted(self._published):
-                for key, version, spec, ep in self._published[alloc_id]:
-                    if key not in services or services[key][0] < version:
-                        services[key] = (version, spec)  # the newest version's spec decides
-                    eps.setdefault(key, []).append(ep)
-            out = controller_pb2.ExpectedEndpoints(version=self.state.index)
-            for key in sorted(services):
-                svc = out.services.add()
-                svc.CopyFrom(services[key][1])
-                svc.endpoints.extend(eps[key])
-            self._expected = out
-        return self._expected
+        return self.endpoints.whole()
 
     def reset_endpoints(self) -> None:
-        """The state was replaced (a new term): rebuild the expected endpoints from it."""
-        self._published.clear()
-        self._expected = None
-        self._scanned = False
-
-    def _track_endpoints(self, changes: Changes) -> None:
-        """Keep the published allocations current; push the expected endpoints when they
-        changed."""
-        if not self._scanned:
-            self._expected = None
-            changed = True
-        else:
-            changed = False
-            for alloc_id in changes.delete_allocs:
-                changed |= self._published.pop(alloc_id, None) is not None
-            for a in changes.put_allocs:
-                changed |= self._published_by(a)
-            for n in changes.put_nodes:  # its name may have changed
-                for a in self.state.allocs_on_node(n.id):
-                    changed |= self._published_by(a)
-        if changed:
-            self._expected = None
-            self._push_endpoints()
-
-    def _push_endpoints(self) -> None:
-        """Send the expected endpoints (built once) to every agent attached."""
-        if self._endpoint_sinks:
-            expected = self.expected_endpoints()
-            for sink in list(self._endpoint_sinks.values()):
-                sink(expected)
-
-    def _published_by(self, a: node_pb2.Allocation) -> bool:
-        """Record what allocation ``a`` (as the state holds it now) publishes; True when it
-        differs from what was recorded."""
-        cur = self.state.allocs.get(a.id)
-        entries = []
-        group = self.state.group_spec(cur) if cur is not None and cur.desired_status == RUN \
-            else None
-        node = self.state.nodes.get(cur.node_id) if cur is not None else None
-        if cur is not None and group is not None and node is not None:
-            for svc in group.services:
-                if not svc.port:  # no port, no endpoint
-                    continue
-                key = (namespace_of(cur.namespace), cur.job, cur.group, svc.name)
-                spec = controller_pb2.ExpectedService(
-                    namespace=key[0], job=key[1], group=key[2], name=key[3],
-                    published_port=svc.published_port, protocol=svc.protocol,
-                    lb_policy=svc.lb_policy, proxy_protocol=svc.proxy_protocol)
-                ep = controller_pb2.ExpectedEndpoint(alloc_id=cur.id, node=node.name,
-                                                     port=cur.ports.get(svc.port, 0))
-                entries.append((key, cur.job_version, spec, ep))
-        old = self._published.get(a.id)
-        if entries:
-            self._published[a.id] = entries
-        else:
-            self._published.pop(a.id, None)
-        return (old or []) != entries
+        """The state was replaced (a new term): rebuild the expected endpoints from it, and
+        send every attached agent the whole set again."""
+        self.endpoints.reset()
 
     def connected(self, node_id: str) -> bool:
         return node_id in self._feeds
@@ -294,4 +219,3 @@ class Cluster:
         for feed in list(self._feeds.values()):
             feed.first = True
             feed.wake()
-        self._push_endpoints()

@@ -70,6 +70,15 @@ class ControllerCollector(Collector):
                                   value=cluster.alloc_writes)
         yield GaugeMetricFamily("orch_controller_connected_agents", "Agents holding a stream.",
                                 value=sum(1 for n in state.nodes if cluster.connected(n)))
+        sent = CounterMetricFamily("orch_controller_expected_endpoint_messages", "Messages of "
+                                   "the expected endpoints sent down agents' streams (kind: "
+                                   "whole, changes).", labels=["kind"])
+        for kind, n in cluster.endpoints.sent.items():
+            sent.add_metric([kind], n)
+        yield sent
+        yield CounterMetricFamily("orch_controller_expected_services_built", "Services of the "
+                                  "expected endpoints built (once per change, whatever the "
+                                  "number of agents).", value=cluster.endpoints.built)
         nodes = GaugeMetricFamily("orch_controller_nodes", "Nodes by status.", labels=["status"])
         for name in ("ready", "down", "init"):
             nodes.add_metric([name], sum(1 for n in state.nodes.values()

@@ -104,3 +104,8 @@ def host_volume_attributes(volumes: Iterable[tuple[str, bool]]) -> dict[str, str
 DESIRED_CHANGES = "desired-changes"
 """A node's feature (``Node.features``): its stream takes ``DesiredChanges`` after the first
 full desired set (``agent.desired``, ``controller.desired``)."""
+
+ENDPOINT_CHANGES = "endpoint-changes"
+"""A node's feature (``Node.features``): its stream takes ``ExpectedEndpointChanges`` after
+the first whole ``ExpectedEndpoints`` (``agent.lb.discovery.ExpectedSet``,
+``controller.endpoints``)."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.lb.model import POLICIES, Endpoint, ServiceSpec
+from orch.errors import ProtocolError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
 from orch.jobspec.model import Group
@@ -89,21 +90,83 @@ class Expected:
     @classmethod
     def from_proto(cls, pb: controller_pb2.ExpectedEndpoints) -> Expected:
         """The controller's message; entries that make no sense are left out."""
-        services: dict[str, ServiceSpec] = {}
-        placed: dict[tuple[str, str], Placed] = {}
+        held = ExpectedSet()
+        held.replace(pb)
+        return held.expected
+
+
+class ExpectedSet:
+    """The expected endpoints as the controller's messages make them: a stream's whole set
+    (``ExpectedEndpoints``), then the services that changed (``ExpectedEndpointChanges``),
+    each naming the version it applies to. ::
+
+        held = ExpectedSet()
+        held.replace(msg.endpoints)             # a whole set
+        held.change(msg.endpoint_changes)       # ProtocolError: not a change of the set held
+        table.set_expected(held.expected)
+
+    Services that make no sense are left out (a changed one that makes none is taken out).
+    """
+
+    __slots__ = ("_placed", "_services", "_where", "version")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._services: dict[str, ServiceSpec] = {}
+        self._placed: dict[tuple[str, str], Placed] = {}
+        self._where: dict[str, list[tuple[str, str]]] = {}
+        """Service key -> its entries in ``_placed`` (to take them out when it changes)."""
+
+    @property
+    def expected(self) -> Expected:
+        """The set held (its maps are this object's own: later messages change them)."""
+        return Expected(self._services, self._placed, self.version)
+
+    def replace(self, pb: controller_pb2.ExpectedEndpoints) -> None:
+        """Become the whole set ``pb`` carries."""
+        self._services, self._placed, self._where = {}, {}, {}
         for s in pb.services:
-            if not (s.name and s.job and 0 <= s.published_port < 65536
-                    and s.protocol in ("tcp", "udp") and s.lb_policy in POLICIES):
-                continue
-            key = service_key(s.namespace or "default", s.job, s.group, s.name)
-            services[key] = ServiceSpec(name=s.name, namespace=s.namespace or "default",
-                                        job=s.job, group=s.group,
-                                        published_port=s.published_port, protocol=s.protocol,
-                                        policy=s.lb_policy, proxy_protocol=s.proxy_protocol)
-            for e in s.endpoints:
-                if e.alloc_id and e.node:
-                    placed[(e.alloc_id, s.name)] = Placed(key, e.node, max(0, e.port))
-        return cls(services, placed, pb.version)
+            self._put(s)
+        self.version = pb.version
+
+    def change(self, pb: controller_pb2.ExpectedEndpointChanges) -> None:
+        """Apply changes to the set held; ProtocolError (and nothing changed) when they are
+        changes of another version."""
+        if pb.base_version != self.version:
+            raise ProtocolError(f"expected-endpoint changes for version {pb.base_version}, "
+                                f"but this node holds version {self.version}")
+        for s in pb.removed:
+            self._drop(service_key(s.namespace or "default", s.job, s.group, s.name))
+        for s in pb.services:
+            self._drop(service_key(s.namespace or "default", s.job, s.group, s.name))
+            self._put(s)
+        self.version = pb.version
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def _put(self, s: controller_pb2.ExpectedService) -> None:
+        if not (s.name and s.job and 0 <= s.published_port < 65536
+                and s.protocol in ("tcp", "udp") and s.lb_policy in POLICIES):
+            return
+        key = service_key(s.namespace or "default", s.job, s.group, s.name)
+        self._services[key] = ServiceSpec(name=s.name, namespace=s.namespace or "default",
+                                          job=s.job, group=s.group,
+                                          published_port=s.published_port,
+                                          protocol=s.protocol, policy=s.lb_policy,
+                                          proxy_protocol=s.proxy_protocol)
+        where = self._where.setdefault(key, [])
+        for e in s.endpoints:
+            if e.alloc_id and e.node:
+                self._placed[(e.alloc_id, s.name)] = Placed(key, e.node, max(0, e.port))
+                where.append((e.alloc_id, s.name))
+
+    def _drop(self, key: str) -> None:
+        self._services.pop(key, None)
+        for entry in self._where.pop(key, ()):
+            placed = self._placed.get(entry)
+            if placed is not None and placed.service == key:  # not claimed since by another
+                del self._placed[entry]
 
 
 @dataclass(slots=True)

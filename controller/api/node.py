@@ -4,7 +4,8 @@ Connect: each agent holds one stream to the leader. Up: the node's registration 
 then what happens to its allocations. Down: the node's full desired set, then what
 changes in it (``controller.desired``; the whole set again to agents that take no
 changes), the cluster's expected endpoints (what its load balancer and templates may take
-from gossip) whenever they change, and a heartbeat every second of silence. A controller
+from gossip: whole first, then the services that changed, ``controller.endpoints``), and a
+heartbeat every second of silence. A controller
 that is not the leader answers with where the leader is, and ends the stream. A node's
 certificate binds it: it registers and reports only as the node its certificate names
 (its node id, or for a certificate made by hand without one, its name), and a node
@@ -114,21 +115,14 @@ class NodeEndpoint(Endpoint):
                 leader=e.leader or "", address=self.leader.leader()[1]))
             return
         due = asyncio.Event()
-        """Something may have changed in the node's desired set (set by the cluster's commits;
-        what piles up meanwhile goes out as one message) or in the expected endpoints."""
-        expected: list[controller_pb2.ExpectedEndpoints] = []
-        """The newest expected endpoints not sent yet (one the agent has not taken yet is
-        replaced)."""
-
-        def endpoints(msg: controller_pb2.ExpectedEndpoints) -> None:
-            expected[:] = [msg]
-            due.set()
-
+        """Something may have changed in the node's desired set or in the expected endpoints
+        (set by the cluster's commits; what piles up meanwhile goes out as one message)."""
         reader = asyncio.create_task(self._read(monitor, node.id, peer, requests))
         removed = self._removed.setdefault(node.id, asyncio.Event())
         over = asyncio.ensure_future(daemon.first_set(term_over, removed))
         getter: asyncio.Future[Any] | None = None
-        self.cluster.attach_endpoints(node.id, endpoints)  # first: the table, then the work
+        # first the table, then the work
+        endpoints = self.cluster.attach_endpoints(first.register, due.set)
         feed = self.cluster.attach(first.register, due.set)
         try:
             while not reader.done() and not over.done():
@@ -137,8 +131,9 @@ class NodeEndpoint(Endpoint):
                                    return_when=asyncio.FIRST_COMPLETED)
                 if waiting.done():
                     due.clear()
-                    if expected:
-                        yield controller_pb2.ControllerMessage(endpoints=expected.pop())
+                    msg = self.cluster.next_endpoints(endpoints)
+                    if msg is not None:
+                        yield msg
                     msg = self.cluster.next_desired(feed)
                     if msg is not None:
                         yield msg
@@ -159,7 +154,7 @@ class NodeEndpoint(Endpoint):
             if getter is not None:  # the stream was cancelled while it waited
                 getter.cancel()
             self.cluster.detach(feed)
-            self.cluster.detach_endpoints(node.id, endpoints)
+            self.cluster.detach_endpoints(endpoints)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader

@@ -3075,6 +3075,7 @@ class ControllerMessage(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    ENDPOINT_CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredAllocations:
         """the node's full desired set, replacing the last one"""
@@ -3100,6 +3101,12 @@ class ControllerMessage(_message.Message):
         what changed in it since this stream's last message
         """
 
+    @_builtins.property
+    def endpoint_changes(self) -> Global___ExpectedEndpointChanges:
+        """(only to agents that registered "desired-changes")
+        what changed in the expected endpoints
+        """
+
     def __init__(
         self,
         *,
@@ -3108,12 +3115,13 @@ class ControllerMessage(_message.Message):
         endpoints: Global___ExpectedEndpoints | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         changes: Global___DesiredChanges | None = ...,
+        endpoint_changes: Global___ExpectedEndpointChanges | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "endpoint_changes", b"endpoint_changes", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "desired", b"desired", "endpoint_changes", b"endpoint_changes", "endpoints", b"endpoints", "heartbeat", b"heartbeat", "msg", b"msg", "not_leader", b"not_leader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints", "heartbeat", "changes"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["desired", "not_leader", "endpoints", "heartbeat", "changes", "endpoint_changes"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -3202,6 +3210,52 @@ class ExpectedEndpoints(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExpectedEndpoints: _TypeAlias = ExpectedEndpoints  # noqa: Y015
+
+@_typing.final
+class ExpectedEndpointChanges(_message.Message):
+    """The services that changed in the expected endpoints since this stream's last message of
+    them (`endpoints`, whole, or `endpoint_changes`): applied to the set of `base_version`
+    they make the set a whole `ExpectedEndpoints` of `version` would carry. A stream's first
+    message of them is always whole; an agent that finds `base_version` is not the version it
+    holds (or gets changes before a whole set) ends the stream, and its next one starts whole.
+    Changes that pile up while a stream is busy go out as one message, one entry per service.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the set's version once these changes are applied"""
+    base_version: _builtins.int
+    """the version they apply to"""
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpectedService]:
+        """added or changed: whole, with every endpoint,"""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpectedService]:
+        """replacing what was held under the same key
+        services that left the set (key fields only:
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        services: _abc.Iterable[Global___ExpectedService] | None = ...,
+        removed: _abc.Iterable[Global___ExpectedService] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "removed", b"removed", "services", b"services", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpectedEndpointChanges: _TypeAlias = ExpectedEndpointChanges  # noqa: Y015
 
 @_typing.final
 class ExpectedService(_message.Message):

@@ -224,7 +224,8 @@ class Node(_message.Message):
 
     @_builtins.property
     def host_volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostVolume]:
-        """desired sets: "desired-changes" (DesiredChanges)
+        """desired sets: "desired-changes" (DesiredChanges),
+        "endpoint-changes" (ExpectedEndpointChanges)
 
         --- volumes (fields 40-49) ---
         what agent.toml's [[host_volume]] tables declare

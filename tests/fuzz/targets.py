@@ -366,7 +366,10 @@ def _handle(msg: Message) -> None:
     elif isinstance(msg, controller_pb2.ControllerMessage):
         for a in msg.desired.allocations:
             convert.alloc_spec_from_proto(a)
-        discovery.Expected.from_proto(msg.endpoints)
+        held = discovery.ExpectedSet()
+        held.replace(msg.endpoints)
+        with contextlib.suppress(ProtocolError):  # changes of another version: refused
+            held.change(msg.endpoint_changes)
     elif isinstance(msg, controller_pb2.AgentStatus):
         node_info_from_proto(msg.node)
     elif isinstance(msg, controller_pb2.KeyringRequest) and msg.key:
@@ -383,7 +386,10 @@ def grpc_seeds() -> list[bytes]:
             allocations=[alloc])),
         controller_pb2.ControllerMessage(desired=controller_pb2.DesiredAllocations(
             allocations=[alloc])),
-        controller_pb2.ControllerMessage(endpoints=_PLACED)]
+        controller_pb2.ControllerMessage(endpoints=_PLACED),
+        controller_pb2.ControllerMessage(endpoint_changes=controller_pb2.ExpectedEndpointChanges(
+            version=2, services=_PLACED.services, removed=[controller_pb2.ExpectedService(
+                namespace="default", job="gone", group="g", name="gone")]))]
     return [bytes([MESSAGES.index(type(m))]) + m.SerializeToString() for m in samples]
 
 

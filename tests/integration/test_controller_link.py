@@ -1,6 +1,7 @@
 """An agent's controller link against fake controllers on real sockets (127.0.81.4x): what
 it reports reaches the controller that holds its stream now, after a NotLeader answer or
-a move to the leader gossip names."""
+a move to the leader gossip names; expected-endpoint changes out of step end the stream,
+and the next one starts with a whole set."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 
 from agent.controller_link import ControllerLink
 from agent.desired import DesiredSet
+from agent.lb.discovery import Expected
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
+from orch.vocab import ENDPOINT_CHANGES
 from tests.integration.synthetic import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -70,12 +73,43 @@ async def serving(host: str, servicer: FakeController) -> AsyncIterator[FakeCont
         await server.stop(None)
 
 
-def link(addresses: list[str], moved: Callable[[str], str | None] | None = None
-         ) -> ControllerLink:
+def link(addresses: list[str], moved: Callable[[str], str | None] | None = None,
+         on_endpoints: Callable[[Expected], None] | None = None) -> ControllerLink:
     async def on_desired(d: DesiredSet) -> None:
         pass
     return ControllerLink(lambda: node_pb2.Node(id="n1", name="n1"), lambda: list(addresses),
-                          on_desired, list, backoff_max=0.2, moved=moved, recheck=0.05)
+                          on_desired, list, backoff_max=0.2, moved=moved, recheck=0.05,
+                          on_endpoints=on_endpoints)
+
+
+def service(job: str, *alloc_ids: str) -> controller_pb2.ExpectedService:
+    svc = controller_pb2.ExpectedService(namespace="default", job=job, group="g", name=job,
+                                         published_port=80, protocol="tcp",
+                                         lb_policy="round_robin")
+    for a in alloc_ids:
+        svc.endpoints.add(alloc_id=a, node="n2", port=20000)
+    return svc
+
+
+class EndpointScript(FakeController):
+    """Sends each stream the next script's messages after the desired set, then holds it
+    open; the registrations it got are kept."""
+
+    def __init__(self, scripts: list[list[controller_pb2.ControllerMessage]]) -> None:
+        super().__init__()
+        self.scripts = scripts
+        self.registrations: list[node_pb2.Node] = []
+
+    async def Connect(self, request_iterator: AsyncIterator[controller_pb2.NodeMessage],
+                      context: Any) -> AsyncIterator[controller_pb2.ControllerMessage]:
+        first = await anext(aiter(request_iterator))
+        self.registrations.append(first.register)
+        yield controller_pb2.ControllerMessage(desired=controller_pb2.DesiredAllocations(
+            version=1))
+        for out in self.scripts[min(len(self.registrations), len(self.scripts)) - 1]:
+            yield out
+        async for msg in request_iterator:
+            self.received.append(msg)
 
 
 async def test_a_report_after_a_not_leader_answer_reaches_the_leader() -> None:
@@ -108,5 +142,38 @@ async def test_moves_to_the_leader_gossip_names_and_reports_there() -> None:
             lk.report([node_pb2.Allocation(id="a1", client_status=node_pb2.CLIENT_STATUS_RUNNING)])
             await wait_until(lambda: new.reported("a1"), within=3)
             assert not old.reported("a1")
+        finally:
+            await lk.stop()
+
+
+async def test_expected_endpoint_changes_out_of_step_start_the_stream_again() -> None:
+    def whole(version: int, *services: controller_pb2.ExpectedService
+              ) -> controller_pb2.ControllerMessage:
+        return controller_pb2.ControllerMessage(endpoints=controller_pb2.ExpectedEndpoints(
+            version=version, services=services))
+
+    def changes(base: int, version: int, *services: controller_pb2.ExpectedService
+                ) -> controller_pb2.ControllerMessage:
+        return controller_pb2.ControllerMessage(
+            endpoint_changes=controller_pb2.ExpectedEndpointChanges(
+                version=version, base_version=base, services=services))
+
+    script = EndpointScript([
+        [whole(3, service("a", "a1")), changes(3, 4, service("b", "b1")),
+         changes(9, 10, service("c", "c1"))],  # not the version held: the stream ends
+        [changes(5, 6, service("d", "d1"))],  # changes before the stream's whole set: too
+        [whole(7, service("a", "a1", "a2")), changes(7, 8, service("e", "e1"))]])
+    seen: list[tuple[int, set[str]]] = []
+    async with serving("127.0.81.43", script) as ctl:
+        lk = link([ctl.address], on_endpoints=lambda e: seen.append(
+            (e.version, set(e.services))))
+        lk.start()
+        try:
+            await wait_until(lambda: lk.expected.version == 8, within=10)
+            assert len(script.registrations) == 3
+            assert all(ENDPOINT_CHANGES in r.features for r in script.registrations)
+            assert seen == [(3, {"default/a/g/a"}), (4, {"default/a/g/a", "default/b/g/b"}),
+                            (7, {"default/a/g/a"}), (8, {"default/a/g/a", "default/e/g/e"})]
+            assert set(lk.expected.expected.placed) == {("a1", "a"), ("a2", "a"), ("e1", "e")}
         finally:
             await lk.stop()

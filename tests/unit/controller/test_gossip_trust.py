@@ -64,10 +64,18 @@ async def test_agents_are_sent_the_endpoints_the_controller_placed(cluster: Clus
     job = hello()
     await cluster.write(Changes(put_jobs=[job], put_nodes=[
         node_pb2.Node(id="n1", name="agent-1"), node_pb2.Node(id="n2", name="agent-2")]))
-    cluster.attach_endpoints("n1", got.append)
+    feed = cluster.attach_endpoints("n1", lambda: None)  # an agent that takes whole sets
+
+    def deliver() -> None:
+        msg = cluster.next_endpoints(feed)
+        if msg is not None:
+            got.append(msg.endpoints)
+
+    deliver()
     assert list(got[-1].services) == []
     await cluster.write(Changes(put_allocs=[placed(job, "a1", "n1", 21000),
                                             placed(job, "a2", "n2", 22000)]))
+    deliver()
     (svc,) = got[-1].services
     assert (svc.namespace, svc.job, svc.group, svc.name, svc.published_port, svc.protocol) == (
         "default", "hello", "web", "hello", 8080, "tcp")
@@ -75,9 +83,11 @@ async def test_agents_are_sent_the_endpoints_the_controller_placed(cluster: Clus
         ("a1", "agent-1", 21000), ("a2", "agent-2", 22000)]
     n = len(got)
     await cluster.write(Changes(put_allocs=[placed(job, "a1", "n1", 21000)]))  # no change
+    deliver()
     assert len(got) == n
     await cluster.write(Changes(put_allocs=[placed(job, "a2", "n2", 22000,
                                                    node_pb2.DESIRED_STATUS_STOP)]))
+    deliver()
     assert [e.alloc_id for e in got[-1].services[0].endpoints] == ["a1"]
 
 
