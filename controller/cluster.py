@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from controller.desired import FEATURE, NodeFeed, SecretsOf, touched_nodes
 from controller.endpoints import EndpointFeed, ExpectedEndpoints
+from controller.feeds import Feeds
 from controller.state import ClusterState
 from controller.store.base import Changes, Store
 from orch.metrics import LATENCY, Hist
@@ -110,7 +111,7 @@ class Cluster:
         leader writes, and a follower's store is not fenced, so this is what stops it."""
         self.events = EventBus()
         self._lock = asyncio.Lock()
-        self._feeds: dict[str, NodeFeed] = {}
+        self._feeds: Feeds[NodeFeed] = Feeds(NodeFeed, FEATURE)
         self.endpoints = ExpectedEndpoints(state)
         """The expected endpoints per service, and what each attached agent was sent."""
         self.commit_latency = Hist(LATENCY)
@@ -167,17 +168,11 @@ class Cluster:
     # --- agents' desired sets ------------------------------------------------------------------
 
     def attach(self, node: node_pb2.Node | str, wake: Callable[[], None]) -> NodeFeed:
-        """Feed this node's stream: ``wake`` is called when there is something to send, and
-        ``next_desired`` says what (the whole set first)."""
-        node_id = node if isinstance(node, str) else node.id
-        changes = not isinstance(node, str) and FEATURE in node.features
-        feed = self._feeds[node_id] = NodeFeed(node_id, wake, changes=changes)
-        wake()
-        return feed
+        """Feed this node's stream (``next_desired`` says what to send: the whole set first)."""
+        return self._feeds.attach(node, wake)
 
     def detach(self, feed: NodeFeed) -> None:
-        if self._feeds.get(feed.node_id) is feed:
-            del self._feeds[feed.node_id]
+        self._feeds.detach(feed)
 
     # --- the expected endpoints ----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from sys import intern
 
+from controller.feeds import Feed
 from controller.state import RUN, ClusterState
 from controller.store.base import CLUSTER_ID, EPOCH, Changes
 from orch.v1 import controller_pb2, node_pb2
@@ -38,22 +39,14 @@ def _sent(a: node_pb2.Allocation) -> _Sent:
     return a.job_version
 
 
-class NodeFeed:
-    """One connected agent: what it was sent and which allocations may have changed since."""
+class NodeFeed(Feed):
+    """One connected agent: what it was sent of its desired set (changes: as DesiredChanges)
+    and which allocations may have changed since."""
 
-    __slots__ = ("changes", "first", "node_id", "pending", "secret_allocs", "secrets_due",
-                 "sent", "sent_secrets", "version", "wake")
+    __slots__ = ("pending", "secret_allocs", "secrets_due", "sent", "sent_secrets")
 
     def __init__(self, node_id: str, wake: Callable[[], None], *, changes: bool) -> None:
-        self.node_id = node_id
-        self.wake = wake
-        """Called when there is something to send (the stream then calls ``next_message``)."""
-        self.changes = changes
-        """The agent takes DesiredChanges; otherwise it is sent whole sets."""
-        self.first = True
-        """Nothing sent yet: the next message is the whole set."""
-        self.version = 0
-        """The version of the last message sent."""
+        super().__init__(node_id, wake, changes=changes)
         self.sent: dict[str, _Sent] = {}
         """Allocation id -> what the agent holds of it (every allocation of its set)."""
         self.sent_secrets: dict[tuple[str, str], int] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from controller.feeds import Feed, Feeds
 from controller.state import RUN, ClusterState
 from controller.store.base import Changes
 from orch.v1 import controller_pb2, node_pb2
@@ -34,22 +35,14 @@ Published = tuple[ServiceKey, int, controller_pb2.ExpectedService,
 service's spec (without endpoints) and the allocation's endpoint."""
 
 
-class EndpointFeed:
-    """One connected agent: what it was sent of the expected endpoints and which services
-    changed since."""
+class EndpointFeed(Feed):
+    """One connected agent: what it was sent of the expected endpoints (changes: as
+    ExpectedEndpointChanges) and which services changed since."""
 
-    __slots__ = ("changes", "first", "node_id", "pending", "version", "wake")
+    __slots__ = ("pending",)
 
     def __init__(self, node_id: str, wake: Callable[[], None], *, changes: bool) -> None:
-        self.node_id = node_id
-        self.wake = wake
-        """Called when there is something to send (the stream then asks for it)."""
-        self.changes = changes
-        """The agent takes ExpectedEndpointChanges; otherwise it is sent whole sets."""
-        self.first = True
-        """Nothing sent yet (or the state was replaced): the next message is the whole set."""
-        self.version = 0
-        """The version of the last message sent."""
+        super().__init__(node_id, wake, changes=changes)
         self.pending: set[ServiceKey] = set()
         """Services changed since the last message (at most one mark per service)."""
 
@@ -63,7 +56,7 @@ class ExpectedEndpoints:
 
     def __init__(self, state: ClusterState) -> None:
         self.state = state
-        self.feeds: dict[str, EndpointFeed] = {}
+        self.feeds: Feeds[EndpointFeed] = Feeds(EndpointFeed, FEATURE)
         self._published: dict[str, list[Published]] = {}
         """Per allocation placed to run: the services with a port it serves."""
         self._by_key: dict[ServiceKey, set[str]] = {}
@@ -88,17 +81,11 @@ class ExpectedEndpoints:
     # --- feeds -----------------------------------------------------------------------------
 
     def attach(self, node: node_pb2.Node | str, wake: Callable[[], None]) -> EndpointFeed:
-        """Feed this node's stream: ``wake`` is called when there is something to send and
-        ``next_message`` says what (the whole set first)."""
-        node_id = node if isinstance(node, str) else node.id
-        changes = not isinstance(node, str) and FEATURE in node.features
-        feed = self.feeds[node_id] = EndpointFeed(node_id, wake, changes=changes)
-        wake()
-        return feed
+        """Feed this node's stream (``next_message`` says what to send: the whole set first)."""
+        return self.feeds.attach(node, wake)
 
     def detach(self, feed: EndpointFeed) -> None:
-        if self.feeds.get(feed.node_id) is feed:
-            del self.feeds[feed.node_id]
+        self.feeds.detach(feed)
 
     def next_message(self, feed: EndpointFeed) -> controller_pb2.ControllerMessage | None:
         """What to send the feed's agent now (None: it holds the current set)."""
