@@ -54,9 +54,10 @@ certificate and key, the management token, ``orchctl.toml``, and the current joi
 (``join-agent.token``, ``join-controller.token``: rewritten at every term, so a rotation
 made elsewhere shows there once this controller leads again)."""
 MAX_PEERS_CACHED = 4096
-"""Peer certificates whose identity is remembered (checking one costs a parse and a
-signature), least recently seen forgotten first: each is a digest and a ``Peer``, about
-1 KB, so the cache stays under a few MB however many nodes come and go."""
+"""Members' certificates whose identity is remembered (checking one costs a parse and a
+signature), least recently seen forgotten first: each is a digest and a ``Peer`` (about
+0.5 KB), so the cache stays under 2 MB however many nodes come and go. Joiners' are not
+kept: each joiner's certificate serves one Join call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,7 @@ class Trust:
         self._signature: tuple[Any, ...] = ()
         self._join: dict[tuple[str, str], tuple[pki.Authority, bytes, bytes]] = {}
         self._peers: OrderedDict[bytes, Peer] = OrderedDict()
+        self._roles: dict[frozenset[str], frozenset[str]] = {}
 
     @property
     def meta(self) -> dict[str, str]:
@@ -238,9 +240,10 @@ class Trust:
             if cert is None:
                 return PLAIN
             peer = self._identify(cert)
-            self._peers[seen] = peer
-            if len(self._peers) > MAX_PEERS_CACHED:
-                self._peers.popitem(last=False)
+            if peer.roles:  # not a joiner's: its certificate is made for one Join call
+                self._peers[seen] = peer
+                if len(self._peers) > MAX_PEERS_CACHED:
+                    self._peers.popitem(last=False)
         else:
             self._peers.move_to_end(seen)
         if peer.node_id and META_REVOKED + peer.node_id in self.meta:
@@ -250,7 +253,8 @@ class Trust:
     def _identify(self, cert: x509.Certificate) -> Peer:
         if self.authority.issued(cert):
             who = pki.identity_of(cert)
-            return Peer(roles=who.roles, node_id=who.node_id, name=who.name)
+            roles = self._roles.setdefault(who.roles, who.roles)  # one set per combination
+            return Peer(roles=roles, node_id=who.node_id, name=who.name)
         for role in pki.JOIN_ROLES:
             joined = self._join_identity(role)
             if joined is not None and joined[0].issued(cert):

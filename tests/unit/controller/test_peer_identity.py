@@ -40,9 +40,11 @@ def _trust(tmp: Path) -> tuple[Trust, pki.Authority]:
     pki.write_file(tmp / "key.pem", pki.key_pem(key), secret=True)
     pki.write_file(tmp / "cert.pem", pki.cert_pem(ca.issue(key.public_key(), role="controller",
                                                          name="c1")), secret=False)
+    assert ca.key is not None
+    pki.write_file(tmp / "ca-key.pem", pki.key_pem(ca.key), secret=True)
     tls = TlsConfig(ca_file=str(tmp / "ca.pem"), cert_file=str(tmp / "cert.pem"),
                     key_file=str(tmp / "key.pem"))
-    return Trust(tls, Meta(), name="c1", ips=[]), ca
+    return Trust(tls, Meta(), name="c1", ips=[], ca_key=tmp / "ca-key.pem"), ca
 
 
 def _agent(ca: pki.Authority) -> tuple[str, bytes]:
@@ -98,3 +100,20 @@ def test_a_removed_node_is_refused_even_when_remembered(tmp_path: Path) -> None:
     assert not _identify(t, pem).revoked
     t.state.meta[trust_mod.META_REVOKED + node_id] = "1"
     assert _identify(t, pem).revoked
+
+
+def test_a_joiner_is_known_but_not_remembered(tmp_path: Path) -> None:
+    """A joiner's certificate serves one Join call: remembering it would only push out
+    members' identities."""
+    t, _ = _trust(tmp_path)
+    secret = pki.new_secret()
+    t.state.meta[trust_mod.META_JOIN + "agent"] = secret
+    cert, _key = pki.joiner_identity(pki.join_authority(secret, "agent"), "agent")
+    assert _identify(t, cert).joining == "agent"
+    assert not t._peers
+
+
+def test_members_share_one_set_of_roles(tmp_path: Path) -> None:
+    t, ca = _trust(tmp_path)
+    a, b = (_identify(t, _agent(ca)[1]) for _ in range(2))
+    assert a.roles is b.roles
