@@ -247,6 +247,11 @@ class ControllerLink:
                     call.cancel()
                 ended.set()  # and wake this stream's sender, wherever it waits, to see it
                 self._kick.set()
+                # A finished call still referenced keeps its connection open (so does the
+                # controller, with its TLS state): the error that ended the stream refers to
+                # this frame, and the reader task's error to the reader, a cycle that only the
+                # garbage collector would break, late. Let them go with the stream.
+                del call, reader, stub
 
     async def _proven(self, addr: str) -> bool:
         """Whether a controller gossip names proved it is one (not asked again for a minute

@@ -16,6 +16,7 @@ nodes live in the store's meta, so every controller serves the same answers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
@@ -26,7 +27,6 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from controller.acl import HasMeta
 from controller.nodes import NODE_KEY, REVOKED
@@ -35,7 +35,7 @@ from controller.store.base import Changes
 from orch import keyring, pki
 from orch.errors import RequestError
 from orch.gossip.crypto import new_key as new_gossip_key
-from orch.tls import TlsConfig, peer_certificate
+from orch.tls import TlsConfig, load_peer_certificate, peer_pem
 from orch.v1 import controller_pb2
 
 log = logging.getLogger("controller.trust")
@@ -54,7 +54,10 @@ certificate and key, the management token, ``orchctl.toml``, and the current joi
 (``join-agent.token``, ``join-controller.token``: rewritten at every term, so a rotation
 made elsewhere shows there once this controller leads again)."""
 MAX_PEERS_CACHED = 4096
-"""Peer certificates whose identity is remembered (checking one costs a signature)."""
+"""Members' certificates whose identity is remembered (checking one costs a parse and a
+signature), least recently seen forgotten first: each is a digest and a ``Peer`` (about
+0.5 KB), so the cache stays under 2 MB however many nodes come and go. Joiners' are not
+kept: each joiner's certificate serves one Join call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ class Trust:
         self._signature: tuple[Any, ...] = ()
         self._join: dict[tuple[str, str], tuple[pki.Authority, bytes, bytes]] = {}
         self._peers: OrderedDict[bytes, Peer] = OrderedDict()
+        self._roles: dict[frozenset[str], frozenset[str]] = {}
 
     @property
     def meta(self) -> dict[str, str]:
@@ -226,18 +230,22 @@ class Trust:
 
     def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
         """Who the peer of this call is (``PLAIN`` without a certificate)."""
-        cert = peer_certificate(context)
-        if cert is None:
+        pem = peer_pem(context)
+        if pem is None:
             return PLAIN
-        der = cert.public_bytes(serialization.Encoding.DER)
-        peer = self._peers.get(der)
+        seen = hashlib.sha256(pem).digest()  # not the certificate: ~1 KB, and parsed each time
+        peer = self._peers.get(seen)
         if peer is None:
+            cert = load_peer_certificate(pem)
+            if cert is None:
+                return PLAIN
             peer = self._identify(cert)
-            self._peers[der] = peer
-            if len(self._peers) > MAX_PEERS_CACHED:
-                self._peers.popitem(last=False)
+            if peer.roles:  # not a joiner's: its certificate is made for one Join call
+                self._peers[seen] = peer
+                if len(self._peers) > MAX_PEERS_CACHED:
+                    self._peers.popitem(last=False)
         else:
-            self._peers.move_to_end(der)
+            self._peers.move_to_end(seen)
         if peer.node_id and META_REVOKED + peer.node_id in self.meta:
             return Peer(revoked=True, node_id=peer.node_id, name=peer.name)
         return peer
@@ -245,7 +253,8 @@ class Trust:
     def _identify(self, cert: x509.Certificate) -> Peer:
         if self.authority.issued(cert):
             who = pki.identity_of(cert)
-            return Peer(roles=who.roles, node_id=who.node_id, name=who.name)
+            roles = self._roles.setdefault(who.roles, who.roles)  # one set per combination
+            return Peer(roles=roles, node_id=who.node_id, name=who.name)
         for role in pki.JOIN_ROLES:
             joined = self._join_identity(role)
             if joined is not None and joined[0].issued(cert):

@@ -129,15 +129,25 @@ def _channel_credentials(tls: TlsConfig | None, options: Sequence[tuple[str, Any
     return creds, opts
 
 
-def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> x509.Certificate | None:
-    """The certificate the peer presented; None when the connection is not mTLS."""
+def peer_pem(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    """The certificate the peer presented, as PEM; None when the connection is not mTLS."""
     pems = list(context.auth_context().get("x509_pem_cert") or ())
-    if not pems:
+    return bytes(pems[0]) if pems else None
+
+
+def load_peer_certificate(pem: bytes | None) -> x509.Certificate | None:
+    """``pem`` (from ``peer_pem``) parsed; None when there is none or it does not parse."""
+    if pem is None:
         return None
     try:
-        return x509.load_pem_x509_certificate(pems[0])
+        return x509.load_pem_x509_certificate(pem)
     except ValueError:
         return None
+
+
+def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> x509.Certificate | None:
+    """The certificate the peer presented; None when the connection is not mTLS."""
+    return load_peer_certificate(peer_pem(context))
 
 
 def peer_roles(context: grpc.aio.ServicerContext[Any, Any]) -> set[str] | None:

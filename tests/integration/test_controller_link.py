@@ -5,9 +5,11 @@ and the next one starts with a whole set."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -177,3 +179,53 @@ async def test_expected_endpoint_changes_out_of_step_start_the_stream_again() ->
             assert set(lk.expected.expected.placed) == {("a1", "a"), ("a2", "a"), ("e1", "e")}
         finally:
             await lk.stop()
+
+
+def _established(port: int) -> int:
+    """TCP connections of this network namespace established to ``port`` (their server
+    side), as /proc/net/tcp and tcp6 list them (gRPC listens on IPv6 sockets)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+class FailingController(FakeController):
+    """Sends one desired set, then ends the stream with an error once ``fail`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = asyncio.Event()
+
+    async def Connect(self, request_iterator: AsyncIterator[controller_pb2.NodeMessage],
+                      context: Any) -> AsyncIterator[controller_pb2.ControllerMessage]:
+        await anext(aiter(request_iterator))
+        yield controller_pb2.ControllerMessage(desired=controller_pb2.DesiredAllocations(
+            version=1))
+        await self.fail.wait()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+
+async def test_a_stopped_or_broken_stream_closes_its_connection_at_once() -> None:
+    """A stream that ended (the link stopped, or the controller broke it off) holds no
+    connection open: a finished gRPC call kept referenced keeps its connection, and the
+    controller keeps that connection's TLS and HTTP/2 state (tens of KB) as long."""
+    async with serving("127.0.81.43", FailingController()) as ctl:
+        assert isinstance(ctl, FailingController)
+        port = int(ctl.address.rsplit(":", 1)[1])
+        lk = link([ctl.address])
+        lk.start()
+        try:
+            await wait_until(lambda: lk.connected, within=10)
+            assert _established(port) == 1
+            ctl.fail.set()  # the stream fails: the link opens another (a new channel)
+            await wait_until(lambda: ctl.fail.is_set() and not lk.connected, within=10)
+            ctl.fail.clear()
+            await wait_until(lambda: lk.connected, within=10)
+            await wait_until(lambda: _established(port) == 1, within=5)
+        finally:
+            await lk.stop()
+        await wait_until(lambda: _established(port) == 0, within=5)
