@@ -394,7 +394,12 @@ class Controller:
         state = self.cluster.state
         if self.leader.election is not None:
             self._loads += 1  # a follower's load still under way is dropped
-            await state.reload(await self.store.load())
+            # What this controller holds is whole as of its index (a follower's loads replace
+            # it at once); once elected nobody else commits (fencing), so when the store is
+            # still at that index there is nothing to read again: a new leader of a large
+            # state serves writes in a second rather than after reading it all.
+            if not state.index or await self.store.index() != state.index:  # type: ignore[attr-defined]
+                await state.reload(await self.store.load())
             self.nodes_monitor.reset()
             self.cluster.reset_endpoints()
         await self._lineage()

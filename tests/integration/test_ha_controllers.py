@@ -161,16 +161,21 @@ async def test_followers_read_redirect_and_failover(tmp_path: Path, etcd_server:
 
         before = {a.id: a.node_id for a in leader.cluster.state.allocs.values()}
         acknowledged = leader.cluster.state.index
+        rest = [c for c in ctls if c is not leader]
+        await wait_until(lambda: all(c.cluster.state.index == acknowledged for c in rest),
+                         within=10)
+        held = {c.cfg.name: c.cluster.state.allocs for c in rest}
 
         # the leader dies: another takes over within TTL + 1 s and the agents follow
         t0 = time.monotonic()
         await kill(leader)
-        rest = [c for c in ctls if c is not leader]
         await wait_until(lambda: sum(c.leader.is_leader for c in rest) == 1, within=TTL + 5)
         took = time.monotonic() - t0
         assert took < TTL + 1.5, took
         new = leader_of(rest)
         assert new.cluster.state.index >= acknowledged
+        # it held the store's state as of its last write: taken over without reading it again
+        assert new.cluster.state.allocs is held[new.cfg.name]
         await wait_until(lambda: all(new.cluster.connected(a.node_id) for a in agents),
                          within=20)
         # nothing ran twice and nothing moved: the same allocations, on the same nodes
