@@ -874,8 +874,6 @@ class Membership:
 
     def _on_suspect(self, msg: Suspect, now: float, *, trusted: bool = False) -> None:
         m = self.members.get(msg.name)
-        if m is not None and self._confirms(m, msg.incarnation):
-            msg = msg._replace(incarnation=m.incarnation)
         if m is None or msg.incarnation < m.incarnation or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
                                trusted=trusted, now=now):
@@ -918,16 +916,6 @@ class Membership:
         self._arm_suspicion(m)
         self._emit(EventKind.SUSPECT, m, now)
 
-    def _confirms(self, m: Member, incarnation: int) -> bool:
-        """Whether an accusation of ``m`` above the incarnation held counts as one at the
-        incarnation held: while this member suspects ``m`` itself. The accuser knows a
-        newer incarnation we missed (``m`` refuted past our window), or lies; either way it
-        says no more than an accusation at what we hold, which anyone may make, and it
-        never moves our incarnation of ``m`` (a refutation is still one step above it).
-        Refused instead, members that lagged behind a crashed member held it suspect, then
-        alive again from others' stale views, for minutes."""
-        return incarnation > m.incarnation and m is not self.me and m.status is SUSPECT
-
     def _arm_suspicion(self, m: Member) -> None:
         s = m.suspicion
         assert s is not None
@@ -945,8 +933,6 @@ class Membership:
         counts as a suspicion: one member cannot declare another dead alone, and the
         suspect has the time to refute."""
         m = self.members.get(msg.name)
-        if m is not None and msg.sender != msg.name and self._confirms(m, msg.incarnation):
-            msg = msg._replace(incarnation=m.incarnation)
         if m is None or msg.incarnation < m.incarnation or m.status in _GONE or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
                                trusted=trusted, now=now):

@@ -384,20 +384,3 @@ def test_a_member_whose_view_of_a_crashed_one_is_stale_still_declares_it_dead() 
     assert addr(9) in pings[:2]  # probed out of turn: its own verdict, no window to refuse it
     run_until(core, 60.0, answer=False)
     assert core.member("p7").status is Status.DEAD  # type: ignore[union-attr]
-
-
-def test_accusations_past_the_window_confirm_a_suspicion_at_the_incarnation_held() -> None:
-    """Members whose view of a crashed member lagged past the window refused every death
-    notice of it, and held it suspect (then alive again from others' stale views) for
-    minutes; taken at the incarnation held, a notice confirms the suspicion and, once the
-    suspicion has lasted its floor, settles it, without moving the incarnation held."""
-    core = make(n_peers=10)
-    core.receive(addr(3), Suspect(0, "p0", "p1"), 0.0)
-    far = CFG.counter_window + 5
-    core.receive(addr(4), Suspect(far, "p0", "p2"), 0.1)
-    s = core.members["p0"].suspicion
-    assert s is not None
-    assert s.confirmed == {"p1", "p2"}
-    assert s.incarnation == 0
-    assert events(core.receive(addr(5), Dead(far, "p0", "p3"), 30.0), EventKind.DEAD)
-    assert core.member("p0").incarnation == 0  # type: ignore[union-attr]
