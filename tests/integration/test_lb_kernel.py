@@ -388,7 +388,8 @@ def test_the_dataplane_gives_proxy_only_services_to_the_proxy() -> None:
         try:
             a, b = await try_request(PORT), await try_request(PORT + 1)
             stats = dp.stats()
-            mesh = types.SimpleNamespace(lb=dp, stats=dp.stats, updates=1, refused={})
+            mesh = types.SimpleNamespace(lb=dp, stats=dp.stats, updates=1, endpoints=types.SimpleNamespace(
+                table=types.SimpleNamespace(refused={})))
             text = generate_latest(registry_with(LbCollector(mesh))).decode()  # type: ignore[arg-type]
             return {k: s.mode for k, s in stats.items()}, a, b, text
         finally:
