@@ -142,7 +142,10 @@ def test_a_two_tier_application(cluster: Harness) -> None:
         docker("rm", "-f", old)
         new = wait("a new kv container", lambda: (c := kv_container(h, kv.id)) != old and c, 60)
         assert new != old
-        assert h.running("kv")[0].node_id == kv.node_id
+        # running again as its agent reports it (a restart's pending report is held up to a
+        # second for the running one that follows it)
+        again = wait("kv running again", lambda: h.running("kv"), 30)
+        assert again[0].node_id == kv.node_id
         assert wait("the data, from the new container", lambda: request(
             f"{kv_url}?greeting{pw}"), 60) == "hello from the volume"
 
