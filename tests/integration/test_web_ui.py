@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -93,7 +94,26 @@ def _secret(text: str) -> str:
     return next(line.split()[-1] for line in text.splitlines() if line.startswith("Secret"))
 
 
-async def test_an_operator_drives_the_cluster_from_a_browser(tmp_path: Path) -> None:
+def _dump(ctl: Controller, agents: list[Agent]) -> str:
+    """Where each allocation stands for the controller and for its agent (written beside
+    the screenshot when the scenario fails)."""
+    lines = []
+    for a in ctl.cluster.state.allocs.values():
+        lines.append(f"controller: {a.id[:8]} {a.name} node={a.node_id[:8]} "
+                     f"desired={a.desired_status} client={a.client_status} healthy={a.healthy}")
+    for agent in agents:
+        link = agent.link
+        lines.append(f"agent {agent.node_id[:8]}: connected={link.connected} "
+                     f"applied={link.applied_version} queued={len(link._queue)} "
+                     f"specs={sorted(i[:8] for i in agent._specs)}")
+        lines += [f"  {s}" for s in agent.runtime.statuses()]
+    return "\n".join(lines)
+
+
+async def test_an_operator_drives_the_cluster_from_a_browser(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent")  # shown if it fails
+    caplog.set_level(logging.INFO, logger="controller")
     require("chromium", shutil.which(CHROMIUM) is not None and shutil.which(DRIVER) is not None,
             "apt-get install chromium chromium-driver (./run test installs them)")
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium never fetches a driver or a browser
@@ -111,7 +131,11 @@ async def test_an_operator_drives_the_cluster_from_a_browser(tmp_path: Path) -> 
                                        "--policy", "read"))
             assert ctl.http is not None
             pin = spki_pin((tmp_path / "ctl/pki/cert.pem").read_bytes())
-            await asyncio.to_thread(_scenario, ctl, ctl.http.url, pin, management, viewer)
+            try:
+                await asyncio.to_thread(_scenario, ctl, ctl.http.url, pin, management, viewer)
+            except BaseException:
+                (ARTIFACTS / "state.txt").write_text(_dump(ctl, agents))
+                raise
         finally:
             for a in agents:
                 await a.stop(stop_tasks=True)
