@@ -72,6 +72,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,8 +450,11 @@ def reschedule(run: Run, ctl: ControllerProc, fleet: Fleet) -> None:
     a = run.args
     victims = [node_id("sim", i) for i in range(0, a.nodes, a.kill_one_in)]
     base = running_count(ctl.scrape())
+    ch = ctl.channel()
+    stub = controller_pb2_grpc.ControllerServiceStub(ch)
+    last = list(stub.Watch(controller_pb2.WatchRequest(tail=1), timeout=30))
     progress(f"killing {len(victims)} nodes (one in {a.kill_one_in})")
-    t0 = time.monotonic()
+    t0, t0_ns = time.monotonic(), time.time_ns()
     killed = fleet.kill(victims)
     dipped = False
 
@@ -464,6 +468,34 @@ def reschedule(run: Run, ctl: ControllerProc, fleet: Fleet) -> None:
     took = time.monotonic() - t0
     run.result["nodes_killed"] = killed
     run.key(f"reschedule_{killed}_nodes_s", round(took, 2), f"<= {a.node_grace + 5:g}")
+    events: list[controller_pb2.Event] = []
+    index = last[-1].index if last else 0
+    while page := list(stub.Watch(controller_pb2.WatchRequest(since_index=index), timeout=120)):
+        events += page  # a replay is capped: page on from the last one taken
+        index = page[-1].index
+    run.result["reschedule_timeline_s"] = reschedule_timeline(events, t0_ns)
+    ch.close()
+
+
+def reschedule_timeline(events: Iterable[controller_pb2.Event], t0_ns: int) -> dict[str, float]:
+    """Seconds from the kill until the nodes were marked down, the replacements placed
+    (first and last) and running (the last)."""
+    down, placed, running = [], [], []
+    new: set[str] = set()
+    for e in events:
+        if e.type == "NodeDown":
+            down.append(e.time_ns)
+        elif e.type == "AllocationRescheduled":
+            placed.append(e.time_ns)
+            new.add(e.key)
+        elif e.type == "AllocationRunning" and e.key in new:
+            running.append(e.time_ns)
+
+    def since(ns: list[int], first: bool = False) -> float:
+        return round(((min(ns) if first else max(ns)) - t0_ns) / 1e9, 2) if ns else math.nan
+    return {"marked_down": since(down), "first_placed": since(placed, first=True),
+            "last_placed": since(placed), "last_running": since(running),
+            "replacements": len(new)}
 
 
 def rolling(run: Run, ctl: ControllerProc) -> None:

@@ -34,7 +34,7 @@ from controller.namespaces import META_PREFIX as NAMESPACE_META
 from controller.namespaces import Namespaces
 from controller.planner import event, new_deployment, plan_summary, plan_to_changes
 from controller.scheduler import AllocInfo, SchedulerConfig, schedule
-from controller.state import TERMINAL, job_key
+from controller.state import RUN, TERMINAL, job_key
 from controller.store.base import Changes, JobKey
 from orch.metrics import LATENCY, Hist
 from orch.v1 import controller_pb2, job_pb2, node_pb2
@@ -156,13 +156,21 @@ class Evaluator:
 
     def _on_commit(self, changes: Changes) -> None:
         """Wake on what changes placements (failed or finished allocations, nodes) and on
-        what changes health and deployments."""
+        what changes health and deployments.
+
+        An allocation that ends while still desired to run (it failed, finished, or was
+        lost) makes its job evaluated again. One that ends after it was stopped does not:
+        whatever stopped it (a plan, an operator, a drain) evaluated its job already, and
+        what it frees is offered to the jobs waiting for room. (Each plan that replaces lost
+        allocations writes them lost: that commit alone would evaluate its job a second
+        time.)"""
         for a in changes.put_allocs:
             self._health_ids.add(a.id)
             self._dirty_jobs.add(job_key(a))
             if a.client_status in TERMINAL:
                 self._urgent_jobs.add(job_key(a))
-                self.enqueue(job_key(a), "alloc-update")
+                if a.desired_status == RUN:
+                    self.enqueue(job_key(a), "alloc-update")
         if changes.put_allocs or changes.put_deployments:
             self._wake.set()  # the health pass looks at what changed
         for alloc_id in changes.delete_allocs:

@@ -38,7 +38,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         code = 503 if self.path == "/healthz" and os.path.exists(SICK) else 200
         if self.path != "/healthz":
             time.sleep(DELAY)  # a request takes a while: some are always in flight
-        body = f"{ALLOC} {VERSION}\n".encode()
+        body = f"{ALLOC} {VERSION} {self.client_address[0]}\n".encode()
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -318,7 +318,9 @@ class Load:
         await asyncio.gather(*self._tasks)
 
     def bodies(self, host: str | None = None) -> set[str]:
-        return {b for (h, b) in self.served if host is None or h == host}
+        """What answered: each answer's allocation and version (not the client's address,
+        which depends on the path the request took)."""
+        return {" ".join(b.split()[:2]) for (h, b) in self.served if host is None or h == host}
 
     def allocs(self) -> set[str]:
         """The allocations that answered."""

@@ -27,6 +27,7 @@ import pytest
 
 from orchctl.demo import Demo, running_on
 from tests.components import require
+from tests.integration.mesh_util import BACKEND
 from tests.integration.netns_util import why_not
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240, method="thread")]
@@ -34,27 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240, method="thread")]
 NET = "10.99.0"
 NODES = {"controller": 1, "agent-1": 2, "agent-2": 3, "client": 9}
 PORT = 18500
-
-BACKEND = r'''
-import http.server, os
-ALLOC = os.environ["ORCH_ALLOC_ID"]
-SICK = os.path.join(os.environ["SICK_DIR"], ALLOC)
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        code = 503 if self.path == "/healthz" and os.path.exists(SICK) else 200
-        body = f"{ALLOC} {self.client_address[0]}\n".encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer.daemon_threads = True
-http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["ORCH_PORT_http"])), Handler).serve_forever()
-'''
 
 JOB = """
 name: kmesh
@@ -174,6 +154,11 @@ def wait(what: str, pred: object, within: float) -> float:
         time.sleep(0.1)
 
 
+def seen(alloc: str, client: str) -> str:
+    """What the backend answers: its allocation, its version, the client's address."""
+    return f"{alloc} 1 {client}"
+
+
 def test_the_kernel_mesh_reaches_endpoints_here_and_on_other_nodes() -> None:
     require("network namespaces with nftables", not why_not(), why_not() or "")
     require("conntrack", bool(subprocess.run(["sh", "-c", "command -v conntrack"],
@@ -216,7 +201,8 @@ def test_the_kernel_mesh_reaches_endpoints_here_and_on_other_nodes() -> None:
             assert [s["lb_mode"] for s in services] == ["kernel"]
             # prefer_local: each node's own endpoint, which sees the client's address
             got = get(names, a1, a2)
-            assert got == [f"{by_node['agent-1']} {NET}.9", f"{by_node['agent-2']} {NET}.9"]
+            assert got == [seen(by_node["agent-1"], f"{NET}.9"),
+                           seen(by_node["agent-2"], f"{NET}.9")]
             table = in_ns(names["agent-1"], "import subprocess; print(subprocess.run(['nft', "
                           "'list', 'tables'], capture_output=True, text=True).stdout)")
             assert "table ip orch" in table
@@ -225,12 +211,12 @@ def test_the_kernel_mesh_reaches_endpoints_here_and_on_other_nodes() -> None:
             # agent-2's endpoint, through SNAT (it sees agent-1's address)
             (sick / by_node["agent-1"]).touch()
             took = wait("agent-1's endpoint leaves new flows",
-                        lambda: get(names, a1) == [f"{by_node['agent-2']} {a1}"], within=15)
+                        lambda: get(names, a1) == [seen(by_node["agent-2"], a1)], within=15)
             print(f"a failing endpoint left new flows after {took:.2f} s")
             assert took < 5.0
             (sick / by_node["agent-1"]).unlink()
-            wait("it comes back", lambda: get(names, a1) == [f"{by_node['agent-1']} {NET}.9"],
-                 within=15)
+            wait("it comes back",
+                 lambda: get(names, a1) == [seen(by_node["agent-1"], f"{NET}.9")], within=15)
         finally:
             demo.stop_all()
             demo.cleanup_tasks()
