@@ -14,7 +14,8 @@ import pytest
 from bench import soak
 
 KEYS = ("store_rows_end_over_live", "rss_slope_mb_per_10k_versions",
-        "commit_p99_ratio_end_over_start", "reschedule_after_churn_s")
+        "commit_p99_ratio_end_over_start", "commit_p99_ratio_end_over_start_paired",
+        "reschedule_after_churn_s")
 
 
 @pytest.mark.timeout(240)
