@@ -384,3 +384,43 @@ def test_a_member_whose_view_of_a_crashed_one_is_stale_still_declares_it_dead() 
     assert addr(9) in pings[:2]  # probed out of turn: its own verdict, no window to refuse it
     run_until(core, 60.0, answer=False)
     assert core.member("p7").status is Status.DEAD  # type: ignore[union-attr]
+
+
+def test_a_member_that_missed_refutations_suspects_a_crash_when_its_peers_do() -> None:
+    """A hostile member's accusations make a member refute, many times; a peer that missed
+    some of it holds an older incarnation. Once the member crashes, its peers accuse it at
+    the newer one: the peer with the stale view refused that (it took accusations only at
+    the incarnation it held) and suspected the crash only when its own probe came round,
+    up to minutes later under attack (the benchmark: 100 s after the crash)."""
+    core = make(n_peers=40)
+    core.receive_packet(addr(3), packet(Suspect(5, "p7", "p1")), 0.0)
+    assert core.member("p7").status is Status.SUSPECT  # type: ignore[union-attr]
+    assert core.member("p7").incarnation == 5  # type: ignore[union-attr]
+    for i, accuser in enumerate(("p2", "p3", "p4")):  # their confirmations shorten it
+        core.receive_packet(addr(4 + i), packet(Suspect(5, "p7", accuser)), 0.1)
+    (dead,) = events(run_until(core, 30.0, answer=False), EventKind.DEAD)
+    assert dead.name == "p7"
+
+
+def test_accusations_at_rising_incarnations_cannot_put_a_death_off() -> None:
+    """A suspicion confirmed at a higher incarnation stays at its own (with its start), so
+    a liar accusing a crashed member at ever higher incarnations does not restart it; an
+    ALIVE above it still ends it."""
+    def declared_dead(liar: bool) -> float:
+        core = make(n_peers=40)
+        core.receive_packet(addr(3), packet(Suspect(0, "p7", "p1")), 0.0)
+        for step in range(1, 200):
+            now = 0.25 * step
+            if liar:
+                core.receive_packet(addr(5), packet(Suspect(step, "p7", "evil")), now)
+            dead = events(run_until(core, now, answer=False), EventKind.DEAD)
+            if any(e.name == "p7" for e in dead):
+                return now
+        return float("inf")
+
+    assert declared_dead(liar=True) <= declared_dead(liar=False)
+    core = make(n_peers=40)
+    core.receive_packet(addr(3), packet(Suspect(0, "p7", "p1")), 0.0)
+    core.receive_packet(addr(5), packet(Suspect(3, "p7", "evil")), 0.1)
+    assert core.member("p7").incarnation == 0  # type: ignore[union-attr]
+    assert events(core.receive(addr(9), Alive(4, "p7", *addr(9)), 0.2), EventKind.ALIVE)
