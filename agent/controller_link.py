@@ -44,7 +44,7 @@ from orch.errors import ControllerRefusedError, ProtocolError
 from orch.gossip.core import MemberInfo
 from orch.gossip.messages import Status
 from orch.v1 import controller_pb2, controller_pb2_grpc, node_pb2
-from orch.vocab import ENDPOINT_CHANGES
+from orch.vocab import ENDPOINT_CHANGES, HEARTBEAT_INTERVAL
 
 log = logging.getLogger("agent")
 
@@ -53,7 +53,17 @@ DesiredHandler = Callable[[DesiredSet], Awaitable[None]]
 place: read it before returning)."""
 SILENCE = 5.0
 """Seconds a stream whose controller sends heartbeats may stay silent before the agent gives
-it up and looks for a controller again (a frozen or cut-off leader)."""
+it up and looks for a controller again (a frozen or cut-off leader), at least; with
+heartbeats further apart (the controller names the interval: it grows with the agents
+streaming to it), ``SILENCE_BEATS`` of them."""
+SILENCE_BEATS = 3
+"""Heartbeat intervals a stream may stay silent."""
+MAX_BEAT = 60.0
+"""Seconds between heartbeats a controller may name, at most (the value comes from the
+wire: a larger one would let a stream stay silent for ever)."""
+HEARTBEAT_UP = 15.0
+"""Seconds between the heartbeats this agent sends up a silent stream, at least (longer when
+the controller's own come less often)."""
 REFUSED_FOR = 60.0
 """Seconds a gossip-named controller that failed to prove itself is not asked again."""
 MAX_REFUSED = 64
@@ -130,6 +140,8 @@ class ControllerLink:
         self.last_contact: float | None = None
         """When a controller was last heard (its desired set or heartbeat; loop time)."""
         self._heartbeats = False
+        self._beat = 1.0
+        """Seconds between the current stream's heartbeats, as its controller names them."""
         """The connected controller sends heartbeats (older ones do not)."""
 
     def start(self) -> None:
@@ -140,15 +152,22 @@ class ControllerLink:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    @property
+    def _silence(self) -> float:
+        """Seconds the current stream may stay silent before it is given up."""
+        return max(SILENCE, SILENCE_BEATS * self._beat)
+
     def offline_for(self, now: float | None = None) -> float:
-        """Seconds since a controller of this agent's was last heard (0 while one is heard;
-        and before any was: nothing was received to act on yet)."""
+        """Seconds since a controller of this agent's was last heard, past the heartbeat
+        that was due by then (0 while one is heard; and before any was: nothing was
+        received to act on yet). Heartbeats come further apart as more agents stream to the
+        controller: the one that has not come yet is not counted as a silence."""
         if self.last_contact is None:
             return 0.0
         now = asyncio.get_running_loop().time() if now is None else now
         if self.connected and not self._heartbeats:  # an older controller: trust the stream
             return 0.0
-        return max(0.0, now - self.last_contact)
+        return max(0.0, now - self.last_contact - (self._beat if self._beat > 1.0 else 0.0))
 
     def reregister(self) -> None:
         """Send the node's registration again (its drivers or resources changed)."""
@@ -222,7 +241,7 @@ class ControllerLink:
                 while not reader.done():
                     await asyncio.wait({reader}, timeout=self._recheck)
                     if self._heartbeats and self.last_contact is not None and not self._applying \
-                            and loop.time() - self.last_contact > SILENCE:
+                            and loop.time() - self.last_contact > self._silence:
                         log.warning("the controller stopped answering: looking for one again",
                                     extra={"controller": addr, "silent_for": round(
                                         loop.time() - self.last_contact, 1)})
@@ -279,10 +298,13 @@ class ControllerLink:
         one starts with a full set."""
 
         self._heartbeats = False
+        self._beat = 1.0
         whole = whole_endpoints = False
         async for msg in call:
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
+                if msg.heartbeat.next_ms:
+                    self._beat = min(MAX_BEAT, msg.heartbeat.next_ms / 1000)
                 if self.connected:  # heard only once a desired set of ours was applied
                     self._heartbeats = True
                     self.last_contact = asyncio.get_running_loop().time()
@@ -304,6 +326,8 @@ class ControllerLink:
                 else:
                     self.expected.change(msg.endpoint_changes)
                 self._on_endpoints(self.expected.expected)
+                if self.connected:  # the controller is heard: the next heartbeat counts from now
+                    self.last_contact = asyncio.get_running_loop().time()
                 continue
             if kind == "desired":
                 self.desired.replace(msg.desired)
@@ -332,7 +356,7 @@ class ControllerLink:
         expected-endpoint changes."""
         reg = node_pb2.Node()
         reg.CopyFrom(self._registration())
-        for feature in (FEATURE, ENDPOINT_CHANGES):
+        for feature in (FEATURE, ENDPOINT_CHANGES, HEARTBEAT_INTERVAL):
             if feature not in reg.features:
                 reg.features.append(feature)
         return reg
@@ -355,7 +379,8 @@ class ControllerLink:
                     and self._usage is None:
                 self._kick.clear()
                 release = self._queue.next_release()
-                wait = 15.0 if release is None else min(15.0, max(0.0, release - loop.time()))
+                up = max(HEARTBEAT_UP, self._beat)
+                wait = up if release is None else min(up, max(0.0, release - loop.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), wait)
                 if release is not None and not self._kick.is_set():

@@ -203,6 +203,10 @@ class Cluster:
     def connected(self, node_id: str) -> bool:
         return node_id in self._feeds
 
+    def streams(self) -> int:
+        """Agents holding a stream to this controller."""
+        return len(self._feeds)
+
     def next_desired(self, feed: NodeFeed) -> controller_pb2.ControllerMessage | None:
         """The message that brings the feed's agent up to date (None: it is)."""
         return feed.next_message(self.state, self.secrets_of)

@@ -105,6 +105,11 @@ DESIRED_CHANGES = "desired-changes"
 """A node's feature (``Node.features``): its stream takes ``DesiredChanges`` after the first
 full desired set (``agent.desired``, ``controller.desired``)."""
 
+HEARTBEAT_INTERVAL = "heartbeat-interval"
+"""A node's feature (``Node.features``): its stream takes heartbeats at the interval each
+one names (``Heartbeat.next_ms``), which the leader makes longer as more agents stream to
+it, instead of one every second."""
+
 ENDPOINT_CHANGES = "endpoint-changes"
 """A node's feature (``Node.features``): its stream takes ``ExpectedEndpointChanges`` after
 the first whole ``ExpectedEndpoints`` (``agent.lb.discovery.ExpectedSet``,

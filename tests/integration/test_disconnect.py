@@ -5,6 +5,7 @@ with events that say which and why. (A real network partition: tests/e2e/test_pa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -99,3 +100,29 @@ async def test_a_node_back_beside_its_replacement_keeps_one_copy_by_the_rule(
         said = [e.message for e in ctl.cluster.events.recent
                 if e.type == "AllocationStopped" and e.key == loser]
         assert any(f"kept the {kept}" in m and rule in m for m in said), said
+
+
+async def test_heartbeats_spaced_for_a_large_fleet_keep_the_stream_and_the_tasks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader spaces each stream's heartbeats as more agents stream to it (here as if
+    one agent were a fleet: one every 6 s, past the agent's base silence of 5 s). The agent
+    takes the interval it is given: it keeps its stream, and a task with a short stop_after
+    keeps running."""
+    from agent import controller_link
+    from controller.api import node
+
+    monkeypatch.setattr(node, "MAX_HEARTBEATS_PER_SECOND", 1 / 6)
+    async with live_cluster(tmp_path, agents=1, net="127.0.52") as (ctl, agents):
+        agent = agents[0]
+        await ctl.jobs.register(job("careful", "    disconnect: {stop_after: 2s}"))  # type: ignore[arg-type]
+        await wait_until(lambda: len(running_on(agent)) == 1, within=30)
+        await wait_until(lambda: agent.link._beat == 6.0, within=15)
+        assert agent.link._silence == 3 * 6.0 > controller_link.SILENCE
+        before = agent.link.controller
+        stream = ctl.cluster._feeds[agent.node_id]
+        for _ in range(16):  # 8 s: past the base silence, across a heartbeat
+            await asyncio.sleep(0.5)
+            assert agent.link.offline_for() < 1.0  # a heartbeat may come a little late
+        assert ctl.cluster._feeds.get(agent.node_id) is stream  # the same stream all along
+        assert agent.link.controller == before
+        assert len(running_on(agent)) == 1
