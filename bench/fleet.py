@@ -432,7 +432,6 @@ def idle(run: Run, ctl: ControllerProc, fleet: Fleet) -> None:
     run.result["controller_cpu_us_per_alloc_settled"] = round(
         (ctl.cpu() - run.place_cpu0) / run.total * 1e6, 1)
     streaming = int(s.get("orch_controller_connected_agents"))
-    progress(f"idle for {a.idle_seconds:g} s: {streaming:,} agents streaming")
     c0, t0 = ctl.cpu(), time.monotonic()
     time.sleep(a.idle_seconds)
     busy = (ctl.cpu() - c0) / (time.monotonic() - t0)

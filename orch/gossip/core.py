@@ -705,20 +705,22 @@ class Membership:
 
         Another member's incarnation, node-state version or event clock may move up by
         ``counter_window`` at most: members move their own one step at a time, and a
-        member that lagged catches up in steps. An accusation, about this member or
-        another, is taken up to one step short of ``counter_window``: the accused refutes
-        it one step above, within the window of every peer that holds its incarnation (at
-        the window's edge a refutation was refused everywhere, and peers kept suspecting an
-        incarnation the accused had left behind). An accusation above the incarnation held
-        comes from a peer that heard refutations this member missed (or from a liar, whom
-        the accused refutes): taken, so that a member with a stale view still suspects a
-        crashed one as soon as its peers do. Past the window, while ``m`` is suspected here,
-        this member asks ``m`` itself (``_ask_owner``): what a member says of itself over
-        TCP is taken whatever the window, so a refutation is not lost on a member that
-        lagged."""
+        member that lagged catches up in steps. An accusation about another member is taken
+        only at the incarnation held: only its owner moves an incarnation up (by refuting),
+        so an accusation above it is a liar's, and one a refutation could not answer within
+        the window. This member takes what is said of itself up to one step short of
+        ``counter_window`` (a hostile member may have raised others' view of it that much
+        before it heard) and refutes it one step above, within the window of every peer
+        that holds its incarnation. Past the window, while ``m`` is suspected here, this
+        member asks ``m`` itself (``_ask_owner``): what a member says of itself over TCP is
+        taken whatever the window, so a refutation is not lost on a member that lagged."""
         window = self.cfg.counter_window
         if accusation:
-            window -= 1
+            # about another member: only at the incarnation held. About us: one step short
+            # of the window, so that our refutation (one above) is within every window that
+            # holds our incarnation (at the window's edge it was refused everywhere, and
+            # our peers kept suspecting an incarnation we had left behind)
+            window = 0 if m is not self.me else window - 1
         if trusted or value <= held + window:
             return True
         self.stats.drop("counter")
@@ -882,16 +884,6 @@ class Membership:
             return
         cfg = self.cfg
         s = m.suspicion
-        if m.status is SUSPECT and s is not None and msg.incarnation > s.incarnation:
-            # Accused at an incarnation above the one we suspect: it refuted while we missed
-            # it, and is suspected again. That confirms our suspicion, which stays at our
-            # incarnation and keeps its start: only an ALIVE above it ends it, and accusations
-            # at ever higher incarnations (a liar's) cannot put a death off. Its owner is
-            # asked for its own record, in case it is alive and we missed its refutation.
-            if s.confirm(msg.sender):
-                self._arm_suspicion(m)
-            self._ask_owner(m, now)
-            return
         if m.status is SUSPECT and s is not None and msg.incarnation == s.incarnation:
             rearm = False
             if cfg.shared_suspicion_clock:
