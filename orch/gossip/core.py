@@ -208,6 +208,28 @@ class _Relay:
     timer: Timer | None = None
 
 
+ACCUSED_SOURCES = 3
+"""Addresses an accusation above the incarnation held is counted from, per member, at most:
+enough to tell the word of many peers from one member's (``_accused_above``)."""
+ACCUSED_BY = 8
+"""Accusers remembered per member accused above the incarnation held (they confirm the
+suspicion a failed probe of it starts)."""
+
+
+@dataclass(slots=True)
+class _Accused:
+    """A live member accused above the incarnation held: our view of it may be stale (it
+    refuted while we missed it, then failed), or the accuser lies. It is probed out of
+    turn; a failed probe starts our own suspicion, which the accusers confirm."""
+
+    sources: set[Addr]
+    """The peers the accusations came through (their number orders the probes)."""
+    accusers: set[str]
+    start: float
+    """The earliest start the accusations claimed (the shared suspicion clock)."""
+    probing: bool = False
+
+
 @dataclass(slots=True)
 class _Candidate:
     """A member heard of from others, not yet confirmed by a ping it answered."""
@@ -253,9 +275,10 @@ class Membership:
         # probe schedule state
         self._probe_list: list[Member] = []
         self._probe_index = 0
-        self._probe_soon: dict[str, None] = {}
-        """Live members to probe out of turn (accused past what we hold: our view of them may
-        be stale), at most every other probe; bounded by the members we hold."""
+        self._accused: dict[str, _Accused] = {}
+        """Live members accused above the incarnation held, to probe out of turn (those
+        accused through the most peers first), at most every other probe; bounded by the
+        members we hold."""
         self._probe_was_soon = False
         self._ring: list[str] | None = None
         self._ring_index: dict[str, int] = {}
@@ -355,9 +378,9 @@ class Membership:
         elif t is Alive:
             self._on_alive(msg, now, src=src)  # type: ignore[arg-type]
         elif t is Suspect:
-            self._on_suspect(msg, now)  # type: ignore[arg-type]
+            self._on_suspect(msg, now, src=src)  # type: ignore[arg-type]
         elif t is Dead:
-            self._on_dead(msg, now)  # type: ignore[arg-type]
+            self._on_dead(msg, now, src=src)  # type: ignore[arg-type]
         elif t is IndirectPing:
             self._on_indirect_ping(src, msg, now)  # type: ignore[arg-type]
         elif t is Nack:
@@ -577,17 +600,34 @@ class Membership:
             if target is not None and target.status in _LIVE:
                 self.stats.suspicions += 1
                 self._on_suspect(Suspect(target.incarnation, target.name, self.name, 0), now)
+                accused = self._accused.get(p.target)
+                s = target.suspicion
+                if accused is not None and accused.probing and s is not None:
+                    # our own verdict now: those who accused it above what we held confirm it
+                    for accuser in accused.accusers:
+                        s.confirm(accuser)
+                    if self.cfg.shared_suspicion_clock:
+                        s.start = min(s.start, max(accused.start, now - s.hi))
+                    self._arm_suspicion(target)
+        accused = self._accused.get(p.target)
+        if accused is not None and accused.probing:
+            del self._accused[p.target]
         self._probe_start(None, now)
 
     def _next_target(self, now: float) -> Member | None:
-        if self._probe_soon and not self._probe_was_soon:
-            while self._probe_soon:
-                name = next(iter(self._probe_soon))
-                del self._probe_soon[name]
+        if self._accused and not self._probe_was_soon:
+            while True:
+                waiting = [(len(a.sources), name) for name, a in self._accused.items()
+                           if not a.probing]
+                if not waiting:
+                    break
+                _, name = max(waiting)
                 m = self.members.get(name)
                 if m is not None and m.status is ALIVE:
+                    self._accused[name].probing = True
                     self._probe_was_soon = True
                     return m
+                del self._accused[name]
         self._probe_was_soon = False
         if self.cfg.probe_schedule == "coordinated":
             return self._coordinated_target(now)
@@ -726,12 +766,38 @@ class Membership:
         self.stats.drop("counter")
         if m.status is SUSPECT and m is not self.me:
             self._ask_owner(m, now)
-        elif accusation and m.status is ALIVE and m is not self.me:
-            # Others accuse it at an incarnation we never saw: a liar, or our view of it is
-            # stale (it refuted beyond our window while we missed it). Our own probe tells,
-            # and a failed one makes our own suspicion, which no window refuses.
-            self._probe_soon[m.name] = None
         return False
+
+    def _accused_above(self, m: Member, msg: Suspect | Dead, now: float,
+                       src: Addr | None) -> None:
+        """Another member accused above the incarnation we hold: a liar, or our view of it
+        is stale (it refuted while we missed it; then it may have failed, and our peers
+        accuse it at the incarnation we missed). The incarnation is never taken from an
+        accusation (a liar would push it up by the window, over and over, past members'
+        windows); the word that it fails is. Suspected here: it confirms our suspicion and
+        its owner is asked for its own record. Alive here: it is probed out of turn (those
+        accused through the most peers first); a failed probe is our own suspicion, which no
+        window refuses, and these accusations confirm it."""
+        self.stats.drop("counter")
+        cfg = self.cfg
+        age = msg.age_ms / 1000 if isinstance(msg, Suspect) else 0.0
+        s = m.suspicion
+        if m.status is SUSPECT and s is not None:
+            rearm = s.confirm(msg.sender)
+            if cfg.shared_suspicion_clock and now - min(age, s.hi) < s.start - 0.001:
+                s.start, rearm = now - min(age, s.hi), True
+            if rearm:
+                self._arm_suspicion(m)
+            self._ask_owner(m, now)
+        elif m.status is ALIVE:
+            a = self._accused.get(m.name)
+            if a is None:
+                a = self._accused[m.name] = _Accused(set(), set(), now)
+            if src is not None and len(a.sources) < ACCUSED_SOURCES:
+                a.sources.add(src)
+            if len(a.accusers) < ACCUSED_BY:
+                a.accusers.add(msg.sender)
+            a.start = min(a.start, now - age)
 
     def _ask_owner(self, m: Member, now: float) -> None:
         """Exchange state with suspected ``m`` itself: its answer holds its own record, which
@@ -872,8 +938,13 @@ class Membership:
 
     # accusations
 
-    def _on_suspect(self, msg: Suspect, now: float, *, trusted: bool = False) -> None:
+    def _on_suspect(self, msg: Suspect, now: float, *, trusted: bool = False,
+                    src: Addr | None = None) -> None:
         m = self.members.get(msg.name)
+        if m is not None and m is not self.me and not trusted \
+                and m.incarnation < msg.incarnation <= self.cfg.counter_limit:
+            self._accused_above(m, msg, now, src)
+            return
         if m is None or msg.incarnation < m.incarnation or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
                                trusted=trusted, now=now):
@@ -926,13 +997,19 @@ class Membership:
         if m.status is SUSPECT and m.suspicion is not None and self.members.get(m.name) is m:
             self._declare(m, DEAD, self.name, now)
 
-    def _on_dead(self, msg: Dead, now: float, *, trusted: bool = False) -> None:
+    def _on_dead(self, msg: Dead, now: float, *, trusted: bool = False,
+                 src: Addr | None = None) -> None:
         """A death or leave notice. A leave is believed at once (from anyone, as memberlist
         and Serf do: the member refutes a false one at once). A death is believed once this
         member has suspected the member for its floor (``suspicion_floor``); before that it
         counts as a suspicion: one member cannot declare another dead alone, and the
         suspect has the time to refute."""
         m = self.members.get(msg.name)
+        if m is not None and m is not self.me and not trusted and msg.sender != msg.name \
+                and m.status not in _GONE \
+                and m.incarnation < msg.incarnation <= self.cfg.counter_limit:
+            self._accused_above(m, msg, now, src)
+            return
         if m is None or msg.incarnation < m.incarnation or m.status in _GONE or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
                                trusted=trusted, now=now):
@@ -950,7 +1027,7 @@ class Membership:
             self._declare(m, LEFT if leave else DEAD, msg.sender, now)
             return
         self._on_suspect(Suspect(msg.incarnation, msg.name, msg.sender, 0), now,
-                         trusted=trusted)
+                         trusted=trusted, src=src)
 
     def _declare(self, m: Member, status: Status, sender: str, now: float) -> None:
         """``m`` is dead (or left), as this member's own verdict: tell everyone."""
@@ -1268,10 +1345,11 @@ class Membership:
             self._on_alive(Alive(r.incarnation, r.name, r.host, r.port, r.state_version), now,
                            src=(r.host, r.port) if own else None, trusted=trusted)
         elif r.status == LEFT:
-            self._on_dead(Dead(r.incarnation, r.name, r.name), now, trusted=trusted)
+            self._on_dead(Dead(r.incarnation, r.name, r.name), now, trusted=trusted, src=src)
         else:
             # another member's "dead" makes us suspect, not declare (memberlist)
-            self._on_suspect(Suspect(r.incarnation, r.name, sender, 0), now, trusted=trusted)
+            self._on_suspect(Suspect(r.incarnation, r.name, sender, 0), now, trusted=trusted,
+                             src=src)
         m = self.members.get(r.name)
         if m is None:
             return

@@ -384,3 +384,28 @@ def test_a_member_whose_view_of_a_crashed_one_is_stale_still_declares_it_dead() 
     assert addr(9) in pings[:2]  # probed out of turn: its own verdict, no window to refuse it
     run_until(core, 60.0, answer=False)
     assert core.member("p7").status is Status.DEAD  # type: ignore[union-attr]
+
+
+def test_a_member_accused_through_many_peers_is_probed_first_and_their_word_confirms() -> None:
+    """Under attack a member hears many accusations above the incarnations it holds (a
+    liar's, about members alive) and probed the accused out of turn in the order heard: a
+    crashed member its peers accused at an incarnation it had missed waited behind them
+    (the benchmark: 100 s). The accused heard of through the most peers goes first, and
+    once its probe fails, the peers' accusations confirm the suspicion (shortening it) at
+    the incarnation held: an accusation never moves an incarnation."""
+    core = make(n_peers=40)
+    for i in range(10, 30):  # one liar, through one address, about twenty live members
+        core.receive_packet(addr(3), packet(Suspect(4, f"p{i}", "liar")), 0.0)
+    for i, accuser in enumerate(("p1", "p2", "p3", "p4")):  # p7 crashed: its peers say so
+        core.receive_packet(addr(4 + i), packet(Dead(5, "p7", accuser)), 0.1)
+    assert core.member("p7").status is Status.ALIVE  # type: ignore[union-attr]
+    pings = [a for a, _ in of_type(run_until(core, 3 * CFG.probe_interval, answer=False), Ping)]
+    assert addr(9) in pings[:2]  # p7 first: accused through four peers, the others one
+    assert core.member("p7").status is Status.SUSPECT  # type: ignore[union-attr]
+    assert core.member("p7").incarnation == 0  # type: ignore[union-attr]
+    s = core.members["p7"].suspicion
+    assert s is not None
+    assert s.confirmations == s.k  # as many as Lifeguard counts
+    (dead,) = [e for e in events(run_until(core, 30.0, answer=False), EventKind.DEAD)
+               if e.name == "p7"]
+    assert dead.incarnation == 0
