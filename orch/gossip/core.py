@@ -223,20 +223,11 @@ class _Accused:
     turn; a failed probe starts our own suspicion, which the accusers confirm."""
 
     sources: set[Addr]
-    """The peers the accusations came through."""
+    """The peers the accusations came through (their number orders the probes)."""
     accusers: set[str]
     start: float
     """The earliest start the accusations claimed (the shared suspicion clock)."""
-    heard: float
-    """When the first accusation came."""
-    dead: bool = False
-    """A peer declared it dead (a verdict, not a suspicion)."""
     probing: bool = False
-
-    def order(self) -> tuple[bool, int, float]:
-        """Which accused member to probe first (the largest): one a peer declared dead, then
-        the one accused through the most peers, then the one accused first."""
-        return self.dead, len(self.sources), -self.heard
 
 
 @dataclass(slots=True)
@@ -626,7 +617,7 @@ class Membership:
     def _next_target(self, now: float) -> Member | None:
         if self._accused and not self._probe_was_soon:
             while True:
-                waiting = [(a.order(), name) for name, a in self._accused.items()
+                waiting = [(len(a.sources), name) for name, a in self._accused.items()
                            if not a.probing]
                 if not waiting:
                     break
@@ -784,10 +775,9 @@ class Membership:
         accuse it at the incarnation we missed). The incarnation is never taken from an
         accusation (a liar would push it up by the window, over and over, past members'
         windows); the word that it fails is. Suspected here: it confirms our suspicion and
-        its owner is asked for its own record. Alive here: it is probed out of turn (those a
-        peer declared dead first, then those accused through the most peers); a failed
-        probe is our own suspicion, which no window refuses, and these accusations confirm
-        it."""
+        its owner is asked for its own record. Alive here: it is probed out of turn (those
+        accused through the most peers first); a failed probe is our own suspicion, which no
+        window refuses, and these accusations confirm it."""
         self.stats.drop("counter")
         cfg = self.cfg
         age = msg.age_ms / 1000 if isinstance(msg, Suspect) else 0.0
@@ -802,13 +792,12 @@ class Membership:
         elif m.status is ALIVE:
             a = self._accused.get(m.name)
             if a is None:
-                a = self._accused[m.name] = _Accused(set(), set(), now, now)
+                a = self._accused[m.name] = _Accused(set(), set(), now)
             if src is not None and len(a.sources) < ACCUSED_SOURCES:
                 a.sources.add(src)
             if len(a.accusers) < ACCUSED_BY:
                 a.accusers.add(msg.sender)
             a.start = min(a.start, now - age)
-            a.dead = a.dead or isinstance(msg, Dead)
 
     def _ask_owner(self, m: Member, now: float) -> None:
         """Exchange state with suspected ``m`` itself: its answer holds its own record, which
