@@ -140,9 +140,9 @@ class ControllerLink:
         self.last_contact: float | None = None
         """When a controller was last heard (its desired set or heartbeat; loop time)."""
         self._heartbeats = False
+        """The connected controller sends heartbeats (older ones do not)."""
         self._beat = 1.0
         """Seconds between the current stream's heartbeats, as its controller names them."""
-        """The connected controller sends heartbeats (older ones do not)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="controller-link")

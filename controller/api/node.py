@@ -142,9 +142,9 @@ class NodeEndpoint(Endpoint):
         feed = self.cluster.attach(first.register, due.set)
         scaled = HEARTBEAT_INTERVAL in first.register.features
         clock = asyncio.get_running_loop().time
+        # when the last message went down: a heartbeat is due ``every`` seconds after it (a
+        # wake-up that had nothing to send does not put it off)
         sent = clock()
-        """When the last message went down (a heartbeat is due ``every`` seconds after it:
-        a wake-up that had nothing to send does not put it off)."""
         try:
             while not reader.done() and not over.done():
                 every = heartbeat_interval(self.cluster.streams()) if scaled else HEARTBEAT

@@ -605,10 +605,7 @@ class Membership:
                 if accused is not None and accused.probing and s is not None:
                     # our own verdict now: those who accused it above what we held confirm it
                     for accuser in accused.accusers:
-                        s.confirm(accuser)
-                    if self.cfg.shared_suspicion_clock:
-                        s.start = min(s.start, max(accused.start, now - s.hi))
-                    self._arm_suspicion(target)
+                        self._confirm_suspicion(target, s, accuser, now - accused.start, now)
         accused = self._accused.get(p.target)
         if accused is not None and accused.probing:
             del self._accused[p.target]
@@ -779,15 +776,10 @@ class Membership:
         accused through the most peers first); a failed probe is our own suspicion, which no
         window refuses, and these accusations confirm it."""
         self.stats.drop("counter")
-        cfg = self.cfg
         age = msg.age_ms / 1000 if isinstance(msg, Suspect) else 0.0
         s = m.suspicion
         if m.status is SUSPECT and s is not None:
-            rearm = s.confirm(msg.sender)
-            if cfg.shared_suspicion_clock and now - min(age, s.hi) < s.start - 0.001:
-                s.start, rearm = now - min(age, s.hi), True
-            if rearm:
-                self._arm_suspicion(m)
+            self._confirm_suspicion(m, s, msg.sender, age, now)
             self._ask_owner(m, now)
         elif m.status is ALIVE:
             a = self._accused.get(m.name)
@@ -798,6 +790,18 @@ class Membership:
             if len(a.accusers) < ACCUSED_BY:
                 a.accusers.add(msg.sender)
             a.start = min(a.start, now - age)
+
+    def _confirm_suspicion(self, m: Member, s: Suspicion, sender: str, age: float,
+                           now: float) -> bool:
+        """Count ``sender``'s accusation of suspected ``m`` (``age``: seconds it claims the
+        suspicion has lasted, for the shared suspicion clock, up to ``s.hi``) and move the
+        suspicion's deadline to match; whether the confirmation was new."""
+        rearm = confirmed = s.confirm(sender)
+        if self.cfg.shared_suspicion_clock and now - min(age, s.hi) < s.start - 0.001:
+            s.start, rearm = now - min(age, s.hi), True
+        if rearm:
+            self._arm_suspicion(m)
+        return confirmed
 
     def _ask_owner(self, m: Member, now: float) -> None:
         """Exchange state with suspected ``m`` itself: its answer holds its own record, which
@@ -956,16 +960,8 @@ class Membership:
         cfg = self.cfg
         s = m.suspicion
         if m.status is SUSPECT and s is not None and msg.incarnation == s.incarnation:
-            rearm = False
-            if cfg.shared_suspicion_clock:
-                start = now - min(msg.age_ms / 1000, s.hi)
-                if start < s.start - 0.001:
-                    s.start, rearm = start, True
-            if s.confirm(msg.sender):
+            if self._confirm_suspicion(m, s, msg.sender, msg.age_ms / 1000, now):
                 self._enqueue_suspect(m, msg.sender, now)
-                rearm = True
-            if rearm:
-                self._arm_suspicion(m)
             return
         if m.status not in _LIVE:
             return
