@@ -306,7 +306,9 @@ class NodeMonitor:
         due = []
         failover_grace = failover_grace_for(len(self.state.nodes), self.failover_grace)
         for node in ready:
-            live = self._live.setdefault(node.id, _Liveness(lost_at=now))
+            live = self._live.get(node.id)
+            if live is None:  # (not setdefault: a fleet's nodes each second)
+                live = self._live[node.id] = _Liveness(lost_at=now)
             if self.cluster.connected(node.id) and not live.gossip_dead:
                 live.connected, live.lost_at = True, None
                 continue

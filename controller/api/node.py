@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -143,13 +144,17 @@ class NodeEndpoint(Endpoint):
         scaled = HEARTBEAT_INTERVAL in first.register.features
         clock = asyncio.get_running_loop().time
         # when the last message went down: a heartbeat is due ``every`` seconds after it (a
-        # wake-up that had nothing to send does not put it off)
+        # wake-up that had nothing to send does not put it off), and never later than the
+        # interval the last heartbeat named: the agent holds the stream to that one, so as
+        # more agents stream the next heartbeat still comes then and names the longer one
         sent = clock()
+        told = math.inf  # before the first heartbeat the agent waits for one
         try:
             while not reader.done() and not over.done():
                 every = heartbeat_interval(self.cluster.streams()) if scaled else HEARTBEAT
+                wait = min(every, told)
                 getter = waiting = asyncio.ensure_future(due.wait())
-                await asyncio.wait({waiting, reader, over}, timeout=max(0.0, sent + every - clock()),
+                await asyncio.wait({waiting, reader, over}, timeout=max(0.0, sent + wait - clock()),
                                    return_when=asyncio.FIRST_COMPLETED)
                 if waiting.done():
                     due.clear()
@@ -161,13 +166,13 @@ class NodeEndpoint(Endpoint):
                     if msg is not None:
                         yield msg
                         sent = clock()
-                    if clock() < sent + every:
+                    if clock() < sent + wait:
                         continue
                 waiting.cancel()
                 if not reader.done() and not over.done():
                     yield controller_pb2.ControllerMessage(heartbeat=controller_pb2.Heartbeat(
                         time_ns=time.time_ns(), next_ms=round(every * 1000) if scaled else 0))
-                    sent = clock()
+                    sent, told = clock(), every
             if removed.is_set():
                 await ctx.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {node.id} was removed from this cluster")

@@ -126,3 +126,22 @@ async def test_heartbeats_spaced_for_a_large_fleet_keep_the_stream_and_the_tasks
         assert ctl.cluster._feeds.get(agent.node_id) is stream  # the same stream all along
         assert agent.link.controller == before
         assert len(running_on(agent)) == 1
+
+
+async def test_heartbeats_spaced_further_as_agents_join_keep_the_stream(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When more agents stream and each stream's heartbeats are spaced further apart, the
+    next heartbeat still comes within the interval the last one named (and names the
+    longer one): an agent that joined a small fleet keeps its stream as the fleet grows."""
+    from controller.api import node
+
+    async with live_cluster(tmp_path, agents=1, net="127.0.57") as (ctl, agents):
+        agent = agents[0]
+        await wait_until(lambda: agent.link._heartbeats and agent.link._beat == 1.0, within=15)
+        stream = ctl.cluster._feeds[agent.node_id]
+        monkeypatch.setattr(node, "MAX_HEARTBEATS_PER_SECOND", 1 / 8)  # the fleet grew
+        for _ in range(16):  # 8 s: past the silence the agent was told (5 s)
+            await asyncio.sleep(0.5)
+            assert agent.link.offline_for() < 1.5
+        assert agent.link._beat == 8.0
+        assert ctl.cluster._feeds.get(agent.node_id) is stream  # the same stream all along
