@@ -62,6 +62,16 @@ T = TypeVar("T")
 APPLICATION_ID = 0x6F726368
 """``PRAGMA application_id`` of an orch controller store: "orch" in ASCII."""
 
+WAL_CHECKPOINT_PAGES = 500
+"""Pages the write-ahead log reaches before the commit that crosses it copies them into the
+database (``PRAGMA wal_autocheckpoint``; SQLite's default is 1,000): that commit waits for
+the copy. A store grown to its steady size writes more pages a commit than a new one (its
+full event ring is trimmed at the head every commit: 15 pages a commit against 9), so with
+1,000 its commits crossed the line more than once in a hundred, and its commit p99 was the
+copy's (1.6 to 1.9 ms against 0.6 to 1.2 for a new store). With 500 each copy is half as
+long, so the longest commits are shorter at any age; the mean commit rose by 2 % and
+placements per second did not move."""
+
 Synchronous = Literal["full", "normal"]
 _SYNCHRONOUS: dict[str, int] = {"normal": 1, "full": 2}
 
@@ -362,6 +372,7 @@ class SQLiteStore(Store):
                     raise ConfigError(f"cannot switch the store to WAL mode (got {mode!r}); put the "
                                       "data dir on a local file system", where=where)
                 conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.synchronous]}")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}").fetchall()
                 conn.execute("PRAGMA foreign_keys = ON")
                 self._migrate(conn, version, where)
                 if created:
@@ -590,8 +601,9 @@ class SQLiteStore(Store):
 
     def _pragmas_sync(self) -> dict[str, int | str]:
         conn = self._db()
-        names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "user_version",
-                 "application_id", "page_size", "page_count", "freelist_count")
+        names = ("journal_mode", "synchronous", "wal_autocheckpoint", "foreign_keys",
+                 "busy_timeout", "user_version", "application_id", "page_size", "page_count",
+                 "freelist_count")
         return {n: conn.execute(f"PRAGMA {n}").fetchone()[0] for n in names}
 
 

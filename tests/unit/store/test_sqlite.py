@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.store import Changes, SQLiteStore
-from controller.store.sqlite import APPLICATION_ID, MIGRATIONS, Migration
+from controller.store.sqlite import APPLICATION_ID, MIGRATIONS, WAL_CHECKPOINT_PAGES, Migration
 from orch.errors import ConfigError, StoreError
 from orch.v1 import node_pb2
 from tests.unit.store.records import alloc, event, job, node
@@ -43,6 +43,7 @@ async def test_the_connection_runs_in_wal_mode_with_the_asked_durability(
         await s.close()
     assert got["journal_mode"] == "wal"
     assert got["synchronous"] == level
+    assert got["wal_autocheckpoint"] == WAL_CHECKPOINT_PAGES
     assert got["foreign_keys"] == 1
     assert got["busy_timeout"] == 2500
     assert got["user_version"] == len(MIGRATIONS)
