@@ -210,7 +210,7 @@ class _Relay:
 
 ACCUSED_SOURCES = 3
 """Addresses an accusation above the incarnation held is counted from, per member, at most:
-enough to tell the word of many peers from one member's (``_accused_elsewhere``)."""
+enough to tell the word of many peers from one member's (``_accused_above``)."""
 ACCUSED_BY = 8
 """Accusers remembered per member accused above the incarnation held (they confirm the
 suspicion a failed probe of it starts)."""
@@ -765,29 +765,17 @@ class Membership:
             self._ask_owner(m, now)
         return False
 
-    def _elsewhere(self, m: Member, incarnation: int, below: bool) -> bool:
-        """Whether an accusation of ``m`` at ``incarnation`` is one at another incarnation
-        than ours (``_accused_elsewhere``): above ours (within the counters' bound), or below
-        it when ``below``."""
-        if incarnation > m.incarnation:
-            return incarnation <= self.cfg.counter_limit
-        return below and incarnation < m.incarnation
-
-    def _accused_elsewhere(self, m: Member, msg: Suspect | Dead, now: float,
-                           src: Addr | None) -> None:
-        """Another member accused ``m`` at an incarnation other than the one we hold. Above
-        it: a liar, or our view is stale (it refuted while we missed it; then it may have
-        failed, and our peers accuse it at the incarnation we missed). Below it: the
-        accuser's view is stale, often because a liar's accusations made ``m`` refute
-        again and again, and views of it drifted apart; a crash is then suspected first at
-        an incarnation that many members hold no longer. The incarnation is never taken
-        from an accusation (a liar would push it up by the window, over and over, past
-        members' windows); the word that it fails is. Suspected here: it confirms our
-        suspicion and its owner is asked for its own record. Alive here: it is probed out
-        of turn (those accused through the most peers first); a failed probe is our own
-        suspicion, which no window refuses, and these accusations confirm it."""
-        if msg.incarnation > m.incarnation:
-            self.stats.drop("counter")
+    def _accused_above(self, m: Member, msg: Suspect | Dead, now: float,
+                       src: Addr | None) -> None:
+        """Another member accused above the incarnation we hold: a liar, or our view of it
+        is stale (it refuted while we missed it; then it may have failed, and our peers
+        accuse it at the incarnation we missed). The incarnation is never taken from an
+        accusation (a liar would push it up by the window, over and over, past members'
+        windows); the word that it fails is. Suspected here: it confirms our suspicion and
+        its owner is asked for its own record. Alive here: it is probed out of turn (those
+        accused through the most peers first); a failed probe is our own suspicion, which no
+        window refuses, and these accusations confirm it."""
+        self.stats.drop("counter")
         age = msg.age_ms / 1000 if isinstance(msg, Suspect) else 0.0
         s = m.suspicion
         if m.status is SUSPECT and s is not None:
@@ -958,8 +946,8 @@ class Membership:
                     src: Addr | None = None) -> None:
         m = self.members.get(msg.name)
         if m is not None and m is not self.me and not trusted \
-                and self._elsewhere(m, msg.incarnation, m.status in _LIVE):
-            self._accused_elsewhere(m, msg, now, src)
+                and m.incarnation < msg.incarnation <= self.cfg.counter_limit:
+            self._accused_above(m, msg, now, src)
             return
         if m is None or msg.incarnation < m.incarnation or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,
@@ -1014,8 +1002,9 @@ class Membership:
         suspect has the time to refute."""
         m = self.members.get(msg.name)
         if m is not None and m is not self.me and not trusted and msg.sender != msg.name \
-                and m.status not in _GONE and self._elsewhere(m, msg.incarnation, True):
-            self._accused_elsewhere(m, msg, now, src)
+                and m.status not in _GONE \
+                and m.incarnation < msg.incarnation <= self.cfg.counter_limit:
+            self._accused_above(m, msg, now, src)
             return
         if m is None or msg.incarnation < m.incarnation or m.status in _GONE or \
                 not self._held(m, msg.incarnation, m.incarnation, accusation=True,

@@ -409,23 +409,3 @@ def test_a_member_accused_through_many_peers_is_probed_first_and_their_word_conf
     (dead,) = [e for e in events(run_until(core, 30.0, answer=False), EventKind.DEAD)
                if e.name == "p7"]
     assert dead.incarnation == 0
-
-
-def test_a_member_accused_below_the_incarnation_held_is_probed_out_of_turn() -> None:
-    """A liar's accusations make a member refute again and again, and members' views of its
-    incarnation drift apart: once it crashes, its peers suspect it at incarnations this
-    member holds no longer. Those accusations were ignored, and the crash waited for this
-    member's own turn to probe it; they now bring the probe forward and confirm the
-    suspicion its failure starts, at the incarnation held."""
-    core = make(n_peers=40)
-    core.receive_packet(addr(9), packet(Alive(6, "p7", *addr(9))), 0.0)  # p7 refuted up to 6
-    for i, accuser in enumerate(("p1", "p2", "p3", "p4")):
-        core.receive_packet(addr(4 + i), packet(Suspect(4, "p7", accuser)), 0.1)
-    assert core.member("p7").status is Status.ALIVE  # type: ignore[union-attr]
-    pings = [a for a, _ in of_type(run_until(core, 2 * CFG.probe_interval, answer=False), Ping)]
-    assert addr(9) in pings[:2]
-    assert core.member("p7").status is Status.SUSPECT  # type: ignore[union-attr]
-    assert core.member("p7").incarnation == 6  # type: ignore[union-attr]
-    s = core.members["p7"].suspicion
-    assert s is not None
-    assert s.confirmations == s.k
