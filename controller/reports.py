@@ -40,6 +40,16 @@ def judged_healthy(a: node_pb2.Allocation) -> bool:
         a.desired_status == RUN
 
 
+def _same_tasks(a: node_pb2.Allocation, u: node_pb2.Allocation) -> bool:
+    """``a.tasks == u.tasks``, key by key: protobuf's map has no comparison of its own, and
+    the generic one builds a dict of each side (a seventh of the controller's time while a
+    fleet's reports came in)."""
+    mine, theirs = a.tasks, u.tasks
+    if len(mine) != len(theirs):
+        return False
+    return all(name in mine and mine[name] == theirs[name] for name in theirs)
+
+
 def merge_report(a: node_pb2.Allocation, u: node_pb2.Allocation, now_ns: int) -> Merged | None:
     """Merge report ``u`` into ``a`` (the controller's record: a copy of its own, changed in
     place); None when the report changes nothing, or comes about an allocation already given
@@ -68,7 +78,7 @@ def merge_report(a: node_pb2.Allocation, u: node_pb2.Allocation, now_ns: int) ->
             a.healthy = healthy
             health_changed = changed = True
     restarted = []
-    if a.tasks != u.tasks:
+    if not _same_tasks(a, u):
         for name, t in u.tasks.items():
             before = a.tasks[name].restarts if name in a.tasks else 0
             if t.restarts > before:

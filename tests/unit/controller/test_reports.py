@@ -63,6 +63,30 @@ def test_a_running_report_from_an_agent_that_does_not_judge_leaves_health_to_the
     assert kinds(m.events) == ["AllocationRunning"]
 
 
+def test_a_report_whose_tasks_changed_is_merged_and_one_whose_tasks_did_not_is_not() -> None:
+    a = merge_report(placed(), running(), NOW)
+    assert a is not None
+    assert merge_report(a.alloc, running(), NOW + 1) is None  # the same tasks: nothing
+    again = running()
+    again.tasks["server"].state = "dead"  # a task's state changed
+    m = merge_report(a.alloc, again, NOW + 2)
+    assert m is not None
+    assert m.alloc.tasks["server"].state == "dead"
+    more = running()
+    more.tasks["sidecar"].state = "running"  # a task more
+    m = merge_report(m.alloc, more, NOW + 3)
+    assert m is not None
+    assert set(m.alloc.tasks) == {"server", "sidecar"}
+    other = node_pb2.Allocation()
+    other.CopyFrom(more)
+    del other.tasks["server"]
+    other.tasks["other"].CopyFrom(more.tasks["server"])  # as many tasks, one named otherwise
+    m = merge_report(m.alloc, other, NOW + 4)
+    assert m is not None
+    assert set(m.alloc.tasks) == {"other", "sidecar"}
+    assert "server" not in other.tasks  # comparing added no entry
+
+
 def test_the_agents_verdict_is_the_allocations_health() -> None:
     a = placed()
     m = merge_report(a, running(health=H_PENDING), NOW)
