@@ -165,6 +165,7 @@ def controller_toml(workdir: Path, m: Month, store: str, etcd: list[str]) -> str
         f"eval_gc_threshold = {compress(3600.0):.3f}",
         f"deployment_gc_threshold = {compress(3600.0):.3f}",
         f"node_gc_threshold = {compress(24 * 3600.0):.3f}",
+        f"store_defrag_interval = {compress(24 * 3600.0):.3f}",
         f"brake_window = {compress(600.0):.3f}",
         f'store = "{store}"',
     ]

@@ -70,6 +70,8 @@ class GcPolicy:
     """Versions of a job kept (the newest), besides the stable one a revert needs."""
     batch: int = 500
     """Records deleted by one commit at most: the commit lock is held for one such commit."""
+    defrag_interval: float = 24 * HOUR
+    """Seconds between defragmentations of the store after a collection (0: never)."""
 
     def forced(self) -> GcPolicy:
         """The same with no waiting (``orchctl system gc``): everything that is garbage by
@@ -374,6 +376,11 @@ class GarbageCollector:
         self.last: GcReport | None = None
         self.store_size: StoreSize | None = None
         """The store's size after the last collection (metrics)."""
+        self.defragmented = 0
+        """Defragmentations of the store since this controller started (metrics)."""
+        self.defrag_seconds = 0.0
+        """Time the last one took: commits waited that long."""
+        self._defragmented_at = clock()
         self._running = asyncio.Lock()
 
     async def run(self) -> None:
@@ -420,6 +427,7 @@ class GarbageCollector:
             if self.after is not None:
                 await self.after()
             report.seconds = time.perf_counter() - t0
+            await self._defragment()
             for kind, n in report.collected.items():
                 self.collected[kind] += n
             self.runs += 1
@@ -434,3 +442,19 @@ class GarbageCollector:
                     "commits": report.commits, "seconds": round(report.seconds, 3),
                     "forced": force})
             return report
+
+    async def _defragment(self) -> None:
+        """Defragment the store once ``defrag_interval`` has passed since the last time (or
+        since this controller started): after weeks of churn its commits are slower (see
+        ``SQLiteStore.defragment``). Commits wait meanwhile, under the commit lock."""
+        interval = self.policy.defrag_interval
+        if interval <= 0 or self.clock() - self._defragmented_at < interval:
+            return
+        self._defragmented_at = self.clock()
+        t0 = time.perf_counter()
+        async with self.cluster.lock:
+            done = await self.cluster.store.defragment()
+        if done:
+            self.defragmented += 1
+            self.defrag_seconds = time.perf_counter() - t0
+            log.info("store defragmented", extra={"seconds": round(self.defrag_seconds, 3)})

@@ -121,6 +121,12 @@ class ControllerCollector(Collector):
             yield GaugeMetricFamily("orch_controller_gc_last_duration_seconds", "Time the last "
                                     "garbage collection took.",
                                     value=self.gc.last.seconds if self.gc.last else 0.0)
+            yield CounterMetricFamily("orch_controller_store_defragmentations", "Times the "
+                                      "store was rewritten in order (store_defrag_interval).",
+                                      value=self.gc.defragmented)
+            yield GaugeMetricFamily("orch_controller_store_defrag_last_duration_seconds",
+                                    "Time the last defragmentation took (commits waited).",
+                                    value=self.gc.defrag_seconds)
             size = self.gc.store_size
             if size is not None:
                 yield GaugeMetricFamily("orch_controller_store_bytes", "Bytes the store uses "

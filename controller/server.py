@@ -301,7 +301,8 @@ class Controller:
             job_threshold=cfg.job_gc_threshold, eval_threshold=cfg.eval_gc_threshold,
             deployment_threshold=cfg.deployment_gc_threshold,
             node_threshold=cfg.node_gc_threshold, max_versions=cfg.job_max_versions,
-            batch=cfg.gc_batch), interval=cfg.gc_interval,
+            batch=cfg.gc_batch, defrag_interval=cfg.store_defrag_interval),
+            interval=cfg.gc_interval,
             on_node_forgotten=self.nodes_monitor.forget, after=lambda: self.channels.prune())
         self.autoscaler = Autoscaler(state, self.jobs, self.usage, AutoscalerConfig(
             interval=cfg.autoscale_interval, stabilization=cfg.autoscale_stabilization))

@@ -191,6 +191,12 @@ class Store(ABC):
         than one transaction), so a failure part way leaves a mix: restore again."""
 
     @abstractmethod
+    async def defragment(self) -> bool:
+        """Rewrite the store so that what it holds lies together again, as a store does
+        after months of churn no longer (SQLite's ``VACUUM``; commits wait while it runs);
+        whether this store did (etcd's members are defragmented by their operators)."""
+
+    @abstractmethod
     async def size(self) -> StoreSize:
         """What the store holds now, in bytes and in records per kind."""
 

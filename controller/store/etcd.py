@@ -670,6 +670,11 @@ class EtcdStore(Store):
         kv = await self.client.get(self.keys.state, within=self.timeout)
         return _State.decode(kv.value, self.where).index if kv is not None else 0
 
+    async def defragment(self) -> bool:
+        """Not here: defragmenting an etcd member blocks it, and its operators choose when
+        (``etcdctl defrag``, one member at a time); this store compacts etcd's history."""
+        return False
+
     async def size(self) -> StoreSize:
         """Records under this prefix (counted by etcd), and the bytes etcd's database uses
         (for every prefix: etcd has one database)."""

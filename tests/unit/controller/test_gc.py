@@ -249,3 +249,35 @@ async def test_a_batch_job_whose_failure_will_be_retried_is_not_dead(world: Worl
     await world.put(put_allocs=[spent])
     await world.gc.collect(force=True)
     assert ("default", "retry") not in world.state.jobs
+
+
+async def test_the_store_is_defragmented_once_a_day_after_a_collection(world: World) -> None:
+    """Months of churn scatter the store's pages and slow its commits: a collection rewrites
+    it in order once ``defrag_interval`` (a day) has passed, and says so in its metrics."""
+    t = world.clock
+    await world.put(put_nodes=[node("n1", t)], put_jobs=[job("web", 1, t)],
+                    put_allocs=[alloc(f"a{i:04d}", "web", t) for i in range(300)])
+    t.now += 2 * HOUR
+    await world.gc.collect()
+    assert world.gc.defragmented == 0  # not yet a day since this controller started
+    t.now += 23 * HOUR
+    await world.gc.collect()
+    assert world.gc.defragmented == 1
+    assert (await world.cluster.store.pragmas())["freelist_count"] == 0  # type: ignore[attr-defined]
+    await world.gc.collect()
+    assert world.gc.defragmented == 1  # the next one a day later
+    await world.agree()
+
+
+async def test_a_defrag_interval_of_zero_never_defragments(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db", synchronous="normal")
+    await store.open()
+    clock = Clock()
+    try:
+        gc = GarbageCollector(Cluster(store, ClusterState()), UsageTable(),
+                              GcPolicy(defrag_interval=0.0), clock=clock)
+        clock.now += 400 * 24 * HOUR
+        await gc.collect()
+        assert gc.defragmented == 0
+    finally:
+        await store.close()
