@@ -43,6 +43,7 @@ from controller.planner import event
 from controller.state import FAILED, LOST, PENDING, RUN, RUNNING, TERMINAL, ClusterState, job_key
 from controller.store.base import Changes, JobKey, StoreSize
 from controller.usage import UsageTable
+from orch.errors import StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 from orch.vocab import namespace_of
 
@@ -452,8 +453,12 @@ class GarbageCollector:
             return
         self._defragmented_at = self.clock()
         t0 = time.perf_counter()
-        async with self.cluster.lock:
-            done = await self.cluster.store.defragment()
+        try:
+            async with self.cluster.lock:
+                done = await self.cluster.store.defragment()
+        except StoreError as e:  # the store is as it was (disk full?): try again next time
+            log.warning("cannot defragment the store: %s", e)
+            return
         if done:
             self.defragmented += 1
             self.defrag_seconds = time.perf_counter() - t0

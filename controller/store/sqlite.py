@@ -326,6 +326,10 @@ class SQLiteStore(Store):
     async def size(self) -> StoreSize:
         return await self._call(self._size_sync)
 
+    async def defragment(self) -> bool:
+        await self._call(self._defragment_sync)
+        return True
+
     async def backup(self, dest: Path) -> None:
         await self._call(self._backup_sync, str(dest))
 
@@ -338,10 +342,6 @@ class SQLiteStore(Store):
         return await self._call(self._replace_sync, rows, snap.index)
 
     # --- beyond the interface ----------------------------------------------------------------
-
-    async def defragment(self) -> bool:
-        await self._call(self._defragment_sync)
-        return True
 
     async def pragmas(self) -> dict[str, int | str]:
         """The settings in force on the connection, for the startup log and for tests."""

@@ -16,6 +16,7 @@ from controller.state import ClusterState
 from controller.store import SQLiteStore
 from controller.store.base import Changes
 from controller.usage import UsageTable
+from orch.errors import StoreError
 from orch.v1 import controller_pb2, job_pb2, node_pb2
 
 NS = 1_000_000_000
@@ -279,5 +280,26 @@ async def test_a_defrag_interval_of_zero_never_defragments(tmp_path: Path) -> No
         clock.now += 400 * 24 * HOUR
         await gc.collect()
         assert gc.defragmented == 0
+    finally:
+        await store.close()
+
+
+class _FullDisk(SQLiteStore):
+    """A store whose rewrite fails, as on a full disk (VACUUM needs room for a copy)."""
+
+    async def defragment(self) -> bool:
+        raise StoreError("database or disk is full")
+
+
+async def test_a_failed_defragmentation_leaves_the_collection_done(tmp_path: Path) -> None:
+    store = _FullDisk(tmp_path / "state.db", synchronous="normal")
+    await store.open()
+    clock = Clock()
+    try:
+        gc = GarbageCollector(Cluster(store, ClusterState()), UsageTable(), GcPolicy(),
+                              clock=clock)
+        clock.now += 25 * HOUR
+        await gc.collect()
+        assert (gc.runs, gc.defragmented) == (1, 0)
     finally:
         await store.close()
