@@ -18,7 +18,8 @@ and 1,000 nodes that join and later leave for good (30 live at a time). Time is 
 the month lasts ``--month`` seconds (default 300), and every garbage-collection threshold
 is Nomad's default compressed by the same factor (job 4 h, evaluation and deployment 1 h,
 node 24 h; the collection interval too, but never below 1 s), as are the windows that count
-nodes going down (the half-down brake, flap doubling). What cannot be compressed is not:
+nodes going down (the half-down brake, flap doubling) and the SQLite store's daily rewrite
+(``store_defrag_interval``). What cannot be compressed is not:
 an agent's stream is given up after ``node_grace`` (1 s here), as on a real network.
 
 Figures (per store):
