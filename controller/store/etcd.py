@@ -23,7 +23,7 @@ store last saw (so two writers can never interleave, and the commit and event
 counters in the state key move by exactly one commit), and, once fenced, the
 leader key's ``create_revision`` with the one this controller's election won;
 then it deletes, puts, prunes (one range delete each for old events and old
-evaluations) and puts the state key with the new counters. The store keeps in
+evaluations, from the oldest one kept) and puts the state key with the new counters. The store keeps in
 memory what it needs to write without reading first (the counters, each job's
 versions, each evaluation's seq); that copy is exact while the compare on the
 state key holds, and read again when it does not. Commits queued while one is
@@ -449,11 +449,14 @@ class _Plan:
                 deletes.append(Delete(key))
             else:
                 puts.append(Put(key, value))
+        # each prune starts at the oldest record kept, not at its directory: etcd walks
+        # every key in a range, the deleted ones too until history is compacted, so a
+        # range from the directory would walk all that the commits since pruned
         oldest_eval = next(iter(cache.eval_order), None)
         if oldest_eval is not None and oldest_eval <= floor:
-            deletes.append(Delete(k.evals_dir, k.evals_below(floor + 1)))
+            deletes.append(Delete(k.evals_below(oldest_eval), k.evals_below(floor + 1)))
         if cache.first_event <= event_floor:
-            deletes.append(Delete(k.events_dir, k.event(event_floor + 1)))
+            deletes.append(Delete(k.event(cache.first_event), k.event(event_floor + 1)))
         state = self.state.encode()
         compare = [Compare(k.state, "mod", "==", cache.state_rev)]
         failure: list[Op] = [Get(k.state)]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from controller.store import Changes, EtcdStore
 from controller.store.etcd import MAX_REQUEST_BYTES, MAX_TXN_OPS
-from controller.store.etcd_client import EtcdClient, EtcdRejected, prefix_end
+from controller.store.etcd_client import EtcdClient, EtcdRejected, TxnResult, prefix_end
 from orch.errors import ConfigError, FencedError, StoreError
 from orch.v1 import controller_pb2
 from tests.etcd_server import EtcdCluster
@@ -224,6 +225,47 @@ async def test_the_store_compacts_the_history_it_made(etcd_server: EtcdCluster, 
         assert (await s.load()).meta == {"k": "11"}
     finally:
         await s.close()
+
+
+class _Recording(EtcdClient):
+    """A real client that keeps the transactions it sends (etcd's TxnRequest messages)."""
+
+    txns: list[Any]
+
+    async def txn(self, txn: Any, *, within: float | None = None) -> TxnResult:
+        self.txns.append(txn)
+        return await super().txn(txn, within=within)
+
+
+async def test_prunes_start_at_the_oldest_record_kept(etcd_server: EtcdCluster,
+                                                     etcd_prefix: str) -> None:
+    """etcd walks every key of a range, the deleted ones too until its history is compacted:
+    a prune from the directory would walk everything the commits before it pruned."""
+    rec = _Recording(etcd_server.endpoints, timeout=5.0)
+    rec.txns = []
+    await rec.open()
+    s = EtcdStore(rec, prefix=etcd_prefix, max_events=3, max_evaluations=2)
+    await s.open()
+    try:
+        k = s.keys
+        for i in range(1, 8):
+            rec.txns.clear()
+            await s.commit(Changes(events=[event(f"e{i}")], put_evaluations=[evaluation(f"v{i}")]))
+            prunes = [(op.request_delete_range.key, op.request_delete_range.range_end)
+                      for t in rec.txns for op in t.success
+                      if op.WhichOneof("request") == "request_delete_range"
+                      and op.request_delete_range.range_end]
+            expected = []
+            if i > 2:
+                expected.append((k.evals_below(i - 2), k.evals_below(i - 1)))
+            if i > 3:
+                expected.append((k.event(i - 3), k.event(i - 2)))
+            assert prunes == expected, i
+        assert [e.key for e in await s.events_since(0)] == ["e5", "e6", "e7"]
+        assert [e.id for e in (await s.load()).evaluations] == ["v6", "v7"]
+    finally:
+        await s.close()
+        await rec.close()
 
 
 async def test_a_store_of_another_layout_is_refused(etcd_server: EtcdCluster, etcd_prefix: str,
