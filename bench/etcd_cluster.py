@@ -5,7 +5,8 @@ the etcd store needs (``controller.store.etcd.REQUIRED_FLAGS``) and, unless told
 otherwise, fast raft timings (a new raft leader within about a second), and keeps
 its data in a directory of its own (``dir``: tmpfs by default; a benchmark puts it
 on the disk it measures). Members can be killed, stopped, paused and restarted.
-Needs the ``etcd`` binary (Debian: ``apt-get install etcd-server``).
+Needs the ``etcd`` binary (Debian: ``apt-get install etcd-server``); members that start
+from an etcd snapshot (``restore``) need ``etcdctl`` too (``apt-get install etcd-client``).
 """
 
 from __future__ import annotations
@@ -144,6 +145,20 @@ class EtcdCluster:
         ca, cert, key = self.tls
         return ["--trusted-ca-file", ca, "--cert-file", cert, "--key-file", key,
                 "--client-cert-auth"]
+
+    def restore(self, db: Path) -> None:
+        """Give every member (none started yet) the data of an etcd snapshot, as
+        ``etcdctl snapshot restore`` makes it: the keys and their history as the snapshot
+        holds them, in a cluster of these members."""
+        if shutil.which("etcdctl") is None:
+            raise RuntimeError("etcdctl is missing: apt-get install etcd-client")
+        cluster = ",".join(f"{o.name}={o.peer_url}" for o in self.members)
+        for m in self.members:
+            subprocess.run(["etcdctl", "snapshot", "restore", str(db), "--name", m.name,
+                            "--data-dir", str(m.data_dir), "--initial-cluster", cluster,
+                            "--initial-cluster-token", self.token,
+                            "--initial-advertise-peer-urls", m.peer_url],
+                           check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})
 
     def start(self, timeout: float = 20.0) -> None:
         """Start every member that is not running; wait until all answer."""

@@ -39,11 +39,12 @@ commit_p99_ratio_end_over_start the 99th percentile of the store's commit time (
                                 over the median of the first three (a shared machine's noise
                                 moves one tenth, not three).
 commit_p99_ratio_end_over_start_paired
-                                SQLite: the same ratio taken side by side after the month:
-                                the store as it was at the start and as it is at the end
-                                (from snapshots) take the same commits in alternating blocks,
-                                so that the machine's load, which moves between the tenths
-                                above, falls on both alike.
+                                the same ratio taken side by side after the month: the
+                                store as it was at the start and as it is at the end (from
+                                snapshots: SQLite's file; etcd's own snapshot, restored
+                                into a member of its own with etcdctl) take the same
+                                commits in alternating blocks, so that the machine's load,
+                                which moves between the tenths above, falls on both alike.
 reschedule_after_churn_s        after the month, a node whose agent dies: seconds until all
                                 of its allocations run elsewhere (goal: node_grace + 1 s).
 restore_roundtrip_ok            a snapshot saved, the store wiped, the controller started
@@ -74,7 +75,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ from agent.controller_link import ControllerLink
 from agent.desired import DesiredSet
 from bench.report import progress, table
 from controller.snapshot import open_file
-from controller.store.base import Changes, StoreSnapshot
+from controller.store.base import Changes, Store, StoreSnapshot
 from controller.store.sqlite import SQLiteStore
 from orch import join, pki
 from orch.jobspec import parse_job
@@ -94,6 +95,7 @@ from orch.v1 import controller_pb2, controller_pb2_grpc, job_pb2, node_pb2
 from orchctl.client import connect
 
 NET = "127.0.91"
+ETCD_PREFIX = "/soak"
 CTL_HOST = f"{NET}.1"
 RPC = f"{CTL_HOST}:4647"
 METRICS = f"http://{CTL_HOST}:9647/metrics"
@@ -171,7 +173,7 @@ def controller_toml(workdir: Path, m: Month, store: str, etcd: list[str]) -> str
         f'store = "{store}"',
     ]
     if store == "etcd":
-        lines += [f"etcd_endpoints = {json.dumps(etcd)}", 'etcd_prefix = "/soak"']
+        lines += [f"etcd_endpoints = {json.dumps(etcd)}", f'etcd_prefix = "{ETCD_PREFIX}"']
     return "\n".join(lines) + "\n"
 
 
@@ -368,8 +370,7 @@ class Soak:
             reschedule_s = await self._reschedule()
             ratio, kept, needed = await self._rows()
             paired = await paired_commit_p99(self.workdir / "start.snap",
-                                             self.workdir / "end.snap", self.workdir) \
-                if self.store == "sqlite" else None
+                                             self.workdir / "end.snap", self.workdir, self.store)
             restore_ok, restore_detail = await self._restore()
             return self._figures(churn_s, reschedule_s, ratio, kept, needed, restore_ok,
                                  restore_detail, paired)
@@ -587,7 +588,8 @@ class Soak:
             client = EtcdClient(self.etcd)
             await client.open()
             try:
-                await client.delete(b"/soak/", prefix_end(b"/soak/"))
+                root = f"{ETCD_PREFIX}/".encode()
+                await client.delete(root, prefix_end(root))
             finally:
                 await client.close()
         epochs = {a.node_id: max(a.epochs) for a in self.agents}
@@ -633,7 +635,7 @@ class Soak:
 
     def _figures(self, churn_s: float, reschedule_s: float, ratio: float, kept: int,
                  needed: int, restore_ok: bool, restore_detail: str,
-                 paired: tuple[float, float] | None) -> dict[str, Any]:
+                 paired: tuple[float, float]) -> dict[str, Any]:
         half = [s for s in self.samples if s.versions >= self.m.versions / 2]
         slope = _slope([s.versions for s in half], [s.rss_mb for s in half]) * 10_000
         tenths = p99_by_tenth(self.samples, self.m.versions)
@@ -649,10 +651,9 @@ class Soak:
             "commit_p99_start_s": start, "commit_p99_end_s": end,
             "commit_p99_by_tenth_s": tenths,
             "commit_p99_ratio_end_over_start": end / start if start else math.nan,
-            "commit_p99_paired_start_s": paired[0] if paired else math.nan,
-            "commit_p99_paired_end_s": paired[1] if paired else math.nan,
+            "commit_p99_paired_start_s": paired[0], "commit_p99_paired_end_s": paired[1],
             "commit_p99_ratio_end_over_start_paired":
-                paired[1] / paired[0] if paired and paired[0] else math.nan,
+                paired[1] / paired[0] if paired[0] else math.nan,
             "reschedule_after_churn_s": reschedule_s,
             "reschedule_goal_s": NODE_GRACE + 1.0,
             "reschedule_goal_met": reschedule_s <= NODE_GRACE + 1.0,
@@ -667,35 +668,57 @@ PAIRED_BLOCK = 25
 """Commits in a block (the stores take turns, the first one alternating)."""
 
 
-async def paired_commit_p99(start: Path, end: Path, workdir: Path) -> tuple[float, float]:
-    """The SQLite store's commit p99 (seconds) at the month's start and at its end, side by
-    side: the store as it was when the month started and as it is at the end (each from its
-    snapshot) take the same commits in alternating blocks, so that a shared machine's load
-    falls on both alike (the controller's own histogram compares tenths of the month minutes
-    apart, whose load differs)."""
-    stores = []
-    for snap in (start, end):
-        db = workdir / f"paired-{snap.stem}.db"
-        with snap.open("rb") as f, db.open("wb") as out:
-            f.readline()  # the header: open_file checked the end's; the payload is the database
-            shutil.copyfileobj(f, out)
-        store = SQLiteStore(db)
-        await store.open()
-        stores.append(store)
+async def paired_commit_p99(start: Path, end: Path, workdir: Path, store: str = "sqlite",
+                            rounds: int = 0) -> tuple[float, float]:
+    """The store's commit p99 (seconds) at the month's start and at its end, side by side:
+    the store as it was when the month started and as it is at the end (each from its
+    snapshot: SQLite's database file; for etcd, a member of its own started from etcd's
+    snapshot, the keys with their history) take the same commits in alternating blocks, so
+    that a shared machine's load falls on both alike (the controller's own histogram
+    compares tenths of the month minutes apart, whose load differs). ``rounds``: 0 for
+    ``PAIRED_ROUNDS``."""
     times: tuple[list[float], list[float]] = ([], [])
-    try:
-        for r in range(PAIRED_ROUNDS):
+    async with contextlib.AsyncExitStack() as stack:
+        stores = [await stack.enter_async_context(_snapshot_store(snap, store, workdir, i))
+                  for i, snap in enumerate((start, end))]
+        for r in range(rounds or PAIRED_ROUNDS):
             for which in ((0, 1) if r % 2 == 0 else (1, 0)):
                 for _ in range(PAIRED_BLOCK):
                     changes = _probe_commit(len(times[which]))
                     t0 = time.perf_counter()
                     await stores[which].commit(changes)
                     times[which].append(time.perf_counter() - t0)
-    finally:
-        for store in stores:
-            await store.close()
     p99 = [sorted(t)[int(0.99 * (len(t) - 1))] for t in times]
     return p99[0], p99[1]
+
+
+@contextlib.asynccontextmanager
+async def _snapshot_store(snap: Path, store: str, workdir: Path,
+                          i: int) -> AsyncIterator[Store]:
+    """A store of ``store``'s kind holding what snapshot file ``snap`` holds, open."""
+    payload = workdir / f"paired-{snap.stem}.{'db' if store == 'sqlite' else 'etcd'}"
+    with snap.open("rb") as f, payload.open("wb") as out:
+        f.readline()  # the header: open_file checked the end's; the payload is the store's
+        shutil.copyfileobj(f, out)
+    with contextlib.ExitStack() as members:
+        opened: Store
+        if store == "sqlite":
+            opened = SQLiteStore(payload)
+        else:
+            from bench.etcd_cluster import EtcdCluster
+            from controller.store.etcd import EtcdStore
+            home = workdir / f"paired-{snap.stem}"
+            home.mkdir()
+            cluster = members.enter_context(contextlib.closing(
+                EtcdCluster(1, first_host=70 + i, net=NET, dir=home)))
+            cluster.restore(payload)
+            cluster.start()
+            opened = EtcdStore(cluster.endpoints, prefix=ETCD_PREFIX)
+        await opened.open()
+        try:
+            yield opened
+        finally:
+            await opened.close()
 
 
 def _probe_commit(k: int) -> Changes:
@@ -833,8 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.month:
         m = Month(**{**m.__dict__, "month_s": args.month})
     stores = ["sqlite", "etcd"] if args.store == "both" else [args.store]
-    if "etcd" in stores and shutil.which("etcd") is None:
-        print("bench.soak: etcd is missing (apt-get install etcd-server)", file=sys.stderr)
+    if "etcd" in stores and (shutil.which("etcd") is None or shutil.which("etcdctl") is None):
+        print("bench.soak: etcd or etcdctl is missing (apt-get install etcd-server "
+              "etcd-client)", file=sys.stderr)
         return 2
     results: dict[str, dict[str, Any]] = {}
     for store in stores:
