@@ -223,10 +223,14 @@ class _Accused:
     turn; a failed probe starts our own suspicion, which the accusers confirm."""
 
     sources: set[Addr]
-    """The peers the accusations came through (their number orders the probes)."""
+    """The peers the accusations came through (their number orders the probes first)."""
     accusers: set[str]
+    """Who accused (their number orders the probes next: a crash is accused by each of
+    its probers in turn, a liar's word by the liar)."""
     start: float
     """The earliest start the accusations claimed (the shared suspicion clock)."""
+    heard: float
+    """When the first accusation came (the earliest heard is probed first among equals)."""
     probing: bool = False
 
 
@@ -614,11 +618,11 @@ class Membership:
     def _next_target(self, now: float) -> Member | None:
         if self._accused and not self._probe_was_soon:
             while True:
-                waiting = [(len(a.sources), name) for name, a in self._accused.items()
-                           if not a.probing]
+                waiting = [(len(a.sources), len(a.accusers), -a.heard, name)
+                           for name, a in self._accused.items() if not a.probing]
                 if not waiting:
                     break
-                _, name = max(waiting)
+                name = max(waiting)[-1]
                 m = self.members.get(name)
                 if m is not None and m.status is ALIVE:
                     self._accused[name].probing = True
@@ -784,7 +788,7 @@ class Membership:
         elif m.status is ALIVE:
             a = self._accused.get(m.name)
             if a is None:
-                a = self._accused[m.name] = _Accused(set(), set(), now)
+                a = self._accused[m.name] = _Accused(set(), set(), now, now)
             if src is not None and len(a.sources) < ACCUSED_SOURCES:
                 a.sources.add(src)
             if len(a.accusers) < ACCUSED_BY:
@@ -1037,9 +1041,10 @@ class Membership:
         # cannot be refuted, but the windows keep one from getting there: counter_window)
         me.incarnation = min(max(me.incarnation, incarnation) + 1, self.cfg.counter_limit)
         self.stats.refutations += 1
-        if self.cfg.lifeguard and now >= self._refuted_at + self.cfg.probe_interval:
-            # at most once per probe interval (a successful probe takes it back as often):
-            # accusations by the dozen, which any member can send, do not slow us down
+        if self.cfg.lifeguard and \
+                now >= self._refuted_at + self.awareness.scale(self.cfg.probe_interval):
+            # at most once per probe of ours (a successful one takes it back): accusations
+            # by the dozen, which any member can send, do not slow us down
             self._refuted_at = now
             self.awareness.apply(1)
         self._announce_alive(now)
