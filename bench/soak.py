@@ -669,19 +669,18 @@ PAIRED_BLOCK = 25
 
 
 async def paired_commit_p99(start: Path, end: Path, workdir: Path, store: str = "sqlite",
-                            rounds: int = 0) -> tuple[float, float]:
+                            rounds: int = PAIRED_ROUNDS) -> tuple[float, float]:
     """The store's commit p99 (seconds) at the month's start and at its end, side by side:
     the store as it was when the month started and as it is at the end (each from its
     snapshot: SQLite's database file; for etcd, a member of its own started from etcd's
     snapshot, the keys with their history) take the same commits in alternating blocks, so
     that a shared machine's load falls on both alike (the controller's own histogram
-    compares tenths of the month minutes apart, whose load differs). ``rounds``: 0 for
-    ``PAIRED_ROUNDS``."""
+    compares tenths of the month minutes apart, whose load differs)."""
     times: tuple[list[float], list[float]] = ([], [])
     async with contextlib.AsyncExitStack() as stack:
         stores = [await stack.enter_async_context(_snapshot_store(snap, store, workdir, i))
                   for i, snap in enumerate((start, end))]
-        for r in range(rounds or PAIRED_ROUNDS):
+        for r in range(rounds):
             for which in ((0, 1) if r % 2 == 0 else (1, 0)):
                 for _ in range(PAIRED_BLOCK):
                     changes = _probe_commit(len(times[which]))
