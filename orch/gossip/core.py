@@ -198,6 +198,8 @@ class _Probe:
     acked: bool = False
     nacks: int = 0
     expected_nacks: int = 0
+    check: bool = False
+    """A check of an accused member, beside the probe of our turn."""
 
 
 @dataclass(slots=True)
@@ -219,8 +221,9 @@ suspicion a failed probe of it starts)."""
 @dataclass(slots=True)
 class _Accused:
     """A live member accused above the incarnation held: our view of it may be stale (it
-    refuted while we missed it, then failed), or the accuser lies. It is probed out of
-    turn; a failed probe starts our own suspicion, which the accusers confirm."""
+    refuted while we missed it, then failed), or the accuser lies. It is checked with a
+    probe beside our turns; a failed probe starts our own suspicion, which the accusers
+    confirm."""
 
     sources: set[Addr]
     """The peers the accusations came through (their number orders the probes first)."""
@@ -271,7 +274,8 @@ class Membership:
         self._queue = bq.BroadcastQueue()
         self._out: list[Effect] = []
         self._seq = 0
-        self._probe: _Probe | None = None
+        self._probes: dict[int, _Probe] = {}
+        """Probes in flight by sequence number: our turn's, and at most one check."""
         self._relays: dict[int, _Relay] = {}
         self._budget = cfg.packet_size - codec.envelope_overhead(cfg.label, name) - codec.ARRAY_HEADER_MAX
         self._leaving = False
@@ -280,10 +284,9 @@ class Membership:
         self._probe_list: list[Member] = []
         self._probe_index = 0
         self._accused: dict[str, _Accused] = {}
-        """Live members accused above the incarnation held, to probe out of turn (those
-        accused through the most peers first), at most every other probe; bounded by the
-        members we hold."""
-        self._probe_was_soon = False
+        """Live members accused above the incarnation held, to check beside our turns (those
+        accused through the most peers first), one at a time; bounded by the members we
+        hold."""
         self._ring: list[str] | None = None
         self._ring_index: dict[str, int] = {}
         self._perm_key: tuple[int, int] | None = None
@@ -323,10 +326,14 @@ class Membership:
         self._merge_backlog = 0
         self._merge_timer: Timer | None = None
         self._replied: dict[Addr, float] = {}
+        """When a reply to each address last carried broadcasts."""
         self._refuted_at = -math.inf
         self._ask_tokens = ASK_RATE
         self._asked_at = now
-        """When a reply to each address last carried broadcasts."""
+        self._to_ask: dict[str, None] = {}
+        """Suspected members to ask for their own record (``_ask_owner``): bounded by the
+        members held."""
+        self._ask_timer: Timer | None = None
 
         self._timers.at(now + rng.random() * cfg.probe_interval, self._probe_start)
         self._timers.at(now + self._push_pull_interval() * (0.5 + rng.random()), self._push_pull)
@@ -556,25 +563,36 @@ class Membership:
         target = self._next_target(now)
         if target is None:
             self._timers.at(now + interval, self._probe_start)
-            return
+        else:
+            accused = self._accused.get(target.name)
+            if accused is not None and not accused.probing:
+                accused.probing = True  # our turn checks it: its failure is our verdict
+            self._send_probe(target, now, interval, check=False)
+        if not any(p.check for p in self._probes.values()):
+            checked = self._next_check(target)
+            if checked is not None:
+                self._send_probe(checked, now, interval, check=True)
+
+    def _send_probe(self, target: Member, now: float, interval: float, *, check: bool) -> None:
+        cfg = self.cfg
         self._seq += 1
         seq = self._seq
-        self._probe = _Probe(seq, target.name, now)
+        self._probes[seq] = _Probe(seq, target.name, now, check=check)
         self.stats.probes += 1
         first = [codec.encode(Ping(seq, target.name, self.name))]
-        if lifeguard and target.status is SUSPECT and target.suspicion is not None:
+        if cfg.lifeguard and target.status is SUSPECT and target.suspicion is not None:
             # buddy system: tell the suspect at once, so it can refute
             s = target.suspicion
             first.append(codec.encode(Suspect(
                 target.incarnation, target.name, self.name, _age_ms(s.start, now))))
         self._send(target.addr, first, now)
-        timeout = self.awareness.scale(cfg.probe_timeout) if lifeguard else cfg.probe_timeout
+        timeout = self.awareness.scale(cfg.probe_timeout) if cfg.lifeguard else cfg.probe_timeout
         self._timers.at(now + timeout, self._probe_timeout, seq)
         self._timers.at(now + interval, self._probe_end, seq)
 
     def _probe_timeout(self, seq: int, now: float) -> None:
-        p = self._probe
-        if p is None or p.seq != seq or p.acked:
+        p = self._probes.get(seq)
+        if p is None or p.acked:
             return
         target = self.members.get(p.target)
         if target is None:
@@ -589,10 +607,9 @@ class Membership:
         p.expected_nacks = len(peers) if nack else 0
 
     def _probe_end(self, seq: int, now: float) -> None:
-        p = self._probe
-        if p is None or p.seq != seq:
+        p = self._probes.pop(seq, None)
+        if p is None:
             return
-        self._probe = None
         if p.acked:
             self.awareness.apply(-1)
         else:
@@ -613,26 +630,29 @@ class Membership:
         accused = self._accused.get(p.target)
         if accused is not None and accused.probing:
             del self._accused[p.target]
-        self._probe_start(None, now)
+        if not p.check:
+            self._probe_start(None, now)
 
     def _next_target(self, now: float) -> Member | None:
-        if self._accused and not self._probe_was_soon:
-            while True:
-                waiting = [(len(a.sources), len(a.accusers), -a.heard, name)
-                           for name, a in self._accused.items() if not a.probing]
-                if not waiting:
-                    break
-                name = max(waiting)[-1]
-                m = self.members.get(name)
-                if m is not None and m.status is ALIVE:
-                    self._accused[name].probing = True
-                    self._probe_was_soon = True
-                    return m
-                del self._accused[name]
-        self._probe_was_soon = False
+        """The member our turn probes."""
         if self.cfg.probe_schedule == "coordinated":
             return self._coordinated_target(now)
         return self._shuffled_target()
+
+    def _next_check(self, turn: Member | None) -> Member | None:
+        """The accused member to check beside our turn: those accused through the most peers
+        first, then by the most accusers, then the earliest heard (None: none waits)."""
+        while True:
+            waiting = [(len(a.sources), len(a.accusers), -a.heard, name)
+                       for name, a in self._accused.items() if not a.probing]
+            if not waiting:
+                return None
+            name = max(waiting)[-1]
+            m = self.members.get(name)
+            if m is not None and m.status is ALIVE and m is not turn:
+                self._accused[name].probing = True
+                return m
+            del self._accused[name]
 
     def _shuffled_target(self) -> Member | None:
         """memberlist's walk: a shuffled list, reshuffled (and reaped) on each wrap."""
@@ -693,8 +713,8 @@ class Membership:
                 del self._verifying[msg.seq]
                 self._confirm(name, now)
             return
-        p = self._probe
-        if p is not None and p.seq == msg.seq:
+        p = self._probes.get(msg.seq)
+        if p is not None:
             if not p.acked:
                 p.acked = True
                 rtt = now - p.sent
@@ -712,8 +732,8 @@ class Membership:
             self._send(relay.requester, [codec.encode(Ack(relay.seq))], now, reply=True)
 
     def _on_nack(self, msg: Nack) -> None:
-        p = self._probe
-        if p is not None and p.seq == msg.seq:
+        p = self._probes.get(msg.seq)
+        if p is not None:
             p.nacks += 1
 
     def _on_indirect_ping(self, src: Addr, msg: IndirectPing, now: float) -> None:
@@ -776,8 +796,8 @@ class Membership:
         accuse it at the incarnation we missed). The incarnation is never taken from an
         accusation (a liar would push it up by the window, over and over, past members'
         windows); the word that it fails is. Suspected here: it confirms our suspicion and
-        its owner is asked for its own record. Alive here: it is probed out of turn (those
-        accused through the most peers first); a failed probe is our own suspicion, which no
+        its owner is asked for its own record. Alive here: it is checked beside our turns
+        (those accused through the most peers first); a failed probe is our own suspicion, which no
         window refuses, and these accusations confirm it."""
         self.stats.drop("counter")
         age = msg.age_ms / 1000 if isinstance(msg, Suspect) else 0.0
@@ -812,16 +832,42 @@ class Membership:
         is taken first-hand (its refutation may be the counter past the window: it must
         arrive before the suspicion ends). Once per probe interval per member, and
         ``ASK_RATE`` a second in all, so that no one can make this member open exchanges at
-        will."""
-        if self._leaving or now < m.asked_at + self.cfg.probe_interval:
+        will; when asks wait for the rate, the suspicion that ends first is asked first (in
+        the order heard, a hostile member's stream of accusations of others took every ask
+        while one member's suspicion ran out)."""
+        if self._leaving:
             return
+        self._to_ask[m.name] = None
+        if self._ask_timer is None:
+            self._ask(None, now)
+
+    def _ask(self, _arg: object, now: float) -> None:
+        """Ask the owners waiting for it, as the token bucket allows."""
+        self._ask_timer = None
         self._ask_tokens = min(ASK_RATE, self._ask_tokens + (now - self._asked_at) * ASK_RATE)
         self._asked_at = now
-        if self._ask_tokens < 1:
-            return
-        self._ask_tokens -= 1
-        m.asked_at = now
-        self._out.append(Stream(m.addr, self._own_push_pull(), "repair"))
+        interval = self.cfg.probe_interval
+        due = math.inf
+        while self._to_ask and self._ask_tokens >= 1:
+            first, at = None, math.inf
+            for name in list(self._to_ask):
+                m = self.members.get(name)
+                if m is None or m.status is not SUSPECT or m.suspicion is None:
+                    del self._to_ask[name]  # refuted (or gone) meanwhile: nothing to ask
+                elif now < m.asked_at + interval:
+                    due = min(due, m.asked_at + interval)  # asked lately: its answer comes
+                elif m.suspicion.deadline() < at:
+                    first, at = m, m.suspicion.deadline()
+            if first is None:
+                break
+            del self._to_ask[first.name]
+            self._ask_tokens -= 1
+            first.asked_at = now
+            self._out.append(Stream(first.addr, self._own_push_pull(), "repair"))
+        if self._to_ask and not self._stopped:
+            if self._ask_tokens < 1:
+                due = min(due, now + 1 / ASK_RATE)
+            self._ask_timer = self._timers.at(due, self._ask)
 
     def _on_alive(self, msg: Alive, now: float, *, src: Addr | None = None,
                   trusted: bool = False) -> None:

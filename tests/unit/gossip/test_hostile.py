@@ -13,7 +13,7 @@ import pytest
 from orch.errors import ProtocolError
 from orch.gossip import codec
 from orch.gossip.config import GossipConfig
-from orch.gossip.core import EventKind, Membership, Stream
+from orch.gossip.core import ASK_RATE, EventKind, Membership, Stream
 from orch.gossip.messages import (
     Ack,
     Alive,
@@ -372,6 +372,25 @@ def test_a_suspect_whose_refutation_is_past_the_window_is_asked_first_hand() -> 
     assert core.member("p0").incarnation == far.incarnation  # type: ignore[union-attr]
 
 
+def test_when_asks_wait_for_the_rate_the_suspicion_that_ends_first_is_asked_first() -> None:
+    """Under the benchmark's attack a member had more suspected owners to ask than its rate
+    allows, and each ask went to whoever was heard of when a token was there: one member's
+    refutation, past the window, was never asked for, and its suspicion ran out (an honest
+    member declared dead). The suspicion that ends first is asked first."""
+    core = make(n_peers=20)
+    core.receive(addr(17), Suspect(0, "p10", "p15"), 0.0)
+    for i in range(10):
+        core.receive(addr(17), Suspect(0, f"p{i}", "p15"), 0.5)
+    far = CFG.counter_window + 1
+    burst = []
+    for i in (*range(10), 10):  # p10's refutation, past the window, heard of last
+        burst += core.receive(addr(17), Alive(far, f"p{i}", *addr(i + 2)), 1.0)
+    assert len([e for e in burst if isinstance(e, Stream)]) == ASK_RATE
+    (first, *_) = [e for e in run_until(core, 1.0 + 1.5 / ASK_RATE) if isinstance(e, Stream)]
+    assert first.addr == addr(12)  # p10: suspected first, so its suspicion ends first
+    assert core.member("p10").status is Status.SUSPECT  # type: ignore[union-attr]
+
+
 def test_forged_state_announcements_start_repairs_at_a_bounded_rate() -> None:
     """Deltas announcing a newer version of every member's state made each member run a full
     exchange with every owner (900 exchanges a second at N = 100 in the benchmark)."""
@@ -400,6 +419,22 @@ def test_a_member_whose_view_of_a_crashed_one_is_stale_still_declares_it_dead() 
     assert addr(9) in pings[:2]  # probed out of turn: its own verdict, no window to refuse it
     run_until(core, 60.0, answer=False)
     assert core.member("p7").status is Status.DEAD  # type: ignore[union-attr]
+
+
+def test_checks_of_accused_members_do_not_take_the_turns_of_the_schedule() -> None:
+    """Each accused member was checked in place of a turn of the coordinated schedule, in
+    which each round gives each member one prober: under a liar's accusations half the
+    rounds went without, and a crash waited rounds to be probed at all. The checks now go
+    beside the turns: in one cycle of the schedule every member is probed in its turn."""
+    cfg = GossipConfig.lan()
+    assert cfg.probe_schedule == "coordinated"
+    core = make(n_peers=20, cfg=cfg)
+    for i in range(10):  # a liar's word about half the members
+        core.receive_packet(addr(3), packet(Suspect(4, f"p{i}", "liar")), 0.0)
+    cycle = 20 * cfg.probe_interval  # rounds, one for each other member
+    pings = [m for _, m in of_type(run_until(core, cycle - 0.001), Ping)]
+    assert {m.target for m in pings} == {f"p{i}" for i in range(20)}
+    assert len(pings) <= 20 + 10  # the turns, and each accused member checked once at most
 
 
 def test_a_member_accused_through_many_peers_is_probed_first_and_their_word_confirms() -> None:
