@@ -460,6 +460,9 @@ class GossipNode:
             writer.close()
             return
         self._streams_in += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # stop() ends it (closing the server leaves it open)
         try:
             async with asyncio.timeout(self.cfg.stream_timeout):
                 data = await self._read_frame(reader)
@@ -477,7 +480,14 @@ class GossipNode:
             self._dropped(e, src, data)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, RuntimeError):
             self.wire.stream_failures += 1
+        except asyncio.CancelledError:
+            # stopping: end as a handler that returns (Python 3.11's stream server logs a
+            # cancelled handler as an error)
+            if not self._stopping:
+                raise
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             self._streams_in -= 1
             writer.close()
             with contextlib.suppress(Exception):
