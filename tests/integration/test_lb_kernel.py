@@ -312,9 +312,11 @@ def test_maglev_moves_few_clients_when_one_endpoint_leaves() -> None:
         before, after = run(endpoints_of_clients(), timeout=80)
     assert None not in before
     assert None not in after
-    moved = sum(1 for a, b in zip(before, after, strict=True) if a != b)
+    # b3's clients must move; Maglev moves few others. (The bound on all moves, 1.2 / n,
+    # failed now and then: b3's share of the clients alone varies by a tenth of itself.)
     assert sum(1 for a in before if a == "b3") > 0
-    assert moved / clients <= 1.2 / n, moved
+    others_moved = sum(1 for a, b in zip(before, after, strict=True) if a != "b3" and a != b)
+    assert others_moved / clients <= 0.03, others_moved
     # and nobody else moved but b3's clients (beyond the table's own rebalancing)
     assert all(b != "b3" for b in after)
 
