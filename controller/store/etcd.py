@@ -14,7 +14,8 @@ Key layout, under ``prefix`` (default ``/orch``); names are percent-encoded, so 
     <p>/nodes/<id>                             orch.v1.Node
     <p>/deployments/<id>                       orch.v1.Deployment
     <p>/evals/<seq:020>/<id>                   orch.v1.Evaluation; seq = the order first stored
-    <p>/events/<index:020>                     orch.v1.Event
+    <p>/events/<index:020>                     0x00 + orch.v1.EventBatch: the events of one
+                                               transaction; index = the last one's
     <p>/leader                                 the leader key (controller.election)
 
 Commits. A commit is one etcd transaction, which etcd applies whole or not at all,
@@ -22,8 +23,13 @@ at one revision. It compares the state key's ``mod_revision`` with the one this
 store last saw (so two writers can never interleave, and the commit and event
 counters in the state key move by exactly one commit), and, once fenced, the
 leader key's ``create_revision`` with the one this controller's election won;
-then it deletes, puts, prunes (one range delete each for old events and old
-evaluations, from the oldest one kept) and puts the state key with the new counters. The store keeps in
+then it deletes, puts, prunes (one range delete each for old event batches and old
+evaluations, from the oldest one kept) and puts the state key with the new counters.
+The transaction's events go under one key: etcd's cost per commit grows with the keys
+it holds, and the event log is most of them when kept one event per key (as layout 1
+did: its keys, each an ``orch.v1.Event`` without the 0x00, are read as batches of one
+and pruned as the log moves on). A batch that straddles the log's floor stays whole,
+and reads leave out the events below the floor. The store keeps in
 memory what it needs to write without reading first (the counters, each job's
 versions, each evaluation's seq); that copy is exact while the compare on the
 state key holds, and read again when it does not. Commits queued while one is
@@ -118,8 +124,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA = 1
-"""The key layout this code writes (in the state key); a newer one is refused."""
+SCHEMA = 2
+"""The key layout this code writes (in the state key); a newer one is refused. 2: events in
+batches (1's single events are still read)."""
+BATCH_TAG = b"\x00"
+"""Starts an event batch's value; no protobuf message starts with it (field 0 is invalid)."""
+EVENTS_PAGE = 64
+"""Event batches read at a time by ``events_since``."""
 MAX_TXN_OPS = 10_000
 MAX_REQUEST_BYTES = 10 * 2**20
 REQUIRED_FLAGS = (f"--max-txn-ops={MAX_TXN_OPS}", f"--max-request-bytes={MAX_REQUEST_BYTES}")
@@ -243,7 +254,7 @@ class _Cache:
     eval_order: dict[int, str] = field(default_factory=dict)
     """seq → id, ascending."""
     first_event: int = 1
-    """No event below this index is stored."""
+    """No event batch is stored under a key (its last event's index) below this."""
 
 
 # --- one commit, checked and serialised ------------------------------------------------------------
@@ -356,7 +367,8 @@ class _Plan:
         self.gone_evals: set[str] = set()
         """Evaluations this batch deletes (their seq is never given again)."""
         self.eval_writes: dict[bytes, int] = {}
-        self.event_writes: dict[bytes, int] = {}
+        self.events: list[controller_pb2.Event] = []
+        """The batch's events, the transaction's together (one key)."""
         self.eval_floor = 0
         """Evaluations with a seq up to this are pruned."""
         self.commits: list[_Commit] = []
@@ -414,9 +426,8 @@ class _Plan:
         for ev in c.events:
             st.event_index += 1
             ev.index = st.event_index
-            key = k.event(ev.index)
-            self._write(key, ev.SerializeToString())
-            self.event_writes[key] = ev.index
+            self.events.append(ev)
+            self.approx_bytes += ev.ByteSize() + 8
         for name, value in c.meta:
             self._write(k.meta(name), value.encode())
         st.index += 1
@@ -431,8 +442,9 @@ class _Plan:
 
     @property
     def ops(self) -> int:
-        """The success branch's length: writes, two prunes at most, the state key."""
-        return len(self.writes) + 3
+        """The success branch's length: writes, the event batch, two prunes at most, the
+        state key."""
+        return len(self.writes) + 4
 
     def txn(self, fence: tuple[bytes, int] | None, token: str) -> tuple[Txn, bytes]:
         """The transaction, and the state key's new value."""
@@ -442,13 +454,15 @@ class _Plan:
         puts: list[Op] = []
         floor, event_floor = self.eval_floor, self.event_floor
         for key, value in self.writes.items():
-            if (key in self.eval_writes and self.eval_writes[key] <= floor) or (
-                    key in self.event_writes and self.event_writes[key] <= event_floor):
+            if key in self.eval_writes and self.eval_writes[key] <= floor:
                 continue  # pruned in the same breath: never written
             if value is None:
                 deletes.append(Delete(key))
             else:
                 puts.append(Put(key, value))
+        kept = [ev for ev in self.events if ev.index > event_floor]
+        if kept:  # under its last index, above the prune's range
+            puts.append(Put(k.event(kept[-1].index), _encode_events(kept)))
         # each prune starts at the oldest record kept, not at its directory: etcd walks
         # every key in a range, the deleted ones too until history is compacted, so a
         # range from the directory would walk all that the commits since pruned
@@ -679,17 +693,25 @@ class EtcdStore(Store):
         return False
 
     async def size(self) -> StoreSize:
-        """Records under this prefix (counted by etcd), and the bytes etcd's database uses
-        (for every prefix: etcd has one database)."""
+        """Records under this prefix (counted by etcd; events from the log's ends), and the
+        bytes etcd's database uses (for every prefix: etcd has one database)."""
         if self._worker is None:
             raise StoreError(f"{self.where}: the store is not open")
         k = self.keys
         rows = {}
         for kind, prefix in (("jobs", k.jobs_dir), ("allocations", k.allocs_dir),
                              ("nodes", k.nodes_dir), ("deployments", k.deployments_dir),
-                             ("evaluations", k.evals_dir), ("events", k.events_dir),
-                             ("meta", k.meta_dir)):
+                             ("evaluations", k.evals_dir), ("meta", k.meta_dir)):
             rows[kind] = await self.client.count(prefix, prefix_end(prefix), within=self.timeout)
+        head = await self.client.get(k.state, within=self.timeout)
+        last = _State.decode(head.value, self.where).event_index if head is not None else 0
+        oldest = await self.client.range(k.events_dir, prefix_end(k.events_dir), limit=1,
+                                         within=self.timeout)
+        if oldest.kvs:  # indexes are consecutive: the log holds from its first kept to last
+            first = max(_decode_events(oldest.kvs[0].value)[0].index, last - self.max_events + 1)
+            rows["events"] = max(0, last - first + 1)
+        else:
+            rows["events"] = 0
         return StoreSize(bytes=await self.client.db_size(within=self.timeout), rows=rows)
 
     async def events_since(self, index: int, limit: int = 1000) -> list[controller_pb2.Event]:
@@ -698,9 +720,19 @@ class EtcdStore(Store):
         if self._worker is None:
             raise StoreError(f"{self.where}: the store is not open")
         k = self.keys
-        got = await self.client.range(k.event(max(index, 0) + 1), prefix_end(k.events_dir),
-                                      limit=limit, within=self.timeout)
-        return [controller_pb2.Event.FromString(kv.value) for kv in got.kvs]
+        head = await self.client.get(k.state, within=self.timeout)
+        last = _State.decode(head.value, self.where).event_index if head is not None else 0
+        first = max(index, last - self.max_events, 0) + 1  # a batch may straddle the floor
+        out: list[controller_pb2.Event] = []
+        start, end = k.event(first), prefix_end(k.events_dir)
+        while len(out) < limit:
+            got = await self.client.range(start, end, limit=EVENTS_PAGE, within=self.timeout)
+            for kv in got.kvs:
+                out += [ev for ev in _decode_events(kv.value) if ev.index >= first]
+            if not got.more or not got.kvs:
+                break
+            start = got.kvs[-1].key + b"\0"
+        return out[:limit]
 
     # --- the worker: one call at a time, in the order made ----------------------------------------------
 
@@ -1160,6 +1192,18 @@ def read_backup(path: Path, prefix: str) -> StoreSnapshot:
     except (DecodeError, UnicodeDecodeError, ValueError) as e:
         raise StoreError(f"{where}: a record in the snapshot cannot be read: {e}") from e
     return snap
+
+
+def _encode_events(events: Sequence[controller_pb2.Event]) -> bytes:
+    """An event batch's value."""
+    return BATCH_TAG + controller_pb2.EventBatch(events=events).SerializeToString()
+
+
+def _decode_events(value: bytes) -> list[controller_pb2.Event]:
+    """The events of a batch's value, or layout 1's single event."""
+    if value.startswith(BATCH_TAG):
+        return list(controller_pb2.EventBatch.FromString(value[len(BATCH_TAG):]).events)
+    return [controller_pb2.Event.FromString(value)]
 
 
 def _fenced(fence: tuple[bytes, int], holder: KeyValue | None) -> FencedError:

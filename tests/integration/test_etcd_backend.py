@@ -66,7 +66,7 @@ async def test_the_key_layout_is_as_documented(store: EtcdStore, client: EtcdCli
         "/meta/cluster%20id", "/nodes/n1", "/state"]
     state = await client.get(f"{etcd_prefix}/state".encode())
     assert state is not None
-    assert state.value.startswith(b'{"schema":1,"index":1,"event_index":1,"eval_seq":1,')
+    assert state.value.startswith(b'{"schema":2,"index":1,"event_index":1,"eval_seq":1,')
     meta = await client.get(f"{etcd_prefix}/meta/cluster%20id".encode())
     assert meta is not None
     assert meta.value == b"c-1"
@@ -124,6 +124,55 @@ async def test_a_queue_of_commits_goes_in_few_transactions(store: EtcdStore,
     revisions = (await client.range(b"/")).revision - before
     assert revisions < 10  # one etcd revision per transaction, not per commit
     assert [e.index for e in await store.events_since(0)] == list(range(1, 31))
+    batches = await keys_under(client, f"{store.prefix}/events/")
+    assert len(batches) == revisions  # a transaction's events under one key
+    assert [e.index for e in await store.events_since(7, limit=5)] == list(range(8, 13))
+
+
+async def test_a_store_of_layout_1_keeps_its_single_events_until_pruned(
+        etcd_server: EtcdCluster, etcd_prefix: str, client: EtcdClient) -> None:
+    """Layout 1 kept one event per key; its keys read as batches of one, and age out."""
+    for i in range(1, 4):
+        await client.put(f"{etcd_prefix}/events/{i:020d}".encode(),
+                         event(f"old{i}", index=i).SerializeToString())
+    await client.put(f"{etcd_prefix}/state".encode(),
+                     b'{"schema":1,"index":3,"event_index":3,"eval_seq":0,"token":""}')
+    s = EtcdStore(etcd_server.endpoints, prefix=etcd_prefix, max_events=4)
+    await s.open()
+    try:
+        assert [e.key for e in await s.events_since(1)] == ["old2", "old3"]
+        assert await s.commit(Changes(events=[event("new4"), event("new5")])) == 4
+        assert [(e.index, e.key) for e in await s.events_since(0)] == [
+            (2, "old2"), (3, "old3"), (4, "new4"), (5, "new5")]
+        assert (await s.size()).rows["events"] == 4
+        await s.commit(Changes(events=[event("new6"), event("new7")]))
+        assert [e.key for e in await s.events_since(0)] == ["new4", "new5", "new6", "new7"]
+        pad = "0" * 19
+        assert await keys_under(client, f"{etcd_prefix}/events/") == [f"{pad}5", f"{pad}7"]
+        state = await client.get(f"{etcd_prefix}/state".encode())
+        assert state is not None
+        assert state.value.startswith(b'{"schema":2,')
+    finally:
+        await s.close()
+
+
+async def test_a_batch_across_the_log_s_floor_is_read_from_the_floor(
+        etcd_server: EtcdCluster, etcd_prefix: str, client: EtcdClient) -> None:
+    s = EtcdStore(etcd_server.endpoints, prefix=etcd_prefix, max_events=4)
+    await s.open()
+    try:
+        await s.commit(Changes(events=[event(f"a{i}") for i in range(3)]))   # 1-3
+        await s.commit(Changes(events=[event(f"b{i}") for i in range(3)]))   # 4-6
+        assert [e.index for e in await s.events_since(0)] == [3, 4, 5, 6]
+        assert [e.index for e in await s.events_since(0, limit=2)] == [3, 4]
+        assert (await s.size()).rows["events"] == 4
+        await s.commit(Changes(events=[event(f"c{i}") for i in range(9)]))  # 7-15, 11 on kept
+        assert [e.index for e in await s.events_since(0)] == [12, 13, 14, 15]
+        pad = "0" * 18
+        assert await keys_under(client, f"{etcd_prefix}/events/") == [f"{pad}15"]
+        assert (await s.size()).rows["events"] == 4
+    finally:
+        await s.close()
 
 
 async def test_a_batch_too_big_for_one_transaction_is_split(etcd_server: EtcdCluster,
