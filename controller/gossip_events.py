@@ -33,6 +33,7 @@ from orch.gossip.coalesce import Batched, Coalescer, Delivered, UserEventBatcher
 from orch.gossip.core import EventKind, MemberEvent
 from orch.gossip.messages import UserEvent
 from orch.gossip.transport import GossipNode
+from orch.ratelimit import Limiter, TokenBucket
 
 log = logging.getLogger("controller")
 
@@ -60,43 +61,24 @@ class UserEventLimits:
 
 
 @dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
-
-    def take(self, now: float, rate: float, burst: int) -> bool:
-        self.tokens = min(float(burst), self.tokens + (now - self.at) * rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
-@dataclass(slots=True)
 class UserEventGate:
     """Which user events the event log records (pure: the time is passed in)."""
 
     limits: UserEventLimits = field(default_factory=UserEventLimits)
     dropped: dict[str, int] = field(default_factory=dict)
     """Events not recorded, by reason: rate (all members), origin (one member's rate)."""
-    _all: _Bucket | None = None
-    _origins: dict[str, _Bucket] = field(default_factory=dict)
+    _all: TokenBucket | None = None
+    _origins: Limiter | None = None
 
     def admit(self, origin: str, now: float) -> bool:
         lim = self.limits
-        if self._all is None:
-            self._all = _Bucket(float(lim.burst), now)
-        b = self._origins.pop(origin, None)
-        if b is None:
-            b = _Bucket(float(lim.per_origin_burst), now)
-            if len(self._origins) >= lim.origins:
-                del self._origins[next(iter(self._origins))]
-        self._origins[origin] = b  # the most recently heard last
-        if not b.take(now, lim.per_origin_rate, lim.per_origin_burst):
+        if self._all is None or self._origins is None:
+            self._all = TokenBucket(lim.rate, lim.burst, now)
+            self._origins = Limiter(lim.per_origin_rate, lim.per_origin_burst, lim.origins)
+        if self._origins.take(origin, now):
             self.dropped["origin"] = self.dropped.get("origin", 0) + 1
             return False
-        if not self._all.take(now, lim.rate, lim.burst):
+        if not self._all.take(now):
             self.dropped["rate"] = self.dropped.get("rate", 0) + 1
             return False
         return True

@@ -30,10 +30,10 @@ import dns.rcode
 from agent.dns import zone as zones
 from agent.dns.answer import OUTCOMES, QTYPES, Answerer, Result
 from agent.dns.config import DnsConfig
-from agent.dns.limits import SourceLimiter
 from agent.lb.table import EndpointTable
 from orch.gossip.messages import Status
 from orch.net import parse_addr
+from orch.ratelimit import Limiter
 
 log = logging.getLogger("dns")
 
@@ -52,7 +52,7 @@ class DnsServer:
                  rng: random.Random | None = None) -> None:
         self.cfg, self.me, self.mesh_host = cfg, me, mesh_host
         self.answerer = Answerer(cfg, zones.Zone(cfg.origin), rng)
-        self.limiter = SourceLimiter(cfg.rate, cfg.burst, cfg.sources)
+        self.limiter = Limiter(cfg.rate, cfg.burst, cfg.sources)
         self.counts: dict[tuple[str, str], int] = {
             (q, o): 0 for q in QTYPES for o in OUTCOMES}
         """Queries by (qtype, outcome)."""
@@ -102,7 +102,7 @@ class DnsServer:
 
     def handle(self, wire: bytes, source: str, *, udp: bool, forward: bool = False) -> Result:
         """One query from ``source`` (pure but for the clock): the limit, then the answer."""
-        if not self.limiter.allow(source, time.monotonic()):
+        if self.limiter.take(source, time.monotonic()):  # no token: refused
             self.counts[("other", "ratelimited")] += 1
             return Result(None, "ratelimited", "other")
         return self.answerer.respond(wire, udp=udp, forward=forward)

@@ -41,6 +41,7 @@ from typing import Any
 from agent.lb.pool import Backend
 from agent.lb.proxy_protocol import header as proxy_header
 from agent.lb.service import ServiceState
+from orch.ratelimit import TokenBucket
 
 log = logging.getLogger("lb")
 
@@ -90,8 +91,9 @@ class UdpListener(asyncio.DatagramProtocol):
         self.sessions: dict[Addr, UdpSession] = {}
         self.fresh: dict[Addr, UdpSession] = {}
         """The sessions not established yet, the one idle longest first."""
-        self._tokens = svc.cfg.udp_new_session_rate
-        self._refilled = svc.loop.time()
+        rate = svc.cfg.udp_new_session_rate
+        self._new = TokenBucket(rate, rate, svc.loop.time())
+        """New sessions: filled only when empty (a datagram of a known client reads no clock)."""
         self.local: Addr = ("0.0.0.0", 0)
         self._busy = 0
         """New clients' datagrams still to drop before the queue is measured again."""
@@ -107,7 +109,8 @@ class UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         s = self.sessions.get(addr)
         if s is None:
-            if self._tokens < 1 and not self._refill():
+            new = self._new
+            if new.tokens < 1 and new.fill(self.svc.loop.time()) < 1:
                 self.svc.rejected_rate += 1
                 return
             if self._busy:  # found behind a moment ago: dropped without a system call
@@ -118,7 +121,7 @@ class UdpListener(asyncio.DatagramProtocol):
                 self._busy = BUSY_SKIP
                 self.svc.rejected_busy += 1  # behind: established clients first
                 return
-            self._tokens -= 1
+            new.tokens -= 1
             s = self._open(addr)
             if s is None:
                 return
@@ -138,14 +141,6 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport = None
         for s in list(self.sessions.values()):
             s.abort()
-
-    def _refill(self) -> bool:
-        """Tokens for new sessions since the last refill; whether one is there now."""
-        rate = self.svc.cfg.udp_new_session_rate
-        now = self.svc.loop.time()
-        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        return self._tokens >= 1
 
     def _room(self) -> bool:
         """Whether a new session fits: at the limits, the new session idle longest ends."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ import grpc
 
 from controller.acl import Acl, Token
 from controller.trust import PLAIN, Peer
+from orch.ratelimit import Limiter
 from orch.templates import TemplateProblem, uses
 from orch.vocab import namespace_of
 
@@ -203,26 +204,16 @@ def bearer(context: Ctx) -> str:
     return ""
 
 
-class RateLimiter:
+class RateLimiter(Limiter):
     """A token bucket per client: ``rate`` calls a second on average, ``burst`` at once.
     The least recently seen clients are forgotten past ``max_clients``."""
 
     def __init__(self, rate: float, burst: float, max_clients: int = 10_000) -> None:
-        self.rate, self.burst, self.max_clients = rate, burst, max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        super().__init__(rate, burst, max_clients)
 
     def allow(self, client: str, now: float | None = None) -> float:
         """0 when the call may go ahead, else the seconds until it could."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1 if not wait else tokens, now)
-        if len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        return wait
+        return self.take(client, time.monotonic() if now is None else now)
 
 
 class Authorizer:

@@ -55,6 +55,7 @@ from orch.gossip.suspicion import (
 )
 from orch.gossip.timers import Timer, Timers
 from orch.gossip.user_events import UserEvents
+from orch.ratelimit import TokenBucket
 
 ALIVE, SUSPECT, DEAD, LEFT = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.LEFT
 _LIVE = (ALIVE, SUSPECT)
@@ -317,10 +318,8 @@ class Membership:
         """Candidates waiting for a confirmation ping (names; forgotten ones are skipped)."""
         self._verifying: dict[int, str] = {}
         """Sequence numbers of confirmation pings in flight -> the candidate's name."""
-        self._verify_tokens = float(max(1.0, cfg.verify_rate))
-        self._verify_at = now
-        self._repair_tokens = 2 * cfg.state_repair_rate
-        self._repair_at = now
+        self._verify_bucket = TokenBucket(cfg.verify_rate, max(1.0, cfg.verify_rate), now)
+        self._repair_bucket = TokenBucket(cfg.state_repair_rate, 2 * cfg.state_repair_rate, now)
         self._verify_timer: Timer | None = None
         self._merging: deque[tuple[deque[MemberRecord], str, bool, Addr | None]] = deque()
         self._merge_backlog = 0
@@ -328,8 +327,7 @@ class Membership:
         self._replied: dict[Addr, float] = {}
         """When a reply to each address last carried broadcasts."""
         self._refuted_at = -math.inf
-        self._ask_tokens = ASK_RATE
-        self._asked_at = now
+        self._ask_bucket = TokenBucket(ASK_RATE, ASK_RATE, now)
         self._to_ask: dict[str, None] = {}
         """Suspected members to ask for their own record (``_ask_owner``): bounded by the
         members held."""
@@ -844,11 +842,11 @@ class Membership:
     def _ask(self, _arg: object, now: float) -> None:
         """Ask the owners waiting for it, as the token bucket allows."""
         self._ask_timer = None
-        self._ask_tokens = min(ASK_RATE, self._ask_tokens + (now - self._asked_at) * ASK_RATE)
-        self._asked_at = now
+        bucket = self._ask_bucket
+        bucket.fill(now)
         interval = self.cfg.probe_interval
         due = math.inf
-        while self._to_ask and self._ask_tokens >= 1:
+        while self._to_ask and bucket.tokens >= 1:
             first, at = None, math.inf
             for name in list(self._to_ask):
                 m = self.members.get(name)
@@ -861,11 +859,11 @@ class Membership:
             if first is None:
                 break
             del self._to_ask[first.name]
-            self._ask_tokens -= 1
+            bucket.tokens -= 1
             first.asked_at = now
             self._out.append(Stream(first.addr, self._own_push_pull(), "repair"))
         if self._to_ask and not self._stopped:
-            if self._ask_tokens < 1:
+            if bucket.tokens < 1:
                 due = min(due, now + 1 / ASK_RATE)
             self._ask_timer = self._timers.at(due, self._ask)
 
@@ -947,16 +945,14 @@ class Membership:
     def _verify(self, _arg: object, now: float) -> None:
         """Ping the candidates waiting for it, as the token bucket allows."""
         self._verify_timer = None
-        rate = self.cfg.verify_rate
-        self._verify_tokens = min(max(1.0, rate),
-                                  self._verify_tokens + (now - self._verify_at) * rate)
-        self._verify_at = now
+        bucket = self._verify_bucket
+        bucket.fill(now)
         waiting = self._waiting
-        while waiting and self._verify_tokens >= 1:
+        while waiting and bucket.tokens >= 1:
             c = self._candidates.get(waiting.popleft())
             if c is None or c.seq:
                 continue
-            self._verify_tokens -= 1
+            bucket.tokens -= 1
             self._seq += 1
             c.seq = self._seq
             c.attempts += 1
@@ -967,7 +963,7 @@ class Membership:
         while len(waiting) > 2 * self.cfg.max_candidates:  # names forgotten meanwhile
             waiting.popleft()
         if waiting:
-            self._verify_timer = self._timers.at(now + 1 / rate, self._verify)
+            self._verify_timer = self._timers.at(now + 1 / bucket.rate, self._verify)
 
     def _verify_expired(self, seq: int, now: float) -> None:
         name = self._verifying.pop(seq, None)
@@ -1290,15 +1286,12 @@ class Membership:
         if (self.members.get(m.name) is not m or m.announced_version <= m.state_version
                 or m.status not in _LIVE):
             return
-        rate = self.cfg.state_repair_rate
-        self._repair_tokens = min(2 * rate, self._repair_tokens + (now - self._repair_at) * rate)
-        self._repair_at = now
-        if self._repair_tokens < 1:  # repairs are coming faster than they are allowed
+        bucket = self._repair_bucket
+        if not bucket.take(now):  # repairs are coming faster than they are allowed
             self.stats.repairs_delayed += 1
-            m.repair_at = now + (1 - self._repair_tokens) / rate + self.rng.random() / rate
+            m.repair_at = now + bucket.wait() + self.rng.random() / bucket.rate
             self._timers.at(m.repair_at, self._repair_state, m)
             return
-        self._repair_tokens -= 1
         self.stats.repairs += 1
         m.repair_at = now + self.cfg.state_repair_delay * 4
         self._out.append(Stream(m.addr, self._push_pull_message(join=False), "repair"))

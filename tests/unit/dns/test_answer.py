@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from agent.dns import zone as zones
 from agent.dns.answer import Answerer
 from agent.dns.config import DnsConfig
-from agent.dns.limits import SourceLimiter
 from agent.lb.model import Endpoint, ServiceSpec
 
 
@@ -230,17 +229,6 @@ def test_cached_answers_keep_the_query_id_and_change_with_the_zone() -> None:
     assert sorted(addresses(first)) == sorted(addresses(again))
     a.set_zone(zones.build(a.origin, {}, [], me="n0", mesh_host="", service_ttl=0, node_ttl=5))
     assert ask(a, "web.service.orch.").rcode() == dns.rcode.NXDOMAIN
-
-
-def test_source_limiter() -> None:
-    lim = SourceLimiter(rate=10, burst=5, sources=2)
-    assert [lim.allow("a", 0.0) for _ in range(6)] == [True] * 5 + [False]
-    assert lim.allow("a", 0.1)  # one token back after 0.1 s at 10/s
-    assert not lim.allow("a", 0.1)
-    assert lim.allow("b", 0.1)
-    assert lim.allow("c", 0.1)
-    assert len(lim) == 2  # "a" forgotten first: bounded whatever the sources
-    assert lim.allow("a", 0.1)  # a forgotten source starts with a full bucket
 
 
 def test_config_refuses_bad_values() -> None:
