@@ -735,8 +735,9 @@ class EtcdStore(Store):
         first = max(index, last - self.max_events, 0) + 1  # a batch may straddle the floor
         out: list[controller_pb2.Event] = []
         start, end = k.event(first), prefix_end(k.events_dir)
-        while len(out) < limit:
-            got = await self.client.range(start, end, limit=EVENTS_PAGE, within=self.timeout)
+        while len(out) < limit:  # each batch holds one event at least
+            got = await self.client.range(start, end, limit=min(EVENTS_PAGE, limit - len(out)),
+                                          within=self.timeout)
             for kv in got.kvs:
                 out += [ev for ev in _decode_events(kv.value) if ev.index >= first]
             if not got.more or not got.kvs:
