@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import random
 import socket
@@ -104,11 +105,26 @@ async def docker_bridge_gateway() -> str:
             async with asyncio.timeout(DOCKER_TIMEOUT):
                 net = await client.networks.get("bridge")
                 info = await net.show()
-        for c in (info.get("IPAM") or {}).get("Config") or []:
-            if c.get("Gateway"):
-                return str(c["Gateway"])
     except Exception as e:  # Docker absent or down: no bridge to serve
         log.debug("no Docker bridge", extra={"error": str(e)})
+        return ""
+    return bridge_gateway(info)
+
+
+def bridge_gateway(info: dict[str, Any]) -> str:
+    """The gateway of a Docker network as ``docker network inspect`` shows it: the one its
+    IPAM names, else the first address of its IPv4 subnet, which the bridge driver gives
+    the bridge itself (the default bridge that a first start of dockerd creates names
+    none); "" when neither is there."""
+    configs = (info.get("IPAM") or {}).get("Config") or []
+    for c in configs:
+        if c.get("Gateway"):
+            return str(c["Gateway"])
+    for c in configs:
+        with contextlib.suppress(ValueError, TypeError):
+            net = ipaddress.ip_network(c.get("Subnet") or "", strict=False)
+            if net.version == 4 and net.num_addresses > 2:
+                return str(net.network_address + 1)
     return ""
 
 
