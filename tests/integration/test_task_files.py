@@ -131,7 +131,7 @@ groups:
         image: {image}
         command: /bin/sh
         args: ["-c", "cat /secrets/db; echo; echo env=$DB_PASSWORD; cat /local/app.conf;
-                ls -ln /secrets; exec sleep 600"]
+                ls -ln /secrets; echo end-of-files; exec sleep 600"]
         secrets:
           - {{name: db, env: DB_PASSWORD}}
         templates:
@@ -163,7 +163,8 @@ async def test_a_container_gets_its_secrets_and_templates(tmp_path: Path,
                 async for chunk in api.AllocationLogs(controller_pb2.LogsRequest(alloc_id=alloc)):
                     out += chunk.data
                 return out.decode()
-            await wait_until(lambda: _has(logs(), "key=key-1"), within=20)
+            # the last line printed: the log holds everything before it
+            await wait_until(lambda: _has(logs(), "end-of-files"), within=20)
             text = await logs()
             assert "pw-1" in text
             assert "env=pw-1" in text
