@@ -22,6 +22,16 @@ from orch.tls import TlsConfig
 from tests.integration.synthetic import controller_config, wait_until
 
 
+def settled(ctl: Controller, job: str, namespace: str = "default") -> bool:
+    """The job's latest deployment succeeded and the evaluation that verdict asks for has
+    been recorded: nothing more is committed for the job on its own."""
+    state = ctl.cluster.state
+    dep = state.latest_deployment((namespace, job))
+    return dep is not None and dep.status == "successful" and any(
+        e.namespace == namespace and e.job == job and e.triggered_by == "deployment"
+        and e.create_time_ns >= dep.modify_time_ns for e in state.evaluations)
+
+
 @asynccontextmanager
 async def live_cluster(tmp: Path, agents: int = 1, *, usage_interval: float = 10.0,
                        tls_dir: Path | None = None, keys: list[str] | None = None,

@@ -11,7 +11,8 @@ import pytest
 
 from orch import tls
 from orch.v1 import controller_pb2, controller_pb2_grpc
-from tests.integration.live import Cli, live_cluster
+from tests.integration.live import Cli, live_cluster, settled
+from tests.integration.synthetic import wait_until
 
 
 def _secret(text: str) -> str:
@@ -67,6 +68,7 @@ async def test_tokens_and_policies(tmp_path: Path, caplog: pytest.LogCaptureFixt
         # revoked: refused at once, everywhere
         accessor = next(t["accessor"] for t in listed if t["name"] == "web-team")
         await admin("acl", "token", "revoke", accessor[:8])
+        await wait_until(lambda: settled(ctl, "web-a"), within=30)
         before = ctl.cluster.state.index
         text = await tokens["web-team"]("job", "stop", "web-a", code=1)
         assert "unknown or revoked" in text
