@@ -288,7 +288,7 @@ def run(prog: str, make: Callable[[], Server], *, reload: Callable[[], Any],
     ``reload()`` (the configuration read again). Exit codes: 0 stopped, 2 configuration,
     1 cannot start."""
     logs.setup(log_level, log_format)
-    malloc.pin_mmap_threshold()  # months of transient buffers must not creep the heap up
+    malloc.pin_thresholds()  # the allocator behaves in month six as in hour one
     notifier = Notifier.from_environment()
 
     async def main() -> None:
