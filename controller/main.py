@@ -10,7 +10,7 @@ import sys
 
 from controller.config import ControllerConfig
 from controller.server import Controller
-from orch import daemon
+from orch import daemon, malloc
 from orch.errors import ConfigError
 from orch.net import CONTROLLER_HTTP_PORT, CONTROLLER_RPC_PORT
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"orch-controller: {e}", file=sys.stderr)
         return 2
+    malloc.pin_mmap_threshold()  # the heap behaves in month six as in hour one
     return daemon.run("orch-controller", lambda: Controller(cfg), reload=lambda: load_config(opts),
                       log_level=cfg.log_level, log_format=cfg.log_format)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orch import config as configfile
-from orch import logs, malloc
+from orch import logs
 from orch.config import DaemonConfig
 from orch.errors import ConfigError
 from orch.gossip.config import GossipConfig
@@ -288,7 +288,6 @@ def run(prog: str, make: Callable[[], Server], *, reload: Callable[[], Any],
     ``reload()`` (the configuration read again). Exit codes: 0 stopped, 2 configuration,
     1 cannot start."""
     logs.setup(log_level, log_format)
-    malloc.pin_thresholds()  # the allocator behaves in month six as in hour one
     notifier = Notifier.from_environment()
 
     async def main() -> None:

@@ -1,25 +1,23 @@
-"""glibc's allocator, set once at a daemon's start for a process that runs for months.
+"""glibc's allocator, set once at the controller's start, for a process that runs for months.
 
-glibc serves a block of ``M_MMAP_THRESHOLD`` bytes or more with a mapping of its own, given
-back to the kernel when freed, and gives the heap's free top back once it exceeds
-``M_TRIM_THRESHOLD``. By default both thresholds move: when a mapped block is freed, the
-mmap threshold rises to its size (up to 32 MiB) and the trim threshold to twice that, and
-from then on blocks that large are carved from the heap. A daemon that now and then builds
-a large transient buffer (a store snapshot, a big desired set) raises its thresholds at
-some moment weeks into its life, the buffers that follow land in the heap, and the live
-blocks around them keep the space they leave: the heap's high-water mark, and resident
-memory with it, steps up. Setting the thresholds explicitly turns the adjustment off
-(mallopt(3)), so a daemon keeps the same allocator behaviour from its first hour on.
+glibc serves a block of ``M_MMAP_THRESHOLD`` bytes or more (128 KiB at first) with a
+mapping of its own, given back to the kernel when freed. By default the threshold moves:
+when a mapped block is freed, it rises to that block's size (up to 32 MiB), and from then
+on blocks that large are carved from the heap. A controller builds a large transient
+buffer now and then (a store snapshot, a big desired set); at some moment weeks into its
+life one is freed, the buffers that follow land in the heap, and the live blocks around
+them keep the space they leave: the heap's high-water mark, and resident memory with it,
+steps up. Setting the threshold explicitly turns the adjustment off (mallopt(3)), with
+the trim threshold left at glibc's 128 KiB, so large buffers keep their own mappings and
+go back to the kernel when freed.
 
-The values: blocks of 1 MiB or more are mapped, which is above the largest read the
-routing mesh's user-space proxy takes at once (uvloop's 250 KB), so a bulk transfer's
-buffers are reused from the heap rather than mapped and unmapped per read; the trim
-threshold is twice that, as glibc's own adjustment would set it, so that freeing those buffers does not hand
-the same pages back and forth (a threshold of 128 KiB for both halves the proxy's bulk
-throughput).
+The agent does not do this: its large blocks are the routing mesh's reads (uvloop's
+250 KB), of one steady size, which glibc's adjustment settles on within the first bulk
+transfer; with the threshold fixed at 128 KiB each read would be mapped and unmapped,
+which halves the user-space proxy's bulk throughput.
 
-An operator's ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment
-wins; on a C library other than glibc nothing is done.
+An operator's ``MALLOC_MMAP_THRESHOLD_`` in the environment wins; on a C library other
+than glibc nothing is done.
 """
 
 from __future__ import annotations
@@ -31,13 +29,11 @@ from collections.abc import Mapping
 
 log = logging.getLogger("daemon")
 
-MMAP_THRESHOLD = 1 << 20
-"""Blocks this large or larger get a mapping of their own, returned when freed."""
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
-"""Free space above this at the heap's top goes back to the kernel."""
-PARAMS = {"MALLOC_MMAP_THRESHOLD_": (-3, MMAP_THRESHOLD),   # M_MMAP_THRESHOLD (malloc.h)
-          "MALLOC_TRIM_THRESHOLD_": (-1, TRIM_THRESHOLD)}   # M_TRIM_THRESHOLD
-"""The environment variable that names each setting, its mallopt(3) number and our value."""
+MMAP_THRESHOLD = 128 * 1024
+"""glibc's own starting value: blocks this large or larger get a mapping of their own."""
+M_MMAP_THRESHOLD = -3
+"""mallopt(3)'s parameter number (malloc.h)."""
+ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
 def is_glibc() -> bool:
@@ -48,21 +44,17 @@ def is_glibc() -> bool:
         return False
 
 
-def pin_thresholds(env: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Fix glibc's mmap and trim thresholds, which stops their adjustment; the settings
-    made, by environment name (none that the environment makes already, none off glibc)."""
+def pin_mmap_threshold(env: Mapping[str, str] | None = None,
+                       threshold: int = MMAP_THRESHOLD) -> int | None:
+    """Fix glibc's mmap threshold at ``threshold`` bytes, which stops its adjustment; the
+    threshold set, or None when the environment sets one already or this is not glibc."""
     env = os.environ if env is None else env
-    if not is_glibc():
-        return {}
+    if ENV in env or not is_glibc():
+        return None
     libc = ctypes.CDLL(None)
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.mallopt.restype = ctypes.c_int
-    made = {}
-    for name, (param, value) in PARAMS.items():
-        if name in env:
-            continue
-        if libc.mallopt(param, value) != 1:
-            log.warning("mallopt refused a setting", extra={"setting": name, "value": value})
-            continue
-        made[name] = value
-    return made
+    if libc.mallopt(M_MMAP_THRESHOLD, threshold) != 1:
+        log.warning("mallopt refused the mmap threshold", extra={"threshold": threshold})
+        return None
+    return threshold
