@@ -39,6 +39,21 @@ done
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+locked() {
+  # locked NAME CMD...: one build of NAME at a time on this machine. A second build.sh waits
+  # here for the first and then finds the image made (./run test starts the slow builds in
+  # the background while the first tests run, and the tests' own build.sh waits for them).
+  local name=$1 fd rc
+  shift
+  mkdir -p "$CACHE"
+  exec {fd}>"$CACHE/.lock-$name"
+  flock "$fd"
+  "$@"
+  rc=$?  # reached on failure only where errexit is off (after ||), as the call would be
+  exec {fd}>&-
+  return "$rc"
+}
+
 # The base image (Debian 12 with python3); -r2 also carries libnftables1 and conntrack for
 # the routing mesh's kernel data plane. A new package list gets a new revision, so an image
 # built from an older list is never taken for it.
@@ -167,8 +182,8 @@ build_orch() {
   src=$(source_hash)
   tag=orch/orch:$src
   if ! have_image "$tag"; then
-    docker image inspect "$BASE" >/dev/null 2>&1 || build_base >/dev/null
-    wheels=$(build_wheels)
+    docker image inspect "$BASE" >/dev/null 2>&1 || locked base build_base >/dev/null
+    wheels=$(locked wheels build_wheels)
     log "building $tag: orch into /opt/orch on $BASE, offline"
     cid=$(docker create --network none "$BASE" sh -c \
       'python3 -m venv /opt/orch && /opt/orch/bin/pip install -q --no-index --find-links /wheels orch && rm -rf /wheels /root/.cache')
@@ -226,7 +241,7 @@ build_etcd() {
   sum=$(cat "${bins[@]}" | sha256sum | cut -c1-12)
   tag=orch/etcd:${version:-unknown}-$sum
   if ! have_image "$tag"; then
-    docker image inspect "$BASE" >/dev/null 2>&1 || build_base >/dev/null
+    docker image inspect "$BASE" >/dev/null 2>&1 || locked base build_base >/dev/null
     log "building $tag from ${bins[*]}"
     cid=$(docker create --network none "$BASE" true)
     trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' RETURN
@@ -242,12 +257,12 @@ build_etcd() {
 
 for w in "${WHAT[@]}"; do
   case "$w" in
-    test) build_test ;;
-    base) build_base ;;
-    wheels) build_wheels ;;
-    orch) build_orch ;;
-    systemd) build_systemd ;;
-    etcd) build_etcd ;;
-    all) build_test; build_base; build_orch ;;
+    test) locked test build_test ;;
+    base) locked base build_base ;;
+    wheels) locked wheels build_wheels ;;
+    orch) locked orch build_orch ;;
+    systemd) locked systemd build_systemd ;;
+    etcd) locked etcd build_etcd ;;
+    all) locked test build_test; locked base build_base; locked orch build_orch ;;
   esac
 done
