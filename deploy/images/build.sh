@@ -48,7 +48,8 @@ locked() {
   mkdir -p "$CACHE"
   exec {fd}>"$CACHE/.lock-$name"
   flock "$fd"
-  "$@"
+  # in a subshell: the builders' RETURN traps (their temporary folders) stay theirs
+  ( "$@" )
   rc=$?  # reached on failure only where errexit is off (after ||), as the call would be
   exec {fd}>&-
   return "$rc"
