@@ -249,14 +249,35 @@ def _host(v: Any, lim: Limits) -> str:
 
 
 def _state_map(v: Any, lim: Limits) -> dict[str, Any]:
-    """A node state: a map (its keys are str: unpackb(strict_map_key=True) guarantees it)
-    whose values nest lists and maps at most ``max_state_depth`` deep."""
+    """A node state: a map whose values nest lists and maps at most ``max_state_depth``
+    deep, with str keys at every depth (unpackb's strict_map_key lets bytes keys through,
+    and every reader of a state compares its keys with str)."""
     if type(v) is not dict:
         raise ProtocolError(f"expected a map, got {v!r:.40}")
     if depth(v, lim.max_state_depth) > lim.max_state_depth:
         raise ProtocolError(f"node state nested deeper than {lim.max_state_depth}",
                             reason="depth")
+    if not str_keys(v):
+        raise ProtocolError("node state with a map key that is not a string")
     return v
+
+
+def str_keys(v: Any) -> bool:
+    """Whether every map in ``v``, at any depth, has only str keys (without recursion)."""
+    stack = [v]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is dict:
+            if any(type(k) is not str for k in item):
+                return False
+            children: Any = item.values()
+        elif t is list or t is tuple:
+            children = item
+        else:
+            continue
+        stack.extend(c for c in children if type(c) in (dict, list, tuple))
+    return True
 
 
 def depth(v: Any, stop: int) -> int:

@@ -210,8 +210,8 @@ def endpoints(data: bytes) -> None:
     endpoints (protobuf); the table holds only what the controller placed."""
     state_bytes, _, placed_bytes = data.partition(b"\xff")
     state = codec.unpack_value(state_bytes)
-    if not isinstance(state, dict):
-        state = {}
+    if not isinstance(state, dict) or not codec.str_keys(state):
+        state = {}  # what the wire refuses (codec's node-state check)
     try:
         expected = discovery.Expected.from_proto(
             controller_pb2.ExpectedEndpoints.FromString(placed_bytes)) if placed_bytes \

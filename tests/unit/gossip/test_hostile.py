@@ -294,6 +294,16 @@ def test_a_deeply_nested_state_is_refused() -> None:
         make().set_state({"tag": deep}, 0.0)
 
 
+def test_a_state_with_a_key_that_is_not_a_string_is_refused() -> None:
+    """msgpack's strict_map_key lets bytes keys through; a state's readers compare its keys
+    with str (the routing mesh's endpoint table raised TypeError on one)."""
+    for state in ({b"ep:web:a1": ["10.0.0.2", 1, 80]}, {"ep": [{b"k": 1}]}):
+        raw = msgpack.packb([8, "p0", -1, 1, state], use_bin_type=True)
+        with pytest.raises(ProtocolError, match="not a string"):
+            codec.decode_message(msgpack.unpackb(raw, raw=False, strict_map_key=True))
+    assert codec.str_keys({"a": [{"b": 1}], "c": ({"d": 2},)})
+
+
 # --- what a packet or frame may hold -------------------------------------------------------
 
 
